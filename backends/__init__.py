@@ -1,0 +1,50 @@
+"""Backends: one module per kind behind the :class:`backends.base.Backend` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from backends.base import Backend, UpstreamResponse, UpstreamStream
+from backends.breaker import BreakerState, CircuitBreaker
+from backends.openai import OpenAICompatBackend
+from backends.state import LiveStats
+from backends.vllm import VLLMBackend
+from gateway.config import ModelSpec
+
+__all__ = [
+    "Backend",
+    "BreakerState",
+    "CircuitBreaker",
+    "LiveStats",
+    "UpstreamResponse",
+    "UpstreamStream",
+    "build_backend",
+]
+
+
+def _openai(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
+    return OpenAICompatBackend(spec, client)
+
+
+def _vllm(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
+    return VLLMBackend(spec, client, scrape_seconds)
+
+
+def _litellm(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
+    from backends.litellm import LiteLLMBackend
+
+    return LiteLLMBackend(spec)
+
+
+_KINDS: dict[str, Callable[[ModelSpec, httpx.AsyncClient, float], Backend]] = {
+    "openai": _openai,
+    "vllm": _vllm,
+    "litellm": _litellm,
+}
+
+
+def build_backend(spec: ModelSpec, client: httpx.AsyncClient, *, scrape_seconds: float = 1.0) -> Backend:
+    """Build the backend for ``spec`` from the kind registry."""
+    return _KINDS[spec.backend](spec, client, scrape_seconds)

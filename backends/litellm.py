@@ -1,0 +1,125 @@
+"""Hosted providers that do not speak the OpenAI API (Anthropic, Bedrock, Vertex...) via ``litellm``.
+
+``litellm`` is imported when the first such backend is built (it takes seconds to import), never at
+gateway start-up otherwise. Its responses are OpenAI-shaped; they are turned into plain dicts and SSE
+payloads so the pipeline treats this backend like any other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from backends.base import UpstreamResponse
+from backends.state import LiveStats
+from gateway.config import ModelSpec
+from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+
+
+def _translate(exc: BaseException, backend: str) -> UpstreamError:
+    """Map litellm's (OpenAI-SDK-derived) exceptions to the gateway's error tree."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout(f"upstream '{backend}' timed out", backend=backend)
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamRejected(
+            getattr(exc, "message", None) or str(exc), upstream_status=exc.status_code, backend=backend
+        )
+    return UpstreamUnavailable(f"upstream '{backend}' failed: {exc}", backend=backend)
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    dumped: dict[str, Any] = obj.model_dump(exclude_none=False)
+    return dumped
+
+
+class _LiteLLMStream:
+    def __init__(self, iterator: Any, backend: str) -> None:
+        self._iterator = iterator
+        self._backend = backend
+        self.replica = "litellm"
+
+    async def events(self) -> AsyncIterator[bytes]:
+        errors = _error_types()
+        try:
+            async for chunk in self._iterator:
+                yield orjson.dumps(_dump(chunk))
+        except errors as exc:
+            raise _translate(exc, self._backend) from None
+        yield b"[DONE]"
+
+    async def aclose(self) -> None:
+        close = getattr(self._iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _error_types() -> tuple[type[BaseException], ...]:
+    import openai
+
+    return (openai.OpenAIError,)
+
+
+class LiteLLMBackend:
+    """A model reached through ``litellm.acompletion`` (``backend: litellm``)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.stats = LiveStats()
+        self._litellm = importlib.import_module("litellm")
+
+    def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = dict(body)
+        kwargs["model"] = self.spec.upstream_name
+        if self.spec.base_url:
+            kwargs["api_base"] = self.spec.base_url
+        key = self.spec.api_key()
+        if key:
+            kwargs["api_key"] = key
+        kwargs["timeout"] = self.spec.timeouts.total
+        return kwargs
+
+    async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+        if path != "/chat/completions":
+            raise UpstreamRejected(
+                f"model '{self.name}' (litellm) serves chat completions only",
+                upstream_status=400,
+                backend=self.name,
+            )
+        try:
+            result = await self._litellm.acompletion(**self._kwargs(body))
+        except _error_types() as exc:
+            raise _translate(exc, self.name) from None
+        return UpstreamResponse(status=200, body=_dump(result), replica="litellm")
+
+    async def open_stream(self, path: str, body: dict[str, Any]) -> _LiteLLMStream:
+        if path != "/chat/completions":
+            raise UpstreamRejected(
+                f"model '{self.name}' (litellm) serves chat completions only",
+                upstream_status=400,
+                backend=self.name,
+            )
+        kwargs = self._kwargs(body)
+        kwargs["stream"] = True
+        try:
+            iterator = await self._litellm.acompletion(**kwargs)
+        except _error_types() as exc:
+            raise _translate(exc, self.name) from None
+        return _LiteLLMStream(iterator, self.name)
+
+    async def check_health(self) -> bool:
+        # Hosted providers have no cheap, uniform health endpoint; the breaker tracks real failures.
+        return self.stats.healthy
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,205 @@
+"""The OpenAI-compatible HTTP backend, used for hosted OpenAI-style APIs and (as a base) for vLLM.
+
+One shared ``httpx.AsyncClient`` (built in the app's lifespan) carries every request, so connections are
+pooled and kept alive. httpx errors are translated here into the gateway's :class:`UpstreamError` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from backends.base import UpstreamResponse
+from backends.sse import SSEDecoder
+from backends.state import LiveStats
+from gateway.config import ModelSpec
+from gateway.errors import (
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+
+class Replica:
+    """One base URL serving the model, with its own live stats."""
+
+    __slots__ = ("base_url", "stats")
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.stats = LiveStats()
+
+
+def _translate(exc: httpx.HTTPError, backend: str, what: str) -> UpstreamError:
+    """Map an httpx failure to the gateway's error tree."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"upstream '{backend}' timed out ({what})", backend=backend)
+    detail = str(exc) or type(exc).__name__
+    return UpstreamUnavailable(f"upstream '{backend}' unreachable: {detail}", backend=backend)
+
+
+def rejected_from_response(status: int, content: bytes, headers: httpx.Headers, backend: str) -> UpstreamRejected:
+    """Build the pass-through error for an upstream HTTP error, keeping its message and type."""
+    message = f"upstream '{backend}' returned HTTP {status}"
+    error_type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+    try:
+        parsed = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        error_type = err.get("type") if isinstance(err.get("type"), str) else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        raw_code = err.get("code")
+        code = raw_code if isinstance(raw_code, str | int) else None
+    elif isinstance(err, str):
+        message = err
+    elif content and parsed is None:
+        message = f"{message}: {content[:200].decode('utf-8', 'replace')}"
+    out_headers = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+    return UpstreamRejected(
+        message,
+        upstream_status=status,
+        error_type=error_type,
+        backend=backend,
+        param=param,
+        code=code,
+        headers=out_headers,
+    )
+
+
+class _HTTPStream:
+    """An open SSE response; implements :class:`backends.base.UpstreamStream`."""
+
+    def __init__(self, response: httpx.Response, backend: str, replica: str, idle_timeout: float) -> None:
+        self._response = response
+        self._backend = backend
+        self.replica = replica
+        self._idle_timeout = idle_timeout
+
+    async def events(self) -> AsyncIterator[bytes]:
+        decoder = SSEDecoder()
+        chunks = self._response.aiter_raw()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_timeout):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(f"upstream '{self._backend}' stream stalled", backend=self._backend) from None
+                for data in decoder.feed(chunk):
+                    yield data
+        except httpx.HTTPError as exc:
+            raise _translate(exc, self._backend, "stream") from None
+        for data in decoder.flush():
+            yield data
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class OpenAICompatBackend:
+    """Any server that speaks the OpenAI HTTP API (``backend: openai``)."""
+
+    def __init__(self, spec: ModelSpec, client: httpx.AsyncClient) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._client = client
+        self.replicas = [Replica(u) for u in [spec.base_url or "", *spec.replicas]]
+        # The backend's own stats aggregate what routing sees; with one replica they are the same object.
+        self.stats = self.replicas[0].stats if len(self.replicas) == 1 else LiveStats()
+        t = spec.timeouts
+        self._timeout = httpx.Timeout(connect=t.connect, read=t.first_byte, write=t.first_byte, pool=t.connect)
+        self._total = t.total
+        self._headers = {"content-type": "application/json", **spec.extra_headers}
+
+    def _request_headers(self) -> dict[str, str]:
+        key = self.spec.api_key()
+        if key:
+            return {**self._headers, "authorization": f"Bearer {key}"}
+        return self._headers
+
+    def pick_replica(self) -> Replica:
+        """The least-loaded replica (by scraped queue depth and our own in-flight count)."""
+        if len(self.replicas) == 1:
+            return self.replicas[0]
+        return min(self.replicas, key=lambda r: (not r.stats.healthy, r.stats.load))
+
+    async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+        replica = self.pick_replica()
+        url = replica.base_url + path
+        try:
+            async with asyncio.timeout(self._total):
+                response = await self._client.post(
+                    url, content=orjson.dumps(body), headers=self._request_headers(), timeout=self._timeout
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout", backend=self.name) from None
+        except httpx.HTTPError as exc:
+            raise _translate(exc, self.name, "response") from None
+        if response.status_code >= 400:
+            raise rejected_from_response(response.status_code, response.content, response.headers, self.name)
+        try:
+            parsed = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise UpstreamUnavailable(f"upstream '{self.name}' sent invalid JSON", backend=self.name) from None
+        if not isinstance(parsed, dict):
+            raise UpstreamUnavailable(f"upstream '{self.name}' sent a non-object JSON body", backend=self.name)
+        return UpstreamResponse(status=response.status_code, body=parsed, replica=replica.base_url)
+
+    async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
+        replica = self.pick_replica()
+        request = self._client.build_request(
+            "POST",
+            replica.base_url + path,
+            content=orjson.dumps(body),
+            headers=self._request_headers(),
+            timeout=self._timeout,
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _translate(exc, self.name, "stream start") from None
+        if response.status_code >= 400:
+            try:
+                content = await response.aread()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await response.aclose()
+            raise rejected_from_response(response.status_code, content, response.headers, self.name)
+        return _HTTPStream(response, self.name, replica.base_url, self.spec.timeouts.between_chunks)
+
+    async def check_health(self) -> bool:
+        ok = False
+        for replica in self.replicas:
+            replica_ok = await self._probe(replica)
+            replica.stats.healthy = replica_ok
+            ok = ok or replica_ok
+        return ok
+
+    async def _probe(self, replica: Replica) -> bool:
+        try:
+            response = await self._client.get(
+                replica.base_url + "/models", headers=self._request_headers(), timeout=self._timeout.connect
+            )
+        except httpx.HTTPError as exc:
+            replica.stats.last_error = str(exc) or type(exc).__name__
+            return False
+        return response.status_code < 500
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,86 @@
+"""Live per-backend state that routing reads and the pipeline and scrapers update.
+
+All updates happen on the event loop (no locks needed). Moving averages are exponentially weighted so a
+change in a backend's speed shows within a few requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Ewma:
+    """An exponentially weighted moving average that starts empty."""
+
+    alpha: float = 0.2
+    value: float | None = None
+    count: int = 0
+
+    def update(self, x: float) -> None:
+        """Fold ``x`` into the average."""
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+        self.count += 1
+
+    def get(self, default: float) -> float:
+        """The average, or ``default`` before any observation."""
+        return default if self.value is None else self.value
+
+
+@dataclass(slots=True)
+class QueueState:
+    """What vLLM's ``/metrics`` said at the last scrape."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_cache_usage: float = 0.0
+    scraped_at: float = 0.0
+
+
+@dataclass(slots=True)
+class LiveStats:
+    """Everything live that routing needs to know about one backend (or one replica)."""
+
+    in_flight: int = 0
+    ttft_s: Ewma = field(default_factory=Ewma)
+    tpot_s: Ewma = field(default_factory=Ewma)  # seconds per output token after the first
+    tokens_per_second: Ewma = field(default_factory=lambda: Ewma(alpha=0.1))  # aggregate throughput
+    output_tokens: Ewma = field(default_factory=lambda: Ewma(alpha=0.1))
+    queue: QueueState = field(default_factory=QueueState)
+    healthy: bool = True
+    last_error: str = ""
+    _window_start: float = field(default_factory=time.monotonic)
+    _window_tokens: int = 0
+
+    def observe(self, *, ttft_s: float | None, total_s: float, completion_tokens: int) -> None:
+        """Record one finished response's timings and size."""
+        if ttft_s is not None:
+            self.ttft_s.update(ttft_s)
+            if completion_tokens > 1:
+                self.tpot_s.update(max(total_s - ttft_s, 0.0) / (completion_tokens - 1))
+        elif completion_tokens > 0:
+            # Non-streaming: split the total with the current TTFT estimate.
+            ttft = min(self.ttft_s.get(total_s * 0.2), total_s)
+            self.ttft_s.update(ttft)
+            if completion_tokens > 1:
+                self.tpot_s.update(max(total_s - ttft, 0.0) / (completion_tokens - 1))
+        if completion_tokens > 0:
+            self.output_tokens.update(float(completion_tokens))
+        self._note_tokens(completion_tokens)
+
+    def _note_tokens(self, tokens: int) -> None:
+        # Aggregate throughput over windows of >= 1 s: the basis of local GPU cost per token.
+        self._window_tokens += tokens
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            if self._window_tokens:
+                self.tokens_per_second.update(self._window_tokens / elapsed)
+            self._window_start = now
+            self._window_tokens = 0
+
+    @property
+    def load(self) -> float:
+        """Requests this backend is busy with: ours in flight plus vLLM's queue (whichever is larger)."""
+        return max(float(self.in_flight), self.queue.running + self.queue.waiting)

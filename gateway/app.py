@@ -1,0 +1,170 @@
+"""``create_app(settings)``: builds the FastAPI app; everything stateful is built in its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backends import Backend, CircuitBreaker, build_backend
+from gateway import components
+from gateway.config import Settings, load_settings
+from gateway.errors import GatewayError
+from gateway.hooks import Admission, Recorder, ResponseCache
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.routes import router as api_router
+from gateway.routing import QualityEstimator, Router
+from gateway.tokens import load_counter
+
+log = logging.getLogger("gateway.app")
+
+
+@dataclass(slots=True)
+class Gateway:
+    """Everything one app instance owns; reachable from routes as ``request.app.state.gateway``."""
+
+    settings: Settings
+    client: httpx.AsyncClient
+    backends: dict[str, Backend]
+    breakers: dict[str, CircuitBreaker]
+    router: Router
+    pipeline: Pipeline
+    metrics: Metrics
+    cache: ResponseCache
+    recorder: Recorder
+    admission: Admission
+
+
+def load_estimator() -> QualityEstimator | None:
+    """The shipped learned quality router, if its artifact loads."""
+    try:
+        from policies.router.model import QualityRouter
+    except ImportError:
+        return None
+    try:
+        estimator: QualityEstimator = QualityRouter.load()
+        return estimator
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
+        return None
+
+
+async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+    """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=512, keepalive_expiry=30)
+    client = httpx.AsyncClient(transport=transport, limits=limits, http2=False, follow_redirects=False)
+    backends: dict[str, Backend] = {
+        spec.name: build_backend(spec, client, scrape_seconds=settings.server.metrics_scrape_seconds)
+        for spec in settings.models
+    }
+    breakers = {
+        name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
+    }
+    router = Router(settings, backends, breakers, load_estimator())
+    metrics = Metrics()
+    cache = await components.build_cache(settings, metrics)
+    recorder = await components.build_recorder(settings)
+    admission = await components.build_admission(settings, recorder)
+    pipeline = Pipeline(
+        settings=settings,
+        backends=backends,
+        breakers=breakers,
+        router=router,
+        counter=load_counter(),
+        metrics=metrics,
+        admission=admission,
+        cache=cache,
+        recorder=recorder,
+    )
+    for backend in backends.values():
+        await backend.start()
+    return Gateway(settings, client, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+
+
+async def close_gateway(gw: Gateway) -> None:
+    """Stop background work, flush the cache and the ledger, close connections."""
+    for backend in gw.backends.values():
+        await backend.aclose()
+    await gw.cache.aclose()
+    await gw.recorder.aclose()
+    await gw.client.aclose()
+
+
+def error_response(err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:
+    """Render a gateway error in the OpenAI shape."""
+    headers = {**err.headers, **(extra_headers or {})}
+    return Response(orjson.dumps(err.to_body()), status_code=err.status, media_type="application/json", headers=headers)
+
+
+def _plain_error(status: int, message: str, error_type: str, code: str | None = None) -> Response:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The gateway's ASGI app for ``settings``; ``transport`` lets tests replace the network."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = await build_gateway(settings, transport=transport)
+        app.state.gateway = gw
+        try:
+            yield
+        finally:
+            await close_gateway(gw)
+
+    app = FastAPI(
+        title="LLM hybrid gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(api_router)
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return _plain_error(exc.status_code, message, kind, str(exc.status_code))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _plain_error(500, "The gateway hit an internal error; it has been logged.", "internal_error")
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: reads ``GATEWAY_CONFIG``."""
+    path = os.environ.get("GATEWAY_CONFIG", "gateway.yaml")
+    return create_app(load_settings(path))
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """A short description of what was configured, for start-up logs."""
+    return {
+        "models": [m.name for m in settings.models],
+        "routes": sorted(settings.resolved_routes()),
+        "cache": "redis" if settings.cache.redis_url else ("memory" if settings.cache.enabled else "off"),
+        "ledger": settings.ledger.url.split("://", 1)[0],
+        "auth": settings.auth.enabled,
+    }

@@ -1,0 +1,145 @@
+"""The ``gateway`` command line: serve, simulate, route --explain, and the subcommands of later stages.
+
+Heavy imports happen inside commands so ``gateway --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.errors import ConfigError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Hybrid LLM gateway: one OpenAI endpoint, many backends."
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway YAML config")]
+
+
+def _load(config: Path) -> object:
+    from gateway.config import load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = Path("gateway.yaml"),
+    host: Annotated[str | None, typer.Option(help="bind address (default: server.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: server.port, 8080)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (default: server.workers)")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API described by CONFIG."""
+    import uvicorn
+
+    from gateway.config import Settings
+    from gateway.logs import setup_logging
+
+    settings = _load(config)
+    assert isinstance(settings, Settings)
+    setup_logging(settings.server.log_level)
+    n = workers or settings.server.workers
+    os.environ["GATEWAY_CONFIG"] = str(config.resolve())
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=host or settings.server.host,
+        port=port if port is not None else settings.server.port,
+        workers=n,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        h11_max_incomplete_event_size=settings.server.max_header_bytes,
+    )
+
+
+@app.command()
+def simulate(
+    profile: Annotated[str, typer.Option(help="llama-2-7b, llama-2-13b, gpt-4 or fast")] = "llama-2-7b",
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    time_scale: Annotated[float, typer.Option(help="multiply every delay (0.01: 100x faster)")] = 1.0,
+    max_concurrency: Annotated[int | None, typer.Option(help="running requests before queueing")] = None,
+    model_name: Annotated[str | None, typer.Option(help="served model name")] = None,
+    seed: int = 0,
+) -> None:
+    """Run a SIMULATED OpenAI-compatible backend (a test and demo tool, not a model)."""
+    from gateway.simulator import serve as serve_sim
+
+    typer.echo(f"simulated backend '{profile}' on http://{host}:{port}/v1 (not a real model)", err=True)
+    serve_sim(
+        profile,
+        host,
+        port,
+        time_scale=time_scale,
+        max_concurrency=max_concurrency,
+        model_name=model_name,
+        seed=seed,
+    )
+
+
+@app.command()
+def route(
+    config: ConfigOpt = Path("gateway.yaml"),
+    explain: Annotated[bool, typer.Option("--explain", help="show every candidate's predictions")] = True,
+    body: Annotated[str | None, typer.Option(help="request JSON (default: read stdin)")] = None,
+    policy: Annotated[str | None, typer.Option(help="override the route's policy")] = None,
+) -> None:
+    """Show how a request body would be routed, without calling any backend."""
+    import asyncio
+
+    from gateway.app import build_gateway, close_gateway
+    from gateway.config import Settings
+    from gateway.routes import explain_body
+
+    settings = _load(config)
+    assert isinstance(settings, Settings)
+    raw = (body if body is not None else sys.stdin.read()).encode()
+
+    async def go() -> dict[str, object]:
+        gw = await build_gateway(settings)
+        try:
+            headers = {"x-gateway-policy": policy} if policy else {}
+            ctx = gw.pipeline.new_context("chat", headers)
+            return explain_body(gw, ctx, raw)
+        finally:
+            await close_gateway(gw)
+
+    from gateway.errors import GatewayError
+
+    try:
+        out = asyncio.run(go())
+    except GatewayError as err:
+        typer.echo(json.dumps(err.to_body(), indent=2))
+        raise typer.Exit(1) from None
+    if explain:
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        typer.echo(out["winner"])
+
+
+def _mount_optional() -> None:
+    """Subcommands that live in their own modules (mounted when present)."""
+    try:
+        from gateway.cli_router import router_app
+    except ImportError:
+        return
+    app.add_typer(router_app, name="router", help="Train, score and evaluate the learned quality router.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

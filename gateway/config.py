@@ -1,0 +1,352 @@
+"""The gateway's configuration: a YAML file plus environment overrides, validated at start-up.
+
+The file's public contract is the top-level ``models:`` list (``name``, ``backend``, ``base_url``,
+``upstream_model``, ``api_key_env``); every other section has defaults. Environment variables override
+the file: ``GATEWAY_<SECTION>__<KEY>`` (for example ``GATEWAY_SERVER__PORT=9000``), plus the conventional
+``REDIS_URL`` and ``DATABASE_URL``. Secrets never live in the file: a model names the environment variable
+holding its key in ``api_key_env``.
+
+:func:`load_settings` turns every problem into a :class:`~gateway.errors.ConfigError` whose message is one
+line naming the file, the key path and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+BackendKind = Literal["vllm", "openai", "litellm"]
+
+#: Route every configuration has even without a ``routes`` section.
+DEFAULT_ROUTE = "auto"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Per-backend timeouts in seconds."""
+
+    connect: float = Field(5.0, gt=0)
+    first_byte: float = Field(60.0, gt=0, description="until the response headers (or first SSE byte)")
+    total: float = Field(600.0, gt=0, description="whole request, streaming included")
+    between_chunks: float = Field(60.0, gt=0, description="longest silence inside a stream")
+
+
+class ModelSpec(_Strict):
+    """One model the gateway can serve, as clients name it."""
+
+    name: str = Field(min_length=1)
+    backend: BackendKind
+    base_url: str | None = None
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    mode: Literal["chat", "embedding"] = "chat"
+    replicas: list[str] = Field(default_factory=list, description="extra base URLs serving the same model")
+    fallbacks: list[str] = Field(default_factory=list, description="models to try when this one fails")
+    # Routing and accounting facts (all optional; later stages fill gaps from litellm's price map).
+    quality: float | None = Field(None, ge=0, le=10)
+    input_cost_per_token: Decimal | None = Field(None, ge=0)
+    output_cost_per_token: Decimal | None = Field(None, ge=0)
+    gpu_hour_usd: Decimal | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, gt=0)
+    context_window: int | None = Field(None, gt=0)
+    supports_tools: bool | None = None
+    supports_vision: bool = False
+    supports_json_mode: bool = True
+    max_in_flight: int | None = Field(None, gt=0, description="saturation point for spill-over")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("api_key", "key", "token"):
+                if key in data:
+                    raise ValueError(
+                        f"'{key}' is not read from the file: put the secret in an environment variable "
+                        "and name it in api_key_env"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ModelSpec:
+        if self.backend in ("vllm", "openai") and not self.base_url:
+            raise ValueError(f"backend '{self.backend}' needs base_url")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        """The model name the upstream knows (``upstream_model``, else ``name``)."""
+        return self.upstream_model or self.name
+
+    @property
+    def is_local(self) -> bool:
+        """Local GPUs are costed by the hour, hosted APIs by the token."""
+        return self.backend == "vllm"
+
+    def api_key(self) -> str | None:
+        """The secret, read from the named environment variable at call time."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Weights(_Strict):
+    """Weights of the ``balanced`` utility (relative; they need not sum to one)."""
+
+    quality: float = Field(1.0, ge=0)
+    cost: float = Field(1.0, ge=0)
+    latency: float = Field(1.0, ge=0)
+
+
+class RouteSpec(_Strict):
+    """A name clients send as ``model`` that the gateway resolves per request."""
+
+    models: list[str] | None = Field(None, description="candidates; default: every chat model")
+    policy: str = "balanced"
+    weights: Weights = Field(default_factory=Weights)
+    fallbacks: bool = True
+    min_quality: float | None = Field(None, ge=0, le=10)
+    max_cost_usd: Decimal | None = Field(None, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    strong_share: float | None = Field(None, ge=0, le=1, description="learned router operating point")
+    quality_target: float | None = Field(None, ge=0, le=1, description="learned router operating point")
+    semantic_cache: bool = False
+
+
+class RetrySettings(_Strict):
+    """Bounded retries across the ranking, with exponential backoff."""
+
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_base_ms: float = Field(25.0, ge=0)
+    backoff_max_ms: float = Field(1000.0, ge=0)
+
+
+class BreakerSettings(_Strict):
+    """Per-backend circuit breaker."""
+
+    failure_threshold: int = Field(3, ge=1)
+    reset_seconds: float = Field(10.0, gt=0)
+
+
+class ServerSettings(_Strict):
+    """Listening socket and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(16 * 1024, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    metrics_scrape_seconds: float = Field(1.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CacheSettings(_Strict):
+    """Response cache; in-process LRU unless ``redis_url`` (or ``REDIS_URL``) is set."""
+
+    enabled: bool = True
+    redis_url: str | None = None
+    ttl_seconds: int = Field(3600, ge=1)
+    key_prefix: str = "gw:cache:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
+    only_deterministic: bool = True
+    shared_namespace: bool = False
+    timeout_ms: float = Field(50.0, gt=0)
+    semantic_threshold: float = Field(0.9, gt=0, le=1)
+
+
+class LedgerSettings(_Strict):
+    """Per-request cost ledger."""
+
+    url: str = "sqlite+aiosqlite:///./gateway-ledger.db"
+    baseline_model: str = "gpt-4"
+    batch_size: int = Field(200, ge=1)
+    flush_interval_seconds: float = Field(0.5, gt=0)
+    max_pending_rows: int = Field(100_000, ge=1)
+
+
+class AuthSettings(_Strict):
+    """Virtual keys. Off by default; ``GATEWAY_MASTER_KEY`` administers."""
+
+    enabled: bool = False
+    master_key_env: str = "GATEWAY_MASTER_KEY"
+
+
+class Settings(BaseSettings):
+    """The whole validated configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    models: list[ModelSpec] = Field(min_length=1)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    default_policy: str = "balanced"
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        seen: set[str] = set()
+        for m in models:
+            if m.name in seen:
+                raise ValueError(f"model name '{m.name}' is defined twice")
+            seen.add(m.name)
+        return models
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> Settings:
+        names = {m.name for m in self.models}
+        for m in self.models:
+            for fb in m.fallbacks:
+                if fb not in names:
+                    raise ValueError(f"models.{m.name}.fallbacks: unknown model '{fb}'")
+        for route, spec in self.routes.items():
+            if route in names:
+                raise ValueError(f"routes.{route}: a route cannot share its name with a model")
+            for model in spec.models or []:
+                if model not in names:
+                    raise ValueError(f"routes.{route}.models: unknown model '{model}'")
+        return self
+
+    def model(self, name: str) -> ModelSpec | None:
+        """The model spec named ``name``, if any."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    def resolved_routes(self) -> dict[str, RouteSpec]:
+        """Routes with defaults applied: ``auto`` always exists, candidate lists are explicit."""
+        chat = [m.name for m in self.models if m.mode == "chat"]
+        routes = dict(self.routes)
+        if DEFAULT_ROUTE not in routes:
+            routes[DEFAULT_ROUTE] = RouteSpec(models=chat, policy=self.default_policy)
+        return {
+            name: spec if spec.models else spec.model_copy(update={"models": chat}) for name, spec in routes.items()
+        }
+
+
+def _loc_to_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    label = f"[{item}]({node['name']})"
+            parts.append(label)
+        else:
+            node = node.get(item) if isinstance(node, dict) else None
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "<top level>"
+
+
+def _describe(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _env_overrides() -> dict[str, Any]:
+    """Conventional variables that override their sections (REDIS_URL, DATABASE_URL)."""
+    out: dict[str, Any] = {}
+    if os.environ.get("REDIS_URL"):
+        out["cache"] = {"redis_url": os.environ["REDIS_URL"]}
+    if os.environ.get("DATABASE_URL"):
+        out["ledger"] = {"url": os.environ["DATABASE_URL"]}
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+    """Validate an already-parsed configuration mapping (environment overrides applied)."""
+    data = _merge(data, _env_overrides())
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        path = _loc_to_path(tuple(first["loc"]), data)
+        raise ConfigError(f"{source}: {path}: {_describe(first)}{more}") from None
+    _check_policies(settings, source)
+    return settings
+
+
+def _check_policies(settings: Settings, source: str) -> None:
+    from policies import registry
+
+    known = registry.names()
+    if settings.default_policy not in known:
+        raise ConfigError(f"{source}: default_policy: unknown policy '{settings.default_policy}'")
+    for route, spec in settings.routes.items():
+        if spec.policy not in known:
+            raise ConfigError(
+                f"{source}: routes.{route}.policy: unknown policy '{spec.policy}' (known: {', '.join(sorted(known))})"
+            )
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: {where}{problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: <top level>: expected a mapping with a 'models' list")
+    return settings_from_dict(data, source=str(p))

@@ -1,0 +1,87 @@
+"""The state of one request as it moves through the pipeline; the ledger row is read from it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+
+
+@dataclass(slots=True)
+class Constraints:
+    """Per-request routing constraints (x-gateway-* headers or the body's ``gateway`` field)."""
+
+    policy: str | None = None
+    max_cost_usd: Decimal | None = None
+    max_latency_ms: float | None = None
+    min_quality: float | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts; ``estimated`` when the upstream reported none and we counted them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything known about one request, filled in stage by stage."""
+
+    request_id: str
+    endpoint: Endpoint
+    body: dict[str, Any]
+    requested_model: str
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers
+    started: float = field(default_factory=time.perf_counter)
+    started_wall: float = field(default_factory=time.time)
+    stream: bool = False
+    client_wants_usage: bool = False
+    # admission
+    api_key: str | None = None
+    key_id: str | None = None
+    team: str | None = None
+    user: str | None = None
+    # routing
+    route: str | None = None
+    policy: str | None = None
+    reason: str = ""
+    constraints: Constraints = field(default_factory=Constraints)
+    prompt_tokens_estimate: int = 0
+    chosen_model: str | None = None
+    attempts: list[str] = field(default_factory=list)
+    predicted_cost: Decimal | None = None
+    # outcome
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal = Decimal(0)
+    baseline_cost_usd: Decimal = Decimal(0)
+    saved_usd: Decimal = Decimal(0)
+    cache_status: str = "bypass"
+    cache_score: float | None = None
+    ttft_s: float | None = None
+    total_s: float | None = None
+    status_code: int = 200
+    error_type: str | None = None
+    error_message: str | None = None
+    finish_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The upstream path for this endpoint (relative to a ``/v1`` base URL)."""
+        return ENDPOINT_PATHS[self.endpoint]
+
+    def elapsed(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self.started

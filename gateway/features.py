@@ -1,0 +1,106 @@
+"""Request features, computed once per request: prompt text and tokens, capabilities, output size."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.tokens import TokenCounter
+
+_PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts them
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """What routing needs to know about a request."""
+
+    prompt: str  # the text that decides difficulty: the last user message (or the prompt)
+    prompt_tokens: int
+    max_output_tokens: int | None
+    needs_tools: bool
+    needs_json: bool
+    needs_vision: bool
+    n: int
+
+
+def _content_text(content: Any) -> tuple[str, bool]:
+    """Text of a message's content and whether it carries an image."""
+    if isinstance(content, str):
+        return content, False
+    if isinstance(content, list):
+        texts: list[str] = []
+        image = False
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind in ("image_url", "input_image", "image"):
+                image = True
+        return "\n".join(texts), image
+    return "", False
+
+
+def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter) -> RequestFeatures:
+    """Compute :class:`RequestFeatures` from a validated request body."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    n = body.get("n") or 1
+    if endpoint == "chat":
+        messages = body.get("messages") or []
+        texts: list[str] = []
+        last_user = ""
+        vision = False
+        for m in messages:
+            text, image = _content_text(m.get("content"))
+            vision = vision or image
+            texts.append(text)
+            if m.get("role") == "user":
+                last_user = text
+            if m.get("tool_calls"):
+                texts.append(orjson.dumps(m["tool_calls"]).decode())
+        tokens = counter.count("\n".join(texts)) + _PER_MESSAGE_TOKENS * len(messages) + 3
+        tools = body.get("tools")
+        if tools:
+            tokens += counter.count(orjson.dumps(tools).decode())
+        fmt = body.get("response_format")
+        needs_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+        needs_tools = bool(tools) and body.get("tool_choice") != "none"
+        return RequestFeatures(
+            last_user or (texts[-1] if texts else ""), tokens, max_tokens, needs_tools, needs_json, vision, n
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        text, tokens = prompt, counter.count(prompt)
+    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        text, tokens = prompt[-1], max(counter.count(p) for p in prompt)
+    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        text, tokens = "", max(len(p) for p in prompt)
+    else:
+        text, tokens = "", len(prompt) if isinstance(prompt, list) else 0
+    return RequestFeatures(text, tokens, max_tokens, False, False, False, n)
+
+
+_CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bSELECT\b|=>|\bimport |\{\s*\n|;\s*$", re.M)
+_MATH = re.compile(
+    r"\d+\s*[-+*/^=]\s*\d+|\\frac|\\sum|\bintegral\b|\bderivative\b|\bprove\b|\bequation\b"
+    r"|\bprobability\b|\bhow many\b|\bcalculate\b|\bsolve\b",
+    re.I,
+)
+_REASONING = re.compile(
+    r"\bstep[- ]by[- ]step\b|\bexplain why\b|\bcompare\b|\banaly[sz]e\b|\bdesign\b|"
+    r"\btrade-?offs?\b|\bjustify\b|\bfirst\b.*\bthen\b|\bplan\b|\bevaluate\b",
+    re.I | re.S,
+)
+
+
+def heuristic_difficulty(prompt: str) -> float:
+    """A transparent 0..1 difficulty estimate from length, code, math and multi-step reasoning cues."""
+    length = min(len(prompt) / 2000.0, 1.0) * 0.3
+    code = 0.25 if _CODE.search(prompt) else 0.0
+    math = 0.25 if _MATH.search(prompt) else 0.0
+    reasoning = 0.2 if _REASONING.search(prompt) else 0.0
+    return min(0.1 + length + code + math + reasoning, 1.0)

@@ -1,0 +1,41 @@
+"""Structured (one JSON object per line) logging for the gateway process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_SECRET_HINTS = ("authorization", "api_key", "password", "secret")
+
+
+class JSONFormatter(logging.Formatter):
+    """Formats records as JSON lines; a record's ``gateway`` extra is merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "gateway", None)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in _SECRET_HINTS})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(level: str = "info") -> None:
+    """Send JSON lines to stderr at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    logging.Formatter.converter = time.gmtime

@@ -1,0 +1,77 @@
+"""Prometheus metrics on a per-app registry (no global state), with label sets of bounded size.
+
+Labels only ever take values from the config (model and route names), a fixed set of statuses and cache
+outcomes, or error types from the gateway's own hierarchy, so cardinality is bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.context import RequestContext
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The gateway's metrics, registered on their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Requests served", ["route", "model", "status", "cache"], registry=r
+        )
+        self.tokens = Counter("gateway_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.cost = Counter("gateway_cost_usd", "Cost of served requests in USD", ["model"], registry=r)
+        self.saved = Counter("gateway_saved_usd", "Saving against the baseline model in USD", ["model"], registry=r)
+        self.decisions = Counter(
+            "gateway_routing_decisions", "Routing decisions", ["route", "policy", "model"], registry=r
+        )
+        self.fallbacks = Counter("gateway_fallbacks", "Attempts that failed over", ["model"], registry=r)
+        self.errors = Counter("gateway_errors", "Errors by type", ["type"], registry=r)
+        self.cache_errors = Counter("gateway_cache_errors", "Cache store failures", ["op"], registry=r)
+        self.ttft = Histogram(
+            "gateway_backend_ttft_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_backend_latency_seconds",
+            "Total request time",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_backend_in_flight", "Requests in flight", ["model"], registry=r)
+        self.queue_waiting = Gauge(
+            "gateway_backend_queue_waiting", "vLLM requests waiting (scraped)", ["model"], registry=r
+        )
+        self.breaker_open = Gauge("gateway_backend_breaker_open", "1 when the breaker is open", ["model"], registry=r)
+
+    def observe(self, ctx: RequestContext) -> None:
+        """Count one finished request."""
+        model = ctx.chosen_model or "none"
+        status = f"{ctx.status_code // 100}xx"
+        self.requests.labels(ctx.route or "-", model, status, ctx.cache_status).inc()
+        if ctx.usage.prompt_tokens:
+            self.tokens.labels(model, "prompt").inc(ctx.usage.prompt_tokens)
+        if ctx.usage.completion_tokens:
+            self.tokens.labels(model, "completion").inc(ctx.usage.completion_tokens)
+        if ctx.cost_usd:
+            self.cost.labels(model).inc(float(ctx.cost_usd))
+        if ctx.saved_usd > 0:
+            self.saved.labels(model).inc(float(ctx.saved_usd))
+        if ctx.error_type:
+            self.errors.labels(ctx.error_type).inc()
+        if ctx.chosen_model and ctx.cache_status not in ("hit", "semantic-hit") and ctx.status_code < 400:
+            if ctx.ttft_s is not None:
+                self.ttft.labels(model).observe(ctx.ttft_s)
+            if ctx.total_s is not None:
+                self.latency.labels(model).observe(ctx.total_s)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

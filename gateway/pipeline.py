@@ -1,0 +1,547 @@
+"""The request pipeline: the only place that knows the order of the stages.
+
+    1. parse     JSON body -> validated request            (gateway.protocol)
+    2. admit     virtual key, rate limits, budget          (Admission hook)
+    3. features  prompt tokens, capabilities, output size  (gateway.features)
+    4. cache     exact / semantic lookup                   (ResponseCache hook)
+    5. decide    rank candidates for route + constraints   (gateway.routing -> policies)
+    6. call      try the ranking in order, breaker/backoff (backends)
+    7. relay     return the body or stream the chunks      (gateway.streaming)
+    8. record    cost, ledger row, metrics, cache store    (Recorder, Metrics, ResponseCache)
+
+Stages 1-6 happen before the first byte goes to the client, so a failure there can still fall back or
+return a clean error; after it, a failure ends the stream with an SSE error event. Every request,
+whatever happened, is recorded exactly once. Nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from backends import Backend, CircuitBreaker, UpstreamStream
+from gateway.config import Settings
+from gateway.context import Endpoint, RequestContext
+from gateway.errors import (
+    AllCandidatesFailed,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    is_retryable,
+)
+from gateway.features import RequestFeatures, extract_features
+from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
+from gateway.metrics import Metrics
+from gateway.pricing import Price, live_price, static_price
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Open, validate
+from gateway.routing import Plan, Router, constraint_decimal
+from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, frame, replay_chunks
+from gateway.tokens import TokenCounter
+from policies.base import Candidate
+
+log = logging.getLogger("gateway.pipeline")
+
+_VALIDATORS: dict[str, type[_Open]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
+
+
+@dataclass(slots=True)
+class JSONResult:
+    """A complete response."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    status: int = 200
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """An SSE response; ``frames`` are ready-to-send bytes."""
+
+    frames: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Result = JSONResult | StreamResult
+
+
+class Pipeline:
+    """Runs requests through the stages; built once per app in its lifespan."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        backends: dict[str, Backend],
+        breakers: dict[str, CircuitBreaker],
+        router: Router,
+        counter: TokenCounter,
+        metrics: Metrics,
+        admission: Admission,
+        cache: ResponseCache,
+        recorder: Recorder,
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.breakers = breakers
+        self.router = router
+        self.counter = counter
+        self.metrics = metrics
+        self.admission = admission
+        self.cache = cache
+        self.recorder = recorder
+        self._baseline = settings.model(settings.ledger.baseline_model)
+        self._baseline_price = static_price(self._baseline) if self._baseline else None
+
+    # -- entry points ---------------------------------------------------------------------------------
+
+    def new_context(self, endpoint: Endpoint, headers: dict[str, str], request_id: str | None = None) -> RequestContext:
+        """A context for a request that just arrived (before its body is read)."""
+        rid = request_id or headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+        ctx = RequestContext(request_id=rid[:128], endpoint=endpoint, body={}, requested_model="", headers=headers)
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            ctx.api_key = auth[7:].strip() or None
+        return ctx
+
+    async def run(self, ctx: RequestContext, raw: bytes) -> Result:
+        """Run every stage for one request; raise :class:`GatewayError` for a clean error response."""
+        try:
+            self.parse(ctx, raw)
+            await self.admission.admit(ctx)
+            feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+            ctx.prompt_tokens_estimate = feats.prompt_tokens
+            if ctx.endpoint == "embeddings":
+                return await self._embeddings(ctx)
+            cached = await self.cache.lookup(ctx)
+            if cached is not None:
+                return self._serve_cached(ctx, cached, feats)
+            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
+            self._note_plan(ctx, plan)
+            if ctx.stream:
+                return await self._stream(ctx, plan, feats)
+            return await self._complete(ctx, plan, feats)
+        except GatewayError as err:
+            await self.fail(ctx, err)
+            raise
+
+    async def fail(self, ctx: RequestContext, err: GatewayError) -> None:
+        """Record a request that ends with an error response."""
+        ctx.status_code = err.status
+        ctx.error_type = type(err).__name__
+        ctx.error_message = err.message
+        await self._finish(ctx)
+
+    # -- stage 1: parse -------------------------------------------------------------------------------
+
+    def parse(self, ctx: RequestContext, raw: bytes) -> None:
+        """Stage 1: JSON, validation, constraints, and the streaming usage request."""
+        if not raw:
+            raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        if isinstance(body.get("model"), str):
+            ctx.requested_model = body["model"][:256]
+        if isinstance(body.get("user"), str):
+            ctx.user = body["user"][:256]
+        validate(_VALIDATORS[ctx.endpoint], body)
+        ext = body.pop("gateway", None) or {}
+        h = ctx.headers
+        c = ctx.constraints
+        c.policy = h.get("x-gateway-policy") or ext.get("policy")
+        c.max_cost_usd = constraint_decimal(
+            h.get("x-gateway-max-cost-usd", ext.get("max_cost_usd")), "x-gateway-max-cost-usd"
+        )
+        c.max_latency_ms = _float_constraint(
+            h.get("x-gateway-max-latency-ms", ext.get("max_latency_ms")), "x-gateway-max-latency-ms"
+        )
+        c.min_quality = _float_constraint(
+            h.get("x-gateway-min-quality", ext.get("min_quality")), "x-gateway-min-quality"
+        )
+        ctx.stream = bool(body.get("stream"))
+        if ctx.stream:
+            opts = body.get("stream_options") or {}
+            ctx.client_wants_usage = bool(opts.get("include_usage"))
+            body["stream_options"] = {**opts, "include_usage": True}
+        ctx.body = body
+
+    # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
+        d = plan.decision
+        ctx.route = plan.route
+        ctx.policy = d.policy
+        ctx.reason = d.reason
+        ctx.predicted_cost = d.winner.cost_usd
+        self.metrics.decisions.labels(plan.route or "-", d.policy, d.winner.name).inc()
+
+    def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer, feats: RequestFeatures) -> Result:
+        ctx.chosen_model = cached.original_model or str(cached.body.get("model") or ctx.requested_model)
+        ctx.cache_status = cached.status
+        ctx.cache_score = cached.score
+        ctx.reason = "served from cache"
+        usage = cached.body.get("usage") or {}
+        ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+        ctx.ttft_s = ctx.elapsed()
+        model = str(cached.body.get("model") or ctx.chosen_model)
+        if ctx.stream:
+            frames = replay_chunks(cached.body, model, ctx.client_wants_usage)
+            return StreamResult(self._finish_after(ctx, aiter_list(frames)), self._headers(ctx))
+        self._schedule_finish(ctx)
+        return JSONResult(cached.body, self._headers(ctx))
+
+    # -- stage 6: call, non-streaming -----------------------------------------------------------------
+
+    async def _complete(self, ctx: RequestContext, plan: Plan, feats: RequestFeatures) -> JSONResult:
+        last: UpstreamError | None = None
+        for attempt, cand in enumerate(self._attempt_order(plan)):
+            backend = self.backends[cand.name]
+            if attempt:
+                await self._backoff(attempt, last)
+            ctx.attempts.append(cand.name)
+            breaker = self.breakers[cand.name]
+            breaker.before_call()
+            backend.stats.in_flight += 1
+            t0 = ctx.elapsed()
+            try:
+                response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            except UpstreamError as err:
+                self._attempt_failed(cand.name, err)
+                last = err
+                if not is_retryable(err) or not self._may_fall_back(plan):
+                    raise
+                continue
+            finally:
+                backend.stats.in_flight -= 1
+            breaker.record_success()
+            body = response.body
+            body["model"] = cand.name
+            ctx.chosen_model = cand.name
+            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+            self._set_usage(ctx, usage, body)
+            ctx.finish_reason = _first_finish_reason(body)
+            backend.stats.observe(
+                ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens
+            )
+            ctx.ttft_s = ctx.elapsed()
+            self.cache.store(ctx, body)
+            self._schedule_finish(ctx)
+            return JSONResult(body, self._headers(ctx))
+        assert last is not None
+        raise AllCandidatesFailed(last, ctx.attempts)
+
+    # -- stage 6/7: call and relay, streaming ---------------------------------------------------------
+
+    async def _stream(self, ctx: RequestContext, plan: Plan, feats: RequestFeatures) -> StreamResult:
+        last: UpstreamError | None = None
+        for attempt, cand in enumerate(self._attempt_order(plan)):
+            backend = self.backends[cand.name]
+            if attempt:
+                await self._backoff(attempt, last)
+            ctx.attempts.append(cand.name)
+            breaker = self.breakers[cand.name]
+            breaker.before_call()
+            backend.stats.in_flight += 1
+            t0 = ctx.elapsed()
+            stream: UpstreamStream | None = None
+            try:
+                stream = await backend.open_stream(ctx.path, self._upstream_body(ctx, backend))
+                events = stream.events()
+                first = await _first_event(events, backend)
+            except UpstreamError as err:
+                backend.stats.in_flight -= 1
+                if stream is not None:
+                    await _close_quietly(stream)
+                self._attempt_failed(cand.name, err)
+                last = err
+                if not is_retryable(err) or not self._may_fall_back(plan):
+                    raise
+                continue
+            except BaseException:
+                backend.stats.in_flight -= 1
+                if stream is not None:
+                    await _close_quietly(stream)
+                raise
+            ctx.chosen_model = cand.name
+            frames = self._relay(ctx, backend, breaker, stream, events, first, t0)
+            return StreamResult(frames, self._headers(ctx))
+        assert last is not None
+        raise AllCandidatesFailed(last, ctx.attempts)
+
+    async def _relay(
+        self,
+        ctx: RequestContext,
+        backend: Backend,
+        breaker: CircuitBreaker,
+        stream: UpstreamStream,
+        events: AsyncIterator[bytes],
+        first: bytes,
+        t0: float,
+    ) -> AsyncIterator[bytes]:
+        relay = ChunkRelay(ctx, backend.name, collect=self.cache.wants_stream(ctx))
+        saw_done = False
+        failed = False
+        try:
+            pending: bytes | None = first
+            while True:
+                data = pending if pending is not None else await anext(events, None)
+                pending = None
+                if data is None:
+                    break
+                if data == b"[DONE]":
+                    saw_done = True
+                    break
+                out = relay.transform(data)
+                if out is not None:
+                    yield out
+            if not saw_done:
+                raise UpstreamUnavailable(
+                    f"upstream '{backend.name}' ended the stream without [DONE]", backend=backend.name
+                )
+            yield DONE
+        except UpstreamError as err:
+            failed = True
+            self._attempt_failed(backend.name, err)
+            ctx.status_code = 200  # the status line was sent; the error travels in the stream
+            ctx.error_type = type(err).__name__
+            ctx.error_message = err.message
+            yield error_event(err)
+        except (asyncio.CancelledError, GeneratorExit):
+            failed = True
+            ctx.error_type = "ClientDisconnected"
+            ctx.status_code = 499
+            raise
+        finally:
+            backend.stats.in_flight -= 1
+            await _close_quietly(stream)
+            if not failed:
+                breaker.record_success()
+            if not relay.usage_seen:
+                ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
+                ctx.usage.completion_tokens = self.counter.count("".join(relay.text_parts)) + relay.tool_calls
+                ctx.usage.estimated = True
+            backend.stats.observe(
+                ttft_s=None if ctx.ttft_s is None else ctx.ttft_s - t0,
+                total_s=ctx.elapsed() - t0,
+                completion_tokens=ctx.usage.completion_tokens,
+            )
+            if not failed and relay.collected is not None:
+                self.cache.store_stream(ctx, relay.collected)
+            await self._finish(ctx)
+
+    # -- embeddings -----------------------------------------------------------------------------------
+
+    async def _embeddings(self, ctx: RequestContext) -> JSONResult:
+        spec = self.settings.model(ctx.requested_model)
+        if spec is None:
+            raise NotFound(f"The model '{ctx.requested_model}' does not exist.", param="model")
+        if spec.mode != "embedding":
+            raise InvalidRequest(
+                f"The model '{spec.name}' does not serve embeddings.",
+                param="model",
+                code="model_not_embedding",
+            )
+        ctx.chosen_model = spec.name
+        ctx.policy = "explicit"
+        backend = self.backends[spec.name]
+        ctx.attempts.append(spec.name)
+        response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+        body = response.body
+        body["model"] = spec.name
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        self._set_usage(ctx, usage, body)
+        self._schedule_finish(ctx)
+        return JSONResult(body, self._headers(ctx))
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _attempt_order(self, plan: Plan) -> list[Candidate]:
+        """The ranking, repeated if short, cut to the retry budget."""
+        ranking = plan.decision.ranking
+        budget = self.settings.retry.max_attempts
+        if len(ranking) >= budget:
+            return ranking[:budget]
+        return [ranking[i % len(ranking)] for i in range(budget)]
+
+    def _may_fall_back(self, plan: Plan) -> bool:
+        return True
+
+    async def _backoff(self, attempt: int, last: UpstreamError | None) -> None:
+        r = self.settings.retry
+        delay = min(r.backoff_base_ms * (2 ** (attempt - 1)), r.backoff_max_ms) / 1000.0
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _attempt_failed(self, name: str, err: UpstreamError) -> None:
+        if is_retryable(err):
+            self.breakers[name].record_failure()
+            self.backends[name].stats.last_error = err.message
+            self.metrics.fallbacks.labels(name).inc()
+        log.warning("attempt on %s failed: %s", name, err.message)
+
+    def _upstream_body(self, ctx: RequestContext, backend: Backend) -> dict[str, Any]:
+        spec = self.settings.model(backend.name)
+        body = dict(ctx.body)
+        body["model"] = spec.upstream_name if spec else backend.name
+        return body
+
+    def _set_usage(self, ctx: RequestContext, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
+        if usage and ("prompt_tokens" in usage or "completion_tokens" in usage):
+            ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return
+        ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
+        ctx.usage.completion_tokens = sum(
+            self.counter.count(_choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
+        )
+        ctx.usage.estimated = True
+
+    def price(self, model: str) -> Price:
+        """The price of ``model`` now (local models at their measured throughput)."""
+        spec = self.settings.model(model)
+        if spec is None:
+            return static_price_none()
+        return live_price(spec, self.backends[model].stats.tokens_per_second.value)
+
+    def _cost(self, ctx: RequestContext) -> None:
+        u = ctx.usage
+        if ctx.chosen_model is None:
+            return
+        full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        if self._baseline_price is not None:
+            ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
+        if ctx.cache_status in ("hit", "semantic-hit"):
+            ctx.cost_usd = Decimal(0)
+            ctx.saved_usd = full  # what this answer would have cost from its model
+        else:
+            ctx.cost_usd = full
+            ctx.saved_usd = ctx.baseline_cost_usd - full
+
+    def _headers(self, ctx: RequestContext) -> dict[str, str]:
+        if not ctx.stream:
+            self._cost(ctx)
+            cost = ctx.cost_usd
+        else:
+            hit = ctx.cache_status in ("hit", "semantic-hit")
+            cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
+        headers = {
+            "x-request-id": ctx.request_id,
+            "x-gateway-model": ctx.chosen_model or "",
+            "x-gateway-policy": ctx.policy or "",
+            "x-gateway-reason": _header_safe(ctx.reason),
+            "x-gateway-cost-usd": f"{cost or Decimal(0):f}",
+            "x-gateway-cache": ctx.cache_status,
+        }
+        if ctx.stream:
+            headers["x-gateway-cost-estimated"] = "true"
+        if ctx.route:
+            headers["x-gateway-route"] = ctx.route
+        if ctx.cache_score is not None:
+            headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
+        return headers
+
+    async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for f in frames:
+                yield f
+        finally:
+            await self._finish(ctx)
+
+    def _schedule_finish(self, ctx: RequestContext) -> None:
+        # Non-streaming: the body is ready; account without delaying the response.
+        task = asyncio.get_running_loop().create_task(self._finish(ctx))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _finish(self, ctx: RequestContext) -> None:
+        """Stage 8, exactly once per request: cost, settle, ledger, metrics."""
+        if ctx.total_s is not None:
+            return
+        ctx.total_s = ctx.elapsed()
+        if ctx.cost_usd == 0:
+            self._cost(ctx)
+        try:
+            await self.admission.settle(ctx)
+        finally:
+            self.recorder.record(ctx)
+            self.metrics.observe(ctx)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def static_price_none() -> Price:
+    """Price of a model the config does not know (nothing is charged)."""
+    return Price(Decimal(0), Decimal(0), "unknown")
+
+
+def _float_constraint(value: Any, param: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"Invalid value for '{param}': not a number.", param=param) from None
+    if out != out or out < 0:
+        raise InvalidRequest(f"Invalid value for '{param}': must be a non-negative number.", param=param)
+    return out
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    msg = choice.get("message")
+    if isinstance(msg, dict):
+        parts = [msg.get("content") or ""]
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+        return "".join(p for p in parts if isinstance(p, str))
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def _first_finish_reason(body: dict[str, Any]) -> str | None:
+    for c in body.get("choices") or []:
+        if isinstance(c, dict) and c.get("finish_reason"):
+            return str(c["finish_reason"])
+    return None
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
+
+
+async def _first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name) from None
+    if first == b"[DONE]":
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
+    return first
+
+
+async def _close_quietly(stream: UpstreamStream) -> None:
+    with contextlib.suppress(UpstreamError, OSError, RuntimeError):
+        await asyncio.shield(stream.aclose())
+
+
+__all__ = ["JSONResult", "Pipeline", "Result", "StreamResult", "UpstreamTimeout", "frame"]

@@ -1,0 +1,112 @@
+"""Prices and the one cost function used by routing (predicted), accounting (actual) and the baseline.
+
+Hosted models are priced from litellm's bundled price map (read as a JSON file: ``import litellm`` costs
+seconds and is not needed for it), with per-model overrides from the config. Local models cost their share
+of the GPU hour: ``gpu_hour_usd / 3600 / tokens_per_second`` per output token; prompt tokens are prefilled
+in parallel and are charged at ``PREFILL_DISCOUNT`` of that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ModelSpec
+
+#: Prompt tokens of a local model cost this share of an output token's GPU time.
+PREFILL_DISCOUNT = Decimal("0.1")
+#: Throughput assumed for a local model before any is measured or configured.
+DEFAULT_LOCAL_TPS = 1000.0
+_Q = Decimal("0.000000000001")  # money is kept to 1e-12 USD
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token; ``local_tps`` set when the price derives from GPU time."""
+
+    input_per_token: Decimal
+    output_per_token: Decimal
+    source: str
+    max_input_tokens: int | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """Cost of one request's tokens."""
+        return (self.input_per_token * prompt_tokens + self.output_per_token * completion_tokens).quantize(_Q)
+
+
+ZERO = Price(Decimal(0), Decimal(0), "unpriced")
+
+
+def litellm_price_map_path() -> Path | None:
+    """Where litellm's bundled price map lies, found without importing litellm."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_prices_and_context_window_backup.json"
+    return path if path.exists() else None
+
+
+@lru_cache(maxsize=1)
+def _price_map() -> dict[str, Any]:
+    path = litellm_price_map_path()
+    if path is None:
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def price_map_entry(upstream_model: str) -> dict[str, Any] | None:
+    """litellm's entry for a model name (with or without a ``provider/`` prefix)."""
+    table = _price_map()
+    entry = table.get(upstream_model)
+    if entry is None and "/" in upstream_model:
+        entry = table.get(upstream_model.split("/", 1)[1])
+    return entry if isinstance(entry, dict) else None
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def local_price(gpu_hour_usd: Decimal, tokens_per_second: float) -> Price:
+    """Per-token price of a local model from its GPU's hourly cost and its throughput."""
+    per_output = (gpu_hour_usd / Decimal(3600) / Decimal(str(round(tokens_per_second, 3)))).quantize(_Q)
+    return Price((per_output * PREFILL_DISCOUNT).quantize(_Q), per_output, f"gpu_hour@{tokens_per_second:.0f}tok/s")
+
+
+def static_price(spec: ModelSpec) -> Price:
+    """The model's price from config overrides, else litellm's map, else (local) GPU time at the configured rate."""
+    entry = price_map_entry(spec.upstream_name)
+    max_input = None
+    if entry is not None:
+        raw = entry.get("max_input_tokens") or entry.get("max_tokens")
+        max_input = int(raw) if isinstance(raw, int | float) else None
+    if spec.input_cost_per_token is not None or spec.output_cost_per_token is not None:
+        return Price(
+            spec.input_cost_per_token or Decimal(0),
+            spec.output_cost_per_token or Decimal(0),
+            "config",
+            max_input,
+        )
+    if spec.gpu_hour_usd is not None:
+        price = local_price(spec.gpu_hour_usd, spec.tokens_per_second or DEFAULT_LOCAL_TPS)
+        return Price(price.input_per_token, price.output_per_token, price.source, max_input)
+    if entry is not None:
+        inp = _dec(entry.get("input_cost_per_token"))
+        out = _dec(entry.get("output_cost_per_token"))
+        if inp is not None or out is not None:
+            return Price(inp or Decimal(0), out or Decimal(0), "litellm", max_input)
+    return Price(Decimal(0), Decimal(0), "unpriced", max_input)
+
+
+def live_price(spec: ModelSpec, measured_tps: float | None) -> Price:
+    """Like :func:`static_price`, but a local model uses its measured throughput when there is one."""
+    if spec.gpu_hour_usd is not None and spec.input_cost_per_token is None and spec.output_cost_per_token is None:
+        tps = measured_tps if measured_tps else (spec.tokens_per_second or DEFAULT_LOCAL_TPS)
+        return local_price(spec.gpu_hour_usd, tps)
+    return static_price(spec)

@@ -1,0 +1,126 @@
+"""Pydantic models of the OpenAI request bodies, used to validate; the original dict is what is forwarded.
+
+Validation catches what would otherwise fail later or upstream with a worse message (wrong types,
+negative ``max_tokens``, empty ``messages``). Unknown fields are allowed (vendor extras pass through).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from gateway.errors import InvalidRequest
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(_Open):
+    """One chat message; content may be text, parts (vision), or null with tool calls."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: StrictStr | None = None
+
+
+class StreamOptions(_Open):
+    """``stream_options`` of a streaming request."""
+
+    include_usage: StrictBool | None = None
+
+
+class GatewayExtension(BaseModel):
+    """The body's ``gateway`` field: per-request routing constraints (same as the x-gateway-* headers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: StrictStr | None = None
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    min_quality: float | None = Field(None, ge=0, le=10)
+
+
+class _Sampling(_Open):
+    model: StrictStr = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Temperature | None = None
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: StrictInt | None = Field(None, ge=1, le=128)
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: StrictStr | None = None
+    gateway: GatewayExtension | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``."""
+
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    echo: StrictBool | None = None
+
+
+class EmbeddingRequest(_Open):
+    """``POST /v1/embeddings``."""
+
+    model: StrictStr = Field(min_length=1)
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: StrictInt | None = Field(None, ge=1)
+    user: StrictStr | None = None
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif item in (
+            "str",
+            "list[str]",
+            "list[int]",
+            "list[list[int]]",
+            "list[dict[str,any]]",
+            "dict[str,any]",
+        ):
+            break  # union branch names add nothing for the client
+        else:
+            out += ("." if out else "") + item
+    return out
+
+
+def validate(model: type[_Open], body: dict[str, Any]) -> _Open:
+    """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(tuple(err["loc"])) or None
+        if err["type"] == "missing":
+            message = f"Missing required parameter: '{param}'."
+        else:
+            message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
+        raise InvalidRequest(message, param=param, code="invalid_value") from None

@@ -1,0 +1,325 @@
+"""The decide stage: resolve a route or model name to candidates, predict, filter, and rank.
+
+For each candidate this module predicts the request's cost (Decimal), completion time (from live
+per-backend moving averages and queue depth) and answer quality (the model's score adjusted by the
+prompt's difficulty). Hard constraints (capabilities, context window, open breakers, the request's
+cost/latency/quality limits) filter first, with a clear error naming the failed constraint; the policy
+then only orders what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from backends import Backend, CircuitBreaker
+from gateway.config import ModelSpec, RouteSpec, Settings
+from gateway.context import Constraints
+from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound
+from gateway.features import RequestFeatures, heuristic_difficulty
+from gateway.pricing import live_price, static_price
+from policies import registry
+from policies.base import Candidate, Decision, Policy, RoutingInput
+
+#: Llama-family tokenizers produce more tokens than tiktoken's cl100k for the same text.
+LOCAL_TOKEN_MARGIN = 1.15
+DEFAULT_OUTPUT_TOKENS = 256
+_PRIOR_TTFT_S = {True: 0.15, False: 0.6}  # is_local -> seconds
+_PRIOR_TPOT_S = {True: 0.025, False: 0.03}
+#: MT-Bench-like scores of well-known models, used when the config gives none.
+KNOWN_QUALITY = {
+    "llama-2-7b": 6.27,
+    "llama-2-13b": 6.65,
+    "llama-2-70b": 6.86,
+    "gpt-3.5": 7.94,
+    "gpt-4": 8.99,
+    "mixtral": 8.3,
+}
+
+
+class QualityEstimator(Protocol):
+    """Predicts, from the prompt alone, how likely the strong model is needed (0..1)."""
+
+    def score(self, prompt: str) -> float:
+        """P(the cheap model's answer is not good enough)."""
+        ...
+
+    def threshold_for_strong_share(self, share: float) -> float:
+        """The score above which a request goes to the strong model, for a target share."""
+        ...
+
+    def threshold_for_quality_target(self, target_pgr: float) -> float:
+        """The score threshold that recovers ``target_pgr`` of the quality gap on calibration data."""
+        ...
+
+
+def base_quality(spec: ModelSpec) -> float:
+    """The model's configured quality, else a known public figure, else a neutral 7."""
+    if spec.quality is not None:
+        return spec.quality
+    key = spec.name.lower()
+    for prefix, score in KNOWN_QUALITY.items():
+        if key.startswith(prefix):
+            return score
+    return 7.0
+
+
+def predicted_quality(q: float, difficulty: float) -> float:
+    """Quality on this prompt: easy prompts lift every model, hard ones widen the gap to 10."""
+    return 10.0 - (10.0 - q) * (0.5 + difficulty)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A model's static facts, computed once at start-up."""
+
+    spec: ModelSpec
+    quality: float
+    context_window: int
+    supports_tools: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The outcome of the decide stage."""
+
+    decision: Decision
+    route: str | None
+    predictions: dict[str, Candidate]
+
+
+class Router:
+    """Resolves names, predicts per candidate, applies constraints and runs the policy."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: dict[str, Backend],
+        breakers: dict[str, CircuitBreaker],
+        estimator: QualityEstimator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.breakers = breakers
+        self.estimator = estimator
+        self.routes: dict[str, RouteSpec] = settings.resolved_routes()
+        self.models: dict[str, Prepared] = {}
+        for spec in settings.models:
+            price = static_price(spec)
+            window = spec.context_window or price.max_input_tokens or 4096
+            tools = spec.supports_tools if spec.supports_tools is not None else True
+            self.models[spec.name] = Prepared(spec, base_quality(spec), window, tools)
+        self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
+        self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
+
+    def _threshold(self, route: RouteSpec) -> float | None:
+        if self.estimator is None:
+            return None
+        if route.quality_target is not None:
+            return self.estimator.threshold_for_quality_target(route.quality_target)
+        if route.strong_share is not None:
+            return self.estimator.threshold_for_strong_share(route.strong_share)
+        return None
+
+    def names(self) -> list[str]:
+        """Every name a client may send: models, then routes."""
+        return [*self.models, *self.routes]
+
+    def policy(self, name: str) -> Policy:
+        """The policy registered as ``name`` (400 naming it if unknown)."""
+        policy = self.policies.get(name)
+        if policy is None:
+            raise InvalidRequest(
+                f"Unknown routing policy '{name}' (known: {', '.join(sorted(self.policies))}).",
+                param="x-gateway-policy",
+                code="unknown_policy",
+            )
+        return policy
+
+    # -- predictions ---------------------------------------------------------------------------------
+
+    def candidate(self, name: str, feats: RequestFeatures, difficulty: float) -> Candidate:
+        """Predict cost, latency and quality of serving this request on model ``name``."""
+        prep = self.models[name]
+        spec = prep.spec
+        stats = self.backends[name].stats
+        out_tokens = feats.max_output_tokens or int(stats.output_tokens.get(DEFAULT_OUTPUT_TOKENS))
+        out_tokens *= feats.n
+        price = live_price(spec, stats.tokens_per_second.value)
+        cost = price.cost(feats.prompt_tokens, out_tokens)
+        ttft = stats.ttft_s.get(_PRIOR_TTFT_S[spec.is_local])
+        tpot = stats.tpot_s.get(_PRIOR_TPOT_S[spec.is_local])
+        service = ttft + tpot * max(out_tokens - 1, 0)
+        queue = stats.queue
+        capacity = spec.max_in_flight
+        if queue.scraped_at and (queue.running or queue.waiting):
+            concurrency = max(queue.running, 1.0)
+            wait = queue.waiting * service / concurrency
+            saturated = queue.waiting > 0 or (capacity is not None and queue.running >= capacity)
+        else:
+            wait = 0.0
+            saturated = False
+        if capacity is not None and stats.in_flight >= capacity:
+            saturated = True
+            wait = max(wait, (stats.in_flight - capacity + 1) * service / capacity)
+        return Candidate(
+            name=name,
+            cost_usd=cost,
+            latency_s=wait + service,
+            quality=predicted_quality(prep.quality, difficulty),
+            base_quality=prep.quality,
+            is_local=spec.is_local,
+            saturated=saturated,
+            load=stats.load,
+        )
+
+    # -- the stage -----------------------------------------------------------------------------------
+
+    def plan(self, requested: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
+        """Choose the ranking for a request naming ``requested`` (a route or a model)."""
+        if requested in self.models:
+            return self._plan_model(requested, feats)
+        route = self.routes.get(requested)
+        if route is None:
+            raise NotFound(f"The model '{requested}' does not exist.", param="model")
+        strong_needed = self.estimator.score(feats.prompt) if self.estimator is not None else None
+        difficulty = strong_needed if strong_needed is not None else heuristic_difficulty(feats.prompt)
+        names = self._hard_filter(list(route.models or []), feats)
+        candidates = [self.candidate(n, feats, difficulty) for n in names]
+        candidates = self._constrain(candidates, constraints, route)
+        policy = self.policy(constraints.policy or route.policy)
+        request = RoutingInput(
+            prompt=feats.prompt,
+            prompt_tokens=feats.prompt_tokens,
+            expected_output_tokens=feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
+            difficulty=difficulty,
+            strong_needed=strong_needed,
+            strong_threshold=self._thresholds.get(requested),
+            weights=(route.weights.quality, route.weights.cost, route.weights.latency),
+            min_quality=constraints.min_quality if constraints.min_quality is not None else route.min_quality,
+        )
+        decision = policy.rank(request, candidates)
+        if not route.fallbacks:
+            decision = Decision(decision.ranking[:1], decision.reason, decision.policy, decision.scores)
+        return Plan(decision, requested, {c.name: c for c in candidates})
+
+    def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
+        difficulty = heuristic_difficulty(feats.prompt) if self.estimator is None else 0.5
+        first = self.candidate(name, feats, difficulty)
+        fallbacks = [f for f in self.models[name].spec.fallbacks if f in self.models]
+        try:
+            fallbacks = self._hard_filter(fallbacks, feats) if fallbacks else []
+        except (NoRouteSatisfies, ContextLengthExceeded):
+            fallbacks = []
+        ranking = [first, *(self.candidate(f, feats, difficulty) for f in fallbacks)]
+        reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
+        return Plan(Decision(ranking, reason, "explicit"), None, {c.name: c for c in ranking})
+
+    def _hard_filter(self, names: list[str], feats: RequestFeatures) -> list[str]:
+        """Capabilities, context window and breakers; each with its own clear error."""
+        checks: list[tuple[bool, str, Callable[[Prepared], bool]]] = [
+            (feats.needs_tools, "tool calling", lambda p: p.supports_tools),
+            (feats.needs_vision, "image input", lambda p: p.spec.supports_vision),
+            (feats.needs_json, "JSON mode", lambda p: p.spec.supports_json_mode),
+        ]
+        for needed, label, has in checks:
+            if needed:
+                capable = [n for n in names if has(self.models[n])]
+                if not capable:
+                    raise NoRouteSatisfies(
+                        f"No candidate model supports {label} (candidates: {', '.join(names)}).",
+                        param="tools" if label == "tool calling" else None,
+                    )
+                names = capable
+        need_out = feats.max_output_tokens or 1
+        fits = [n for n in names if self._fits(n, feats.prompt_tokens, need_out)]
+        if not fits:
+            largest = max(names, key=lambda n: self.models[n].context_window)
+            raise ContextLengthExceeded(
+                f"The prompt (~{feats.prompt_tokens} tokens) plus max_tokens ({need_out}) does not fit the "
+                f"context window of any candidate (largest: {self.models[largest].context_window} tokens on "
+                f"'{largest}').",
+                param="messages",
+            )
+        open_ok = [n for n in fits if self.breakers[n].available()]
+        return open_ok or fits  # all breakers open: try anyway rather than fail without trying
+
+    def _fits(self, name: str, prompt_tokens: int, out_tokens: int) -> bool:
+        prep = self.models[name]
+        margin = LOCAL_TOKEN_MARGIN if prep.spec.is_local else 1.0
+        return prompt_tokens * margin + out_tokens <= prep.context_window
+
+    def _constrain(self, cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
+        max_cost = c.max_cost_usd if c.max_cost_usd is not None else route.max_cost_usd
+        max_latency = c.max_latency_ms if c.max_latency_ms is not None else route.max_latency_ms
+        min_quality = c.min_quality if c.min_quality is not None else route.min_quality
+        if max_cost is not None:
+            ok = [x for x in cands if x.cost_usd <= max_cost]
+            if not ok:
+                cheapest = min(cands, key=lambda x: x.cost_usd)
+                raise NoRouteSatisfies(
+                    f"No candidate satisfies max cost ${max_cost}: the cheapest, '{cheapest.name}', is "
+                    f"predicted to cost ${cheapest.cost_usd:.8f}.",
+                    param="x-gateway-max-cost-usd",
+                )
+            cands = ok
+        if max_latency is not None:
+            ok = [x for x in cands if x.latency_s * 1000 <= max_latency]
+            if not ok:
+                fastest = min(cands, key=lambda x: x.latency_s)
+                raise NoRouteSatisfies(
+                    f"No candidate satisfies max latency {max_latency:g} ms: the fastest, '{fastest.name}', "
+                    f"is predicted to take {fastest.latency_s * 1000:.0f} ms.",
+                    param="x-gateway-max-latency-ms",
+                )
+            cands = ok
+        if min_quality is not None:
+            ok = [x for x in cands if x.quality >= min_quality]
+            if not ok:
+                best = max(cands, key=lambda x: x.quality)
+                raise NoRouteSatisfies(
+                    f"No candidate satisfies min quality {min_quality:g}: the best, '{best.name}', is "
+                    f"predicted at {best.quality:.2f} for this prompt.",
+                    param="x-gateway-min-quality",
+                )
+            cands = ok
+        return cands
+
+
+def explain(plan: Plan) -> dict[str, Any]:
+    """A JSON-able account of a decision: the ranking with each candidate's predictions."""
+    d = plan.decision
+    return {
+        "route": plan.route,
+        "policy": d.policy,
+        "winner": d.winner.name,
+        "reason": d.reason,
+        "ranking": [
+            {
+                "model": c.name,
+                "predicted_cost_usd": str(c.cost_usd),
+                "predicted_latency_ms": round(c.latency_s * 1000, 1),
+                "predicted_quality": round(c.quality, 3),
+                "base_quality": c.base_quality,
+                "saturated": c.saturated,
+                "load": c.load,
+                "score": d.scores.get(c.name),
+            }
+            for c in d.ranking
+        ],
+    }
+
+
+def constraint_decimal(value: str | float | None, param: str) -> Decimal | None:
+    """Parse a money constraint (header or body) into Decimal, 400 naming the param on garbage."""
+    if value is None:
+        return None
+    try:
+        out = Decimal(str(value))
+    except ArithmeticError:
+        raise InvalidRequest(f"Invalid value for '{param}': not a number.", param=param) from None
+    if not out.is_finite() or out < 0:
+        raise InvalidRequest(f"Invalid value for '{param}': must be a non-negative number.", param=param)
+    return out

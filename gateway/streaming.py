@@ -1,0 +1,208 @@
+"""SSE framing: relaying upstream chunks to the client, replaying stored answers, and error events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(payload: bytes) -> bytes:
+    """One SSE event carrying ``payload``."""
+    return b"data: " + payload + b"\n\n"
+
+
+def error_event(err: GatewayError) -> bytes:
+    """An SSE event the OpenAI SDK raises as an ``APIError``: ``{"error": {...}}``."""
+    return frame(orjson.dumps(err.to_body()))
+
+
+class ChunkRelay:
+    """Rewrites upstream chunks for the client and observes them for accounting.
+
+    Sets the gateway's model name, records usage, finish reasons and time to first token, and drops the
+    usage-only chunk (and ``usage`` keys) when the client did not ask for usage: the gateway always asks
+    the upstream for it, so it always knows the token counts.
+    """
+
+    __slots__ = (
+        "_ctx",
+        "_model",
+        "_want_usage",
+        "collected",
+        "completed",
+        "text_parts",
+        "tool_calls",
+        "usage_seen",
+    )
+
+    def __init__(self, ctx: RequestContext, model_name: str, collect: bool = False) -> None:
+        self._ctx = ctx
+        self._model = model_name
+        self._want_usage = ctx.client_wants_usage
+        self.usage_seen = False
+        self.completed = False  # a finish_reason arrived for every choice we saw
+        self.text_parts: list[str] = []
+        self.tool_calls = 0
+        self.collected: list[dict[str, Any]] | None = [] if collect else None
+
+    def transform(self, data: bytes) -> bytes | None:
+        """The bytes to send for one upstream payload (``None``: send nothing)."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None  # not JSON (a keep-alive or a vendor comment): nothing the client can use
+        if not isinstance(chunk, dict):
+            return None
+        if "error" in chunk and "choices" not in chunk:
+            return frame(data)  # an upstream error event passes through as is
+        chunk["model"] = self._model
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self._ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.usage_seen = True
+        choices = chunk.get("choices") or []
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            text = content if isinstance(content, str) else choice.get("text")
+            if isinstance(text, str) and text:
+                if self._ctx.ttft_s is None:
+                    self._ctx.ttft_s = self._ctx.elapsed()
+                self.text_parts.append(text)
+            if isinstance(delta, dict) and delta.get("tool_calls"):
+                if self._ctx.ttft_s is None:
+                    self._ctx.ttft_s = self._ctx.elapsed()
+                self.tool_calls += 1
+            reason = choice.get("finish_reason")
+            if reason:
+                self._ctx.finish_reason = reason
+                self.completed = True
+        if self.collected is not None and choices:
+            self.collected.append(chunk)
+        if not self._want_usage:
+            if not choices and "usage" in chunk:
+                return None
+            chunk.pop("usage", None)
+        return frame(orjson.dumps(chunk))
+
+
+def _chunk_base(body: dict[str, Any], model: str) -> dict[str, Any]:
+    obj = "chat.completion.chunk" if body.get("object") == "chat.completion" else "text_completion"
+    return {
+        "id": body.get("id") or "cmpl-cached",
+        "object": obj,
+        "created": body.get("created") or int(time.time()),
+        "model": model,
+    }
+
+
+def replay_chunks(body: dict[str, Any], model: str, include_usage: bool) -> Iterator[bytes]:
+    """A complete response body as the SSE stream an upstream would have sent (for cached answers)."""
+    base = _chunk_base(body, model)
+    chat = base["object"] == "chat.completion.chunk"
+    for choice in body.get("choices") or []:
+        idx = choice.get("index", 0)
+        if chat:
+            msg = choice.get("message") or {}
+            yield frame(
+                orjson.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": idx,
+                                "delta": {"role": msg.get("role", "assistant"), "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )
+            if msg.get("content"):
+                yield frame(
+                    orjson.dumps(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": idx,
+                                    "delta": {"content": msg["content"]},
+                                    "logprobs": choice.get("logprobs"),
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                    )
+                )
+            for i, call in enumerate(msg.get("tool_calls") or []):
+                delta_call = {
+                    "index": i,
+                    "id": call.get("id"),
+                    "type": call.get("type", "function"),
+                    "function": call.get("function"),
+                }
+                yield frame(
+                    orjson.dumps(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": idx,
+                                    "delta": {"tool_calls": [delta_call]},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                    )
+                )
+            yield frame(
+                orjson.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": idx,
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": choice.get("finish_reason"),
+                            }
+                        ],
+                    }
+                )
+            )
+        else:
+            yield frame(
+                orjson.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": idx,
+                                "text": choice.get("text", ""),
+                                "logprobs": choice.get("logprobs"),
+                                "finish_reason": choice.get("finish_reason"),
+                            }
+                        ],
+                    }
+                )
+            )
+    if include_usage and body.get("usage"):
+        yield frame(orjson.dumps({**base, "choices": [], "usage": body["usage"]}))
+    yield DONE
+
+
+async def aiter_list(items: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """An async view of a sync iterator of frames."""
+    for item in items:
+        yield item

@@ -1,0 +1,65 @@
+"""Offline token counting with tiktoken, using the encodings litellm ships.
+
+tiktoken downloads its encodings on first use; litellm bundles ``cl100k_base`` and ``o200k_base`` under
+``litellm/litellm_core_utils/tokenizers``. Pointing ``TIKTOKEN_CACHE_DIR`` there makes plain tiktoken work
+with no network, without importing litellm.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("gateway.tokens")
+
+
+class TokenCounter(Protocol):
+    """Counts tokens of a text."""
+
+    def count(self, text: str) -> int:
+        """Number of tokens in ``text``."""
+        ...
+
+
+class ApproxCounter:
+    """~4 characters per token: the fallback when no encoding can be loaded."""
+
+    def count(self, text: str) -> int:
+        return (len(text) + 3) // 4
+
+
+class TiktokenCounter:
+    """Exact counts with a tiktoken encoding."""
+
+    def __init__(self, encoding_name: str = "cl100k_base") -> None:
+        import tiktoken
+
+        self._encoding = tiktoken.get_encoding(encoding_name)
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text)) if text else 0
+
+
+def bundled_tiktoken_dir() -> Path | None:
+    """litellm's bundled tiktoken cache directory, found without importing litellm."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    return path if path.is_dir() else None
+
+
+def load_counter(encoding_name: str = "cl100k_base") -> TokenCounter:
+    """A tiktoken counter that works offline, or the approximate one (logged) if none loads."""
+    if "TIKTOKEN_CACHE_DIR" not in os.environ:
+        bundled = bundled_tiktoken_dir()
+        if bundled is not None:
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
+    try:
+        return TiktokenCounter(encoding_name)
+    except (OSError, ValueError, ImportError) as exc:
+        log.warning("tiktoken encoding %s unavailable offline (%s); counting ~4 chars/token", encoding_name, exc)
+        return ApproxCounter()

@@ -1,0 +1,42 @@
+"""``cost``: the cheapest candidate expected to answer well enough."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
+from policies.registry import register
+
+#: Without a configured floor, "well enough" means within this many points of the best prediction.
+DEFAULT_TOLERANCE = 1.0
+
+
+def good_enough_floor(request: RoutingInput, candidates: list[Candidate]) -> float:
+    """The quality a candidate must reach to count as good enough for this request."""
+    if request.min_quality is not None:
+        return request.min_quality
+    return max(c.quality for c in candidates) - DEFAULT_TOLERANCE
+
+
+@register("cost")
+class CostPolicy:
+    """Cheapest among candidates predicted good enough; the rest follow, best quality first."""
+
+    name: ClassVar[str] = "cost"
+
+    def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
+        floor = good_enough_floor(request, candidates)
+        good = sorted((c for c in candidates if c.quality >= floor), key=lambda c: (c.cost_usd, -c.quality))
+        rest = sorted((c for c in candidates if c.quality < floor), key=lambda c: -c.quality)
+        ranking = spill_saturated(good) + rest if good else rest
+        win = ranking[0]
+        if good:
+            reason = (
+                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost_usd)} "
+                f"(predicted quality {win.quality:.2f} >= {floor:.2f})"
+            )
+        else:
+            reason = f"no model predicted good enough (>= {floor:.2f}); best quality: {win.name}"
+        if win.saturated:
+            reason += "; all good-enough models saturated"
+        return Decision(ranking, reason, self.name, {c.name: float(c.cost_usd) for c in candidates})

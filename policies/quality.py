@@ -1,0 +1,21 @@
+"""``quality``: the best expected answer within the request's constraints."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from policies.base import Candidate, Decision, RoutingInput, spill_saturated
+from policies.registry import register
+
+
+@register("quality")
+class QualityPolicy:
+    """Highest predicted quality first; ties go to the cheaper, then the faster model."""
+
+    name: ClassVar[str] = "quality"
+
+    def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
+        ranking = spill_saturated(sorted(candidates, key=lambda c: (-c.quality, c.cost_usd, c.latency_s)))
+        win = ranking[0]
+        reason = f"best predicted quality: {win.name} ({win.quality:.2f}/10)"
+        return Decision(ranking, reason, self.name, {c.name: c.quality for c in candidates})
