@@ -87,7 +87,7 @@ class _HTTPStream:
 
     async def events(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
-        chunks = self._response.aiter_raw()
+        chunks = self._response.aiter_bytes()
         try:
             while True:
                 try:

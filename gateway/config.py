@@ -13,6 +13,7 @@ line naming the file, the key path and the problem.
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +174,8 @@ class LedgerSettings(_Strict):
     batch_size: int = Field(200, ge=1)
     flush_interval_seconds: float = Field(0.5, gt=0)
     max_pending_rows: int = Field(100_000, ge=1)
+    shutdown_flush_seconds: float = Field(10.0, ge=0, description="how long a shutdown keeps retrying the flush")
+    latency_sample_rows: int = Field(20_000, ge=100, description="newest rows read for dashboard percentiles")
 
 
 class AuthSettings(_Strict):
@@ -180,6 +183,12 @@ class AuthSettings(_Strict):
 
     enabled: bool = False
     master_key_env: str = "GATEWAY_MASTER_KEY"
+    redis_url: str | None = Field(None, description="limits and budgets store; default: cache.redis_url")
+    redis_prefix: str = "gw:auth:"
+    key_cache_seconds: float = Field(10.0, ge=0, description="in-process key record TTL (revocation window)")
+    reserve_completion_tokens: int = Field(1024, ge=1, description="budget reserve when max_tokens is absent")
+    reservation_ttl_seconds: int = Field(900, ge=1, description="a crashed replica's reservations expire")
+    fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
 
 
 class Settings(BaseSettings):
@@ -331,6 +340,29 @@ def _check_policies(settings: Settings, source: str) -> None:
             )
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, source: str, path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in string values (not for secrets: use api_key_env)."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is None:
+                    raise ConfigError(f"{source}: {path}: environment variable {m.group(1)} is not set")
+                return m.group(2)
+            return value
+
+        return _VAR.sub(sub, node)
+    return node
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
     p = Path(path)
@@ -349,4 +381,4 @@ def load_settings(path: str | Path) -> Settings:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: <top level>: expected a mapping with a 'models' list")
-    return settings_from_dict(data, source=str(p))
+    return settings_from_dict(expand_env(data, str(p)), source=str(p))

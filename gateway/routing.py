@@ -26,6 +26,7 @@ from policies.base import Candidate, Decision, Policy, RoutingInput
 #: Llama-family tokenizers produce more tokens than tiktoken's cl100k for the same text.
 LOCAL_TOKEN_MARGIN = 1.15
 DEFAULT_OUTPUT_TOKENS = 256
+MIN_OBSERVATIONS = 20
 _PRIOR_TTFT_S = {True: 0.15, False: 0.6}  # is_local -> seconds
 _PRIOR_TPOT_S = {True: 0.025, False: 0.03}
 #: MT-Bench-like scores of well-known models, used when the config gives none.
@@ -145,9 +146,11 @@ class Router:
         prep = self.models[name]
         spec = prep.spec
         stats = self.backends[name].stats
-        out_tokens = feats.max_output_tokens or int(stats.output_tokens.get(DEFAULT_OUTPUT_TOKENS))
+        out_tokens = feats.max_output_tokens or self.expected_output_tokens(name)
         out_tokens *= feats.n
-        price = live_price(spec, stats.tokens_per_second.value)
+        # Idle GPUs measure low throughput; routing prices local models at no less than their capacity.
+        measured = stats.tokens_per_second.value or 0.0
+        price = live_price(spec, max(measured, spec.tokens_per_second or 0.0) or None)
         cost = price.cost(feats.prompt_tokens, out_tokens)
         ttft = stats.ttft_s.get(_PRIOR_TTFT_S[spec.is_local])
         tpot = stats.tpot_s.get(_PRIOR_TPOT_S[spec.is_local])
@@ -174,6 +177,18 @@ class Router:
             saturated=saturated,
             load=stats.load,
         )
+
+    def expected_output_tokens(self, name: str) -> int:
+        """Output length without max_tokens: the model's own average once it has enough observations,
+        else the average across all models (so an unobserved model is not judged on a different basis)."""
+        own = self.backends[name].stats.output_tokens
+        if own.count >= MIN_OBSERVATIONS and own.value is not None:
+            return max(int(own.value), 1)
+        seen = [b.stats.output_tokens for b in self.backends.values() if b.stats.output_tokens.value is not None]
+        if seen:
+            total = sum(e.count for e in seen)
+            return max(int(sum((e.value or 0.0) * e.count for e in seen) / total), 1)
+        return DEFAULT_OUTPUT_TOKENS
 
     # -- the stage -----------------------------------------------------------------------------------
 

@@ -7,15 +7,14 @@ from typing import ClassVar
 from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
 from policies.registry import register
 
-#: Without a configured floor, "well enough" means within this many points of the best prediction.
-DEFAULT_TOLERANCE = 1.0
+#: Without a configured floor, "well enough" means a predicted MT-Bench-like score of at least this
+#: for this prompt (predictions already account for the prompt's difficulty).
+DEFAULT_FLOOR = 7.0
 
 
 def good_enough_floor(request: RoutingInput, candidates: list[Candidate]) -> float:
     """The quality a candidate must reach to count as good enough for this request."""
-    if request.min_quality is not None:
-        return request.min_quality
-    return max(c.quality for c in candidates) - DEFAULT_TOLERANCE
+    return request.min_quality if request.min_quality is not None else DEFAULT_FLOOR
 
 
 @register("cost")

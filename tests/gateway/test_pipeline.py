@@ -1,0 +1,314 @@
+"""The request pipeline end to end in-process: pass-through, routing, fallbacks, errors, streaming."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.config import Settings
+
+from .conftest import chat_reply, gateway_client, make_settings, sse
+
+USER = [{"role": "user", "content": "Say hello."}]
+
+
+def host_of(request: httpx.Request) -> str:
+    return request.url.host
+
+
+async def test_passthrough_rewrites_only_model(settings: Settings) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, text="")
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json=chat_reply("gpt-4"))
+
+    body = {
+        "model": "big", "messages": USER, "temperature": 0.3, "top_p": 0.9, "n": 1, "seed": 42, "stop": ["\n"],
+        "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 20, "user": "u1",
+        "response_format": {"type": "json_object"}, "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "vendor_extension": {"keep": [1, 2]},
+    }
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    assert seen == [{**body, "model": "gpt-4"}]
+    assert r.json()["model"] == "big"
+    assert r.headers["x-gateway-model"] == "big"
+    assert r.headers["x-gateway-policy"] == "explicit"
+    assert r.headers["x-request-id"].startswith("req-")
+    assert r.headers["x-gateway-cost-usd"] == "0.000600000000"  # 10 x 3e-5 + 5 x 6e-5 from litellm's map
+
+
+async def test_auto_routes_and_explains(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=chat_reply(host_of(request)))
+
+    async with gateway_client(settings, handler) as client:
+        cheap = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
+                                  headers={"x-gateway-policy": "cost"})
+        best = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
+                                 headers={"x-gateway-policy": "quality"})
+        fast_body = {"model": "auto", "messages": USER, "gateway": {"policy": "latency"}}
+        fast = await client.post("/v1/chat/completions", json=fast_body)
+    assert cheap.headers["x-gateway-model"] == "small" and "cheapest" in cheap.headers["x-gateway-reason"]
+    assert best.headers["x-gateway-model"] == "big" and best.headers["x-gateway-policy"] == "quality"
+    assert fast.headers["x-gateway-policy"] == "latency"
+    assert cheap.json()["model"] == "small"
+
+
+async def test_falls_back_on_5xx_and_opens_breaker() -> None:
+    settings = make_settings({"breaker": {"failure_threshold": 2, "reset_seconds": 60}})
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, text="")
+        calls.append(host_of(request))
+        if host_of(request) == "small":
+            return httpx.Response(500, json={"error": {"message": "engine dead"}})
+        return httpx.Response(200, json=chat_reply(host_of(request)))
+
+    async with gateway_client(settings, handler) as client:
+        for _ in range(4):
+            r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
+                                  headers={"x-gateway-policy": "cost"})
+            assert r.status_code == 200
+            assert r.headers["x-gateway-model"] == "medium"
+        metrics = (await client.get("/metrics")).text
+    # two failures open the breaker; later requests skip the dead backend entirely
+    assert calls.count("small") == 2
+    assert 'gateway_backend_breaker_open{model="small"} 1.0' in metrics
+
+
+async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(host_of(request))
+        return httpx.Response(400, json={"error": {"message": "max_tokens is too large", "type": "BadRequestError",
+                                                   "param": "max_tokens", "code": 400}})
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "max_tokens is too large"
+    assert r.json()["error"]["param"] == "max_tokens"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [(httpx.ConnectError("refused"), 502), (httpx.ReadTimeout("slow"), 504)],
+)
+async def test_unreachable_and_timeout(settings: Settings, exc: Exception, status: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert "big" in err["message"]
+
+
+async def test_tools_never_go_to_models_without_tool_support(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=chat_reply(host_of(request)))
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER, "tools": tools},
+                              headers={"x-gateway-policy": "cost"})
+    assert r.headers["x-gateway-model"] == "big"
+
+
+async def test_long_prompts_go_where_they_fit_or_fail_clearly(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=chat_reply(host_of(request)))
+
+    long = [{"role": "user", "content": "word " * 5000}]
+    huge = [{"role": "user", "content": "word " * 9000}]
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": long},
+                              headers={"x-gateway-policy": "cost"})
+        assert r.headers["x-gateway-model"] == "big"
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": huge})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert "8192" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "param"),
+    [
+        ({"x-gateway-max-cost-usd": "0.0000000001"}, "x-gateway-max-cost-usd"),
+        ({"x-gateway-max-latency-ms": "1"}, "x-gateway-max-latency-ms"),
+        ({"x-gateway-min-quality": "9.9"}, "x-gateway-min-quality"),
+        ({"x-gateway-max-cost-usd": "lots"}, "x-gateway-max-cost-usd"),
+        ({"x-gateway-policy": "magic"}, "x-gateway-policy"),
+    ],
+)
+async def test_unsatisfiable_constraints_name_the_constraint(
+    settings: Settings, headers: dict[str, str], param: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=chat_reply("x"))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER}, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+
+
+async def test_constraints_filter_candidates(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=chat_reply(host_of(request)))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
+                              headers={"x-gateway-policy": "quality", "x-gateway-max-cost-usd": "0.0001"})
+    assert r.headers["x-gateway-model"] in ("small", "medium")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b'{"model": "big"}', 400, "messages"),
+        (b'{"model": "big", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400, "max_tokens"),
+        (b'{"model": "big", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role"),
+        (b'{"model": "big", "messages": "hi"}', 400, "messages"),
+        (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "does not exist"),
+    ],
+)
+async def test_bad_input_gets_openai_errors(settings: Settings, raw: bytes, status: int, fragment: str) -> None:
+    async with gateway_client(settings, lambda r: httpx.Response(200, json=chat_reply("x"))) as client:
+        r = await client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert fragment in err["message"]
+
+
+async def test_body_too_large_is_413() -> None:
+    settings = make_settings({"server": {"max_body_bytes": 1000, "metrics_scrape_seconds": 3600}})
+    async with gateway_client(settings, lambda r: httpx.Response(200, json=chat_reply("x"))) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": [
+            {"role": "user", "content": "x" * 2000}]})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+async def test_models_endpoints(settings: Settings) -> None:
+    async with gateway_client(settings, lambda r: httpx.Response(200, json={})) as client:
+        listing = (await client.get("/v1/models")).json()
+        one = await client.get("/v1/models/auto")
+        missing = await client.get("/v1/models/nope")
+        unknown_path = await client.get("/v2/whatever")
+    assert [m["id"] for m in listing["data"]] == ["small", "medium", "big", "auto"]
+    assert one.json()["x_gateway"]["kind"] == "route"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert unknown_path.status_code == 404 and "error" in unknown_path.json()
+
+
+def stream_chunks(model: str, with_usage: bool) -> bytes:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model}
+    chunks: list[dict[str, Any] | str] = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    if with_usage:
+        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
+                                                        "total_tokens": 11}})
+    chunks.append("[DONE]")
+    return sse(*chunks)
+
+
+def parse_sse(text: str) -> list[Any]:
+    out: list[Any] = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[6:]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+@pytest.mark.parametrize("client_wants_usage", [False, True])
+async def test_streaming_relays_and_handles_usage(settings: Settings, client_wants_usage: bool) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, text="")
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, content=stream_chunks("gpt-4", True), headers={"content-type": "text/event-stream"})
+
+    body: dict[str, Any] = {"model": "big", "messages": USER, "stream": True}
+    if client_wants_usage:
+        body["stream_options"] = {"include_usage": True}
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json=body)
+    assert sent[0]["stream_options"] == {"include_usage": True}
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    assert events[-1] == "[DONE]"
+    assert all(e["model"] == "big" for e in events[:-1])
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]) == "Hello"
+    usage_events = [e for e in events[:-1] if not e["choices"]]
+    assert bool(usage_events) is client_wants_usage
+
+
+async def test_stream_cut_midway_ends_with_error_event(settings: Settings) -> None:
+    full = stream_chunks("gpt-4", False)
+    cut = full[: full.index(b'"lo"')]
+    cut = cut[: cut.rindex(b"\n\n") + 2]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=cut, headers={"content-type": "text/event-stream"})
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER, "stream": True})
+    events = parse_sse(r.text)
+    assert "error" in events[-1]
+    assert "without [DONE]" in events[-1]["error"]["message"]
+
+
+async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if host_of(request) == "small":
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, content=stream_chunks("meta/medium", False),
+                              headers={"content-type": "text/event-stream"})
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER, "stream": True},
+                              headers={"x-gateway-policy": "cost"})
+    assert r.status_code == 200
+    assert r.headers["x-gateway-model"] == "medium"
+    assert parse_sse(r.text)[-1] == "[DONE]"
+
+
+async def test_explain_endpoint_calls_no_backend(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no backend may be called")
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/admin/route/explain", json={"model": "auto", "messages": USER},
+                              headers={"x-gateway-policy": "cost"})
+    out = r.json()
+    assert out["winner"] == "small"
+    assert [c["model"] for c in out["ranking"]][0] == "small"
+    assert {"predicted_cost_usd", "predicted_latency_ms", "predicted_quality"} <= set(out["ranking"][0])
