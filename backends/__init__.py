@@ -24,27 +24,36 @@ __all__ = [
 ]
 
 
-def _openai(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
-    return OpenAICompatBackend(spec, client)
+Transport = httpx.AsyncBaseTransport | None
 
 
-def _vllm(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
-    return VLLMBackend(spec, client, scrape_seconds)
+def _openai(spec: ModelSpec, client: httpx.AsyncClient, transport: Transport, scrape_seconds: float) -> Backend:
+    return OpenAICompatBackend(spec, client, transport)
 
 
-def _litellm(spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float) -> Backend:
+def _vllm(spec: ModelSpec, client: httpx.AsyncClient, transport: Transport, scrape_seconds: float) -> Backend:
+    return VLLMBackend(spec, client, transport, scrape_seconds)
+
+
+def _litellm(spec: ModelSpec, client: httpx.AsyncClient, transport: Transport, scrape_seconds: float) -> Backend:
     from backends.litellm import LiteLLMBackend
 
     return LiteLLMBackend(spec)
 
 
-_KINDS: dict[str, Callable[[ModelSpec, httpx.AsyncClient, float], Backend]] = {
+_KINDS: dict[str, Callable[[ModelSpec, httpx.AsyncClient, Transport, float], Backend]] = {
     "openai": _openai,
     "vllm": _vllm,
     "litellm": _litellm,
 }
 
 
-def build_backend(spec: ModelSpec, client: httpx.AsyncClient, *, scrape_seconds: float = 1.0) -> Backend:
-    """Build the backend for ``spec`` from the kind registry."""
-    return _KINDS[spec.backend](spec, client, scrape_seconds)
+def build_backend(
+    spec: ModelSpec,
+    client: httpx.AsyncClient,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    scrape_seconds: float = 1.0,
+) -> Backend:
+    """Build the backend for ``spec`` from the kind registry (``transport``: the client's own)."""
+    return _KINDS[spec.backend](spec, client, transport, scrape_seconds)

@@ -1,7 +1,10 @@
 """The OpenAI-compatible HTTP backend, used for hosted OpenAI-style APIs and (as a base) for vLLM.
 
-One shared ``httpx.AsyncClient`` (built in the app's lifespan) carries every request, so connections are
-pooled and kept alive. httpx errors are translated here into the gateway's :class:`UpstreamError` tree.
+One shared ``httpx.AsyncClient`` and its transport (built in the app's lifespan) carry every request, so
+connections are pooled and kept alive. Completions go straight to the shared transport with a prebuilt
+``httpx.Request`` (the client's cookie, auth and redirect layers do nothing for us and cost CPU on the hot
+path); health probes and metrics scrapes use the client. httpx errors are translated here into the
+gateway's :class:`UpstreamError` tree.
 """
 
 from __future__ import annotations
@@ -108,18 +111,28 @@ class _HTTPStream:
         await self._response.aclose()
 
 
+def _client_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+    """The transport an httpx client sends through (its default one when not given explicitly)."""
+    transport: httpx.AsyncBaseTransport = client._transport
+    return transport
+
+
 class OpenAICompatBackend:
     """Any server that speaks the OpenAI HTTP API (``backend: openai``)."""
 
-    def __init__(self, spec: ModelSpec, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, spec: ModelSpec, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.name = spec.name
         self.spec = spec
         self._client = client
+        self._transport = transport if transport is not None else _client_transport(client)
         self.replicas = [Replica(u) for u in [spec.base_url or "", *spec.replicas]]
         # The backend's own stats aggregate what routing sees; with one replica they are the same object.
         self.stats = self.replicas[0].stats if len(self.replicas) == 1 else LiveStats()
         t = spec.timeouts
         self._timeout = httpx.Timeout(connect=t.connect, read=t.first_byte, write=t.first_byte, pool=t.connect)
+        self._timeout_ext = self._timeout.as_dict()
         self._total = t.total
         self._headers = {"content-type": "application/json", **spec.extra_headers}
 
@@ -135,14 +148,25 @@ class OpenAICompatBackend:
             return self.replicas[0]
         return min(self.replicas, key=lambda r: (not r.stats.healthy, r.stats.load))
 
+    def _request(self, url: str, body: dict[str, Any]) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            url,
+            content=orjson.dumps(body),
+            headers=self._request_headers(),
+            extensions={"timeout": self._timeout_ext},
+        )
+
     async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         replica = self.pick_replica()
-        url = replica.base_url + path
+        request = self._request(replica.base_url + path, body)
         try:
             async with asyncio.timeout(self._total):
-                response = await self._client.post(
-                    url, content=orjson.dumps(body), headers=self._request_headers(), timeout=self._timeout
-                )
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout", backend=self.name) from None
         except httpx.HTTPError as exc:
@@ -159,15 +183,14 @@ class OpenAICompatBackend:
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
         replica = self.pick_replica()
-        request = self._client.build_request(
-            "POST",
-            replica.base_url + path,
-            content=orjson.dumps(body),
-            headers=self._request_headers(),
-            timeout=self._timeout,
-        )
+        request = self._request(replica.base_url + path, body)
         try:
-            response = await self._client.send(request, stream=True)
+            async with asyncio.timeout(self._timeout.read or self._total):
+                response = await self._transport.handle_async_request(request)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream '{self.name}' did not start its stream in time", backend=self.name
+            ) from None
         except httpx.HTTPError as exc:
             raise _translate(exc, self.name, "stream start") from None
         if response.status_code >= 400:

@@ -57,8 +57,14 @@ def metrics_url(base_url: str) -> str:
 class VLLMBackend(OpenAICompatBackend):
     """A vLLM OpenAI server (``backend: vllm``), with live queue state from its metrics."""
 
-    def __init__(self, spec: ModelSpec, client: httpx.AsyncClient, scrape_seconds: float = 1.0) -> None:
-        super().__init__(spec, client)
+    def __init__(
+        self,
+        spec: ModelSpec,
+        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport | None = None,
+        scrape_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(spec, client, transport)
         self._scrape_seconds = scrape_seconds
         self._task: asyncio.Task[None] | None = None
 

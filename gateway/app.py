@@ -17,12 +17,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from backends import Backend, CircuitBreaker, build_backend
+from backends.transport import AiohttpTransport
 from gateway import components
+from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.routes import HOT_ROUTES
 from gateway.routes import router as api_router
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import load_counter
@@ -62,10 +65,13 @@ def load_estimator() -> QualityEstimator | None:
 
 async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=512, keepalive_expiry=30)
-    client = httpx.AsyncClient(transport=transport, limits=limits, http2=False, follow_redirects=False)
+    if transport is None:
+        transport = AiohttpTransport(max_connections=2000, keepalive_seconds=30)
+    client = httpx.AsyncClient(transport=transport, follow_redirects=False)
     backends: dict[str, Backend] = {
-        spec.name: build_backend(spec, client, scrape_seconds=settings.server.metrics_scrape_seconds)
+        spec.name: build_backend(
+            spec, client, transport=transport, scrape_seconds=settings.server.metrics_scrape_seconds
+        )
         for spec in settings.models
     }
     breakers = {
@@ -74,7 +80,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
     router = Router(settings, backends, breakers, load_estimator())
     metrics = Metrics()
     cache = await components.build_cache(settings, metrics)
-    recorder = await components.build_recorder(settings)
+    recorder = await components.build_recorder(settings, metrics)
     admission = await components.build_admission(settings, recorder)
     pipeline = Pipeline(
         settings=settings,
@@ -131,7 +137,10 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         docs_url=None,
         redoc_url=None,
     )
+    for path, endpoint in HOT_ROUTES:
+        app.router.add_route(path, endpoint, methods=["POST"])
     app.include_router(api_router)
+    app.include_router(admin_router)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

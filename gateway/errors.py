@@ -188,7 +188,13 @@ class AllCandidatesFailed(UpstreamError):
 
     def __init__(self, last: UpstreamError, attempts: list[str]) -> None:
         tried = ", ".join(attempts)
-        super().__init__(f"{last.message} (tried: {tried})", backend=last.backend, code=last.code)
+        super().__init__(
+            f"{last.message} (tried: {tried})",
+            backend=last.backend,
+            code=last.code,
+            param=last.param,
+            headers=last.headers,
+        )
         self.last = last
         self.attempts = attempts
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -78,22 +79,29 @@ async def _handle(request: Request, endpoint: Endpoint) -> Response:
     return render(result)
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions (streaming or not)."""
     return await _handle(request, "chat")
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """OpenAI legacy completions (streaming or not)."""
     return await _handle(request, "completions")
 
 
-@router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     """Embeddings, for models configured with ``mode: embedding``."""
     return await _handle(request, "embeddings")
+
+
+#: The inference endpoints are plain Starlette routes: FastAPI's per-request dependency solving buys
+#: nothing for a handler that reads raw bytes, and these are the hot path. Their request schemas are
+#: added to the OpenAPI document by ``gateway.app``.
+HOT_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
+    ("/v1/chat/completions", chat_completions),
+    ("/v1/completions", completions),
+    ("/v1/embeddings", embeddings),
+]
 
 
 def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
@@ -185,6 +193,7 @@ async def route_explain(request: Request) -> Response:
     gw = _gw(request)
     pipeline = gw.pipeline
     ctx = pipeline.new_context("chat", {k.lower(): v for k, v in request.headers.items()})
+    ctx.extra["client_host"] = request.client.host if request.client else None
     await gw.admission.authorize_admin(ctx)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
     return _json(explain_body(gw, ctx, raw))

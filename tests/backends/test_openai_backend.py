@@ -42,7 +42,11 @@ async def test_complete_sends_body_unchanged_with_key(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("status", "payload", "retryable"),
     [
-        (400, {"error": {"message": "bad max_tokens", "type": "BadRequestError", "param": "max_tokens", "code": 400}}, False),
+        (
+            400,
+            {"error": {"message": "bad max_tokens", "type": "BadRequestError", "param": "max_tokens", "code": 400}},
+            False,
+        ),
         (404, {"error": {"message": "no such model", "type": "NotFoundError"}}, False),
         (429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, True),
         (503, {"detail": "overloaded"}, True),
@@ -104,7 +108,7 @@ async def test_stream_refused_raises_before_returning() -> None:
 
 def test_sse_decoder_handles_split_chunks_and_multiline_data() -> None:
     d = SSEDecoder()
-    assert d.feed(b"data: {\"x\"") == []
+    assert d.feed(b'data: {"x"') == []
     assert d.feed(b":1}\n") == []
     assert d.feed(b"\nevent: e\ndata: a\ndata: b\n\n") == [b'{"x":1}', b"a\nb"]
     assert d.feed(b"data: tail") == []

@@ -59,7 +59,10 @@ def test_example_config_is_valid() -> None:
         (MINIMAL + "server:\n  port: eighty\n", "server.port: Input should be a valid integer"),
         ("models:\n  - backend: vllm\n    base_url: http://x/v1\n", "models[0].name: required field is missing"),
         ("models:\n  - name: a\n    backend: vllm\n", "models[0](a): backend 'vllm' needs base_url"),
-        (MINIMAL.replace("api_key_env: OPENAI_API_KEY", "api_key: sk-123"), "put the secret in an environment variable"),
+        (
+            MINIMAL.replace("api_key_env: OPENAI_API_KEY", "api_key: sk-123"),
+            "put the secret in an environment variable",
+        ),
         (MINIMAL + "routes:\n  auto:\n    models: [nope]\n", "routes.auto.models: unknown model 'nope'"),
         (MINIMAL + "routes:\n  x:\n    policy: magic\n", "routes.x.policy: unknown policy 'magic'"),
         ("models: [\n", "gateway.yaml: line"),

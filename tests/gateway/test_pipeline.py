@@ -29,9 +29,19 @@ async def test_passthrough_rewrites_only_model(settings: Settings) -> None:
         return httpx.Response(200, json=chat_reply("gpt-4"))
 
     body = {
-        "model": "big", "messages": USER, "temperature": 0.3, "top_p": 0.9, "n": 1, "seed": 42, "stop": ["\n"],
-        "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 20, "user": "u1",
-        "response_format": {"type": "json_object"}, "tool_choice": "auto",
+        "model": "big",
+        "messages": USER,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "n": 1,
+        "seed": 42,
+        "stop": ["\n"],
+        "logprobs": True,
+        "top_logprobs": 2,
+        "max_completion_tokens": 20,
+        "user": "u1",
+        "response_format": {"type": "json_object"},
+        "tool_choice": "auto",
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
         "vendor_extension": {"keep": [1, 2]},
     }
@@ -51,10 +61,12 @@ async def test_auto_routes_and_explains(settings: Settings) -> None:
         return httpx.Response(200, json=chat_reply(host_of(request)))
 
     async with gateway_client(settings, handler) as client:
-        cheap = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
-                                  headers={"x-gateway-policy": "cost"})
-        best = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
-                                 headers={"x-gateway-policy": "quality"})
+        cheap = await client.post(
+            "/v1/chat/completions", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
+        )
+        best = await client.post(
+            "/v1/chat/completions", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "quality"}
+        )
         fast_body = {"model": "auto", "messages": USER, "gateway": {"policy": "latency"}}
         fast = await client.post("/v1/chat/completions", json=fast_body)
     assert cheap.headers["x-gateway-model"] == "small" and "cheapest" in cheap.headers["x-gateway-reason"]
@@ -77,8 +89,9 @@ async def test_falls_back_on_5xx_and_opens_breaker() -> None:
 
     async with gateway_client(settings, handler) as client:
         for _ in range(4):
-            r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
-                                  headers={"x-gateway-policy": "cost"})
+            r = await client.post(
+                "/v1/chat/completions", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
+            )
             assert r.status_code == 200
             assert r.headers["x-gateway-model"] == "medium"
         metrics = (await client.get("/metrics")).text
@@ -92,8 +105,17 @@ async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> No
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(host_of(request))
-        return httpx.Response(400, json={"error": {"message": "max_tokens is too large", "type": "BadRequestError",
-                                                   "param": "max_tokens", "code": 400}})
+        return httpx.Response(
+            400,
+            json={
+                "error": {
+                    "message": "max_tokens is too large",
+                    "type": "BadRequestError",
+                    "param": "max_tokens",
+                    "code": 400,
+                }
+            },
+        )
 
     async with gateway_client(settings, handler) as client:
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER})
@@ -125,8 +147,11 @@ async def test_tools_never_go_to_models_without_tool_support(settings: Settings)
 
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     async with gateway_client(settings, handler) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER, "tools": tools},
-                              headers={"x-gateway-policy": "cost"})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER, "tools": tools},
+            headers={"x-gateway-policy": "cost"},
+        )
     assert r.headers["x-gateway-model"] == "big"
 
 
@@ -137,8 +162,9 @@ async def test_long_prompts_go_where_they_fit_or_fail_clearly(settings: Settings
     long = [{"role": "user", "content": "word " * 5000}]
     huge = [{"role": "user", "content": "word " * 9000}]
     async with gateway_client(settings, handler) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": long},
-                              headers={"x-gateway-policy": "cost"})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "auto", "messages": long}, headers={"x-gateway-policy": "cost"}
+        )
         assert r.headers["x-gateway-model"] == "big"
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": huge})
     assert r.status_code == 400
@@ -173,8 +199,11 @@ async def test_constraints_filter_candidates(settings: Settings) -> None:
         return httpx.Response(200, json=chat_reply(host_of(request)))
 
     async with gateway_client(settings, handler) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER},
-                              headers={"x-gateway-policy": "quality", "x-gateway-max-cost-usd": "0.0001"})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER},
+            headers={"x-gateway-policy": "quality", "x-gateway-max-cost-usd": "0.0001"},
+        )
     assert r.headers["x-gateway-model"] in ("small", "medium")
 
 
@@ -204,8 +233,9 @@ async def test_bad_input_gets_openai_errors(settings: Settings, raw: bytes, stat
 async def test_body_too_large_is_413() -> None:
     settings = make_settings({"server": {"max_body_bytes": 1000, "metrics_scrape_seconds": 3600}})
     async with gateway_client(settings, lambda r: httpx.Response(200, json=chat_reply("x"))) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": [
-            {"role": "user", "content": "x" * 2000}]})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "big", "messages": [{"role": "user", "content": "x" * 2000}]}
+        )
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
 
@@ -231,8 +261,9 @@ def stream_chunks(model: str, with_usage: bool) -> bytes:
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
     ]
     if with_usage:
-        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
-                                                        "total_tokens": 11}})
+        chunks.append(
+            {**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+        )
     chunks.append("[DONE]")
     return sse(*chunks)
 
@@ -290,12 +321,16 @@ async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if host_of(request) == "small":
             raise httpx.ConnectError("refused")
-        return httpx.Response(200, content=stream_chunks("meta/medium", False),
-                              headers={"content-type": "text/event-stream"})
+        return httpx.Response(
+            200, content=stream_chunks("meta/medium", False), headers={"content-type": "text/event-stream"}
+        )
 
     async with gateway_client(settings, handler) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER, "stream": True},
-                              headers={"x-gateway-policy": "cost"})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER, "stream": True},
+            headers={"x-gateway-policy": "cost"},
+        )
     assert r.status_code == 200
     assert r.headers["x-gateway-model"] == "medium"
     assert parse_sse(r.text)[-1] == "[DONE]"
@@ -306,8 +341,9 @@ async def test_explain_endpoint_calls_no_backend(settings: Settings) -> None:
         raise AssertionError("no backend may be called")
 
     async with gateway_client(settings, handler) as client:
-        r = await client.post("/admin/route/explain", json={"model": "auto", "messages": USER},
-                              headers={"x-gateway-policy": "cost"})
+        r = await client.post(
+            "/admin/route/explain", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
+        )
     out = r.json()
     assert out["winner"] == "small"
     assert [c["model"] for c in out["ranking"]][0] == "small"
