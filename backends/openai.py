@@ -31,11 +31,19 @@ from gateway.errors import (
 class Replica:
     """One base URL serving the model, with its own live stats."""
 
-    __slots__ = ("base_url", "stats")
+    __slots__ = ("_urls", "base_url", "stats")
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.stats = LiveStats()
+        self._urls: dict[str, httpx.URL] = {}
+
+    def url(self, path: str) -> httpx.URL:
+        """The parsed URL of ``path`` on this replica (parsed once: URL parsing showed in profiles)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
 
 
 def _translate(exc: httpx.HTTPError, backend: str, what: str) -> UpstreamError:
@@ -148,7 +156,7 @@ class OpenAICompatBackend:
             return self.replicas[0]
         return min(self.replicas, key=lambda r: (not r.stats.healthy, r.stats.load))
 
-    def _request(self, url: str, body: dict[str, Any]) -> httpx.Request:
+    def _request(self, url: httpx.URL, body: dict[str, Any]) -> httpx.Request:
         return httpx.Request(
             "POST",
             url,
@@ -159,7 +167,7 @@ class OpenAICompatBackend:
 
     async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         replica = self.pick_replica()
-        request = self._request(replica.base_url + path, body)
+        request = self._request(replica.url(path), body)
         try:
             async with asyncio.timeout(self._total):
                 response = await self._transport.handle_async_request(request)
@@ -183,7 +191,7 @@ class OpenAICompatBackend:
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
         replica = self.pick_replica()
-        request = self._request(replica.base_url + path, body)
+        request = self._request(replica.url(path), body)
         try:
             async with asyncio.timeout(self._timeout.read or self._total):
                 response = await self._transport.handle_async_request(request)

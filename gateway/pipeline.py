@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -43,7 +44,7 @@ from gateway.errors import (
 from gateway.features import RequestFeatures, extract_features
 from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
 from gateway.metrics import Metrics
-from gateway.pricing import Price, live_price, static_price
+from gateway.pricing import Price, baseline_price, live_price
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Open, validate
 from gateway.routing import Plan, Router, constraint_decimal
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, frame, replay_chunks
@@ -105,13 +106,13 @@ class Pipeline:
         self.cache = cache
         self.recorder = recorder
         self._baseline = settings.model(settings.ledger.baseline_model)
-        self._baseline_price = static_price(self._baseline) if self._baseline else None
+        self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
 
     # -- entry points ---------------------------------------------------------------------------------
 
     def new_context(self, endpoint: Endpoint, headers: dict[str, str], request_id: str | None = None) -> RequestContext:
         """A context for a request that just arrived (before its body is read)."""
-        rid = request_id or headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+        rid = request_id or headers.get("x-request-id") or f"req-{next(_REQUEST_IDS)}"
         ctx = RequestContext(request_id=rid[:128], endpoint=endpoint, body={}, requested_model="", headers=headers)
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
@@ -417,10 +418,12 @@ class Pipeline:
 
     def price(self, model: str) -> Price:
         """The price of ``model`` now (local models at their measured throughput)."""
-        spec = self.settings.model(model)
-        if spec is None:
+        prep = self.router.models.get(model)
+        if prep is None:
             return static_price_none()
-        return live_price(spec, self.backends[model].stats.tokens_per_second.value)
+        if not prep.gpu_priced:
+            return prep.price
+        return live_price(prep.spec, self.backends[model].stats.tokens_per_second.value)
 
     def _cost(self, ctx: RequestContext) -> None:
         u = ctx.usage
@@ -487,6 +490,8 @@ class Pipeline:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# Unique per process start (random prefix) and cheap per request (a counter), unlike uuid4.
+_REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n in itertools.count())
 
 
 def static_price_none() -> Price:

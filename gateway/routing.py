@@ -19,7 +19,7 @@ from gateway.config import ModelSpec, RouteSpec, Settings
 from gateway.context import Constraints
 from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound
 from gateway.features import RequestFeatures, heuristic_difficulty
-from gateway.pricing import live_price, static_price
+from gateway.pricing import Price, live_price, static_price
 from policies import registry
 from policies.base import Candidate, Decision, Policy, RoutingInput
 
@@ -80,6 +80,8 @@ class Prepared:
     quality: float
     context_window: int
     supports_tools: bool
+    price: Price
+    gpu_priced: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,8 @@ class Router:
             price = static_price(spec)
             window = spec.context_window or price.max_input_tokens or 4096
             tools = spec.supports_tools if spec.supports_tools is not None else True
-            self.models[spec.name] = Prepared(spec, base_quality(spec), window, tools)
+            gpu = spec.gpu_hour_usd is not None and price.source.startswith("gpu_hour")
+            self.models[spec.name] = Prepared(spec, base_quality(spec), window, tools, price, gpu)
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
         self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
 
@@ -149,8 +152,11 @@ class Router:
         out_tokens = feats.max_output_tokens or self.expected_output_tokens(name)
         out_tokens *= feats.n
         # Idle GPUs measure low throughput; routing prices local models at no less than their capacity.
-        measured = stats.tokens_per_second.value or 0.0
-        price = live_price(spec, max(measured, spec.tokens_per_second or 0.0) or None)
+        if prep.gpu_priced:
+            measured = stats.tokens_per_second.value or 0.0
+            price = live_price(spec, max(measured, spec.tokens_per_second or 0.0) or None)
+        else:
+            price = prep.price
         cost = price.cost(feats.prompt_tokens, out_tokens)
         ttft = stats.ttft_s.get(_PRIOR_TTFT_S[spec.is_local])
         tpot = stats.tpot_s.get(_PRIOR_TPOT_S[spec.is_local])
@@ -221,7 +227,7 @@ class Router:
         return Plan(decision, requested, {c.name: c for c in candidates})
 
     def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
-        difficulty = heuristic_difficulty(feats.prompt) if self.estimator is None else 0.5
+        difficulty = 0.5  # an explicit choice: no ranking depends on the prompt's difficulty
         first = self.candidate(name, feats, difficulty)
         fallbacks = [f for f in self.models[name].spec.fallbacks if f in self.models]
         try:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): sets everything up on a fresh machine, then runs pytest.
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# 1. a virtual environment in .venv with the project and its dev extras (editable)
+# 2. Debian's chromium for the dashboard's browser test (if missing and apt is usable)
+# 3. the vLLM-on-CPU environment for the real-vLLM integration tests (scripts/setup-vllm.sh, cached in
+#    ~/.cache/llm-gateway; the first run downloads ~1 GB and takes a few minutes)
+# 4. pytest over tests/
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE "^WARNING: Location|is ignored" || true
+.venv/bin/python -c "import gateway, openai, pytest" # fail fast if the install did not work
+
+if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    echo "[test] installing Debian chromium for the dashboard browser test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "[test] chromium install failed; the browser test will report it" >&2
+fi
+
+bash scripts/setup-vllm.sh
+
+exec .venv/bin/python -m pytest tests "$@"
