@@ -84,23 +84,23 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
     return RequestFeatures(text, tokens, max_tokens, False, False, False, n)
 
 
-_CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bSELECT\b|=>|\bimport |\{\s*\n|;\s*$", re.M)
+_CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bselect\b.*\bfrom\b|=>|\bimport |\{\s*\n|;\s*$", re.M)
 _MATH = re.compile(
-    r"\d+\s*[-+*/^=]\s*\d+|\\frac|\\sum|\bintegral\b|\bderivative\b|\bprove\b|\bequation\b"
-    r"|\bprobability\b|\bhow many\b|\bcalculate\b|\bsolve\b",
-    re.I,
+    r"\d+\s*[-+*/^=]\s*\d+|\\frac|\\sum|\b(?:integral|derivative|prove|equation|probability|how many|"
+    r"calculate|solve)\b"
 )
 _REASONING = re.compile(
-    r"\bstep[- ]by[- ]step\b|\bexplain why\b|\bcompare\b|\banaly[sz]e\b|\bdesign\b|"
-    r"\btrade-?offs?\b|\bjustify\b|\bfirst\b.*\bthen\b|\bplan\b|\bevaluate\b",
-    re.I | re.S,
+    r"\b(?:step[- ]by[- ]step|explain why|compare|analy[sz]e|design|trade-?offs?|justify|plan|"
+    r"evaluate)\b"
 )
 
 
 def heuristic_difficulty(prompt: str) -> float:
     """A transparent 0..1 difficulty estimate from length, code, math and multi-step reasoning cues."""
+    text = prompt[:4000].lower()  # cues show early; bounding the scan keeps long prompts cheap
     length = min(len(prompt) / 2000.0, 1.0) * 0.3
-    code = 0.25 if _CODE.search(prompt) else 0.0
-    math = 0.25 if _MATH.search(prompt) else 0.0
-    reasoning = 0.2 if _REASONING.search(prompt) else 0.0
+    code = 0.25 if _CODE.search(text) else 0.0
+    math = 0.25 if _MATH.search(text) else 0.0
+    steps = "first" in text and "then" in text
+    reasoning = 0.2 if steps or _REASONING.search(text) else 0.0
     return min(0.1 + length + code + math + reasoning, 1.0)

@@ -264,8 +264,8 @@ class Router:
                 f"'{largest}').",
                 param="messages",
             )
-        open_ok = [n for n in fits if self.breakers[n].available()]
-        return open_ok or fits  # all breakers open: try anyway rather than fail without trying
+        up = [n for n in fits if self.breakers[n].available() and self.backends[n].stats.healthy]
+        return up or fits  # all down: try anyway rather than fail without trying
 
     def _fits(self, name: str, prompt_tokens: int, out_tokens: int) -> bool:
         prep = self.models[name]

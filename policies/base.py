@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import ClassVar, Protocol
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost ~3x to build, and one is built per candidate
 class Candidate:
     """One model that could serve the request, with predictions for this request."""
 
@@ -26,7 +26,7 @@ class Candidate:
     load: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutingInput:
     """What a policy may know about the request itself."""
 
@@ -40,7 +40,7 @@ class RoutingInput:
     min_quality: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """Candidates in the order to try them, and a short human-readable reason."""
 
