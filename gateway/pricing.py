@@ -74,8 +74,13 @@ def _dec(value: Any) -> Decimal | None:
 
 
 def local_price(gpu_hour_usd: Decimal, tokens_per_second: float) -> Price:
-    """Per-token price of a local model from its GPU's hourly cost and its throughput."""
-    per_output = (gpu_hour_usd / Decimal(3600) / Decimal(str(round(tokens_per_second, 3)))).quantize(_Q)
+    """Per-token price of a local model from its GPU's hourly cost and its throughput (to 0.1 tok/s)."""
+    return _local_price(gpu_hour_usd, round(tokens_per_second, 1))
+
+
+@lru_cache(maxsize=4096)
+def _local_price(gpu_hour_usd: Decimal, tokens_per_second: float) -> Price:
+    per_output = (gpu_hour_usd / Decimal(3600) / Decimal(str(tokens_per_second))).quantize(_Q)
     return Price((per_output * PREFILL_DISCOUNT).quantize(_Q), per_output, f"gpu_hour@{tokens_per_second:.0f}tok/s")
 
 
@@ -102,6 +107,21 @@ def static_price(spec: ModelSpec) -> Price:
         if inp is not None or out is not None:
             return Price(inp or Decimal(0), out or Decimal(0), "litellm", max_input)
     return Price(Decimal(0), Decimal(0), "unpriced", max_input)
+
+
+def baseline_price(spec: ModelSpec | None, name: str) -> Price | None:
+    """The counterfactual price of the baseline model ``name`` (``ledger.baseline_model``): the configured
+    model of that name, else litellm's price for ``name`` (so ``gpt-4`` needs no backend); None if unpriced."""
+    if spec is not None:
+        return static_price(spec)
+    entry = price_map_entry(name)
+    if entry is None:
+        return None
+    inp = _dec(entry.get("input_cost_per_token"))
+    out = _dec(entry.get("output_cost_per_token"))
+    if inp is None and out is None:
+        return None
+    return Price(inp or Decimal(0), out or Decimal(0), "litellm")
 
 
 def live_price(spec: ModelSpec, measured_tps: float | None) -> Price:
