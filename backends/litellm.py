@@ -8,6 +8,7 @@ payloads so the pipeline treats this backend like any other.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,6 +74,8 @@ class LiteLLMBackend:
         self.name = spec.name
         self.spec = spec
         self.stats = LiveStats()
+        # litellm fetches its price map from the network at import unless told to use the bundled copy.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         self._litellm = importlib.import_module("litellm")
 
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
