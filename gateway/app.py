@@ -24,6 +24,7 @@ from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
+from gateway.openapi import install_openapi
 from gateway.pipeline import Pipeline
 from gateway.routes import HOT_ROUTES
 from gateway.routes import router as api_router
@@ -156,6 +157,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _plain_error(500, "The gateway hit an internal error; it has been logged.", "internal_error")
 
+    install_openapi(app)
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
