@@ -1,0 +1,183 @@
+"""The gateway in front of a REAL vLLM server (CPU build, tiny random Llama): pass-through, streaming,
+the /metrics scrape and queue-aware routing read real values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backends.vllm import VLLMBackend
+from gateway.app import create_app
+from gateway.config import ModelSpec, settings_from_dict
+from gateway.simulator import create_simulator_app, get_profile
+from tests.helpers.servers import run_asgi_server
+from tests.integration.vllm_server import VLLMServer
+
+PROMPT = [{"role": "user", "content": "Tell me about the sea."}]
+
+
+@pytest.fixture(scope="module")
+def sim_13b() -> Iterator[str]:
+    with run_asgi_server(create_simulator_app(get_profile("llama-2-13b"), time_scale=1.0)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_server_queued: VLLMServer, sim_13b: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("vllm-gw")
+    settings = settings_from_dict(
+        {
+            "models": [
+                {
+                    "name": "tiny",
+                    "backend": "vllm",
+                    "base_url": vllm_server_queued.base_url,
+                    "upstream_model": vllm_server_queued.served_model_name,
+                    "context_window": 1024,
+                    "gpu_hour_usd": 1.0,
+                    "tokens_per_second": 500,
+                },
+                {
+                    "name": "sim-13b",
+                    "backend": "vllm",
+                    "base_url": sim_13b + "/v1",
+                    "upstream_model": "meta-llama/Llama-2-13b-chat-hf",
+                    "gpu_hour_usd": 1.8,
+                },
+            ],
+            "routes": {"fast": {"models": ["tiny", "sim-13b"], "policy": "latency"}},
+            "cache": {"enabled": False},
+            "server": {"metrics_scrape_seconds": 0.05},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db"},
+        }
+    )
+    with run_asgi_server(create_app(settings), startup_timeout=30) as url:
+        yield url
+
+
+def body(**extra: Any) -> dict[str, Any]:
+    return {"messages": PROMPT, "max_tokens": 8, "temperature": 0, "ignore_eos": True, **extra}
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[Any]:
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            payload = line[6:]
+            yield payload if payload == "[DONE]" else json.loads(payload)
+
+
+async def test_chat_returns_what_vllm_produced(gateway: str, vllm_server_queued: VLLMServer) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        direct = (
+            await http.post(
+                vllm_server_queued.base_url + "/chat/completions", json=body(model=vllm_server_queued.served_model_name)
+            )
+        ).json()
+        via = await http.post(gateway + "/v1/chat/completions", json=body(model="tiny"))
+    assert via.status_code == 200, via.text
+    out = via.json()
+    assert out["model"] == "tiny"
+    assert out["usage"] == direct["usage"]
+    assert out["usage"]["completion_tokens"] == 8  # ignore_eos (a vLLM extra) reached vLLM unchanged
+    assert out["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+
+
+async def test_streaming_returns_vllm_tokens_and_usage(gateway: str, vllm_server_queued: VLLMServer) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        direct = (
+            await http.post(
+                vllm_server_queued.base_url + "/chat/completions", json=body(model=vllm_server_queued.served_model_name)
+            )
+        ).json()
+        async with http.stream(
+            "POST",
+            gateway + "/v1/chat/completions",
+            json=body(model="tiny", stream=True, stream_options={"include_usage": True}),
+        ) as r:
+            events = [e async for e in sse_events(r)]
+        async with http.stream("POST", gateway + "/v1/chat/completions", json=body(model="tiny", stream=True)) as r:
+            no_usage = [e async for e in sse_events(r)]
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == direct["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
+    assert all(c["model"] == "tiny" for c in chunks)
+    # the gateway asked vLLM for usage anyway, and dropped it for this client
+    assert all("usage" not in c or c["usage"] is None for c in no_usage[:-1])
+    assert all(c["choices"] for c in no_usage[:-1])
+
+
+async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -> None:
+    spec = ModelSpec(
+        name="tiny",
+        backend="vllm",
+        base_url=vllm_server_queued.base_url,
+        upstream_model=vllm_server_queued.served_model_name,
+    )
+    async with httpx.AsyncClient(timeout=60) as http:
+        backend = VLLMBackend(spec, http)
+        await backend.scrape_once()
+        assert backend.stats.healthy and backend.stats.queue.scraped_at > 0
+        load = [
+            http.post(
+                vllm_server_queued.base_url + "/chat/completions",
+                json={**body(model=vllm_server_queued.served_model_name), "max_tokens": 400},
+            )
+            for _ in range(12)
+        ]
+        tasks = [asyncio.ensure_future(x) for x in load]
+        seen_waiting = seen_running = 0.0
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            await backend.scrape_once()
+            seen_waiting = max(seen_waiting, backend.stats.queue.waiting)
+            seen_running = max(seen_running, backend.stats.queue.running)
+            if seen_waiting and seen_running >= 2:
+                break
+        statuses = [r.status_code for r in await asyncio.gather(*tasks)]
+    assert statuses == [200] * 12
+    assert 1 <= seen_running <= 2  # --max-num-seqs 2
+    assert seen_waiting >= 1
+
+
+async def test_queue_aware_routing_spills_to_the_other_backend(gateway: str) -> None:
+    async with httpx.AsyncClient(timeout=120) as http:
+        # warm up the latency estimates: the real vLLM (tiny model) is the faster backend when idle
+        for _ in range(3):
+            r = await http.post(gateway + "/v1/chat/completions", json=body(model="tiny"))
+            assert r.status_code == 200
+            r = await http.post(gateway + "/v1/chat/completions", json=body(model="sim-13b"))
+            assert r.status_code == 200
+        idle = await http.post(gateway + "/v1/chat/completions", json=body(model="fast"))
+        assert idle.headers["x-gateway-model"] == "tiny"
+        # fill vLLM's 2 slots and its queue, then let the scrape see it
+        flood = [
+            asyncio.ensure_future(
+                http.post(gateway + "/v1/chat/completions", json={**body(model="tiny"), "max_tokens": 300})
+            )
+            for _ in range(8)
+        ]
+        waiting = 0.0
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            metrics = (await http.get(gateway + "/metrics")).text
+            line = next(x for x in metrics.splitlines() if x.startswith('gateway_backend_queue_waiting{model="tiny"}'))
+            waiting = float(line.split()[-1])
+            if waiting > 0:
+                break
+        assert waiting > 0, "the scrape never saw vLLM's queue"
+        during = await asyncio.gather(
+            *(http.post(gateway + "/v1/chat/completions", json=body(model="fast")) for _ in range(4))
+        )
+        await asyncio.gather(*flood)
+    chosen = Counter(r.headers["x-gateway-model"] for r in during)
+    assert chosen["sim-13b"] >= 3, chosen
+    assert all(r.status_code == 200 for r in during)
