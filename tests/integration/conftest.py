@@ -34,9 +34,13 @@ def _serve(max_num_seqs: int | None = None) -> Iterator[VLLMServer]:
 
 
 @pytest.fixture(scope="session")
-def vllm_server() -> Iterator[VLLMServer]:
-    """A real vLLM server with default settings (model "tiny-llama", max_model_len 1024)."""
-    yield from _serve()
+def vllm_server(vllm_server_queued: VLLMServer) -> VLLMServer:
+    """The session's real vLLM server (model "tiny-llama", max_model_len 1024).
+
+    One server serves every test: a second one costs ~3 GB and ~50 s of start-up on these 2-core machines,
+    and nothing here needs more than the queued server's two concurrent sequences.
+    """
+    return vllm_server_queued
 
 
 @pytest.fixture(scope="session")
