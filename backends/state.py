@@ -6,7 +6,6 @@ change in a backend's speed shows within a few requests.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 
@@ -50,11 +49,14 @@ class LiveStats:
     queue: QueueState = field(default_factory=QueueState)
     healthy: bool = True
     last_error: str = ""
-    _window_start: float = field(default_factory=time.monotonic)
-    _window_tokens: int = 0
 
-    def observe(self, *, ttft_s: float | None, total_s: float, completion_tokens: int) -> None:
-        """Record one finished response's timings and size."""
+    def observe(self, *, ttft_s: float | None, total_s: float, completion_tokens: int, concurrency: int = 1) -> None:
+        """Record one finished response's timings and size.
+
+        ``concurrency`` is how many requests the backend was serving meanwhile (this one included): the
+        aggregate throughput sample is ``completion_tokens * concurrency / total_s``, so it measures the
+        server's rate while busy, never the idle time between requests.
+        """
         if ttft_s is not None:
             self.ttft_s.update(ttft_s)
             if completion_tokens > 1:
@@ -67,18 +69,9 @@ class LiveStats:
                 self.tpot_s.update(max(total_s - ttft, 0.0) / (completion_tokens - 1))
         if completion_tokens > 0:
             self.output_tokens.update(float(completion_tokens))
-        self._note_tokens(completion_tokens)
-
-    def _note_tokens(self, tokens: int) -> None:
-        # Aggregate throughput over windows of >= 1 s: the basis of local GPU cost per token.
-        self._window_tokens += tokens
-        now = time.monotonic()
-        elapsed = now - self._window_start
-        if elapsed >= 1.0:
-            if self._window_tokens:
-                self.tokens_per_second.update(self._window_tokens / elapsed)
-            self._window_start = now
-            self._window_tokens = 0
+            if total_s > 0:
+                busy = max(concurrency, int(self.queue.running), 1)
+                self.tokens_per_second.update(completion_tokens * busy / total_s)
 
     @property
     def load(self) -> float:

@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.openapi import install_openapi
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, drain_background
 from gateway.routes import HOT_ROUTES
 from gateway.routes import router as api_router
 from gateway.routing import QualityEstimator, Router
@@ -101,6 +101,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await drain_background()
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()

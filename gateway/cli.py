@@ -43,12 +43,20 @@ def serve(
     import uvicorn
 
     from gateway.config import Settings
-    from gateway.logs import setup_logging
+    from gateway.logs import logging_config, setup_logging
 
     settings = _load(config)
     assert isinstance(settings, Settings)
     setup_logging(settings.server.log_level)
     n = workers or settings.server.workers
+    if n > 1 and not (settings.cache.redis_url or settings.auth.redis_url):
+        import logging
+
+        logging.getLogger("gateway.cli").warning(
+            "%d workers without Redis: each keeps its own cache and rate-limit/budget counters; "
+            "set REDIS_URL (or cache.redis_url) to share them",
+            n,
+        )
     os.environ["GATEWAY_CONFIG"] = str(config.resolve())
     uvicorn.run(
         "gateway.app:app_from_env",
@@ -57,7 +65,7 @@ def serve(
         port=port if port is not None else settings.server.port,
         workers=n,
         access_log=False,
-        log_config=None,
+        log_config=logging_config(settings.server.log_level),  # applied in each worker process too
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=settings.server.max_header_bytes,
     )
@@ -128,8 +136,61 @@ def route(
         typer.echo(out["winner"])
 
 
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL requests, with per-model outcomes where known")],
+    config: ConfigOpt = Path("gateway.yaml"),
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="policy to compare (repeatable)")] = None,
+    route: Annotated[str, typer.Option(help="route whose candidates to use")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="first N records only")] = None,
+    plot_file: Annotated[Path | None, typer.Option("--plot", help="write a cost/quality PNG here")] = None,
+) -> None:
+    """Run requests through routing policies without calling backends; compare cost, quality, latency."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway import replay as rp
+    from gateway.app import build_gateway, close_gateway
+    from gateway.config import Settings
+
+    settings = _load(config)
+    assert isinstance(settings, Settings)
+    records = rp.load_records(file, limit)
+
+    async def go() -> list[rp.PolicyTotals]:
+        gw = await build_gateway(settings)
+        try:
+            names = policy or sorted(gw.router.policies)
+            for name in names:
+                gw.router.policy(name)  # unknown names fail before any work
+            return rp.replay(records, gw.router, gw.pipeline.counter, names, route)
+        finally:
+            await close_gateway(gw)
+
+    totals = asyncio.run(go())
+    table = Table(title=f"{len(records)} requests replayed on route '{route}' (no backend called)")
+    for col in ("policy", "cost USD", "mean quality", "quality known", "mean latency ms", "models"):
+        table.add_column(col)
+    for t in totals:
+        models = ", ".join(f"{m} {n / max(t.requests, 1):.0%}" for m, n in t.models.most_common())
+        table.add_row(t.policy, f"{t.cost_usd:.4f}", f"{t.mean_quality:.3f}", f"{t.quality_known}/{t.requests}",
+                      f"{t.mean_latency_ms:.0f}", models)
+    Console().print(table)
+    if plot_file is not None:
+        rp.plot(totals, plot_file)
+        typer.echo(f"plot: {plot_file}")
+
+
 def _mount_optional() -> None:
     """Subcommands that live in their own modules (mounted when present)."""
+    from gateway.cli_accounting import mount as mount_accounting
+
+    mount_accounting(app)  # keys create|list|revoke, spend
+    from gateway.cli_demo import mount as mount_demo
+
+    mount_demo(app)  # demo
     try:
         from gateway.cli_router import router_app
     except ImportError:

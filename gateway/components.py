@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from gateway.accounting import SqlLedger, open_database
+from gateway.auth import build_key_admission
 from gateway.config import Settings
-from gateway.hooks import Admission, LogRecorder, NoCache, OpenAdmission, Recorder, ResponseCache
+from gateway.hooks import Admission, NoCache, Recorder, ResponseCache
 from gateway.metrics import Metrics
 
 
 async def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
-    """The response cache the settings ask for."""
-    return NoCache()
+    """The response cache the settings ask for (Redis or in-process, exact and semantic), or none."""
+    if not settings.cache.enabled:
+        return NoCache()
+    from cache.factory import build_response_cache
+
+    return await build_response_cache(settings, metrics)
 
 
-async def build_recorder(settings: Settings) -> Recorder:
-    """The ledger the settings ask for."""
-    return LogRecorder()
+async def build_recorder(settings: Settings, metrics: Metrics | None = None) -> Recorder:
+    """The ledger at ``ledger.url`` (SQLite file by default), writing in the background.
+
+    An unreachable database does not stop the start-up: rows are kept until it answers.
+    """
+    db = await open_database(settings.ledger.url)
+    ledger = SqlLedger(db, settings.ledger)
+    ledger.start()
+    if metrics is not None:
+        ledger.register_metrics(metrics.registry)
+    return ledger
 
 
 async def build_admission(settings: Settings, recorder: Recorder) -> Admission:
-    """Virtual keys and limits, or open admission when keys are off."""
-    return OpenAdmission()
+    """Virtual keys and limits (keys in the ledger's database); with keys off, only admin access checks."""
+    if isinstance(recorder, SqlLedger):
+        admission = await build_key_admission(settings, recorder.db)
+        recorder.on_close(admission.aclose)  # closed before the database, at the ledger's final flush
+        return admission
+    db = await open_database(settings.ledger.url)
+    return await build_key_admission(settings, db)

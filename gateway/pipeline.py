@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import itertools
+import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -138,6 +138,12 @@ class Pipeline:
             return await self._complete(ctx, plan, feats)
         except GatewayError as err:
             await self.fail(ctx, err)
+            raise
+        except asyncio.CancelledError:
+            # The client went away before the response started (or the server is stopping).
+            ctx.status_code = 499
+            ctx.error_type = "ClientDisconnected"
+            self._schedule_finish(ctx)
             raise
 
     async def fail(self, ctx: RequestContext, err: GatewayError) -> None:
@@ -333,7 +339,6 @@ class Pipeline:
             raise
         finally:
             backend.stats.in_flight -= 1
-            await _close_quietly(stream)
             if not failed:
                 breaker.record_success()
             if not relay.usage_seen:
@@ -347,7 +352,14 @@ class Pipeline:
             )
             if not failed and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
-            await self._finish(ctx)
+            # Closing the upstream and recording run in their own task: a client disconnect cancels this
+            # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
+            # upstream cancellation or the ledger row.
+            await asyncio.shield(_background(self._end_stream(ctx, stream)))
+
+    async def _end_stream(self, ctx: RequestContext, stream: UpstreamStream) -> None:
+        await _close_quietly(stream)
+        await self._finish(ctx)
 
     # -- embeddings -----------------------------------------------------------------------------------
 
@@ -432,12 +444,10 @@ class Pipeline:
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
         if self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
-        if ctx.cache_status in ("hit", "semantic-hit"):
-            ctx.cost_usd = Decimal(0)
-            ctx.saved_usd = full  # what this answer would have cost from its model
-        else:
-            ctx.cost_usd = full
-            ctx.saved_usd = ctx.baseline_cost_usd - full
+        # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
+        # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
+        ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
+        ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         if not ctx.stream:
@@ -471,9 +481,7 @@ class Pipeline:
 
     def _schedule_finish(self, ctx: RequestContext) -> None:
         # Non-streaming: the body is ready; account without delaying the response.
-        task = asyncio.get_running_loop().create_task(self._finish(ctx))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        _background(self._finish(ctx))
 
     async def _finish(self, ctx: RequestContext) -> None:
         """Stage 8, exactly once per request: cost, settle, ledger, metrics."""
@@ -490,6 +498,22 @@ class Pipeline:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def drain_background() -> None:
+    """Wait for requests still being recorded (called at shutdown, before the ledger closes)."""
+    while _BACKGROUND:
+        await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
+
+
+def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Run ``coro`` as a task that is referenced until it ends (the loop keeps only weak references)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
+
+
 # Unique per process start (random prefix) and cheap per request (a counter), unlike uuid4.
 _REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n in itertools.count())
 
@@ -541,6 +565,12 @@ async def _first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
         raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name) from None
     if first == b"[DONE]":
         raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
+    try:
+        valid = isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        valid = False
+    if not valid:  # checked before the first byte goes out, so the next candidate can still answer
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
     return first
 
 

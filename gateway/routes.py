@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
 from gateway.context import Endpoint
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -71,12 +73,39 @@ async def _handle(request: Request, endpoint: Endpoint) -> Response:
         await pipeline.fail(ctx, err)
         raise
     try:
-        result = await pipeline.run(ctx, raw)
+        result = await _unless_disconnected(request, pipeline.run(ctx, raw))
     except GatewayError as err:
         from gateway.app import error_response
 
         return error_response(err, {"x-request-id": ctx.request_id})
+    if result is None:  # nobody is listening any more; the pipeline recorded the request as 499
+        return Response(status_code=499)
     return render(result)
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Result]) -> Result | None:
+    """Run ``work`` (the stages before the first byte); if the client disconnects first, cancel it, which
+    cancels the upstream call, and return None. Once streaming, the response itself watches the client."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watch.cancel()
+        raise
+    if task.done():
+        watch.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, GatewayError):
+        await task
+    return None
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def chat_completions(request: Request) -> Response:

@@ -27,6 +27,8 @@ from policies.base import Candidate, Decision, Policy, RoutingInput
 LOCAL_TOKEN_MARGIN = 1.15
 DEFAULT_OUTPUT_TOKENS = 256
 MIN_OBSERVATIONS = 20
+#: Operating point of a route that configures none: recover 80% of the weak-strong quality gap.
+DEFAULT_QUALITY_TARGET = 0.8
 _PRIOR_TTFT_S = {True: 0.15, False: 0.6}  # is_local -> seconds
 _PRIOR_TPOT_S = {True: 0.025, False: 0.03}
 #: MT-Bench-like scores of well-known models, used when the config gives none.
@@ -67,9 +69,16 @@ def base_quality(spec: ModelSpec) -> float:
     return 7.0
 
 
-def predicted_quality(q: float, difficulty: float) -> float:
-    """Quality on this prompt: easy prompts lift every model, hard ones widen the gap to 10."""
-    return 10.0 - (10.0 - q) * (0.5 + difficulty)
+def predicted_quality(q: float, q_top: float, difficulty: float, pivot: float) -> float:
+    """Quality of a model on this prompt, on the 0-10 scale.
+
+    The gap to the best candidate (``q_top - q``) scales with the prompt's difficulty relative to
+    ``pivot`` (the learned router's calibrated threshold, or 0.5 for the heuristic): an easy prompt
+    (difficulty near 0) costs a cheap model almost nothing, a prompt at the pivot costs its nominal gap,
+    a very hard one up to twice that.
+    """
+    factor = min(max(difficulty / pivot, 0.0), 2.0) if pivot > 0 else 2.0
+    return max(q_top - (q_top - q) * factor, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +128,14 @@ class Router:
         self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
 
     def _threshold(self, route: RouteSpec) -> float | None:
+        """The route's operating point for the learned router (default: recover 80% of the quality gap)."""
         if self.estimator is None:
             return None
         if route.quality_target is not None:
             return self.estimator.threshold_for_quality_target(route.quality_target)
         if route.strong_share is not None:
             return self.estimator.threshold_for_strong_share(route.strong_share)
-        return None
+        return self.estimator.threshold_for_quality_target(DEFAULT_QUALITY_TARGET)
 
     def names(self) -> list[str]:
         """Every name a client may send: models, then routes."""
@@ -144,7 +154,9 @@ class Router:
 
     # -- predictions ---------------------------------------------------------------------------------
 
-    def candidate(self, name: str, feats: RequestFeatures, difficulty: float) -> Candidate:
+    def candidate(
+        self, name: str, feats: RequestFeatures, difficulty: float, q_top: float | None = None, pivot: float = 0.5
+    ) -> Candidate:
         """Predict cost, latency and quality of serving this request on model ``name``."""
         prep = self.models[name]
         spec = prep.spec
@@ -177,7 +189,7 @@ class Router:
             name=name,
             cost_usd=cost,
             latency_s=wait + service,
-            quality=predicted_quality(prep.quality, difficulty),
+            quality=predicted_quality(prep.quality, prep.quality if q_top is None else q_top, difficulty, pivot),
             base_quality=prep.quality,
             is_local=spec.is_local,
             saturated=saturated,
@@ -208,7 +220,10 @@ class Router:
         strong_needed = self.estimator.score(feats.prompt) if self.estimator is not None else None
         difficulty = strong_needed if strong_needed is not None else heuristic_difficulty(feats.prompt)
         names = self._hard_filter(list(route.models or []), feats)
-        candidates = [self.candidate(n, feats, difficulty) for n in names]
+        threshold = self._thresholds.get(requested)
+        pivot = threshold if strong_needed is not None and threshold is not None else 0.5
+        q_top = max(self.models[n].quality for n in names)
+        candidates = [self.candidate(n, feats, difficulty, q_top, pivot) for n in names]
         candidates = self._constrain(candidates, constraints, route)
         policy = self.policy(constraints.policy or route.policy)
         request = RoutingInput(
@@ -217,7 +232,7 @@ class Router:
             expected_output_tokens=feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
             difficulty=difficulty,
             strong_needed=strong_needed,
-            strong_threshold=self._thresholds.get(requested),
+            strong_threshold=threshold,
             weights=(route.weights.quality, route.weights.cost, route.weights.latency),
             min_quality=constraints.min_quality if constraints.min_quality is not None else route.min_quality,
         )

@@ -1,9 +1,11 @@
 """``balanced`` (the default): one utility combining expected quality, cost and latency.
 
-Each signal is normalised across the candidates of this request to 0..1 (1 best), then combined with the
-route's weights: ``u = wq*q + wc*c + wl*l``. Normalising per request keeps the weights meaningful whatever
-the units (dollars vs seconds vs MT-Bench points). Cost is compared on a log scale, since hosted and local
-prices differ by orders of magnitude.
+Cost and latency are normalised across this request's candidates to 0..1 (1 best); cost on a log scale,
+since hosted and local prices differ by orders of magnitude. Quality is measured in units of the
+candidates' nominal quality gap (best minus worst configured score), so its term keeps the prompt's
+difficulty: about 0 between models on an easy prompt, 1 at the learned router's threshold, up to 2 on a
+very hard prompt. ``u = wq*q + wc*c + wl*l``: with ``wq = wc + wl`` a cheap, fast model wins exactly
+below the calibrated threshold.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class BalancedPolicy:
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         wq, wc, wl = request.weights
-        q = _norm([c.quality for c in candidates], True)
+        gap = max(c.base_quality for c in candidates) - min(c.base_quality for c in candidates)
+        low = min(c.quality for c in candidates)
+        q = [(c.quality - low) / gap if gap > 1e-9 else 1.0 for c in candidates]
         cost = _norm([math.log10(float(c.cost_usd) + 1e-9) for c in candidates], False)
         lat = _norm([c.latency_s for c in candidates], False)
         total = (wq + wc + wl) or 1.0

@@ -25,8 +25,16 @@ class CostPolicy:
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         floor = good_enough_floor(request, candidates)
-        good = sorted((c for c in candidates if c.quality >= floor), key=lambda c: (c.cost_usd, -c.quality))
-        rest = sorted((c for c in candidates if c.quality < floor), key=lambda c: -c.quality)
+        if request.strong_needed is not None and request.strong_threshold is not None and request.min_quality is None:
+            # A calibrated learned router decides what "good enough" means for this prompt.
+            top = max(c.base_quality for c in candidates)
+            needs_strong = request.strong_needed >= request.strong_threshold
+            floor = top if needs_strong else 0.0
+            ok = [c for c in candidates if c.base_quality >= floor]
+        else:
+            ok = [c for c in candidates if c.quality >= floor]
+        good = sorted(ok, key=lambda c: (c.cost_usd, -c.quality))
+        rest = sorted((c for c in candidates if c not in ok), key=lambda c: -c.quality)
         ranking = spill_saturated(good) + rest if good else rest
         win = ranking[0]
         if good:

@@ -89,11 +89,13 @@ async def test_killed_backend_trips_breaker_with_no_failed_request(tmp_path: Pat
         settings = gateway_settings(
             [
                 {
+                    # an openai-kind backend has no /metrics scrape: the breaker alone keeps it out
                     "name": "cheap",
-                    "backend": "vllm",
+                    "backend": "openai",
                     "base_url": cheap.base_url + "/v1",
                     "upstream_model": "cheap",
-                    "gpu_hour_usd": 1,
+                    "input_cost_per_token": 0.0000001,
+                    "output_cost_per_token": 0.0000002,
                     "quality": 9,
                 },
                 {

@@ -1,0 +1,114 @@
+"""The database behind the ledger and the virtual keys: one async engine per process, migrated on open."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.accounting.schema import migrate
+
+log = logging.getLogger("gateway.accounting")
+
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+
+
+def async_url(url: str) -> URL:
+    """``url`` with an async driver (``sqlite://`` -> aiosqlite, ``postgresql://`` -> asyncpg)."""
+    parsed = make_url(url)
+    if parsed.drivername in _DRIVERS:
+        parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer; replicas may share a file
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    """An async engine for ``ledger.url``, migrated to the current schema on first use."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.migrated = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def ensure_schema(self, attempts: int = 3) -> None:
+        """Bring the schema up to date once per process.
+
+        Raises:
+            SQLAlchemyError, OSError: the database cannot be reached or migrated (after ``attempts`` tries:
+                replicas creating the same SQLite file at once can collide on the first try).
+        """
+        if self.migrated:
+            return
+        async with self._lock:
+            for attempt in range(1, attempts + 1):
+                if self.migrated:
+                    return
+                try:
+                    async with self.engine.begin() as conn:
+                        await migrate(conn)
+                    self.migrated = True
+                except OperationalError as exc:
+                    if attempt == attempts:
+                        raise
+                    log.info("schema migration collided (%s); retrying", exc.orig)
+                    await asyncio.sleep(0.2 * attempt)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _engine(url: str) -> AsyncEngine:
+    parsed = async_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, connect_args={"timeout": 10})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+
+
+async def open_database(url: str, *, require: bool = False) -> Database:
+    """The database for ``url``, its schema migrated when it can be reached.
+
+    With ``require`` an unreachable database raises (the CLI); otherwise the gateway starts anyway and the
+    ledger keeps its rows in memory, migrating and writing once the database answers.
+
+    Raises:
+        SQLAlchemyError, OSError: only with ``require``.
+    """
+    db = Database(_engine(url))
+    try:
+        await db.ensure_schema()
+    except (SQLAlchemyError, OSError) as exc:
+        if require:
+            await db.aclose()
+            raise
+        log.warning(
+            "ledger database %s unreachable at start-up (%s); rows are kept until it answers", db.display_url, exc
+        )
+    return db

@@ -1,0 +1,219 @@
+"""The batching ledger: one row per request, written off the request's hot path.
+
+``record`` only turns the request's context into a row and appends it to an in-memory queue; a
+background task writes the queue in batches (``ledger.batch_size`` rows per transaction, at least every
+``ledger.flush_interval_seconds``).
+
+Durability, stated plainly:
+
+* **Database unreachable**: rows stay queued (at most ``ledger.max_pending_rows``; beyond that the
+  oldest are dropped and counted in ``gateway_ledger_dropped_rows_total``) and the writer retries with
+  backoff (0.5 s doubling to 5 s); they are written, in order, when the database answers again.
+* **Graceful shutdown** (SIGTERM, lifespan end): :meth:`SqlLedger.aclose` writes every pending row,
+  retrying for up to ``ledger.shutdown_flush_seconds`` if the database is down.
+* **Crash** (SIGKILL, OOM, power loss): the rows still queued are lost, i.e. the requests of the last
+  ``flush_interval_seconds`` (0.5 s by default), plus whatever accumulated while the database was
+  unreachable. Budget counters in Redis are charged at request end, independently of the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.accounting.db import Database
+from gateway.accounting.schema import ledger
+from gateway.config import LedgerSettings
+from gateway.context import RequestContext
+from gateway.hooks import LogRecorder
+
+log = logging.getLogger("gateway.accounting")
+
+Row = dict[str, Any]
+
+
+def _cut(value: str | None, n: int) -> str | None:
+    return None if value is None else value[:n]
+
+
+def row_from_context(ctx: RequestContext) -> Row:
+    """The ledger row of one finished request (its money as Decimal)."""
+    ts = datetime.fromtimestamp(ctx.started_wall, UTC)
+    return {
+        "ts": ts,
+        "ts_ms": int(ctx.started_wall * 1000),
+        "day": ts.strftime("%Y-%m-%d"),
+        "request_id": ctx.request_id[:128],
+        "key_id": _cut(ctx.key_id, 64),
+        "user": _cut(ctx.user, 256),
+        "team": _cut(ctx.team, 128),
+        "endpoint": ctx.endpoint,
+        "route": _cut(ctx.route, 128),
+        "policy": _cut(ctx.policy, 64),
+        "requested_model": ctx.requested_model[:256],
+        "chosen_model": _cut(ctx.chosen_model, 256),
+        "stream": ctx.stream,
+        "prompt_tokens": ctx.usage.prompt_tokens,
+        "completion_tokens": ctx.usage.completion_tokens,
+        "tokens_estimated": ctx.usage.estimated,
+        "cost_usd": ctx.cost_usd,
+        "baseline_cost_usd": ctx.baseline_cost_usd,
+        "saved_usd": ctx.saved_usd,
+        "cache_status": ctx.cache_status[:16],
+        "ttft_ms": None if ctx.ttft_s is None else round(ctx.ttft_s * 1000, 3),
+        "total_ms": None if ctx.total_s is None else round(ctx.total_s * 1000, 3),
+        "status_code": ctx.status_code,
+        "error_type": _cut(ctx.error_type, 64),
+        "attempts": len(ctx.attempts),
+    }
+
+
+class SqlLedger:
+    """A :class:`~gateway.hooks.Recorder` that batches rows into the ledger table."""
+
+    def __init__(self, db: Database, settings: LedgerSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self._pending: deque[Row] = deque()
+        self._wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._last_drop_log = 0.0
+        self._log = LogRecorder()
+
+    # -- recording (hot path) ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet written."""
+        return len(self._pending)
+
+    def record(self, ctx: RequestContext) -> None:
+        """Queue the row for ``ctx`` and write its request log line; never blocks, never raises."""
+        self._log.record(ctx)
+        self.append(row_from_context(ctx))
+
+    def append(self, row: Row) -> None:
+        """Queue one prepared row (dropping the oldest beyond ``max_pending_rows``)."""
+        self._pending.append(row)
+        self._trim()
+        if len(self._pending) >= self.settings.batch_size:
+            self._wake.set()
+
+    def _trim(self) -> None:
+        excess = len(self._pending) - self.settings.max_pending_rows
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._pending.popleft()
+        self.dropped += excess
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:
+            self._last_drop_log = now
+            log.error(
+                "ledger queue full (%d rows): dropped %d rows so far", self.settings.max_pending_rows, self.dropped
+            )
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background writer (inside the running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` at :meth:`aclose`, before the database is closed (e.g. the key admission)."""
+        self._closers.append(closer)
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff or self.settings.flush_interval_seconds)
+            self._wake.clear()
+            if self._closing:
+                return
+            ok = await self.flush()
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 5.0)
+
+    async def flush(self) -> bool:
+        """Write every pending row now; False if the database failed (the rows stay queued)."""
+        async with self._write_lock:
+            while self._pending:
+                if not await self._write_batch():
+                    return False
+            return True
+
+    async def _write_batch(self) -> bool:
+        n = min(len(self._pending), self.settings.batch_size)
+        batch = [self._pending.popleft() for _ in range(n)]
+        done = False
+        try:
+            await self.db.ensure_schema()
+            async with self.db.engine.begin() as conn:
+                await conn.execute(ledger.insert(), batch)
+            done = True
+        except (SQLAlchemyError, OSError) as exc:
+            self.write_errors += 1
+            log.warning("ledger write of %d rows failed (%s); %d rows pending", n, exc, len(self._pending) + n)
+        finally:
+            if done:
+                self.written += n
+            else:  # also on cancellation: the rows go back, in order, at the front
+                self._pending.extendleft(reversed(batch))
+                self._trim()
+        return done
+
+    async def aclose(self) -> None:
+        """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for closer in self._closers:
+            await closer()
+        deadline = time.monotonic() + self.settings.shutdown_flush_seconds
+        delay = 0.25
+        while not await self.flush() and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+        if self._pending:
+            log.error("ledger closed with %d rows unwritten (database unreachable)", len(self._pending))
+        await self.db.aclose()
+
+    # -- metrics --------------------------------------------------------------------------------------
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export the writer's counters on ``registry``."""
+        registry.register(_LedgerCollector(self))
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, ledger_: SqlLedger) -> None:
+        self._ledger = ledger_
+
+    def collect(self) -> Iterator[Metric]:
+        led = self._ledger
+        yield GaugeMetricFamily("gateway_ledger_pending_rows", "Ledger rows not yet written", value=led.pending)
+        yield CounterMetricFamily("gateway_ledger_written_rows", "Ledger rows written", value=led.written)
+        yield CounterMetricFamily(
+            "gateway_ledger_dropped_rows", "Ledger rows dropped because the queue was full", value=led.dropped
+        )
+        yield CounterMetricFamily("gateway_ledger_write_errors", "Failed ledger batch writes", value=led.write_errors)

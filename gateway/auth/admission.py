@@ -1,0 +1,353 @@
+"""Stage 1 of the pipeline: who is calling, may they, and what to reserve against their budget.
+
+With ``auth.enabled`` every ``/v1`` request needs ``Authorization: Bearer <key>``: a virtual key
+(``sk-gw-...``) or the master key (``GATEWAY_MASTER_KEY``, compared in constant time; it has no limits).
+
+Key records are cached in process for ``auth.key_cache_seconds`` (10 s), so the database is not read on
+every request. Revocation is visible on every replica at once when limits live in Redis (the revoked
+set is checked in the same atomic call as the limits); without Redis, a revocation made through this
+process's admin API is immediate here, and other processes see it within ``auth.key_cache_seconds``.
+
+Admin endpoints (``authorize_admin``): with ``auth.enabled`` they need the master key (and refuse
+everyone if none is set). With keys off they need the master key if ``GATEWAY_MASTER_KEY`` is set, and
+are otherwise open to loopback clients only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.accounting.db import Database
+from gateway.auth.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
+from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, RedisLimiter, Reservation, from_nano, to_nano
+from gateway.config import Settings
+from gateway.context import RequestContext
+from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
+from gateway.pricing import Price, static_price
+
+log = logging.getLogger("gateway.auth")
+
+MASTER_KEY_ID = "master"
+_RESERVATION = "gw_reservation"
+_TEST_CLIENT = "testclient"  # Starlette's TestClient peer name: not reachable over a network
+
+
+class ServiceUnavailable(GatewayError):
+    """The key database or the limits store cannot be reached (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "auth_store_unavailable"
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a peer address is this machine."""
+    if not host:
+        return False
+    if host in ("localhost", _TEST_CLIENT):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: KeyRecord | None
+    spent: Decimal
+    expires: float
+
+
+class KeyCache:
+    """Key records by secret hash, kept ``ttl`` seconds (bounded LRU; concurrent misses share one read)."""
+
+    def __init__(self, store: KeyStore, ttl: float, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
+
+    async def lookup(self, secret: str) -> tuple[KeyRecord | None, Decimal]:
+        """The record for ``secret`` (None: unknown) and the ledger's spend for it when it was read.
+
+        Raises:
+            ServiceUnavailable: the database failed and no earlier copy is cached.
+        """
+        digest = hash_key(secret)
+        entry = self._entries.get(digest)
+        if entry is not None and entry.expires > time.monotonic():
+            self._entries.move_to_end(digest)
+            return entry.record, entry.spent
+        pending = self._loading.get(digest)
+        if pending is not None:
+            loaded = await asyncio.shield(pending)
+            return loaded.record, loaded.spent
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._loading[digest] = future
+        try:
+            loaded = await self._load(secret, stale=entry)
+        except BaseException as exc:  # waiters must never hang: pass the failure on, then re-raise
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # marked retrieved: the waiters re-raise it
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(loaded)
+        finally:
+            del self._loading[digest]
+        return loaded.record, loaded.spent
+
+    async def _load(self, secret: str, stale: _Entry | None) -> _Entry:
+        digest = hash_key(secret)
+        try:
+            record = await self.store.by_secret(secret)
+            spent = await self.store.spent(record.id) if record is not None else Decimal(0)
+        except (SQLAlchemyError, OSError) as exc:
+            if stale is not None:
+                log.warning("key database unreachable (%s); using the cached key record", exc)
+                return stale
+            raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
+        entry = _Entry(record, spent, time.monotonic() + self.ttl)
+        self._entries[digest] = entry
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return entry
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget the cached record of ``key_id``."""
+        for digest in [d for d, e in self._entries.items() if e.record is not None and e.record.id == key_id]:
+            del self._entries[digest]
+
+
+class ReserveEstimator:
+    """A conservative cost of a request before routing: the dearest candidate model's price for the
+    prompt's size (about 3 characters per token) plus ``max_tokens`` (or ``auth.reserve_completion_tokens``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        prices = {m.name: static_price(m) for m in settings.models}
+        fallbacks = {m.name: m.fallbacks for m in settings.models}
+
+        def reach(names: list[str]) -> list[Price]:
+            seen = list(dict.fromkeys(names + [f for n in names for f in fallbacks.get(n, [])]))
+            return [prices[n] for n in seen if n in prices]
+
+        self._by_name: dict[str, list[Price]] = {name: reach([name]) for name in prices}
+        for route, spec in settings.resolved_routes().items():
+            self._by_name[route] = reach(list(spec.models or []))
+        self._all = list(prices.values())
+        self._default_completion = settings.auth.reserve_completion_tokens
+
+    def estimate(self, ctx: RequestContext) -> Decimal:
+        """USD to reserve for ``ctx`` (its body parsed)."""
+        body = ctx.body
+        payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
+        prompt = len(orjson.dumps(payload)) // 3 + 16
+        if ctx.endpoint == "embeddings":
+            completion = 0
+        else:
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            per_choice = int(limit) if isinstance(limit, int) and limit > 0 else self._default_completion
+            n = body.get("n")
+            completion = per_choice * (int(n) if isinstance(n, int) and n > 0 else 1)
+        prices = self._by_name.get(ctx.requested_model) or self._all
+        return max((p.cost(prompt, completion) for p in prices), default=Decimal(0))
+
+
+def _usd(nano: int) -> str:
+    return f"${from_nano(nano):.6f}".rstrip("0").rstrip(".")
+
+
+class KeyAdmission:
+    """The :class:`~gateway.hooks.Admission` of virtual keys, limits and budgets."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: KeyStore,
+        limiter: Limiter,
+        *,
+        master_key: str | None,
+        shared: bool,
+    ) -> None:
+        self.settings = settings
+        self.enabled = settings.auth.enabled
+        self.store = store
+        self.limiter = limiter
+        self.shared = shared  # limits live in Redis (shared by replicas)
+        self.cache = KeyCache(store, settings.auth.key_cache_seconds)
+        self.estimator = ReserveEstimator(settings)
+        self._master = master_key.encode() if master_key else None
+
+    def is_master(self, secret: str | None) -> bool:
+        """Whether ``secret`` is the master key (constant-time comparison)."""
+        return bool(self._master and secret and hmac.compare_digest(secret.encode(), self._master))
+
+    async def identify(self, secret: str | None) -> tuple[KeyRecord | None, Decimal]:
+        """The live key record for ``secret`` and its ledger spend; ``(None, 0)`` for the master key.
+
+        Raises:
+            Unauthorized: no key, an unknown key or a revoked one.
+            ServiceUnavailable: the key database is unreachable.
+        """
+        if not secret:
+            raise Unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (the OpenAI SDK's api_key)."
+            )
+        if self.is_master(secret):
+            return None, Decimal(0)
+        record, spent = (None, Decimal(0)) if not secret.startswith(KEY_PREFIX) else await self.cache.lookup(secret)
+        if record is None or record.revoked:
+            raise Unauthorized("Incorrect API key provided, or the key was revoked.")
+        return record, spent
+
+    # -- Admission -------------------------------------------------------------------------------------
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Authenticate the key, then check revocation, budget, RPM and TPM in one atomic step."""
+        if not self.enabled:
+            return
+        record, spent = await self.identify(ctx.api_key)
+        if record is None:
+            ctx.key_id = MASTER_KEY_ID
+            return
+        ctx.key_id = record.id
+        ctx.team = record.team
+        limits = KeyLimits(
+            budget_nano=None
+            if record.budget_usd is None
+            else int((record.budget_usd * NANO).to_integral_value(rounding=ROUND_FLOOR)),
+            rpm=record.rpm,
+            tpm=record.tpm,
+        )
+        reserve = to_nano(self.estimator.estimate(ctx)) if limits.budget_nano is not None else 0
+        try:
+            verdict = await self.limiter.admit(
+                record.id, limits, reserve_nano=reserve, request_id=ctx.request_id, spent_seed_nano=to_nano(spent)
+            )
+        except RedisError as exc:
+            if self.settings.auth.fail_open:
+                log.warning("limits store unreachable (%s); admitting without limits (auth.fail_open)", exc)
+                return
+            raise ServiceUnavailable("The rate-limit store is unreachable; try again shortly.") from None
+        if verdict.outcome == "ok":
+            ctx.extra[_RESERVATION] = verdict.reservation
+            return
+        if verdict.outcome == "revoked":
+            self.cache.invalidate(record.id)
+            raise Unauthorized("Incorrect API key provided, or the key was revoked.")
+        if verdict.outcome == "budget":
+            assert limits.budget_nano is not None
+            raise BudgetExceeded(
+                self._budget_message(record, limits.budget_nano, verdict.spent_nano, verdict.reserved_nano, reserve)
+            )
+        what = "requests" if verdict.outcome == "rpm" else "tokens"
+        limit = record.rpm if verdict.outcome == "rpm" else record.tpm
+        raise RateLimited(
+            f"Rate limit reached for key '{record.name}': {limit} {what} per minute. "
+            f"Retry after {verdict.retry_after_s} s.",
+            headers={"retry-after": str(verdict.retry_after_s)},
+        )
+
+    @staticmethod
+    def _budget_message(record: KeyRecord, budget: int, spent: int, reserved: int, reserve: int) -> str:
+        head = f"Budget exceeded for key '{record.name}': spent {_usd(spent)} of {_usd(budget)}"
+        if spent >= budget:
+            return head + "."
+        return (
+            f"{head}, {_usd(reserved)} reserved by requests in flight; this request may cost up to "
+            f"{_usd(reserve)} (lower max_tokens to reserve less)."
+        )
+
+    async def settle(self, ctx: RequestContext) -> None:
+        """Release the reservation and charge the actual cost and tokens (never raises)."""
+        reservation = ctx.extra.pop(_RESERVATION, None)
+        if not isinstance(reservation, Reservation):
+            return
+        tokens = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        try:
+            await self.limiter.settle(reservation, cost_nano=to_nano(ctx.cost_usd), tokens=tokens)
+        except RedisError as exc:
+            log.error("could not settle %s for key %s (%s)", ctx.request_id, reservation.key_id, exc)
+
+    async def authorize_admin(self, ctx: RequestContext) -> None:
+        """Master key required when set (always when keys are on); else loopback clients only."""
+        if self._master is not None:
+            if self.is_master(ctx.api_key):
+                return
+            if ctx.api_key and ctx.api_key.startswith(KEY_PREFIX):
+                raise Forbidden("This endpoint needs the master key; a virtual key cannot use it.")
+            raise Unauthorized("This endpoint needs the master key: send 'Authorization: Bearer <master key>'.")
+        if self.enabled:
+            raise Unauthorized(
+                f"Admin endpoints are disabled: set {self.settings.auth.master_key_env} to administer the gateway."
+            )
+        if is_loopback(ctx.extra.get("client_host")):
+            return
+        raise Forbidden(
+            f"Admin endpoints are open to loopback clients only; set {self.settings.auth.master_key_env} "
+            "to administer the gateway remotely."
+        )
+
+    # -- administration --------------------------------------------------------------------------------
+
+    async def create_key(self, name: str, **limits: Any) -> tuple[KeyRecord, str]:
+        """Create a key (see :meth:`KeyStore.create`)."""
+        return await self.store.create(name, **limits)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord | None:
+        """Revoke in the database, in the shared limits store, and in this process's cache."""
+        record = await self.store.revoke(key_id)
+        if record is not None:
+            try:
+                await self.limiter.revoke(key_id)
+            except RedisError as exc:
+                log.warning(
+                    "revocation of %s not published to Redis (%s); replicas see it within %.0f s",
+                    key_id,
+                    exc,
+                    self.cache.ttl,
+                )
+            self.cache.invalidate(key_id)
+        return record
+
+    async def aclose(self) -> None:
+        """Close the limits store's connections."""
+        await self.limiter.aclose()
+
+
+async def build_key_admission(settings: Settings, db: Database) -> KeyAdmission:
+    """Keys over ``db``; limits in Redis (``auth.redis_url``, else ``cache.redis_url``) or in process."""
+    url = settings.auth.redis_url or settings.cache.redis_url
+    limiter: Limiter
+    if url:
+        client: Redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        limiter = RedisLimiter(
+            client, prefix=settings.auth.redis_prefix, reservation_ttl_s=settings.auth.reservation_ttl_seconds
+        )
+    else:
+        limiter = MemoryLimiter(reservation_ttl_s=settings.auth.reservation_ttl_seconds)
+        if settings.auth.enabled:
+            log.info("no Redis configured: rate limits and budgets are enforced per process")
+    master = os.environ.get(settings.auth.master_key_env) or None
+    if settings.auth.enabled and master is None:
+        log.warning("auth is enabled but %s is not set: admin endpoints are refused", settings.auth.master_key_env)
+    return KeyAdmission(settings, KeyStore(db), limiter, master_key=master, shared=bool(url))

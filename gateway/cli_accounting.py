@@ -1,0 +1,205 @@
+"""``gateway keys create|list|revoke`` and ``gateway spend``: the ledger's database from the terminal.
+
+Each command reads ``--config`` to find the database (``ledger.url``, or ``DATABASE_URL``) and, for a
+revocation, the Redis that replicas share (so they refuse the key at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke virtual API keys.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway YAML config (finds the database)")]
+T = TypeVar("T")
+
+
+def _settings(config: Path) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``job(admission)`` against the configured database; exit 1 with a message if it is down."""
+    from gateway.accounting import open_database
+    from gateway.auth import build_key_admission
+
+    async def go() -> T:
+        db = await open_database(settings.ledger.url, require=True)
+        admission = await build_key_admission(settings, db)
+        try:
+            return await job(admission)
+        finally:
+            await admission.aclose()
+            await db.aclose()
+
+    try:
+        return asyncio.run(go())
+    except (SQLAlchemyError, OSError) as exc:
+        typer.echo(f"error: the database at ledger.url is unreachable: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _money(value: Decimal | None) -> str:
+    return "-" if value is None else f"${value:,.6f}"
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="a label for the key")],
+    config: ConfigOpt = Path("gateway.yaml"),
+    team: Annotated[str | None, typer.Option("--team", help="team the key's spend is attributed to")] = None,
+    budget_usd: Annotated[str | None, typer.Option("--budget-usd", help="total spend allowed, USD")] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="requests per minute")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="tokens per minute")] = None,
+) -> None:
+    """Create a key and print its secret (shown this once only)."""
+    budget: Decimal | None = None
+    if budget_usd is not None:
+        try:
+            budget = Decimal(budget_usd)
+        except InvalidOperation:
+            budget = None
+        if budget is None or not budget.is_finite() or budget < 0:
+            typer.echo("error: --budget-usd must be a non-negative decimal number", err=True)
+            raise typer.Exit(2)
+    settings = _settings(config)
+    record, secret = _run(settings, lambda adm: adm.create_key(name, team=team, budget_usd=budget, rpm=rpm, tpm=tpm))
+    typer.echo(secret)
+    typer.echo(
+        f"created {record.id} '{record.name}' team={record.team or '-'} budget={_money(record.budget_usd)} "
+        f"rpm={record.rpm or '-'} tpm={record.tpm or '-'} (store the key now: it is not shown again)",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def list_keys(
+    config: ConfigOpt = Path("gateway.yaml"),
+    all_keys: Annotated[bool, typer.Option("--all", help="include revoked keys")] = False,
+) -> None:
+    """List keys with their limits and spend (never their secrets)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = _settings(config)
+
+    async def job(adm: Any) -> list[tuple[Any, Decimal]]:
+        records = await adm.store.list(include_revoked=all_keys)
+        return [(r, await adm.store.spent(r.id)) for r in records]
+
+    rows = _run(settings, job)
+    table = Table(title="Virtual keys")
+    for col in ("id", "name", "team", "key", "budget", "spent", "rpm", "tpm", "created", "status"):
+        table.add_column(col, justify="right" if col in ("budget", "spent", "rpm", "tpm") else "left")
+    for r, spent in rows:
+        table.add_row(
+            r.id,
+            r.name,
+            r.team or "-",
+            r.key_prefix + "…",
+            _money(r.budget_usd),
+            _money(spent),
+            str(r.rpm or "-"),
+            str(r.tpm or "-"),
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            "revoked" if r.revoked else "active",
+        )
+    Console(width=160).print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (key_...)")], config: ConfigOpt = Path("gateway.yaml")
+) -> None:
+    """Revoke a key: refused at once by replicas sharing Redis, else within auth.key_cache_seconds."""
+    settings = _settings(config)
+    try:
+        record = _run(settings, lambda adm: adm.revoke_key(key_id))
+    except RedisError as exc:  # pragma: no cover - revoke_key already downgrades this to a warning
+        typer.echo(f"warning: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if record is None:
+        typer.echo(f"error: no key '{key_id}'", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {record.id} '{record.name}'")
+
+
+def spend(
+    config: ConfigOpt = Path("gateway.yaml"),
+    group_by: Annotated[str, typer.Option("--group-by", help="model, key, team, user, route or day")] = "model",
+    since: Annotated[str | None, typer.Option("--since", help="24h, 7d, an ISO date or epoch seconds")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="end of the range (default: now)")] = None,
+) -> None:
+    """Spend per group from the ledger: requests, tokens, cost, GPT-4 baseline and savings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.accounting import queries as q
+
+    if group_by not in q.GROUPS:
+        typer.echo(f"error: --group-by must be one of {', '.join(q.GROUPS)}", err=True)
+        raise typer.Exit(2)
+    try:
+        start, end = q.parse_time(since), q.parse_time(until)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = _settings(config)
+
+    async def job(adm: Any) -> tuple[list[q.SpendRow], q.SpendRow]:
+        engine = adm.store.db.engine
+        rows = await q.spend(engine, group_by, start_ms=start, end_ms=end)
+        return rows, await q.totals(engine, start_ms=start, end_ms=end)
+
+    rows, total = _run(settings, job)
+    title = f"Spend by {group_by}" + (f" since {since}" if since else "")
+    table = Table(title=title, show_footer=True)
+    labels = (group_by, "requests", "prompt tok", "completion tok", "cost", "baseline", "saved", "cache hits")
+    footer = (
+        "total",
+        f"{total.requests:,}",
+        f"{total.prompt_tokens:,}",
+        f"{total.completion_tokens:,}",
+        _money(total.cost_usd),
+        _money(total.baseline_cost_usd),
+        _money(total.saved_usd),
+        f"{total.cache_hits:,}",
+    )
+    for i, (label, foot) in enumerate(zip(labels, footer, strict=True)):
+        table.add_column(label, footer=foot, justify="left" if i == 0 else "right")
+    for r in rows:
+        group = r.group if r.group is not None else "-"
+        if r.name:
+            group = f"{group} ({r.name})"
+        table.add_row(
+            group,
+            f"{r.requests:,}",
+            f"{r.prompt_tokens:,}",
+            f"{r.completion_tokens:,}",
+            _money(r.cost_usd),
+            _money(r.baseline_cost_usd),
+            _money(r.saved_usd),
+            f"{r.cache_hits:,}",
+        )
+    Console(width=160).print(table)
+
+
+def mount(app: typer.Typer) -> None:
+    """Add ``keys`` and ``spend`` to the ``gateway`` command."""
+    app.add_typer(keys_app, name="keys")
+    app.command("spend")(spend)

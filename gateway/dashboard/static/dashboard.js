@@ -1,0 +1,272 @@
+/* The gateway's cost dashboard: reads /admin/dashboard/data with the master key (kept in sessionStorage)
+ * and draws it with Chart.js. Money arrives as exact decimal strings; the KPI elements keep that exact
+ * string in data-value and show it rounded. */
+(function () {
+  "use strict";
+
+  var STORAGE_KEY = "gateway-master-key";
+  var REFRESH_MS = 1000 * Number(new URLSearchParams(location.search).get("refresh") || 5);
+  var PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
+                 "#ea580c", "#475569"];
+  var charts = {};
+  var timer = null;
+
+  function $(id) { return document.getElementById(id); }
+
+  function storedKey() { return sessionStorage.getItem(STORAGE_KEY); }
+
+  function usd(value, digits) {
+    var n = Number(value || 0);
+    var d = digits === undefined ? (Math.abs(n) >= 100 ? 2 : 6) : digits;
+    return (n < 0 ? "-$" : "$") + Math.abs(n).toLocaleString("en-US", {minimumFractionDigits: d, maximumFractionDigits: d});
+  }
+
+  function int(n) { return Number(n || 0).toLocaleString("en-US"); }
+
+  function setMoney(id, value) {
+    var el = $(id);
+    el.dataset.value = value;
+    el.textContent = usd(value);
+  }
+
+  function setText(id, text, value) {
+    var el = $(id);
+    el.textContent = text;
+    if (value !== undefined) { el.dataset.value = String(value); }
+  }
+
+  function bucketLabel(ms, widthS) {
+    var iso = new Date(ms).toISOString();
+    return widthS >= 86400 ? iso.slice(0, 10) : iso.slice(5, 10) + " " + iso.slice(11, 16);
+  }
+
+  function modelName(m) { return m === null || m === undefined ? "(none)" : m; }
+
+  function draw(id, config) {
+    if (charts[id]) { charts[id].destroy(); }
+    config.options = Object.assign({responsive: true, maintainAspectRatio: false, animation: false}, config.options || {});
+    charts[id] = new Chart($(id), config);
+    return charts[id];
+  }
+
+  function sumDatasets(chart, index) {
+    var total = 0;
+    chart.data.datasets.forEach(function (ds, i) {
+      if (index !== undefined && i !== index) { return; }
+      ds.data.forEach(function (v) { total += Number(v || 0); });
+    });
+    return total;
+  }
+
+  function renderTotals(data) {
+    var t = data.totals;
+    setText("total-requests", int(t.requests), t.requests);
+    setText("error-count", int(t.errors), t.errors);
+    setMoney("total-cost", t.cost_usd);
+    setText("total-tokens", int(t.total_tokens), t.total_tokens);
+    setMoney("total-baseline", t.baseline_cost_usd);
+    setMoney("total-saved", t.saved_vs_baseline_usd);
+    var saved = Number(t.saved_vs_baseline_usd);
+    var pct = Number(t.baseline_cost_usd) > 0 ? 100 * saved / Number(t.baseline_cost_usd) : 0;
+    setText("saved-pct", pct.toFixed(1) + "%", pct.toFixed(4));
+    setText("cache-hit-rate", (100 * t.cache_hit_rate).toFixed(1) + "%", t.cache_hit_rate);
+    setText("cache-hits", int(t.cache_hits), t.cache_hits);
+    setText("baseline-name", data.baseline_model || "GPT-4");
+  }
+
+  function renderSpend(data) {
+    var width = data.range.bucket_s;
+    var buckets = [];
+    var models = [];
+    data.timeseries.forEach(function (p) {
+      if (buckets.indexOf(p.bucket) < 0) { buckets.push(p.bucket); }
+      var m = modelName(p.model);
+      if (models.indexOf(m) < 0) { models.push(m); }
+    });
+    buckets.sort(function (a, b) { return a - b; });
+    var datasets = models.map(function (m, i) {
+      var values = buckets.map(function () { return 0; });
+      data.timeseries.forEach(function (p) {
+        if (modelName(p.model) === m) { values[buckets.indexOf(p.bucket)] += Number(p.cost_usd); }
+      });
+      return {label: m, data: values, backgroundColor: PALETTE[i % PALETTE.length], stack: "cost"};
+    });
+    var chart = draw("chart-spend", {
+      type: "bar",
+      data: {labels: buckets.map(function (b) { return bucketLabel(b, width); }), datasets: datasets},
+      options: {scales: {x: {stacked: true}, y: {stacked: true, title: {display: true, text: "USD"}}}}
+    });
+    var shown = sumDatasets(chart);
+    setText("chart-spend-total", usd(shown), shown.toFixed(12));
+
+    var cumCost = [], cumBase = [], c = 0, b = 0;
+    buckets.forEach(function (bucket) {
+      data.timeseries.forEach(function (p) {
+        if (p.bucket === bucket) { c += Number(p.cost_usd); b += Number(p.baseline_cost_usd); }
+      });
+      cumCost.push(c);
+      cumBase.push(b);
+    });
+    draw("chart-savings", {
+      type: "line",
+      data: {
+        labels: buckets.map(function (x) { return bucketLabel(x, width); }),
+        datasets: [
+          {label: "spend", data: cumCost, borderColor: PALETTE[0], backgroundColor: PALETTE[0], fill: false},
+          {label: "all on " + (data.baseline_model || "GPT-4"), data: cumBase, borderColor: PALETTE[3],
+           backgroundColor: PALETTE[3], borderDash: [6, 4], fill: false}
+        ]
+      },
+      options: {scales: {y: {beginAtZero: true, title: {display: true, text: "USD, cumulative"}}}}
+    });
+    setText("chart-savings-cost", usd(c), c.toFixed(12));
+    setText("chart-savings-baseline", usd(b), b.toFixed(12));
+  }
+
+  function renderBackends(data) {
+    var rows = data.by_model.filter(function (r) { return r.group !== null; });
+    var chart = draw("chart-backend", {
+      type: "bar",
+      data: {
+        labels: rows.map(function (r) { return r.group; }),
+        datasets: [
+          {label: "requests", data: rows.map(function (r) { return r.requests; }), backgroundColor: PALETTE[0], yAxisID: "y"},
+          {label: "tokens", data: rows.map(function (r) { return r.total_tokens; }), backgroundColor: PALETTE[1], yAxisID: "y1"}
+        ]
+      },
+      options: {scales: {y: {beginAtZero: true, position: "left", title: {display: true, text: "requests"}},
+                         y1: {beginAtZero: true, position: "right", grid: {drawOnChartArea: false},
+                              title: {display: true, text: "tokens"}}}}
+    });
+    setText("chart-backend-requests", int(sumDatasets(chart, 0)), sumDatasets(chart, 0));
+    setText("chart-backend-tokens", int(sumDatasets(chart, 1)), sumDatasets(chart, 1));
+
+    var t = data.totals;
+    var cache = draw("chart-cache", {
+      type: "doughnut",
+      data: {labels: ["hits", "other requests"],
+             datasets: [{data: [t.cache_hits, t.requests - t.cache_hits], backgroundColor: [PALETTE[1], "#cbd5e1"]}]}
+    });
+    setText("chart-cache-hits", int(cache.data.datasets[0].data[0]), cache.data.datasets[0].data[0]);
+    setText("chart-cache-total", int(sumDatasets(cache)), sumDatasets(cache));
+
+    var names = Object.keys(data.latency);
+    draw("chart-latency", {
+      type: "bar",
+      data: {
+        labels: names,
+        datasets: [
+          {label: "p50", data: names.map(function (n) { return data.latency[n].p50_ms; }), backgroundColor: PALETTE[0]},
+          {label: "p95", data: names.map(function (n) { return data.latency[n].p95_ms; }), backgroundColor: PALETTE[2]}
+        ]
+      },
+      options: {scales: {y: {beginAtZero: true, title: {display: true, text: "ms"}}}}
+    });
+
+    var body = $("table-models").querySelector("tbody");
+    body.textContent = "";
+    data.by_model.forEach(function (r) {
+      var lat = data.latency[r.group] || {};
+      addRow(body, [modelName(r.group), int(r.requests), int(r.prompt_tokens), int(r.completion_tokens),
+                    usd(r.cost_usd), usd(r.baseline_cost_usd), usd(r.saved_usd), ms(lat.p50_ms), ms(lat.p95_ms),
+                    ms(lat.ttft_p50_ms)], r.group);
+    });
+  }
+
+  function ms(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(1); }
+
+  function addRow(tbody, cells, key) {
+    var tr = document.createElement("tr");
+    if (key !== undefined && key !== null) { tr.dataset.key = key; }
+    cells.forEach(function (c) {
+      var td = document.createElement("td");
+      td.textContent = c;
+      tr.appendChild(td);
+    });
+    tbody.appendChild(tr);
+  }
+
+  function renderTop(id, rows, label) {
+    var body = $(id).querySelector("tbody");
+    body.textContent = "";
+    rows.forEach(function (r) {
+      addRow(body, [label(r), int(r.requests), int(r.total_tokens), usd(r.cost_usd)], r.group);
+    });
+  }
+
+  function render(data) {
+    renderTotals(data);
+    renderSpend(data);
+    renderBackends(data);
+    renderTop("table-keys", data.top_keys, function (r) {
+      return r.group === null ? "(no key)" : (r.name ? r.name + " (" + r.group + ")" : r.group);
+    });
+    renderTop("table-users", data.top_users, function (r) { return r.group === null ? "(no user)" : r.group; });
+    $("ledger-status").textContent = data.ledger.pending_rows + " ledger rows pending, " +
+      data.ledger.dropped_rows + " dropped; " + data.range.bucket_s + " s buckets";
+    $("last-updated").textContent = "updated " + new Date().toLocaleTimeString();
+    document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
+  }
+
+  function showLogin(message) {
+    $("dashboard").hidden = true;
+    $("controls").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    stopTimer();
+  }
+
+  function load() {
+    var key = storedKey();
+    if (key === null) { showLogin(""); return; }
+    var params = new URLSearchParams();
+    var range = $("range").value;
+    if (range) { params.set("start", range); }
+    var headers = key ? {"Authorization": "Bearer " + key} : {};
+    fetch("/admin/dashboard/data?" + params.toString(), {headers: headers, cache: "no-store"})
+      .then(function (r) {
+        return r.json().then(function (body) { return {status: r.status, body: body}; });
+      })
+      .then(function (res) {
+        if (res.status === 401 || res.status === 403) {
+          sessionStorage.removeItem(STORAGE_KEY);
+          showLogin(res.body.error ? res.body.error.message : "Not authorized.");
+          return;
+        }
+        if (res.status !== 200) {
+          $("last-updated").textContent = "error: " + (res.body.error ? res.body.error.message : res.status);
+          return;
+        }
+        $("login").hidden = true;
+        $("dashboard").hidden = false;
+        $("controls").hidden = false;
+        render(res.body);
+        scheduleRefresh();
+      })
+      .catch(function (err) { $("last-updated").textContent = "error: " + err; });
+  }
+
+  function stopTimer() { if (timer !== null) { clearTimeout(timer); timer = null; } }
+
+  function scheduleRefresh() {
+    stopTimer();
+    if ($("live").checked) { timer = setTimeout(load, REFRESH_MS); }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    $("login-form").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      sessionStorage.setItem(STORAGE_KEY, $("master-key").value);
+      $("master-key").value = "";
+      load();
+    });
+    $("logout").addEventListener("click", function () {
+      sessionStorage.removeItem(STORAGE_KEY);
+      showLogin("");
+    });
+    $("refresh").addEventListener("click", load);
+    $("range").addEventListener("change", load);
+    $("live").addEventListener("change", scheduleRefresh);
+    if (storedKey() !== null) { load(); } else { showLogin(""); }
+  });
+})();
