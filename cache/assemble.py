@@ -1,0 +1,144 @@
+"""A streamed answer's chunks assembled into the body a non-streaming request would have received.
+
+Per choice index: string deltas concatenated (``content``, ``refusal``, ``reasoning_content`` ...), tool
+call deltas merged by their index (``arguments`` concatenated, ``id``/``type``/``name`` taken when they
+appear), the legacy ``function_call`` merged the same way, the finish reason, and logprobs concatenated.
+Text completions concatenate ``text`` and the logprobs lists. The result is stored only if every choice
+finished (a truncated stream never becomes a cached answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+_LOGPROB_LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+@dataclass(slots=True)
+class _Choice:
+    index: int
+    role: str | None = None
+    strings: dict[str, list[str]] = field(default_factory=dict)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    function_call: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    logprobs: dict[str, list[Any]] | None = None
+
+    def add_logprobs(self, lp: Any) -> None:
+        if not isinstance(lp, dict):
+            return
+        if self.logprobs is None:
+            self.logprobs = {}
+        for k, v in lp.items():
+            if isinstance(v, list):
+                self.logprobs.setdefault(k, []).extend(v)
+
+
+def _merge_call(into: dict[str, Any], delta: dict[str, Any]) -> None:
+    for k in ("id", "type"):
+        if delta.get(k):
+            into[k] = delta[k]
+    fn = delta.get("function")
+    if isinstance(fn, dict):
+        target = into.setdefault("function", {"name": "", "arguments": ""})
+        if isinstance(fn.get("name"), str):
+            target["name"] += fn["name"]  # sent whole in the call's first delta, but pieces add up too
+        if isinstance(fn.get("arguments"), str):
+            target["arguments"] += fn["arguments"]
+
+
+def _add_chat_delta(c: _Choice, delta: dict[str, Any]) -> None:
+    for k, v in delta.items():
+        if k == "role":
+            if isinstance(v, str) and v:
+                c.role = v
+        elif k == "tool_calls" and isinstance(v, list):
+            for pos, call in enumerate(v):
+                if not isinstance(call, dict):
+                    continue
+                idx = call.get("index", pos)
+                slot = c.tool_calls.setdefault(int(idx), {"id": None, "type": "function"})
+                _merge_call(slot, call)
+        elif k == "function_call" and isinstance(v, dict):
+            if c.function_call is None:
+                c.function_call = {"name": "", "arguments": ""}
+            if v.get("name"):
+                c.function_call["name"] = v["name"]
+            if isinstance(v.get("arguments"), str):
+                c.function_call["arguments"] += v["arguments"]
+        elif isinstance(v, str):
+            c.strings.setdefault(k, []).append(v)
+
+
+def _chat_choice(c: _Choice) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": c.role or "assistant"}
+    for k, parts in c.strings.items():
+        msg[k] = "".join(parts)
+    msg.setdefault("content", None)
+    if c.tool_calls:
+        msg["tool_calls"] = [
+            {
+                "id": call.get("id"),
+                "type": call.get("type") or "function",
+                "function": call.get("function") or {"name": "", "arguments": ""},
+            }
+            for _, call in sorted(c.tool_calls.items())
+        ]
+    if c.function_call is not None:
+        msg["function_call"] = c.function_call
+    return {"index": c.index, "message": msg, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+
+
+def _text_choice(c: _Choice) -> dict[str, Any]:
+    lp: dict[str, Any] | None = None
+    if c.logprobs is not None:
+        lp = {k: c.logprobs.get(k, []) for k in _LOGPROB_LISTS}
+    return {
+        "index": c.index,
+        "text": "".join(c.strings.get("text", [])),
+        "logprobs": lp,
+        "finish_reason": c.finish_reason,
+    }
+
+
+def assemble(
+    chunks: list[dict[str, Any]], *, chat: bool, model: str, usage: dict[str, int] | None
+) -> dict[str, Any] | None:
+    """The ``chat.completion`` (``chat``) or ``text_completion`` body of ``chunks``, or None if incomplete."""
+    choices: dict[int, _Choice] = {}
+    first: dict[str, Any] | None = None
+    fingerprint: Any = None
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+        fingerprint = chunk.get("system_fingerprint") or fingerprint
+        for raw in chunk.get("choices") or []:
+            if not isinstance(raw, dict):
+                continue
+            idx = int(raw.get("index", 0))
+            c = choices.setdefault(idx, _Choice(idx))
+            if chat:
+                delta = raw.get("delta")
+                if isinstance(delta, dict):
+                    _add_chat_delta(c, delta)
+            elif isinstance(raw.get("text"), str):
+                c.strings.setdefault("text", []).append(raw["text"])
+            c.add_logprobs(raw.get("logprobs"))
+            if raw.get("finish_reason"):
+                c.finish_reason = str(raw["finish_reason"])
+    if first is None or not choices or any(c.finish_reason is None for c in choices.values()):
+        return None
+    ordered = [choices[i] for i in sorted(choices)]
+    body: dict[str, Any] = {
+        "id": first.get("id") or "cmpl-cached",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": first.get("created") or 0,
+        "model": model,
+        "choices": [_chat_choice(c) if chat else _text_choice(c) for c in ordered],
+    }
+    if fingerprint:
+        body["system_fingerprint"] = fingerprint
+    if usage is not None:
+        body["usage"] = usage
+    return body

@@ -1,0 +1,52 @@
+"""Builds the response cache the settings ask for (called from ``gateway.components.build_cache``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cache.base import ResponseStore
+from cache.memory import MemoryStore
+from cache.minilm import ModelUnavailable
+from cache.redis import RedisStore
+from cache.semantic import SemanticEncoder, load_embedder
+from cache.service import CacheService
+from gateway.config import CacheSettings, Settings
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.cache")
+
+
+def build_store(cfg: CacheSettings) -> ResponseStore:
+    """Redis when a URL is configured (``cache.redis_url`` or ``REDIS_URL``), else the in-process LRU."""
+    if cfg.redis_url:
+        return RedisStore(
+            cfg.redis_url,
+            prefix=cfg.key_prefix,
+            timeout_s=max(cfg.timeout_ms, cfg.write_timeout_ms) / 1000.0,
+            max_connections=cfg.max_connections,
+            max_bucket=cfg.semantic_max_bucket,
+        )
+    return MemoryStore(cfg.max_entries, cfg.semantic_max_bucket)
+
+
+async def build_encoder(cfg: CacheSettings) -> SemanticEncoder | None:
+    """The embedding model, loaded in a thread; None (with an error logged) if it is not installed."""
+    try:
+        embedder = await asyncio.to_thread(
+            load_embedder, cfg.semantic_model, cfg.semantic_model_dir, cfg.semantic_runtime
+        )
+    except ModelUnavailable as exc:
+        log.error("semantic cache disabled, exact-match caching only: %s", exc)
+        return None
+    return SemanticEncoder(embedder, timeout_s=cfg.embed_timeout_ms / 1000.0)
+
+
+async def build_response_cache(settings: Settings, metrics: Metrics) -> CacheService:
+    """A started :class:`CacheService` for ``settings.cache``, with the semantic routes' encoder if any."""
+    cfg = settings.cache
+    semantic = frozenset(name for name, route in settings.resolved_routes().items() if route.semantic_cache)
+    encoder = await build_encoder(cfg) if semantic else None
+    service = CacheService(build_store(cfg), cfg, metrics, semantic_routes=semantic, encoder=encoder)
+    await service.start()
+    return service

