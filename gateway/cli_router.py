@@ -1,0 +1,86 @@
+"""``gateway router ...``: train, score with, and evaluate the learned quality router.
+
+Mounted by the main CLI with ``app.add_typer(router_app, name="router")``; also runnable alone as
+``python -m gateway.cli_router``. Heavy imports (numpy, matplotlib) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, cast
+
+import typer
+
+__all__ = ["router_app"]
+
+router_app = typer.Typer(help="Learned quality router: train, score, eval.", no_args_is_help=True)
+
+_DEFAULT_PLOT = Path("router_pgr.png")
+
+
+@router_app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Training JSONL.")],
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Artifact directory to write.")],
+    seed: Annotated[int, typer.Option(help="Random seed (fold assignment).")] = 0,
+    folds: Annotated[int, typer.Option(help="Grouped CV folds for metrics and calibration.")] = 5,
+    version: Annotated[str, typer.Option(help="Version string stored in the artifact.")] = "1",
+) -> None:
+    """Train the router on DATA (RouteLLM-style outcome records) and write the artifact to OUT."""
+    from policies.router.evaluate import format_report
+    from policies.router.train import TrainConfig, train_router
+
+    result = train_router(data, out, TrainConfig(seed=seed, folds=folds), version=version)
+    typer.echo(f"artifact written to {result.out_dir}")
+    typer.echo(f"cross-validated ({folds}-fold, grouped by item):")
+    typer.echo(format_report(result.metadata["cv_metrics"]))
+
+
+@router_app.command("score")
+def score_cmd(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="JSONL with 'prompt'.")],
+    artifact: Annotated[Path | None, typer.Option(help="Artifact directory (default: shipped).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout).")] = None,
+) -> None:
+    """Write one JSON line {"score": x} per record (higher = the strong model is more needed)."""
+    import orjson
+
+    from policies.router.data import load_prompts
+    from policies.router.model import QualityRouter
+
+    router = QualityRouter.load(artifact)
+    lines = b"".join(orjson.dumps({"score": router.score(p)}) + b"\n" for p in load_prompts(data))
+    if out is None:
+        sys.stdout.write(lines.decode("utf-8"))
+        sys.stdout.flush()
+    else:
+        out.write_bytes(lines)
+
+
+@router_app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Outcome JSONL.")],
+    artifact: Annotated[Path | None, typer.Option(help="Artifact directory (default: shipped).")] = None,
+    mode: Annotated[
+        str, typer.Option(help="auto: CV on the artifact's training file, else score it directly; cv; artifact.")
+    ] = "auto",
+    folds: Annotated[int | None, typer.Option(help="CV folds (default: the artifact's).")] = None,
+    plot: Annotated[Path, typer.Option(help="Where to write the PGR curve PNG.")] = _DEFAULT_PLOT,
+) -> None:
+    """Print APGR, CPT(50%)/CPT(80%) vs random and perfect routers; write the PGR curve PNG."""
+    from policies.router.data import load_records
+    from policies.router.evaluate import evaluate_file, format_report, plot_pgr
+
+    if mode not in ("auto", "cv", "artifact"):
+        raise typer.BadParameter("mode must be auto, cv or artifact", param_hint="--mode")
+    result = evaluate_file(data, artifact, cast(Literal["auto", "cv", "artifact"], mode), folds)
+    how = "grouped k-fold cross-validation" if result.mode == "cv" else "shipped/given artifact, no retraining"
+    typer.echo(f"evaluation on {data.name}: {how}")
+    typer.echo(format_report(result.report))
+    plot_pgr(load_records(data), result.scores, plot, f"{data.name} ({result.mode})")
+    typer.echo(f"PGR curve written to {plot}")
+
+
+if __name__ == "__main__":
+    router_app()

@@ -1,0 +1,177 @@
+"""Inference for the quality router: load the artifact, score prompts, calibrate thresholds.
+
+``score(prompt)`` is the model's probability-like estimate (in [0, 1]) that the strong model is
+needed for this prompt (higher = route to strong). A routing policy sends a prompt to the strong
+model when ``score >= threshold``; the threshold comes from the config, either as a share of
+strong calls (:meth:`QualityRouter.threshold_for_strong_share`) or as a quality target in PGR
+(:meth:`QualityRouter.threshold_for_quality_target`), both calibrated on the out-of-fold scores
+of the training prompts stored in the artifact. Only numpy and the stdlib are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.router import metrics
+from policies.router.features import CUE_NAMES, analyze
+
+__all__ = ["ARTIFACT_DIR", "QualityRouter"]
+
+#: Directory of the artifact shipped with the package.
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+_NPZ = "router.npz"
+_JSON = "router.json"
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    scores: NDArray[np.float64]
+    weights: NDArray[np.float64]
+    weak: NDArray[np.float64]
+    strong: NDArray[np.float64]
+
+
+class QualityRouter:
+    """A trained router: prompt -> score in [0, 1] (higher = the strong model is more needed)."""
+
+    def __init__(
+        self,
+        ngram_weights: dict[str, float],
+        cue_weights: tuple[float, ...],
+        bias: float,
+        calibration: _Calibration,
+        metadata: dict[str, Any],
+    ) -> None:
+        """Build from raw parts; use :meth:`load` to read an artifact."""
+        if len(cue_weights) != len(CUE_NAMES):
+            raise ValueError(f"expected {len(CUE_NAMES)} cue weights, got {len(cue_weights)}")
+        self._ngram = ngram_weights
+        self._cue = cue_weights
+        self._bias = bias
+        self._calib = calibration
+        self._curve: metrics.PGRCurve | None = None
+        self.metadata: dict[str, Any] = metadata
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> QualityRouter:
+        """Load an artifact directory (``router.npz`` + ``router.json``); ``None`` = the shipped one."""
+        directory = ARTIFACT_DIR if path is None else Path(path)
+        if directory.is_file():
+            directory = directory.parent
+        meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
+        with np.load(directory / _NPZ, allow_pickle=False) as npz:
+            vocab = bytes(npz["vocab"]).decode("utf-8").split("\n") if npz["vocab"].size else []
+            w_ngram = npz["w_ngram"].astype(np.float64).tolist()
+            if len(vocab) != len(w_ngram):
+                raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
+            calib = _Calibration(
+                scores=npz["calib_scores"].astype(np.float64),
+                weights=npz["calib_weights"].astype(np.float64),
+                weak=npz["calib_weak"].astype(np.float64),
+                strong=npz["calib_strong"].astype(np.float64),
+            )
+            cue = tuple(float(x) for x in npz["w_cue"])
+            bias = float(npz["bias"][0])
+        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta)
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def version(self) -> str:
+        """Artifact version string."""
+        return str(self.metadata.get("version", "unknown"))
+
+    @property
+    def training_data_sha256(self) -> str:
+        """SHA-256 of the training data file."""
+        return str(self.metadata.get("training_data", {}).get("sha256", ""))
+
+    @property
+    def cv_metrics(self) -> dict[str, Any]:
+        """Cross-validated metrics per benchmark (router, random and perfect baselines)."""
+        result: dict[str, Any] = self.metadata.get("cv_metrics", {})
+        return result
+
+    # ------------------------------------------------------------------ scoring
+    def logit(self, prompt: str) -> float:
+        """Raw linear score of ``prompt`` (monotone in :meth:`score`)."""
+        grams, cues = analyze(prompt)
+        matched = grams & self._ngram.keys()
+        # fsum: exact, so the result does not depend on set iteration order (hash seed).
+        total = math.fsum(map(self._ngram.__getitem__, matched))
+        z = self._bias + (total / math.sqrt(len(matched)) if matched else 0.0)
+        for c, w in zip(cues, self._cue, strict=True):
+            z += c * w
+        return z
+
+    def score(self, prompt: str) -> float:
+        """Probability-like score in [0, 1] that ``prompt`` needs the strong model."""
+        z = self.logit(prompt)
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    def score_many(self, prompts: Iterable[str]) -> NDArray[np.float64]:
+        """Scores of many prompts as a float64 array."""
+        return np.fromiter((self.score(p) for p in prompts), dtype=np.float64)
+
+    def needs_strong(self, prompt: str, threshold: float) -> bool:
+        """Routing decision: ``True`` (use the strong model) when ``score >= threshold``."""
+        return self.score(prompt) >= threshold
+
+    # -------------------------------------------------------------- calibration
+    def threshold_for_strong_share(self, share: float) -> float:
+        """Threshold sending about ``share`` (0..1) of prompts to the strong model.
+
+        Calibrated on the stored out-of-fold score distribution (benchmark weights per the recipe) of the
+        training prompts. ``share <= 0`` gives ``inf`` (never strong), ``share >= 1`` gives 0.
+        """
+        if math.isnan(share):
+            raise ValueError("share must be a number in [0, 1]")
+        if share <= 0.0:
+            return math.inf
+        if share >= 1.0:
+            return 0.0
+        c = self._calib
+        order = np.argsort(-c.scores, kind="stable")
+        cum = np.cumsum(c.weights[order]) / c.weights.sum()
+        k = int(np.searchsorted(cum, share - 1e-12, side="left"))
+        return float(c.scores[order][min(k, order.size - 1)])
+
+    def calibration_curve(self) -> metrics.PGRCurve:
+        """The PGR curve of the stored calibration data (pooled, benchmark-weighted)."""
+        if self._curve is None:
+            c = self._calib
+            self._curve = metrics.pgr_curve(c.scores, c.weak, c.strong, c.weights)
+        return self._curve
+
+    def strong_share_for_quality_target(self, target_pgr: float) -> float:
+        """Smallest share of strong calls whose calibrated PGR reaches ``target_pgr``."""
+        curve = self.calibration_curve()
+        hit = np.nonzero(curve.pgr >= target_pgr - 1e-12)[0]
+        return 1.0 if hit.size == 0 else float(curve.shares[int(hit[0])])
+
+    def threshold_for_quality_target(self, target_pgr: float) -> float:
+        """Threshold whose calibrated PGR (share of the weak-strong quality gap recovered) reaches
+        ``target_pgr`` (e.g. 0.8) with the fewest strong calls; ``<= 0`` gives ``inf``.
+        """
+        if math.isnan(target_pgr):
+            raise ValueError("target_pgr must be a number")
+        if target_pgr <= 0.0:
+            return math.inf
+        curve = self.calibration_curve()
+        hit = np.nonzero(curve.pgr >= target_pgr - 1e-12)[0]
+        if hit.size == 0:
+            return 0.0
+        return float(curve.thresholds[max(int(hit[0]), 1)])
+
+    def __repr__(self) -> str:
+        return f"QualityRouter(version={self.version!r}, ngrams={len(self._ngram)})"

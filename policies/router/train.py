@@ -1,0 +1,250 @@
+"""Train the quality router: features, logistic model, grouped cross-validation, calibration.
+
+Recipe (see :class:`TrainConfig`): word uni/bi-gram vocabulary + handcrafted cues and an L2
+logistic regression on "the strong answer is better than the weak one" (optionally mixed with
+"the weak answer fails"). Grouped CV on routellm_train.jsonl chose natural per-prompt weights:
+re-weighting benchmarks towards equal shares overfits the 120 MT-Bench rows and lowers APGR.
+Out-of-fold scores from grouped k-fold CV give the honest metrics and the calibration table
+(score distribution + PGR curve) stored in the artifact. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.router import features, metrics
+from policies.router.data import Record, file_sha256, group_ids, grouped_folds, load_records
+from policies.router.linear import Design, LinearFit, fit_logistic
+
+FloatArray = NDArray[np.float64]
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "TrainConfig",
+    "TrainResult",
+    "benchmark_report",
+    "cross_val_scores",
+    "sample_weights",
+    "targets",
+    "train_router",
+]
+
+#: Bumped whenever the artifact layout or the featurisation changes incompatibly.
+ARTIFACT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the training recipe (stored in the artifact's metadata)."""
+
+    seed: int = 0
+    folds: int = 5
+    min_df: int = 3
+    max_features: int = 30_000
+    l2_sparse: float = 1e-4
+    l2_dense: float = 1e-3
+    #: weight of the "weak answer fails" label in the soft target (rest: "strong is better").
+    weak_fail_mix: float = 0.0
+    #: normalised quality gap above which the strong answer counts as better (judge: 0.5/9).
+    better_margin: float = 0.05
+    #: normalised weak quality below which the weak answer counts as failed (judge: < 8/10).
+    weak_fail_below: float = 0.75
+    #: training: per-benchmark total weight is proportional to ``count ** benchmark_power``.
+    benchmark_power: float = 1.0
+    #: calibration table: the same, for the score distribution / PGR curve (0 = benchmarks equal,
+    #: 1 = per prompt); 0.5 keeps MMLU from dominating without resting a third on 120 MT-Bench rows.
+    calibration_power: float = 0.5
+    max_iter: int = 300
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the artifact went and the cross-validated metrics stored with it."""
+
+    out_dir: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Featurised:
+    grams: list[set[str]]
+    cues: FloatArray
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    vocab: list[str]
+    cue_mean: FloatArray
+    cue_std: FloatArray
+    fit: LinearFit
+
+
+def targets(records: Sequence[Record], config: TrainConfig) -> FloatArray:
+    """Soft training target in [0, 1]: higher = the strong model is more needed."""
+    weak = np.array([r.weak for r in records])
+    strong = np.array([r.strong for r in records])
+    better = (strong - weak > config.better_margin).astype(np.float64)
+    fails = (weak < config.weak_fail_below).astype(np.float64)
+    return np.asarray((1.0 - config.weak_fail_mix) * better + config.weak_fail_mix * fails)
+
+
+def sample_weights(records: Sequence[Record], power: float) -> FloatArray:
+    """Weights (mean 1) giving each benchmark total weight proportional to ``count ** power``."""
+    counts = Counter(r.benchmark for r in records)
+    w = np.array([counts[r.benchmark] ** power / counts[r.benchmark] for r in records])
+    return np.asarray(w / w.mean())
+
+
+def _featurise(records: Sequence[Record]) -> _Featurised:
+    grams: list[set[str]] = []
+    cues = np.empty((len(records), len(features.CUE_NAMES)))
+    for i, rec in enumerate(records):
+        g, c = features.analyze(rec.prompt)
+        grams.append(g)
+        cues[i] = c
+    return _Featurised(grams=grams, cues=cues)
+
+
+def _design(feats: _Featurised, rows: NDArray[np.int64], vocab: list[str], mean: FloatArray, std: FloatArray) -> Design:
+    index = {g: j for j, g in enumerate(vocab)}
+    indptr = [0]
+    indices: list[int] = []
+    values: list[float] = []
+    for i in rows:
+        ids = sorted(index[g] for g in feats.grams[i] if g in index)
+        indices.extend(ids)
+        values.extend([1.0 / math.sqrt(len(ids))] * len(ids))
+        indptr.append(len(indices))
+    return Design(
+        indptr=np.array(indptr, dtype=np.int64),
+        indices=np.array(indices, dtype=np.int64),
+        values=np.array(values, dtype=np.float64),
+        n_sparse=len(vocab),
+        dense=(feats.cues[rows] - mean) / std,
+    )
+
+
+def _fit(feats: _Featurised, rows: NDArray[np.int64], y: FloatArray, w: FloatArray, config: TrainConfig) -> _Fitted:
+    vocab = features.build_vocabulary((feats.grams[i] for i in rows), config.min_df, config.max_features)
+    mean = feats.cues[rows].mean(axis=0)
+    std = feats.cues[rows].std(axis=0) + 1e-6
+    design = _design(feats, rows, vocab, mean, std)
+    fit = fit_logistic(design, y[rows], w[rows], config.l2_sparse, config.l2_dense, max_iter=config.max_iter)
+    return _Fitted(vocab=vocab, cue_mean=mean, cue_std=std, fit=fit)
+
+
+def _predict(model: _Fitted, feats: _Featurised, rows: NDArray[np.int64]) -> FloatArray:
+    z = model.fit.decision(_design(feats, rows, model.vocab, model.cue_mean, model.cue_std))
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+
+def cross_val_scores(records: Sequence[Record], config: TrainConfig, feats: _Featurised | None = None) -> FloatArray:
+    """Out-of-fold scores from grouped k-fold CV (groups: item turns and duplicate prompts)."""
+    feats = feats if feats is not None else _featurise(records)
+    folds = grouped_folds(group_ids(records), config.folds, config.seed)
+    y = targets(records, config)
+    w = sample_weights(records, config.benchmark_power)
+    oof = np.zeros(len(records))
+    for k in range(config.folds):
+        train_rows = np.nonzero(folds != k)[0]
+        test_rows = np.nonzero(folds == k)[0]
+        if test_rows.size == 0 or train_rows.size == 0:
+            continue
+        oof[test_rows] = _predict(_fit(feats, train_rows, y, w, config), feats, test_rows)
+    return oof
+
+
+def _metrics_dict(m: metrics.RouterMetrics) -> dict[str, float]:
+    return {"apgr": round(m.apgr, 4), "cpt50": round(m.cpt50, 4), "cpt80": round(m.cpt80, 4)}
+
+
+def benchmark_report(records: Sequence[Record], scores: FloatArray) -> dict[str, dict[str, Any]]:
+    """Router, random and perfect-router metrics per benchmark and ``overall`` (all prompts pooled)."""
+    benches = sorted({r.benchmark for r in records})
+    weak = np.array([r.weak for r in records])
+    strong = np.array([r.strong for r in records])
+    names = np.array([r.benchmark for r in records])
+    report: dict[str, dict[str, Any]] = {}
+    for name in [*benches, "overall"]:
+        m = np.ones(len(records), dtype=bool) if name == "overall" else names == name
+        wq, sq = weak[m], strong[m]
+        report[name] = {
+            "n": int(m.sum()),
+            "weak_quality": round(float(wq.mean()), 4),
+            "strong_quality": round(float(sq.mean()), 4),
+            "router": _metrics_dict(metrics.summarize(metrics.pgr_curve(scores[m], wq, sq), wq, sq)),
+            "random": _metrics_dict(metrics.summarize(metrics.random_curve(wq, sq), wq, sq)),
+            "perfect": _metrics_dict(metrics.summarize(metrics.perfect_curve(wq, sq), wq, sq)),
+        }
+    return report
+
+
+def _vocab_blob(vocab: list[str]) -> NDArray[np.uint8]:
+    return np.frombuffer("\n".join(vocab).encode("utf-8"), dtype=np.uint8)
+
+
+def train_router(data: Path, out_dir: Path, config: TrainConfig | None = None, version: str = "1") -> TrainResult:
+    """Train on ``data`` (JSONL outcome records) and write ``router.npz`` + ``router.json`` to ``out_dir``.
+
+    Runs grouped k-fold CV first (out-of-fold scores: metrics + calibration table), then fits the
+    final model on all rows.
+    """
+    config = config or TrainConfig()
+    records = load_records(data)
+    if len(records) < 2 * config.folds:
+        raise ValueError(f"need at least {2 * config.folds} records, got {len(records)}")
+    feats = _featurise(records)
+    oof = cross_val_scores(records, config, feats)
+    report = benchmark_report(records, oof)
+
+    all_rows = np.arange(len(records), dtype=np.int64)
+    y = targets(records, config)
+    w = sample_weights(records, config.benchmark_power)
+    final = _fit(feats, all_rows, y, w, config)
+    # Fold the cue standardisation into the weights and bias: z = cues @ w_c + bias.
+    w_cue = final.fit.w_dense / final.cue_std
+    bias = final.fit.bias - float(np.dot(final.cue_mean, w_cue))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out_dir / "router.npz",
+        vocab=_vocab_blob(final.vocab),
+        w_ngram=final.fit.w_sparse.astype(np.float32),
+        w_cue=w_cue,
+        bias=np.array([bias]),
+        calib_scores=oof.astype(np.float32),
+        calib_weights=sample_weights(records, config.calibration_power).astype(np.float32),
+        calib_weak=np.array([r.weak for r in records], dtype=np.float32),
+        calib_strong=np.array([r.strong for r in records], dtype=np.float32),
+    )
+    metadata: dict[str, Any] = {
+        "format": ARTIFACT_FORMAT,
+        "version": version,
+        "model": "logistic(word 1-2grams + cues)",
+        "training_data": {
+            "file": data.name,
+            "sha256": file_sha256(data),
+            "rows": len(records),
+            "benchmarks": dict(sorted(Counter(r.benchmark for r in records).items())),
+        },
+        "config": asdict(config),
+        "features": {
+            "cue_names": list(features.CUE_NAMES),
+            "max_tokens": features.MAX_TOKENS,
+            "vocab_size": len(final.vocab),
+        },
+        "fit": {"iterations": final.fit.iterations, "loss": round(final.fit.loss, 6)},
+        "calibration": "out-of-fold scores of the training prompts, weights per calibration_power",
+        "cv_metrics": report,
+    }
+    (out_dir / "router.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return TrainResult(out_dir=out_dir, metadata=metadata)

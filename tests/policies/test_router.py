@@ -1,0 +1,215 @@
+"""Tests for the learned quality router (metrics, training, artifact, calibration, CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli_router import router_app
+from policies.router import features, metrics
+from policies.router.data import load_records
+from policies.router.model import QualityRouter
+from policies.router.train import TrainConfig, train_router
+
+_REPO = Path(__file__).resolve().parents[2]
+_REL = Path("shared") / "data" / "routing" / "routellm_train.jsonl"
+REAL_DATA = next((p for p in (_REPO / _REL, _REPO.parent / _REL) if p.exists()), _REPO / _REL)
+_WORDS = "alpha beta gamma delta integral matrix poem story essay prove compute total".split()
+
+
+def _synthetic_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows in the training-file schema; 'hard' prompts are the ones the weak model fails."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        bench = ["mmlu", "gsm8k", "mt_bench"][i % 3]
+        hard = bool(rng.random() < 0.4)
+        words = " ".join(rng.choice(_WORDS, size=8).tolist())
+        prompt = f"{'Prove that the integral of x^2 = 7 * 3' if hard else 'Write a short poem'} {words} {i}?"
+        if bench == "mt_bench":
+            weak, strong = (5.0, 9.0) if hard else (9.0, 9.0)
+        else:
+            weak, strong = (0.0, 1.0) if hard else (1.0, 1.0)
+        item = f"mt_bench/{i // 2}/turn{i % 2 + 1}" if bench == "mt_bench" else f"{bench}/{i}"
+        rows.append(
+            {
+                "benchmark": bench,
+                "subset": "s",
+                "item_id": item,
+                "prompt": prompt,
+                "weak_score": weak,
+                "strong_score": strong,
+            }
+        )
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 rows: a slice of the real training file when present, synthetic rows otherwise."""
+    path = tmp_path_factory.mktemp("router") / "train.jsonl"
+    if REAL_DATA.exists():
+        with REAL_DATA.open(encoding="utf-8") as fh:
+            lines = fh.readlines()
+        picked = [lines[i] for i in np.random.default_rng(0).choice(len(lines), 300, replace=False)]
+        path.write_text("".join(picked), encoding="utf-8")
+        return path
+    return _write_jsonl(path, _synthetic_rows(300))
+
+
+@pytest.fixture(scope="module")
+def trained(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("artifact")
+    train_router(small_data, out, TrainConfig(folds=3, min_df=2, max_iter=100))
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+def test_tiny_example_by_hand() -> None:
+    # gains (strong - weak): +1, 0, +1, -1 -> total gap 1; order by score: p0, p2, p1, p3.
+    weak, strong = [0, 1, 0, 1], [1, 1, 1, 0]
+    curve = metrics.pgr_curve([0.9, 0.5, 0.8, 0.1], weak, strong)
+    np.testing.assert_allclose(curve.shares, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(curve.pgr, [0, 1, 2, 2, 1])
+    # trapezoids: 0.25 * (0.5 + 1.5 + 2 + 1.5) = 1.375
+    assert metrics.apgr(curve) == pytest.approx(1.375)
+    assert metrics.cpt(curve, 0.5) == pytest.approx(0.125)
+    assert metrics.cpt(curve, 0.8) == pytest.approx(0.2)
+    # The perfect router orders by gain; here it is the same ordering.
+    assert metrics.apgr(metrics.perfect_curve(weak, strong)) == pytest.approx(1.375)
+
+
+def test_ties_are_random_in_expectation() -> None:
+    rng = np.random.default_rng(1)
+    weak = rng.integers(0, 2, 200).astype(float)
+    strong = np.maximum(weak, rng.integers(0, 2, 200))
+    curve = metrics.random_curve(weak, strong)
+    np.testing.assert_allclose(curve.pgr, curve.shares, atol=1e-12)
+    assert metrics.apgr(curve) == pytest.approx(0.5)
+    assert metrics.cpt(curve, 0.5) == pytest.approx(0.5)
+
+
+def test_random_orderings_average_half() -> None:
+    rng = np.random.default_rng(2)
+    weak = rng.integers(0, 2, 300).astype(float)
+    strong = np.clip(weak + rng.integers(0, 2, 300), 0, 1)
+    values = [metrics.apgr(metrics.pgr_curve(rng.random(300), weak, strong)) for _ in range(400)]
+    assert np.mean(values) == pytest.approx(0.5, abs=0.01)
+
+
+def test_perfect_router_is_the_bound() -> None:
+    rng = np.random.default_rng(3)
+    weak = (rng.random(500) < 0.4).astype(float)
+    strong = (rng.random(500) < 0.7).astype(float)  # some prompts favour weak; the gap is positive
+    best = metrics.apgr(metrics.perfect_curve(weak, strong))
+    for _ in range(20):
+        assert metrics.apgr(metrics.pgr_curve(rng.random(500), weak, strong)) <= best + 1e-12
+    # With strong never worse, the oracle reaches PGR 1 at the share of prompts it helps on.
+    strong = np.maximum(weak, strong)
+    curve = metrics.perfect_curve(weak, strong)
+    share = float(np.mean(strong > weak))
+    assert metrics.cpt(curve, 1.0) == pytest.approx(share)
+    assert metrics.apgr(curve) == pytest.approx(1 - share / 2)
+
+
+# --------------------------------------------------------------- features
+def test_features_deterministic_and_sized() -> None:
+    grams, cues = features.analyze("How many apples? 12 + 30 = ?\nA. 1\nB. 2")
+    assert "how many" in grams and "00" in grams and "00 +" in grams
+    assert len(cues) == len(features.CUE_NAMES)
+    assert features.analyze("How many apples? 12 + 30 = ?\nA. 1\nB. 2") == (grams, cues)
+    assert len(features.tokenize("word " * 5000)) == features.MAX_TOKENS
+
+
+# ---------------------------------------------------- training + artifact
+def test_training_slice_produces_loadable_artifact(trained: Path, small_data: Path) -> None:
+    router = QualityRouter.load(trained)
+    meta = router.metadata
+    assert meta["training_data"]["rows"] == 300
+    assert len(router.training_data_sha256) == 64
+    assert "overall" in router.cv_metrics
+    prompts = [r.prompt for r in load_records(small_data)[:50]]
+    scores = router.score_many(prompts)
+    assert scores.shape == (50,) and np.all((scores >= 0) & (scores <= 1))
+    again = QualityRouter.load(trained).score_many(prompts)
+    np.testing.assert_array_equal(scores, again)
+
+
+def test_training_is_deterministic(small_data: Path, trained: Path, tmp_path: Path) -> None:
+    train_router(small_data, tmp_path, TrainConfig(folds=3, min_df=2, max_iter=100))
+    a, b = np.load(trained / "router.npz"), np.load(tmp_path / "router.npz")
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_threshold_calibration(trained: Path) -> None:
+    router = QualityRouter.load(trained)
+    with np.load(trained / "router.npz") as npz:
+        scores, weights = npz["calib_scores"].astype(float), npz["calib_weights"].astype(float)
+    for share in (0.1, 0.3, 0.5, 0.8):
+        t = router.threshold_for_strong_share(share)
+        # The smallest threshold-set reaching the share: >= t reaches it, > t does not.
+        assert weights[scores >= t].sum() / weights.sum() >= share - 1e-6
+        assert weights[scores > t].sum() / weights.sum() < share
+    assert router.threshold_for_strong_share(0.0) == math.inf
+    assert router.threshold_for_strong_share(1.0) == 0.0
+    t80 = router.threshold_for_quality_target(0.8)
+    curve = router.calibration_curve()
+    reached = curve.pgr[curve.thresholds <= t80]
+    assert reached.size and reached.max() >= 0.8 - 1e-9
+    assert router.threshold_for_quality_target(0.5) >= t80
+
+
+# ------------------------------------------------------- shipped artifact
+def test_shipped_artifact_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    router = QualityRouter.load()
+    s = router.score("Solve for x: 3x^2 - 12 = 0. Show each step.")
+    assert 0.0 <= s <= 1.0
+    assert s == router.score("Solve for x: 3x^2 - 12 = 0. Show each step.")
+    assert router.version and router.cv_metrics["overall"]["router"]["apgr"] > 0.5
+    assert 0.0 <= router.score("") <= 1.0
+    # Many calibration rows: the requested share is hit closely on the calibration data.
+    calib = router.calibration_curve()
+    for share in (0.2, 0.5):
+        t = router.threshold_for_strong_share(share)
+        assert float(calib.shares[calib.thresholds >= t].max()) == pytest.approx(share, abs=0.005)
+
+
+# -------------------------------------------------------------------- CLI
+def test_cli_commands(trained: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    rows = _synthetic_rows(30, seed=5)
+    data = _write_jsonl(tmp_path / "tiny.jsonl", rows)
+
+    res = runner.invoke(router_app, ["score", "--data", str(data), "--artifact", str(trained)])
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in res.output.splitlines()]
+    assert len(out) == 30 and all(0.0 <= o["score"] <= 1.0 for o in out)
+
+    png = tmp_path / "pgr.png"
+    res = runner.invoke(router_app, ["eval", "--data", str(data), "--artifact", str(trained), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "APGR" in res.output and "overall" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    art = tmp_path / "art"
+    res = runner.invoke(router_app, ["train", "--data", str(data), "--out", str(art), "--folds", "2"])
+    assert res.exit_code == 0, res.output
+    assert QualityRouter.load(art).metadata["training_data"]["rows"] == 30
