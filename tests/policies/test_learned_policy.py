@@ -1,0 +1,116 @@
+"""The learned router drives routing: its score against the route's calibrated operating point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from backends import CircuitBreaker, build_backend
+from gateway.cli import app as cli
+from gateway.config import settings_from_dict
+from gateway.context import Constraints
+from gateway.features import extract_features
+from gateway.routing import Router
+from gateway.tokens import ApproxCounter
+from policies.router.model import QualityRouter
+
+MODELS: list[dict[str, Any]] = [
+    {
+        "name": "llama-2-7b",
+        "backend": "openai",
+        "base_url": "http://a/v1",
+        "quality": 6.27,
+        "input_cost_per_token": 0.0000001,
+        "output_cost_per_token": 0.0000002,
+    },
+    {"name": "gpt-4", "backend": "openai", "base_url": "http://b/v1", "quality": 8.99},
+]
+PROMPTS = [
+    "hi",
+    "What is the capital of France?",
+    "Janet has 3 apples and buys 5 more, then gives away half. How many apples does she have? Show your work.",
+    "Write a proof that the square root of 2 is irrational, then generalise it to all non-square integers.",
+    "Which of the following is a mammal? A) shark B) dolphin C) trout D) octopus",
+]
+
+
+def router_for(route: dict[str, Any], estimator: QualityRouter) -> Router:
+    settings = settings_from_dict({"models": MODELS, "routes": {"r": route}})
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    backends = {m.name: build_backend(m, client) for m in settings.models}
+    return Router(settings, backends, {n: CircuitBreaker() for n in backends}, estimator)
+
+
+def winner(router: Router, prompt: str) -> str:
+    body = {"model": "r", "messages": [{"role": "user", "content": prompt}]}
+    return router.plan("r", extract_features("chat", body, ApproxCounter()), Constraints()).decision.winner.name
+
+
+def test_learned_policy_follows_score_and_threshold() -> None:
+    est = QualityRouter.load()
+    never = router_for({"policy": "learned", "strong_share": 0.0}, est)
+    always = router_for({"policy": "learned", "strong_share": 1.0}, est)
+    assert {winner(never, p) for p in PROMPTS} == {"llama-2-7b"}
+    assert {winner(always, p) for p in PROMPTS} == {"gpt-4"}
+    middle = router_for({"policy": "learned", "strong_share": 0.3}, est)
+    threshold = est.threshold_for_strong_share(0.3)
+    for p in PROMPTS:
+        expected = "gpt-4" if est.score(p) >= threshold else "llama-2-7b"
+        assert winner(middle, p) == expected
+    reason = middle.plan(
+        "r", extract_features("chat", {"messages": [{"role": "user", "content": "hi"}]}, ApproxCounter()), Constraints()
+    ).decision.reason
+    assert "P(strong needed)=" in reason and "threshold" in reason
+
+
+def test_strong_share_operating_point_holds_on_real_prompts() -> None:
+    est = QualityRouter.load()
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "routing" / "routellm_train.jsonl"
+    lines = data.read_text().splitlines()[::40] if data.exists() else []
+    prompts = [json.loads(line)["prompt"] for line in lines] or PROMPTS * 20
+    router = router_for({"policy": "learned", "strong_share": 0.3}, est)
+    share = sum(winner(router, p) == "gpt-4" for p in prompts) / len(prompts)
+    assert 0.1 <= share <= 0.5, share  # calibrated for 30% on the (benchmark-weighted) training prompts
+
+
+def test_cost_policy_uses_the_learned_threshold() -> None:
+    est = QualityRouter.load()
+    cheap = router_for({"policy": "cost", "strong_share": 0.0}, est)
+    strong = router_for({"policy": "cost", "strong_share": 1.0}, est)
+    assert {winner(cheap, p) for p in PROMPTS} == {"llama-2-7b"}
+    assert {winner(strong, p) for p in PROMPTS} == {"gpt-4"}
+
+
+def test_replay_compares_policies(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        json.dumps(
+            {"models": MODELS, "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path}/l.db"}, "cache": {"enabled": False}}
+        )
+    )
+    data = tmp_path / "reqs.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"prompt": p, "weak_score": 1, "strong_score": 1, "benchmark": "mmlu"}) for p in PROMPTS)
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "replay",
+            str(data),
+            "--config",
+            str(config),
+            "-p",
+            "cost",
+            "-p",
+            "quality",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cost" in result.output and "quality" in result.output and "gpt-4 100%" in result.output
+    assert (tmp_path / "p.png").stat().st_size > 1000
