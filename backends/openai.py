@@ -29,14 +29,36 @@ from gateway.errors import (
 
 
 class Replica:
-    """One base URL serving the model, with its own live stats."""
+    """One base URL serving the model, with its own live stats and our own count of requests on it.
 
-    __slots__ = ("_urls", "base_url", "stats")
+    ``in_flight`` counts this gateway's requests on the replica, from sending the request until the
+    response is read (streams: until the stream is closed); ``started`` counts every request sent, and
+    breaks ties between equally loaded replicas so idle ones take turns.
+    """
+
+    __slots__ = ("_urls", "base_url", "in_flight", "started", "stats")
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.stats = LiveStats()
+        self.in_flight = 0
+        self.started = 0
         self._urls: dict[str, httpx.URL] = {}
+
+    @property
+    def load(self) -> float:
+        """Requests the replica is busy with: ours in flight, or its scraped queue if that is larger."""
+        queue = self.stats.queue
+        return max(float(self.in_flight), queue.running + queue.waiting)
+
+    def acquire(self) -> None:
+        """Count one more of our requests on this replica."""
+        self.in_flight += 1
+        self.started += 1
+
+    def release(self) -> None:
+        """Count one of our requests as finished."""
+        self.in_flight -= 1
 
     def url(self, path: str) -> httpx.URL:
         """The parsed URL of ``path`` on this replica (parsed once: URL parsing showed in profiles)."""
@@ -54,8 +76,13 @@ def _translate(exc: httpx.HTTPError, backend: str, what: str) -> UpstreamError:
     return UpstreamUnavailable(f"upstream '{backend}' unreachable: {detail}", backend=backend)
 
 
-def rejected_from_response(status: int, content: bytes, headers: httpx.Headers, backend: str) -> UpstreamRejected:
-    """Build the pass-through error for an upstream HTTP error, keeping its message and type."""
+def rejected_from_response(
+    status: int, content: bytes, headers: httpx.Headers, backend: str, secret: str | None = None
+) -> UpstreamRejected:
+    """Build the pass-through error for an upstream HTTP error, keeping its message and type.
+
+    Some providers echo the credentials they were sent in their error messages: ``secret`` (the
+    backend's API key) is cut out of the message, which goes to the client and to the logs."""
     message = f"upstream '{backend}' returned HTTP {status}"
     error_type: str | None = None
     param: str | None = None
@@ -76,6 +103,8 @@ def rejected_from_response(status: int, content: bytes, headers: httpx.Headers, 
     elif content and parsed is None:
         message = f"{message}: {content[:200].decode('utf-8', 'replace')}"
     out_headers = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+    if secret and secret in message:
+        message = message.replace(secret, "[redacted]")
     return UpstreamRejected(
         message,
         upstream_status=status,
@@ -90,10 +119,11 @@ def rejected_from_response(status: int, content: bytes, headers: httpx.Headers, 
 class _HTTPStream:
     """An open SSE response; implements :class:`backends.base.UpstreamStream`."""
 
-    def __init__(self, response: httpx.Response, backend: str, replica: str, idle_timeout: float) -> None:
+    def __init__(self, response: httpx.Response, backend: str, replica: Replica, idle_timeout: float) -> None:
         self._response = response
         self._backend = backend
-        self.replica = replica
+        self._replica: Replica | None = replica  # released (once) when the stream is closed
+        self.replica = replica.base_url
         self._idle_timeout = idle_timeout
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -116,7 +146,12 @@ class _HTTPStream:
             yield data
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        replica, self._replica = self._replica, None
+        try:
+            await self._response.aclose()
+        finally:
+            if replica is not None:
+                replica.release()
 
 
 def _client_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
@@ -151,10 +186,11 @@ class OpenAICompatBackend:
         return self._headers
 
     def pick_replica(self) -> Replica:
-        """The least-loaded replica (by scraped queue depth and our own in-flight count)."""
+        """The least-loaded healthy replica (by scraped queue depth and our own in-flight count); among
+        equally loaded ones, the one that was sent the fewest requests."""
         if len(self.replicas) == 1:
             return self.replicas[0]
-        return min(self.replicas, key=lambda r: (not r.stats.healthy, r.stats.load))
+        return min(self.replicas, key=lambda r: (not r.stats.healthy, r.load, r.started))
 
     def _request(self, url: httpx.URL, body: dict[str, Any]) -> httpx.Request:
         return httpx.Request(
@@ -168,6 +204,7 @@ class OpenAICompatBackend:
     async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         replica = self.pick_replica()
         request = self._request(replica.url(path), body)
+        replica.acquire()
         try:
             async with asyncio.timeout(self._total):
                 response = await self._transport.handle_async_request(request)
@@ -179,8 +216,12 @@ class OpenAICompatBackend:
             raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout", backend=self.name) from None
         except httpx.HTTPError as exc:
             raise _translate(exc, self.name, "response") from None
+        finally:
+            replica.release()
         if response.status_code >= 400:
-            raise rejected_from_response(response.status_code, response.content, response.headers, self.name)
+            raise rejected_from_response(
+                response.status_code, response.content, response.headers, self.name, self.spec.api_key()
+            )
         try:
             parsed = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -192,24 +233,31 @@ class OpenAICompatBackend:
     async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
         replica = self.pick_replica()
         request = self._request(replica.url(path), body)
+        replica.acquire()  # released by the stream's aclose(), or below if no stream is returned
         try:
-            async with asyncio.timeout(self._timeout.read or self._total):
-                response = await self._transport.handle_async_request(request)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream '{self.name}' did not start its stream in time", backend=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise _translate(exc, self.name, "stream start") from None
-        if response.status_code >= 400:
             try:
-                content = await response.aread()
-            except httpx.HTTPError:
-                content = b""
-            finally:
-                await response.aclose()
-            raise rejected_from_response(response.status_code, content, response.headers, self.name)
-        return _HTTPStream(response, self.name, replica.base_url, self.spec.timeouts.between_chunks)
+                async with asyncio.timeout(self._timeout.read or self._total):
+                    response = await self._transport.handle_async_request(request)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"upstream '{self.name}' did not start its stream in time", backend=self.name
+                ) from None
+            except httpx.HTTPError as exc:
+                raise _translate(exc, self.name, "stream start") from None
+            if response.status_code >= 400:
+                try:
+                    content = await response.aread()
+                except httpx.HTTPError:
+                    content = b""
+                finally:
+                    await response.aclose()
+                raise rejected_from_response(
+                    response.status_code, content, response.headers, self.name, self.spec.api_key()
+                )
+        except BaseException:
+            replica.release()
+            raise
+        return _HTTPStream(response, self.name, replica, self.spec.timeouts.between_chunks)
 
     async def check_health(self) -> bool:
         ok = False

@@ -39,3 +39,16 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     logging.Formatter.converter = time.gmtime
+
+
+def logging_config(level: str = "info") -> dict[str, Any]:
+    """The same setup as :func:`setup_logging` as a ``logging.config.dictConfig`` mapping: uvicorn applies
+    it in every worker process it spawns (``--workers N``), where :func:`setup_logging` never ran."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "gateway.logs.JSONFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {"httpx": {"level": "WARNING"}},
+    }

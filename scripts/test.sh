@@ -25,6 +25,12 @@ if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ "$(id -u)
         || echo "[test] chromium install failed; the browser test will report it" >&2
 fi
 
+if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    echo "[test] installing Debian docker-compose (its 'config' command validates compose.yaml)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null) \
+        || echo "[test] docker-compose install failed; its config check will be skipped" >&2
+fi
+
 bash scripts/setup-vllm.sh
 
 exec .venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,48 @@
+# The gateway's image: `docker build -t llm-hybrid-gateway .` (compose.yaml builds it for you).
+#
+#   docker run -p 8080:8080 -v $PWD/gateway.yaml:/etc/gateway/gateway.yaml:ro llm-hybrid-gateway
+#
+# The same image runs the backend simulator (`gateway simulate ...`), which the compose `cpu` profile uses.
+ARG PYTHON_VERSION=3.12
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (a layer that changes only with pyproject.toml), then the code.
+COPY pyproject.toml README.md ./
+RUN mkdir -p gateway backends policies cache \
+    && touch gateway/__init__.py backends/__init__.py policies/__init__.py cache/__init__.py \
+    && pip install . \
+    && pip uninstall -y llm-hybrid-gateway
+COPY gateway ./gateway
+COPY backends ./backends
+COPY policies ./policies
+COPY cache ./cache
+RUN pip install --no-deps . && python -m compileall -q /opt/venv/lib
+
+FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="llm-hybrid-gateway" \
+      org.opencontainers.image.description="OpenAI-compatible gateway routing between local vLLM and hosted models" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --home-dir /home/gateway --create-home \
+       --shell /usr/sbin/nologin gateway
+COPY --from=build /opt/venv /opt/venv
+COPY gateway.example.yaml /etc/gateway/gateway.example.yaml
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    GATEWAY_CONFIG=/etc/gateway/gateway.yaml \
+    LITELLM_LOCAL_MODEL_COST_MAP=True
+USER gateway:gateway
+WORKDIR /home/gateway
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+# Workers: `gateway serve --workers N`, or GATEWAY_SERVER__WORKERS=N. SIGTERM drains and flushes the ledger.
+STOPSIGNAL SIGTERM
+CMD ["gateway", "serve", "--config", "/etc/gateway/gateway.yaml", "--host", "0.0.0.0", "--port", "8080"]
