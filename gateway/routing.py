@@ -27,8 +27,9 @@ from policies.base import Candidate, Decision, Policy, RoutingInput
 LOCAL_TOKEN_MARGIN = 1.15
 DEFAULT_OUTPUT_TOKENS = 256
 MIN_OBSERVATIONS = 20
-#: Operating point of a route that configures none: recover 80% of the weak-strong quality gap.
-DEFAULT_QUALITY_TARGET = 0.8
+#: Operating point of a route that configures none: recover half of the weak-strong quality gap (about 30%
+#: of calls to the strongest model on the router's calibration data).
+DEFAULT_QUALITY_TARGET = 0.5
 _PRIOR_TTFT_S = {True: 0.15, False: 0.6}  # is_local -> seconds
 _PRIOR_TPOT_S = {True: 0.025, False: 0.03}
 #: MT-Bench-like scores of well-known models, used when the config gives none.
@@ -128,7 +129,7 @@ class Router:
         self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
 
     def _threshold(self, route: RouteSpec) -> float | None:
-        """The route's operating point for the learned router (default: recover 80% of the quality gap)."""
+        """The route's operating point for the learned router (default: ``DEFAULT_QUALITY_TARGET``)."""
         if self.estimator is None:
             return None
         if route.quality_target is not None:

@@ -109,9 +109,12 @@ async def test_auto_route_reports_chosen_model(client: openai.AsyncOpenAI) -> No
     raw = await client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
     )
-    assert raw.headers["x-gateway-model"] == "small"
+    chosen = raw.headers["x-gateway-model"]
+    assert chosen in ("small", "big")
     assert raw.headers["x-gateway-policy"] == "cost"
-    assert raw.parse().model == "small"
+    assert raw.headers["x-gateway-route"] == "auto"
+    assert raw.parse().model == chosen
+    assert raw.headers["x-gateway-reason"]
 
 
 async def test_streaming_chat_with_and_without_usage(client: openai.AsyncOpenAI) -> None:
