@@ -8,7 +8,8 @@ keep-alive HTTP connection:
 * direct: the simulator answering the request itself (what a cache hit saves);
 * exact hit: the same deterministic request again through the gateway;
 * semantic hit: a paraphrase of a cached question on a route with ``semantic_cache: true``;
-* miss: a new question through the gateway (the cache lookup's cost on the way to the upstream).
+* miss: a new question through the gateway, interleaved with the direct requests (same bodies), so the
+  paired difference is the gateway's whole cost on a miss; the cache lookup alone is timed in process.
 
 Then hit throughput at 32 connections with ``wrk`` (a Lua script posting the same body) when wrk is
 installed, else with a Python asyncio client (which tops out at a few hundred requests/s here).
@@ -19,6 +20,7 @@ installed, else with a Python asyncio client (which tops out at a few hundred re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -101,6 +103,7 @@ def wrk_hits(base: str, payload: dict[str, Any], seconds: int, conns: int) -> st
         'wrk.method = "POST"\n'
         'wrk.path = "/v1/chat/completions"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.headers["Cache-Control"] = "no-store"\n'
         f"wrk.body = {json.dumps(json.dumps(payload))}\n"
         "local bad = 0\n"
         "function response(status, headers, body) if status ~= 200 then bad = bad + 1 end end\n"
@@ -126,8 +129,6 @@ def wrk_hits(base: str, payload: dict[str, Any], seconds: int, conns: int) -> st
 
 
 async def _py_hits(base: str, payload: dict[str, Any], seconds: int, conns: int) -> str:
-    import asyncio
-
     stop = time.perf_counter() + seconds
     lat: list[float] = []
     errors = 0
@@ -136,7 +137,7 @@ async def _py_hits(base: str, payload: dict[str, Any], seconds: int, conns: int)
         nonlocal errors
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            r = await client.post("/v1/chat/completions", json=payload)
+            r = await client.post("/v1/chat/completions", json=payload, headers={"cache-control": "no-store"})
             lat.append((time.perf_counter() - t0) * 1000)
             errors += r.status_code != 200
 
@@ -151,6 +152,62 @@ async def _py_hits(base: str, payload: dict[str, Any], seconds: int, conns: int)
     )
 
 
+async def lookup_cost(redis_url: str | None) -> str:
+    """Microseconds per CacheService.lookup on a hit and on a miss, without HTTP or the rest of the gateway."""
+    from cache.memory import MemoryStore
+    from cache.redis import RedisStore
+    from cache.service import CacheService
+    from gateway.config import CacheSettings
+    from gateway.context import RequestContext
+    from gateway.metrics import Metrics
+
+    prefix = f"gw:bench:{os.getpid()}:lookup:"
+    store = RedisStore(redis_url, prefix=prefix, timeout_s=1.0) if redis_url else MemoryStore()
+    svc = CacheService(store, CacheSettings(timeout_ms=1000), Metrics())
+    await svc.start()
+
+    def ctx(question: str) -> RequestContext:
+        c = RequestContext(request_id="r", endpoint="chat", body=body(question, "llama", 32), requested_model="llama")
+        c.chosen_model = "llama"
+        return c
+
+    first = ctx(QUESTION)
+    await svc.lookup(first)
+    choice = {"index": 0, "message": {"role": "assistant", "content": "x " * 100}, "finish_reason": "stop"}
+    svc.store(first, {"object": "chat.completion", "choices": [choice]})
+    await svc.flush()
+    out = []
+    for label, question in (("hit", QUESTION), ("miss", None)):
+        times = []
+        for i in range(2000):
+            c = ctx(question or f"{QUESTION} {i}")
+            t0 = time.perf_counter()
+            await svc.lookup(c)
+            times.append((time.perf_counter() - t0) * 1e6)
+            assert c.cache_status == label
+        out.append(f"{label} p50 {statistics.median(times):.0f} us, p90 {pct(times, 0.9):.0f} us")
+    await svc.aclose()
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()
+    return "; ".join(out)
+
+
+def served(gw_url: str) -> dict[str, float]:
+    """gateway_requests_total summed by cache status."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{gw_url}/metrics").text.splitlines():
+        if line.startswith("gateway_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            status = labels.split('cache="', 1)[1].split('"', 1)[0]
+            out[status] = out.get(status, 0.0) + float(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="llama-2-7b", help="simulator profile of the upstream")
@@ -161,6 +218,7 @@ def main() -> None:
     ap.add_argument("--semantic", type=int, default=100, help="sequential semantic hits")
     ap.add_argument("--seconds", type=int, default=10, help="duration of each throughput run")
     ap.add_argument("--semantic-connections", type=int, default=8, help="wrk connections for semantic hits")
+    ap.add_argument("--timeout-ms", type=float, default=None, help="cache.timeout_ms (default: the config's)")
     ap.add_argument("--keep-log", action="store_true", help="print the gateway's log at the end")
     args = ap.parse_args()
 
@@ -168,6 +226,8 @@ def main() -> None:
     sim_port, gw_port = free_port(), free_port()
     sim_url, gw_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{gw_port}"
     cache: dict[str, Any] = {"ttl_seconds": 3600, "semantic_threshold": 0.85}
+    if args.timeout_ms is not None:
+        cache["timeout_ms"] = args.timeout_ms
     if args.redis:
         cache |= {"redis_url": args.redis, "key_prefix": f"gw:bench:{os.getpid()}:"}
     config = {
@@ -201,8 +261,13 @@ def main() -> None:
         store = f"Redis {args.redis}" if args.redis else "in-process store"
         print(f"upstream: simulator profile '{args.profile}', max_tokens {args.max_tokens}; cache: {store}")
         with httpx.Client(timeout=60) as client:
-            direct_body = body(QUESTION, "llama", args.max_tokens)
-            direct = timed(client, f"{sim_url}/v1/chat/completions", direct_body, args.direct, None)
+            # direct and miss interleaved, same bodies: the pair's difference is the gateway's own cost
+            direct: list[float] = []
+            misses: list[float] = []
+            for i in range(args.direct):
+                fresh = body(f"Question {i}: {QUESTION}", "llama", args.max_tokens)
+                direct += timed(client, f"{sim_url}/v1/chat/completions", fresh, 1, None)
+                misses += timed(client, f"{gw_url}/v1/chat/completions", fresh, 1, "miss")
             chat = f"{gw_url}/v1/chat/completions"
             exact = body(QUESTION, "llama", args.max_tokens)
             timed(client, chat, exact, 1, "miss")
@@ -210,37 +275,51 @@ def main() -> None:
             hits = timed(client, chat, exact, args.hits, "hit")
             semantic = body(QUESTION, "helpdesk", args.max_tokens)
             timed(client, chat, semantic, 1, "miss")
-            time.sleep(0.5)
             para = body(PARAPHRASE, "helpdesk", args.max_tokens)
+            for _ in range(40):  # until the background write (answer + vector) has landed
+                probe = client.post(chat, json=para, headers={"cache-control": "no-store"})
+                if probe.headers.get("x-gateway-cache") == "semantic-hit":
+                    break
+                time.sleep(0.25)
             sem = timed(client, chat, para, args.semantic, "semantic-hit")
-            misses = [
-                timed(client, chat, body(f"Question {i}: {QUESTION}", "llama", args.max_tokens), 1, "miss")[0]
-                for i in range(args.direct)
-            ]
         d50 = statistics.median(direct)
         print(row("direct", direct, d50))
         print(row("exact hit", hits, d50))
         print(row("semantic hit", sem, d50))
         print(row("miss", misses, d50))
-        print(f"miss overhead over direct (p50): {statistics.median(misses) - d50:+.2f} ms")
+        print(
+            "miss - direct, paired (p50): "
+            f"{statistics.median([m - d for d, m in zip(direct, misses, strict=True)]):+.2f} ms "
+            "(the whole gateway on a miss; the simulator jitters +-10%)"
+        )
+        print("cache lookup alone, in process (2000 each):", asyncio.run(lookup_cost(args.redis)))
         tool = "wrk" if shutil.which("wrk") else "python"
-        print(f"hit throughput, {args.seconds} s per run ({tool}):")
+        print(f"hit throughput, {args.seconds} s per run ({tool}; Cache-Control: no-store, so a miss stays a miss):")
         for name, payload, conns in (("exact", exact, 32), ("semantic", para, args.semantic_connections)):
+            before = served(gw_url)
             if tool == "wrk":
                 line = wrk_hits(gw_url, payload, args.seconds, conns)
             else:
-                import asyncio
-
                 line = asyncio.run(_py_hits(gw_url, payload, args.seconds, conns))
-            print(f"  {name:<9} {conns} connections: {line}")
-        metrics = httpx.get(f"{gw_url}/metrics").text
-        served = [m for m in metrics.splitlines() if m.startswith("gateway_requests_total")]
-        print("gateway_requests_total by cache status:", "; ".join(s.split("{", 1)[1] for s in served))
+            after = served(gw_url)
+            counts = {k: after[k] - before.get(k, 0.0) for k in sorted(after)}
+            outcome = ", ".join(f"{k} {v:.0f}" for k, v in counts.items() if v > 0)
+            print(f"  {name:<9} {conns} connections: {line}\n            served: {outcome}")
+        totals = ", ".join(f"{k} {v:.0f}" for k, v in sorted(served(gw_url).items()))
+        print(f"gateway_requests_total by cache status over the whole run: {totals}")
     finally:
         for p in (gw, sim):
             p.terminate()
             p.wait(10)
         gw_log.close()
+        if args.redis:
+            import redis
+
+            rc = redis.Redis.from_url(args.redis)
+            keys = list(rc.scan_iter(match=f"{cache['key_prefix']}*", count=500))
+            if keys:
+                rc.delete(*keys)
+            rc.close()
         if args.keep_log:
             print(f"gateway log:\n{(tmp / 'gateway.log').read_text(errors='replace')[-4000:]}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -63,7 +63,8 @@ def embed_all(embedder: Embedder, texts: list[str], batch: int = 64) -> dict[str
 
 def as_stored(vec: np.ndarray) -> np.ndarray:
     """The vector as the cache compares it (after the float16 round trip)."""
-    return decode_vectors([encode_vector(vec)], vec.shape[-1])[0]
+    out: np.ndarray = decode_vectors([encode_vector(vec)], vec.shape[-1])[0]
+    return out
 
 
 def qqp(embedder: Embedder, path: Path, limit: int | None) -> None:
@@ -88,13 +89,14 @@ async def gptcache_pairs(embedder: Embedder, pairs: list[dict[str, str]]) -> Non
         await store.add_vector("v:bench", f"e:{i}", encode_vector(vecs[p["origin"]]), 3600)
     members = await store.vectors("v:bench")
     rows: dict[float, tuple[float, float, float]] = {}
+    top = [best_matches(vecs[p["similar"]], members, -1.0, limit=1)[0] for p in pairs]  # (score, key) each
     for t in sorted({*THRESHOLDS, *np.round(np.arange(0.60, 0.96, 0.01), 2)}):
         hits = correct = same_text = 0
         for i, p in enumerate(pairs):
-            found = best_matches(vecs[p["similar"]], members, float(t), limit=1)
-            if found:
+            score, key = top[i]
+            if score >= t:  # what best_matches(query, members, t, limit=1) returns at this threshold
                 hits += 1
-                j = int(found[0][1].removeprefix("e:"))
+                j = int(key.removeprefix("e:"))
                 correct += j == i
                 same_text += pairs[j]["origin"] == p["origin"]
         rows[float(t)] = (hits / len(pairs), correct / hits if hits else 0.0, same_text / hits if hits else 0.0)

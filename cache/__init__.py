@@ -8,7 +8,7 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
       ttl_seconds: 3600
       only_deterministic: true    # cache only temperature 0 / top_k 1 / seeded requests
       shared_namespace: false     # true: tenants share entries (default: per team, else per key)
-      timeout_ms: 50              # lookups; a slow or down Redis means a miss, never an error
+      timeout_ms: 200             # lookups; a slow or down Redis means a miss, never an error
       semantic_threshold: 0.9     # cosine for routes with semantic_cache: true
       semantic_runtime: auto      # onnx when onnxruntime is installed, else numpy
 

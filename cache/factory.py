@@ -9,7 +9,7 @@ from cache.base import ResponseStore
 from cache.memory import MemoryStore
 from cache.minilm import ModelUnavailable
 from cache.redis import RedisStore
-from cache.semantic import SemanticEncoder, load_embedder
+from cache.semantic import Embedder, SemanticEncoder, load_embedder
 from cache.service import CacheService
 from gateway.config import CacheSettings, Settings
 from gateway.metrics import Metrics
@@ -30,12 +30,16 @@ def build_store(cfg: CacheSettings) -> ResponseStore:
     return MemoryStore(cfg.max_entries, cfg.semantic_max_bucket)
 
 
+def _load_warm(cfg: CacheSettings) -> Embedder:
+    embedder = load_embedder(cfg.semantic_model, cfg.semantic_model_dir, cfg.semantic_runtime)
+    embedder.embed(["warm up the runtime"])  # the first call is slow (allocations, graph set-up)
+    return embedder
+
+
 async def build_encoder(cfg: CacheSettings) -> SemanticEncoder | None:
     """The embedding model, loaded in a thread; None (with an error logged) if it is not installed."""
     try:
-        embedder = await asyncio.to_thread(
-            load_embedder, cfg.semantic_model, cfg.semantic_model_dir, cfg.semantic_runtime
-        )
+        embedder = await asyncio.to_thread(_load_warm, cfg)
     except ModelUnavailable as exc:
         log.error("semantic cache disabled, exact-match caching only: %s", exc)
         return None

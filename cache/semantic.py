@@ -78,9 +78,12 @@ def encode_vector(vec: F32) -> bytes:
 
 def decode_vectors(raw: list[bytes], dim: int) -> npt.NDArray[np.float32]:
     """Stored vectors as a float32 matrix (rows of the wrong size are zeroed, so they never match)."""
+    size = dim * 2
+    if all(len(b) == size for b in raw):
+        return np.frombuffer(b"".join(raw), dtype=np.float16).reshape(len(raw), dim).astype(np.float32)
     out = np.zeros((len(raw), dim), dtype=np.float32)
     for i, b in enumerate(raw):
-        if len(b) == dim * 2:
+        if len(b) == size:
             out[i] = np.frombuffer(b, dtype=np.float16)
     return out
 

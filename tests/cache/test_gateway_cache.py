@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,28 @@ async def test_redis_outage_fails_no_request(
     assert all(code == 200 for code, _ in statuses)
     assert 'gateway_cache_errors_total{op="get"}' in metrics
     assert state.calls == 1 + 12 + 1
+
+
+async def test_a_hung_redis_costs_a_few_timeouts_then_nothing(
+    upstream: tuple[str, UpstreamState], tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    url, state = upstream
+    cfg = {"redis_url": own_redis.url, "retry_after_seconds": 30, "timeout_ms": 300, "write_timeout_ms": 300}
+    with running_gateway(gateway_settings(url, tmp_path, cfg)) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+            warm = await http.post("/v1/chat/completions", json=ask("warm"))
+            await gw.wait_writes()
+            own_redis.pause()
+            try:
+                times = []
+                for i in range(6):
+                    t0 = time.perf_counter()
+                    r = await http.post("/v1/chat/completions", json=ask("warm" if i % 2 else f"other {i}"))
+                    times.append(time.perf_counter() - t0)
+                    assert r.status_code == 200 and r.headers["x-gateway-cache"] == "miss"
+            finally:
+                own_redis.resume()
+    assert warm.status_code == 200
+    assert times[0] >= 0.3  # the first lookups wait out their timeout (3 failures in a row, writes included) ...
+    assert max(times[3:]) < 0.25  # ... then the store is left alone for retry_after_seconds
+    assert state.calls == 7
