@@ -30,6 +30,7 @@ from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
+from gateway.routes import read_body
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -43,6 +44,8 @@ _STATIC = {
     "dashboard.css": "text/css",
 }
 _FLUSH_BEFORE_QUERY_S = 2.0
+_MAX_INT = 2**31 - 1  # PostgreSQL INTEGER (rpm, tpm)
+_MAX_BUDGET_USD = Decimal(9_000_000)  # SQLite stores money as int64 units of 1e-12 USD (~9.2 million)
 
 
 def _gw(request: Request) -> Gateway:
@@ -184,8 +187,8 @@ def _opt_int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT:
+        raise InvalidRequest(f"'{name}' must be an integer from 1 to {_MAX_INT}.", param=name)
     return value
 
 
@@ -194,7 +197,7 @@ async def create_key(request: Request) -> Response:
     """Create a key: ``{"name", "team"?, "budget_usd"?, "rpm"?, "tpm"?}``; the secret is returned once."""
     await _admin(request)
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await read_body(request, _gw(request).settings.server.max_body_bytes))
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
@@ -207,6 +210,8 @@ async def create_key(request: Request) -> Response:
             raise InvalidRequest("'budget_usd' must be a decimal number.", param="budget_usd") from None
         if not budget.is_finite() or budget < 0:
             raise InvalidRequest("'budget_usd' must be a non-negative number.", param="budget_usd")
+        if budget > _MAX_BUDGET_USD:
+            raise InvalidRequest(f"'budget_usd' must be at most {_MAX_BUDGET_USD}.", param="budget_usd")
     team = body.get("team")
     try:
         record, secret = await _keys(request).create_key(

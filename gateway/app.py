@@ -23,6 +23,7 @@ from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
+from gateway.http_limits import HeaderLimit
 from gateway.metrics import Metrics
 from gateway.openapi import install_openapi
 from gateway.pipeline import Pipeline, drain_background
@@ -158,6 +159,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _plain_error(500, "The gateway hit an internal error; it has been logged.", "internal_error")
 
+    app.add_middleware(HeaderLimit, max_header_bytes=settings.server.max_header_bytes)
     install_openapi(app)
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

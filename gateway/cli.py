@@ -175,8 +175,14 @@ def replay(
         table.add_column(col)
     for t in totals:
         models = ", ".join(f"{m} {n / max(t.requests, 1):.0%}" for m, n in t.models.most_common())
-        table.add_row(t.policy, f"{t.cost_usd:.4f}", f"{t.mean_quality:.3f}", f"{t.quality_known}/{t.requests}",
-                      f"{t.mean_latency_ms:.0f}", models)
+        table.add_row(
+            t.policy,
+            f"{t.cost_usd:.4f}",
+            f"{t.mean_quality:.3f}",
+            f"{t.quality_known}/{t.requests}",
+            f"{t.mean_latency_ms:.0f}",
+            models,
+        )
     Console().print(table)
     if plot_file is not None:
         rp.plot(totals, plot_file)

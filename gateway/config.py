@@ -163,7 +163,9 @@ class CacheSettings(_Strict):
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
     only_deterministic: bool = True
     shared_namespace: bool = False
-    timeout_ms: float = Field(50.0, gt=0)
+    timeout_ms: float = Field(
+        200.0, gt=0, description="cache lookups; under CPU saturation event-loop lag alone can pass 50 ms"
+    )
     semantic_threshold: float = Field(0.9, gt=0, le=1)
     max_ttl_seconds: int = Field(7 * 86400, ge=1, description="ceiling for the x-gateway-cache-ttl header")
     max_connections: int = Field(64, ge=1, description="Redis connection pool size")
@@ -171,6 +173,7 @@ class CacheSettings(_Strict):
     write_concurrency: int = Field(4, ge=1, description="background writer tasks")
     write_timeout_ms: float = Field(1000.0, gt=0)
     retry_after_seconds: float = Field(1.0, ge=0, description="leave a failed store alone this long")
+    trip_after_failures: int = Field(3, ge=1, description="store timeouts in a row before it is left alone")
     error_log_interval_seconds: float = Field(30.0, ge=0, description="at most one failure warning per interval")
     semantic_model: Literal["minilm"] = "minilm"
     semantic_runtime: Literal["auto", "numpy", "onnx", "onnx-int8"] = Field(

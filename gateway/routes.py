@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from gateway.auth.admission import KeyAdmission
 from gateway.context import Endpoint
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.pipeline import JSONResult, Result
@@ -68,6 +69,7 @@ async def _handle(request: Request, endpoint: Endpoint) -> Response:
     pipeline = gw.pipeline
     ctx = pipeline.new_context(endpoint, {k.lower(): v for k, v in request.headers.items()})
     try:
+        await _authenticate(gw, ctx.api_key)  # before the body is even read
         raw = await read_body(request, gw.settings.server.max_body_bytes)
     except GatewayError as err:
         await pipeline.fail(ctx, err)
@@ -163,9 +165,26 @@ def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
     return None
 
 
+async def _authenticate(gw: Gateway, api_key: str | None) -> None:
+    """With virtual keys on, every ``/v1`` endpoint needs a valid key (checked before any other work).
+
+    Raises:
+        Unauthorized: no key, an unknown key or a revoked one.
+    """
+    admission = gw.admission
+    if isinstance(admission, KeyAdmission) and admission.enabled:
+        await admission.identify(api_key)
+
+
+async def _require_key(request: Request) -> None:
+    auth = request.headers.get("authorization", "")
+    await _authenticate(_gw(request), auth[7:].strip() or None if auth[:7].lower() == "bearer " else None)
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The gateway's model names and route names."""
+    await _require_key(request)
     gw = _gw(request)
     data = [e for n in gw.router.names() if (e := _model_entry(gw, n)) is not None]
     return _json({"object": "list", "data": data})
@@ -174,6 +193,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     """One model or route."""
+    await _require_key(request)
     entry = _model_entry(_gw(request), model_id)
     if entry is None:
         raise NotFound(f"The model '{model_id}' does not exist.", param="model")

@@ -46,18 +46,32 @@ def parse_time(value: str | None, *, now: float | None = None) -> int | None:
     now = time.time() if now is None else now
     m = _RELATIVE.match(value)
     if m:
-        return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1000)
+        return _in_range(int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1000), value)
     try:
-        return int(float(value) * 1000)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"not a time: {value!r} (epoch seconds must be a finite number)")
+        return _in_range(int(seconds * 1000), value)
     try:
         dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not a time: {value!r} (use 24h, 7d, an ISO date/datetime or epoch seconds)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    return _in_range(int(dt.timestamp() * 1000), value)
+
+
+#: Epoch milliseconds of 0001-01-01 and 9999-12-31 UTC: what datetimes (and the ledger's columns) can hold.
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_000
+
+
+def _in_range(ms: int, value: str) -> int:
+    if not _MIN_MS <= ms <= _MAX_MS:
+        raise ValueError(f"not a time: {value!r} (out of range: years 1 to 9999)")
+    return ms
 
 
 def money(value: Decimal | None) -> str:

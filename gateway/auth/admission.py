@@ -28,6 +28,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -339,7 +342,15 @@ async def build_key_admission(settings: Settings, db: Database) -> KeyAdmission:
     url = settings.auth.redis_url or settings.cache.redis_url
     limiter: Limiter
     if url:
-        client: Redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # One immediate retry on a connection error: after a Redis restart every pooled connection is dead,
+        # and each would otherwise fail one request (a 503 without auth.fail_open) before reconnecting.
+        client: Redis = Redis.from_url(
+            url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        )
         limiter = RedisLimiter(
             client, prefix=settings.auth.redis_prefix, reservation_ttl_s=settings.auth.reservation_ttl_seconds
         )

@@ -76,8 +76,12 @@ async def test_auto_routes_and_explains(settings: Settings) -> None:
 
 
 async def test_falls_back_on_5xx_and_opens_breaker() -> None:
-    settings = make_settings({"breaker": {"failure_threshold": 2, "reset_seconds": 60},
-                              "routes": {"pair": {"models": ["small", "big"], "policy": "cost"}}})
+    settings = make_settings(
+        {
+            "breaker": {"failure_threshold": 2, "reset_seconds": 60},
+            "routes": {"pair": {"models": ["small", "big"], "policy": "cost"}},
+        }
+    )
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
