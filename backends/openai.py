@@ -1,24 +1,22 @@
 """The OpenAI-compatible HTTP backend, used for hosted OpenAI-style APIs and (as a base) for vLLM.
 
-One shared ``httpx.AsyncClient`` and its transport (built in the app's lifespan) carry every request, so
-connections are pooled and kept alive. Completions go straight to the shared transport with a prebuilt
-``httpx.Request`` (the client's cookie, auth and redirect layers do nothing for us and cost CPU on the hot
-path); health probes and metrics scrapes use the client. httpx errors are translated here into the
-gateway's :class:`UpstreamError` tree.
+Every request goes through the one :class:`backends.wire.UpstreamHTTP` client built in the app's
+lifespan (pooled keep-alive connections; :class:`backends.h1.H1Client` by default). Transport errors are
+translated here into the gateway's :class:`UpstreamError` tree.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from backends.base import UpstreamResponse
 from backends.sse import SSEDecoder
 from backends.state import LiveStats
+from backends.wire import HTTPResponse, TransportError, TransportTimeout, UpstreamHTTP, as_upstream_http
 from gateway.config import ModelSpec
 from gateway.errors import (
     UpstreamError,
@@ -26,6 +24,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class Replica:
@@ -43,7 +44,7 @@ class Replica:
         self.stats = LiveStats()
         self.in_flight = 0
         self.started = 0
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, str] = {}
 
     @property
     def load(self) -> float:
@@ -60,24 +61,24 @@ class Replica:
         """Count one of our requests as finished."""
         self.in_flight -= 1
 
-    def url(self, path: str) -> httpx.URL:
-        """The parsed URL of ``path`` on this replica (parsed once: URL parsing showed in profiles)."""
+    def url(self, path: str) -> str:
+        """The URL of ``path`` on this replica."""
         url = self._urls.get(path)
         if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
+            url = self._urls[path] = self.base_url + path
         return url
 
 
-def _translate(exc: httpx.HTTPError, backend: str, what: str) -> UpstreamError:
-    """Map an httpx failure to the gateway's error tree."""
-    if isinstance(exc, httpx.TimeoutException):
+def _translate(exc: TransportError, backend: str, what: str) -> UpstreamError:
+    """Map a transport failure to the gateway's error tree."""
+    if isinstance(exc, TransportTimeout):
         return UpstreamTimeout(f"upstream '{backend}' timed out ({what})", backend=backend)
     detail = str(exc) or type(exc).__name__
     return UpstreamUnavailable(f"upstream '{backend}' unreachable: {detail}", backend=backend)
 
 
 def rejected_from_response(
-    status: int, content: bytes, headers: httpx.Headers, backend: str, secret: str | None = None
+    status: int, content: bytes, headers: Mapping[str, str], backend: str, secret: str | None = None
 ) -> UpstreamRejected:
     """Build the pass-through error for an upstream HTTP error, keeping its message and type.
 
@@ -119,7 +120,7 @@ def rejected_from_response(
 class _HTTPStream:
     """An open SSE response; implements :class:`backends.base.UpstreamStream`."""
 
-    def __init__(self, response: httpx.Response, backend: str, replica: Replica, idle_timeout: float) -> None:
+    def __init__(self, response: HTTPResponse, backend: str, replica: Replica, idle_timeout: float) -> None:
         self._response = response
         self._backend = backend
         self._replica: Replica | None = replica  # released (once) when the stream is closed
@@ -128,7 +129,7 @@ class _HTTPStream:
 
     async def events(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
-        chunks = self._response.aiter_bytes()
+        chunks = self._response.chunks()
         try:
             while True:
                 try:
@@ -140,7 +141,7 @@ class _HTTPStream:
                     raise UpstreamTimeout(f"upstream '{self._backend}' stream stalled", backend=self._backend) from None
                 for data in decoder.feed(chunk):
                     yield data
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise _translate(exc, self._backend, "stream") from None
         for data in decoder.flush():
             yield data
@@ -154,28 +155,23 @@ class _HTTPStream:
                 replica.release()
 
 
-def _client_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
-    """The transport an httpx client sends through (its default one when not given explicitly)."""
-    transport: httpx.AsyncBaseTransport = client._transport
-    return transport
-
-
 class OpenAICompatBackend:
-    """Any server that speaks the OpenAI HTTP API (``backend: openai``)."""
+    """Any server that speaks the OpenAI HTTP API (``backend: openai``).
 
-    def __init__(
-        self, spec: ModelSpec, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    ``http`` is the shared upstream client; an ``httpx.AsyncClient`` is accepted too (tests pass one
+    with ``httpx.MockTransport``).
+    """
+
+    def __init__(self, spec: ModelSpec, http: UpstreamHTTP | httpx.AsyncClient) -> None:
         self.name = spec.name
         self.spec = spec
-        self._client = client
-        self._transport = transport if transport is not None else _client_transport(client)
+        self._http = as_upstream_http(http)
         self.replicas = [Replica(u) for u in [spec.base_url or "", *spec.replicas]]
         # The backend's own stats aggregate what routing sees; with one replica they are the same object.
         self.stats = self.replicas[0].stats if len(self.replicas) == 1 else LiveStats()
         t = spec.timeouts
-        self._timeout = httpx.Timeout(connect=t.connect, read=t.first_byte, write=t.first_byte, pool=t.connect)
-        self._timeout_ext = self._timeout.as_dict()
+        self._connect_timeout = t.connect
+        self._first_byte_timeout = t.first_byte
         self._total = t.total
         self._headers = {"content-type": "application/json", **spec.extra_headers}
 
@@ -192,72 +188,78 @@ class OpenAICompatBackend:
             return self.replicas[0]
         return min(self.replicas, key=lambda r: (not r.stats.healthy, r.load, r.started))
 
-    def _request(self, url: httpx.URL, body: dict[str, Any]) -> httpx.Request:
-        return httpx.Request(
+    async def _post(self, url: str, body: dict[str, Any]) -> HTTPResponse:
+        return await self._http.request(
             "POST",
             url,
-            content=orjson.dumps(body),
             headers=self._request_headers(),
-            extensions={"timeout": self._timeout_ext},
+            body=orjson.dumps(body),
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._first_byte_timeout,
         )
 
     async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         replica = self.pick_replica()
-        request = self._request(replica.url(path), body)
         replica.acquire()
         try:
             async with asyncio.timeout(self._total):
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
+                response = await self._post(replica.url(path), body)
+                content = await response.read()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout", backend=self.name) from None
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise _translate(exc, self.name, "response") from None
         finally:
             replica.release()
-        if response.status_code >= 400:
-            raise rejected_from_response(
-                response.status_code, response.content, response.headers, self.name, self.spec.api_key()
-            )
+        if response.status >= 400:
+            raise rejected_from_response(response.status, content, response.headers, self.name, self.spec.api_key())
         try:
-            parsed = orjson.loads(response.content)
+            parsed = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise UpstreamUnavailable(f"upstream '{self.name}' sent invalid JSON", backend=self.name) from None
         if not isinstance(parsed, dict):
             raise UpstreamUnavailable(f"upstream '{self.name}' sent a non-object JSON body", backend=self.name)
-        return UpstreamResponse(status=response.status_code, body=parsed, replica=replica.base_url)
+        return UpstreamResponse(status=response.status, body=parsed, replica=replica.base_url)
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
         replica = self.pick_replica()
-        request = self._request(replica.url(path), body)
         replica.acquire()  # released by the stream's aclose(), or below if no stream is returned
         try:
             try:
-                async with asyncio.timeout(self._timeout.read or self._total):
-                    response = await self._transport.handle_async_request(request)
+                async with asyncio.timeout(self._first_byte_timeout or self._total):
+                    response = await self._post(replica.url(path), body)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"upstream '{self.name}' did not start its stream in time", backend=self.name
                 ) from None
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise _translate(exc, self.name, "stream start") from None
-            if response.status_code >= 400:
+            if response.status >= 400:
                 try:
-                    content = await response.aread()
-                except httpx.HTTPError:
+                    content = await response.read()
+                except TransportError:
                     content = b""
                 finally:
                     await response.aclose()
-                raise rejected_from_response(
-                    response.status_code, content, response.headers, self.name, self.spec.api_key()
-                )
+                raise rejected_from_response(response.status, content, response.headers, self.name, self.spec.api_key())
         except BaseException:
             replica.release()
             raise
         return _HTTPStream(response, self.name, replica, self.spec.timeouts.between_chunks)
+
+    async def get(self, url: str, read_timeout: float | None = None) -> tuple[int, bytes]:
+        """GET ``url`` (health probes, metrics scrapes); the answer must come within ``read_timeout``
+        (default: the connect timeout) after connecting. Transport errors and ``TimeoutError`` are raised."""
+        read = read_timeout if read_timeout is not None else self._connect_timeout
+        async with asyncio.timeout(self._connect_timeout + read):
+            response = await self._http.request(
+                "GET",
+                url,
+                headers=self._request_headers(),
+                connect_timeout=self._connect_timeout,
+                read_timeout=read,
+            )
+            return response.status, await response.read()
 
     async def check_health(self) -> bool:
         ok = False
@@ -269,13 +271,11 @@ class OpenAICompatBackend:
 
     async def _probe(self, replica: Replica) -> bool:
         try:
-            response = await self._client.get(
-                replica.base_url + "/models", headers=self._request_headers(), timeout=self._timeout.connect
-            )
-        except httpx.HTTPError as exc:
+            status, _ = await self.get(replica.base_url + "/models")
+        except (TransportError, TimeoutError) as exc:
             replica.stats.last_error = str(exc) or type(exc).__name__
             return False
-        return response.status_code < 500
+        return status < 500
 
     async def start(self) -> None:
         return None

@@ -11,14 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.openai import OpenAICompatBackend, Replica
+from backends.wire import TransportError, UpstreamHTTP
 from gateway.config import ModelSpec
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger("gateway.backends.vllm")
+
+#: A vLLM busy on every core answers /metrics slowly (seconds on a CPU build); a scrape may take this long
+#: before the replica counts as unreachable. The last values stay in place meanwhile.
+SCRAPE_TIMEOUT_S = 15.0
 
 _GAUGES = {
     "vllm:num_requests_running": "running",
@@ -57,14 +65,8 @@ def metrics_url(base_url: str) -> str:
 class VLLMBackend(OpenAICompatBackend):
     """A vLLM OpenAI server (``backend: vllm``), with live queue state from its metrics."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        client: httpx.AsyncClient,
-        transport: httpx.AsyncBaseTransport | None = None,
-        scrape_seconds: float = 1.0,
-    ) -> None:
-        super().__init__(spec, client, transport)
+    def __init__(self, spec: ModelSpec, http: UpstreamHTTP | httpx.AsyncClient, scrape_seconds: float = 1.0) -> None:
+        super().__init__(spec, http)
         self._scrape_seconds = scrape_seconds
         self._task: asyncio.Task[None] | None = None
 
@@ -81,19 +83,19 @@ class VLLMBackend(OpenAICompatBackend):
 
     async def _scrape(self, replica: Replica) -> None:
         try:
-            response = await self._client.get(metrics_url(replica.base_url), timeout=self._timeout.connect)
-        except httpx.HTTPError as exc:
+            status, content = await self.get(metrics_url(replica.base_url), SCRAPE_TIMEOUT_S)
+        except (TransportError, TimeoutError) as exc:
             if replica.stats.healthy:
                 log.warning("vLLM %s (%s) metrics unreachable: %s", self.name, replica.base_url, exc)
             replica.stats.healthy = False
             replica.stats.last_error = str(exc) or type(exc).__name__
             return
-        if response.status_code != 200:
+        if status != 200:
             replica.stats.healthy = False
-            replica.stats.last_error = f"/metrics answered HTTP {response.status_code}"
+            replica.stats.last_error = f"/metrics answered HTTP {status}"
             return
         try:
-            values = parse_vllm_metrics(response.text, self.spec.upstream_name)
+            values = parse_vllm_metrics(content.decode("utf-8", "replace"), self.spec.upstream_name)
         except ValueError as exc:
             replica.stats.last_error = f"unparsable /metrics: {exc}"
             return

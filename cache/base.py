@@ -4,13 +4,26 @@ Keys arrive without the deployment's prefix (stores add their own). Values are o
 serialises entries). A *bucket* is a bounded, expiring list of ``(entry_key, vector)`` pairs: the semantic
 cache keeps one per "request minus its last user message" and compares vectors inside it by brute force.
 
-Implementations raise only ``redis.exceptions.RedisError``, ``OSError`` or ``TimeoutError`` on failure; the
-service turns those into cache misses.
+Implementations raise only :class:`StoreError` (or another ``OSError``) on failure; the service turns those
+into cache misses. The Redis store translates redis-py's errors at its boundary, so nothing imports redis-py
+unless Redis is configured.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+
+class StoreError(OSError):
+    """A shared store (Redis) failed; the request goes on without it."""
+
+
+class StoreUnavailable(StoreError):
+    """The store refused or dropped the connection, or answered with an error."""
+
+
+class StoreTimeout(StoreError, TimeoutError):
+    """The store did not answer in time."""
 
 
 class ResponseStore(Protocol):

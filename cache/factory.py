@@ -8,7 +8,6 @@ import logging
 from cache.base import ResponseStore
 from cache.memory import MemoryStore
 from cache.minilm import ModelUnavailable
-from cache.redis import RedisStore
 from cache.semantic import Embedder, SemanticEncoder, load_embedder
 from cache.service import CacheService
 from gateway.config import CacheSettings, Settings
@@ -20,6 +19,8 @@ log = logging.getLogger("gateway.cache")
 def build_store(cfg: CacheSettings) -> ResponseStore:
     """Redis when a URL is configured (``cache.redis_url`` or ``REDIS_URL``), else the in-process LRU."""
     if cfg.redis_url:
+        from cache.redis import RedisStore  # redis-py only when Redis is configured
+
         return RedisStore(
             cfg.redis_url,
             prefix=cfg.key_prefix,

@@ -12,6 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from cache.base import newest_unique, pack_member, unpack_member
+from cache.redis_errors import translated
 
 
 class RedisStore:
@@ -41,32 +42,37 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         """``GET``."""
-        value = await self._redis.get(self.prefix + key)
+        with translated():
+            value = await self._redis.get(self.prefix + key)
         return value if isinstance(value, bytes) else None
 
     async def put(self, key: str, value: bytes, ttl: int) -> None:
         """``SET ... EX ttl``."""
-        await self._redis.set(self.prefix + key, value, ex=ttl)
+        with translated():
+            await self._redis.set(self.prefix + key, value, ex=ttl)
 
     async def add_vector(self, bucket: str, entry_key: str, vector: bytes, ttl: int) -> None:
         """Push the member to the list's head, trim it to ``max_bucket`` and set its TTL, atomically."""
         name = self.prefix + bucket
         member = pack_member(entry_key, vector)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(name, 0, member)  # type: ignore[arg-type]  # redis-py's stubs say str; bytes work
-            pipe.lpush(name, member)
-            pipe.ltrim(name, 0, self.max_bucket - 1)
-            pipe.expire(name, ttl)
-            await pipe.execute()
+        with translated():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(name, 0, member)  # type: ignore[arg-type]  # redis-py's stubs say str; bytes work
+                pipe.lpush(name, member)
+                pipe.ltrim(name, 0, self.max_bucket - 1)
+                pipe.expire(name, ttl)
+                await pipe.execute()
 
     async def vectors(self, bucket: str) -> list[tuple[str, bytes]]:
         """``LRANGE 0 -1``, unpacked, newest first."""
-        raw = await self._redis.lrange(self.prefix + bucket, 0, -1)
+        with translated():
+            raw = await self._redis.lrange(self.prefix + bucket, 0, -1)
         return newest_unique([unpack_member(m) for m in raw if isinstance(m, bytes)])
 
     async def ping(self) -> bool:
         """Whether Redis answers."""
-        ok: bool = await self._redis.ping()
+        with translated():
+            ok: bool = await self._redis.ping()
         return ok
 
     async def aclose(self) -> None:

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache.assemble import assemble
 from cache.base import ResponseStore
@@ -37,7 +35,7 @@ log = logging.getLogger("gateway.cache")
 
 TTL_HEADER = "x-gateway-cache-ttl"
 _CTX_KEY = "cache"
-_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+_STORE_ERRORS = (OSError, TimeoutError)  # StoreError is an OSError
 _EMBED_ERRORS = (ValueError, RuntimeError, TimeoutError)
 
 
@@ -327,7 +325,7 @@ class CacheService:
         if trip:
             # A refused connection means the store is down; a timeout may be one slow reply (or event-loop
             # lag under load), so only a run of them counts. Either way: leave the store alone for a while.
-            slow = isinstance(exc, TimeoutError | RedisTimeoutError)
+            slow = isinstance(exc, TimeoutError)
             self._consecutive += 1
             if not slow or self._consecutive >= self.settings.trip_after_failures:
                 self._down_until = time.monotonic() + self.settings.retry_after_seconds

@@ -7,30 +7,36 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from backends import Backend, CircuitBreaker, build_backend
-from backends.transport import AiohttpTransport
+from backends import Backend, CircuitBreaker, UpstreamHTTP, build_backend
+from backends.h1 import H1Client
+from backends.wire import HttpxUpstream
 from gateway import components
 from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.http_limits import HeaderLimit
+from gateway.inference import HOT_PATHS, InferenceRoute, handle
 from gateway.metrics import Metrics
 from gateway.openapi import install_openapi
 from gateway.pipeline import Pipeline, drain_background
-from gateway.routes import HOT_ROUTES
+from gateway.pricing import load_price_entries
 from gateway.routes import router as api_router
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import load_counter
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("gateway.app")
 
@@ -40,7 +46,7 @@ class Gateway:
     """Everything one app instance owns; reachable from routes as ``request.app.state.gateway``."""
 
     settings: Settings
-    client: httpx.AsyncClient
+    http: UpstreamHTTP
     backends: dict[str, Backend]
     breakers: dict[str, CircuitBreaker]
     router: Router
@@ -65,15 +71,31 @@ def load_estimator() -> QualityEstimator | None:
         return None
 
 
+def build_upstream_http(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamHTTP:
+    """The one client every backend sends through: httpx when a transport is given (tests) or configured."""
+    server = settings.server
+    if transport is None and server.upstream_client == "builtin":
+        return H1Client(
+            max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        )
+    import httpx
+
+    limits = httpx.Limits(
+        max_connections=None,
+        max_keepalive_connections=server.upstream_max_connections,
+        keepalive_expiry=server.upstream_keepalive_seconds,
+    )
+    return HttpxUpstream(httpx.AsyncClient(transport=transport, limits=limits, trust_env=True))
+
+
 async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
-    if transport is None:
-        transport = AiohttpTransport(max_connections=2000, keepalive_seconds=30)
-    client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+    # First, before long-lived objects interleave with it: the price map is read and freed here.
+    load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
+    counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
+    http = build_upstream_http(settings, transport)
     backends: dict[str, Backend] = {
-        spec.name: build_backend(
-            spec, client, transport=transport, scrape_seconds=settings.server.metrics_scrape_seconds
-        )
+        spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
         for spec in settings.models
     }
     breakers = {
@@ -89,7 +111,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
         backends=backends,
         breakers=breakers,
         router=router,
-        counter=load_counter(),
+        counter=counter,
         metrics=metrics,
         admission=admission,
         cache=cache,
@@ -97,7 +119,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, client, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
 
 
 async def close_gateway(gw: Gateway) -> None:
@@ -107,7 +129,7 @@ async def close_gateway(gw: Gateway) -> None:
         await backend.aclose()
     await gw.cache.aclose()
     await gw.recorder.aclose()
-    await gw.client.aclose()
+    await gw.http.aclose()
 
 
 def error_response(err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:
@@ -119,6 +141,25 @@ def error_response(err: GatewayError, extra_headers: dict[str, str] | None = Non
 def _plain_error(status: int, message: str, error_type: str, code: str | None = None) -> Response:
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+class GatewayApp(FastAPI):
+    """The FastAPI app, with the inference endpoints answered before its middleware stack.
+
+    Every request but ``POST`` to one of :data:`gateway.inference.HOT_PATHS` goes through FastAPI as
+    usual; those go straight to :func:`gateway.inference.handle`, which does what the stack would do for
+    them (header limit, error rendering) at a fraction of the cost per request.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not self.root_path:
+            endpoint = HOT_PATHS.get(scope["path"])
+            if endpoint is not None:
+                gw: Gateway | None = getattr(self.state, "gateway", None)
+                if gw is not None:
+                    await handle(gw, endpoint, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -133,15 +174,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             await close_gateway(gw)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="LLM hybrid gateway",
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
     )
-    for path, endpoint in HOT_ROUTES:
-        app.router.add_route(path, endpoint, methods=["POST"])
+    for path, endpoint in HOT_PATHS.items():
+        app.router.routes.append(Route(path, InferenceRoute(endpoint), methods=["POST"], include_in_schema=False))
     app.include_router(api_router)
     app.include_router(admin_router)
 

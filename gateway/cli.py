@@ -65,6 +65,8 @@ def serve(
         port=port if port is not None else settings.server.port,
         workers=n,
         access_log=False,
+        http="httptools",
+        ws="none",  # no websocket endpoints: do not load a websocket protocol
         log_config=logging_config(settings.server.log_level),  # applied in each worker process too
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=settings.server.max_header_bytes,

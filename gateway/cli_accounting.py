@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from cache.base import StoreError
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 
@@ -130,7 +130,7 @@ def revoke(
     settings = _settings(config)
     try:
         record = _run(settings, lambda adm: adm.revoke_key(key_id))
-    except RedisError as exc:  # pragma: no cover - revoke_key already downgrades this to a warning
+    except StoreError as exc:  # pragma: no cover - revoke_key already downgrades this to a warning
         typer.echo(f"warning: {exc}", err=True)
         raise typer.Exit(1) from None
     if record is None:

@@ -32,12 +32,13 @@ class HeaderLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (size := head_size(scope)) > self.max_header_bytes:
-            await _refuse(send, size, self.max_header_bytes)
+            await refuse_oversized_head(send, size, self.max_header_bytes)
             return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send, size: int, limit: int) -> None:
+async def refuse_oversized_head(send: Send, size: int, limit: int) -> None:
+    """Answer 431 in the OpenAI error shape and close the connection."""
     body = orjson.dumps(
         {
             "error": {

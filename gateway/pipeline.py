@@ -141,8 +141,7 @@ class Pipeline:
             raise
         except asyncio.CancelledError:
             # The client went away before the response started (or the server is stopping).
-            ctx.status_code = 499
-            ctx.error_type = "ClientDisconnected"
+            self._mark_abandoned(ctx)
             self._schedule_finish(ctx)
             raise
         except BaseException as exc:  # a bug: still one ledger row (a 500), then the app's handler logs it
@@ -157,6 +156,16 @@ class Pipeline:
         ctx.error_type = type(err).__name__
         ctx.error_message = err.message
         await self._finish(ctx)
+
+    async def abandoned(self, ctx: RequestContext) -> None:
+        """Record a request whose client left before it could be answered (499)."""
+        self._mark_abandoned(ctx)
+        await self._finish(ctx)
+
+    @staticmethod
+    def _mark_abandoned(ctx: RequestContext) -> None:
+        ctx.status_code = 499
+        ctx.error_type = "ClientDisconnected"
 
     # -- stage 1: parse -------------------------------------------------------------------------------
 

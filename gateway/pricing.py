@@ -9,12 +9,13 @@ in parallel and are charged at ``PREFILL_DISCOUNT`` of that.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway.config import ModelSpec
 
@@ -23,6 +24,9 @@ PREFILL_DISCOUNT = Decimal("0.1")
 #: Throughput assumed for a local model before any is measured or configured.
 DEFAULT_LOCAL_TPS = 1000.0
 _Q = Decimal("0.000000000001")  # money is kept to 1e-12 USD
+#: No request uses more tokens; bounding counts keeps costs within Decimal's 28 digits at 1e-12 USD even for a
+#: ``max_tokens`` of 10**30 (which predictions multiply by ``n``).
+MAX_TOKENS = 10**12
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,9 @@ class Price:
     max_input_tokens: int | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        """Cost of one request's tokens."""
+        """Cost of one request's tokens (counts beyond :data:`MAX_TOKENS` are priced as that many)."""
+        prompt_tokens = min(prompt_tokens, MAX_TOKENS)
+        completion_tokens = min(completion_tokens, MAX_TOKENS)
         return (self.input_per_token * prompt_tokens + self.output_per_token * completion_tokens).quantize(_Q)
 
 
@@ -51,22 +57,41 @@ def litellm_price_map_path() -> Path | None:
     return path if path.exists() else None
 
 
-@lru_cache(maxsize=1)
-def _price_map() -> dict[str, Any]:
+def _read_price_map() -> dict[str, Any]:
     path = litellm_price_map_path()
     if path is None:
         return {}
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = orjson.loads(path.read_bytes())
     return data
 
 
-def price_map_entry(upstream_model: str) -> dict[str, Any] | None:
-    """litellm's entry for a model name (with or without a ``provider/`` prefix)."""
-    table = _price_map()
+def _lookup(table: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
     entry = table.get(upstream_model)
     if entry is None and "/" in upstream_model:
         entry = table.get(upstream_model.split("/", 1)[1])
     return entry if isinstance(entry, dict) else None
+
+
+#: litellm entries by model name, for the names looked up so far. The map itself (4,000+ models, ~5 MiB
+#: as Python objects) is read, searched and dropped: only these entries stay in memory.
+_ENTRIES: dict[str, dict[str, Any] | None] = {}
+
+
+def load_price_entries(names: list[str]) -> None:
+    """Read the price map once and keep the entries of ``names`` (call before pricing many models)."""
+    missing = [n for n in names if n not in _ENTRIES]
+    if not missing:
+        return
+    table = _read_price_map()
+    for name in missing:
+        _ENTRIES[name] = _lookup(table, name)
+
+
+def price_map_entry(upstream_model: str) -> dict[str, Any] | None:
+    """litellm's entry for a model name (with or without a ``provider/`` prefix)."""
+    if upstream_model not in _ENTRIES:
+        load_price_entries([upstream_model])
+    return _ENTRIES[upstream_model]
 
 
 def _dec(value: Any) -> Decimal | None:

@@ -1,23 +1,18 @@
-"""HTTP routes: thin. Read the request, hand it to the pipeline, render what comes back."""
+"""HTTP routes other than inference (which is :mod:`gateway.inference`): models, health, metrics, explain."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive
+from starlette.responses import Response
 
-from gateway.auth.admission import KeyAdmission
-from gateway.context import Endpoint
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
-from gateway.pipeline import JSONResult, Result
+from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
+from gateway.inference import authenticate
 from gateway.routing import explain
 
 if TYPE_CHECKING:
@@ -56,85 +51,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def render(result: Result) -> Response:
-    """A pipeline result as an HTTP response."""
-    if isinstance(result, JSONResult):
-        return _json(result.body, result.status, result.headers)
-    headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(result.frames, media_type="text/event-stream", headers=headers)
-
-
-async def _handle(request: Request, endpoint: Endpoint) -> Response:
-    gw = _gw(request)
-    pipeline = gw.pipeline
-    ctx = pipeline.new_context(endpoint, {k.lower(): v for k, v in request.headers.items()})
-    try:
-        await _authenticate(gw, ctx.api_key)  # before the body is even read
-        raw = await read_body(request, gw.settings.server.max_body_bytes)
-    except GatewayError as err:
-        await pipeline.fail(ctx, err)
-        raise
-    try:
-        result = await _unless_disconnected(request, pipeline.run(ctx, raw))
-    except GatewayError as err:
-        from gateway.app import error_response
-
-        return error_response(err, {"x-request-id": ctx.request_id})
-    if result is None:  # nobody is listening any more; the pipeline recorded the request as 499
-        return Response(status_code=499)
-    return render(result)
-
-
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Result]) -> Result | None:
-    """Run ``work`` (the stages before the first byte); if the client disconnects first, cancel it, which
-    cancels the upstream call, and return None. Once streaming, the response itself watches the client."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request.receive))
-    try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watch.cancel()
-        raise
-    if task.done():
-        watch.cancel()
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, GatewayError):
-        await task
-    return None
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions (streaming or not)."""
-    return await _handle(request, "chat")
-
-
-async def completions(request: Request) -> Response:
-    """OpenAI legacy completions (streaming or not)."""
-    return await _handle(request, "completions")
-
-
-async def embeddings(request: Request) -> Response:
-    """Embeddings, for models configured with ``mode: embedding``."""
-    return await _handle(request, "embeddings")
-
-
-#: The inference endpoints are plain Starlette routes: FastAPI's per-request dependency solving buys
-#: nothing for a handler that reads raw bytes, and these are the hot path. Their request schemas are
-#: added to the OpenAPI document by ``gateway.app``.
-HOT_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
-    ("/v1/chat/completions", chat_completions),
-    ("/v1/completions", completions),
-    ("/v1/embeddings", embeddings),
-]
-
-
 def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
     prep = gw.router.models.get(name)
     if prep is not None:
@@ -165,20 +81,9 @@ def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
     return None
 
 
-async def _authenticate(gw: Gateway, api_key: str | None) -> None:
-    """With virtual keys on, every ``/v1`` endpoint needs a valid key (checked before any other work).
-
-    Raises:
-        Unauthorized: no key, an unknown key or a revoked one.
-    """
-    admission = gw.admission
-    if isinstance(admission, KeyAdmission) and admission.enabled:
-        await admission.identify(api_key)
-
-
 async def _require_key(request: Request) -> None:
     auth = request.headers.get("authorization", "")
-    await _authenticate(_gw(request), auth[7:].strip() or None if auth[:7].lower() == "bearer " else None)
+    await authenticate(_gw(request), auth[7:].strip() or None if auth[:7].lower() == "bearer " else None)
 
 
 @router.get("/v1/models")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from backends import Backend, CircuitBreaker
+from backends import Backend, CircuitBreaker, LiveStats
 from gateway.config import ModelSpec, RouteSpec, Settings
 from gateway.context import Constraints
 from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound
@@ -82,9 +82,10 @@ def predicted_quality(q: float, q_top: float, difficulty: float, pivot: float) -
     return max(q_top - (q_top - q) * factor, 0.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
-    """A model's static facts, computed once at start-up."""
+    """A model's static facts, computed once at start-up, and references to its live state (the decide
+    stage runs for every request: everything it can look up once is looked up here)."""
 
     spec: ModelSpec
     quality: float
@@ -92,6 +93,46 @@ class Prepared:
     supports_tools: bool
     price: Price
     gpu_priced: bool
+    stats: LiveStats
+    breaker: CircuitBreaker
+    is_local: bool = False
+    prior_ttft_s: float = 0.0
+    prior_tpot_s: float = 0.0
+    capacity: int | None = None
+    tps_floor: float = 0.0
+    token_margin: float = 1.0
+    #: (throughput, price) of the last GPU-hour price computed, reused while the throughput holds
+    live: tuple[float, Price] | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.is_local = spec.is_local
+        self.prior_ttft_s = _PRIOR_TTFT_S[self.is_local]
+        self.prior_tpot_s = _PRIOR_TPOT_S[self.is_local]
+        self.capacity = spec.max_in_flight
+        self.tps_floor = spec.tokens_per_second or 0.0
+        self.token_margin = LOCAL_TOKEN_MARGIN if self.is_local else 1.0
+
+    def price_now(self) -> Price:
+        """The price for routing: static, or a local model's GPU time at its measured throughput (idle
+        GPUs measure low, so never below its configured capacity)."""
+        if not self.gpu_priced:
+            return self.price
+        tps = max(self.stats.tokens_per_second.value or 0.0, self.tps_floor)
+        live = self.live
+        if live is not None and live[0] == tps:
+            return live[1]
+        price = live_price(self.spec, tps or None)
+        self.live = (tps, price)
+        return price
+
+
+#: (request feature, what it needs in words, whether a model has it): the capability filters, in order.
+_CAPABILITIES: tuple[tuple[str, str, Callable[[Prepared], bool]], ...] = (
+    ("needs_tools", "tool calling", lambda p: p.supports_tools),
+    ("needs_vision", "image input", lambda p: p.spec.supports_vision),
+    ("needs_json", "JSON mode", lambda p: p.spec.supports_json_mode),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +165,9 @@ class Router:
             window = spec.context_window or price.max_input_tokens or 4096
             tools = spec.supports_tools if spec.supports_tools is not None else True
             gpu = spec.gpu_hour_usd is not None and price.source.startswith("gpu_hour")
-            self.models[spec.name] = Prepared(spec, base_quality(spec), window, tools, price, gpu)
+            self.models[spec.name] = Prepared(
+                spec, base_quality(spec), window, tools, price, gpu, backends[spec.name].stats, breakers[spec.name]
+            )
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
         self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
 
@@ -156,53 +199,59 @@ class Router:
     # -- predictions ---------------------------------------------------------------------------------
 
     def candidate(
-        self, name: str, feats: RequestFeatures, difficulty: float, q_top: float | None = None, pivot: float = 0.5
+        self,
+        name: str,
+        feats: RequestFeatures,
+        difficulty: float,
+        q_top: float | None = None,
+        pivot: float = 0.5,
+        out_tokens: int | None = None,
     ) -> Candidate:
-        """Predict cost, latency and quality of serving this request on model ``name``."""
+        """Predict cost, latency and quality of serving this request on model ``name`` (``out_tokens``:
+        the expected output, when the caller already knows it)."""
         prep = self.models[name]
-        spec = prep.spec
-        stats = self.backends[name].stats
-        out_tokens = feats.max_output_tokens or self.expected_output_tokens(name)
-        out_tokens *= feats.n
-        # Idle GPUs measure low throughput; routing prices local models at no less than their capacity.
-        if prep.gpu_priced:
-            measured = stats.tokens_per_second.value or 0.0
-            price = live_price(spec, max(measured, spec.tokens_per_second or 0.0) or None)
-        else:
-            price = prep.price
-        cost = price.cost(feats.prompt_tokens, out_tokens)
-        ttft = stats.ttft_s.get(_PRIOR_TTFT_S[spec.is_local])
-        tpot = stats.tpot_s.get(_PRIOR_TPOT_S[spec.is_local])
-        service = ttft + tpot * max(out_tokens - 1, 0)
+        stats = prep.stats
+        if out_tokens is None:
+            out_tokens = (feats.max_output_tokens or self.expected_output_tokens(name)) * feats.n
+        cost = prep.price_now().cost(feats.prompt_tokens, out_tokens)
+        ttft = stats.ttft_s.value
+        tpot = stats.tpot_s.value
+        service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
+            out_tokens - 1 if out_tokens > 1 else 0
+        )
         queue = stats.queue
-        capacity = spec.max_in_flight
+        capacity = prep.capacity
+        wait = 0.0
+        saturated = False
         if queue.scraped_at and (queue.running or queue.waiting):
-            concurrency = max(queue.running, 1.0)
-            wait = queue.waiting * service / concurrency
+            wait = queue.waiting * service / (queue.running if queue.running > 1.0 else 1.0)
             saturated = queue.waiting > 0 or (capacity is not None and queue.running >= capacity)
-        else:
-            wait = 0.0
-            saturated = False
-        if capacity is not None and stats.in_flight >= capacity:
+        in_flight = stats.in_flight
+        if capacity is not None and in_flight >= capacity:
             saturated = True
-            wait = max(wait, (stats.in_flight - capacity + 1) * service / capacity)
+            wait = max(wait, (in_flight - capacity + 1) * service / capacity)
+        quality = prep.quality
         return Candidate(
             name=name,
             cost_usd=cost,
             latency_s=wait + service,
-            quality=predicted_quality(prep.quality, prep.quality if q_top is None else q_top, difficulty, pivot),
-            base_quality=prep.quality,
-            is_local=spec.is_local,
+            quality=predicted_quality(quality, quality if q_top is None else q_top, difficulty, pivot),
+            base_quality=quality,
+            is_local=prep.is_local,
             saturated=saturated,
             load=stats.load,
         )
 
-    def expected_output_tokens(self, name: str) -> int:
+    def expected_output_tokens(self, name: str, fallback: int | None = None) -> int:
         """Output length without max_tokens: the model's own average once it has enough observations,
-        else the average across all models (so an unobserved model is not judged on a different basis)."""
-        own = self.backends[name].stats.output_tokens
+        else the average across all models (``fallback`` when the caller computed it already), so an
+        unobserved model is not judged on a different basis."""
+        own = self.models[name].stats.output_tokens
         if own.count >= MIN_OBSERVATIONS and own.value is not None:
             return max(int(own.value), 1)
+        return fallback if fallback is not None else self._average_output_tokens()
+
+    def _average_output_tokens(self) -> int:
         seen = [b.stats.output_tokens for b in self.backends.values() if b.stats.output_tokens.value is not None]
         if seen:
             total = sum(e.count for e in seen)
@@ -224,7 +273,15 @@ class Router:
         threshold = self._thresholds.get(requested)
         pivot = threshold if strong_needed is not None and threshold is not None else 0.5
         q_top = max(self.models[n].quality for n in names)
-        candidates = [self.candidate(n, feats, difficulty, q_top, pivot) for n in names]
+        out = feats.max_output_tokens
+        if out is None:
+            fallback = self._average_output_tokens()
+            candidates = [
+                self.candidate(n, feats, difficulty, q_top, pivot, self.expected_output_tokens(n, fallback) * feats.n)
+                for n in names
+            ]
+        else:
+            candidates = [self.candidate(n, feats, difficulty, q_top, pivot, out * feats.n) for n in names]
         candidates = self._constrain(candidates, constraints, route)
         policy = self.policy(constraints.policy or route.policy)
         request = RoutingInput(
@@ -256,13 +313,8 @@ class Router:
 
     def _hard_filter(self, names: list[str], feats: RequestFeatures) -> list[str]:
         """Capabilities, context window and breakers; each with its own clear error."""
-        checks: list[tuple[bool, str, Callable[[Prepared], bool]]] = [
-            (feats.needs_tools, "tool calling", lambda p: p.supports_tools),
-            (feats.needs_vision, "image input", lambda p: p.spec.supports_vision),
-            (feats.needs_json, "JSON mode", lambda p: p.spec.supports_json_mode),
-        ]
-        for needed, label, has in checks:
-            if needed:
+        for needed, label, has in _CAPABILITIES:
+            if getattr(feats, needed):
                 capable = [n for n in names if has(self.models[n])]
                 if not capable:
                     raise NoRouteSatisfies(
@@ -280,13 +332,13 @@ class Router:
                 f"'{largest}').",
                 param="messages",
             )
-        up = [n for n in fits if self.breakers[n].available() and self.backends[n].stats.healthy]
+        models = self.models
+        up = [n for n in fits if models[n].breaker.available() and models[n].stats.healthy]
         return up or fits  # all down: try anyway rather than fail without trying
 
     def _fits(self, name: str, prompt_tokens: int, out_tokens: int) -> bool:
         prep = self.models[name]
-        margin = LOCAL_TOKEN_MARGIN if prep.spec.is_local else 1.0
-        return prompt_tokens * margin + out_tokens <= prep.context_window
+        return prompt_tokens * prep.token_margin + out_tokens <= prep.context_window
 
     def _constrain(self, cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         max_cost = c.max_cost_usd if c.max_cost_usd is not None else route.max_cost_usd

@@ -34,7 +34,8 @@ class CostPolicy:
         else:
             ok = [c for c in candidates if c.quality >= floor]
         good = sorted(ok, key=lambda c: (c.cost_usd, -c.quality))
-        rest = sorted((c for c in candidates if c not in ok), key=lambda c: -c.quality)
+        chosen = {c.name for c in ok}
+        rest = sorted((c for c in candidates if c.name not in chosen), key=lambda c: -c.quality)
         ranking = spill_saturated(good) + rest if good else rest
         win = ranking[0]
         if good:

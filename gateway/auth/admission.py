@@ -27,16 +27,12 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from cache.base import StoreError
 from gateway.accounting.db import Database
 from gateway.auth.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
-from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, RedisLimiter, Reservation, from_nano, to_nano
+from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, Reservation, from_nano, to_nano
 from gateway.config import Settings
 from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
@@ -246,7 +242,7 @@ class KeyAdmission:
             verdict = await self.limiter.admit(
                 record.id, limits, reserve_nano=reserve, request_id=ctx.request_id, spent_seed_nano=to_nano(spent)
             )
-        except RedisError as exc:
+        except StoreError as exc:
             if self.settings.auth.fail_open:
                 log.warning("limits store unreachable (%s); admitting without limits (auth.fail_open)", exc)
                 return
@@ -288,7 +284,7 @@ class KeyAdmission:
         tokens = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
         try:
             await self.limiter.settle(reservation, cost_nano=to_nano(ctx.cost_usd), tokens=tokens)
-        except RedisError as exc:
+        except StoreError as exc:
             log.error("could not settle %s for key %s (%s)", ctx.request_id, reservation.key_id, exc)
 
     async def authorize_admin(self, ctx: RequestContext) -> None:
@@ -322,7 +318,7 @@ class KeyAdmission:
         if record is not None:
             try:
                 await self.limiter.revoke(key_id)
-            except RedisError as exc:
+            except StoreError as exc:
                 log.warning(
                     "revocation of %s not published to Redis (%s); replicas see it within %.0f s",
                     key_id,
@@ -342,9 +338,16 @@ async def build_key_admission(settings: Settings, db: Database) -> KeyAdmission:
     url = settings.auth.redis_url or settings.cache.redis_url
     limiter: Limiter
     if url:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        from gateway.auth.redis_limits import RedisLimiter
+
         # One immediate retry on a connection error: after a Redis restart every pooled connection is dead,
         # and each would otherwise fail one request (a 503 without auth.fail_open) before reconnecting.
-        client: Redis = Redis.from_url(
+        client = Redis.from_url(
             url,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,

@@ -1,4 +1,4 @@
-"""Prompt featurisation for the quality router (stdlib + numpy, built for sub-millisecond use).
+"""Prompt featurisation for the quality router (stdlib; numpy only for training matrices).
 
 Two kinds of features:
 
@@ -16,9 +16,11 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = [
     "CUE_NAMES",
@@ -39,13 +41,19 @@ MAX_CHARS = 1200
 
 _TOKEN_RE = re.compile(r"[a-z]+(?:'[a-z]+)?|0+(?:[.,]0+)*|[^\sa-z0]")
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
-_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+_NONZERO_DIGIT_RE = re.compile(r"[1-9]")
 _UPPER_RE = re.compile(r"[A-Z]")
 _NONASCII_RE = re.compile(r"[^\x00-\x7f]")
 _CHOICE_RE = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
 
 _MATH_MARKS: tuple[str, ...] = (*"=+*/^<>±\u00d7÷√∑∫≤≥≠≈∞π", "\\frac", "sqrt")
 _CODE_MARKS: tuple[str, ...] = ("```", "def ", "class ", "return", "import ", "{", "}", ";", "()", "==", "!=")
+# One regex pass counts the single-character marks (distinct characters, so the same total as summing
+# str.count over each); the longer marks are counted one by one.
+_MATH_CHARS_RE = re.compile("[" + re.escape("".join(m for m in _MATH_MARKS if len(m) == 1)) + "]")
+_MATH_WORDS = tuple(m for m in _MATH_MARKS if len(m) > 1)
+_CODE_CHARS_RE = re.compile("[" + re.escape("".join(m for m in _CODE_MARKS if len(m) == 1)) + "]")
+_CODE_WORDS = tuple(m for m in _CODE_MARKS if len(m) > 1)
 
 # Cue word lists are matched against the prompt's unigram+bigram set (distinct matches).
 _STEP_WORDS = frozenset(
@@ -105,7 +113,8 @@ def _prefix(text: str) -> str:
 
 def _raw_tokens(prefix: str) -> list[str]:
     # Digits become "0": numbers collapse to their shape ("00", "0.00"), with no per-token code.
-    return _TOKEN_RE.findall(prefix.lower().translate(_DIGITS_TO_ZERO))
+    # re.sub, not str.translate: translate takes a slow per-character path on any non-ASCII text (10x).
+    return _TOKEN_RE.findall(_NONZERO_DIGIT_RE.sub("0", prefix.lower()))
 
 
 def _grams(raw: list[str]) -> set[str]:
@@ -145,8 +154,8 @@ def _cues(n_chars: int, text: str, raw: list[str], grams: set[str]) -> list[floa
     max_num = max(map(len, numbers), default=0)
     words = text.split()
     mean_wlen = sum(map(len, words)) / len(words) if words else 0.0
-    math_marks = sum(map(text.count, _MATH_MARKS))
-    code_marks = sum(map(text.count, _CODE_MARKS))
+    math_marks = len(_MATH_CHARS_RE.findall(text)) + sum(map(text.count, _MATH_WORDS))
+    code_marks = len(_CODE_CHARS_RE.findall(text)) + sum(map(text.count, _CODE_WORDS))
     followups = len(grams & _FOLLOWUP_WORDS) if n_chars < 400 else 0
     return [
         log1(n_chars),
@@ -171,7 +180,9 @@ def _cues(n_chars: int, text: str, raw: list[str], grams: set[str]) -> list[floa
 
 
 def cue_matrix(prompts: Sequence[str]) -> NDArray[np.float64]:
-    """Stack ``cue_features`` of many prompts into an ``(n, len(CUE_NAMES))`` array."""
+    """Stack ``cue_features`` of many prompts into an ``(n, len(CUE_NAMES))`` array (training; numpy)."""
+    import numpy as np
+
     out = np.empty((len(prompts), len(CUE_NAMES)), dtype=np.float64)
     for i, p in enumerate(prompts):
         out[i] = cue_features(p)

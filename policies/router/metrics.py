@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from policies.router.curve import pgr_points
+
 FloatArray = NDArray[np.float64]
 
 __all__ = [
@@ -77,42 +79,17 @@ def pgr_curve(
     ``weak``/``strong`` are per-prompt qualities of each model's answer (correctness, judge
     score, ...). ``weights`` optionally weights prompts (default 1). Tied scores contribute their
     expected gain under a random order. If the strong model is not better than the weak one on
-    this data the gap is undefined and ``pgr`` is all NaN.
+    this data the gap is undefined and ``pgr`` is all NaN. (Computed by :func:`curve.pgr_points`.)
     """
-    s = _as_1d(scores, "scores")
-    w_q = _as_1d(weak, "weak")
-    s_q = _as_1d(strong, "strong")
-    n = s.size
-    if n == 0 or w_q.size != n or s_q.size != n:
-        raise ValueError("scores, weak and strong must be non-empty and of equal length")
-    wt = np.ones(n) if weights is None else _as_1d(weights, "weights")
-    if wt.size != n or np.any(wt < 0) or wt.sum() <= 0:
-        raise ValueError("weights must be non-negative, of the same length, and not all zero")
-
-    order = np.argsort(-s, kind="stable")
-    s_sorted = s[order]
-    gain = (s_q - w_q)[order] * wt[order]
-    wt_sorted = wt[order]
-    # Replace the gain inside each block of tied scores by the block's weighted mean gain.
-    new_block = np.empty(n, dtype=bool)
-    new_block[0] = True
-    new_block[1:] = s_sorted[1:] != s_sorted[:-1]
-    block_id = np.cumsum(new_block) - 1
-    block_gain = np.bincount(block_id, weights=gain)
-    block_wt = np.bincount(block_id, weights=wt_sorted)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(block_wt > 0, block_gain / np.where(block_wt > 0, block_wt, 1.0), 0.0)
-    smoothed = rate[block_id] * wt_sorted
-
-    cum_gain = np.concatenate(([0.0], np.cumsum(smoothed)))
-    shares = np.concatenate(([0.0], np.cumsum(wt_sorted))) / wt.sum()
-    total_gap = float(np.dot(wt, s_q - w_q))
-    if total_gap <= 0:
-        pgr = np.full(n + 1, np.nan)
-    else:
-        pgr = cum_gain / total_gap
-    thresholds = np.concatenate(([np.inf], s_sorted))
-    return PGRCurve(shares=shares, pgr=pgr, thresholds=thresholds)
+    points = pgr_points(
+        _as_1d(scores, "scores").tolist(),
+        _as_1d(weak, "weak").tolist(),
+        _as_1d(strong, "strong").tolist(),
+        None if weights is None else _as_1d(weights, "weights").tolist(),
+    )
+    return PGRCurve(
+        shares=np.asarray(points.shares), pgr=np.asarray(points.pgr), thresholds=np.asarray(points.thresholds)
+    )
 
 
 def apgr(curve: PGRCurve) -> float:

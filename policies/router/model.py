@@ -5,23 +5,34 @@ needed for this prompt (higher = route to strong). A routing policy sends a prom
 model when ``score >= threshold``; the threshold comes from the config, either as a share of
 strong calls (:meth:`QualityRouter.threshold_for_strong_share`) or as a quality target in PGR
 (:meth:`QualityRouter.threshold_for_quality_target`), both calibrated on the out-of-fold scores
-of the training prompts stored in the artifact. Only numpy and the stdlib are needed.
+of the training prompts stored in the artifact. Serving needs only the stdlib: the artifact is read
+with :mod:`zipfile` and :mod:`array`, the calibration runs on :mod:`policies.router.curve`; numpy is
+imported only by the evaluation helpers (:meth:`QualityRouter.score_many`,
+:meth:`QualityRouter.calibration_curve`).
 """
 
 from __future__ import annotations
 
+import ast
+import bisect
 import json
 import math
+import sys
+import zipfile
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
-
-from policies.router import metrics
+from policies.router.curve import CurvePoints, first_reaching, pgr_points
 from policies.router.features import CUE_NAMES, analyze
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from policies.router import metrics
 
 __all__ = ["ARTIFACT_DIR", "QualityRouter"]
 
@@ -33,10 +44,40 @@ _JSON = "router.json"
 
 @dataclass(frozen=True)
 class _Calibration:
-    scores: NDArray[np.float64]
-    weights: NDArray[np.float64]
-    weak: NDArray[np.float64]
-    strong: NDArray[np.float64]
+    scores: list[float]
+    weights: list[float]
+    weak: list[float]
+    strong: list[float]
+
+
+#: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
+_TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B"}
+
+
+def _read_npz(path: Path) -> dict[str, array[Any]]:
+    """The 1-D arrays of an ``.npz`` written by ``numpy.savez_compressed``, without numpy."""
+    out: dict[str, array[Any]] = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            raw = z.read(name)
+            if raw[:6] != b"\x93NUMPY":
+                raise ValueError(f"{name}: not a .npy array")
+            major = raw[6]
+            size_bytes = 2 if major == 1 else 4
+            header_len = int.from_bytes(raw[8 : 8 + size_bytes], "little")
+            start = 8 + size_bytes + header_len
+            header = ast.literal_eval(raw[8 + size_bytes : start].decode("latin-1"))
+            code = _TYPECODES.get(header["descr"])
+            if code is None or header["fortran_order"] or len(header["shape"]) != 1:
+                raise ValueError(f"{name}: unsupported array {header}")
+            values = array(code)
+            values.frombytes(raw[start:])
+            if sys.byteorder == "big" and code != "B":
+                values.byteswap()
+            if len(values) != header["shape"][0]:
+                raise ValueError(f"{name}: truncated array")
+            out[name.removesuffix(".npy")] = values
+    return out
 
 
 class QualityRouter:
@@ -57,7 +98,7 @@ class QualityRouter:
         self._cue = cue_weights
         self._bias = bias
         self._calib = calibration
-        self._curve: metrics.PGRCurve | None = None
+        self._points: CurvePoints | None = None
         self.metadata: dict[str, Any] = metadata
 
     @classmethod
@@ -67,19 +108,19 @@ class QualityRouter:
         if directory.is_file():
             directory = directory.parent
         meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
-        with np.load(directory / _NPZ, allow_pickle=False) as npz:
-            vocab = bytes(npz["vocab"]).decode("utf-8").split("\n") if npz["vocab"].size else []
-            w_ngram = npz["w_ngram"].astype(np.float64).tolist()
-            if len(vocab) != len(w_ngram):
-                raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
-            calib = _Calibration(
-                scores=npz["calib_scores"].astype(np.float64),
-                weights=npz["calib_weights"].astype(np.float64),
-                weak=npz["calib_weak"].astype(np.float64),
-                strong=npz["calib_strong"].astype(np.float64),
-            )
-            cue = tuple(float(x) for x in npz["w_cue"])
-            bias = float(npz["bias"][0])
+        npz = _read_npz(directory / _NPZ)
+        vocab = bytes(npz["vocab"]).decode("utf-8").split("\n") if len(npz["vocab"]) else []
+        w_ngram = npz["w_ngram"].tolist()
+        if len(vocab) != len(w_ngram):
+            raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
+        calib = _Calibration(
+            scores=npz["calib_scores"].tolist(),
+            weights=npz["calib_weights"].tolist(),
+            weak=npz["calib_weak"].tolist(),
+            strong=npz["calib_strong"].tolist(),
+        )
+        cue = tuple(npz["w_cue"].tolist())
+        bias = float(npz["bias"][0])
         return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta)
 
     # ----------------------------------------------------------------- metadata
@@ -120,7 +161,9 @@ class QualityRouter:
         return e / (1.0 + e)
 
     def score_many(self, prompts: Iterable[str]) -> NDArray[np.float64]:
-        """Scores of many prompts as a float64 array."""
+        """Scores of many prompts as a float64 array (evaluation; imports numpy)."""
+        import numpy as np
+
         return np.fromiter((self.score(p) for p in prompts), dtype=np.float64)
 
     def needs_strong(self, prompt: str, threshold: float) -> bool:
@@ -140,24 +183,31 @@ class QualityRouter:
             return math.inf
         if share >= 1.0:
             return 0.0
-        c = self._calib
-        order = np.argsort(-c.scores, kind="stable")
-        cum = np.cumsum(c.weights[order]) / c.weights.sum()
-        k = int(np.searchsorted(cum, share - 1e-12, side="left"))
-        return float(c.scores[order][min(k, order.size - 1)])
+        points = self._calibration_points()
+        shares = points.shares[1:]  # after routing the k+1 highest-scored prompts
+        k = bisect.bisect_left(shares, share - 1e-12)
+        return points.thresholds[1 + min(k, len(shares) - 1)]
+
+    def _calibration_points(self) -> CurvePoints:
+        if self._points is None:
+            c = self._calib
+            self._points = pgr_points(c.scores, c.weak, c.strong, c.weights)
+        return self._points
 
     def calibration_curve(self) -> metrics.PGRCurve:
-        """The PGR curve of the stored calibration data (pooled, benchmark-weighted)."""
-        if self._curve is None:
-            c = self._calib
-            self._curve = metrics.pgr_curve(c.scores, c.weak, c.strong, c.weights)
-        return self._curve
+        """The PGR curve of the stored calibration data (pooled, benchmark-weighted), as numpy arrays."""
+        import numpy as np
+
+        from policies.router import metrics
+
+        p = self._calibration_points()
+        return metrics.PGRCurve(np.asarray(p.shares), np.asarray(p.pgr), np.asarray(p.thresholds))
 
     def strong_share_for_quality_target(self, target_pgr: float) -> float:
         """Smallest share of strong calls whose calibrated PGR reaches ``target_pgr``."""
-        curve = self.calibration_curve()
-        hit = np.nonzero(curve.pgr >= target_pgr - 1e-12)[0]
-        return 1.0 if hit.size == 0 else float(curve.shares[int(hit[0])])
+        points = self._calibration_points()
+        hit = first_reaching(points.pgr, target_pgr)
+        return 1.0 if hit is None else points.shares[hit]
 
     def threshold_for_quality_target(self, target_pgr: float) -> float:
         """Threshold whose calibrated PGR (share of the weak-strong quality gap recovered) reaches
@@ -167,11 +217,11 @@ class QualityRouter:
             raise ValueError("target_pgr must be a number")
         if target_pgr <= 0.0:
             return math.inf
-        curve = self.calibration_curve()
-        hit = np.nonzero(curve.pgr >= target_pgr - 1e-12)[0]
-        if hit.size == 0:
+        points = self._calibration_points()
+        hit = first_reaching(points.pgr, target_pgr)
+        if hit is None:
             return 0.0
-        return float(curve.thresholds[max(int(hit[0]), 1)])
+        return points.thresholds[max(hit, 1)]
 
     def __repr__(self) -> str:
         return f"QualityRouter(version={self.version!r}, ngrams={len(self._ngram)})"

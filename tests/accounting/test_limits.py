@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth.limits import KeyLimits, Limiter, MemoryLimiter, RedisLimiter, from_nano, to_nano
+from gateway.auth.limits import KeyLimits, Limiter, MemoryLimiter, from_nano, to_nano
+from gateway.auth.redis_limits import RedisLimiter
 from tests.accounting.conftest import REDIS_URL
 
 

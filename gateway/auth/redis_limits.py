@@ -1,0 +1,141 @@
+"""The rate limits and budgets of :mod:`gateway.auth.limits` in Redis, shared by every replica.
+
+Imported only when Redis is configured (redis-py costs ~7 MiB of memory).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import cast
+
+from redis.asyncio import Redis
+
+from cache.redis_errors import translated
+from gateway.auth.limits import KeyLimits, Reservation, Verdict
+
+_ADMIT = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {'revoked'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local budget = tonumber(ARGV[2])
+local reserve = tonumber(ARGV[3])
+local rpm = tonumber(ARGV[4])
+local tpm = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[8])
+redis.call('SET', KEYS[1], ARGV[7], 'NX')
+local spent = tonumber(redis.call('GET', KEYS[1]))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local reserved = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  reserved = reserved + tonumber(string.match(m, ':(%d+)$'))
+end
+if budget >= 0 and spent + reserved + reserve > budget then
+  return {'budget', '0', tostring(spent), tostring(reserved)}
+end
+local h = redis.call('HMGET', KEYS[3], 'r', 'rt', 't', 'tt')
+local rlevel = nil
+if rpm > 0 then
+  local lvl = tonumber(h[1]) or rpm
+  local ts = tonumber(h[2]) or now
+  lvl = math.min(rpm, lvl + math.max(0, now - ts) * rpm / 60)
+  if lvl < 1 then return {'rpm', tostring(math.max(1, math.ceil((1 - lvl) * 60 / rpm)))} end
+  rlevel = lvl - 1
+end
+if tpm > 0 then
+  local lvl = tonumber(h[3]) or tpm
+  local ts = tonumber(h[4]) or now
+  lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60)
+  if lvl <= 0 then return {'tpm', tostring(math.max(1, math.ceil(-lvl * 60 / tpm)))} end
+  redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
+end
+if rlevel ~= nil then
+  redis.call('HSET', KEYS[3], 'r', tostring(rlevel), 'rt', tostring(now))
+end
+redis.call('EXPIRE', KEYS[3], 3600)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[6])
+redis.call('EXPIRE', KEYS[2], ttl + 60)
+return {'ok'}
+"""
+
+_SETTLE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[2])
+local tpm = tonumber(ARGV[4])
+local tokens = tonumber(ARGV[3])
+if tpm > 0 and tokens > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local h = redis.call('HMGET', KEYS[3], 't', 'tt')
+  local lvl = tonumber(h[1]) or tpm
+  local ts = tonumber(h[2]) or now
+  lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60) - tokens
+  redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
+  redis.call('EXPIRE', KEYS[3], 3600)
+end
+return 1
+"""
+
+
+class RedisLimiter:
+    """The limits in Redis: every check-and-reserve is one Lua script, atomic across replicas.
+
+    redis-py's errors leave as :class:`cache.base.StoreError` (an ``OSError``).
+
+    Keys (under ``prefix``): ``spend:{id}`` (nano-dollars, no expiry), ``res:{id}`` (a sorted set of
+    reservations scored by expiry), ``rate:{id}`` (bucket levels), and ``revoked`` (a set of key ids).
+    """
+
+    def __init__(self, client: Redis, *, prefix: str = "gw:auth:", reservation_ttl_s: int = 900) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._ttl = reservation_ttl_s
+        self._admit = client.register_script(_ADMIT)
+        self._settle = client.register_script(_SETTLE)
+
+    def _keys(self, key_id: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}spend:{key_id}", f"{p}res:{key_id}", f"{p}rate:{key_id}", f"{p}revoked"]
+
+    async def admit(
+        self, key_id: str, limits: KeyLimits, *, reserve_nano: int, request_id: str, spent_seed_nano: int
+    ) -> Verdict:
+        member = f"{request_id[:64]}:{secrets.token_hex(6)}:{reserve_nano}"
+        args: list[str | int] = [
+            key_id,
+            -1 if limits.budget_nano is None else limits.budget_nano,
+            reserve_nano,
+            limits.rpm or 0,
+            limits.tpm or 0,
+            member,
+            spent_seed_nano,
+            self._ttl,
+        ]
+        with translated():
+            raw = cast(list[bytes | str], await self._admit(keys=self._keys(key_id), args=args))
+        out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        kind = out[0]
+        if kind == "ok":
+            return Verdict("ok", reservation=Reservation(key_id, member, reserve_nano, limits))
+        if kind == "budget":
+            return Verdict("budget", spent_nano=int(float(out[2])), reserved_nano=int(float(out[3])))
+        if kind in ("rpm", "tpm"):
+            return Verdict(kind, retry_after_s=int(float(out[1])))
+        return Verdict(kind)
+
+    async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
+        keys = self._keys(reservation.key_id)[:3]
+        args: list[str | int] = [reservation.member, cost_nano, tokens, reservation.limits.tpm or 0]
+        with translated():
+            await self._settle(keys=keys, args=args)
+
+    async def revoke(self, key_id: str) -> None:
+        with translated():
+            await self.client.sadd(f"{self.prefix}revoked", key_id)
+
+    async def spent_nano(self, key_id: str) -> int | None:
+        with translated():
+            value = await self.client.get(f"{self.prefix}spend:{key_id}")
+        return None if value is None else int(value)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
