@@ -109,7 +109,7 @@ async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive
     try:
         try:
             await authenticate(gw, ctx.api_key)  # before the body is even read
-            raw = await _read_body(receive, headers, gw.settings.server.max_body_bytes)
+            raw = await read_asgi_body(receive, headers, gw.settings.server.max_body_bytes)
         except GatewayError as err:
             await pipeline.fail(ctx, err)
             await ex.error(err, ctx.request_id)
@@ -177,7 +177,7 @@ async def _watch(ex: _Exchange) -> None:
         ex.task.cancel()
 
 
-async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
     declared = headers.get("content-length")
     if declared is not None:

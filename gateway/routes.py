@@ -11,8 +11,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
-from gateway.inference import authenticate
+from gateway.errors import NotFound
+from gateway.inference import authenticate, read_asgi_body
 from gateway.routing import explain
 
 if TYPE_CHECKING:
@@ -33,22 +33,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            too_big = int(declared) > limit
-        except ValueError:
-            raise InvalidRequest("Invalid Content-Length header.") from None
-        if too_big:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_asgi_body(request.receive, request.headers, limit)
 
 
 def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
