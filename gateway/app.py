@@ -27,6 +27,7 @@ from gateway.errors import GatewayError
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.http_limits import HeaderLimit
 from gateway.inference import HOT_PATHS, InferenceRoute, handle
+from gateway.logs import tune_stdlib_logging
 from gateway.metrics import Metrics
 from gateway.openapi import install_openapi
 from gateway.pipeline import Pipeline, drain_background
@@ -210,6 +211,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker serving: reads ``GATEWAY_CONFIG``."""
+    tune_stdlib_logging()  # each worker process serves; tests building apps keep logging as it is
     path = os.environ.get("GATEWAY_CONFIG", "gateway.yaml")
     return create_app(load_settings(path))
 

@@ -40,37 +40,14 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="worker processes (default: server.workers)")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
-    import uvicorn
-
-    from gateway.config import Settings
-    from gateway.logs import logging_config, setup_logging
-
-    settings = _load(config)
-    assert isinstance(settings, Settings)
-    setup_logging(settings.server.log_level)
-    n = workers or settings.server.workers
-    if n > 1 and not (settings.cache.redis_url or settings.auth.redis_url):
-        import logging
-
-        logging.getLogger("gateway.cli").warning(
-            "%d workers without Redis: each keeps its own cache and rate-limit/budget counters; "
-            "set REDIS_URL (or cache.redis_url) to share them",
-            n,
-        )
-    os.environ["GATEWAY_CONFIG"] = str(config.resolve())
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=host or settings.server.host,
-        port=port if port is not None else settings.server.port,
-        workers=n,
-        access_log=False,
-        http="httptools",
-        ws="none",  # no websocket endpoints: do not load a websocket protocol
-        log_config=logging_config(settings.server.log_level),  # applied in each worker process too
-        timeout_graceful_shutdown=30,
-        h11_max_incomplete_event_size=settings.server.max_header_bytes,
-    )
+    _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
+    argv = [sys.executable, "-m", "gateway.server", "--config", str(config)]
+    for flag, value in (("--host", host), ("--port", port), ("--workers", workers)):
+        if value is not None:
+            argv += [flag, str(value)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # the server process keeps none of the CLI's modules
 
 
 @app.command()

@@ -6,6 +6,8 @@ outcomes, or error types from the gateway's own hierarchy, so cardinality is bou
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.context import RequestContext
@@ -50,27 +52,38 @@ class Metrics:
             "gateway_backend_queue_waiting", "vLLM requests waiting (scraped)", ["model"], registry=r
         )
         self.breaker_open = Gauge("gateway_backend_breaker_open", "1 when the breaker is open", ["model"], registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: label values come from bounded sets (see the module
+        doc), and resolving them costs more than the increment itself on every request."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe(self, ctx: RequestContext) -> None:
         """Count one finished request."""
+        child = self.child
         model = ctx.chosen_model or "none"
         status = f"{ctx.status_code // 100}xx"
-        self.requests.labels(ctx.route or "-", model, status, ctx.cache_status).inc()
+        child(self.requests, ctx.route or "-", model, status, ctx.cache_status).inc()
         if ctx.usage.prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(ctx.usage.prompt_tokens)
+            child(self.tokens, model, "prompt").inc(ctx.usage.prompt_tokens)
         if ctx.usage.completion_tokens:
-            self.tokens.labels(model, "completion").inc(ctx.usage.completion_tokens)
+            child(self.tokens, model, "completion").inc(ctx.usage.completion_tokens)
         if ctx.cost_usd:
-            self.cost.labels(model).inc(float(ctx.cost_usd))
+            child(self.cost, model).inc(float(ctx.cost_usd))
         if ctx.saved_usd > 0:
-            self.saved.labels(model).inc(float(ctx.saved_usd))
+            child(self.saved, model).inc(float(ctx.saved_usd))
         if ctx.error_type:
-            self.errors.labels(ctx.error_type).inc()
+            child(self.errors, ctx.error_type).inc()
         if ctx.chosen_model and ctx.cache_status not in ("hit", "semantic-hit") and ctx.status_code < 400:
             if ctx.ttft_s is not None:
-                self.ttft.labels(model).observe(ctx.ttft_s)
+                child(self.ttft, model).observe(ctx.ttft_s)
             if ctx.total_s is not None:
-                self.latency.labels(model).observe(ctx.total_s)
+                child(self.latency, model).observe(ctx.total_s)
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -216,7 +216,7 @@ class Pipeline:
         ctx.policy = d.policy
         ctx.reason = d.reason
         ctx.predicted_cost = d.winner.cost_usd
-        self.metrics.decisions.labels(plan.route or "-", d.policy, d.winner.name).inc()
+        self.metrics.child(self.metrics.decisions, plan.route or "-", d.policy, d.winner.name).inc()
 
     def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer, feats: RequestFeatures) -> Result:
         ctx.chosen_model = cached.original_model or str(cached.body.get("model") or ctx.requested_model)

@@ -8,6 +8,7 @@ numpy (~11 MiB) out of the serving process. See :mod:`policies.router.metrics` f
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -15,11 +16,12 @@ from itertools import accumulate
 
 @dataclass(frozen=True, slots=True)
 class CurvePoints:
-    """``shares[k]``, ``pgr[k]`` and ``thresholds[k]`` after routing the ``k`` highest-scored prompts."""
+    """``shares[k]``, ``pgr[k]`` and ``thresholds[k]`` after routing the ``k`` highest-scored prompts
+    (compact float64 arrays: a serving process keeps them)."""
 
-    shares: list[float]
-    pgr: list[float]
-    thresholds: list[float]
+    shares: array[float]
+    pgr: array[float]
+    thresholds: array[float]
 
 
 def _floats(values: Sequence[float], name: str) -> list[float]:
@@ -69,7 +71,7 @@ def pgr_points(
     shares = [0.0, *(c / total_w for c in accumulate(wt_sorted))]
     total_gap = math.fsum(wt[i] * (s_q[i] - w_q[i]) for i in range(n))
     pgr = [math.nan] * (n + 1) if total_gap <= 0 else [c / total_gap for c in cum_gain]
-    return CurvePoints(shares, pgr, [math.inf, *s_sorted])
+    return CurvePoints(array("d", shares), array("d", pgr), array("d", [math.inf, *s_sorted]))
 
 
 def first_reaching(values: Sequence[float], target: float) -> int | None:

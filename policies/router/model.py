@@ -20,7 +20,7 @@ import math
 import sys
 import zipfile
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +44,10 @@ _JSON = "router.json"
 
 @dataclass(frozen=True)
 class _Calibration:
-    scores: list[float]
-    weights: list[float]
-    weak: list[float]
-    strong: list[float]
+    scores: Sequence[float]
+    weights: Sequence[float]
+    weak: Sequence[float]
+    strong: Sequence[float]
 
 
 #: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
@@ -113,11 +113,11 @@ class QualityRouter:
         w_ngram = npz["w_ngram"].tolist()
         if len(vocab) != len(w_ngram):
             raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
-        calib = _Calibration(
-            scores=npz["calib_scores"].tolist(),
-            weights=npz["calib_weights"].tolist(),
-            weak=npz["calib_weak"].tolist(),
-            strong=npz["calib_strong"].tolist(),
+        calib = _Calibration(  # float32 on disk, float64 here (exactly), compact either way
+            scores=array("d", npz["calib_scores"]),
+            weights=array("d", npz["calib_weights"]),
+            weak=array("d", npz["calib_weak"]),
+            strong=array("d", npz["calib_strong"]),
         )
         cue = tuple(npz["w_cue"].tolist())
         bias = float(npz["bias"][0])

@@ -118,3 +118,13 @@ def test_cli_serve_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"error: {tmp_path / 'gateway.yaml'}: bogus: unknown key"]
+
+
+def test_server_process_refuses_bad_config_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # ``gateway serve`` execs ``python -m gateway.server``, which validates again (the file may change)
+    from gateway.server import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(write(tmp_path, MINIMAL + "bogus: 1\n"))])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'gateway.yaml'}: bogus: unknown key"

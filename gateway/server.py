@@ -1,0 +1,66 @@
+"""The server process: ``python -m gateway.server --config F [--host H] [--port P] [--workers N]``.
+
+``gateway serve`` validates the config (one clear line and exit 2 on a bad file), then replaces itself
+with this module through ``exec``: the long-running process then holds neither the CLI framework nor
+anything else the command line needed (about 2 MiB). Plain ``argparse`` here for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+from gateway.logs import logging_config, setup_logging
+
+log = logging.getLogger("gateway.server")
+
+
+def run(settings: Settings, config_path: str, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the app for ``config_path`` with uvicorn (each worker builds it from ``GATEWAY_CONFIG``)."""
+    import uvicorn
+
+    setup_logging(settings.server.log_level)
+    n = workers or settings.server.workers
+    if n > 1 and not (settings.cache.redis_url or settings.auth.redis_url):
+        log.warning(
+            "%d workers without Redis: each keeps its own cache and rate-limit/budget counters; "
+            "set REDIS_URL (or cache.redis_url) to share them",
+            n,
+        )
+    os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=host or settings.server.host,
+        port=port if port is not None else settings.server.port,
+        workers=n,
+        access_log=False,
+        http="httptools",
+        ws="none",  # no websocket endpoints: do not load a websocket protocol
+        log_config=logging_config(settings.server.log_level),  # applied in each worker process too
+        timeout_graceful_shutdown=30,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m gateway.server``."""
+    parser = argparse.ArgumentParser(prog="gateway-server", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "-c", default="gateway.yaml")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(settings, args.config, args.host, args.port, args.workers)
+
+
+if __name__ == "__main__":
+    main()
