@@ -254,7 +254,8 @@ class _Connection(asyncio.Protocol):
         self._received = False
         self._headers_done = False
         self._keep_alive = True
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser carries over from the previous response on this connection: llhttp parses one
+        # keep-alive message after another (a connection whose response failed is never reused).
         self.transport.write(head + body if body else head)
         return response
 

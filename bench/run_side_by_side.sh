@@ -11,7 +11,7 @@ bash "$HARNESS/setup.sh" >/dev/null 2>&1 || true
 command -v wrk >/dev/null && [ -x /tmp/bench-venv/bin/python ] || { echo "bench setup failed" >&2; exit 1; }
 GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/.venv/bin/gateway}"
 export RESULTS="${RESULTS:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}"
-export OTHER_NAME=gateway OTHER_KEY="" OTHER_MODEL=fake-gpt
-export OTHER_CMD="env GATEWAY_LEDGER__URL=sqlite+aiosqlite:///$RESULTS/ledger.db $GATEWAY_BIN serve --config $ROOT/bench/gateway-bench.yaml --port 8080"
+export OTHER_NAME=gateway OTHER_KEY="" OTHER_MODEL="${OTHER_MODEL:-fake-gpt}"
+export OTHER_CMD="env GATEWAY_LEDGER__URL=sqlite+aiosqlite:///$RESULTS/ledger.db $GATEWAY_BIN serve --config $ROOT/${GATEWAY_BENCH_CONFIG:-bench/gateway-bench.yaml} --port 8080"
 "$HARNESS/run_compare.sh" http://127.0.0.1:8080
 cat "$RESULTS/table.txt"
