@@ -117,6 +117,44 @@ def rejected_from_response(
     )
 
 
+class _IdleWatch:
+    """The stream's stall timeout with one timer per stream, not one per chunk.
+
+    ``asyncio.timeout`` around each chunk read schedules and cancels a timer per chunk (a tenth of the
+    gateway's CPU per relayed chunk in a profile). Here each chunk only records the time; the timer fires
+    at most every ``idle`` seconds and re-arms itself while chunks keep coming. It cancels the reading task
+    only while that task is waiting for the upstream (not while it writes to a slow client).
+    """
+
+    __slots__ = ("_handle", "_idle", "_last", "_loop", "_task", "fired", "waiting")
+
+    def __init__(self, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._idle = idle
+        self._last = self._loop.time()
+        self.fired = False
+        self.waiting = False
+        self._handle = self._loop.call_at(self._last + idle, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if not self.waiting:
+            self._last = now  # busy downstream: back-pressure, not an upstream stall
+        due = self._last + self._idle
+        if now >= due and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 class _HTTPStream:
     """An open SSE response; implements :class:`backends.base.UpstreamStream`."""
 
@@ -126,28 +164,40 @@ class _HTTPStream:
         self._replica: Replica | None = replica  # released (once) when the stream is closed
         self.replica = replica.base_url
         self._idle_timeout = idle_timeout
+        self._watch: _IdleWatch | None = None
 
     async def events(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
         chunks = self._response.chunks()
+        watch = self._watch = _IdleWatch(self._idle_timeout)
         try:
             while True:
+                watch.waiting = True
                 try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        chunk = await anext(chunks)
+                    chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not watch.fired or task is None or task.uncancel() > 0:
+                        raise
                     raise UpstreamTimeout(f"upstream '{self._backend}' stream stalled", backend=self._backend) from None
+                finally:
+                    watch.waiting = False
+                watch.touch()
                 for data in decoder.feed(chunk):
                     yield data
         except TransportError as exc:
             raise _translate(exc, self._backend, "stream") from None
+        finally:
+            watch.close()
         for data in decoder.flush():
             yield data
 
     async def aclose(self) -> None:
         replica, self._replica = self._replica, None
+        if self._watch is not None:
+            self._watch.close()
         try:
             await self._response.aclose()
         finally:
