@@ -22,7 +22,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.admission import KeyAdmission
-from gateway.context import Endpoint
+from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.http_limits import head_size, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
@@ -118,14 +118,14 @@ async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive
             await pipeline.abandoned(ctx)
             return
         await _run(gw, ex, ctx, raw)
-    except Exception:
+    except Exception:  # the one boundary for bugs, as Starlette's ServerErrorMiddleware would be
         log.exception("unhandled error on POST %s", scope.get("path"))
         if not ex.started:
             await ex.start(500, [_JSON, (b"content-length", b"%d" % len(_INTERNAL_ERROR))])
             await ex.body(_INTERNAL_ERROR)
 
 
-async def _run(gw: Gateway, ex: _Exchange, ctx: Any, raw: bytes) -> None:
+async def _run(gw: Gateway, ex: _Exchange, ctx: RequestContext, raw: bytes) -> None:
     """The pipeline and the response, cancelled as a whole if the client disconnects first."""
     me = asyncio.current_task()
     assert me is not None
