@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backends.h1 import H1Client
 from backends.vllm import VLLMBackend
 from gateway.app import create_app
 from gateway.config import ModelSpec, settings_from_dict
@@ -114,17 +115,26 @@ async def test_streaming_returns_vllm_tokens_and_usage(gateway: str, vllm_server
     assert all(c["choices"] for c in no_usage[:-1])
 
 
-def flood(http: httpx.AsyncClient, server: VLLMServer, n: int = 12) -> list[asyncio.Future[httpx.Response]]:
-    """Long generations sent to vLLM DIRECTLY (not through the gateway), more than its 2 sequence slots."""
+def flood(http: httpx.AsyncClient, server: VLLMServer, clients: int = 8) -> list[asyncio.Task[None]]:
+    """Clients sending long generations to vLLM DIRECTLY (not through the gateway), back to back until
+    stopped: 8 of them against its 2 sequence slots keep ~6 requests waiting however fast it generates."""
     payload = {**body(model=server.served_model_name), "max_tokens": 600}
-    return [asyncio.ensure_future(http.post(server.base_url + "/chat/completions", json=payload)) for _ in range(n)]
+
+    async def client() -> None:
+        while True:
+            r = await http.post(server.base_url + "/chat/completions", json=payload)
+            assert r.status_code == 200, r.text
+
+    return [asyncio.create_task(client()) for _ in range(clients)]
 
 
-async def stop(tasks: list[asyncio.Future[httpx.Response]]) -> None:
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the flood (vLLM aborts requests whose client left) so the next test finds an idle server."""
     for t in tasks:
         t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if not isinstance(r, asyncio.CancelledError)]
+    assert not errors, errors
 
 
 async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -> None:
@@ -134,8 +144,9 @@ async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -
         base_url=vllm_server_queued.base_url,
         upstream_model=vllm_server_queued.served_model_name,
     )
+    scraper = H1Client()  # the gateway's own upstream client, as in production
     async with httpx.AsyncClient(timeout=300) as http:
-        backend = VLLMBackend(spec, http)
+        backend = VLLMBackend(spec, scraper)
         await backend.scrape_once()
         assert backend.stats.healthy and backend.stats.queue.scraped_at > 0
         assert backend.stats.queue.running == 0 and backend.stats.queue.waiting == 0
@@ -150,6 +161,7 @@ async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -
                     seen_running = max(seen_running, backend.stats.queue.running)
         finally:
             await stop(tasks)
+            await scraper.aclose()
     # real values from vLLM's /metrics: both of --max-num-seqs 2 slots busy and requests waiting behind them
     assert seen_running == 2 and seen_waiting >= 1, (seen_running, seen_waiting)
     assert backend.stats.healthy
@@ -172,11 +184,17 @@ async def test_queue_aware_routing_spills_on_the_scraped_queue_alone(
         tasks = flood(http, vllm_server_queued)
         try:
             waiting = 0.0
-            async with asyncio.timeout(120):
-                while waiting < 1:
-                    await asyncio.sleep(0.1)
-                    metrics = (await http.get(gateway + "/metrics")).text
-                    waiting = _gauge(metrics, 'gateway_backend_queue_waiting{model="tiny"}')
+            try:
+                async with asyncio.timeout(120):
+                    while waiting < 1:
+                        await asyncio.sleep(0.05)
+                        metrics = (await http.get(gateway + "/metrics")).text
+                        waiting = _gauge(metrics, 'gateway_backend_queue_waiting{model="tiny"}')
+            except TimeoutError:
+                ready = (await http.get(gateway + "/ready")).text
+                direct = (await http.get(vllm_server_queued.root_url + "/metrics")).text
+                queue = [x for x in direct.splitlines() if x.startswith("vllm:num_requests_")]
+                raise AssertionError(f"the gateway never saw vLLM's queue; /ready: {ready}; vLLM: {queue}") from None
             in_flight = _gauge(metrics, 'gateway_backend_in_flight{model="tiny"}')
             during = await asyncio.gather(
                 *(http.post(gateway + "/v1/chat/completions", json=body(model="fast")) for _ in range(4))
