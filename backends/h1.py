@@ -49,7 +49,6 @@ class _Response:
         "_paused",
         "_waiter",
         "head",
-        "header_list",
         "headers",
         "status",
     )
@@ -59,8 +58,7 @@ class _Response:
         self._loop = conn.loop
         self.head: asyncio.Future[None] = conn.loop.create_future()
         self.status = 0
-        self.header_list: list[tuple[bytes, bytes]] = []
-        self.headers: Mapping[str, str] = {}
+        self.headers: dict[str, str] = {}  # lower-case names, filled while the head is parsed
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._done = False
@@ -201,14 +199,13 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
-        self._response.header_list.append((name, value))
+        self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         response = self._response
         assert response is not None
         self._headers_done = True
         response.status = self._parser.get_status_code()
-        response.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.header_list}
         self._keep_alive = self._parser.should_keep_alive()
         if not response.head.done():
             response.head.set_result(None)

@@ -37,14 +37,13 @@ class Replica:
     breaks ties between equally loaded replicas so idle ones take turns.
     """
 
-    __slots__ = ("_urls", "base_url", "in_flight", "started", "stats")
+    __slots__ = ("base_url", "in_flight", "started", "stats")
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.stats = LiveStats()
         self.in_flight = 0
         self.started = 0
-        self._urls: dict[str, str] = {}
 
     @property
     def load(self) -> float:
@@ -63,10 +62,7 @@ class Replica:
 
     def url(self, path: str) -> str:
         """The URL of ``path`` on this replica."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = self.base_url + path
-        return url
+        return self.base_url + path
 
 
 def _translate(exc: TransportError, backend: str, what: str) -> UpstreamError:

@@ -50,7 +50,11 @@ class HTTPResponse(Protocol):
     """A response whose head has arrived; its body is read with :meth:`read` or :meth:`chunks`."""
 
     status: int
-    headers: Mapping[str, str]  # lower-case names
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response's headers, by lower-case name."""
+        ...
 
     async def read(self) -> bytes:
         """The whole body (then the connection goes back to its pool)."""

@@ -10,7 +10,7 @@ then only orders what is left.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -95,14 +95,15 @@ class Prepared:
     gpu_priced: bool
     stats: LiveStats
     breaker: CircuitBreaker
-    is_local: bool = False
-    prior_ttft_s: float = 0.0
-    prior_tpot_s: float = 0.0
-    capacity: int | None = None
-    tps_floor: float = 0.0
-    token_margin: float = 1.0
+    # derived from ``spec`` in __post_init__
+    is_local: bool = field(init=False)
+    prior_ttft_s: float = field(init=False)
+    prior_tpot_s: float = field(init=False)
+    capacity: int | None = field(init=False)
+    tps_floor: float = field(init=False)
+    token_margin: float = field(init=False)
     #: (throughput, price) of the last GPU-hour price computed, reused while the throughput holds
-    live: tuple[float, Price] | None = None
+    live: tuple[float, Price] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -205,14 +206,13 @@ class Router:
         difficulty: float,
         q_top: float | None = None,
         pivot: float = 0.5,
-        out_tokens: int | None = None,
+        average_output: int | None = None,
     ) -> Candidate:
-        """Predict cost, latency and quality of serving this request on model ``name`` (``out_tokens``:
-        the expected output, when the caller already knows it)."""
+        """Predict cost, latency and quality of serving this request on model ``name`` (``average_output``:
+        the across-models output average, when the caller computed it once for several candidates)."""
         prep = self.models[name]
         stats = prep.stats
-        if out_tokens is None:
-            out_tokens = (feats.max_output_tokens or self.expected_output_tokens(name)) * feats.n
+        out_tokens = (feats.max_output_tokens or self.expected_output_tokens(name, average_output)) * feats.n
         cost = prep.price_now().cost(feats.prompt_tokens, out_tokens)
         ttft = stats.ttft_s.value
         tpot = stats.tpot_s.value
@@ -273,15 +273,8 @@ class Router:
         threshold = self._thresholds.get(requested)
         pivot = threshold if strong_needed is not None and threshold is not None else 0.5
         q_top = max(self.models[n].quality for n in names)
-        out = feats.max_output_tokens
-        if out is None:
-            fallback = self._average_output_tokens()
-            candidates = [
-                self.candidate(n, feats, difficulty, q_top, pivot, self.expected_output_tokens(n, fallback) * feats.n)
-                for n in names
-            ]
-        else:
-            candidates = [self.candidate(n, feats, difficulty, q_top, pivot, out * feats.n) for n in names]
+        average = None if feats.max_output_tokens else self._average_output_tokens()
+        candidates = [self.candidate(n, feats, difficulty, q_top, pivot, average) for n in names]
         candidates = self._constrain(candidates, constraints, route)
         policy = self.policy(constraints.policy or route.policy)
         request = RoutingInput(
