@@ -1,15 +1,28 @@
 """Routing decision time per request, per policy (p50, p99), on the example config's three models.
 
-    .venv/bin/python bench/routing_decision.py [--n 20000]
+    .venv/bin/python bench/routing_decision.py [--n 5000] [--added-ms 0.46] [--prompt TEXT]
 
-Measures the decide stage as the pipeline runs it: request features (tiktoken prompt count, capabilities)
-plus ``Router.plan`` (candidate predictions, constraints, the policy's ranking). No backend is called.
+Measures the decide stage as the pipeline runs it, on real prompts (a seeded sample of the RouteLLM
+routing data in ``shared/data/routing`` when present, else five built-in prompts), as two timings per
+request:
+
+* ``features``: ``extract_features`` (the tiktoken count of the prompt, capabilities). Every request pays
+  it, an explicit model name included (context-window check, predicted cost); it is shown for reference.
+* ``decision``: ``Router.plan`` for the route ``auto``: the learned router's score (reading the token ids the
+  features stage produced), candidate predictions, constraints and the policy's ranking and reason. This
+  is what routing adds to a request; no backend is called.
+
+With ``--added-ms`` (the gateway's added latency p50 of a routed request, from ``bench/run_side_by_side.sh``
+with ``OTHER_MODEL=auto``), it also prints the decision's share of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +33,9 @@ from gateway.context import Constraints
 from gateway.features import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [
+_REL = Path("shared") / "data" / "routing" / "routellm_train.jsonl"
+DATA = next((p for p in (ROOT / _REL, ROOT.parent / _REL) if p.exists()), None)
+BUILTIN = [
     "Say hello.",
     "Write a Python function that merges two sorted lists and explain its complexity step by step.",
     "What is the capital of Australia?",
@@ -34,31 +49,64 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def main(n: int) -> None:
+def load_prompts(n: int, seed: int, prompt: str | None) -> tuple[list[str], str]:
+    if prompt is not None:
+        return [prompt], f"one prompt ({len(prompt)} chars)"
+    if DATA is None:
+        return BUILTIN, "five built-in prompts"
+    prompts = [json.loads(line)["prompt"] for line in DATA.open(encoding="utf-8") if line.strip()]
+    sample = random.Random(seed).sample(prompts, min(n, len(prompts)))
+    chars = statistics.median(len(p) for p in sample)
+    return sample, f"{len(sample)} RouteLLM prompts (median {chars:.0f} chars)"
+
+
+async def main(n: int, added_ms: float | None, seed: int, prompt: str | None) -> None:
     settings = load_settings(ROOT / "gateway.example.yaml")
     gw = await build_gateway(settings)
     router, counter = gw.router, gw.pipeline.counter
+    prompts, described = load_prompts(n, seed, prompt)
     estimator = "learned router" if router.estimator is not None else "heuristic difficulty"
-    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}; n={n} per policy")
-    print(f"{'policy':10} {'p50 us':>8} {'p99 us':>8} {'mean us':>8}   (features + plan)")
+    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}")
+    print(f"prompts: {described}; {n} requests per policy after 500 warm-up")
+    header = f"{'policy':10} {'decision p50':>12} {'p99':>8} {'mean':>8}   {'features p50':>12} {'p99':>8}  (us)"
+    print(header)
+    gc.collect()
+    decisions: dict[str, float] = {}
     try:
-        for policy in sorted(router.policies):
+        for policy in [None, *sorted(router.policies)]:
             constraints = Constraints(policy=policy)
-            times: list[float] = []
+            model = "auto" if policy is not None else settings.models[0].name
+            feat_us: list[float] = []
+            plan_us: list[float] = []
             for i in range(n + 500):
-                body = {"model": "auto", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
+                body = {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
                 t0 = time.perf_counter()
                 feats = extract_features("chat", body, counter)
-                router.plan("auto", feats, constraints)
+                t1 = time.perf_counter()
+                router.plan(model, feats, constraints)
+                t2 = time.perf_counter()
                 if i >= 500:
-                    times.append(time.perf_counter() - t0)
-            us = [t * 1e6 for t in times]
-            print(f"{policy:10} {pct(us, 0.5):8.1f} {pct(us, 0.99):8.1f} {statistics.fmean(us):8.1f}")
+                    feat_us.append((t1 - t0) * 1e6)
+                    plan_us.append((t2 - t1) * 1e6)
+            name = policy or "(explicit)"
+            decisions[name] = pct(plan_us, 0.5)
+            print(
+                f"{name:10} {pct(plan_us, 0.5):12.1f} {pct(plan_us, 0.99):8.1f} {statistics.fmean(plan_us):8.1f}"
+                f"   {pct(feat_us, 0.5):12.1f} {pct(feat_us, 0.99):8.1f}"
+            )
     finally:
         await close_gateway(gw)
+    if added_ms:
+        print(f"decision p50 as a share of the gateway's added latency ({added_ms} ms):")
+        for name, us in decisions.items():
+            print(f"  {name:10} {us / (added_ms * 1000) * 100:5.2f} %")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=20000)
-    asyncio.run(main(parser.parse_args().n))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--added-ms", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default=None, help="time this one prompt (e.g. the side-by-side harness's)")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt))

@@ -35,7 +35,7 @@ from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.routes import router as api_router
 from gateway.routing import QualityEstimator, Router
-from gateway.tokens import load_counter
+from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
 if TYPE_CHECKING:
     import httpx
@@ -59,14 +59,18 @@ class Gateway:
     admission: Admission
 
 
-def load_estimator() -> QualityEstimator | None:
-    """The shipped learned quality router, if its artifact loads."""
+def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
+    """The shipped learned quality router, if its artifact loads (it reads the ``cl100k_base`` token ids
+    that ``counter`` computes for every prompt, and encodes with it when called without them)."""
+    if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
+        log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
+        return None
     try:
         from policies.router.model import QualityRouter
     except ImportError:
         return None
     try:
-        estimator: QualityEstimator = QualityRouter.load()
+        estimator: QualityEstimator = QualityRouter.load(encode=counter.encode)
         return estimator
     except (OSError, ValueError, KeyError) as exc:
         log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
@@ -103,7 +107,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
     breakers = {
         name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
     }
-    router = Router(settings, backends, breakers, load_estimator())
+    router = Router(settings, backends, breakers, load_estimator(counter))
     metrics = Metrics()
     cache = await components.build_cache(settings, metrics)
     recorder = await components.build_recorder(settings, metrics)

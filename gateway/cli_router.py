@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from gateway.tokens import TiktokenCounter
 
 __all__ = ["router_app"]
 
@@ -19,19 +22,30 @@ router_app = typer.Typer(help="Learned quality router: train, score, eval.", no_
 _DEFAULT_PLOT = Path("router_pgr.png")
 
 
+def _tokenizer() -> TiktokenCounter:
+    """The offline ``cl100k_base`` tokenizer the router reads ids of (also points tiktoken's cache at it)."""
+    from gateway.tokens import TiktokenCounter, load_counter
+
+    counter = load_counter("cl100k_base")
+    if not isinstance(counter, TiktokenCounter):
+        raise typer.BadParameter("the learned router needs tiktoken's cl100k_base encoding, which did not load")
+    return counter
+
+
 @router_app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="Training JSONL.")],
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Artifact directory to write.")],
     seed: Annotated[int, typer.Option(help="Random seed (fold assignment).")] = 0,
     folds: Annotated[int, typer.Option(help="Grouped CV folds for metrics and calibration.")] = 5,
-    version: Annotated[str, typer.Option(help="Version string stored in the artifact.")] = "1",
+    version: Annotated[str, typer.Option(help="Version string stored in the artifact.")] = "2",
 ) -> None:
     """Train the router on DATA (RouteLLM-style outcome records) and write the artifact to OUT."""
     from policies.router.evaluate import format_report
     from policies.router.train import TrainConfig, train_router
 
-    result = train_router(data, out, TrainConfig(seed=seed, folds=folds), version=version)
+    encoding = _tokenizer().encoding
+    result = train_router(data, out, TrainConfig(seed=seed, folds=folds), version=version, encoding=encoding)
     typer.echo(f"artifact written to {result.out_dir}")
     typer.echo(f"cross-validated ({folds}-fold, grouped by item):")
     typer.echo(format_report(result.metadata["cv_metrics"]))
@@ -49,7 +63,7 @@ def score_cmd(
     from policies.router.data import load_prompts
     from policies.router.model import QualityRouter
 
-    router = QualityRouter.load(artifact)
+    router = QualityRouter.load(artifact, encode=_tokenizer().encode)
     lines = b"".join(orjson.dumps({"score": router.score(p)}) + b"\n" for p in load_prompts(data))
     if out is None:
         sys.stdout.write(lines.decode("utf-8"))
@@ -74,6 +88,7 @@ def eval_cmd(
 
     if mode not in ("auto", "cv", "artifact"):
         raise typer.BadParameter("mode must be auto, cv or artifact", param_hint="--mode")
+    _tokenizer()
     result = evaluate_file(data, artifact, cast(Literal["auto", "cv", "artifact"], mode), folds)
     how = "grouped k-fold cross-validation" if result.mode == "cv" else "shipped/given artifact, no retraining"
     typer.echo(f"evaluation on {data.name}: {how}")

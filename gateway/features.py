@@ -19,6 +19,7 @@ class RequestFeatures:
 
     prompt: str  # the text that decides difficulty: the last user message (or the prompt)
     prompt_tokens: int
+    prompt_ids: list[int] | None  # token ids of ``prompt`` (None without a tokenizer): the router reads them
     max_output_tokens: int | None
     needs_tools: bool
     needs_json: bool
@@ -52,36 +53,46 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
     if endpoint == "chat":
         messages = body.get("messages") or []
         texts: list[str] = []
-        last_user = ""
+        last_user = -1  # index in texts of the last user message's text
         vision = False
         for m in messages:
             text, image = _content_text(m.get("content"))
             vision = vision or image
-            texts.append(text)
             if m.get("role") == "user":
-                last_user = text
+                last_user = len(texts)
+            texts.append(text)
             if m.get("tool_calls"):
                 texts.append(orjson.dumps(m["tool_calls"]).decode())
-        tokens = counter.count("\n".join(texts)) + _PER_MESSAGE_TOKENS * len(messages) + 3
+        # The routing prompt is encoded on its own (its ids go to the router), the rest of the conversation
+        # in one piece; as in OpenAI's counting recipe, message boundaries are the per-message overhead.
+        prompt_at = last_user if last_user >= 0 else len(texts) - 1
+        prompt = texts[prompt_at] if texts else ""
+        ids = counter.encode(prompt)
+        tokens = len(ids) if ids is not None else counter.count(prompt)
+        if len(texts) > 1:
+            tokens += counter.count("\n".join(texts[:prompt_at] + texts[prompt_at + 1 :]))
+        tokens += _PER_MESSAGE_TOKENS * len(messages) + 3
         tools = body.get("tools")
         if tools:
             tokens += counter.count(orjson.dumps(tools).decode())
         fmt = body.get("response_format")
         needs_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
         needs_tools = bool(tools) and body.get("tool_choice") != "none"
-        return RequestFeatures(
-            last_user or (texts[-1] if texts else ""), tokens, max_tokens, needs_tools, needs_json, vision, n
-        )
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        text, tokens = prompt, counter.count(prompt)
-    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        text, tokens = prompt[-1], max(counter.count(p) for p in prompt)
-    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        text, tokens = "", max(len(p) for p in prompt)
-    else:
-        text, tokens = "", len(prompt) if isinstance(prompt, list) else 0
-    return RequestFeatures(text, tokens, max_tokens, False, False, False, n)
+        return RequestFeatures(prompt, tokens, ids, max_tokens, needs_tools, needs_json, vision, n)
+    raw = body.get("prompt")
+    text, ids, tokens = "", None, 0
+    if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
+        # One prompt, or a batch: the last one is routed, the longest decides the context window.
+        text = raw if isinstance(raw, str) else raw[-1]
+        ids = counter.encode(text)
+        tokens = len(ids) if ids is not None else counter.count(text)
+        if isinstance(raw, list) and len(raw) > 1:
+            tokens = max(tokens, *(counter.count(p) for p in raw[:-1]))
+    elif isinstance(raw, list) and raw and isinstance(raw[0], list):
+        tokens = max(len(p) for p in raw)
+    elif isinstance(raw, list):
+        tokens = len(raw)
+    return RequestFeatures(text, tokens, ids, max_tokens, False, False, False, n)
 
 
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bselect\b.*\bfrom\b|=>|\bimport |\{\s*\n|;\s*$", re.M)

@@ -46,8 +46,8 @@ KNOWN_QUALITY = {
 class QualityEstimator(Protocol):
     """Predicts, from the prompt alone, how likely the strong model is needed (0..1)."""
 
-    def score(self, prompt: str) -> float:
-        """P(the cheap model's answer is not good enough)."""
+    def score(self, prompt: str, ids: list[int] | None = None) -> float:
+        """P(the cheap model's answer is not good enough); ``ids``: the prompt's token ids, when known."""
         ...
 
     def threshold_for_strong_share(self, share: float) -> float:
@@ -78,8 +78,12 @@ def predicted_quality(q: float, q_top: float, difficulty: float, pivot: float) -
     (difficulty near 0) costs a cheap model almost nothing, a prompt at the pivot costs its nominal gap,
     a very hard one up to twice that.
     """
-    factor = min(max(difficulty / pivot, 0.0), 2.0) if pivot > 0 else 2.0
-    return max(q_top - (q_top - q) * factor, 0.0)
+    return max(q_top - (q_top - q) * quality_factor(difficulty, pivot), 0.0)
+
+
+def quality_factor(difficulty: float, pivot: float) -> float:
+    """How much of a model's nominal quality gap this prompt costs (see :func:`predicted_quality`)."""
+    return min(max(difficulty / pivot, 0.0), 2.0) if pivot > 0 else 2.0
 
 
 @dataclass(slots=True)
@@ -137,6 +141,15 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[Prepared], bool]], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class _RouteFacts:
+    """What the decide stage reads from a route on every request, looked up once."""
+
+    members: list[Prepared]
+    weights: tuple[float, float, float]  # quality, cost, latency
+    limited: bool  # the route sets a cost, latency or quality limit
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The outcome of the decide stage."""
 
@@ -171,6 +184,14 @@ class Router:
             )
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
         self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
+        self._facts: dict[str, _RouteFacts] = {
+            name: _RouteFacts(
+                [self.models[m] for m in r.models or []],
+                (r.weights.quality, r.weights.cost, r.weights.latency),
+                r.max_cost_usd is not None or r.max_latency_ms is not None or r.min_quality is not None,
+            )
+            for name, r in self.routes.items()
+        }
 
     def _threshold(self, route: RouteSpec) -> float | None:
         """The route's operating point for the learned router (default: ``DEFAULT_QUALITY_TARGET``)."""
@@ -210,10 +231,22 @@ class Router:
     ) -> Candidate:
         """Predict cost, latency and quality of serving this request on model ``name`` (``average_output``:
         the across-models output average, when the caller computed it once for several candidates)."""
-        prep = self.models[name]
+        return self._predict(self.models[name], feats, q_top, quality_factor(difficulty, pivot), average_output)
+
+    def _predict(
+        self, prep: Prepared, feats: RequestFeatures, q_top: float | None, factor: float, average_output: int | None
+    ) -> Candidate:
         stats = prep.stats
-        out_tokens = (feats.max_output_tokens or self.expected_output_tokens(name, average_output)) * feats.n
-        cost = prep.price_now().cost(feats.prompt_tokens, out_tokens)
+        out_tokens = feats.max_output_tokens
+        if not out_tokens:
+            own = stats.output_tokens
+            if own.count >= MIN_OBSERVATIONS and own.value is not None:
+                out_tokens = max(int(own.value), 1)
+            else:
+                out_tokens = average_output if average_output is not None else self._average_output_tokens()
+        out_tokens *= feats.n
+        price = prep.price_now() if prep.gpu_priced else prep.price
+        cost = price.cost(feats.prompt_tokens, out_tokens)
         ttft = stats.ttft_s.value
         tpot = stats.tpot_s.value
         service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
@@ -231,15 +264,16 @@ class Router:
             saturated = True
             wait = max(wait, (in_flight - capacity + 1) * service / capacity)
         quality = prep.quality
+        top = quality if q_top is None else q_top
         return Candidate(
-            name=name,
-            cost_usd=cost,
-            latency_s=wait + service,
-            quality=predicted_quality(quality, quality if q_top is None else q_top, difficulty, pivot),
-            base_quality=quality,
-            is_local=prep.is_local,
-            saturated=saturated,
-            load=stats.load,
+            prep.spec.name,
+            cost,
+            wait + service,
+            max(top - (top - quality) * factor, 0.0),  # predicted_quality(), inlined: it runs per candidate
+            quality,
+            prep.is_local,
+            saturated,
+            stats.load,
         )
 
     def expected_output_tokens(self, name: str, fallback: int | None = None) -> int:
@@ -267,25 +301,32 @@ class Router:
         route = self.routes.get(requested)
         if route is None:
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
-        strong_needed = self.estimator.score(feats.prompt) if self.estimator is not None else None
+        estimator = self.estimator
+        strong_needed = estimator.score(feats.prompt, feats.prompt_ids) if estimator is not None else None
         difficulty = strong_needed if strong_needed is not None else heuristic_difficulty(feats.prompt)
-        names = self._hard_filter(list(route.models or []), feats)
-        threshold = self._thresholds.get(requested)
+        facts = self._facts[requested]
+        members = self._hard_filter(facts.members, feats)
+        threshold = self._thresholds[requested]
         pivot = threshold if strong_needed is not None and threshold is not None else 0.5
-        q_top = max(self.models[n].quality for n in names)
+        q_top = max([p.quality for p in members])
+        factor = quality_factor(difficulty, pivot)
         average = None if feats.max_output_tokens else self._average_output_tokens()
-        candidates = [self.candidate(n, feats, difficulty, q_top, pivot, average) for n in names]
-        candidates = self._constrain(candidates, constraints, route)
-        policy = self.policy(constraints.policy or route.policy)
+        candidates = [self._predict(p, feats, q_top, factor, average) for p in members]
+        c = constraints
+        if facts.limited or c.max_cost_usd is not None or c.max_latency_ms is not None or c.min_quality is not None:
+            candidates = self._constrain(candidates, constraints, route)
+        policy_name = constraints.policy or route.policy
+        policy = self.policies.get(policy_name) or self.policy(policy_name)
+        min_quality = constraints.min_quality if constraints.min_quality is not None else route.min_quality
         request = RoutingInput(
-            prompt=feats.prompt,
-            prompt_tokens=feats.prompt_tokens,
-            expected_output_tokens=feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
-            difficulty=difficulty,
-            strong_needed=strong_needed,
-            strong_threshold=threshold,
-            weights=(route.weights.quality, route.weights.cost, route.weights.latency),
-            min_quality=constraints.min_quality if constraints.min_quality is not None else route.min_quality,
+            feats.prompt,
+            feats.prompt_tokens,
+            feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
+            difficulty,
+            strong_needed,
+            threshold,
+            facts.weights,
+            min_quality,
         )
         decision = policy.rank(request, candidates)
         if not route.fallbacks:
@@ -297,41 +338,41 @@ class Router:
         first = self.candidate(name, feats, difficulty)
         fallbacks = [f for f in self.models[name].spec.fallbacks if f in self.models]
         try:
-            fallbacks = self._hard_filter(fallbacks, feats) if fallbacks else []
+            fallbacks = [p.spec.name for p in self._hard_filter([self.models[f] for f in fallbacks], feats)]
         except (NoRouteSatisfies, ContextLengthExceeded):
             fallbacks = []
         ranking = [first, *(self.candidate(f, feats, difficulty) for f in fallbacks)]
         reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
         return Plan(Decision(ranking, reason, "explicit"), None, {c.name: c for c in ranking})
 
-    def _hard_filter(self, names: list[str], feats: RequestFeatures) -> list[str]:
+    def _hard_filter(self, members: list[Prepared], feats: RequestFeatures) -> list[Prepared]:
         """Capabilities, context window and breakers; each with its own clear error."""
-        for needed, label, has in _CAPABILITIES:
-            if getattr(feats, needed):
-                capable = [n for n in names if has(self.models[n])]
-                if not capable:
-                    raise NoRouteSatisfies(
-                        f"No candidate model supports {label} (candidates: {', '.join(names)}).",
-                        param="tools" if label == "tool calling" else None,
-                    )
-                names = capable
+        if not members:
+            return members
+        if feats.needs_tools or feats.needs_vision or feats.needs_json:
+            for needed, label, has in _CAPABILITIES:
+                if getattr(feats, needed):
+                    capable = [p for p in members if has(p)]
+                    if not capable:
+                        names = ", ".join(p.spec.name for p in members)
+                        raise NoRouteSatisfies(
+                            f"No candidate model supports {label} (candidates: {names}).",
+                            param="tools" if label == "tool calling" else None,
+                        )
+                    members = capable
         need_out = feats.max_output_tokens or 1
-        fits = [n for n in names if self._fits(n, feats.prompt_tokens, need_out)]
+        tokens = feats.prompt_tokens
+        fits = [p for p in members if tokens * p.token_margin + need_out <= p.context_window]
         if not fits:
-            largest = max(names, key=lambda n: self.models[n].context_window)
+            largest = max(members, key=lambda p: p.context_window)
             raise ContextLengthExceeded(
-                f"The prompt (~{feats.prompt_tokens} tokens) plus max_tokens ({need_out}) does not fit the "
-                f"context window of any candidate (largest: {self.models[largest].context_window} tokens on "
-                f"'{largest}').",
+                f"The prompt (~{tokens} tokens) plus max_tokens ({need_out}) does not fit the "
+                f"context window of any candidate (largest: {largest.context_window} tokens on "
+                f"'{largest.spec.name}').",
                 param="messages",
             )
-        models = self.models
-        up = [n for n in fits if models[n].breaker.available() and models[n].stats.healthy]
+        up = [p for p in fits if p.stats.healthy and p.breaker.available()]
         return up or fits  # all down: try anyway rather than fail without trying
-
-    def _fits(self, name: str, prompt_tokens: int, out_tokens: int) -> bool:
-        prep = self.models[name]
-        return prompt_tokens * prep.token_margin + out_tokens <= prep.context_window
 
     def _constrain(self, cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         max_cost = c.max_cost_usd if c.max_cost_usd is not None else route.max_cost_usd

@@ -11,7 +11,10 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import tiktoken
 
 log = logging.getLogger("gateway.tokens")
 
@@ -23,12 +26,19 @@ class TokenCounter(Protocol):
         """Number of tokens in ``text``."""
         ...
 
+    def encode(self, text: str) -> list[int] | None:
+        """The token ids of ``text`` (``None`` from a counter without a tokenizer)."""
+        ...
+
 
 class ApproxCounter:
     """~4 characters per token: the fallback when no encoding can be loaded."""
 
     def count(self, text: str) -> int:
         return (len(text) + 3) // 4
+
+    def encode(self, text: str) -> None:
+        return None
 
 
 class TiktokenCounter:
@@ -43,15 +53,26 @@ class TiktokenCounter:
         import tiktoken
         from tiktoken_ext import openai_public
 
+        self.encoding_name = encoding_name
         constructor = getattr(openai_public, encoding_name, None)
         if constructor is None:
             self._encoding = tiktoken.get_encoding(encoding_name)
-            return
-        self._encoding = tiktoken.Encoding(**constructor())
-        self._encoding._mergeable_ranks = {}
+        else:
+            self._encoding = tiktoken.Encoding(**constructor())
+            self._encoding._mergeable_ranks = {}
+        self._encode = self._encoding.encode_ordinary
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The tiktoken encoding (its BPE ranks live in the Rust tokenizer only)."""
+        return self._encoding
 
     def count(self, text: str) -> int:
-        return len(self._encoding.encode_ordinary(text)) if text else 0
+        return len(self._encode(text)) if text else 0
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of ``text`` (special-token text is encoded as ordinary text, as for counting)."""
+        return self._encode(text) if text else []
 
 
 def bundled_tiktoken_dir() -> Path | None:

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from policies.router import metrics
 from policies.router.data import Record, file_sha256, load_records
 from policies.router.model import QualityRouter
-from policies.router.train import TrainConfig, benchmark_report, cross_val_scores
+from policies.router.train import TrainConfig, benchmark_report, cross_val_scores, load_encoding
 
 __all__ = ["EvalResult", "evaluate_file", "format_report", "plot_pgr"]
 
@@ -56,15 +56,17 @@ def evaluate_file(
     """Evaluate on ``data``; ``auto`` cross-validates when ``data`` is the artifact's training file.
 
     In CV mode the artifact's stored recipe (:class:`TrainConfig`) is retrained on each fold,
-    with folds grouped by item so turns and duplicate prompts never straddle folds.
+    with folds grouped by item so turns and duplicate prompts never straddle folds. The prompts are
+    encoded with :func:`~policies.router.train.load_encoding` (offline where ``TIKTOKEN_CACHE_DIR`` is set).
     """
-    router = QualityRouter.load(artifact)
+    encoding = load_encoding()
+    router = QualityRouter.load(artifact, encode=encoding.encode_ordinary)
     records = load_records(data)
     if mode == "auto":
         mode = "cv" if file_sha256(data) == router.training_data_sha256 else "artifact"
     if mode == "cv":
         config = _config_from_metadata(router.metadata, folds, seed)
-        scores = cross_val_scores(records, config)
+        scores = cross_val_scores(records, config, encoding=encoding)
         return EvalResult(mode="cv", scores=scores, report=benchmark_report(records, scores))
     scores = router.score_many(r.prompt for r in records)
     return EvalResult(mode="artifact", scores=scores, report=benchmark_report(records, scores))

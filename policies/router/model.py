@@ -1,13 +1,14 @@
 """Inference for the quality router: load the artifact, score prompts, calibrate thresholds.
 
-``score(prompt)`` is the model's probability-like estimate (in [0, 1]) that the strong model is
+``score(prompt, ids)`` is the model's probability-like estimate (in [0, 1]) that the strong model is
 needed for this prompt (higher = route to strong). A routing policy sends a prompt to the strong
 model when ``score >= threshold``; the threshold comes from the config, either as a share of
 strong calls (:meth:`QualityRouter.threshold_for_strong_share`) or as a quality target in PGR
 (:meth:`QualityRouter.threshold_for_quality_target`), both calibrated on the out-of-fold scores
-of the training prompts stored in the artifact. Serving needs only the stdlib: the artifact is read
-with :mod:`zipfile` and :mod:`array`, the calibration runs on :mod:`policies.router.curve`; numpy is
-imported only by the evaluation helpers (:meth:`QualityRouter.score_many`,
+of the training prompts stored in the artifact. The router reads the prompt's ``cl100k_base`` token ids,
+which the gateway computed anyway to count the prompt's tokens (:mod:`policies.router.features`). Serving
+needs only the stdlib: the artifact is read with :mod:`zipfile` and :mod:`array`, the calibration runs on
+:mod:`policies.router.curve`; numpy is imported only by the evaluation helpers (:meth:`QualityRouter.score_many`,
 :meth:`QualityRouter.calibration_curve`).
 """
 
@@ -17,16 +18,17 @@ import ast
 import bisect
 import json
 import math
+import operator
 import sys
 import zipfile
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policies.router.curve import CurvePoints, first_reaching, pgr_points
-from policies.router.features import CUE_NAMES, analyze
+from policies.router.features import CUE_NAMES, analyze, gather
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +42,10 @@ __all__ = ["ARTIFACT_DIR", "QualityRouter"]
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 _NPZ = "router.npz"
 _JSON = "router.json"
+#: The artifact layout this module reads (see ``policies.router.train.ARTIFACT_FORMAT``).
+_FORMAT = 2
+
+Encode = Callable[[str], list[int]]
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,10 @@ class _Calibration:
     strong: Sequence[float]
 
 
+_TINY = 1e-45  # the smallest positive float32
+
 #: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
-_TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B"}
+_TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B", "<u4": "I", "<i8": "q"}
 
 
 def _read_npz(path: Path) -> dict[str, array[Any]]:
@@ -85,31 +93,48 @@ class QualityRouter:
 
     def __init__(
         self,
-        ngram_weights: dict[str, float],
+        token_weights: dict[int, float],
         cue_weights: tuple[float, ...],
         bias: float,
         calibration: _Calibration,
         metadata: dict[str, Any],
+        n_vocab: int,
+        encode: Encode,
     ) -> None:
-        """Build from raw parts; use :meth:`load` to read an artifact."""
+        """Build from raw parts; use :meth:`load` to read an artifact. ``encode``: text -> ``cl100k_base``
+        ids, for :meth:`score` calls that bring no ids."""
         if len(cue_weights) != len(CUE_NAMES):
             raise ValueError(f"expected {len(CUE_NAMES)} cue weights, got {len(cue_weights)}")
-        self._ngram = ngram_weights
+        # One float32 per token id (0 = not in the vocabulary): a lookup touches one cache line, where a
+        # dict of 30,000 entries missed the CPU cache several times per token.
+        weights = array("f", bytes(4 * n_vocab))
+        for token, w in token_weights.items():
+            # An exact 0 would read as "not in the vocabulary" and change the match count.
+            weights[token] = w if w != 0.0 else _TINY
+        self._weights = weights
+        self._vocab_size = len(token_weights)
         self._cue = cue_weights
         self._bias = bias
         self._calib = calibration
+        self._encode = encode
         self._points: CurvePoints | None = None
         self.metadata: dict[str, Any] = metadata
 
     @classmethod
-    def load(cls, path: Path | None = None) -> QualityRouter:
-        """Load an artifact directory (``router.npz`` + ``router.json``); ``None`` = the shipped one."""
+    def load(cls, path: Path | None = None, *, encode: Encode) -> QualityRouter:
+        """Load an artifact directory (``router.npz`` + ``router.json``); ``None`` = the shipped one.
+
+        ``encode`` turns text into ``cl100k_base`` token ids for calls that bring none (the gateway passes
+        its token counter's, so one tokenizer serves both: ``gateway.tokens.load_counter().encode``)."""
         directory = ARTIFACT_DIR if path is None else Path(path)
         if directory.is_file():
             directory = directory.parent
         meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"router artifact format {meta.get('format')!r}; this version reads {_FORMAT}")
         npz = _read_npz(directory / _NPZ)
-        vocab = bytes(npz["vocab"]).decode("utf-8").split("\n") if len(npz["vocab"]) else []
+        n_vocab = int(meta["features"]["n_vocab"])
+        vocab = npz["vocab"].tolist()
         w_ngram = npz["w_ngram"].tolist()
         if len(vocab) != len(w_ngram):
             raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
@@ -121,7 +146,9 @@ class QualityRouter:
         )
         cue = tuple(npz["w_cue"].tolist())
         bias = float(npz["bias"][0])
-        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta)
+        if vocab and not 0 <= min(vocab) <= max(vocab) < n_vocab:
+            raise ValueError("corrupt router artifact: token ids outside the encoding")
+        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta, n_vocab, encode)
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -141,20 +168,20 @@ class QualityRouter:
         return result
 
     # ------------------------------------------------------------------ scoring
-    def logit(self, prompt: str) -> float:
-        """Raw linear score of ``prompt`` (monotone in :meth:`score`)."""
-        grams, cues = analyze(prompt)
-        matched = grams & self._ngram.keys()
-        # fsum: exact, so the result does not depend on set iteration order (hash seed).
-        total = math.fsum(map(self._ngram.__getitem__, matched))
-        z = self._bias + (total / math.sqrt(len(matched)) if matched else 0.0)
-        for c, w in zip(cues, self._cue, strict=True):
-            z += c * w
-        return z
+    def logit(self, prompt: str, ids: Sequence[int] | None = None) -> float:
+        """Raw linear score of ``prompt`` (monotone in :meth:`score`); ``ids``: its token ids, if known."""
+        tokens, cues = analyze(prompt, self._encode(prompt) if ids is None else ids)
+        weights = gather(self._weights, tokens)
+        matched = len(weights) - weights.count(0.0)
+        # A set of ints iterates in the same order in every process, so this sum is reproducible.
+        z = self._bias + (sum(weights) / math.sqrt(matched) if matched else 0.0)
+        dense: float = sum(map(operator.mul, cues, self._cue))
+        return z + dense
 
-    def score(self, prompt: str) -> float:
-        """Probability-like score in [0, 1] that ``prompt`` needs the strong model."""
-        z = self.logit(prompt)
+    def score(self, prompt: str, ids: Sequence[int] | None = None) -> float:
+        """Probability-like score in [0, 1] that ``prompt`` needs the strong model (``ids``: the prompt's
+        ``cl100k_base`` token ids when the caller has them; encoded here otherwise)."""
+        z = self.logit(prompt, ids)
         if z >= 0:
             return 1.0 / (1.0 + math.exp(-z))
         e = math.exp(z)
@@ -224,4 +251,4 @@ class QualityRouter:
         return points.thresholds[max(hit, 1)]
 
     def __repr__(self) -> str:
-        return f"QualityRouter(version={self.version!r}, ngrams={len(self._ngram)})"
+        return f"QualityRouter(version={self.version!r}, tokens={self._vocab_size})"

@@ -1,9 +1,9 @@
 """Train the quality router: features, logistic model, grouped cross-validation, calibration.
 
-Recipe (see :class:`TrainConfig`): word uni/bi-gram vocabulary + handcrafted cues and an L2
-logistic regression on "the strong answer is better than the weak one" (optionally mixed with
-"the weak answer fails"). Grouped CV on routellm_train.jsonl chose natural per-prompt weights:
-re-weighting benchmarks towards equal shares overfits the 120 MT-Bench rows and lowers APGR.
+Recipe (see :class:`TrainConfig`): a vocabulary of tiktoken ids + length and multiple-choice cues
+(:mod:`policies.router.features`) and an L2 logistic regression on "the strong answer is better than the
+weak one" (optionally mixed with "the weak answer fails"). Grouped CV on routellm_train.jsonl chose natural
+per-prompt weights: re-weighting benchmarks towards equal shares overfits the 120 MT-Bench rows and lowers APGR.
 Out-of-fold scores from grouped k-fold CV give the honest metrics and the calibration table
 (score distribution + PGR curve) stored in the artifact. Deterministic for a given seed.
 """
@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,9 @@ from numpy.typing import NDArray
 from policies.router import features, metrics
 from policies.router.data import Record, file_sha256, group_ids, grouped_folds, load_records
 from policies.router.linear import Design, LinearFit, fit_logistic
+
+if TYPE_CHECKING:
+    from tiktoken import Encoding
 
 FloatArray = NDArray[np.float64]
 
@@ -38,8 +41,11 @@ __all__ = [
     "train_router",
 ]
 
-#: Bumped whenever the artifact layout or the featurisation changes incompatibly.
-ARTIFACT_FORMAT = 1
+#: Bumped whenever the artifact layout or the featurisation changes incompatibly
+#: (2: distinct cl100k_base token ids and three cues, read from the ids the gateway counts with).
+ARTIFACT_FORMAT = 2
+#: The tiktoken encoding whose ids the router reads (the gateway's token counter uses the same).
+ENCODING = "cl100k_base"
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,13 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class _Featurised:
-    grams: list[set[str]]
+    grams: list[set[int]]
     cues: FloatArray
 
 
 @dataclass(frozen=True)
 class _Fitted:
-    vocab: list[str]
+    vocab: list[int]
     cue_mean: FloatArray
     cue_std: FloatArray
     fit: LinearFit
@@ -104,17 +110,25 @@ def sample_weights(records: Sequence[Record], power: float) -> FloatArray:
     return np.asarray(w / w.mean())
 
 
-def _featurise(records: Sequence[Record]) -> _Featurised:
-    grams: list[set[str]] = []
+def load_encoding(name: str = ENCODING) -> Encoding:
+    """The tiktoken encoding ``name``. Offline only where ``TIKTOKEN_CACHE_DIR`` points at a copy of it
+    (``gateway.tokens.load_counter`` points it at litellm's bundled one)."""
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+def _featurise(records: Sequence[Record], encoding: Encoding) -> _Featurised:
+    grams: list[set[int]] = []
     cues = np.empty((len(records), len(features.CUE_NAMES)))
     for i, rec in enumerate(records):
-        g, c = features.analyze(rec.prompt)
+        g, c = features.analyze(rec.prompt, encoding.encode_ordinary(rec.prompt))
         grams.append(g)
         cues[i] = c
     return _Featurised(grams=grams, cues=cues)
 
 
-def _design(feats: _Featurised, rows: NDArray[np.int64], vocab: list[str], mean: FloatArray, std: FloatArray) -> Design:
+def _design(feats: _Featurised, rows: NDArray[np.int64], vocab: list[int], mean: FloatArray, std: FloatArray) -> Design:
     index = {g: j for j, g in enumerate(vocab)}
     indptr = [0]
     indices: list[int] = []
@@ -147,9 +161,16 @@ def _predict(model: _Fitted, feats: _Featurised, rows: NDArray[np.int64]) -> Flo
     return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
-def cross_val_scores(records: Sequence[Record], config: TrainConfig, feats: _Featurised | None = None) -> FloatArray:
+def cross_val_scores(
+    records: Sequence[Record],
+    config: TrainConfig,
+    feats: _Featurised | None = None,
+    encoding: Encoding | None = None,
+) -> FloatArray:
     """Out-of-fold scores from grouped k-fold CV (groups: item turns and duplicate prompts)."""
-    feats = feats if feats is not None else _featurise(records)
+    if feats is None:
+        encoding = encoding if encoding is not None else load_encoding()
+        feats = _featurise(records, encoding)
     folds = grouped_folds(group_ids(records), config.folds, config.seed)
     y = targets(records, config)
     w = sample_weights(records, config.benchmark_power)
@@ -188,21 +209,26 @@ def benchmark_report(records: Sequence[Record], scores: FloatArray) -> dict[str,
     return report
 
 
-def _vocab_blob(vocab: list[str]) -> NDArray[np.uint8]:
-    return np.frombuffer("\n".join(vocab).encode("utf-8"), dtype=np.uint8)
-
-
-def train_router(data: Path, out_dir: Path, config: TrainConfig | None = None, version: str = "1") -> TrainResult:
+def train_router(
+    data: Path,
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    version: str = "2",
+    encoding: Encoding | None = None,
+) -> TrainResult:
     """Train on ``data`` (JSONL outcome records) and write ``router.npz`` + ``router.json`` to ``out_dir``.
 
     Runs grouped k-fold CV first (out-of-fold scores: metrics + calibration table), then fits the
-    final model on all rows.
+    final model on all rows. ``encoding``: the tiktoken ``cl100k_base`` encoding (loaded when omitted).
     """
     config = config or TrainConfig()
     records = load_records(data)
     if len(records) < 2 * config.folds:
         raise ValueError(f"need at least {2 * config.folds} records, got {len(records)}")
-    feats = _featurise(records)
+    encoding = encoding if encoding is not None else load_encoding()
+    if encoding.name != ENCODING:
+        raise ValueError(f"the router reads {ENCODING} ids, not {encoding.name}")
+    feats = _featurise(records, encoding)
     oof = cross_val_scores(records, config, feats)
     report = benchmark_report(records, oof)
 
@@ -217,7 +243,7 @@ def train_router(data: Path, out_dir: Path, config: TrainConfig | None = None, v
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out_dir / "router.npz",
-        vocab=_vocab_blob(final.vocab),
+        vocab=np.array(final.vocab, dtype=np.int64),
         w_ngram=final.fit.w_sparse.astype(np.float32),
         w_cue=w_cue,
         bias=np.array([bias]),
@@ -229,7 +255,7 @@ def train_router(data: Path, out_dir: Path, config: TrainConfig | None = None, v
     metadata: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
         "version": version,
-        "model": "logistic(word 1-2grams + cues)",
+        "model": "logistic(distinct token ids + cues)",
         "training_data": {
             "file": data.name,
             "sha256": file_sha256(data),
@@ -238,6 +264,8 @@ def train_router(data: Path, out_dir: Path, config: TrainConfig | None = None, v
         },
         "config": asdict(config),
         "features": {
+            "encoding": ENCODING,
+            "n_vocab": encoding.n_vocab,
             "cue_names": list(features.CUE_NAMES),
             "max_tokens": features.MAX_TOKENS,
             "vocab_size": len(final.vocab),

@@ -17,6 +17,7 @@ from gateway.features import extract_features
 from gateway.routing import Router
 from gateway.tokens import ApproxCounter
 from policies.router.model import QualityRouter
+from tests.helpers.tokens import cl100k_encode
 
 MODELS: list[dict[str, Any]] = [
     {
@@ -51,7 +52,7 @@ def winner(router: Router, prompt: str) -> str:
 
 
 def test_learned_policy_follows_score_and_threshold() -> None:
-    est = QualityRouter.load()
+    est = QualityRouter.load(encode=cl100k_encode)
     never = router_for({"policy": "learned", "strong_share": 0.0}, est)
     always = router_for({"policy": "learned", "strong_share": 1.0}, est)
     assert {winner(never, p) for p in PROMPTS} == {"llama-2-7b"}
@@ -68,7 +69,7 @@ def test_learned_policy_follows_score_and_threshold() -> None:
 
 
 def test_strong_share_operating_point_holds_on_real_prompts() -> None:
-    est = QualityRouter.load()
+    est = QualityRouter.load(encode=cl100k_encode)
     data = Path(__file__).resolve().parents[3] / "shared" / "data" / "routing" / "routellm_train.jsonl"
     lines = data.read_text().splitlines()[::40] if data.exists() else []
     prompts = [json.loads(line)["prompt"] for line in lines] or PROMPTS * 20
@@ -78,7 +79,7 @@ def test_strong_share_operating_point_holds_on_real_prompts() -> None:
 
 
 def test_cost_policy_uses_the_learned_threshold() -> None:
-    est = QualityRouter.load()
+    est = QualityRouter.load(encode=cl100k_encode)
     cheap = router_for({"policy": "cost", "strong_share": 0.0}, est)
     strong = router_for({"policy": "cost", "strong_share": 1.0}, est)
     assert {winner(cheap, p) for p in PROMPTS} == {"llama-2-7b"}

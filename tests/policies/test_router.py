@@ -13,10 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli_router import router_app
+from gateway.tokens import TiktokenCounter, load_counter
 from policies.router import features, metrics
 from policies.router.data import load_records
 from policies.router.model import QualityRouter
 from policies.router.train import TrainConfig, train_router
+from tests.helpers.tokens import cl100k_encode
 
 _REPO = Path(__file__).resolve().parents[2]
 _REL = Path("shared") / "data" / "routing" / "routellm_train.jsonl"
@@ -72,7 +74,9 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("artifact")
-    train_router(small_data, out, TrainConfig(folds=3, min_df=2, max_iter=100))
+    counter = load_counter()
+    assert isinstance(counter, TiktokenCounter)
+    train_router(small_data, out, TrainConfig(folds=3, min_df=2, max_iter=100), encoding=counter.encoding)
     return out
 
 
@@ -125,17 +129,44 @@ def test_perfect_router_is_the_bound() -> None:
 
 
 # --------------------------------------------------------------- features
-def test_features_deterministic_and_sized() -> None:
-    grams, cues = features.analyze("How many apples? 12 + 30 = ?\nA. 1\nB. 2")
-    assert "how many" in grams and "00" in grams and "00 +" in grams
-    assert len(cues) == len(features.CUE_NAMES)
-    assert features.analyze("How many apples? 12 + 30 = ?\nA. 1\nB. 2") == (grams, cues)
-    assert len(features.tokenize("word " * 5000)) == features.MAX_TOKENS
+@pytest.fixture(scope="module")
+def tokenizer() -> TiktokenCounter:
+    counter = load_counter()
+    assert isinstance(counter, TiktokenCounter)
+    return counter
+
+
+def test_features_read_token_ids(tokenizer: TiktokenCounter) -> None:
+    text = "Which is prime?\nA. 4\nB. 7\nC. 9"
+    ids = tokenizer.encode(text)
+    tokens, cues = features.analyze(text, ids)
+    assert tokens == set(ids)
+    assert cues == [math.log1p(len(text)), math.log1p(len(ids)), 1.0]
+    assert features.analyze("Name a prime. A. is fine", tokenizer.encode("Name a prime. A. is fine"))[1][2] == 0.0
+    # Only the first MAX_TOKENS ids feed the token set; the length cues see the whole prompt.
+    long_text = "word " * 5000 + "poem"
+    long_ids = tokenizer.encode(long_text)
+    long_tokens, long_cues = features.analyze(long_text, long_ids)
+    assert long_tokens == set(long_ids[: features.MAX_TOKENS])
+    assert long_cues[:2] == [math.log1p(len(long_text)), math.log1p(len(long_ids))]
+
+
+def test_gather_matches_indexing() -> None:
+    table = [10, 11, 12, 13]
+    assert features.gather(table, [3, 1, 3]) == (13, 11, 13)
+    assert features.gather(table, {2}) == (12,)
+    assert features.gather(table, []) == ()
+
+
+def test_score_with_and_without_ids_agree(trained: Path, tokenizer: TiktokenCounter) -> None:
+    router = QualityRouter.load(trained, encode=tokenizer.encode)
+    for prompt in ("Say hi.", "Prove that sqrt(2) is irrational, step by step.", "", "日本語で答えて"):
+        assert router.score(prompt) == router.score(prompt, tokenizer.encode(prompt))
 
 
 # ---------------------------------------------------- training + artifact
 def test_training_slice_produces_loadable_artifact(trained: Path, small_data: Path) -> None:
-    router = QualityRouter.load(trained)
+    router = QualityRouter.load(trained, encode=cl100k_encode)
     meta = router.metadata
     assert meta["training_data"]["rows"] == 300
     assert len(router.training_data_sha256) == 64
@@ -143,7 +174,7 @@ def test_training_slice_produces_loadable_artifact(trained: Path, small_data: Pa
     prompts = [r.prompt for r in load_records(small_data)[:50]]
     scores = router.score_many(prompts)
     assert scores.shape == (50,) and np.all((scores >= 0) & (scores <= 1))
-    again = QualityRouter.load(trained).score_many(prompts)
+    again = QualityRouter.load(trained, encode=cl100k_encode).score_many(prompts)
     np.testing.assert_array_equal(scores, again)
 
 
@@ -155,7 +186,7 @@ def test_training_is_deterministic(small_data: Path, trained: Path, tmp_path: Pa
 
 
 def test_threshold_calibration(trained: Path) -> None:
-    router = QualityRouter.load(trained)
+    router = QualityRouter.load(trained, encode=cl100k_encode)
     with np.load(trained / "router.npz") as npz:
         scores, weights = npz["calib_scores"].astype(float), npz["calib_weights"].astype(float)
     for share in (0.1, 0.3, 0.5, 0.8):
@@ -179,7 +210,7 @@ def test_shipped_artifact_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    router = QualityRouter.load()
+    router = QualityRouter.load(encode=cl100k_encode)
     s = router.score("Solve for x: 3x^2 - 12 = 0. Show each step.")
     assert 0.0 <= s <= 1.0
     assert s == router.score("Solve for x: 3x^2 - 12 = 0. Show each step.")
@@ -212,4 +243,4 @@ def test_cli_commands(trained: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
     res = runner.invoke(router_app, ["train", "--data", str(data), "--out", str(art), "--folds", "2"])
     assert res.exit_code == 0, res.output
-    assert QualityRouter.load(art).metadata["training_data"]["rows"] == 30
+    assert QualityRouter.load(art, encode=cl100k_encode).metadata["training_data"]["rows"] == 30

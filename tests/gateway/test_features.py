@@ -1,0 +1,71 @@
+"""Request features: the routing prompt, its token ids (which the learned router reads) and the token count."""
+
+from __future__ import annotations
+
+from gateway.features import extract_features
+from gateway.tokens import ApproxCounter, TiktokenCounter, load_counter
+
+
+def _tiktoken() -> TiktokenCounter:
+    counter = load_counter()
+    assert isinstance(counter, TiktokenCounter)
+    return counter
+
+
+def test_single_message_ids_are_the_prompts_and_count_it() -> None:
+    counter = _tiktoken()
+    text = "Solve 3x + 7 = 22 and explain each step."
+    feats = extract_features("chat", {"messages": [{"role": "user", "content": text}]}, counter)
+    assert feats.prompt == text
+    assert feats.prompt_ids == counter.encode(text)
+    assert feats.prompt_tokens == len(counter.encode(text)) + 4 + 3  # OpenAI's per-message and reply overheads
+
+
+def test_conversation_routes_on_the_last_user_message_and_counts_everything() -> None:
+    counter = _tiktoken()
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": [{"type": "text", "text": "And times three?"}]},
+    ]
+    feats = extract_features("chat", {"messages": messages}, counter)
+    assert feats.prompt == "And times three?"
+    assert feats.prompt_ids == counter.encode("And times three?")
+    rest = counter.count("You are terse.\nWhat is 2 + 2?\n4")
+    assert feats.prompt_tokens == len(feats.prompt_ids) + rest + 4 * len(messages) + 3
+
+
+def test_no_user_message_routes_on_the_last_text() -> None:
+    counter = _tiktoken()
+    messages = [{"role": "system", "content": "Summarise the news."}]
+    feats = extract_features("chat", {"messages": messages}, counter)
+    assert feats.prompt == "Summarise the news." and feats.prompt_ids == counter.encode("Summarise the news.")
+
+
+def test_completions_prompts() -> None:
+    counter = _tiktoken()
+    one = extract_features("completions", {"prompt": "Once upon a time"}, counter)
+    assert one.prompt_ids == counter.encode("Once upon a time") and one.prompt_tokens == len(one.prompt_ids)
+    batch = extract_features("completions", {"prompt": ["a much longer first prompt than the last", "hi"]}, counter)
+    assert batch.prompt == "hi" and batch.prompt_ids == counter.encode("hi")
+    assert batch.prompt_tokens == counter.count("a much longer first prompt than the last")
+    ids = extract_features("completions", {"prompt": [[1, 2, 3], [4]]}, counter)
+    assert ids.prompt == "" and ids.prompt_ids is None and ids.prompt_tokens == 3
+
+
+def test_without_a_tokenizer_there_are_no_ids() -> None:
+    feats = extract_features("chat", {"messages": [{"role": "user", "content": "x" * 40}]}, ApproxCounter())
+    assert feats.prompt_ids is None and feats.prompt_tokens == 10 + 4 + 3
+
+
+def test_capabilities() -> None:
+    counter = _tiktoken()
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+    }
+    feats = extract_features("chat", body, counter)
+    assert feats.needs_vision and feats.needs_tools and feats.needs_json
+    assert not extract_features("chat", {**body, "tool_choice": "none"}, counter).needs_tools
