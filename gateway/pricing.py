@@ -9,7 +9,7 @@ in parallel and are charged at ``PREFILL_DISCOUNT`` of that.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -37,12 +37,25 @@ class Price:
     output_per_token: Decimal
     source: str
     max_input_tokens: int | None = None
+    # The same prices as floats, for ranking candidates (money itself stays Decimal: see cost()).
+    input_float: float = field(init=False, repr=False, compare=False)
+    output_float: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_float", float(self.input_per_token))
+        object.__setattr__(self, "output_float", float(self.output_per_token))
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Cost of one request's tokens (counts beyond :data:`MAX_TOKENS` are priced as that many)."""
         prompt_tokens = min(prompt_tokens, MAX_TOKENS)
         completion_tokens = min(completion_tokens, MAX_TOKENS)
         return (self.input_per_token * prompt_tokens + self.output_per_token * completion_tokens).quantize(_Q)
+
+    def estimate(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """:meth:`cost` as a float (within float rounding), for comparing candidates without Decimal work."""
+        prompt_tokens = min(prompt_tokens, MAX_TOKENS)
+        completion_tokens = min(completion_tokens, MAX_TOKENS)
+        return self.input_float * prompt_tokens + self.output_float * completion_tokens
 
 
 ZERO = Price(Decimal(0), Decimal(0), "unpriced")

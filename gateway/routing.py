@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
 from backends import Backend, CircuitBreaker, LiveStats
@@ -100,6 +101,7 @@ class Prepared:
     stats: LiveStats
     breaker: CircuitBreaker
     # derived from ``spec`` in __post_init__
+    name: str = field(init=False)
     is_local: bool = field(init=False)
     prior_ttft_s: float = field(init=False)
     prior_tpot_s: float = field(init=False)
@@ -111,6 +113,7 @@ class Prepared:
 
     def __post_init__(self) -> None:
         spec = self.spec
+        self.name = spec.name
         self.is_local = spec.is_local
         self.prior_ttft_s = _PRIOR_TTFT_S[self.is_local]
         self.prior_tpot_s = _PRIOR_TPOT_S[self.is_local]
@@ -155,7 +158,6 @@ class Plan:
 
     decision: Decision
     route: str | None
-    predictions: dict[str, Candidate]
 
 
 class Router:
@@ -246,7 +248,7 @@ class Router:
                 out_tokens = average_output if average_output is not None else self._average_output_tokens()
         out_tokens *= feats.n
         price = prep.price_now() if prep.gpu_priced else prep.price
-        cost = price.cost(feats.prompt_tokens, out_tokens)
+        prompt_tokens = feats.prompt_tokens
         ttft = stats.ttft_s.value
         tpot = stats.tpot_s.value
         service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
@@ -265,15 +267,17 @@ class Router:
             wait = max(wait, (in_flight - capacity + 1) * service / capacity)
         quality = prep.quality
         top = quality if q_top is None else q_top
+        queued = queue.running + queue.waiting
         return Candidate(
-            prep.spec.name,
-            cost,
+            prep.name,
+            partial(price.cost, prompt_tokens, out_tokens),  # exact Decimal, computed if ever asked for
             wait + service,
             max(top - (top - quality) * factor, 0.0),  # predicted_quality(), inlined: it runs per candidate
             quality,
             prep.is_local,
             saturated,
-            stats.load,
+            in_flight if in_flight > queued else queued,  # LiveStats.load, inlined
+            price.estimate(prompt_tokens, out_tokens),
         )
 
     def expected_output_tokens(self, name: str, fallback: int | None = None) -> int:
@@ -331,7 +335,7 @@ class Router:
         decision = policy.rank(request, candidates)
         if not route.fallbacks:
             decision = Decision(decision.ranking[:1], decision.reason, decision.policy, decision.scores)
-        return Plan(decision, requested, {c.name: c for c in candidates})
+        return Plan(decision, requested)
 
     def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
         difficulty = 0.5  # an explicit choice: no ranking depends on the prompt's difficulty
@@ -343,7 +347,7 @@ class Router:
             fallbacks = []
         ranking = [first, *(self.candidate(f, feats, difficulty) for f in fallbacks)]
         reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
-        return Plan(Decision(ranking, reason, "explicit"), None, {c.name: c for c in ranking})
+        return Plan(Decision(ranking, reason, "explicit"), None)
 
     def _hard_filter(self, members: list[Prepared], feats: RequestFeatures) -> list[Prepared]:
         """Capabilities, context window and breakers; each with its own clear error."""
@@ -362,7 +366,13 @@ class Router:
                     members = capable
         need_out = feats.max_output_tokens or 1
         tokens = feats.prompt_tokens
-        fits = [p for p in members if tokens * p.token_margin + need_out <= p.context_window]
+        fits: list[Prepared] = []
+        up: list[Prepared] = []
+        for p in members:
+            if tokens * p.token_margin + need_out <= p.context_window:
+                fits.append(p)
+                if p.stats.healthy and p.breaker.available():
+                    up.append(p)
         if not fits:
             largest = max(members, key=lambda p: p.context_window)
             raise ContextLengthExceeded(
@@ -371,7 +381,6 @@ class Router:
                 f"'{largest.spec.name}').",
                 param="messages",
             )
-        up = [p for p in fits if p.stats.healthy and p.breaker.available()]
         return up or fits  # all down: try anyway rather than fail without trying
 
     def _constrain(self, cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:

@@ -23,39 +23,72 @@ class BalancedPolicy:
 
     name: ClassVar[str] = "balanced"
 
+    def __init__(self) -> None:
+        self._labels: dict[tuple[float, float, float], str] = {}  # per weights: formatting them costs 0.5 us
+
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         wq, wc, wl = request.weights
         total = (wq + wc + wl) or 1.0
-        base = [c.base_quality for c in candidates]
-        quality = [c.quality for c in candidates]
-        cost = [log10(float(c.cost_usd) + 1e-9) for c in candidates]
-        latency = [c.latency_s for c in candidates]
-        gap = max(base) - min(base)
-        q_low = min(quality)
-        c_low, c_high = min(cost), max(cost)
-        l_low, l_high = min(latency), max(latency)
-        # Each term in 0..1 with 1 best (quality in units of the nominal gap, so up to 2 on a hard prompt);
-        # a term on which all candidates tie scores 1 for each.
-        q_scale = wq / gap if gap > 1e-9 else 0.0
-        q_flat = 0.0 if gap > 1e-9 else wq
-        c_scale = wc / (c_high - c_low) if c_high - c_low >= 1e-12 else 0.0
-        c_flat = 0.0 if c_high - c_low >= 1e-12 else wc
-        l_scale = wl / (l_high - l_low) if l_high - l_low >= 1e-12 else 0.0
-        l_flat = 0.0 if l_high - l_low >= 1e-12 else wl
-        flat = q_flat + c_flat + l_flat
+        # One pass for every range (this runs per request; four comprehensions and six min/max calls took
+        # half as long again).
+        first = candidates[0]
+        b_lo = b_hi = first.base_quality
+        q_lo = first.quality
+        c_lo = c_hi = log10(first.cost + 1e-9)
+        l_lo = l_hi = first.latency_s
+        costs: list[float] = []
+        for c in candidates:
+            b = c.base_quality
+            if b < b_lo:
+                b_lo = b
+            elif b > b_hi:
+                b_hi = b
+            if c.quality < q_lo:
+                q_lo = c.quality
+            x = log10(c.cost + 1e-9)
+            costs.append(x)
+            if x < c_lo:
+                c_lo = x
+            elif x > c_hi:
+                c_hi = x
+            t = c.latency_s
+            if t < l_lo:
+                l_lo = t
+            elif t > l_hi:
+                l_hi = t
+        # Each term in 0..1, 1 best (quality in units of the nominal gap, so up to 2 on a hard prompt); a term
+        # on which every candidate ties gives each its full weight.
+        flat = 0.0
+        gap = b_hi - b_lo
+        if gap > 1e-9:
+            q_scale = wq / gap
+        else:
+            q_scale, flat = 0.0, flat + wq
+        if c_hi - c_lo >= 1e-12:
+            c_scale = wc / (c_hi - c_lo)
+        else:
+            c_scale, flat = 0.0, flat + wc
+        if l_hi - l_lo >= 1e-12:
+            l_scale = wl / (l_hi - l_lo)
+        else:
+            l_scale, flat = 0.0, flat + wl
         values = [
-            (flat + (qi - q_low) * q_scale + (c_high - ci) * c_scale + (l_high - li) * l_scale) / total
-            for qi, ci, li in zip(quality, cost, latency, strict=True)
+            (flat + (c.quality - q_lo) * q_scale + (c_hi - x) * c_scale + (l_hi - c.latency_s) * l_scale) / total
+            for c, x in zip(candidates, costs, strict=True)
         ]
         # Stable: equal utilities keep the candidates' order (reverse=True keeps stability).
         order = sorted(range(len(candidates)), key=values.__getitem__, reverse=True)
         ranking = [candidates[i] for i in order]
-        if any(c.saturated for c in ranking):
-            ranking = spill_saturated(ranking)
+        for c in ranking:
+            if c.saturated:
+                ranking = spill_saturated(ranking)
+                break
         win = ranking[0]
-        utility = dict(zip([c.name for c in candidates], values, strict=True))
+        label = self._labels.get(request.weights)
+        if label is None:
+            label = self._labels[request.weights] = f"weights q{wq:g}/c{wc:g}/l{wl:g}"
         reason = (
-            f"best utility {utility[win.name]:.2f}: {win.name} (quality {win.quality:.2f}, "
-            f"{fmt_usd(win.cost_usd)}, {win.latency_s * 1000:.0f} ms; weights q{wq:g}/c{wc:g}/l{wl:g})"
+            f"best utility {values[candidates.index(win)]:.2f}: {win.name} (quality {win.quality:.2f}, "
+            f"{fmt_usd(win.cost)}, {win.latency_s * 1000:.0f} ms; {label})"
         )
-        return Decision(ranking, reason, self.name, utility)
+        return Decision(ranking, reason, self.name, {c.name: v for c, v in zip(candidates, values, strict=True)})

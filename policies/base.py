@@ -7,23 +7,61 @@ quality, load) arrives inside :class:`Candidate`, so they are trivially testable
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import ClassVar, Protocol
 
 
-@dataclass(slots=True)  # not frozen: frozen dataclasses cost ~3x to build, and one is built per candidate
 class Candidate:
-    """One model that could serve the request, with predictions for this request."""
+    """One model that could serve the request, with predictions for this request.
 
-    name: str
-    cost_usd: Decimal  # predicted cost of this request on this model
-    latency_s: float  # predicted completion time, queueing included
-    quality: float  # predicted answer quality, 0-10 (MT-Bench-like)
-    base_quality: float  # the model's configured score before the prompt's difficulty
-    is_local: bool = False
-    saturated: bool = False  # its queue is full: spill over to others first
-    load: float = 0.0
+    The predicted cost is exact money (:attr:`cost_usd`, a Decimal) and, for ranking, the same figure as a
+    float (:attr:`cost`). The Decimal may be given as a function that computes it: most requests only ever
+    need the winner's, so the others' are never computed.
+    """
+
+    __slots__ = ("_cost_usd", "base_quality", "cost", "is_local", "latency_s", "load", "name", "quality", "saturated")
+
+    def __init__(
+        self,
+        name: str,
+        cost_usd: Decimal | Callable[[], Decimal],
+        latency_s: float,
+        quality: float,
+        base_quality: float,
+        is_local: bool = False,
+        saturated: bool = False,
+        load: float = 0.0,
+        cost: float | None = None,
+    ) -> None:
+        self.name = name
+        self.latency_s = latency_s  # predicted completion time, queueing included
+        self.quality = quality  # predicted answer quality, 0-10 (MT-Bench-like)
+        self.base_quality = base_quality  # the model's configured score before the prompt's difficulty
+        self.is_local = is_local
+        self.saturated = saturated  # its queue is full: spill over to others first
+        self.load = load
+        self._cost_usd = cost_usd
+        if cost is None:
+            if not isinstance(cost_usd, Decimal):
+                raise TypeError("a Candidate whose cost_usd is computed later needs its float cost")
+            cost = float(cost_usd)
+        self.cost = cost
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Predicted cost of this request on this model, in USD."""
+        value = self._cost_usd
+        if not isinstance(value, Decimal):
+            value = self._cost_usd = value()
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"Candidate({self.name!r}, cost={self.cost:.8g}, latency_s={self.latency_s:.4g}, "
+            f"quality={self.quality:.3f}, saturated={self.saturated})"
+        )
 
 
 @dataclass(slots=True)
@@ -70,8 +108,7 @@ def spill_saturated(ranking: list[Candidate]) -> list[Candidate]:
     return [c for c in ranking if not c.saturated] + [c for c in ranking if c.saturated]
 
 
-def fmt_usd(value: Decimal) -> str:
-    """A short dollar figure for reasons (formatted as a float: a reason is for reading, and formatting a
-    Decimal costs microseconds on every request)."""
-    f = float(value)
-    return f"${f:.6f}" if f < 1 else f"${f:.2f}"
+def fmt_usd(value: float) -> str:
+    """A short dollar figure for reasons (a float: a reason is for reading, and formatting a Decimal costs
+    microseconds on every request)."""
+    return f"${value:.6f}" if value < 1 else f"${value:.2f}"

@@ -33,18 +33,18 @@ class CostPolicy:
             ok = [c for c in candidates if c.base_quality >= floor]
         else:
             ok = [c for c in candidates if c.quality >= floor]
-        good = sorted(ok, key=lambda c: (c.cost_usd, -c.quality))
+        good = sorted(ok, key=lambda c: (c.cost, -c.quality))
         chosen = {c.name for c in ok}
         rest = sorted((c for c in candidates if c.name not in chosen), key=lambda c: -c.quality)
         ranking = spill_saturated(good) + rest if good else rest
         win = ranking[0]
         if good:
             reason = (
-                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost_usd)} "
+                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost)} "
                 f"(predicted quality {win.quality:.2f} >= {floor:.2f})"
             )
         else:
             reason = f"no model predicted good enough (>= {floor:.2f}); best quality: {win.name}"
         if win.saturated:
             reason += "; all good-enough models saturated"
-        return Decision(ranking, reason, self.name, {c.name: float(c.cost_usd) for c in candidates})
+        return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})

@@ -27,14 +27,14 @@ class LearnedPolicy:
             threshold = 0.5 if threshold is None else threshold
         strong = p >= threshold
         if strong:
-            ordered = sorted(candidates, key=lambda c: (-c.base_quality, c.cost_usd))
+            ordered = sorted(candidates, key=lambda c: (-c.base_quality, c.cost))
         else:
-            ordered = sorted(candidates, key=lambda c: (c.cost_usd, -c.base_quality))
+            ordered = sorted(candidates, key=lambda c: (c.cost, -c.base_quality))
         ranking = spill_saturated(ordered)
         win = ranking[0]
         verdict = "needs the strong model" if strong else "the cheap model suffices"
         reason = (
             f"learned router: P(strong needed)={p:.3f} {'>=' if strong else '<'} threshold {threshold:.3f}, "
-            f"{verdict}: {win.name} ({fmt_usd(win.cost_usd)})"
+            f"{verdict}: {win.name} ({fmt_usd(win.cost)})"
         )
         return Decision(ranking, reason, self.name, {c.name: float(p) for c in candidates})

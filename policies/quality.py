@@ -15,7 +15,7 @@ class QualityPolicy:
     name: ClassVar[str] = "quality"
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
-        ranking = spill_saturated(sorted(candidates, key=lambda c: (-c.quality, c.cost_usd, c.latency_s)))
+        ranking = spill_saturated(sorted(candidates, key=lambda c: (-c.quality, c.cost, c.latency_s)))
         win = ranking[0]
         reason = f"best predicted quality: {win.name} ({win.quality:.2f}/10)"
         return Decision(ranking, reason, self.name, {c.name: c.quality for c in candidates})
