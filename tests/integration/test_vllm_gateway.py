@@ -122,7 +122,12 @@ def flood(http: httpx.AsyncClient, server: VLLMServer, clients: int = 8) -> list
 
     async def client() -> None:
         while True:
-            r = await http.post(server.base_url + "/chat/completions", json=payload)
+            try:
+                r = await http.post(server.base_url + "/chat/completions", json=payload)
+            except httpx.TransportError:
+                # vLLM's server may close a kept-alive connection as a request goes out (seen on a loaded
+                # machine); the flood only has to keep vLLM busy, so send again on a new connection.
+                continue
             assert r.status_code == 200, r.text
 
     return [asyncio.create_task(client()) for _ in range(clients)]

@@ -117,7 +117,8 @@ def test_metrics_gauges(vllm_server: VLLMServer) -> None:
 async def test_queued_server_reports_waiting_requests(vllm_server_queued: VLLMServer) -> None:
     """With --max-num-seqs 2, extra concurrent requests wait: /metrics shows them (queue-aware routing)."""
     server = vllm_server_queued
-    payload = {"model": server.served_model_name, "messages": MESSAGES, "max_tokens": 256, "ignore_eos": True}
+    # Long enough generations that the queue outlives a few /metrics polls on a fast machine too.
+    payload = {"model": server.served_model_name, "messages": MESSAGES, "max_tokens": 600, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=120) as client:
         requests = [
             asyncio.create_task(client.post(f"{server.base_url}/chat/completions", json=payload)) for _ in range(6)
@@ -130,6 +131,6 @@ async def test_queued_server_reports_waiting_requests(vllm_server_queued: VLLMSe
             await asyncio.sleep(0.02)
         responses = await asyncio.gather(*requests)
     assert all(r.status_code == 200 for r in responses)
-    assert all(r.json()["usage"]["completion_tokens"] == 256 for r in responses)
+    assert all(r.json()["usage"]["completion_tokens"] == 600 for r in responses)
     assert max_running == 2
     assert max_waiting >= 1
