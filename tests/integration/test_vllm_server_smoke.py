@@ -117,20 +117,24 @@ def test_metrics_gauges(vllm_server: VLLMServer) -> None:
 async def test_queued_server_reports_waiting_requests(vllm_server_queued: VLLMServer) -> None:
     """With --max-num-seqs 2, extra concurrent requests wait: /metrics shows them (queue-aware routing)."""
     server = vllm_server_queued
-    # Long enough generations that the queue outlives a few /metrics polls on a fast machine too.
     payload = {"model": server.served_model_name, "messages": MESSAGES, "max_tokens": 600, "ignore_eos": True}
-    async with httpx.AsyncClient(timeout=120) as client:
-        requests = [
-            asyncio.create_task(client.post(f"{server.base_url}/chat/completions", json=payload)) for _ in range(6)
-        ]
-        max_running = max_waiting = 0.0
-        while not all(task.done() for task in requests):
-            text = (await client.get(f"{server.root_url}/metrics")).text
-            max_running = max(max_running, _gauge(text, "vllm:num_requests_running", server.served_model_name))
-            max_waiting = max(max_waiting, _gauge(text, "vllm:num_requests_waiting", server.served_model_name))
-            await asyncio.sleep(0.02)
-        responses = await asyncio.gather(*requests)
-    assert all(r.status_code == 200 for r in responses)
-    assert all(r.json()["usage"]["completion_tokens"] == 600 for r in responses)
-    assert max_running == 2
-    assert max_waiting >= 1
+    max_running = max_waiting = 0.0
+    batches = 0
+    async with httpx.AsyncClient(timeout=120) as client, asyncio.timeout(300):
+        # On a loaded 2-core machine vLLM's API server can stall for seconds, and /metrics answers only after
+        # the stall, sometimes after a whole batch finished: send batches until a poll lands inside one.
+        while not (max_running == 2 and max_waiting >= 1):
+            batches += 1
+            requests = [
+                asyncio.create_task(client.post(f"{server.base_url}/chat/completions", json=payload)) for _ in range(6)
+            ]
+            while not all(task.done() for task in requests):
+                text = (await client.get(f"{server.root_url}/metrics")).text
+                max_running = max(max_running, _gauge(text, "vllm:num_requests_running", server.served_model_name))
+                max_waiting = max(max_waiting, _gauge(text, "vllm:num_requests_waiting", server.served_model_name))
+                await asyncio.sleep(0.02)
+            responses = await asyncio.gather(*requests)
+            assert all(r.status_code == 200 for r in responses)
+            assert all(r.json()["usage"]["completion_tokens"] == 600 for r in responses)
+    assert max_running == 2, batches  # never more than --max-num-seqs
+    assert max_waiting >= 1, batches
