@@ -70,10 +70,15 @@ def test_learned_policy_follows_score_and_threshold() -> None:
 
 def test_strong_share_operating_point_holds_on_real_prompts() -> None:
     est = QualityRouter.load(encode=cl100k_encode)
-    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "routing" / "routellm_train.jsonl"
-    lines = data.read_text().splitlines()[::40] if data.exists() else []
-    prompts = [json.loads(line)["prompt"] for line in lines] or PROMPTS * 20
     router = router_for({"policy": "learned", "strong_share": 0.3}, est)
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "routing" / "routellm_train.jsonl"
+    if not data.exists():
+        # A checkout without the shared data: five prompts cannot measure a share; they must at least be split
+        # (the calibrated share itself is checked on the artifact's stored calibration data in test_router).
+        picked = {winner(router, p) for p in PROMPTS}
+        assert picked == {"gpt-4", "llama-2-7b"}, picked
+        return
+    prompts = [json.loads(line)["prompt"] for line in data.read_text().splitlines()[::40]]
     share = sum(winner(router, p) == "gpt-4" for p in prompts) / len(prompts)
     assert 0.1 <= share <= 0.5, share  # calibrated for 30% on the (benchmark-weighted) training prompts
 
