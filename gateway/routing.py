@@ -79,7 +79,12 @@ def predicted_quality(q: float, q_top: float, difficulty: float, pivot: float) -
     (difficulty near 0) costs a cheap model almost nothing, a prompt at the pivot costs its nominal gap,
     a very hard one up to twice that.
     """
-    return max(q_top - (q_top - q) * quality_factor(difficulty, pivot), 0.0)
+    return scaled_quality(q, q_top, quality_factor(difficulty, pivot))
+
+
+def scaled_quality(q: float, q_top: float, factor: float) -> float:
+    """:func:`predicted_quality` with the prompt's :func:`quality_factor` computed once per request."""
+    return max(q_top - (q_top - q) * factor, 0.0)
 
 
 def quality_factor(difficulty: float, pivot: float) -> float:
@@ -239,15 +244,8 @@ class Router:
         self, prep: Prepared, feats: RequestFeatures, q_top: float | None, factor: float, average_output: int | None
     ) -> Candidate:
         stats = prep.stats
-        out_tokens = feats.max_output_tokens
-        if not out_tokens:
-            own = stats.output_tokens
-            if own.count >= MIN_OBSERVATIONS and own.value is not None:
-                out_tokens = max(int(own.value), 1)
-            else:
-                out_tokens = average_output if average_output is not None else self._average_output_tokens()
-        out_tokens *= feats.n
-        price = prep.price_now() if prep.gpu_priced else prep.price
+        out_tokens = (feats.max_output_tokens or self._output_tokens(prep, average_output)) * feats.n
+        price = prep.price_now()
         prompt_tokens = feats.prompt_tokens
         ttft = stats.ttft_s.value
         tpot = stats.tpot_s.value
@@ -266,17 +264,15 @@ class Router:
             saturated = True
             wait = max(wait, (in_flight - capacity + 1) * service / capacity)
         quality = prep.quality
-        top = quality if q_top is None else q_top
-        queued = queue.running + queue.waiting
         return Candidate(
             prep.name,
             partial(price.cost, prompt_tokens, out_tokens),  # exact Decimal, computed if ever asked for
             wait + service,
-            max(top - (top - quality) * factor, 0.0),  # predicted_quality(), inlined: it runs per candidate
+            scaled_quality(quality, quality if q_top is None else q_top, factor),
             quality,
             prep.is_local,
             saturated,
-            in_flight if in_flight > queued else queued,  # LiveStats.load, inlined
+            stats.load,
             price.estimate(prompt_tokens, out_tokens),
         )
 
@@ -284,7 +280,10 @@ class Router:
         """Output length without max_tokens: the model's own average once it has enough observations,
         else the average across all models (``fallback`` when the caller computed it already), so an
         unobserved model is not judged on a different basis."""
-        own = self.models[name].stats.output_tokens
+        return self._output_tokens(self.models[name], fallback)
+
+    def _output_tokens(self, prep: Prepared, fallback: int | None) -> int:
+        own = prep.stats.output_tokens
         if own.count >= MIN_OBSERVATIONS and own.value is not None:
             return max(int(own.value), 1)
         return fallback if fallback is not None else self._average_output_tokens()
