@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.tokens import TiktokenCounter, load_counter
+from gateway.tokens import load_tiktoken
 from policies.router.model import ARTIFACT_DIR, QualityRouter
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +45,7 @@ def main() -> int:
     sample = rng.sample(prompts, min(args.n, len(prompts)))
 
     t0 = time.perf_counter()
-    counter = load_counter()
-    if not isinstance(counter, TiktokenCounter):
-        raise SystemExit("tiktoken cl100k_base did not load")
-    router = QualityRouter.load(args.artifact, encode=counter.encode)
+    router = QualityRouter.load(args.artifact, encode=load_tiktoken().encode)
     load_s = time.perf_counter() - t0
     art_dir = args.artifact or ARTIFACT_DIR
     size = sum(p.stat().st_size for p in Path(art_dir).iterdir() if p.is_file())

@@ -24,12 +24,12 @@ _DEFAULT_PLOT = Path("router_pgr.png")
 
 def _tokenizer() -> TiktokenCounter:
     """The offline ``cl100k_base`` tokenizer the router reads ids of (also points tiktoken's cache at it)."""
-    from gateway.tokens import TiktokenCounter, load_counter
+    from gateway.tokens import load_tiktoken
 
-    counter = load_counter("cl100k_base")
-    if not isinstance(counter, TiktokenCounter):
-        raise typer.BadParameter("the learned router needs tiktoken's cl100k_base encoding, which did not load")
-    return counter
+    try:
+        return load_tiktoken("cl100k_base")
+    except (OSError, ValueError, ImportError) as exc:
+        raise typer.BadParameter(f"the learned router needs tiktoken's cl100k_base encoding: {exc}") from exc
 
 
 @router_app.command("train")

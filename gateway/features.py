@@ -46,6 +46,12 @@ def _content_text(content: Any) -> tuple[str, bool]:
     return "", False
 
 
+def _encode(counter: TokenCounter, text: str) -> tuple[list[int] | None, int]:
+    """The routing prompt's ids (for the learned router) and its token count, from one encoding."""
+    ids = counter.encode(text)
+    return ids, len(ids) if ids is not None else counter.count(text)
+
+
 def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter) -> RequestFeatures:
     """Compute :class:`RequestFeatures` from a validated request body."""
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -67,8 +73,7 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         # in one piece; as in OpenAI's counting recipe, message boundaries are the per-message overhead.
         prompt_at = last_user if last_user >= 0 else len(texts) - 1
         prompt = texts[prompt_at] if texts else ""
-        ids = counter.encode(prompt)
-        tokens = len(ids) if ids is not None else counter.count(prompt)
+        ids, tokens = _encode(counter, prompt)
         if len(texts) > 1:
             tokens += counter.count("\n".join(texts[:prompt_at] + texts[prompt_at + 1 :]))
         tokens += _PER_MESSAGE_TOKENS * len(messages) + 3
@@ -84,8 +89,7 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
     if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
         # One prompt, or a batch: the last one is routed, the longest decides the context window.
         text = raw if isinstance(raw, str) else raw[-1]
-        ids = counter.encode(text)
-        tokens = len(ids) if ids is not None else counter.count(text)
+        ids, tokens = _encode(counter, text)
         if isinstance(raw, list) and len(raw) > 1:
             tokens = max(tokens, *(counter.count(p) for p in raw[:-1]))
     elif isinstance(raw, list) and raw and isinstance(raw[0], list):

@@ -84,14 +84,20 @@ def bundled_tiktoken_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_counter(encoding_name: str = "cl100k_base") -> TokenCounter:
-    """A tiktoken counter that works offline, or the approximate one (logged) if none loads."""
+def load_tiktoken(encoding_name: str = "cl100k_base") -> TiktokenCounter:
+    """A tiktoken counter that works offline (litellm's bundled encodings); raises ``OSError``,
+    ``ValueError`` or ``ImportError`` when the encoding cannot be loaded."""
     if "TIKTOKEN_CACHE_DIR" not in os.environ:
         bundled = bundled_tiktoken_dir()
         if bundled is not None:
             os.environ["TIKTOKEN_CACHE_DIR"] = str(bundled)
+    return TiktokenCounter(encoding_name)
+
+
+def load_counter(encoding_name: str = "cl100k_base") -> TokenCounter:
+    """A tiktoken counter that works offline, or the approximate one (logged) if none loads."""
     try:
-        return TiktokenCounter(encoding_name)
+        return load_tiktoken(encoding_name)
     except (OSError, ValueError, ImportError) as exc:
         log.warning("tiktoken encoding %s unavailable offline (%s); counting ~4 chars/token", encoding_name, exc)
         return ApproxCounter()

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from gateway.features import extract_features
-from gateway.tokens import ApproxCounter, TiktokenCounter, load_counter
-
-
-def _tiktoken() -> TiktokenCounter:
-    counter = load_counter()
-    assert isinstance(counter, TiktokenCounter)
-    return counter
+from gateway.tokens import ApproxCounter, load_tiktoken
 
 
 def test_single_message_ids_are_the_prompts_and_count_it() -> None:
-    counter = _tiktoken()
+    counter = load_tiktoken()
     text = "Solve 3x + 7 = 22 and explain each step."
     feats = extract_features("chat", {"messages": [{"role": "user", "content": text}]}, counter)
     assert feats.prompt == text
@@ -22,7 +16,7 @@ def test_single_message_ids_are_the_prompts_and_count_it() -> None:
 
 
 def test_conversation_routes_on_the_last_user_message_and_counts_everything() -> None:
-    counter = _tiktoken()
+    counter = load_tiktoken()
     messages = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is 2 + 2?"},
@@ -37,14 +31,14 @@ def test_conversation_routes_on_the_last_user_message_and_counts_everything() ->
 
 
 def test_no_user_message_routes_on_the_last_text() -> None:
-    counter = _tiktoken()
+    counter = load_tiktoken()
     messages = [{"role": "system", "content": "Summarise the news."}]
     feats = extract_features("chat", {"messages": messages}, counter)
     assert feats.prompt == "Summarise the news." and feats.prompt_ids == counter.encode("Summarise the news.")
 
 
 def test_completions_prompts() -> None:
-    counter = _tiktoken()
+    counter = load_tiktoken()
     one = extract_features("completions", {"prompt": "Once upon a time"}, counter)
     assert one.prompt_ids == counter.encode("Once upon a time") and one.prompt_tokens == len(one.prompt_ids)
     batch = extract_features("completions", {"prompt": ["a much longer first prompt than the last", "hi"]}, counter)
@@ -60,7 +54,7 @@ def test_without_a_tokenizer_there_are_no_ids() -> None:
 
 
 def test_capabilities() -> None:
-    counter = _tiktoken()
+    counter = load_tiktoken()
     body = {
         "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],

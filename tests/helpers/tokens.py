@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.tokens import TiktokenCounter, load_counter
+from gateway.tokens import load_tiktoken
 
-
-def _tiktoken() -> TiktokenCounter:
-    counter = load_counter()
-    assert isinstance(counter, TiktokenCounter), "tiktoken cl100k_base must load offline (litellm's copy)"
-    return counter
-
-
-cl100k_encode = _tiktoken().encode
+cl100k_encode = load_tiktoken().encode
 """Token ids of a text (``encode_ordinary``), as the gateway's features stage computes them."""

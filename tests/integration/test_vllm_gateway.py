@@ -33,30 +33,37 @@ def sim_13b() -> Iterator[str]:
         yield url
 
 
+def two_backends(vllm: VLLMServer, sim_13b: str) -> dict[str, Any]:
+    """The real vLLM ("tiny") and a simulated 13B, and the route "fast" between them by latency."""
+    return {
+        "models": [
+            {
+                "name": "tiny",
+                "backend": "vllm",
+                "base_url": vllm.base_url,
+                "upstream_model": vllm.served_model_name,
+                "context_window": 1024,
+                "gpu_hour_usd": 1.0,
+                "tokens_per_second": 500,
+            },
+            {
+                "name": "sim-13b",
+                "backend": "vllm",
+                "base_url": sim_13b + "/v1",
+                "upstream_model": "meta-llama/Llama-2-13b-chat-hf",
+                "gpu_hour_usd": 1.8,
+            },
+        ],
+        "routes": {"fast": {"models": ["tiny", "sim-13b"], "policy": "latency"}},
+    }
+
+
 @pytest.fixture(scope="module")
 def gateway(vllm_server_queued: VLLMServer, sim_13b: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("vllm-gw")
     settings = settings_from_dict(
         {
-            "models": [
-                {
-                    "name": "tiny",
-                    "backend": "vllm",
-                    "base_url": vllm_server_queued.base_url,
-                    "upstream_model": vllm_server_queued.served_model_name,
-                    "context_window": 1024,
-                    "gpu_hour_usd": 1.0,
-                    "tokens_per_second": 500,
-                },
-                {
-                    "name": "sim-13b",
-                    "backend": "vllm",
-                    "base_url": sim_13b + "/v1",
-                    "upstream_model": "meta-llama/Llama-2-13b-chat-hf",
-                    "gpu_hour_usd": 1.8,
-                },
-            ],
-            "routes": {"fast": {"models": ["tiny", "sim-13b"], "policy": "latency"}},
+            **two_backends(vllm_server_queued, sim_13b),
             "cache": {"enabled": False},
             "server": {"metrics_scrape_seconds": 0.05},
             "ledger": {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db"},
@@ -206,21 +213,7 @@ async def test_queue_aware_routing_spills_on_the_scraped_queue_alone(
     async with httpx.AsyncClient(timeout=300) as http:
         served = await http.get(gateway + "/metrics")  # the running gateway exports what it scraped
         assert 'gateway_backend_queue_waiting{model="tiny"}' in served.text
-    settings = settings_from_dict(
-        {
-            "models": [
-                {
-                    "name": "tiny",
-                    "backend": "vllm",
-                    "base_url": vllm_server_queued.base_url,
-                    "upstream_model": vllm_server_queued.served_model_name,
-                    "context_window": 1024,
-                },
-                {"name": "sim-13b", "backend": "vllm", "base_url": sim_13b + "/v1"},
-            ],
-            "routes": {"fast": {"models": ["tiny", "sim-13b"], "policy": "latency"}},
-        }
-    )
+    settings = settings_from_dict(two_backends(vllm_server_queued, sim_13b))
     client = H1Client()
     backends = {spec.name: build_backend(spec, client) for spec in settings.models}
     router = Router(settings, backends, {name: CircuitBreaker() for name in backends})

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli_router import router_app
-from gateway.tokens import TiktokenCounter, load_counter
+from gateway.tokens import TiktokenCounter, load_tiktoken
 from policies.router import features, metrics
 from policies.router.data import load_records
 from policies.router.model import QualityRouter
@@ -74,9 +74,8 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("artifact")
-    counter = load_counter()
-    assert isinstance(counter, TiktokenCounter)
-    train_router(small_data, out, TrainConfig(folds=3, min_df=2, max_iter=100), encoding=counter.encoding)
+    encoding = load_tiktoken().encoding
+    train_router(small_data, out, TrainConfig(folds=3, min_df=2, max_iter=100), encoding=encoding)
     return out
 
 
@@ -131,9 +130,7 @@ def test_perfect_router_is_the_bound() -> None:
 # --------------------------------------------------------------- features
 @pytest.fixture(scope="module")
 def tokenizer() -> TiktokenCounter:
-    counter = load_counter()
-    assert isinstance(counter, TiktokenCounter)
-    return counter
+    return load_tiktoken()
 
 
 def test_features_read_token_ids(tokenizer: TiktokenCounter) -> None:
