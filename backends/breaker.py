@@ -46,6 +46,8 @@ class CircuitBreaker:
 
     def available(self) -> bool:
         """Whether routing may consider this backend now."""
+        if self._opened_at is None:  # closed: the common case, checked on every routing decision
+            return True
         state = self.state
         if state is BreakerState.CLOSED:
             return True

@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/routing_decision.py [--n 5000] [--added-ms 0.46] [--prompt TEXT]
 
+The editable install (.venv) runs the decide stage as pure Python; a wheel install (``pip install .``, the
+Docker image) runs it compiled by mypyc (setup.py). To time the compiled one from a checkout, install the
+wheel into a scratch directory and put it first: ``pip install --no-deps --target /tmp/cw . && cd /tmp &&
+PYTHONPATH=/tmp/cw:$OLDPWD python $OLDPWD/bench/routing_decision.py``. The first line printed says which.
+
 Measures the decide stage as the pipeline runs it, on real prompts (a seeded sample of the RouteLLM
 routing data in ``shared/data/routing`` when present, else five built-in prompts), as two timings per
 request:
@@ -27,6 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
+from gateway import routing
 from gateway.app import build_gateway, close_gateway
 from gateway.config import load_settings
 from gateway.context import Constraints
@@ -66,7 +72,8 @@ async def main(n: int, added_ms: float | None, seed: int, prompt: str | None) ->
     router, counter = gw.router, gw.pipeline.counter
     prompts, described = load_prompts(n, seed, prompt)
     estimator = "learned router" if router.estimator is not None else "heuristic difficulty"
-    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}")
+    build = "compiled (mypyc)" if routing.COMPILED else "pure Python"
+    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}; decide stage: {build}")
     print(f"prompts: {described}; {n} requests per policy after 500 warm-up")
     header = f"{'policy':10} {'decision p50':>12} {'p99':>8} {'mean':>8}   {'features p50':>12} {'p99':>8}  (us)"
     print(header)

@@ -34,7 +34,7 @@ from gateway.openapi import install_openapi
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.routes import router as api_router
-from gateway.routing import QualityEstimator, Router
+from gateway.routing import COMPILED, QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTranspo
         name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
     }
     router = Router(settings, backends, breakers, load_estimator(counter))
+    log.info("decide stage: %s", "compiled (mypyc)" if COMPILED else "pure Python (see setup.py)")
     metrics = Metrics()
     cache = await components.build_cache(settings, metrics)
     recorder = await components.build_recorder(settings, metrics)

@@ -24,6 +24,8 @@ from gateway.pricing import Price, live_price, static_price
 from policies import registry
 from policies.base import Candidate, Decision, Policy, RoutingInput
 
+#: Whether this module (and with it the decide stage, see setup.py) runs compiled by mypyc.
+COMPILED = not __file__.endswith(".py")
 #: Llama-family tokenizers produce more tokens than tiktoken's cl100k for the same text.
 LOCAL_TOKEN_MARGIN = 1.15
 DEFAULT_OUTPUT_TOKENS = 256
@@ -150,11 +152,19 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[Prepared], bool]], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class _RouteFacts:
-    """What the decide stage reads from a route on every request, looked up once."""
+    """What the decide stage reads from a route on every request, looked up once at start-up."""
 
+    spec: RouteSpec
     members: list[Prepared]
     weights: tuple[float, float, float]  # quality, cost, latency
     limited: bool  # the route sets a cost, latency or quality limit
+    threshold: float | None  # the learned router's operating point (None without a router)
+    q_top: float  # the best member's configured quality
+    #: every member has tools, vision and JSON mode (the capability filters cannot remove any)
+    all_capable: bool
+    #: ``prompt_tokens * max_margin + max_tokens <= min_window``: the request fits every member's window
+    min_window: int
+    max_margin: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +200,22 @@ class Router:
                 spec, base_quality(spec), window, tools, price, gpu, backends[spec.name].stats, breakers[spec.name]
             )
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
-        self._thresholds: dict[str, float | None] = {name: self._threshold(r) for name, r in self.routes.items()}
-        self._facts: dict[str, _RouteFacts] = {
-            name: _RouteFacts(
-                [self.models[m] for m in r.models or []],
-                (r.weights.quality, r.weights.cost, r.weights.latency),
-                r.max_cost_usd is not None or r.max_latency_ms is not None or r.min_quality is not None,
-            )
-            for name, r in self.routes.items()
-        }
+        self._facts: dict[str, _RouteFacts] = {name: self._route_facts(r) for name, r in self.routes.items()}
+        self._prepared = list(self.models.values())
+
+    def _route_facts(self, route: RouteSpec) -> _RouteFacts:
+        members = [self.models[m] for m in route.models or []]
+        return _RouteFacts(
+            route,
+            members,
+            (route.weights.quality, route.weights.cost, route.weights.latency),
+            route.max_cost_usd is not None or route.max_latency_ms is not None or route.min_quality is not None,
+            self._threshold(route),
+            max((p.quality for p in members), default=0.0),
+            all(has(p) for _, _, has in _CAPABILITIES for p in members),
+            min((p.context_window for p in members), default=0),
+            max((p.token_margin for p in members), default=1.0),
+        )
 
     def _threshold(self, route: RouteSpec) -> float | None:
         """The route's operating point for the learned router (default: ``DEFAULT_QUALITY_TARGET``)."""
@@ -238,41 +255,48 @@ class Router:
     ) -> Candidate:
         """Predict cost, latency and quality of serving this request on model ``name`` (``average_output``:
         the across-models output average, when the caller computed it once for several candidates)."""
-        return self._predict(self.models[name], feats, q_top, quality_factor(difficulty, pivot), average_output)
-
-    def _predict(
-        self, prep: Prepared, feats: RequestFeatures, q_top: float | None, factor: float, average_output: int | None
-    ) -> Candidate:
-        stats = prep.stats
+        prep = self.models[name]
         out_tokens = (feats.max_output_tokens or self._output_tokens(prep, average_output)) * feats.n
-        price = prep.price_now()
-        prompt_tokens = feats.prompt_tokens
+        top = prep.quality if q_top is None else q_top
+        return self._predict(prep, feats.prompt_tokens, out_tokens, top, quality_factor(difficulty, pivot))
+
+    @staticmethod
+    def _predict(prep: Prepared, prompt_tokens: int, out_tokens: int, q_top: float, factor: float) -> Candidate:
+        # Runs per candidate per request: live values are read once into locals.
+        stats = prep.stats
+        price = prep.price_now() if prep.gpu_priced else prep.price
         ttft = stats.ttft_s.value
         tpot = stats.tpot_s.value
         service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
             out_tokens - 1 if out_tokens > 1 else 0
         )
         queue = stats.queue
+        running = queue.running
+        waiting = queue.waiting
+        load = running + waiting
         capacity = prep.capacity
         wait = 0.0
         saturated = False
-        if queue.scraped_at and (queue.running or queue.waiting):
-            wait = queue.waiting * service / (queue.running if queue.running > 1.0 else 1.0)
-            saturated = queue.waiting > 0 or (capacity is not None and queue.running >= capacity)
+        if load and queue.scraped_at:
+            wait = waiting * service / (running if running > 1.0 else 1.0)
+            saturated = waiting > 0 or (capacity is not None and running >= capacity)
         in_flight = stats.in_flight
+        if in_flight > load:
+            load = float(in_flight)
         if capacity is not None and in_flight >= capacity:
             saturated = True
             wait = max(wait, (in_flight - capacity + 1) * service / capacity)
         quality = prep.quality
+        predicted = q_top - (q_top - quality) * factor
         return Candidate(
             prep.name,
             partial(price.cost, prompt_tokens, out_tokens),  # exact Decimal, computed if ever asked for
             wait + service,
-            scaled_quality(quality, quality if q_top is None else q_top, factor),
+            predicted if predicted > 0.0 else 0.0,
             quality,
             prep.is_local,
             saturated,
-            stats.load,
+            load,
             price.estimate(prompt_tokens, out_tokens),
         )
 
@@ -289,11 +313,14 @@ class Router:
         return fallback if fallback is not None else self._average_output_tokens()
 
     def _average_output_tokens(self) -> int:
-        seen = [b.stats.output_tokens for b in self.backends.values() if b.stats.output_tokens.value is not None]
-        if seen:
-            total = sum(e.count for e in seen)
-            return max(int(sum((e.value or 0.0) * e.count for e in seen) / total), 1)
-        return DEFAULT_OUTPUT_TOKENS
+        total = 0
+        weighted = 0.0
+        for p in self._prepared:
+            seen = p.stats.output_tokens
+            if seen.value is not None:
+                total += seen.count
+                weighted += seen.value * seen.count
+        return max(int(weighted / total), 1) if total else DEFAULT_OUTPUT_TOKENS
 
     # -- the stage -----------------------------------------------------------------------------------
 
@@ -301,30 +328,46 @@ class Router:
         """Choose the ranking for a request naming ``requested`` (a route or a model)."""
         if requested in self.models:
             return self._plan_model(requested, feats)
-        route = self.routes.get(requested)
-        if route is None:
+        facts = self._facts.get(requested)
+        if facts is None:
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
+        route = facts.spec
         estimator = self.estimator
-        strong_needed = estimator.score(feats.prompt, feats.prompt_ids) if estimator is not None else None
-        difficulty = strong_needed if strong_needed is not None else heuristic_difficulty(feats.prompt)
-        facts = self._facts[requested]
-        members = self._hard_filter(facts.members, feats)
-        threshold = self._thresholds[requested]
-        pivot = threshold if strong_needed is not None and threshold is not None else 0.5
-        q_top = max([p.quality for p in members])
-        factor = quality_factor(difficulty, pivot)
-        average = None if feats.max_output_tokens else self._average_output_tokens()
-        candidates = [self._predict(p, feats, q_top, factor, average) for p in members]
+        threshold = facts.threshold
+        if estimator is not None:
+            difficulty = estimator.score(feats.prompt, feats.prompt_ids)
+            strong_needed: float | None = difficulty
+            pivot = threshold if threshold is not None else 0.5
+        else:
+            strong_needed = None
+            difficulty = heuristic_difficulty(feats.prompt)
+            pivot = 0.5
+        members = self._hard_filter(facts, feats)
+        q_top = facts.q_top if members is facts.members else max([p.quality for p in members])
+        factor = min(max(difficulty / pivot, 0.0), 2.0) if pivot > 0 else 2.0  # quality_factor(), inlined
+        tokens = feats.prompt_tokens
+        n = feats.n
+        max_out = feats.max_output_tokens
+        predict = self._predict
+        if max_out:
+            out = max_out * n
+            candidates = [predict(p, tokens, out, q_top, factor) for p in members]
+        else:
+            average = self._average_output_tokens()
+            output = self._output_tokens
+            candidates = [predict(p, tokens, output(p, average) * n, q_top, factor) for p in members]
         c = constraints
-        if facts.limited or c.max_cost_usd is not None or c.max_latency_ms is not None or c.min_quality is not None:
+        min_quality = c.min_quality
+        if facts.limited or c.max_cost_usd is not None or c.max_latency_ms is not None or min_quality is not None:
             candidates = self._constrain(candidates, constraints, route)
-        policy_name = constraints.policy or route.policy
+        if min_quality is None:
+            min_quality = route.min_quality
+        policy_name = c.policy or route.policy
         policy = self.policies.get(policy_name) or self.policy(policy_name)
-        min_quality = constraints.min_quality if constraints.min_quality is not None else route.min_quality
         request = RoutingInput(
             feats.prompt,
-            feats.prompt_tokens,
-            feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
+            tokens,
+            max_out or DEFAULT_OUTPUT_TOKENS,
             difficulty,
             strong_needed,
             threshold,
@@ -333,7 +376,7 @@ class Router:
         )
         decision = policy.rank(request, candidates)
         if not route.fallbacks:
-            decision = Decision(decision.ranking[:1], decision.reason, decision.policy, decision.scores)
+            del decision.ranking[1:]
         return Plan(decision, requested)
 
     def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
@@ -348,30 +391,26 @@ class Router:
         reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
         return Plan(Decision(ranking, reason, "explicit"), None)
 
-    def _hard_filter(self, members: list[Prepared], feats: RequestFeatures) -> list[Prepared]:
-        """Capabilities, context window and breakers; each with its own clear error."""
+    def _hard_filter(self, route: _RouteFacts | list[Prepared], feats: RequestFeatures) -> list[Prepared]:
+        """Capabilities, context window and breakers; each with its own clear error. Given a route, returns
+        its own member list when nothing is filtered out (the common case, checked without copying)."""
+        facts = route if isinstance(route, _RouteFacts) else None
+        members = route.members if isinstance(route, _RouteFacts) else route
         if not members:
             return members
-        if feats.needs_tools or feats.needs_vision or feats.needs_json:
-            for needed, label, has in _CAPABILITIES:
-                if getattr(feats, needed):
-                    capable = [p for p in members if has(p)]
-                    if not capable:
-                        names = ", ".join(p.spec.name for p in members)
-                        raise NoRouteSatisfies(
-                            f"No candidate model supports {label} (candidates: {names}).",
-                            param="tools" if label == "tool calling" else None,
-                        )
-                    members = capable
+        if (feats.needs_tools or feats.needs_vision or feats.needs_json) and not (facts and facts.all_capable):
+            members = self._capable(members, feats)
         need_out = feats.max_output_tokens or 1
         tokens = feats.prompt_tokens
-        fits: list[Prepared] = []
-        up: list[Prepared] = []
-        for p in members:
-            if tokens * p.token_margin + need_out <= p.context_window:
-                fits.append(p)
-                if p.stats.healthy and p.breaker.available():
-                    up.append(p)
+        if facts is not None and members is facts.members and tokens * facts.max_margin + need_out <= facts.min_window:
+            fits = members
+            for p in members:
+                if not (p.stats.healthy and p.breaker.available()):
+                    break
+            else:
+                return members
+        else:
+            fits = [p for p in members if tokens * p.token_margin + need_out <= p.context_window]
         if not fits:
             largest = max(members, key=lambda p: p.context_window)
             raise ContextLengthExceeded(
@@ -380,7 +419,22 @@ class Router:
                 f"'{largest.spec.name}').",
                 param="messages",
             )
+        up = [p for p in fits if p.stats.healthy and p.breaker.available()]
         return up or fits  # all down: try anyway rather than fail without trying
+
+    @staticmethod
+    def _capable(members: list[Prepared], feats: RequestFeatures) -> list[Prepared]:
+        for needed, label, has in _CAPABILITIES:
+            if getattr(feats, needed):
+                capable = [p for p in members if has(p)]
+                if not capable:
+                    names = ", ".join(p.spec.name for p in members)
+                    raise NoRouteSatisfies(
+                        f"No candidate model supports {label} (candidates: {names}).",
+                        param="tools" if label == "tool calling" else None,
+                    )
+                members = capable
+        return members
 
     def _constrain(self, cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         max_cost = c.max_cost_usd if c.max_cost_usd is not None else route.max_cost_usd

@@ -10,7 +10,7 @@ below the calibrated threshold.
 
 from __future__ import annotations
 
-from math import log10
+from math import log
 from typing import ClassVar
 
 from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
@@ -24,7 +24,9 @@ class BalancedPolicy:
     name: ClassVar[str] = "balanced"
 
     def __init__(self) -> None:
-        self._labels: dict[tuple[float, float, float], str] = {}  # per weights: formatting them costs 0.5 us
+        # The last weights seen and their label (formatting them costs 0.5 us per request).
+        self._weights: tuple[float, float, float] = (-1.0, -1.0, -1.0)
+        self._label = ""
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         wq, wc, wl = request.weights
@@ -34,7 +36,7 @@ class BalancedPolicy:
         first = candidates[0]
         b_lo = b_hi = first.base_quality
         q_lo = first.quality
-        c_lo = c_hi = log10(first.cost + 1e-9)
+        c_lo = c_hi = log(first.cost + 1e-9)
         l_lo = l_hi = first.latency_s
         costs: list[float] = []
         for c in candidates:
@@ -45,7 +47,7 @@ class BalancedPolicy:
                 b_hi = b
             if c.quality < q_lo:
                 q_lo = c.quality
-            x = log10(c.cost + 1e-9)
+            x = log(c.cost + 1e-9)  # the normalised term is the same in any base
             costs.append(x)
             if x < c_lo:
                 c_lo = x
@@ -72,23 +74,42 @@ class BalancedPolicy:
             l_scale = wl / (l_hi - l_lo)
         else:
             l_scale, flat = 0.0, flat + wl
-        values = [
-            (flat + (c.quality - q_lo) * q_scale + (c_hi - x) * c_scale + (l_hi - c.latency_s) * l_scale) / total
-            for c, x in zip(candidates, costs, strict=True)
-        ]
-        # Stable: equal utilities keep the candidates' order (reverse=True keeps stability).
-        order = sorted(range(len(candidates)), key=values.__getitem__, reverse=True)
+        values: list[float] = []
+        n = len(candidates)
+        for i in range(n):
+            c = candidates[i]
+            values.append(
+                (flat + (c.quality - q_lo) * q_scale + (c_hi - costs[i]) * c_scale + (l_hi - c.latency_s) * l_scale)
+                / total
+            )
+        # Highest utility first, equal utilities in the candidates' order: an insertion sort (a handful of
+        # candidates; sorted() with a key function costs more here).
+        order: list[int] = []
+        for i in range(n):
+            v = values[i]
+            j = len(order)
+            while j > 0 and values[order[j - 1]] < v:
+                j -= 1
+            order.insert(j, i)
         ranking = [candidates[i] for i in order]
         for c in ranking:
             if c.saturated:
                 ranking = spill_saturated(ranking)
                 break
         win = ranking[0]
-        label = self._labels.get(request.weights)
-        if label is None:
-            label = self._labels[request.weights] = f"weights q{wq:g}/c{wc:g}/l{wl:g}"
-        reason = (
-            f"best utility {values[candidates.index(win)]:.2f}: {win.name} (quality {win.quality:.2f}, "
-            f"{fmt_usd(win.cost)}, {win.latency_s * 1000:.0f} ms; {label})"
+        weights = request.weights
+        if weights != self._weights:
+            self._weights, self._label = weights, f"weights q{wq:g}/c{wc:g}/l{wl:g}"
+        # One %-format for the reason: it runs per request, and separate f-string fields cost more.
+        reason = "best utility %.2f: %s (quality %.2f, %s, %.0f ms; %s)" % (  # noqa: UP031
+            values[candidates.index(win)],
+            win.name,
+            win.quality,
+            fmt_usd(win.cost),
+            win.latency_s * 1000,
+            self._label,
         )
-        return Decision(ranking, reason, self.name, {c.name: v for c, v in zip(candidates, values, strict=True)})
+        scores: dict[str, float] = {}
+        for i in range(n):
+            scores[candidates[i].name] = values[i]
+        return Decision(ranking, reason, self.name, scores)

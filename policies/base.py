@@ -111,4 +111,4 @@ def spill_saturated(ranking: list[Candidate]) -> list[Candidate]:
 def fmt_usd(value: float) -> str:
     """A short dollar figure for reasons (a float: a reason is for reading, and formatting a Decimal costs
     microseconds on every request)."""
-    return f"${value:.6f}" if value < 1 else f"${value:.2f}"
+    return "$%.6f" % value if value < 1 else "$%.2f" % value  # noqa: UP031 (faster than format specs)

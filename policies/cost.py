@@ -12,9 +12,12 @@ from policies.registry import register
 DEFAULT_FLOOR = 7.0
 
 
-def good_enough_floor(request: RoutingInput, candidates: list[Candidate]) -> float:
-    """The quality a candidate must reach to count as good enough for this request."""
-    return request.min_quality if request.min_quality is not None else DEFAULT_FLOOR
+def _cheapest_first(c: Candidate) -> tuple[float, float]:
+    return c.cost, -c.quality
+
+
+def _best_first(c: Candidate) -> float:
+    return -c.quality
 
 
 @register("cost")
@@ -24,27 +27,31 @@ class CostPolicy:
     name: ClassVar[str] = "cost"
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
-        floor = good_enough_floor(request, candidates)
-        if request.strong_needed is not None and request.strong_threshold is not None and request.min_quality is None:
-            # A calibrated learned router decides what "good enough" means for this prompt.
-            top = max(c.base_quality for c in candidates)
-            needs_strong = request.strong_needed >= request.strong_threshold
-            floor = top if needs_strong else 0.0
+        p, threshold, min_quality = request.strong_needed, request.strong_threshold, request.min_quality
+        if p is not None and threshold is not None and min_quality is None:
+            # A calibrated learned router decides what "good enough" means for this prompt: below its
+            # threshold any model is, at or above it only the best configured ones.
+            floor = max(c.base_quality for c in candidates) if p >= threshold else 0.0
             ok = [c for c in candidates if c.base_quality >= floor]
         else:
+            floor = min_quality if min_quality is not None else DEFAULT_FLOOR
             ok = [c for c in candidates if c.quality >= floor]
-        good = sorted(ok, key=lambda c: (c.cost, -c.quality))
-        chosen = {c.name for c in ok}
-        rest = sorted((c for c in candidates if c.name not in chosen), key=lambda c: -c.quality)
-        ranking = spill_saturated(good) + rest if good else rest
+        good = sorted(ok, key=_cheapest_first)
+        if len(ok) < len(candidates):
+            rest = sorted([c for c in candidates if c not in ok], key=_best_first)
+            ranking = spill_saturated(good) + rest if good else rest
+        else:
+            ranking = spill_saturated(good)
         win = ranking[0]
         if good:
-            reason = (
-                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost)} "
-                f"(predicted quality {win.quality:.2f} >= {floor:.2f})"
+            reason = "cheapest good-enough model: %s at %s (predicted quality %.2f >= %.2f)" % (  # noqa: UP031
+                win.name,
+                fmt_usd(win.cost),
+                win.quality,
+                floor,
             )
         else:
-            reason = f"no model predicted good enough (>= {floor:.2f}); best quality: {win.name}"
+            reason = "no model predicted good enough (>= %.2f); best quality: %s" % (floor, win.name)  # noqa: UP031
         if win.saturated:
             reason += "; all good-enough models saturated"
         return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})

@@ -13,6 +13,14 @@ from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_satu
 from policies.registry import register
 
 
+def _strong_first(c: Candidate) -> tuple[float, float]:
+    return -c.base_quality, c.cost
+
+
+def _cheap_first(c: Candidate) -> tuple[float, float]:
+    return c.cost, -c.base_quality
+
+
 @register("learned")
 class LearnedPolicy:
     """Strong model when the learned router says so, else the cheapest candidate."""
@@ -26,15 +34,14 @@ class LearnedPolicy:
             p = request.difficulty if p is None else p
             threshold = 0.5 if threshold is None else threshold
         strong = p >= threshold
-        if strong:
-            ordered = sorted(candidates, key=lambda c: (-c.base_quality, c.cost))
-        else:
-            ordered = sorted(candidates, key=lambda c: (c.cost, -c.base_quality))
-        ranking = spill_saturated(ordered)
+        ranking = spill_saturated(sorted(candidates, key=_strong_first if strong else _cheap_first))
         win = ranking[0]
-        verdict = "needs the strong model" if strong else "the cheap model suffices"
-        reason = (
-            f"learned router: P(strong needed)={p:.3f} {'>=' if strong else '<'} threshold {threshold:.3f}, "
-            f"{verdict}: {win.name} ({fmt_usd(win.cost)})"
+        reason = "learned router: P(strong needed)=%.3f %s threshold %.3f, %s: %s (%s)" % (  # noqa: UP031 (faster)
+            p,
+            ">=" if strong else "<",
+            threshold,
+            "needs the strong model" if strong else "the cheap model suffices",
+            win.name,
+            fmt_usd(win.cost),
         )
-        return Decision(ranking, reason, self.name, {c.name: float(p) for c in candidates})
+        return Decision(ranking, reason, self.name, dict.fromkeys([c.name for c in candidates], float(p)))

@@ -21,7 +21,16 @@ from collections.abc import Collection, Iterable, Sequence
 from operator import itemgetter
 from typing import TypeVar
 
-__all__ = ["CUE_NAMES", "MAX_CHARS", "MAX_TOKENS", "analyze", "build_vocabulary", "gather"]
+__all__ = [
+    "CUE_NAMES",
+    "MAX_CHARS",
+    "MAX_TOKENS",
+    "analyze",
+    "build_vocabulary",
+    "distinct_ids",
+    "gather",
+    "has_choices",
+]
 
 #: Only the first ``MAX_TOKENS`` token ids feed the token set (bounds the cost of a long prompt).
 MAX_TOKENS = 128
@@ -48,11 +57,19 @@ def gather(table: Sequence[_T], keys: Collection[int]) -> tuple[_T, ...]:
 
 def analyze(text: str, ids: Sequence[int]) -> tuple[set[int], list[float]]:
     """The distinct token ids and the cue vector of a prompt, given its ids (``encode_ordinary(text)``)."""
-    tokens = set(ids[:MAX_TOKENS] if len(ids) > MAX_TOKENS else ids)
+    return distinct_ids(ids), [_log1p(len(text)), _log1p(len(ids)), 1.0 if has_choices(text) else 0.0]
+
+
+def distinct_ids(ids: Sequence[int]) -> set[int]:
+    """The token-set feature: the distinct ids among the first :data:`MAX_TOKENS`."""
+    return set(ids[:MAX_TOKENS] if len(ids) > MAX_TOKENS else ids)
+
+
+def has_choices(text: str) -> bool:
+    """The multiple-choice cue: two or more option lines (``A.``, ``(B)``...) in the first :data:`MAX_CHARS`."""
     prefix = text[:MAX_CHARS] if len(text) > MAX_CHARS else text
     # Two option lines need a line break (one may start the text): most chat prompts skip the regex.
-    choices = 1.0 if "\n" in prefix and len(_CHOICE_RE.findall(prefix)) >= 2 else 0.0
-    return tokens, [_log1p(len(text)), _log1p(len(ids)), choices]
+    return "\n" in prefix and len(_CHOICE_RE.findall(prefix)) >= 2
 
 
 def build_vocabulary(id_sets: Iterable[set[int]], min_df: int, max_features: int) -> list[int]:

@@ -18,7 +18,6 @@ import ast
 import bisect
 import json
 import math
-import operator
 import sys
 import zipfile
 from array import array
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policies.router.curve import CurvePoints, first_reaching, pgr_points
-from policies.router.features import CUE_NAMES, analyze, gather
+from policies.router.features import CUE_NAMES, distinct_ids, gather, has_choices
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +56,7 @@ class _Calibration:
 
 
 _TINY = 1e-45  # the smallest positive float32
+_log1p = math.log1p
 
 #: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
 _TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B", "<u4": "I", "<i8": "q"}
@@ -169,13 +169,20 @@ class QualityRouter:
 
     # ------------------------------------------------------------------ scoring
     def logit(self, prompt: str, ids: Sequence[int] | None = None) -> float:
-        """Raw linear score of ``prompt`` (monotone in :meth:`score`); ``ids``: its token ids, if known."""
-        tokens, cues = analyze(prompt, self._encode(prompt) if ids is None else ids)
-        weights = gather(self._weights, tokens)
+        """Raw linear score of ``prompt`` (monotone in :meth:`score`); ``ids``: its token ids, if known.
+
+        The features of :func:`~policies.router.features.analyze`, computed inline (this runs per request);
+        the dense sum adds in the same order, so the result is the same to the last bit."""
+        if ids is None:
+            ids = self._encode(prompt)
+        weights = gather(self._weights, distinct_ids(ids))
         matched = len(weights) - weights.count(0.0)
         # A set of ints iterates in the same order in every process, so this sum is reproducible.
         z = self._bias + (sum(weights) / math.sqrt(matched) if matched else 0.0)
-        dense: float = sum(map(operator.mul, cues, self._cue))
+        w_chars, w_tokens, w_choices = self._cue
+        dense = (
+            w_chars * _log1p(len(prompt)) + w_tokens * _log1p(len(ids)) + (w_choices if has_choices(prompt) else 0.0)
+        )
         return z + dense
 
     def score(self, prompt: str, ids: Sequence[int] | None = None) -> float:

@@ -161,6 +161,27 @@ def test_score_with_and_without_ids_agree(trained: Path, tokenizer: TiktokenCoun
         assert router.score(prompt) == router.score(prompt, tokenizer.encode(prompt))
 
 
+def test_logit_is_the_linear_model_over_the_training_features(trained: Path, tokenizer: TiktokenCounter) -> None:
+    # logit() computes analyze()'s features inline for speed: the score must be the trained model's, bit for bit.
+    router = QualityRouter.load(trained, encode=tokenizer.encode)
+    with np.load(trained / "router.npz") as npz:
+        vocab = dict(zip(npz["vocab"].tolist(), npz["w_ngram"].tolist(), strict=True))
+        w_cue, bias = npz["w_cue"].tolist(), float(npz["bias"][0])
+    prompts = [
+        "Say hi.",
+        "Which is prime?\nA. 4\nB. 7\nC. 9\nD. 10",
+        "Prove that sqrt(2) is irrational, step by step. " * 40,
+        "",
+        "日本語で答えて",
+    ]
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        tokens, cues = features.analyze(prompt, ids)
+        weights = [vocab[t] for t in tokens if t in vocab]
+        z = bias + (sum(weights) / math.sqrt(len(weights)) if weights else 0.0)
+        assert router.logit(prompt, ids) == z + sum(c * w for c, w in zip(cues, w_cue, strict=True)), prompt
+
+
 # ---------------------------------------------------- training + artifact
 def test_training_slice_produces_loadable_artifact(trained: Path, small_data: Path) -> None:
     router = QualityRouter.load(trained, encode=cl100k_encode)
