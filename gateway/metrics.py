@@ -6,13 +6,65 @@ outcomes, or error types from the gateway's own hierarchy, so cardinality is bou
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 
 from gateway.context import RequestContext
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_DECISION_BUCKETS = (
+    2.5e-6,
+    5e-6,
+    7.5e-6,
+    1e-5,
+    1.25e-5,
+    1.5e-5,
+    2e-5,
+    2.5e-5,
+    3e-5,
+    4e-5,
+    5e-5,
+    7.5e-5,
+    1e-4,
+    2.5e-4,
+    1e-3,
+)
+
+
+class FastHistogram:
+    """A Prometheus histogram without labels for a figure observed on every request, in one process.
+
+    ``observe`` is a bisect and two additions (prometheus_client's Histogram takes a lock and costs about
+    1 us, a tenth of the routing decision this measures); the cumulative buckets are built when scraped.
+    All observations come from the event loop's thread, so no lock is needed.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = list(buckets)
+        self._counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (``le`` semantics: a value equal to a bound falls in that bound's bucket)."""
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """The exposition form (called by the registry at scrape time)."""
+        family = HistogramMetricFamily(self.name, self.documentation)
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*map(repr, self._bounds), "+Inf"], self._counts, strict=True):
+            total += count
+            buckets.append((bound, total))
+        family.add_metric([], buckets, sum_value=self._sum)
+        yield family
 
 
 class Metrics:
@@ -52,6 +104,12 @@ class Metrics:
             "gateway_backend_queue_waiting", "vLLM requests waiting (scraped)", ["model"], registry=r
         )
         self.breaker_open = Gauge("gateway_backend_breaker_open", "1 when the breaker is open", ["model"], registry=r)
+        self.decision_time = FastHistogram(
+            "gateway_routing_decision_seconds",
+            "Time the decide stage took per request (learned router, predictions, constraints, policy)",
+            _DECISION_BUCKETS,
+        )
+        r.register(self.decision_time)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -131,7 +132,9 @@ class Pipeline:
             cached = await self.cache.lookup(ctx)
             if cached is not None:
                 return self._serve_cached(ctx, cached, feats)
+            started = perf_counter()
             plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
+            self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
             if ctx.stream:
                 return await self._stream(ctx, plan, feats)

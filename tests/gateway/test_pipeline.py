@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.config import Settings
+from gateway.metrics import FastHistogram
 
 from .conftest import chat_reply, gateway_client, make_settings, sse
 
@@ -101,6 +103,22 @@ async def test_falls_back_on_5xx_and_opens_breaker() -> None:
     # two failures open the breaker; later requests skip the dead backend entirely
     assert calls.count("small") == 2
     assert 'gateway_backend_breaker_open{model="small"} 1.0' in metrics
+    # every decision is timed (the decide stage's cost in production, per worker)
+    assert "gateway_routing_decision_seconds_count 4.0" in metrics
+    assert 'gateway_routing_decision_seconds_bucket{le="+Inf"} 4.0' in metrics
+
+
+def test_fast_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    histogram = FastHistogram("t_seconds", "test", (1e-5, 2e-5))
+    for value in (5e-6, 1e-5, 1.5e-5, 3e-5):
+        histogram.observe(value)
+    registry = CollectorRegistry()
+    registry.register(histogram)
+    text = generate_latest(registry).decode()
+    assert 't_seconds_bucket{le="1e-05"} 2.0' in text  # 1e-5 itself counts as <= 1e-5
+    assert 't_seconds_bucket{le="2e-05"} 3.0' in text
+    assert 't_seconds_bucket{le="+Inf"} 4.0' in text and "t_seconds_count 4.0" in text
+    assert abs(float(text.split("t_seconds_sum ")[1].split()[0]) - 6e-5) < 1e-12
 
 
 async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> None:
