@@ -30,8 +30,8 @@ GW=""
 trap '[ -n "$GW" ] && kill "$GW" 2>/dev/null || true' EXIT
 for r in $(seq 1 "$ROUNDS"); do
     decide "$OUT/decision-$r-before.txt"
-    # Started from $OUT: `gateway serve` runs `python -m gateway.server`, which would import a checkout in
-    # its working directory before the install being measured.
+    # Started from $OUT, away from the checkout: an install whose `gateway serve` predates its -P flag would
+    # import the checkout's sources before the install being measured.
     (cd "$OUT" && BENCH_UPSTREAM_BASE="http://127.0.0.1:$UPSTREAM_PORT/v1" \
         GATEWAY_LEDGER__URL="sqlite+aiosqlite:///$OUT/ledger-$r.db" exec taskset -c "$GATEWAY_CPUS" "$BIN" serve \
         --config "$ROOT/bench/gateway-bench-auto.yaml" --port 8080 >"$OUT/gateway-$r.log" 2>&1) &

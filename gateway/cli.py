@@ -41,7 +41,9 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
     _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
-    argv = [sys.executable, "-m", "gateway.server", "--config", str(config)]
+    # -P: the working directory does not go on sys.path, so a checkout there cannot shadow the installed
+    # package (a wheel's compiled decide stage would silently run as the checkout's pure Python).
+    argv = [sys.executable, "-P", "-m", "gateway.server", "--config", str(config)]
     for flag, value in (("--host", host), ("--port", port), ("--workers", workers)):
         if value is not None:
             argv += [flag, str(value)]
