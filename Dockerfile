@@ -25,8 +25,9 @@ COPY gateway ./gateway
 COPY backends ./backends
 COPY policies ./policies
 COPY cache ./cache
+# -P: check the installed package, not the sources in this working directory.
 RUN pip install --no-deps . && python -m compileall -q /opt/venv/lib \
-    && python -c "import gateway.routing as r; assert r.COMPILED, 'the decide stage did not compile'"
+    && python -P -c "import gateway.routing as r; assert r.COMPILED, 'the decide stage did not compile'"
 
 FROM python:${PYTHON_VERSION}-slim
 LABEL org.opencontainers.image.title="llm-hybrid-gateway" \
