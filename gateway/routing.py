@@ -201,7 +201,6 @@ class Router:
             )
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
         self._facts: dict[str, _RouteFacts] = {name: self._route_facts(r) for name, r in self.routes.items()}
-        self._prepared = list(self.models.values())
 
     def _route_facts(self, route: RouteSpec) -> _RouteFacts:
         members = [self.models[m] for m in route.models or []]
@@ -287,12 +286,11 @@ class Router:
             saturated = True
             wait = max(wait, (in_flight - capacity + 1) * service / capacity)
         quality = prep.quality
-        predicted = q_top - (q_top - quality) * factor
         return Candidate(
             prep.name,
             partial(price.cost, prompt_tokens, out_tokens),  # exact Decimal, computed if ever asked for
             wait + service,
-            predicted if predicted > 0.0 else 0.0,
+            scaled_quality(quality, q_top, factor),
             quality,
             prep.is_local,
             saturated,
@@ -315,7 +313,7 @@ class Router:
     def _average_output_tokens(self) -> int:
         total = 0
         weighted = 0.0
-        for p in self._prepared:
+        for p in self.models.values():
             seen = p.stats.output_tokens
             if seen.value is not None:
                 total += seen.count
@@ -342,9 +340,9 @@ class Router:
             strong_needed = None
             difficulty = heuristic_difficulty(feats.prompt)
             pivot = 0.5
-        members = self._hard_filter(facts, feats)
+        members = self._hard_filter(facts.members, feats, facts)
         q_top = facts.q_top if members is facts.members else max([p.quality for p in members])
-        factor = min(max(difficulty / pivot, 0.0), 2.0) if pivot > 0 else 2.0  # quality_factor(), inlined
+        factor = quality_factor(difficulty, pivot)
         tokens = feats.prompt_tokens
         n = feats.n
         max_out = feats.max_output_tokens
@@ -391,11 +389,12 @@ class Router:
         reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
         return Plan(Decision(ranking, reason, "explicit"), None)
 
-    def _hard_filter(self, route: _RouteFacts | list[Prepared], feats: RequestFeatures) -> list[Prepared]:
-        """Capabilities, context window and breakers; each with its own clear error. Given a route, returns
-        its own member list when nothing is filtered out (the common case, checked without copying)."""
-        facts = route if isinstance(route, _RouteFacts) else None
-        members = route.members if isinstance(route, _RouteFacts) else route
+    def _hard_filter(
+        self, members: list[Prepared], feats: RequestFeatures, facts: _RouteFacts | None = None
+    ) -> list[Prepared]:
+        """Capabilities, context window and breakers; each with its own clear error. ``facts``: the route
+        ``members`` come from, whose precomputed bounds skip the per-member checks that cannot fail; when
+        nothing is filtered out, ``members`` itself is returned (not a copy)."""
         if not members:
             return members
         if (feats.needs_tools or feats.needs_vision or feats.needs_json) and not (facts and facts.all_capable):
@@ -404,11 +403,6 @@ class Router:
         tokens = feats.prompt_tokens
         if facts is not None and members is facts.members and tokens * facts.max_margin + need_out <= facts.min_window:
             fits = members
-            for p in members:
-                if not (p.stats.healthy and p.breaker.available()):
-                    break
-            else:
-                return members
         else:
             fits = [p for p in members if tokens * p.token_margin + need_out <= p.context_window]
         if not fits:
@@ -420,6 +414,8 @@ class Router:
                 param="messages",
             )
         up = [p for p in fits if p.stats.healthy and p.breaker.available()]
+        if len(up) == len(fits):
+            return fits
         return up or fits  # all down: try anyway rather than fail without trying
 
     @staticmethod
