@@ -1,6 +1,6 @@
 """Routing decision time per request, per policy (p50, p99), on the example config's three models.
 
-    .venv/bin/python bench/routing_decision.py [--n 5000] [--added-ms 0.46] [--prompt TEXT]
+    .venv/bin/python bench/routing_decision.py [--n 5000] [--added-ms 0.46] [--prompt TEXT] [--cold-mib 8]
 
 The editable install (.venv) runs the decide stage as pure Python; a wheel install (``pip install .``, the
 Docker image) runs it compiled by mypyc (setup.py). To time the compiled one from a checkout, install the
@@ -16,6 +16,12 @@ request:
 * ``decision``: ``Router.plan`` for the route ``auto``: the learned router's score (reading the token ids the
   features stage produced), candidate predictions, constraints and the policy's ranking and reason. This
   is what routing adds to a request; no backend is called.
+
+With ``--cold-mib N``, N MiB of memory are read between two requests (outside the timings), so every decision
+starts with its code and data out of the CPU caches, as in the server, where everything else a request does
+runs between two decisions: 8 MiB reproduces the decision times the gateway's own histogram shows in
+``bench/decision_share.sh``'s sequential phase (compiled 22 us against 23 us, pure Python 53 us against 48 us,
+2026-12-02), where the warm figures are 3-4x lower.
 
 With ``--added-ms`` (the gateway's added latency p50 of a routed request, from ``bench/run_side_by_side.sh``
 with ``OTHER_MODEL=auto``), it also prints the decision's share of it.
@@ -66,7 +72,7 @@ def load_prompts(n: int, seed: int, prompt: str | None) -> tuple[list[str], str]
     return sample, f"{len(sample)} RouteLLM prompts (median {chars:.0f} chars)"
 
 
-async def main(n: int, added_ms: float | None, seed: int, prompt: str | None) -> None:
+async def main(n: int, added_ms: float | None, seed: int, prompt: str | None, cold_mib: float) -> None:
     settings = load_settings(ROOT / "gateway.example.yaml")
     gw = await build_gateway(settings)
     router, counter = gw.router, gw.pipeline.counter
@@ -75,6 +81,10 @@ async def main(n: int, added_ms: float | None, seed: int, prompt: str | None) ->
     build = "compiled (mypyc)" if routing.COMPILED else "pure Python"
     print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}; decide stage: {build}")
     print(f"prompts: {described}; {n} requests per policy after 500 warm-up")
+    # Read (bytes() copies it) between requests to evict the caches; kept outside the timings.
+    evict = bytearray(int(cold_mib * 2**20)) if cold_mib > 0 else None
+    if evict is not None:
+        print(f"caches: {cold_mib:g} MiB read between two requests (cold, as in the server)")
     header = f"{'policy':10} {'decision p50':>12} {'p99':>8} {'mean':>8}   {'features p50':>12} {'p99':>8}  (us)"
     print(header)
     gc.collect()
@@ -87,6 +97,8 @@ async def main(n: int, added_ms: float | None, seed: int, prompt: str | None) ->
             plan_us: list[float] = []
             for i in range(n + 500):
                 body = {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
+                if evict is not None:
+                    bytes(evict)
                 t0 = time.perf_counter()
                 feats = extract_features("chat", body, counter)
                 t1 = time.perf_counter()
@@ -115,5 +127,6 @@ if __name__ == "__main__":
     parser.add_argument("--added-ms", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default=None, help="time this one prompt (e.g. the side-by-side harness's)")
+    parser.add_argument("--cold-mib", type=float, default=0.0, help="MiB read between requests to evict the caches")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt))
+    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt, args.cold_mib))
