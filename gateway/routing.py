@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import partial
 from typing import Any, Protocol
 
 from backends import Backend, CircuitBreaker, LiveStats
@@ -165,6 +164,51 @@ class _RouteFacts:
     #: ``prompt_tokens * max_margin + max_tokens <= min_window``: the request fits every member's window
     min_window: int
     max_margin: float
+    policy: Policy  # the route's own policy (a request may name another)
+    min_quality: float | None
+    fallbacks: bool
+
+
+def _predict(prep: Prepared, prompt_tokens: int, out_tokens: int, q_top: float, factor: float) -> Candidate:
+    """A candidate's predictions for a request: cost, completion time (queueing included) and quality."""
+    # Runs per candidate per request: live values are read once into locals.
+    stats = prep.stats
+    price = prep.price_now() if prep.gpu_priced else prep.price
+    ttft = stats.ttft_s.value
+    tpot = stats.tpot_s.value
+    service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
+        out_tokens - 1 if out_tokens > 1 else 0
+    )
+    queue = stats.queue
+    running = queue.running
+    waiting = queue.waiting
+    load = running + waiting
+    capacity = prep.capacity
+    wait = 0.0
+    saturated = False
+    if load and queue.scraped_at:
+        wait = waiting * service / (running if running > 1.0 else 1.0)
+        saturated = waiting > 0 or (capacity is not None and running >= capacity)
+    in_flight = stats.in_flight
+    if in_flight > load:
+        load = float(in_flight)
+    if capacity is not None and in_flight >= capacity:
+        saturated = True
+        wait = max(wait, (in_flight - capacity + 1) * service / capacity)
+    quality = prep.quality
+    return Candidate(
+        prep.name,
+        None,  # the exact Decimal: computed from price and tokens if ever asked for
+        wait + service,
+        scaled_quality(quality, q_top, factor),
+        quality,
+        prep.is_local,
+        saturated,
+        load,
+        price.estimate(prompt_tokens, out_tokens),
+        price,
+        (prompt_tokens, out_tokens),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +258,9 @@ class Router:
             all(has(p) for _, _, has in _CAPABILITIES for p in members),
             min((p.context_window for p in members), default=0),
             max((p.token_margin for p in members), default=1.0),
+            self.policy(route.policy),
+            route.min_quality,
+            bool(route.fallbacks),
         )
 
     def _threshold(self, route: RouteSpec) -> float | None:
@@ -257,46 +304,7 @@ class Router:
         prep = self.models[name]
         out_tokens = (feats.max_output_tokens or self._output_tokens(prep, average_output)) * feats.n
         top = prep.quality if q_top is None else q_top
-        return self._predict(prep, feats.prompt_tokens, out_tokens, top, quality_factor(difficulty, pivot))
-
-    @staticmethod
-    def _predict(prep: Prepared, prompt_tokens: int, out_tokens: int, q_top: float, factor: float) -> Candidate:
-        # Runs per candidate per request: live values are read once into locals.
-        stats = prep.stats
-        price = prep.price_now() if prep.gpu_priced else prep.price
-        ttft = stats.ttft_s.value
-        tpot = stats.tpot_s.value
-        service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
-            out_tokens - 1 if out_tokens > 1 else 0
-        )
-        queue = stats.queue
-        running = queue.running
-        waiting = queue.waiting
-        load = running + waiting
-        capacity = prep.capacity
-        wait = 0.0
-        saturated = False
-        if load and queue.scraped_at:
-            wait = waiting * service / (running if running > 1.0 else 1.0)
-            saturated = waiting > 0 or (capacity is not None and running >= capacity)
-        in_flight = stats.in_flight
-        if in_flight > load:
-            load = float(in_flight)
-        if capacity is not None and in_flight >= capacity:
-            saturated = True
-            wait = max(wait, (in_flight - capacity + 1) * service / capacity)
-        quality = prep.quality
-        return Candidate(
-            prep.name,
-            partial(price.cost, prompt_tokens, out_tokens),  # exact Decimal, computed if ever asked for
-            wait + service,
-            scaled_quality(quality, q_top, factor),
-            quality,
-            prep.is_local,
-            saturated,
-            load,
-            price.estimate(prompt_tokens, out_tokens),
-        )
+        return _predict(prep, feats.prompt_tokens, out_tokens, top, quality_factor(difficulty, pivot))
 
     def expected_output_tokens(self, name: str, fallback: int | None = None) -> int:
         """Output length without max_tokens: the model's own average once it has enough observations,
@@ -329,7 +337,6 @@ class Router:
         facts = self._facts.get(requested)
         if facts is None:
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
-        route = facts.spec
         estimator = self.estimator
         threshold = facts.threshold
         if estimator is not None:
@@ -346,22 +353,20 @@ class Router:
         tokens = feats.prompt_tokens
         n = feats.n
         max_out = feats.max_output_tokens
-        predict = self._predict
+        # Direct calls, not local aliases: compiled, an alias is a generic Python call, a direct one a C call.
         if max_out:
             out = max_out * n
-            candidates = [predict(p, tokens, out, q_top, factor) for p in members]
+            candidates = [_predict(p, tokens, out, q_top, factor) for p in members]
         else:
             average = self._average_output_tokens()
-            output = self._output_tokens
-            candidates = [predict(p, tokens, output(p, average) * n, q_top, factor) for p in members]
+            candidates = [_predict(p, tokens, self._output_tokens(p, average) * n, q_top, factor) for p in members]
         c = constraints
         min_quality = c.min_quality
         if facts.limited or c.max_cost_usd is not None or c.max_latency_ms is not None or min_quality is not None:
-            candidates = self._constrain(candidates, constraints, route)
+            candidates = self._constrain(candidates, constraints, facts.spec)
         if min_quality is None:
-            min_quality = route.min_quality
-        policy_name = c.policy or route.policy
-        policy = self.policies.get(policy_name) or self.policy(policy_name)
+            min_quality = facts.min_quality
+        policy = self.policies.get(c.policy) or self.policy(c.policy) if c.policy else facts.policy
         request = RoutingInput(
             feats.prompt,
             tokens,
@@ -373,7 +378,7 @@ class Router:
             min_quality,
         )
         decision = policy.rank(request, candidates)
-        if not route.fallbacks:
+        if not facts.fallbacks:
             del decision.ranking[1:]
         return Plan(decision, requested)
 

@@ -17,7 +17,6 @@ from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_satu
 from policies.registry import register
 
 
-@register("balanced")
 class BalancedPolicy:
     """Highest weighted utility first."""
 
@@ -113,3 +112,8 @@ class BalancedPolicy:
         for i in range(n):
             scores[candidates[i].name] = values[i]
         return Decision(ranking, reason, self.name, scores)
+
+
+# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
+# attributes and methods every request would then reach through generic lookups.
+register("balanced")(BalancedPolicy)

@@ -7,26 +7,45 @@ quality, load) arrives inside :class:`Candidate`, so they are trivially testable
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import ClassVar, Protocol
+
+
+class Priced(Protocol):
+    """What prices a candidate's tokens in exact money (``gateway.pricing.Price``)."""
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """USD for this many prompt and completion tokens."""
+        ...
 
 
 class Candidate:
     """One model that could serve the request, with predictions for this request.
 
     The predicted cost is exact money (:attr:`cost_usd`, a Decimal) and, for ranking, the same figure as a
-    float (:attr:`cost`). The Decimal may be given as a function that computes it: most requests only ever
-    need the winner's, so the others' are never computed.
+    float (:attr:`cost`). Instead of the Decimal, a candidate may carry its ``price`` and token counts: most
+    requests only ever need the winner's Decimal, so the others' are never computed.
     """
 
-    __slots__ = ("_cost_usd", "base_quality", "cost", "is_local", "latency_s", "load", "name", "quality", "saturated")
+    __slots__ = (
+        "_cost_usd",
+        "_price",
+        "_tokens",
+        "base_quality",
+        "cost",
+        "is_local",
+        "latency_s",
+        "load",
+        "name",
+        "quality",
+        "saturated",
+    )
 
     def __init__(
         self,
         name: str,
-        cost_usd: Decimal | Callable[[], Decimal],
+        cost_usd: Decimal | None,
         latency_s: float,
         quality: float,
         base_quality: float,
@@ -34,6 +53,8 @@ class Candidate:
         saturated: bool = False,
         load: float = 0.0,
         cost: float | None = None,
+        price: Priced | None = None,
+        tokens: tuple[int, int] = (0, 0),
     ) -> None:
         self.name = name
         self.latency_s = latency_s  # predicted completion time, queueing included
@@ -43,9 +64,12 @@ class Candidate:
         self.saturated = saturated  # its queue is full: spill over to others first
         self.load = load
         self._cost_usd = cost_usd
-        if cost is None:
-            if not isinstance(cost_usd, Decimal):
-                raise TypeError("a Candidate whose cost_usd is computed later needs its float cost")
+        self._price = price
+        self._tokens = tokens  # (prompt, completion): what ``price`` prices when cost_usd is None
+        if cost_usd is None:
+            if price is None or cost is None:
+                raise TypeError("a Candidate without cost_usd needs its price and its float cost")
+        elif cost is None:
             cost = float(cost_usd)
         self.cost = cost
 
@@ -53,8 +77,10 @@ class Candidate:
     def cost_usd(self) -> Decimal:
         """Predicted cost of this request on this model, in USD."""
         value = self._cost_usd
-        if not isinstance(value, Decimal):
-            value = self._cost_usd = value()
+        if value is None:
+            price = self._price
+            assert price is not None  # checked in __init__
+            value = self._cost_usd = price.cost(self._tokens[0], self._tokens[1])
         return value
 
     def __repr__(self) -> str:

@@ -20,7 +20,6 @@ def _best_first(c: Candidate) -> float:
     return -c.quality
 
 
-@register("cost")
 class CostPolicy:
     """Cheapest among candidates predicted good enough; the rest follow, best quality first."""
 
@@ -55,3 +54,8 @@ class CostPolicy:
         if win.saturated:
             reason += "; all good-enough models saturated"
         return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})
+
+
+# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
+# attributes and methods every request would then reach through generic lookups.
+register("cost")(CostPolicy)

@@ -12,7 +12,6 @@ def _fastest_first(c: Candidate) -> float:
     return c.latency_s
 
 
-@register("latency")
 class LatencyPolicy:
     """Fastest predicted completion first; saturated servers spill over to the next best."""
 
@@ -30,3 +29,8 @@ class LatencyPolicy:
         if spilled:
             reason += f"; spilled over from saturated {', '.join(spilled)}"
         return Decision(ranking, reason, self.name, {c.name: c.latency_s for c in candidates})
+
+
+# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
+# attributes and methods every request would then reach through generic lookups.
+register("latency")(LatencyPolicy)

@@ -21,7 +21,6 @@ def _cheap_first(c: Candidate) -> tuple[float, float]:
     return c.cost, -c.base_quality
 
 
-@register("learned")
 class LearnedPolicy:
     """Strong model when the learned router says so, else the cheapest candidate."""
 
@@ -45,3 +44,8 @@ class LearnedPolicy:
             fmt_usd(win.cost),
         )
         return Decision(ranking, reason, self.name, dict.fromkeys([c.name for c in candidates], float(p)))
+
+
+# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
+# attributes and methods every request would then reach through generic lookups.
+register("learned")(LearnedPolicy)

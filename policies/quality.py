@@ -12,7 +12,6 @@ def _best_first(c: Candidate) -> tuple[float, float, float]:
     return -c.quality, c.cost, c.latency_s
 
 
-@register("quality")
 class QualityPolicy:
     """Highest predicted quality first; ties go to the cheaper, then the faster model."""
 
@@ -23,3 +22,8 @@ class QualityPolicy:
         win = ranking[0]
         reason = "best predicted quality: %s (%.2f/10)" % (win.name, win.quality)  # noqa: UP031 (faster)
         return Decision(ranking, reason, self.name, {c.name: c.quality for c in candidates})
+
+
+# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
+# attributes and methods every request would then reach through generic lookups.
+register("quality")(QualityPolicy)

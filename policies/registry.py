@@ -22,7 +22,7 @@ def register(name: str) -> Callable[[P], P]:
 
 
 def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
+    # Importing the modules runs their register() calls.
     import importlib
 
     from policies import balanced, cost, latency, quality  # noqa: F401

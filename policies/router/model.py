@@ -178,7 +178,7 @@ class QualityRouter:
         weights = gather(self._weights, distinct_ids(ids))
         matched = len(weights) - weights.count(0.0)
         # A set of ints iterates in the same order in every process, so this sum is reproducible.
-        z = self._bias + (sum(weights) / math.sqrt(matched) if matched else 0.0)
+        z = self._bias + (sum(weights) / math.sqrt(float(matched)) if matched else 0.0)  # float: a C sqrt, compiled
         w_chars, w_tokens, w_choices = self._cue
         dense = (
             w_chars * _log1p(len(prompt)) + w_tokens * _log1p(len(ids)) + (w_choices if has_choices(prompt) else 0.0)
