@@ -13,7 +13,7 @@ from __future__ import annotations
 from math import log
 from typing import ClassVar
 
-from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 
@@ -99,14 +99,9 @@ class BalancedPolicy:
         weights = request.weights
         if weights != self._weights:
             self._weights, self._label = weights, f"weights q{wq:g}/c{wc:g}/l{wl:g}"
-        # One %-format for the reason: it runs per request, and separate f-string fields cost more.
-        reason = "best utility %.2f: %s (quality %.2f, %s, %.0f ms; %s)" % (  # noqa: UP031
-            values[candidates.index(win)],
-            win.name,
-            win.quality,
-            fmt_usd(win.cost),
-            win.latency_s * 1000,
-            self._label,
+        reason = (
+            f"best utility {fixed(values[candidates.index(win)], 2)}: {win.name} (quality {fixed(win.quality, 2)}, "
+            f"{fmt_usd(win.cost)}, {fixed(win.latency_s * 1000, 0)} ms; {self._label})"
         )
         scores: dict[str, float] = {}
         for i in range(n):

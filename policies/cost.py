@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 #: Without a configured floor, "well enough" means a predicted MT-Bench-like score of at least this
@@ -43,14 +43,12 @@ class CostPolicy:
             ranking = spill_saturated(good)
         win = ranking[0]
         if good:
-            reason = "cheapest good-enough model: %s at %s (predicted quality %.2f >= %.2f)" % (  # noqa: UP031
-                win.name,
-                fmt_usd(win.cost),
-                win.quality,
-                floor,
+            reason = (
+                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost)} "
+                f"(predicted quality {fixed(win.quality, 2)} >= {fixed(floor, 2)})"
             )
         else:
-            reason = "no model predicted good enough (>= %.2f); best quality: %s" % (floor, win.name)  # noqa: UP031
+            reason = f"no model predicted good enough (>= {fixed(floor, 2)}); best quality: {win.name}"
         if win.saturated:
             reason += "; all good-enough models saturated"
         return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})

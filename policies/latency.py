@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from policies.base import Candidate, Decision, RoutingInput, spill_saturated
+from policies.base import Candidate, Decision, RoutingInput, fixed, spill_saturated
 from policies.registry import register
 
 
@@ -20,10 +20,9 @@ class LatencyPolicy:
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         ranking = spill_saturated(sorted(candidates, key=_fastest_first))
         win = ranking[0]
-        reason = "fastest predicted completion: %s in %.0f ms (load %.0f)" % (  # noqa: UP031 (faster)
-            win.name,
-            win.latency_s * 1000,
-            win.load,
+        reason = (
+            f"fastest predicted completion: {win.name} in {fixed(win.latency_s * 1000, 0)} ms "
+            f"(load {fixed(win.load, 0)})"
         )
         spilled = [c.name for c in candidates if c.saturated and c.latency_s <= win.latency_s]
         if spilled:

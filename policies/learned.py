@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from policies.base import Candidate, Decision, RoutingInput, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 
@@ -35,13 +35,11 @@ class LearnedPolicy:
         strong = p >= threshold
         ranking = spill_saturated(sorted(candidates, key=_strong_first if strong else _cheap_first))
         win = ranking[0]
-        reason = "learned router: P(strong needed)=%.3f %s threshold %.3f, %s: %s (%s)" % (  # noqa: UP031 (faster)
-            p,
-            ">=" if strong else "<",
-            threshold,
-            "needs the strong model" if strong else "the cheap model suffices",
-            win.name,
-            fmt_usd(win.cost),
+        verdict = ">=" if strong else "<"
+        needs = "needs the strong model" if strong else "the cheap model suffices"
+        reason = (
+            f"learned router: P(strong needed)={fixed(p, 3)} {verdict} threshold {fixed(threshold, 3)}, "
+            f"{needs}: {win.name} ({fmt_usd(win.cost)})"
         )
         return Decision(ranking, reason, self.name, dict.fromkeys([c.name for c in candidates], float(p)))
 

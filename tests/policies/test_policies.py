@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import random
 from decimal import Decimal
 
 import pytest
 
 from policies import registry
-from policies.base import Candidate, RoutingInput
+from policies.base import Candidate, RoutingInput, fixed, fmt_usd
 
 
 def cand(name: str, cost: str, latency: float, quality: float, **kw: object) -> Candidate:
@@ -60,3 +62,22 @@ def test_balanced_weights_move_the_choice() -> None:
 def test_single_candidate_is_ranked() -> None:
     for name in ("cost", "latency", "quality", "balanced"):
         assert rank(name, [BIG]) == ["big"]
+
+
+def test_fixed_writes_what_the_float_formatter_writes() -> None:
+    # Reasons format their figures with fixed() (int-to-str, cheap when the caches are cold): a reader must
+    # see what "%.Nf" would show, except that an exact tie rounds up.
+    rng = random.Random(0)
+    for _ in range(20_000):
+        places = rng.randrange(7)
+        value = rng.choice([rng.random(), rng.uniform(0, 20), rng.uniform(0, 1e5), rng.uniform(-50, 50)])
+        expected = f"{value:.{places}f}"
+        tie = abs(abs(value) * 10**places % 1 - 0.5) < 1e-6
+        if not tie:
+            assert fixed(value, places) == expected, (value, places)
+        else:
+            assert abs(float(fixed(value, places)) - value) <= 0.5 / 10**places + 1e-9
+    assert (fixed(0.125, 2), fixed(2.5, 0), fixed(0.0, 3), fixed(7.0, 2)) == ("0.13", "3", "0.000", "7.00")
+    assert (fixed(-1.25, 1), fixed(1e300, 2), fixed(math.inf, 2)) == ("-1.3", f"{1e300:.2f}", "inf")
+    assert fixed(math.nan, 1) == "nan"
+    assert (fmt_usd(0.00138), fmt_usd(12.345)) == ("$0.001380", "$12.35")
