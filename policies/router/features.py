@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Sequence
-from operator import itemgetter
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "CUE_NAMES",
@@ -28,8 +26,8 @@ __all__ = [
     "analyze",
     "build_vocabulary",
     "distinct_ids",
-    "gather",
     "has_choices",
+    "log_count",
 ]
 
 #: Only the first ``MAX_TOKENS`` token ids feed the token set (bounds the cost of a long prompt).
@@ -42,22 +40,16 @@ _CHOICE_RE = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
 #: Names of the dense cue features, in vector order.
 CUE_NAMES: tuple[str, ...] = ("log_chars", "log_tokens", "has_choices")
 
-_T = TypeVar("_T")
-_log1p = math.log1p
-
-
-def gather(table: Sequence[_T], keys: Collection[int]) -> tuple[_T, ...]:
-    """``tuple(table[k] for k in keys)`` at C speed: ``itemgetter`` indexes without a Python call per key
-    (half the time of ``map(table.__getitem__, keys)``)."""
-    if len(keys) > 1:
-        got: tuple[_T, ...] = itemgetter(*keys)(table)
-        return got
-    return tuple(table[k] for k in keys)
-
 
 def analyze(text: str, ids: Sequence[int]) -> tuple[set[int], list[float]]:
     """The distinct token ids and the cue vector of a prompt, given its ids (``encode_ordinary(text)``)."""
-    return distinct_ids(ids), [_log1p(len(text)), _log1p(len(ids)), 1.0 if has_choices(text) else 0.0]
+    return distinct_ids(ids), [log_count(len(text)), log_count(len(ids)), 1.0 if has_choices(text) else 0.0]
+
+
+def log_count(n: int) -> float:
+    """``ln(1 + n)``, the scale of the length cues (``math.log``: compiled, a direct C call, where ``math.log1p``
+    is a generic one)."""
+    return math.log(n + 1.0)
 
 
 def distinct_ids(ids: Sequence[int]) -> set[int]:

@@ -138,21 +138,14 @@ def test_features_read_token_ids(tokenizer: TiktokenCounter) -> None:
     ids = tokenizer.encode(text)
     tokens, cues = features.analyze(text, ids)
     assert tokens == set(ids)
-    assert cues == [math.log1p(len(text)), math.log1p(len(ids)), 1.0]
+    assert cues == pytest.approx([math.log1p(len(text)), math.log1p(len(ids)), 1.0], rel=1e-15)
     assert features.analyze("Name a prime. A. is fine", tokenizer.encode("Name a prime. A. is fine"))[1][2] == 0.0
     # Only the first MAX_TOKENS ids feed the token set; the length cues see the whole prompt.
     long_text = "word " * 5000 + "poem"
     long_ids = tokenizer.encode(long_text)
     long_tokens, long_cues = features.analyze(long_text, long_ids)
     assert long_tokens == set(long_ids[: features.MAX_TOKENS])
-    assert long_cues[:2] == [math.log1p(len(long_text)), math.log1p(len(long_ids))]
-
-
-def test_gather_matches_indexing() -> None:
-    table = [10, 11, 12, 13]
-    assert features.gather(table, [3, 1, 3]) == (13, 11, 13)
-    assert features.gather(table, {2}) == (12,)
-    assert features.gather(table, []) == ()
+    assert long_cues[:2] == pytest.approx([math.log1p(len(long_text)), math.log1p(len(long_ids))], rel=1e-15)
 
 
 def test_score_with_and_without_ids_agree(trained: Path, tokenizer: TiktokenCounter) -> None:
@@ -178,7 +171,10 @@ def test_logit_is_the_linear_model_over_the_training_features(trained: Path, tok
         ids = tokenizer.encode(prompt)
         tokens, cues = features.analyze(prompt, ids)
         weights = [vocab[t] for t in tokens if t in vocab]
-        z = bias + (sum(weights) / math.sqrt(len(weights)) if weights else 0.0)
+        total = 0.0
+        for w in weights:  # left to right, as logit() adds (sum() compensates on Python 3.12+)
+            total += w
+        z = bias + (total / math.sqrt(len(weights)) if weights else 0.0)
         assert router.logit(prompt, ids) == z + sum(c * w for c, w in zip(cues, w_cue, strict=True)), prompt
 
 
