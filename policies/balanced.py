@@ -11,16 +11,19 @@ below the calibrated threshold.
 from __future__ import annotations
 
 from math import log
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
+
+#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
+NAME: Final = "balanced"
 
 
 class BalancedPolicy:
     """Highest weighted utility first."""
 
-    name: ClassVar[str] = "balanced"
+    name: ClassVar[str] = NAME
 
     def __init__(self) -> None:
         # The last weights seen and their label (formatting them costs 0.5 us per request).
@@ -97,7 +100,7 @@ class BalancedPolicy:
                 break
         win = ranking[0]
         weights = request.weights
-        if weights != self._weights:
+        if weights is not self._weights and weights != self._weights:  # a route passes the same tuple each time
             self._weights, self._label = weights, f"weights q{wq:g}/c{wc:g}/l{wl:g}"
         reason = (
             f"best utility {fixed(values[candidates.index(win)], 2)}: {win.name} (quality {fixed(win.quality, 2)}, "
@@ -106,9 +109,9 @@ class BalancedPolicy:
         scores: dict[str, float] = {}
         for i in range(n):
             scores[candidates[i].name] = values[i]
-        return Decision(ranking, reason, self.name, scores)
+        return Decision(ranking, reason, NAME, scores)
 
 
 # Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
 # attributes and methods every request would then reach through generic lookups.
-register("balanced")(BalancedPolicy)
+register(NAME)(BalancedPolicy)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
+
+#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
+NAME: Final = "cost"
 
 #: Without a configured floor, "well enough" means a predicted MT-Bench-like score of at least this
 #: for this prompt (predictions already account for the prompt's difficulty).
@@ -23,7 +26,7 @@ def _best_first(c: Candidate) -> float:
 class CostPolicy:
     """Cheapest among candidates predicted good enough; the rest follow, best quality first."""
 
-    name: ClassVar[str] = "cost"
+    name: ClassVar[str] = NAME
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         p, threshold, min_quality = request.strong_needed, request.strong_threshold, request.min_quality
@@ -51,9 +54,9 @@ class CostPolicy:
             reason = f"no model predicted good enough (>= {fixed(floor, 2)}); best quality: {win.name}"
         if win.saturated:
             reason += "; all good-enough models saturated"
-        return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})
+        return Decision(ranking, reason, NAME, {c.name: c.cost for c in candidates})
 
 
 # Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
 # attributes and methods every request would then reach through generic lookups.
-register("cost")(CostPolicy)
+register(NAME)(CostPolicy)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policies.base import Candidate, Decision, RoutingInput, fixed, spill_saturated
 from policies.registry import register
+
+#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
+NAME: Final = "latency"
 
 
 def _fastest_first(c: Candidate) -> float:
@@ -15,7 +18,7 @@ def _fastest_first(c: Candidate) -> float:
 class LatencyPolicy:
     """Fastest predicted completion first; saturated servers spill over to the next best."""
 
-    name: ClassVar[str] = "latency"
+    name: ClassVar[str] = NAME
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         ranking = spill_saturated(sorted(candidates, key=_fastest_first))
@@ -27,9 +30,9 @@ class LatencyPolicy:
         spilled = [c.name for c in candidates if c.saturated and c.latency_s <= win.latency_s]
         if spilled:
             reason += f"; spilled over from saturated {', '.join(spilled)}"
-        return Decision(ranking, reason, self.name, {c.name: c.latency_s for c in candidates})
+        return Decision(ranking, reason, NAME, {c.name: c.latency_s for c in candidates})
 
 
 # Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
 # attributes and methods every request would then reach through generic lookups.
-register("latency")(LatencyPolicy)
+register(NAME)(LatencyPolicy)

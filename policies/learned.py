@@ -7,10 +7,13 @@ route's operating point (``strong_share`` or ``quality_target``), calibrated on 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
+
+#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
+NAME: Final = "learned"
 
 
 def _strong_first(c: Candidate) -> tuple[float, float]:
@@ -24,7 +27,7 @@ def _cheap_first(c: Candidate) -> tuple[float, float]:
 class LearnedPolicy:
     """Strong model when the learned router says so, else the cheapest candidate."""
 
-    name: ClassVar[str] = "learned"
+    name: ClassVar[str] = NAME
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         p, threshold = request.strong_needed, request.strong_threshold
@@ -41,9 +44,9 @@ class LearnedPolicy:
             f"learned router: P(strong needed)={fixed(p, 3)} {verdict} threshold {fixed(threshold, 3)}, "
             f"{needs}: {win.name} ({fmt_usd(win.cost)})"
         )
-        return Decision(ranking, reason, self.name, dict.fromkeys([c.name for c in candidates], float(p)))
+        return Decision(ranking, reason, NAME, dict.fromkeys([c.name for c in candidates], float(p)))
 
 
 # Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
 # attributes and methods every request would then reach through generic lookups.
-register("learned")(LearnedPolicy)
+register(NAME)(LearnedPolicy)

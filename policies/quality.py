@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policies.base import Candidate, Decision, RoutingInput, fixed, spill_saturated
 from policies.registry import register
+
+#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
+NAME: Final = "quality"
 
 
 def _best_first(c: Candidate) -> tuple[float, float, float]:
@@ -15,15 +18,15 @@ def _best_first(c: Candidate) -> tuple[float, float, float]:
 class QualityPolicy:
     """Highest predicted quality first; ties go to the cheaper, then the faster model."""
 
-    name: ClassVar[str] = "quality"
+    name: ClassVar[str] = NAME
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         ranking = spill_saturated(sorted(candidates, key=_best_first))
         win = ranking[0]
         reason = f"best predicted quality: {win.name} ({fixed(win.quality, 2)}/10)"
-        return Decision(ranking, reason, self.name, {c.name: c.quality for c in candidates})
+        return Decision(ranking, reason, NAME, {c.name: c.quality for c in candidates})
 
 
 # Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
 # attributes and methods every request would then reach through generic lookups.
-register("quality")(QualityPolicy)
+register(NAME)(QualityPolicy)
