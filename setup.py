@@ -29,7 +29,6 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "backends/breaker.py",
     "backends/state.py",
-    "gateway/context.py",
     "gateway/features.py",
     "gateway/pricing.py",
     "gateway/routing.py",

@@ -81,3 +81,18 @@ def test_fixed_writes_what_the_float_formatter_writes() -> None:
     assert (fixed(-1.25, 1), fixed(1e300, 2), fixed(math.inf, 2)) == ("-1.3", f"{1e300:.2f}", "inf")
     assert fixed(math.nan, 1) == "nan"
     assert (fmt_usd(0.00138), fmt_usd(12.345)) == ("$0.001380", "$12.35")
+
+
+def test_a_candidate_prices_its_tokens_only_when_its_exact_cost_is_asked_for() -> None:
+    calls: list[tuple[int, int]] = []
+
+    class Counting:
+        def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+            calls.append((prompt_tokens, completion_tokens))
+            return Decimal("0.000003") * prompt_tokens + Decimal("0.000006") * completion_tokens
+
+    c = Candidate("m", None, 1.0, 8.0, 8.0, cost=0.00009, price=Counting(), tokens=(10, 10))
+    assert c.cost == 0.00009 and calls == []
+    assert c.cost_usd == Decimal("0.000090") and c.cost_usd == Decimal("0.00009") and calls == [(10, 10)]
+    with pytest.raises(TypeError):
+        Candidate("m", None, 1.0, 8.0, 8.0)
