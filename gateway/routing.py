@@ -366,7 +366,7 @@ class Router:
             candidates = self._constrain(candidates, constraints, facts.spec)
         if min_quality is None:
             min_quality = facts.min_quality
-        policy = self.policies.get(c.policy) or self.policy(c.policy) if c.policy else facts.policy
+        policy = self.policy(c.policy) if c.policy else facts.policy
         request = RoutingInput(
             feats.prompt,
             tokens,

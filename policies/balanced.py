@@ -112,6 +112,4 @@ class BalancedPolicy:
         return Decision(ranking, reason, NAME, scores)
 
 
-# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
-# attributes and methods every request would then reach through generic lookups.
-register(NAME)(BalancedPolicy)
+register(NAME)(BalancedPolicy)  # a call, not the decorator: see register()

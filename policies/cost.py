@@ -57,6 +57,4 @@ class CostPolicy:
         return Decision(ranking, reason, NAME, {c.name: c.cost for c in candidates})
 
 
-# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
-# attributes and methods every request would then reach through generic lookups.
-register(NAME)(CostPolicy)
+register(NAME)(CostPolicy)  # a call, not the decorator: see register()

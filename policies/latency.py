@@ -33,6 +33,4 @@ class LatencyPolicy:
         return Decision(ranking, reason, NAME, {c.name: c.latency_s for c in candidates})
 
 
-# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
-# attributes and methods every request would then reach through generic lookups.
-register(NAME)(LatencyPolicy)
+register(NAME)(LatencyPolicy)  # a call, not the decorator: see register()

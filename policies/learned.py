@@ -47,6 +47,4 @@ class LearnedPolicy:
         return Decision(ranking, reason, NAME, dict.fromkeys([c.name for c in candidates], float(p)))
 
 
-# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
-# attributes and methods every request would then reach through generic lookups.
-register(NAME)(LearnedPolicy)
+register(NAME)(LearnedPolicy)  # a call, not the decorator: see register()

@@ -27,6 +27,4 @@ class QualityPolicy:
         return Decision(ranking, reason, NAME, {c.name: c.quality for c in candidates})
 
 
-# Registered by a call, not the decorator: mypyc compiles a decorated class as an ordinary Python class, whose
-# attributes and methods every request would then reach through generic lookups.
-register(NAME)(QualityPolicy)
+register(NAME)(QualityPolicy)  # a call, not the decorator: see register()

@@ -12,7 +12,11 @@ P = TypeVar("P", bound=type[Policy])
 
 
 def register(name: str) -> Callable[[P], P]:
-    """Class decorator adding a policy under ``name``."""
+    """Class decorator adding a policy under ``name``.
+
+    The built-in policies call it after their class (``register(NAME)(BalancedPolicy)``) instead of decorating:
+    mypyc compiles a decorated class as an ordinary Python class, whose attributes and methods every request
+    would then reach through generic lookups."""
 
     def deco(cls: P) -> P:
         _REGISTRY[name] = cls
