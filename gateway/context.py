@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from gateway.features import Constraints as Constraints  # re-exported: defined with the features (compiled)
+
 Endpoint = Literal["chat", "completions", "embeddings"]
 
 ENDPOINT_PATHS: dict[Endpoint, str] = {
@@ -14,16 +16,6 @@ ENDPOINT_PATHS: dict[Endpoint, str] = {
     "completions": "/completions",
     "embeddings": "/embeddings",
 }
-
-
-@dataclass(slots=True)
-class Constraints:
-    """Per-request routing constraints (x-gateway-* headers or the body's ``gateway`` field)."""
-
-    policy: str | None = None
-    max_cost_usd: Decimal | None = None
-    max_latency_ms: float | None = None
-    min_quality: float | None = None
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -23,10 +23,10 @@ from gateway.config import ModelSpec
 PREFILL_DISCOUNT = Decimal("0.1")
 #: Throughput assumed for a local model before any is measured or configured.
 DEFAULT_LOCAL_TPS = 1000.0
-_Q = Decimal("0.000000000001")  # money is kept to 1e-12 USD
+_Q: Final = Decimal("0.000000000001")  # money is kept to 1e-12 USD
 #: No request uses more tokens; bounding counts keeps costs within Decimal's 28 digits at 1e-12 USD even for a
 #: ``max_tokens`` of 10**30 (which predictions multiply by ``n``).
-MAX_TOKENS = 10**12
+MAX_TOKENS: Final = 1_000_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,26 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from backends import Backend, CircuitBreaker, LiveStats
 from gateway.config import ModelSpec, RouteSpec, Settings
-from gateway.context import Constraints
 from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound
-from gateway.features import RequestFeatures, heuristic_difficulty
+from gateway.features import Constraints, RequestFeatures, heuristic_difficulty
 from gateway.pricing import Price, live_price, static_price
 from policies import registry
-from policies.base import Candidate, Decision, Policy, RoutingInput
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, as_ranking
+from policies.router.model import QualityRouter
 
 #: Whether this module (and with it the decide stage, see setup.py) runs compiled by mypyc.
 COMPILED = not __file__.endswith(".py")
 #: Llama-family tokenizers produce more tokens than tiktoken's cl100k for the same text.
-LOCAL_TOKEN_MARGIN = 1.15
-DEFAULT_OUTPUT_TOKENS = 256
-MIN_OBSERVATIONS = 20
+LOCAL_TOKEN_MARGIN: Final = 1.15
+DEFAULT_OUTPUT_TOKENS: Final = 256
+MIN_OBSERVATIONS: Final = 20
 #: Operating point of a route that configures none: recover half of the weak-strong quality gap (about 30%
 #: of calls to the strongest model on the router's calibration data).
-DEFAULT_QUALITY_TARGET = 0.5
+DEFAULT_QUALITY_TARGET: Final = 0.5
 _PRIOR_TTFT_S = {True: 0.15, False: 0.6}  # is_local -> seconds
 _PRIOR_TPOT_S = {True: 0.025, False: 0.03}
 #: MT-Bench-like scores of well-known models, used when the config gives none.
@@ -114,8 +114,10 @@ class Prepared:
     capacity: int | None = field(init=False)
     tps_floor: float = field(init=False)
     token_margin: float = field(init=False)
-    #: (throughput, price) of the last GPU-hour price computed, reused while the throughput holds
-    live: tuple[float, Price] | None = field(default=None, init=False)
+    #: the throughput the last GPU-hour price was computed at (-1: none yet), and that price, reused while the
+    #: throughput holds
+    live_tps: float = field(default=-1.0, init=False)
+    live_price: Price | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -132,12 +134,13 @@ class Prepared:
         GPUs measure low, so never below its configured capacity)."""
         if not self.gpu_priced:
             return self.price
-        tps = max(self.stats.tokens_per_second.value or 0.0, self.tps_floor)
-        live = self.live
-        if live is not None and live[0] == tps:
-            return live[1]
-        price = live_price(self.spec, tps or None)
-        self.live = (tps, price)
+        measured = self.stats.tokens_per_second.value
+        tps = self.tps_floor if measured is None or measured < self.tps_floor else measured
+        price = self.live_price
+        if price is not None and self.live_tps == tps:
+            return price
+        price = self.live_price = live_price(self.spec, tps or None)
+        self.live_tps = tps
         return price
 
 
@@ -149,13 +152,26 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[Prepared], bool]], ...] = (
 )
 
 
+def _context_window(p: Prepared) -> int:
+    return p.context_window
+
+
+def _expected_output(prep: Prepared, average: int) -> int:
+    """A model's expected output length: its own average once it has enough observations, else ``average``."""
+    own = prep.stats.output_tokens
+    value = own.value
+    if own.count >= MIN_OBSERVATIONS and value is not None:
+        return max(int(value), 1)
+    return average
+
+
 @dataclass(frozen=True, slots=True)
 class _RouteFacts:
     """What the decide stage reads from a route on every request, looked up once at start-up."""
 
     spec: RouteSpec
     members: list[Prepared]
-    weights: tuple[float, float, float]  # quality, cost, latency
+    weights: tuple[float, ...]  # quality, cost, latency (a tuple object: passed on as it is)
     limited: bool  # the route sets a cost, latency or quality limit
     threshold: float | None  # the learned router's operating point (None without a router)
     q_top: float  # the best member's configured quality
@@ -164,7 +180,7 @@ class _RouteFacts:
     #: ``prompt_tokens * max_margin + max_tokens <= min_window``: the request fits every member's window
     min_window: int
     max_margin: float
-    policy: Policy  # the route's own policy (a request may name another)
+    policy: RankingPolicy  # the route's own policy (a request may name another)
     min_quality: float | None
     fallbacks: bool
 
@@ -211,12 +227,14 @@ def _predict(prep: Prepared, prompt_tokens: int, out_tokens: int, q_top: float, 
     )
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
-    """The outcome of the decide stage."""
+    """The outcome of the decide stage (a plain class: see :class:`policies.base.RoutingInput`)."""
 
-    decision: Decision
-    route: str | None
+    __slots__ = ("decision", "route")
+
+    def __init__(self, decision: Decision, route: str | None) -> None:
+        self.decision: Final = decision
+        self.route: Final = route
 
 
 class Router:
@@ -233,6 +251,8 @@ class Router:
         self.backends = backends
         self.breakers = breakers
         self.estimator = estimator
+        # The shipped router is called directly (compiled: a C call; through the Protocol, a generic one).
+        self._router_model = estimator if isinstance(estimator, QualityRouter) else None
         self.routes: dict[str, RouteSpec] = settings.resolved_routes()
         self.models: dict[str, Prepared] = {}
         for spec in settings.models:
@@ -243,8 +263,12 @@ class Router:
             self.models[spec.name] = Prepared(
                 spec, base_quality(spec), window, tools, price, gpu, backends[spec.name].stats, breakers[spec.name]
             )
-        self.policies: dict[str, Policy] = {name: registry.get(name)() for name in registry.names()}
-        self._facts: dict[str, _RouteFacts] = {name: self._route_facts(r) for name, r in self.routes.items()}
+        self.policies: dict[str, RankingPolicy] = {n: as_ranking(registry.get(n)()) for n in registry.names()}
+        self._all = list(self.models.values())
+        # Routes by name, except a route named like a model: an explicit model name wins.
+        self._facts: dict[str, _RouteFacts] = {
+            name: self._route_facts(r) for name, r in self.routes.items() if name not in self.models
+        }
 
     def _route_facts(self, route: RouteSpec) -> _RouteFacts:
         members = [self.models[m] for m in route.models or []]
@@ -277,7 +301,7 @@ class Router:
         """Every name a client may send: models, then routes."""
         return [*self.models, *self.routes]
 
-    def policy(self, name: str) -> Policy:
+    def policy(self, name: str) -> RankingPolicy:
         """The policy registered as ``name`` (400 naming it if unknown)."""
         policy = self.policies.get(name)
         if policy is None:
@@ -313,15 +337,12 @@ class Router:
         return self._output_tokens(self.models[name], fallback)
 
     def _output_tokens(self, prep: Prepared, fallback: int | None) -> int:
-        own = prep.stats.output_tokens
-        if own.count >= MIN_OBSERVATIONS and own.value is not None:
-            return max(int(own.value), 1)
-        return fallback if fallback is not None else self._average_output_tokens()
+        return _expected_output(prep, self._average_output_tokens() if fallback is None else fallback)
 
     def _average_output_tokens(self) -> int:
         total = 0
         weighted = 0.0
-        for p in self.models.values():
+        for p in self._all:
             seen = p.stats.output_tokens
             if seen.value is not None:
                 total += seen.count
@@ -332,16 +353,21 @@ class Router:
 
     def plan(self, requested: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
         """Choose the ranking for a request naming ``requested`` (a route or a model)."""
-        if requested in self.models:
-            return self._plan_model(requested, feats)
         facts = self._facts.get(requested)
         if facts is None:
+            if requested in self.models:
+                return self._plan_model(requested, feats)
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
         estimator = self.estimator
         threshold = facts.threshold
-        if estimator is not None:
-            difficulty = estimator.score(feats.prompt, feats.prompt_ids)
+        model = self._router_model
+        if model is not None:
+            difficulty = model.score(feats.prompt, feats.prompt_ids)
             strong_needed: float | None = difficulty
+            pivot = threshold if threshold is not None else 0.5
+        elif estimator is not None:
+            difficulty = estimator.score(feats.prompt, feats.prompt_ids)
+            strong_needed = difficulty
             pivot = threshold if threshold is not None else 0.5
         else:
             strong_needed = None
@@ -359,7 +385,7 @@ class Router:
             candidates = [_predict(p, tokens, out, q_top, factor) for p in members]
         else:
             average = self._average_output_tokens()
-            candidates = [_predict(p, tokens, self._output_tokens(p, average) * n, q_top, factor) for p in members]
+            candidates = [_predict(p, tokens, _expected_output(p, average) * n, q_top, factor) for p in members]
         c = constraints
         min_quality = c.min_quality
         if facts.limited or c.max_cost_usd is not None or c.max_latency_ms is not None or min_quality is not None:
@@ -411,17 +437,18 @@ class Router:
         else:
             fits = [p for p in members if tokens * p.token_margin + need_out <= p.context_window]
         if not fits:
-            largest = max(members, key=lambda p: p.context_window)
+            largest = max(members, key=_context_window)
             raise ContextLengthExceeded(
                 f"The prompt (~{tokens} tokens) plus max_tokens ({need_out}) does not fit the "
                 f"context window of any candidate (largest: {largest.context_window} tokens on "
                 f"'{largest.spec.name}').",
                 param="messages",
             )
-        up = [p for p in fits if p.stats.healthy and p.breaker.available()]
-        if len(up) == len(fits):
-            return fits
-        return up or fits  # all down: try anyway rather than fail without trying
+        for p in fits:
+            if not (p.stats.healthy and p.breaker.available()):
+                up = [p for p in fits if p.stats.healthy and p.breaker.available()]
+                return up or fits  # all down: try anyway rather than fail without trying
+        return fits
 
     @staticmethod
     def _capable(members: list[Prepared], feats: RequestFeatures) -> list[Prepared]:

@@ -13,21 +13,21 @@ from __future__ import annotations
 from math import log
 from typing import ClassVar, Final
 
-from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 #: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
 NAME: Final = "balanced"
 
 
-class BalancedPolicy:
+class BalancedPolicy(RankingPolicy):
     """Highest weighted utility first."""
 
     name: ClassVar[str] = NAME
 
     def __init__(self) -> None:
         # The last weights seen and their label (formatting them costs 0.5 us per request).
-        self._weights: tuple[float, float, float] = (-1.0, -1.0, -1.0)
+        self._weights: tuple[float, ...] = (-1.0, -1.0, -1.0)
         self._label = ""
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
@@ -102,14 +102,12 @@ class BalancedPolicy:
         weights = request.weights
         if weights is not self._weights and weights != self._weights:  # a route passes the same tuple each time
             self._weights, self._label = weights, f"weights q{wq:g}/c{wc:g}/l{wl:g}"
+        utility = values[order[0]] if win is candidates[order[0]] else values[candidates.index(win)]
         reason = (
-            f"best utility {fixed(values[candidates.index(win)], 2)}: {win.name} (quality {fixed(win.quality, 2)}, "
+            f"best utility {fixed(utility, 2)}: {win.name} (quality {fixed(win.quality, 2)}, "
             f"{fmt_usd(win.cost)}, {fixed(win.latency_s * 1000, 0)} ms; {self._label})"
         )
-        scores: dict[str, float] = {}
-        for i in range(n):
-            scores[candidates[i].name] = values[i]
-        return Decision(ranking, reason, NAME, scores)
+        return Decision(ranking, reason, NAME, None, candidates, values)
 
 
 register(NAME)(BalancedPolicy)  # a call, not the decorator: see register()

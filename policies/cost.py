@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 #: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
@@ -12,7 +12,7 @@ NAME: Final = "cost"
 
 #: Without a configured floor, "well enough" means a predicted MT-Bench-like score of at least this
 #: for this prompt (predictions already account for the prompt's difficulty).
-DEFAULT_FLOOR = 7.0
+DEFAULT_FLOOR: Final = 7.0
 
 
 def _cheapest_first(c: Candidate) -> tuple[float, float]:
@@ -23,7 +23,7 @@ def _best_first(c: Candidate) -> float:
     return -c.quality
 
 
-class CostPolicy:
+class CostPolicy(RankingPolicy):
     """Cheapest among candidates predicted good enough; the rest follow, best quality first."""
 
     name: ClassVar[str] = NAME

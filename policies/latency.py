@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from policies.base import Candidate, Decision, RoutingInput, fixed, spill_saturated
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, spill_saturated
 from policies.registry import register
 
 #: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
@@ -15,7 +15,7 @@ def _fastest_first(c: Candidate) -> float:
     return c.latency_s
 
 
-class LatencyPolicy:
+class LatencyPolicy(RankingPolicy):
     """Fastest predicted completion first; saturated servers spill over to the next best."""
 
     name: ClassVar[str] = NAME

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from policies.base import Candidate, Decision, RoutingInput, fixed, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, fmt_usd, spill_saturated
 from policies.registry import register
 
 #: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
@@ -24,7 +24,7 @@ def _cheap_first(c: Candidate) -> tuple[float, float]:
     return c.cost, -c.base_quality
 
 
-class LearnedPolicy:
+class LearnedPolicy(RankingPolicy):
     """Strong model when the learned router says so, else the cheapest candidate."""
 
     name: ClassVar[str] = NAME

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from policies.base import Candidate, Decision, RoutingInput, fixed, spill_saturated
+from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, spill_saturated
 from policies.registry import register
 
 #: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
@@ -15,7 +15,7 @@ def _best_first(c: Candidate) -> tuple[float, float, float]:
     return -c.quality, c.cost, c.latency_s
 
 
-class QualityPolicy:
+class QualityPolicy(RankingPolicy):
     """Highest predicted quality first; ties go to the cheaper, then the faster model."""
 
     name: ClassVar[str] = NAME

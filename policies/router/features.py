@@ -3,7 +3,8 @@
 The gateway encodes every prompt with tiktoken to count its tokens; the router reuses those ids rather than
 tokenising the text a second time, so scoring a prompt is a few C-level passes over a list of ints.
 
-* **tokens**: the set of distinct ``cl100k_base`` token ids among the first :data:`MAX_TOKENS`; the ids in
+* **tokens**: the distinct ``cl100k_base`` token ids among the first :data:`MAX_TOKENS` (in the order they first
+  occur); the ids in
   the training vocabulary carry weights, unseen ones are ignored.
 * **cues**: prompt length in characters and in tokens, and whether it lists multiple-choice options.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 __all__ = [
     "CUE_NAMES",
@@ -31,17 +33,17 @@ __all__ = [
 ]
 
 #: Only the first ``MAX_TOKENS`` token ids feed the token set (bounds the cost of a long prompt).
-MAX_TOKENS = 128
+MAX_TOKENS: Final = 128
 #: The multiple-choice cue looks at the first ``MAX_CHARS`` characters.
-MAX_CHARS = 1200
+MAX_CHARS: Final = 1200
 
-_CHOICE_RE = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
+_CHOICE_RE: Final = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
 
 #: Names of the dense cue features, in vector order.
 CUE_NAMES: tuple[str, ...] = ("log_chars", "log_tokens", "has_choices")
 
 
-def analyze(text: str, ids: Sequence[int]) -> tuple[set[int], list[float]]:
+def analyze(text: str, ids: Sequence[int]) -> tuple[list[int], list[float]]:
     """The distinct token ids and the cue vector of a prompt, given its ids (``encode_ordinary(text)``)."""
     return distinct_ids(ids), [log_count(len(text)), log_count(len(ids)), 1.0 if has_choices(text) else 0.0]
 
@@ -52,9 +54,9 @@ def log_count(n: int) -> float:
     return math.log(n + 1.0)
 
 
-def distinct_ids(ids: Sequence[int]) -> set[int]:
-    """The token-set feature: the distinct ids among the first :data:`MAX_TOKENS`."""
-    return set(ids[:MAX_TOKENS] if len(ids) > MAX_TOKENS else ids)
+def distinct_ids(ids: Sequence[int]) -> list[int]:
+    """The token-set feature: the distinct ids among the first :data:`MAX_TOKENS`, in the order they first occur."""
+    return list(dict.fromkeys(ids[:MAX_TOKENS] if len(ids) > MAX_TOKENS else ids))
 
 
 def has_choices(text: str) -> bool:
@@ -64,7 +66,7 @@ def has_choices(text: str) -> bool:
     return "\n" in prefix and len(_CHOICE_RE.findall(prefix)) >= 2
 
 
-def build_vocabulary(id_sets: Iterable[set[int]], min_df: int, max_features: int) -> list[int]:
+def build_vocabulary(id_sets: Iterable[Iterable[int]], min_df: int, max_features: int) -> list[int]:
     """Most document-frequent token ids (``df >= min_df``), ties broken by id."""
     df: dict[int, int] = {}
     for ids in id_sets:

@@ -24,10 +24,10 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from policies.router.curve import CurvePoints, first_reaching, pgr_points
-from policies.router.features import CUE_NAMES, distinct_ids, has_choices, log_count
+from policies.router.features import CUE_NAMES, MAX_TOKENS, has_choices, log_count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +55,9 @@ class _Calibration:
     strong: Sequence[float]
 
 
-_TINY = 1e-45  # the smallest positive float32
+_TINY: Final = 1e-45  # the smallest positive float32
+#: Prompts of up to this many ids find repeated ids by scanning (quadratic, but with no set to build).
+_SCAN: Final = 32
 
 #: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
 _TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B", "<u4": "I", "<i8": "q"}
@@ -104,9 +106,10 @@ class QualityRouter:
         ids, for :meth:`score` calls that bring no ids."""
         if len(cue_weights) != len(CUE_NAMES):
             raise ValueError(f"expected {len(CUE_NAMES)} cue weights, got {len(cue_weights)}")
-        # One float32 per token id (0 = not in the vocabulary): a lookup touches one cache line, where a
-        # dict of 30,000 entries missed the CPU cache several times per token.
-        weights = array("f", bytes(4 * n_vocab))
+        # One weight per token id (0.0 = not in the vocabulary), in a list: compiled, reading an item is a
+        # bounds check and a load, where an array.array item went through four generic C-API calls.
+        zero = 0.0
+        weights = [zero] * n_vocab
         for token, w in token_weights.items():
             # An exact 0 would read as "not in the vocabulary" and change the match count.
             weights[token] = w if w != 0.0 else _TINY
@@ -174,17 +177,37 @@ class QualityRouter:
         the dense sum adds in the same order, so the result is the same to the last bit."""
         if ids is None:
             ids = self._encode(prompt)
-        # One loop over the distinct ids, in the set's order (the order training's analyze() gives them); an id
-        # outside the vocabulary weighs exactly 0. Compiled, this loop is one C loop where itemgetter, sum() and
-        # count() were generic calls, which cost more than the arithmetic when the caches are cold.
+        elif not isinstance(ids, list):
+            ids = list(ids)
+        # One loop over the first MAX_TOKENS ids, adding each distinct in-vocabulary id's weight once, in the order
+        # the ids first occur (the order training's analyze() gives them). A repeat is found by scanning the ids
+        # before it in a short prompt, with a set in a long one: compiled, building a set cost more than scoring.
         table = self._weights
+        n = len(ids)
+        if n > MAX_TOKENS:
+            n = MAX_TOKENS
         total = 0.0
         matched = 0
-        for token in distinct_ids(ids):
+        seen: set[int] | None = None if n <= _SCAN else set()
+        for i in range(n):
+            token = ids[i]
             w = table[token]
-            if w != 0.0:
-                total += w
-                matched += 1
+            if w == 0.0:
+                continue
+            if seen is None:
+                repeat = False
+                for j in range(i):
+                    if ids[j] == token:
+                        repeat = True
+                        break
+                if repeat:
+                    continue
+            elif token in seen:
+                continue
+            else:
+                seen.add(token)
+            total += w
+            matched += 1
         z = self._bias + (total / math.sqrt(float(matched)) if matched else 0.0)
         w_chars, w_tokens, w_choices = self._cue
         dense = (

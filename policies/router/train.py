@@ -82,7 +82,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class _Featurised:
-    grams: list[set[int]]
+    grams: list[list[int]]
     cues: FloatArray
 
 
@@ -119,7 +119,7 @@ def load_encoding(name: str = ENCODING) -> Encoding:
 
 
 def _featurise(records: Sequence[Record], encoding: Encoding) -> _Featurised:
-    grams: list[set[int]] = []
+    grams: list[list[int]] = []
     cues = np.empty((len(records), len(features.CUE_NAMES)))
     for i, rec in enumerate(records):
         g, c = features.analyze(rec.prompt, encoding.encode_ordinary(rec.prompt))

@@ -137,14 +137,14 @@ def test_features_read_token_ids(tokenizer: TiktokenCounter) -> None:
     text = "Which is prime?\nA. 4\nB. 7\nC. 9"
     ids = tokenizer.encode(text)
     tokens, cues = features.analyze(text, ids)
-    assert tokens == set(ids)
+    assert tokens == list(dict.fromkeys(ids))  # distinct, in the order they first occur
     assert cues == pytest.approx([math.log1p(len(text)), math.log1p(len(ids)), 1.0], rel=1e-15)
     assert features.analyze("Name a prime. A. is fine", tokenizer.encode("Name a prime. A. is fine"))[1][2] == 0.0
     # Only the first MAX_TOKENS ids feed the token set; the length cues see the whole prompt.
     long_text = "word " * 5000 + "poem"
     long_ids = tokenizer.encode(long_text)
     long_tokens, long_cues = features.analyze(long_text, long_ids)
-    assert long_tokens == set(long_ids[: features.MAX_TOKENS])
+    assert long_tokens == list(dict.fromkeys(long_ids[: features.MAX_TOKENS]))
     assert long_cues[:2] == pytest.approx([math.log1p(len(long_text)), math.log1p(len(long_ids))], rel=1e-15)
 
 
