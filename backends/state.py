@@ -14,17 +14,23 @@ class Ewma:
     """An exponentially weighted moving average that starts empty."""
 
     alpha: float = 0.2
-    value: float | None = None
+    #: the average (meaningful once ``count`` > 0); a plain float, so routing reads it with no object to follow
+    mean: float = 0.0
     count: int = 0
+
+    @property
+    def value(self) -> float | None:
+        """The average, or None before any observation."""
+        return self.mean if self.count else None
 
     def update(self, x: float) -> None:
         """Fold ``x`` into the average."""
-        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+        self.mean = self.mean + self.alpha * (x - self.mean) if self.count else x
         self.count += 1
 
     def get(self, default: float) -> float:
         """The average, or ``default`` before any observation."""
-        return default if self.value is None else self.value
+        return self.mean if self.count else default
 
 
 @dataclass(slots=True)

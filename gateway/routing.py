@@ -134,8 +134,9 @@ class Prepared:
         GPUs measure low, so never below its configured capacity)."""
         if not self.gpu_priced:
             return self.price
-        measured = self.stats.tokens_per_second.value
-        tps = self.tps_floor if measured is None or measured < self.tps_floor else measured
+        measured = self.stats.tokens_per_second
+        floor = self.tps_floor
+        tps = measured.mean if measured.count and measured.mean > floor else floor
         price = self.live_price
         if price is not None and self.live_tps == tps:
             return price
@@ -159,9 +160,8 @@ def _context_window(p: Prepared) -> int:
 def _expected_output(prep: Prepared, average: int) -> int:
     """A model's expected output length: its own average once it has enough observations, else ``average``."""
     own = prep.stats.output_tokens
-    value = own.value
-    if own.count >= MIN_OBSERVATIONS and value is not None:
-        return max(int(value), 1)
+    if own.count >= MIN_OBSERVATIONS:
+        return max(int(own.mean), 1)
     return average
 
 
@@ -190,9 +190,9 @@ def _predict(prep: Prepared, prompt_tokens: int, out_tokens: int, q_top: float, 
     # Runs per candidate per request: live values are read once into locals.
     stats = prep.stats
     price = prep.price_now() if prep.gpu_priced else prep.price
-    ttft = stats.ttft_s.value
-    tpot = stats.tpot_s.value
-    service = (prep.prior_ttft_s if ttft is None else ttft) + (prep.prior_tpot_s if tpot is None else tpot) * (
+    ttft = stats.ttft_s
+    tpot = stats.tpot_s
+    service = (ttft.mean if ttft.count else prep.prior_ttft_s) + (tpot.mean if tpot.count else prep.prior_tpot_s) * (
         out_tokens - 1 if out_tokens > 1 else 0
     )
     queue = stats.queue
@@ -344,9 +344,8 @@ class Router:
         weighted = 0.0
         for p in self._all:
             seen = p.stats.output_tokens
-            if seen.value is not None:
-                total += seen.count
-                weighted += seen.value * seen.count
+            total += seen.count
+            weighted += seen.mean * seen.count
         return max(int(weighted / total), 1) if total else DEFAULT_OUTPUT_TOKENS
 
     # -- the stage -----------------------------------------------------------------------------------
