@@ -40,7 +40,6 @@ class BalancedPolicy(RankingPolicy):
         q_lo = first.quality
         c_lo = c_hi = log(first.cost + 1e-9)
         l_lo = l_hi = first.latency_s
-        costs: list[float] = []
         for c in candidates:
             b = c.base_quality
             if b < b_lo:
@@ -50,7 +49,6 @@ class BalancedPolicy(RankingPolicy):
             if c.quality < q_lo:
                 q_lo = c.quality
             x = log(c.cost + 1e-9)  # the normalised term is the same in any base
-            costs.append(x)
             if x < c_lo:
                 c_lo = x
             elif x > c_hi:
@@ -76,24 +74,26 @@ class BalancedPolicy(RankingPolicy):
             l_scale = wl / (l_hi - l_lo)
         else:
             l_scale, flat = 0.0, flat + wl
+        # Highest utility first, equal utilities in the candidates' order: an insertion sort as the utilities are
+        # computed (a handful of candidates; sorted() with a key function costs more here). The cost's log is
+        # taken again rather than kept in a list from the first pass: cheaper, with the code just run.
         values: list[float] = []
-        n = len(candidates)
-        for i in range(n):
-            c = candidates[i]
-            values.append(
-                (flat + (c.quality - q_lo) * q_scale + (c_hi - costs[i]) * c_scale + (l_hi - c.latency_s) * l_scale)
-                / total
-            )
-        # Highest utility first, equal utilities in the candidates' order: an insertion sort (a handful of
-        # candidates; sorted() with a key function costs more here).
-        order: list[int] = []
-        for i in range(n):
-            v = values[i]
-            j = len(order)
-            while j > 0 and values[order[j - 1]] < v:
+        ranking: list[Candidate] = []
+        ranked: list[float] = []  # the utilities of ``ranking``
+        for c in candidates:
+            v = (
+                flat
+                + (c.quality - q_lo) * q_scale
+                + (c_hi - log(c.cost + 1e-9)) * c_scale
+                + (l_hi - c.latency_s) * l_scale
+            ) / total
+            values.append(v)
+            j = len(ranked)
+            while j > 0 and ranked[j - 1] < v:
                 j -= 1
-            order.insert(j, i)
-        ranking = [candidates[i] for i in order]
+            ranking.insert(j, c)
+            ranked.insert(j, v)
+        top = ranking[0]
         for c in ranking:
             if c.saturated:
                 ranking = spill_saturated(ranking)
@@ -102,7 +102,7 @@ class BalancedPolicy(RankingPolicy):
         weights = request.weights
         if weights is not self._weights and weights != self._weights:  # a route passes the same tuple each time
             self._weights, self._label = weights, f"weights q{wq:g}/c{wc:g}/l{wl:g}"
-        utility = values[order[0]] if win is candidates[order[0]] else values[candidates.index(win)]
+        utility = ranked[0] if win is top else values[candidates.index(win)]
         reason = (
             f"best utility {fixed(utility, 2)}: {win.name} (quality {fixed(win.quality, 2)}, "
             f"{fmt_usd(win.cost)}, {fixed(win.latency_s * 1000, 0)} ms; {self._label})"

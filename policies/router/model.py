@@ -115,7 +115,10 @@ class QualityRouter:
             weights[token] = w if w != 0.0 else _TINY
         self._weights = weights
         self._vocab_size = len(token_weights)
-        self._cue = cue_weights
+        # The cue weights one by one: compiled, three float fields read directly, not a tuple to unpack.
+        self._w_chars = cue_weights[0]
+        self._w_tokens = cue_weights[1]
+        self._w_choices = cue_weights[2]
         self._bias = bias
         self._calib = calibration
         self._encode = encode
@@ -209,11 +212,10 @@ class QualityRouter:
             total += w
             matched += 1
         z = self._bias + (total / math.sqrt(float(matched)) if matched else 0.0)
-        w_chars, w_tokens, w_choices = self._cue
         dense = (
-            w_chars * log_count(len(prompt))
-            + w_tokens * log_count(len(ids))
-            + (w_choices if has_choices(prompt) else 0.0)
+            self._w_chars * log_count(len(prompt))
+            + self._w_tokens * log_count(len(ids))
+            + (self._w_choices if has_choices(prompt) else 0.0)
         )
         return z + dense
 
