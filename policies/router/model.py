@@ -178,29 +178,27 @@ class QualityRouter:
 
         The features of :func:`~policies.router.features.analyze`, computed inline (this runs per request);
         the dense sum adds in the same order, so the result is the same to the last bit."""
-        if ids is None:
-            ids = self._encode(prompt)
-        elif not isinstance(ids, list):
-            ids = list(ids)
+        # A local typed as a list: compiled, indexing it is a direct read (a Sequence would be checked each time).
+        seq: list[int] = self._encode(prompt) if ids is None else ids if isinstance(ids, list) else list(ids)
         # One loop over the first MAX_TOKENS ids, adding each distinct in-vocabulary id's weight once, in the order
         # the ids first occur (the order training's analyze() gives them). A repeat is found by scanning the ids
         # before it in a short prompt, with a set in a long one: compiled, building a set cost more than scoring.
         table = self._weights
-        n = len(ids)
+        n = len(seq)
         if n > MAX_TOKENS:
             n = MAX_TOKENS
         total = 0.0
         matched = 0
         seen: set[int] | None = None if n <= _SCAN else set()
         for i in range(n):
-            token = ids[i]
+            token = seq[i]
             w = table[token]
             if w == 0.0:
                 continue
             if seen is None:
                 repeat = False
                 for j in range(i):
-                    if ids[j] == token:
+                    if seq[j] == token:
                         repeat = True
                         break
                 if repeat:
@@ -214,7 +212,7 @@ class QualityRouter:
         z = self._bias + (total / math.sqrt(float(matched)) if matched else 0.0)
         dense = (
             self._w_chars * log_count(len(prompt))
-            + self._w_tokens * log_count(len(ids))
+            + self._w_tokens * log_count(len(seq))
             + (self._w_choices if has_choices(prompt) else 0.0)
         )
         return z + dense
