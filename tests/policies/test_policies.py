@@ -81,6 +81,11 @@ def test_fixed_writes_what_the_float_formatter_writes() -> None:
     assert (fixed(-1.25, 1), fixed(1e300, 2), fixed(math.inf, 2)) == ("-1.3", f"{1e300:.2f}", "inf")
     assert fixed(math.nan, 1) == "nan"
     assert (fmt_usd(0.00138), fmt_usd(12.345)) == ("$0.001380", "$12.35")
+    for _ in range(20_000):
+        value = rng.choice([rng.random() * 1e-3, rng.random(), rng.uniform(0, 50)])
+        places = 6 if value < 1 else 2
+        if abs(value * 10**places % 1 - 0.5) >= 1e-6:  # not a tie
+            assert fmt_usd(value) == f"${value:.{places}f}", value
 
 
 def test_a_candidate_prices_its_tokens_only_when_its_exact_cost_is_asked_for() -> None:

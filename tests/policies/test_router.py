@@ -164,6 +164,8 @@ def test_logit_is_the_linear_model_over_the_training_features(trained: Path, tok
         "Say hi.",
         "Which is prime?\nA. 4\nB. 7\nC. 9\nD. 10",
         "Prove that sqrt(2) is irrational, step by step. " * 40,
+        "the cat and the dog and the cat",  # repeated ids in a short prompt (found by scanning, not with a set)
+        "no no no no " * 9,  # repeats on either side of the scan/set boundary
         "",
         "日本語で答えて",
     ]
