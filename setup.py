@@ -2,7 +2,7 @@
 
 Everything else about the package is in pyproject.toml; this file only adds the optional extension modules:
 
-* ``pip install .`` (a wheel): the modules in :data:`COMPILED` are compiled to C extensions, about twice as
+* ``pip install .`` (a wheel): the modules in :data:`COMPILED` are compiled to C extensions, about five times as
   fast per routing decision. It needs a C compiler and the Python headers; without them, or if compiling
   fails for any reason, the build warns and installs the same modules as pure Python.
 * ``pip install -e .`` (editable, for development): pure Python, so edits take effect with no stale

@@ -72,7 +72,9 @@ def load_prompts(n: int, seed: int, prompt: str | None) -> tuple[list[str], str]
     return sample, f"{len(sample)} RouteLLM prompts (median {chars:.0f} chars)"
 
 
-async def main(n: int, added_ms: float | None, seed: int, prompt: str | None, cold_mib: float) -> None:
+async def main(
+    n: int, added_ms: float | None, seed: int, prompt: str | None, cold_mib: float, only: str | None
+) -> None:
     settings = load_settings(ROOT / "gateway.example.yaml")
     gw = await build_gateway(settings)
     router, counter = gw.router, gw.pipeline.counter
@@ -90,7 +92,7 @@ async def main(n: int, added_ms: float | None, seed: int, prompt: str | None, co
     gc.collect()
     decisions: dict[str, float] = {}
     try:
-        for policy in [None, *sorted(router.policies)]:
+        for policy in [None, *sorted(router.policies)] if only is None else [only]:
             constraints = Constraints(policy=policy)
             model = "auto" if policy is not None else settings.models[0].name
             feat_us: list[float] = []
@@ -128,5 +130,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default=None, help="time this one prompt (e.g. the side-by-side harness's)")
     parser.add_argument("--cold-mib", type=float, default=0.0, help="MiB read between requests to evict the caches")
+    parser.add_argument("--policy", default=None, help="time this policy only (on the route auto)")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt, args.cold_mib))
+    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt, args.cold_mib, args.policy))
