@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +30,9 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
 from gateway.accounting.schema import ledger
@@ -75,6 +78,7 @@ def row_from_context(ctx: RequestContext) -> Row:
         "status_code": ctx.status_code,
         "error_type": _cut(ctx.error_type, 64),
         "attempts": len(ctx.attempts),
+        "row_key": uuid.uuid4().hex,
     }
 
 
@@ -95,6 +99,7 @@ class SqlLedger:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._last_drop_log = 0.0
         self._log = LogRecorder()
+        self._inserts: dict[str, Insert] = {}
 
     # -- recording (hot path) ---------------------------------------------------------------------------
 
@@ -166,7 +171,7 @@ class SqlLedger:
         try:
             await self.db.ensure_schema()
             async with self.db.engine.begin() as conn:
-                await conn.execute(ledger.insert(), batch)
+                await conn.execute(self._insert(conn.dialect.name), batch)
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1
@@ -178,6 +183,20 @@ class SqlLedger:
                 self._pending.extendleft(reversed(batch))
                 self._trim()
         return done
+
+    def _insert(self, dialect: str) -> Insert:
+        """The batch insert, skipping rows already written: a commit can succeed on the server while the reply is
+        lost with the connection, and the batch is then retried (each row carries its own ``row_key``)."""
+        stmt = self._inserts.get(dialect)
+        if stmt is None:
+            if dialect == "postgresql":
+                stmt = postgresql.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.row_key])
+            elif dialect == "sqlite":
+                stmt = sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.row_key])
+            else:
+                stmt = ledger.insert()
+            self._inserts[dialect] = stmt
+        return stmt
 
     async def aclose(self) -> None:
         """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""

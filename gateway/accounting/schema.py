@@ -28,6 +28,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    inspect,
     select,
     text,
 )
@@ -111,8 +112,11 @@ ledger = Table(
     Column("status_code", Integer, nullable=False),
     Column("error_type", String(64)),
     Column("attempts", Integer, nullable=False),
+    # Written once per row by the gateway: a batch retried after a commit whose reply was lost is not written twice.
+    Column("row_key", String(32), comment="unique per row; NULL in rows older than schema version 2"),
 )
 Index("ix_gw_ledger_ts", ledger.c.ts_ms)
+Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
 Index("ix_gw_ledger_day", ledger.c.day)
 
@@ -136,9 +140,19 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[ledger, api_keys], checkfirst=True)
 
 
+def _v2(conn: Connection) -> None:
+    # A database created by this version's _v1 (create_all of the current tables) has both already.
+    found = inspect(conn)
+    if "row_key" not in {c["name"] for c in found.get_columns("gw_ledger")}:
+        conn.execute(text("ALTER TABLE gw_ledger ADD COLUMN row_key VARCHAR(32)"))
+    if "ux_gw_ledger_row_key" not in {i["name"] for i in found.get_indexes("gw_ledger")}:
+        conn.execute(text("CREATE UNIQUE INDEX ux_gw_ledger_row_key ON gw_ledger (row_key)"))
+
+
 #: Ordered schema steps; append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ledger and api keys", _v1),
+    (2, "ledger row keys (idempotent batch writes)", _v2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
