@@ -114,9 +114,9 @@ class Prepared:
     capacity: int | None = field(init=False)
     tps_floor: float = field(init=False)
     token_margin: float = field(init=False)
-    #: the throughput the last GPU-hour price was computed at (-1: none yet), and that price, reused while the
-    #: throughput holds
-    live_tps: float = field(default=-1.0, init=False)
+    #: the throughput the last GPU-hour price was computed at, and that price (None before the first), reused
+    #: while the throughput holds
+    live_tps: float = field(default=0.0, init=False)
     live_price: Price | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +155,11 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[Prepared], bool]], ...] = (
 
 def _context_window(p: Prepared) -> int:
     return p.context_window
+
+
+def _is_up(p: Prepared) -> bool:
+    """Healthy, with its breaker letting calls through."""
+    return p.stats.healthy and p.breaker.available()
 
 
 def _expected_output(prep: Prepared, average: int) -> int:
@@ -359,19 +364,15 @@ class Router:
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
         estimator = self.estimator
         threshold = facts.threshold
-        model = self._router_model
+        model = self._router_model  # the estimator itself, when it is the shipped router
         if model is not None:
             difficulty = model.score(feats.prompt, feats.prompt_ids)
-            strong_needed: float | None = difficulty
-            pivot = threshold if threshold is not None else 0.5
         elif estimator is not None:
             difficulty = estimator.score(feats.prompt, feats.prompt_ids)
-            strong_needed = difficulty
-            pivot = threshold if threshold is not None else 0.5
         else:
-            strong_needed = None
             difficulty = heuristic_difficulty(feats.prompt)
-            pivot = 0.5
+        strong_needed = difficulty if estimator is not None else None
+        pivot = threshold if threshold is not None else 0.5
         members = self._hard_filter(facts.members, feats, facts)
         q_top = facts.q_top if members is facts.members else max([p.quality for p in members])
         factor = quality_factor(difficulty, pivot)
@@ -444,8 +445,8 @@ class Router:
                 param="messages",
             )
         for p in fits:
-            if not (p.stats.healthy and p.breaker.available()):
-                up = [p for p in fits if p.stats.healthy and p.breaker.available()]
+            if not _is_up(p):
+                up = [p for p in fits if _is_up(p)]
                 return up or fits  # all down: try anyway rather than fail without trying
         return fits
 

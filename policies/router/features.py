@@ -3,9 +3,8 @@
 The gateway encodes every prompt with tiktoken to count its tokens; the router reuses those ids rather than
 tokenising the text a second time, so scoring a prompt is a few C-level passes over a list of ints.
 
-* **tokens**: the distinct ``cl100k_base`` token ids among the first :data:`MAX_TOKENS` (in the order they first
-  occur); the ids in
-  the training vocabulary carry weights, unseen ones are ignored.
+* **tokens**: the distinct ``cl100k_base`` token ids among the first :data:`MAX_TOKENS`, in the order they first
+  occur; the ids in the training vocabulary carry weights, unseen ones are ignored.
 * **cues**: prompt length in characters and in tokens, and whether it lists multiple-choice options.
 
 Simpler than it was, on evidence: grouped 5-fold CV on the RouteLLM data (three seeds each) gave the same

@@ -108,8 +108,7 @@ class QualityRouter:
             raise ValueError(f"expected {len(CUE_NAMES)} cue weights, got {len(cue_weights)}")
         # One weight per token id (0.0 = not in the vocabulary), in a list: compiled, reading an item is a
         # bounds check and a load, where an array.array item went through four generic C-API calls.
-        zero = 0.0
-        weights = [zero] * n_vocab
+        weights = [0.0] * n_vocab
         for token, w in token_weights.items():
             # An exact 0 would read as "not in the vocabulary" and change the match count.
             weights[token] = w if w != 0.0 else _TINY
