@@ -92,6 +92,7 @@ def main() -> int:
     ap.add_argument("--scores", type=Path, help="`gateway router verify` output for --data (combined head)")
     ap.add_argument("--artifact", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--signals", action="store_true", help="also print each signal's firing and loss rates")
     args = ap.parse_args()
 
     d = load(args.data)
@@ -116,6 +117,24 @@ def main() -> int:
         summary("random", np.zeros(len(crow)), d),
         summary("perfect (oracle)", d.strong - d.weak, d),
     ]
+    if any(r.logprobs is not None or r.finish_reason is not None for r in crow):
+        text_only = [CheckRow(r.prompt, r.answer) for r in crow]
+        results.insert(
+            3, summary("  same, text only", np.array([score_row(check, r, router.score).score for r in text_only]), d)
+        )
+        results.insert(
+            4,
+            summary(
+                "  same, no logprobs",
+                np.array(
+                    [
+                        score_row(check, CheckRow(r.prompt, r.answer, None, r.finish_reason), router.score).score
+                        for r in crow
+                    ]
+                ),
+                d,
+            ),
+        )
     for r in results:
         print(f"{r['name']:<28} {r['apgr']:>6.3f} {100 * r['cpt50']:>6.1f}% {100 * r['cpt80']:>6.1f}%")
 
@@ -137,6 +156,9 @@ def main() -> int:
         )
     print("quality = mean served quality / strong model's; cost = all attempts / everything on the strong model")
 
+    if args.signals:
+        print_signals(d, crow, router_scores)
+
     if args.plot:
         plot(
             args.plot,
@@ -149,6 +171,49 @@ def main() -> int:
         )
         print(f"plot written to {args.plot}")
     return 0
+
+
+def print_signals(d: Data, crow: list[CheckRow], router_scores: np.ndarray) -> None:
+    """Each signal alone: how often it fires, the loss rate (strong better) when it fires and when not, and the
+    APGR of escalating by it alone."""
+    from policies.answer_check.confidence import confidence
+    from policies.answer_check.signals import text_signals
+
+    sig = [text_signals(r.prompt, r.answer) for r in crow]
+    loss = (d.strong - d.weak) > 0
+    columns: dict[str, np.ndarray] = {
+        name: np.array([float(getattr(x, name)) for x in sig])
+        for name in (
+            "refusal",
+            "moralising",
+            "disclaimer",
+            "hedge",
+            "caveat",
+            "objects_early",
+            "empty",
+            "repetition",
+            "code_missing",
+            "unfinished",
+        )
+    }
+    columns["short answer (-words)"] = -np.array([float(x.answer_words) for x in sig])
+    columns["truncated (finish_reason)"] = np.array([float(r.finish_reason == "length") for r in crow])
+    confs = [confidence(r.logprobs) if r.logprobs else None for r in crow]
+    if any(c is not None for c in confs):
+        columns["-mean logprob"] = np.array([-c.mean if c else 0.0 for c in confs])
+        columns["low-logprob share"] = np.array([c.low_share if c else 0.0 for c in confs])
+    columns["prompt router score"] = router_scores
+    print(f"\n{'signal':<26} {'fires':>6} {'loss|fires':>10} {'loss|not':>9} {'APGR':>6}")
+    for name, v in columns.items():
+        fires = v > 0 if name not in ("short answer (-words)", "prompt router score") else v > np.median(v)
+        lf = f"{loss[fires].mean():.3f}" if fires.any() else "  -"
+        ln = f"{loss[~fires].mean():.3f}" if (~fires).any() else "  -"
+        apgr = metrics.apgr(metrics.pgr_curve(v, d.weak, d.strong))
+        print(f"{name:<26} {100 * fires.mean():>5.1f}% {lf:>10} {ln:>9} {apgr:>6.3f}")
+    print(
+        "fires: share of rows where the signal is non-zero (for length and router: above the median);"
+        " loss: share where the strong model did better"
+    )
 
 
 def plot(
