@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,9 @@ def main() -> int:
     router = QualityRouter.load(None, encode=load_tiktoken("cl100k_base").encode)
     crow = check_rows(d)
     router_scores = np.array([router.score(r.prompt) for r in crow])
+    t0 = time.process_time()  # CPU time: less sensitive than wall time to other processes on a shared machine
     alone = np.array([score_row(check, r, None).score for r in crow])
+    per_answer_us = (time.process_time() - t0) / len(crow) * 1e6
     if args.scores:
         combined = np.array([json.loads(x)["score"] for x in args.scores.read_text().splitlines() if x.strip()])
         if combined.size != len(crow):
@@ -109,6 +112,8 @@ def main() -> int:
         combined = np.array([score_row(check, r, router.score).score for r in crow])
 
     print(f"{args.data} : {len(crow)} rows, weak quality {d.weak.mean():.3f}, strong {d.strong.mean():.3f}")
+    mean_chars = sum(len(r.answer) for r in crow) / len(crow)
+    print(f"answer check: {per_answer_us:.0f} us CPU per answer (mean answer {mean_chars:.0f} chars, in-process)")
     print(f"\n{'escalate by':<28} {'APGR':>6} {'CPT50':>7} {'CPT80':>7}")
     results = [
         summary("answer check alone", alone, d),

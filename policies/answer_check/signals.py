@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -81,8 +82,23 @@ _HEDGE: Final = (
 _FLAGS: Final = re.IGNORECASE
 
 
-def _compile(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(r"\b" + p + r"\b", _FLAGS) for p in patterns)
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One signal's phrases: ``any`` finds whether one matches in a single pass (most answers have none), and only
+    then ``each`` counts which (one pass per phrase, so overlapping phrases all count)."""
+
+    any: re.Pattern[str]
+    each: tuple[re.Pattern[str], ...]
+
+    def __iter__(self) -> Iterator[re.Pattern[str]]:
+        return iter(self.each)
+
+
+def _compile(patterns: tuple[str, ...]) -> _Group:
+    joined = "|".join(f"(?:{p})" for p in patterns)
+    return _Group(
+        re.compile(r"\b(?:" + joined + r")\b", _FLAGS), tuple(re.compile(r"\b" + p + r"\b", _FLAGS) for p in patterns)
+    )
 
 
 _REFUSAL_RE: Final = _compile(_REFUSAL)
@@ -142,8 +158,10 @@ class TextSignals:
     unfinished: bool
 
 
-def _count(patterns: tuple[re.Pattern[str], ...], text: str) -> int:
-    return sum(1 for p in patterns if p.search(text))
+def _count(group: _Group, text: str) -> int:
+    if group.any.search(text) is None:
+        return 0
+    return sum(1 for p in group.each if p.search(text))
 
 
 def _repetition(words: list[str]) -> float:
