@@ -218,3 +218,17 @@ def test_chat_logprobs_have_the_shape_vllm_returns(sim: str) -> None:
     assert _shape(chunks[1]["choices"][0]["logprobs"]) == _shape(recorded["stream_chunk"]["choices"][0]["logprobs"])
     zero = httpx.post(f"{sim}/v1/chat/completions", json={**body, "top_logprobs": 0}).json()
     assert zero["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == []  # vLLM: [] for top_logprobs 0
+
+
+def test_gateway_simulate_refuses_a_bad_rules_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps({"behaviour": "sing"}))
+    res = CliRunner().invoke(app, ["simulate", "--answer-rules", str(bad)])
+    assert res.exit_code == 2 and "unknown behaviour" in res.output
+    bad.write_text("{not json")
+    res = CliRunner().invoke(app, ["simulate", "--answer-rules", str(bad)])
+    assert res.exit_code == 2 and "not JSON" in res.output
