@@ -61,9 +61,18 @@ def simulate(
     max_concurrency: Annotated[int | None, typer.Option(help="running requests before queueing")] = None,
     model_name: Annotated[str | None, typer.Option(help="served model name")] = None,
     seed: int = 0,
+    answer_rules: Annotated[
+        Path | None, typer.Option(help="JSON file of per-prompt answer rules (refuse, truncate, low_confidence)")
+    ] = None,
 ) -> None:
     """Run a SIMULATED OpenAI-compatible backend (a test and demo tool, not a model)."""
     from gateway.simulator import serve as serve_sim
+    from gateway.simulator.answers import load_answer_rules
+
+    try:
+        rules = load_answer_rules(answer_rules) if answer_rules is not None else None
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--answer-rules") from exc
 
     typer.echo(f"simulated backend '{profile}' on http://{host}:{port}/v1 (not a real model)", err=True)
     serve_sim(
@@ -74,6 +83,7 @@ def simulate(
         max_concurrency=max_concurrency,
         model_name=model_name,
         seed=seed,
+        answer_rules=rules,
     )
 
 

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["router_app"]
 
-router_app = typer.Typer(help="Learned quality router: train, score, eval.", no_args_is_help=True)
+router_app = typer.Typer(
+    help="Learned quality router: train, score, eval; the cascade's answer check: verify.", no_args_is_help=True
+)
 
 _DEFAULT_PLOT = Path("router_pgr.png")
 
@@ -65,6 +67,40 @@ def score_cmd(
 
     router = QualityRouter.load(artifact, encode=_tokenizer().encode)
     lines = b"".join(orjson.dumps({"score": router.score(p)}) + b"\n" for p in load_prompts(data))
+    if out is None:
+        sys.stdout.write(lines.decode("utf-8"))
+        sys.stdout.flush()
+    else:
+        out.write_bytes(lines)
+
+
+@router_app.command("verify")
+def verify_cmd(
+    data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help='JSONL rows {"prompt", "answer"}.')],
+    artifact: Annotated[Path | None, typer.Option(help="Answer-check artifact (default: shipped).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout).")] = None,
+    use_router: Annotated[bool, typer.Option("--router/--no-router", help="Read the prompt router too.")] = True,
+    explain: Annotated[bool, typer.Option(help="Add each row's reasons.")] = False,
+) -> None:
+    """Write one JSON line {"score": x} per row: the cascade's answer check (higher = escalate).
+
+    Rows may carry "logprobs" (the answer's token log-probabilities), "finish_reason" and "router_score"."""
+    import orjson
+
+    from policies.answer_check import AnswerCheck
+    from policies.answer_check.batch import RowError, read_rows, score_row
+    from policies.router.model import QualityRouter
+
+    check = AnswerCheck.load(artifact)
+    router = QualityRouter.load(None, encode=_tokenizer().encode).score if use_router else None
+    try:
+        verdicts = [score_row(check, row, router) for row in read_rows(data)]
+    except RowError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    lines = b"".join(
+        orjson.dumps({"score": v.score, "reasons": list(v.reasons)} if explain else {"score": v.score}) + b"\n"
+        for v in verdicts
+    )
     if out is None:
         sys.stdout.write(lines.decode("utf-8"))
         sys.stdout.flush()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from gateway.simulator.answers import load_answer_rules
 from gateway.simulator.faults import FAULT_MODES
 from gateway.simulator.profiles import PROFILES
 from gateway.simulator.server import serve
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=None, help="override the served model name")
     parser.add_argument("--seed", type=int, default=0, help="default generation seed")
     parser.add_argument("--fault", choices=FAULT_MODES, default=None, help="start with this fault active")
+    parser.add_argument("--answer-rules", default=None, help="JSON file of per-prompt answer rules")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -36,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_concurrency is not None and args.max_concurrency < 1:
         print("--max-concurrency must be >= 1", file=sys.stderr)
         return 2
+    try:
+        rules = load_answer_rules(Path(args.answer_rules)) if args.answer_rules else None
+    except (OSError, ValueError) as exc:
+        print(f"--answer-rules: {exc}", file=sys.stderr)
+        return 2
     serve(
         args.profile,
         args.host,
@@ -45,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_name=args.model_name,
         seed=args.seed,
         faults=args.fault,
+        answer_rules=rules,
         log_level=args.log_level,
     )
     return 0

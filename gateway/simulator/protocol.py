@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway.simulator.answers import REFUSAL_TEXT, AnswerRule, split_words
 from gateway.simulator.profiles import SimProfile
 from gateway.simulator.textgen import (
     GeneratedText,
@@ -297,12 +298,14 @@ def _is_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(type(x) is int for x in value)
 
 
-def plan_outputs(req: GenRequest, profile: SimProfile, app_seed: int) -> list[ChoicePlan]:
+def plan_outputs(
+    req: GenRequest, profile: SimProfile, app_seed: int, rules: Sequence[AnswerRule | None] = ()
+) -> list[ChoicePlan]:
     """Decide deterministically what each choice of ``req`` contains.
 
     The result depends only on the prompt, ``seed`` (the request's, else the app's),
-    ``temperature`` (0 means every choice is identical, as greedy decoding would be)
-    and the choice index.
+    ``temperature`` (0 means every choice is identical, as greedy decoding would be),
+    the choice index, and the answer rule matched for each prompt (``rules[i]`` for prompt ``i``).
     """
     seed = req.seed if req.seed is not None else app_seed
     plans: list[ChoicePlan] = []
@@ -323,16 +326,32 @@ def plan_outputs(req: GenRequest, profile: SimProfile, app_seed: int) -> list[Ch
                 )
                 plans.append(ChoicePlan(index, p_idx, GeneratedText((), "stop"), None, call))
                 continue
-            text = generate_text(
-                key,
-                max_tokens=max_tokens,
-                natural_tokens=profile.default_output_tokens,
-                ignore_eos=req.ignore_eos,
-                stop=req.stop,
-            )
-            lps = token_logprobs(key, text.tokens, req.logprobs) if req.logprobs is not None else None
+            rule = rules[p_idx] if p_idx < len(rules) else None
+            text = _answer_text(req, profile, key, max_tokens, rule)
+            unsure = rule is not None and rule.behaviour == "low_confidence"
+            lps = token_logprobs(key, text.tokens, req.logprobs, unsure=unsure) if req.logprobs is not None else None
             plans.append(ChoicePlan(index, p_idx, text, lps))
     return plans
+
+
+def _answer_text(
+    req: GenRequest, profile: SimProfile, key: int, max_tokens: int, rule: AnswerRule | None
+) -> GeneratedText:
+    if rule is not None and rule.behaviour == "refuse":
+        words = split_words(REFUSAL_TEXT)
+        if len(words) > max_tokens:
+            return GeneratedText(words[:max_tokens], "length")
+        return GeneratedText(words, "stop")
+    if rule is not None and rule.behaviour == "truncate":
+        max_tokens = min(max_tokens, rule.tokens)
+        return generate_text(key, max_tokens=max_tokens, natural_tokens=profile.default_output_tokens, ignore_eos=True)
+    return generate_text(
+        key,
+        max_tokens=max_tokens,
+        natural_tokens=profile.default_output_tokens,
+        ignore_eos=req.ignore_eos,
+        stop=req.stop,
+    )
 
 
 def _pick_tool(req: GenRequest, prompt: PromptSpec) -> Mapping[str, Any] | None:

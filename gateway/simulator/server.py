@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.simulator.answers import AnswerRule, AnswerRules, parse_answer_rules
 from gateway.simulator.engine import FifoLimiter, Pacer, SimStats, TimingModel
 from gateway.simulator.faults import RAW_SEND_KEY, FaultConfig, FaultInjector, error_body, parse_fault
 from gateway.simulator.metrics import SimMetrics
@@ -68,6 +69,7 @@ class SimState:
     stats: SimStats
     faults: FaultInjector
     seed: int
+    answers: AnswerRules
 
     @property
     def model_name(self) -> str:
@@ -119,7 +121,9 @@ class _Handlers:
         return Response(self.st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats(self, request: Request) -> Response:
-        return json_response(self.st.stats.to_json(self.st.limiter, self.st.faults.injected))
+        stats = self.st.stats.to_json(self.st.limiter, self.st.faults.injected)
+        stats["answer_rules_applied"] = self.st.answers.applied
+        return json_response(stats)
 
     async def faults(self, request: Request) -> Response:
         inj = self.st.faults
@@ -132,6 +136,17 @@ class _Handlers:
                 return _error(ApiError(str(exc)))
         active = inj.active
         return json_response({"fault": active.to_json() if active else None})
+
+    async def answers(self, request: Request) -> Response:
+        rules = self.st.answers
+        if request.method == "DELETE":
+            rules.clear()
+        elif request.method == "POST":
+            try:
+                rules.set(parse_answer_rules(orjson.loads(await request.body())))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                return _error(ApiError(str(exc)))
+        return json_response({"rules": [r.to_json() for r in rules.rules]})
 
     # ------------------------------------------------------------- inference routes
     async def chat(self, request: Request) -> Response:
@@ -209,7 +224,7 @@ class _Handlers:
         except ApiError as exc:
             st.stats.failed += 1
             return _error(exc)
-        plans = plan_outputs(req, st.profile, st.seed)
+        plans = plan_outputs(req, st.profile, st.seed, [st.answers.take(p.hint) for p in req.prompts])
         prefix = "chatcmpl" if req.endpoint == "chat" else "cmpl"
         renderer = Renderer(req, st.model_name, st.profile.kind, f"{prefix}-{uuid.uuid4().hex}")
         job = self._generate(req, plans, renderer, fault, request.state.arrival)
@@ -329,6 +344,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response({"detail": detail}, status)
 
 
+def _rules(raw: list[AnswerRule] | list[dict[str, Any]] | dict[str, Any] | None) -> list[AnswerRule]:
+    if raw is None:
+        return []
+    if isinstance(raw, list) and all(isinstance(r, AnswerRule) for r in raw):
+        return [r for r in raw if isinstance(r, AnswerRule)]
+    return parse_answer_rules(raw)
+
+
 def create_simulator_app(
     profile: SimProfile | str,
     *,
@@ -337,6 +360,7 @@ def create_simulator_app(
     model_name: str | None = None,
     seed: int = 0,
     faults: FaultConfig | dict[str, Any] | str | None = None,
+    answer_rules: list[AnswerRule] | list[dict[str, Any]] | dict[str, Any] | None = None,
 ) -> SimulatorApp:
     """Build the simulator ASGI app for ``profile``.
 
@@ -347,6 +371,7 @@ def create_simulator_app(
         model_name: Overrides the served model name.
         seed: Default seed for generation when a request gives none.
         faults: An initial fault (a :class:`FaultConfig`, its JSON dict, or a mode name).
+        answer_rules: Initial per-prompt answer rules (see :mod:`gateway.simulator.answers`).
 
     The shared state is available as ``app.state.sim`` (a :class:`SimState`).
     """
@@ -361,6 +386,7 @@ def create_simulator_app(
         stats=SimStats(),
         faults=FaultInjector(parse_fault(faults) if faults is not None else None),
         seed=seed,
+        answers=AnswerRules(_rules(answer_rules)),
     )
     h = _Handlers(state)
     routes = [
@@ -372,6 +398,7 @@ def create_simulator_app(
         Route("/v1/completions", h.completions, methods=["POST"]),
         Route("/v1/embeddings", h.embeddings, methods=["POST"]),
         Route("/_sim/faults", h.faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_sim/answers", h.answers, methods=["GET", "POST", "DELETE"]),
         Route("/_sim/stats", h.stats, methods=["GET"]),
     ]
     app = SimulatorApp(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -389,6 +416,7 @@ def serve(
     model_name: str | None = None,
     seed: int = 0,
     faults: FaultConfig | dict[str, Any] | str | None = None,
+    answer_rules: list[AnswerRule] | list[dict[str, Any]] | dict[str, Any] | None = None,
     log_level: str = "info",
 ) -> None:
     """Run a simulator under uvicorn until interrupted (blocking).
@@ -405,6 +433,7 @@ def serve(
         model_name=model_name,
         seed=seed,
         faults=faults,
+        answer_rules=answer_rules,
     )
     prof = app.state.sim.profile
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -188,15 +188,17 @@ def apply_stop(tokens: Sequence[str], stop: Iterable[str]) -> tuple[list[str], s
     return kept, matched
 
 
-def token_logprobs(key: int, tokens: Sequence[str], top_k: int) -> list[TokenLogprob]:
+def token_logprobs(key: int, tokens: Sequence[str], top_k: int, *, unsure: bool = False) -> list[TokenLogprob]:
     """Deterministic log-probabilities for ``tokens`` with ``top_k`` alternatives each.
 
-    The sampled token is always the most likely one, so it heads its ``top`` list.
+    The sampled token is always the most likely one, so it heads its ``top`` list. A confident answer's
+    tokens get log-probabilities in [-1.5, 0); an ``unsure`` one's in [-4.5, -0.5] (a model guessing).
     """
     rng = random.Random(key ^ 0x5EED)
+    low, high = (0.5, 4.5) if unsure else (0.001, 1.5)
     out: list[TokenLogprob] = []
     for tok in tokens:
-        lp = -round(rng.uniform(0.001, 1.5), 4)
+        lp = -round(rng.uniform(low, high), 4)
         top: list[tuple[str, float]] = [(tok, lp)] if top_k > 0 else []
         prev = lp
         while len(top) < top_k:

@@ -183,6 +183,7 @@ def start_simulator_process(
     seed: int | None = None,
     fault: str | None = None,
     startup_timeout: float = 30.0,
+    extra_args: list[str] | None = None,
 ) -> SimulatorProcess:
     """Start the simulator in a subprocess and wait until its ``/health`` answers 200.
 
@@ -201,6 +202,7 @@ def start_simulator_process(
     ):
         if value is not None:
             args += [flag, str(value)]
+    args += extra_args or []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     fd, log_name = tempfile.mkstemp(prefix="simulator-", suffix=".log")
