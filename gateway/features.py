@@ -13,7 +13,7 @@ from gateway.tokens import TokenCounter
 _PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts them
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestFeatures:
     """What routing needs to know about a request."""
 

@@ -174,6 +174,7 @@ class ModelPrice:
         self.static = static_price(spec)
         self.throughput = throughput
         self.gpu_priced = spec.gpu_hour_usd is not None and self.static.source.startswith("gpu_hour")
+        self._last: tuple[float | None, Price] | None = None  # the last throughput priced, and its price
 
     def now(self) -> Price:
         """The price to predict or charge with at this moment."""
@@ -185,9 +186,12 @@ class ModelPrice:
         """The price at a measured throughput (None: none measured yet)."""
         if not self.gpu_priced:
             return self.static
+        if self._last is not None and self._last[0] == measured_tps:
+            return self._last[1]  # the throughput moves with each answer, not with each decision
         gpu_hour = self.spec.gpu_hour_usd
         assert gpu_hour is not None  # gpu_priced
         floor = self.spec.tokens_per_second
-        if not measured_tps or (floor is not None and measured_tps < floor):
-            measured_tps = floor or DEFAULT_LOCAL_TPS
-        return local_price(gpu_hour, measured_tps)
+        tps = measured_tps if measured_tps and (floor is None or measured_tps >= floor) else floor or DEFAULT_LOCAL_TPS
+        price = local_price(gpu_hour, tps)
+        self._last = (measured_tps, price)
+        return price

@@ -10,7 +10,7 @@ clear error naming the failed constraint; the policy then only orders what is le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from backends import Backend, CircuitBreaker, LiveStats
@@ -93,16 +93,19 @@ class ModelFacts:
     price: ModelPrice
     stats: LiveStats
     breaker: CircuitBreaker
+    # from ``spec``, looked up once
+    name: str = field(init=False)
+    is_local: bool = field(init=False)
+    prior_ttft_s: float = field(init=False)
+    prior_tpot_s: float = field(init=False)
+    token_margin: float = field(init=False)  # how many of its tokenizer's tokens one counted prompt token may be
 
-    @property
-    def name(self) -> str:
-        """The model's name in the config."""
-        return self.spec.name
-
-    @property
-    def token_margin(self) -> float:
-        """How many of its tokenizer's tokens one counted prompt token may be."""
-        return LOCAL_TOKEN_MARGIN if self.spec.is_local else 1.0
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
+        self.is_local = self.spec.is_local
+        self.prior_ttft_s = PRIOR_TTFT_S[self.is_local]
+        self.prior_tpot_s = PRIOR_TPOT_S[self.is_local]
+        self.token_margin = LOCAL_TOKEN_MARGIN if self.is_local else 1.0
 
     def is_up(self) -> bool:
         """Healthy, with its breaker letting calls through."""
@@ -132,7 +135,7 @@ class RouteFacts:
     threshold: float | None  # the learned router's operating point (None without a router)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """The outcome of the decide stage: the decision, and the route it was made for (None: a model name)."""
 
@@ -140,7 +143,7 @@ class Plan:
     route: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Request:
     """What predicting a request's candidates needs, computed once per request."""
 
@@ -236,10 +239,8 @@ class Router:
     def _predict(model: ModelFacts, r: _Request) -> Candidate:
         """A candidate's predictions for a request: cost, completion time (queueing included) and quality."""
         out = r.out_tokens if r.out_tokens is not None else model.expected_output(r.average_output) * r.n
-        stats, is_local = model.stats, model.spec.is_local
-        ttft = stats.ttft_s.get(PRIOR_TTFT_S[is_local])
-        tpot = stats.tpot_s.get(PRIOR_TPOT_S[is_local])
-        service = ttft + tpot * max(out - 1, 0)
+        stats = model.stats
+        service = stats.ttft_s.get(model.prior_ttft_s) + stats.tpot_s.get(model.prior_tpot_s) * max(out - 1, 0)
         queue = stats.queue
         load = queue.running + queue.waiting
         capacity = model.spec.max_in_flight
@@ -259,7 +260,7 @@ class Router:
             latency_s=wait + service,
             quality=predicted_quality(model.quality, r.q_top, r.difficulty, r.pivot),
             base_quality=model.quality,
-            is_local=is_local,
+            is_local=model.is_local,
             saturated=saturated,
             load=load,
         )

@@ -44,7 +44,7 @@ class Candidate:
         self.cost = float(self.cost_usd)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutingInput:
     """What a policy may know about the request itself."""
 

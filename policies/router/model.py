@@ -164,7 +164,7 @@ class QualityRouter:
         :func:`~policies.router.features.token_value`): the weights of the prompt's distinct in-vocabulary token
         ids, each at the token value, plus the weighted cues."""
         tokens, cues = analyze(prompt, self._encode(prompt) if ids is None else ids)
-        weights = [self._token_weights[t] for t in tokens if t in self._token_weights]
+        weights = [w for w in map(self._token_weights.get, tokens) if w is not None]
         z = self._bias + (sum(weights) * token_value(len(weights)) if weights else 0.0)
         return z + sum(w * c for w, c in zip(self._cue_weights, cues, strict=True))
 
