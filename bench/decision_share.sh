@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The routing decision's share of the gateway's added latency (issue 3's target: under 2 %), numerator and
-# denominator measured in the same phase of the same run on the same gateway process (a shared VM's speed
-# drifts by 2x within minutes, and a core under concurrent load runs the same code several times slower
-# than an idle one, so figures from different runs or phases do not divide):
+# The routing decision's share of the gateway's added latency, numerator and denominator measured in the same
+# phase of the same run on the same gateway process (a shared VM's speed drifts by 2x within minutes, and a
+# core under concurrent load runs the same code several times slower than an idle one, so figures from
+# different runs or phases do not divide):
 #
 #   bash bench/decision_share.sh [ROUNDS]                         # default 3; the .venv install
-#   GATEWAY_PY=/tmp/prod/bin/python bash bench/decision_share.sh  # another install, e.g. a wheel (compiled)
+#   GATEWAY_PY=/tmp/other/bin/python bash bench/decision_share.sh  # another install of the gateway
 #
 # Each round starts the shared harness's fake upstream (core 0) and the gateway (core GATEWAY_CPUS) on the
 # routed config (bench/gateway-bench-auto.yaml: `model: auto`, three candidates, the learned router,
@@ -93,6 +93,6 @@ for r in $(seq 1 "$ROUNDS"); do
     scrape "$OUT/metrics-$r-2.txt"
     stop
     decide "$OUT/decision-$r-after.txt"
-    echo "round $r done ($(grep -o 'decide stage: [^"]*' "$OUT/gateway-$r.log"))" >&2
+    echo "round $r done" >&2
 done
 "$PY" bench/decision_share_report.py "$OUT" "$ROUNDS" | tee "$OUT/report.txt"

@@ -1,15 +1,11 @@
 """Routing decision time per request, per policy (p50, p99), on the example config's three models.
 
-    .venv/bin/python bench/routing_decision.py [--n 5000] [--added-ms 0.46] [--prompt TEXT] [--cold-mib 8]
-
-The editable install (.venv) runs the decide stage as pure Python; a wheel install (``pip install .``, the
-Docker image) runs it compiled by mypyc (setup.py). To time the compiled one from a checkout, install the
-wheel into a scratch directory and put it first: ``pip install --no-deps --target /tmp/cw . && cd /tmp &&
-PYTHONPATH=/tmp/cw:$OLDPWD python $OLDPWD/bench/routing_decision.py``. The first line printed says which.
+    .venv/bin/python bench/routing_decision.py [--n 5000] [--data routellm_train.jsonl] [--added-ms 0.84]
+        [--prompt TEXT] [--cold-mib 8] [--policy NAME]
 
 Measures the decide stage as the pipeline runs it, on real prompts (a seeded sample of the RouteLLM
-routing data in ``shared/data/routing`` when present, else five built-in prompts), as two timings per
-request:
+routing data: ``--data``, else ``shared/data/routing/routellm_train.jsonl`` beside or above the checkout
+when present, else five built-in prompts), as two timings per request:
 
 * ``features``: ``extract_features`` (the tiktoken count of the prompt, capabilities). Every request pays
   it, an explicit model name included (context-window check, predicted cost); it is shown for reference.
@@ -19,9 +15,8 @@ request:
 
 With ``--cold-mib N``, N MiB of memory are read between two requests (outside the timings), so every decision
 starts with its code and data out of the CPU caches, as in the server, where everything else a request does
-runs between two decisions: 8 MiB reproduces the decision times the gateway's own histogram shows in
-``bench/decision_share.sh``'s sequential phase (compiled 22 us against 23 us, pure Python 53 us against 48 us,
-2026-12-02), where the warm figures are 3-4x lower.
+runs between two decisions (8 MiB came close to the decision times the gateway's own histogram shows in
+``bench/decision_share.sh``'s sequential phase; the warm figures are 3-4x lower).
 
 With ``--added-ms`` (the gateway's added latency p50 of a routed request, from ``bench/run_side_by_side.sh``
 with ``OTHER_MODEL=auto``), it also prints the decision's share of it.
@@ -38,11 +33,10 @@ import statistics
 import time
 from pathlib import Path
 
-from gateway import routing
-from gateway.app import build_gateway, close_gateway
 from gateway.config import load_settings
-from gateway.context import Constraints
+from gateway.constraints import Constraints
 from gateway.features import extract_features
+from gateway.runtime import build_gateway, close_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 _REL = Path("shared") / "data" / "routing" / "routellm_train.jsonl"
@@ -61,27 +55,26 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def load_prompts(n: int, seed: int, prompt: str | None) -> tuple[list[str], str]:
+def load_prompts(n: int, seed: int, prompt: str | None, data: Path | None) -> tuple[list[str], str]:
     if prompt is not None:
         return [prompt], f"one prompt ({len(prompt)} chars)"
-    if DATA is None:
+    if data is None:
         return BUILTIN, "five built-in prompts"
-    prompts = [json.loads(line)["prompt"] for line in DATA.open(encoding="utf-8") if line.strip()]
+    prompts = [json.loads(line)["prompt"] for line in data.open(encoding="utf-8") if line.strip()]
     sample = random.Random(seed).sample(prompts, min(n, len(prompts)))
     chars = statistics.median(len(p) for p in sample)
     return sample, f"{len(sample)} RouteLLM prompts (median {chars:.0f} chars)"
 
 
 async def main(
-    n: int, added_ms: float | None, seed: int, prompt: str | None, cold_mib: float, only: str | None
+    n: int, added_ms: float | None, seed: int, prompt: str | None, cold_mib: float, only: str | None, data: Path | None
 ) -> None:
     settings = load_settings(ROOT / "gateway.example.yaml")
     gw = await build_gateway(settings)
     router, counter = gw.router, gw.pipeline.counter
-    prompts, described = load_prompts(n, seed, prompt)
+    prompts, described = load_prompts(n, seed, prompt, data)
     estimator = "learned router" if router.estimator is not None else "heuristic difficulty"
-    build = "compiled (mypyc)" if routing.COMPILED else "pure Python"
-    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}; decide stage: {build}")
+    print(f"models: {[m.name for m in settings.models]}; quality signal: {estimator}")
     print(f"prompts: {described}; {n} requests per policy after 500 warm-up")
     # Read (bytes() copies it) between requests to evict the caches; kept outside the timings.
     evict = bytearray(int(cold_mib * 2**20)) if cold_mib > 0 else None
@@ -131,5 +124,6 @@ if __name__ == "__main__":
     parser.add_argument("--prompt", default=None, help="time this one prompt (e.g. the side-by-side harness's)")
     parser.add_argument("--cold-mib", type=float, default=0.0, help="MiB read between requests to evict the caches")
     parser.add_argument("--policy", default=None, help="time this policy only (on the route auto)")
+    parser.add_argument("--data", type=Path, default=DATA, help="RouteLLM-style JSONL with a 'prompt' per line")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt, args.cold_mib, args.policy))
+    asyncio.run(main(args.n, args.added_ms, args.seed, args.prompt, args.cold_mib, args.policy, args.data))

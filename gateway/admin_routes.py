@@ -17,7 +17,7 @@ import contextlib
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter
@@ -28,12 +28,8 @@ from starlette.responses import FileResponse, Response
 from gateway.accounting import SqlLedger
 from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
-from gateway.context import RequestContext
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
-from gateway.routes import read_body
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.routes import context, gateway_of, json_response, read_body
 
 router = APIRouter()
 
@@ -48,35 +44,19 @@ _MAX_INT = 2**31 - 1  # PostgreSQL INTEGER (rpm, tpm)
 _MAX_BUDGET_USD = Decimal(9_000_000)  # SQLite stores money as int64 units of 1e-12 USD (~9.2 million)
 
 
-def _gw(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def _context(request: Request) -> RequestContext:
-    gw = _gw(request)
-    ctx = gw.pipeline.new_context("chat", {k.lower(): v for k, v in request.headers.items()})
-    ctx.extra["client_host"] = request.client.host if request.client else None
-    return ctx
-
-
 async def _admin(request: Request) -> None:
-    await _gw(request).admission.authorize_admin(_context(request))
+    await gateway_of(request).admission.authorize_admin(context(request))
 
 
 def _ledger(request: Request) -> SqlLedger:
-    recorder = _gw(request).recorder
+    recorder = gateway_of(request).recorder
     if not isinstance(recorder, SqlLedger):
         raise NotFound("No ledger database is configured.", code="ledger_not_configured")
     return recorder
 
 
 def _keys(request: Request) -> KeyAdmission:
-    admission = _gw(request).admission
+    admission = gateway_of(request).admission
     if not isinstance(admission, KeyAdmission):
         raise NotFound("Virtual keys are not configured.", code="keys_not_configured")
     return admission
@@ -135,7 +115,7 @@ async def admin_spend(request: Request) -> Response:
     body = await _spend_body(
         _ledger(request), _group_by(request), start, end, request.query_params.get("key_id") or None
     )
-    return _json(body)
+    return json_response(body)
 
 
 @router.get("/v1/spend")
@@ -144,14 +124,14 @@ async def own_spend(request: Request) -> Response:
     admission = _keys(request)
     if not admission.enabled:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
-    record, _ = await admission.identify(_context(request).api_key)
+    record, _ = await admission.lookup(context(request).api_key)
     key_id = MASTER_KEY_ID if record is None else record.id
     start, end = _range(request)
     body = await _spend_body(_ledger(request), _group_by(request), start, end, key_id)
     if record is not None:
         body["key"] = record.to_json()
         body["key"]["spent_usd"] = body["totals"]["cost_usd"]
-    return _json(body)
+    return json_response(body)
 
 
 @router.get("/admin/dashboard/data")
@@ -168,8 +148,8 @@ async def dashboard_data(request: Request) -> Response:
     except (SQLAlchemyError, OSError):
         raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
-    body["baseline_model"] = _gw(request).settings.ledger.baseline_model
-    return _json(body)
+    body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model
+    return json_response(body)
 
 
 @router.get("/admin/keys")
@@ -180,7 +160,7 @@ async def list_keys(request: Request) -> Response:
         records = await _keys(request).store.list()
     except (SQLAlchemyError, OSError):
         raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
-    return _json({"object": "list", "data": [r.to_json() for r in records]})
+    return json_response({"object": "list", "data": [r.to_json() for r in records]})
 
 
 def _opt_int(body: dict[str, Any], name: str) -> int | None:
@@ -197,7 +177,7 @@ async def create_key(request: Request) -> Response:
     """Create a key: ``{"name", "team"?, "budget_usd"?, "rpm"?, "tpm"?}``; the secret is returned once."""
     await _admin(request)
     try:
-        body = orjson.loads(await read_body(request, _gw(request).settings.server.max_body_bytes))
+        body = orjson.loads(await read_body(request, gateway_of(request).settings.server.max_body_bytes))
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
@@ -223,7 +203,7 @@ async def create_key(request: Request) -> Response:
         )
     except (SQLAlchemyError, OSError):
         raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
-    return _json({**record.to_json(), "key": secret}, status=201)
+    return json_response({**record.to_json(), "key": secret}, status=201)
 
 
 @router.post("/admin/keys/{key_id}/revoke")
@@ -236,7 +216,7 @@ async def revoke_key(key_id: str, request: Request) -> Response:
         raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
     if record is None:
         raise NotFound(f"No key '{key_id}'.", code="key_not_found")
-    return _json(record.to_json())
+    return json_response(record.to_json())
 
 
 @router.get("/dashboard")

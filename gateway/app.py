@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,125 +17,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends import Backend, CircuitBreaker, UpstreamHTTP, build_backend
-from backends.h1 import H1Client
-from backends.wire import HttpxUpstream
-from gateway import components
 from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
-from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.http_limits import HeaderLimit
 from gateway.inference import HOT_PATHS, InferenceRoute, handle
 from gateway.logs import tune_stdlib_logging
-from gateway.metrics import Metrics
 from gateway.openapi import install_openapi
-from gateway.pipeline import Pipeline, drain_background
-from gateway.pricing import load_price_entries
 from gateway.routes import router as api_router
-from gateway.routing import COMPILED, QualityEstimator, Router
-from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from gateway.runtime import Gateway, build_gateway, close_gateway
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger("gateway.app")
-
-
-@dataclass(slots=True)
-class Gateway:
-    """Everything one app instance owns; reachable from routes as ``request.app.state.gateway``."""
-
-    settings: Settings
-    http: UpstreamHTTP
-    backends: dict[str, Backend]
-    breakers: dict[str, CircuitBreaker]
-    router: Router
-    pipeline: Pipeline
-    metrics: Metrics
-    cache: ResponseCache
-    recorder: Recorder
-    admission: Admission
-
-
-def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
-    """The shipped learned quality router, if its artifact loads (it reads the ``cl100k_base`` token ids
-    that ``counter`` computes for every prompt, and encodes with it when called without them)."""
-    if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
-        log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
-        return None
-    try:
-        from policies.router.model import QualityRouter
-    except ImportError:
-        return None
-    try:
-        estimator: QualityEstimator = QualityRouter.load(encode=counter.encode)
-        return estimator
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
-        return None
-
-
-def build_upstream_http(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamHTTP:
-    """The one client every backend sends through: httpx when a transport is given (tests) or configured."""
-    server = settings.server
-    if transport is None and server.upstream_client == "builtin":
-        return H1Client(
-            max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
-        )
-    import httpx
-
-    limits = httpx.Limits(
-        max_connections=None,
-        max_keepalive_connections=server.upstream_max_connections,
-        keepalive_expiry=server.upstream_keepalive_seconds,
-    )
-    return HttpxUpstream(httpx.AsyncClient(transport=transport, limits=limits, trust_env=True))
-
-
-async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
-    """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
-    # First, before long-lived objects interleave with it: the price map is read and freed here.
-    load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
-    counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
-    http = build_upstream_http(settings, transport)
-    backends: dict[str, Backend] = {
-        spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
-        for spec in settings.models
-    }
-    breakers = {
-        name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
-    }
-    router = Router(settings, backends, breakers, load_estimator(counter))
-    log.info("decide stage: %s", "compiled (mypyc)" if COMPILED else "pure Python (see setup.py)")
-    metrics = Metrics()
-    cache = await components.build_cache(settings, metrics)
-    recorder = await components.build_recorder(settings, metrics)
-    admission = await components.build_admission(settings, recorder)
-    pipeline = Pipeline(
-        settings=settings,
-        backends=backends,
-        breakers=breakers,
-        router=router,
-        counter=counter,
-        metrics=metrics,
-        admission=admission,
-        cache=cache,
-        recorder=recorder,
-    )
-    for backend in backends.values():
-        await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
-
-
-async def close_gateway(gw: Gateway) -> None:
-    """Stop background work, flush the cache and the ledger, close connections."""
-    await drain_background()
-    for backend in gw.backends.values():
-        await backend.aclose()
-    await gw.cache.aclose()
-    await gw.recorder.aclose()
-    await gw.http.aclose()
 
 
 def error_response(err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:

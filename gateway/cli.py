@@ -42,7 +42,7 @@ def serve(
     """Serve the OpenAI-compatible API described by CONFIG."""
     _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
     # -P: the working directory does not go on sys.path, so a checkout there cannot shadow the installed
-    # package (a wheel's compiled decide stage would silently run as the checkout's pure Python).
+    # package with other sources than the ones installed.
     argv = [sys.executable, "-P", "-m", "gateway.server", "--config", str(config)]
     for flag, value in (("--host", host), ("--port", port), ("--workers", workers)):
         if value is not None:
@@ -97,9 +97,8 @@ def route(
     """Show how a request body would be routed, without calling any backend."""
     import asyncio
 
-    from gateway.app import build_gateway, close_gateway
     from gateway.config import Settings
-    from gateway.routes import explain_body
+    from gateway.runtime import build_gateway, close_gateway
 
     settings = _load(config)
     assert isinstance(settings, Settings)
@@ -110,7 +109,7 @@ def route(
         try:
             headers = {"x-gateway-policy": policy} if policy else {}
             ctx = gw.pipeline.new_context("chat", headers)
-            return explain_body(gw, ctx, raw)
+            return gw.pipeline.explain(ctx, raw)
         finally:
             await close_gateway(gw)
 
@@ -134,7 +133,9 @@ def replay(
     policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="policy to compare (repeatable)")] = None,
     route: Annotated[str, typer.Option(help="route whose candidates to use")] = "auto",
     limit: Annotated[int | None, typer.Option(help="first N records only")] = None,
-    plot_file: Annotated[Path | None, typer.Option("--plot", help="write a cost/quality PNG here")] = None,
+    plot_file: Annotated[
+        Path | None, typer.Option("--plot", help="write a cost/quality PNG here (needs the plot extra)")
+    ] = None,
 ) -> None:
     """Run requests through routing policies without calling backends; compare cost, quality, latency."""
     import asyncio
@@ -143,9 +144,13 @@ def replay(
     from rich.table import Table
 
     from gateway import replay as rp
-    from gateway.app import build_gateway, close_gateway
     from gateway.config import Settings
+    from gateway.runtime import build_gateway, close_gateway
 
+    if plot_file is not None:
+        from gateway.cli_router import require_plotting
+
+        require_plotting("leave out --plot")
     settings = _load(config)
     assert isinstance(settings, Settings)
     records = rp.load_records(file, limit)

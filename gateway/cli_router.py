@@ -1,7 +1,8 @@
 """``gateway router ...``: train, score with, and evaluate the learned quality router.
 
 Mounted by the main CLI with ``app.add_typer(router_app, name="router")``; also runnable alone as
-``python -m gateway.cli_router``. Heavy imports (numpy, matplotlib) happen inside the commands.
+``python -m gateway.cli_router``. Heavy imports (numpy, matplotlib) happen inside the commands; the plot of
+``eval`` needs the ``plot`` extra (``pip install 'llm-hybrid-gateway[plot]'``), checked before any work.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ router_app = typer.Typer(
 )
 
 _DEFAULT_PLOT = Path("router_pgr.png")
+
+
+def require_plotting(skip_hint: str) -> None:
+    """Stop with exit code 2 and what to install when matplotlib is missing (before any work is done)."""
+    from policies.router import plotting
+
+    try:
+        plotting.require()
+    except plotting.PlottingUnavailable as exc:
+        typer.echo(f"error: {exc} (or {skip_hint})", err=True)
+        raise typer.Exit(2) from None
 
 
 def _tokenizer() -> TiktokenCounter:
@@ -117,6 +129,7 @@ def eval_cmd(
     ] = "auto",
     folds: Annotated[int | None, typer.Option(help="CV folds (default: the artifact's).")] = None,
     plot: Annotated[Path, typer.Option(help="Where to write the PGR curve PNG.")] = _DEFAULT_PLOT,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Print the report only (no matplotlib needed).")] = False,
 ) -> None:
     """Print APGR, CPT(50%)/CPT(80%) vs random and perfect routers; write the PGR curve PNG."""
     from policies.router.data import load_records
@@ -124,13 +137,16 @@ def eval_cmd(
 
     if mode not in ("auto", "cv", "artifact"):
         raise typer.BadParameter("mode must be auto, cv or artifact", param_hint="--mode")
+    if not no_plot:
+        require_plotting("pass --no-plot")
     _tokenizer()
     result = evaluate_file(data, artifact, cast(Literal["auto", "cv", "artifact"], mode), folds)
     how = "grouped k-fold cross-validation" if result.mode == "cv" else "shipped/given artifact, no retraining"
     typer.echo(f"evaluation on {data.name}: {how}")
     typer.echo(format_report(result.report))
-    plot_pgr(load_records(data), result.scores, plot, f"{data.name} ({result.mode})")
-    typer.echo(f"PGR curve written to {plot}")
+    if not no_plot:
+        plot_pgr(load_records(data), result.scores, plot, f"{data.name} ({result.mode})")
+        typer.echo(f"PGR curve written to {plot}")
 
 
 if __name__ == "__main__":

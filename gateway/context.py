@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from gateway.features import Constraints as Constraints  # re-exported: defined with the features (compiled)
+from gateway.constraints import Constraints
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 
@@ -27,6 +27,19 @@ class Usage:
     estimated: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, as admission identified it once, before the body was read."""
+
+    key_id: str  # a virtual key's id, or "master"
+    name: str = ""
+    team: str | None = None
+    budget_usd: Decimal | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    spent_usd: Decimal = Decimal(0)  # the ledger's spend of the key when its record was read
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything known about one request, filled in stage by stage."""
@@ -42,6 +55,7 @@ class RequestContext:
     client_wants_usage: bool = False
     # admission
     api_key: str | None = None
+    caller: Caller | None = None  # set by Admission.identify (None: keys are off, or not identified yet)
     key_id: str | None = None
     team: str | None = None
     user: str | None = None

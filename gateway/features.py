@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -13,79 +13,18 @@ from gateway.tokens import TokenCounter
 _PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts them
 
 
+@dataclass(slots=True)
 class RequestFeatures:
-    """What routing needs to know about a request.
+    """What routing needs to know about a request."""
 
-    A plain class, not a (frozen) dataclass: compiled, a dataclass's constructor runs the ``__init__`` the
-    decorator generates as interpreted Python, on every request. Its fields are ``Final``: read-only.
-    """
-
-    __slots__ = (
-        "max_output_tokens",
-        "n",
-        "needs_json",
-        "needs_tools",
-        "needs_vision",
-        "prompt",
-        "prompt_ids",
-        "prompt_tokens",
-    )
-
-    def __init__(
-        self,
-        prompt: str,
-        prompt_tokens: int,
-        prompt_ids: list[int] | None,
-        max_output_tokens: int | None,
-        needs_tools: bool,
-        needs_json: bool,
-        needs_vision: bool,
-        n: int,
-    ) -> None:
-        self.prompt: Final = prompt  # the text that decides difficulty: the last user message (or the prompt)
-        self.prompt_tokens: Final = prompt_tokens
-        #: token ids of ``prompt`` (None without a tokenizer): the router reads them
-        self.prompt_ids: Final = prompt_ids
-        self.max_output_tokens: Final = max_output_tokens
-        self.needs_tools: Final = needs_tools
-        self.needs_json: Final = needs_json
-        self.needs_vision: Final = needs_vision
-        self.n: Final = n
-
-    def __repr__(self) -> str:
-        return (
-            f"RequestFeatures(prompt_tokens={self.prompt_tokens}, max_output_tokens={self.max_output_tokens}, "
-            f"needs_tools={self.needs_tools}, needs_json={self.needs_json}, needs_vision={self.needs_vision}, "
-            f"n={self.n})"
-        )
-
-
-class Constraints:
-    """Per-request routing constraints (x-gateway-* headers or the body's ``gateway`` field).
-
-    Here, compiled with the decide stage, rather than beside the request context: the router reads every field
-    on every request, and from compiled code a read of a Python object's attribute is a generic lookup.
-    """
-
-    __slots__ = ("max_cost_usd", "max_latency_ms", "min_quality", "policy")
-
-    def __init__(
-        self,
-        policy: str | None = None,
-        max_cost_usd: Decimal | None = None,
-        max_latency_ms: float | None = None,
-        min_quality: float | None = None,
-    ) -> None:
-        self.policy = policy
-        self.max_cost_usd = max_cost_usd
-        self.max_latency_ms = max_latency_ms
-        self.min_quality = min_quality
-
-    def __repr__(self) -> str:
-        return (
-            f"Constraints(policy={self.policy!r}, max_cost_usd={self.max_cost_usd!r}, "
-            f"max_latency_ms={self.max_latency_ms!r}, min_quality={self.min_quality!r})"
-        )
+    prompt: str  # the text that decides difficulty: the last user message (or the prompt)
+    prompt_tokens: int
+    prompt_ids: list[int] | None  # token ids of ``prompt`` (None without a tokenizer): the router reads them
+    max_output_tokens: int | None
+    needs_tools: bool = False
+    needs_json: bool = False
+    needs_vision: bool = False
+    n: int = 1
 
 
 def _content_text(content: Any) -> tuple[str, bool]:
@@ -157,7 +96,7 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         tokens = max(len(p) for p in raw)
     elif isinstance(raw, list):
         tokens = len(raw)
-    return RequestFeatures(text, tokens, ids, max_tokens, False, False, False, n)
+    return RequestFeatures(text, tokens, ids, max_tokens, n=n)
 
 
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bselect\b.*\bfrom\b|=>|\bimport |\{\s*\n|;\s*$", re.M)

@@ -16,10 +16,14 @@ log = logging.getLogger("gateway.request")
 
 
 class Admission(Protocol):
-    """Stage 1: authenticate the caller and enforce rate limits and budgets."""
+    """Stages 1 and 2: identify the caller (before the body is read), then enforce its rate limits and budget."""
+
+    async def identify(self, ctx: RequestContext) -> None:
+        """Authenticate ``ctx.api_key`` once: set ``ctx.caller`` (and ``key_id``/``team``) or raise Unauthorized."""
+        ...
 
     async def admit(self, ctx: RequestContext) -> None:
-        """Fill ``ctx.key_id``/``ctx.team`` or raise Unauthorized, RateLimited or BudgetExceeded."""
+        """For the caller :meth:`identify` set, reserve against its limits or raise RateLimited/BudgetExceeded."""
         ...
 
     async def settle(self, ctx: RequestContext) -> None:
@@ -79,6 +83,9 @@ class Recorder(Protocol):
 
 class OpenAdmission:
     """No keys: everyone is admitted, nothing is charged."""
+
+    async def identify(self, ctx: RequestContext) -> None:
+        return None
 
     async def admit(self, ctx: RequestContext) -> None:
         return None

@@ -16,19 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.auth.admission import KeyAdmission
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.http_limits import head_size, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.inference")
 
@@ -108,7 +105,7 @@ async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive
     ctx = pipeline.new_context(endpoint, headers)
     try:
         try:
-            await authenticate(gw, ctx.api_key)  # before the body is even read
+            await pipeline.identify(ctx)  # before the body is even read
             raw = await read_asgi_body(receive, headers, gw.settings.server.max_body_bytes)
         except GatewayError as err:
             await pipeline.fail(ctx, err)
@@ -205,17 +202,6 @@ async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: in
             raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def authenticate(gw: Gateway, api_key: str | None) -> None:
-    """With virtual keys on, every ``/v1`` endpoint needs a valid key (checked before any other work).
-
-    Raises:
-        Unauthorized: no key, an unknown key or a revoked one.
-    """
-    admission = gw.admission
-    if isinstance(admission, KeyAdmission) and admission.enabled:
-        await admission.identify(api_key)
 
 
 class InferenceRoute:

@@ -1,15 +1,16 @@
 """The request pipeline: the only place that knows the order of the stages.
 
-    1. parse     JSON body -> validated request            (gateway.protocol)
-    2. admit     virtual key, rate limits, budget          (Admission hook)
-    3. features  prompt tokens, capabilities, output size  (gateway.features)
-    4. cache     exact / semantic lookup                   (ResponseCache hook)
-    5. decide    rank candidates for route + constraints   (gateway.routing -> policies)
-    6. call      try the ranking in order, breaker/backoff (backends)
-    7. relay     return the body or stream the chunks      (gateway.streaming)
-    8. record    cost, ledger row, metrics, cache store    (Recorder, Metrics, ResponseCache)
+    0. identify  who is calling, before the body is read     (Admission.identify: :meth:`Pipeline.identify`)
+    1. parse     JSON body -> validated request, constraints  (gateway.protocol, gateway.constraints)
+    2. admit     the caller's rate limits and budget          (Admission.admit)
+    3. features  prompt tokens, capabilities, output size     (gateway.features)
+    4. cache     exact / semantic lookup                      (ResponseCache hook)
+    5. decide    rank candidates for route + constraints      (gateway.routing -> policies)
+    6. call      try the ranking in order, breaker/backoff    (backends; one loop, streaming or not)
+    7. relay     return the body or stream the chunks         (gateway.streaming)
+    8. record    cost, ledger row, metrics, cache store       (Recorder, Metrics, ResponseCache)
 
-Stages 1-6 happen before the first byte goes to the client, so a failure there can still fall back or
+Stages 0-6 happen before the first byte goes to the client, so a failure there can still fall back or
 return a clean error; after it, a failure ends the stream with an SSE error event. Every request,
 whatever happened, is recorded exactly once. Nothing here imports FastAPI.
 """
@@ -29,8 +30,9 @@ from typing import Any
 
 import orjson
 
-from backends import Backend, CircuitBreaker, UpstreamStream
+from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
 from gateway.config import Settings
+from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import (
     AllCandidatesFailed,
@@ -38,23 +40,29 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     UpstreamError,
-    UpstreamTimeout,
     UpstreamUnavailable,
     is_retryable,
 )
-from gateway.features import RequestFeatures, extract_features
+from gateway.features import extract_features
 from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
 from gateway.metrics import Metrics
-from gateway.pricing import Price, baseline_price, live_price
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Open, validate
-from gateway.routing import Plan, Router, constraint_decimal
-from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, frame, replay_chunks
+from gateway.pricing import ZERO, Price, baseline_price
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InferenceRequest,
+    load_json_object,
+    validate,
+)
+from gateway.routing import Plan, Router, explain
+from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
 from gateway.tokens import TokenCounter
 from policies.base import Candidate
 
 log = logging.getLogger("gateway.pipeline")
 
-_VALIDATORS: dict[str, type[_Open]] = {
+_VALIDATORS: dict[str, type[InferenceRequest]] = {
     "chat": ChatCompletionRequest,
     "completions": CompletionRequest,
     "embeddings": EmbeddingRequest,
@@ -120,8 +128,17 @@ class Pipeline:
             ctx.api_key = auth[7:].strip() or None
         return ctx
 
+    async def identify(self, ctx: RequestContext) -> None:
+        """Stage 0, before the body is read: authenticate the caller once and carry it on ``ctx``.
+
+        Raises:
+            GatewayError: Unauthorized (recorded: the caller of :meth:`run` records it with :meth:`fail`).
+        """
+        await self.admission.identify(ctx)
+
     async def run(self, ctx: RequestContext, raw: bytes) -> Result:
-        """Run every stage for one request; raise :class:`GatewayError` for a clean error response."""
+        """Run stages 1-8 for a request :meth:`identify` admitted; raise :class:`GatewayError` for a clean
+        error response (recorded already)."""
         try:
             self.parse(ctx, raw)
             await self.admission.admit(ctx)
@@ -131,14 +148,12 @@ class Pipeline:
                 return await self._embeddings(ctx)
             cached = await self.cache.lookup(ctx)
             if cached is not None:
-                return self._serve_cached(ctx, cached, feats)
+                return self._serve_cached(ctx, cached)
             started = perf_counter()
             plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
-            if ctx.stream:
-                return await self._stream(ctx, plan, feats)
-            return await self._complete(ctx, plan, feats)
+            return await self._call(ctx, plan)
         except GatewayError as err:
             await self.fail(ctx, err)
             raise
@@ -174,36 +189,14 @@ class Pipeline:
 
     def parse(self, ctx: RequestContext, raw: bytes) -> None:
         """Stage 1: JSON, validation, constraints, and the streaming usage request."""
-        if not raw:
-            raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-        if _nested_deeper_than(body, MAX_JSON_DEPTH):
-            raise InvalidRequest(
-                f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
-            )
+        body = load_json_object(raw)
         if isinstance(body.get("model"), str):
             ctx.requested_model = body["model"][:256]
         if isinstance(body.get("user"), str):
             ctx.user = body["user"][:256]
-        validate(_VALIDATORS[ctx.endpoint], body)
-        ext = body.pop("gateway", None) or {}
-        h = ctx.headers
-        c = ctx.constraints
-        c.policy = h.get("x-gateway-policy") or ext.get("policy")
-        c.max_cost_usd = constraint_decimal(
-            h.get("x-gateway-max-cost-usd", ext.get("max_cost_usd")), "x-gateway-max-cost-usd"
-        )
-        c.max_latency_ms = _float_constraint(
-            h.get("x-gateway-max-latency-ms", ext.get("max_latency_ms")), "x-gateway-max-latency-ms"
-        )
-        c.min_quality = _float_constraint(
-            h.get("x-gateway-min-quality", ext.get("min_quality")), "x-gateway-min-quality"
-        )
+        request = validate(_VALIDATORS[ctx.endpoint], body)
+        body.pop("gateway", None)  # ours: never forwarded
+        ctx.constraints = Constraints.parse(ctx.headers, request.gateway)
         ctx.stream = bool(body.get("stream"))
         if ctx.stream:
             opts = body.get("stream_options") or {}
@@ -221,7 +214,7 @@ class Pipeline:
         ctx.predicted_cost = d.winner.cost_usd
         self.metrics.child(self.metrics.decisions, plan.route or "-", d.policy, d.winner.name).inc()
 
-    def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer, feats: RequestFeatures) -> Result:
+    def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer) -> Result:
         ctx.chosen_model = cached.original_model or str(cached.body.get("model") or ctx.requested_model)
         if ctx.requested_model in self.router.routes:
             ctx.route = ctx.requested_model
@@ -239,83 +232,60 @@ class Pipeline:
         self._schedule_finish(ctx)
         return JSONResult(cached.body, self._headers(ctx))
 
-    # -- stage 6: call, non-streaming -----------------------------------------------------------------
+    # -- stage 6: call (one attempt loop, streaming or not) ------------------------------------------
 
-    async def _complete(self, ctx: RequestContext, plan: Plan, feats: RequestFeatures) -> JSONResult:
+    async def _call(self, ctx: RequestContext, plan: Plan) -> Result:
+        """Try the ranking in order until a candidate answers (the one attempt loop, streaming or not)."""
         last: UpstreamError | None = None
         for attempt, cand in enumerate(self._attempt_order(plan)):
-            backend = self.backends[cand.name]
             if attempt:
-                await self._backoff(attempt, last)
+                await self._backoff(attempt)
             ctx.attempts.append(cand.name)
-            breaker = self.breakers[cand.name]
-            breaker.before_call()
-            backend.stats.in_flight += 1
-            t0 = ctx.elapsed()
             try:
-                response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+                return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:
                 self._attempt_failed(cand.name, err)
                 last = err
-                if not is_retryable(err) or not self._may_fall_back(plan):
+                if not is_retryable(err):
                     raise
-                continue
-            finally:
-                backend.stats.in_flight -= 1
-            breaker.record_success()
-            body = response.body
-            body["model"] = cand.name
-            ctx.chosen_model = cand.name
-            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-            self._set_usage(ctx, usage, body)
-            ctx.finish_reason = _first_finish_reason(body)
-            backend.stats.observe(
-                ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens
-            )
-            ctx.ttft_s = ctx.elapsed()
-            self.cache.store(ctx, body)
-            self._schedule_finish(ctx)
-            return JSONResult(body, self._headers(ctx))
         assert last is not None
         raise AllCandidatesFailed(last, ctx.attempts)
 
-    # -- stage 6/7: call and relay, streaming ---------------------------------------------------------
-
-    async def _stream(self, ctx: RequestContext, plan: Plan, feats: RequestFeatures) -> StreamResult:
-        last: UpstreamError | None = None
-        for attempt, cand in enumerate(self._attempt_order(plan)):
-            backend = self.backends[cand.name]
-            if attempt:
-                await self._backoff(attempt, last)
-            ctx.attempts.append(cand.name)
-            breaker = self.breakers[cand.name]
-            breaker.before_call()
-            backend.stats.in_flight += 1
-            t0 = ctx.elapsed()
-            stream: UpstreamStream | None = None
+    async def _attempt(self, ctx: RequestContext, backend: Backend, breaker: CircuitBreaker) -> Result:
+        """One call: a complete answer, or a stream whose first event arrived (checked before the first byte
+        goes to the client, so the next candidate can still answer when a stream fails that early)."""
+        breaker.before_call()
+        t0 = ctx.elapsed()
+        body = self._upstream_body(ctx, backend)
+        if ctx.stream:
+            stream = await backend.open_stream(ctx.path, body)
             try:
-                stream = await backend.open_stream(ctx.path, self._upstream_body(ctx, backend))
                 events = stream.events()
                 first = await _first_event(events, backend)
-            except UpstreamError as err:
-                backend.stats.in_flight -= 1
-                if stream is not None:
-                    await _close_quietly(stream)
-                self._attempt_failed(cand.name, err)
-                last = err
-                if not is_retryable(err) or not self._may_fall_back(plan):
-                    raise
-                continue
             except BaseException:
-                backend.stats.in_flight -= 1
-                if stream is not None:
-                    await _close_quietly(stream)
+                await _close_quietly(stream)
                 raise
-            ctx.chosen_model = cand.name
-            frames = self._relay(ctx, backend, breaker, stream, events, first, t0)
-            return StreamResult(frames, self._headers(ctx))
-        assert last is not None
-        raise AllCandidatesFailed(last, ctx.attempts)
+            ctx.chosen_model = backend.name
+            return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
+        response = await backend.complete(ctx.path, body)
+        breaker.record_success()
+        ctx.chosen_model = backend.name
+        return self._answer(ctx, backend, response, t0)
+
+    def _answer(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> JSONResult:
+        """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
+        body = response.body
+        body["model"] = backend.name
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        self._set_usage(ctx, usage, body)
+        ctx.finish_reason = _first_finish_reason(body)
+        backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
+        ctx.ttft_s = ctx.elapsed()
+        self.cache.store(ctx, body)
+        self._schedule_finish(ctx)
+        return JSONResult(body, self._headers(ctx))
+
+    # -- stage 7: relay a stream ----------------------------------------------------------------------
 
     async def _relay(
         self,
@@ -361,7 +331,6 @@ class Pipeline:
             ctx.status_code = 499
             raise
         finally:
-            backend.stats.in_flight -= 1
             if not failed:
                 breaker.record_success()
             if not relay.usage_seen:
@@ -408,6 +377,17 @@ class Pipeline:
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
+    # -- explain --------------------------------------------------------------------------------------
+
+    def explain(self, ctx: RequestContext, raw: bytes) -> dict[str, Any]:
+        """Stages 1, 3 and 5 only, for ``gateway route --explain`` and ``/admin/route/explain``: the routing
+        decision for a chat request body, with each candidate's predictions; no backend is called."""
+        self.parse(ctx, raw)
+        feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+        out = explain(self.router.plan(ctx.requested_model, feats, ctx.constraints))
+        out["prompt_tokens"] = feats.prompt_tokens
+        return out
+
     # -- helpers --------------------------------------------------------------------------------------
 
     def _attempt_order(self, plan: Plan) -> list[Candidate]:
@@ -418,10 +398,7 @@ class Pipeline:
             return ranking[:budget]
         return [ranking[i % len(ranking)] for i in range(budget)]
 
-    def _may_fall_back(self, plan: Plan) -> bool:
-        return True
-
-    async def _backoff(self, attempt: int, last: UpstreamError | None) -> None:
+    async def _backoff(self, attempt: int) -> None:
         r = self.settings.retry
         delay = min(r.backoff_base_ms * (2 ** (attempt - 1)), r.backoff_max_ms) / 1000.0
         if delay > 0:
@@ -452,13 +429,10 @@ class Pipeline:
         ctx.usage.estimated = True
 
     def price(self, model: str) -> Price:
-        """The price of ``model`` now (local models at their measured throughput)."""
-        prep = self.router.models.get(model)
-        if prep is None:
-            return static_price_none()
-        if not prep.gpu_priced:
-            return prep.price
-        return live_price(prep.spec, self.backends[model].stats.tokens_per_second.value)
+        """The price of ``model`` now: what routing predicted with, at this moment's throughput (nothing for a
+        model the config does not know, e.g. a cached answer's former model)."""
+        facts = self.router.models.get(model)
+        return ZERO if facts is None else facts.price.now()
 
     def _cost(self, ctx: RequestContext) -> None:
         u = ctx.usage
@@ -520,10 +494,6 @@ class Pipeline:
             self.metrics.observe(ctx)
 
 
-#: Deepest JSON nesting accepted in a request body. orjson parses up to 1024 levels but serialises only
-#: 254, and the body is serialised again for the upstream and the cache key.
-MAX_JSON_DEPTH = 128
-
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
@@ -543,36 +513,6 @@ def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
 
 # Unique per process start (random prefix) and cheap per request (a counter), unlike uuid4.
 _REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n in itertools.count())
-
-
-def static_price_none() -> Price:
-    """Price of a model the config does not know (nothing is charged)."""
-    return Price(Decimal(0), Decimal(0), "unknown")
-
-
-def _nested_deeper_than(body: dict[str, Any], limit: int) -> bool:
-    """Whether ``body`` nests lists/objects more than ``limit`` levels (visits containers only)."""
-    stack: list[tuple[Any, int]] = [(body, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if type(node) is dict else node:
-            if type(child) is dict or type(child) is list:
-                stack.append((child, depth + 1))
-    return False
-
-
-def _float_constraint(value: Any, param: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"Invalid value for '{param}': not a number.", param=param) from None
-    if out != out or out < 0:
-        raise InvalidRequest(f"Invalid value for '{param}': must be a non-negative number.", param=param)
-    return out
 
 
 def _choice_text(choice: dict[str, Any]) -> str:
@@ -619,4 +559,4 @@ async def _close_quietly(stream: UpstreamStream) -> None:
         await asyncio.shield(stream.aclose())
 
 
-__all__ = ["JSONResult", "Pipeline", "Result", "StreamResult", "UpstreamTimeout", "frame"]
+__all__ = ["JSONResult", "Pipeline", "Result", "StreamResult"]

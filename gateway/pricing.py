@@ -1,19 +1,25 @@
-"""Prices and the one cost function used by routing (predicted), accounting (actual) and the baseline.
+"""Prices, and the one cost function used by routing (predicted), accounting (charged) and the baseline.
 
 Hosted models are priced from litellm's bundled price map (read as a JSON file: ``import litellm`` costs
 seconds and is not needed for it), with per-model overrides from the config. Local models cost their share
 of the GPU hour: ``gpu_hour_usd / 3600 / tokens_per_second`` per output token; prompt tokens are prefilled
 in parallel and are charged at ``PREFILL_DISCOUNT`` of that.
+
+A model's price now is :meth:`ModelPrice.now`, and a request's cost is :meth:`Price.cost` of that price: the
+router calls both for its prediction, the ledger for the charge. What differs between predicted and charged
+is only their inputs: the token counts (predicted from the prompt's count and ``max_tokens`` or the model's
+average answer, against the upstream's ``usage``) and, for a local model, its measured throughput (when the
+decision is made, against when the request finished, this request's own sample included).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -37,25 +43,12 @@ class Price:
     output_per_token: Decimal
     source: str
     max_input_tokens: int | None = None
-    # The same prices as floats, for ranking candidates (money itself stays Decimal: see cost()).
-    input_float: float = field(init=False, repr=False, compare=False)
-    output_float: float = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "input_float", float(self.input_per_token))
-        object.__setattr__(self, "output_float", float(self.output_per_token))
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Cost of one request's tokens (counts beyond :data:`MAX_TOKENS` are priced as that many)."""
         prompt_tokens = min(prompt_tokens, MAX_TOKENS)
         completion_tokens = min(completion_tokens, MAX_TOKENS)
         return (self.input_per_token * prompt_tokens + self.output_per_token * completion_tokens).quantize(_Q)
-
-    def estimate(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """:meth:`cost` as a float (within float rounding), for comparing candidates without Decimal work."""
-        prompt_tokens = min(prompt_tokens, MAX_TOKENS)
-        completion_tokens = min(completion_tokens, MAX_TOKENS)
-        return self.input_float * prompt_tokens + self.output_float * completion_tokens
 
 
 ZERO = Price(Decimal(0), Decimal(0), "unpriced")
@@ -162,9 +155,43 @@ def baseline_price(spec: ModelSpec | None, name: str) -> Price | None:
     return Price(inp or Decimal(0), out or Decimal(0), "litellm")
 
 
-def live_price(spec: ModelSpec, measured_tps: float | None) -> Price:
-    """Like :func:`static_price`, but a local model uses its measured throughput when there is one."""
-    if spec.gpu_hour_usd is not None and spec.input_cost_per_token is None and spec.output_cost_per_token is None:
-        tps = measured_tps if measured_tps else (spec.tokens_per_second or DEFAULT_LOCAL_TPS)
-        return local_price(spec.gpu_hour_usd, tps)
-    return static_price(spec)
+class Throughput(Protocol):
+    """A live throughput measurement (``backends.state.Ewma``): tokens per second, None before any sample."""
+
+    @property
+    def value(self) -> float | None:
+        """The measured tokens per second, or None."""
+        ...
+
+
+class ModelPrice:
+    """How one model is priced now: its static price, or (a model priced by GPU time) the GPU hour at its
+    throughput. The throughput is the measured one, never below the configured ``tokens_per_second`` (an idle
+    GPU measures low: a price is what the GPU costs per token when it is busy)."""
+
+    def __init__(self, spec: ModelSpec, throughput: Throughput | None = None) -> None:
+        self.spec = spec
+        self.static = static_price(spec)
+        self.throughput = throughput
+        self.gpu_priced = spec.gpu_hour_usd is not None and self.static.source.startswith("gpu_hour")
+        self._last: tuple[float | None, Price] | None = None  # the last throughput priced, and its price
+
+    def now(self) -> Price:
+        """The price to predict or charge with at this moment."""
+        if not self.gpu_priced or self.throughput is None:
+            return self.static
+        return self.at(self.throughput.value)
+
+    def at(self, measured_tps: float | None) -> Price:
+        """The price at a measured throughput (None: none measured yet)."""
+        if not self.gpu_priced:
+            return self.static
+        if self._last is not None and self._last[0] == measured_tps:
+            return self._last[1]  # the throughput moves with each answer, not with each decision
+        gpu_hour = self.spec.gpu_hour_usd
+        assert gpu_hour is not None  # gpu_priced
+        floor = self.spec.tokens_per_second
+        tps = measured_tps if measured_tps and (floor is None or measured_tps >= floor) else floor or DEFAULT_LOCAL_TPS
+        price = local_price(gpu_hour, tps)
+        self._last = (measured_tps, price)
+        return price

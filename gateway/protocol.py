@@ -6,12 +6,19 @@ negative ``max_tokens``, empty ``messages``). Unknown fields are allowed (vendor
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from gateway.constraints import ConstraintFields
 from gateway.errors import InvalidRequest
 
+#: Deepest JSON nesting accepted in a request body. orjson parses up to 1024 levels but serialises only
+#: 254, and the body is serialised again for the upstream and the cache key.
+MAX_JSON_DEPTH = 128
+
+M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
@@ -36,19 +43,15 @@ class StreamOptions(_Open):
     include_usage: StrictBool | None = None
 
 
-class GatewayExtension(BaseModel):
-    """The body's ``gateway`` field: per-request routing constraints (same as the x-gateway-* headers)."""
+class InferenceRequest(_Open):
+    """What every inference request body has."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    policy: StrictStr | None = None
-    max_cost_usd: float | None = Field(None, ge=0)
-    max_latency_ms: float | None = Field(None, gt=0)
-    min_quality: float | None = Field(None, ge=0, le=10)
-
-
-class _Sampling(_Open):
     model: StrictStr = Field(min_length=1)
+    #: per-request routing constraints, also settable as x-gateway-* headers (``gateway.constraints``)
+    gateway: ConstraintFields | None = None
+
+
+class _Sampling(InferenceRequest):
     max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Temperature | None = None
     top_p: float | None = Field(None, ge=0, le=1)
@@ -60,7 +63,6 @@ class _Sampling(_Open):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: StrictStr | None = None
-    gateway: GatewayExtension | None = None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -83,10 +85,9 @@ class CompletionRequest(_Sampling):
     echo: StrictBool | None = None
 
 
-class EmbeddingRequest(_Open):
+class EmbeddingRequest(InferenceRequest):
     """``POST /v1/embeddings``."""
 
-    model: StrictStr = Field(min_length=1)
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: StrictInt | None = Field(None, ge=1)
@@ -112,7 +113,7 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validate(model: type[_Open], body: dict[str, Any]) -> _Open:
+def validate(model: type[M], body: dict[str, Any]) -> M:
     """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field."""
     try:
         return model.model_validate(body)
@@ -124,3 +125,31 @@ def validate(model: type[_Open], body: dict[str, Any]) -> _Open:
         else:
             message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; 400 (``invalid_json``) for anything else or for absurd nesting."""
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if _nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json")
+    return body
+
+
+def _nested_deeper_than(body: dict[str, Any], limit: int) -> bool:
+    """Whether ``body`` nests lists/objects more than ``limit`` levels (visits containers only)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False

@@ -16,10 +16,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway.context import Constraints
+from gateway.constraints import Constraints
 from gateway.features import extract_features
 from gateway.routing import Router
 from gateway.tokens import TokenCounter
+from policies.router import plotting
 
 
 @dataclass(slots=True)
@@ -112,11 +113,12 @@ def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def plot(totals: list[PolicyTotals], out: Path) -> None:
-    """Cost against quality per policy, as a PNG."""
-    import matplotlib
+    """Cost against quality per policy, as a PNG (needs the ``plot`` extra).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        PlottingUnavailable: matplotlib is not installed (the message says what to install).
+    """
+    plt = plotting.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for t in totals:

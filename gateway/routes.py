@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.context import RequestContext
 from gateway.errors import NotFound
-from gateway.inference import authenticate, read_asgi_body
-from gateway.routing import explain
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.inference import read_asgi_body
+from gateway.runtime import Gateway
 
 router = APIRouter()
 _STARTED = int(time.time())
 
 
-def _gw(request: Request) -> Gateway:
+def gateway_of(request: Request) -> Gateway:
+    """The runtime of the app serving ``request``."""
     gw: Gateway = request.app.state.gateway
     return gw
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``body`` as a JSON response."""
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -66,40 +66,47 @@ def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
     return None
 
 
+def context(request: Request) -> RequestContext:
+    """A request context for a route other than inference (the caller's key, its address for admin checks)."""
+    ctx = gateway_of(request).pipeline.new_context("chat", {k.lower(): v for k, v in request.headers.items()})
+    ctx.extra["client_host"] = request.client.host if request.client else None
+    return ctx
+
+
 async def _require_key(request: Request) -> None:
-    auth = request.headers.get("authorization", "")
-    await authenticate(_gw(request), auth[7:].strip() or None if auth[:7].lower() == "bearer " else None)
+    """With virtual keys on, the same check as every inference request's."""
+    await gateway_of(request).admission.identify(context(request))
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The gateway's model names and route names."""
     await _require_key(request)
-    gw = _gw(request)
+    gw = gateway_of(request)
     data = [e for n in gw.router.names() if (e := _model_entry(gw, n)) is not None]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     """One model or route."""
     await _require_key(request)
-    entry = _model_entry(_gw(request), model_id)
+    entry = _model_entry(gateway_of(request), model_id)
     if entry is None:
         raise NotFound(f"The model '{model_id}' does not exist.", param="model")
-    return _json(entry)
+    return json_response(entry)
 
 
 @router.get("/health")
 async def health() -> Response:
     """The process is alive."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
     """Which backends answer; 200 when at least one does, else 503."""
-    gw = _gw(request)
+    gw = gateway_of(request)
     names = list(gw.backends)
     results = await asyncio.gather(*(gw.backends[n].check_health() for n in names))
     detail = {
@@ -111,13 +118,13 @@ async def ready(request: Request) -> Response:
         for n, ok in zip(names, results, strict=True)
     }
     status = 200 if any(results) else 503
-    return _json({"status": "ready" if status == 200 else "unavailable", "backends": detail}, status)
+    return json_response({"status": "ready" if status == 200 else "unavailable", "backends": detail}, status)
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
-    gw = _gw(request)
+    gw = gateway_of(request)
     m = gw.metrics
     for name, backend in gw.backends.items():
         m.in_flight.labels(name).set(backend.stats.in_flight)
@@ -129,23 +136,8 @@ async def metrics(request: Request) -> Response:
 @router.post("/admin/route/explain")
 async def route_explain(request: Request) -> Response:
     """The routing decision for a request body, with each candidate's predictions; calls no backend."""
-    gw = _gw(request)
-    pipeline = gw.pipeline
-    ctx = pipeline.new_context("chat", {k.lower(): v for k, v in request.headers.items()})
-    ctx.extra["client_host"] = request.client.host if request.client else None
+    gw = gateway_of(request)
+    ctx = context(request)
     await gw.admission.authorize_admin(ctx)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
-    return _json(explain_body(gw, ctx, raw))
-
-
-def explain_body(gw: Gateway, ctx: Any, raw: bytes) -> dict[str, Any]:
-    """Parse ``raw`` as a chat request and explain its routing."""
-    from gateway.features import extract_features
-
-    pipeline = gw.pipeline
-    pipeline.parse(ctx, raw)
-    feats = extract_features(ctx.endpoint, ctx.body, pipeline.counter)
-    plan = gw.router.plan(ctx.requested_model, feats, ctx.constraints)
-    out = explain(plan)
-    out["prompt_tokens"] = feats.prompt_tokens
-    return out
+    return json_response(gw.pipeline.explain(ctx, raw))

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
-
-from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, fixed, fmt_usd, spill_saturated
+from policies.base import Candidate, Decision, Policy, RoutingInput, spill_saturated, usd
 from policies.registry import register
-
-#: The policy's registered name (a Final constant: compiled, ``self.name`` would be a generic lookup).
-NAME: Final = "cost"
 
 #: Without a configured floor, "well enough" means a predicted MT-Bench-like score of at least this
 #: for this prompt (predictions already account for the prompt's difficulty).
-DEFAULT_FLOOR: Final = 7.0
+DEFAULT_FLOOR = 7.0
 
 
-def _cheapest_first(c: Candidate) -> tuple[float, float]:
-    return c.cost, -c.quality
-
-
-def _best_first(c: Candidate) -> float:
-    return -c.quality
-
-
-class CostPolicy(RankingPolicy):
+@register("cost")
+class CostPolicy(Policy):
     """Cheapest among candidates predicted good enough; the rest follow, best quality first."""
-
-    name: ClassVar[str] = NAME
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
         p, threshold, min_quality = request.strong_needed, request.strong_threshold, request.min_quality
@@ -38,23 +24,17 @@ class CostPolicy(RankingPolicy):
         else:
             floor = min_quality if min_quality is not None else DEFAULT_FLOOR
             ok = [c for c in candidates if c.quality >= floor]
-        good = sorted(ok, key=_cheapest_first)
-        if len(ok) < len(candidates):
-            rest = sorted([c for c in candidates if c not in ok], key=_best_first)
-            ranking = spill_saturated(good) + rest if good else rest
-        else:
-            ranking = spill_saturated(good)
+        good = spill_saturated(sorted(ok, key=lambda c: (c.cost, -c.quality)))
+        rest = sorted((c for c in candidates if c not in ok), key=lambda c: -c.quality)
+        ranking = good + rest
         win = ranking[0]
         if good:
             reason = (
-                f"cheapest good-enough model: {win.name} at {fmt_usd(win.cost)} "
-                f"(predicted quality {fixed(win.quality, 2)} >= {fixed(floor, 2)})"
+                f"cheapest good-enough model: {win.name} at {usd(win.cost)} "
+                f"(predicted quality {win.quality:.2f} >= {floor:.2f})"
             )
         else:
-            reason = f"no model predicted good enough (>= {fixed(floor, 2)}); best quality: {win.name}"
+            reason = f"no model predicted good enough (>= {floor:.2f}); best quality: {win.name}"
         if win.saturated:
             reason += "; all good-enough models saturated"
-        return Decision(ranking, reason, NAME, {c.name: c.cost for c in candidates})
-
-
-register(NAME)(CostPolicy)  # a call, not the decorator: see register()
+        return Decision(ranking, reason, self.name, {c.name: c.cost for c in candidates})

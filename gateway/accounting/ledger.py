@@ -43,6 +43,9 @@ from gateway.hooks import LogRecorder
 log = logging.getLogger("gateway.accounting")
 
 Row = dict[str, Any]
+#: Rows per statement within a batch's transaction: what the event loop spends preparing one statement
+#: (under half a millisecond) bounds how long a request can wait behind the ledger.
+EXECUTE_ROWS = 25
 
 
 def _cut(value: str | None, n: int) -> str | None:
@@ -171,7 +174,11 @@ class SqlLedger:
         try:
             await self.db.ensure_schema()
             async with self.db.engine.begin() as conn:
-                await conn.execute(self._insert(conn.dialect.name), batch)
+                insert = self._insert(conn.dialect.name)
+                # One transaction, sent in slices: SQLAlchemy prepares a statement's parameters on the event loop
+                # (about 17 us a row), and a request arriving meanwhile waits for the slice being prepared.
+                for start in range(0, n, EXECUTE_ROWS):
+                    await conn.execute(insert, batch[start : start + EXECUTE_ROWS])
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1

@@ -34,7 +34,7 @@ from gateway.accounting.db import Database
 from gateway.auth.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, Reservation, from_nano, to_nano
 from gateway.config import Settings
-from gateway.context import RequestContext
+from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.pricing import Price, static_price
 
@@ -200,7 +200,7 @@ class KeyAdmission:
         """Whether ``secret`` is the master key (constant-time comparison)."""
         return bool(self._master and secret and hmac.compare_digest(secret.encode(), self._master))
 
-    async def identify(self, secret: str | None) -> tuple[KeyRecord | None, Decimal]:
+    async def lookup(self, secret: str | None) -> tuple[KeyRecord | None, Decimal]:
         """The live key record for ``secret`` and its ledger spend; ``(None, 0)`` for the master key.
 
         Raises:
@@ -220,27 +220,50 @@ class KeyAdmission:
 
     # -- Admission -------------------------------------------------------------------------------------
 
-    async def admit(self, ctx: RequestContext) -> None:
-        """Authenticate the key, then check revocation, budget, RPM and TPM in one atomic step."""
+    async def identify(self, ctx: RequestContext) -> None:
+        """With keys on, authenticate ``ctx.api_key`` and carry the caller on ``ctx`` (once per request)."""
         if not self.enabled:
             return
-        record, spent = await self.identify(ctx.api_key)
+        record, spent = await self.lookup(ctx.api_key)
         if record is None:
-            ctx.key_id = MASTER_KEY_ID
+            ctx.caller = Caller(MASTER_KEY_ID, name=MASTER_KEY_ID)
+        else:
+            ctx.caller = Caller(
+                record.id,
+                name=record.name,
+                team=record.team,
+                budget_usd=record.budget_usd,
+                rpm=record.rpm,
+                tpm=record.tpm,
+                spent_usd=spent,
+            )
+        ctx.key_id = ctx.caller.key_id
+        ctx.team = ctx.caller.team
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Check the identified caller's revocation, budget, RPM and TPM in one atomic step."""
+        if not self.enabled:
             return
-        ctx.key_id = record.id
-        ctx.team = record.team
+        caller = ctx.caller
+        if caller is None:  # identify() did not run: refuse rather than admit an unknown caller
+            raise Unauthorized("The request's API key was not checked.")
+        if caller.key_id == MASTER_KEY_ID:
+            return
         limits = KeyLimits(
             budget_nano=None
-            if record.budget_usd is None
-            else int((record.budget_usd * NANO).to_integral_value(rounding=ROUND_FLOOR)),
-            rpm=record.rpm,
-            tpm=record.tpm,
+            if caller.budget_usd is None
+            else int((caller.budget_usd * NANO).to_integral_value(rounding=ROUND_FLOOR)),
+            rpm=caller.rpm,
+            tpm=caller.tpm,
         )
         reserve = to_nano(self.estimator.estimate(ctx)) if limits.budget_nano is not None else 0
         try:
             verdict = await self.limiter.admit(
-                record.id, limits, reserve_nano=reserve, request_id=ctx.request_id, spent_seed_nano=to_nano(spent)
+                caller.key_id,
+                limits,
+                reserve_nano=reserve,
+                request_id=ctx.request_id,
+                spent_seed_nano=to_nano(caller.spent_usd),
             )
         except StoreError as exc:
             if self.settings.auth.fail_open:
@@ -251,24 +274,24 @@ class KeyAdmission:
             ctx.extra[_RESERVATION] = verdict.reservation
             return
         if verdict.outcome == "revoked":
-            self.cache.invalidate(record.id)
+            self.cache.invalidate(caller.key_id)
             raise Unauthorized("Incorrect API key provided, or the key was revoked.")
         if verdict.outcome == "budget":
             assert limits.budget_nano is not None
             raise BudgetExceeded(
-                self._budget_message(record, limits.budget_nano, verdict.spent_nano, verdict.reserved_nano, reserve)
+                self._budget_message(caller, limits.budget_nano, verdict.spent_nano, verdict.reserved_nano, reserve)
             )
         what = "requests" if verdict.outcome == "rpm" else "tokens"
-        limit = record.rpm if verdict.outcome == "rpm" else record.tpm
+        limit = caller.rpm if verdict.outcome == "rpm" else caller.tpm
         raise RateLimited(
-            f"Rate limit reached for key '{record.name}': {limit} {what} per minute. "
+            f"Rate limit reached for key '{caller.name}': {limit} {what} per minute. "
             f"Retry after {verdict.retry_after_s} s.",
             headers={"retry-after": str(verdict.retry_after_s)},
         )
 
     @staticmethod
-    def _budget_message(record: KeyRecord, budget: int, spent: int, reserved: int, reserve: int) -> str:
-        head = f"Budget exceeded for key '{record.name}': spent {_usd(spent)} of {_usd(budget)}"
+    def _budget_message(caller: Caller, budget: int, spent: int, reserved: int, reserve: int) -> str:
+        head = f"Budget exceeded for key '{caller.name}': spent {_usd(spent)} of {_usd(budget)}"
         if spent >= budget:
             return head + "."
         return (

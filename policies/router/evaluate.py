@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from policies.router import metrics
+from policies.router import metrics, plotting
 from policies.router.data import Record, file_sha256, load_records
 from policies.router.model import QualityRouter
 from policies.router.train import TrainConfig, benchmark_report, cross_val_scores, load_encoding
@@ -98,11 +98,13 @@ def format_report(report: dict[str, dict[str, Any]]) -> str:
 
 
 def plot_pgr(records: Sequence[Record], scores: NDArray[np.float64], out: Path, title: str = "") -> Path:
-    """Write PGR-vs-strong-share curves (router, random, perfect) per benchmark to a PNG."""
-    import matplotlib
+    """Write PGR-vs-strong-share curves (router, random, perfect) per benchmark to a PNG (needs the ``plot``
+    extra).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        PlottingUnavailable: matplotlib is not installed (the message says what to install).
+    """
+    plt = plotting.pyplot()
 
     names = np.array([r.benchmark for r in records])
     weak = np.array([r.weak for r in records])
@@ -143,12 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["auto", "cv", "artifact"], default="auto")
     ap.add_argument("--folds", type=int, default=None)
     ap.add_argument("--plot", type=Path, default=Path("router_pgr.png"))
+    ap.add_argument("--no-plot", action="store_true", help="print the report only (no matplotlib needed)")
     args = ap.parse_args(argv)
+    if not args.no_plot:
+        try:
+            plotting.require()  # before the evaluation, which takes a while
+        except plotting.PlottingUnavailable as exc:
+            ap.error(f"{exc} (or pass --no-plot)")
     result = evaluate_file(args.data, args.artifact, args.mode, args.folds)
     print(f"evaluation mode: {result.mode}")
     print(format_report(result.report))
-    plot_pgr(load_records(args.data), result.scores, args.plot, f"{args.data.name} ({result.mode})")
-    print(f"PGR curve written to {args.plot}")
+    if not args.no_plot:
+        plot_pgr(load_records(args.data), result.scores, args.plot, f"{args.data.name} ({result.mode})")
+        print(f"PGR curve written to {args.plot}")
     return 0
 
 

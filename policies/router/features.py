@@ -29,6 +29,7 @@ __all__ = [
     "distinct_ids",
     "has_choices",
     "log_count",
+    "token_value",
 ]
 
 #: Only the first ``MAX_TOKENS`` token ids feed the token set (bounds the cost of a long prompt).
@@ -47,22 +48,25 @@ def analyze(text: str, ids: Sequence[int]) -> tuple[list[int], list[float]]:
     return distinct_ids(ids), [log_count(len(text)), log_count(len(ids)), 1.0 if has_choices(text) else 0.0]
 
 
+def token_value(matched: int) -> float:
+    """The value of each in-vocabulary token id of a prompt that has ``matched`` of them (``1/sqrt(matched)``),
+    so the token-set term does not grow with the prompt's length."""
+    return 1.0 / math.sqrt(matched)
+
+
 def log_count(n: int) -> float:
-    """``ln(1 + n)``, the scale of the length cues (``math.log``: compiled, a direct C call, where ``math.log1p``
-    is a generic one)."""
+    """``ln(1 + n)``, the scale of the length cues."""
     return math.log(n + 1.0)
 
 
 def distinct_ids(ids: Sequence[int]) -> list[int]:
     """The token-set feature: the distinct ids among the first :data:`MAX_TOKENS`, in the order they first occur."""
-    return list(dict.fromkeys(ids[:MAX_TOKENS] if len(ids) > MAX_TOKENS else ids))
+    return list(dict.fromkeys(ids[:MAX_TOKENS]))
 
 
 def has_choices(text: str) -> bool:
     """The multiple-choice cue: two or more option lines (``A.``, ``(B)``...) in the first :data:`MAX_CHARS`."""
-    prefix = text[:MAX_CHARS] if len(text) > MAX_CHARS else text
-    # Two option lines need a line break (one may start the text): most chat prompts skip the regex.
-    return "\n" in prefix and len(_CHOICE_RE.findall(prefix)) >= 2
+    return len(_CHOICE_RE.findall(text[:MAX_CHARS])) >= 2
 
 
 def build_vocabulary(id_sets: Iterable[Iterable[int]], min_df: int, max_features: int) -> list[int]:
@@ -71,6 +75,5 @@ def build_vocabulary(id_sets: Iterable[Iterable[int]], min_df: int, max_features
     for ids in id_sets:
         for i in ids:
             df[i] = df.get(i, 0) + 1
-    kept = [(c, i) for i, c in df.items() if c >= min_df]
-    kept.sort(key=lambda ci: (-ci[0], ci[1]))
-    return [i for _, i in kept[:max_features]]
+    kept = sorted((i for i, c in df.items() if c >= min_df), key=lambda i: (-df[i], i))
+    return kept[:max_features]

@@ -24,10 +24,10 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from policies.router.curve import CurvePoints, first_reaching, pgr_points
-from policies.router.features import CUE_NAMES, MAX_TOKENS, has_choices, log_count
+from policies.router.features import CUE_NAMES, analyze, token_value
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,10 +54,6 @@ class _Calibration:
     weak: Sequence[float]
     strong: Sequence[float]
 
-
-_TINY: Final = 1e-45  # the smallest positive float32
-#: Prompts of up to this many ids find repeated ids by scanning (quadratic, but with no set to build).
-_SCAN: Final = 32
 
 #: ``.npy`` dtypes in the artifact -> :mod:`array` type codes (little-endian on disk).
 _TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B", "<u4": "I", "<i8": "q"}
@@ -99,25 +95,14 @@ class QualityRouter:
         bias: float,
         calibration: _Calibration,
         metadata: dict[str, Any],
-        n_vocab: int,
         encode: Encode,
     ) -> None:
         """Build from raw parts; use :meth:`load` to read an artifact. ``encode``: text -> ``cl100k_base``
         ids, for :meth:`score` calls that bring no ids."""
         if len(cue_weights) != len(CUE_NAMES):
             raise ValueError(f"expected {len(CUE_NAMES)} cue weights, got {len(cue_weights)}")
-        # One weight per token id (0.0 = not in the vocabulary), in a list: compiled, reading an item is a
-        # bounds check and a load, where an array.array item went through four generic C-API calls.
-        weights = [0.0] * n_vocab
-        for token, w in token_weights.items():
-            # An exact 0 would read as "not in the vocabulary" and change the match count.
-            weights[token] = w if w != 0.0 else _TINY
-        self._weights = weights
-        self._vocab_size = len(token_weights)
-        # The cue weights one by one: compiled, three float fields read directly, not a tuple to unpack.
-        self._w_chars = cue_weights[0]
-        self._w_tokens = cue_weights[1]
-        self._w_choices = cue_weights[2]
+        self._token_weights = token_weights
+        self._cue_weights = cue_weights
         self._bias = bias
         self._calib = calibration
         self._encode = encode
@@ -152,7 +137,7 @@ class QualityRouter:
         bias = float(npz["bias"][0])
         if vocab and not 0 <= min(vocab) <= max(vocab) < n_vocab:
             raise ValueError("corrupt router artifact: token ids outside the encoding")
-        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta, n_vocab, encode)
+        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta, encode)
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -175,46 +160,13 @@ class QualityRouter:
     def logit(self, prompt: str, ids: Sequence[int] | None = None) -> float:
         """Raw linear score of ``prompt`` (monotone in :meth:`score`); ``ids``: its token ids, if known.
 
-        The features of :func:`~policies.router.features.analyze`, computed inline (this runs per request);
-        the dense sum adds in the same order, so the result is the same to the last bit."""
-        # A local typed as a list: compiled, indexing it is a direct read (a Sequence would be checked each time).
-        seq: list[int] = self._encode(prompt) if ids is None else ids if isinstance(ids, list) else list(ids)
-        # One loop over the first MAX_TOKENS ids, adding each distinct in-vocabulary id's weight once, in the order
-        # the ids first occur (the order training's analyze() gives them). A repeat is found by scanning the ids
-        # before it in a short prompt, with a set in a long one: compiled, building a set cost more than scoring.
-        table = self._weights
-        n = len(seq)
-        if n > MAX_TOKENS:
-            n = MAX_TOKENS
-        total = 0.0
-        matched = 0
-        seen: set[int] | None = None if n <= _SCAN else set()
-        for i in range(n):
-            token = seq[i]
-            w = table[token]
-            if w == 0.0:
-                continue
-            if seen is None:
-                repeat = False
-                for j in range(i):
-                    if seq[j] == token:
-                        repeat = True
-                        break
-                if repeat:
-                    continue
-            elif token in seen:
-                continue
-            else:
-                seen.add(token)
-            total += w
-            matched += 1
-        z = self._bias + (total / math.sqrt(float(matched)) if matched else 0.0)
-        dense = (
-            self._w_chars * log_count(len(prompt))
-            + self._w_tokens * log_count(len(seq))
-            + (self._w_choices if has_choices(prompt) else 0.0)
-        )
-        return z + dense
+        The features are those training reads (:func:`~policies.router.features.analyze` and
+        :func:`~policies.router.features.token_value`): the weights of the prompt's distinct in-vocabulary token
+        ids, each at the token value, plus the weighted cues."""
+        tokens, cues = analyze(prompt, self._encode(prompt) if ids is None else ids)
+        weights = [w for w in map(self._token_weights.get, tokens) if w is not None]
+        z = self._bias + (sum(weights) * token_value(len(weights)) if weights else 0.0)
+        return z + sum(w * c for w, c in zip(self._cue_weights, cues, strict=True))
 
     def score(self, prompt: str, ids: Sequence[int] | None = None) -> float:
         """Probability-like score in [0, 1] that ``prompt`` needs the strong model (``ids``: the prompt's
@@ -289,4 +241,4 @@ class QualityRouter:
         return points.thresholds[max(hit, 1)]
 
     def __repr__(self) -> str:
-        return f"QualityRouter(version={self.version!r}, tokens={self._vocab_size})"
+        return f"QualityRouter(version={self.version!r}, tokens={len(self._token_weights)})"

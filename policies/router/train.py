@@ -11,7 +11,6 @@ Out-of-fold scores from grouped k-fold CV give the honest metrics and the calibr
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -136,7 +135,7 @@ def _design(feats: _Featurised, rows: NDArray[np.int64], vocab: list[int], mean:
     for i in rows:
         ids = sorted(index[g] for g in feats.grams[i] if g in index)
         indices.extend(ids)
-        values.extend([1.0 / math.sqrt(len(ids))] * len(ids))
+        values.extend([features.token_value(len(ids))] * len(ids))
         indptr.append(len(indices))
     return Design(
         indptr=np.array(indptr, dtype=np.int64),

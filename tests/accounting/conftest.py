@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
 from gateway.config import Settings, settings_from_dict
+from gateway.runtime import Gateway
 from tests.accounting.upstream import create_upstream_app
+from tests.helpers.redis import delete_prefix
 
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -136,13 +137,7 @@ def redis_prefix() -> Iterator[str]:
     """A private key namespace in the real Redis, deleted afterwards."""
     prefix = f"gwtest:{uuid.uuid4().hex[:10]}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_prefix(REDIS_URL, prefix)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.auth.admission import KeyAdmission
 from tests.accounting.conftest import auth_header, chat, gateway_client, make_settings
 from tests.accounting.upstream import create_upstream_app
 
@@ -180,3 +181,33 @@ async def test_admin_access_without_keys(db_url: str, monkeypatch: pytest.Monkey
             assert (await local.get("/admin/spend", headers=auth_header("sesame"))).status_code == 200
             r = await local.get("/admin/spend", params={"group_by": "colour"}, headers=auth_header("sesame"))
             assert_openai_error(r, 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_request_identifies_its_caller_once(
+    tmp_path: Any, master_key: str, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    # The key was once checked twice per request (before the body was read, then again at admission).
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", auth=True)
+    async with gateway_client(settings) as (client, gw):
+        key = await new_key(client, master_key, name="counted", rpm=1000)
+        admission = gw.admission
+        assert isinstance(admission, KeyAdmission)
+        lookups: list[str | None] = []
+        real_lookup = admission.lookup
+
+        async def counting_lookup(secret: str | None) -> Any:
+            lookups.append(secret)
+            return await real_lookup(secret)
+
+        monkeypatch.setattr(admission, "lookup", counting_lookup)
+        r = await client.post(
+            "/v1/chat/completions", json=chat("hosted-a", stream=stream), headers=auth_header(key["key"])
+        )
+        assert r.status_code == 200, r.text
+        assert lookups == [key["key"]]
+        r = await client.post("/v1/chat/completions", json=chat("hosted-a"), headers=auth_header(master_key))
+        assert r.status_code == 200, r.text
+        assert lookups == [key["key"], master_key]
+        rows = await spend_until(client, "/admin/spend", auth_header(master_key), 2, {"group_by": "key"})
+        assert {g["group"] for g in rows["data"]} == {key["id"], "master"}

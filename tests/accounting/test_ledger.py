@@ -13,7 +13,7 @@ from sqlalchemy import select
 from gateway.accounting import SqlLedger
 from gateway.accounting.schema import SCHEMA_VERSION, ledger, schema_version
 from gateway.context import RequestContext
-from gateway.pricing import live_price
+from gateway.pricing import local_price
 from tests.accounting.conftest import GPT4, GPT4O, PRICES, chat, gateway_client, make_settings
 from tests.accounting.fakes import DictCache
 from tests.accounting.upstream import completion_tokens, prompt_tokens
@@ -95,7 +95,9 @@ async def test_ledger_totals_equal_tokens_times_price(db_url: str) -> None:
             assert row["tokens_estimated"] is False
             assert (p, c) == (prompt_tokens(req), completion_tokens(req))
         if model == "local":
-            price = live_price(local_spec, local_tps)
+            # the GPU hour at the measured throughput, never below the configured one (what routing predicts with)
+            assert local_spec.gpu_hour_usd is not None and local_spec.tokens_per_second is not None
+            price = local_price(local_spec.gpu_hour_usd, max(local_tps or 0.0, local_spec.tokens_per_second))
             row_cost = price.cost(p, c)
             assert row_cost > 0
         elif model == "gpt4o":

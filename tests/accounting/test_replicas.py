@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from tests.accounting.conftest import auth_header, chat, make_settings
-from tests.accounting.procs import GatewayProcess, settings_dict, write_config
+from tests.accounting.procs import settings_dict, write_config
 from tests.accounting.upstream import create_upstream_app
+from tests.helpers.processes import GatewayProcess
 from tests.helpers.servers import run_asgi_server
 
 COST = Decimal("0.000108641966")  # hosted-a, prompt "hi" (8 tokens), 10 completion tokens
@@ -41,7 +42,7 @@ def test_two_replicas_share_budgets_and_limits(db_url: str, redis_prefix: str, u
     settings = make_settings(db_url, auth=True, redis_prefix=redis_prefix, base_url=f"{upstream}/v1")
     config = write_config(tmp_path / "gateway.yaml", settings_dict(settings))
     env = {"GATEWAY_MASTER_KEY": master}
-    procs = [GatewayProcess(config, env, tmp_path / f"gw{i}.log") for i in range(2)]
+    procs = [GatewayProcess(config, tmp_path / f"gw{i}.log", env=env) for i in range(2)]
     try:
         for p in procs:
             p.wait_ready()
@@ -70,7 +71,7 @@ def test_two_replicas_share_budgets_and_limits(db_url: str, redis_prefix: str, u
         assert 'gateway_requests_total{cache="bypass",model="none",route="-",status="4xx"}' in metrics
         assert "gateway_ledger_written_rows_total" in metrics
     finally:
-        exit_codes = [p.terminate() for p in procs]
+        exit_codes = [p.stop() for p in procs]
     # uvicorn re-raises SIGTERM after its graceful shutdown completes
     assert all(code in (0, -15) for code in exit_codes), [p.log() for p in procs]
     assert all("Application shutdown complete" in p.log() for p in procs)

@@ -12,8 +12,10 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.cache.conftest import RedisProcess, RunningGateway, gateway_settings, running_gateway
+from tests.cache.conftest import gateway_settings, running_gateway
 from tests.cache.fake_upstream import UpstreamState
+from tests.helpers.redis import RedisProcess
+from tests.helpers.servers import RunningGateway
 
 TOOLS = [
     {

@@ -6,11 +6,8 @@ processes are proven by tests/accounting/test_replicas.py.)"""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,61 +21,9 @@ import yaml
 
 from gateway.simulator import create_simulator_app
 from tests.accounting.conftest import REDIS_URL, database_url
-from tests.helpers.servers import REPO_ROOT, free_port, run_asgi_server
-
-
-class Serve:
-    """``python -m gateway serve --config CONFIG --port P [extra]`` in a subprocess."""
-
-    def __init__(self, config: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("GATEWAY_") and k not in ("REDIS_URL", "DATABASE_URL")
-        }
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(self.port), *extra],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"gateway exited with {self.proc.returncode}:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gateway not ready in {timeout} s:\n{self.log()}")
-
-    def terminate(self) -> None:
-        """Send SIGTERM (graceful: uvicorn drains, the lifespan flushes the ledger)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; SIGKILL if it hangs. Returns the exit code."""
-        self.terminate()
-        if self.proc.returncode is None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+from tests.helpers.processes import GatewayProcess
+from tests.helpers.redis import delete_prefix, redis_answers
+from tests.helpers.servers import run_asgi_server
 
 
 def pg_or_skip(tmp_path: Path) -> Any:
@@ -91,17 +36,11 @@ def pg_or_skip(tmp_path: Path) -> Any:
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A private namespace in the shared Redis, deleted afterwards."""
+    if not redis_answers(REDIS_URL):  # pragma: no cover - the test machines run Redis
+        pytest.skip(f"Redis unreachable at {REDIS_URL}")
     value = f"gwtest:{uuid.uuid4().hex[:10]}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - the test machines run Redis
-        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
     yield value
-    keys = list(client.scan_iter(match=value + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_prefix(REDIS_URL, value)
 
 
 @pytest.fixture
@@ -191,7 +130,7 @@ def ledger_rows(db_url: str) -> dict[str, str]:
     return asyncio.run(go())
 
 
-def worker_pids(gw: Serve) -> set[int]:
+def worker_pids(gw: GatewayProcess) -> set[int]:
     """The worker processes of a ``--workers N`` gateway, once each has run its app's start-up."""
     deadline = time.monotonic() + 60
     while gw.log().count("Application startup complete") < 2:
@@ -219,7 +158,7 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
     """Replica A (one process) and replica B (``--workers 2``) on one Redis and one PostgreSQL."""
     with pg_or_skip(tmp_path) as db_url:
         config = write_config(tmp_path / "gateway.yaml", upstream, db_url, prefix)
-        a, b = Serve(config, tmp_path / "a.log"), Serve(config, tmp_path / "b.log", "--workers", "2")
+        a, b = GatewayProcess(config, tmp_path / "a.log"), GatewayProcess(config, tmp_path / "b.log", "--workers", "2")
         responses: list[httpx.Response] = []
         workers: set[int] = set()
         try:
@@ -230,8 +169,8 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
             assert len(workers) == 2 and b.proc.pid not in workers, b.log()
             with httpx.Client(timeout=30) as client:
 
-                def post(gw: Serve, body: dict[str, Any]) -> httpx.Response:
-                    r = client.post(f"{gw.url}/v1/chat/completions", json=body)
+                def post(gw: GatewayProcess, body: dict[str, Any]) -> httpx.Response:
+                    r = client.post(f"{gw.base_url}/v1/chat/completions", json=body)
                     assert r.status_code == 200, r.text
                     responses.append(r)
                     return r
@@ -255,7 +194,9 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
 
             # B's workers: identical questions are hits whichever worker answers; new ones reach the upstream once
             batch = asyncio.run(
-                burst(b.url, [ask("What is the capital of France?")] * 16 + [ask(f"Count to {i}.") for i in range(6)])
+                burst(
+                    b.base_url, [ask("What is the capital of France?")] * 16 + [ask(f"Count to {i}.") for i in range(6)]
+                )
             )
             responses += batch
             assert all(r.status_code == 200 for r in batch)
@@ -265,7 +206,7 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
             # one ledger: either replica's spend API sees every request, whichever process served it
             deadline = time.monotonic() + 10
             while True:
-                spend = httpx.get(f"{a.url}/admin/spend?group_by=model", timeout=10).json()
+                spend = httpx.get(f"{a.base_url}/admin/spend?group_by=model", timeout=10).json()
                 if spend["totals"]["requests"] == len(responses) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import build_gateway, close_gateway, create_app
+from gateway.app import create_app
 from gateway.config import Settings, settings_from_dict
+from gateway.runtime import build_gateway, close_gateway
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

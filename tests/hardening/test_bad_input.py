@@ -18,8 +18,8 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.support import LedgerFile, RunningGateway, assert_openai_error, serve_gateway
-from tests.helpers.servers import run_asgi_server
+from tests.hardening.support import LedgerFile, assert_openai_error
+from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 MAX_BODY = 64 * 1024
 MAX_HEADERS = 8 * 1024

@@ -15,8 +15,8 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.support import LedgerFile, RunningGateway, serve_gateway, sim_stats
-from tests.helpers.servers import run_asgi_server
+from tests.hardening.support import LedgerFile, sim_stats
+from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 CANCEL_WITHIN_S = 2.0
 # The "fast" profile slowed 100x: 100 ms to the first token, then 20 ms per token.

@@ -36,8 +36,8 @@ from starlette.routing import BaseRoute, Route
 from gateway.app import create_app
 from gateway.auth import admission as admission_module
 from gateway.config import Settings, settings_from_dict
-from tests.hardening.support import assert_openai_error, serve_gateway
-from tests.helpers.servers import REPO_ROOT, free_port, run_asgi_server
+from tests.hardening.support import assert_openai_error
+from tests.helpers.servers import REPO_ROOT, free_port, run_asgi_server, serve_gateway
 
 MASTER = "sk-master-" + uuid.uuid4().hex
 UPSTREAM_SECRET = "sk-upstream-" + uuid.uuid4().hex

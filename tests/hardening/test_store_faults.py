@@ -30,8 +30,10 @@ import redis
 from gateway.accounting import open_database
 from gateway.config import Settings, settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.support import RedisProcess, TcpProxy, assert_openai_error, serve_gateway, sse_events
-from tests.helpers.servers import run_asgi_server
+from tests.hardening.support import assert_openai_error, sse_events
+from tests.helpers.proxy import TcpProxy
+from tests.helpers.redis import RedisProcess
+from tests.helpers.servers import run_asgi_server, serve_gateway
 
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 MASTER = "master-" + uuid.uuid4().hex
@@ -47,12 +49,8 @@ def sim() -> Iterator[str]:
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    try:
+    with RedisProcess() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def base_settings(sim: str, ledger_url: str, **sections: dict[str, Any]) -> Settings:

@@ -20,16 +20,8 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.support import (
-    LedgerFile,
-    RunningGateway,
-    assert_openai_error,
-    clear_fault,
-    serve_gateway,
-    set_fault,
-    sse_events,
-)
-from tests.helpers.servers import free_port, run_asgi_server
+from tests.hardening.support import LedgerFile, assert_openai_error, clear_fault, set_fault, sse_events
+from tests.helpers.servers import RunningGateway, free_port, run_asgi_server, serve_gateway
 
 FIRST_BYTE_S = 1.0
 CLIENT_TIMEOUT_S = 15.0  # far above the gateway's own bounds: a hung gateway fails the test, not the suite

@@ -3,12 +3,14 @@
 * :func:`run_asgi_server` / :class:`ServerThread`: run any ASGI app under uvicorn on
   ``127.0.0.1`` (an ephemeral port) in a background thread; usable from sync and async
   tests alike (the server has its own event loop).
+* :func:`serve_gateway`: the gateway app for a config, served that way, with its runtime at hand.
 * :func:`start_simulator_process`: run ``python -m gateway.simulator`` as a separate
   process (for tests that kill a backend), waiting until ``/health`` answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,17 +28,22 @@ from typing import Any
 import httpx
 import uvicorn
 
-__all__ = ["ServerThread", "SimulatorProcess", "free_port", "run_asgi_server", "start_simulator_process"]
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.runtime import Gateway
+from tests.helpers.ports import free_port
+
+__all__ = [
+    "RunningGateway",
+    "ServerThread",
+    "SimulatorProcess",
+    "free_port",
+    "run_asgi_server",
+    "serve_gateway",
+    "start_simulator_process",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port (there is a small race until something binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerThread:
@@ -123,6 +131,43 @@ def run_asgi_server(app: Any, **kwargs: Any) -> Iterator[str]:
     server.start()
     try:
         yield server.base_url
+    finally:
+        server.stop()
+
+
+@dataclass(slots=True)
+class RunningGateway:
+    """A gateway app served by uvicorn in a thread, with access to its runtime."""
+
+    base_url: str
+    server: ServerThread
+    app: Any
+
+    @property
+    def gateway(self) -> Gateway:
+        """The runtime the app's lifespan built."""
+        gw: Gateway = self.app.state.gateway
+        return gw
+
+    async def wait_writes(self) -> None:
+        """Wait (10 s at most) until the response cache's background writes, in the server's thread, are done."""
+        cache: Any = self.gateway.cache
+        for _ in range(2000):
+            if not cache.pending_writes:
+                return
+            await asyncio.sleep(0.005)
+        raise TimeoutError("cache writes still pending after 10 s")
+
+
+@contextmanager
+def serve_gateway(settings: Settings, **uvicorn_options: Any) -> Iterator[RunningGateway]:
+    """The gateway for ``settings`` on an ephemeral port; its loggers propagate to the root (caplog). The start-up
+    may take a while (the semantic cache loads its model), so it is given 30 s unless told otherwise."""
+    app = create_app(settings)
+    server = ServerThread(app, log_config=None, **{"startup_timeout": 30.0, **uvicorn_options})
+    server.start()
+    try:
+        yield RunningGateway(server.base_url, server, app)
     finally:
         server.stop()
 

@@ -16,7 +16,7 @@ from backends.h1 import H1Client
 from backends.vllm import VLLMBackend
 from gateway.app import create_app
 from gateway.config import ModelSpec, settings_from_dict
-from gateway.context import Constraints
+from gateway.constraints import Constraints
 from gateway.features import extract_features
 from gateway.routing import Router
 from gateway.simulator import create_simulator_app, get_profile

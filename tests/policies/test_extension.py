@@ -1,8 +1,10 @@
-"""Routing is open to a user's own parts: a policy that only has the Protocol's method, and any quality
-estimator, work as the built-in ones do (the built-ins take a faster, compiled path; these must not)."""
+"""Routing is open to a user's own parts: a policy defined the one way (a Policy subclass, registered by name)
+and any quality estimator work as the built-in ones do; the registry cannot lose or hide the built-ins."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -12,12 +14,13 @@ import pytest
 
 from backends import CircuitBreaker, build_backend
 from gateway.config import settings_from_dict
-from gateway.context import Constraints
+from gateway.constraints import Constraints
 from gateway.features import extract_features
 from gateway.routing import Router
 from gateway.tokens import ApproxCounter
 from policies import registry
-from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, as_ranking
+from policies.base import Candidate, Decision, Policy, RoutingInput
+from tests.helpers.servers import REPO_ROOT
 
 MODELS: list[dict[str, Any]] = [
     {"name": "small", "backend": "openai", "base_url": "http://a/v1", "quality": 6.0, "input_cost_per_token": 1e-7},
@@ -25,10 +28,9 @@ MODELS: list[dict[str, Any]] = [
 ]
 
 
-class LongestName:
-    """A policy with the Protocol's method and nothing else (no RankingPolicy base)."""
+class LongestName(Policy):
+    """A user's policy: the longest model name first."""
 
-    name: ClassVar[str] = "longest-name"
     seen: ClassVar[list[RoutingInput]] = []
 
     def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
@@ -57,8 +59,9 @@ class FixedDifficulty:
 
 @pytest.fixture
 def custom_policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    registry.names()  # the built-ins first, so the registry is not taken for empty
-    monkeypatch.setitem(registry._REGISTRY, LongestName.name, LongestName)
+    # a copy of the registry (built-ins loaded) for this test: the policy is gone again afterwards
+    monkeypatch.setattr(registry, "_REGISTRY", {n: registry.get(n) for n in registry.names()})
+    registry.register("longest-name")(LongestName)
     LongestName.seen.clear()
     yield
 
@@ -75,7 +78,7 @@ def plan(r: Router, route: str, prompt: str, constraints: Constraints | None = N
     return r.plan(route, feats, constraints or Constraints()).decision
 
 
-def test_a_policy_with_only_the_protocol_method_routes_by_route_and_by_header(custom_policy: None) -> None:
+def test_a_users_policy_routes_by_route_and_by_header(custom_policy: None) -> None:
     r = router({"mine": {"policy": "longest-name"}, "cheap": {"policy": "cost"}})
     decision = plan(r, "mine", "hello")
     assert [c.name for c in decision.ranking] == ["small", "big"]
@@ -87,16 +90,53 @@ def test_a_policy_with_only_the_protocol_method_routes_by_route_and_by_header(cu
     assert LongestName.seen[-1].prompt == "hello"
     # named per request on a route whose own policy is another
     assert plan(r, "cheap", "hello", Constraints(policy="longest-name")).policy == "longest-name"
-    assert isinstance(r.policy("longest-name"), RankingPolicy)
+    assert isinstance(r.policy("longest-name"), LongestName)
+    assert LongestName.name == "longest-name"  # set by the registry
 
 
-def test_as_ranking_keeps_a_ranking_policy_and_wraps_any_other() -> None:
-    builtin = registry.get("balanced")()
-    assert as_ranking(builtin) is builtin
-    wrapped = as_ranking(LongestName())
-    assert isinstance(wrapped, RankingPolicy)
-    small = Candidate("small", None, 1.0, 6.0, 6.0, cost=0.0, price=_Free())
-    assert wrapped.rank(RoutingInput(), [small]).winner is small
+def test_a_taken_name_is_refused_unless_replacing_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", {n: registry.get(n) for n in registry.names()})
+    builtin = registry.get("cost")
+
+    class MyCost(LongestName):
+        pass
+
+    with pytest.raises(ValueError, match="'cost' is registered already"):
+        registry.register("cost")(MyCost)
+    assert registry.get("cost") is builtin
+    registry.register("cost", replace=True)(MyCost)  # explicit
+    assert registry.get("cost") is MyCost
+    registry.register("cost", replace=True)(builtin)
+    assert registry.register("cost")(builtin) is builtin  # the same class again is no conflict
+
+
+def test_only_policy_subclasses_register() -> None:
+    class NotAPolicy:
+        def rank(self, request: RoutingInput, candidates: list[Candidate]) -> Decision:
+            return Decision(candidates, "", "x")
+
+    with pytest.raises(TypeError, match=r"not a subclass of policies\.base\.Policy"):
+        registry.register("not-a-policy")(NotAPolicy)  # type: ignore[type-var]
+    assert "not-a-policy" not in registry.names()
+
+
+def test_a_policy_registered_first_does_not_hide_the_builtins() -> None:
+    # A fresh interpreter: the user's policy is the registry's very first registration.
+    script = """
+from policies.base import Decision, Policy
+from policies.registry import get, names, register
+
+@register("mine")
+class Mine(Policy):
+    def rank(self, request, candidates):
+        return Decision(candidates, "mine", self.name)
+
+print(sorted(names()), get("balanced").__name__)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "['balanced', 'cost', 'latency', 'learned', 'mine', 'quality'] BalancedPolicy"
 
 
 def test_a_quality_estimator_of_ones_own_drives_the_decision() -> None:
@@ -107,19 +147,11 @@ def test_a_quality_estimator_of_ones_own_drives_the_decision() -> None:
     assert easy.prompts == ["what is 2+2?"]
 
 
-def test_decision_scores_are_built_from_candidates_and_values_when_read() -> None:
-    a = Candidate("a", None, 1.0, 6.0, 6.0, cost=0.0, price=_Free())
-    b = Candidate("b", None, 2.0, 7.0, 7.0, cost=0.0, price=_Free())
-    lazy = Decision([b, a], "b first", "test", None, [a, b], [0.25, 0.75])
-    assert lazy.scores == {"a": 0.25, "b": 0.75}
-    assert lazy.scores is lazy.scores  # built once
+def test_a_decision_carries_each_candidates_score() -> None:
+    a = Candidate("a", Decimal(0), 1.0, 6.0, 6.0)
+    b = Candidate("b", Decimal(0), 2.0, 7.0, 7.0)
     assert Decision([a], "only", "test").scores == {}
     assert Decision([a], "only", "test", {"a": 1.0}).scores == {"a": 1.0}
     # the default policy's scores are its utilities, by model name
     decision = registry.get("balanced")().rank(RoutingInput(), [a, b])
     assert set(decision.scores) == {"a", "b"} and decision.scores[decision.winner.name] == max(decision.scores.values())
-
-
-class _Free:
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        return Decimal(0)

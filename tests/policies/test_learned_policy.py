@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from backends import CircuitBreaker, build_backend
 from gateway.cli import app as cli
 from gateway.config import settings_from_dict
-from gateway.context import Constraints
+from gateway.constraints import Constraints
 from gateway.features import extract_features
 from gateway.routing import Router
 from gateway.tokens import ApproxCounter
@@ -120,3 +122,18 @@ def test_replay_compares_policies(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "cost" in result.output and "quality" in result.output and "gpt-4 100%" in result.output
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_replay_says_what_to_install_for_its_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(json.dumps({"models": MODELS, "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path}/l.db"}}))
+    data = tmp_path / "reqs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    args = ["replay", str(data), "--config", str(config), "-p", "cost"]
+    result = CliRunner().invoke(cli, [*args, "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2
+    assert "pip install 'llm-hybrid-gateway[plot]'" in result.output and "leave out --plot" in result.output
+    result = CliRunner().invoke(cli, args)  # without a plot, no matplotlib needed
+    assert result.exit_code == 0, result.output
+    assert "cost" in result.output

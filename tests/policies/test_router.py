@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 
 from gateway.cli_router import router_app
 from gateway.tokens import TiktokenCounter, load_tiktoken
-from policies.router import features, metrics
+from policies.router import features, metrics, plotting
 from policies.router.data import load_records
 from policies.router.model import QualityRouter
 from policies.router.train import TrainConfig, train_router
@@ -138,6 +140,7 @@ def test_features_read_token_ids(tokenizer: TiktokenCounter) -> None:
     ids = tokenizer.encode(text)
     tokens, cues = features.analyze(text, ids)
     assert tokens == list(dict.fromkeys(ids))  # distinct, in the order they first occur
+    assert features.token_value(4) == 0.5  # each of 4 in-vocabulary ids counts 1/sqrt(4)
     assert cues == pytest.approx([math.log1p(len(text)), math.log1p(len(ids)), 1.0], rel=1e-15)
     assert features.analyze("Name a prime. A. is fine", tokenizer.encode("Name a prime. A. is fine"))[1][2] == 0.0
     # Only the first MAX_TOKENS ids feed the token set; the length cues see the whole prompt.
@@ -155,7 +158,7 @@ def test_score_with_and_without_ids_agree(trained: Path, tokenizer: TiktokenCoun
 
 
 def test_logit_is_the_linear_model_over_the_training_features(trained: Path, tokenizer: TiktokenCounter) -> None:
-    # logit() computes analyze()'s features inline for speed: the score must be the trained model's, bit for bit.
+    # logit() reads the features training reads (analyze(), token_value()): the score is the linear model's.
     router = QualityRouter.load(trained, encode=tokenizer.encode)
     with np.load(trained / "router.npz") as npz:
         vocab = dict(zip(npz["vocab"].tolist(), npz["w_ngram"].tolist(), strict=True))
@@ -173,10 +176,7 @@ def test_logit_is_the_linear_model_over_the_training_features(trained: Path, tok
         ids = tokenizer.encode(prompt)
         tokens, cues = features.analyze(prompt, ids)
         weights = [vocab[t] for t in tokens if t in vocab]
-        total = 0.0
-        for w in weights:  # left to right, as logit() adds (sum() compensates on Python 3.12+)
-            total += w
-        z = bias + (total / math.sqrt(len(weights)) if weights else 0.0)
+        z = bias + (sum(weights) * features.token_value(len(weights)) if weights else 0.0)
         assert router.logit(prompt, ids) == z + sum(c * w for c, w in zip(cues, w_cue, strict=True)), prompt
 
 
@@ -260,3 +260,19 @@ def test_cli_commands(trained: Path, tmp_path: Path) -> None:
     res = runner.invoke(router_app, ["train", "--data", str(data), "--out", str(art), "--folds", "2"])
     assert res.exit_code == 0, res.output
     assert QualityRouter.load(art, encode=cl100k_encode).metadata["training_data"]["rows"] == 30
+
+
+def test_plots_are_an_optional_extra(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_jsonl(tmp_path / "tiny.jsonl", _synthetic_rows(30, seed=5))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    runner = CliRunner()
+    png = tmp_path / "pgr.png"
+    res = runner.invoke(router_app, ["eval", "--data", str(data), "--artifact", str(trained), "--plot", str(png)])
+    assert res.exit_code == 2
+    assert "pip install 'llm-hybrid-gateway[plot]'" in res.output and "--no-plot" in res.output
+    assert "APGR" not in res.output and not png.exists()  # refused before the evaluation ran
+    res = runner.invoke(router_app, ["eval", "--data", str(data), "--artifact", str(trained), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert "APGR" in res.output and not png.exists()
+    with pytest.raises(plotting.PlottingUnavailable, match=re.escape(plotting.INSTALL)):
+        plotting.pyplot()

@@ -1,0 +1,124 @@
+"""The gateway's runtime: everything one app instance owns, built from its settings and closed at the end.
+
+Below the HTTP layer: :mod:`gateway.app` builds one in its lifespan and the route modules read it from
+``app.state.gateway``; the CLI (``gateway route``, ``gateway replay``) and the benchmarks build their own.
+Nothing here knows about HTTP requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from backends import Backend, CircuitBreaker, UpstreamHTTP, build_backend
+from backends.h1 import H1Client
+from backends.wire import HttpxUpstream
+from gateway import components
+from gateway.config import Settings
+from gateway.hooks import Admission, Recorder, ResponseCache
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, drain_background
+from gateway.pricing import load_price_entries
+from gateway.routing import QualityEstimator, Router
+from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("gateway.runtime")
+
+
+@dataclass(slots=True)
+class Gateway:
+    """Everything one app instance owns; the HTTP layer reaches it as ``app.state.gateway``."""
+
+    settings: Settings
+    http: UpstreamHTTP
+    backends: dict[str, Backend]
+    breakers: dict[str, CircuitBreaker]
+    router: Router
+    pipeline: Pipeline
+    metrics: Metrics
+    cache: ResponseCache
+    recorder: Recorder
+    admission: Admission
+
+
+def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
+    """The shipped learned quality router, if its artifact loads (it reads the ``cl100k_base`` token ids
+    that ``counter`` computes for every prompt, and encodes with it when called without them)."""
+    if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
+        log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
+        return None
+    try:
+        from policies.router.model import QualityRouter
+    except ImportError:
+        return None
+    try:
+        estimator: QualityEstimator = QualityRouter.load(encode=counter.encode)
+        return estimator
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
+        return None
+
+
+def build_upstream_http(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamHTTP:
+    """The one client every backend sends through: httpx when a transport is given (tests) or configured."""
+    server = settings.server
+    if transport is None and server.upstream_client == "builtin":
+        return H1Client(
+            max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        )
+    import httpx
+
+    limits = httpx.Limits(
+        max_connections=None,
+        max_keepalive_connections=server.upstream_max_connections,
+        keepalive_expiry=server.upstream_keepalive_seconds,
+    )
+    return HttpxUpstream(httpx.AsyncClient(transport=transport, limits=limits, trust_env=True))
+
+
+async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+    """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
+    # First, before long-lived objects interleave with it: the price map is read and freed here.
+    load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
+    counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
+    http = build_upstream_http(settings, transport)
+    backends: dict[str, Backend] = {
+        spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
+        for spec in settings.models
+    }
+    breakers = {
+        name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
+    }
+    router = Router(settings, backends, breakers, load_estimator(counter))
+    metrics = Metrics()
+    cache = await components.build_cache(settings, metrics)
+    recorder = await components.build_recorder(settings, metrics)
+    admission = await components.build_admission(settings, recorder)
+    pipeline = Pipeline(
+        settings=settings,
+        backends=backends,
+        breakers=breakers,
+        router=router,
+        counter=counter,
+        metrics=metrics,
+        admission=admission,
+        cache=cache,
+        recorder=recorder,
+    )
+    for backend in backends.values():
+        await backend.start()
+    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+
+
+async def close_gateway(gw: Gateway) -> None:
+    """Stop background work, flush the cache and the ledger, close connections."""
+    await drain_background()
+    for backend in gw.backends.values():
+        await backend.aclose()
+    await gw.cache.aclose()
+    await gw.recorder.aclose()
+    await gw.http.aclose()
