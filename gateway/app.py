@@ -8,8 +8,9 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,9 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends import Backend, CircuitBreaker, UpstreamHTTP, build_backend
-from backends.h1 import H1Client
-from backends.wire import HttpxUpstream
+from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
 from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
@@ -37,9 +36,6 @@ from gateway.routes import router as api_router
 from gateway.routing import COMPILED, QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
-if TYPE_CHECKING:
-    import httpx
-
 log = logging.getLogger("gateway.app")
 
 
@@ -48,7 +44,7 @@ class Gateway:
     """Everything one app instance owns; reachable from routes as ``request.app.state.gateway``."""
 
     settings: Settings
-    http: UpstreamHTTP
+    http: aiohttp.ClientSession
     backends: dict[str, Backend]
     breakers: dict[str, CircuitBreaker]
     router: Router
@@ -77,29 +73,15 @@ def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
         return None
 
 
-def build_upstream_http(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamHTTP:
-    """The one client every backend sends through: httpx when a transport is given (tests) or configured."""
-    server = settings.server
-    if transport is None and server.upstream_client == "builtin":
-        return H1Client(
-            max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
-        )
-    import httpx
-
-    limits = httpx.Limits(
-        max_connections=None,
-        max_keepalive_connections=server.upstream_max_connections,
-        keepalive_expiry=server.upstream_keepalive_seconds,
-    )
-    return HttpxUpstream(httpx.AsyncClient(transport=transport, limits=limits, trust_env=True))
-
-
-async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
-    http = build_upstream_http(settings, transport)
+    server = settings.server
+    http = build_session(
+        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+    )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
         for spec in settings.models
@@ -136,7 +118,7 @@ async def close_gateway(gw: Gateway) -> None:
         await backend.aclose()
     await gw.cache.aclose()
     await gw.recorder.aclose()
-    await gw.http.aclose()
+    await gw.http.close()
 
 
 def error_response(err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:
@@ -169,15 +151,13 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, freeze_gc: bool = False
-) -> FastAPI:
-    """The gateway's ASGI app for ``settings``; ``transport`` lets tests replace the network; ``freeze_gc``
-    (the server process) moves everything built at start-up out of the garbage collector's reach."""
+def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
+    """The gateway's ASGI app for ``settings``; ``freeze_gc`` (the server process) moves everything built at
+    start-up out of the garbage collector's reach."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gw = await build_gateway(settings, transport=transport)
+        gw = await build_gateway(settings)
         app.state.gateway = gw
         if freeze_gc:
             # Everything built so far lives as long as the process: keep it out of the cyclic

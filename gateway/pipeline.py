@@ -250,7 +250,6 @@ class Pipeline:
             ctx.attempts.append(cand.name)
             breaker = self.breakers[cand.name]
             breaker.before_call()
-            backend.stats.in_flight += 1
             t0 = ctx.elapsed()
             try:
                 response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
@@ -260,8 +259,6 @@ class Pipeline:
                 if not is_retryable(err) or not self._may_fall_back(plan):
                     raise
                 continue
-            finally:
-                backend.stats.in_flight -= 1
             breaker.record_success()
             body = response.body
             body["model"] = cand.name
@@ -290,7 +287,6 @@ class Pipeline:
             ctx.attempts.append(cand.name)
             breaker = self.breakers[cand.name]
             breaker.before_call()
-            backend.stats.in_flight += 1
             t0 = ctx.elapsed()
             stream: UpstreamStream | None = None
             try:
@@ -298,7 +294,6 @@ class Pipeline:
                 events = stream.events()
                 first = await _first_event(events, backend)
             except UpstreamError as err:
-                backend.stats.in_flight -= 1
                 if stream is not None:
                     await _close_quietly(stream)
                 self._attempt_failed(cand.name, err)
@@ -307,7 +302,6 @@ class Pipeline:
                     raise
                 continue
             except BaseException:
-                backend.stats.in_flight -= 1
                 if stream is not None:
                     await _close_quietly(stream)
                 raise
@@ -361,7 +355,6 @@ class Pipeline:
             ctx.status_code = 499
             raise
         finally:
-            backend.stats.in_flight -= 1
             if not failed:
                 breaker.record_success()
             if not relay.usage_seen:

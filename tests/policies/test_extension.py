@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
-from backends import CircuitBreaker, build_backend
+from backends import CircuitBreaker
 from gateway.config import settings_from_dict
 from gateway.context import Constraints
 from gateway.features import extract_features
@@ -18,6 +17,7 @@ from gateway.routing import Router
 from gateway.tokens import ApproxCounter
 from policies import registry
 from policies.base import Candidate, Decision, RankingPolicy, RoutingInput, as_ranking
+from tests.helpers.upstream import routing_backends
 
 MODELS: list[dict[str, Any]] = [
     {"name": "small", "backend": "openai", "base_url": "http://a/v1", "quality": 6.0, "input_cost_per_token": 1e-7},
@@ -65,8 +65,7 @@ def custom_policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def router(routes: dict[str, Any], estimator: Any = None) -> Router:
     settings = settings_from_dict({"models": MODELS, "routes": routes})
-    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    backends = {m.name: build_backend(m, client) for m in settings.models}
+    backends = routing_backends(settings)
     return Router(settings, backends, {n: CircuitBreaker() for n in backends}, estimator)
 
 
