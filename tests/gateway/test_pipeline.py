@@ -371,3 +371,32 @@ async def test_explain_endpoint_calls_no_backend(settings: Settings) -> None:
     assert out["winner"] == "small"
     assert [c["model"] for c in out["ranking"]][0] == "small"
     assert {"predicted_cost_usd", "predicted_latency_ms", "predicted_quality"} <= set(out["ranking"][0])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_counts_once_in_flight_while_it_runs(settings: Settings, stream: bool) -> None:
+    """The backend layer alone counts requests in flight (what routing and the metrics read)."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Seen) -> web.Response:
+        if request.method == "GET":
+            return web.Response(text="")
+        arrived.set()
+        await release.wait()
+        return sse_response(stream_chunks("gpt-4", True)) if stream else web.json_response(chat_reply("gpt-4"))
+
+    async with gateway_client(settings, held) as client:
+        backend = client.gateway.backends["big"]  # type: ignore[attr-defined]
+        body = {"model": "big", "messages": USER, "stream": stream}
+        task = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert backend.stats.in_flight == 1
+        assert 'gateway_backend_in_flight{model="big"} 1.0' in (await client.get("/metrics")).text
+        release.set()
+        assert (await task).status_code == 200
+        for _ in range(100):  # a stream is closed (and released) in the background once its last byte went out
+            if backend.stats.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.stats.in_flight == 0
+        assert 'gateway_backend_in_flight{model="big"} 0.0' in (await client.get("/metrics")).text
