@@ -2,7 +2,8 @@
 
 The app's lifespan builds one :class:`aiohttp.ClientSession` with :func:`build_session` and hands it to
 every ``openai`` and ``vllm`` backend; aiohttp keeps a keep-alive pool per origin (scheme, host, port)
-inside it. What the gateway sets beyond aiohttp's defaults, and why:
+inside it (HTTP/1.1; TLS verified against the system's trust store, or the bundle ``SSL_CERT_FILE``
+names). What the gateway sets beyond aiohttp's defaults, and why:
 
 * no overall connection cap (aiohttp's default is 100 across all upstreams), ``max_connections`` per
   origin; idle connections are closed after ``keepalive_seconds``;

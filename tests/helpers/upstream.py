@@ -2,8 +2,9 @@
 
 * :class:`Upstream`: an ``aiohttp.web`` server that records every request and answers it with a handler
   of the test's (plain or async; it returns an ``aiohttp.web`` response). Several backends can share one:
-  :func:`with_base_urls` points each model at a path prefix of its own (``http://small/v1`` becomes
-  ``http://127.0.0.1:PORT/small/v1``), and :attr:`Seen.backend` tells the handler which one was called.
+  :func:`with_base_urls` with :func:`under_prefix` points each model at a path prefix of its own
+  (``http://small/v1`` becomes ``http://127.0.0.1:PORT/small/v1``), and :attr:`Seen.backend` tells the
+  handler which one was called.
 * :class:`RawServer`: an asyncio server with no HTTP library, for tests about the wire itself: the
   handler reads and writes bytes, so what goes over the socket is exactly what the test wrote.
 * :func:`refused_url`: a base URL nothing listens on; :func:`routing_backends`: backends for tests that
