@@ -108,11 +108,11 @@ async def test_refused_connection_is_unavailable(session: aiohttp.ClientSession)
     assert backend.stats.in_flight == 0
 
 
-async def test_invalid_json_bodies_are_unavailable(session: aiohttp.ClientSession) -> None:
-    for body in (b"<html>oops", b"[1, 2]"):
-        async with Upstream(lambda r, body=body: web.Response(body=body)) as up:
-            with pytest.raises(UpstreamUnavailable, match="JSON"):
-                await OpenAICompatBackend(spec(up.url), session).complete("/chat/completions", {})
+@pytest.mark.parametrize("body", [b"<html>oops", b"[1, 2]"])
+async def test_invalid_json_bodies_are_unavailable(session: aiohttp.ClientSession, body: bytes) -> None:
+    async with Upstream(lambda r: web.Response(body=body)) as up:
+        with pytest.raises(UpstreamUnavailable, match="JSON"):
+            await OpenAICompatBackend(spec(up.url), session).complete("/chat/completions", {})
 
 
 @pytest.mark.parametrize("stream", [False, True])

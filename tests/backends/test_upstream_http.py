@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -273,7 +274,7 @@ async def test_refused_connection_is_unavailable(session: aiohttp.ClientSession)
 
 
 @pytest.fixture
-async def tls_server(tmp_path: Path) -> tuple[int, Path]:
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
     """An HTTPS server for ``localhost`` whose certificate a fresh test CA signed; yields (port, CA file)."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -296,7 +297,7 @@ async def tls_server(tmp_path: Path) -> tuple[int, Path]:
     server = await asyncio.start_server(serve, "localhost", 0, ssl=server_ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    yield server.sockets[0].getsockname()[1], ca_file  # type: ignore[misc]
+    yield server.sockets[0].getsockname()[1], ca_file
     server.close()
 
 
