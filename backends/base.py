@@ -3,7 +3,7 @@
 A backend takes an OpenAI-style request body (a dict, ``model`` already rewritten to the upstream's
 name) and returns either a parsed JSON response or an open stream of SSE ``data:`` payloads. Transport
 failures are raised as :class:`gateway.errors.UpstreamError` subclasses; nothing above this package sees
-an httpx or provider exception.
+an aiohttp or provider exception.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``litellm`` is imported when the first such backend is built (it takes seconds to import), never at
 gateway start-up otherwise. Its responses are OpenAI-shaped; they are turned into plain dicts and SSE
-payloads so the pipeline treats this backend like any other.
+payloads so the pipeline treats this backend like any other, and it counts its requests in flight
+(``stats.in_flight``) as the HTTP backends do.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def _dump(obj: Any) -> dict[str, Any]:
 
 
 class _LiteLLMStream:
-    def __init__(self, iterator: Any, backend: str) -> None:
+    def __init__(self, iterator: Any, backend: str, stats: LiveStats) -> None:
         self._iterator = iterator
         self._backend = backend
+        self._stats: LiveStats | None = stats  # its in-flight count drops (once) when the stream is closed
         self.replica = "litellm"
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -56,9 +58,15 @@ class _LiteLLMStream:
         yield b"[DONE]"
 
     async def aclose(self) -> None:
-        close = getattr(self._iterator, "aclose", None)
-        if close is not None:
-            await close()
+        stats, self._stats = self._stats, None
+        if stats is None:
+            return
+        try:
+            close = getattr(self._iterator, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            stats.in_flight -= 1
 
 
 def _error_types() -> tuple[type[BaseException], ...]:
@@ -96,10 +104,13 @@ class LiteLLMBackend:
                 upstream_status=400,
                 backend=self.name,
             )
+        self.stats.in_flight += 1
         try:
             result = await self._litellm.acompletion(**self._kwargs(body))
         except _error_types() as exc:
             raise _translate(exc, self.name) from None
+        finally:
+            self.stats.in_flight -= 1
         return UpstreamResponse(status=200, body=_dump(result), replica="litellm")
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _LiteLLMStream:
@@ -111,11 +122,16 @@ class LiteLLMBackend:
             )
         kwargs = self._kwargs(body)
         kwargs["stream"] = True
+        self.stats.in_flight += 1  # until the stream is closed, or now if none is returned
         try:
-            iterator = await self._litellm.acompletion(**kwargs)
-        except _error_types() as exc:
-            raise _translate(exc, self.name) from None
-        return _LiteLLMStream(iterator, self.name)
+            try:
+                iterator = await self._litellm.acompletion(**kwargs)
+            except _error_types() as exc:
+                raise _translate(exc, self.name) from None
+        except BaseException:
+            self.stats.in_flight -= 1
+            raise
+        return _LiteLLMStream(iterator, self.name, self.stats)
 
     async def check_health(self) -> bool:
         # Hosted providers have no cheap, uniform health endpoint; the breaker tracks real failures.

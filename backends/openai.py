@@ -1,76 +1,58 @@
 """The OpenAI-compatible HTTP backend, used for hosted OpenAI-style APIs and (as a base) for vLLM.
 
-Every request goes through the one :class:`backends.wire.UpstreamHTTP` client built in the app's
-lifespan (pooled keep-alive connections; :class:`backends.h1.H1Client` by default). Transport errors are
-translated here into the gateway's :class:`UpstreamError` tree.
+Every request goes through the one :class:`aiohttp.ClientSession` built in the app's lifespan
+(:func:`backends.http.build_session`); aiohttp's errors are translated here into the gateway's
+:class:`UpstreamError` tree. Timeouts come from the model's ``timeouts``: ``connect`` (a pooled connection
+or a new one), ``first_byte`` (the response head; for a complete response also any silence while its
+body arrives), ``between_chunks`` (silence inside a stream) and ``total`` (the whole exchange, a stream's
+last byte included).
+
+This layer counts the requests in flight: per replica from sending a request until its response is read
+(streams: until the stream is closed), and for the backend as the sum over its replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp
 import orjson
 
 from backends.base import UpstreamResponse
+from backends.http import TRANSPORT_ERRORS, proxy_for, upstream_error
 from backends.sse import SSEDecoder
 from backends.state import LiveStats
-from backends.wire import HTTPResponse, TransportError, TransportTimeout, UpstreamHTTP, as_upstream_http
 from gateway.config import ModelSpec
-from gateway.errors import (
-    UpstreamError,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
-if TYPE_CHECKING:
-    import httpx
+#: How long a stream's connection may take to end its body after [DONE] before it is closed instead.
+_DRAIN_AFTER_DONE_S = 1.0
 
 
 class Replica:
-    """One base URL serving the model, with its own live stats and our own count of requests on it.
+    """One base URL serving the model, with its own live stats (``stats.in_flight``: this gateway's
+    requests on it) and the count of requests ever sent, which breaks ties between equally loaded
+    replicas so idle ones take turns. Its proxy is read from the environment once, here."""
 
-    ``in_flight`` counts this gateway's requests on the replica, from sending the request until the
-    response is read (streams: until the stream is closed); ``started`` counts every request sent, and
-    breaks ties between equally loaded replicas so idle ones take turns.
-    """
-
-    __slots__ = ("base_url", "in_flight", "started", "stats")
+    __slots__ = ("base_url", "proxy", "started", "stats")
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.stats = LiveStats()
-        self.in_flight = 0
         self.started = 0
+        self.proxy = proxy_for(self.base_url)
 
     @property
     def load(self) -> float:
         """Requests the replica is busy with: ours in flight, or its scraped queue if that is larger."""
-        queue = self.stats.queue
-        return max(float(self.in_flight), queue.running + queue.waiting)
-
-    def acquire(self) -> None:
-        """Count one more of our requests on this replica."""
-        self.in_flight += 1
-        self.started += 1
-
-    def release(self) -> None:
-        """Count one of our requests as finished."""
-        self.in_flight -= 1
+        return self.stats.load
 
     def url(self, path: str) -> str:
         """The URL of ``path`` on this replica."""
         return self.base_url + path
-
-
-def _translate(exc: TransportError, backend: str, what: str) -> UpstreamError:
-    """Map a transport failure to the gateway's error tree."""
-    if isinstance(exc, TransportTimeout):
-        return UpstreamTimeout(f"upstream '{backend}' timed out ({what})", backend=backend)
-    detail = str(exc) or type(exc).__name__
-    return UpstreamUnavailable(f"upstream '{backend}' unreachable: {detail}", backend=backend)
 
 
 def rejected_from_response(
@@ -154,71 +136,87 @@ class _IdleWatch:
 class _HTTPStream:
     """An open SSE response; implements :class:`backends.base.UpstreamStream`."""
 
-    def __init__(self, response: HTTPResponse, backend: str, replica: Replica, idle_timeout: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, backend: OpenAICompatBackend, replica: Replica) -> None:
         self._response = response
-        self._backend = backend
-        self._replica: Replica | None = replica  # released (once) when the stream is closed
+        self._backend: OpenAICompatBackend | None = backend  # releases the replica (once) when closed
+        self._name = backend.name
+        self._replica = replica
         self.replica = replica.base_url
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = backend.spec.timeouts.between_chunks
         self._watch: _IdleWatch | None = None
+        self._saw_done = False
 
     async def events(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
-        chunks = self._response.chunks()
+        content = self._response.content
         watch = self._watch = _IdleWatch(self._idle_timeout)
         try:
             while True:
                 watch.waiting = True
                 try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
+                    chunk = await content.readany()
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if not watch.fired or task is None or task.uncancel() > 0:
                         raise
-                    raise UpstreamTimeout(f"upstream '{self._backend}' stream stalled", backend=self._backend) from None
+                    raise UpstreamTimeout(f"upstream '{self._name}' stream stalled", backend=self._name) from None
                 finally:
                     watch.waiting = False
+                if not chunk:
+                    break
                 watch.touch()
                 for data in decoder.feed(chunk):
+                    if data == b"[DONE]":
+                        self._saw_done = True
                     yield data
-        except TransportError as exc:
-            raise _translate(exc, self._backend, "stream") from None
+        except TRANSPORT_ERRORS as exc:
+            raise upstream_error(exc, self._name, "stream") from None
         finally:
             watch.close()
         for data in decoder.flush():
             yield data
 
     async def aclose(self) -> None:
-        replica, self._replica = self._replica, None
+        backend, self._backend = self._backend, None
+        if backend is None:
+            return
         if self._watch is not None:
             self._watch.close()
+        response = self._response
         try:
-            await self._response.aclose()
+            if self._saw_done and not response.content.at_eof():
+                # The end of the body (chunked encoding's last, empty chunk) follows [DONE] at once: read
+                # it, so the connection goes back to the pool instead of being closed (the openai SDK
+                # reads past [DONE] for the same reason). An upstream that keeps talking gets cut off.
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+                        while await response.content.readany():
+                            pass
+            if response.content.at_eof():
+                response.release()  # read to the end: the connection goes back to the pool
+            else:
+                response.close()  # the upstream sees the disconnect and stops generating
         finally:
-            if replica is not None:
-                replica.release()
+            backend.release(self._replica)
 
 
 class OpenAICompatBackend:
-    """Any server that speaks the OpenAI HTTP API (``backend: openai``).
+    """Any server that speaks the OpenAI HTTP API (``backend: openai``), reached through ``session``."""
 
-    ``http`` is the shared upstream client; an ``httpx.AsyncClient`` is accepted too (tests pass one
-    with ``httpx.MockTransport``).
-    """
-
-    def __init__(self, spec: ModelSpec, http: UpstreamHTTP | httpx.AsyncClient) -> None:
+    def __init__(self, spec: ModelSpec, session: aiohttp.ClientSession) -> None:
         self.name = spec.name
         self.spec = spec
-        self._http = as_upstream_http(http)
+        self._session = session
         self.replicas = [Replica(u) for u in [spec.base_url or "", *spec.replicas]]
         # The backend's own stats aggregate what routing sees; with one replica they are the same object.
         self.stats = self.replicas[0].stats if len(self.replicas) == 1 else LiveStats()
         t = spec.timeouts
         self._connect_timeout = t.connect
         self._first_byte_timeout = t.first_byte
-        self._total = t.total
+        # A complete response: the head within first_byte, and no longer silence while the body arrives.
+        self._timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.first_byte)
+        # A stream: the head within first_byte (open_stream), silences bounded by the stream's own watch.
+        self._stream_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect)
         self._headers = {"content-type": "application/json", **spec.extra_headers}
 
     def _request_headers(self) -> dict[str, str]:
@@ -234,29 +232,43 @@ class OpenAICompatBackend:
             return self.replicas[0]
         return min(self.replicas, key=lambda r: (not r.stats.healthy, r.load, r.started))
 
-    async def _post(self, url: str, body: dict[str, Any]) -> HTTPResponse:
-        return await self._http.request(
-            "POST",
-            url,
+    def acquire(self) -> Replica:
+        """Pick a replica and count one more request on it (and on the backend, when they differ)."""
+        replica = self.pick_replica()
+        replica.stats.in_flight += 1
+        replica.started += 1
+        if replica.stats is not self.stats:
+            self.stats.in_flight += 1
+        return replica
+
+    def release(self, replica: Replica) -> None:
+        """Count one request on ``replica`` as finished."""
+        replica.stats.in_flight -= 1
+        if replica.stats is not self.stats:
+            self.stats.in_flight -= 1
+
+    async def _post(
+        self, replica: Replica, path: str, body: dict[str, Any], timeouts: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """Send ``body``; returns once the response head arrived (the body is the caller's to read)."""
+        return await self._session.post(
+            replica.url(path),
+            data=orjson.dumps(body),
             headers=self._request_headers(),
-            body=orjson.dumps(body),
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._first_byte_timeout,
+            timeout=timeouts,
+            proxy=replica.proxy,
         )
 
     async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
-        replica = self.pick_replica()
-        replica.acquire()
+        replica = self.acquire()
         try:
-            async with asyncio.timeout(self._total):
-                response = await self._post(replica.url(path), body)
+            response = await self._post(replica, path, body, self._timeout)
+            async with response:
                 content = await response.read()
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout", backend=self.name) from None
-        except TransportError as exc:
-            raise _translate(exc, self.name, "response") from None
+        except TRANSPORT_ERRORS as exc:
+            raise upstream_error(exc, self.name, "response") from None
         finally:
-            replica.release()
+            self.release(replica)
         if response.status >= 400:
             raise rejected_from_response(response.status, content, response.headers, self.name, self.spec.api_key())
         try:
@@ -268,43 +280,43 @@ class OpenAICompatBackend:
         return UpstreamResponse(status=response.status, body=parsed, replica=replica.base_url)
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _HTTPStream:
-        replica = self.pick_replica()
-        replica.acquire()  # released by the stream's aclose(), or below if no stream is returned
+        replica = self.acquire()  # released by the stream's aclose(), or below if no stream is returned
         try:
             try:
-                async with asyncio.timeout(self._first_byte_timeout or self._total):
-                    response = await self._post(replica.url(path), body)
+                async with asyncio.timeout(self._first_byte_timeout):
+                    response = await self._post(replica, path, body, self._stream_timeout)
+            except aiohttp.ClientError as exc:  # its own timeouts included (connecting)
+                raise upstream_error(exc, self.name, "stream start") from None
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"upstream '{self.name}' did not start its stream in time", backend=self.name
                 ) from None
-            except TransportError as exc:
-                raise _translate(exc, self.name, "stream start") from None
             if response.status >= 400:
                 try:
                     content = await response.read()
-                except TransportError:
+                except TRANSPORT_ERRORS:
                     content = b""
                 finally:
-                    await response.aclose()
+                    response.release()
                 raise rejected_from_response(response.status, content, response.headers, self.name, self.spec.api_key())
         except BaseException:
-            replica.release()
+            self.release(replica)
             raise
-        return _HTTPStream(response, self.name, replica, self.spec.timeouts.between_chunks)
+        return _HTTPStream(response, self, replica)
 
-    async def get(self, url: str, read_timeout: float | None = None) -> tuple[int, bytes]:
-        """GET ``url`` (health probes, metrics scrapes); the answer must come within ``read_timeout``
-        (default: the connect timeout) after connecting. Transport errors and ``TimeoutError`` are raised."""
+    async def get(self, replica: Replica, url: str, read_timeout: float | None = None) -> tuple[int, bytes]:
+        """GET ``url`` on ``replica`` (health probes, metrics scrapes); the answer must come within
+        ``read_timeout`` (default: the connect timeout) after connecting. Raises :data:`TRANSPORT_ERRORS`."""
         read = read_timeout if read_timeout is not None else self._connect_timeout
-        async with asyncio.timeout(self._connect_timeout + read):
-            response = await self._http.request(
-                "GET",
-                url,
-                headers=self._request_headers(),
-                connect_timeout=self._connect_timeout,
-                read_timeout=read,
-            )
+        timeout = aiohttp.ClientTimeout(
+            total=self._connect_timeout + read, connect=self._connect_timeout, sock_read=read
+        )
+        async with self._session.get(
+            url,
+            headers=self._request_headers(),
+            timeout=timeout,
+            proxy=replica.proxy,
+        ) as response:
             return response.status, await response.read()
 
     async def check_health(self) -> bool:
@@ -317,8 +329,8 @@ class OpenAICompatBackend:
 
     async def _probe(self, replica: Replica) -> bool:
         try:
-            status, _ = await self.get(replica.base_url + "/models")
-        except (TransportError, TimeoutError) as exc:
+            status, _ = await self.get(replica, replica.base_url + "/models")
+        except TRANSPORT_ERRORS as exc:
             replica.stats.last_error = str(exc) or type(exc).__name__
             return False
         return status < 500

@@ -11,16 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.http import TRANSPORT_ERRORS
 from backends.openai import OpenAICompatBackend, Replica
-from backends.wire import TransportError, UpstreamHTTP
 from gateway.config import ModelSpec
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("gateway.backends.vllm")
 
@@ -65,8 +62,8 @@ def metrics_url(base_url: str) -> str:
 class VLLMBackend(OpenAICompatBackend):
     """A vLLM OpenAI server (``backend: vllm``), with live queue state from its metrics."""
 
-    def __init__(self, spec: ModelSpec, http: UpstreamHTTP | httpx.AsyncClient, scrape_seconds: float = 1.0) -> None:
-        super().__init__(spec, http)
+    def __init__(self, spec: ModelSpec, session: aiohttp.ClientSession, scrape_seconds: float = 1.0) -> None:
+        super().__init__(spec, session)
         self._scrape_seconds = scrape_seconds
         self._task: asyncio.Task[None] | None = None
 
@@ -83,8 +80,8 @@ class VLLMBackend(OpenAICompatBackend):
 
     async def _scrape(self, replica: Replica) -> None:
         try:
-            status, content = await self.get(metrics_url(replica.base_url), SCRAPE_TIMEOUT_S)
-        except (TransportError, TimeoutError) as exc:
+            status, content = await self.get(replica, metrics_url(replica.base_url), SCRAPE_TIMEOUT_S)
+        except TRANSPORT_ERRORS as exc:
             if replica.stats.healthy:
                 log.warning("vLLM %s (%s) metrics unreachable: %s", self.name, replica.base_url, exc)
             replica.stats.healthy = False

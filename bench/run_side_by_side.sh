@@ -9,6 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS="${HARNESS:-$ROOT/../shared/bench}"
+GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 # setup.sh ends with `wrk -v | head -1`, which exits 1 under pipefail even when all is installed.
 bash "$HARNESS/setup.sh" >/dev/null 2>&1 || true
 command -v wrk >/dev/null && [ -x /tmp/bench-venv/bin/python ] || { echo "bench setup failed" >&2; exit 1; }

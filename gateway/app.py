@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
@@ -26,9 +26,6 @@ from gateway.logs import tune_stdlib_logging
 from gateway.openapi import install_openapi
 from gateway.routes import router as api_router
 from gateway.runtime import Gateway, build_gateway, close_gateway
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("gateway.app")
 
@@ -63,15 +60,13 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, freeze_gc: bool = False
-) -> FastAPI:
-    """The gateway's ASGI app for ``settings``; ``transport`` lets tests replace the network; ``freeze_gc``
-    (the server process) moves everything built at start-up out of the garbage collector's reach."""
+def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
+    """The gateway's ASGI app for ``settings``; ``freeze_gc`` (the server process) moves everything built at
+    start-up out of the garbage collector's reach."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gw = await build_gateway(settings, transport=transport)
+        gw = await build_gateway(settings)
         app.state.gateway = gw
         if freeze_gc:
             # Everything built so far lives as long as the process: keep it out of the cyclic

@@ -151,11 +151,8 @@ class ServerSettings(_Strict):
     cors_origins: list[str] = Field(default_factory=list)
     metrics_scrape_seconds: float = Field(1.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    upstream_client: Literal["builtin", "httpx"] = Field(
-        "builtin", description="builtin: lean HTTP/1.1 pools (fastest); httpx: proxies from HTTPS_PROXY, HTTP/2"
-    )
-    upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin")
-    upstream_keepalive_seconds: float = Field(30.0, gt=0)
+    upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
+    upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")
 
 
 class CacheSettings(_Strict):

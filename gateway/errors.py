@@ -2,8 +2,8 @@
 
 Every failure a client can see is a :class:`GatewayError`. Each subclass knows its HTTP status and its
 OpenAI error ``type``; one exception handler (``gateway.app``) renders them as
-``{"error": {"message", "type", "param", "code"}}``. Backends translate transport errors (httpx) into
-:class:`UpstreamError` subclasses at their boundary, so nothing above them sees httpx exceptions.
+``{"error": {"message", "type", "param", "code"}}``. Backends translate transport errors (aiohttp) into
+:class:`UpstreamError` subclasses at their boundary, so nothing above them sees aiohttp exceptions.
 """
 
 from __future__ import annotations

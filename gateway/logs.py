@@ -50,7 +50,7 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's httpx driver: one line per request is noise
     logging.Formatter.converter = time.gmtime
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from backends import Backend, CircuitBreaker, UpstreamHTTP, build_backend
-from backends.h1 import H1Client
-from backends.wire import HttpxUpstream
+import aiohttp
+
+from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
 from gateway.config import Settings
 from gateway.hooks import Admission, Recorder, ResponseCache
@@ -23,9 +22,6 @@ from gateway.pricing import load_price_entries
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
-if TYPE_CHECKING:
-    import httpx
-
 log = logging.getLogger("gateway.runtime")
 
 
@@ -34,7 +30,7 @@ class Gateway:
     """Everything one app instance owns; the HTTP layer reaches it as ``app.state.gateway``."""
 
     settings: Settings
-    http: UpstreamHTTP
+    http: aiohttp.ClientSession
     backends: dict[str, Backend]
     breakers: dict[str, CircuitBreaker]
     router: Router
@@ -63,29 +59,15 @@ def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
         return None
 
 
-def build_upstream_http(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamHTTP:
-    """The one client every backend sends through: httpx when a transport is given (tests) or configured."""
-    server = settings.server
-    if transport is None and server.upstream_client == "builtin":
-        return H1Client(
-            max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
-        )
-    import httpx
-
-    limits = httpx.Limits(
-        max_connections=None,
-        max_keepalive_connections=server.upstream_max_connections,
-        keepalive_expiry=server.upstream_keepalive_seconds,
-    )
-    return HttpxUpstream(httpx.AsyncClient(transport=transport, limits=limits, trust_env=True))
-
-
-async def build_gateway(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Gateway:
+async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
-    http = build_upstream_http(settings, transport)
+    server = settings.server
+    http = build_session(
+        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+    )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
         for spec in settings.models
@@ -121,4 +103,4 @@ async def close_gateway(gw: Gateway) -> None:
         await backend.aclose()
     await gw.cache.aclose()
     await gw.recorder.aclose()
-    await gw.http.aclose()
+    await gw.http.close()

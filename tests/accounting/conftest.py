@@ -1,5 +1,6 @@
 """Fixtures for the ledger, keys and limits tests: both databases, a private Redis namespace, and a
-gateway running in process over the deterministic test upstream (tests/accounting/upstream.py)."""
+gateway running in process over the deterministic test upstream (tests/accounting/upstream.py), which
+serves on a loopback socket."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from gateway.config import Settings, settings_from_dict
 from gateway.runtime import Gateway
 from tests.accounting.upstream import create_upstream_app
 from tests.helpers.redis import delete_prefix
+from tests.helpers.servers import run_asgi_server
+from tests.helpers.upstream import with_base_urls
 
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -150,15 +153,23 @@ def master_key(monkeypatch: pytest.MonkeyPatch) -> str:
 # -- an in-process gateway ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def upstream_app(settings: Settings) -> Iterator[Settings]:
+    """Serve the test upstream on a loopback socket for the block; yields ``settings`` with the models'
+    ``http://up`` base URLs pointing at it."""
+    with run_asgi_server(create_upstream_app()) as base:
+        yield with_base_urls(settings, lambda url: url.replace("http://up", base))
+
+
 @contextlib.asynccontextmanager
 async def gateway_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    """The gateway app (lifespan run) over the test upstream, both in process; yields (client, gateway)."""
-    upstream = httpx.ASGITransport(app=create_upstream_app())
-    app = create_app(settings, transport=upstream)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
-            yield client, app.state.gateway
+    """The gateway app (lifespan run) in process, over the test upstream; yields (client, gateway)."""
+    with upstream_app(settings) as served:
+        app = create_app(served)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
+                yield client, app.state.gateway
 
 
 def auth_header(key: str) -> dict[str, str]:

@@ -11,8 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth.admission import KeyAdmission
-from tests.accounting.conftest import auth_header, chat, gateway_client, make_settings
-from tests.accounting.upstream import create_upstream_app
+from tests.accounting.conftest import auth_header, chat, gateway_client, make_settings, upstream_app
 
 
 async def new_key(client: httpx.AsyncClient, master: str, **fields: Any) -> dict[str, Any]:
@@ -159,28 +158,27 @@ async def test_budget_stops_spending(db_url: str, redis_prefix: str, master_key:
 async def test_admin_access_without_keys(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys off and no master key: admin endpoints are open on loopback only; with a master key, it is needed."""
     monkeypatch.delenv("GATEWAY_MASTER_KEY", raising=False)
-    settings = make_settings(db_url)
-    upstream = httpx.ASGITransport(app=create_upstream_app())
-    app = create_app(settings, transport=upstream)
-    async with app.router.lifespan_context(app):
-        local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        remote = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 5000)), base_url="http://gw"
-        )
-        async with local, remote:
-            assert (await local.get("/admin/spend")).status_code == 200
-            assert_openai_error(await remote.get("/admin/spend"), 403, "permission_error")
-            assert (await remote.post("/v1/chat/completions", json=chat("hosted-a"))).status_code == 200
-            assert_openai_error(await remote.get("/v1/spend"), 401, "authentication_error")
+    with upstream_app(make_settings(db_url)) as settings:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+            remote = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 5000)), base_url="http://gw"
+            )
+            async with local, remote:
+                assert (await local.get("/admin/spend")).status_code == 200
+                assert_openai_error(await remote.get("/admin/spend"), 403, "permission_error")
+                assert (await remote.post("/v1/chat/completions", json=chat("hosted-a"))).status_code == 200
+                assert_openai_error(await remote.get("/v1/spend"), 401, "authentication_error")
 
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sesame")
-    app = create_app(settings, transport=upstream)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as local:
-            assert_openai_error(await local.get("/admin/spend"), 401, "authentication_error")
-            assert (await local.get("/admin/spend", headers=auth_header("sesame"))).status_code == 200
-            r = await local.get("/admin/spend", params={"group_by": "colour"}, headers=auth_header("sesame"))
-            assert_openai_error(r, 400, "invalid_request_error")
+        monkeypatch.setenv("GATEWAY_MASTER_KEY", "sesame")
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as local:
+                assert_openai_error(await local.get("/admin/spend"), 401, "authentication_error")
+                assert (await local.get("/admin/spend", headers=auth_header("sesame"))).status_code == 200
+                r = await local.get("/admin/spend", params={"group_by": "colour"}, headers=auth_header("sesame"))
+                assert_openai_error(r, 400, "invalid_request_error")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1,42 +1,57 @@
-"""The OpenAI-compatible backend over httpx.MockTransport: pass-through, errors, streaming, metrics."""
+"""The OpenAI-compatible backend against a loopback upstream: pass-through, errors, streaming, metrics."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
 from backends.openai import OpenAICompatBackend
 from backends.sse import SSEDecoder
 from backends.vllm import VLLMBackend, metrics_url, parse_vllm_metrics
 from gateway.config import ModelSpec
 from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable, is_retryable
+from tests.helpers.upstream import Seen, Upstream, refused_url, sse_response, start_sse
 
 
-def spec(**kw: object) -> ModelSpec:
-    base = {"name": "m", "backend": "openai", "base_url": "http://up/v1", "upstream_model": "up-model"}
+def spec(base_url: str, **kw: object) -> ModelSpec:
+    base = {"name": "m", "backend": "openai", "base_url": base_url + "/v1", "upstream_model": "up-model"}
     return ModelSpec.model_validate({**base, **kw})
 
 
-async def test_complete_sends_body_unchanged_with_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, object] = {}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen["url"] = str(request.url)
-        seen["auth"] = request.headers.get("authorization")
-        seen["body"] = json.loads(request.content)
-        return httpx.Response(200, json={"id": "x", "choices": [], "usage": {"prompt_tokens": 1}})
-
+async def test_complete_sends_body_unchanged_with_key(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UP_KEY", "sk-test")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        backend = OpenAICompatBackend(spec(api_key_env="UP_KEY"), client)
-        body = {"model": "up-model", "messages": [{"role": "user", "content": "hi"}], "seed": 7, "vendor_x": {"a": 1}}
+    body = {"model": "up-model", "messages": [{"role": "user", "content": "hi"}], "seed": 7, "vendor_x": {"a": 1}}
+    async with Upstream(lambda r: web.json_response({"id": "x", "choices": [], "usage": {}})) as up:
+        backend = OpenAICompatBackend(spec(up.url, api_key_env="UP_KEY", extra_headers={"x-org": "o1"}), session)
         response = await backend.complete("/chat/completions", body)
-    assert seen["url"] == "http://up/v1/chat/completions"
-    assert seen["auth"] == "Bearer sk-test"
-    assert seen["body"] == body
-    assert response.body["id"] == "x"
+    [seen] = up.requests
+    assert (seen.method, seen.path) == ("POST", "/v1/chat/completions")
+    assert seen.headers["Authorization"] == "Bearer sk-test"
+    assert seen.headers["X-Org"] == "o1" and seen.headers["Content-Type"] == "application/json"
+    assert "Cookie" not in seen.headers
+    assert seen.json() == body
+    assert response.body["id"] == "x" and response.replica == up.url + "/v1"
+
+
+async def test_cookies_from_an_upstream_are_not_sent_back(session: aiohttp.ClientSession) -> None:
+    """One caller's upstream cookie must not travel with the next caller's request."""
+
+    def handler(request: Seen) -> web.Response:
+        response = web.json_response({"choices": []})
+        response.set_cookie("session", "caller-1")
+        return response
+
+    async with Upstream(handler) as up:
+        backend = OpenAICompatBackend(spec(up.url), session)
+        await backend.complete("/chat/completions", {})
+        await backend.complete("/chat/completions", {})
+    assert all("Cookie" not in r.headers for r in up.requests)
 
 
 @pytest.mark.parametrize(
@@ -52,12 +67,14 @@ async def test_complete_sends_body_unchanged_with_key(monkeypatch: pytest.Monkey
         (503, {"detail": "overloaded"}, True),
     ],
 )
-async def test_upstream_http_errors_pass_through(status: int, payload: dict[str, object], retryable: bool) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, json=payload, headers={"retry-after": "3"})
+async def test_upstream_http_errors_pass_through(
+    session: aiohttp.ClientSession, status: int, payload: dict[str, Any], retryable: bool
+) -> None:
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(payload, status=status, headers={"Retry-After": "3"})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        backend = OpenAICompatBackend(spec(), client)
+    async with Upstream(handler) as up:
+        backend = OpenAICompatBackend(spec(up.url), session)
         with pytest.raises(UpstreamRejected) as info:
             await backend.complete("/chat/completions", {"model": "x"})
     err = info.value
@@ -65,45 +82,108 @@ async def test_upstream_http_errors_pass_through(status: int, payload: dict[str,
     assert is_retryable(err) is retryable
     assert err.headers == {"retry-after": "3"}
     if "error" in payload:
-        assert err.message == payload["error"]["message"]  # type: ignore[index]
+        assert err.message == payload["error"]["message"]
 
 
-async def test_connection_errors_and_timeouts_are_translated() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused")
+async def test_the_key_is_cut_out_of_an_echoed_error(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UP_KEY", "sk-secret-123")
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("read timed out")
+    def handler(request: Seen) -> web.Response:
+        return web.json_response({"error": {"message": "Incorrect API key provided: sk-secret-123"}}, status=401)
 
-    def garbage(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"<html>oops")
-
-    for handler, exc in ((refuse, UpstreamUnavailable), (slow, UpstreamTimeout), (garbage, UpstreamUnavailable)):
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            with pytest.raises(exc):
-                await OpenAICompatBackend(spec(), client).complete("/chat/completions", {})
+    async with Upstream(handler) as up:
+        with pytest.raises(UpstreamRejected) as info:
+            await OpenAICompatBackend(spec(up.url, api_key_env="UP_KEY"), session).complete("/chat/completions", {})
+    assert "sk-secret-123" not in info.value.message and "[redacted]" in info.value.message
 
 
-async def test_stream_yields_event_payloads() -> None:
+async def test_refused_connection_is_unavailable(session: aiohttp.ClientSession) -> None:
+    backend = OpenAICompatBackend(spec(refused_url()), session)
+    with pytest.raises(UpstreamUnavailable, match="unreachable"):
+        await backend.complete("/chat/completions", {})
+    with pytest.raises(UpstreamUnavailable):
+        await backend.open_stream("/chat/completions", {})
+    assert backend.stats.in_flight == 0
+
+
+@pytest.mark.parametrize("body", [b"<html>oops", b"[1, 2]"])
+async def test_invalid_json_bodies_are_unavailable(session: aiohttp.ClientSession, body: bytes) -> None:
+    async with Upstream(lambda r: web.Response(body=body)) as up:
+        with pytest.raises(UpstreamUnavailable, match="JSON"):
+            await OpenAICompatBackend(spec(up.url), session).complete("/chat/completions", {})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_silent_upstream_is_a_timeout_after_first_byte(session: aiohttp.ClientSession, stream: bool) -> None:
+    async def silent(request: Seen) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    async with Upstream(silent) as up:
+        backend = OpenAICompatBackend(spec(up.url, timeouts={"first_byte": 0.2}), session)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeout):
+            if stream:
+                await backend.open_stream("/chat/completions", {"stream": True})
+            else:
+                await backend.complete("/chat/completions", {})
+        assert asyncio.get_running_loop().time() - t0 < 2
+    assert backend.stats.in_flight == 0
+
+
+async def test_the_total_timeout_bounds_a_slow_but_steady_stream(session: aiohttp.ClientSession) -> None:
+    async def steady(request: Seen) -> web.StreamResponse:
+        response = await start_sse(request)
+        for _ in range(100):
+            await response.write(b'data: {"a": 1}\n\n')
+            await asyncio.sleep(0.05)  # never silent for long: only the total timeout ends it
+        return response
+
+    async with Upstream(steady) as up:
+        backend = OpenAICompatBackend(spec(up.url, timeouts={"total": 0.5, "between_chunks": 1}), session)
+        stream = await backend.open_stream("/chat/completions", {"stream": True})
+        events: list[bytes] = []
+        with pytest.raises(UpstreamTimeout, match="total"):
+            async for event in stream.events():
+                events.append(event)
+        await stream.aclose()
+    assert 3 < len(events) < 20
+    assert backend.stats.in_flight == 0
+
+
+async def test_stream_yields_event_payloads(session: aiohttp.ClientSession) -> None:
     sse = b'data: {"a":1}\n\ndata: {"a":2}\r\n\r\n: comment\n\ndata: [DONE]\n\n'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        stream = await OpenAICompatBackend(spec(), client).open_stream("/chat/completions", {"stream": True})
+    async with Upstream(lambda r: sse_response(sse)) as up:
+        stream = await OpenAICompatBackend(spec(up.url), session).open_stream("/chat/completions", {"stream": True})
         events = [e async for e in stream.events()]
         await stream.aclose()
     assert events == [b'{"a":1}', b'{"a":2}', b"[DONE]"]
 
 
-async def test_stream_refused_raises_before_returning() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(500, json={"error": {"message": "boom"}})
+async def test_a_stalled_stream_times_out_between_chunks(session: aiohttp.ClientSession) -> None:
+    async def stall(request: Seen) -> web.StreamResponse:
+        response = await start_sse(request)
+        await response.write(b'data: {"a": 1}\n\n')
+        await asyncio.sleep(30)
+        return response
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    async with Upstream(stall) as up:
+        backend = OpenAICompatBackend(spec(up.url, timeouts={"between_chunks": 0.3}), session)
+        stream = await backend.open_stream("/chat/completions", {"stream": True})
+        events = stream.events()
+        assert await anext(events) == b'{"a": 1}'
+        with pytest.raises(UpstreamTimeout, match="stalled"):
+            await anext(events)
+        await stream.aclose()
+    assert backend.stats.in_flight == 0
+
+
+async def test_stream_refused_raises_before_returning(session: aiohttp.ClientSession) -> None:
+    async with Upstream(lambda r: web.json_response({"error": {"message": "boom"}}, status=500)) as up:
         with pytest.raises(UpstreamRejected, match="boom"):
-            await OpenAICompatBackend(spec(), client).open_stream("/chat/completions", {})
+            await OpenAICompatBackend(spec(up.url), session).open_stream("/chat/completions", {})
 
 
 def test_sse_decoder_handles_split_chunks_and_multiline_data() -> None:
@@ -131,27 +211,21 @@ def test_parse_vllm_metrics_filters_by_served_model() -> None:
     assert metrics_url("http://h:8000/v1") == "http://h:8000/metrics"
 
 
-async def test_vllm_scrape_updates_queue_state_and_health() -> None:
-    up = {"ok": True}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if not up["ok"]:
-            raise httpx.ConnectError("down")
-        assert request.url.path == "/metrics"
-        return httpx.Response(200, text=VLLM_METRICS)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        backend = VLLMBackend(spec(backend="vllm", upstream_model="tiny"), client)
+async def test_vllm_scrape_updates_queue_state_and_health(session: aiohttp.ClientSession) -> None:
+    async with Upstream(lambda r: web.Response(text=VLLM_METRICS)) as up:
+        backend = VLLMBackend(spec(up.url, backend="vllm", upstream_model="tiny"), session)
         await backend.scrape_once()
+        assert [(r.method, r.path) for r in up.requests] == [("GET", "/metrics")]
         assert backend.stats.queue.running == 2 and backend.stats.queue.waiting == 5
         assert backend.stats.healthy
-        up["ok"] = False
-        await backend.scrape_once()
-        assert not backend.stats.healthy
+    await backend.scrape_once()  # the server is gone
+    assert not backend.stats.healthy
+    assert backend.stats.last_error
 
 
-async def test_replicas_pick_the_least_loaded() -> None:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json={}))) as client:
-        backend = OpenAICompatBackend(spec(replicas=["http://up2/v1"]), client)
-        backend.replicas[0].stats.queue.waiting = 4
-        assert backend.pick_replica().base_url == "http://up2/v1"
+async def test_health_probe_reads_models_and_marks_replicas(session: aiohttp.ClientSession) -> None:
+    async with Upstream(lambda r: web.json_response({"data": []})) as up:
+        backend = OpenAICompatBackend(spec(up.url, replicas=[refused_url() + "/v1"]), session)
+        assert await backend.check_health()
+        assert [r.path for r in up.requests] == ["/v1/models"]
+    assert [r.stats.healthy for r in backend.replicas] == [True, False]

@@ -1,19 +1,21 @@
-"""Build a gateway app in-process over mocked upstreams (no sockets)."""
+"""Build a gateway app in-process over a loopback upstream that answers with the test's handler."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings, settings_from_dict
-from gateway.runtime import build_gateway, close_gateway
+from tests.helpers.upstream import Seen, Upstream, under_prefix, with_base_urls
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[Seen], web.StreamResponse | Awaitable[web.StreamResponse]]
 
 
 def chat_reply(model: str, content: str = "hello", *, prompt: int = 10, completion: int = 5) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def chat_reply(model: str, content: str = "hello", *, prompt: int = 10, completi
 def sse(*chunks: dict[str, Any] | str) -> bytes:
     out = b""
     for c in chunks:
-        out += b"data: " + (c.encode() if isinstance(c, str) else httpx.Response(200, json=c).content) + b"\n\n"
+        out += b"data: " + (c if isinstance(c, str) else json.dumps(c)).encode() + b"\n\n"
     return out
 
 
@@ -80,17 +82,21 @@ def make_settings(overrides: dict[str, Any] | None = None) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def gateway_client(settings: Settings, handler: Handler) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the gateway app in-process, upstream calls going to ``handler``."""
-    app = create_app(settings)
-    gw = await build_gateway(settings, transport=httpx.MockTransport(handler))
-    app.state.gateway = gw
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            client.gateway = gw  # type: ignore[attr-defined]
-            yield client
-    finally:
-        await close_gateway(gw)
+async def gateway_client(
+    settings: Settings, handler: Handler, *, refused: Collection[str] = ()
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the gateway app in process (its lifespan run).
+
+    The gateway sends upstream over real sockets: the models' hosts (``http://small/v1``...) are served by
+    one loopback :class:`~tests.helpers.upstream.Upstream` under path prefixes (``request.backend`` is the
+    host), answering with ``handler``; nothing listens for the hosts in ``refused``."""
+    async with Upstream(handler) as upstream:
+        app = create_app(with_base_urls(settings, under_prefix(upstream.url, frozenset(refused))))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                client.gateway = app.state.gateway  # type: ignore[attr-defined]
+                client.upstream = upstream  # type: ignore[attr-defined]
+                yield client
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ def test_example_config_is_valid() -> None:
     ("text", "expected"),
     [
         (MINIMAL + "bogus: 1\n", "gateway.yaml: bogus: unknown key"),
+        (MINIMAL + "server:\n  upstream_client: httpx\n", "server.upstream_client: unknown key"),  # removed
         (
             MINIMAL.replace("upstream_model: gpt-4", "upstream_model: gpt-4\n    colour: red"),
             "models[1](gpt-4).colour: unknown key",

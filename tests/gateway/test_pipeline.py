@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.config import Settings
 from gateway.metrics import FastHistogram
+from tests.helpers.upstream import Seen, sse_response
 
-from .conftest import chat_reply, gateway_client, make_settings, sse
+from .conftest import THREE_MODELS, chat_reply, gateway_client, make_settings, sse
 
 USER = [{"role": "user", "content": "Say hello."}]
-
-
-def host_of(request: httpx.Request) -> str:
-    return request.url.host
 
 
 async def test_passthrough_rewrites_only_model(settings: Settings) -> None:
     seen: list[dict[str, Any]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> web.Response:
         if request.method == "GET":
-            return httpx.Response(200, text="")
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, json=chat_reply("gpt-4"))
+            return web.Response(text="")
+        seen.append(request.json())
+        return web.json_response(chat_reply("gpt-4"))
 
     body = {
         "model": "big",
@@ -59,8 +57,8 @@ async def test_passthrough_rewrites_only_model(settings: Settings) -> None:
 
 
 async def test_auto_routes_and_explains(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=chat_reply(host_of(request)))
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply(request.backend))
 
     async with gateway_client(settings, handler) as client:
         cheap = await client.post(
@@ -86,13 +84,13 @@ async def test_falls_back_on_5xx_and_opens_breaker() -> None:
     )
     calls: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> web.Response:
         if request.method == "GET":
-            return httpx.Response(200, text="")
-        calls.append(host_of(request))
-        if host_of(request) == "small":
-            return httpx.Response(500, json={"error": {"message": "engine dead"}})
-        return httpx.Response(200, json=chat_reply(host_of(request)))
+            return web.Response(text="")
+        calls.append(request.backend)
+        if request.backend == "small":
+            return web.json_response(status=500, data={"error": {"message": "engine dead"}})
+        return web.json_response(chat_reply(request.backend))
 
     async with gateway_client(settings, handler) as client:
         for _ in range(4):
@@ -124,12 +122,11 @@ def test_fast_histogram_buckets_are_cumulative_and_inclusive() -> None:
 async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> None:
     calls: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> web.Response:
         if request.method == "POST":  # not the vLLM backends' background /metrics scrapes
-            calls.append(host_of(request))
-        return httpx.Response(
-            400,
-            json={
+            calls.append(request.backend)
+        return web.json_response(
+            {
                 "error": {
                     "message": "max_tokens is too large",
                     "type": "BadRequestError",
@@ -137,6 +134,7 @@ async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> No
                     "code": 400,
                 }
             },
+            status=400,
         )
 
     async with gateway_client(settings, handler) as client:
@@ -147,25 +145,33 @@ async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> No
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize(
-    ("exc", "status"),
-    [(httpx.ConnectError("refused"), 502), (httpx.ReadTimeout("slow"), 504)],
-)
-async def test_unreachable_and_timeout(settings: Settings, exc: Exception, status: int) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    async with gateway_client(settings, handler) as client:
+async def test_unreachable_is_502() -> None:
+    async with gateway_client(make_settings(), lambda r: web.json_response({}), refused={"big"}) as client:
         r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
-    assert r.status_code == status
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert "big" in err["message"]
+
+
+async def test_silent_upstream_is_504() -> None:
+    models = [{**m, "timeouts": {"first_byte": 0.2}} for m in THREE_MODELS["models"]]
+
+    async def silent(request: Seen) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    async with gateway_client(make_settings({"models": models}), silent) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
+    assert r.status_code == 504
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert "big" in err["message"]
 
 
 async def test_tools_never_go_to_models_without_tool_support(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=chat_reply(host_of(request)))
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply(request.backend))
 
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     async with gateway_client(settings, handler) as client:
@@ -178,8 +184,8 @@ async def test_tools_never_go_to_models_without_tool_support(settings: Settings)
 
 
 async def test_long_prompts_go_where_they_fit_or_fail_clearly(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=chat_reply(host_of(request)))
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply(request.backend))
 
     long = [{"role": "user", "content": "word " * 5000}]
     huge = [{"role": "user", "content": "word " * 9000}]
@@ -207,8 +213,8 @@ async def test_long_prompts_go_where_they_fit_or_fail_clearly(settings: Settings
 async def test_unsatisfiable_constraints_name_the_constraint(
     settings: Settings, headers: dict[str, str], param: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=chat_reply("x"))
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply("x"))
 
     async with gateway_client(settings, handler) as client:
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": USER}, headers=headers)
@@ -217,8 +223,8 @@ async def test_unsatisfiable_constraints_name_the_constraint(
 
 
 async def test_constraints_filter_candidates(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=chat_reply(host_of(request)))
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply(request.backend))
 
     async with gateway_client(settings, handler) as client:
         r = await client.post(
@@ -244,7 +250,7 @@ async def test_constraints_filter_candidates(settings: Settings) -> None:
     ],
 )
 async def test_bad_input_gets_openai_errors(settings: Settings, raw: bytes, status: int, fragment: str) -> None:
-    async with gateway_client(settings, lambda r: httpx.Response(200, json=chat_reply("x"))) as client:
+    async with gateway_client(settings, lambda r: web.json_response(chat_reply("x"))) as client:
         r = await client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == status
     err = r.json()["error"]
@@ -254,7 +260,7 @@ async def test_bad_input_gets_openai_errors(settings: Settings, raw: bytes, stat
 
 async def test_body_too_large_is_413() -> None:
     settings = make_settings({"server": {"max_body_bytes": 1000, "metrics_scrape_seconds": 3600}})
-    async with gateway_client(settings, lambda r: httpx.Response(200, json=chat_reply("x"))) as client:
+    async with gateway_client(settings, lambda r: web.json_response(chat_reply("x"))) as client:
         r = await client.post(
             "/v1/chat/completions", json={"model": "big", "messages": [{"role": "user", "content": "x" * 2000}]}
         )
@@ -263,7 +269,7 @@ async def test_body_too_large_is_413() -> None:
 
 
 async def test_models_endpoints(settings: Settings) -> None:
-    async with gateway_client(settings, lambda r: httpx.Response(200, json={})) as client:
+    async with gateway_client(settings, lambda r: web.json_response({})) as client:
         listing = (await client.get("/v1/models")).json()
         one = await client.get("/v1/models/auto")
         missing = await client.get("/v1/models/nope")
@@ -303,11 +309,11 @@ def parse_sse(text: str) -> list[Any]:
 async def test_streaming_relays_and_handles_usage(settings: Settings, client_wants_usage: bool) -> None:
     sent: list[dict[str, Any]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> web.Response:
         if request.method == "GET":
-            return httpx.Response(200, text="")
-        sent.append(json.loads(request.content))
-        return httpx.Response(200, content=stream_chunks("gpt-4", True), headers={"content-type": "text/event-stream"})
+            return web.Response(text="")
+        sent.append(request.json())
+        return sse_response(stream_chunks("gpt-4", True))
 
     body: dict[str, Any] = {"model": "big", "messages": USER, "stream": True}
     if client_wants_usage:
@@ -329,8 +335,8 @@ async def test_stream_cut_midway_ends_with_error_event(settings: Settings) -> No
     cut = full[: full.index(b'"lo"')]
     cut = cut[: cut.rindex(b"\n\n") + 2]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=cut, headers={"content-type": "text/event-stream"})
+    def handler(request: Seen) -> web.Response:
+        return sse_response(cut)
 
     async with gateway_client(settings, handler) as client:
         r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER, "stream": True})
@@ -340,14 +346,10 @@ async def test_stream_cut_midway_ends_with_error_event(settings: Settings) -> No
 
 
 async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if host_of(request) == "small":
-            raise httpx.ConnectError("refused")
-        return httpx.Response(
-            200, content=stream_chunks("meta/medium", False), headers={"content-type": "text/event-stream"}
-        )
+    def handler(request: Seen) -> web.Response:
+        return sse_response(stream_chunks("meta/medium", False))
 
-    async with gateway_client(settings, handler) as client:
+    async with gateway_client(settings, handler, refused={"small"}) as client:
         r = await client.post(
             "/v1/chat/completions",
             json={"model": "auto", "messages": USER, "stream": True},
@@ -359,14 +361,42 @@ async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
 
 
 async def test_explain_endpoint_calls_no_backend(settings: Settings) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise AssertionError("no backend may be called")
-
-    async with gateway_client(settings, handler) as client:
+    async with gateway_client(settings, lambda r: web.Response(text="")) as client:
         r = await client.post(
             "/admin/route/explain", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
         )
+        upstream_calls = [(req.method, req.path) for req in client.upstream.requests]  # type: ignore[attr-defined]
+    assert all(method == "GET" for method, _ in upstream_calls), upstream_calls  # metrics scrapes only
     out = r.json()
     assert out["winner"] == "small"
     assert [c["model"] for c in out["ranking"]][0] == "small"
     assert {"predicted_cost_usd", "predicted_latency_ms", "predicted_quality"} <= set(out["ranking"][0])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_counts_once_in_flight_while_it_runs(settings: Settings, stream: bool) -> None:
+    """The backend layer alone counts requests in flight (what routing and the metrics read)."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Seen) -> web.Response:
+        if request.method == "GET":
+            return web.Response(text="")
+        arrived.set()
+        await release.wait()
+        return sse_response(stream_chunks("gpt-4", True)) if stream else web.json_response(chat_reply("gpt-4"))
+
+    async with gateway_client(settings, held) as client:
+        backend = client.gateway.backends["big"]  # type: ignore[attr-defined]
+        body = {"model": "big", "messages": USER, "stream": stream}
+        task = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert backend.stats.in_flight == 1
+        assert 'gateway_backend_in_flight{model="big"} 1.0' in (await client.get("/metrics")).text
+        release.set()
+        assert (await task).status_code == 200
+        for _ in range(100):  # a stream is closed (and released) in the background once its last byte went out
+            if backend.stats.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.stats.in_flight == 0
+        assert 'gateway_backend_in_flight{model="big"} 0.0' in (await client.get("/metrics")).text

@@ -1,6 +1,6 @@
 """Schema-driven fuzzing of the whole API with schemathesis: several thousand generated requests (valid and
-deliberately invalid) across every documented operation, in process through the ASGI app with a mocked
-upstream. Every answer must be below 500, and every error must be in the OpenAI shape.
+deliberately invalid) across every documented operation, in process through the ASGI app, over an upstream
+served on a loopback socket. Every answer must be below 500, and every error must be in the OpenAI shape.
 
 Deterministic: hypothesis is derandomised (the same cases every run) and keeps no example database.
 """
@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import schemathesis
@@ -23,9 +22,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.schemas import OpenApiSchema
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.config import settings_from_dict
+from tests.helpers.servers import run_asgi_server
 
 MASTER = "fuzz-master-key"
 # Generated cases per operation: the inference endpoints take the most.
@@ -48,17 +52,17 @@ FUZZ_SETTINGS = {
 # -- an upstream that always answers well (the gateway's own handling is what is fuzzed) ---------------------
 
 
-def upstream(request: httpx.Request) -> httpx.Response:
+async def upstream(request: Request) -> Response:
     if request.method == "GET":
-        return httpx.Response(200, json={"object": "list", "data": []})
+        return JSONResponse({"object": "list", "data": []})
     try:
-        body = orjson.loads(request.content)
+        body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        return httpx.Response(400, json={"error": {"message": "bad json", "type": "BadRequestError"}})
+        return JSONResponse({"error": {"message": "bad json", "type": "BadRequestError"}}, status_code=400)
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     if request.url.path.endswith("/embeddings"):
         data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
-        return httpx.Response(200, json={"object": "list", "data": data, "model": "e", "usage": usage})
+        return JSONResponse({"object": "list", "data": data, "model": "e", "usage": usage})
     chat = request.url.path.endswith("/chat/completions")
     if body.get("stream"):
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -69,34 +73,35 @@ def upstream(request: httpx.Request) -> httpx.Response:
             {"id": "x", "object": kind, "created": 1, "model": "u", "choices": [], "usage": usage},
         ]
         sse = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-        return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        return Response(sse, media_type="text/event-stream")
     choice = {"index": 0, "finish_reason": "stop"}
     choice.update({"message": {"role": "assistant", "content": "ok"}} if chat else {"text": "ok"})
     kind = "chat.completion" if chat else "text_completion"
-    return httpx.Response(
-        200, json={"id": "x", "object": kind, "created": 1, "model": "u", "choices": [choice], "usage": usage}
-    )
+    return JSONResponse({"id": "x", "object": kind, "created": 1, "model": "u", "choices": [choice], "usage": usage})
+
+
+UPSTREAM_APP = Starlette(routes=[Route("/{path:path}", upstream, methods=["GET", "POST"])])
 
 
 @pytest.fixture(scope="module")
 def api_schema() -> Iterator[OpenApiSchema]:
     old = os.environ.get("GATEWAY_MASTER_KEY")
     os.environ["GATEWAY_MASTER_KEY"] = MASTER
-    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, run_asgi_server(UPSTREAM_APP) as up:
         gw_settings = settings_from_dict(
             {
                 "models": [
                     {
                         "name": "m",
                         "backend": "openai",
-                        "base_url": "http://up/v1",
+                        "base_url": up + "/v1",
                         "upstream_model": "u",
                         "quality": 7,
                         "input_cost_per_token": "0.000001",
                         "output_cost_per_token": "0.000002",
                     },
-                    {"name": "big", "backend": "openai", "base_url": "http://up/v1", "upstream_model": "gpt-4"},
-                    {"name": "emb", "backend": "openai", "base_url": "http://up/v1", "mode": "embedding"},
+                    {"name": "big", "backend": "openai", "base_url": up + "/v1", "upstream_model": "gpt-4"},
+                    {"name": "emb", "backend": "openai", "base_url": up + "/v1", "mode": "embedding"},
                 ],
                 "retry": {"max_attempts": 2, "backoff_base_ms": 0},
                 "cache": {"enabled": True},
@@ -104,7 +109,7 @@ def api_schema() -> Iterator[OpenApiSchema]:
                 "ledger": {"url": f"sqlite+aiosqlite:///{Path(tmp) / 'ledger.db'}", "flush_interval_seconds": 0.2},
             }
         )
-        app = create_app(gw_settings, transport=httpx.MockTransport(upstream))
+        app = create_app(gw_settings)
         document = _steer(copy.deepcopy(app.openapi()))
         schema = schemathesis.openapi.from_dict(document)
         schema.app = app

@@ -7,10 +7,13 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from backends.litellm import LiteLLMBackend
 from gateway.app import create_app
-from gateway.config import settings_from_dict
+from gateway.config import ModelSpec, settings_from_dict
+from gateway.errors import UpstreamError
 from gateway.simulator import create_simulator_app, get_profile
 from tests.helpers.servers import run_asgi_server
+from tests.helpers.upstream import refused_url
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +58,25 @@ async def test_litellm_chat_and_stream(gateway_url: str, monkeypatch: pytest.Mon
     chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert all(c.model == "claude" for c in chunks)
+
+
+async def test_litellm_backend_counts_its_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend layer owns the in-flight count routing reads: a stream holds one until it is closed."""
+    monkeypatch.setenv("SIM_KEY", "sk-sim")
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with run_asgi_server(create_simulator_app(get_profile("fast"), model_name="claude-sim")) as sim:
+        spec = {"name": "claude", "backend": "litellm", "upstream_model": "openai/claude-sim", "api_key_env": "SIM_KEY"}
+        backend = LiteLLMBackend(ModelSpec.model_validate({**spec, "base_url": sim + "/v1"}))
+        await backend.complete("/chat/completions", body)
+        assert backend.stats.in_flight == 0
+        stream = await backend.open_stream("/chat/completions", body)
+        assert backend.stats.in_flight == 1
+        assert [e async for e in stream.events()][-1] == b"[DONE]"
+        await stream.aclose()
+        await stream.aclose()  # released once
+        assert backend.stats.in_flight == 0
+    dead = LiteLLMBackend(ModelSpec.model_validate({**spec, "base_url": refused_url() + "/v1"}))
+    for call in (dead.complete, dead.open_stream):
+        with pytest.raises(UpstreamError):
+            await call("/chat/completions", body)
+    assert dead.stats.in_flight == 0

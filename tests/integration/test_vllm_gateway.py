@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends import CircuitBreaker, build_backend
-from backends.h1 import H1Client
+from backends import CircuitBreaker, build_backend, build_session
 from backends.vllm import VLLMBackend
 from gateway.app import create_app
 from gateway.config import ModelSpec, settings_from_dict
@@ -176,7 +175,7 @@ async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -
         base_url=vllm_server_queued.base_url,
         upstream_model=vllm_server_queued.served_model_name,
     )
-    scraper = H1Client()  # the gateway's own upstream client, as in production
+    scraper = build_session(max_connections=10, keepalive_seconds=30)  # the gateway's own, as in production
     async with httpx.AsyncClient(timeout=300) as http:
         backend = VLLMBackend(spec, scraper)
         await backend.scrape_once()
@@ -193,7 +192,7 @@ async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -
                     seen_running = max(seen_running, backend.stats.queue.running)
         finally:
             await stop(tasks, vllm_server_queued)
-            await scraper.aclose()
+            await scraper.close()
     # real values from vLLM's /metrics: both of --max-num-seqs 2 slots busy and requests waiting behind them
     assert seen_running == 2 and seen_waiting >= 1, (seen_running, seen_waiting)
     assert backend.stats.healthy
@@ -202,7 +201,7 @@ async def test_metrics_scrape_reads_real_queue(vllm_server_queued: VLLMServer) -
 async def test_queue_aware_routing_spills_on_the_scraped_queue_alone(
     gateway: str, vllm_server_queued: VLLMServer, sim_13b: str
 ) -> None:
-    """The gateway's router, over its vLLM backend and the same built-in HTTP client, reads the real queue
+    """The gateway's router, over its vLLM backend and the same upstream HTTP session, reads the real queue
     from vLLM's /metrics and spills to the other backend while it is full.
 
     The flood goes to vLLM directly, so the gateway's own in-flight count for it stays 0: only the scrape can
@@ -214,7 +213,7 @@ async def test_queue_aware_routing_spills_on_the_scraped_queue_alone(
         served = await http.get(gateway + "/metrics")  # the running gateway exports what it scraped
         assert 'gateway_backend_queue_waiting{model="tiny"}' in served.text
     settings = settings_from_dict(two_backends(vllm_server_queued, sim_13b))
-    client = H1Client()
+    client = build_session(max_connections=10, keepalive_seconds=30)
     backends = {spec.name: build_backend(spec, client) for spec in settings.models}
     router = Router(settings, backends, {name: CircuitBreaker() for name in backends})
     feats = extract_features("chat", body(model="fast"), ApproxCounter())
@@ -236,7 +235,7 @@ async def test_queue_aware_routing_spills_on_the_scraped_queue_alone(
             finally:
                 await stop(tasks, vllm_server_queued)
     finally:
-        await client.aclose()
+        await client.close()
     assert tiny.stats.in_flight == 0  # the gateway itself sent vLLM nothing: the scrape alone saw the queue
     assert [c.name for c in busy.ranking] == ["sim-13b", "tiny"], busy.reason
     queued = busy.ranking[1]

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
-from backends import CircuitBreaker, build_backend
+from backends import CircuitBreaker
 from gateway.config import settings_from_dict
 from gateway.constraints import Constraints
 from gateway.features import extract_features
@@ -21,6 +20,7 @@ from gateway.tokens import ApproxCounter
 from policies import registry
 from policies.base import Candidate, Decision, Policy, RoutingInput
 from tests.helpers.servers import REPO_ROOT
+from tests.helpers.upstream import routing_backends
 
 MODELS: list[dict[str, Any]] = [
     {"name": "small", "backend": "openai", "base_url": "http://a/v1", "quality": 6.0, "input_cost_per_token": 1e-7},
@@ -68,8 +68,7 @@ def custom_policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def router(routes: dict[str, Any], estimator: Any = None) -> Router:
     settings = settings_from_dict({"models": MODELS, "routes": routes})
-    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    backends = {m.name: build_backend(m, client) for m in settings.models}
+    backends = routing_backends(settings)
     return Router(settings, backends, {n: CircuitBreaker() for n in backends}, estimator)
 
 

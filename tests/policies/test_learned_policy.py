@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
-from backends import CircuitBreaker, build_backend
+from backends import CircuitBreaker
 from gateway.cli import app as cli
 from gateway.config import settings_from_dict
 from gateway.constraints import Constraints
@@ -20,6 +19,7 @@ from gateway.routing import Router
 from gateway.tokens import ApproxCounter
 from policies.router.model import QualityRouter
 from tests.helpers.tokens import cl100k_encode
+from tests.helpers.upstream import routing_backends
 
 MODELS: list[dict[str, Any]] = [
     {
@@ -43,8 +43,7 @@ PROMPTS = [
 
 def router_for(route: dict[str, Any], estimator: QualityRouter) -> Router:
     settings = settings_from_dict({"models": MODELS, "routes": {"r": route}})
-    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    backends = {m.name: build_backend(m, client) for m in settings.models}
+    backends = routing_backends(settings)
     return Router(settings, backends, {n: CircuitBreaker() for n in backends}, estimator)
 
 
