@@ -22,6 +22,8 @@ and what each check buys on the evaluation sets).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -38,15 +40,34 @@ _NUMBER_WORDS: Final = {
     "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000, "first": 1, "second": 2,
     "third": 3, "fourth": 4, "fifth": 5, "half": 0.5, "dozen": 12, "twice": 2, "once": 1,
 }  # fmt: skip
+_NUMERIC: Final = re.compile(r"(\d[\d,]*(?:\.\d+)?)([a-z%]*)")
 _SCALE: Final = {"k": 1e3, "m": 1e6, "mn": 1e6, "b": 1e9, "bn": 1e9, "lakh": 1e5, "lakhs": 1e5, "crore": 1e7}
 
 #: Specific question kinds (a generic question matches any of them).
 _KINDS: Final = {"who": "who", "whom": "who", "whose": "who", "when": "when", "where": "where", "why": "why"}
 _QUANTITY: Final = {"many", "much"}
 
-_OR_NOT: Final = re.compile(r"\bor (?:not|no)\b|\bif not\b")
+#: "Or not", "if not", "not only": a negation word that does not negate the question.
+_NOT_NEGATED: Final = re.compile(r"\bor (?:not|no)\b|\bif not\b|\bnot only\b|\bno matter\b|\bwhy not\b")
+_NON_WORDS: Final = frozenset({"none", "nonetheless", "nonsense", "nonprofit", "nonstop", "noon", "nonce"})
 _NEGATIONS: Final = frozenset(
-    {"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "cannot", "unable", "nowhere"}
+    {
+        "not",
+        "no",
+        "never",
+        "without",
+        "none",
+        "nobody",
+        "nothing",
+        "neither",
+        "nor",
+        "cannot",
+        "unable",
+        "nowhere",
+        "absence",
+        "lack",
+        "lacking",
+    }
 )
 
 #: Pairs of words whose swap changes the question (both directions are checked).
@@ -103,7 +124,7 @@ def _number(token: str) -> float | None:
     low = token.lower()
     if low in _NUMBER_WORDS:
         return float(_NUMBER_WORDS[low])
-    m = re.fullmatch(r"(\d[\d,]*(?:\.\d+)?)([a-z%]*)", low)
+    m = _NUMERIC.fullmatch(low)
     if m is None:
         return None
     try:
@@ -122,7 +143,7 @@ def _stem(word: str) -> str:
     return w
 
 
-def _is_name(token: str, position: int) -> bool:
+def _is_name(token: str, sentence_start: bool) -> bool:
     if token.lower() in _COMMON_CAPS or len(token) < 2:
         return False
     letters = [c for c in token if c.isalpha()]
@@ -136,11 +157,13 @@ def _is_name(token: str, position: int) -> bool:
         return True  # iPhone, McDonald, JavaScript
     if token.isupper() and len(letters) >= 2:
         return True  # USA, GST, IIT
-    return token[0].isupper() and position > 0
+    return token[0].isupper() and not sentence_start
 
 
+@functools.lru_cache(maxsize=8192)  # the cached side of a pair comes back often
 def _facts(text: str) -> _Facts:
-    tokens = _WORD.findall(text)
+    spans = list(_WORD.finditer(text))
+    tokens = [m.group(0) for m in spans]
     words = tuple(t.lower().replace(_APOSTROPHE, "'") for t in tokens)
     numbers: Counter[float] = Counter()
     for i, t in enumerate(words):
@@ -158,10 +181,34 @@ def _facts(text: str) -> _Facts:
         if w == "how" and i + 1 < len(words) and words[i + 1] in _QUANTITY:
             kind = "quantity"
             break
-    text_low = " ".join(words)
-    negated = any(w in _NEGATIONS or w.endswith("n't") for w in words) and not _OR_NOT.search(text_low)
-    names = frozenset(_stem(t) for i, t in enumerate(tokens) if _is_name(t, i))
-    return _Facts(words, numbers, kind, negated, names)
+    head = _first_sentence(text)  # what is asked; a question's second sentence is usually context
+    head_words = [w.lower() for w in _WORD.findall(head)]
+    negated = any(_negation(w) for w in head_words) and not _NOT_NEGATED.search(" ".join(head_words))
+    names: set[str] = set()
+    end = 0
+    for i, m in enumerate(spans):
+        if _is_name(tokens[i], i == 0 or _starts_sentence(text[end : m.start()])):
+            names.add(_stem(tokens[i]))
+        end = m.end()
+    return _Facts(words, numbers, kind, negated, frozenset(names))
+
+
+def _first_sentence(text: str) -> str:
+    m = re.search(r"[?!]|\.(?:\s|$)|\n", text)
+    return text if m is None else text[: m.end()]
+
+
+def _starts_sentence(gap: str) -> bool:
+    """Whether the text between two tokens ends a sentence (or a list item: "1.", a new line)."""
+    return any(c in ".!?:;\n" for c in gap)
+
+
+def _negation(word: str) -> bool:
+    return (
+        word in _NEGATIONS
+        or word.endswith("n't")
+        or (word.startswith(("no-", "non-", "non")) and word not in _NON_WORDS)
+    )
 
 
 def _numeric_context(words: tuple[str, ...], i: int) -> bool:
@@ -183,12 +230,21 @@ def verify(query: str, cached: str) -> Verdict:
         opp = _OPPOSITE.get(w)
         if opp is not None and opp in wb and opp not in wa:
             return Verdict(False, f"opposites ({w} vs {opp})")
-    stems_a = {_stem(w) for w in a.words}
-    stems_b = {_stem(w) for w in b.words}
-    only_a, only_b = a.names - stems_b, b.names - stems_a
+    only_a, only_b = _unmatched(a.names, b.words), _unmatched(b.names, a.words)
     if only_a and only_b:  # a name replaced by another (one question merely naming more is a detail)
         return Verdict(False, f"names differ ({', '.join(sorted(only_a)[:2])} vs {', '.join(sorted(only_b)[:2])})")
     return PASS
+
+
+def _unmatched(names: frozenset[str], words: tuple[str, ...]) -> set[str]:
+    """Names with no counterpart among ``words``: same stem, a shared 5-letter prefix (typos, derived forms:
+    "Pythonic"), or two adjacent words written together ("Hugging Face" = "Huggingface")."""
+    if not names:
+        return set()
+    stems = {_stem(w) for w in words}
+    stems |= {_stem(a + b) for a, b in itertools.pairwise(words)}
+    prefixes = {w[:5] for w in stems if len(w) >= 5}
+    return {n for n in names if n not in stems and not (len(n) >= 5 and n[:5] in prefixes)}
 
 
 def _show(numbers: Counter[float]) -> str:
