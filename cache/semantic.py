@@ -37,11 +37,15 @@ class Embedder(Protocol):
 
 
 def default_runtime() -> str:
-    """``onnx`` when onnxruntime and onnx are installed (the ``semantic`` extra), else ``numpy``."""
+    """``onnx-int8`` when onnxruntime and onnx are installed (the ``semantic`` extra), else ``numpy``.
+
+    int8 weights embed a question in ~3 ms on one core (fp32: ~8 ms), which keeps a semantic hit's round
+    trip under 10 ms; the vectors stay within cosine ~0.99 of fp32 (docs/semantic-cache.md has the figures).
+    """
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        return "onnx"
+        return "onnx-int8"
     return "numpy"
 
 

@@ -127,6 +127,8 @@ class CacheService:
         )
         #: Sampled semantic decisions waiting for a judge (:class:`cache.judge.HitChecker` drains it).
         self.checks: asyncio.Queue[Check] = asyncio.Queue(maxsize=settings.semantic_check_queue)
+        self.checks_submitted = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs in (set by start)
         self._syncing: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._timeout_s = settings.timeout_ms / 1000.0
@@ -174,22 +176,23 @@ class CacheService:
     def store(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """Queue a non-streamed answer for storing (if the request's plan allows it)."""
         plan = ctx.extra.get(_CTX_KEY)
-        if not isinstance(plan, _Plan) or not plan.store or not body.get("choices"):
+        if not isinstance(plan, _Plan) or not body.get("choices"):
             return
         if any(isinstance(c, dict) and c.get("finish_reason") is None for c in body["choices"]):
             return
         self._explored(ctx, plan, body)
-        self._enqueue(ctx, plan, body)
+        if plan.store:
+            self._enqueue(ctx, plan, body)
 
     def wants_stream(self, ctx: RequestContext) -> bool:
-        """Collect a streamed answer's chunks when it would be stored."""
+        """Collect a streamed answer's chunks when it would be stored (or judged against a cached one)."""
         plan = ctx.extra.get(_CTX_KEY)
-        return isinstance(plan, _Plan) and plan.store
+        return isinstance(plan, _Plan) and (plan.store or plan.explore is not None)
 
     def store_stream(self, ctx: RequestContext, chunks: list[dict[str, Any]]) -> None:
         """Assemble a completed stream into a response body and queue it for storing."""
         plan = ctx.extra.get(_CTX_KEY)
-        if not isinstance(plan, _Plan) or not plan.store or ctx.error_type is not None:
+        if not isinstance(plan, _Plan) or ctx.error_type is not None:
             return
         usage = {
             "prompt_tokens": ctx.usage.prompt_tokens,
@@ -200,10 +203,12 @@ class CacheService:
         body = assemble(chunks, chat=ctx.endpoint == "chat", model=model, usage=usage)
         if body is not None:
             self._explored(ctx, plan, body)
-            self._enqueue(ctx, plan, body)
+            if plan.store:
+                self._enqueue(ctx, plan, body)
 
     async def start(self) -> None:
         """Start the background writers (inside the app's event loop)."""
+        self.loop = asyncio.get_running_loop()
         for i in range(self.settings.write_concurrency):
             self._workers.append(asyncio.create_task(self._writer(), name=f"cache-writer-{i}"))
 
@@ -402,6 +407,8 @@ class CacheService:
             self.checks.put_nowait(check)
         except asyncio.QueueFull:
             self.metrics.cache_errors.labels("check_queue_full").inc()
+            return
+        self.checks_submitted += 1
 
     # -- writes --------------------------------------------------------------------------------------
 

