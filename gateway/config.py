@@ -175,7 +175,9 @@ class CacheSettings(_Strict):
     timeout_ms: float = Field(
         200.0, gt=0, description="cache lookups; under CPU saturation event-loop lag alone can pass 50 ms"
     )
-    semantic_threshold: float = Field(0.9, gt=0, le=1, description="cosine a candidate needs (routes may override)")
+    semantic_threshold: float = Field(
+        0.89, gt=0, le=1, description="cosine a candidate needs (routes may override); docs/semantic-cache.md"
+    )
     semantic_verifier: bool = Field(True, description="second-stage checks on the candidate (cache/verify.py)")
     semantic_floor: float = Field(0.75, gt=0, le=1, description="candidates below: neither served nor explored")
     semantic_check_rate: float = Field(0.05, ge=0, le=1, description="share of semantic hits sent to be judged")
