@@ -41,13 +41,24 @@ class BucketMember:
 
 @dataclass(frozen=True, slots=True)
 class BucketDelta:
-    """What a bucket gained since a cursor: its new rows (oldest first), the cursor after them, and the
-    bucket's row count now (0: the bucket does not exist). ``since`` echoes the cursor read from."""
+    """What a bucket gained since a cursor: its new rows (oldest first) and their ids, the cursor after them,
+    the bucket's row count now (0: it does not exist) and the id of its oldest row (rows before it are gone:
+    trimmed, or the bucket expired and started again). ``since`` echoes the cursor read from.
+
+    Row ids are ``"<int>-<int>"`` (Redis stream ids), ordered as pairs of integers (:func:`row_order`)."""
 
     members: list[BucketMember]
+    ids: list[str]
     cursor: str | None
     length: int
+    first: str | None
     since: str | None = None
+
+
+def row_order(row_id: str) -> tuple[int, int]:
+    """A row id as a sortable pair (``"1712-3"`` -> ``(1712, 3)``)."""
+    ms, _, seq = row_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class ResponseStore(Protocol):
@@ -66,8 +77,8 @@ class ResponseStore(Protocol):
         ``ttl`` seconds from now."""
         ...
 
-    async def bucket_since(self, bucket: str, since: str | None) -> BucketDelta:
-        """The rows appended after cursor ``since`` (None: every row), oldest first."""
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        """The rows appended after cursor ``since`` (None: from the oldest), oldest first, at most ``limit``."""
         ...
 
     async def aclose(self) -> None:

@@ -67,6 +67,16 @@ async def build_response_cache(settings: Settings, metrics: Metrics) -> CacheSer
     cfg = settings.cache
     semantic = semantic_rules(settings)
     encoder = await build_encoder(cfg) if semantic else None
-    service = CacheService(build_store(cfg), cfg, metrics, semantic_routes=semantic, encoder=encoder)
+    store = build_store(cfg)
+    service = CacheService(store, cfg, metrics, semantic_routes=semantic, encoder=encoder)
     await service.start()
+    if encoder is not None and cfg.redis_url:
+        from cache.redis import RedisStore
+
+        if isinstance(store, RedisStore):
+            try:
+                offered = await store.vector_search()
+            except OSError as exc:  # Redis not up yet: the cache copes, this is only information
+                offered = f"unknown ({exc!r})"
+            log.info("semantic cache: in-process bucket index; server-side vector search offered: %s", offered)
     return service

@@ -7,13 +7,15 @@ bucket and asks the store only for the rows appended since its cursor (one round
 The search is one matrix-vector product over the live rows: ~1 ms for 10,000 x 384 on one core.
 
 Rows of an entry key that was stored again are superseded (the newest row wins); rows whose entry has
-expired are skipped. The mirrors are bounded by ``max_vectors`` in total, least recently used dropped
+expired are skipped; rows older than the store's oldest row (trimmed, or the bucket expired and started
+again) are forgotten. The mirrors are bounded by ``max_vectors`` in total, least recently used dropped
 first (a dropped bucket is read whole on its next lookup). ``docs/semantic-cache.md`` explains how this
 scales beyond one process's memory (a server-side vector index, sharding by bucket).
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cache.base import BucketDelta, BucketMember
+from cache.base import BucketDelta, BucketMember, row_order
 
 F32 = npt.NDArray[np.float32]
 
@@ -40,7 +42,7 @@ class Candidate:
 class _Mirror:
     """One bucket's rows: vectors (capacity-doubling matrix), keys, questions, expiry times."""
 
-    __slots__ = ("cursor", "dead", "dim", "expires", "keys", "length", "matrix", "questions", "rows", "where")
+    __slots__ = ("cursor", "dead", "dim", "expires", "ids", "keys", "matrix", "questions", "rows", "where")
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -49,12 +51,12 @@ class _Mirror:
         self.expires = np.zeros(16, dtype=np.float64)
         self.keys: list[str] = []
         self.questions: list[str] = []
+        self.ids: list[tuple[int, int]] = []  # the store's row ids, ascending
         self.where: dict[str, int] = {}  # entry key -> its live row
         self.rows = 0
         self.dead = 0
-        self.length = 0  # the store's row count when last synced
 
-    def append(self, members: list[BucketMember]) -> None:
+    def append(self, members: list[BucketMember], ids: list[str]) -> None:
         need = self.rows + len(members)
         if need > len(self.matrix):
             cap = max(need, 2 * len(self.matrix))
@@ -64,13 +66,17 @@ class _Mirror:
             exp = np.zeros(cap, dtype=np.float64)
             exp[: self.rows] = self.expires[: self.rows]
             self.expires = exp
+        start, size = self.rows, self.dim * 2
+        if all(len(m.vector) == size for m in members):
+            block = np.frombuffer(b"".join(m.vector for m in members), dtype=np.float16)
+            self.matrix[start : start + len(members)] = block.reshape(len(members), self.dim)
+        else:
+            for j, m in enumerate(members):  # a vector of another model (size) never matches
+                ok = len(m.vector) == size
+                self.matrix[start + j] = np.frombuffer(m.vector, dtype=np.float16) if ok else 0.0
+        self.expires[start : start + len(members)] = [m.expires_at for m in members]
         for m in members:
             i = self.rows
-            if len(m.vector) == self.dim * 2:
-                self.matrix[i] = np.frombuffer(m.vector, dtype=np.float16)
-            else:
-                self.matrix[i] = 0.0  # a vector of another model never matches
-            self.expires[i] = m.expires_at
             old = self.where.get(m.entry_key)
             if old is not None:
                 self._kill(old)
@@ -78,6 +84,13 @@ class _Mirror:
             self.keys.append(m.entry_key)
             self.questions.append(m.question)
             self.rows += 1
+        self.ids.extend(row_order(i) for i in ids)
+
+    def drop_before(self, first: tuple[int, int]) -> None:
+        """Forget the rows the store no longer holds (ids older than its oldest)."""
+        gone = bisect.bisect_left(self.ids, first)
+        if gone:
+            self._rebuild(list(range(gone, self.rows)))
 
     def _kill(self, i: int) -> None:
         self.matrix[i] = 0.0
@@ -104,6 +117,7 @@ class _Mirror:
         expires[: len(rows)] = self.expires[idx]
         keys = [self.keys[i] for i in rows]
         questions = [self.questions[i] for i in rows]
+        self.ids = [self.ids[i] for i in rows]
         where: dict[str, int] = {}
         dead = 0
         for j, k in enumerate(keys):
@@ -165,43 +179,30 @@ class VectorIndex:
         mirror = self._mirrors.get(bucket)
         return None if mirror is None else mirror.cursor
 
-    def apply(self, bucket: str, delta: BucketDelta) -> bool:
-        """Fold in what the store returned since :meth:`cursor`; False when the mirror must be read afresh.
-
-        A delta read from a cursor is refused (False, nothing changed) when the store now holds fewer rows
-        than the mirror expects: the bucket expired and started again, or rows were removed behind its
-        back. The caller then reads the bucket whole (cursor None), which always applies.
-        """
+    def apply(self, bucket: str, delta: BucketDelta) -> None:
+        """Fold in what the store returned since :meth:`cursor`: forget the rows it no longer holds (older
+        than its oldest row: trimmed, or the bucket expired and started again), append the new ones."""
         with self._lock:
-            return self._apply(bucket, delta)
-
-    def _apply(self, bucket: str, delta: BucketDelta) -> bool:
-        mirror = self._mirrors.get(bucket)
-        if delta.length == 0:
-            if mirror is not None:
-                self._drop(bucket)
-            return True
-        if mirror is not None and delta.since is not None:
-            expected = min(mirror.length + len(delta.members), self.max_bucket)
-            if delta.length < expected or delta.since != mirror.cursor:
-                return False
-        if mirror is None or delta.since is None:
-            if mirror is not None:
-                self._drop(bucket)
-            mirror = _Mirror(self.dim)
-            self._mirrors[bucket] = mirror
-        before = mirror.rows
-        if delta.members:
-            mirror.append(delta.members)
-        mirror.trim(self.max_bucket)
-        mirror.compact()
-        mirror.cursor = delta.cursor
-        mirror.length = delta.length
-        self._total += mirror.rows - before
-        self._mirrors.move_to_end(bucket)
-        while self._total > self.max_vectors and len(self._mirrors) > 1:
-            self._drop(next(iter(self._mirrors)))
-        return True
+            mirror = self._mirrors.get(bucket)
+            if delta.length == 0:
+                if mirror is not None:
+                    self._drop(bucket)
+                return
+            if mirror is None:
+                mirror = _Mirror(self.dim)
+                self._mirrors[bucket] = mirror
+            before = mirror.rows
+            if delta.first is not None and mirror.rows:
+                mirror.drop_before(row_order(delta.first))
+            if delta.members:
+                mirror.append(delta.members, delta.ids)
+            mirror.trim(self.max_bucket)
+            mirror.compact()
+            mirror.cursor = delta.cursor
+            self._total += mirror.rows - before
+            self._mirrors.move_to_end(bucket)
+            while self._total > self.max_vectors and len(self._mirrors) > 1:
+                self._drop(next(iter(self._mirrors)))
 
     def search(self, bucket: str, query: F32, limit: int = 4) -> list[Candidate]:
         """The ``limit`` live rows nearest ``query`` (cosine, best first)."""

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from cache.base import BucketDelta, BucketMember
+from cache.base import BucketDelta, BucketMember, row_order
 
 
 class MemoryStore:
@@ -62,18 +62,20 @@ class MemoryStore:
         while len(self._buckets) > self.max_entries:
             self._buckets.popitem(last=False)
 
-    async def bucket_since(self, bucket: str, since: str | None) -> BucketDelta:
-        """The rows after cursor ``since`` (a sequence number), oldest first."""
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        """The rows after cursor ``since`` (ids ``0-<sequence number>``), oldest first, at most ``limit``."""
         item = self._buckets.get(bucket)
         if item is not None and item.expires <= self._clock():
             del self._buckets[bucket]
             item = None
         if item is None or not item.rows:
-            return BucketDelta([], since, 0, since)
+            return BucketDelta([], [], since, 0, None, since)
         self._buckets.move_to_end(bucket)
-        after = int(since) if since is not None else -1
-        new = [m for seq, m in item.rows if seq > after]
-        return BucketDelta(new, str(item.rows[-1][0]), len(item.rows), since)
+        after = row_order(since)[1] if since is not None else -1
+        new = [(seq, m) for seq, m in item.rows if seq > after][:limit]
+        ids = [f"0-{seq}" for seq, _ in new]
+        cursor = ids[-1] if ids else since
+        return BucketDelta([m for _, m in new], ids, cursor, len(item.rows), f"0-{item.rows[0][0]}", since)
 
     async def aclose(self) -> None:
         """Drop everything."""

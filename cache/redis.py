@@ -67,22 +67,41 @@ class RedisStore:
                 pipe.expire(name, ttl)
                 await pipe.execute()
 
-    async def bucket_since(self, bucket: str, since: str | None) -> BucketDelta:
-        """``XRANGE`` from after the cursor (a stream id) and ``XLEN``, in one round trip."""
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        """``XRANGE`` after the cursor (a stream id, ``COUNT limit``), ``XLEN`` and the oldest id, in one round trip."""
         name = self.prefix + bucket
         with translated():
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(name, min=f"({since}" if since is not None else "-", max="+")
+                pipe.xrange(name, min=f"({since}" if since is not None else "-", max="+", count=limit)
                 pipe.xlen(name)
-                rows, length = await pipe.execute()
+                pipe.xrange(name, min="-", max="+", count=1)
+                rows, length, oldest = await pipe.execute()
         members: list[BucketMember] = []
+        ids: list[str] = []
         cursor = since
         for row_id, fields in rows:
             cursor = row_id.decode() if isinstance(row_id, bytes) else str(row_id)
             member = _member(fields)
             if member is not None:
                 members.append(member)
-        return BucketDelta(members, cursor, int(length), since)
+                ids.append(cursor)
+        first = oldest[0][0] if oldest else None
+        first = first.decode() if isinstance(first, bytes) else first
+        return BucketDelta(members, ids, cursor, int(length), first, since)
+
+    async def vector_search(self) -> str:
+        """Which server-side vector index this Redis offers: ``redisearch`` (``FT.SEARCH`` with HNSW/FLAT
+        fields: Redis Stack, or Redis 8 with its query engine), ``vector-sets`` (Redis 8's ``VADD``/``VSIM``)
+        or ``none``. The cache searches its own in-process index either way; see docs/semantic-cache.md for
+        how a deployment with millions of entries per bucket would move the search to the server."""
+        with translated():
+            info = await self._redis.info("server")
+            modules = await self._redis.module_list()
+        names = {str(m.get(b"name", m.get("name", ""))).lower() for m in modules if isinstance(m, dict)}
+        if any("search" in n or n in ("ft", "b'ft'") for n in names):
+            return "redisearch"
+        major = int(str(info.get("redis_version", "0")).split(".")[0] or 0)
+        return "vector-sets" if major >= 8 else "none"
 
     async def ping(self) -> bool:
         """Whether Redis answers."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ TTL_HEADER = "x-gateway-cache-ttl"
 _CTX_KEY = "cache"
 _STORE_ERRORS = (OSError, TimeoutError)  # StoreError is an OSError
 _EMBED_ERRORS = (ValueError, RuntimeError, TimeoutError)
+_PAGE = 1000  # bucket rows read per round trip
 
 
 @dataclass(slots=True)
@@ -80,6 +82,7 @@ class _ErrorLog:
         self.interval_s = interval_s
         self.failing = False
         self._last = -float("inf")
+        self._last_recovered = -float("inf")
         self._held = 0
 
     def error(self, op: str, exc: BaseException) -> None:
@@ -95,8 +98,11 @@ class _ErrorLog:
 
     def recovered(self) -> None:
         if self.failing:
-            log.warning("response cache store is reachable again")
             self.failing = False
+            now = time.monotonic()
+            if now - self._last_recovered >= self.interval_s:  # failures and successes may interleave
+                log.warning("response cache store is reachable again")
+                self._last_recovered = now
 
 
 class CacheService:
@@ -129,7 +135,7 @@ class CacheService:
         self.checks: asyncio.Queue[Check] = asyncio.Queue(maxsize=settings.semantic_check_queue)
         self.checks_submitted = 0
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs in (set by start)
-        self._syncing: dict[str, asyncio.Future[None]] = {}
+        self._syncing: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._timeout_s = settings.timeout_ms / 1000.0
         self._write_timeout_s = settings.write_timeout_ms / 1000.0
@@ -277,8 +283,14 @@ class CacheService:
                 self.metrics.cache_errors.labels("embed").inc()
                 return None
             plan.vector = vector
-            async with asyncio.timeout(self._timeout_s):
-                await self._sync(bucket)
+            sync = self._sync(bucket)
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await asyncio.shield(sync)
+            except TimeoutError:
+                if sync.done():
+                    raise
+                # still reading a large bucket: search what the index holds, the rest arrives meanwhile
             ranked = await self.encoder.run(self._rank, bucket, vector, text, rules.floor)
         except _STORE_ERRORS as exc:
             if isinstance(exc, TimeoutError) and plan.vector is None:
@@ -327,25 +339,34 @@ class CacheService:
                 break
         return None
 
-    async def _sync(self, bucket: str) -> None:
-        """Bring the bucket's mirror up to date (one read in flight per bucket; concurrent lookups share it)."""
-        pending = self._syncing.get(bucket)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._syncing[bucket] = fut
-        try:
-            delta = await self.store_backend.bucket_since(bucket, self.index.cursor(bucket))
-            if not self.index.apply(bucket, delta):
-                self.index.apply(bucket, await self.store_backend.bucket_since(bucket, None))
-            fut.set_result(None)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
+    def _sync(self, bucket: str) -> asyncio.Task[None]:
+        """The task bringing ``bucket``'s index up to date (one per bucket; concurrent lookups share it).
+
+        It reads the rows appended since the index's cursor, ``_PAGE`` at a time, until it has caught up:
+        a bucket the index has not seen (a new process, or evicted from the index) takes a few pages, which
+        go on in the background when the lookup that started them stops waiting.
+        """
+        task = self._syncing.get(bucket)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._read_bucket(bucket), name=f"cache-sync-{bucket[:12]}")
+            self._syncing[bucket] = task
+            self._background.add(task)
+            task.add_done_callback(functools.partial(self._synced, bucket))
+        return task
+
+    async def _read_bucket(self, bucket: str) -> None:
+        while True:
+            delta = await self.store_backend.bucket_since(bucket, self.index.cursor(bucket), _PAGE)
+            self.index.apply(bucket, delta)
+            if len(delta.ids) < _PAGE:
+                return
+
+    def _synced(self, bucket: str, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if self._syncing.get(bucket) is task:
             del self._syncing[bucket]
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("reading bucket %s failed: %r", bucket, task.exception())
 
     def _rank(self, bucket: str, vector: F32, text: str, floor: float) -> list[tuple[Candidate, Verdict]]:
         """The nearest candidates at or above ``floor``, each with the verifier's verdict (worker thread)."""

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
-from cache.base import ResponseStore
+from cache.base import BucketDelta, BucketMember, ResponseStore
 from cache.learn import RouteRules
 from cache.memory import MemoryStore
 from cache.redis import RedisStore
-from cache.semantic import Embedder, SemanticEncoder
+from cache.semantic import Embedder, SemanticEncoder, encode_vector
 from cache.service import CacheService
 from gateway.config import CacheSettings
 from gateway.context import RequestContext
@@ -253,3 +255,37 @@ async def test_checks_are_queued_for_served_hits_and_explored_candidates(embedde
     assert cold.learner.report()["faq"]["observations"] == 1
     await svc.aclose()
     await cold.aclose()
+
+
+class SlowBuckets(MemoryStore):
+    """Each bucket read takes 40 ms: a bucket read in pages outlasts one lookup's timeout."""
+
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        await asyncio.sleep(0.04)
+        return await super().bucket_since(bucket, since, limit)
+
+
+async def test_a_large_bucket_is_read_in_pages_in_the_background(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cache.service._PAGE", 100)
+    store = SlowBuckets(max_entries=1000, max_bucket=1000)
+    svc = await make(store, SemanticEncoder(embedder, timeout_s=5), timeout_ms=100, semantic_threshold=0.8)
+    await remember(svc, request("How do I reset my password?"), "Click 'Forgot password'.")
+    bucket = next(iter(store._buckets))
+    rng = np.random.default_rng(0)
+    for i in range(450):  # newer rows that do not match, read after the answer's row
+        v = rng.standard_normal(384).astype(np.float32)
+        member = BucketMember(f"e:other{i}", encode_vector(v / np.linalg.norm(v)), f"q{i}", time.time() + 60)
+        await store.add_vector(bucket, member, 60)
+    fresh = await make(store, SemanticEncoder(embedder, timeout_s=5), timeout_ms=100, semantic_threshold=0.8)
+    para = request("How can I reset my password?")
+    t0 = time.perf_counter()
+    first = await fresh.lookup(para)  # 5 pages x 40 ms: the lookup stops waiting after 100 ms
+    assert time.perf_counter() - t0 < 0.5
+    assert first is not None  # the answer's row came in the first page
+    await asyncio.sleep(0.4)
+    assert len(fresh.index) == 451  # the rest arrived in the background
+    assert await fresh.lookup(request("How can I reset my password?")) is not None
+    await svc.aclose()
+    await fresh.aclose()

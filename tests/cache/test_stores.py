@@ -108,3 +108,12 @@ async def test_redis_errors_surface_as_redis_errors() -> None:
     with pytest.raises((redis.RedisError, OSError)):
         await s.get("e:1")
     await s.aclose()
+
+
+async def test_redis_reports_its_vector_search(redis_url: str) -> None:
+    s = RedisStore(redis_url, timeout_s=1.0)
+    offered = await s.vector_search()
+    assert offered in ("none", "redisearch", "vector-sets")
+    if (await s._redis.info("server"))["redis_version"].startswith(("6.", "7.")):
+        assert offered in ("none", "redisearch")  # vector sets came with Redis 8
+    await s.aclose()
