@@ -185,7 +185,9 @@ class CacheSettings(_Strict):
         0.25, ge=0, le=1, description="share of unserved candidates judged (the request went to the model anyway)"
     )
     semantic_check_queue: int = Field(1000, ge=1, description="pending hit checks before new ones drop")
-    semantic_index_max_vectors: int = Field(200_000, ge=1, description="bucket mirrors in process memory, in total")
+    semantic_index_max_vectors: int = Field(
+        100_000, ge=1, description="vectors of bucket indexes in process memory, in total (1.5 KB each)"
+    )
     max_ttl_seconds: int = Field(7 * 86400, ge=1, description="ceiling for the x-gateway-cache-ttl header")
     max_connections: int = Field(64, ge=1, description="Redis connection pool size")
     write_queue_size: int = Field(1000, ge=1, description="pending background writes before new ones drop")
