@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import yaml
 
 from bench.cache_latency import free_port, wait_http
@@ -70,8 +71,9 @@ def http_eval(pairs: list[dict[str, Any]], fill: dict[str, np.ndarray], redis_ur
         wait_http(f"{sim_url}/health", sim)
         wait_http(f"{gw_url}/v1/models", gw, timeout=120)
         with httpx.Client(timeout=60) as client:
-            _pairs_over_http(client, f"{gw_url}/v1/chat/completions", pairs)
-            _big_bucket(client, f"{gw_url}/v1/chat/completions", pairs, fill, redis_url, prefix)
+            cpu = psutil.Process(gw.pid)
+            _pairs_over_http(client, f"{gw_url}/v1/chat/completions", pairs, cpu)
+            _big_bucket(client, f"{gw_url}/v1/chat/completions", pairs, fill, redis_url, prefix, cpu)
     finally:
         for proc in (gw, sim):
             proc.terminate()
@@ -87,7 +89,17 @@ def http_eval(pairs: list[dict[str, Any]], fill: dict[str, np.ndarray], redis_ur
         r.close()
 
 
-def _pairs_over_http(client: httpx.Client, url: str, pairs: list[dict[str, Any]]) -> None:
+def _cpu_ms(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system) * 1000
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores"
+
+
+def _pairs_over_http(client: httpx.Client, url: str, pairs: list[dict[str, Any]], cpu: psutil.Process) -> None:
     for i, p in enumerate(pairs):
         r = client.post(url, json=_body(f"FAQ desk {i}.", p["text_a"]))
         r.raise_for_status()
@@ -95,7 +107,9 @@ def _pairs_over_http(client: httpx.Client, url: str, pairs: list[dict[str, Any]]
     served: list[bool] = []
     hit_ms: list[float] = []
     miss_ms: list[float] = []
+    hit_cpu: list[float] = []
     for i, p in enumerate(pairs):
+        c0 = _cpu_ms(cpu)
         t0 = time.perf_counter()
         r = client.post(url, json=_body(f"FAQ desk {i}.", p["text_b"]))
         dt = (time.perf_counter() - t0) * 1000
@@ -103,6 +117,8 @@ def _pairs_over_http(client: httpx.Client, url: str, pairs: list[dict[str, Any]]
         hit = r.headers.get("x-gateway-cache") == "semantic-hit"
         served.append(hit)
         (hit_ms if hit else miss_ms).append(dt)
+        if hit:
+            hit_cpu.append(_cpu_ms(cpu) - c0)
     labels = np.array([p["label"] == 1 for p in pairs])
     s = np.array(served)
     tp = int((s & labels).sum())
@@ -112,7 +128,8 @@ def _pairs_over_http(client: httpx.Client, url: str, pairs: list[dict[str, Any]]
     print(
         f"  hit round trip: p50 {statistics.median(hit_ms):.2f} ms, p99 {_pct(hit_ms, 0.99):.2f} ms (n={len(hit_ms)})"
     )
-    print(f"  miss round trip (simulator at time scale 0.01): p50 {statistics.median(miss_ms):.2f} ms")
+    print(f"  gateway CPU per hit (all its threads): mean {statistics.mean(hit_cpu):.2f} ms")
+    print(f"  miss round trip (simulator at time scale 0.01): p50 {statistics.median(miss_ms):.2f} ms; {_load()}")
 
 
 def _big_bucket(
@@ -122,6 +139,7 @@ def _big_bucket(
     fill: dict[str, np.ndarray],
     redis_url: str,
     prefix: str,
+    cpu: psutil.Process,
 ) -> None:
     import redis
 
@@ -152,6 +170,7 @@ def _big_bucket(
     first = (time.perf_counter() - t0) * 1000
     hit_ms: list[float] = []
     statuses: dict[str, int] = {}
+    c0 = _cpu_ms(cpu)
     for q in asks:
         t0 = time.perf_counter()
         resp = client.post(url, json=_body(system, q), headers={"cache-control": "no-store"})
@@ -160,9 +179,11 @@ def _big_bucket(
         statuses[status] = statuses.get(status, 0) + 1
         if status in ("semantic-hit", "hit"):
             hit_ms.append(dt)
+    cpu_each = (_cpu_ms(cpu) - c0) / len(asks)
     print(f"\n== over HTTP: one bucket of {size} entries ==")
     print(f"  first request after the fill (reads 10,000 rows into the index): {first:.1f} ms")
     print(f"  {len(asks)} duplicates of cached questions asked {statuses}")
     print(
         f"  hit round trip: p50 {statistics.median(hit_ms):.2f} ms, p99 {_pct(hit_ms, 0.99):.2f} ms (n={len(hit_ms)})"
     )
+    print(f"  gateway CPU per request (all its threads): mean {cpu_each:.2f} ms; {_load()}")
