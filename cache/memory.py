@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -72,7 +73,8 @@ class MemoryStore:
             return BucketDelta([], [], since, 0, None, since)
         self._buckets.move_to_end(bucket)
         after = row_order(since)[1] if since is not None else -1
-        new = [(seq, m) for seq, m in item.rows if seq > after][:limit]
+        start = bisect.bisect_right(item.rows, after, key=lambda row: row[0])  # rows are in sequence order
+        new = item.rows[start : start + limit if limit is not None else None]
         ids = [f"0-{seq}" for seq, _ in new]
         cursor = ids[-1] if ids else since
         return BucketDelta([m for _, m in new], ids, cursor, len(item.rows), f"0-{item.rows[0][0]}", since)

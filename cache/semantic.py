@@ -119,17 +119,28 @@ class SemanticEncoder:
         vec: F32 = vectors[0]
         return vec
 
-    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run other CPU work of the semantic lookup (search, verifier) in the same worker thread.
+    async def encode_then(self, text: str, then: Callable[[F32], _T]) -> tuple[F32, _T] | None:
+        """Embed ``text`` and run ``then(vector)`` (the search and the verifier) in one job of the worker
+        thread: one hand-over between threads per lookup, which costs more than the search under CPU
+        contention. None when the queue is full.
 
         Raises:
-            TimeoutError: it took longer than ``timeout_s``.
+            TimeoutError: the job took longer than ``timeout_s`` (it finishes in the background).
         """
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.timeout_s):
-            return await loop.run_in_executor(self._executor, fn, *args)
+        if self.busy:
+            return None
+        self._pending += 1
 
-    def _done(self, fut: asyncio.Future[F32]) -> None:
+        def job() -> tuple[F32, _T]:
+            vec: F32 = self.embedder.embed([text])[0]
+            return vec, then(vec)
+
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        fut.add_done_callback(self._done)
+        async with asyncio.timeout(self.timeout_s):
+            return await asyncio.shield(fut)
+
+    def _done(self, fut: asyncio.Future[Any]) -> None:
         self._pending -= 1
         if not fut.cancelled() and fut.exception() is not None:
             log.warning("embedding failed: %s", fut.exception())

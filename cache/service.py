@@ -277,32 +277,25 @@ class CacheService:
         assert plan.route is not None
         bucket, text, route = plan.keys.bucket, plan.keys.text, plan.route
         rules = self.semantic_routes[route]
+        sync = self._sync(bucket)  # usually one round trip for the rows added since the last lookup
         try:
-            vector = await self.encoder.encode(text)
-            if vector is None:  # the embedder is saturated
-                self.metrics.cache_errors.labels("embed").inc()
-                return None
-            plan.vector = vector
-            sync = self._sync(bucket)
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    await asyncio.shield(sync)
-            except TimeoutError:
-                if sync.done():
-                    raise
-                # still reading a large bucket: search what the index holds, the rest arrives meanwhile
-            ranked = await self.encoder.run(self._rank, bucket, vector, text, rules.floor)
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.shield(sync)
         except _STORE_ERRORS as exc:
-            if isinstance(exc, TimeoutError) and plan.vector is None:
-                self.metrics.cache_errors.labels("embed").inc()
-                self._embed_errors.error("embedding", exc)
-            else:
+            if sync.done():
                 self._failed("vectors", exc)
-            return None
-        except (ValueError, RuntimeError) as exc:
+                return None
+            # still reading a large bucket: search what the index holds, the rest arrives meanwhile
+        try:
+            searched = await self.encoder.encode_then(text, functools.partial(self._rank, bucket, text, rules.floor))
+        except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("embed").inc()
             self._embed_errors.error("embedding", exc)
             return None
+        if searched is None:  # the embedder is saturated
+            self.metrics.cache_errors.labels("embed").inc()
+            return None
+        plan.vector, ranked = searched
         if not ranked:
             return None
         decisions = [
@@ -368,7 +361,7 @@ class CacheService:
         if not task.cancelled() and task.exception() is not None:
             log.debug("reading bucket %s failed: %r", bucket, task.exception())
 
-    def _rank(self, bucket: str, vector: F32, text: str, floor: float) -> list[tuple[Candidate, Verdict]]:
+    def _rank(self, bucket: str, text: str, floor: float, vector: F32) -> list[tuple[Candidate, Verdict]]:
         """The nearest candidates at or above ``floor``, each with the verifier's verdict (worker thread)."""
         out: list[tuple[Candidate, Verdict]] = []
         for cand in self.index.search(bucket, vector, limit=4):
