@@ -228,10 +228,13 @@ class Learner:
         """Whether to check ``decision`` (and if so, open it for :meth:`record_outcome`).
 
         Served hits are sampled at ``check_rate``; candidates that passed the verifier but were not served
-        (and score at least the route's floor) at ``explore_rate``. Verifier rejects are never sampled.
+        (and score at least the route's floor) at ``explore_rate``, on routes with an error bound only (a
+        fixed threshold learns nothing from them). Verifier rejects are never sampled.
         """
         rules = self.rules(decision.route)
         if rules is None or decision.verdict != "pass" or decision.score < rules.floor:
+            return False
+        if not decision.served and rules.max_error is None:
             return False
         rate = self.check_rate if decision.served else self.explore_rate
         if rate <= 0 or self._rng.random() >= rate:

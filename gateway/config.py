@@ -182,7 +182,7 @@ class CacheSettings(_Strict):
     semantic_floor: float = Field(0.75, gt=0, le=1, description="candidates below: neither served nor explored")
     semantic_check_rate: float = Field(0.05, ge=0, le=1, description="share of semantic hits sent to be judged")
     semantic_explore_rate: float = Field(
-        0.25, ge=0, le=1, description="share of unserved candidates judged (the request went to the model anyway)"
+        0.25, ge=0, le=1, description="share of unserved candidates judged, on routes with semantic_max_error"
     )
     semantic_check_queue: int = Field(1000, ge=1, description="pending hit checks before new ones drop")
     semantic_index_max_vectors: int = Field(
