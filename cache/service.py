@@ -277,10 +277,11 @@ class CacheService:
         assert plan.route is not None
         bucket, text, route = plan.keys.bucket, plan.keys.text, plan.route
         rules = self.semantic_routes[route]
-        sync = self._sync(bucket)  # usually one round trip for the rows added since the last lookup
+        sync, started = self._sync(bucket)  # usually one round trip for the rows added since the last lookup
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(sync)
+            if started or sync.done():  # a read already under way (a large bucket's pages): don't queue behind it
+                async with asyncio.timeout(self._timeout_s):
+                    await asyncio.shield(sync)
         except _STORE_ERRORS as exc:
             if sync.done():
                 self._failed("vectors", exc)
@@ -332,20 +333,21 @@ class CacheService:
                 break
         return None
 
-    def _sync(self, bucket: str) -> asyncio.Task[None]:
-        """The task bringing ``bucket``'s index up to date (one per bucket; concurrent lookups share it).
+    def _sync(self, bucket: str) -> tuple[asyncio.Task[None], bool]:
+        """The task bringing ``bucket``'s index up to date (one per bucket), and whether this call started it.
 
         It reads the rows appended since the index's cursor, ``_PAGE`` at a time, until it has caught up:
         a bucket the index has not seen (a new process, or evicted from the index) takes a few pages, which
         go on in the background when the lookup that started them stops waiting.
         """
         task = self._syncing.get(bucket)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._read_bucket(bucket), name=f"cache-sync-{bucket[:12]}")
-            self._syncing[bucket] = task
-            self._background.add(task)
-            task.add_done_callback(functools.partial(self._synced, bucket))
-        return task
+        if task is not None:
+            return task, False
+        task = asyncio.get_running_loop().create_task(self._read_bucket(bucket), name=f"cache-sync-{bucket[:12]}")
+        self._syncing[bucket] = task
+        self._background.add(task)
+        task.add_done_callback(functools.partial(self._synced, bucket))
+        return task, True
 
     async def _read_bucket(self, bucket: str) -> None:
         while True:
