@@ -182,44 +182,46 @@ async def lookup_speed(
         c.chosen_model = "m"
         return c
 
-    fill = texts[:10_000]
-    vecs = embed_all(embedder, fill, keep=keep)
-    value = json.dumps({"model": "m", "body": {"choices": [{"message": {"content": "x"}}]}}).encode()
-    bucket = build_keys(ctx(fill[0]), shared=False, semantic=True).bucket
-    assert bucket is not None
-    for i, text in enumerate(fill):
-        await store.put(f"e:fill{i}", value, 3600)
-        member = BucketMember(f"e:fill{i}", encode_vector(vecs[text]), text, time.time() + 3600)
-        await store.add_vector(bucket, member, 3600)
-    t0 = time.perf_counter()
-    await svc.lookup(ctx(fill[0]))
-    first = (time.perf_counter() - t0) * 1000
-    times: list[float] = []
-    statuses: dict[str, int] = {}
-    cpu0 = time.process_time()
-    for i in range(n):
-        c = ctx(fill[(i * 37) % len(fill)])
+    try:
+        fill = texts[:10_000]
+        vecs = embed_all(embedder, fill, keep=keep)
+        value = json.dumps({"model": "m", "body": {"choices": [{"message": {"content": "x"}}]}}).encode()
+        bucket = build_keys(ctx(fill[0]), shared=False, semantic=True).bucket
+        assert bucket is not None
+        for i, text in enumerate(fill):
+            await store.put(f"e:fill{i}", value, 3600)
+            member = BucketMember(f"e:fill{i}", encode_vector(vecs[text]), text, time.time() + 3600)
+            await store.add_vector(bucket, member, 3600)
         t0 = time.perf_counter()
-        await svc.lookup(c)
-        times.append((time.perf_counter() - t0) * 1000)
-        statuses[c.cache_status] = statuses.get(c.cache_status, 0) + 1
-    cpu_each = (time.process_time() - cpu0) * 1000 / n
-    where = f"Redis {redis_url}" if redis_url else "in-process store"
-    print(f"\n== lookup in process, {len(fill)} entries in the bucket ({where}) ==")
-    print(f"  first lookup (reads the whole bucket into the index): {first:.1f} ms")
-    print(
-        f"  {n} lookups of cached questions {statuses}: p50 {statistics.median(times):.2f} ms, p99 {pct(times, 0.99):.2f} ms"
-    )
-    one = os.getloadavg()[0]
-    print(f"  CPU per lookup (all threads): {cpu_each:.2f} ms; load average {one:.1f} on {os.cpu_count()} cores")
-    await svc.aclose()
-    if redis_url:
-        import redis
+        await svc.lookup(ctx(fill[0]))
+        first = (time.perf_counter() - t0) * 1000
+        times: list[float] = []
+        statuses: dict[str, int] = {}
+        cpu0 = time.process_time()
+        for i in range(n):
+            c = ctx(fill[(i * 37) % len(fill)])
+            t0 = time.perf_counter()
+            await svc.lookup(c)
+            times.append((time.perf_counter() - t0) * 1000)
+            statuses[c.cache_status] = statuses.get(c.cache_status, 0) + 1
+        cpu_each = (time.process_time() - cpu0) * 1000 / n
+        where = f"Redis {redis_url}" if redis_url else "in-process store"
+        print(f"\n== lookup in process, {len(fill)} entries in the bucket ({where}) ==")
+        print(f"  first lookup (reads the whole bucket into the index): {first:.1f} ms")
+        print(
+            f"  {n} lookups of cached questions {statuses}: p50 {statistics.median(times):.2f} ms, p99 {pct(times, 0.99):.2f} ms"
+        )
+        one = os.getloadavg()[0]
+        print(f"  CPU per lookup (all threads): {cpu_each:.2f} ms; load average {one:.1f} on {os.cpu_count()} cores")
+    finally:
+        await svc.aclose()
+        if redis_url:
+            import redis
 
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=prefix + "*", count=1000):
-            client.delete(key)
-        client.close()
+            client = redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(match=prefix + "*", count=1000):
+                client.delete(key)
+            client.close()
 
 
 def pct(xs: list[float], q: float) -> float:
