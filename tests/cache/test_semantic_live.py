@@ -75,6 +75,12 @@ async def test_a_semantic_hit_is_explained(simulator: str, tmp_path: Path, caplo
                 messages=ask("How can I reset my password?"),  # type: ignore[arg-type]
                 temperature=0,
             )
+            for _ in range(200):  # the log line is written just after the response
+                lines = [getattr(r, "gateway", {}) for r in caplog.records if r.name == "gateway.request"]
+                logged = [x for x in lines if x.get("cache") == "semantic-hit"]
+                if logged:
+                    break
+                await asyncio.sleep(0.01)
         await client.close()
     assert raw.headers["x-gateway-cache"] == "semantic-hit"
     score = float(raw.headers["x-gateway-cache-score"])
@@ -83,8 +89,6 @@ async def test_a_semantic_hit_is_explained(simulator: str, tmp_path: Path, caplo
         rf"semantic served: similarity {score:.4f}, threshold 0\.\d{{4}}, verifier pass \(hit sh-[0-9a-f]{{16}}\)",
         reason,
     ), reason
-    lines = [getattr(r, "gateway", {}) for r in caplog.records if r.name == "gateway.request"]
-    logged = [x for x in lines if x.get("cache") == "semantic-hit"]
     assert (
         logged
         and logged[-1]["cache_decision"] == reason
