@@ -282,10 +282,13 @@ async def test_a_large_bucket_is_read_in_pages_in_the_background(
     para = request("How can I reset my password?")
     t0 = time.perf_counter()
     first = await fresh.lookup(para)  # 5 pages x 40 ms: the lookup stops waiting after 100 ms
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 1.0  # 0.1 s of waiting, plus one embedding on a busy machine
     assert first is not None  # the answer's row came in the first page
-    await asyncio.sleep(0.4)
-    assert len(fresh.index) == 451  # the rest arrived in the background
+    for _ in range(500):  # the rest arrives in the background (5 pages x 40 ms)
+        if len(fresh.index) == 451:
+            break
+        await asyncio.sleep(0.01)
+    assert len(fresh.index) == 451
     assert await fresh.lookup(request("How can I reset my password?")) is not None
     await svc.aclose()
     await fresh.aclose()
