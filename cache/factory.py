@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from cache.base import ResponseStore
+from cache.learn import RouteRules
 from cache.memory import MemoryStore
 from cache.minilm import ModelUnavailable
 from cache.semantic import Embedder, SemanticEncoder, load_embedder
@@ -47,11 +48,35 @@ async def build_encoder(cfg: CacheSettings) -> SemanticEncoder | None:
     return SemanticEncoder(embedder, timeout_s=cfg.embed_timeout_ms / 1000.0)
 
 
+def semantic_rules(settings: Settings) -> dict[str, RouteRules]:
+    """Each semantic route's threshold (its own, else the cache's) and error bound."""
+    cfg = settings.cache
+    return {
+        name: RouteRules(
+            threshold=route.semantic_threshold or cfg.semantic_threshold,
+            max_error=route.semantic_max_error,
+            floor=min(cfg.semantic_floor, route.semantic_threshold or cfg.semantic_threshold),
+        )
+        for name, route in settings.resolved_routes().items()
+        if route.semantic_cache
+    }
+
+
 async def build_response_cache(settings: Settings, metrics: Metrics) -> CacheService:
     """A started :class:`CacheService` for ``settings.cache``, with the semantic routes' encoder if any."""
     cfg = settings.cache
-    semantic = frozenset(name for name, route in settings.resolved_routes().items() if route.semantic_cache)
+    semantic = semantic_rules(settings)
     encoder = await build_encoder(cfg) if semantic else None
-    service = CacheService(build_store(cfg), cfg, metrics, semantic_routes=semantic, encoder=encoder)
+    store = build_store(cfg)
+    service = CacheService(store, cfg, metrics, semantic_routes=semantic, encoder=encoder)
     await service.start()
+    if encoder is not None and cfg.redis_url:
+        from cache.redis import RedisStore
+
+        if isinstance(store, RedisStore):
+            try:
+                offered = await store.vector_search()
+            except OSError as exc:  # Redis not up yet: the cache copes, this is only information
+                offered = f"unknown ({exc!r})"
+            log.info("semantic cache: in-process bucket index; server-side vector search offered: %s", offered)
     return service

@@ -165,4 +165,4 @@ def build_keys(ctx: RequestContext, *, shared: bool, semantic: bool) -> CacheKey
     if split is None:
         return CacheKeys(exact)
     rest, text = split
-    return CacheKeys(exact, "v:" + digest({**scope, "semantic": True, "body": rest}), text)
+    return CacheKeys(exact, "vs:" + digest({**scope, "semantic": True, "body": rest}), text)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from cache.base import newest_unique
+from cache.base import BucketDelta, BucketMember, row_order
 
 
 class MemoryStore:
@@ -22,7 +23,8 @@ class MemoryStore:
         self.max_bucket = max_bucket
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._buckets: OrderedDict[str, tuple[float, list[tuple[str, bytes]]]] = OrderedDict()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._seq = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,31 +48,46 @@ class MemoryStore:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    async def add_vector(self, bucket: str, entry_key: str, vector: bytes, ttl: int) -> None:
-        """Put ``entry_key``'s vector first in ``bucket``, dropping its older one and the oldest beyond the bound."""
+    async def add_vector(self, bucket: str, member: BucketMember, ttl: int) -> None:
+        """Append ``member`` to ``bucket``, dropping the oldest rows beyond the bound."""
         now = self._clock()
         item = self._buckets.get(bucket)
-        members = [] if item is None or item[0] <= now else [m for m in item[1] if m[0] != entry_key]
-        members.insert(0, (entry_key, vector))
-        del members[self.max_bucket :]
-        expires = max(now + ttl, item[0] if item is not None else 0.0)
-        self._buckets[bucket] = (expires, members)
+        if item is None or item.expires <= now:
+            item = _Bucket()
+            self._buckets[bucket] = item
+        self._seq += 1
+        item.rows.append((self._seq, member))
+        del item.rows[: max(0, len(item.rows) - self.max_bucket)]
+        item.expires = max(now + ttl, item.expires)
         self._buckets.move_to_end(bucket)
         while len(self._buckets) > self.max_entries:
             self._buckets.popitem(last=False)
 
-    async def vectors(self, bucket: str) -> list[tuple[str, bytes]]:
-        """The bucket's members, newest first."""
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        """The rows after cursor ``since`` (ids ``0-<sequence number>``), oldest first, at most ``limit``."""
         item = self._buckets.get(bucket)
-        if item is None:
-            return []
-        if item[0] <= self._clock():
+        if item is not None and item.expires <= self._clock():
             del self._buckets[bucket]
-            return []
+            item = None
+        if item is None or not item.rows:
+            return BucketDelta([], [], since, 0, None, since)
         self._buckets.move_to_end(bucket)
-        return newest_unique(item[1])
+        after = row_order(since)[1] if since is not None else -1
+        start = bisect.bisect_right(item.rows, after, key=lambda row: row[0])  # rows are in sequence order
+        new = item.rows[start : start + limit if limit is not None else None]
+        ids = [f"0-{seq}" for seq, _ in new]
+        cursor = ids[-1] if ids else since
+        return BucketDelta([m for _, m in new], ids, cursor, len(item.rows), f"0-{item.rows[0][0]}", since)
 
     async def aclose(self) -> None:
         """Drop everything."""
         self._entries.clear()
         self._buckets.clear()
+
+
+class _Bucket:
+    __slots__ = ("expires", "rows")
+
+    def __init__(self) -> None:
+        self.expires = 0.0
+        self.rows: list[tuple[int, BucketMember]] = []

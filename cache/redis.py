@@ -11,12 +11,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from cache.base import newest_unique, pack_member, unpack_member
+from cache.base import BucketDelta, BucketMember
 from cache.redis_errors import translated
 
 
 class RedisStore:
-    """Entries are ``SET key value EX ttl``; a bucket is a Redis list of packed ``(entry_key, vector)``."""
+    """Entries are ``SET key value EX ttl``; a bucket is a Redis stream (``XADD ... MAXLEN``) of rows with
+    the fields ``k`` (entry key), ``v`` (vector), ``q`` (question) and ``x`` (expiry, epoch seconds)."""
 
     def __init__(
         self,
@@ -51,23 +52,56 @@ class RedisStore:
         with translated():
             await self._redis.set(self.prefix + key, value, ex=ttl)
 
-    async def add_vector(self, bucket: str, entry_key: str, vector: bytes, ttl: int) -> None:
-        """Push the member to the list's head, trim it to ``max_bucket`` and set its TTL, atomically."""
+    async def add_vector(self, bucket: str, member: BucketMember, ttl: int) -> None:
+        """``XADD`` the row (trimming to ``max_bucket``) and refresh the stream's TTL, atomically."""
         name = self.prefix + bucket
-        member = pack_member(entry_key, vector)
+        fields: dict[str | bytes, str | bytes | float] = {
+            "k": member.entry_key,
+            "v": member.vector,
+            "q": member.question,
+            "x": f"{member.expires_at:.3f}",
+        }
         with translated():
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrem(name, 0, member)  # type: ignore[arg-type]  # redis-py's stubs say str; bytes work
-                pipe.lpush(name, member)
-                pipe.ltrim(name, 0, self.max_bucket - 1)
+                pipe.xadd(name, fields, maxlen=self.max_bucket, approximate=False)  # type: ignore[arg-type]
                 pipe.expire(name, ttl)
                 await pipe.execute()
 
-    async def vectors(self, bucket: str) -> list[tuple[str, bytes]]:
-        """``LRANGE 0 -1``, unpacked, newest first."""
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        """``XRANGE`` after the cursor (a stream id, ``COUNT limit``), ``XLEN`` and the oldest id, in one round trip."""
+        name = self.prefix + bucket
         with translated():
-            raw = await self._redis.lrange(self.prefix + bucket, 0, -1)
-        return newest_unique([unpack_member(m) for m in raw if isinstance(m, bytes)])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xrange(name, min=f"({since}" if since is not None else "-", max="+", count=limit)
+                pipe.xlen(name)
+                pipe.xrange(name, min="-", max="+", count=1)
+                rows, length, oldest = await pipe.execute()
+        members: list[BucketMember] = []
+        ids: list[str] = []
+        cursor = since
+        for row_id, fields in rows:
+            cursor = row_id.decode() if isinstance(row_id, bytes) else str(row_id)
+            member = _member(fields)
+            if member is not None:
+                members.append(member)
+                ids.append(cursor)
+        first = oldest[0][0] if oldest else None
+        first = first.decode() if isinstance(first, bytes) else first
+        return BucketDelta(members, ids, cursor, int(length), first, since)
+
+    async def vector_search(self) -> str:
+        """Which server-side vector index this Redis offers: ``redisearch`` (``FT.SEARCH`` with HNSW/FLAT
+        fields: Redis Stack, or Redis 8 with its query engine), ``vector-sets`` (Redis 8's ``VADD``/``VSIM``)
+        or ``none``. The cache searches its own in-process index either way; see docs/semantic-cache.md for
+        how a deployment with millions of entries per bucket would move the search to the server."""
+        with translated():
+            info = await self._redis.info("server")
+            modules = await self._redis.module_list()
+        names = {str(m.get(b"name", m.get("name", ""))).lower() for m in modules if isinstance(m, dict)}
+        if any("search" in n or n in ("ft", "b'ft'") for n in names):
+            return "redisearch"
+        major = int(str(info.get("redis_version", "0")).split(".")[0] or 0)
+        return "vector-sets" if major >= 8 else "none"
 
     async def ping(self) -> bool:
         """Whether Redis answers."""
@@ -79,3 +113,12 @@ class RedisStore:
         """Close the client and its pool."""
         await self._redis.aclose()
         await self._pool.disconnect()
+
+
+def _member(fields: dict[bytes, bytes]) -> BucketMember | None:
+    try:
+        return BucketMember(
+            fields[b"k"].decode(), fields[b"v"], fields[b"q"].decode(errors="replace"), float(fields[b"x"])
+        )
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None  # a row written by something else: skipped

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,9 +24,13 @@ from typing import Any
 import orjson
 
 from cache.assemble import assemble
-from cache.base import ResponseStore
+from cache.base import BucketMember, ResponseStore
+from cache.index import Candidate, VectorIndex
+from cache.judge import Check, answer_text
 from cache.keys import CacheKeys, build_keys, is_deterministic
-from cache.semantic import F32, SemanticEncoder, best_matches, encode_vector
+from cache.learn import Decision, Learner, RouteRules
+from cache.semantic import F32, SemanticEncoder, encode_vector
+from cache.verify import PASS, Verdict, verify
 from gateway.config import CacheSettings
 from gateway.context import RequestContext
 from gateway.hooks import CachedAnswer
@@ -37,6 +42,7 @@ TTL_HEADER = "x-gateway-cache-ttl"
 _CTX_KEY = "cache"
 _STORE_ERRORS = (OSError, TimeoutError)  # StoreError is an OSError
 _EMBED_ERRORS = (ValueError, RuntimeError, TimeoutError)
+_PAGE = 1000  # bucket rows read per round trip
 
 
 @dataclass(slots=True)
@@ -46,7 +52,9 @@ class _Plan:
     keys: CacheKeys
     store: bool
     ttl: int
+    route: str | None = None
     vector: F32 | None = None
+    explore: tuple[Decision, Candidate] | None = None  # a sampled candidate not served: judged with the answer
 
 
 @dataclass(slots=True)
@@ -74,6 +82,7 @@ class _ErrorLog:
         self.interval_s = interval_s
         self.failing = False
         self._last = -float("inf")
+        self._last_recovered = -float("inf")
         self._held = 0
 
     def error(self, op: str, exc: BaseException) -> None:
@@ -89,8 +98,11 @@ class _ErrorLog:
 
     def recovered(self) -> None:
         if self.failing:
-            log.warning("response cache store is reachable again")
             self.failing = False
+            now = time.monotonic()
+            if now - self._last_recovered >= self.interval_s:  # failures and successes may interleave
+                log.warning("response cache store is reachable again")
+                self._last_recovered = now
 
 
 class CacheService:
@@ -102,14 +114,29 @@ class CacheService:
         settings: CacheSettings,
         metrics: Metrics,
         *,
-        semantic_routes: frozenset[str] = frozenset(),
+        semantic_routes: dict[str, RouteRules] | None = None,
         encoder: SemanticEncoder | None = None,
+        learner: Learner | None = None,
     ) -> None:
         self.store_backend = store
         self.settings = settings
         self.metrics = metrics
-        self.semantic_routes = semantic_routes
+        self.semantic_routes = semantic_routes or {}
         self.encoder = encoder
+        self.learner = learner or Learner(
+            self.semantic_routes, check_rate=settings.semantic_check_rate, explore_rate=settings.semantic_explore_rate
+        )
+        self.index = VectorIndex(
+            encoder.embedder.dim if encoder is not None else 0,
+            max_bucket=settings.semantic_max_bucket,
+            max_vectors=settings.semantic_index_max_vectors,
+        )
+        #: Sampled semantic decisions waiting for a judge (:class:`cache.judge.HitChecker` drains it).
+        self.checks: asyncio.Queue[Check] = asyncio.Queue(maxsize=settings.semantic_check_queue)
+        self.checks_submitted = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs in (set by start)
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._timeout_s = settings.timeout_ms / 1000.0
         self._write_timeout_s = settings.write_timeout_ms / 1000.0
         self._errors = _ErrorLog(settings.error_log_interval_seconds)
@@ -155,21 +182,23 @@ class CacheService:
     def store(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """Queue a non-streamed answer for storing (if the request's plan allows it)."""
         plan = ctx.extra.get(_CTX_KEY)
-        if not isinstance(plan, _Plan) or not plan.store or not body.get("choices"):
+        if not isinstance(plan, _Plan) or not body.get("choices"):
             return
         if any(isinstance(c, dict) and c.get("finish_reason") is None for c in body["choices"]):
             return
-        self._enqueue(ctx, plan, body)
+        self._explored(ctx, plan, body)
+        if plan.store:
+            self._enqueue(ctx, plan, body)
 
     def wants_stream(self, ctx: RequestContext) -> bool:
-        """Collect a streamed answer's chunks when it would be stored."""
+        """Collect a streamed answer's chunks when it would be stored (or judged against a cached one)."""
         plan = ctx.extra.get(_CTX_KEY)
-        return isinstance(plan, _Plan) and plan.store
+        return isinstance(plan, _Plan) and (plan.store or plan.explore is not None)
 
     def store_stream(self, ctx: RequestContext, chunks: list[dict[str, Any]]) -> None:
         """Assemble a completed stream into a response body and queue it for storing."""
         plan = ctx.extra.get(_CTX_KEY)
-        if not isinstance(plan, _Plan) or not plan.store or ctx.error_type is not None:
+        if not isinstance(plan, _Plan) or ctx.error_type is not None:
             return
         usage = {
             "prompt_tokens": ctx.usage.prompt_tokens,
@@ -179,10 +208,13 @@ class CacheService:
         model = ctx.chosen_model or ctx.requested_model
         body = assemble(chunks, chat=ctx.endpoint == "chat", model=model, usage=usage)
         if body is not None:
-            self._enqueue(ctx, plan, body)
+            self._explored(ctx, plan, body)
+            if plan.store:
+                self._enqueue(ctx, plan, body)
 
     async def start(self) -> None:
         """Start the background writers (inside the app's event loop)."""
+        self.loop = asyncio.get_running_loop()
         for i in range(self.settings.write_concurrency):
             self._workers.append(asyncio.create_task(self._writer(), name=f"cache-writer-{i}"))
 
@@ -192,9 +224,9 @@ class CacheService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(self._write_timeout_s * 2, 2.0)):
                 await self._queue.join()
-        for task in self._workers:
+        for task in [*self._workers, *self._background]:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._workers, *self._background, return_exceptions=True)
         self._workers.clear()
         if self.encoder is not None:
             self.encoder.close()
@@ -217,7 +249,8 @@ class CacheService:
             return None
         if self.settings.only_deterministic and not is_deterministic(ctx.body):
             return None
-        semantic = self.encoder is not None and ctx.requested_model in self.semantic_routes
+        route = ctx.requested_model if ctx.requested_model in self.semantic_routes else None
+        semantic = self.encoder is not None and route is not None
         try:
             keys = build_keys(ctx, shared=self.settings.shared_namespace, semantic=semantic)
         except (TypeError, ValueError) as exc:  # a body orjson cannot encode: not cacheable
@@ -225,7 +258,7 @@ class CacheService:
             return None
         ttl = self._ttl(ctx.headers)
         store = ttl > 0 and "no-store" not in cache_control(ctx.headers)
-        return _Plan(keys, store, max(ttl, 1))
+        return _Plan(keys, store, max(ttl, 1), route if keys.bucket is not None else None)
 
     def _ttl(self, headers: dict[str, str]) -> int:
         raw = headers.get(TTL_HEADER)
@@ -241,28 +274,157 @@ class CacheService:
 
     async def _semantic(self, ctx: RequestContext, plan: _Plan) -> CachedAnswer | None:
         assert self.encoder is not None and plan.keys.bucket is not None and plan.keys.text is not None
+        assert plan.route is not None
+        bucket, text, route = plan.keys.bucket, plan.keys.text, plan.route
+        rules = self.semantic_routes[route]
+        sync, started = self._sync(bucket)  # usually one round trip for the rows added since the last lookup
         try:
-            vector = await self.encoder.encode(plan.keys.text)
-        except _EMBED_ERRORS as exc:
+            if started or sync.done():  # a read already under way (a large bucket's pages): don't queue behind it
+                async with asyncio.timeout(self._timeout_s):
+                    await asyncio.shield(sync)
+        except _STORE_ERRORS as exc:
+            if sync.done():
+                self._failed("vectors", exc)
+                return None
+            # still reading a large bucket: search what the index holds, the rest arrives meanwhile
+        try:
+            searched = await self.encoder.encode_then(text, functools.partial(self._rank, bucket, text, rules.floor))
+        except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("embed").inc()
             self._embed_errors.error("embedding", exc)
             return None
-        if vector is None:  # the embedder is saturated
+        if searched is None:  # the embedder is saturated
             self.metrics.cache_errors.labels("embed").inc()
             return None
-        plan.vector = vector
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                members = await self.store_backend.vectors(plan.keys.bucket)
-                for score, entry_key in best_matches(vector, members, self.settings.semantic_threshold):
-                    found = _decode(await self.store_backend.get(entry_key), "semantic-hit", score)
-                    if found is not None:
-                        ctx.cache_status = "semantic-hit"
-                        ctx.cache_score = score
-                        return found
-        except _STORE_ERRORS as exc:
-            self._failed("vectors", exc)
+        plan.vector, ranked = searched
+        if not ranked:
+            return None
+        decisions = [
+            (cand, self.learner.decide(route, cand.entry_key, cand.score, verdict.reason, verdict.ok))
+            for cand, verdict in ranked
+        ]
+        for cand, decision in decisions:
+            if not decision.served:
+                continue
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    raw = await self.store_backend.get(cand.entry_key)
+            except _STORE_ERRORS as exc:
+                self._failed("get", exc)
+                return None
+            found = _decode(raw, "semantic-hit", cand.score)
+            if found is None:  # expired since the bucket was read: try the next candidate
+                decision.served = False
+                continue
+            self.learner.count(route, served=True)
+            found.reason = f"{decision.explain()} (hit {decision.id})"
+            ctx.cache_status = "semantic-hit"
+            ctx.cache_score = cand.score
+            ctx.extra["cache_decision"] = found.reason
+            if self.learner.sample(decision):
+                self._submit(self._check(decision, cand, text, ctx.body, found.body, reference=None))
+            return found
+        self.learner.count(route, served=False)
+        ctx.extra["cache_decision"] = decisions[0][1].explain()
+        for cand, decision in decisions:
+            if decision.verdict == "pass":
+                if self.learner.sample(decision):
+                    plan.explore = (decision, cand)
+                break
         return None
+
+    def _sync(self, bucket: str) -> tuple[asyncio.Task[None], bool]:
+        """The task bringing ``bucket``'s index up to date (one per bucket), and whether this call started it.
+
+        It reads the rows appended since the index's cursor, ``_PAGE`` at a time, until it has caught up:
+        a bucket the index has not seen (a new process, or evicted from the index) takes a few pages, which
+        go on in the background when the lookup that started them stops waiting.
+        """
+        task = self._syncing.get(bucket)
+        if task is not None:
+            return task, False
+        task = asyncio.get_running_loop().create_task(self._read_bucket(bucket), name=f"cache-sync-{bucket[:12]}")
+        self._syncing[bucket] = task
+        self._background.add(task)
+        task.add_done_callback(functools.partial(self._synced, bucket))
+        return task, True
+
+    async def _read_bucket(self, bucket: str) -> None:
+        while True:
+            delta = await self.store_backend.bucket_since(bucket, self.index.cursor(bucket), _PAGE)
+            self.index.apply(bucket, delta)
+            if len(delta.ids) < _PAGE:
+                return
+
+    def _synced(self, bucket: str, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if self._syncing.get(bucket) is task:
+            del self._syncing[bucket]
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("reading bucket %s failed: %r", bucket, task.exception())
+
+    def _rank(self, bucket: str, text: str, floor: float, vector: F32) -> list[tuple[Candidate, Verdict]]:
+        """The nearest candidates at or above ``floor``, each with the verifier's verdict (worker thread)."""
+        out: list[tuple[Candidate, Verdict]] = []
+        for cand in self.index.search(bucket, vector, limit=4):
+            if cand.score < floor:
+                break
+            out.append((cand, verify(text, cand.question) if self.settings.semantic_verifier else PASS))
+        return out
+
+    @staticmethod
+    def _check(
+        decision: Decision,
+        cand: Candidate,
+        question: str,
+        request: dict[str, Any],
+        cached: dict[str, Any],
+        reference: str | None,
+    ) -> Check:
+        return Check(
+            decision.id,
+            decision.route,
+            decision.served,
+            decision.score,
+            question,
+            cand.question,
+            answer_text(cached),
+            request,
+            reference,
+        )
+
+    def _explored(self, ctx: RequestContext, plan: _Plan, body: dict[str, Any]) -> None:
+        """A sampled candidate that was not served: judge the cached answer against the model's fresh one."""
+        if plan.explore is None or ctx.error_type is not None:
+            return
+        decision, cand = plan.explore
+        plan.explore = None
+        question = plan.keys.text or ""
+        fresh = answer_text(body)
+        task = asyncio.get_running_loop().create_task(self._explore_check(decision, cand, question, ctx.body, fresh))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _explore_check(
+        self, decision: Decision, cand: Candidate, question: str, request: dict[str, Any], fresh: str
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                raw = await self.store_backend.get(cand.entry_key)
+        except _STORE_ERRORS as exc:
+            self._failed("get", exc)
+            return
+        cached = _decode(raw, "semantic-hit")
+        if cached is not None:
+            self._submit(self._check(decision, cand, question, request, cached.body, reference=fresh))
+
+    def _submit(self, check: Check) -> None:
+        try:
+            self.checks.put_nowait(check)
+        except asyncio.QueueFull:
+            self.metrics.cache_errors.labels("check_queue_full").inc()
+            return
+        self.checks_submitted += 1
 
     # -- writes --------------------------------------------------------------------------------------
 
@@ -306,9 +468,10 @@ class CacheService:
         try:
             async with asyncio.timeout(self._write_timeout_s):
                 await self.store_backend.put(item.key, item.value, item.ttl)
-                if item.bucket is not None and vector is not None:
+                if item.bucket is not None and item.text is not None and vector is not None:
                     bucket_ttl = max(item.ttl, self.settings.ttl_seconds)
-                    await self.store_backend.add_vector(item.bucket, item.key, encode_vector(vector), bucket_ttl)
+                    member = BucketMember(item.key, encode_vector(vector), item.text, time.time() + item.ttl)
+                    await self.store_backend.add_vector(item.bucket, member, bucket_ttl)
         except _STORE_ERRORS as exc:
             self._failed("put", exc)
             return

