@@ -104,7 +104,7 @@ ledger = Table(
 Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
-Index("ix_gw_ledger_day", ledger.c.day)
+Index("ix_gw_ledger_request_id", ledger.c.request_id)
 
 api_keys = Table(
     "gw_api_keys",
