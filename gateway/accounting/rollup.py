@@ -7,6 +7,9 @@ in the same transaction that inserts them, and only from the rows that insert re
 after ``ON CONFLICT DO NOTHING``): a retried batch adds nothing twice, and money stays exact (the same
 ``NUMERIC`` / integer-units arithmetic as a ``SUM`` over the raw rows).
 
+Latency histograms (counts per bucket of :data:`~gateway.accounting.schema.LATENCY_BOUNDS_MS`, mergeable by
+addition) are kept on the ``model`` rows only.
+
 Two writers adding to the same bucket serialise on the rollup row (``ON CONFLICT DO UPDATE`` adds to it);
 both insert in key order, so they take the row locks in the same order.
 """
@@ -30,6 +33,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     select,
     true,
     union_all,
@@ -56,7 +60,7 @@ def _dims() -> Any:
     return union_all(*parts).subquery("d")
 
 
-def _hist(column: ColumnElement[Any], bounds: Sequence[float]) -> list[ColumnElement[Any]]:
+def _hist(column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElement[Any]) -> list[ColumnElement[Any]]:
     out: list[ColumnElement[Any]] = []
     edges: list[float | None] = [None, *bounds, None]
     for lo, hi in itertools.pairwise(edges):
@@ -65,7 +69,8 @@ def _hist(column: ColumnElement[Any], bounds: Sequence[float]) -> list[ColumnEle
             cond.append(column >= lo)
         if hi is not None:
             cond.append(column < hi)
-        out.append(func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0))
+        count = func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0)
+        out.append(case((dim == "model", count), else_=null()))
     return out
 
 
@@ -105,8 +110,8 @@ def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[b
         select(
             *keys,
             *(sums[c].label(c) for c in (*COUNT_COLUMNS, *MONEY_COLUMNS)),
-            *_hist(ledger.c.total_ms, bounds),
-            *_hist(ledger.c.ttft_ms, bounds),
+            *_hist(ledger.c.total_ms, bounds, d.c.dim),
+            *_hist(ledger.c.ttft_ms, bounds, d.c.dim),
         )
         .select_from(ledger.join(d, true()))
         .where(where)

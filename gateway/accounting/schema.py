@@ -161,7 +161,8 @@ def _rollup_table(grain: str) -> Table:
         Column("value", String(256), primary_key=True, comment="the dimension's value; '' for none"),
         *(Column(c, BigInteger, nullable=False) for c in COUNT_COLUMNS),
         *(Column(c, MoneySum(), nullable=False) for c in MONEY_COLUMNS),
-        *(Column(c, BigInteger, nullable=False) for c in TOTAL_HIST + TTFT_HIST),
+        # Only the model rows carry latency histograms (NULL elsewhere: no space taken in PostgreSQL).
+        *(Column(c, BigInteger) for c in TOTAL_HIST + TTFT_HIST),
     )
     Index(f"ix_{name}_key", table.c.key_id, table.c.dim, table.c.bucket_ms)
     return table

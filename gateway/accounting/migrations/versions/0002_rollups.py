@@ -35,7 +35,7 @@ def _columns() -> list[sa.Column[Any]]:
         sa.Column("value", sa.String(256), primary_key=True, comment="the dimension's value; '' for none"),
         *(sa.Column(c, sa.BigInteger, nullable=False) for c in _COUNTS),
         *(sa.Column(c, MoneySum(), nullable=False) for c in _MONEY),
-        *(sa.Column(c, sa.BigInteger, nullable=False) for c in _HIST),
+        *(sa.Column(c, sa.BigInteger) for c in _HIST),  # model rows only; NULL elsewhere
     ]
 
 
