@@ -44,7 +44,7 @@ from gateway.errors import (
     is_retryable,
 )
 from gateway.features import extract_features
-from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
+from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
 from gateway.protocol import (
@@ -114,6 +114,8 @@ class Pipeline:
         self.admission = admission
         self.cache = cache
         self.recorder = recorder
+        #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
+        self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
 
@@ -282,6 +284,9 @@ class Pipeline:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.cache.store(ctx, body)
+        if self.monitor is not None and self.monitor.wants(ctx):
+            choices = body.get("choices") or [{}]
+            ctx.extra[_MONITOR] = _choice_text(choices[0]) if isinstance(choices[0], dict) else ""
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -344,6 +349,8 @@ class Pipeline:
             )
             if not failed and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
+            if not failed and self.monitor is not None and self.monitor.wants(ctx):
+                ctx.extra[_MONITOR] = "".join(relay.text_parts)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
             # upstream cancellation or the ledger row.
@@ -492,8 +499,12 @@ class Pipeline:
         finally:
             self.recorder.record(ctx)
             self.metrics.observe(ctx)
+            answer = ctx.extra.pop(_MONITOR, None)
+            if answer is not None and self.monitor is not None:
+                self.monitor.submit(ctx, answer)  # the response is complete: judged off the request path
 
 
+_MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 

@@ -19,6 +19,7 @@ from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
+from gateway.quality.monitor import QualityMonitor
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
@@ -39,6 +40,7 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    monitor: QualityMonitor | None = None
 
 
 def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
@@ -93,12 +95,18 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    gw = Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    if settings.quality.enabled:
+        gw.monitor = await components.build_monitor(gw, counter)
+        pipeline.monitor = gw.monitor
+    return gw
 
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
     await drain_background()
+    if gw.monitor is not None:
+        await gw.monitor.aclose()
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
