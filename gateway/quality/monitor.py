@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -62,6 +62,8 @@ log = logging.getLogger("gateway.quality")
 _SAMPLE_ERRORS = (UpstreamError, OSError, TimeoutError, ValueError, KeyError, SQLAlchemyError)
 #: Outcomes counted in ``gateway_quality_samples_total`` (a fixed set).
 OUTCOMES = ("judged", "no_verdict", "failed", "dropped_queue_full", "dropped_budget")
+#: The window the Prometheus gauges summarise.
+GAUGE_WINDOW_S = 7 * 86400
 
 
 @dataclass(slots=True)
@@ -143,6 +145,7 @@ class QualityMonitor:
         )
         for outcome in OUTCOMES:
             self.samples.labels(outcome)
+        self.gauges = _Gauges(registry)
         self._learner = learner
         self._check_queue = check_queue
         self._checker: HitChecker | None = None
@@ -208,6 +211,8 @@ class QualityMonitor:
         if self._learner is not None and self._check_queue is not None:
             self._checker = _SemanticChecker(self, self._check_queue, self._learner)
             self._checker.start()
+        if self.engine is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_loop(), name="quality-gauges"))
 
     async def aclose(self) -> None:
         """Stop the workers (samples still queued are dropped)."""
@@ -217,6 +222,23 @@ class QualityMonitor:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_gauges()
+            except (SQLAlchemyError, OSError) as exc:
+                log.debug("quality gauges not refreshed: %r", exc)
+            await asyncio.sleep(self.settings.report_interval_seconds)
+
+    async def refresh_gauges(self) -> None:
+        """Recompute the Prometheus gauges from the last :data:`GAUGE_WINDOW_S` of verdicts."""
+        from gateway.quality.report import quality_report
+
+        assert self.engine is not None
+        start = int((time.time() - GAUGE_WINDOW_S) * 1000)
+        rows = await quality_report(self.engine, "route", reference=self.reference, start_ms=start)
+        self.gauges.update([r for r in rows if r["route"] in self.reference], self.spend.spent_usd)
 
     async def _load_spend(self, engine: AsyncEngine) -> None:
         day = utc_day(time.time())
@@ -375,6 +397,43 @@ class QualityMonitor:
                 "judge_cost_usd": tally.judge_usd,
             }
         )
+
+
+class _Gauges:
+    """The report's figures as Prometheus gauges; the ``route`` label only takes configured route names."""
+
+    def __init__(self, registry: Any) -> None:
+        r = registry
+        self.estimate = Gauge(
+            "gateway_quality_estimate",
+            "Route quality relative to its reference model, (wins + ties) / samples over the last 7 days",
+            ["route", "bound"],
+            registry=r,
+        )
+        self.verdicts = Gauge(
+            "gateway_quality_verdicts", "Judged samples over the last 7 days", ["route", "verdict"], registry=r
+        )
+        self.false_hits = Gauge(
+            "gateway_quality_semantic_false_hit_rate",
+            "Share of checked semantic cache hits judged wrong over the last 7 days",
+            ["route", "bound"],
+            registry=r,
+        )
+        self.spend = Gauge("gateway_quality_monitor_spend_usd", "Quality monitoring spend today (UTC)", registry=r)
+
+    def update(self, rows: list[dict[str, Any]], spent: Decimal) -> None:
+        for row in rows:
+            route = row["route"]
+            for bound, key in (("estimate", "rate"), ("low", "ci95_low"), ("high", "ci95_high")):
+                value = row["estimate"][key]
+                if value is not None and row["samples"]:
+                    self.estimate.labels(route, bound).set(value)
+                fh = row["semantic_false_hits"][key]
+                if fh is not None and row["semantic_false_hits"]["checked"]:
+                    self.false_hits.labels(route, bound).set(fh)
+            for verdict, key in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
+                self.verdicts.labels(route, verdict).set(row[key])
+        self.spend.set(float(spent))
 
 
 class _SemanticChecker(HitChecker):

@@ -3,9 +3,11 @@ the strong one judging from a ground truth the test controls."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import select
@@ -35,7 +37,7 @@ async def _ask(client: openai.AsyncOpenAI, prompt: str, stream: bool = False) ->
 
 
 async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_path: Path) -> None:
-    cfg = make_settings(sims, tmp_path, quality={})
+    cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 0.05})
     with serve_gateway(cfg) as gw:
         client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
         for i, prompt in enumerate(PROMPTS):
@@ -43,6 +45,12 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
         await wait_judged(gw, len(PROMPTS))
         body = await quality(gw)
         by_model = await quality(gw, "model")
+        for _ in range(200):
+            async with httpx.AsyncClient(base_url=gw.base_url) as http:
+                metrics = (await http.get("/metrics")).text
+            if 'gateway_quality_verdicts{route="auto",verdict="win"} 4.0' in metrics:
+                break
+            await asyncio.sleep(0.02)
         engine = gw.gateway.recorder.db.engine  # type: ignore[attr-defined]
         async with engine.connect() as conn:
             rows = (await conn.execute(select(verdicts))).mappings().all()
@@ -64,6 +72,10 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
     spend = sum(r["cost_usd"] for r in monitor_rows)
     assert float(spend) == pytest.approx(float(auto["monitoring_spend_usd"]))
     assert body["monitor"]["spent_today_usd"] == f"{spend:f}"
+    # the same figures for Prometheus, labelled by configured route names only
+    assert 'gateway_quality_verdicts{route="auto",verdict="loss"} 4.0' in metrics
+    assert f'gateway_quality_estimate{{bound="estimate",route="auto"}} {8 / 12}' in metrics
+    assert 'gateway_quality_samples_total{outcome="judged"} 12.0' in metrics
 
 
 async def test_the_budget_cap_stops_sampling(sims: dict[str, str], tmp_path: Path) -> None:
