@@ -230,6 +230,17 @@ class AuthSettings(_Strict):
     fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry traces (``gateway.telemetry``; the ``otel`` extra). Unset ``enabled``: on when the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+
+    enabled: bool | None = None
+    endpoint: str | None = Field(None, description="OTLP/HTTP traces URL; default: the OTEL_EXPORTER_OTLP_* variables")
+    service_name: str = Field("llm-gateway", min_length=1, description="OTEL_SERVICE_NAME wins")
+    max_queue_size: int = Field(2048, ge=1, description="spans waiting for export before new ones drop")
+    export_interval_ms: int = Field(1000, ge=1, description="how often queued spans are sent")
+
+
 class QualitySettings(_Strict):
     """The quality monitor (shadow judging against each route's strongest model): docs/quality.md."""
 
@@ -264,6 +275,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
 
     @classmethod

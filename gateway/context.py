@@ -82,6 +82,7 @@ class RequestContext:
     error_message: str | None = None
     finish_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None  # the request's spans when OpenTelemetry is on (gateway.telemetry)
 
     @property
     def path(self) -> str:

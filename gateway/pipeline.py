@@ -57,6 +57,7 @@ from gateway.protocol import (
 )
 from gateway.routing import Plan, Router, explain
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
+from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
 from policies.base import Candidate
 
@@ -104,6 +105,7 @@ class Pipeline:
         admission: Admission,
         cache: ResponseCache,
         recorder: Recorder,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -114,6 +116,7 @@ class Pipeline:
         self.admission = admission
         self.cache = cache
         self.recorder = recorder
+        self.tracing: Tracing = tracing or NoTracing()
         #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
         self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
@@ -136,6 +139,7 @@ class Pipeline:
         Raises:
             GatewayError: Unauthorized (recorded: the caller of :meth:`run` records it with :meth:`fail`).
         """
+        self.tracing.request_started(ctx)
         await self.admission.identify(ctx)
 
     async def run(self, ctx: RequestContext, raw: bytes) -> Result:
@@ -260,19 +264,21 @@ class Pipeline:
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
-            stream = await backend.open_stream(ctx.path, body)
-            try:
-                events = stream.events()
-                first = await _first_event(events, backend)
-            except BaseException:
-                await _close_quietly(stream)
-                raise
+            with self.tracing.attempt(ctx, backend.name):
+                stream = await backend.open_stream(ctx.path, body)
+                try:
+                    events = stream.events()
+                    first = await _first_event(events, backend)
+                except BaseException:
+                    await _close_quietly(stream)
+                    raise
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
-        response = await backend.complete(ctx.path, body)
-        breaker.record_success()
-        ctx.chosen_model = backend.name
-        return self._answer(ctx, backend, response, t0)
+        with self.tracing.attempt(ctx, backend.name):
+            response = await backend.complete(ctx.path, body)
+            breaker.record_success()
+            ctx.chosen_model = backend.name
+            return self._answer(ctx, backend, response, t0)
 
     def _answer(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> JSONResult:
         """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
@@ -325,6 +331,7 @@ class Pipeline:
             yield DONE
         except UpstreamError as err:
             failed = True
+            self.tracing.attempt_ended(ctx, err)
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
             ctx.error_type = type(err).__name__
@@ -349,6 +356,7 @@ class Pipeline:
             )
             if not failed and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
+            self.tracing.attempt_ended(ctx)  # the failed ones ended above
             if not failed and self.monitor is not None and self.monitor.wants(ctx):
                 ctx.extra[_MONITOR] = "".join(relay.text_parts)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
@@ -376,11 +384,12 @@ class Pipeline:
         ctx.policy = "explicit"
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
-        response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
-        body = response.body
-        body["model"] = spec.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self._set_usage(ctx, usage, body)
+        with self.tracing.attempt(ctx, spec.name):
+            response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            body = response.body
+            body["model"] = spec.name
+            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+            self._set_usage(ctx, usage, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -499,6 +508,7 @@ class Pipeline:
         finally:
             self.recorder.record(ctx)
             self.metrics.observe(ctx)
+            self.tracing.request_ended(ctx)
             answer = ctx.extra.pop(_MONITOR, None)
             if answer is not None and self.monitor is not None:
                 self.monitor.submit(ctx, answer)  # the response is complete: judged off the request path

@@ -21,6 +21,7 @@ from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.quality.monitor import QualityMonitor
 from gateway.routing import QualityEstimator, Router
+from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
 log = logging.getLogger("gateway.runtime")
@@ -40,6 +41,7 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    tracing: Tracing
     monitor: QualityMonitor | None = None
 
 
@@ -67,8 +69,11 @@ async def build_gateway(settings: Settings) -> Gateway:
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
+    tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})
     http = build_session(
-        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        max_connections=server.upstream_max_connections,
+        keepalive_seconds=server.upstream_keepalive_seconds,
+        trace_configs=tracing.trace_configs(),
     )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
@@ -92,10 +97,11 @@ async def build_gateway(settings: Settings) -> Gateway:
         admission=admission,
         cache=cache,
         recorder=recorder,
+        tracing=tracing,
     )
     for backend in backends.values():
         await backend.start()
-    gw = Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    gw = Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, tracing)
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
         pipeline.monitor = gw.monitor
@@ -112,3 +118,4 @@ async def close_gateway(gw: Gateway) -> None:
     await gw.cache.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
+    await gw.tracing.aclose()

@@ -47,7 +47,7 @@ from gateway.features import extract_features
 from gateway.hooks import Recorder
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
 from gateway.quality.spend import DailySpend, utc_day
-from gateway.quality.tables import ensure_tables, verdicts
+from gateway.quality.tables import verdicts
 from gateway.routing import Router
 from gateway.tokens import TokenCounter
 
@@ -199,10 +199,9 @@ class QualityMonitor:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the tables, read today's spend, start the workers (and the semantic hit checker)."""
+        """Read today's spend, start the workers (and the semantic hit checker)."""
         if self.engine is not None:
             try:
-                await ensure_tables(self.engine)
                 await self._load_spend(self.engine)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("quality monitor: database unavailable at start-up (%s); verdicts may be lost", exc)

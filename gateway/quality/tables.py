@@ -7,12 +7,14 @@ routing prompt (the last user message), kept because adapting the router needs i
 calls, which the ledger also holds as rows with ``policy = 'monitor'``.
 
 ``gw_feedback``: one row per ``POST /v1/feedback``, with the route and model the ledger row names.
+
+Created by the ledger's Alembic revision ``0003`` (its own frozen column list); these declarations are what
+the queries use.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from gateway.accounting.schema import Money
@@ -65,9 +67,3 @@ feedback = Table(
 )
 Index("ix_gw_feedback_ts", feedback.c.ts_ms)
 Index("ix_gw_feedback_request", feedback.c.request_id)
-
-
-async def ensure_tables(engine: AsyncEngine) -> None:
-    """Create the tables where missing (idempotent)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all, checkfirst=True)
