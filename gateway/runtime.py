@@ -19,6 +19,7 @@ from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
+from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 
@@ -39,6 +40,7 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    readiness: Readiness
 
 
 def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
@@ -93,11 +95,14 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    readiness = Readiness(backends, breakers, server.health_probe_seconds)
+    readiness.start()
+    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, readiness)
 
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await gw.readiness.aclose()
     await drain_background()
     for backend in gw.backends.values():
         await backend.aclose()
