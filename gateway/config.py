@@ -157,6 +157,7 @@ class ServerSettings(_Strict):
     max_header_bytes: int = Field(16 * 1024, gt=0)
     cors_origins: list[str] = Field(default_factory=list)
     metrics_scrape_seconds: float = Field(1.0, gt=0)
+    health_probe_seconds: float = Field(10.0, gt=0, description="backend health checks behind /ready")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
     upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")

@@ -423,9 +423,12 @@ class Pipeline:
     def _attempt_failed(self, name: str, err: UpstreamError) -> None:
         if is_retryable(err):
             self.breakers[name].record_failure()
-            self.backends[name].stats.last_error = err.message
+            self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message
             self.metrics.fallbacks.labels(name).inc()
-        log.warning("attempt on %s failed: %s", name, err.message)
+        if err.detail:
+            log.warning("attempt on %s failed: %s (%s)", name, err.message, err.detail)
+        else:
+            log.warning("attempt on %s failed: %s", name, err.message)
 
     def _upstream_body(self, ctx: RequestContext, backend: Backend) -> dict[str, Any]:
         spec = self.settings.model(backend.name)

@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.quality.monitor import QualityMonitor
+from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
@@ -42,6 +43,7 @@ class Gateway:
     recorder: Recorder
     admission: Admission
     tracing: Tracing
+    readiness: Readiness
     monitor: QualityMonitor | None = None
 
 
@@ -101,7 +103,11 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     for backend in backends.values():
         await backend.start()
-    gw = Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, tracing)
+    readiness = Readiness(backends, breakers, server.health_probe_seconds)
+    readiness.start()
+    gw = Gateway(
+        settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, tracing, readiness
+    )
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
         pipeline.monitor = gw.monitor
@@ -110,6 +116,7 @@ async def build_gateway(settings: Settings) -> Gateway:
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await gw.readiness.aclose()
     await drain_background()
     if gw.monitor is not None:
         await gw.monitor.aclose()
