@@ -21,7 +21,7 @@ from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.http_limits import HeaderLimit
-from gateway.inference import HOT_PATHS, InferenceRoute, handle
+from gateway.inference import FRONT_DOORS, HOT_PATHS, FrontDoorRoute, InferenceRoute, handle
 from gateway.logs import tune_stdlib_logging
 from gateway.openapi import install_openapi
 from gateway.routes import router as api_router
@@ -57,6 +57,11 @@ class GatewayApp(FastAPI):
                 if gw is not None:
                     await handle(gw, endpoint, scope, receive, send)
                     return
+            elif (door := FRONT_DOORS.get(scope["path"])) is not None:
+                gw = getattr(self.state, "gateway", None)
+                if gw is not None:
+                    await handle(gw, "chat", scope, receive, send, door(gw))
+                    return
         await super().__call__(scope, receive, send)
 
 
@@ -87,6 +92,8 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
     )
     for path, endpoint in HOT_PATHS.items():
         app.router.routes.append(Route(path, InferenceRoute(endpoint), methods=["POST"], include_in_schema=False))
+    for path in FRONT_DOORS:
+        app.router.routes.append(Route(path, FrontDoorRoute(path), methods=["POST"], include_in_schema=False))
     app.include_router(api_router)
     app.include_router(admin_router)
 

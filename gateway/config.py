@@ -227,6 +227,15 @@ class AuthSettings(_Strict):
     fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
 
 
+class ResponsesSettings(_Strict):
+    """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
+
+    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, in-process")
+    redis_prefix: str = "gw:resp:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
+
+
 class Settings(BaseSettings):
     """The whole validated configuration."""
 
@@ -246,6 +255,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ import aiohttp
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
 from gateway.config import Settings
+from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
@@ -39,6 +40,7 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    responses: ResponseStore
 
 
 def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
@@ -93,7 +95,8 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    responses = build_response_store(settings)
+    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, responses)
 
 
 async def close_gateway(gw: Gateway) -> None:
@@ -102,5 +105,6 @@ async def close_gateway(gw: Gateway) -> None:
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
+    await gw.responses.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
