@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
+from gateway.frontdoor_routes import router as frontdoor_router
 from gateway.http_limits import HeaderLimit
 from gateway.inference import FRONT_DOORS, HOT_PATHS, FrontDoorRoute, InferenceRoute, handle
 from gateway.logs import tune_stdlib_logging
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         app.router.routes.append(Route(path, FrontDoorRoute(path), methods=["POST"], include_in_schema=False))
     app.include_router(api_router)
     app.include_router(admin_router)
+    app.include_router(frontdoor_router)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

@@ -1,4 +1,5 @@
-"""A gateway with virtual keys in front of two simulators, for the front doors' SDK tests."""
+"""A gateway with virtual keys in front of two simulators, its stored responses in Redis, for the front
+doors' SDK tests."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app, get_profile
 from tests.hardening.support import LedgerFile
+from tests.helpers.redis import any_redis, delete_prefix
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 MASTER = "master-" + uuid.uuid4().hex
@@ -54,8 +56,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     os.environ["GATEWAY_MASTER_KEY"] = MASTER
     small = create_simulator_app(get_profile("fast"), model_name="meta/small", seed=1)
     big = create_simulator_app(get_profile("fast"), model_name="gpt-4", seed=2)
+    prefix = f"gw:test-resp-{uuid.uuid4().hex[:8]}:"
     try:
-        with run_asgi_server(small) as a, run_asgi_server(big) as b:
+        with any_redis() as redis_url, run_asgi_server(small) as a, run_asgi_server(big) as b:
             ledger = LedgerFile(tmp / "ledger.db")
             settings = settings_from_dict(
                 {
@@ -83,10 +86,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "auth": {"enabled": True},
                     "server": {"metrics_scrape_seconds": 3600},
                     "ledger": {"url": ledger.url, "flush_interval_seconds": 0.05},
+                    "responses": {"redis_url": redis_url, "redis_prefix": prefix, "ttl_seconds": 600},
                 }
             )
-            with serve_gateway(settings) as gw:
-                yield Env(gw, ledger, _key(gw.base_url, "alice"), _key(gw.base_url, "bob"))
+            try:
+                with serve_gateway(settings) as gw:
+                    yield Env(gw, ledger, _key(gw.base_url, "alice"), _key(gw.base_url, "bob"))
+            finally:
+                delete_prefix(redis_url, prefix)
     finally:
         if old is None:
             os.environ.pop("GATEWAY_MASTER_KEY", None)
