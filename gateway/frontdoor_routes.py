@@ -8,9 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import RequestContext
-from gateway.errors import NotFound
+from gateway.errors import GatewayError, NotFound
+from gateway.features import extract_features
+from gateway.frontdoors import messages as ms
 from gateway.frontdoors.base import tenant_of
-from gateway.routes import context, gateway_of, json_response
+from gateway.frontdoors.messages_door import anthropic_auth
+from gateway.protocol import load_json_object
+from gateway.routes import context, gateway_of, json_response, read_body
 
 router = APIRouter()
 
@@ -42,3 +46,22 @@ async def delete_response(response_id: str, request: Request) -> Response:
     if not await gateway_of(request).responses.delete(tenant_of(ctx), response_id):
         raise _not_found(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """Anthropic's token count for a Messages request: the gateway's own count of its translation, the
+    figure routing and budgets use (errors in Anthropic's shape)."""
+    gw = gateway_of(request)
+    ctx = context(request)
+    anthropic_auth(ctx)
+    try:
+        await gw.admission.identify(ctx)
+        body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
+        req = ms.parse_request(body, count_only=True)
+        if req.model not in gw.router.models and req.model not in gw.router.routes:
+            raise NotFound(f"model: {req.model}", param="model")
+        tokens = extract_features("chat", ms.to_chat(req), gw.pipeline.counter).prompt_tokens
+    except GatewayError as err:
+        return json_response(ms.error_body(err, ctx.request_id), err.status, err.headers)
+    return json_response({"input_tokens": tokens})

@@ -24,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.frontdoors.base import FrontDoor
+from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
 from gateway.http_limits import head_size, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
@@ -246,4 +247,5 @@ def _responses_door(gw: Gateway) -> FrontDoor:
 #: Path -> a new front door for one request.
 FRONT_DOORS: dict[str, Callable[[Gateway], FrontDoor]] = {
     "/v1/responses": _responses_door,
+    "/v1/messages": lambda gw: MessagesDoor(),
 }
