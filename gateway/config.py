@@ -257,6 +257,15 @@ class QualitySettings(_Strict):
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
 
 
+class ResponsesSettings(_Strict):
+    """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
+
+    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, in-process")
+    redis_prefix: str = "gw:resp:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
+
+
 class Settings(BaseSettings):
     """The whole validated configuration."""
 
@@ -278,6 +287,7 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -52,6 +52,8 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     stream: bool = False
+    #: the client's API when a front door translated it to ``endpoint`` ("responses", "messages")
+    api: str | None = None
     client_wants_usage: bool = False
     # admission
     api_key: str | None = None

@@ -15,6 +15,7 @@ import aiohttp
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
 from gateway.config import Settings
+from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
@@ -44,6 +45,7 @@ class Gateway:
     admission: Admission
     tracing: Tracing
     readiness: Readiness
+    responses: ResponseStore
     monitor: QualityMonitor | None = None
 
 
@@ -105,8 +107,21 @@ async def build_gateway(settings: Settings) -> Gateway:
         await backend.start()
     readiness = Readiness(backends, breakers, server.health_probe_seconds)
     readiness.start()
+    responses = build_response_store(settings)
     gw = Gateway(
-        settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, tracing, readiness
+        settings,
+        http,
+        backends,
+        breakers,
+        router,
+        pipeline,
+        metrics,
+        cache,
+        recorder,
+        admission,
+        tracing,
+        readiness,
+        responses,
     )
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
@@ -123,6 +138,7 @@ async def close_gateway(gw: Gateway) -> None:
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
+    await gw.responses.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
     await gw.tracing.aclose()
