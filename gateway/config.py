@@ -218,6 +218,18 @@ class LedgerSettings(_Strict):
     latency_sample_rows: int = Field(20_000, ge=100, description="newest rows read for dashboard percentiles")
 
 
+class RouterSettings(_Strict):
+    """The learned quality router: which artifact, and how long a decision may wait for the prompt's embedding."""
+
+    artifact: str | None = Field(
+        None, description="router artifact directory (`gateway router adapt --out`); default: the shipped prior"
+    )
+    embed_timeout_ms: float = Field(
+        25.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
+    )
+    embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
+
+
 class AuthSettings(_Strict):
     """Virtual keys. Off by default; ``GATEWAY_MASTER_KEY`` administers."""
 
@@ -283,6 +295,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

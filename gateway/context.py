@@ -77,6 +77,8 @@ class RequestContext:
     saved_usd: Decimal = Decimal(0)
     cache_status: str = "bypass"
     cache_score: float | None = None
+    #: the routing prompt's MiniLM vector once computed (by the semantic cache or for the adapted router)
+    prompt_vector: Any = None
     ttft_s: float | None = None
     total_s: float | None = None
     status_code: int = 200
