@@ -21,6 +21,7 @@ from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.routing import QualityEstimator, Router
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from policies.answer_check import AnswerCheck
 
 log = logging.getLogger("gateway.runtime")
 
@@ -59,6 +60,16 @@ def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
         return None
 
 
+def load_answer_check() -> AnswerCheck | None:
+    """The shipped answer check of ``cascade`` routes (None, logged, if its artifact does not load: a cascade
+    then walks its ladder as plain fallbacks)."""
+    try:
+        return AnswerCheck.load()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("answer check unavailable (%s); cascade routes will not escalate", exc)
+        return None
+
+
 async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
@@ -90,6 +101,7 @@ async def build_gateway(settings: Settings) -> Gateway:
         admission=admission,
         cache=cache,
         recorder=recorder,
+        answer_check=load_answer_check(),
     )
     for backend in backends.values():
         await backend.start()
