@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
+from gateway.cascade import Cascade, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -59,6 +60,7 @@ from gateway.routing import Plan, Router, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
+from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
 if TYPE_CHECKING:
@@ -112,6 +114,7 @@ class Pipeline:
         recorder: Recorder,
         tracing: Tracing | None = None,
         router_encoder: SemanticEncoder | None = None,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
         #: the embedding worker an adapted router reads (the semantic cache's when it has one)
@@ -129,6 +132,7 @@ class Pipeline:
         self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
+        self.cascade = Cascade(self, answer_check)
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -168,6 +172,9 @@ class Pipeline:
             plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
+            if plan.decision.policy == "cascade":
+                ctx.extra["cascade_router_pick"] = router_pick(plan)
+                return await self.cascade.run(ctx, plan, feats.prompt)
             return await self._call(ctx, plan)
         except GatewayError as err:
             await self.fail(ctx, err)
@@ -485,12 +492,15 @@ class Pipeline:
         if ctx.chosen_model is None:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
         if self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
         ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
         ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
+        if ctx.cascade is not None:
+            ctx.routed_cost_usd = routed_cost(ctx, ctx.extra.get("cascade_router_pick"), self)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         if not ctx.stream:
@@ -499,6 +509,7 @@ class Pipeline:
         else:
             hit = ctx.cache_status in ("hit", "semantic-hit")
             cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
+            cost += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
         headers = {
             "x-request-id": ctx.request_id,
             "x-gateway-model": ctx.chosen_model or "",
@@ -513,6 +524,10 @@ class Pipeline:
             headers["x-gateway-route"] = ctx.route
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
+        if ctx.cascade is not None:
+            headers["x-gateway-cascade"] = ctx.cascade
+            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
+            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -155,6 +155,14 @@ class Plan:
 
     decision: Decision
     route: str | None
+    #: The learned router's P(strong model needed) for the prompt, and the route's threshold on it (a cascade
+    #: feeds the score to its answer check and compares against routing by it alone).
+    strong_needed: float | None = None
+    strong_threshold: float | None = None
+    #: The route's ``quality_target`` (None: the default operating point).
+    quality_target: float | None = None
+    #: Whether a failed attempt may fall back to the next candidate (the route's ``fallbacks``).
+    fallbacks: bool = True
 
 
 @dataclass(slots=True)
@@ -336,9 +344,10 @@ class Router:
             ),
             candidates,
         )
-        if not spec.fallbacks:
+        if not spec.fallbacks and decision.policy != "cascade":  # a cascade's ladder is not a fallback list
             del decision.ranking[1:]
-        return Plan(decision, requested)
+        strong = difficulty if estimator is not None else None
+        return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks)
 
     def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
         difficulty = 0.5  # an explicit choice: no ranking depends on the prompt's difficulty

@@ -29,6 +29,7 @@ from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router, reads_embedding
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from policies.answer_check import AnswerCheck
 
 log = logging.getLogger("gateway.runtime")
 
@@ -119,6 +120,16 @@ def describe_router(estimator: QualityEstimator | None) -> dict[str, Any]:
     }
 
 
+def load_answer_check() -> AnswerCheck | None:
+    """The shipped answer check of ``cascade`` routes (None, logged, if its artifact does not load: a cascade
+    then walks its ladder as plain fallbacks)."""
+    try:
+        return AnswerCheck.load()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("answer check unavailable (%s); cascade routes will not escalate", exc)
+        return None
+
+
 async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
@@ -159,6 +170,7 @@ async def build_gateway(settings: Settings) -> Gateway:
         recorder=recorder,
         tracing=tracing,
         router_encoder=router_encoder,
+        answer_check=load_answer_check(),
     )
     for backend in backends.values():
         await backend.start()
