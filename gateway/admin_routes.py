@@ -6,6 +6,8 @@
 * ``GET /admin/requests?key_id=&limit=&before=``, ``GET /admin/requests/{request_id}``: raw ledger rows
   (drill-down, master key)
 * ``GET|POST /admin/keys``, ``POST /admin/keys/{id}/revoke`` (master key)
+* ``GET /admin/router``, ``POST /admin/router/reload``: the learned router serving, and reloading
+  ``router.artifact`` without a restart (master key)
 * ``GET /dashboard``: the dashboard page (its data calls carry the master key)
 
 Times (``start``/``end``) are ``24h``/``7d`` ago, ISO dates or datetimes (UTC) or epoch seconds; money is
@@ -32,6 +34,7 @@ from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.runtime import describe_router, reload_router
 
 router = APIRouter()
 
@@ -194,6 +197,20 @@ async def request_rows(request: Request, request_id: str) -> Response:
     if not rows:
         raise NotFound(f"No ledger row for request '{request_id}'.", code="request_not_found")
     return json_response({"object": "list", "data": rows})
+
+
+@router.get("/admin/router")
+async def router_info(request: Request) -> Response:
+    """The learned router serving now: kind (prior/adapted), version, training data, held-out figures."""
+    await _admin(request)
+    return json_response(describe_router(gateway_of(request).router.estimator))
+
+
+@router.post("/admin/router/reload")
+async def router_reload(request: Request) -> Response:
+    """Load ``router.artifact`` again and swap it in without a restart (400 and no change if it does not load)."""
+    await _admin(request)
+    return json_response(await reload_router(gateway_of(request)))
 
 
 @router.get("/admin/keys")

@@ -60,7 +60,9 @@ def _dims() -> Any:
     return union_all(*parts).subquery("d")
 
 
-def _hist(column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+def _hist(
+    column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElement[Any], every_dim: bool
+) -> list[ColumnElement[Any]]:
     out: list[ColumnElement[Any]] = []
     edges: list[float | None] = [None, *bounds, None]
     for lo, hi in itertools.pairwise(edges):
@@ -70,15 +72,18 @@ def _hist(column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElemen
         if hi is not None:
             cond.append(column < hi)
         count = func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0)
-        out.append(case((dim == "model", count), else_=null()))
+        out.append(count if every_dim else case((dim == "model", count), else_=null()))
     return out
 
 
-def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool]) -> Select[Any]:
+def rollup_select(
+    grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool], hist_every_dim: bool = False
+) -> Select[Any]:
     """The rollup rows (in key order) that the ledger rows matching ``where`` add up to, at ``grain_ms``.
 
     Columns: the key (dim, bucket_ms, key_id, value), the counts, the money, the total-time histogram, the
-    time-to-first-token histogram (``len(bounds) + 1`` buckets each).
+    time-to-first-token histogram (``len(bounds) + 1`` buckets each; NULL but on the model rows, unless
+    ``hist_every_dim``: how revision 0002 filled them).
     """
     d = _dims()
     grain: ColumnElement[int] = literal_column(str(int(grain_ms)), BigInteger())  # inlined: one GROUP BY expr
@@ -110,8 +115,8 @@ def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[b
         select(
             *keys,
             *(sums[c].label(c) for c in (*COUNT_COLUMNS, *MONEY_COLUMNS)),
-            *_hist(ledger.c.total_ms, bounds, d.c.dim),
-            *_hist(ledger.c.ttft_ms, bounds, d.c.dim),
+            *_hist(ledger.c.total_ms, bounds, d.c.dim, hist_every_dim),
+            *_hist(ledger.c.ttft_ms, bounds, d.c.dim, hist_every_dim),
         )
         .select_from(ledger.join(d, true()))
         .where(where)
@@ -121,11 +126,16 @@ def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[b
 
 
 def rollup_upsert(
-    table: Table, dialect: str, grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool]
+    table: Table,
+    dialect: str,
+    grain_ms: int,
+    bounds: Sequence[float],
+    where: ColumnElement[bool],
+    hist_every_dim: bool = False,
 ) -> Insert:
     """``INSERT INTO table SELECT <rollup of the rows matching where> ON CONFLICT DO UPDATE`` (adding)."""
     names = [c.name for c in table.columns]
-    source = rollup_select(grain_ms, bounds, where)
+    source = rollup_select(grain_ms, bounds, where, hist_every_dim)
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(table)
     elif dialect == "sqlite":
@@ -151,14 +161,20 @@ def id_range_filter() -> ColumnElement[bool]:
     return and_(ledger.c.id >= bindparam("lo"), ledger.c.id < bindparam("hi"))
 
 
-def backfill(conn: Connection, tables: dict[str, Table], bounds: Sequence[float], chunk_rows: int = 200_000) -> int:
+def backfill(
+    conn: Connection,
+    tables: dict[str, Table],
+    bounds: Sequence[float],
+    chunk_rows: int = 200_000,
+    hist_every_dim: bool = False,
+) -> int:
     """Add every existing ledger row to the (empty) rollup ``tables`` (by grain name), a slice of ids at a time;
     return the rows read. Used by the migration that creates the rollups."""
     lo, hi = conn.execute(select(func.min(ledger.c.id), func.max(ledger.c.id))).one()
     if lo is None:
         return 0
     stmts = [
-        rollup_upsert(table, conn.dialect.name, GRAINS_MS[grain], bounds, id_range_filter())
+        rollup_upsert(table, conn.dialect.name, GRAINS_MS[grain], bounds, id_range_filter(), hist_every_dim)
         for grain, table in tables.items()
     ]
     start = int(lo)
