@@ -35,6 +35,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     true,
     union_all,
 )
@@ -50,6 +51,8 @@ from gateway.accounting.schema import (
     ledger,
 )
 
+#: The gateway's SQLite page cache per connection (negative: KiB), as :mod:`gateway.accounting.db` sets it.
+_SQLITE_CACHE_KIB = -32768
 _HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
 #: Rows whose latency is summarised: answered by a model, successful, not from the cache.
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
@@ -173,6 +176,12 @@ def backfill(
     lo, hi = conn.execute(select(func.min(ledger.c.id), func.max(ledger.c.id))).one()
     if lo is None:
         return 0
+    # Aggregating a slice groups about a million rows: in memory, not spilled to disk (PostgreSQL), and the
+    # rollups' indexes kept in cache while they grow (SQLite).
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    elif conn.dialect.name == "sqlite":
+        conn.execute(text("PRAGMA cache_size = -262144"))
     stmts = [
         rollup_upsert(table, conn.dialect.name, GRAINS_MS[grain], bounds, id_range_filter(), hist_every_dim)
         for grain, table in tables.items()
@@ -182,4 +191,6 @@ def backfill(
         for stmt in stmts:
             conn.execute(stmt, {"lo": start, "hi": start + chunk_rows})
         start += chunk_rows
+    if conn.dialect.name == "sqlite":
+        conn.execute(text(f"PRAGMA cache_size = {_SQLITE_CACHE_KIB}"))
     return int(conn.execute(select(func.count()).select_from(ledger)).scalar() or 0)
