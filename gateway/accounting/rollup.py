@@ -26,12 +26,13 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    String,
     Table,
     and_,
     bindparam,
     case,
+    cast,
     func,
-    literal,
     literal_column,
     null,
     select,
@@ -43,11 +44,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.schema import (
-    COUNT_COLUMNS,
     DIMENSIONS,
     GRAINS_MS,
     KEY_COLUMNS,
-    MONEY_COLUMNS,
     ledger,
 )
 
@@ -58,24 +57,17 @@ _HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
 
 
-def _dims() -> Any:
-    parts = [select(literal(d, type_=ledger.c.endpoint.type).label("dim")) for d in DIMENSIONS]
-    return union_all(*parts).subquery("d")
-
-
-def _hist(
-    column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElement[Any], every_dim: bool
-) -> list[ColumnElement[Any]]:
+def _hist(column: ColumnElement[Any], bounds: Sequence[float]) -> list[ColumnElement[Any]]:
+    """Counts per latency bucket of ``column`` (NULL for the rows that are not timed: not counted)."""
     out: list[ColumnElement[Any]] = []
     edges: list[float | None] = [None, *bounds, None]
     for lo, hi in itertools.pairwise(edges):
-        cond = [_TIMED, column.is_not(None)]
+        cond = []
         if lo is not None:
             cond.append(column >= lo)
         if hi is not None:
             cond.append(column < hi)
-        count = func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0)
-        out.append(count if every_dim else case((dim == "model", count), else_=null()))
+        out.append(func.count(case((and_(*cond), 1))))
     return out
 
 
@@ -86,46 +78,61 @@ def rollup_select(
 
     Columns: the key (dim, bucket_ms, key_id, value), the counts, the money, the total-time histogram, the
     time-to-first-token histogram (``len(bounds) + 1`` buckets each; NULL but on the model rows, unless
-    ``hist_every_dim``: how revision 0002 filled them).
+    ``hist_every_dim``: how revision 0002 filled them). The matching rows are read once (a CTE), then
+    grouped once per dimension.
     """
-    d = _dims()
     grain: ColumnElement[int] = literal_column(str(int(grain_ms)), BigInteger())  # inlined: one GROUP BY expr
-    value = case(
-        (d.c.dim == "model", func.coalesce(ledger.c.chosen_model, "")),
-        (d.c.dim == "route", func.coalesce(ledger.c.route, "")),
-        (d.c.dim == "team", func.coalesce(ledger.c.team, "")),
-        (d.c.dim == "user", func.coalesce(ledger.c.user, "")),
-        else_="",
-    )
-    sums: dict[str, ColumnElement[Any]] = {
-        "requests": func.count(),
-        "prompt_tokens": func.coalesce(func.sum(ledger.c.prompt_tokens), 0),
-        "completion_tokens": func.coalesce(func.sum(ledger.c.completion_tokens), 0),
-        "cache_hits": func.coalesce(func.sum(case((_HIT, 1), else_=0)), 0),
-        "errors": func.coalesce(func.sum(case((ledger.c.status_code >= 400, 1), else_=0)), 0),
-        "cost_usd": func.sum(ledger.c.cost_usd),
-        "baseline_cost_usd": func.sum(ledger.c.baseline_cost_usd),
-        "saved_usd": func.sum(ledger.c.saved_usd),
-    }
-    keys = [
-        d.c.dim,
-        ((ledger.c.ts_ms // grain) * grain).label("bucket_ms"),
-        func.coalesce(ledger.c.key_id, "").label("key_id"),
-        value.label("value"),
-    ]
-    ordinals = [literal_column(str(i), Integer()) for i in range(1, len(keys) + 1)]
-    return (
+    src = (
         select(
-            *keys,
-            *(sums[c].label(c) for c in (*COUNT_COLUMNS, *MONEY_COLUMNS)),
-            *_hist(ledger.c.total_ms, bounds, d.c.dim, hist_every_dim),
-            *_hist(ledger.c.ttft_ms, bounds, d.c.dim, hist_every_dim),
+            ((ledger.c.ts_ms // grain) * grain).label("bucket_ms"),
+            func.coalesce(ledger.c.key_id, "").label("key_id"),
+            func.coalesce(ledger.c.chosen_model, "").label("model"),
+            func.coalesce(ledger.c.route, "").label("route"),
+            func.coalesce(ledger.c.team, "").label("team"),
+            func.coalesce(ledger.c.user, "").label("user"),
+            ledger.c.prompt_tokens,
+            ledger.c.completion_tokens,
+            case((_HIT, 1), else_=0).label("hit"),
+            case((ledger.c.status_code >= 400, 1), else_=0).label("err"),
+            ledger.c.cost_usd,
+            ledger.c.baseline_cost_usd,
+            ledger.c.saved_usd,
+            case((_TIMED, ledger.c.total_ms)).label("timed_total"),
+            case((_TIMED, ledger.c.ttft_ms)).label("timed_ttft"),
         )
-        .select_from(ledger.join(d, true()))
         .where(where)
-        .group_by(*ordinals)
-        .order_by(*ordinals)
+        .cte("src")
     )
+    sums = [
+        func.count().label("requests"),
+        func.sum(src.c.prompt_tokens).label("prompt_tokens"),
+        func.sum(src.c.completion_tokens).label("completion_tokens"),
+        func.sum(src.c.hit).label("cache_hits"),
+        func.sum(src.c.err).label("errors"),
+        func.sum(src.c.cost_usd).label("cost_usd"),
+        func.sum(src.c.baseline_cost_usd).label("baseline_cost_usd"),
+        func.sum(src.c.saved_usd).label("saved_usd"),
+    ]
+    names = [f"lat_{kind}_{i:02d}" for kind in ("total", "ttft") for i in range(len(bounds) + 1)]
+    counts = [*_hist(src.c.timed_total, bounds), *_hist(src.c.timed_ttft, bounds)]
+    hist = [c.label(n) for c, n in zip(counts, names, strict=True)]
+    no_hist = [cast(null(), BigInteger()).label(n) for n in names]
+    by_key = [literal_column(str(i), Integer()) for i in (2, 3, 4)]
+    branches = []
+    for dim in DIMENSIONS:
+        value = literal_column("''", String()) if dim == "total" else src.c[dim]
+        branches.append(
+            select(
+                literal_column(f"'{dim}'", String()).label("dim"),
+                src.c.bucket_ms,
+                src.c.key_id,
+                value.label("value"),
+                *sums,
+                *(hist if dim == "model" or hist_every_dim else no_hist),
+            ).group_by(*by_key)
+        )
+    rows = union_all(*branches).subquery("r")
+    return select(*rows.c).where(true()).order_by(*(rows.c[k] for k in KEY_COLUMNS))
 
 
 def rollup_upsert(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from sqlalchemy import event, select
@@ -115,8 +116,8 @@ async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) 
         if sql.startswith("INSERT INTO GW_LEDGER"):  # one multi-row VALUES statement (RETURNING the ids)
             flat = not isinstance(parameters[0], tuple | list | dict)  # one row's values after another
             statements.append(len(parameters) // per_row if flat else len(parameters))
-        elif sql.startswith("INSERT INTO GW_ROLLUP_"):
-            rollup_statements.append(sql.split()[2])
+        elif found := re.search(r"INSERT INTO (GW_ROLLUP_\w+)", sql):  # after its WITH clause
+            rollup_statements.append(found.group(1))
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
     event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(True))
