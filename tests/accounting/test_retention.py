@@ -12,7 +12,7 @@ from gateway.accounting.queries import recent_requests, request_rows, spend, tot
 from gateway.accounting.schema import ledger
 from gateway.auth.keys import KeyStore
 from gateway.config import LedgerSettings
-from tests.accounting.rollup_support import BASE_MS, Spec, make_row
+from tests.accounting.rollup_support import BASE_MS, Spec, make_row, reference
 
 DAY_MS = 86_400_000
 
@@ -109,3 +109,30 @@ async def test_drill_down_endpoints(db_url: str) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
         bad = await client.get("/admin/requests", params={"before": "soon"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
+
+
+async def test_dashboard_data_adds_up(db_url: str) -> None:
+    from gateway.accounting.queries import dashboard
+
+    rows = _workload(200)
+    db = await open_database(db_url, require=True)
+    led = SqlLedger(db, LedgerSettings(url=db_url))
+    for row in rows:
+        led.append(dict(row))
+    assert await led.flush()
+    start, end = BASE_MS + 3_600_123, BASE_MS + 5 * DAY_MS + 7
+    body = await dashboard(db.engine, start_ms=start, end_ms=end)
+    await led.aclose()
+    by_model = reference(rows, "model", start, end)
+    assert body["totals"]["requests"] == sum(v[0] for v in by_model.values())
+    assert Decimal(body["totals"]["cost_usd"]) == sum((v[3] for v in by_model.values()), Decimal(0))
+    assert {m["group"]: m["requests"] for m in body["by_model"]} == {k: v[0] for k, v in by_model.items()}
+    series: dict[str, Decimal] = {}
+    for point in body["timeseries"]:
+        assert start // 86_400_000 * 86_400_000 <= point["bucket"] < end
+        series[point["model"]] = series.get(point["model"], Decimal(0)) + Decimal(point["cost_usd"])
+    assert series == {k: v[3] for k, v in by_model.items()}
+    assert [k["group"] for k in body["top_keys"]] == [
+        g for g, _ in sorted(reference(rows, "key", start, end).items(), key=lambda kv: (-kv[1][3], -kv[1][0]))
+    ]
+    assert set(body["latency"]) == {"m0", "m1"}
