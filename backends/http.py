@@ -19,6 +19,8 @@ the gateway's :class:`~gateway.errors.UpstreamError` tree, so nothing above ``ba
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
@@ -61,5 +63,23 @@ def upstream_error(exc: aiohttp.ClientError | TimeoutError, backend: str, what: 
         return UpstreamTimeout(f"upstream '{backend}' sent nothing in time ({what})", backend=backend)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"upstream '{backend}' exceeded its total timeout ({what})", backend=backend)
-    detail = str(exc) or type(exc).__name__
-    return UpstreamUnavailable(f"upstream '{backend}' unreachable ({what}): {detail}", backend=backend)
+    detail = f"{type(exc).__name__}: {exc}"  # addresses and errno: for the log, not the client
+    return UpstreamUnavailable(f"upstream '{backend}' unreachable ({what})", backend=backend, detail=detail)
+
+
+#: What an upstream's error text must not pass on: URLs, file paths, addresses with ports, IP addresses.
+_LEAKS = re.compile(
+    r"""[a-z][a-z0-9+.-]*://[^\s'"]+"""  # URLs
+    r"""|(?<![\w.])(?:[A-Za-z]:\\|~?/)[\w.@%+-]+(?:[/\\][\w.@%+-]+)+"""  # absolute paths (POSIX, Windows)
+    r"|\[?[0-9a-fA-F:]*:[0-9a-fA-F:]+\]?:\d{2,5}"  # [v6]:port
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"  # v4[:port]
+    r"|\b[\w-]+(?:\.[\w-]+)*:\d{2,5}\b",  # host:port
+    re.IGNORECASE,
+)
+#: The longest upstream error message passed on to a client.
+MAX_UPSTREAM_MESSAGE = 500
+
+
+def scrub(text: str) -> str:
+    """``text`` from an upstream, safe to show a client: addresses and paths replaced, length bounded."""
+    return _LEAKS.sub("[redacted]", text[: MAX_UPSTREAM_MESSAGE * 2])[:MAX_UPSTREAM_MESSAGE]

@@ -26,11 +26,12 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
+from gateway.cascade import Cascade, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -43,7 +44,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     is_retryable,
 )
-from gateway.features import extract_features
+from gateway.features import RequestFeatures, extract_features
 from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
@@ -55,13 +56,19 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, explain
+from gateway.routing import Plan, Router, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
+from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
+if TYPE_CHECKING:
+    from cache.semantic import SemanticEncoder
+
 log = logging.getLogger("gateway.pipeline")
+#: Characters of a prompt handed to the router's embedding (it reads at most ``router.embed_max_tokens``).
+_EMBED_MAX_CHARS = 4000
 
 _VALIDATORS: dict[str, type[InferenceRequest]] = {
     "chat": ChatCompletionRequest,
@@ -106,8 +113,12 @@ class Pipeline:
         cache: ResponseCache,
         recorder: Recorder,
         tracing: Tracing | None = None,
+        router_encoder: SemanticEncoder | None = None,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
+        #: the embedding worker an adapted router reads (the semantic cache's when it has one)
+        self.router_encoder = router_encoder
         self.backends = backends
         self.breakers = breakers
         self.router = router
@@ -121,6 +132,7 @@ class Pipeline:
         self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
+        self.cascade = Cascade(self, answer_check)
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -156,9 +168,13 @@ class Pipeline:
             if cached is not None:
                 return self._serve_cached(ctx, cached)
             started = perf_counter()
-            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
+            vector = await self._prompt_vector(ctx, feats)
+            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
+            if plan.decision.policy == "cascade":
+                ctx.extra["cascade_router_pick"] = router_pick(plan)
+                return await self.cascade.run(ctx, plan, feats.prompt)
             return await self._call(ctx, plan)
         except GatewayError as err:
             await self.fail(ctx, err)
@@ -211,6 +227,24 @@ class Pipeline:
         ctx.body = body
 
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
+        """The routing prompt's embedding when an adapted router decides this request: the one the semantic
+        cache computed, else one from the worker thread (never on the loop), waited for at most
+        ``router.embed_timeout_ms``; None (the router's stand-in) when it is late, saturated or failed."""
+        estimator = self.router.estimator
+        if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
+            return None
+        if ctx.prompt_vector is not None or self.router_encoder is None or not feats.prompt:
+            return ctx.prompt_vector
+        try:
+            async with asyncio.timeout(self.settings.router.embed_timeout_ms / 1000.0):
+                # characters beyond what the truncated embedding reads need not be tokenized
+                ctx.prompt_vector = await self.router_encoder.encode(feats.prompt[:_EMBED_MAX_CHARS])
+        except (ValueError, RuntimeError, TimeoutError) as exc:
+            self.metrics.cache_errors.labels("router_embed").inc()
+            log.debug("router embedding unavailable: %s", exc)
+        return ctx.prompt_vector
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
         d = plan.decision
@@ -423,9 +457,12 @@ class Pipeline:
     def _attempt_failed(self, name: str, err: UpstreamError) -> None:
         if is_retryable(err):
             self.breakers[name].record_failure()
-            self.backends[name].stats.last_error = err.message
+            self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message
             self.metrics.fallbacks.labels(name).inc()
-        log.warning("attempt on %s failed: %s", name, err.message)
+        if err.detail:
+            log.warning("attempt on %s failed: %s (%s)", name, err.message, err.detail)
+        else:
+            log.warning("attempt on %s failed: %s", name, err.message)
 
     def _upstream_body(self, ctx: RequestContext, backend: Backend) -> dict[str, Any]:
         spec = self.settings.model(backend.name)
@@ -455,12 +492,15 @@ class Pipeline:
         if ctx.chosen_model is None:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
         if self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
         ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
         ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
+        if ctx.cascade is not None:
+            ctx.routed_cost_usd = routed_cost(ctx, ctx.extra.get("cascade_router_pick"), self)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         if not ctx.stream:
@@ -469,6 +509,7 @@ class Pipeline:
         else:
             hit = ctx.cache_status in ("hit", "semantic-hit")
             cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
+            cost += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
         headers = {
             "x-request-id": ctx.request_id,
             "x-gateway-model": ctx.chosen_model or "",
@@ -483,6 +524,10 @@ class Pipeline:
             headers["x-gateway-route"] = ctx.route
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
+        if ctx.cascade is not None:
+            headers["x-gateway-cascade"] = ctx.cascade
+            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
+            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
