@@ -10,8 +10,9 @@ OUT="${OUT:-$ROOT/bench/results/quality-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 export SKIP_LITELLM=1 OTHER_MODEL=auto
 export QUALITY_SAMPLE_RATE="${QUALITY_SAMPLE_RATE:-0.02}"
-RESULTS="$OUT/off" GATEWAY_BENCH_CONFIG=bench/gateway-bench-auto.yaml bash "$ROOT/bench/run_side_by_side.sh"
-RESULTS="$OUT/on" GATEWAY_BENCH_CONFIG=bench/gateway-bench-quality.yaml bash "$ROOT/bench/run_side_by_side.sh"
+export GATEWAY_BENCH_CONFIG=bench/gateway-bench-quality.yaml
+QUALITY_ENABLED=false RESULTS="$OUT/off" bash "$ROOT/bench/run_side_by_side.sh"
+QUALITY_ENABLED=true RESULTS="$OUT/on" bash "$ROOT/bench/run_side_by_side.sh"
 echo "monitor off: $OUT/off/table.txt   monitor on (sample_rate $QUALITY_SAMPLE_RATE): $OUT/on/table.txt"
 "$ROOT/.venv/bin/python" - "$OUT/on/ledger.db" <<'PY'
 import sqlite3, sys

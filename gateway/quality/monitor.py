@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from cache.learn import Learner
+    from gateway.quality.adapting import BackgroundAdapter
 
 log = logging.getLogger("gateway.quality")
 
@@ -152,6 +153,8 @@ class QualityMonitor:
         self._rng = rng or random.Random()
         self._tasks: list[asyncio.Task[None]] = []
         self.in_progress = 0
+        #: Opt-in background adaptation of the router (``quality.adapt_every_labels``), set by the factory.
+        self.adapter: BackgroundAdapter | None = None
 
     # -- the request path (both calls are cheap and never raise) ------------------------------------------
 
@@ -215,6 +218,8 @@ class QualityMonitor:
 
     async def aclose(self) -> None:
         """Stop the workers (samples still queued are dropped)."""
+        if self.adapter is not None:
+            await self.adapter.aclose()
         if self._checker is not None:
             await self._checker.aclose()
         for t in self._tasks:
