@@ -1,4 +1,5 @@
-"""The dashboard's quality panel in a real headless Chromium, after the monitor judged a known ground truth."""
+"""The dashboard's quality panel in a real headless Chromium (as tests/e2e/test_dashboard.py), after the monitor
+judged a known ground truth."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import pytest
 from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, OUTPUT
 from tests.helpers.servers import serve_gateway
 from tests.quality.conftest import make_settings, wait_judged
-
-pytest_plugins = ["tests.quality.conftest"]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
