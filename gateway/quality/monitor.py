@@ -240,6 +240,7 @@ class QualityMonitor:
         from gateway.quality.report import quality_report
 
         assert self.engine is not None
+        await self._load_spend(self.engine)  # other replicas' monitoring spend today, as the ledger has it
         start = int((time.time() - GAUGE_WINDOW_S) * 1000)
         rows = await quality_report(self.engine, "route", reference=self.reference, start_ms=start)
         self.gauges.update([r for r in rows if r["route"] in self.reference], self.spend.spent_usd)
