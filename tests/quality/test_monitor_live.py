@@ -83,6 +83,7 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
     spend = sum(r["cost_usd"] for r in monitor_rows)
     assert float(spend) == pytest.approx(float(auto["monitoring_spend_usd"]))
     assert body["monitor"]["spent_today_usd"] == f"{spend:f}"
+    assert body["router"]["kind"] == "prior" and "not on this deployment's traffic" in body["router"]["note"]
     # the same figures for Prometheus, labelled by configured route names only
     assert 'gateway_quality_verdicts{route="auto",verdict="loss"} 4.0' in metrics
     assert f'gateway_quality_estimate{{bound="estimate",route="auto"}} {8 / 12}' in metrics

@@ -247,6 +247,7 @@
       ? "(wins + ties) / judged samples, 95% Wilson interval; monitoring spent " + usd(m.spent_today_usd) +
         " of " + usd(m.daily_budget_usd) + " today"
       : "quality monitor off (quality.enabled); feedback only";
+    if (body.router && body.router.kind) { $("quality-note").textContent += ". Router: " + body.router.note; }
   }
 
   function loadQuality(params, headers, mine) {
