@@ -569,6 +569,13 @@ async def drain_background() -> None:
         await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
 
 
+async def wait_recorded() -> None:
+    """Wait until the requests being recorded now are (not those that start meanwhile): a caller that just got
+    its response may ask about it before its ledger row was queued."""
+    if _BACKGROUND:
+        await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
+
+
 def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     """Run ``coro`` as a task that is referenced until it ends (the loop keeps only weak references)."""
     task = asyncio.get_running_loop().create_task(coro)

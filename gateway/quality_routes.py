@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from gateway.admin_routes import _fresh, _iso, _ledger, _range
 from gateway.auth.admission import KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound
+from gateway.pipeline import wait_recorded
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.routes import context, gateway_of, json_response, read_body
 from gateway.runtime import Gateway, describe_router
@@ -76,19 +78,26 @@ async def post_feedback(request: Request) -> Response:
     ledger = _ledger(request)
     admission = gw.admission
     keys_enabled = isinstance(admission, KeyAdmission) and admission.enabled
-    await _fresh(ledger)
-    try:
-        found = await add_feedback(
-            ledger.db.engine,
-            request_id,
-            score,
-            comment[:_MAX_COMMENT] if comment else None,
-            key_id=ctx.key_id,
-            team=ctx.team,
-            keys_enabled=keys_enabled,
-        )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    await wait_recorded()
+    found = None
+    for attempt in range(2):  # a row another process recorded may still be in its queue: look once more
+        if attempt:
+            await asyncio.sleep(2 * ledger.settings.flush_interval_seconds)
+        await _fresh(ledger)
+        try:
+            found = await add_feedback(
+                ledger.db.engine,
+                request_id,
+                score,
+                comment[:_MAX_COMMENT] if comment else None,
+                key_id=ctx.key_id,
+                team=ctx.team,
+                keys_enabled=keys_enabled,
+            )
+        except (SQLAlchemyError, OSError):
+            raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+        if found is not None:
+            break
     if found is None:
         raise NotFound(f"No request '{request_id}' of this key.", param="request_id", code="request_not_found")
     return json_response(
