@@ -27,7 +27,7 @@ class MessagesDoor:
     api = "messages"
 
     def __init__(self) -> None:
-        self.req: ms.MessagesRequest | None = None
+        self.req: ms.CountTokensRequest | None = None
 
     def prepare(self, ctx: RequestContext) -> None:
         ctx.api = self.api

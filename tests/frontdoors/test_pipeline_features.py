@@ -80,7 +80,7 @@ async def test_messages_cache_hit(gw: tuple[RunningGateway, LedgerFile]) -> None
         assert second.headers["x-gateway-cache"] == "hit"
         assert (await second.parse()).content == (await first.parse()).content
         async with c.messages.stream(**args) as stream:
-            assert await stream.get_final_text() == (await first.parse()).content[0].text  # type: ignore[union-attr]
+            assert await stream.get_final_text() == (await first.parse()).content[0].text
 
 
 async def test_fallback_behind_both_apis(gw: tuple[RunningGateway, LedgerFile]) -> None:
