@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from gateway.config import settings_from_dict
 from tests.hardening.support import LedgerFile
@@ -170,3 +171,17 @@ async def test_messages_tool_use_round_trip(claude: anthropic.AsyncAnthropic) ->
     )
     assert answer.content[0].type == "text" and answer.stop_reason == "max_tokens"
     assert answer.usage.input_tokens > plain.usage.input_tokens
+
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no"]
+
+
+async def test_responses_parse_json_schema(oai: openai.AsyncOpenAI) -> None:
+    """``text.format`` (a JSON schema, as the SDK's ``responses.parse`` sends it) becomes vLLM's structured
+    output: even a random model's answer parses."""
+    parsed = await oai.responses.parse(
+        model="tiny", input="Is the sea blue?", text_format=Verdict, max_output_tokens=100, store=False
+    )
+    assert parsed.status == "completed", parsed.output_text
+    assert isinstance(parsed.output_parsed, Verdict)
