@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
+from gateway.accounting.retention import Retention
 from gateway.accounting.rollup import ids_filter, rollup_upsert
 from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
 from gateway.config import LedgerSettings
@@ -106,6 +107,11 @@ class SqlLedger:
         self._log = LogRecorder()
         self._inserts: dict[str, Insert] = {}
         self._rollup_stmts: dict[str, list[Insert]] = {}
+        self.retention: Retention | None = None
+        if settings.retention_days is not None:
+            self.retention = Retention(
+                db.engine, settings.retention_days, settings.retention_interval_seconds, settings.retention_batch_rows
+            )
 
     # -- recording (hot path) ---------------------------------------------------------------------------
 
@@ -146,6 +152,8 @@ class SqlLedger:
         """Start the background writer (inside the running event loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+        if self.retention is not None:
+            self.retention.start()
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` at :meth:`aclose`, before the database is closed (e.g. the key admission)."""
@@ -229,6 +237,8 @@ class SqlLedger:
         """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""
         self._closing = True
         self._wake.set()
+        if self.retention is not None:
+            await self.retention.aclose()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -263,3 +273,7 @@ class _LedgerCollector(Collector):
             "gateway_ledger_dropped_rows", "Ledger rows dropped because the queue was full", value=led.dropped
         )
         yield CounterMetricFamily("gateway_ledger_write_errors", "Failed ledger batch writes", value=led.write_errors)
+        if led.retention is not None:
+            yield CounterMetricFamily(
+                "gateway_ledger_expired_rows", "Raw ledger rows deleted by retention", value=led.retention.deleted
+            )

@@ -104,7 +104,7 @@ ledger = Table(
 Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
-Index("ix_gw_ledger_day", ledger.c.day)
+Index("ix_gw_ledger_request_id", ledger.c.request_id)
 
 api_keys = Table(
     "gw_api_keys",
@@ -161,7 +161,8 @@ def _rollup_table(grain: str) -> Table:
         Column("value", String(256), primary_key=True, comment="the dimension's value; '' for none"),
         *(Column(c, BigInteger, nullable=False) for c in COUNT_COLUMNS),
         *(Column(c, MoneySum(), nullable=False) for c in MONEY_COLUMNS),
-        *(Column(c, BigInteger, nullable=False) for c in TOTAL_HIST + TTFT_HIST),
+        # Only the model rows carry latency histograms (NULL elsewhere: no space taken in PostgreSQL).
+        *(Column(c, BigInteger) for c in TOTAL_HIST + TTFT_HIST),
     )
     Index(f"ix_{name}_key", table.c.key_id, table.c.dim, table.c.bucket_ms)
     return table
