@@ -272,6 +272,9 @@ class QualitySettings(_Strict):
     judge_max_tokens: int = Field(512, ge=16)
     max_answer_chars: int = Field(8000, ge=100, description="answers are cut to this length in the judge's prompt")
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
+    adapt_every_labels: int | None = Field(
+        None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"
+    )
 
 
 class ResponsesSettings(_Strict):
@@ -345,6 +348,8 @@ class Settings(BaseSettings):
         judge = self.quality.judge_model
         if judge is not None and judge not in names:
             raise ValueError(f"quality.judge_model: unknown model '{judge}'")
+        if self.quality.adapt_every_labels is not None and self.router.artifact is None:
+            raise ValueError("quality.adapt_every_labels needs router.artifact (where the adapted router goes)")
         return self
 
     def model(self, name: str) -> ModelSpec | None:
