@@ -8,11 +8,35 @@ request whose path, query string and headers together exceed ``server.max_header
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.constraints import PARSED_HEADERS
+from gateway.errors import InvalidRequest
+
 #: Bytes counted per header besides its name and value (": " and CRLF), as on the wire.
 _PER_HEADER = 4
+#: Headers read as one value: sent twice, a request is ambiguous (which key? which limit?) and refused.
+SINGLE_VALUED = frozenset({"authorization", "x-request-id", "content-length", *PARSED_HEADERS})
+
+
+def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers by lower-cased name: the one parse every endpoint uses.
+
+    Raises:
+        InvalidRequest: a header of :data:`SINGLE_VALUED` appears more than once (``param`` names it).
+    """
+    out: dict[str, str] = {}
+    for name_b, value_b in raw:
+        name = name_b.decode("latin-1").lower()
+        if name in out and name in SINGLE_VALUED:
+            raise InvalidRequest(
+                f"The header '{name}' was sent more than once; send it once.", param=name, code="duplicate_header"
+            )
+        out[name] = value_b.decode("latin-1")
+    return out
 
 
 def head_size(scope: Scope) -> int:

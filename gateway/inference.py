@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
-from gateway.http_limits import head_size, refuse_oversized_head
+from gateway.http_limits import head_size, header_dict, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
 from gateway.runtime import Gateway
 
@@ -100,11 +100,19 @@ async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive
         await refuse_oversized_head(send, size, limit)
         return
     ex = _Exchange(receive, send)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     pipeline = gw.pipeline
+    try:
+        headers = header_dict(scope["headers"])
+        duplicate: InvalidRequest | None = None
+    except InvalidRequest as err:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers.pop("authorization", None)  # ambiguous: not read at all
+        duplicate = err
     ctx = pipeline.new_context(endpoint, headers)
     try:
         try:
+            if duplicate is not None:
+                raise duplicate
             await pipeline.identify(ctx)  # before the body is even read
             raw = await read_asgi_body(receive, headers, gw.settings.server.max_body_bytes)
         except GatewayError as err:

@@ -113,10 +113,27 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _require_contents(request: ChatCompletionRequest) -> None:
+    """Every message has ``content``, as the OpenAI API requires, except an assistant message that carries
+    tool calls (or a function call, or a refusal) instead."""
+    for i, m in enumerate(request.messages):
+        if m.content is not None:
+            continue
+        extra = m.model_extra or {}
+        if m.role == "assistant" and (m.tool_calls or extra.get("function_call") or extra.get("refusal")):
+            continue
+        param = f"messages[{i}].content"
+        raise InvalidRequest(
+            f"Missing required parameter: '{param}' (a '{m.role}' message needs content).",
+            param=param,
+            code="missing_required_parameter",
+        )
+
+
 def validate(model: type[M], body: dict[str, Any]) -> M:
     """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field."""
     try:
-        return model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = _param(tuple(err["loc"])) or None
@@ -125,6 +142,9 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         else:
             message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+    if isinstance(request, ChatCompletionRequest):
+        _require_contents(request)
+    return request
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
