@@ -52,6 +52,7 @@ from gateway.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     InferenceRequest,
+    check_fan_out,
     load_json_object,
     validate,
 )
@@ -142,7 +143,12 @@ class Pipeline:
         try:
             self.parse(ctx, raw)
             await self.admission.admit(ctx)
-            feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+            if len(raw) > self.settings.server.offload_bytes:
+                # Counting a few MB of tokens takes seconds: in a thread (tiktoken releases the GIL) so the
+                # event loop keeps serving everyone else meanwhile.
+                feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
+            else:
+                feats = extract_features(ctx.endpoint, ctx.body, self.counter)
             ctx.prompt_tokens_estimate = feats.prompt_tokens
             if ctx.endpoint == "embeddings":
                 return await self._embeddings(ctx)
@@ -197,6 +203,7 @@ class Pipeline:
         request = validate(_VALIDATORS[ctx.endpoint], body)
         body.pop("gateway", None)  # ours: never forwarded
         ctx.constraints = Constraints.parse(ctx.headers, request.gateway)
+        check_fan_out(ctx.endpoint, body, self.settings.server.max_n, self.settings.server.max_prompts)
         ctx.stream = bool(body.get("stream"))
         if ctx.stream:
             opts = body.get("stream_options") or {}

@@ -147,6 +147,28 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
     return request
 
 
+def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
+    """How many prompts a request carries: a completions request may send a list (each gets ``n`` answers)."""
+    prompt = body.get("prompt") if endpoint == "completions" else None
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
+def check_fan_out(endpoint: str, body: dict[str, Any], max_n: int, max_prompts: int) -> None:
+    """Refuse a request asking for more completions than the server allows (``server.max_n`` per prompt,
+    ``server.max_prompts`` prompts): each is a 400 naming the field."""
+    n = body.get("n")
+    if isinstance(n, int) and n > max_n:
+        raise InvalidRequest(f"Invalid value for 'n': at most {max_n} on this gateway, got {n}.", param="n")
+    count = prompt_count(endpoint, body)
+    if count > max_prompts:
+        raise InvalidRequest(
+            f"Invalid value for 'prompt': at most {max_prompts} prompts per request on this gateway, got {count}.",
+            param="prompt",
+        )
+
+
 def load_json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object; 400 (``invalid_json``) for anything else or for absurd nesting."""
     if not raw:

@@ -67,9 +67,8 @@ def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
 
 
 def context(request: Request) -> RequestContext:
-    """A request context for a route other than inference (the caller's key, its address for admin checks)."""
+    """A request context for a route other than inference (the caller's key)."""
     ctx = gateway_of(request).pipeline.new_context("chat", header_dict(request.scope["headers"]))
-    ctx.extra["client_host"] = request.client.host if request.client else None
     return ctx
 
 

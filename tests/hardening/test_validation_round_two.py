@@ -40,7 +40,8 @@ def post(
     env: tuple[RunningGateway, LedgerFile], body: dict[str, Any], path: str = "/v1/chat/completions", **kw: Any
 ) -> httpx.Response:
     gw, _ = env
-    return httpx.post(gw.base_url + path, json=body, timeout=10, **kw)
+    headers = {"authorization": f"Bearer {MASTER}", **kw.pop("headers", {})}  # a master key turns auth on
+    return httpx.post(gw.base_url + path, json=body, timeout=10, headers=headers, **kw)
 
 
 async def refused(env: tuple[RunningGateway, LedgerFile], r: httpx.Response, param: str | None) -> dict[str, Any]:
