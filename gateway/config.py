@@ -160,6 +160,10 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
     upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")
+    head_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="a request's body must arrive within this")
+    keepalive_timeout_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections close after this")
+    max_connections: int = Field(2048, ge=1, description="connections and requests at once (beyond: 503)")
     offload_bytes: int = Field(
         64 * 1024, ge=0, description="bodies larger than this have their tokens counted off the event loop"
     )

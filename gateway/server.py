@@ -14,6 +14,7 @@ import sys
 
 from gateway.config import Settings, exposure_problem, is_loopback_host, load_settings
 from gateway.errors import ConfigError
+from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
 from gateway.logs import logging_config, setup_logging
 
 log = logging.getLogger("gateway.server")
@@ -38,6 +39,9 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
             n,
         )
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+    limits = settings.server
+    os.environ[HEAD_TIMEOUT_ENV] = str(limits.head_timeout_seconds)  # read by each worker's protocol
+    os.environ[BODY_TIMEOUT_ENV] = str(limits.body_timeout_seconds)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
@@ -45,7 +49,9 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
         port=port if port is not None else settings.server.port,
         workers=n,
         access_log=False,
-        http="httptools",
+        http=GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
+        timeout_keep_alive=int(max(1, limits.keepalive_timeout_seconds)),
+        limit_concurrency=limits.max_connections,
         ws="none",  # no websocket endpoints: do not load a websocket protocol
         log_config=logging_config(settings.server.log_level),  # applied in each worker process too
         timeout_graceful_shutdown=30,
