@@ -244,14 +244,19 @@ class Pipeline:
     async def _call(self, ctx: RequestContext, plan: Plan) -> Result:
         """Try the ranking in order until a candidate answers (the one attempt loop, streaming or not)."""
         last: UpstreamError | None = None
-        for attempt, cand in enumerate(self._attempt_order(plan)):
-            if attempt:
-                await self._backoff(attempt)
+        reached: set[str] = set()  # backends the request may have reached: a POST is never sent there again
+        for cand in self._attempt_order(plan):
+            if cand.name in reached:
+                continue
+            if ctx.attempts:
+                await self._backoff(len(ctx.attempts))
             ctx.attempts.append(cand.name)
             try:
                 return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:
                 self._attempt_failed(cand.name, err)
+                if err.reached:
+                    reached.add(cand.name)
                 last = err
                 if not is_retryable(err):
                     raise
