@@ -36,6 +36,7 @@ from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import (
     AllCandidatesFailed,
+    BudgetExceeded,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -290,6 +291,17 @@ class Pipeline:
         body["model"] = backend.name
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         self._set_usage(ctx, usage, body)
+        cap = ctx.spend_cap_usd
+        if (
+            cap is not None
+            and self.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens) > cap
+        ):
+            # the answer cost more than the key could still spend (an upstream ignoring max_tokens): charged,
+            # recorded, and not sent
+            raise BudgetExceeded(
+                f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
+                code="budget_exceeded_by_answer",
+            )
         ctx.finish_reason = _first_finish_reason(body)
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
@@ -312,6 +324,10 @@ class Pipeline:
         relay = ChunkRelay(ctx, backend.name, collect=self.cache.wants_stream(ctx))
         saw_done = False
         failed = False
+        cap = ctx.spend_cap_usd
+        price = self.price(backend.name) if cap is not None else None
+        chunks = chars = parts = 0
+        cut = False
         try:
             pending: bytes | None = first
             while True:
@@ -323,6 +339,20 @@ class Pipeline:
                     saw_done = True
                     break
                 out = relay.transform(data)
+                if price is not None and cap is not None:
+                    # Never trust the reserve alone (an upstream may ignore max_tokens): stop before sending
+                    # a chunk that takes the running cost past what the key reserved. Output so far counts
+                    # as at least one token per chunk.
+                    chunks += 1
+                    while parts < len(relay.text_parts):
+                        chars += len(relay.text_parts[parts])
+                        parts += 1
+                    tokens = max(chunks, chars // 4)
+                    if price.cost(ctx.prompt_tokens_estimate, tokens) > cap:
+                        raise BudgetExceeded(
+                            f"The stream was stopped: its cost passed the ${cap:f} this key could still spend.",
+                            code="budget_exceeded_mid_stream",
+                        )
                 if out is not None:
                     yield out
             if not saw_done:
@@ -334,6 +364,12 @@ class Pipeline:
             failed = True
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
+            ctx.error_type = type(err).__name__
+            ctx.error_message = err.message
+            yield error_event(err)
+        except BudgetExceeded as err:  # not the backend's fault: its breaker is untouched
+            cut = True
+            ctx.status_code = 200
             ctx.error_type = type(err).__name__
             ctx.error_message = err.message
             yield error_event(err)
@@ -354,7 +390,7 @@ class Pipeline:
                 total_s=ctx.elapsed() - t0,
                 completion_tokens=ctx.usage.completion_tokens,
             )
-            if not failed and relay.collected is not None:
+            if not failed and not cut and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the

@@ -265,6 +265,8 @@ class KeyAdmission:
             raise ServiceUnavailable("The rate-limit store is unreachable; try again shortly.") from None
         if verdict.outcome == "ok":
             ctx.extra[_RESERVATION] = verdict.reservation
+            if limits.budget_nano is not None:  # the pipeline cuts a stream or an answer that costs more
+                ctx.spend_cap_usd = from_nano(reserve)
             return
         if verdict.outcome == "revoked":
             self.cache.invalidate(caller.key_id)
