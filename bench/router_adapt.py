@@ -114,8 +114,8 @@ def main() -> int:
     print(f"evaluated on the rest; mean ± sd over {args.seeds} random draws")
     print(f"{'N':>5} {'router':<8} {'APGR':>13} {'CPT(50%)':>15} {'saved at 95%':>15}")
     for n in sizes:
-        for name in ("frozen", "adapted"):
-            a = np.array(rows[n][name])
+        for router_name in ("frozen", "adapted"):
+            a = np.array(rows[n][router_name])
             m, s = a.mean(axis=0), a.std(axis=0)
             print(
                 f"{n:>5} {name:<8} {m[0]:>6.3f} ± {s[0]:.3f} {100 * m[1]:>6.1f}% ± {100 * s[1]:4.1f}"
