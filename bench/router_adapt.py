@@ -118,7 +118,7 @@ def main() -> int:
             a = np.array(rows[n][router_name])
             m, s = a.mean(axis=0), a.std(axis=0)
             print(
-                f"{n:>5} {name:<8} {m[0]:>6.3f} ± {s[0]:.3f} {100 * m[1]:>6.1f}% ± {100 * s[1]:4.1f}"
+                f"{n:>5} {router_name:<8} {m[0]:>6.3f} ± {s[0]:.3f} {100 * m[1]:>6.1f}% ± {100 * s[1]:4.1f}"
                 f" {100 * m[2]:>6.1f}% ± {100 * s[2]:4.1f}"
             )
     if args.plot:
