@@ -244,7 +244,7 @@ class RouterSettings(_Strict):
         None, description="router artifact directory (`gateway router adapt --out`); default: the shipped prior"
     )
     embed_timeout_ms: float = Field(
-        25.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
+        4.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
     )
     embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
 

@@ -252,6 +252,9 @@ class Pipeline:
         except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("router_embed").inc()
             log.debug("router embedding unavailable: %s", exc)
+        else:
+            if ctx.prompt_vector is None:  # the worker's queue is full
+                self.metrics.cache_errors.labels("router_embed_busy").inc()
         return ctx.prompt_vector
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
