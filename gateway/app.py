@@ -24,6 +24,7 @@ from gateway.http_limits import HeaderLimit
 from gateway.inference import HOT_PATHS, InferenceRoute, handle
 from gateway.logs import tune_stdlib_logging
 from gateway.openapi import install_openapi
+from gateway.quality_routes import router as quality_router
 from gateway.routes import router as api_router
 from gateway.runtime import Gateway, build_gateway, close_gateway
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         app.router.routes.append(Route(path, InferenceRoute(endpoint), methods=["POST"], include_in_schema=False))
     app.include_router(api_router)
     app.include_router(admin_router)
+    app.include_router(quality_router)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

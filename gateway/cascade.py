@@ -18,6 +18,7 @@ model's first token. Only chat requests are checked; completions walk the ladder
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from policies.answer_check.confidence import token_logprobs
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Result
 
-__all__ = ["LOGPROB_BACKENDS", "Cascade", "strip_logprobs"]
+__all__ = ["LOGPROB_BACKENDS", "Cascade", "cascade_headers", "routed_cost", "router_pick", "strip_logprobs"]
 
 #: Backend kinds that return token log-probabilities when asked (``logprobs: true``).
 LOGPROB_BACKENDS = frozenset({"vllm", "openai"})
@@ -81,6 +82,9 @@ class Cascade:
         p = self.pipeline
         ladder = plan.decision.ranking
         if self.check is None or ctx.endpoint != "chat" or len(ladder) < 2:
+            if ctx.endpoint == "chat" and len(ladder) == 1:
+                ctx.cascade = "accepted"
+                ctx.cascade_reason = f"nothing to escalate to: {ladder[0].name} is the only candidate up"
             if not plan.fallbacks:
                 del ladder[1:]
             return await p._call(ctx, plan)
@@ -125,7 +129,6 @@ class Cascade:
         if held is not None:  # every rung above the held answer failed: better that answer than none
             backend, response, t0 = held
             spent = ctx.cascade_attempts.pop()
-            ctx.attempts.append(backend.name)
             ctx.cascade = "accepted"
             ctx.cascade_reason = f"escalation failed ({spent.model} kept): {ctx.cascade_reason}"
             return self._serve(ctx, backend, response, t0)
@@ -143,7 +146,8 @@ class Cascade:
         if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = 0
-        return await backend.complete(ctx.path, body)
+        with p.tracing.attempt(ctx, backend.name):
+            return await backend.complete(ctx.path, body)
 
     def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any]) -> None:
         """Record an escalated answer's tokens and cost (it is paid for although the client never sees it)."""
@@ -176,6 +180,15 @@ class Cascade:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
+
+
+def cascade_headers(ctx: RequestContext, safe: Callable[[str], str]) -> dict[str, str]:
+    """What happened, for the client: ``x-gateway-cascade`` (accepted / escalated), why, and the models asked."""
+    return {
+        "x-gateway-cascade": ctx.cascade or "",
+        "x-gateway-cascade-reason": safe(ctx.cascade_reason),
+        "x-gateway-cascade-attempts": ",".join(ctx.attempts),
+    }
 
 
 def routed_cost(ctx: RequestContext, plan_pick: str | None, pipeline: Pipeline) -> Decimal | None:

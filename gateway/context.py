@@ -108,6 +108,7 @@ class RequestContext:
     cascade_attempts: list[AttemptCost] = field(default_factory=list)
     routed_cost_usd: Decimal | None = None  # what routing by the prompt alone would have cost
     extra: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None  # the request's spans when OpenTelemetry is on (gateway.telemetry)
 
     @property
     def path(self) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
-from gateway.cascade import Cascade, routed_cost, router_pick
+from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -45,7 +45,7 @@ from gateway.errors import (
     is_retryable,
 )
 from gateway.features import extract_features
-from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
+from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
 from gateway.protocol import (
@@ -58,6 +58,7 @@ from gateway.protocol import (
 )
 from gateway.routing import Plan, Router, explain
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
+from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
 from policies.answer_check import AnswerCheck
 from policies.base import Candidate
@@ -107,6 +108,7 @@ class Pipeline:
         cache: ResponseCache,
         recorder: Recorder,
         answer_check: AnswerCheck | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -117,6 +119,9 @@ class Pipeline:
         self.admission = admission
         self.cache = cache
         self.recorder = recorder
+        self.tracing: Tracing = tracing or NoTracing()
+        #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
+        self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
         self.cascade = Cascade(self, answer_check)
@@ -138,6 +143,7 @@ class Pipeline:
         Raises:
             GatewayError: Unauthorized (recorded: the caller of :meth:`run` records it with :meth:`fail`).
         """
+        self.tracing.request_started(ctx)
         await self.admission.identify(ctx)
 
     async def run(self, ctx: RequestContext, raw: bytes) -> Result:
@@ -265,19 +271,21 @@ class Pipeline:
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
-            stream = await backend.open_stream(ctx.path, body)
-            try:
-                events = stream.events()
-                first = await _first_event(events, backend)
-            except BaseException:
-                await _close_quietly(stream)
-                raise
+            with self.tracing.attempt(ctx, backend.name):
+                stream = await backend.open_stream(ctx.path, body)
+                try:
+                    events = stream.events()
+                    first = await _first_event(events, backend)
+                except BaseException:
+                    await _close_quietly(stream)
+                    raise
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
-        response = await backend.complete(ctx.path, body)
-        breaker.record_success()
-        ctx.chosen_model = backend.name
-        return self._answer(ctx, backend, response, t0)
+        with self.tracing.attempt(ctx, backend.name):
+            response = await backend.complete(ctx.path, body)
+            breaker.record_success()
+            ctx.chosen_model = backend.name
+            return self._answer(ctx, backend, response, t0)
 
     def _answer(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> JSONResult:
         """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
@@ -289,6 +297,9 @@ class Pipeline:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.cache.store(ctx, body)
+        if self.monitor is not None and self.monitor.wants(ctx):
+            choices = body.get("choices") or [{}]
+            ctx.extra[_MONITOR] = _choice_text(choices[0]) if isinstance(choices[0], dict) else ""
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -327,6 +338,7 @@ class Pipeline:
             yield DONE
         except UpstreamError as err:
             failed = True
+            self.tracing.attempt_ended(ctx, err)
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
             ctx.error_type = type(err).__name__
@@ -351,6 +363,9 @@ class Pipeline:
             )
             if not failed and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
+            self.tracing.attempt_ended(ctx)  # the failed ones ended above
+            if not failed and self.monitor is not None and self.monitor.wants(ctx):
+                ctx.extra[_MONITOR] = "".join(relay.text_parts)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
             # upstream cancellation or the ledger row.
@@ -376,11 +391,12 @@ class Pipeline:
         ctx.policy = "explicit"
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
-        response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
-        body = response.body
-        body["model"] = spec.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self._set_usage(ctx, usage, body)
+        with self.tracing.attempt(ctx, spec.name):
+            response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            body = response.body
+            body["model"] = spec.name
+            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+            self._set_usage(ctx, usage, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -414,9 +430,12 @@ class Pipeline:
     def _attempt_failed(self, name: str, err: UpstreamError) -> None:
         if is_retryable(err):
             self.breakers[name].record_failure()
-            self.backends[name].stats.last_error = err.message
+            self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message
             self.metrics.fallbacks.labels(name).inc()
-        log.warning("attempt on %s failed: %s", name, err.message)
+        if err.detail:
+            log.warning("attempt on %s failed: %s (%s)", name, err.message, err.detail)
+        else:
+            log.warning("attempt on %s failed: %s", name, err.message)
 
     def _upstream_body(self, ctx: RequestContext, backend: Backend) -> dict[str, Any]:
         spec = self.settings.model(backend.name)
@@ -479,9 +498,7 @@ class Pipeline:
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
         if ctx.cascade is not None:
-            headers["x-gateway-cascade"] = ctx.cascade
-            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
-            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
+            headers.update(cascade_headers(ctx, _header_safe))
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -507,8 +524,13 @@ class Pipeline:
         finally:
             self.recorder.record(ctx)
             self.metrics.observe(ctx)
+            self.tracing.request_ended(ctx)
+            answer = ctx.extra.pop(_MONITOR, None)
+            if answer is not None and self.monitor is not None:
+                self.monitor.submit(ctx, answer)  # the response is complete: judged off the request path
 
 
+_MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 

@@ -224,7 +224,7 @@ class Router:
         policy = self.policies.get(name)
         if policy is None:
             raise InvalidRequest(
-                f"Unknown routing policy '{name}' (known: {', '.join(sorted(self.policies))}).",
+                f"Unknown routing policy '{name}' in 'x-gateway-policy' (known: {', '.join(sorted(self.policies))}).",
                 param="x-gateway-policy",
                 code="unknown_policy",
             )
@@ -366,8 +366,8 @@ class Router:
             if not ok:
                 cheapest = min(cands, key=lambda x: x.cost_usd)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies max cost ${max_cost}: the cheapest, '{cheapest.name}', is "
-                    f"predicted to cost ${cheapest.cost_usd:.8f}.",
+                    f"No candidate satisfies max cost ${max_cost} ('x-gateway-max-cost-usd'): the cheapest, "
+                    f"'{cheapest.name}', is predicted to cost ${cheapest.cost_usd:.8f}.",
                     param="x-gateway-max-cost-usd",
                 )
             cands = ok
@@ -376,8 +376,8 @@ class Router:
             if not ok:
                 fastest = min(cands, key=lambda x: x.latency_s)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies max latency {max_latency:g} ms: the fastest, '{fastest.name}', "
-                    f"is predicted to take {fastest.latency_s * 1000:.0f} ms.",
+                    f"No candidate satisfies max latency {max_latency:g} ms ('x-gateway-max-latency-ms'): the "
+                    f"fastest, '{fastest.name}', is predicted to take {fastest.latency_s * 1000:.0f} ms.",
                     param="x-gateway-max-latency-ms",
                 )
             cands = ok
@@ -386,8 +386,8 @@ class Router:
             if not ok:
                 best = max(cands, key=lambda x: x.quality)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies min quality {min_quality:g}: the best, '{best.name}', is "
-                    f"predicted at {best.quality:.2f} for this prompt.",
+                    f"No candidate satisfies min quality {min_quality:g} ('x-gateway-min-quality'): the best, "
+                    f"'{best.name}', is predicted at {best.quality:.2f} for this prompt.",
                     param="x-gateway-min-quality",
                 )
             cands = ok

@@ -19,7 +19,10 @@ from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
+from gateway.quality.monitor import QualityMonitor
+from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router
+from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 from policies.answer_check import AnswerCheck
 
@@ -40,6 +43,9 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    tracing: Tracing
+    readiness: Readiness
+    monitor: QualityMonitor | None = None
 
 
 def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
@@ -76,8 +82,11 @@ async def build_gateway(settings: Settings) -> Gateway:
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
+    tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})
     http = build_session(
-        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        max_connections=server.upstream_max_connections,
+        keepalive_seconds=server.upstream_keepalive_seconds,
+        trace_configs=tracing.trace_configs(),
     )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
@@ -102,17 +111,30 @@ async def build_gateway(settings: Settings) -> Gateway:
         cache=cache,
         recorder=recorder,
         answer_check=load_answer_check(),
+        tracing=tracing,
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    readiness = Readiness(backends, breakers, server.health_probe_seconds)
+    readiness.start()
+    gw = Gateway(
+        settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, tracing, readiness
+    )
+    if settings.quality.enabled:
+        gw.monitor = await components.build_monitor(gw, counter)
+        pipeline.monitor = gw.monitor
+    return gw
 
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await gw.readiness.aclose()
     await drain_background()
+    if gw.monitor is not None:
+        await gw.monitor.aclose()
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
+    await gw.tracing.aclose()

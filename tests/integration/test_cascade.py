@@ -186,14 +186,25 @@ def test_streaming_escalated_never_shows_the_local_answer(env: Env) -> None:
     assert len(rows) == 1 and rows[0]["attempts"] == 2 and rows[0]["chosen_model"] == "gpt-4"
 
 
-def test_a_dead_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_through(tmp_path: Path) -> None:
+def test_a_failing_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_through(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
-    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
-        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+    failing = create_simulator_app("gpt-4", time_scale=0.0, faults={"mode": "error_500"})
+    with (
+        run_asgi_server(local) as lu,
+        run_asgi_server(failing) as fu,
+        serve_gateway(_settings(lu, fu, tmp_path)) as gw,
+    ):
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, fu), "refuseme: tell me a joke")
         assert raw.headers["x-gateway-cascade"] == "accepted"
         assert raw.headers["x-gateway-cascade-reason"].startswith("escalation failed")
         assert raw.headers["x-gateway-model"] == "llama-2-7b"
+        rows = _rows(tmp_path / "ledger.db", raw.headers["x-request-id"])
+        assert len(rows) == 1 and rows[0]["attempts"] == 2  # local, then gpt-4 (failed)
+    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+        assert raw.headers["x-gateway-cascade"] == "accepted"  # gpt-4 is known down: nothing to escalate to
+        assert raw.headers["x-gateway-cascade-reason"].startswith("nothing to escalate to")
     strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
     with run_asgi_server(strong) as su, serve_gateway(_settings(dead, su, tmp_path)) as gw:
         r = httpx.post(
