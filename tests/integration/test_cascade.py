@@ -3,6 +3,7 @@ to the hosted one; streamed and not; headers, logprobs asked for and stripped, o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -111,6 +112,11 @@ def test_a_good_local_answer_is_accepted_and_its_logprobs_stripped(env: Env) -> 
     assert completion.choices[0].logprobs is None  # the gateway asked for them; the client did not
     rows = _rows(env.db, h["x-request-id"])
     assert len(rows) == 1 and rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["attempts"] == 1
+    assert rows[0]["cascade"] == "accepted"
+    (only,) = json.loads(rows[0]["cascade_attempts"])
+    assert only["model"] == "llama-2-7b" and only["outcome"] == "accepted"
+    assert Decimal(only["cost_usd"]) == Decimal(h["x-gateway-cost-usd"])
+    assert rows[0]["routed_cost_usd"] is not None  # what the prompt router alone would have paid
     assert _money(rows[0]["cost_usd"]) == Decimal(h["x-gateway-cost-usd"]).normalize()
 
 
@@ -148,6 +154,16 @@ def test_a_poor_local_answer_escalates_and_both_attempts_are_paid(env: Env, prom
     row = rows[0]
     assert row["chosen_model"] == "gpt-4" and row["attempts"] == 2 and row["policy"] == "cascade"
     assert _money(row["cost_usd"]) == cost.normalize()
+    assert row["cascade"] == "escalated"
+    local, strong = json.loads(row["cascade_attempts"])
+    assert (local["model"], local["outcome"], strong["model"], strong["outcome"]) == (
+        "llama-2-7b",
+        "escalated",
+        "gpt-4",
+        "answered",
+    )
+    assert Decimal(local["cost_usd"]) > 0 and Decimal(strong["cost_usd"]) == gpt4
+    assert Decimal(local["cost_usd"]) + Decimal(strong["cost_usd"]) == cost
 
 
 def _stream(env: Env, prompt: str) -> tuple[httpx.Headers, str]:
