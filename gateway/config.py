@@ -218,6 +218,18 @@ class LedgerSettings(_Strict):
     latency_sample_rows: int = Field(20_000, ge=100, description="newest rows read for dashboard percentiles")
 
 
+class RouterSettings(_Strict):
+    """The learned quality router: which artifact, and how long a decision may wait for the prompt's embedding."""
+
+    artifact: str | None = Field(
+        None, description="router artifact directory (`gateway router adapt --out`); default: the shipped prior"
+    )
+    embed_timeout_ms: float = Field(
+        25.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
+    )
+    embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
+
+
 class AuthSettings(_Strict):
     """Virtual keys. Off by default; ``GATEWAY_MASTER_KEY`` administers."""
 
@@ -257,6 +269,15 @@ class QualitySettings(_Strict):
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
 
 
+class ResponsesSettings(_Strict):
+    """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
+
+    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, in-process")
+    redis_prefix: str = "gw:resp:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
+
+
 class Settings(BaseSettings):
     """The whole validated configuration."""
 
@@ -274,10 +295,12 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @classmethod
     def settings_customise_sources(

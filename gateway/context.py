@@ -73,6 +73,8 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     stream: bool = False
+    #: the client's API when a front door translated it to ``endpoint`` ("responses", "messages")
+    api: str | None = None
     client_wants_usage: bool = False
     # admission
     api_key: str | None = None
@@ -96,6 +98,8 @@ class RequestContext:
     saved_usd: Decimal = Decimal(0)
     cache_status: str = "bypass"
     cache_score: float | None = None
+    #: the routing prompt's MiniLM vector once computed (by the semantic cache or for the adapted router)
+    prompt_vector: Any = None
     ttft_s: float | None = None
     total_s: float | None = None
     status_code: int = 200

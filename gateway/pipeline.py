@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,7 +44,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     is_retryable,
 )
-from gateway.features import extract_features
+from gateway.features import RequestFeatures, extract_features
 from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
@@ -56,14 +56,19 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, explain
+from gateway.routing import Plan, Router, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
 from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
+if TYPE_CHECKING:
+    from cache.semantic import SemanticEncoder
+
 log = logging.getLogger("gateway.pipeline")
+#: Characters of a prompt handed to the router's embedding (it reads at most ``router.embed_max_tokens``).
+_EMBED_MAX_CHARS = 4000
 
 _VALIDATORS: dict[str, type[InferenceRequest]] = {
     "chat": ChatCompletionRequest,
@@ -107,10 +112,13 @@ class Pipeline:
         admission: Admission,
         cache: ResponseCache,
         recorder: Recorder,
-        answer_check: AnswerCheck | None = None,
         tracing: Tracing | None = None,
+        router_encoder: SemanticEncoder | None = None,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
+        #: the embedding worker an adapted router reads (the semantic cache's when it has one)
+        self.router_encoder = router_encoder
         self.backends = backends
         self.breakers = breakers
         self.router = router
@@ -160,7 +168,8 @@ class Pipeline:
             if cached is not None:
                 return self._serve_cached(ctx, cached)
             started = perf_counter()
-            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
+            vector = await self._prompt_vector(ctx, feats)
+            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
             if plan.decision.policy == "cascade":
@@ -218,6 +227,24 @@ class Pipeline:
         ctx.body = body
 
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
+        """The routing prompt's embedding when an adapted router decides this request: the one the semantic
+        cache computed, else one from the worker thread (never on the loop), waited for at most
+        ``router.embed_timeout_ms``; None (the router's stand-in) when it is late, saturated or failed."""
+        estimator = self.router.estimator
+        if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
+            return None
+        if ctx.prompt_vector is not None or self.router_encoder is None or not feats.prompt:
+            return ctx.prompt_vector
+        try:
+            async with asyncio.timeout(self.settings.router.embed_timeout_ms / 1000.0):
+                # characters beyond what the truncated embedding reads need not be tokenized
+                ctx.prompt_vector = await self.router_encoder.encode(feats.prompt[:_EMBED_MAX_CHARS])
+        except (ValueError, RuntimeError, TimeoutError) as exc:
+            self.metrics.cache_errors.labels("router_embed").inc()
+            log.debug("router embedding unavailable: %s", exc)
+        return ctx.prompt_vector
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
         d = plan.decision

@@ -60,10 +60,12 @@ class Tracing(Protocol):
         """Open the request's span (parent: the client's ``traceparent``), before anything else runs."""
         ...
 
-    def attempt(self, ctx: RequestContext, model: str) -> contextlib.AbstractContextManager[None]:
+    def attempt(
+        self, ctx: RequestContext, model: str, *, stream: bool | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Around one upstream call: a child span, current while the call is made so that its context
-        travels upstream. It ends when the block ends, except for a stream that opened: that one ends
-        with :meth:`attempt_ended`, when the stream does."""
+        travels upstream. It ends when the block ends, except for a stream that opened (``stream``, by
+        default ``ctx.stream``): that one ends with :meth:`attempt_ended`, when the stream does."""
         ...
 
     def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
@@ -91,7 +93,9 @@ class NoTracing:
     def request_started(self, ctx: RequestContext) -> None:
         """Nothing."""
 
-    def attempt(self, ctx: RequestContext, model: str) -> contextlib.AbstractContextManager[None]:
+    def attempt(
+        self, ctx: RequestContext, model: str, *, stream: bool | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Nothing."""
         return self._NULL
 
@@ -193,12 +197,13 @@ class OTelTracing:
         ctx.trace = _Trace(span, self._trace.set_span_in_context(span, parent))
 
     @contextlib.contextmanager
-    def attempt(self, ctx: RequestContext, model: str) -> Iterator[None]:
+    def attempt(self, ctx: RequestContext, model: str, *, stream: bool | None = None) -> Iterator[None]:
         """A child span for one upstream call, current during the call (so aiohttp injects its context)."""
         trace: _Trace | None = ctx.trace
         if trace is None:
             yield
             return
+        self.attempt_ended(ctx)  # one open at a time
         op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
         span = self._tracer.start_span(
             f"{op} {model}",
@@ -219,7 +224,7 @@ class OTelTracing:
             self.attempt_ended(ctx, exc)
             raise
         else:
-            if not ctx.stream:
+            if not (ctx.stream if stream is None else stream):
                 self.attempt_ended(ctx)
         finally:
             self._context.detach(token)

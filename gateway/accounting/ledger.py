@@ -67,7 +67,7 @@ def row_from_context(ctx: RequestContext) -> Row:
         "key_id": _cut(ctx.key_id, 64),
         "user": _cut(ctx.user, 256),
         "team": _cut(ctx.team, 128),
-        "endpoint": ctx.endpoint,
+        "endpoint": ctx.api or ctx.endpoint,
         "route": _cut(ctx.route, 128),
         "policy": _cut(ctx.policy, 64),
         "requested_model": ctx.requested_model[:256],
