@@ -56,7 +56,7 @@ async def test_ledger_totals_equal_tokens_times_price(db_url: str) -> None:
         await send(chat("gpt4o", "priced by litellm", max_tokens=9))
         await send(chat("hosted-nousage", "count these tokens yourself", max_tokens=6))
         await send(chat("hosted-nousage", "and these streamed", stream=True, max_tokens=7))
-        await send(chat("broken", "fails upstream"), status=500)
+        await send(chat("broken", "fails upstream"), status=502)
         await send(chat("no-such-model", "unknown"), status=404)
         cached = chat("hosted-a", "cache me", max_tokens=4)
         await send(cached)

@@ -229,3 +229,23 @@ def test_a_failing_strong_model_leaves_the_held_answer_and_a_dead_local_one_fall
             timeout=30,
         )
         assert r.status_code == 200 and r.headers["x-gateway-model"] == "gpt-4"
+
+
+def test_the_dashboard_reports_escalation_rate_and_cost_against_routing_alone(env: Env) -> None:
+    before = _cascade_report(env)
+    for prompt in (GOOD, "refuseme: a limerick", "refuseme: a sonnet"):
+        raw = _ask(env, prompt)
+        assert _rows(env.db, raw.headers["x-request-id"])
+    after = _cascade_report(env)
+    assert after["requests"] - before.get("requests", 0) == 3
+    assert after["escalated"] - before.get("escalated", 0) == 2
+    assert 0 < after["escalation_rate"] < 1
+    assert Decimal(after["cost_usd"]) > 0 and after["routed_cost_usd"] is not None
+    assert Decimal(after["saved_vs_routing_usd"]) == Decimal(after["routed_cost_usd"]) - Decimal(after["cost_usd"])
+
+
+def _cascade_report(env: Env) -> dict[str, Any]:
+    r = httpx.get(env.url + "/admin/dashboard/data", params={"start": "1h"}, timeout=30)
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = [c for c in r.json()["cascade"] if c["route"] == "cascade"]
+    return found[0] if found else {}
