@@ -237,6 +237,8 @@ def test_the_dashboard_reports_escalation_rate_and_cost_against_routing_alone(en
         raw = _ask(env, prompt)
         assert _rows(env.db, raw.headers["x-request-id"])
     after = _cascade_report(env)
+    metrics = httpx.get(env.url + "/metrics", timeout=30).text
+    assert 'gateway_cascade_total{outcome="escalated",route="cascade"}' in metrics
     assert after["requests"] - before.get("requests", 0) == 3
     assert after["escalated"] - before.get("escalated", 0) == 2
     assert 0 < after["escalation_rate"] < 1
