@@ -44,7 +44,9 @@ class Env:
     strong_sim: str
 
 
-def _settings(local: str, strong: str, tmp: Path, **route: Any) -> Any:
+def _settings(
+    local: str, strong: str, tmp: Path, extra_models: list[dict[str, Any]] | None = None, **route: Any
+) -> Any:
     return settings_from_dict(
         {
             "models": [
@@ -57,6 +59,7 @@ def _settings(local: str, strong: str, tmp: Path, **route: Any) -> Any:
                     "tokens_per_second": 1500,
                 },
                 {"name": "gpt-4", "backend": "openai", "base_url": strong + "/v1", "upstream_model": "gpt-4"},
+                *(extra_models or []),
             ],
             "routes": {
                 "cascade": {"models": ["llama-2-7b", "gpt-4"], "policy": "cascade", "quality_target": 0.5, **route}
@@ -251,3 +254,63 @@ def _cascade_report(env: Env) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     found: list[dict[str, Any]] = [c for c in r.json()["cascade"] if c["route"] == "cascade"]
     return found[0] if found else {}
+
+
+def _judge_app(reply: str) -> Any:
+    """An OpenAI-compatible judge that always answers ``reply`` (and counts its calls)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    calls: list[dict[str, Any]] = []
+
+    async def chat(request: Request) -> JSONResponse:
+        calls.append(await request.json())
+        return JSONResponse(
+            {
+                "id": "judge",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "judge",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 300, "completion_tokens": 6, "total_tokens": 306},
+            }
+        )
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.state.calls = calls
+    return app
+
+
+@pytest.mark.parametrize(("reply", "outcome"), [("Rating: [[9]]", "accepted"), ("no idea", "escalated")])
+def test_the_verifier_decides_when_the_check_is_unsure_and_is_paid_for(
+    tmp_path: Path, reply: str, outcome: str
+) -> None:
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    judge = _judge_app(reply)
+    with run_asgi_server(local) as lu, run_asgi_server(strong) as su, run_asgi_server(judge) as ju:
+        judge_model = {
+            "name": "judge",
+            "backend": "openai",
+            "base_url": ju + "/v1",
+            "input_cost_per_token": "0.0000001",
+            "output_cost_per_token": "0.0000002",
+        }
+        verifier = {"model": "judge", "band": 1.0, "min_escalation_cost_usd": 0}
+        with serve_gateway(_settings(lu, su, tmp_path, [judge_model], verifier=verifier)) as gw:
+            raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, su), "refuseme: tell me a joke")
+            h = raw.headers
+            assert h["x-gateway-cascade"] == outcome
+            assert len(judge.state.calls) == 1
+            assert "tell me a joke" in judge.state.calls[0]["messages"][1]["content"]
+            if outcome == "accepted":  # the judge overrules the check
+                assert "verifier rated 9/10" in h["x-gateway-cascade-reason"]
+                assert h["x-gateway-model"] == "llama-2-7b"
+            row = _rows(tmp_path / "ledger.db", h["x-request-id"])[0]
+            paid = json.loads(row["cascade_attempts"])
+            verifier = [a for a in paid if a["outcome"] == "verifier"]
+            assert len(verifier) == 1 and verifier[0]["model"] == "judge"
+            assert Decimal(verifier[0]["cost_usd"]) == Decimal("0.0000001") * 300 + Decimal("0.0000002") * 6
+            assert sum(Decimal(a["cost_usd"]) for a in paid) == Decimal(h["x-gateway-cost-usd"])
