@@ -286,7 +286,7 @@ class ResponsesSettings(_Strict):
     """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
 
     ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
-    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, in-process")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
 
