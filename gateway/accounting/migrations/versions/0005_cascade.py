@@ -1,7 +1,7 @@
 """Cascade routes: what the answer check decided, every attempt's cost, and what routing alone would have cost.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from gateway.accounting.schema import Money
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
