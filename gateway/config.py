@@ -112,6 +112,18 @@ class Weights(_Strict):
     latency: float = Field(1.0, ge=0)
 
 
+class CascadeVerifier(_Strict):
+    """A ``cascade`` route's optional judge call (``policies.answer_check.verifier``): asked only when the answer
+    check is unsure (score within ``band`` of the threshold) and escalating would cost at least
+    ``min_escalation_cost_usd`` and more than asking."""
+
+    model: str = Field(min_length=1, description="the configured model that judges")
+    band: float = Field(0.15, ge=0, le=1)
+    min_escalation_cost_usd: float = Field(0.002, ge=0)
+    min_rating: int = Field(7, ge=1, le=10, description="the judge's rating (1-10) from which an answer passes")
+    max_tokens: int = Field(12, ge=1)
+
+
 class RouteSpec(_Strict):
     """A name clients send as ``model`` that the gateway resolves per request."""
 
@@ -132,6 +144,7 @@ class RouteSpec(_Strict):
     quality_sample_rate: float | None = Field(
         None, ge=0, le=1, description="share judged by the quality monitor; default: quality.sample_rate"
     )
+    verifier: CascadeVerifier | None = Field(None, description="cascade routes: the optional judge call")
 
 
 class RetrySettings(_Strict):
@@ -359,6 +372,8 @@ class Settings(BaseSettings):
             for model in spec.models or []:
                 if model not in names:
                     raise ValueError(f"routes.{route}.models: unknown model '{model}'")
+            if spec.verifier is not None and spec.verifier.model not in names:
+                raise ValueError(f"routes.{route}.verifier.model: unknown model '{spec.verifier.model}'")
         judge = self.quality.judge_model
         if judge is not None and judge not in names:
             raise ValueError(f"quality.judge_model: unknown model '{judge}'")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
-from gateway.cascade import Cascade, routed_cost, router_pick
+from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -576,9 +576,7 @@ class Pipeline:
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
         if ctx.cascade is not None:
-            headers["x-gateway-cascade"] = ctx.cascade
-            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
-            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
+            headers.update(cascade_headers(ctx, _header_safe))
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

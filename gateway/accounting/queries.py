@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.accounting.cascade_report import cascade_by_route
 from gateway.accounting.schema import (
     COUNT_COLUMNS,
     GRAINS_MS,
@@ -458,6 +459,7 @@ async def dashboard(
         "latency": await latency(engine, start_ms=start, end_ms=end, sample_rows=sample_rows),
         "top_keys": [r.to_json() for r in await spend(engine, "key", start_ms=start, end_ms=end, limit=10)],
         "top_users": [r.to_json() for r in await spend(engine, "user", start_ms=start, end_ms=end, limit=10)],
+        "cascade": await cascade_by_route(engine, start_ms=start, end_ms=end),
     }
 
 
