@@ -230,9 +230,11 @@ def test_prometheus_scrapes_the_gateway_and_the_model_servers() -> None:
 def test_load_balancer_config() -> None:
     conf = (REPO_ROOT / "deploy/compose/nginx.conf").read_text()
     assert re.search(r"set \$\w+ http://gateway:8080;", conf)
-    assert "resolver 127.0.0.11" in conf and "proxy_buffering off;" in conf
+    # The resolver is the container's own (the nginx image's template step), not Docker's fixed 127.0.0.11.
+    assert "resolver ${NGINX_LOCAL_RESOLVERS} " in conf and "proxy_buffering off;" in conf
     lb = stack({})["services"]["lb"]
-    assert "./deploy/compose/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in lb["volumes"]
+    assert "./deploy/compose/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in lb["volumes"]
+    assert lb["environment"]["NGINX_ENTRYPOINT_LOCAL_RESOLVERS"] == "1"
     assert [c for _, c in published(lb)] == [80]
     assert "listen 80;" in conf and "location = /nginx-health" in conf
 
