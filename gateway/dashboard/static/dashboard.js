@@ -195,6 +195,21 @@
     });
   }
 
+  function pct(v) { return (Number(v || 0) * 100).toFixed(1) + " %"; }
+
+  function renderCascade(rows) {
+    var body = $("table-cascade").querySelector("tbody");
+    body.textContent = "";
+    (rows || []).forEach(function (r) {
+      var routed = r.routed_cost_usd === null ? "–" : usd(r.routed_cost_usd);
+      var savedRouting = r.saved_vs_routing_usd === null ? "–" : usd(r.saved_vs_routing_usd);
+      var savedBase = Number(r.baseline_cost_usd) - Number(r.cost_usd);
+      addRow(body, [r.route === null ? "(none)" : r.route, int(r.requests), int(r.escalated),
+                    pct(r.escalation_rate), usd(r.cost_usd), routed, savedRouting, usd(savedBase)], r.route);
+    });
+    $("card-cascade").hidden = !(rows && rows.length);
+  }
+
   function render(data) {
     renderTotals(data);
     renderSpend(data);
@@ -203,6 +218,7 @@
       return r.group === null ? "(no key)" : (r.name ? r.name + " (" + r.group + ")" : r.group);
     });
     renderTop("table-users", data.top_users, function (r) { return r.group === null ? "(no user)" : r.group; });
+    renderCascade(data.cascade);
     $("ledger-status").textContent = data.ledger.pending_rows + " ledger rows pending, " +
       data.ledger.dropped_rows + " dropped; " + data.range.bucket_s + " s buckets";
     $("last-updated").textContent = "updated " + new Date().toLocaleTimeString();
