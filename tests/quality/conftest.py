@@ -46,9 +46,9 @@ def sims() -> Iterator[dict[str, str]]:
         strong.stop()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def master(monkeypatch: pytest.MonkeyPatch) -> str:
-    """GATEWAY_MASTER_KEY for this test."""
+    """GATEWAY_MASTER_KEY for every test here (admin endpoints need it)."""
     monkeypatch.setenv("GATEWAY_MASTER_KEY", MASTER)
     return MASTER
 
@@ -95,7 +95,7 @@ def make_settings(
     return settings_from_dict(data)
 
 
-def admin(gw: RunningGateway) -> dict[str, str]:
+def admin() -> dict[str, str]:
     """The master key's header."""
     return {"authorization": f"Bearer {MASTER}"}
 
@@ -115,6 +115,6 @@ async def wait_judged(gw: RunningGateway, n: int, timeout_s: float = 20.0) -> No
 async def quality(gw: RunningGateway, group_by: str = "route", headers: dict[str, str] | None = None) -> Any:
     """``GET /admin/quality``'s body."""
     async with httpx.AsyncClient(base_url=gw.base_url) as client:
-        r = await client.get("/admin/quality", params={"group_by": group_by}, headers=headers or {})
+        r = await client.get("/admin/quality", params={"group_by": group_by}, headers=headers or admin())
     assert r.status_code == 200, r.text
     return r.json()

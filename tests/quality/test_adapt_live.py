@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, wait_judged
+from tests.quality.conftest import MASTER, admin, make_settings, wait_judged
 
 
 async def test_enough_new_verdicts_adapt_and_reload_the_router(sims: dict[str, str], tmp_path: Path) -> None:
@@ -25,8 +25,8 @@ async def test_enough_new_verdicts_adapt_and_reload_the_router(sims: dict[str, s
     prompts = [f"hard proof of lemma {i}" if i % 2 else f"plain poem about item {i}" for i in range(24)]
     with serve_gateway(cfg) as gw:
         async with httpx.AsyncClient(base_url=gw.base_url) as http:
-            before = (await http.get("/admin/router")).json()
-            client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+            before = (await http.get("/admin/router", headers=admin())).json()
+            client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
             for prompt in prompts:
                 await client.chat.completions.create(
                     model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=8
@@ -39,7 +39,7 @@ async def test_enough_new_verdicts_adapt_and_reload_the_router(sims: dict[str, s
                 if monitor.adapter.adaptations:
                     break
                 await asyncio.sleep(0.1)
-            after = (await http.get("/admin/router")).json()
+            after = (await http.get("/admin/router", headers=admin())).json()
     assert before["kind"] == "prior"
     assert monitor.adapter.adaptations == 1, monitor.adapter.failures
     assert after["kind"] == "adapted" and after["training_data"]["from"] == "ledger (background)"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, OUTPUT
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, wait_judged
+from tests.quality.conftest import MASTER, admin, make_settings, wait_judged
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
@@ -24,6 +24,7 @@ def test_the_quality_panel(sims: dict[str, str], tmp_path: Path) -> None:
             r = httpx.post(
                 f"{gw.base_url}/v1/chat/completions",
                 json={"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8},
+                headers=admin(),
                 timeout=30,
             )
             assert r.status_code == 200
@@ -36,7 +37,7 @@ def test_the_quality_panel(sims: dict[str, str], tmp_path: Path) -> None:
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(f"{gw.base_url}/dashboard")
-                page.fill("#master-key", "")
+                page.fill("#master-key", MASTER)
                 page.click("#login-button")
                 line = page.locator('#quality-lines li[data-route="auto"]')
                 expect(line).to_have_attribute("data-samples", "4")

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.cli_quality import export_from_config
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, wait_judged
+from tests.quality.conftest import MASTER, admin, make_settings, wait_judged
 
 
 async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_pat
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     ids: dict[str, str] = {}
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         for prompt in ("hard one", "trick one", "plain one"):
             raw = await client.chat.completions.with_raw_response.create(
                 model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=8
@@ -28,7 +28,7 @@ async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_pat
             ids[prompt] = raw.headers["x-request-id"]
         await client.close()
         await wait_judged(gw, 3)
-        async with httpx.AsyncClient(base_url=gw.base_url) as http:  # keys are off: any request takes feedback
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=admin()) as http:  # the requests were the master's
             r = await http.post("/v1/feedback", json={"request_id": ids["plain one"], "score": 0.25})
             assert r.status_code == 201, r.text
     out = tmp_path / "labels.jsonl"

@@ -18,7 +18,7 @@ from gateway.accounting.db import async_url
 from gateway.accounting.schema import ledger
 from gateway.quality.tables import verdicts
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, quality, wait_judged
+from tests.quality.conftest import MASTER, make_settings, quality, wait_judged
 
 PROMPTS = [f"hard question {i}" for i in range(4)] + [f"trick question {i}" for i in range(4)]
 PROMPTS += [f"plain question {i}" for i in range(4)]
@@ -52,7 +52,7 @@ async def _ask(client: openai.AsyncOpenAI, prompt: str, stream: bool = False) ->
 async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_path: Path, db_url: str) -> None:
     cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 0.05}, ledger_url=db_url)
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         for i, prompt in enumerate(PROMPTS):
             assert await _ask(client, prompt, stream=i % 2 == 1) == "weak"
         await wait_judged(gw, len(PROMPTS))
@@ -93,7 +93,7 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
 async def test_the_budget_cap_stops_sampling(sims: dict[str, str], tmp_path: Path) -> None:
     cfg = make_settings(sims, tmp_path, quality={"daily_budget_usd": "0.000000001", "concurrency": 1})
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         await _ask(client, PROMPTS[0])
         await wait_judged(gw, 1)
         for prompt in PROMPTS[1:6]:
@@ -119,7 +119,7 @@ async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
     models[dead] = {**models.get(dead, {}), "base_url": closed}
     cfg = make_settings(sims, tmp_path, quality={"judge_model": "judge"}, models=models)
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         took = []
         for i, prompt in enumerate(PROMPTS):
             t0 = time.perf_counter()
