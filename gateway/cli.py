@@ -69,15 +69,23 @@ def simulate(
     answer_rules: Annotated[
         Path | None, typer.Option(help="JSON file of per-prompt answer rules (refuse, truncate, low_confidence)")
     ] = None,
+    judge: Annotated[
+        Path | None, typer.Option(help="JSON file of the ground truth it judges by (gateway/simulator/judge.py)")
+    ] = None,
 ) -> None:
     """Run a SIMULATED OpenAI-compatible backend (a test and demo tool, not a model)."""
     from gateway.simulator import serve as serve_sim
     from gateway.simulator.answers import load_answer_rules
+    from gateway.simulator.judge import JudgeRules, parse_judge
 
     try:
         rules = load_answer_rules(answer_rules) if answer_rules is not None else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--answer-rules") from exc
+    try:
+        truth = parse_judge(json.loads(judge.read_text(encoding="utf-8"))) if judge is not None else JudgeRules()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--judge") from exc
 
     typer.echo(f"simulated backend '{profile}' on http://{host}:{port}/v1 (not a real model)", err=True)
     serve_sim(
@@ -89,6 +97,7 @@ def simulate(
         model_name=model_name,
         seed=seed,
         answer_rules=rules,
+        judge=truth,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,14 @@ def test_wilson() -> None:
     low, high = wilson(8, 12)
     assert low < 8 / 12 < high and (round(low, 3), round(high, 3)) == (0.391, 0.862)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_gateway_simulate_refuses_a_bad_judge_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    bad = tmp_path / "judge.json"
+    bad.write_text('{"position_bias": "Z"}')
+    result = CliRunner().invoke(app, ["simulate", "--judge", str(bad)])
+    assert result.exit_code == 2 and "position_bias" in result.output
