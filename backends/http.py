@@ -32,11 +32,16 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-def build_session(*, max_connections: int, keepalive_seconds: float) -> aiohttp.ClientSession:
+def build_session(
+    *, max_connections: int, keepalive_seconds: float, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The session every HTTP backend sends through (call inside the running event loop; close it with
-    ``await session.close()``). Timeouts are per backend, passed with each request."""
+    ``await session.close()``). Timeouts are per backend, passed with each request; ``trace_configs`` are
+    aiohttp's request hooks (OpenTelemetry's context propagation)."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=max_connections, keepalive_timeout=keepalive_seconds)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trace_configs=trace_configs or None
+    )
 
 
 def proxy_for(url: str) -> URL | None:

@@ -293,6 +293,7 @@ class CacheService:
             self.metrics.cache_errors.labels("embed").inc()
             return None
         plan.vector, ranked = searched
+        ctx.prompt_vector = plan.vector  # the adapted router reads it: one embedding per request
         if not ranked:
             return None
         decisions = [

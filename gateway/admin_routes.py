@@ -3,7 +3,11 @@
 * ``GET /admin/spend?group_by=model|key|team|user|route|day&start=&end=[&key_id=]`` (master key)
 * ``GET /v1/spend?group_by=...&start=&end=``: the calling key's own spend only
 * ``GET /admin/dashboard/data?start=&end=``: everything the dashboard draws (master key)
+* ``GET /admin/requests?key_id=&limit=&before=``, ``GET /admin/requests/{request_id}``: raw ledger rows
+  (drill-down, master key)
 * ``GET|POST /admin/keys``, ``POST /admin/keys/{id}/revoke`` (master key)
+* ``GET /admin/router``, ``POST /admin/router/reload``: the learned router serving, and reloading
+  ``router.artifact`` without a restart (master key)
 * ``GET /dashboard``: the dashboard page (its data calls carry the master key)
 
 Times (``start``/``end``) are ``24h``/``7d`` ago, ISO dates or datetimes (UTC) or epoch seconds; money is
@@ -30,6 +34,7 @@ from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.runtime import describe_router, reload_router
 
 router = APIRouter()
 
@@ -151,6 +156,62 @@ async def dashboard_data(request: Request) -> Response:
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
     body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model
     return json_response(body)
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidRequest("Invalid limit: use an integer from 1 to 1000.", param="limit")
+    return int(raw)
+
+
+@router.get("/admin/requests")
+async def recent_requests(request: Request) -> Response:
+    """The newest ledger rows, of one key (``key_id``) or of all, before ``before`` (drill-down)."""
+    await _admin(request)
+    ledger = _ledger(request)
+    limit = _limit(request)
+    try:
+        before = q.parse_time(request.query_params.get("before"))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="before") from None
+    await _fresh(ledger)
+    try:
+        rows = await q.recent_requests(
+            ledger.db.engine, key_id=request.query_params.get("key_id") or None, limit=limit, before_ms=before
+        )
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    return json_response({"object": "list", "data": rows})
+
+
+@router.get("/admin/requests/{request_id}")
+async def request_rows(request: Request, request_id: str) -> Response:
+    """The ledger rows of one request id (404 if none, e.g. past retention)."""
+    await _admin(request)
+    ledger = _ledger(request)
+    await _fresh(ledger)
+    try:
+        rows = await q.request_rows(ledger.db.engine, request_id)
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    if not rows:
+        raise NotFound(f"No ledger row for request '{request_id}'.", code="request_not_found")
+    return json_response({"object": "list", "data": rows})
+
+
+@router.get("/admin/router")
+async def router_info(request: Request) -> Response:
+    """The learned router serving now: kind (prior/adapted), version, training data, held-out figures."""
+    await _admin(request)
+    return json_response(describe_router(gateway_of(request).router.estimator))
+
+
+@router.post("/admin/router/reload")
+async def router_reload(request: Request) -> Response:
+    """Load ``router.artifact`` again and swap it in without a restart (400 and no change if it does not load)."""
+    await _admin(request)
+    return json_response(await reload_router(gateway_of(request)))
 
 
 @router.get("/admin/keys")

@@ -198,6 +198,9 @@ def _mount_optional() -> None:
     from gateway.cli_demo import mount as mount_demo
 
     mount_demo(app)  # demo
+    from gateway.cli_quality import quality_app
+
+    app.add_typer(quality_app, name="quality", help="The quality monitor's verdicts and feedback as router labels.")
     try:
         from gateway.cli_router import router_app
     except ImportError:

@@ -15,11 +15,12 @@ import typer
 
 if TYPE_CHECKING:
     from gateway.tokens import TiktokenCounter
+    from policies.router.adapt import Embed
 
 __all__ = ["router_app"]
 
 router_app = typer.Typer(
-    help="Learned quality router: train, score, eval; the cascade's answer check: verify.", no_args_is_help=True
+    help="Learned quality router: train, adapt, score, eval; the cascade's answer check: verify.", no_args_is_help=True
 )
 
 _DEFAULT_PLOT = Path("router_pgr.png")
@@ -68,22 +69,121 @@ def train_cmd(
 @router_app.command("score")
 def score_cmd(
     data: Annotated[Path, typer.Option("--data", exists=True, dir_okay=False, help="JSONL with 'prompt'.")],
-    artifact: Annotated[Path | None, typer.Option(help="Artifact directory (default: shipped).")] = None,
+    artifact: Annotated[
+        Path | None,
+        typer.Option("--router", "--artifact", help="Artifact directory, prior or adapted (default: shipped prior)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output JSONL (default: stdout).")] = None,
 ) -> None:
     """Write one JSON line {"score": x} per record (higher = the strong model is more needed)."""
     import orjson
 
+    from policies.router.adapt import AdaptedRouter, load_artifact
     from policies.router.data import load_prompts
-    from policies.router.model import QualityRouter
 
-    router = QualityRouter.load(artifact, encode=_tokenizer().encode)
-    lines = b"".join(orjson.dumps({"score": router.score(p)}) + b"\n" for p in load_prompts(data))
+    prompts = load_prompts(data)
+    router = load_artifact(artifact, encode=_tokenizer().encode)
+    if isinstance(router, AdaptedRouter):
+        embed = _embedder(int(router.metadata["embedding"]["max_tokens"]))
+        scores = router.score_batch(prompts, embed(prompts)).tolist()
+    else:
+        scores = [router.score(p) for p in prompts]
+    lines = b"".join(orjson.dumps({"score": s}) + b"\n" for s in scores)
     if out is None:
         sys.stdout.write(lines.decode("utf-8"))
         sys.stdout.flush()
     else:
         out.write_bytes(lines)
+
+
+def _embedder(max_tokens: int) -> Embed:
+    """The semantic cache's MiniLM (the adapted router's features), or a clean error naming the extra."""
+    from cache.minilm import ModelUnavailable
+    from policies.router.adapt import minilm_embed
+
+    try:
+        return minilm_embed(max_tokens)
+    except ModelUnavailable as exc:
+        typer.echo(f"error: {exc} (the adapted router needs the 'semantic' extra)", err=True)
+        raise typer.Exit(2) from None
+
+
+@router_app.command("adapt")
+def adapt_cmd(
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Adapted artifact directory to write.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels", exists=True, dir_okay=False, help='JSONL rows {"prompt", "weak_score", "strong_score"}.'
+        ),
+    ] = None,
+    from_ledger: Annotated[
+        bool, typer.Option("--from-ledger", help="Export the deployment's verdicts and feedback first (--config).")
+    ] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway YAML config (--from-ledger)")] = None,
+    prior: Annotated[Path | None, typer.Option(help="Prior artifact directory (default: shipped).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (held-out figures, calibration).")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed (fold assignment).")] = 0,
+) -> None:
+    """Fit a deployment router on LABELS (or, with --from-ledger, on the labels the quality monitor and the
+    clients' feedback left in the ledger's database) on top of the prior; write it to OUT with its held-out
+    figures."""
+    from policies.router.adapt import AdaptConfig, adapt, format_held_out
+    from policies.router.data import file_sha256, load_records
+    from policies.router.model import ARTIFACT_DIR, QualityRouter
+
+    if from_ledger == (labels is not None):
+        raise typer.BadParameter("give either --labels FILE or --from-ledger --config FILE", param_hint="--labels")
+    if labels is None:
+        labels = _export_ledger_labels(config, out)
+    try:
+        records = load_records(labels)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--labels") from exc
+    adapt_config = AdaptConfig(folds=folds, seed=seed)
+    base = QualityRouter.load(prior, encode=_tokenizer().encode)
+    source = {"file": labels.name, "sha256": file_sha256(labels)}
+    if from_ledger:
+        source["from"] = "ledger"
+    try:
+        router = adapt(
+            records,
+            base,
+            _embedder(adapt_config.embed_max_tokens),
+            adapt_config,
+            source=source,
+            prior_dir=prior or ARTIFACT_DIR,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--labels") from exc
+    router.save(out)
+    typer.echo(f"adapted router written to {out} ({len(records)} labelled prompts)")
+    typer.echo(format_held_out(router.held_out))
+
+
+def _export_ledger_labels(config: Path | None, out: Path) -> Path:
+    """``gateway quality labels`` into ``OUT/labels.jsonl`` (kept beside the artifact: what it was trained on)."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.cli_quality import export_from_config
+    from gateway.errors import ConfigError
+
+    if config is None:
+        raise typer.BadParameter("--from-ledger needs --config (it finds the database)", param_hint="--config")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "labels.jsonl"
+    try:
+        n = asyncio.run(export_from_config(config, path, None, None))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        typer.echo(f"error: the database is unreachable: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{n} labels exported from the ledger to {path}")
+    return path
 
 
 @router_app.command("verify")

