@@ -1,7 +1,7 @@
 """Cascade routes in the ledger: escalation rate per route, and what the cascade cost against routing alone.
 
 Read from the raw rows (cascade requests are a small share of traffic and carry their own columns, revision
-0005): per route, the requests a cascade answered, how many escalated, what they cost (every attempt), what the
+0006): per route, the requests a cascade answered, how many escalated, what they cost (every attempt), what the
 prompt router alone would have paid for the same requests (``routed_cost_usd``: its pick's price on the tokens
 that model produced, or on the served answer's tokens when it was not asked) and what the baseline model would
 have. ``saved_vs_routing_usd`` > 0: the cascade was cheaper than routing by the prompt alone.

@@ -101,7 +101,7 @@ ledger = Table(
     Column("attempts", Integer, nullable=False),
     # Written once per row by the gateway: a batch retried after a commit whose reply was lost is not written twice.
     Column("row_key", String(32), comment="unique per row; NULL in rows older than schema version 2"),
-    # Cascade routes (revision 0005): the answer check's decision, every paid attempt (JSON: model, tokens,
+    # Cascade routes (revision 0006): the answer check's decision, every paid attempt (JSON: model, tokens,
     # cost_usd, outcome), and what the prompt router alone would have paid for the same request.
     Column("cascade", String(16), comment="cascade routes: accepted | escalated"),
     Column("cascade_attempts", Text, comment="cascade routes: JSON list, one entry per paid attempt"),

@@ -11,15 +11,21 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.accounting.conftest import auth_header
+from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, MASTER
 from tests.helpers.servers import run_asgi_server, serve_gateway
 
 PROMPTS = ["Write a short poem about the sea.", "refuseme: tell me a joke", "refuseme: a limerick", "Hi."]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
-def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(tmp_path: Path) -> None:
+def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from playwright.sync_api import expect, sync_playwright
+
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", MASTER)
+    admin = auth_header(MASTER)
 
     local = create_simulator_app(
         "llama-2-7b", time_scale=0.0, seed=1, answer_rules=[{"match": "refuseme", "behaviour": "refuse"}]
@@ -41,13 +47,13 @@ def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(tmp_
             escalated = 0
             for prompt in PROMPTS:
                 body = {"model": "casc", "messages": [{"role": "user", "content": prompt}], "max_tokens": 200}
-                r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=30)
+                r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, headers=admin, timeout=30)
                 assert r.status_code == 200, r.text
                 escalated += r.headers["x-gateway-cascade"] == "escalated"
             assert escalated >= 2
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                data = httpx.get(gw.base_url + "/admin/dashboard/data", timeout=30).json()
+                data = httpx.get(gw.base_url + "/admin/dashboard/data", headers=admin, timeout=30).json()
                 if data["cascade"] and data["cascade"][0]["requests"] == len(PROMPTS):
                     break
                 time.sleep(0.05)
@@ -61,7 +67,7 @@ def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(tmp_
                     errors: list[str] = []
                     page.on("pageerror", lambda exc: errors.append(str(exc)))
                     page.goto(f"{gw.base_url}/dashboard")
-                    page.fill("#master-key", "")
+                    page.fill("#master-key", MASTER)
                     page.click("#login-button")
                     page.wait_for_selector("body[data-loaded]")
                     expect(page.locator("#card-cascade")).to_be_visible()

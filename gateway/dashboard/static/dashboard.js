@@ -195,7 +195,7 @@
     });
   }
 
-  function pct(v) { return (Number(v || 0) * 100).toFixed(1) + " %"; }
+  function rate(v) { return (Number(v || 0) * 100).toFixed(1) + " %"; }
 
   function renderCascade(rows) {
     var body = $("table-cascade").querySelector("tbody");
@@ -205,7 +205,7 @@
       var savedRouting = r.saved_vs_routing_usd === null ? "–" : usd(r.saved_vs_routing_usd);
       var savedBase = Number(r.baseline_cost_usd) - Number(r.cost_usd);
       addRow(body, [r.route === null ? "(none)" : r.route, int(r.requests), int(r.escalated),
-                    pct(r.escalation_rate), usd(r.cost_usd), routed, savedRouting, usd(savedBase)], r.route);
+                    rate(r.escalation_rate), usd(r.cost_usd), routed, savedRouting, usd(savedBase)], r.route);
     });
     $("card-cascade").hidden = !(rows && rows.length);
   }
