@@ -19,6 +19,8 @@ the gateway's :class:`~gateway.errors.UpstreamError` tree, so nothing above ``ba
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
@@ -30,11 +32,16 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-def build_session(*, max_connections: int, keepalive_seconds: float) -> aiohttp.ClientSession:
+def build_session(
+    *, max_connections: int, keepalive_seconds: float, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The session every HTTP backend sends through (call inside the running event loop; close it with
-    ``await session.close()``). Timeouts are per backend, passed with each request."""
+    ``await session.close()``). Timeouts are per backend, passed with each request; ``trace_configs`` are
+    aiohttp's request hooks (OpenTelemetry's context propagation)."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=max_connections, keepalive_timeout=keepalive_seconds)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trace_configs=trace_configs or None
+    )
 
 
 def proxy_for(url: str) -> URL | None:
@@ -56,5 +63,23 @@ def upstream_error(exc: aiohttp.ClientError | TimeoutError, backend: str, what: 
         return UpstreamTimeout(f"upstream '{backend}' sent nothing in time ({what})", backend=backend)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"upstream '{backend}' exceeded its total timeout ({what})", backend=backend)
-    detail = str(exc) or type(exc).__name__
-    return UpstreamUnavailable(f"upstream '{backend}' unreachable ({what}): {detail}", backend=backend)
+    detail = f"{type(exc).__name__}: {exc}"  # addresses and errno: for the log, not the client
+    return UpstreamUnavailable(f"upstream '{backend}' unreachable ({what})", backend=backend, detail=detail)
+
+
+#: What an upstream's error text must not pass on: URLs, file paths, addresses with ports, IP addresses.
+_LEAKS = re.compile(
+    r"""[a-z][a-z0-9+.-]*://[^\s'"]+"""  # URLs
+    r"""|(?<![\w.])(?:[A-Za-z]:\\|~?/)[\w.@%+-]+(?:[/\\][\w.@%+-]+)+"""  # absolute paths (POSIX, Windows)
+    r"|\[?[0-9a-fA-F:]*:[0-9a-fA-F:]+\]?:\d{2,5}"  # [v6]:port
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"  # v4[:port]
+    r"|\b[\w-]+(?:\.[\w-]+)*:\d{2,5}\b",  # host:port
+    re.IGNORECASE,
+)
+#: The longest upstream error message passed on to a client.
+MAX_UPSTREAM_MESSAGE = 500
+
+
+def scrub(text: str) -> str:
+    """``text`` from an upstream, safe to show a client: addresses and paths replaced, length bounded."""
+    return _LEAKS.sub("[redacted]", text[: MAX_UPSTREAM_MESSAGE * 2])[:MAX_UPSTREAM_MESSAGE]

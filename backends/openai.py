@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from backends.base import UpstreamResponse
-from backends.http import TRANSPORT_ERRORS, proxy_for, upstream_error
+from backends.http import TRANSPORT_ERRORS, proxy_for, scrub, upstream_error
 from backends.sse import SSEDecoder
 from backends.state import LiveStats
 from gateway.config import ModelSpec
@@ -58,40 +58,52 @@ class Replica:
 def rejected_from_response(
     status: int, content: bytes, headers: Mapping[str, str], backend: str, secret: str | None = None
 ) -> UpstreamRejected:
-    """Build the pass-through error for an upstream HTTP error, keeping its message and type.
+    """The gateway's error for an upstream HTTP error: only the OpenAI fields of its body (``message``,
+    ``type``, ``param``, ``code``), scrubbed of addresses and paths (:func:`backends.http.scrub`); the raw
+    body goes to ``detail`` (the log). A 5xx's message names the model and the status.
 
     Some providers echo the credentials they were sent in their error messages: ``secret`` (the
-    backend's API key) is cut out of the message, which goes to the client and to the logs."""
-    message = f"upstream '{backend}' returned HTTP {status}"
+    backend's API key) is cut out of the message and the detail."""
     error_type: str | None = None
     param: str | None = None
     code: str | int | None = None
+    text = ""
     try:
         parsed = orjson.loads(content) if content else None
     except orjson.JSONDecodeError:
         parsed = None
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict):
-        message = str(err.get("message") or message)
+        text = str(err.get("message") or "")
         error_type = err.get("type") if isinstance(err.get("type"), str) else None
         param = err.get("param") if isinstance(err.get("param"), str) else None
         raw_code = err.get("code")
         code = raw_code if isinstance(raw_code, str | int) else None
     elif isinstance(err, str):
-        message = err
-    elif content and parsed is None:
-        message = f"{message}: {content[:200].decode('utf-8', 'replace')}"
+        text = err
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = scrub(text)
+    message = f"upstream '{backend}' returned HTTP {status}"
+    if status >= 500:  # the upstream's failure, not the client's: the gateway's type, the status as the code
+        error_type, code = None, f"upstream_http_{status}"
+        if text and "traceback" not in text.lower():  # a stack trace is for the operator's log only
+            message = f"{message}: {text}"
+    elif text:
+        message = text
+    detail = content[:1000].decode("utf-8", "replace")
+    if secret:
+        detail = detail.replace(secret, "[redacted]")
     out_headers = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
-    if secret and secret in message:
-        message = message.replace(secret, "[redacted]")
     return UpstreamRejected(
         message,
         upstream_status=status,
-        error_type=error_type,
+        error_type=scrub(error_type) if error_type else None,
         backend=backend,
-        param=param,
-        code=code,
+        param=scrub(param) if param else None,
+        code=scrub(code) if isinstance(code, str) else code,
         headers=out_headers,
+        detail=f"HTTP {status}: {detail}",
     )
 
 

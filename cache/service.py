@@ -38,7 +38,6 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.cache")
 
-TTL_HEADER = "x-gateway-cache-ttl"
 _CTX_KEY = "cache"
 _STORE_ERRORS = (OSError, TimeoutError)  # StoreError is an OSError
 _EMBED_ERRORS = (ValueError, RuntimeError, TimeoutError)
@@ -256,19 +255,16 @@ class CacheService:
         except (TypeError, ValueError) as exc:  # a body orjson cannot encode: not cacheable
             log.debug("request not cacheable: %s", exc)
             return None
-        ttl = self._ttl(ctx.headers)
+        ttl = self._ttl(ctx.constraints.cache_ttl_seconds)
         store = ttl > 0 and "no-store" not in cache_control(ctx.headers)
         return _Plan(keys, store, max(ttl, 1), route if keys.bucket is not None else None)
 
-    def _ttl(self, headers: dict[str, str]) -> int:
-        raw = headers.get(TTL_HEADER)
-        if raw is None:
+    def _ttl(self, requested: int | None) -> int:
+        """The lifetime for an answer: the request's ``x-gateway-cache-ttl`` (validated in the parse stage,
+        a bad value is a 400 there) up to ``max_ttl_seconds``, else the default."""
+        if requested is None:
             return self.settings.ttl_seconds
-        try:
-            value = int(float(raw.strip()))
-        except ValueError:
-            return self.settings.ttl_seconds  # a bad header never fails the request
-        return max(0, min(value, self.settings.max_ttl_seconds))
+        return min(requested, self.settings.max_ttl_seconds)
 
     # -- semantic ------------------------------------------------------------------------------------
 

@@ -20,10 +20,12 @@ from starlette.types import Receive, Scope, Send
 from gateway.admin_routes import router as admin_router
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
+from gateway.frontdoor_routes import router as frontdoor_router
 from gateway.http_limits import HeaderLimit
-from gateway.inference import HOT_PATHS, InferenceRoute, handle
+from gateway.inference import FRONT_DOORS, HOT_PATHS, FrontDoorRoute, InferenceRoute, handle
 from gateway.logs import tune_stdlib_logging
 from gateway.openapi import install_openapi
+from gateway.quality_routes import router as quality_router
 from gateway.routes import router as api_router
 from gateway.runtime import Gateway, build_gateway, close_gateway
 
@@ -57,6 +59,11 @@ class GatewayApp(FastAPI):
                 if gw is not None:
                     await handle(gw, endpoint, scope, receive, send)
                     return
+            elif (door := FRONT_DOORS.get(scope["path"])) is not None:
+                gw = getattr(self.state, "gateway", None)
+                if gw is not None:
+                    await handle(gw, "chat", scope, receive, send, door(gw))
+                    return
         await super().__call__(scope, receive, send)
 
 
@@ -87,8 +94,12 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
     )
     for path, endpoint in HOT_PATHS.items():
         app.router.routes.append(Route(path, InferenceRoute(endpoint), methods=["POST"], include_in_schema=False))
+    for path in FRONT_DOORS:
+        app.router.routes.append(Route(path, FrontDoorRoute(path), methods=["POST"], include_in_schema=False))
     app.include_router(api_router)
     app.include_router(admin_router)
+    app.include_router(quality_router)
+    app.include_router(frontdoor_router)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

@@ -12,6 +12,11 @@ from gateway.auth import build_key_admission
 from gateway.config import Settings
 from gateway.hooks import Admission, NoCache, Recorder, ResponseCache
 from gateway.metrics import Metrics
+from gateway.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from gateway.quality.monitor import QualityMonitor
+    from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
     from cache.semantic import SemanticEncoder
@@ -49,6 +54,27 @@ async def build_admission(settings: Settings, recorder: Recorder) -> Admission:
         return admission
     db = await open_database(settings.ledger.url)
     return await build_key_admission(settings, db)
+
+
+async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
+    """The quality monitor over the gateway's backends and ledger, judging the semantic cache's checks too."""
+    from cache.service import CacheService
+    from gateway.quality.monitor import QualityMonitor
+
+    cache = gw.cache if isinstance(gw.cache, CacheService) else None
+    monitor = QualityMonitor(
+        gw.settings,
+        backends=gw.backends,
+        router=gw.router,
+        recorder=gw.recorder,
+        counter=counter,
+        engine=gw.recorder.db.engine if isinstance(gw.recorder, SqlLedger) else None,
+        registry=gw.metrics.registry,
+        learner=cache.learner if cache is not None and cache.semantic_routes else None,
+        check_queue=cache.checks if cache is not None and cache.semantic_routes else None,
+    )
+    await monitor.start()
+    return monitor
 
 
 async def build_router_encoder(settings: Settings, cache: ResponseCache) -> SemanticEncoder | None:

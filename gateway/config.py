@@ -127,6 +127,9 @@ class RouteSpec(_Strict):
     semantic_max_error: float | None = Field(
         None, gt=0, lt=1, description="bound on wrong semantic hits: the threshold adapts to checked outcomes"
     )
+    quality_sample_rate: float | None = Field(
+        None, ge=0, le=1, description="share judged by the quality monitor; default: quality.sample_rate"
+    )
 
 
 class RetrySettings(_Strict):
@@ -154,6 +157,7 @@ class ServerSettings(_Strict):
     max_header_bytes: int = Field(16 * 1024, gt=0)
     cors_origins: list[str] = Field(default_factory=list)
     metrics_scrape_seconds: float = Field(1.0, gt=0)
+    health_probe_seconds: float = Field(10.0, gt=0, description="backend health checks behind /ready")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
     upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")
@@ -239,6 +243,41 @@ class AuthSettings(_Strict):
     fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry traces (``gateway.telemetry``; the ``otel`` extra). Unset ``enabled``: on when the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+
+    enabled: bool | None = None
+    endpoint: str | None = Field(None, description="OTLP/HTTP traces URL; default: the OTEL_EXPORTER_OTLP_* variables")
+    service_name: str = Field("llm-gateway", min_length=1, description="OTEL_SERVICE_NAME wins")
+    max_queue_size: int = Field(2048, ge=1, description="spans waiting for export before new ones drop")
+    export_interval_ms: int = Field(1000, ge=1, description="how often queued spans are sent")
+
+
+class QualitySettings(_Strict):
+    """The quality monitor (shadow judging against each route's strongest model): docs/quality.md."""
+
+    enabled: bool = False
+    sample_rate: float = Field(0.02, ge=0, le=1, description="share of eligible requests judged (routes override)")
+    judge_model: str | None = Field(None, description="a configured model; default: each route's reference")
+    daily_budget_usd: Decimal = Field(Decimal("5"), ge=0, description="monitoring spend per UTC day, then no sampling")
+    queue_size: int = Field(256, ge=1, description="sampled requests waiting to be judged; beyond, new ones drop")
+    concurrency: int = Field(2, ge=1, description="judging workers")
+    timeout_seconds: float = Field(120.0, gt=0, description="one sample: the reference's answer and both verdicts")
+    judge_max_tokens: int = Field(512, ge=16)
+    max_answer_chars: int = Field(8000, ge=100, description="answers are cut to this length in the judge's prompt")
+    report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
+
+
+class ResponsesSettings(_Strict):
+    """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
+
+    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
+    redis_prefix: str = "gw:resp:"
+    max_entries: int = Field(10_000, ge=1, description="in-process store only")
+
+
 class Settings(BaseSettings):
     """The whole validated configuration."""
 
@@ -259,6 +298,9 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -295,6 +337,9 @@ class Settings(BaseSettings):
             for model in spec.models or []:
                 if model not in names:
                     raise ValueError(f"routes.{route}.models: unknown model '{model}'")
+        judge = self.quality.judge_model
+        if judge is not None and judge not in names:
+            raise ValueError(f"quality.judge_model: unknown model '{judge}'")
         return self
 
     def model(self, name: str) -> ModelSpec | None:

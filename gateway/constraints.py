@@ -9,6 +9,7 @@ one gets the same clear 400 naming where it came from (the header, or ``gateway.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -36,6 +37,10 @@ HEADERS = {
     "max_latency_ms": "x-gateway-max-latency-ms",
     "min_quality": "x-gateway-min-quality",
 }
+#: the response cache's per-request lifetime (seconds; 0: do not store)
+CACHE_TTL_HEADER = "x-gateway-cache-ttl"
+#: every ``x-gateway-*`` request header the gateway reads
+PARSED_HEADERS = (*HEADERS.values(), CACHE_TTL_HEADER)
 
 
 @dataclass(slots=True)
@@ -47,6 +52,7 @@ class Constraints:
     max_cost_usd: Decimal | None = None
     max_latency_ms: float | None = None
     min_quality: float | None = None
+    cache_ttl_seconds: int | None = None  # x-gateway-cache-ttl (None: the cache's default)
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], body: ConstraintFields | None = None) -> Constraints:
@@ -71,4 +77,26 @@ class Constraints:
             max_cost_usd=None if cost is None else Decimal(repr(cost)),
             max_latency_ms=values.get("max_latency_ms"),
             min_quality=values.get("min_quality"),
+            cache_ttl_seconds=parse_cache_ttl(headers),
         )
+
+
+def parse_cache_ttl(headers: Mapping[str, str]) -> int | None:
+    """Seconds from ``x-gateway-cache-ttl`` (a finite number >= 0, fractions truncated); None when absent.
+
+    Raises:
+        InvalidRequest: anything else (``inf``, ``nan``, ``1e400``, negative, not a number).
+    """
+    raw = headers.get(CACHE_TTL_HEADER, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRequest(
+            f"Invalid value for '{CACHE_TTL_HEADER}': expected a finite number of seconds >= 0, got {raw[:40]!r}.",
+            param=CACHE_TTL_HEADER,
+        )
+    return int(value)

@@ -28,6 +28,27 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptCost:
+    """One paid attempt of a cascade that did not give the final answer (its answer was escalated)."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    outcome: str  # "escalated"
+
+    def to_json(self) -> dict[str, object]:
+        """The attempt as the ledger's ``cascade_attempts`` column stores it."""
+        return {
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": f"{self.cost_usd:f}",
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
     """Who sent a request, as admission identified it once, before the body was read."""
 
@@ -52,6 +73,8 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     stream: bool = False
+    #: the client's API when a front door translated it to ``endpoint`` ("responses", "messages")
+    api: str | None = None
     client_wants_usage: bool = False
     # admission
     api_key: str | None = None
@@ -83,7 +106,13 @@ class RequestContext:
     error_type: str | None = None
     error_message: str | None = None
     finish_reason: str | None = None
+    # cascade routes: "accepted" / "escalated", why, and the attempts paid before the final answer
+    cascade: str | None = None
+    cascade_reason: str = ""
+    cascade_attempts: list[AttemptCost] = field(default_factory=list)
+    routed_cost_usd: Decimal | None = None  # what routing by the prompt alone would have cost
     extra: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None  # the request's spans when OpenTelemetry is on (gateway.telemetry)
 
     @property
     def path(self) -> str:

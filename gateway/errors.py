@@ -116,15 +116,19 @@ class RateLimited(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """A backend failed. ``retryable`` tells the pipeline whether to try the next candidate."""
+    """A backend failed. ``retryable`` tells the pipeline whether to try the next candidate.
+
+    ``message`` (what the client sees) names the model, never its address; ``detail`` (the transport error,
+    the upstream's raw answer) is for the gateway's log only."""
 
     status_code = 502
     error_type = "upstream_error"
     retryable: ClassVar[bool] = True
 
-    def __init__(self, message: str, *, backend: str = "", **kwargs: Any) -> None:
+    def __init__(self, message: str, *, backend: str = "", detail: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.backend = backend
+        self.detail = detail
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -142,7 +146,8 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamRejected(UpstreamError):
-    """The upstream answered with an HTTP error; its status and message are passed through.
+    """The upstream answered with an HTTP error: a 4xx is passed through (its OpenAI fields, scrubbed), a 5xx
+    becomes 502 (503 and 504 kept), so a failing upstream never looks like a gateway bug.
 
     4xx other than 408/429 are the client's fault and are not retried on another backend.
     """
@@ -162,6 +167,8 @@ class UpstreamRejected(UpstreamError):
 
     @property
     def status(self) -> int:
+        if self.upstream_status >= 500:
+            return self.upstream_status if self.upstream_status in (503, 504) else 502
         return self.upstream_status
 
     @property

@@ -82,6 +82,18 @@ class Recorder(Protocol):
         ...
 
 
+class QualityHook(Protocol):
+    """The quality monitor's two calls from the pipeline (:class:`gateway.quality.monitor.QualityMonitor`)."""
+
+    def wants(self, ctx: RequestContext) -> bool:
+        """Whether to sample this answered request (cheap; never raises)."""
+        ...
+
+    def submit(self, ctx: RequestContext, answer: str) -> None:
+        """Queue the sampled request, after its response completed (never blocks, never raises)."""
+        ...
+
+
 class OpenAdmission:
     """No keys: everyone is admitted, nothing is charged."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -23,6 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.frontdoors.base import FrontDoor
+from gateway.frontdoors.messages_door import MessagesDoor
+from gateway.frontdoors.responses_door import ResponsesDoor
 from gateway.http_limits import head_size, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
 from gateway.runtime import Gateway
@@ -61,9 +64,10 @@ class ClientGone(Exception):
 class _Exchange:
     """One request/response on the wire: what was sent, and whether the client is still there."""
 
-    __slots__ = ("done", "gone", "receive", "send", "started", "task")
+    __slots__ = ("done", "door", "gone", "receive", "send", "started", "task")
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, door: FrontDoor | None = None) -> None:
+        self.door = door
         self.receive = receive
         self.send = send
         self.started = False  # the status line went out
@@ -90,23 +94,31 @@ class _Exchange:
         headers = dict(err.headers)
         if request_id:
             headers["x-request-id"] = request_id
-        await self.json(err.status, orjson.dumps(err.to_body()), headers)
+        body = err.to_body() if self.door is None else self.door.error_body(err, request_id)
+        await self.json(err.status, orjson.dumps(body), headers)
 
 
-async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-    """Serve one inference request (``scope`` is an HTTP POST to one of :data:`HOT_PATHS`)."""
+async def handle(
+    gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, door: FrontDoor | None = None
+) -> None:
+    """Serve one inference request (``scope`` is an HTTP POST to one of :data:`HOT_PATHS`, or to a front
+    door's path: then ``door`` translates the body to ``endpoint``'s and the result back)."""
     limit = gw.settings.server.max_header_bytes
     if (size := head_size(scope)) > limit:
         await refuse_oversized_head(send, size, limit)
         return
-    ex = _Exchange(receive, send)
+    ex = _Exchange(receive, send, door)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     pipeline = gw.pipeline
     ctx = pipeline.new_context(endpoint, headers)
+    if door is not None:
+        door.prepare(ctx)
     try:
         try:
             await pipeline.identify(ctx)  # before the body is even read
             raw = await read_asgi_body(receive, headers, gw.settings.server.max_body_bytes)
+            if door is not None:
+                raw = await door.to_chat(ctx, raw)
         except GatewayError as err:
             await pipeline.fail(ctx, err)
             await ex.error(err, ctx.request_id)
@@ -131,6 +143,8 @@ async def _run(gw: Gateway, ex: _Exchange, ctx: RequestContext, raw: bytes) -> N
     try:
         try:
             result = await gw.pipeline.run(ctx, raw)
+            if ex.door is not None:
+                result = await ex.door.render(ctx, result)
         except GatewayError as err:
             await ex.error(err, ctx.request_id)
             return
@@ -213,3 +227,25 @@ class InferenceRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw: Gateway = scope["app"].state.gateway
         await handle(gw, self.endpoint, scope, receive, send)
+
+
+class FrontDoorRoute:
+    """A front door's path as an ASGI app (chat completions behind it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw: Gateway = scope["app"].state.gateway
+        await handle(gw, "chat", scope, receive, send, FRONT_DOORS[self.path](gw))
+
+
+def _responses_door(gw: Gateway) -> FrontDoor:
+    return ResponsesDoor(gw.responses)
+
+
+#: Path -> a new front door for one request.
+FRONT_DOORS: dict[str, Callable[[Gateway], FrontDoor]] = {
+    "/v1/responses": _responses_door,
+    "/v1/messages": lambda gw: MessagesDoor(),
+}

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
+from gateway.cascade import Cascade, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -44,7 +45,7 @@ from gateway.errors import (
     is_retryable,
 )
 from gateway.features import RequestFeatures, extract_features
-from gateway.hooks import Admission, CachedAnswer, Recorder, ResponseCache
+from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pricing import ZERO, Price, baseline_price
 from gateway.protocol import (
@@ -57,7 +58,9 @@ from gateway.protocol import (
 )
 from gateway.routing import Plan, Router, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
+from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
+from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
 if TYPE_CHECKING:
@@ -109,7 +112,9 @@ class Pipeline:
         admission: Admission,
         cache: ResponseCache,
         recorder: Recorder,
+        tracing: Tracing | None = None,
         router_encoder: SemanticEncoder | None = None,
+        answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
         #: the embedding worker an adapted router reads (the semantic cache's when it has one)
@@ -122,8 +127,12 @@ class Pipeline:
         self.admission = admission
         self.cache = cache
         self.recorder = recorder
+        self.tracing: Tracing = tracing or NoTracing()
+        #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
+        self.monitor: QualityHook | None = None
         self._baseline = settings.model(settings.ledger.baseline_model)
         self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
+        self.cascade = Cascade(self, answer_check)
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -142,6 +151,7 @@ class Pipeline:
         Raises:
             GatewayError: Unauthorized (recorded: the caller of :meth:`run` records it with :meth:`fail`).
         """
+        self.tracing.request_started(ctx)
         await self.admission.identify(ctx)
 
     async def run(self, ctx: RequestContext, raw: bytes) -> Result:
@@ -162,6 +172,9 @@ class Pipeline:
             plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
+            if plan.decision.policy == "cascade":
+                ctx.extra["cascade_router_pick"] = router_pick(plan)
+                return await self.cascade.run(ctx, plan, feats.prompt)
             return await self._call(ctx, plan)
         except GatewayError as err:
             await self.fail(ctx, err)
@@ -288,19 +301,21 @@ class Pipeline:
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
-            stream = await backend.open_stream(ctx.path, body)
-            try:
-                events = stream.events()
-                first = await _first_event(events, backend)
-            except BaseException:
-                await _close_quietly(stream)
-                raise
+            with self.tracing.attempt(ctx, backend.name):
+                stream = await backend.open_stream(ctx.path, body)
+                try:
+                    events = stream.events()
+                    first = await _first_event(events, backend)
+                except BaseException:
+                    await _close_quietly(stream)
+                    raise
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
-        response = await backend.complete(ctx.path, body)
-        breaker.record_success()
-        ctx.chosen_model = backend.name
-        return self._answer(ctx, backend, response, t0)
+        with self.tracing.attempt(ctx, backend.name):
+            response = await backend.complete(ctx.path, body)
+            breaker.record_success()
+            ctx.chosen_model = backend.name
+            return self._answer(ctx, backend, response, t0)
 
     def _answer(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> JSONResult:
         """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
@@ -312,6 +327,9 @@ class Pipeline:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.cache.store(ctx, body)
+        if self.monitor is not None and self.monitor.wants(ctx):
+            choices = body.get("choices") or [{}]
+            ctx.extra[_MONITOR] = _choice_text(choices[0]) if isinstance(choices[0], dict) else ""
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -350,6 +368,7 @@ class Pipeline:
             yield DONE
         except UpstreamError as err:
             failed = True
+            self.tracing.attempt_ended(ctx, err)
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
             ctx.error_type = type(err).__name__
@@ -374,6 +393,9 @@ class Pipeline:
             )
             if not failed and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
+            self.tracing.attempt_ended(ctx)  # the failed ones ended above
+            if not failed and self.monitor is not None and self.monitor.wants(ctx):
+                ctx.extra[_MONITOR] = "".join(relay.text_parts)
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
             # upstream cancellation or the ledger row.
@@ -399,11 +421,12 @@ class Pipeline:
         ctx.policy = "explicit"
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
-        response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
-        body = response.body
-        body["model"] = spec.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self._set_usage(ctx, usage, body)
+        with self.tracing.attempt(ctx, spec.name):
+            response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            body = response.body
+            body["model"] = spec.name
+            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+            self._set_usage(ctx, usage, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -437,9 +460,12 @@ class Pipeline:
     def _attempt_failed(self, name: str, err: UpstreamError) -> None:
         if is_retryable(err):
             self.breakers[name].record_failure()
-            self.backends[name].stats.last_error = err.message
+            self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message
             self.metrics.fallbacks.labels(name).inc()
-        log.warning("attempt on %s failed: %s", name, err.message)
+        if err.detail:
+            log.warning("attempt on %s failed: %s (%s)", name, err.message, err.detail)
+        else:
+            log.warning("attempt on %s failed: %s", name, err.message)
 
     def _upstream_body(self, ctx: RequestContext, backend: Backend) -> dict[str, Any]:
         spec = self.settings.model(backend.name)
@@ -469,12 +495,15 @@ class Pipeline:
         if ctx.chosen_model is None:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
         if self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
         ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
         ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
+        if ctx.cascade is not None:
+            ctx.routed_cost_usd = routed_cost(ctx, ctx.extra.get("cascade_router_pick"), self)
 
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
         if not ctx.stream:
@@ -483,6 +512,7 @@ class Pipeline:
         else:
             hit = ctx.cache_status in ("hit", "semantic-hit")
             cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
+            cost += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
         headers = {
             "x-request-id": ctx.request_id,
             "x-gateway-model": ctx.chosen_model or "",
@@ -497,6 +527,10 @@ class Pipeline:
             headers["x-gateway-route"] = ctx.route
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
+        if ctx.cascade is not None:
+            headers["x-gateway-cascade"] = ctx.cascade
+            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
+            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -522,8 +556,13 @@ class Pipeline:
         finally:
             self.recorder.record(ctx)
             self.metrics.observe(ctx)
+            self.tracing.request_ended(ctx)
+            answer = ctx.extra.pop(_MONITOR, None)
+            if answer is not None and self.monitor is not None:
+                self.monitor.submit(ctx, answer)  # the response is complete: judged off the request path
 
 
+_MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 

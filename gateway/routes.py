@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import RequestContext
-from gateway.errors import NotFound
+from gateway.errors import GatewayError, NotFound
 from gateway.inference import read_asgi_body
 from gateway.runtime import Gateway
 
@@ -105,20 +104,16 @@ async def health() -> Response:
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
-    """Which backends answer; 200 when at least one does, else 503."""
+    """200 when a backend is up (by the last background check and its breaker), else 503; per-backend
+    detail only for the master key. Probes nothing itself."""
     gw = gateway_of(request)
-    names = list(gw.backends)
-    results = await asyncio.gather(*(gw.backends[n].check_health() for n in names))
-    detail = {
-        n: {
-            "ready": ok,
-            "breaker": gw.breakers[n].state.value,
-            "error": None if ok else gw.backends[n].stats.last_error,
-        }
-        for n, ok in zip(names, results, strict=True)
-    }
-    status = 200 if any(results) else 503
-    return json_response({"status": "ready" if status == 200 else "unavailable", "backends": detail}, status)
+    try:
+        await gw.admission.authorize_admin(context(request))
+        detail = True
+    except GatewayError:
+        detail = False
+    status, body = await gw.readiness.snapshot(detail=detail)
+    return json_response(body, status)
 
 
 @router.get("/metrics")

@@ -155,6 +155,14 @@ class Plan:
 
     decision: Decision
     route: str | None
+    #: The learned router's P(strong model needed) for the prompt, and the route's threshold on it (a cascade
+    #: feeds the score to its answer check and compares against routing by it alone).
+    strong_needed: float | None = None
+    strong_threshold: float | None = None
+    #: The route's ``quality_target`` (None: the default operating point).
+    quality_target: float | None = None
+    #: Whether a failed attempt may fall back to the next candidate (the route's ``fallbacks``).
+    fallbacks: bool = True
 
 
 @dataclass(slots=True)
@@ -244,7 +252,7 @@ class Router:
         policy = self.policies.get(name)
         if policy is None:
             raise InvalidRequest(
-                f"Unknown routing policy '{name}' (known: {', '.join(sorted(self.policies))}).",
+                f"Unknown routing policy '{name}' in 'x-gateway-policy' (known: {', '.join(sorted(self.policies))}).",
                 param="x-gateway-policy",
                 code="unknown_policy",
             )
@@ -336,9 +344,10 @@ class Router:
             ),
             candidates,
         )
-        if not spec.fallbacks:
+        if not spec.fallbacks and decision.policy != "cascade":  # a cascade's ladder is not a fallback list
             del decision.ranking[1:]
-        return Plan(decision, requested)
+        strong = difficulty if estimator is not None else None
+        return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks)
 
     def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
         difficulty = 0.5  # an explicit choice: no ranking depends on the prompt's difficulty
@@ -389,8 +398,8 @@ class Router:
             if not ok:
                 cheapest = min(cands, key=lambda x: x.cost_usd)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies max cost ${max_cost}: the cheapest, '{cheapest.name}', is "
-                    f"predicted to cost ${cheapest.cost_usd:.8f}.",
+                    f"No candidate satisfies max cost ${max_cost} ('x-gateway-max-cost-usd'): the cheapest, "
+                    f"'{cheapest.name}', is predicted to cost ${cheapest.cost_usd:.8f}.",
                     param="x-gateway-max-cost-usd",
                 )
             cands = ok
@@ -399,8 +408,8 @@ class Router:
             if not ok:
                 fastest = min(cands, key=lambda x: x.latency_s)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies max latency {max_latency:g} ms: the fastest, '{fastest.name}', "
-                    f"is predicted to take {fastest.latency_s * 1000:.0f} ms.",
+                    f"No candidate satisfies max latency {max_latency:g} ms ('x-gateway-max-latency-ms'): the "
+                    f"fastest, '{fastest.name}', is predicted to take {fastest.latency_s * 1000:.0f} ms.",
                     param="x-gateway-max-latency-ms",
                 )
             cands = ok
@@ -409,8 +418,8 @@ class Router:
             if not ok:
                 best = max(cands, key=lambda x: x.quality)
                 raise NoRouteSatisfies(
-                    f"No candidate satisfies min quality {min_quality:g}: the best, '{best.name}', is "
-                    f"predicted at {best.quality:.2f} for this prompt.",
+                    f"No candidate satisfies min quality {min_quality:g} ('x-gateway-min-quality'): the best, "
+                    f"'{best.name}', is predicted at {best.quality:.2f} for this prompt.",
                     param="x-gateway-min-quality",
                 )
             cands = ok

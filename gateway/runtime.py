@@ -17,14 +17,20 @@ import aiohttp
 
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
+from gateway.accounting import SqlLedger
 from gateway.config import Settings
 from gateway.errors import InvalidRequest
+from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
+from gateway.quality.monitor import QualityMonitor
+from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router, reads_embedding
+from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from policies.answer_check import AnswerCheck
 
 log = logging.getLogger("gateway.runtime")
 
@@ -43,6 +49,10 @@ class Gateway:
     cache: ResponseCache
     recorder: Recorder
     admission: Admission
+    tracing: Tracing
+    readiness: Readiness
+    responses: ResponseStore
+    monitor: QualityMonitor | None = None
 
 
 class RouterReloadFailed(InvalidRequest):
@@ -111,14 +121,27 @@ def describe_router(estimator: QualityEstimator | None) -> dict[str, Any]:
     }
 
 
+def load_answer_check() -> AnswerCheck | None:
+    """The shipped answer check of ``cascade`` routes (None, logged, if its artifact does not load: a cascade
+    then walks its ladder as plain fallbacks)."""
+    try:
+        return AnswerCheck.load()
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("answer check unavailable (%s); cascade routes will not escalate", exc)
+        return None
+
+
 async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
+    tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})
     http = build_session(
-        max_connections=server.upstream_max_connections, keepalive_seconds=server.upstream_keepalive_seconds
+        max_connections=server.upstream_max_connections,
+        keepalive_seconds=server.upstream_keepalive_seconds,
+        trace_configs=tracing.trace_configs(),
     )
     backends: dict[str, Backend] = {
         spec.name: build_backend(spec, http, scrape_seconds=settings.server.metrics_scrape_seconds)
@@ -146,18 +169,46 @@ async def build_gateway(settings: Settings) -> Gateway:
         admission=admission,
         cache=cache,
         recorder=recorder,
+        tracing=tracing,
         router_encoder=router_encoder,
+        answer_check=load_answer_check(),
     )
     for backend in backends.values():
         await backend.start()
-    return Gateway(settings, http, backends, breakers, router, pipeline, metrics, cache, recorder, admission)
+    readiness = Readiness(backends, breakers, server.health_probe_seconds)
+    readiness.start()
+    responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None)
+    gw = Gateway(
+        settings,
+        http,
+        backends,
+        breakers,
+        router,
+        pipeline,
+        metrics,
+        cache,
+        recorder,
+        admission,
+        tracing,
+        readiness,
+        responses,
+    )
+    if settings.quality.enabled:
+        gw.monitor = await components.build_monitor(gw, counter)
+        pipeline.monitor = gw.monitor
+    return gw
 
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await gw.readiness.aclose()
     await drain_background()
+    if gw.monitor is not None:
+        await gw.monitor.aclose()
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
+    await gw.responses.aclose()
     await gw.recorder.aclose()
     await gw.http.close()
+    await gw.tracing.aclose()

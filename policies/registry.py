@@ -16,7 +16,14 @@ from policies.base import Policy
 P = TypeVar("P", bound=type[Policy])
 
 #: The modules of the built-in policies (importing one registers its class).
-BUILTIN_MODULES = ("policies.balanced", "policies.cost", "policies.latency", "policies.learned", "policies.quality")
+BUILTIN_MODULES = (
+    "policies.balanced",
+    "policies.cascade",
+    "policies.cost",
+    "policies.latency",
+    "policies.learned",
+    "policies.quality",
+)
 
 _REGISTRY: dict[str, type[Policy]] = {}
 _builtins_loaded = False

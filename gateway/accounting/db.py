@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.accounting.schema import migrate
+from gateway.accounting.migrate import migrate
 
 log = logging.getLogger("gateway.accounting")
 

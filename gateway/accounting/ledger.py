@@ -2,7 +2,8 @@
 
 ``record`` only turns the request's context into a row and appends it to an in-memory queue; a
 background task writes the queue in batches (``ledger.batch_size`` rows per transaction, at least every
-``ledger.flush_interval_seconds``).
+``ledger.flush_interval_seconds``). The same transaction adds the rows it wrote to the rollups
+(:mod:`gateway.accounting.rollup`).
 
 Durability, stated plainly:
 
@@ -35,7 +36,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
-from gateway.accounting.schema import ledger
+from gateway.accounting.rollup import ids_filter, rollup_upsert
+from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
 from gateway.hooks import LogRecorder
@@ -63,7 +65,7 @@ def row_from_context(ctx: RequestContext) -> Row:
         "key_id": _cut(ctx.key_id, 64),
         "user": _cut(ctx.user, 256),
         "team": _cut(ctx.team, 128),
-        "endpoint": ctx.endpoint,
+        "endpoint": ctx.api or ctx.endpoint,
         "route": _cut(ctx.route, 128),
         "policy": _cut(ctx.policy, 64),
         "requested_model": ctx.requested_model[:256],
@@ -103,6 +105,7 @@ class SqlLedger:
         self._last_drop_log = 0.0
         self._log = LogRecorder()
         self._inserts: dict[str, Insert] = {}
+        self._rollup_stmts: dict[str, list[Insert]] = {}
 
     # -- recording (hot path) ---------------------------------------------------------------------------
 
@@ -177,8 +180,13 @@ class SqlLedger:
                 insert = self._insert(conn.dialect.name)
                 # One transaction, sent in slices: SQLAlchemy prepares a statement's parameters on the event loop
                 # (about 17 us a row), and a request arriving meanwhile waits for the slice being prepared.
+                ids: list[int] = []
                 for start in range(0, n, EXECUTE_ROWS):
-                    await conn.execute(insert, batch[start : start + EXECUTE_ROWS])
+                    ids.extend((await conn.execute(insert, batch[start : start + EXECUTE_ROWS])).scalars())
+                # The rollups add up exactly the rows written now (a retried row already written is not returned).
+                if ids:
+                    for stmt in self._rollups(conn.dialect.name):
+                        await conn.execute(stmt, {"ids": ids})
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1
@@ -202,8 +210,20 @@ class SqlLedger:
                 stmt = sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.row_key])
             else:
                 stmt = ledger.insert()
+            stmt = stmt.returning(ledger.c.id)
             self._inserts[dialect] = stmt
         return stmt
+
+    def _rollups(self, dialect: str) -> list[Insert]:
+        """The statements adding the rows ``:ids`` to the minute, hour and day rollups (in that order)."""
+        stmts = self._rollup_stmts.get(dialect)
+        if stmts is None:
+            stmts = [
+                rollup_upsert(rollups[grain], dialect, GRAINS_MS[grain], LATENCY_BOUNDS_MS, ids_filter())
+                for grain in GRAINS_MS
+            ]
+            self._rollup_stmts[dialect] = stmts
+        return stmts
 
     async def aclose(self) -> None:
         """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""

@@ -1,23 +1,51 @@
 """Spend aggregations over the ledger, shared by the spend API, the dashboard and ``gateway spend``.
 
+They read the rollups (:mod:`gateway.accounting.rollup`): a range is covered by whole days, hours and minutes
+(:func:`split_range`), and only the partial minutes at its two ends come from the raw rows (through the
+``ts_ms`` index), so a query reads a few thousand rows whatever the range and the ledger's size.
+
 Every money column is summed by the database in exact arithmetic (see :mod:`gateway.accounting.schema`)
 and comes back as :class:`~decimal.Decimal`; JSON renders it as a decimal string.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, ColumnElement, case, func, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal_column,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.accounting.schema import api_keys, ledger
+from gateway.accounting.schema import (
+    COUNT_COLUMNS,
+    GRAINS_MS,
+    LATENCY_BOUNDS_MS,
+    MONEY_COLUMNS,
+    TOTAL_HIST,
+    TTFT_HIST,
+    MoneySum,
+    api_keys,
+    ledger,
+    rollups,
+)
 
 GroupBy = Literal["model", "key", "team", "user", "route", "day"]
 GROUPS: dict[str, ColumnElement[Any]] = {
@@ -29,6 +57,8 @@ GROUPS: dict[str, ColumnElement[Any]] = {
     "day": ledger.c.day,
 }
 _HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
+_TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
+_DAY_MS = GRAINS_MS["day"]
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
@@ -113,33 +143,129 @@ class SpendRow:
         return out
 
 
-def _aggregates() -> list[ColumnElement[Any]]:
-    return [
-        func.count().label("requests"),
-        func.coalesce(func.sum(ledger.c.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(ledger.c.completion_tokens), 0).label("completion_tokens"),
-        func.sum(ledger.c.cost_usd).label("cost_usd"),
-        func.sum(ledger.c.baseline_cost_usd).label("baseline_cost_usd"),
-        func.sum(ledger.c.saved_usd).label("saved_usd"),
-        func.coalesce(func.sum(case((_HIT, 1), else_=0)), 0).label("cache_hits"),
-        func.coalesce(func.sum(case((ledger.c.status_code >= 400, 1), else_=0)), 0).label("errors"),
-    ]
+_MEASURES = (*COUNT_COLUMNS, *MONEY_COLUMNS)
 
 
-def _where(start_ms: int | None, end_ms: int | None, key_id: str | None) -> list[ColumnElement[bool]]:
-    out: list[ColumnElement[bool]] = []
-    if start_ms is not None:
-        out.append(ledger.c.ts_ms >= start_ms)
-    if end_ms is not None:
-        out.append(ledger.c.ts_ms < end_ms)
-    if key_id is not None:
-        out.append(ledger.c.key_id == key_id)
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of a time range read from one source: a rollup table (``grain``) or the raw rows (``None``)."""
+
+    grain: str | None
+    start_ms: int | None
+    end_ms: int | None
+
+
+def _ceil(ms: int, width: int) -> int:
+    return -(-ms // width) * width
+
+
+def split_range(start_ms: int | None, end_ms: int | None, grains: tuple[str, ...] = tuple(GRAINS_MS)) -> list[Part]:
+    """Cover ``[start_ms, end_ms)`` (None: unbounded) with whole buckets of the coarsest of ``grains`` (finest
+    first) that fit, finer ones towards the edges, and raw rows for the partial minutes at either end."""
+    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
+        return []
+    if not grains:
+        return [Part(None, start_ms, end_ms)]
+    grain, width = grains[-1], GRAINS_MS[grains[-1]]
+    lo = None if start_ms is None else _ceil(start_ms, width)
+    hi = None if end_ms is None else end_ms // width * width
+    if lo is not None and hi is not None and lo >= hi:
+        return split_range(start_ms, end_ms, grains[:-1])
+    out: list[Part] = []
+    if start_ms is not None and lo is not None and start_ms < lo:
+        out += split_range(start_ms, lo, grains[:-1])
+    out.append(Part(grain, lo, hi))
+    if end_ms is not None and hi is not None and hi < end_ms:
+        out += split_range(hi, end_ms, grains[:-1])
     return out
+
+
+def _raw_measures(hist: bool) -> list[ColumnElement[Any]]:
+    out: list[ColumnElement[Any]] = [
+        literal_column("1", BigInteger()).label("requests"),
+        ledger.c.prompt_tokens.label("prompt_tokens"),
+        ledger.c.completion_tokens.label("completion_tokens"),
+        case((_HIT, 1), else_=0).label("cache_hits"),
+        case((ledger.c.status_code >= 400, 1), else_=0).label("errors"),
+        ledger.c.cost_usd.label("cost_usd"),
+        ledger.c.baseline_cost_usd.label("baseline_cost_usd"),
+        ledger.c.saved_usd.label("saved_usd"),
+    ]
+    if hist:
+        for name, col in (("total", ledger.c.total_ms), ("ttft", ledger.c.ttft_ms)):
+            edges: list[float | None] = [None, *LATENCY_BOUNDS_MS, None]
+            for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
+                cond = [_TIMED, col.is_not(None)]
+                if lo is not None:
+                    cond.append(col >= lo)
+                if hi is not None:
+                    cond.append(col < hi)
+                out.append(case((and_(*cond), 1), else_=0).label(f"lat_{name}_{i:02d}"))
+    return out
+
+
+def _part_select(
+    part: Part, dim: str, groups: list[tuple[str, Callable[[Any], ColumnElement[Any]]]], key_id: str | None, hist: bool
+) -> Select[Any]:
+    """One part's rows: group columns then measures, from a rollup table or from the raw rows."""
+    if part.grain is None:
+        where = []
+        if part.start_ms is not None:
+            where.append(ledger.c.ts_ms >= part.start_ms)
+        if part.end_ms is not None:
+            where.append(ledger.c.ts_ms < part.end_ms)
+        if key_id is not None:
+            where.append(ledger.c.key_id == key_id)
+        cols = [fn(None).label(name) for name, fn in groups]
+        return select(*cols, *_raw_measures(hist)).where(*where)
+    table = rollups[part.grain]
+    where = [table.c.dim == dim]
+    if part.start_ms is not None:
+        where.append(table.c.bucket_ms >= part.start_ms)
+    if part.end_ms is not None:
+        where.append(table.c.bucket_ms < part.end_ms)
+    if key_id is not None:
+        where.append(table.c.key_id == key_id)
+    measures = [table.c[c] for c in _MEASURES] + ([table.c[c] for c in TOTAL_HIST + TTFT_HIST] if hist else [])
+    return select(*(fn(table).label(name) for name, fn in groups), *measures).where(*where)
+
+
+def _group_fns(group_by: str) -> tuple[str, Callable[[Any], ColumnElement[Any]]]:
+    """The rollup dimension to read and how a source (rollup table, or None for the raw rows) gives the group."""
+    if group_by == "day":
+        day = literal_column(str(_DAY_MS), BigInteger())
+        return "total", lambda t: (ledger.c.ts_ms if t is None else t.c.bucket_ms) // day * day
+    if group_by == "key":
+        return "total", lambda t: func.coalesce(ledger.c.key_id, "") if t is None else t.c.key_id
+    raw = GROUPS[group_by]
+    return group_by, lambda t: func.coalesce(raw, "") if t is None else t.c.value
+
+
+def _summed(
+    parts: list[Part],
+    dim: str,
+    groups: list[tuple[str, Callable[[Any], ColumnElement[Any]]]],
+    key_id: str | None,
+    hist: bool = False,
+) -> tuple[Any, list[ColumnElement[Any]]]:
+    """The union of ``parts`` as a subquery, and its measures summed (labelled, exact money)."""
+    if not parts:
+        parts = [Part(None, 0, 0)]  # nothing: an empty raw range keeps the statement's shape
+    union = union_all(*(_part_select(p, dim, groups, key_id, hist) for p in parts)).subquery("u")
+    sums: list[ColumnElement[Any]] = [func.coalesce(func.sum(union.c[c]), 0).label(c) for c in COUNT_COLUMNS]
+    sums += [type_coerce(func.sum(union.c[c]), MoneySum()).label(c) for c in MONEY_COLUMNS]
+    if hist:
+        sums += [func.coalesce(func.sum(union.c[c]), 0).label(c) for c in TOTAL_HIST + TTFT_HIST]
+    return union, sums
+
+
+def _group_value(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _spend_row(group: Any, r: Any) -> SpendRow:
     return SpendRow(
-        group=None if group is None else str(group),
+        group=group,
         requests=int(r.requests),
         prompt_tokens=int(r.prompt_tokens),
         completion_tokens=int(r.completion_tokens),
@@ -160,34 +286,43 @@ async def spend(
     key_id: str | None = None,
     limit: int | None = None,
 ) -> list[SpendRow]:
-    """Totals per group (most expensive first; by date for ``day``), optionally for one key only."""
-    col = GROUPS[group_by]
-    stmt = select(col.label("grp"), *_aggregates()).where(*_where(start_ms, end_ms, key_id)).group_by(col)
+    """Totals per group (most expensive first; by date for ``day``), optionally for one key only.
+
+    Read from the rollups (whole buckets) and the raw rows of the partial minutes at the range's ends.
+    """
+    dim, fn = _group_fns(group_by)
+    union, sums = _summed(split_range(start_ms, end_ms), dim, [("grp", fn)], key_id)
+    stmt = select(union.c.grp, *sums).group_by(union.c.grp)
     if group_by == "day":
-        stmt = stmt.order_by(col)
+        stmt = stmt.order_by(union.c.grp)
     else:
-        stmt = stmt.order_by(func.sum(ledger.c.cost_usd).desc(), func.count().desc())
+        stmt = stmt.order_by(func.sum(union.c.cost_usd).desc(), func.sum(union.c.requests).desc(), union.c.grp)
     if limit is not None:
         stmt = stmt.limit(limit)
     async with engine.connect() as conn:
-        rows = [_spend_row(r.grp, r) for r in (await conn.execute(stmt)).all()]
+        found = (await conn.execute(stmt)).all()
+        rows = [_spend_row(_day(r.grp) if group_by == "day" else _group_value(r.grp), r) for r in found]
         if group_by == "key":
             ids = [r.group for r in rows if r.group]
             if ids:
-                found = await conn.execute(select(api_keys.c.id, api_keys.c.name).where(api_keys.c.id.in_(ids)))
-                names = {i: n for i, n in found.all()}
+                found_names = await conn.execute(select(api_keys.c.id, api_keys.c.name).where(api_keys.c.id.in_(ids)))
+                names = {i: n for i, n in found_names.all()}
                 for r in rows:
                     r.name = names.get(r.group or "")
     return rows
 
 
+def _day(ms: Any) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d")
+
+
 async def totals(
     engine: AsyncEngine, *, start_ms: int | None = None, end_ms: int | None = None, key_id: str | None = None
 ) -> SpendRow:
-    """One row of totals over the whole range."""
-    stmt = select(*_aggregates()).where(*_where(start_ms, end_ms, key_id))
+    """One row of totals over the whole range (from the rollups, like :func:`spend`)."""
+    _, sums = _summed(split_range(start_ms, end_ms), "total", [], key_id)
     async with engine.connect() as conn:
-        r = (await conn.execute(stmt)).one()
+        r = (await conn.execute(select(*sums))).one()
     return _spend_row(None, r)
 
 
@@ -199,35 +334,35 @@ def bucket_seconds(span_s: float, target_buckets: int = 60) -> int:
     return _BUCKETS_S[-1]
 
 
+def _grains_within(bucket_s: int) -> tuple[str, ...]:
+    """The rollup grains whose buckets nest inside buckets of ``bucket_s`` seconds."""
+    return tuple(g for g, ms in GRAINS_MS.items() if (bucket_s * 1000) % ms == 0)
+
+
 async def timeseries(
     engine: AsyncEngine, *, start_ms: int, end_ms: int, bucket_s: int, key_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Spend, requests and tokens per time bucket and model (``bucket`` is the bucket's start, epoch ms)."""
-    width: ColumnElement[int] = literal_column(
-        str(int(bucket_s) * 1000), BigInteger()
-    )  # inlined: PostgreSQL must see one GROUP BY expression
-    bucket = ((ledger.c.ts_ms // width) * width).label("bucket")
+    width: ColumnElement[int] = literal_column(str(int(bucket_s) * 1000), BigInteger())
+    parts = split_range(start_ms, end_ms, _grains_within(bucket_s))
+    groups: list[tuple[str, Callable[[Any], ColumnElement[Any]]]] = [
+        ("bucket", lambda t: (ledger.c.ts_ms if t is None else t.c.bucket_ms) // width * width),
+        ("model", lambda t: func.coalesce(ledger.c.chosen_model, "") if t is None else t.c.value),
+    ]
+    union, sums = _summed(parts, "model", groups, key_id)
     stmt = (
-        select(
-            bucket,
-            ledger.c.chosen_model.label("model"),
-            func.count().label("requests"),
-            func.coalesce(func.sum(ledger.c.prompt_tokens + ledger.c.completion_tokens), 0).label("tokens"),
-            func.sum(ledger.c.cost_usd).label("cost_usd"),
-            func.sum(ledger.c.baseline_cost_usd).label("baseline_cost_usd"),
-        )
-        .where(*_where(start_ms, end_ms, key_id))
-        .group_by(literal_column("bucket"), ledger.c.chosen_model)
-        .order_by(literal_column("bucket"))
+        select(union.c.bucket, union.c.model, *sums)
+        .group_by(union.c.bucket, union.c.model)
+        .order_by(union.c.bucket, union.c.model)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [
         {
             "bucket": int(r.bucket),
-            "model": r.model,
+            "model": _group_value(r.model),
             "requests": int(r.requests),
-            "tokens": int(r.tokens),
+            "tokens": int(r.prompt_tokens) + int(r.completion_tokens),
             "cost_usd": money(r.cost_usd),
             "baseline_cost_usd": money(r.baseline_cost_usd),
         }
@@ -243,49 +378,61 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def hist_percentile(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile of a latency histogram (:data:`LATENCY_BOUNDS_MS`), interpolated linearly within
+    its bucket (the open last bucket answers its lower bound); None when it is empty."""
+    n = sum(counts)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q * n - 1e-9))
+    seen = 0
+    for i, c in enumerate(counts):
+        if c and seen + c >= rank:
+            lo = 0.0 if i == 0 else float(LATENCY_BOUNDS_MS[i - 1])
+            if i == len(LATENCY_BOUNDS_MS):
+                return lo
+            hi = float(LATENCY_BOUNDS_MS[i])
+            return round(lo + (hi - lo) * (rank - seen) / c, 3)
+        seen += c
+    return None  # pragma: no cover - rank <= n
+
+
 async def latency(
-    engine: AsyncEngine, *, start_ms: int | None, end_ms: int | None, sample_rows: int
+    engine: AsyncEngine, *, start_ms: int | None, end_ms: int | None, sample_rows: int | None = None
 ) -> dict[str, dict[str, Any]]:
-    """p50/p95 of total time and time to first token per backend, over the newest ``sample_rows``
-    successful, uncached requests of the range."""
-    stmt = (
-        select(ledger.c.chosen_model, ledger.c.total_ms, ledger.c.ttft_ms)
-        .where(
-            *_where(start_ms, end_ms, None),
-            ledger.c.chosen_model.is_not(None),
-            ledger.c.status_code < 400,
-            ~_HIT,
-        )
-        .order_by(ledger.c.ts_ms.desc())
-        .limit(sample_rows)
-    )
+    """p50/p95 of total time and time to first token per backend, over the successful, uncached requests of
+    the range: from the rollups' latency histograms (mergeable; a percentile is exact to its bucket, then
+    interpolated). ``sample_rows`` is accepted for compatibility and unused."""
+    del sample_rows
+    groups: list[tuple[str, Callable[[Any], ColumnElement[Any]]]] = [
+        ("model", lambda t: func.coalesce(ledger.c.chosen_model, "") if t is None else t.c.value)
+    ]
+    union, sums = _summed(split_range(start_ms, end_ms), "model", groups, None, hist=True)
+    stmt = select(union.c.model, *sums).group_by(union.c.model).order_by(union.c.model)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    total: dict[str, list[float]] = {}
-    ttft: dict[str, list[float]] = {}
-    for model, total_ms, ttft_ms in rows:
-        if total_ms is not None:
-            total.setdefault(model, []).append(float(total_ms))
-        if ttft_ms is not None:
-            ttft.setdefault(model, []).append(float(ttft_ms))
     out: dict[str, dict[str, Any]] = {}
-    for model in sorted(set(total) | set(ttft)):
-        t = sorted(total.get(model, []))
-        f = sorted(ttft.get(model, []))
-        out[model] = {
-            "samples": len(t),
-            "p50_ms": percentile(t, 0.50),
-            "p95_ms": percentile(t, 0.95),
-            "ttft_p50_ms": percentile(f, 0.50),
-            "ttft_p95_ms": percentile(f, 0.95),
+    for r in rows:
+        total = [int(r._mapping[c]) for c in TOTAL_HIST]
+        ttft = [int(r._mapping[c]) for c in TTFT_HIST]
+        if not r.model or not (sum(total) or sum(ttft)):
+            continue
+        out[r.model] = {
+            "samples": sum(total),
+            "p50_ms": hist_percentile(total, 0.50),
+            "p95_ms": hist_percentile(total, 0.95),
+            "ttft_p50_ms": hist_percentile(ttft, 0.50),
+            "ttft_p95_ms": hist_percentile(ttft, 0.95),
         }
     return out
 
 
 async def first_ts_ms(engine: AsyncEngine) -> int | None:
-    """The oldest row's time (epoch ms), or None for an empty ledger."""
+    """The start of the oldest minute with a request (epoch ms), or None for an empty ledger."""
+    minute = rollups["minute"]
+    stmt = select(func.min(minute.c.bucket_ms)).where(minute.c.dim == "total")
     async with engine.connect() as conn:
-        value = (await conn.execute(select(func.min(ledger.c.ts_ms)))).scalar()
+        value = (await conn.execute(stmt)).scalar()
     return None if value is None else int(value)
 
 

@@ -5,13 +5,12 @@ arithmetic). SQLite has no exact decimal type (``NUMERIC`` becomes a float), so 
 integer count of 1e-12 USD: ``SUM`` over integers is exact, and SQLite raises an error rather than
 wrap around if a sum ever passed 2**63 units (about 9.2 million USD in one aggregate).
 
-The schema is versioned in ``gw_schema_version``; :func:`migrate` applies the missing steps of
-:data:`MIGRATIONS` in order, under an advisory lock on PostgreSQL so replicas starting together agree.
+These tables describe the current schema for the queries; the migrations that create and change them are
+Alembic revisions (``gateway/accounting/migrations``, run by :mod:`gateway.accounting.migrate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +18,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Connection,
     DateTime,
     Float,
     Index,
@@ -28,18 +26,13 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
-    inspect,
-    select,
-    text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 #: Money resolution: 1e-12 USD (the same as gateway.pricing).
 MONEY_PLACES = 12
 _Q = Decimal(1).scaleb(-MONEY_PLACES)
-_PG_LOCK_ID = 0x67776C6564676572  # "gwledger"
 
 
 class Money(TypeDecorator[Decimal]):
@@ -75,13 +68,6 @@ def _id_type() -> TypeEngine[int]:
 
 
 metadata = MetaData()
-
-schema_version = Table(
-    "gw_schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
 
 ledger = Table(
     "gw_ledger",
@@ -136,46 +122,50 @@ api_keys = Table(
 )
 
 
-def _v1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[ledger, api_keys], checkfirst=True)
+class MoneySum(Money):
+    """Money summed over many rows: ``NUMERIC(30, 12)`` on PostgreSQL (room for rollups), integer units on SQLite."""
+
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(30, MONEY_PLACES, asdecimal=True))
 
 
-def _v2(conn: Connection) -> None:
-    # A database created by this version's _v1 (create_all of the current tables) has both already.
-    found = inspect(conn)
-    if "row_key" not in {c["name"] for c in found.get_columns("gw_ledger")}:
-        conn.execute(text("ALTER TABLE gw_ledger ADD COLUMN row_key VARCHAR(32)"))
-    if "ux_gw_ledger_row_key" not in {i["name"] for i in found.get_indexes("gw_ledger")}:
-        conn.execute(text("CREATE UNIQUE INDEX ux_gw_ledger_row_key ON gw_ledger (row_key)"))
+#: Upper bounds (exclusive, milliseconds) of the latency histograms' buckets; the last bucket is unbounded.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 8000, 15000, 30000,
+)  # fmt: skip
+LATENCY_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+#: Rollup dimensions: every raw row adds to one rollup row of each, per grain (``total`` has value '').
+DIMENSIONS: tuple[str, ...] = ("total", "model", "route", "team", "user")
+#: Rollup grains, in milliseconds, by table suffix.
+GRAINS_MS: dict[str, int] = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
+#: Additive columns of a rollup row (everything but the key); their sums merge buckets.
+COUNT_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors")
+MONEY_COLUMNS = ("cost_usd", "baseline_cost_usd", "saved_usd")
+TOTAL_HIST = tuple(f"lat_total_{i:02d}" for i in range(LATENCY_BUCKETS))
+TTFT_HIST = tuple(f"lat_ttft_{i:02d}" for i in range(LATENCY_BUCKETS))
+KEY_COLUMNS = ("dim", "bucket_ms", "key_id", "value")
 
 
-#: Ordered schema steps; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "ledger and api keys", _v1),
-    (2, "ledger row keys (idempotent batch writes)", _v2),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+def _rollup_table(grain: str) -> Table:
+    name = f"gw_rollup_{grain}"
+    table = Table(
+        name,
+        metadata,
+        Column("dim", String(8), primary_key=True, comment="total, model, route, team or user"),
+        Column("bucket_ms", BigInteger, primary_key=True, comment=f"bucket start, epoch ms ({grain})"),
+        Column("key_id", String(64), primary_key=True, comment="'' when the request had no key"),
+        Column("value", String(256), primary_key=True, comment="the dimension's value; '' for none"),
+        *(Column(c, BigInteger, nullable=False) for c in COUNT_COLUMNS),
+        *(Column(c, MoneySum(), nullable=False) for c in MONEY_COLUMNS),
+        *(Column(c, BigInteger, nullable=False) for c in TOTAL_HIST + TTFT_HIST),
+    )
+    Index(f"ix_{name}_key", table.c.key_id, table.c.dim, table.c.bucket_ms)
+    return table
 
 
-def _current_version(conn: Connection) -> int:
-    schema_version.create(conn, checkfirst=True)
-    found = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc())).first()
-    return int(found[0]) if found else 0
-
-
-async def migrate(conn: AsyncConnection) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION` inside the caller's transaction; return the version."""
-    from datetime import UTC, datetime
-
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-    current = await conn.run_sync(_current_version)
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the ledger database has schema version {current}, newer than this gateway's {SCHEMA_VERSION}"
-        )
-    for version, _name, step in MIGRATIONS:
-        if version > current:
-            await conn.run_sync(step)
-            await conn.execute(schema_version.insert().values(version=version, applied_at=datetime.now(UTC)))
-    return SCHEMA_VERSION
+#: The rollup tables by grain: sums of the ledger's rows per bucket, key, dimension and value.
+rollups: dict[str, Table] = {grain: _rollup_table(grain) for grain in GRAINS_MS}

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from gateway.accounting.db import Database
-from gateway.accounting.queries import money
-from gateway.accounting.schema import api_keys, ledger
+from gateway.accounting.queries import money, totals
+from gateway.accounting.schema import api_keys
 
 KEY_PREFIX = "sk-gw-"
 _DISPLAY_CHARS = 10
@@ -164,6 +164,4 @@ class KeyStore:
 
     async def spent(self, key_id: str) -> Decimal:
         """What the ledger has recorded for this key so far."""
-        async with self.db.engine.connect() as conn:
-            value = (await conn.execute(select(func.sum(ledger.c.cost_usd)).where(ledger.c.key_id == key_id))).scalar()
-        return value if isinstance(value, Decimal) else Decimal(0)
+        return (await totals(self.db.engine, key_id=key_id)).cost_usd  # from the rollups: kept past retention

@@ -25,9 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.simulator.answers import AnswerRule, AnswerRules, parse_answer_rules
+from gateway.simulator.answers import AnswerRule, AnswerRules, parse_answer_rules, split_words
 from gateway.simulator.engine import FifoLimiter, Pacer, SimStats, TimingModel
 from gateway.simulator.faults import RAW_SEND_KEY, FaultConfig, FaultInjector, error_body, parse_fault
+from gateway.simulator.judge import JudgeRules, parse_judge
 from gateway.simulator.metrics import SimMetrics
 from gateway.simulator.profiles import SimProfile, get_profile
 from gateway.simulator.protocol import (
@@ -41,7 +42,7 @@ from gateway.simulator.protocol import (
 )
 from gateway.simulator.render import Renderer
 from gateway.simulator.streaming import AbortConnection, PartialBody, SimResponse, cut_job, sse
-from gateway.simulator.textgen import embed_text, stable_hash
+from gateway.simulator.textgen import GeneratedText, embed_text, stable_hash
 
 __all__ = ["SimState", "create_simulator_app", "serve"]
 
@@ -70,6 +71,7 @@ class SimState:
     faults: FaultInjector
     seed: int
     answers: AnswerRules
+    judge: JudgeRules
 
     @property
     def model_name(self) -> str:
@@ -148,6 +150,16 @@ class _Handlers:
                 return _error(ApiError(str(exc)))
         return json_response({"rules": [r.to_json() for r in rules.rules]})
 
+    async def judge(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.st.judge = JudgeRules()
+        elif request.method == "POST":
+            try:
+                self.st.judge = parse_judge(orjson.loads(await request.body()))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                return _error(ApiError(str(exc)))
+        return json_response(self.st.judge.to_json())
+
     # ------------------------------------------------------------- inference routes
     async def chat(self, request: Request) -> Response:
         return await self._inference(request, parse_chat_request)
@@ -224,7 +236,11 @@ class _Handlers:
         except ApiError as exc:
             st.stats.failed += 1
             return _error(exc)
-        plans = plan_outputs(req, st.profile, st.seed, [st.answers.take(p.hint) for p in req.prompts])
+        verdict = st.judge.reply(req.prompts[0].hint) if req.endpoint == "chat" else None
+        if verdict is not None:  # a judge's prompt: answered as a judge (gateway.simulator.judge)
+            plans = [ChoicePlan(0, 0, GeneratedText(split_words(verdict), "stop"))]
+        else:
+            plans = plan_outputs(req, st.profile, st.seed, [st.answers.take(p.hint) for p in req.prompts])
         prefix = "chatcmpl" if req.endpoint == "chat" else "cmpl"
         renderer = Renderer(req, st.model_name, st.profile.kind, f"{prefix}-{uuid.uuid4().hex}")
         job = self._generate(req, plans, renderer, fault, request.state.arrival)
@@ -361,6 +377,7 @@ def create_simulator_app(
     seed: int = 0,
     faults: FaultConfig | dict[str, Any] | str | None = None,
     answer_rules: list[AnswerRule] | list[dict[str, Any]] | dict[str, Any] | None = None,
+    judge: JudgeRules | dict[str, Any] | None = None,
 ) -> SimulatorApp:
     """Build the simulator ASGI app for ``profile``.
 
@@ -372,6 +389,7 @@ def create_simulator_app(
         seed: Default seed for generation when a request gives none.
         faults: An initial fault (a :class:`FaultConfig`, its JSON dict, or a mode name).
         answer_rules: Initial per-prompt answer rules (see :mod:`gateway.simulator.answers`).
+        judge: The ground truth it judges by (see :mod:`gateway.simulator.judge`).
 
     The shared state is available as ``app.state.sim`` (a :class:`SimState`).
     """
@@ -387,6 +405,7 @@ def create_simulator_app(
         faults=FaultInjector(parse_fault(faults) if faults is not None else None),
         seed=seed,
         answers=AnswerRules(_rules(answer_rules)),
+        judge=judge if isinstance(judge, JudgeRules) else parse_judge(judge) if judge is not None else JudgeRules(),
     )
     h = _Handlers(state)
     routes = [
@@ -400,6 +419,7 @@ def create_simulator_app(
         Route("/_sim/faults", h.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_sim/answers", h.answers, methods=["GET", "POST", "DELETE"]),
         Route("/_sim/stats", h.stats, methods=["GET"]),
+        Route("/_sim/judge", h.judge, methods=["GET", "POST", "DELETE"]),
     ]
     app = SimulatorApp(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.sim = state

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event, select
 
 from gateway.accounting import SqlLedger, open_database
-from gateway.accounting.ledger import EXECUTE_ROWS
+from gateway.accounting.ledger import EXECUTE_ROWS, row_from_context
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
@@ -106,11 +106,17 @@ async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) 
     led.record(ctx(0))
     assert await led.flush()  # the schema exists: what follows is the batch alone
     statements: list[int] = []
+    rollup_statements: list[str] = []
     commits: list[bool] = []
+    per_row = len(row_from_context(ctx(0)))
 
     def on_execute(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("INSERT"):
-            statements.append(len(parameters) if executemany else 1)
+        sql = statement.lstrip().upper()
+        if sql.startswith("INSERT INTO GW_LEDGER"):  # one multi-row VALUES statement (RETURNING the ids)
+            flat = not isinstance(parameters[0], tuple | list | dict)  # one row's values after another
+            statements.append(len(parameters) // per_row if flat else len(parameters))
+        elif sql.startswith("INSERT INTO GW_ROLLUP_"):
+            rollup_statements.append(sql.split()[2])
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
     event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(True))
@@ -119,5 +125,7 @@ async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) 
     assert await led.flush()
     await led.aclose()
     assert statements == [EXECUTE_ROWS] * (130 // EXECUTE_ROWS) + [130 % EXECUTE_ROWS]
+    # the rollups are added up by the database, one statement per grain, in the same transaction
+    assert rollup_statements == ["GW_ROLLUP_MINUTE", "GW_ROLLUP_HOUR", "GW_ROLLUP_DAY"]
     assert len(commits) == 1
     assert len(await count_rows(db_url)) == 131

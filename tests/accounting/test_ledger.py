@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 
 from gateway.accounting import SqlLedger
-from gateway.accounting.schema import SCHEMA_VERSION, ledger, schema_version
+from gateway.accounting.migrate import current_revision, head_revision
+from gateway.accounting.schema import ledger
 from gateway.context import RequestContext
 from gateway.pricing import local_price
 from tests.accounting.conftest import GPT4, GPT4O, PRICES, chat, gateway_client, make_settings
@@ -68,8 +68,8 @@ async def test_ledger_totals_equal_tokens_times_price(db_url: str) -> None:
         assert isinstance(gw.recorder, SqlLedger)
         async with gw.recorder.db.engine.connect() as conn:
             rows = [r._mapping for r in (await conn.execute(select(ledger).order_by(ledger.c.id))).all()]
-            versions = (await conn.execute(select(schema_version.c.version))).scalars().all()
-        assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+            revision = await conn.run_sync(current_revision)
+        assert revision == head_revision()
         local_tps = gw.backends["local"].stats.tokens_per_second.value
         local_spec = settings.model("local")
         assert local_spec is not None
@@ -181,25 +181,3 @@ async def test_a_batch_retried_after_a_lost_commit_reply_is_written_once(db_url:
     # ten requests (sharing a client-chosen request id) are ten rows, each once
     assert (t.requests, t.cost_usd) == (10, Decimal("5"))
     assert len(keys) == len(set(keys)) == 10
-
-
-async def test_a_version_1_ledger_is_migrated_to_row_keys(tmp_path: Path) -> None:
-    from sqlalchemy import inspect, text
-
-    from gateway.accounting import open_database
-
-    url = f"sqlite+aiosqlite:///{tmp_path / 'v1.db'}"
-    db = await open_database(url, require=True)
-    async with db.engine.begin() as conn:  # back to what version 1 created
-        await conn.execute(text("DROP INDEX ux_gw_ledger_row_key"))
-        await conn.execute(text("ALTER TABLE gw_ledger DROP COLUMN row_key"))
-        await conn.execute(text("DELETE FROM gw_schema_version WHERE version > 1"))
-    await db.aclose()
-    db = await open_database(url, require=True)
-    async with db.engine.connect() as conn:
-        columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("gw_ledger")})
-        indexes = await conn.run_sync(lambda c: {i["name"]: i["unique"] for i in inspect(c).get_indexes("gw_ledger")})
-        versions = (await conn.execute(select(schema_version.c.version))).scalars().all()
-    await db.aclose()
-    assert "row_key" in columns and indexes["ux_gw_ledger_row_key"]
-    assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))

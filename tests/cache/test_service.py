@@ -18,6 +18,7 @@ from cache.redis import RedisStore
 from cache.semantic import Embedder, SemanticEncoder, encode_vector
 from cache.service import CacheService
 from gateway.config import CacheSettings
+from gateway.constraints import Constraints
 from gateway.context import RequestContext
 from gateway.metrics import Metrics
 
@@ -49,6 +50,7 @@ def request(
         **params,
     }
     ctx = RequestContext(request_id="r", endpoint="chat", body=body, requested_model=model, headers=headers or {})
+    ctx.constraints = Constraints.parse(ctx.headers)
     ctx.key_id = key_id
     ctx.chosen_model = "m1"
     return ctx
@@ -146,9 +148,9 @@ async def test_ttl_header(svc: CacheService) -> None:
     zero = request("zero?", headers={"x-gateway-cache-ttl": "0"})
     await remember(svc, zero, "z")
     assert await svc.lookup(request("zero?")) is None
-    bad = request("bad?", headers={"x-gateway-cache-ttl": "soon"})  # ignored, never an error
-    await remember(svc, bad, "b")
-    assert await svc.lookup(request("bad?")) is not None
+    long = request("long?", headers={"x-gateway-cache-ttl": "1e9"})  # capped at max_ttl_seconds
+    await remember(svc, long, "l")
+    assert await svc.lookup(request("long?")) is not None
 
 
 async def test_tenants_are_isolated(svc: CacheService) -> None:

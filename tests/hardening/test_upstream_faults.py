@@ -99,7 +99,7 @@ def fault(env: Env) -> Iterator[Any]:
 
 # (fault, expected status without a fallback, expected error type/code fragment)
 BEFORE_FIRST_BYTE = {
-    "error_500": ({"mode": "error_500"}, 500, "InternalServerError"),
+    "error_500": ({"mode": "error_500"}, 502, "upstream_error upstream_http_500"),  # not the gateway's own 500
     "error_429": ({"mode": "error_429", "retry_after": 7}, 429, "RateLimitError"),
     "reset": ({"mode": "reset"}, 502, "upstream_unavailable"),
     "hang": ({"mode": "hang"}, 504, "upstream_timeout"),

@@ -135,7 +135,7 @@ print(sorted(names()), get("balanced").__name__)
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    assert out.strip() == "['balanced', 'cost', 'latency', 'learned', 'mine', 'quality'] BalancedPolicy"
+    assert out.strip() == "['balanced', 'cascade', 'cost', 'latency', 'learned', 'mine', 'quality'] BalancedPolicy"
 
 
 def test_a_quality_estimator_of_ones_own_drives_the_decision() -> None:

@@ -1,0 +1,65 @@
+"""Schema migrations of the ledger database, with Alembic, run programmatically at start-up.
+
+The scripts ship in the package (``gateway/accounting/migrations``: ``env.py`` and ``versions/``). They run on
+the caller's connection and transaction (an async engine's connection, through ``run_sync``), under a
+PostgreSQL advisory lock so that replicas starting together agree. A ledger created by the hand-written runner
+that came before (``gw_schema_version`` at 1 or 2) has no ``alembic_version`` table: revision ``0001``
+recognises its tables and keeps them, and the later revisions upgrade it in place.
+"""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+SCRIPT_LOCATION = "gateway.accounting:migrations"
+_PG_LOCK_ID = 0x67776C6564676572  # "gwledger"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer gateway (a revision this one does not know)."""
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for the packaged scripts, bound to ``connection`` (what ``env.py`` runs on)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision this gateway ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The database's revision (None before any Alembic migration)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _upgrade(connection: Connection, revision: str) -> str | None:
+    cfg = alembic_config(connection)
+    current = current_revision(connection)
+    known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNew(f"the ledger database is at revision {current}, unknown to this gateway (newer?)")
+    command.upgrade(cfg, revision)
+    return current_revision(connection)
+
+
+async def migrate(conn: AsyncConnection, revision: str = "head") -> str | None:
+    """Upgrade the schema to ``revision`` inside the caller's transaction; return the revision reached.
+
+    Raises:
+        SchemaTooNew: the database is at a revision this gateway does not know.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+    return await conn.run_sync(_upgrade, revision)

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the ledger database (run by :mod:`gateway.accounting.migrate`)."""

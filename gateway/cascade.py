@@ -1,0 +1,203 @@
+"""Stage 6 for a ``cascade`` route: ask the cheapest candidate, check its answer, escalate when it falls short.
+
+The ladder is the ``cascade`` policy's ranking (cheapest first, capabilities, context windows, constraints and
+breakers already applied by the decide stage). Every rung but the last is asked for a complete answer, with
+token log-probabilities when its backend returns them (vLLM, OpenAI; stripped again when the client did not ask);
+:class:`policies.answer_check.AnswerCheck` scores it (text, log-probabilities, ``finish_reason`` and the prompt
+router's score) against the threshold the route's ``quality_target`` calibrates. Below it the answer is returned
+(``x-gateway-cascade: accepted``); at or above it, it is paid for and the next rung is asked (``escalated``).
+The last rung answers unchecked, streamed when the client streams. A rung that fails falls through to the next
+(when the route has ``fallbacks``); when every rung above a held answer fails, the held answer is served.
+
+Streaming: a checked rung's answer is held until the check passes, then sent as SSE chunks; an escalated one is
+never shown and the next rung streams as usual. So an accepted stream's first token waits for the whole local
+answer (``bench/cascade_ttft.py`` measures it), and an escalated one's for the local answer plus the strong
+model's first token. Only chat requests are checked; completions walk the ladder as plain fallbacks.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from backends import Backend, UpstreamResponse
+from gateway.context import AttemptCost, RequestContext
+from gateway.errors import AllCandidatesFailed, UpstreamError, is_retryable
+from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
+from gateway.streaming import aiter_list, replay_chunks
+from policies.answer_check import AnswerCheck
+from policies.answer_check.confidence import token_logprobs
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Pipeline, Result
+
+__all__ = ["LOGPROB_BACKENDS", "Cascade", "strip_logprobs"]
+
+#: Backend kinds that return token log-probabilities when asked (``logprobs: true``).
+LOGPROB_BACKENDS = frozenset({"vllm", "openai"})
+
+
+def strip_logprobs(body: dict[str, Any]) -> None:
+    """Drop the log-probabilities the gateway asked for from a response body (as if never requested)."""
+    for choice in body.get("choices") or []:
+        if isinstance(choice, dict) and "logprobs" in choice:
+            choice["logprobs"] = None
+
+
+def _answer_text(body: dict[str, Any]) -> tuple[str, str | None, list[Any] | None]:
+    """The first choice's text, finish reason and ``logprobs`` block."""
+    for choice in body.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+        lp = choice.get("logprobs")
+        return (text if isinstance(text, str) else ""), choice.get("finish_reason"), [lp] if lp else None
+    return "", None, None
+
+
+class Cascade:
+    """Walks a cascade route's ladder for one request at a time (built once per pipeline)."""
+
+    def __init__(self, pipeline: Pipeline, check: AnswerCheck | None) -> None:
+        self.pipeline = pipeline
+        self.check = check
+        self._thresholds: dict[tuple[float, bool], float] = {}
+
+    def threshold(self, plan: Plan) -> float:
+        """The answer check's threshold for the route's ``quality_target`` (escalate at or above it)."""
+        target = plan.quality_target if plan.quality_target is not None else DEFAULT_QUALITY_TARGET
+        with_router = plan.strong_needed is not None
+        key = (target, with_router)
+        found = self._thresholds.get(key)
+        if found is None:
+            assert self.check is not None
+            found = self._thresholds[key] = self.check.threshold_for_quality_target(target, with_router=with_router)
+        return found
+
+    async def run(self, ctx: RequestContext, plan: Plan, prompt: str) -> Result:
+        """Stage 6 for a cascade route (see the module docstring)."""
+        p = self.pipeline
+        ladder = plan.decision.ranking
+        if self.check is None or ctx.endpoint != "chat" or len(ladder) < 2:
+            if not plan.fallbacks:
+                del ladder[1:]
+            return await p._call(ctx, plan)
+        threshold = self.threshold(plan)
+        held: tuple[Backend, UpstreamResponse, float] | None = None
+        last: UpstreamError | None = None
+        for rung, cand in enumerate(ladder):
+            backend, breaker = p.backends[cand.name], p.breakers[cand.name]
+            if last is not None:
+                await p._backoff(1)
+            ctx.attempts.append(cand.name)
+            try:
+                if rung == len(ladder) - 1:
+                    ctx.predicted_cost = cand.cost_usd
+                    return await p._attempt(ctx, backend, breaker)
+                t0 = ctx.elapsed()
+                response = await self._ask(ctx, backend)
+            except UpstreamError as err:
+                p._attempt_failed(cand.name, err)
+                last = err
+                if not is_retryable(err) or not plan.fallbacks:
+                    if held is None:
+                        raise
+                    break
+                continue
+            breaker.record_success()
+            last = None
+            text, finish, lp_blocks = _answer_text(response.body)
+            lps = token_logprobs(lp_blocks) if lp_blocks else None
+            verdict = self.check.check(
+                prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed
+            )
+            why = ", ".join(verdict.reasons) or "nothing stood out"
+            if not verdict.escalate(threshold):
+                ctx.cascade = "accepted"
+                ctx.cascade_reason = f"score {verdict.score:.3f} < {threshold:.3f}: {why}"
+                return self._serve(ctx, backend, response, t0)
+            ctx.cascade = "escalated"
+            ctx.cascade_reason = f"{cand.name} score {verdict.score:.3f} >= {threshold:.3f}: {why}"
+            self._pay(ctx, cand.name, response.body)
+            held = (backend, response, t0)
+        if held is not None:  # every rung above the held answer failed: better that answer than none
+            backend, response, t0 = held
+            spent = ctx.cascade_attempts.pop()
+            ctx.attempts.append(backend.name)
+            ctx.cascade = "accepted"
+            ctx.cascade_reason = f"escalation failed ({spent.model} kept): {ctx.cascade_reason}"
+            return self._serve(ctx, backend, response, t0)
+        assert last is not None
+        raise AllCandidatesFailed(last, ctx.attempts)
+
+    async def _ask(self, ctx: RequestContext, backend: Backend) -> UpstreamResponse:
+        """A complete answer from a checked rung (never streamed), with log-probabilities where available."""
+        p = self.pipeline
+        p.breakers[backend.name].before_call()
+        body = p._upstream_body(ctx, backend)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        spec = p.settings.model(backend.name)
+        if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
+            body["logprobs"] = True
+            body["top_logprobs"] = 0
+        with p.tracing.attempt(ctx, backend.name, stream=False):
+            return await backend.complete(ctx.path, body)
+
+    def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any]) -> None:
+        """Record an escalated answer's tokens and cost (it is paid for although the client never sees it)."""
+        p = self.pipeline
+        raw = body.get("usage")
+        usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        pt = int(usage.get("prompt_tokens") or ctx.prompt_tokens_estimate)
+        ct = usage.get("completion_tokens")
+        if ct is None:
+            ct = p.counter.count(_answer_text(body)[0])
+        cost = p.price(model).cost(pt, int(ct))
+        ctx.cascade_attempts.append(AttemptCost(model, pt, int(ct), cost, "escalated"))
+
+    def _serve(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> Result:
+        """Return a checked rung's answer: as it is, or replayed as SSE chunks to a streaming client."""
+        p = self.pipeline
+        if not ctx.body.get("logprobs"):
+            strip_logprobs(response.body)
+        ctx.chosen_model = backend.name
+        if not ctx.stream:
+            return p._answer(ctx, backend, response, t0)
+        from gateway.pipeline import StreamResult
+
+        body = response.body
+        body["model"] = backend.name
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        p._set_usage(ctx, usage, body)
+        ctx.finish_reason = _answer_text(body)[1]
+        ctx.ttft_s = ctx.elapsed()
+        backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
+        frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
+        return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
+
+
+def routed_cost(ctx: RequestContext, plan_pick: str | None, pipeline: Pipeline) -> Decimal | None:
+    """What routing by the prompt router alone would have cost for this request: its pick's price on the tokens
+    that model produced here, or, when it was not asked, on the final answer's tokens."""
+    if plan_pick is None:
+        return None
+    for a in ctx.cascade_attempts:
+        if a.model == plan_pick:
+            return a.cost_usd
+    u = ctx.usage
+    if plan_pick == ctx.chosen_model:
+        return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+    return pipeline.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
+
+
+def router_pick(plan: Plan) -> str | None:
+    """The candidate the prompt router alone would have chosen at the route's threshold (None: no router)."""
+    if plan.strong_needed is None or plan.strong_threshold is None or math.isnan(plan.strong_needed):
+        return None
+    ladder = plan.decision.ranking
+    if plan.strong_needed >= plan.strong_threshold:
+        return max(ladder, key=lambda c: (c.base_quality, -c.cost)).name
+    return ladder[0].name

@@ -1,0 +1,67 @@
+"""HTTP routes of the front doors other than the inference paths (which :mod:`gateway.inference` serves):
+stored responses (``GET``/``DELETE /v1/responses/{id}``) and ``POST /v1/messages/count_tokens``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, NotFound
+from gateway.features import extract_features
+from gateway.frontdoors import messages as ms
+from gateway.frontdoors.base import tenant_of
+from gateway.frontdoors.messages_door import anthropic_auth
+from gateway.protocol import load_json_object
+from gateway.routes import context, gateway_of, json_response, read_body
+
+router = APIRouter()
+
+
+async def _caller(request: Request) -> RequestContext:
+    ctx = context(request)
+    await gateway_of(request).admission.identify(ctx)
+    return ctx
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> Response:
+    """A stored response of the caller's (404 for another key's)."""
+    ctx = await _caller(request)
+    record = await gateway_of(request).responses.get(tenant_of(ctx), response_id)
+    if record is None:
+        raise _not_found(response_id)
+    return json_response(record["response"])
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    """Forget a stored response of the caller's."""
+    ctx = await _caller(request)
+    if not await gateway_of(request).responses.delete(tenant_of(ctx), response_id):
+        raise _not_found(response_id)
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """Anthropic's token count for a Messages request: the gateway's own count of its translation, the
+    figure routing and budgets use (errors in Anthropic's shape)."""
+    gw = gateway_of(request)
+    ctx = context(request)
+    anthropic_auth(ctx)
+    try:
+        await gw.admission.identify(ctx)
+        body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
+        req = ms.parse_request(body, count_only=True)
+        if req.model not in gw.router.models and req.model not in gw.router.routes:
+            raise NotFound(f"model: {req.model}", param="model")
+        tokens = extract_features("chat", ms.to_chat(req), gw.pipeline.counter).prompt_tokens
+    except GatewayError as err:
+        return json_response(ms.error_body(err, ctx.request_id), err.status, err.headers)
+    return json_response({"input_tokens": tokens})

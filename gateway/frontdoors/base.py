@@ -1,0 +1,37 @@
+"""What the inference handler needs from a front door (one instance per request)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.pipeline import Result
+
+
+class FrontDoor(Protocol):
+    """Translates one request into chat completions and the pipeline's result back."""
+
+    #: the ledger's ``endpoint`` for these requests
+    api: str
+
+    def prepare(self, ctx: RequestContext) -> None:
+        """Adjust the new context before the caller is identified (e.g. read another auth header)."""
+        ...
+
+    async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
+        """The chat-completions body for the request body ``raw`` (raises :class:`GatewayError`)."""
+        ...
+
+    async def render(self, ctx: RequestContext, result: Result) -> Result:
+        """The pipeline's chat result in this API."""
+        ...
+
+    def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
+        """``err`` in this API's error shape."""
+        ...
+
+
+def tenant_of(ctx: RequestContext) -> str:
+    """Whose stored state a request may see: its virtual key, or everyone's when keys are off."""
+    return ctx.key_id or "-"

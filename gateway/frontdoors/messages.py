@@ -1,0 +1,326 @@
+"""The Anthropic Messages API (``POST /v1/messages``) translated to chat completions and back.
+
+Supported: ``system`` (a string or text blocks), ``messages`` with text, image, ``tool_use`` and
+``tool_result`` blocks, custom ``tools`` and ``tool_choice`` (``auto``, ``any``, ``tool``, ``none``,
+``disable_parallel_tool_use``), ``max_tokens``, ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``
+(forwarded: vLLM honours it), ``metadata.user_id``. Server tools, extended thinking, documents, MCP
+servers and containers are refused with a 400 naming the field. Errors use Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.protocol import validate
+
+#: Anthropic's error ``type`` for each HTTP status the gateway answers with.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+_UNSUPPORTED = {
+    "mcp_servers": "MCP servers are not supported by this gateway.",
+    "container": "Containers are not supported by this gateway.",
+}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InputMessage(_Open):
+    """One turn of ``messages``."""
+
+    role: Literal["user", "assistant"]
+    content: StrictStr | list[dict[str, Any]]
+
+
+class Metadata(_Open):
+    """``metadata``."""
+
+    user_id: StrictStr | None = None
+
+
+class CountTokensRequest(_Open):
+    """``POST /v1/messages/count_tokens``: a Messages request whose ``max_tokens`` may be left out."""
+
+    model: StrictStr = Field(min_length=1)
+    messages: list[InputMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    system: StrictStr | list[dict[str, Any]] | None = None
+    stop_sequences: list[StrictStr] | None = None
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+    stream: StrictBool | None = None
+    thinking: dict[str, Any] | None = None
+    gateway: dict[str, Any] | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    """``POST /v1/messages``."""
+
+    max_tokens: StrictInt = Field(ge=1)
+
+
+def new_id(prefix: str = "msg") -> str:
+    """An id in Anthropic's style (``msg_…``, ``toolu_…``)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTokensRequest:
+    """Validate a Messages request body (``max_tokens`` required unless ``count_only``); 400 naming the first
+    bad or unsupported field."""
+    for name, message in _UNSUPPORTED.items():
+        if body.get(name):
+            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+    req = validate(CountTokensRequest if count_only else MessagesRequest, body)
+    if req.thinking is not None and req.thinking.get("type") != "disabled":
+        raise InvalidRequest("Extended thinking is not supported by this gateway.", param="thinking")
+    return req
+
+
+def _text_of(blocks: Any, where: str) -> str:
+    if isinstance(blocks, str):
+        return blocks
+    texts = []
+    for i, block in enumerate(blocks if isinstance(blocks, list) else []):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            raise InvalidRequest(f"Expected text blocks in '{where}'.", param=f"{where}[{i}]")
+        texts.append(block["text"])
+    return "\n".join(texts)
+
+
+def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source") or {}
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+    elif source.get("type") == "url" and isinstance(source.get("url"), str):
+        url = source["url"]
+    else:
+        raise InvalidRequest(f"Unsupported image source in '{where}'.", param=f"{where}.source")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """A user turn's blocks as chat messages: one ``tool`` message per tool result, then the rest."""
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for i, block in enumerate(content):
+        kind = block.get("type")
+        at = f"{where}[{i}]"
+        if kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text") or "")})
+        elif kind == "image":
+            parts.append(_image(block, at))
+        elif kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise InvalidRequest(f"Missing required parameter: '{at}.tool_use_id'.", param=f"{at}.tool_use_id")
+            text = _result_text(block.get("content"), f"{at}.content")
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            out.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+        else:
+            raise _unsupported_block(kind, at)
+    if parts:
+        plain = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if plain else parts})
+    return out
+
+
+def _result_text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    raise InvalidRequest(f"Invalid value for '{where}'.", param=where)
+
+
+def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for i, block in enumerate(content):
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "tool_use":
+            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
+            name = str(block.get("name") or "")
+            calls.append(
+                {"id": block.get("id"), "type": "function", "function": {"name": name, "arguments": arguments}}
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # another model's reasoning, replayed: nothing a chat backend can take
+        else:
+            raise _unsupported_block(kind, f"{where}[{i}]")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _unsupported_block(kind: Any, where: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Content blocks of type '{kind}' are not supported by this gateway.",
+        param=f"{where}.type",
+        code="unsupported_parameter",
+    )
+
+
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") not in (None, "custom"):
+            raise InvalidRequest(
+                f"Tools of type '{tool.get('type')}' are not supported by this gateway; only custom tools are.",
+                param=f"tools[{i}].type",
+                code="unsupported_parameter",
+            )
+        if not isinstance(tool.get("name"), str):
+            raise InvalidRequest(f"Missing required parameter: 'tools[{i}].name'.", param=f"tools[{i}].name")
+        fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
+        if tool.get("description"):
+            fn["description"] = tool["description"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: dict[str, Any], body: dict[str, Any]) -> None:
+    kind = choice.get("type")
+    if kind == "auto":
+        body["tool_choice"] = "auto"
+    elif kind == "any":
+        body["tool_choice"] = "required"
+    elif kind == "none":
+        body["tool_choice"] = "none"
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise InvalidRequest(f"Invalid value for 'tool_choice.type': {kind!r}.", param="tool_choice.type")
+    if choice.get("disable_parallel_tool_use") and "tools" in body:
+        body["parallel_tool_calls"] = False
+
+
+def to_chat(req: CountTokensRequest) -> dict[str, Any]:
+    """The chat-completions body for ``req``."""
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        messages.append({"role": "system", "content": _text_of(req.system, "system")})
+    for i, turn in enumerate(req.messages):
+        where = f"messages[{i}].content"
+        if isinstance(turn.content, str):
+            messages.append({"role": turn.role, "content": turn.content})
+        elif turn.role == "user":
+            messages.extend(_user_turn(turn.content, where))
+        else:
+            messages.append(_assistant_turn(turn.content, where))
+    body: dict[str, Any] = {"model": req.model, "messages": messages}
+    if req.max_tokens is not None:
+        body["max_tokens"] = req.max_tokens
+    if req.tools:
+        body["tools"] = _tools(req.tools)
+    if req.tool_choice is not None:
+        _tool_choice(req.tool_choice, body)
+    if req.stop_sequences:
+        body["stop"] = req.stop_sequences
+    for name in ("temperature", "top_p", "top_k"):
+        if getattr(req, name) is not None:
+            body[name] = getattr(req, name)
+    if req.metadata is not None and req.metadata.user_id:
+        body["user"] = req.metadata.user_id
+    if req.gateway is not None:
+        body["gateway"] = req.gateway
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def stop_reason(finish_reason: str | None, matched: Any, stop_sequences: list[str] | None) -> tuple[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat finish reason (and vLLM's ``stop_reason``:
+    the stop string that matched, if any)."""
+    if finish_reason == "stop" and isinstance(matched, str) and matched in (stop_sequences or []):
+        return "stop_sequence", matched
+    return _STOP_REASONS.get(finish_reason or "stop", "end_turn"), None
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's JSON arguments as ``tool_use.input`` (an object, as Anthropic requires)."""
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except json.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def usage_of(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """Token counts as Anthropic's ``usage``."""
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
+def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion as Anthropic's message object."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if isinstance(message.get("content"), str) and message["content"]:
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or new_id("toolu"),
+                "name": fn.get("name", ""),
+                "input": tool_input(fn.get("arguments") or ""),
+            }
+        )
+    reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), req.stop_sequences)
+    usage = completion.get("usage") or {}
+    return {
+        "id": new_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": completion.get("model") or req.model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+    }
+
+
+def error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(err: GatewayError, request_id: str | None) -> dict[str, Any]:
+    """A gateway error in Anthropic's shape."""
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type(err.status), "message": err.message}}
+    if request_id:
+        body["request_id"] = request_id
+    return body

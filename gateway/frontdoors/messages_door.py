@@ -1,0 +1,54 @@
+"""``POST /v1/messages`` (Anthropic) through the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.frontdoors import messages as ms
+from gateway.frontdoors.messages_stream import render as render_stream
+from gateway.pipeline import JSONResult, Result, StreamResult
+from gateway.protocol import load_json_object
+
+
+def anthropic_auth(ctx: RequestContext) -> None:
+    """Anthropic clients send their key as ``x-api-key``; ``Authorization: Bearer`` works too (and wins)."""
+    if ctx.api_key is None:
+        key = ctx.headers.get("x-api-key", "").strip()
+        ctx.api_key = key or None
+
+
+class MessagesDoor:
+    """One ``/v1/messages`` request."""
+
+    api = "messages"
+
+    def __init__(self) -> None:
+        self.req: ms.CountTokensRequest | None = None
+
+    def prepare(self, ctx: RequestContext) -> None:
+        ctx.api = self.api
+        anthropic_auth(ctx)
+
+    async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
+        body = load_json_object(raw)
+        if isinstance(body.get("model"), str):
+            ctx.requested_model = body["model"][:256]
+        self.req = ms.parse_request(body)
+        return orjson.dumps(ms.to_chat(self.req))
+
+    async def render(self, ctx: RequestContext, result: Result) -> Result:
+        req = self.req
+        assert req is not None
+        headers = {**result.headers, "request-id": ctx.request_id}  # where the Anthropic SDK reads it
+        if isinstance(result, JSONResult):
+            return JSONResult(ms.from_chat(req, result.body), headers, result.status)
+        model = ctx.chosen_model or req.model
+        frames = render_stream(result.frames, model, ctx.prompt_tokens_estimate, req.stop_sequences)
+        return StreamResult(frames, headers)
+
+    def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
+        return ms.error_body(err, request_id)

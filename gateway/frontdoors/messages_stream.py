@@ -1,0 +1,112 @@
+"""Chat SSE chunks rendered as the Anthropic Messages stream.
+
+``message_start`` (usage: the gateway's prompt token estimate), ``ping``; per content block
+``content_block_start``, ``content_block_delta`` (``text_delta`` or ``input_json_delta``)...,
+``content_block_stop``; then ``message_delta`` (stop reason, and the upstream's usage: the SDK takes its
+``input_tokens`` over the estimate) and ``message_stop``. An upstream failure mid-stream ends it with an
+``error`` event, which the SDK raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.frontdoors.chunks import ToolDelta, deltas, sse
+from gateway.frontdoors.messages import new_id, stop_reason, usage_of
+
+
+class _Blocks:
+    def __init__(self) -> None:
+        self.count = 0
+        self.open: str | None = None  # "text", or the tool call's chat index as "tool:<n>"
+
+    def start(self, key: str, block: dict[str, Any]) -> list[bytes]:
+        out = self.stop()
+        self.open = key
+        out.append(
+            sse("content_block_start", {"type": "content_block_start", "index": self.count, "content_block": block})
+        )
+        return out
+
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        return sse("content_block_delta", {"type": "content_block_delta", "index": self.count, "delta": delta})
+
+    def stop(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        self.open = None
+        index, self.count = self.count, self.count + 1
+        return [sse("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+    def on_text(self, text: str) -> list[bytes]:
+        out = [] if self.open == "text" else self.start("text", {"type": "text", "text": ""})
+        out.append(self.delta({"type": "text_delta", "text": text}))
+        return out
+
+    def on_tool(self, d: ToolDelta) -> list[bytes]:
+        key = f"tool:{d.index}"
+        out: list[bytes] = []
+        if self.open != key:
+            block = {"type": "tool_use", "id": d.id or new_id("toolu"), "name": d.name or "", "input": {}}
+            out = self.start(key, block)
+        if d.arguments:
+            out.append(self.delta({"type": "input_json_delta", "partial_json": d.arguments}))
+        return out
+
+
+async def render(
+    frames: AsyncIterator[bytes], model: str, input_estimate: int, stop_sequences: list[str] | None
+) -> AsyncIterator[bytes]:
+    """The Messages stream for the pipeline's chat ``frames``."""
+    message: dict[str, Any] = {
+        "id": new_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage_of(input_estimate, 0),
+    }
+    yield sse("message_start", {"type": "message_start", "message": message})
+    yield sse("ping", {"type": "ping"})
+    blocks = _Blocks()
+    finish: str | None = None
+    matched: Any = None
+    usage: dict[str, Any] = {}
+    stream = deltas(frames)
+    try:
+        async for d in stream:
+            if d.error is not None:
+                for out in blocks.stop():
+                    yield out
+                yield _error(d.error)
+                return
+            if d.text:
+                for out in blocks.on_text(d.text):
+                    yield out
+            for tool in d.tools:
+                for out in blocks.on_tool(tool):
+                    yield out
+            if d.finish_reason:
+                finish, matched = d.finish_reason, d.stop_reason
+            if d.usage:
+                usage = d.usage
+    finally:
+        await stream.aclose()
+    for out in blocks.stop():
+        yield out
+    reason, sequence = stop_reason(finish, matched, stop_sequences)
+    counts = usage_of(int(usage.get("prompt_tokens") or input_estimate), int(usage.get("completion_tokens") or 0))
+    yield sse(
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": counts},
+    )
+    yield sse("message_stop", {"type": "message_stop"})
+
+
+def _error(error: dict[str, Any]) -> bytes:
+    """A failure after the stream started (an upstream one: the status line went out as 200)."""
+    message = str(error.get("message") or "upstream error")
+    return sse("error", {"type": "error", "error": {"type": "api_error", "message": message}})

@@ -1,0 +1,362 @@
+"""The OpenAI Responses API (``POST /v1/responses``) translated to chat completions and back.
+
+Supported: ``input`` as a string or a list of items (messages with text/image parts, ``function_call``
+and ``function_call_output`` items), ``instructions``, function ``tools`` and ``tool_choice``,
+``text.format`` (``text``, ``json_object``, ``json_schema``), ``max_output_tokens``, ``temperature``,
+``top_p``, ``parallel_tool_calls``, ``metadata``, ``user``, ``store`` and ``previous_response_id``.
+Hosted tools, background mode, server-side conversations and prompt templates are refused with a 400
+naming the field.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from gateway.errors import InvalidRequest
+from gateway.protocol import Temperature, validate
+
+#: Request fields the gateway cannot honour; each is refused when set to something other than its default.
+_UNSUPPORTED = {
+    "background": "Background mode is not supported by this gateway.",
+    "conversation": "Server-side conversations are not supported by this gateway; use previous_response_id.",
+    "prompt": "Prompt templates are not supported by this gateway.",
+}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextFormat(_Open):
+    """``text.format``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+    description: StrictStr | None = None
+
+
+class TextConfig(_Open):
+    """``text``."""
+
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(_Open):
+    """``POST /v1/responses``: validated for types; items and tools are checked while translating."""
+
+    model: StrictStr = Field(min_length=1)
+    input: StrictStr | list[dict[str, Any]]
+    instructions: StrictStr | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    text: TextConfig | None = None
+    max_output_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Temperature | None = None
+    top_p: float | None = Field(None, ge=0, le=1)
+    metadata: dict[str, StrictStr] | None = None
+    store: StrictBool | None = None
+    previous_response_id: StrictStr | None = None
+    stream: StrictBool | None = None
+    user: StrictStr | None = None
+    gateway: dict[str, Any] | None = None
+
+
+def new_id(prefix: str) -> str:
+    """An id in OpenAI's style (``resp_…``, ``msg_…``, ``fc_…``)."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def parse_request(body: dict[str, Any]) -> ResponsesRequest:
+    """Validate a Responses request body; 400 naming the first bad or unsupported field."""
+    for name, message in _UNSUPPORTED.items():
+        if body.get(name) not in (None, False):
+            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+    return validate(ResponsesRequest, body)
+
+
+def input_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's ``input`` as chat messages (without ``instructions``)."""
+    if isinstance(req.input, str):
+        return [{"role": "user", "content": req.input}]
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(req.input):
+        _add_item(out, item, f"input[{i}]")
+    return out
+
+
+def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise InvalidRequest(f"Invalid value for '{where}.role': {role!r}.", param=f"{where}.role")
+        out.append({"role": role, "content": _content(item.get("content"), f"{where}.content")})
+    elif kind == "function_call":
+        call = {
+            "id": _str(item, "call_id", where),
+            "type": "function",
+            "function": {"name": _str(item, "name", where), "arguments": _str(item, "arguments", where)},
+        }
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+            last["tool_calls"].append(call)  # parallel calls: one assistant message carries them all
+        elif last is not None and last["role"] == "assistant" and not last.get("tool_calls"):
+            last["tool_calls"] = [call]
+        else:
+            out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        output = item.get("output")
+        if isinstance(output, list):
+            output = _content(output, f"{where}.output")
+            output = output if isinstance(output, str) else "".join(p.get("text", "") for p in output)
+        if not isinstance(output, str):
+            raise InvalidRequest(f"Invalid value for '{where}.output': expected a string.", param=f"{where}.output")
+        out.append({"role": "tool", "tool_call_id": _str(item, "call_id", where), "content": output})
+    elif kind == "reasoning":
+        return  # a reasoning item replayed from another model's output: nothing a chat backend can use
+    else:
+        raise InvalidRequest(
+            f"Input items of type '{kind}' are not supported by this gateway.",
+            param=f"{where}.type",
+            code="unsupported_parameter",
+        )
+
+
+def _str(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
+    return value
+
+
+def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid value for '{where}': expected a string or a list.", param=where)
+    parts: list[dict[str, Any]] = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            parts.append({"type": "text", "text": part["refusal"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            image = {"url": part["image_url"]}
+            if part.get("detail"):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise InvalidRequest(
+                f"Content parts of type '{kind}' are not supported by this gateway.",
+                param=f"{where}[{i}].type",
+                code="unsupported_parameter",
+            )
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)  # plain text: what every chat backend takes
+    return parts
+
+
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise InvalidRequest(
+                f"Tools of type '{tool.get('type')}' are not supported by this gateway; only function tools are.",
+                param=f"tools[{i}].type",
+                code="unsupported_parameter",
+            )
+        if not isinstance(tool.get("name"), str):
+            raise InvalidRequest(f"Missing required parameter: 'tools[{i}].name'.", param=f"tools[{i}].name")
+        fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
+        if tool.get("description"):
+            fn["description"] = tool["description"]
+        if tool.get("strict") is not None:
+            fn["strict"] = tool["strict"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise InvalidRequest(f"Invalid value for 'tool_choice': {choice!r}.", param="tool_choice")
+        return choice
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise InvalidRequest(
+        f"tool_choice of type '{choice.get('type')}' is not supported by this gateway.",
+        param="tool_choice",
+        code="unsupported_parameter",
+    )
+
+
+def _response_format(fmt: TextFormat) -> dict[str, Any] | None:
+    if fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.schema_ is None or not fmt.name:
+        raise InvalidRequest("text.format of type 'json_schema' needs 'name' and 'schema'.", param="text.format")
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema_}
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    if fmt.description:
+        schema["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chat-completions body for ``req``, continuing ``history`` (earlier turns' chat messages)."""
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    messages.extend(history)
+    messages.extend(input_messages(req))
+    if not messages:
+        raise InvalidRequest("The request has no input.", param="input")
+    body: dict[str, Any] = {"model": req.model, "messages": messages}
+    if req.tools:
+        body["tools"] = _tools(req.tools)
+    if req.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(req.tool_choice)
+    if req.parallel_tool_calls is not None and req.tools:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    if req.text is not None and req.text.format is not None:
+        fmt = _response_format(req.text.format)
+        if fmt is not None:
+            body["response_format"] = fmt
+    for src, dst in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p")):
+        value = getattr(req, src)
+        if value is not None:
+            body[dst] = value
+    if req.user is not None:
+        body["user"] = req.user
+    if req.gateway is not None:
+        body["gateway"] = req.gateway
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = None) -> dict[str, Any]:
+    """A response object without output (``in_progress``): what streaming announces first."""
+    fmt: dict[str, Any] = {"type": "text"}
+    if req.text is not None and req.text.format is not None:
+        fmt = req.text.format.model_dump(by_alias=True, exclude_none=True)
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at or int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "model": req.model,
+        "output": [],
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "store": req.store is not False,
+        "temperature": req.temperature if req.temperature is not None else 1.0,
+        "text": {"format": fmt},
+        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+        "tools": req.tools or [],
+        "top_p": req.top_p if req.top_p is not None else 1.0,
+        "truncation": "disabled",
+        "usage": None,
+        "user": req.user,
+        "metadata": req.metadata or {},
+    }
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """Chat token counts as the Responses API's ``usage``."""
+    return {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def finish(response: dict[str, Any], finish_reason: str | None) -> None:
+    """Set ``status`` (and ``incomplete_details``) from the chat finish reason."""
+    if finish_reason == "length":
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": "max_output_tokens"}
+    elif finish_reason == "content_filter":
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": "content_filter"}
+    else:
+        response["status"] = "completed"
+
+
+def message_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+    """An assistant ``message`` output item holding ``text``."""
+    return {
+        "type": "message",
+        "id": item_id or new_id("msg"),
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+
+
+def function_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> dict[str, Any]:
+    """A ``function_call`` output item."""
+    return {
+        "type": "function_call",
+        "id": item_id or new_id("fc"),
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": "completed",
+    }
+
+
+def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion as the Responses API's response object."""
+    response = skeleton(req, response_id, completion.get("created"))
+    response["model"] = completion.get("model") or req.model
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        output.append(message_item(content))
+    elif message.get("refusal"):
+        item = message_item("")
+        item["content"] = [{"type": "refusal", "refusal": message["refusal"]}]
+        output.append(item)
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments", "")))
+    response["output"] = output
+    usage = completion.get("usage") or {}
+    response["usage"] = usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    finish(response, choice.get("finish_reason"))
+    return response
+
+
+def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output items as chat messages (what a later turn continues from)."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(output):
+        if item.get("type") == "message":
+            texts = [p.get("text") or p.get("refusal") or "" for p in item.get("content") or []]
+            out.append({"role": "assistant", "content": "".join(texts)})
+        else:
+            _add_item(out, item, f"output[{i}]")
+    return out

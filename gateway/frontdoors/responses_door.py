@@ -1,0 +1,84 @@
+"""``POST /v1/responses`` through the pipeline, with stored responses for ``previous_response_id``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, NotFound
+from gateway.frontdoors import responses as rs
+from gateway.frontdoors.base import tenant_of
+from gateway.frontdoors.responses_stream import render as render_stream
+from gateway.frontdoors.store import ResponseStore
+from gateway.pipeline import JSONResult, Result, StreamResult
+from gateway.protocol import load_json_object
+
+log = logging.getLogger("gateway.frontdoors.responses")
+
+
+class ResponsesDoor:
+    """One ``/v1/responses`` request."""
+
+    api = "responses"
+
+    def __init__(self, store: ResponseStore) -> None:
+        self.store = store
+        self.req: rs.ResponsesRequest | None = None
+        self.history: list[dict[str, Any]] = []  # the conversation before this turn, as chat messages
+        self.response_id = rs.new_id("resp")
+
+    def prepare(self, ctx: RequestContext) -> None:
+        ctx.api = self.api
+
+    async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
+        body = load_json_object(raw)
+        if isinstance(body.get("model"), str):
+            ctx.requested_model = body["model"][:256]
+        req = rs.parse_request(body)
+        if req.previous_response_id:
+            record = await self.store.get(tenant_of(ctx), req.previous_response_id)
+            if record is None:
+                raise NotFound(
+                    f"Previous response with id '{req.previous_response_id}' not found.",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
+            self.history = record["messages"]
+        self.req = req
+        return orjson.dumps(rs.to_chat(req, self.history))
+
+    async def render(self, ctx: RequestContext, result: Result) -> Result:
+        req = self.req
+        assert req is not None
+        if isinstance(result, JSONResult):
+            if result.status != 200:
+                return result
+            response = rs.from_chat(req, self.response_id, result.body)
+            await self._keep(ctx, response)
+            return JSONResult(response, result.headers)
+        skeleton = rs.skeleton(req, self.response_id)
+        skeleton["model"] = ctx.chosen_model or req.model
+
+        async def on_done(response: dict[str, Any]) -> None:
+            await self._keep(ctx, response)
+
+        return StreamResult(render_stream(result.frames, skeleton, on_done), result.headers)
+
+    async def _keep(self, ctx: RequestContext, response: dict[str, Any]) -> None:
+        """Store the finished response when asked (the default); a store failure costs the client only
+        the ability to continue from it, never the answer it already paid for."""
+        req = self.req
+        assert req is not None
+        if req.store is False:
+            return
+        messages = self.history + rs.input_messages(req) + rs.output_messages(response["output"])
+        try:
+            await self.store.put(tenant_of(ctx), response["id"], {"response": response, "messages": messages})
+        except GatewayError as err:
+            log.warning("could not store response %s: %s", response["id"], err.message)
+
+    def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
+        return err.to_body()

@@ -1,0 +1,176 @@
+"""Chat SSE chunks rendered as the Responses API's typed stream events.
+
+Order, as OpenAI sends them: ``response.created``, ``response.in_progress``; per output item
+``response.output_item.added``, then for a message ``response.content_part.added``,
+``response.output_text.delta``..., ``response.output_text.done``, ``response.content_part.done``, or for a
+function call ``response.function_call_arguments.delta``..., ``response.function_call_arguments.done``;
+then ``response.output_item.done``; last ``response.completed`` (or ``response.incomplete``) carrying
+the whole response with ``usage``. An upstream failure mid-stream ends it with ``error`` and
+``response.failed``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from gateway.frontdoors.chunks import Delta, ToolDelta, deltas, sse
+from gateway.frontdoors.responses import finish, function_item, message_item, new_id, usage_of
+
+#: Called with the finished response object before the last event goes out (to store it).
+OnDone = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _Renderer:
+    def __init__(self, response: dict[str, Any]) -> None:
+        self.response = response
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None  # the item being streamed
+        self.text = ""
+        self.tools: dict[int, dict[str, Any]] = {}
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return sse(kind, payload)
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self.response)
+
+    def start(self) -> list[bytes]:
+        return [
+            self.event("response.created", response=self.snapshot()),
+            self.event("response.in_progress", response=self.snapshot()),
+        ]
+
+    def _open_item(self, item: dict[str, Any]) -> list[bytes]:
+        out = self.close()
+        self.open = item
+        self.output.append(item)
+        out.append(self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item)))
+        return out
+
+    def on_text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "message":
+            item = message_item("", status="in_progress")
+            item["content"] = []
+            out = self._open_item(item)
+            self.text = ""
+            out.append(self.event("response.content_part.added", **self._where(), part=_text_part("")))
+        self.text += text
+        out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
+        return out
+
+    def on_tool(self, d: ToolDelta) -> list[bytes]:
+        out: list[bytes] = []
+        item = self.tools.get(d.index)
+        if item is None:
+            item = function_item(d.id or new_id("call"), d.name or "", "")
+            item["status"] = "in_progress"
+            self.tools[d.index] = item
+            out = self._open_item(item)
+        elif d.name and not item["name"]:
+            item["name"] = d.name
+        if d.arguments:
+            item["arguments"] += d.arguments
+            index = self.output.index(item)
+            out.append(
+                self.event(
+                    "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=d.arguments
+                )
+            )
+        return out
+
+    def _where(self) -> dict[str, Any]:
+        assert self.open is not None
+        return {"item_id": self.open["id"], "output_index": len(self.output) - 1, "content_index": 0}
+
+    def close(self) -> list[bytes]:
+        """End the open item (its ``.done`` events)."""
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        index = self.output.index(item)
+        out: list[bytes] = []
+        if item["type"] == "message":
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
+            out.append(self.event("response.content_part.done", **where, part=_text_part(self.text)))
+            item["content"] = [_text_part(self.text)]
+        else:
+            out.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        item["status"] = "completed"
+        out.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
+        return out
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done: OnDone) -> AsyncIterator[bytes]:
+    """The Responses API stream for the pipeline's chat ``frames``; ``response`` is the skeleton
+    (:func:`gateway.frontdoors.responses.skeleton`) that streaming announces and then completes."""
+    r = _Renderer(response)
+    for out in r.start():
+        yield out
+    finish_reason: str | None = None
+    usage: dict[str, Any] = {}
+    stream = deltas(frames)
+    try:
+        async for d in stream:
+            if d.error is not None:
+                for out in r.close():
+                    yield out
+                for out in _failed(r, d.error):
+                    yield out
+                return
+            for out in _apply(r, d):
+                yield out
+            finish_reason = d.finish_reason or finish_reason
+            if d.usage:
+                usage = d.usage
+    finally:
+        await stream.aclose()
+    for out in r.close():
+        yield out
+    response["output"] = r.output
+    response["usage"] = usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    finish(response, finish_reason)
+    await on_done(response)
+    kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+    yield r.event(kind, response=r.snapshot())
+
+
+def _apply(r: _Renderer, d: Delta) -> list[bytes]:
+    if d.model:
+        r.response["model"] = d.model
+    out: list[bytes] = []
+    if d.text:
+        out += r.on_text(d.text)
+    for tool in d.tools:
+        out += r.on_tool(tool)
+    return out
+
+
+def _failed(r: _Renderer, error: dict[str, Any]) -> list[bytes]:
+    message = str(error.get("message") or "upstream error")
+    code = error.get("code") or error.get("type") or "server_error"
+    r.response["status"] = "failed"
+    r.response["output"] = r.output
+    r.response["error"] = {"code": str(code), "message": message}
+    return [
+        r.event("error", code=str(code), message=message, param=error.get("param")),
+        r.event("response.failed", response=r.snapshot()),
+    ]

@@ -1,0 +1,260 @@
+"""The quality report (``GET /admin/quality``) and feedback (``POST /v1/feedback``), over the ledger's database.
+
+**Estimate.** For each group, the share of judged samples whose served answer was at least as good as the
+reference's: ``(wins + ties) / samples``, with a 95% Wilson score interval. For a route, the figure that
+matters is over all of its traffic, so requests the reference itself answered count as ties: with ``s`` the
+share of the route's answered, uncached requests served by another model, the route's quality relative to
+its reference is ``1 - s * (1 - p)`` (its interval maps the same way). ``cost_share`` is the group's cost over
+what the ledger's baseline model would have cost for the same tokens (cache hits included: they cost nothing).
+
+Monitoring rows (``policy = 'monitor'``) are left out of the traffic and cost figures; their cost is the
+``monitoring_spend_usd`` of the group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.accounting.schema import ledger
+from gateway.quality.tables import feedback, verdicts
+
+GroupBy = Literal["route", "model"]
+GROUP_BY = ("route", "model")
+_Z95 = 1.959964
+_CLIENT = or_(ledger.c.policy.is_(None), ledger.c.policy != "monitor")
+_HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
+
+
+def wilson(successes: float, n: float, z: float = _Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``successes / n`` ((0, 1) when ``n`` is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(slots=True)
+class _Group:
+    samples: int = 0
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    feedback: int = 0
+    feedback_mean: float | None = None
+    spend: Decimal = Decimal(0)
+    requests: int = 0
+    answered: int = 0  # status 200, not from the cache
+    by_reference: int = 0  # of those, answered by the route's reference
+    cost: Decimal = Decimal(0)
+    baseline: Decimal = Decimal(0)
+    semantic_checked: int = 0
+    semantic_wrong: int = 0
+
+
+def _window(col: ColumnElement[Any], start_ms: int | None, end_ms: int | None) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    if start_ms is not None:
+        out.append(col >= start_ms)
+    if end_ms is not None:
+        out.append(col < end_ms)
+    return out
+
+
+async def quality_report(
+    engine: AsyncEngine,
+    group_by: GroupBy,
+    *,
+    reference: dict[str, str],
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> list[dict[str, Any]]:
+    """Per route or model: verdict counts, the estimate with its interval, feedback, spend, cost share."""
+    vcol = verdicts.c.route if group_by == "route" else verdicts.c.model
+    fcol = feedback.c.route if group_by == "route" else feedback.c.model
+    lcol = ledger.c.route if group_by == "route" else ledger.c.chosen_model
+    groups: dict[str, _Group] = {}
+
+    def g(name: Any) -> _Group:
+        return groups.setdefault(str(name), _Group())
+
+    async with engine.connect() as conn:
+        vwin = _window(verdicts.c.ts_ms, start_ms, end_ms)
+        rows = await conn.execute(
+            select(vcol, verdicts.c.verdict, func.count())
+            .where(verdicts.c.kind == "pairwise", *vwin)
+            .group_by(vcol, verdicts.c.verdict)
+        )
+        for name, verdict, n in rows:
+            if name is None:
+                continue
+            grp = g(name)
+            grp.samples += n
+            if verdict == "win":
+                grp.wins += n
+            elif verdict == "tie":
+                grp.ties += n
+            else:
+                grp.losses += n
+        rows = await conn.execute(
+            select(vcol, func.sum(verdicts.c.reference_cost_usd), func.sum(verdicts.c.judge_cost_usd))
+            .where(*vwin)
+            .group_by(vcol)
+        )
+        for name, ref_usd, judge_usd in rows:
+            if name is not None:
+                g(name).spend += (ref_usd or Decimal(0)) + (judge_usd or Decimal(0))
+        if group_by == "route":
+            rows = await conn.execute(
+                select(verdicts.c.route, verdicts.c.verdict, func.count())
+                .where(verdicts.c.kind == "semantic", verdicts.c.served.is_(True), *vwin)
+                .group_by(verdicts.c.route, verdicts.c.verdict)
+            )
+            for name, verdict, n in rows:
+                if name is not None:
+                    g(name).semantic_checked += n
+                    g(name).semantic_wrong += n if verdict == "wrong" else 0
+        rows = await conn.execute(
+            select(fcol, func.count(), func.avg(feedback.c.score))
+            .where(*_window(feedback.c.ts_ms, start_ms, end_ms))
+            .group_by(fcol)
+        )
+        for name, n, mean in rows:
+            if name is not None:
+                g(name).feedback, g(name).feedback_mean = n, float(mean)
+        answered = and_(ledger.c.status_code == 200, ~_HIT)
+        rows = await conn.execute(
+            select(
+                lcol,
+                ledger.c.chosen_model,
+                func.count(),
+                func.sum(case((answered, 1), else_=0)),
+                func.sum(ledger.c.cost_usd),
+                func.sum(ledger.c.baseline_cost_usd),
+            )
+            .where(_CLIENT, ledger.c.endpoint == "chat", *_window(ledger.c.ts_ms, start_ms, end_ms))
+            .group_by(lcol, ledger.c.chosen_model)
+        )
+        for name, model, n, n_answered, cost, baseline in rows:
+            if name is None:
+                continue
+            grp = g(name)
+            grp.requests += n
+            grp.answered += int(n_answered or 0)
+            if group_by == "route" and model == reference.get(str(name)):
+                grp.by_reference += int(n_answered or 0)
+            grp.cost += cost or Decimal(0)
+            grp.baseline += baseline or Decimal(0)
+    return [_render(name, grp, group_by, reference) for name, grp in sorted(groups.items())]
+
+
+def _render(name: str, grp: _Group, group_by: GroupBy, reference: dict[str, str]) -> dict[str, Any]:
+    not_worse = grp.wins + grp.ties
+    p = not_worse / grp.samples if grp.samples else None
+    low, high = wilson(not_worse, grp.samples)
+    out: dict[str, Any] = {
+        group_by: name,
+        "samples": grp.samples,
+        "wins": grp.wins,
+        "ties": grp.ties,
+        "losses": grp.losses,
+        "sampled_estimate": {"rate": p, "ci95_low": low, "ci95_high": high},
+        "feedback": {"count": grp.feedback, "mean": grp.feedback_mean},
+        "monitoring_spend_usd": f"{grp.spend:f}",
+        "requests": grp.requests,
+        "cost_usd": f"{grp.cost:f}",
+        "baseline_cost_usd": f"{grp.baseline:f}",
+        "cost_share": float(grp.cost / grp.baseline) if grp.baseline else None,
+    }
+    estimate = {"rate": p, "ci95_low": low, "ci95_high": high}
+    if group_by == "route":
+        out["reference_model"] = reference.get(name)
+        share = 1 - grp.by_reference / grp.answered if grp.answered else 1.0
+        out["served_by_others"] = share
+        if p is not None:
+            estimate = {
+                "rate": 1 - share * (1 - p),
+                "ci95_low": 1 - share * (1 - low),
+                "ci95_high": 1 - share * (1 - high),
+            }
+        f_low, f_high = wilson(grp.semantic_wrong, grp.semantic_checked)
+        out["semantic_false_hits"] = {
+            "checked": grp.semantic_checked,
+            "wrong": grp.semantic_wrong,
+            "rate": grp.semantic_wrong / grp.semantic_checked if grp.semantic_checked else None,
+            "ci95_low": f_low,
+            "ci95_high": f_high,
+        }
+    out["estimate"] = estimate
+    return out
+
+
+# -- feedback ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """A stored feedback row's facts."""
+
+    request_id: str
+    score: float
+    route: str | None
+    model: str | None
+
+
+async def add_feedback(
+    engine: AsyncEngine,
+    request_id: str,
+    score: float,
+    comment: str | None,
+    *,
+    key_id: str | None,
+    team: str | None,
+    keys_enabled: bool,
+) -> FeedbackResult | None:
+    """Store feedback on one of the caller's requests; None when the caller has no request ``request_id``.
+
+    With virtual keys on, the request must be the caller's key's own, or its team's; with keys off, any
+    request the ledger holds (there is no caller to tell apart).
+    """
+    cond = [ledger.c.request_id == request_id, _CLIENT]
+    if keys_enabled:
+        owner = ledger.c.key_id == key_id
+        cond.append(or_(owner, ledger.c.team == team) if team else owner)
+    async with engine.begin() as conn:
+        found = (
+            await conn.execute(
+                select(ledger.c.route, ledger.c.chosen_model, ledger.c.key_id, ledger.c.team)
+                .where(*cond)
+                .order_by(ledger.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        if found is None:
+            return None
+        route, model = found[0], found[1]
+        await conn.execute(
+            feedback.insert(),
+            [
+                {
+                    "ts_ms": int(time.time() * 1000),
+                    "request_id": request_id,
+                    "key_id": key_id,
+                    "team": team,
+                    "route": route,
+                    "model": model,
+                    "score": score,
+                    "comment": comment,
+                }
+            ],
+        )
+    return FeedbackResult(request_id, score, route, model)

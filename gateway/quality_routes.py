@@ -1,0 +1,132 @@
+"""Quality routes: ``POST /v1/feedback`` (a caller's score for one of its requests) and ``GET /admin/quality``.
+
+* ``POST /v1/feedback`` ``{"request_id", "score" (0..1, or true/false), "comment"?}`` or ``"thumbs": "up"|"down"``
+  instead of ``score``: 201 with the stored facts; 404 when the caller has no such request.
+* ``GET /admin/quality?group_by=route|model&start=&end=`` (master key): see :mod:`gateway.quality.report`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.admin_routes import _fresh, _iso, _ledger, _range
+from gateway.auth.admission import KeyAdmission, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound
+from gateway.quality.report import GROUP_BY, add_feedback, quality_report
+from gateway.routes import context, gateway_of, json_response, read_body
+
+router = APIRouter()
+_MAX_COMMENT = 2000
+
+
+def _score(body: dict[str, Any]) -> float:
+    if "thumbs" in body and "score" not in body:
+        thumbs = body["thumbs"]
+        if thumbs not in ("up", "down"):
+            raise InvalidRequest("'thumbs' must be 'up' or 'down'.", param="thumbs")
+        return 1.0 if thumbs == "up" else 0.0
+    score = body.get("score")
+    if isinstance(score, bool):
+        return 1.0 if score else 0.0
+    if not isinstance(score, int | float) or not math.isfinite(score) or not 0 <= score <= 1:
+        raise InvalidRequest("'score' must be a number from 0 to 1 (or true/false).", param="score")
+    return float(score)
+
+
+@router.post("/v1/feedback")
+async def post_feedback(request: Request) -> Response:
+    """Feedback on one of the caller's own (or its team's) requests, stored beside it."""
+    gw = gateway_of(request)
+    ctx = context(request)
+    await gw.admission.identify(ctx)
+    try:
+        body = orjson.loads(await read_body(request, gw.settings.server.max_body_bytes))
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 128:
+        raise InvalidRequest("'request_id' is required (a string of at most 128 characters).", param="request_id")
+    score = _score(body)
+    comment = body.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidRequest("'comment' must be a string.", param="comment")
+    ledger = _ledger(request)
+    admission = gw.admission
+    keys_enabled = isinstance(admission, KeyAdmission) and admission.enabled
+    await _fresh(ledger)
+    try:
+        found = await add_feedback(
+            ledger.db.engine,
+            request_id,
+            score,
+            comment[:_MAX_COMMENT] if comment else None,
+            key_id=ctx.key_id,
+            team=ctx.team,
+            keys_enabled=keys_enabled,
+        )
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    if found is None:
+        raise NotFound(f"No request '{request_id}' of this key.", param="request_id", code="request_not_found")
+    return json_response(
+        {"object": "feedback", "request_id": found.request_id, "score": found.score, "route": found.route,
+         "model": found.model},
+        status=201,
+    )  # fmt: skip
+
+
+@router.get("/admin/quality")
+async def admin_quality(request: Request) -> Response:
+    """Per route or model: the judged samples, the estimate against the reference, feedback and spend."""
+    gw = gateway_of(request)
+    await gw.admission.authorize_admin(context(request))
+    group_by = request.query_params.get("group_by", "route")
+    if group_by not in GROUP_BY:
+        raise InvalidRequest(f"Invalid group_by '{group_by}': use one of {', '.join(GROUP_BY)}.", param="group_by")
+    start, end = _range(request)
+    ledger = _ledger(request)
+    await _fresh(ledger)
+    monitor = gw.monitor
+    reference = dict(monitor.reference) if monitor is not None else {}
+    try:
+        data = await quality_report(
+            ledger.db.engine,
+            "route" if group_by == "route" else "model",
+            reference=reference,
+            start_ms=start,
+            end_ms=end,
+        )
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    status: dict[str, Any] = {"enabled": monitor is not None}
+    if monitor is not None:
+        status.update(
+            sample_rates=monitor.rates,
+            reference_models=reference,
+            judge_model=monitor.settings.judge_model,
+            daily_budget_usd=f"{monitor.spend.budget_usd:f}",
+            spent_today_usd=f"{monitor.spend.spent_usd:f}",
+            queued=monitor.queue.qsize(),
+        )
+    return json_response(
+        {
+            "object": "quality",
+            "group_by": group_by,
+            "start": _iso(start),
+            "end": _iso(end),
+            "estimate_method": "(wins + ties) / samples, 95% Wilson interval; a route's figure counts the "
+            "requests its reference answered as ties",
+            "baseline_model": gw.settings.ledger.baseline_model,
+            "monitor": status,
+            "data": data,
+        }
+    )

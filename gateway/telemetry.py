@@ -1,0 +1,326 @@
+"""OpenTelemetry traces: one span per request and a child span per upstream attempt.
+
+Spans follow the OpenTelemetry GenAI semantic conventions (``gen_ai.operation.name``,
+``gen_ai.request.model``, ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``...) and add the gateway's
+own attributes under ``gateway.*`` (route, policy, reason, cost, cache result, attempts). The client's W3C
+trace context (``traceparent``/``tracestate``) is the request span's parent, and every upstream HTTP call
+carries the attempt span's context onwards (an aiohttp trace hook injects the headers).
+
+Off unless ``telemetry.enabled`` is true, or (``enabled`` left unset) the standard
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; ``OTEL_SDK_DISABLED=true``
+or ``OTEL_TRACES_EXPORTER=none`` turn it off. When off, the pipeline holds :class:`NoTracing`, whose
+methods do nothing, and the ``opentelemetry`` packages (the ``otel`` extra) are never imported. Spans are
+exported over OTLP/HTTP by the SDK's batch processor, in its own thread, from a bounded queue that drops
+when full: export never blocks or fails a request. The exporter reads the rest of its configuration
+(headers, timeout, compression, certificates, sampler, resource attributes) from the standard
+``OTEL_*`` variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+
+from gateway.config import TelemetrySettings
+from gateway.context import RequestContext
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, Tracer
+
+log = logging.getLogger("gateway.telemetry")
+
+#: gen_ai.operation.name per endpoint (the GenAI conventions' well-known values).
+OPERATIONS: dict[str, str] = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+
+#: gen_ai.provider.name per backend kind (``vllm`` is not a well-known value; the conventions allow others).
+PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "litellm"}
+
+_REQUEST_PARAMS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("seed", "gen_ai.request.seed"),
+    ("n", "gen_ai.request.choice.count"),
+)
+
+
+class Tracing(Protocol):
+    """What the pipeline calls at fixed points of a request; :class:`NoTracing` when traces are off."""
+
+    def request_started(self, ctx: RequestContext) -> None:
+        """Open the request's span (parent: the client's ``traceparent``), before anything else runs."""
+        ...
+
+    def attempt(
+        self, ctx: RequestContext, model: str, *, stream: bool | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around one upstream call: a child span, current while the call is made so that its context
+        travels upstream. It ends when the block ends, except for a stream that opened (``stream``, by
+        default ``ctx.stream``): that one ends with :meth:`attempt_ended`, when the stream does."""
+        ...
+
+    def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
+        """End the open attempt span of a stream (``error`` marks it failed)."""
+        ...
+
+    def request_ended(self, ctx: RequestContext) -> None:
+        """Set what the request became (model, tokens, cost, cache, status) and end its span."""
+        ...
+
+    def trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """aiohttp hooks for the upstream session (none when off)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Export what is queued and stop."""
+        ...
+
+
+class NoTracing:
+    """Traces off: every hook is a no-op."""
+
+    _NULL = contextlib.nullcontext()
+
+    def request_started(self, ctx: RequestContext) -> None:
+        """Nothing."""
+
+    def attempt(
+        self, ctx: RequestContext, model: str, *, stream: bool | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Nothing."""
+        return self._NULL
+
+    def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
+        """Nothing."""
+
+    def request_ended(self, ctx: RequestContext) -> None:
+        """Nothing."""
+
+    def trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """None."""
+        return []
+
+    async def aclose(self) -> None:
+        """Nothing."""
+
+
+@dataclass(slots=True)
+class _Trace:
+    """A request's spans, carried on ``ctx.trace``."""
+
+    span: Span
+    context: Context
+    attempt: Span | None = None
+
+
+def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool:
+    """Whether traces are on for ``settings`` and the process environment ``env``."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    if settings.enabled is not None:
+        return settings.enabled
+    return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def build_tracing(settings: TelemetrySettings, models: Mapping[str, str]) -> Tracing:
+    """The tracing for these settings (``models``: each model's backend kind): :class:`OTelTracing` when on,
+    else :class:`NoTracing`.
+
+    Raises:
+        RuntimeError: traces are on but the ``otel`` extra is not installed.
+    """
+    if not tracing_enabled(settings, os.environ):
+        return NoTracing()
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise RuntimeError(
+            f"telemetry is on but OpenTelemetry is not installed ({exc.name}): pip install 'llm-gateway[otel]'"
+        ) from exc
+    name = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    exporter = OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint else OTLPSpanExporter()
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter,
+            max_queue_size=settings.max_queue_size,
+            schedule_delay_millis=settings.export_interval_ms,
+        )
+    )
+    log.info("OpenTelemetry traces on (service.name=%s)", name)
+    return OTelTracing(provider, models)
+
+
+class OTelTracing:
+    """Spans through the OpenTelemetry SDK (build with :func:`build_tracing`)."""
+
+    def __init__(self, provider: TracerProvider, models: Mapping[str, str]) -> None:
+        from opentelemetry import context, propagate, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        self._provider = provider
+        self._tracer: Tracer = provider.get_tracer("llm-gateway")
+        self._models = dict(models)
+        self._context = context
+        self._propagate = propagate
+        self._trace = trace
+        self._kind_server = SpanKind.SERVER
+        self._kind_client = SpanKind.CLIENT
+        self._status = Status
+        self._error_code = StatusCode.ERROR
+
+    def request_started(self, ctx: RequestContext) -> None:
+        """Open the request's span under the client's trace context (if it sent one)."""
+        parent = self._propagate.extract(ctx.headers)
+        op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
+        span = self._tracer.start_span(
+            op,
+            context=parent,
+            kind=self._kind_server,
+            start_time=int(ctx.started_wall * 1e9),
+            attributes={"gen_ai.operation.name": op, "gateway.request_id": ctx.request_id},
+        )
+        ctx.trace = _Trace(span, self._trace.set_span_in_context(span, parent))
+
+    @contextlib.contextmanager
+    def attempt(self, ctx: RequestContext, model: str, *, stream: bool | None = None) -> Iterator[None]:
+        """A child span for one upstream call, current during the call (so aiohttp injects its context)."""
+        trace: _Trace | None = ctx.trace
+        if trace is None:
+            yield
+            return
+        self.attempt_ended(ctx)  # one open at a time
+        op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
+        span = self._tracer.start_span(
+            f"{op} {model}",
+            context=trace.context,
+            kind=self._kind_client,
+            attributes={
+                "gen_ai.operation.name": op,
+                "gen_ai.request.model": model,
+                "gen_ai.provider.name": PROVIDERS.get(self._models.get(model, ""), "openai"),
+                "gateway.attempt": len(ctx.attempts),
+            },
+        )
+        trace.attempt = span
+        token = self._context.attach(self._trace.set_span_in_context(span, trace.context))
+        try:
+            yield
+        except BaseException as exc:
+            self.attempt_ended(ctx, exc)
+            raise
+        else:
+            if not (ctx.stream if stream is None else stream):
+                self.attempt_ended(ctx)
+        finally:
+            self._context.detach(token)
+
+    def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
+        """End the open attempt span, marked failed when ``error`` is given."""
+        trace: _Trace | None = ctx.trace
+        if trace is None or trace.attempt is None:
+            return
+        span, trace.attempt = trace.attempt, None
+        if error is not None:
+            span.set_attribute("error.type", type(error).__name__)
+            span.set_status(self._status(self._error_code, _message(error)))
+        elif ctx.error_type is None:
+            span.set_attribute("gen_ai.usage.input_tokens", ctx.usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", ctx.usage.completion_tokens)
+            if ctx.finish_reason:
+                span.set_attribute("gen_ai.response.finish_reasons", [ctx.finish_reason])
+        span.end()
+
+    def request_ended(self, ctx: RequestContext) -> None:
+        """Set the outcome's attributes and end the request span (once)."""
+        trace: _Trace | None = ctx.trace
+        if trace is None:
+            return
+        ctx.trace = None
+        if trace.attempt is not None:  # a stream the client left, or a bug: its attempt ends with the request
+            self.attempt_ended(ctx, None if ctx.error_type is None else RuntimeError(ctx.error_type))
+        span = trace.span
+        op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
+        span.update_name(f"{op} {ctx.requested_model}" if ctx.requested_model else op)
+        span.set_attributes(_request_attributes(ctx))
+        if ctx.status_code >= 500 or (ctx.error_type is not None and ctx.status_code == 200):
+            span.set_status(self._status(self._error_code, ctx.error_message or ctx.error_type))
+        span.end()
+
+    def trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """An aiohttp hook putting the current span's ``traceparent`` on each upstream request."""
+        inject = self._propagate.inject
+
+        async def on_request_start(
+            session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            inject(params.headers)
+
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(on_request_start)
+        return [config]
+
+    async def aclose(self) -> None:
+        """Flush and stop the exporter (in a thread: the SDK's shutdown blocks on the export)."""
+        await asyncio.to_thread(self._provider.shutdown)
+
+
+def _request_attributes(ctx: RequestContext) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "gen_ai.request.model": ctx.requested_model,
+        "gen_ai.usage.input_tokens": ctx.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": ctx.usage.completion_tokens,
+        "http.response.status_code": ctx.status_code,
+        "gateway.stream": ctx.stream,
+        "gateway.cache": ctx.cache_status,
+        "gateway.attempts": list(ctx.attempts),
+        "gateway.cost_usd": float(ctx.cost_usd),
+        "gateway.saved_usd": float(ctx.saved_usd),
+        "gateway.usage_estimated": ctx.usage.estimated,
+    }
+    for field, attr in _REQUEST_PARAMS:
+        value = ctx.body.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            attrs[attr] = value
+    if ctx.chosen_model:
+        attrs["gen_ai.response.model"] = ctx.chosen_model
+    if ctx.finish_reason:
+        attrs["gen_ai.response.finish_reasons"] = [ctx.finish_reason]
+    for name, value in (
+        ("gateway.route", ctx.route),
+        ("gateway.policy", ctx.policy),
+        ("gateway.reason", ctx.reason or None),
+        ("gateway.key_id", ctx.key_id),
+        ("gateway.team", ctx.team),
+        ("gateway.api", ctx.api),
+        ("error.type", ctx.error_type),
+    ):
+        if value:
+            attrs[name] = value
+    if ctx.cache_score is not None:
+        attrs["gateway.cache_score"] = ctx.cache_score
+    if ctx.ttft_s is not None:
+        attrs["gateway.time_to_first_token_s"] = ctx.ttft_s
+    return attrs
+
+
+def _message(error: BaseException) -> str:
+    message = getattr(error, "message", None)
+    return message if isinstance(message, str) else type(error).__name__
+
+
+__all__ = ["NoTracing", "OTelTracing", "Tracing", "build_tracing", "tracing_enabled"]

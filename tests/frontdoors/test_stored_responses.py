@@ -1,0 +1,132 @@
+"""Stored responses: ``previous_response_id`` across calls, GET/DELETE, and one tenant per key."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+import pytest
+
+from gateway.config import settings_from_dict
+from gateway.frontdoors.sql_store import SqlResponseStore
+from gateway.frontdoors.store import MemoryResponseStore, RedisResponseStore
+from tests.frontdoors.conftest import Env, _key
+from tests.frontdoors.test_responses_sdk import client
+from tests.helpers.redis import any_redis, delete_prefix
+from tests.helpers.servers import serve_gateway
+
+
+async def test_previous_response_id_continues_the_conversation(env: Env) -> None:
+    c = client(env)
+    first = await c.responses.create(model="small", input="My name is Ada.", instructions="Be kind.")
+    assert first.to_dict()["store"] is True
+    second = await c.responses.create(model="small", input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id and second.output_text
+    assert first.usage is not None and second.usage is not None
+    # The second call carried the first turn (its input and its answer) upstream.
+    alone = await c.responses.create(model="small", input="What is my name?", store=False)
+    assert alone.usage is not None
+    assert second.usage.input_tokens >= alone.usage.input_tokens + first.usage.output_tokens
+    # And a stream continues the same way.
+    async with c.responses.stream(model="small", input="Again?", previous_response_id=second.id) as stream:
+        final = await stream.get_final_response()
+    assert final.usage is not None and final.usage.input_tokens > second.usage.input_tokens
+    assert (await c.responses.retrieve(final.id)).output_text == final.output_text
+
+
+async def test_retrieve_and_delete(env: Env) -> None:
+    c = client(env)
+    made = await c.responses.create(model="small", input="Hi")
+    got = await c.responses.retrieve(made.id)
+    assert got.id == made.id and got.output_text == made.output_text and got.usage == made.usage
+    await c.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        await c.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        await c.responses.delete(made.id)
+
+
+async def test_store_false_keeps_nothing(env: Env) -> None:
+    c = client(env)
+    made = await c.responses.create(model="small", input="Hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await c.responses.retrieve(made.id)
+
+
+async def test_another_key_cannot_read_or_continue(env: Env) -> None:
+    mine = await client(env).responses.create(model="small", input="A secret")
+    other = client(env, env.key_b)
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError) as info:
+        await other.responses.create(model="small", input="Tell me", previous_response_id=mine.id)
+    assert info.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.delete(mine.id)
+    row = await env.ledger.one_row(info.value.response.headers["x-request-id"])
+    assert row["status_code"] == 404 and row["endpoint"] == "responses"
+    assert (await client(env).responses.retrieve(mine.id)).id == mine.id  # still there for its owner
+
+
+async def test_memory_store_expires_and_separates_tenants() -> None:
+    store = MemoryResponseStore(ttl_seconds=1, max_entries=2)
+    await store.put("a", "r1", {"response": {"id": "r1"}, "messages": []})
+    assert await store.get("b", "r1") is None
+    assert await store.get("a", "r1") == {"response": {"id": "r1"}, "messages": []}
+    await store.put("a", "r2", {"n": 2})
+    await store.put("a", "r3", {"n": 3})
+    assert await store.get("a", "r1") is None  # bounded: the oldest went
+    store.ttl = 0
+    await store.put("a", "r4", {"n": 4})
+    await asyncio.sleep(0.01)
+    assert await store.get("a", "r4") is None
+
+
+async def test_redis_store_ttl_and_tenants() -> None:
+    with any_redis() as url:
+        prefix = "gw:test-resp-unit:"
+        store = RedisResponseStore(url, prefix, ttl_seconds=60)
+        try:
+            await store.put("a", "r1", {"x": 1})
+            assert await store.get("a", "r1") == {"x": 1}
+            assert await store.get("b", "r1") is None
+            assert not await store.delete("b", "r1")
+            ttl = await store._redis.ttl(f"{prefix}a:r1")
+            assert 0 < ttl <= 60
+            assert await store.delete("a", "r1")
+            assert await store.get("a", "r1") is None
+        finally:
+            await store.aclose()
+            delete_prefix(url, prefix)
+
+
+async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
+    """Without Redis the gateway keeps stored responses in its ledger database, tenants apart as well."""
+    settings = settings_from_dict(
+        {
+            "models": [
+                {"name": "small", "backend": "openai", "base_url": env.sim_url + "/v1", "upstream_model": "meta/small"}
+            ],
+            "cache": {"enabled": False},
+            "auth": {"enabled": True},
+            "server": {"metrics_scrape_seconds": 3600},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "flush_interval_seconds": 0.05},
+        }
+    )
+    with serve_gateway(settings) as gw:
+        assert isinstance(gw.gateway.responses, SqlResponseStore)
+        keys = [_key(gw.base_url, name) for name in ("a", "b")]
+        async with (
+            openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=keys[0], max_retries=0) as mine,
+            openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=keys[1], max_retries=0) as other,
+        ):
+            first = await mine.responses.create(model="small", input="Remember 7.")
+            second = await mine.responses.create(model="small", input="Which number?", previous_response_id=first.id)
+            assert second.usage is not None and first.usage is not None
+            assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens - 1
+            assert (await mine.responses.retrieve(second.id)).output_text == second.output_text
+            with pytest.raises(openai.NotFoundError):
+                await other.responses.retrieve(first.id)
+            with pytest.raises(openai.NotFoundError):
+                await other.responses.create(model="small", input="x", previous_response_id=first.id)

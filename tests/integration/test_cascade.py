@@ -1,0 +1,204 @@
+"""A ``cascade`` route over real sockets: the local simulator answers first, the answer check accepts it or escalates
+to the hosted one; streamed and not; headers, logprobs asked for and stripped, one ledger row costing every attempt."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.config import settings_from_dict
+from gateway.simulator import create_simulator_app
+from tests.helpers.ports import free_port
+from tests.helpers.servers import run_asgi_server, serve_gateway
+
+RULES = [
+    {"match": "refuseme", "behaviour": "refuse"},
+    {"match": "unsure", "behaviour": "low_confidence"},
+    {"match": "cutme", "behaviour": "truncate"},
+]
+#: A prompt whose simulated answer (200 tokens, seed 1) the check accepts at quality_target 0.5.
+GOOD = "Write a short poem about the sea."
+LOCAL_GPU_HOUR = 1.0
+PICO = Decimal("1e-12")  # SQLite stores money as integer picodollars
+
+
+def _money(value: Any) -> Decimal:
+    return (Decimal(int(value)) * PICO).normalize()
+
+
+@dataclass
+class Env:
+    url: str
+    db: Path
+    local_sim: str
+    strong_sim: str
+
+
+def _settings(local: str, strong: str, tmp: Path, **route: Any) -> Any:
+    return settings_from_dict(
+        {
+            "models": [
+                {
+                    "name": "llama-2-7b",
+                    "backend": "vllm",
+                    "base_url": local + "/v1",
+                    "upstream_model": "meta-llama/Llama-2-7b-chat-hf",
+                    "gpu_hour_usd": LOCAL_GPU_HOUR,
+                    "tokens_per_second": 1500,
+                },
+                {"name": "gpt-4", "backend": "openai", "base_url": strong + "/v1", "upstream_model": "gpt-4"},
+            ],
+            "routes": {
+                "cascade": {"models": ["llama-2-7b", "gpt-4"], "policy": "cascade", "quality_target": 0.5, **route}
+            },
+            "retry": {"max_attempts": 2, "backoff_base_ms": 0},
+            "cache": {"enabled": False},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("cascade")
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with run_asgi_server(local) as lu, run_asgi_server(strong) as su, serve_gateway(_settings(lu, su, tmp)) as gw:
+        yield Env(gw.base_url, tmp / "ledger.db", lu, su)
+
+
+def _client(env: Env) -> openai.OpenAI:
+    return openai.OpenAI(base_url=env.url + "/v1", api_key="x", max_retries=0)
+
+
+def _ask(env: Env, prompt: str, **extra: Any) -> Any:
+    return _client(env).chat.completions.with_raw_response.create(
+        model="cascade", messages=[{"role": "user", "content": prompt}], max_tokens=200, **extra
+    )
+
+
+def _rows(db: Path, request_id: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with sqlite3.connect(db) as conn:
+                conn.row_factory = sqlite3.Row
+                rows = [dict(r) for r in conn.execute("SELECT * FROM gw_ledger WHERE request_id = ?", (request_id,))]
+        except sqlite3.OperationalError:
+            rows = []
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def test_a_good_local_answer_is_accepted_and_its_logprobs_stripped(env: Env) -> None:
+    raw = _ask(env, GOOD)
+    h = raw.headers
+    assert h["x-gateway-cascade"] == "accepted", h.get("x-gateway-cascade-reason")
+    assert h["x-gateway-model"] == "llama-2-7b"
+    assert h["x-gateway-cascade-reason"].startswith("score ")
+    assert h["x-gateway-cascade-attempts"] == "llama-2-7b"
+    completion = raw.parse()
+    assert completion.choices[0].logprobs is None  # the gateway asked for them; the client did not
+    rows = _rows(env.db, h["x-request-id"])
+    assert len(rows) == 1 and rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["attempts"] == 1
+    assert _money(rows[0]["cost_usd"]) == Decimal(h["x-gateway-cost-usd"]).normalize()
+
+
+def test_logprobs_the_client_asked_for_are_kept(env: Env) -> None:
+    raw = _ask(env, GOOD, logprobs=True, top_logprobs=1)
+    assert raw.headers["x-gateway-cascade"] == "accepted"
+    lp = raw.parse().choices[0].logprobs
+    assert lp is not None and lp.content and len(lp.content[0].top_logprobs) == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [
+        ("refuseme: tell me a joke", "refusal"),
+        ("unsure: what is the capital of France?", "low confidence"),  # read from the logprobs the gateway asked for
+        ("cutme: write an essay on rivers", "truncated"),
+    ],
+)
+def test_a_poor_local_answer_escalates_and_both_attempts_are_paid(env: Env, prompt: str, reason: str) -> None:
+    raw = _ask(env, prompt)
+    h = raw.headers
+    assert h["x-gateway-cascade"] == "escalated"
+    assert reason in h["x-gateway-cascade-reason"]
+    assert h["x-gateway-model"] == "gpt-4" and h["x-gateway-cascade-attempts"] == "llama-2-7b,gpt-4"
+    completion = raw.parse()
+    assert "I apologize" not in (completion.choices[0].message.content or "")
+    assert completion.choices[0].logprobs is None
+    usage = completion.usage
+    assert usage is not None
+    gpt4 = Decimal("0.00003") * usage.prompt_tokens + Decimal("0.00006") * usage.completion_tokens
+    cost = Decimal(h["x-gateway-cost-usd"])
+    assert cost > gpt4  # the local answer's GPU time is paid on top
+    rows = _rows(env.db, h["x-request-id"])
+    assert len(rows) == 1, rows  # one row per request, costing every attempt
+    row = rows[0]
+    assert row["chosen_model"] == "gpt-4" and row["attempts"] == 2 and row["policy"] == "cascade"
+    assert _money(row["cost_usd"]) == cost.normalize()
+
+
+def _stream(env: Env, prompt: str) -> tuple[httpx.Headers, str]:
+    raw = _client(env).chat.completions.with_raw_response.create(
+        model="cascade",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=200,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = []
+    usage = None
+    for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+            assert chunk.choices[0].logprobs is None
+        usage = chunk.usage or usage
+    assert usage is not None and usage.completion_tokens > 0
+    return raw.headers, "".join(text)
+
+
+def test_streaming_accepted_relays_the_held_local_answer(env: Env) -> None:
+    headers, text = _stream(env, GOOD)
+    assert headers["x-gateway-cascade"] == "accepted" and headers["x-gateway-model"] == "llama-2-7b"
+    whole = _ask(env, GOOD).parse().choices[0].message.content
+    assert text == whole  # the same (seeded) answer, held then replayed as chunks
+    rows = _rows(env.db, headers["x-request-id"])
+    assert len(rows) == 1 and rows[0]["stream"] and rows[0]["ttft_ms"] > 0
+
+
+def test_streaming_escalated_never_shows_the_local_answer(env: Env) -> None:
+    headers, text = _stream(env, "refuseme: a haiku please")
+    assert headers["x-gateway-cascade"] == "escalated" and headers["x-gateway-model"] == "gpt-4"
+    assert "I apologize" not in text and text
+    rows = _rows(env.db, headers["x-request-id"])
+    assert len(rows) == 1 and rows[0]["attempts"] == 2 and rows[0]["chosen_model"] == "gpt-4"
+
+
+def test_a_dead_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_through(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+        assert raw.headers["x-gateway-cascade"] == "accepted"
+        assert raw.headers["x-gateway-cascade-reason"].startswith("escalation failed")
+        assert raw.headers["x-gateway-model"] == "llama-2-7b"
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with run_asgi_server(strong) as su, serve_gateway(_settings(dead, su, tmp_path)) as gw:
+        r = httpx.post(
+            gw.base_url + "/v1/chat/completions",
+            json={"model": "cascade", "messages": [{"role": "user", "content": GOOD}], "max_tokens": 20},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.headers["x-gateway-model"] == "gpt-4"

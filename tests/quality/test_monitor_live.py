@@ -1,0 +1,131 @@
+"""The quality monitor over sockets: the openai SDK against the gateway, simulated weak and strong models, and
+the strong one judging from a ground truth the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from gateway.accounting.schema import ledger
+from gateway.quality.tables import verdicts
+from tests.helpers.servers import serve_gateway
+from tests.quality.conftest import make_settings, quality, wait_judged
+
+PROMPTS = [f"hard question {i}" for i in range(4)] + [f"trick question {i}" for i in range(4)]
+PROMPTS += [f"plain question {i}" for i in range(4)]
+
+
+async def _ask(client: openai.AsyncOpenAI, prompt: str, stream: bool = False) -> str:
+    if stream:
+        chunks = await client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=16, stream=True
+        )
+        async for _ in chunks:
+            pass
+        return "weak"
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=16
+    )
+    assert raw.http_response.status_code == 200
+    return raw.headers["x-gateway-model"]
+
+
+async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_path: Path) -> None:
+    cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 0.05})
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        for i, prompt in enumerate(PROMPTS):
+            assert await _ask(client, prompt, stream=i % 2 == 1) == "weak"
+        await wait_judged(gw, len(PROMPTS))
+        body = await quality(gw)
+        by_model = await quality(gw, "model")
+        for _ in range(200):
+            async with httpx.AsyncClient(base_url=gw.base_url) as http:
+                metrics = (await http.get("/metrics")).text
+            if 'gateway_quality_verdicts{route="auto",verdict="win"} 4.0' in metrics:
+                break
+            await asyncio.sleep(0.02)
+        engine = gw.gateway.recorder.db.engine  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(verdicts))).mappings().all()
+            monitor_rows = (await conn.execute(select(ledger).where(ledger.c.policy == "monitor"))).mappings().all()
+        await client.close()
+    [auto] = body["data"]
+    assert auto["route"] == "auto" and auto["reference_model"] == "strong"
+    assert (auto["samples"], auto["wins"], auto["ties"], auto["losses"]) == (12, 4, 4, 4)
+    assert auto["estimate"]["rate"] == pytest.approx(8 / 12)  # every request was served by the weak model
+    assert auto["estimate"]["ci95_low"] < 8 / 12 < auto["estimate"]["ci95_high"]
+    assert auto["served_by_others"] == 1.0 and 0 < auto["cost_share"] < 1
+    assert {r["model"]: r["samples"] for r in by_model["data"]}.get("weak") == 12
+    # the verdict rows keep the prompt; each order's raw verdict shows the judge's position bias, cancelled
+    assert sorted(r["prompt"] for r in rows) == sorted(PROMPTS)
+    plain = [r for r in rows if r["prompt"].startswith("plain")]
+    assert all((r["first_order"], r["second_order"], r["verdict"]) == ("A", "A", "tie") for r in plain)
+    # monitoring is in the ledger, marked, on no key: a reference call and two judge calls per sample
+    assert len(monitor_rows) == 36 and all(r["key_id"] is None for r in monitor_rows)
+    spend = sum(r["cost_usd"] for r in monitor_rows)
+    assert float(spend) == pytest.approx(float(auto["monitoring_spend_usd"]))
+    assert body["monitor"]["spent_today_usd"] == f"{spend:f}"
+    # the same figures for Prometheus, labelled by configured route names only
+    assert 'gateway_quality_verdicts{route="auto",verdict="loss"} 4.0' in metrics
+    assert f'gateway_quality_estimate{{bound="estimate",route="auto"}} {8 / 12}' in metrics
+    assert 'gateway_quality_samples_total{outcome="judged"} 12.0' in metrics
+
+
+async def test_the_budget_cap_stops_sampling(sims: dict[str, str], tmp_path: Path) -> None:
+    cfg = make_settings(sims, tmp_path, quality={"daily_budget_usd": "0.000000001", "concurrency": 1})
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        await _ask(client, PROMPTS[0])
+        await wait_judged(gw, 1)
+        for prompt in PROMPTS[1:6]:
+            await _ask(client, prompt)
+        body = await quality(gw)
+        monitor = gw.gateway.monitor
+        assert monitor is not None
+        dropped = monitor.samples.labels("dropped_budget")._value.get()
+        await client.close()
+    assert body["data"][0]["samples"] == 1
+    assert dropped == 5
+    assert body["monitor"]["daily_budget_usd"] == "0.000000001"
+
+
+@pytest.mark.parametrize("dead", ["judge", "strong"])
+async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
+    sims: dict[str, str], tmp_path: Path, dead: str
+) -> None:
+    from tests.helpers.ports import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    models = {"judge": {"base_url": f"{sims['strong']}/v1", "upstream_model": "strong", "quality": 1}}
+    models[dead] = {**models.get(dead, {}), "base_url": closed}
+    cfg = make_settings(sims, tmp_path, quality={"judge_model": "judge"}, models=models)
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        took = []
+        for i, prompt in enumerate(PROMPTS):
+            t0 = time.perf_counter()
+            assert await _ask(client, prompt, stream=i % 2 == 1) == "weak"
+            took.append(time.perf_counter() - t0)
+        await wait_judged(gw, len(PROMPTS))
+        body = await quality(gw)
+        engine = gw.gateway.recorder.db.engine  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            client_rows = (await conn.execute(select(ledger).where(ledger.c.policy != "monitor"))).mappings().all()
+        monitor = gw.gateway.monitor
+        assert monitor is not None
+        failed = monitor.samples.labels("failed")._value.get()
+        breakers = {name: b.available() for name, b in gw.gateway.breakers.items()}
+        await client.close()
+    assert failed == len(PROMPTS)
+    assert body["data"][0]["samples"] == 0
+    assert len(client_rows) == len(PROMPTS)
+    assert all(r["status_code"] == 200 and r["chosen_model"] == "weak" and r["error_type"] is None for r in client_rows)
+    assert all(breakers.values())  # the monitor's failures never open a breaker that routing reads
+    assert max(took) < 2.0
