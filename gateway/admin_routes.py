@@ -3,6 +3,8 @@
 * ``GET /admin/spend?group_by=model|key|team|user|route|day&start=&end=[&key_id=]`` (master key)
 * ``GET /v1/spend?group_by=...&start=&end=``: the calling key's own spend only
 * ``GET /admin/dashboard/data?start=&end=``: everything the dashboard draws (master key)
+* ``GET /admin/requests?key_id=&limit=&before=``, ``GET /admin/requests/{request_id}``: raw ledger rows
+  (drill-down, master key)
 * ``GET|POST /admin/keys``, ``POST /admin/keys/{id}/revoke`` (master key)
 * ``GET /admin/router``, ``POST /admin/router/reload``: the learned router serving, and reloading
   ``router.artifact`` without a restart (master key)
@@ -125,9 +127,10 @@ async def admin_spend(request: Request) -> Response:
 async def own_spend(request: Request) -> Response:
     """The calling key's own spend (the master key sees the requests it made itself)."""
     admission = _keys(request)
+    ctx = context(request)  # the one header parse (a duplicated Authorization is a 400 first)
     if not admission.enabled:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
-    record, _ = await admission.lookup(context(request).api_key)
+    record, _ = await admission.lookup(ctx.api_key)
     key_id = MASTER_KEY_ID if record is None else record.id
     start, end = _range(request)
     body = await _spend_body(_ledger(request), _group_by(request), start, end, key_id)
@@ -153,6 +156,48 @@ async def dashboard_data(request: Request) -> Response:
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
     body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model
     return json_response(body)
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidRequest("Invalid limit: use an integer from 1 to 1000.", param="limit")
+    return int(raw)
+
+
+@router.get("/admin/requests")
+async def recent_requests(request: Request) -> Response:
+    """The newest ledger rows, of one key (``key_id``) or of all, before ``before`` (drill-down)."""
+    await _admin(request)
+    ledger = _ledger(request)
+    limit = _limit(request)
+    try:
+        before = q.parse_time(request.query_params.get("before"))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="before") from None
+    await _fresh(ledger)
+    try:
+        rows = await q.recent_requests(
+            ledger.db.engine, key_id=request.query_params.get("key_id") or None, limit=limit, before_ms=before
+        )
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    return json_response({"object": "list", "data": rows})
+
+
+@router.get("/admin/requests/{request_id}")
+async def request_rows(request: Request, request_id: str) -> Response:
+    """The ledger rows of one request id (404 if none, e.g. past retention)."""
+    await _admin(request)
+    ledger = _ledger(request)
+    await _fresh(ledger)
+    try:
+        rows = await q.request_rows(ledger.db.engine, request_id)
+    except (SQLAlchemyError, OSError):
+        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    if not rows:
+        raise NotFound(f"No ledger row for request '{request_id}'.", code="request_not_found")
+    return json_response({"object": "list", "data": rows})
 
 
 @router.get("/admin/router")

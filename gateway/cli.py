@@ -38,6 +38,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: server.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: server.port, 8080)")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes (default: server.workers)")] = None,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="serve a non-loopback address with auth off (refused otherwise)")
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
     _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
@@ -47,6 +50,8 @@ def serve(
     for flag, value in (("--host", host), ("--port", port), ("--workers", workers)):
         if value is not None:
             argv += [flag, str(value)]
+    if allow_unauthenticated:
+        argv.append("--allow-unauthenticated")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)  # the server process keeps none of the CLI's modules
@@ -193,6 +198,9 @@ def _mount_optional() -> None:
     from gateway.cli_demo import mount as mount_demo
 
     mount_demo(app)  # demo
+    from gateway.cli_quality import quality_app
+
+    app.add_typer(quality_app, name="quality", help="The quality monitor's verdicts and feedback as router labels.")
     try:
         from gateway.cli_router import router_app
     except ImportError:

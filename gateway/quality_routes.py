@@ -21,6 +21,7 @@ from gateway.auth.admission import KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.runtime import Gateway, describe_router
 
 router = APIRouter()
 _MAX_COMMENT = 2000
@@ -38,6 +39,19 @@ def _score(body: dict[str, Any]) -> float:
     if not isinstance(score, int | float) or not math.isfinite(score) or not 0 <= score <= 1:
         raise InvalidRequest("'score' must be a number from 0 to 1 (or true/false).", param="score")
     return float(score)
+
+
+def _router_state(gw: Gateway) -> dict[str, Any]:
+    """Which learned router routes: the shipped prior (calibrated on benchmark prompts, not on this traffic) or
+    one adapted to this deployment's labels."""
+    found = describe_router(gw.router.estimator)
+    kind = found.get("kind")
+    note = {
+        "adapted": "adapted to this deployment's labels; thresholds calibrated on them",
+        "prior": "the shipped prior: its operating points were calibrated on benchmark prompts, not on this "
+        "deployment's traffic (the estimates above are the measure)",
+    }.get(str(kind), "no learned router: heuristic difficulty")
+    return {"kind": kind, "version": found.get("version"), "note": note}
 
 
 @router.post("/v1/feedback")
@@ -126,6 +140,7 @@ async def admin_quality(request: Request) -> Response:
             "estimate_method": "(wins + ties) / samples, 95% Wilson interval; a route's figure counts the "
             "requests its reference answered as ties",
             "baseline_model": gw.settings.ledger.baseline_model,
+            "router": _router_state(gw),
             "monitor": status,
             "data": data,
         }

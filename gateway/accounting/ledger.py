@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,10 +38,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
+from gateway.accounting.retention import Retention
 from gateway.accounting.rollup import ids_filter, rollup_upsert
 from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
 from gateway.config import LedgerSettings
-from gateway.context import RequestContext
+from gateway.context import AttemptCost, RequestContext
 from gateway.hooks import LogRecorder
 
 log = logging.getLogger("gateway.accounting")
@@ -84,7 +87,23 @@ def row_from_context(ctx: RequestContext) -> Row:
         "error_type": _cut(ctx.error_type, 64),
         "attempts": len(ctx.attempts),
         "row_key": uuid.uuid4().hex,
+        "cascade": ctx.cascade,
+        "cascade_attempts": _cascade_attempts(ctx),
+        "routed_cost_usd": ctx.routed_cost_usd,
     }
+
+
+def _cascade_attempts(ctx: RequestContext) -> str | None:
+    """A cascade request's paid attempts as JSON: each escalated answer, then the one served (None elsewhere)."""
+    if ctx.cascade is None:
+        return None
+    paid = [a.to_json() for a in ctx.cascade_attempts]
+    if ctx.chosen_model is not None:
+        final = ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        u = ctx.usage
+        outcome = "accepted" if ctx.cascade == "accepted" else "answered"
+        paid.append(AttemptCost(ctx.chosen_model, u.prompt_tokens, u.completion_tokens, final, outcome).to_json())
+    return json.dumps(paid, separators=(",", ":"))
 
 
 class SqlLedger:
@@ -106,6 +125,11 @@ class SqlLedger:
         self._log = LogRecorder()
         self._inserts: dict[str, Insert] = {}
         self._rollup_stmts: dict[str, list[Insert]] = {}
+        self.retention: Retention | None = None
+        if settings.retention_days is not None:
+            self.retention = Retention(
+                db.engine, settings.retention_days, settings.retention_interval_seconds, settings.retention_batch_rows
+            )
 
     # -- recording (hot path) ---------------------------------------------------------------------------
 
@@ -146,6 +170,8 @@ class SqlLedger:
         """Start the background writer (inside the running event loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+        if self.retention is not None:
+            self.retention.start()
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` at :meth:`aclose`, before the database is closed (e.g. the key admission)."""
@@ -229,6 +255,8 @@ class SqlLedger:
         """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""
         self._closing = True
         self._wake.set()
+        if self.retention is not None:
+            await self.retention.aclose()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -263,3 +291,7 @@ class _LedgerCollector(Collector):
             "gateway_ledger_dropped_rows", "Ledger rows dropped because the queue was full", value=led.dropped
         )
         yield CounterMetricFamily("gateway_ledger_write_errors", "Failed ledger batch writes", value=led.write_errors)
+        if led.retention is not None:
+            yield CounterMetricFamily(
+                "gateway_ledger_expired_rows", "Raw ledger rows deleted by retention", value=led.retention.deleted
+            )

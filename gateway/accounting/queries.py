@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.accounting.cascade_report import cascade_by_route
 from gateway.accounting.schema import (
     COUNT_COLUMNS,
     GRAINS_MS,
@@ -458,4 +459,43 @@ async def dashboard(
         "latency": await latency(engine, start_ms=start, end_ms=end, sample_rows=sample_rows),
         "top_keys": [r.to_json() for r in await spend(engine, "key", start_ms=start, end_ms=end, limit=10)],
         "top_users": [r.to_json() for r in await spend(engine, "user", start_ms=start, end_ms=end, limit=10)],
+        "cascade": await cascade_by_route(engine, start_ms=start, end_ms=end),
     }
+
+
+# -- drill-down: raw rows, through indexes ---------------------------------------------------------------
+
+
+def _row_json(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in row._asdict().items():
+        key = str(name)  # a column name may be a str subclass (quoted_name), which orjson refuses as a key
+        if isinstance(value, Decimal):
+            out[key] = money(value)
+        elif isinstance(value, datetime):
+            out[key] = value.isoformat()
+        else:
+            out[key] = value
+    return out
+
+
+async def request_rows(engine: AsyncEngine, request_id: str) -> list[dict[str, Any]]:
+    """The ledger rows of one request id (client-chosen ids can repeat), oldest first; by the request id index.
+    Empty once retention has deleted them."""
+    stmt = select(ledger).where(ledger.c.request_id == request_id).order_by(ledger.c.ts_ms, ledger.c.id).limit(100)
+    async with engine.connect() as conn:
+        return [_row_json(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def recent_requests(
+    engine: AsyncEngine, *, key_id: str | None, limit: int = 50, before_ms: int | None = None
+) -> list[dict[str, Any]]:
+    """The newest raw rows (of one key, or of all), before ``before_ms``; by the ``(key_id, ts_ms)`` or ``ts_ms``
+    index."""
+    stmt = select(ledger).order_by(ledger.c.ts_ms.desc(), ledger.c.id.desc()).limit(limit)
+    if key_id is not None:
+        stmt = stmt.where(ledger.c.key_id == key_id)
+    if before_ms is not None:
+        stmt = stmt.where(ledger.c.ts_ms < before_ms)
+    async with engine.connect() as conn:
+        return [_row_json(r) for r in (await conn.execute(stmt)).all()]

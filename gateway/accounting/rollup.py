@@ -7,6 +7,9 @@ in the same transaction that inserts them, and only from the rows that insert re
 after ``ON CONFLICT DO NOTHING``): a retried batch adds nothing twice, and money stays exact (the same
 ``NUMERIC`` / integer-units arithmetic as a ``SUM`` over the raw rows).
 
+Latency histograms (counts per bucket of :data:`~gateway.accounting.schema.LATENCY_BOUNDS_MS`, mergeable by
+addition) are kept on the ``model`` rows only.
+
 Two writers adding to the same bucket serialise on the rollup row (``ON CONFLICT DO UPDATE`` adds to it);
 both insert in key order, so they take the row locks in the same order.
 """
@@ -30,7 +33,9 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     select,
+    text,
     true,
     union_all,
 )
@@ -46,6 +51,8 @@ from gateway.accounting.schema import (
     ledger,
 )
 
+#: The gateway's SQLite page cache per connection (negative: KiB), as :mod:`gateway.accounting.db` sets it.
+_SQLITE_CACHE_KIB = -32768
 _HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
 #: Rows whose latency is summarised: answered by a model, successful, not from the cache.
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
@@ -56,7 +63,9 @@ def _dims() -> Any:
     return union_all(*parts).subquery("d")
 
 
-def _hist(column: ColumnElement[Any], bounds: Sequence[float]) -> list[ColumnElement[Any]]:
+def _hist(
+    column: ColumnElement[Any], bounds: Sequence[float], dim: ColumnElement[Any], every_dim: bool
+) -> list[ColumnElement[Any]]:
     out: list[ColumnElement[Any]] = []
     edges: list[float | None] = [None, *bounds, None]
     for lo, hi in itertools.pairwise(edges):
@@ -65,15 +74,19 @@ def _hist(column: ColumnElement[Any], bounds: Sequence[float]) -> list[ColumnEle
             cond.append(column >= lo)
         if hi is not None:
             cond.append(column < hi)
-        out.append(func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0))
+        count = func.coalesce(func.sum(case((and_(*cond), 1), else_=0)), 0)
+        out.append(count if every_dim else case((dim == "model", count), else_=null()))
     return out
 
 
-def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool]) -> Select[Any]:
+def rollup_select(
+    grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool], hist_every_dim: bool = False
+) -> Select[Any]:
     """The rollup rows (in key order) that the ledger rows matching ``where`` add up to, at ``grain_ms``.
 
     Columns: the key (dim, bucket_ms, key_id, value), the counts, the money, the total-time histogram, the
-    time-to-first-token histogram (``len(bounds) + 1`` buckets each).
+    time-to-first-token histogram (``len(bounds) + 1`` buckets each; NULL but on the model rows, unless
+    ``hist_every_dim``: how revision 0002 filled them).
     """
     d = _dims()
     grain: ColumnElement[int] = literal_column(str(int(grain_ms)), BigInteger())  # inlined: one GROUP BY expr
@@ -105,8 +118,8 @@ def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[b
         select(
             *keys,
             *(sums[c].label(c) for c in (*COUNT_COLUMNS, *MONEY_COLUMNS)),
-            *_hist(ledger.c.total_ms, bounds),
-            *_hist(ledger.c.ttft_ms, bounds),
+            *_hist(ledger.c.total_ms, bounds, d.c.dim, hist_every_dim),
+            *_hist(ledger.c.ttft_ms, bounds, d.c.dim, hist_every_dim),
         )
         .select_from(ledger.join(d, true()))
         .where(where)
@@ -116,11 +129,16 @@ def rollup_select(grain_ms: int, bounds: Sequence[float], where: ColumnElement[b
 
 
 def rollup_upsert(
-    table: Table, dialect: str, grain_ms: int, bounds: Sequence[float], where: ColumnElement[bool]
+    table: Table,
+    dialect: str,
+    grain_ms: int,
+    bounds: Sequence[float],
+    where: ColumnElement[bool],
+    hist_every_dim: bool = False,
 ) -> Insert:
     """``INSERT INTO table SELECT <rollup of the rows matching where> ON CONFLICT DO UPDATE`` (adding)."""
     names = [c.name for c in table.columns]
-    source = rollup_select(grain_ms, bounds, where)
+    source = rollup_select(grain_ms, bounds, where, hist_every_dim)
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(table)
     elif dialect == "sqlite":
@@ -146,14 +164,26 @@ def id_range_filter() -> ColumnElement[bool]:
     return and_(ledger.c.id >= bindparam("lo"), ledger.c.id < bindparam("hi"))
 
 
-def backfill(conn: Connection, tables: dict[str, Table], bounds: Sequence[float], chunk_rows: int = 200_000) -> int:
+def backfill(
+    conn: Connection,
+    tables: dict[str, Table],
+    bounds: Sequence[float],
+    chunk_rows: int = 200_000,
+    hist_every_dim: bool = False,
+) -> int:
     """Add every existing ledger row to the (empty) rollup ``tables`` (by grain name), a slice of ids at a time;
     return the rows read. Used by the migration that creates the rollups."""
     lo, hi = conn.execute(select(func.min(ledger.c.id), func.max(ledger.c.id))).one()
     if lo is None:
         return 0
+    # Aggregating a slice groups about a million rows: in memory, not spilled to disk (PostgreSQL), and the
+    # rollups' indexes kept in cache while they grow (SQLite).
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    elif conn.dialect.name == "sqlite":
+        conn.execute(text("PRAGMA cache_size = -262144"))
     stmts = [
-        rollup_upsert(table, conn.dialect.name, GRAINS_MS[grain], bounds, id_range_filter())
+        rollup_upsert(table, conn.dialect.name, GRAINS_MS[grain], bounds, id_range_filter(), hist_every_dim)
         for grain, table in tables.items()
     ]
     start = int(lo)
@@ -161,4 +191,6 @@ def backfill(conn: Connection, tables: dict[str, Table], bounds: Sequence[float]
         for stmt in stmts:
             conn.execute(stmt, {"lo": start, "hi": start + chunk_rows})
         start += chunk_rows
+    if conn.dialect.name == "sqlite":
+        conn.execute(text(f"PRAGMA cache_size = {_SQLITE_CACHE_KIB}"))
     return int(conn.execute(select(func.count()).select_from(ledger)).scalar() or 0)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -100,11 +101,16 @@ ledger = Table(
     Column("attempts", Integer, nullable=False),
     # Written once per row by the gateway: a batch retried after a commit whose reply was lost is not written twice.
     Column("row_key", String(32), comment="unique per row; NULL in rows older than schema version 2"),
+    # Cascade routes (revision 0005): the answer check's decision, every paid attempt (JSON: model, tokens,
+    # cost_usd, outcome), and what the prompt router alone would have paid for the same request.
+    Column("cascade", String(16), comment="cascade routes: accepted | escalated"),
+    Column("cascade_attempts", Text, comment="cascade routes: JSON list, one entry per paid attempt"),
+    Column("routed_cost_usd", Money(), comment="cascade routes: the prompt router's pick's cost"),
 )
 Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
-Index("ix_gw_ledger_day", ledger.c.day)
+Index("ix_gw_ledger_request_id", ledger.c.request_id)
 
 api_keys = Table(
     "gw_api_keys",
@@ -161,7 +167,8 @@ def _rollup_table(grain: str) -> Table:
         Column("value", String(256), primary_key=True, comment="the dimension's value; '' for none"),
         *(Column(c, BigInteger, nullable=False) for c in COUNT_COLUMNS),
         *(Column(c, MoneySum(), nullable=False) for c in MONEY_COLUMNS),
-        *(Column(c, BigInteger, nullable=False) for c in TOTAL_HIST + TTFT_HIST),
+        # Only the model rows carry latency histograms (NULL elsewhere: no space taken in PostgreSQL).
+        *(Column(c, BigInteger) for c in TOTAL_HIST + TTFT_HIST),
     )
     Index(f"ix_{name}_key", table.c.key_id, table.c.dim, table.c.bucket_ms)
     return table

@@ -127,7 +127,9 @@ def test_a_range_is_covered_once_by_its_parts(start: int | None, end: int | None
             assert p.start_ms is None or p.start_ms % width == 0
             assert p.end_ms is None or p.end_ms % width == 0
         else:
-            assert p.start_ms is not None and p.end_ms is not None and p.end_ms - p.start_ms < 60_000
+            assert (
+                p.start_ms is not None and p.end_ms is not None and p.end_ms - p.start_ms < 120_000
+            )  # at most two partial minutes
 
 
 async def test_two_processes_writing_the_same_buckets_add_up_exactly(db_url: str) -> None:

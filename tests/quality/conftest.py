@@ -15,6 +15,7 @@ import pytest
 from gateway.config import Settings, settings_from_dict
 from gateway.simulator import create_simulator_app
 from gateway.simulator.answers import REFUSAL_TEXT
+from tests.accounting.conftest import db_url  # noqa: F401  (the fixture: both ledgers)
 from tests.helpers.redis import SYSTEM_REDIS, delete_prefix, redis_answers
 from tests.helpers.servers import RunningGateway
 
@@ -69,6 +70,7 @@ def make_settings(
     quality: dict[str, Any],
     auth: str | None = None,
     models: dict[str, dict[str, Any]] | None = None,
+    ledger_url: str | None = None,
 ) -> Settings:
     """Route ``auto`` over weak (cheap, chosen by the cost policy) and strong (the reference)."""
     spec: dict[str, dict[str, Any]] = {
@@ -85,7 +87,7 @@ def make_settings(
         "cache": {"enabled": False},
         "retry": {"max_attempts": 1, "backoff_base_ms": 0},
         "server": {"metrics_scrape_seconds": 3600},
-        "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path}/ledger.db", "flush_interval_seconds": 0.05},
+        "ledger": {"url": ledger_url or f"sqlite+aiosqlite:///{tmp_path}/ledger.db", "flush_interval_seconds": 0.05},
         "quality": {"enabled": True, "sample_rate": 1.0, **quality},
     }
     if auth is not None:

@@ -45,7 +45,7 @@ def upgrade() -> None:
         name = f"gw_rollup_{grain}"
         tables[grain] = op.create_table(name, *_columns())
         op.create_index(f"ix_{name}_key", name, ["key_id", "dim", "bucket_ms"])
-    backfill(op.get_bind(), tables, _BOUNDS_MS)
+    backfill(op.get_bind(), tables, _BOUNDS_MS, hist_every_dim=True)  # as 0002 first did (0004 thins them)
 
 
 def downgrade() -> None:
