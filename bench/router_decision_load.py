@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--semantic-cache", action="store_true")
+    ap.add_argument("--embed-timeout-ms", type=float, default=None, help="router.embed_timeout_ms (default: its)")
     args = ap.parse_args()
     prompts = [json.loads(x)["prompt"] for x in args.data.read_text(encoding="utf-8").splitlines() if x.strip()]
 
@@ -118,7 +119,8 @@ def main() -> int:
             {
                 "models": models,
                 "routes": {"smart": {"policy": "learned", "semantic_cache": args.semantic_cache}},
-                "router": {"artifact": str(args.router)},
+                "router": {"artifact": str(args.router)}
+                | ({"embed_timeout_ms": args.embed_timeout_ms} if args.embed_timeout_ms else {}),
                 "cache": {"enabled": args.semantic_cache, "redis_url": None},
                 "ledger": {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db"},
                 "server": {"metrics_scrape_seconds": 3600},
