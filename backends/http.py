@@ -58,13 +58,16 @@ def proxy_for(url: str) -> URL | None:
 def upstream_error(exc: aiohttp.ClientError | TimeoutError, backend: str, what: str) -> UpstreamError:
     """The gateway's error for a failed request to ``backend`` (``what`` names the stage, for the message)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout(f"upstream '{backend}' timed out connecting ({what})", backend=backend)
+        return UpstreamTimeout(f"upstream '{backend}' timed out connecting ({what})", backend=backend, reached=False)
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return UpstreamTimeout(f"upstream '{backend}' sent nothing in time ({what})", backend=backend)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"upstream '{backend}' exceeded its total timeout ({what})", backend=backend)
     detail = f"{type(exc).__name__}: {exc}"  # addresses and errno: for the log, not the client
-    return UpstreamUnavailable(f"upstream '{backend}' unreachable ({what})", backend=backend, detail=detail)
+    reached = not isinstance(exc, aiohttp.ClientConnectorError)  # no connection: nothing was sent
+    return UpstreamUnavailable(
+        f"upstream '{backend}' unreachable ({what})", backend=backend, detail=detail, reached=reached
+    )
 
 
 #: What an upstream's error text must not pass on: URLs, file paths, addresses with ports, IP addresses.

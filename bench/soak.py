@@ -2,6 +2,7 @@
 of simulated backends, for minutes; reports errors, throughput, TTFT and the gateway's memory over time.
 
     python bench/soak.py [--duration 180] [--clients 200] [--max-tokens 16] [--out soak.json]
+                         [--slow-clients 20] [--idle-clients 20]
 
 What runs:
 * ``--sims`` simulator processes (``python -m gateway.simulator --profile fast``, slowed by ``--time-scale``:
@@ -11,6 +12,10 @@ What runs:
   generator go to ``--other-cpus``;
 * ``--clients`` keep-alive connections, each sending streaming chat requests (``model: auto``, routed
   between the simulated models) back to back and reading every event up to ``[DONE]``.
+
+``--slow-clients`` connections trickle a request head (one byte every ``--trickle-every`` seconds) and
+``--idle-clients`` connections send nothing; each reconnects when the gateway closes it (its head deadline,
+``server.head_timeout_seconds``). They are counted apart: only the normal clients' errors count.
 
 An error is anything but a 200 stream of content ending with ``data: [DONE]`` (an SSE error event, a
 missing ``[DONE]``, another status, a connection error, or a request over ``--request-timeout``).
@@ -148,6 +153,37 @@ async def client(
         stats.total_ms.append(total * 1000)
 
 
+async def misbehaving(
+    host: str, port: int, trickle_every: float | None, stop: asyncio.Event, cut: Counter[str]
+) -> None:
+    """A client that trickles a request head (``trickle_every`` s per byte) or, with None, sits idle; it
+    reconnects whenever the gateway closes it, and counts those closes in ``cut``."""
+    kind = "idle" if trickle_every is None else "slow"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n" + b"x: y" * 500
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        closed = asyncio.ensure_future(reader.read())
+        try:
+            for i in range(len(head)):
+                if stop.is_set() or closed.done():
+                    break
+                if trickle_every is not None:
+                    writer.write(head[i : i + 1])
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(closed), trickle_every or 1.0)
+            if closed.done():
+                cut[kind] += 1
+        except OSError:
+            cut[kind] += 1
+        finally:
+            closed.cancel()
+            writer.close()
+
+
 def rss_mib(proc: psutil.Process) -> float:
     """RSS of the gateway process and its children (uvicorn with workers), MiB."""
     total = proc.memory_info().rss
@@ -185,6 +221,13 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
             )
             for _ in range(args.clients)
         ]
+        host, port = base_url.removeprefix("http://").split(":")
+        cut: Counter[str] = Counter()
+        tasks += [
+            asyncio.create_task(misbehaving(host, int(port), args.trickle_every, stop, cut))
+            for _ in range(args.slow_clients)
+        ]
+        tasks += [asyncio.create_task(misbehaving(host, int(port), None, stop, cut)) for _ in range(args.idle_clients)]
         t0 = time.monotonic()
         last = t0
         while True:
@@ -229,6 +272,9 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
         "rss_start_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
         "rss_max_mib": max([s["rss_mib"] for s in samples] + [rss_end]),
+        "slow_clients": args.slow_clients,
+        "idle_clients": args.idle_clients,
+        "misbehaving_cut_off": dict(cut),
         "samples": samples,
     }
 
@@ -245,6 +291,9 @@ def main() -> int:
     ap.add_argument("--gateway-cpus", default="1", help="taskset CPU list for the gateway ('' = no pinning)")
     ap.add_argument("--other-cpus", default="0", help="taskset CPU list for simulators and this load generator")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--slow-clients", type=int, default=0, help="connections trickling a request head")
+    ap.add_argument("--idle-clients", type=int, default=0, help="connections that send nothing")
+    ap.add_argument("--trickle-every", type=float, default=0.5, help="seconds per byte of a slow client")
     args = ap.parse_args()
 
     if args.other_cpus and hasattr(os, "sched_setaffinity"):

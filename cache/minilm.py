@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,15 @@ class NumpyEncoder:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class TokenStates:
+    """One text's sentence vector and its tokens' contextual vectors (see :meth:`MiniLMEmbedder.embed_tokens`)."""
+
+    vector: F32
+    tokens: tuple[str, ...]
+    states: F32
+
+
 class MiniLMEmbedder:
     """Sentence embeddings of all-MiniLM-L6-v2 (384 dimensions, unit length); thread-safe, CPU only.
 
@@ -182,10 +192,7 @@ class MiniLMEmbedder:
         self.dim = int(config["hidden_size"])
         self.runtime = runtime
 
-    def embed(self, texts: list[str]) -> F32:
-        """Unit vectors, one row per text (texts of similar length batch best)."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+    def _hidden(self, texts: list[str]) -> tuple[F32, F32, list[list[str]]]:
         encodings = self._tokenizer.encode_batch(texts)
         longest = max(len(enc.ids) for enc in encodings)
         ids = np.zeros((len(texts), longest), dtype=np.int64)
@@ -193,7 +200,30 @@ class MiniLMEmbedder:
         for i, enc in enumerate(encodings):
             ids[i, : len(enc.ids)] = enc.ids
             mask[i, : len(enc.ids)] = 1.0
-        hidden = self._encoder(ids, mask)
+        return self._encoder(ids, mask), mask, [list(enc.tokens) for enc in encodings]
+
+    def embed_tokens(self, texts: list[str]) -> list[TokenStates]:
+        """Per text: its sentence vector (as :meth:`embed`), its word-piece tokens and their contextual
+        vectors (the encoder's last layer, ``[CLS]`` and ``[SEP]`` dropped), for token-level alignment."""
+        if not texts:
+            return []
+        hidden, mask, tokens = self._hidden(texts)
+        pooled = self._pool(hidden, mask)
+        out: list[TokenStates] = []
+        for i, toks in enumerate(tokens):
+            n = len(toks)
+            out.append(TokenStates(pooled[i], tuple(toks[1 : n - 1]), np.array(hidden[i, 1 : n - 1], dtype=np.float32)))
+        return out
+
+    def embed(self, texts: list[str]) -> F32:
+        """Unit vectors, one row per text (texts of similar length batch best)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        hidden, mask, _ = self._hidden(texts)
+        return self._pool(hidden, mask)
+
+    @staticmethod
+    def _pool(hidden: F32, mask: F32) -> F32:
         summed = (hidden * mask[:, :, None]).sum(axis=1)
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), _EPS)

@@ -127,9 +127,10 @@ async def admin_spend(request: Request) -> Response:
 async def own_spend(request: Request) -> Response:
     """The calling key's own spend (the master key sees the requests it made itself)."""
     admission = _keys(request)
+    ctx = context(request)  # the one header parse (a duplicated Authorization is a 400 first)
     if not admission.enabled:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
-    record, _ = await admission.lookup(context(request).api_key)
+    record, _ = await admission.lookup(ctx.api_key)
     key_id = MASTER_KEY_ID if record is None else record.id
     start, end = _range(request)
     body = await _spend_body(_ledger(request), _group_by(request), start, end, key_id)

@@ -18,6 +18,7 @@ model's first token. Only chat requests are checked; completions walk the ladder
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,16 @@ from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
 from gateway.streaming import aiter_list, replay_chunks
 from policies.answer_check import AnswerCheck
 from policies.answer_check.confidence import token_logprobs
+from policies.answer_check.verifier import VerifierConfig, decide, parse_verdict, should_verify, verifier_request
+from policies.base import Candidate
 
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Result
 
-__all__ = ["LOGPROB_BACKENDS", "Cascade", "strip_logprobs"]
+__all__ = ["LOGPROB_BACKENDS", "Cascade", "cascade_headers", "routed_cost", "router_pick", "strip_logprobs"]
 
+#: The judge's instructions, counted into its predicted cost (the system prompt is about this long).
+_JUDGE_OVERHEAD = "x " * 110
 #: Backend kinds that return token log-probabilities when asked (``logprobs: true``).
 LOGPROB_BACKENDS = frozenset({"vllm", "openai"})
 
@@ -81,6 +86,9 @@ class Cascade:
         p = self.pipeline
         ladder = plan.decision.ranking
         if self.check is None or ctx.endpoint != "chat" or len(ladder) < 2:
+            if ctx.endpoint == "chat" and len(ladder) == 1:
+                ctx.cascade = "accepted"
+                ctx.cascade_reason = f"nothing to escalate to: {ladder[0].name} is the only candidate up"
             if not plan.fallbacks:
                 del ladder[1:]
             return await p._call(ctx, plan)
@@ -114,18 +122,21 @@ class Cascade:
                 prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed
             )
             why = ", ".join(verdict.reasons) or "nothing stood out"
-            if not verdict.escalate(threshold):
+            escalate = verdict.escalate(threshold)
+            judged = await self._verify(ctx, prompt, text, verdict.score, threshold, ladder[rung + 1])
+            if judged is not None:
+                escalate, why = judged[0], f"{judged[1]}; {why}"
+            if not escalate:
                 ctx.cascade = "accepted"
-                ctx.cascade_reason = f"score {verdict.score:.3f} < {threshold:.3f}: {why}"
+                ctx.cascade_reason = f"score {verdict.score:.3f} vs {threshold:.3f}: {why}"
                 return self._serve(ctx, backend, response, t0)
             ctx.cascade = "escalated"
-            ctx.cascade_reason = f"{cand.name} score {verdict.score:.3f} >= {threshold:.3f}: {why}"
+            ctx.cascade_reason = f"{cand.name} score {verdict.score:.3f} vs {threshold:.3f}: {why}"
             self._pay(ctx, cand.name, response.body)
             held = (backend, response, t0)
         if held is not None:  # every rung above the held answer failed: better that answer than none
             backend, response, t0 = held
             spent = ctx.cascade_attempts.pop()
-            ctx.attempts.append(backend.name)
             ctx.cascade = "accepted"
             ctx.cascade_reason = f"escalation failed ({spent.model} kept): {ctx.cascade_reason}"
             return self._serve(ctx, backend, response, t0)
@@ -146,8 +157,38 @@ class Cascade:
         with p.tracing.attempt(ctx, backend.name, stream=False):
             return await backend.complete(ctx.path, body)
 
-    def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any]) -> None:
-        """Record an escalated answer's tokens and cost (it is paid for although the client never sees it)."""
+    async def _verify(
+        self, ctx: RequestContext, prompt: str, answer: str, score: float, threshold: float, above: Candidate
+    ) -> tuple[bool, str] | None:
+        """The route's judge call, when it has one and it is worth it: ``(escalate, reason)``, or None (no call, or
+        no verdict: the check decides). The call is paid for like an attempt (outcome ``verifier``)."""
+        p = self.pipeline
+        route = p.router.routes.get(ctx.route or "")
+        cfg = route.verifier if route is not None else None
+        if cfg is None or cfg.model not in p.backends:
+            return None
+        vcfg = VerifierConfig(cfg.model, cfg.band, cfg.min_escalation_cost_usd, cfg.min_rating, cfg.max_tokens)
+        body = verifier_request(prompt, answer, vcfg)
+        judge_in = p.counter.count(_JUDGE_OVERHEAD + body["messages"][1]["content"])
+        estimate = p.price(cfg.model).cost(judge_in, cfg.max_tokens)
+        if not should_verify(score, threshold, float(above.cost_usd), float(estimate), vcfg):
+            return None
+        spec = p.settings.model(cfg.model)
+        body["model"] = spec.upstream_name if spec is not None else cfg.model
+        backend = p.backends[cfg.model]
+        try:
+            with p.tracing.attempt(ctx, backend.name, stream=False):
+                response = await backend.complete(ctx.path, body)
+        except UpstreamError as err:
+            p._attempt_failed(cfg.model, err)
+            return None
+        self._pay(ctx, cfg.model, response.body, "verifier")
+        reply = _answer_text(response.body)[0]
+        escalate, how = decide(score, threshold, parse_verdict(reply), vcfg)
+        return None if how == "check" else (escalate, how)
+
+    def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any], outcome: str = "escalated") -> None:
+        """Record a paid call whose answer the client never sees: an escalated answer, or the judge's verdict."""
         p = self.pipeline
         raw = body.get("usage")
         usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -156,7 +197,7 @@ class Cascade:
         if ct is None:
             ct = p.counter.count(_answer_text(body)[0])
         cost = p.price(model).cost(pt, int(ct))
-        ctx.cascade_attempts.append(AttemptCost(model, pt, int(ct), cost, "escalated"))
+        ctx.cascade_attempts.append(AttemptCost(model, pt, int(ct), cost, outcome))
 
     def _serve(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> Result:
         """Return a checked rung's answer: as it is, or replayed as SSE chunks to a streaming client."""
@@ -179,17 +220,26 @@ class Cascade:
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
 
 
+def cascade_headers(ctx: RequestContext, safe: Callable[[str], str]) -> dict[str, str]:
+    """What happened, for the client: ``x-gateway-cascade`` (accepted / escalated), why, and the models asked."""
+    return {
+        "x-gateway-cascade": ctx.cascade or "",
+        "x-gateway-cascade-reason": safe(ctx.cascade_reason),
+        "x-gateway-cascade-attempts": ",".join(ctx.attempts),
+    }
+
+
 def routed_cost(ctx: RequestContext, plan_pick: str | None, pipeline: Pipeline) -> Decimal | None:
     """What routing by the prompt router alone would have cost for this request: its pick's price on the tokens
     that model produced here, or, when it was not asked, on the final answer's tokens."""
     if plan_pick is None:
         return None
     for a in ctx.cascade_attempts:
-        if a.model == plan_pick:
+        if a.model == plan_pick and a.outcome == "escalated":
             return a.cost_usd
     u = ctx.usage
     if plan_pick == ctx.chosen_model:
-        return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # the served answer
     return pipeline.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
 
 

@@ -38,6 +38,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: server.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: server.port, 8080)")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes (default: server.workers)")] = None,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="serve a non-loopback address with auth off (refused otherwise)")
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
     _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
@@ -47,6 +50,8 @@ def serve(
     for flag, value in (("--host", host), ("--port", port), ("--workers", workers)):
         if value is not None:
             argv += [flag, str(value)]
+    if allow_unauthenticated:
+        argv.append("--allow-unauthenticated")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)  # the server process keeps none of the CLI's modules
@@ -64,15 +69,23 @@ def simulate(
     answer_rules: Annotated[
         Path | None, typer.Option(help="JSON file of per-prompt answer rules (refuse, truncate, low_confidence)")
     ] = None,
+    judge: Annotated[
+        Path | None, typer.Option(help="JSON file of the ground truth it judges by (gateway/simulator/judge.py)")
+    ] = None,
 ) -> None:
     """Run a SIMULATED OpenAI-compatible backend (a test and demo tool, not a model)."""
     from gateway.simulator import serve as serve_sim
     from gateway.simulator.answers import load_answer_rules
+    from gateway.simulator.judge import JudgeRules, parse_judge
 
     try:
         rules = load_answer_rules(answer_rules) if answer_rules is not None else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--answer-rules") from exc
+    try:
+        truth = parse_judge(json.loads(judge.read_text(encoding="utf-8"))) if judge is not None else JudgeRules()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--judge") from exc
 
     typer.echo(f"simulated backend '{profile}' on http://{host}:{port}/v1 (not a real model)", err=True)
     serve_sim(
@@ -84,6 +97,7 @@ def simulate(
         model_name=model_name,
         seed=seed,
         answer_rules=rules,
+        judge=truth,
     )
 
 
@@ -193,6 +207,9 @@ def _mount_optional() -> None:
     from gateway.cli_demo import mount as mount_demo
 
     mount_demo(app)  # demo
+    from gateway.cli_quality import quality_app
+
+    app.add_typer(quality_app, name="quality", help="The quality monitor's verdicts and feedback as router labels.")
     try:
         from gateway.cli_router import router_app
     except ImportError:

@@ -110,38 +110,80 @@ def _embedder(max_tokens: int) -> Embed:
 
 @router_app.command("adapt")
 def adapt_cmd(
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Adapted artifact directory to write.")],
     labels: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--labels", exists=True, dir_okay=False, help='JSONL rows {"prompt", "weak_score", "strong_score"}.'
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Adapted artifact directory to write.")],
+    ] = None,
+    from_ledger: Annotated[
+        bool, typer.Option("--from-ledger", help="Export the deployment's verdicts and feedback first (--config).")
+    ] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway YAML config (--from-ledger)")] = None,
     prior: Annotated[Path | None, typer.Option(help="Prior artifact directory (default: shipped).")] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (held-out figures, calibration).")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed (fold assignment).")] = 0,
 ) -> None:
-    """Fit a deployment router on LABELS on top of the prior; write it to OUT with its held-out figures."""
+    """Fit a deployment router on LABELS (or, with --from-ledger, on the labels the quality monitor and the
+    clients' feedback left in the ledger's database) on top of the prior; write it to OUT with its held-out
+    figures."""
     from policies.router.adapt import AdaptConfig, adapt, format_held_out
     from policies.router.data import file_sha256, load_records
     from policies.router.model import ARTIFACT_DIR, QualityRouter
 
+    if from_ledger == (labels is not None):
+        raise typer.BadParameter("give either --labels FILE or --from-ledger --config FILE", param_hint="--labels")
+    if labels is None:
+        labels = _export_ledger_labels(config, out)
     try:
         records = load_records(labels)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--labels") from exc
-    config = AdaptConfig(folds=folds, seed=seed)
+    adapt_config = AdaptConfig(folds=folds, seed=seed)
     base = QualityRouter.load(prior, encode=_tokenizer().encode)
     source = {"file": labels.name, "sha256": file_sha256(labels)}
+    if from_ledger:
+        source["from"] = "ledger"
     try:
         router = adapt(
-            records, base, _embedder(config.embed_max_tokens), config, source=source, prior_dir=prior or ARTIFACT_DIR
+            records,
+            base,
+            _embedder(adapt_config.embed_max_tokens),
+            adapt_config,
+            source=source,
+            prior_dir=prior or ARTIFACT_DIR,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--labels") from exc
     router.save(out)
     typer.echo(f"adapted router written to {out} ({len(records)} labelled prompts)")
     typer.echo(format_held_out(router.held_out))
+
+
+def _export_ledger_labels(config: Path | None, out: Path) -> Path:
+    """``gateway quality labels`` into ``OUT/labels.jsonl`` (kept beside the artifact: what it was trained on)."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.cli_quality import export_from_config
+    from gateway.errors import ConfigError
+
+    if config is None:
+        raise typer.BadParameter("--from-ledger needs --config (it finds the database)", param_hint="--config")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "labels.jsonl"
+    try:
+        n = asyncio.run(export_from_config(config, path, None, None))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        typer.echo(f"error: the database is unreachable: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{n} labels exported from the ledger to {path}")
+    return path
 
 
 @router_app.command("verify")

@@ -12,7 +12,7 @@ from gateway.auth import build_key_admission
 from gateway.config import Settings
 from gateway.hooks import Admission, NoCache, Recorder, ResponseCache
 from gateway.metrics import Metrics
-from gateway.tokens import TokenCounter
+from gateway.tokens import TiktokenCounter, TokenCounter
 
 if TYPE_CHECKING:
     from gateway.quality.monitor import QualityMonitor
@@ -74,6 +74,27 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
         check_queue=cache.checks if cache is not None and cache.semantic_routes else None,
     )
     await monitor.start()
+    every = gw.settings.quality.adapt_every_labels
+    artifact = gw.settings.router.artifact
+    engine = monitor.engine
+    if every is not None and artifact is not None and engine is not None and isinstance(counter, TiktokenCounter):
+        from pathlib import Path
+
+        from gateway.quality.adapting import BackgroundAdapter, fit_adapted
+        from gateway.runtime import reload_router
+
+        async def reload() -> object:
+            return await reload_router(gw)
+
+        monitor.adapter = BackgroundAdapter(
+            engine,
+            Path(artifact),
+            every,
+            fit_adapted(counter.encode, gw.settings.router.embed_max_tokens),
+            reload,
+            gw.settings.quality.report_interval_seconds,
+        )
+        monitor.adapter.start()
     return monitor
 
 

@@ -12,6 +12,7 @@ line naming the file, the key path and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from decimal import Decimal
@@ -61,6 +62,7 @@ class ModelSpec(_Strict):
     gpu_hour_usd: Decimal | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)
     context_window: int | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0, description="longest answer; bounds budget reserves")
     supports_tools: bool | None = None
     supports_vision: bool = False
     supports_json_mode: bool = True
@@ -110,6 +112,18 @@ class Weights(_Strict):
     latency: float = Field(1.0, ge=0)
 
 
+class CascadeVerifier(_Strict):
+    """A ``cascade`` route's optional judge call (``policies.answer_check.verifier``): asked only when the answer
+    check is unsure (score within ``band`` of the threshold) and escalating would cost at least
+    ``min_escalation_cost_usd`` and more than asking."""
+
+    model: str = Field(min_length=1, description="the configured model that judges")
+    band: float = Field(0.15, ge=0, le=1)
+    min_escalation_cost_usd: float = Field(0.002, ge=0)
+    min_rating: int = Field(7, ge=1, le=10, description="the judge's rating (1-10) from which an answer passes")
+    max_tokens: int = Field(12, ge=1)
+
+
 class RouteSpec(_Strict):
     """A name clients send as ``model`` that the gateway resolves per request."""
 
@@ -130,6 +144,7 @@ class RouteSpec(_Strict):
     quality_sample_rate: float | None = Field(
         None, ge=0, le=1, description="share judged by the quality monitor; default: quality.sample_rate"
     )
+    verifier: CascadeVerifier | None = Field(None, description="cascade routes: the optional judge call")
 
 
 class RetrySettings(_Strict):
@@ -161,6 +176,18 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
     upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")
+    head_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="a request's body must arrive within this")
+    keepalive_timeout_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections close after this")
+    max_connections: int = Field(2048, ge=1, description="connections and requests at once (beyond: 503)")
+    offload_bytes: int = Field(
+        64 * 1024, ge=0, description="bodies larger than this have their tokens counted off the event loop"
+    )
+    max_n: int = Field(8, ge=1, le=128, description="most completions per prompt a request may ask for (n)")
+    max_prompts: int = Field(32, ge=1, description="most prompts in one /v1/completions request")
+    allow_unauthenticated: bool = Field(
+        False, description="serve on a non-loopback address with auth off (refused otherwise); warned at every start"
+    )
 
 
 class CacheSettings(_Strict):
@@ -230,15 +257,15 @@ class RouterSettings(_Strict):
         None, description="router artifact directory (`gateway router adapt --out`); default: the shipped prior"
     )
     embed_timeout_ms: float = Field(
-        25.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
+        4.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
     )
     embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
 
 
 class AuthSettings(_Strict):
-    """Virtual keys. Off by default; ``GATEWAY_MASTER_KEY`` administers."""
+    """Virtual keys. On when ``GATEWAY_MASTER_KEY`` is set (unless set otherwise); the master key administers."""
 
-    enabled: bool = False
+    enabled: bool | None = Field(None, description="default: on when the master key is set; false with one: refused")
     master_key_env: str = "GATEWAY_MASTER_KEY"
     redis_url: str | None = Field(None, description="limits and budgets store; default: cache.redis_url")
     redis_prefix: str = "gw:auth:"
@@ -272,13 +299,16 @@ class QualitySettings(_Strict):
     judge_max_tokens: int = Field(512, ge=16)
     max_answer_chars: int = Field(8000, ge=100, description="answers are cut to this length in the judge's prompt")
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
+    adapt_every_labels: int | None = Field(
+        None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"
+    )
 
 
 class ResponsesSettings(_Strict):
     """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
 
     ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
-    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, in-process")
+    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
 
@@ -342,9 +372,13 @@ class Settings(BaseSettings):
             for model in spec.models or []:
                 if model not in names:
                     raise ValueError(f"routes.{route}.models: unknown model '{model}'")
+            if spec.verifier is not None and spec.verifier.model not in names:
+                raise ValueError(f"routes.{route}.verifier.model: unknown model '{spec.verifier.model}'")
         judge = self.quality.judge_model
         if judge is not None and judge not in names:
             raise ValueError(f"quality.judge_model: unknown model '{judge}'")
+        if self.quality.adapt_every_labels is not None and self.router.artifact is None:
+            raise ValueError("quality.adapt_every_labels needs router.artifact (where the adapted router goes)")
         return self
 
     def model(self, name: str) -> ModelSpec | None:
@@ -423,7 +457,47 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Set
         path = _loc_to_path(tuple(first["loc"]), data)
         raise ConfigError(f"{source}: {path}: {_describe(first)}{more}") from None
     _check_policies(settings, source)
+    return resolve_auth(settings, source)
+
+
+def resolve_auth(settings: Settings, source: str = "<config>") -> Settings:
+    """``settings`` with ``auth.enabled`` decided: unset means on exactly when the master key is set.
+
+    Raises:
+        ConfigError: ``auth.enabled`` is false while the master key is set (a contradiction: the operator
+            would believe the gateway protected).
+    """
+    has_master = bool(os.environ.get(settings.auth.master_key_env))
+    if settings.auth.enabled is False and has_master:
+        raise ConfigError(
+            f"{source}: auth.enabled: false, but {settings.auth.master_key_env} is set: a master key means auth is "
+            f"on (remove auth.enabled: false, or unset {settings.auth.master_key_env})"
+        )
+    if settings.auth.enabled is None:
+        return settings.model_copy(update={"auth": settings.auth.model_copy(update={"enabled": has_master})})
     return settings
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(settings: Settings, host: str) -> str | None:
+    """Why serving ``settings`` on ``host`` is refused (auth off on a non-loopback address, not explicitly
+    allowed), or None."""
+    if settings.auth.enabled or is_loopback_host(host) or settings.server.allow_unauthenticated:
+        return None
+    return (
+        f"refusing to serve on {host} with auth off: anyone who reaches it can use every model; set "
+        f"{settings.auth.master_key_env} (auth on), listen on 127.0.0.1, or allow it explicitly with "
+        "server.allow_unauthenticated: true (or --allow-unauthenticated)"
+    )
 
 
 def _check_policies(settings: Settings, source: str) -> None:

@@ -80,6 +80,7 @@ class RequestContext:
     api_key: str | None = None
     caller: Caller | None = None  # set by Admission.identify (None: keys are off, or not identified yet)
     key_id: str | None = None
+    spend_cap_usd: Decimal | None = None  # the most this request may cost (its budget reservation), if any
     team: str | None = None
     user: str | None = None
     # routing

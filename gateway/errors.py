@@ -119,16 +119,20 @@ class UpstreamError(GatewayError):
     """A backend failed. ``retryable`` tells the pipeline whether to try the next candidate.
 
     ``message`` (what the client sees) names the model, never its address; ``detail`` (the transport error,
-    the upstream's raw answer) is for the gateway's log only."""
+    the upstream's raw answer) is for the gateway's log only. ``reached``: the request may have reached the
+    backend (False only when the connection itself failed), in which case it is never sent there again."""
 
     status_code = 502
     error_type = "upstream_error"
     retryable: ClassVar[bool] = True
 
-    def __init__(self, message: str, *, backend: str = "", detail: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, backend: str = "", detail: str = "", reached: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.backend = backend
         self.detail = detail
+        self.reached = reached
 
 
 class UpstreamUnavailable(UpstreamError):

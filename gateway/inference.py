@@ -26,7 +26,7 @@ from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.frontdoors.base import FrontDoor
 from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
-from gateway.http_limits import head_size, refuse_oversized_head
+from gateway.http_limits import head_size, header_dict, refuse_oversized_head
 from gateway.pipeline import JSONResult, Result
 from gateway.runtime import Gateway
 
@@ -108,13 +108,21 @@ async def handle(
         await refuse_oversized_head(send, size, limit)
         return
     ex = _Exchange(receive, send, door)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     pipeline = gw.pipeline
+    try:
+        headers = header_dict(scope["headers"])
+        duplicate: InvalidRequest | None = None
+    except InvalidRequest as err:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers.pop("authorization", None)  # ambiguous: not read at all
+        duplicate = err
     ctx = pipeline.new_context(endpoint, headers)
     if door is not None:
         door.prepare(ctx)
     try:
         try:
+            if duplicate is not None:
+                raise duplicate
             await pipeline.identify(ctx)  # before the body is even read
             raw = await read_asgi_body(receive, headers, gw.settings.server.max_body_bytes)
             if door is not None:

@@ -83,6 +83,9 @@ class Metrics:
             "gateway_routing_decisions", "Routing decisions", ["route", "policy", "model"], registry=r
         )
         self.fallbacks = Counter("gateway_fallbacks", "Attempts that failed over", ["model"], registry=r)
+        self.cascade = Counter(
+            "gateway_cascade", "Cascade route answers, accepted or escalated", ["route", "outcome"], registry=r
+        )
         self.errors = Counter("gateway_errors", "Errors by type", ["type"], registry=r)
         self.cache_errors = Counter("gateway_cache_errors", "Cache store failures", ["op"], registry=r)
         self.ttft = Histogram(
@@ -137,6 +140,8 @@ class Metrics:
             child(self.saved, model).inc(float(ctx.saved_usd))
         if ctx.error_type:
             child(self.errors, ctx.error_type).inc()
+        if ctx.cascade is not None:
+            child(self.cascade, ctx.route or "-", ctx.cascade).inc()
         if ctx.chosen_model and ctx.cache_status not in ("hit", "semantic-hit") and ctx.status_code < 400:
             if ctx.ttft_s is not None:
                 child(self.ttft, model).observe(ctx.ttft_s)

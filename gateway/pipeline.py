@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
-from gateway.cascade import Cascade, routed_cost, router_pick
+from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import (
     AllCandidatesFailed,
+    BudgetExceeded,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -53,6 +54,7 @@ from gateway.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     InferenceRequest,
+    check_fan_out,
     load_json_object,
     validate,
 )
@@ -160,7 +162,12 @@ class Pipeline:
         try:
             self.parse(ctx, raw)
             await self.admission.admit(ctx)
-            feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+            if len(raw) > self.settings.server.offload_bytes:
+                # Counting a few MB of tokens takes seconds: in a thread (tiktoken releases the GIL) so the
+                # event loop keeps serving everyone else meanwhile.
+                feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
+            else:
+                feats = extract_features(ctx.endpoint, ctx.body, self.counter)
             ctx.prompt_tokens_estimate = feats.prompt_tokens
             if ctx.endpoint == "embeddings":
                 return await self._embeddings(ctx)
@@ -219,6 +226,7 @@ class Pipeline:
         request = validate(_VALIDATORS[ctx.endpoint], body)
         body.pop("gateway", None)  # ours: never forwarded
         ctx.constraints = Constraints.parse(ctx.headers, request.gateway)
+        check_fan_out(ctx.endpoint, body, self.settings.server.max_n, self.settings.server.max_prompts)
         ctx.stream = bool(body.get("stream"))
         if ctx.stream:
             opts = body.get("stream_options") or {}
@@ -244,6 +252,9 @@ class Pipeline:
         except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("router_embed").inc()
             log.debug("router embedding unavailable: %s", exc)
+        else:
+            if ctx.prompt_vector is None:  # the worker's queue is full
+                self.metrics.cache_errors.labels("router_embed_busy").inc()
         return ctx.prompt_vector
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
@@ -277,14 +288,19 @@ class Pipeline:
     async def _call(self, ctx: RequestContext, plan: Plan) -> Result:
         """Try the ranking in order until a candidate answers (the one attempt loop, streaming or not)."""
         last: UpstreamError | None = None
-        for attempt, cand in enumerate(self._attempt_order(plan)):
-            if attempt:
-                await self._backoff(attempt)
+        reached: set[str] = set()  # backends the request may have reached: a POST is never sent there again
+        for cand in self._attempt_order(plan):
+            if cand.name in reached:
+                continue
+            if ctx.attempts:
+                await self._backoff(len(ctx.attempts))
             ctx.attempts.append(cand.name)
             try:
                 return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:
                 self._attempt_failed(cand.name, err)
+                if err.reached:
+                    reached.add(cand.name)
                 last = err
                 if not is_retryable(err):
                     raise
@@ -320,6 +336,17 @@ class Pipeline:
         body["model"] = backend.name
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         self._set_usage(ctx, usage, body)
+        cap = ctx.spend_cap_usd
+        if (
+            cap is not None
+            and self.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens) > cap
+        ):
+            # the answer cost more than the key could still spend (an upstream ignoring max_tokens): charged,
+            # recorded, and not sent
+            raise BudgetExceeded(
+                f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
+                code="budget_exceeded_by_answer",
+            )
         ctx.finish_reason = _first_finish_reason(body)
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
@@ -345,6 +372,10 @@ class Pipeline:
         relay = ChunkRelay(ctx, backend.name, collect=self.cache.wants_stream(ctx))
         saw_done = False
         failed = False
+        cap = ctx.spend_cap_usd
+        price = self.price(backend.name) if cap is not None else None
+        chunks = chars = parts = 0
+        cut = False
         try:
             pending: bytes | None = first
             while True:
@@ -356,6 +387,20 @@ class Pipeline:
                     saw_done = True
                     break
                 out = relay.transform(data)
+                if price is not None and cap is not None:
+                    # Never trust the reserve alone (an upstream may ignore max_tokens): stop before sending
+                    # a chunk that takes the running cost past what the key reserved. Output so far counts
+                    # as at least one token per chunk.
+                    chunks += 1
+                    while parts < len(relay.text_parts):
+                        chars += len(relay.text_parts[parts])
+                        parts += 1
+                    tokens = max(chunks, chars // 4)
+                    if price.cost(ctx.prompt_tokens_estimate, tokens) > cap:
+                        raise BudgetExceeded(
+                            f"The stream was stopped: its cost passed the ${cap:f} this key could still spend.",
+                            code="budget_exceeded_mid_stream",
+                        )
                 if out is not None:
                     yield out
             if not saw_done:
@@ -368,6 +413,12 @@ class Pipeline:
             self.tracing.attempt_ended(ctx, err)
             self._attempt_failed(backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
+            ctx.error_type = type(err).__name__
+            ctx.error_message = err.message
+            yield error_event(err)
+        except BudgetExceeded as err:  # not the backend's fault: its breaker is untouched
+            cut = True
+            ctx.status_code = 200
             ctx.error_type = type(err).__name__
             ctx.error_message = err.message
             yield error_event(err)
@@ -388,7 +439,7 @@ class Pipeline:
                 total_s=ctx.elapsed() - t0,
                 completion_tokens=ctx.usage.completion_tokens,
             )
-            if not failed and relay.collected is not None:
+            if not failed and not cut and relay.collected is not None:
                 self.cache.store_stream(ctx, relay.collected)
             self.tracing.attempt_ended(ctx)  # the failed ones ended above
             if not failed and self.monitor is not None and self.monitor.wants(ctx):
@@ -525,9 +576,7 @@ class Pipeline:
         if ctx.cache_score is not None:
             headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
         if ctx.cascade is not None:
-            headers["x-gateway-cascade"] = ctx.cascade
-            headers["x-gateway-cascade-reason"] = _header_safe(ctx.cascade_reason)
-            headers["x-gateway-cascade-attempts"] = ",".join(ctx.attempts)
+            headers.update(cascade_headers(ctx, _header_safe))
         return headers
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -566,6 +615,13 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 async def drain_background() -> None:
     """Wait for requests still being recorded (called at shutdown, before the ledger closes)."""
     while _BACKGROUND:
+        await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
+
+
+async def wait_recorded() -> None:
+    """Wait until the requests being recorded now are (not those that start meanwhile): a caller that just got
+    its response may ask about it before its ledger row was queued."""
+    if _BACKGROUND:
         await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
 
 

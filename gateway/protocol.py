@@ -113,10 +113,27 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _require_contents(request: ChatCompletionRequest) -> None:
+    """Every message has ``content``, as the OpenAI API requires, except an assistant message that carries
+    tool calls (or a function call, or a refusal) instead."""
+    for i, m in enumerate(request.messages):
+        if m.content is not None:
+            continue
+        extra = m.model_extra or {}
+        if m.role == "assistant" and (m.tool_calls or extra.get("function_call") or extra.get("refusal")):
+            continue
+        param = f"messages[{i}].content"
+        raise InvalidRequest(
+            f"Missing required parameter: '{param}' (a '{m.role}' message needs content).",
+            param=param,
+            code="missing_required_parameter",
+        )
+
+
 def validate(model: type[M], body: dict[str, Any]) -> M:
     """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field."""
     try:
-        return model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = _param(tuple(err["loc"])) or None
@@ -125,6 +142,31 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         else:
             message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+    if isinstance(request, ChatCompletionRequest):
+        _require_contents(request)
+    return request
+
+
+def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
+    """How many prompts a request carries: a completions request may send a list (each gets ``n`` answers)."""
+    prompt = body.get("prompt") if endpoint == "completions" else None
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
+def check_fan_out(endpoint: str, body: dict[str, Any], max_n: int, max_prompts: int) -> None:
+    """Refuse a request asking for more completions than the server allows (``server.max_n`` per prompt,
+    ``server.max_prompts`` prompts): each is a 400 naming the field."""
+    n = body.get("n")
+    if isinstance(n, int) and n > max_n:
+        raise InvalidRequest(f"Invalid value for 'n': at most {max_n} on this gateway, got {n}.", param="n")
+    count = prompt_count(endpoint, body)
+    if count > max_prompts:
+        raise InvalidRequest(
+            f"Invalid value for 'prompt': at most {max_prompts} prompts per request on this gateway, got {count}.",
+            param="prompt",
+        )
 
 
 def load_json_object(raw: bytes) -> dict[str, Any]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -19,8 +20,10 @@ from starlette.responses import Response
 from gateway.admin_routes import _fresh, _iso, _ledger, _range
 from gateway.auth.admission import KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound
+from gateway.pipeline import wait_recorded
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.runtime import Gateway, describe_router
 
 router = APIRouter()
 _MAX_COMMENT = 2000
@@ -38,6 +41,19 @@ def _score(body: dict[str, Any]) -> float:
     if not isinstance(score, int | float) or not math.isfinite(score) or not 0 <= score <= 1:
         raise InvalidRequest("'score' must be a number from 0 to 1 (or true/false).", param="score")
     return float(score)
+
+
+def _router_state(gw: Gateway) -> dict[str, Any]:
+    """Which learned router routes: the shipped prior (calibrated on benchmark prompts, not on this traffic) or
+    one adapted to this deployment's labels."""
+    found = describe_router(gw.router.estimator)
+    kind = found.get("kind")
+    note = {
+        "adapted": "adapted to this deployment's labels; thresholds calibrated on them",
+        "prior": "the shipped prior: its operating points were calibrated on benchmark prompts, not on this "
+        "deployment's traffic (the estimates above are the measure)",
+    }.get(str(kind), "no learned router: heuristic difficulty")
+    return {"kind": kind, "version": found.get("version"), "note": note}
 
 
 @router.post("/v1/feedback")
@@ -62,19 +78,26 @@ async def post_feedback(request: Request) -> Response:
     ledger = _ledger(request)
     admission = gw.admission
     keys_enabled = isinstance(admission, KeyAdmission) and admission.enabled
-    await _fresh(ledger)
-    try:
-        found = await add_feedback(
-            ledger.db.engine,
-            request_id,
-            score,
-            comment[:_MAX_COMMENT] if comment else None,
-            key_id=ctx.key_id,
-            team=ctx.team,
-            keys_enabled=keys_enabled,
-        )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    await wait_recorded()
+    found = None
+    for attempt in range(2):  # a row another process recorded may still be in its queue: look once more
+        if attempt:
+            await asyncio.sleep(2 * ledger.settings.flush_interval_seconds)
+        await _fresh(ledger)
+        try:
+            found = await add_feedback(
+                ledger.db.engine,
+                request_id,
+                score,
+                comment[:_MAX_COMMENT] if comment else None,
+                key_id=ctx.key_id,
+                team=ctx.team,
+                keys_enabled=keys_enabled,
+            )
+        except (SQLAlchemyError, OSError):
+            raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+        if found is not None:
+            break
     if found is None:
         raise NotFound(f"No request '{request_id}' of this key.", param="request_id", code="request_not_found")
     return json_response(
@@ -126,6 +149,7 @@ async def admin_quality(request: Request) -> Response:
             "estimate_method": "(wins + ties) / samples, 95% Wilson interval; a route's figure counts the "
             "requests its reference answered as ties",
             "baseline_model": gw.settings.ledger.baseline_model,
+            "router": _router_state(gw),
             "monitor": status,
             "data": data,
         }

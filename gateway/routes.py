@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, NotFound
+from gateway.http_limits import header_dict
 from gateway.inference import read_asgi_body
 from gateway.runtime import Gateway
 
@@ -66,9 +67,8 @@ def _model_entry(gw: Gateway, name: str) -> dict[str, Any] | None:
 
 
 def context(request: Request) -> RequestContext:
-    """A request context for a route other than inference (the caller's key, its address for admin checks)."""
-    ctx = gateway_of(request).pipeline.new_context("chat", {k.lower(): v for k, v in request.headers.items()})
-    ctx.extra["client_host"] = request.client.host if request.client else None
+    """A request context for a route other than inference (the caller's key)."""
+    ctx = gateway_of(request).pipeline.new_context("chat", header_dict(request.scope["headers"]))
     return ctx
 
 

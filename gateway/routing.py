@@ -139,6 +139,10 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[ModelFacts], bool]], ...] = (
 )
 
 
+#: The limits of an explicit model's request: none but the request's own.
+_NO_ROUTE = RouteSpec()
+
+
 @dataclass(frozen=True, slots=True)
 class RouteFacts:
     """What the decide stage reads from a route, looked up once at start-up."""
@@ -314,7 +318,7 @@ class Router:
         route = self._routes.get(requested)
         if route is None:
             if requested in self.models:
-                return self._plan_model(requested, feats)
+                return self._plan_model(requested, feats, constraints)
             raise NotFound(f"The model '{requested}' does not exist.", param="model")
         estimator = self.estimator
         if estimator is not None:
@@ -349,11 +353,27 @@ class Router:
         strong = difficulty if estimator is not None else None
         return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks)
 
-    def _plan_model(self, name: str, feats: RequestFeatures) -> Plan:
+    def _plan_model(self, name: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
+        """An explicit model: it must serve chat/completions, have the capabilities the request needs and meet
+        the request's constraints (each a 400 naming what failed); fallbacks that do not are left out."""
         difficulty = 0.5  # an explicit choice: no ranking depends on the prompt's difficulty
-        fallbacks = [self.models[f] for f in self.models[name].spec.fallbacks if f in self.models]
+        model = self.models[name]
+        if model.spec.mode != "chat":
+            raise InvalidRequest(
+                f"The model '{name}' is an {model.spec.mode} model; it does not serve chat or text completions.",
+                param="model",
+                code="model_not_chat",
+            )
+        self._capable([model], feats)
+        if constraints.policy:
+            self.policy(constraints.policy)  # an unknown name is a 400 here too, though nothing is ranked
+        self._constrain([self.candidate(name, feats, difficulty)], constraints, _NO_ROUTE)
+        fallbacks = [self.models[f] for f in model.spec.fallbacks if f in self.models]
         try:
-            usable = [m.name for m in self._hard_filter(fallbacks, feats)]
+            usable = [m.name for m in self._hard_filter([m for m in fallbacks if m.spec.mode == "chat"], feats)]
+            if usable:
+                cands = [self.candidate(m, feats, difficulty) for m in usable]
+                usable = [c.name for c in self._constrain(cands, constraints, _NO_ROUTE)]
         except (NoRouteSatisfies, ContextLengthExceeded):
             usable = []
         ranking = [self.candidate(m, feats, difficulty) for m in [name, *usable]]
@@ -364,16 +384,7 @@ class Router:
         """Capabilities, context window and breakers; each with its own clear error."""
         if not members:
             return members
-        for needed, label, has in _CAPABILITIES:
-            if getattr(feats, needed):
-                capable = [m for m in members if has(m)]
-                if not capable:
-                    names = ", ".join(m.name for m in members)
-                    raise NoRouteSatisfies(
-                        f"No candidate model supports {label} (candidates: {names}).",
-                        param="tools" if label == "tool calling" else None,
-                    )
-                members = capable
+        members = self._capable(members, feats)
         need_out = feats.max_output_tokens or 1
         tokens = feats.prompt_tokens
         fits = [m for m in members if tokens * m.token_margin + need_out <= m.context_window]
@@ -386,6 +397,21 @@ class Router:
                 param="messages",
             )
         return [m for m in fits if m.is_up()] or fits  # all down: try anyway rather than fail without trying
+
+    @staticmethod
+    def _capable(members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
+        """The members with every capability the request needs, or a 400 naming the one none has."""
+        for needed, label, has in _CAPABILITIES:
+            if getattr(feats, needed):
+                capable = [m for m in members if has(m)]
+                if not capable:
+                    names = ", ".join(m.name for m in members)
+                    raise NoRouteSatisfies(
+                        f"No candidate model supports {label} (candidates: {names}).",
+                        param="tools" if label == "tool calling" else None,
+                    )
+                members = capable
+        return members
 
     @staticmethod
     def _constrain(cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:

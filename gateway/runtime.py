@@ -17,6 +17,7 @@ import aiohttp
 
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
+from gateway.accounting import SqlLedger
 from gateway.config import Settings
 from gateway.errors import InvalidRequest
 from gateway.frontdoors.store import ResponseStore, build_response_store
@@ -175,8 +176,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     for backend in backends.values():
         await backend.start()
     readiness = Readiness(backends, breakers, server.health_probe_seconds)
-    readiness.start()
-    responses = build_response_store(settings)
+    responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None)
     gw = Gateway(
         settings,
         http,

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, exposure_problem, is_loopback_host, load_settings
 from gateway.errors import ConfigError
+from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
 from gateway.logs import logging_config, setup_logging
 
 log = logging.getLogger("gateway.server")
@@ -24,6 +25,12 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
     import uvicorn
 
     setup_logging(settings.server.log_level)
+    bind = host or settings.server.host
+    if not settings.auth.enabled and not is_loopback_host(bind):  # allowed explicitly, or run() is not reached
+        log.warning(
+            "serving on %s with auth OFF (server.allow_unauthenticated): anyone who reaches it can use every model",
+            bind,
+        )
     n = workers or settings.server.workers
     if n > 1 and not (settings.cache.redis_url or settings.auth.redis_url):
         log.warning(
@@ -32,14 +39,19 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
             n,
         )
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+    limits = settings.server
+    os.environ[HEAD_TIMEOUT_ENV] = str(limits.head_timeout_seconds)  # read by each worker's protocol
+    os.environ[BODY_TIMEOUT_ENV] = str(limits.body_timeout_seconds)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
-        host=host or settings.server.host,
+        host=bind,
         port=port if port is not None else settings.server.port,
         workers=n,
         access_log=False,
-        http="httptools",
+        http=GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
+        timeout_keep_alive=int(max(1, limits.keepalive_timeout_seconds)),
+        limit_concurrency=limits.max_connections,
         ws="none",  # no websocket endpoints: do not load a websocket protocol
         log_config=logging_config(settings.server.log_level),  # applied in each worker process too
         timeout_graceful_shutdown=30,
@@ -53,12 +65,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--allow-unauthenticated", action="store_true", help="serve a non-loopback address, auth off")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.allow_unauthenticated:
+        server = settings.server.model_copy(update={"allow_unauthenticated": True})
+        settings = settings.model_copy(update={"server": server})
+        os.environ["GATEWAY_SERVER__ALLOW_UNAUTHENTICATED"] = "true"  # the workers read the config again
+    problem = exposure_problem(settings, args.host or settings.server.host)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     run(settings, args.config, args.host, args.port, args.workers)
 
 

@@ -306,6 +306,7 @@ def _request_attributes(ctx: RequestContext) -> dict[str, Any]:
         ("gateway.reason", ctx.reason or None),
         ("gateway.key_id", ctx.key_id),
         ("gateway.team", ctx.team),
+        ("gateway.api", ctx.api),
         ("error.type", ctx.error_type),
     ):
         if value:

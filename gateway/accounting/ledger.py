@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,7 +42,7 @@ from gateway.accounting.retention import Retention
 from gateway.accounting.rollup import ids_filter, rollup_upsert
 from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
 from gateway.config import LedgerSettings
-from gateway.context import RequestContext
+from gateway.context import AttemptCost, RequestContext
 from gateway.hooks import LogRecorder
 
 log = logging.getLogger("gateway.accounting")
@@ -85,7 +87,23 @@ def row_from_context(ctx: RequestContext) -> Row:
         "error_type": _cut(ctx.error_type, 64),
         "attempts": len(ctx.attempts),
         "row_key": uuid.uuid4().hex,
+        "cascade": ctx.cascade,
+        "cascade_attempts": _cascade_attempts(ctx),
+        "routed_cost_usd": ctx.routed_cost_usd,
     }
+
+
+def _cascade_attempts(ctx: RequestContext) -> str | None:
+    """A cascade request's paid attempts as JSON: each escalated answer, then the one served (None elsewhere)."""
+    if ctx.cascade is None:
+        return None
+    paid = [a.to_json() for a in ctx.cascade_attempts]
+    if ctx.chosen_model is not None:
+        final = ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        u = ctx.usage
+        outcome = "accepted" if ctx.cascade == "accepted" else "answered"
+        paid.append(AttemptCost(ctx.chosen_model, u.prompt_tokens, u.completion_tokens, final, outcome).to_json())
+    return json.dumps(paid, separators=(",", ":"))
 
 
 class SqlLedger:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.accounting.cascade_report import cascade_by_route
 from gateway.accounting.schema import (
     COUNT_COLUMNS,
     GRAINS_MS,
@@ -446,13 +447,16 @@ async def dashboard(
     start = start_ms if start_ms is not None else (await first_ts_ms(engine) or end - 3_600_000)
     width = bucket_seconds((end - start) / 1000)
     # Independent queries on separate pooled connections, at once: the refresh takes the slowest, not the sum.
-    tot, series, by_model, lat, top_keys, top_users = await asyncio.gather(
-        totals(engine, start_ms=start, end_ms=end),
-        timeseries(engine, start_ms=start, end_ms=end, bucket_s=width),
-        spend(engine, "model", start_ms=start, end_ms=end),
-        latency(engine, start_ms=start, end_ms=end, sample_rows=sample_rows),
-        spend(engine, "key", start_ms=start, end_ms=end, limit=10),
-        spend(engine, "user", start_ms=start, end_ms=end, limit=10),
+    (tot, series, by_model, lat, top_keys, top_users), cascade = await asyncio.gather(
+        asyncio.gather(
+            totals(engine, start_ms=start, end_ms=end),
+            timeseries(engine, start_ms=start, end_ms=end, bucket_s=width),
+            spend(engine, "model", start_ms=start, end_ms=end),
+            latency(engine, start_ms=start, end_ms=end, sample_rows=sample_rows),
+            spend(engine, "key", start_ms=start, end_ms=end, limit=10),
+            spend(engine, "user", start_ms=start, end_ms=end, limit=10),
+        ),
+        cascade_by_route(engine, start_ms=start, end_ms=end),
     )
     hit_rate = tot.cache_hits / tot.requests if tot.requests else 0.0
     return {
@@ -467,6 +471,7 @@ async def dashboard(
         "latency": lat,
         "top_keys": [r.to_json() for r in top_keys],
         "top_users": [r.to_json() for r in top_users],
+        "cascade": cascade,
     }
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -100,6 +101,11 @@ ledger = Table(
     Column("attempts", Integer, nullable=False),
     # Written once per row by the gateway: a batch retried after a commit whose reply was lost is not written twice.
     Column("row_key", String(32), comment="unique per row; NULL in rows older than schema version 2"),
+    # Cascade routes (revision 0006): the answer check's decision, every paid attempt (JSON: model, tokens,
+    # cost_usd, outcome), and what the prompt router alone would have paid for the same request.
+    Column("cascade", String(16), comment="cascade routes: accepted | escalated"),
+    Column("cascade_attempts", Text, comment="cascade routes: JSON list, one entry per paid attempt"),
+    Column("routed_cost_usd", Money(), comment="cascade routes: the prompt router's pick's cost"),
 )
 Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)

@@ -8,16 +8,14 @@ every request. Revocation is visible on every replica at once when limits live i
 set is checked in the same atomic call as the limits); without Redis, a revocation made through this
 process's admin API is immediate here, and other processes see it within ``auth.key_cache_seconds``.
 
-Admin endpoints (``authorize_admin``): with ``auth.enabled`` they need the master key (and refuse
-everyone if none is set). With keys off they need the master key if ``GATEWAY_MASTER_KEY`` is set, and
-are otherwise open to loopback clients only.
+Admin endpoints (``authorize_admin``) always need the master key; without one configured they are off.
+A master key turns keys on (``auth.enabled`` unset); ``auth.enabled: false`` with one is refused at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -33,16 +31,16 @@ from cache.base import StoreError
 from gateway.accounting.db import Database
 from gateway.auth.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, Reservation, from_nano, to_nano
-from gateway.config import Settings
+from gateway.config import Settings, resolve_auth
 from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
-from gateway.pricing import Price, static_price
+from gateway.pricing import static_price
+from gateway.protocol import prompt_count
 
 log = logging.getLogger("gateway.auth")
 
 MASTER_KEY_ID = "master"
 _RESERVATION = "gw_reservation"
-_TEST_CLIENT = "testclient"  # Starlette's TestClient peer name: not reachable over a network
 
 
 class ServiceUnavailable(GatewayError):
@@ -51,18 +49,6 @@ class ServiceUnavailable(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "auth_store_unavailable"
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether a peer address is this machine."""
-    if not host:
-        return False
-    if host in ("localhost", _TEST_CLIENT):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)
@@ -138,37 +124,44 @@ class KeyCache:
 
 
 class ReserveEstimator:
-    """A conservative cost of a request before routing: the dearest candidate model's price for the
-    prompt's size (about 3 characters per token) plus ``max_tokens`` (or ``auth.reserve_completion_tokens``)."""
+    """The worst-case cost of a request before routing: the dearest candidate model's price for the prompt's
+    size (about 3 characters per token) plus every completion it may produce, i.e. prompts x ``n`` x the
+    output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context window, else
+    ``auth.reserve_completion_tokens``)."""
 
     def __init__(self, settings: Settings) -> None:
         prices = {m.name: static_price(m) for m in settings.models}
         fallbacks = {m.name: m.fallbacks for m in settings.models}
+        self._out_limit = {
+            m.name: m.max_output_tokens or m.context_window or settings.auth.reserve_completion_tokens
+            for m in settings.models
+        }
 
-        def reach(names: list[str]) -> list[Price]:
-            seen = list(dict.fromkeys(names + [f for n in names for f in fallbacks.get(n, [])]))
-            return [prices[n] for n in seen if n in prices]
+        def reach(names: list[str]) -> list[str]:
+            return [n for n in dict.fromkeys(names + [f for n in names for f in fallbacks.get(n, [])]) if n in prices]
 
-        self._by_name: dict[str, list[Price]] = {name: reach([name]) for name in prices}
+        self._prices = prices
+        self._by_name: dict[str, list[str]] = {name: reach([name]) for name in prices}
         for route, spec in settings.resolved_routes().items():
             self._by_name[route] = reach(list(spec.models or []))
-        self._all = list(prices.values())
-        self._default_completion = settings.auth.reserve_completion_tokens
+        self._all = list(prices)
 
     def estimate(self, ctx: RequestContext) -> Decimal:
         """USD to reserve for ``ctx`` (its body parsed)."""
         body = ctx.body
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         prompt = len(orjson.dumps(payload)) // 3 + 16
+        names = self._by_name.get(ctx.requested_model) or self._all
         if ctx.endpoint == "embeddings":
-            completion = 0
-        else:
-            limit = body.get("max_completion_tokens") or body.get("max_tokens")
-            per_choice = int(limit) if isinstance(limit, int) and limit > 0 else self._default_completion
-            n = body.get("n")
-            completion = per_choice * (int(n) if isinstance(n, int) and n > 0 else 1)
-        prices = self._by_name.get(ctx.requested_model) or self._all
-        return max((p.cost(prompt, completion) for p in prices), default=Decimal(0))
+            return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        n = body.get("n")
+        choices = (int(n) if isinstance(n, int) and n > 0 else 1) * prompt_count(ctx.endpoint, body)
+        worst = Decimal(0)
+        for m in names:
+            per_choice = int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]
+            worst = max(worst, self._prices[m].cost(prompt, per_choice * choices))
+        return worst
 
 
 def _usd(nano: int) -> str:
@@ -188,7 +181,7 @@ class KeyAdmission:
         shared: bool,
     ) -> None:
         self.settings = settings
-        self.enabled = settings.auth.enabled
+        self.enabled = settings.auth.enabled if settings.auth.enabled is not None else master_key is not None
         self.store = store
         self.limiter = limiter
         self.shared = shared  # limits live in Redis (shared by replicas)
@@ -272,6 +265,8 @@ class KeyAdmission:
             raise ServiceUnavailable("The rate-limit store is unreachable; try again shortly.") from None
         if verdict.outcome == "ok":
             ctx.extra[_RESERVATION] = verdict.reservation
+            if limits.budget_nano is not None:  # the pipeline cuts a stream or an answer that costs more
+                ctx.spend_cap_usd = from_nano(reserve)
             return
         if verdict.outcome == "revoked":
             self.cache.invalidate(caller.key_id)
@@ -311,22 +306,15 @@ class KeyAdmission:
             log.error("could not settle %s for key %s (%s)", ctx.request_id, reservation.key_id, exc)
 
     async def authorize_admin(self, ctx: RequestContext) -> None:
-        """Master key required when set (always when keys are on); else loopback clients only."""
+        """The master key, always (a loopback peer may be a reverse proxy); none configured: admin is off."""
         if self._master is not None:
             if self.is_master(ctx.api_key):
                 return
             if ctx.api_key and ctx.api_key.startswith(KEY_PREFIX):
                 raise Forbidden("This endpoint needs the master key; a virtual key cannot use it.")
             raise Unauthorized("This endpoint needs the master key: send 'Authorization: Bearer <master key>'.")
-        if self.enabled:
-            raise Unauthorized(
-                f"Admin endpoints are disabled: set {self.settings.auth.master_key_env} to administer the gateway."
-            )
-        if is_loopback(ctx.extra.get("client_host")):
-            return
-        raise Forbidden(
-            f"Admin endpoints are open to loopback clients only; set {self.settings.auth.master_key_env} "
-            "to administer the gateway remotely."
+        raise Unauthorized(
+            f"Admin endpoints are off: set {self.settings.auth.master_key_env} to administer the gateway."
         )
 
     # -- administration --------------------------------------------------------------------------------
@@ -385,6 +373,8 @@ async def build_key_admission(settings: Settings, db: Database) -> KeyAdmission:
         if settings.auth.enabled:
             log.info("no Redis configured: rate limits and budgets are enforced per process")
     master = os.environ.get(settings.auth.master_key_env) or None
+    if settings.auth.enabled is None:
+        settings = resolve_auth(settings)
     if settings.auth.enabled and master is None:
         log.warning("auth is enabled but %s is not set: admin endpoints are refused", settings.auth.master_key_env)
     return KeyAdmission(settings, KeyStore(db), limiter, master_key=master, shared=bool(url))

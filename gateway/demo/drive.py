@@ -64,8 +64,9 @@ async def drive(
     concurrency: int,
     stop: asyncio.Event,
     progress: Progress | None = None,
+    api_key: str | None = None,
 ) -> list[ClientResult]:
-    """Send every request (at most ``concurrency`` at once) until done or ``stop`` is set."""
+    """Send every request (at most ``concurrency`` at once) until done or ``stop`` is set, with ``api_key``."""
     queue: asyncio.Queue[DemoRequest] = asyncio.Queue()
     for req in workload:
         queue.put_nowait(req)
@@ -87,7 +88,8 @@ async def drive(
                 failed = sum(1 for r in results if r.error is not None or r.status >= 400 or r.status == 0)
                 progress.update(task_id, advance=1, status=f"cache hits {hits}  failed {failed}")
 
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(max(1, concurrency))))
     return results
 

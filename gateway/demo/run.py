@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -191,8 +192,18 @@ async def _start_gateway(config_path: Path, sock: socket.socket) -> tuple[QuietS
     return server, task, app.state.gateway
 
 
+def _master_key() -> str:
+    """The demo's master key: ``GATEWAY_MASTER_KEY`` if set, else a fresh one set for this process (auth is on
+    with it, and the dashboard and admin endpoints need it)."""
+    key = os.environ.get("GATEWAY_MASTER_KEY")
+    if not key:
+        key = os.environ["GATEWAY_MASTER_KEY"] = "sk-demo-" + secrets.token_hex(16)
+    return key
+
+
 def _urls(console: Console, base: str, workdir: Path, config_path: Path, temporary: bool) -> None:
     console.print()
+    console.print(f"[bold]Master key[/]            {_master_key()} (the dashboard asks for it; auth is on)")
     console.print(f"[bold]Gateway (OpenAI API)[/]  {base}/v1")
     console.print(f"[bold]Dashboard[/]             {base}/dashboard")
     console.print(f"[bold]Metrics[/]               {base}/metrics")
@@ -203,7 +214,11 @@ def _urls(console: Console, base: str, workdir: Path, config_path: Path, tempora
     )
     console.print(f"  gateway spend --config {config_path}")
     body = '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}'
-    console.print(f"  curl {base}/v1/chat/completions -H 'content-type: application/json' -d '{body}'", soft_wrap=True)
+    console.print(
+        f"  curl {base}/v1/chat/completions -H 'authorization: Bearer {_master_key()}' "
+        f"-H 'content-type: application/json' -d '{body}'",
+        soft_wrap=True,
+    )
 
 
 async def run_demo(opts: DemoOptions, console: Console) -> int:
@@ -240,6 +255,7 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
         config_path = workdir / "gateway.yaml"
         config = demo_config(urls, workdir, opts.host, port)
         config_path.write_text("# written by `gateway demo`\n" + yaml.safe_dump(config, sort_keys=False), "utf-8")
+        _master_key()  # before the gateway is built: auth is on with it
         server, task, gw = await _start_gateway(config_path, sock)
         console.print(f"  gateway              {base}/v1 (in-process cache, SQLite ledger in {workdir})")
         try:
@@ -280,7 +296,9 @@ async def _workload(
     start_ms = int(time.time() * 1000) - 1
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
-        results = await drive(base, workload, concurrency=opts.concurrency, stop=stop, progress=progress)
+        results = await drive(
+            base, workload, concurrency=opts.concurrency, stop=stop, progress=progress, api_key=_master_key()
+        )
     wall = time.perf_counter() - t0
     if stop.is_set():
         console.print("Interrupted.")

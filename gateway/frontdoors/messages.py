@@ -55,8 +55,8 @@ class Metadata(_Open):
     user_id: StrictStr | None = None
 
 
-class MessagesRequest(_Open):
-    """``POST /v1/messages`` (``max_tokens`` optional only for ``count_tokens``)."""
+class CountTokensRequest(_Open):
+    """``POST /v1/messages/count_tokens``: a Messages request whose ``max_tokens`` may be left out."""
 
     model: StrictStr = Field(min_length=1)
     messages: list[InputMessage] = Field(min_length=1)
@@ -74,19 +74,24 @@ class MessagesRequest(_Open):
     gateway: dict[str, Any] | None = None
 
 
+class MessagesRequest(CountTokensRequest):
+    """``POST /v1/messages``."""
+
+    max_tokens: StrictInt = Field(ge=1)
+
+
 def new_id(prefix: str = "msg") -> str:
     """An id in Anthropic's style (``msg_…``, ``toolu_…``)."""
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def parse_request(body: dict[str, Any], *, count_only: bool = False) -> MessagesRequest:
-    """Validate a Messages request body; 400 naming the first bad or unsupported field."""
+def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTokensRequest:
+    """Validate a Messages request body (``max_tokens`` required unless ``count_only``); 400 naming the first
+    bad or unsupported field."""
     for name, message in _UNSUPPORTED.items():
         if body.get(name):
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
-    req = validate(MessagesRequest, body)
-    if req.max_tokens is None and not count_only:
-        raise InvalidRequest("Missing required parameter: 'max_tokens'.", param="max_tokens")
+    req = validate(CountTokensRequest if count_only else MessagesRequest, body)
     if req.thinking is not None and req.thinking.get("type") != "disabled":
         raise InvalidRequest("Extended thinking is not supported by this gateway.", param="thinking")
     return req
@@ -215,7 +220,7 @@ def _tool_choice(choice: dict[str, Any], body: dict[str, Any]) -> None:
         body["parallel_tool_calls"] = False
 
 
-def to_chat(req: MessagesRequest) -> dict[str, Any]:
+def to_chat(req: CountTokensRequest) -> dict[str, Any]:
     """The chat-completions body for ``req``."""
     messages: list[dict[str, Any]] = []
     if req.system:
@@ -277,7 +282,7 @@ def usage_of(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     }
 
 
-def from_chat(req: MessagesRequest, completion: dict[str, Any]) -> dict[str, Any]:
+def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, Any]:
     """A chat completion as Anthropic's message object."""
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}

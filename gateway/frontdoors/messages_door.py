@@ -27,7 +27,7 @@ class MessagesDoor:
     api = "messages"
 
     def __init__(self) -> None:
-        self.req: ms.MessagesRequest | None = None
+        self.req: ms.CountTokensRequest | None = None
 
     def prepare(self, ctx: RequestContext) -> None:
         ctx.api = self.api
@@ -43,11 +43,12 @@ class MessagesDoor:
     async def render(self, ctx: RequestContext, result: Result) -> Result:
         req = self.req
         assert req is not None
+        headers = {**result.headers, "request-id": ctx.request_id}  # where the Anthropic SDK reads it
         if isinstance(result, JSONResult):
-            return JSONResult(ms.from_chat(req, result.body), result.headers, result.status)
+            return JSONResult(ms.from_chat(req, result.body), headers, result.status)
         model = ctx.chosen_model or req.model
         frames = render_stream(result.frames, model, ctx.prompt_tokens_estimate, req.stop_sequences)
-        return StreamResult(frames, result.headers)
+        return StreamResult(frames, headers)
 
     def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
         return ms.error_body(err, request_id)

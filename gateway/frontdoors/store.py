@@ -6,7 +6,8 @@ caller's virtual key, or one tenant when keys are off) with a TTL: the tenant is
 so another key can neither read nor continue a response, and cannot even tell that it exists.
 
 Redis when one is configured (``responses.redis_url``, default ``cache.redis_url``), shared by every
-replica; else an in-process store bounded to ``responses.max_entries``.
+replica; else the ledger's database (:mod:`gateway.frontdoors.sql_store`); an in-process store bounded to
+``responses.max_entries`` only for a runtime without a database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.accounting.db import Database
 from gateway.config import Settings
 from gateway.errors import GatewayError
 
@@ -126,10 +128,14 @@ def _translated() -> Iterator[None]:
         raise StoreUnavailable(f"The response store is unavailable: {exc or type(exc).__name__}.") from exc
 
 
-def build_response_store(settings: Settings) -> ResponseStore:
-    """The store the settings ask for."""
+def build_response_store(settings: Settings, db: Database | None = None) -> ResponseStore:
+    """Redis when configured, else the ledger's database ``db`` when there is one, else in process."""
     cfg = settings.responses
     url = cfg.redis_url or settings.cache.redis_url
     if url:
         return RedisResponseStore(url, cfg.redis_prefix, cfg.ttl_seconds)
+    if db is not None:
+        from gateway.frontdoors.sql_store import SqlResponseStore
+
+        return SqlResponseStore(db, cfg.ttl_seconds)
     return MemoryResponseStore(cfg.ttl_seconds, cfg.max_entries)

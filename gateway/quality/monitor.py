@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from cache.learn import Learner
+    from gateway.quality.adapting import BackgroundAdapter
 
 log = logging.getLogger("gateway.quality")
 
@@ -152,6 +153,8 @@ class QualityMonitor:
         self._rng = rng or random.Random()
         self._tasks: list[asyncio.Task[None]] = []
         self.in_progress = 0
+        #: Opt-in background adaptation of the router (``quality.adapt_every_labels``), set by the factory.
+        self.adapter: BackgroundAdapter | None = None
 
     # -- the request path (both calls are cheap and never raise) ------------------------------------------
 
@@ -215,6 +218,8 @@ class QualityMonitor:
 
     async def aclose(self) -> None:
         """Stop the workers (samples still queued are dropped)."""
+        if self.adapter is not None:
+            await self.adapter.aclose()
         if self._checker is not None:
             await self._checker.aclose()
         for t in self._tasks:
@@ -235,6 +240,7 @@ class QualityMonitor:
         from gateway.quality.report import quality_report
 
         assert self.engine is not None
+        await self._load_spend(self.engine)  # other replicas' monitoring spend today, as the ledger has it
         start = int((time.time() - GAUGE_WINDOW_S) * 1000)
         rows = await quality_report(self.engine, "route", reference=self.reference, start_ms=start)
         self.gauges.update([r for r in rows if r["route"] in self.reference], self.spend.spent_usd)

@@ -437,6 +437,7 @@ def serve(
     seed: int = 0,
     faults: FaultConfig | dict[str, Any] | str | None = None,
     answer_rules: list[AnswerRule] | list[dict[str, Any]] | dict[str, Any] | None = None,
+    judge: JudgeRules | dict[str, Any] | None = None,
     log_level: str = "info",
 ) -> None:
     """Run a simulator under uvicorn until interrupted (blocking).
@@ -454,6 +455,7 @@ def serve(
         seed=seed,
         faults=faults,
         answer_rules=answer_rules,
+        judge=judge,
     )
     prof = app.state.sim.profile
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -206,6 +206,8 @@ class AdaptedRouter:
         lin = self._linear
         if vector is None and self.embed is not None:
             vector = self.embed([prompt])[0]
+        if vector is not None and np.shape(vector) != self._w_embed64.shape:
+            vector = None  # another embedding model's vector: the stand-in rather than a wrong score
         term = lin.embed_mean if vector is None else float(np.dot(self._w_embed64, vector))
         return lin.bias + lin.w_prior * self.prior.logit(prompt, ids) + term
 

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.router import features, metrics
+from policies.router.anchors import ANCHOR_BENCHMARK, anchor_records
 from policies.router.data import Record, file_sha256, group_ids, grouped_folds, load_records
 from policies.router.linear import Design, LinearFit, fit_logistic
 
@@ -69,6 +70,10 @@ class TrainConfig:
     #: 1 = per prompt); 0.5 keeps MMLU from dominating without resting a third on 120 MT-Bench rows.
     calibration_power: float = 0.5
     max_iter: int = 300
+    #: add the anchor rows of :mod:`policies.router.anchors` (easy arithmetic, proofs) to the training data.
+    anchors: bool = True
+    #: weight of each anchor row relative to a benchmark prompt's.
+    anchor_weight: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,13 @@ def sample_weights(records: Sequence[Record], power: float) -> FloatArray:
     return np.asarray(w / w.mean())
 
 
+def _weights(records: Sequence[Record], config: TrainConfig) -> FloatArray:
+    """Training weights: :func:`sample_weights`, the anchor rows times ``config.anchor_weight`` (mean 1)."""
+    w = sample_weights(records, config.benchmark_power)
+    w = np.where([r.benchmark == ANCHOR_BENCHMARK for r in records], w * config.anchor_weight, w)
+    return np.asarray(w / w.mean())
+
+
 def load_encoding(name: str = ENCODING) -> Encoding:
     """The tiktoken encoding ``name``. Offline only where ``TIKTOKEN_CACHE_DIR`` points at a copy of it
     (``gateway.tokens.load_counter`` points it at litellm's bundled one)."""
@@ -135,7 +147,8 @@ def _design(feats: _Featurised, rows: NDArray[np.int64], vocab: list[int], mean:
     for i in rows:
         ids = sorted(index[g] for g in feats.grams[i] if g in index)
         indices.extend(ids)
-        values.extend([features.token_value(len(ids))] * len(ids))
+        if ids:  # a prompt with no in-vocabulary token ("Hi") has only its cues
+            values.extend([features.token_value(len(ids))] * len(ids))
         indptr.append(len(indices))
     return Design(
         indptr=np.array(indptr, dtype=np.int64),
@@ -172,7 +185,7 @@ def cross_val_scores(
         feats = _featurise(records, encoding)
     folds = grouped_folds(group_ids(records), config.folds, config.seed)
     y = targets(records, config)
-    w = sample_weights(records, config.benchmark_power)
+    w = _weights(records, config)
     oof = np.zeros(len(records))
     for k in range(config.folds):
         train_rows = np.nonzero(folds != k)[0]
@@ -222,6 +235,8 @@ def train_router(
     """
     config = config or TrainConfig()
     records = load_records(data)
+    if config.anchors:
+        records = records + anchor_records()
     if len(records) < 2 * config.folds:
         raise ValueError(f"need at least {2 * config.folds} records, got {len(records)}")
     encoding = encoding if encoding is not None else load_encoding()
@@ -229,11 +244,14 @@ def train_router(
         raise ValueError(f"the router reads {ENCODING} ids, not {encoding.name}")
     feats = _featurise(records, encoding)
     oof = cross_val_scores(records, config, feats)
-    report = benchmark_report(records, oof)
+    # The figures and the calibration table are the benchmarks' (the anchors only teach).
+    real = np.array([r.benchmark != ANCHOR_BENCHMARK for r in records])
+    bench_records = [r for r in records if r.benchmark != ANCHOR_BENCHMARK]
+    report = benchmark_report(bench_records, oof[real])
 
     all_rows = np.arange(len(records), dtype=np.int64)
     y = targets(records, config)
-    w = sample_weights(records, config.benchmark_power)
+    w = _weights(records, config)
     final = _fit(feats, all_rows, y, w, config)
     # Fold the cue standardisation into the weights and bias: z = cues @ w_c + bias.
     w_cue = final.fit.w_dense / final.cue_std
@@ -246,10 +264,10 @@ def train_router(
         w_ngram=final.fit.w_sparse.astype(np.float32),
         w_cue=w_cue,
         bias=np.array([bias]),
-        calib_scores=oof.astype(np.float32),
-        calib_weights=sample_weights(records, config.calibration_power).astype(np.float32),
-        calib_weak=np.array([r.weak for r in records], dtype=np.float32),
-        calib_strong=np.array([r.strong for r in records], dtype=np.float32),
+        calib_scores=oof[real].astype(np.float32),
+        calib_weights=sample_weights(bench_records, config.calibration_power).astype(np.float32),
+        calib_weak=np.array([r.weak for r in bench_records], dtype=np.float32),
+        calib_strong=np.array([r.strong for r in bench_records], dtype=np.float32),
     )
     metadata: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
@@ -258,8 +276,9 @@ def train_router(
         "training_data": {
             "file": data.name,
             "sha256": file_sha256(data),
-            "rows": len(records),
-            "benchmarks": dict(sorted(Counter(r.benchmark for r in records).items())),
+            "rows": len(bench_records),
+            "anchor_rows": len(records) - len(bench_records),
+            "benchmarks": dict(sorted(Counter(r.benchmark for r in bench_records).items())),
         },
         "config": asdict(config),
         "features": {

@@ -36,9 +36,10 @@ async def wait_rows(client: httpx.AsyncClient, n: int) -> dict[str, Any]:
     raise AssertionError(f"ledger has {body['totals']['requests']} rows, expected {n}")
 
 
-async def test_ledger_totals_equal_tokens_times_price(db_url: str) -> None:
-    settings = make_settings(db_url)
+async def test_ledger_totals_equal_tokens_times_price(db_url: str, master_key: str) -> None:
+    settings = make_settings(db_url, auth=True)
     async with gateway_client(settings) as (client, gw):
+        client.headers["authorization"] = f"Bearer {master_key}"  # admin needs it (and it turns auth on)
         gw.pipeline.cache = DictCache()
         sent: list[tuple[str, dict[str, Any], int]] = []  # (model, body, expected status)
 
@@ -56,7 +57,7 @@ async def test_ledger_totals_equal_tokens_times_price(db_url: str) -> None:
         await send(chat("gpt4o", "priced by litellm", max_tokens=9))
         await send(chat("hosted-nousage", "count these tokens yourself", max_tokens=6))
         await send(chat("hosted-nousage", "and these streamed", stream=True, max_tokens=7))
-        await send(chat("broken", "fails upstream"), status=500)
+        await send(chat("broken", "fails upstream"), status=502)
         await send(chat("no-such-model", "unknown"), status=404)
         cached = chat("hosted-a", "cache me", max_tokens=4)
         await send(cached)

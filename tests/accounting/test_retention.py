@@ -92,23 +92,25 @@ async def test_drill_down_reads_raw_rows(db_url: str) -> None:
     await led.aclose()
 
 
-async def test_drill_down_endpoints(db_url: str) -> None:
-    from tests.accounting.conftest import chat, gateway_client, make_settings
+async def test_drill_down_endpoints(db_url: str, master_key: str, redis_prefix: str) -> None:
+    from tests.accounting.conftest import auth_header, chat, gateway_client, make_settings
 
-    async with gateway_client(make_settings(db_url)) as (client, _gw):
-        r = await client.post("/v1/chat/completions", json=chat("hosted-a", max_tokens=3))
+    admin = auth_header(master_key)
+    async with gateway_client(make_settings(db_url, auth=True, redis_prefix=redis_prefix)) as (client, _gw):
+        r = await client.post("/v1/chat/completions", json=chat("hosted-a", max_tokens=3), headers=admin)
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
-        recent = await client.get("/admin/requests", params={"limit": 5})
+        recent = await client.get("/admin/requests", params={"limit": 5}, headers=admin)
         assert recent.status_code == 200, recent.text
         assert [row["request_id"] for row in recent.json()["data"]] == [request_id]
-        one = await client.get(f"/admin/requests/{request_id}")
+        one = await client.get(f"/admin/requests/{request_id}", headers=admin)
         assert one.status_code == 200 and one.json()["data"][0]["chosen_model"] == "hosted-a"
-        assert (await client.get("/admin/requests/unknown")).status_code == 404
-        bad = await client.get("/admin/requests", params={"limit": "0"})
+        assert (await client.get("/admin/requests/unknown", headers=admin)).status_code == 404
+        bad = await client.get("/admin/requests", params={"limit": "0"}, headers=admin)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
-        bad = await client.get("/admin/requests", params={"before": "soon"})
+        bad = await client.get("/admin/requests", params={"before": "soon"}, headers=admin)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
+        assert (await client.get("/admin/requests")).status_code == 401
 
 
 async def test_dashboard_data_adds_up(db_url: str) -> None:

@@ -71,3 +71,19 @@ async def test_embedding_runs_off_the_event_loop_with_a_bound_and_a_timeout() ->
     vec = await pending
     assert vec is not None and vec.shape == (2,)
     enc.close()
+
+
+def test_token_states_match_the_sentence_vector(embedder: Embedder) -> None:
+    from cache.minilm import MiniLMEmbedder
+
+    if not isinstance(embedder, MiniLMEmbedder):
+        pytest.skip("token states are a MiniLM feature")
+    states = embedder.embed_tokens(TEXTS[:2])
+    assert len(states) == 2 and embedder.embed_tokens([]) == []
+    first = states[0]
+    assert first.tokens[:2] == ("how", "do") and first.tokens[-1] == "?"  # [CLS] and [SEP] dropped
+    assert first.states.shape == (len(first.tokens), 384)
+    assert np.allclose(first.vector, embedder.embed(TEXTS[:2])[0], atol=1e-5)
+    reset = first.states[first.tokens.index("reset")]
+    other = states[1].states[states[1].tokens.index("reset")]
+    assert float(reset @ other / np.linalg.norm(reset) / np.linalg.norm(other)) > 0.8  # aligned across paraphrases

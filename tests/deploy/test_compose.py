@@ -230,9 +230,11 @@ def test_prometheus_scrapes_the_gateway_and_the_model_servers() -> None:
 def test_load_balancer_config() -> None:
     conf = (REPO_ROOT / "deploy/compose/nginx.conf").read_text()
     assert re.search(r"set \$\w+ http://gateway:8080;", conf)
-    assert "resolver 127.0.0.11" in conf and "proxy_buffering off;" in conf
+    # The resolver is the container's own (the nginx image's template step), not Docker's fixed 127.0.0.11.
+    assert "resolver ${NGINX_LOCAL_RESOLVERS} " in conf and "proxy_buffering off;" in conf
     lb = stack({})["services"]["lb"]
-    assert "./deploy/compose/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in lb["volumes"]
+    assert "./deploy/compose/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in lb["volumes"]
+    assert lb["environment"]["NGINX_ENTRYPOINT_LOCAL_RESOLVERS"] == "1"
     assert [c for _, c in published(lb)] == [80]
     assert "listen 80;" in conf and "location = /nginx-health" in conf
 
@@ -240,7 +242,13 @@ def test_load_balancer_config() -> None:
 def test_dockerfile() -> None:
     text = (REPO_ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)", text, re.M)
-    assert stages and all(s.startswith("python:") and s.endswith("-slim") for s in stages)
+    # One file for both builds: BASE_IMAGE (python slim unless given) in both stages, and an empty
+    # `wheelhouse` stage that `--build-context wheelhouse=DIR` replaces for the air-gapped build.
+    assert stages == ["scratch", "${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim$", text, re.M)
+    assert re.search(r"^FROM scratch AS wheelhouse$", text, re.M)
+    assert text.count("--mount=type=bind,from=wheelhouse,target=/wheels") == 2
+    assert text.count("--no-index --find-links /wheels") == 2
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n?.*http://127\.0\.0\.1:8080/health", text, re.M)

@@ -25,6 +25,9 @@ from tests.helpers.processes import GatewayProcess
 from tests.helpers.redis import delete_prefix, redis_answers
 from tests.helpers.servers import run_asgi_server
 
+MASTER = "sk-master-scale-out"
+AUTH = {"authorization": f"Bearer {MASTER}"}
+
 
 def pg_or_skip(tmp_path: Path) -> Any:
     try:
@@ -148,7 +151,7 @@ async def burst(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     """Concurrent requests, each on a new connection (so the kernel spreads them over the workers)."""
 
     async def one(body: dict[str, Any]) -> httpx.Response:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=AUTH) as client:
             return await client.post(f"{url}/v1/chat/completions", json=body)
 
     return list(await asyncio.gather(*(one(b) for b in bodies)))
@@ -158,7 +161,9 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
     """Replica A (one process) and replica B (``--workers 2``) on one Redis and one PostgreSQL."""
     with pg_or_skip(tmp_path) as db_url:
         config = write_config(tmp_path / "gateway.yaml", upstream, db_url, prefix)
-        a, b = GatewayProcess(config, tmp_path / "a.log"), GatewayProcess(config, tmp_path / "b.log", "--workers", "2")
+        env = {"GATEWAY_MASTER_KEY": MASTER}  # auth on, admin reachable
+        a = GatewayProcess(config, tmp_path / "a.log", env=env)
+        b = GatewayProcess(config, tmp_path / "b.log", "--workers", "2", env=env)
         responses: list[httpx.Response] = []
         workers: set[int] = set()
         try:
@@ -167,7 +172,7 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
             # B's two workers are separate processes, each with the app built by gateway.app:app_from_env
             workers = worker_pids(b)
             assert len(workers) == 2 and b.proc.pid not in workers, b.log()
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers=AUTH) as client:
 
                 def post(gw: GatewayProcess, body: dict[str, Any]) -> httpx.Response:
                     r = client.post(f"{gw.base_url}/v1/chat/completions", json=body)
@@ -206,7 +211,7 @@ def test_replicas_and_workers_share_the_cache_and_one_ledger(tmp_path: Path, pre
             # one ledger: either replica's spend API sees every request, whichever process served it
             deadline = time.monotonic() + 10
             while True:
-                spend = httpx.get(f"{a.base_url}/admin/spend?group_by=model", timeout=10).json()
+                spend = httpx.get(f"{a.base_url}/admin/spend?group_by=model", timeout=10, headers=AUTH).json()
                 if spend["totals"]["requests"] == len(responses) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -184,9 +185,12 @@ def test_demo_keeps_serving_until_ctrl_c(tmp_path: Path) -> None:
         assert f"Gateway (OpenAI API)  {base}/v1" in out
         # still serving: the dashboard, the API (through the still running simulated backends)
         assert httpx.get(f"{base}/dashboard", timeout=10).status_code == 200
+        master = re.search(r"Master key +(\S+)", out)
+        assert master, out  # the demo runs with auth on, with a master key it prints
         reply = httpx.post(
             f"{base}/v1/chat/completions",
             timeout=30,
+            headers={"authorization": f"Bearer {master.group(1)}"},
             json={"model": "llama-2-7b", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
         )
         assert reply.status_code == 200, reply.text

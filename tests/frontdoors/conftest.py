@@ -30,12 +30,13 @@ WEATHER_TOOL = {
 
 @dataclass(slots=True)
 class Env:
-    """The running gateway, its ledger, and two virtual keys (two tenants)."""
+    """The running gateway, its ledger, two virtual keys (two tenants), and the small model's simulator."""
 
     gw: RunningGateway
     ledger: LedgerFile
     key_a: str
     key_b: str
+    sim_url: str
 
     @property
     def url(self) -> str:
@@ -91,7 +92,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             )
             try:
                 with serve_gateway(settings) as gw:
-                    yield Env(gw, ledger, _key(gw.base_url, "alice"), _key(gw.base_url, "bob"))
+                    yield Env(gw, ledger, _key(gw.base_url, "alice"), _key(gw.base_url, "bob"), a)
             finally:
                 delete_prefix(redis_url, prefix)
     finally:

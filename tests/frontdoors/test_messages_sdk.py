@@ -47,6 +47,7 @@ async def test_create(env: Env, claude: anthropic.AsyncAnthropic) -> None:
     assert message.content[0].type == "text" and message.content[0].text
     assert message.usage.output_tokens > 0 and message.usage.input_tokens > 0
     assert raw.headers["x-gateway-model"] == "small"
+    assert message._request_id == raw.headers["x-request-id"]
     row = await env.ledger.one_row(raw.headers["x-request-id"])
     assert row["endpoint"] == "messages" and row["status_code"] == 200 and row["user"] == "u-1"
     assert row["prompt_tokens"] == message.usage.input_tokens

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import openai
 import pytest
 
+from gateway.config import settings_from_dict
+from gateway.frontdoors.sql_store import SqlResponseStore
 from gateway.frontdoors.store import MemoryResponseStore, RedisResponseStore
-from tests.frontdoors.conftest import Env
+from tests.frontdoors.conftest import Env, _key
 from tests.frontdoors.test_responses_sdk import client
 from tests.helpers.redis import any_redis, delete_prefix
+from tests.helpers.servers import serve_gateway
 
 
 async def test_previous_response_id_continues_the_conversation(env: Env) -> None:
@@ -95,3 +99,34 @@ async def test_redis_store_ttl_and_tenants() -> None:
         finally:
             await store.aclose()
             delete_prefix(url, prefix)
+
+
+async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
+    """Without Redis the gateway keeps stored responses in its ledger database, tenants apart as well."""
+    settings = settings_from_dict(
+        {
+            "models": [
+                {"name": "small", "backend": "openai", "base_url": env.sim_url + "/v1", "upstream_model": "meta/small"}
+            ],
+            "cache": {"enabled": False},
+            "auth": {"enabled": True},
+            "server": {"metrics_scrape_seconds": 3600},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "flush_interval_seconds": 0.05},
+        }
+    )
+    with serve_gateway(settings) as gw:
+        assert isinstance(gw.gateway.responses, SqlResponseStore)
+        keys = [_key(gw.base_url, name) for name in ("a", "b")]
+        async with (
+            openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=keys[0], max_retries=0) as mine,
+            openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=keys[1], max_retries=0) as other,
+        ):
+            first = await mine.responses.create(model="small", input="Remember 7.")
+            second = await mine.responses.create(model="small", input="Which number?", previous_response_id=first.id)
+            assert second.usage is not None and first.usage is not None
+            assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens - 1
+            assert (await mine.responses.retrieve(second.id)).output_text == second.output_text
+            with pytest.raises(openai.NotFoundError):
+                await other.responses.retrieve(first.id)
+            with pytest.raises(openai.NotFoundError):
+                await other.responses.create(model="small", input="x", previous_response_id=first.id)

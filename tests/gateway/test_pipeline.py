@@ -360,10 +360,13 @@ async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
     assert parse_sse(r.text)[-1] == "[DONE]"
 
 
-async def test_explain_endpoint_calls_no_backend(settings: Settings) -> None:
+async def test_explain_endpoint_calls_no_backend(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "explain-master")  # admin endpoints need it
     async with gateway_client(settings, lambda r: web.Response(text="")) as client:
         r = await client.post(
-            "/admin/route/explain", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
+            "/admin/route/explain",
+            json={"model": "auto", "messages": USER},
+            headers={"x-gateway-policy": "cost", "authorization": "Bearer explain-master"},
         )
         upstream_calls = [(req.method, req.path) for req in client.upstream.requests]  # type: ignore[attr-defined]
     assert all(method == "GET" for method, _ in upstream_calls), upstream_calls  # metrics scrapes only

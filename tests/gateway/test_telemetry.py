@@ -276,3 +276,20 @@ def test_off_means_the_no_op_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
     tracing = build_tracing(TelemetrySettings(), {})
     assert isinstance(tracing, NoTracing)
     assert tracing.trace_configs() == []
+
+
+async def test_a_front_door_request_says_which_api(env: Env) -> None:
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(base_url=env.gw.base_url, api_key="unused", max_retries=0)
+    message = await client.messages.create(
+        model="sim",
+        max_tokens=8,
+        messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"x-request-id": "otel-messages"},
+    )
+    server, attempts = _spans_of(env, "otel-messages", 2)
+    assert server["attrs"]["gateway.api"] == "messages"
+    assert server["attrs"]["gen_ai.operation.name"] == "chat"
+    assert server["attrs"]["gen_ai.usage.output_tokens"] == message.usage.output_tokens
+    assert len(attempts) == 1

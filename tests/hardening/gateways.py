@@ -57,12 +57,15 @@ def master_key(value: str | None) -> Iterator[None]:
 
 
 @contextmanager
-def sim_gateway(tmp: Path, overrides: dict[str, Any] | None = None, **uvicorn: Any) -> Iterator[RunningGateway]:
+def sim_gateway(
+    tmp: Path, overrides: dict[str, Any] | None = None, chat_model: dict[str, Any] | None = None, **uvicorn: Any
+) -> Iterator[RunningGateway]:
     """The gateway over the simulator, a SQLite ledger in ``tmp``; ``overrides`` are merged into the config
-    (top-level keys replaced, ``server``/``cache``/``auth`` merged)."""
+    (top-level keys replaced, ``server``/``cache``/``auth`` merged), ``chat_model`` into each chat model."""
     with run_asgi_server(create_simulator_app("fast", model_name="sim")) as sim:
+        models = [m if m.get("mode") == "embedding" else {**m, **(chat_model or {})} for m in sim_models(sim)]
         config: dict[str, Any] = {
-            "models": sim_models(sim),
+            "models": models,
             "cache": {"enabled": False},
             "server": {"metrics_scrape_seconds": 3600},
             "ledger": {"url": LedgerFile(tmp / "ledger.db").url, "flush_interval_seconds": 0.05},

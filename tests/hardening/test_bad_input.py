@@ -25,6 +25,7 @@ MAX_BODY = 64 * 1024
 MAX_HEADERS = 8 * 1024
 MASTER = "master-" + uuid.uuid4().hex
 USER = [{"role": "user", "content": "hi"}]
+AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key means auth is on
 
 
 @dataclass(slots=True)
@@ -127,7 +128,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 def head(method: str, path: str, *extra: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "host: gateway", *extra]
+    """A request head; with the master key unless ``extra`` sends an Authorization (a master key means auth on)."""
+    auth = [] if any(e.lower().startswith("authorization:") for e in extra) else [f"authorization: Bearer {MASTER}"]
+    lines = [f"{method} {path} HTTP/1.1", "host: gateway", *auth, *extra]
     return "\r\n".join(lines).encode("latin-1")
 
 
@@ -329,7 +332,7 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
 async def test_chat_body_cases(env: Env, case: str, body: Any, status: int, param: str | None) -> None:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     rid = new_rid()
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.post(
             "/v1/chat/completions", content=raw, headers={"content-type": "application/json", "x-request-id": rid}
         )
@@ -361,7 +364,7 @@ async def test_chat_body_cases(env: Env, case: str, body: Any, status: int, para
 )
 async def test_other_endpoint_cases(env: Env, path: str, body: Any, status: int) -> None:
     rid = new_rid()
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.post(path, json=body, headers={"x-request-id": rid})
     await expect_error(env, r, status, rid)
 
@@ -380,7 +383,7 @@ async def test_other_endpoint_cases(env: Env, path: str, body: Any, status: int)
 )
 async def test_bad_constraint_headers(env: Env, header: str, value: str) -> None:
     rid = new_rid()
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.post(
             "/v1/chat/completions",
             json={"model": "auto", "messages": USER},
@@ -482,7 +485,7 @@ async def test_wrong_routes_and_methods(env: Env, method: str, path: str, status
 async def test_admin_time_ranges(env: Env, path: str, query: str) -> None:
     if path == "/admin/dashboard/data" and query.startswith("group_by"):
         return
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.get(f"{path}?{query}", headers={"authorization": f"Bearer {MASTER}"})
     await expect_error(env, r, 400)
 
@@ -504,13 +507,13 @@ async def test_admin_time_ranges(env: Env, path: str, query: str) -> None:
     ],
 )
 async def test_admin_key_creation_rejects_bad_values(env: Env, body: Any) -> None:
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.post("/admin/keys", json=body, headers={"authorization": f"Bearer {MASTER}"})
     await expect_error(env, r, 400)
 
 
 async def test_gateway_still_healthy(env: Env) -> None:
-    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15) as http:
+    async with httpx.AsyncClient(base_url=env.gw.base_url, timeout=15, headers=AUTH) as http:
         r = await http.post("/v1/chat/completions", json={"model": "m", "messages": USER, "max_tokens": 2})
         assert r.status_code == 200
         assert (await http.get("/health")).json() == {"status": "ok"}

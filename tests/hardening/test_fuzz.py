@@ -37,6 +37,8 @@ EXAMPLES = {
     "/v1/chat/completions": 600,
     "/v1/completions": 700,
     "/v1/embeddings": 500,
+    "/v1/responses": 300,
+    "/v1/messages": 300,
 }
 OTHER_EXAMPLES = 150  # per other operation (those without any input get their one case)
 FUZZ_SETTINGS = {
@@ -148,6 +150,8 @@ def _steer(document: dict[str, Any]) -> dict[str, Any]:
         "ChatCompletionRequest": ["m", "big", "auto"],
         "CompletionRequest": ["m", "auto"],
         "EmbeddingRequest": ["emb", "m"],
+        "ResponsesRequest": ["m", "auto"],
+        "MessagesRequest": ["m", "big"],
     }
     for name, models in names.items():
         components[name]["properties"]["model"] = {"type": "string", "enum": models}
@@ -187,8 +191,12 @@ def check(response: schemathesis.Response, case: schemathesis.Case) -> None:
             body = response.json()
         except ValueError:
             raise AssertionError(f"{where} -> {response.status_code} is not JSON: {response.text[:200]}") from None
-        assert isinstance(body, dict) and set(body) == {"error"}, f"{where}: {body}"
-        assert set(body["error"]) == {"message", "type", "param", "code"}, f"{where}: {body}"
+        if case.operation.path.startswith("/v1/messages"):  # Anthropic's shape on its API
+            assert isinstance(body, dict) and body.get("type") == "error", f"{where}: {body}"
+            assert set(body["error"]) == {"type", "message"}, f"{where}: {body}"
+        else:
+            assert isinstance(body, dict) and set(body) == {"error"}, f"{where}: {body}"
+            assert set(body["error"]) == {"message", "type", "param", "code"}, f"{where}: {body}"
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 

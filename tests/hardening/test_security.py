@@ -174,6 +174,14 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "x", path)
 
 
+def error_type(path: str, body: Any) -> str:
+    """The error's type, in the Anthropic shape on the Anthropic Messages paths, else the OpenAI one."""
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+        return str(body["error"]["type"])
+    return str(assert_openai_error(body)["type"])
+
+
 async def test_every_v1_and_admin_route_needs_a_valid_key(settings: Settings) -> None:
     app = create_app(settings)
     routes = sorted(set(app_routes(app.router.routes)))
@@ -197,7 +205,7 @@ async def test_every_v1_and_admin_route_needs_a_valid_key(settings: Settings) ->
                     # (admin routes answer an unknown key shaped like a virtual one with 403, not 401)
                     allowed = (401, 403) if path.startswith("/admin/") and why == "unknown key" else (401,)
                     assert r.status_code in allowed, (method, path, why, r.status_code, r.text)
-                    assert assert_openai_error(r.json())["type"] in ("authentication_error", "permission_error")
+                    assert error_type(path, r.json()) in ("authentication_error", "permission_error")
                 r = await http.request(method, url, json=body, headers=bearer(virtual))
                 if path.startswith("/admin/"):
                     assert r.status_code == 403, (method, path, r.text)
@@ -210,22 +218,23 @@ async def test_every_v1_and_admin_route_needs_a_valid_key(settings: Settings) ->
             assert page.status_code == 200 and MASTER not in page.text
 
 
-async def test_admin_routes_without_keys_are_loopback_only(
-    upstream: tuple[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("peer", ["203.0.113.7", "127.0.0.1"])
+async def test_admin_routes_without_a_master_key_are_off(
+    upstream: tuple[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer: str
 ) -> None:
-    """Keys off and no master key: admin routes answer local clients only (checked through the ASGI app
-    with a remote peer address)."""
+    """Keys off and no master key: admin routes answer nobody, loopback peers included (a reverse proxy on the
+    same host would otherwise open them to the world; issue 20)."""
     monkeypatch.delenv("GATEWAY_MASTER_KEY", raising=False)
     data = config(upstream[0], tmp_path / "l.db")
     data["auth"] = {"enabled": False}
     app = create_app(settings_from_dict(data))
     admin = sorted({(m, p) for m, p in app_routes(app.router.routes) if p.startswith("/admin/")})
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
+        transport = httpx.ASGITransport(app=app, client=(peer, 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             for method, path in admin:
                 r = await http.request(method, concrete(path), json={"name": "x"} if method == "POST" else None)
-                assert r.status_code == 403, (method, path, r.text)
+                assert r.status_code == 401 and "Admin endpoints are off" in r.text, (method, path, r.text)
 
 
 # -- isolation between keys ----------------------------------------------------------------------------------

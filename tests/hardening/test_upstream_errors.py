@@ -25,6 +25,7 @@ from tests.helpers.ports import free_port
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 MASTER = "sk-master-" + uuid.uuid4().hex
+AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key turns auth on
 LEAKS = re.compile(r"/srv/|/home/|\.py\b|\d+\.\d+\.\d+\.\d+|:\d{2,5}\b|errno|Connect call failed", re.IGNORECASE)
 
 
@@ -91,7 +92,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
 
 def chat(gw: RunningGateway, model: str, text: str) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
-    return httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=10)
+    return httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=10, headers=AUTH)
 
 
 @pytest.mark.parametrize(("text", "status", "upstream"), [("boom", 502, 500), ("busy", 503, 503), ("html", 502, 502)])
@@ -124,7 +125,7 @@ def test_unreachable_upstream_names_the_model_not_its_address(
     caplog.set_level(logging.WARNING)
     for stream in (False, True):
         body = {"model": "gone", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-        r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=10)
+        r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=10, headers=AUTH)
         assert r.status_code == 502, r.text
         err = assert_openai_error(r.json())
         assert "'gone'" in err["message"] and not LEAKS.search(r.text), r.text

@@ -3,6 +3,8 @@ to the hosted one; streamed and not; headers, logprobs asked for and stripped, o
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +16,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.accounting.cascade_report import cascade_by_route
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
 from tests.helpers.ports import free_port
@@ -43,7 +47,9 @@ class Env:
     strong_sim: str
 
 
-def _settings(local: str, strong: str, tmp: Path, **route: Any) -> Any:
+def _settings(
+    local: str, strong: str, tmp: Path, extra_models: list[dict[str, Any]] | None = None, **route: Any
+) -> Any:
     return settings_from_dict(
         {
             "models": [
@@ -56,6 +62,7 @@ def _settings(local: str, strong: str, tmp: Path, **route: Any) -> Any:
                     "tokens_per_second": 1500,
                 },
                 {"name": "gpt-4", "backend": "openai", "base_url": strong + "/v1", "upstream_model": "gpt-4"},
+                *(extra_models or []),
             ],
             "routes": {
                 "cascade": {"models": ["llama-2-7b", "gpt-4"], "policy": "cascade", "quality_target": 0.5, **route}
@@ -111,6 +118,11 @@ def test_a_good_local_answer_is_accepted_and_its_logprobs_stripped(env: Env) -> 
     assert completion.choices[0].logprobs is None  # the gateway asked for them; the client did not
     rows = _rows(env.db, h["x-request-id"])
     assert len(rows) == 1 and rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["attempts"] == 1
+    assert rows[0]["cascade"] == "accepted"
+    (only,) = json.loads(rows[0]["cascade_attempts"])
+    assert only["model"] == "llama-2-7b" and only["outcome"] == "accepted"
+    assert Decimal(only["cost_usd"]) == Decimal(h["x-gateway-cost-usd"])
+    assert rows[0]["routed_cost_usd"] is not None  # what the prompt router alone would have paid
     assert _money(rows[0]["cost_usd"]) == Decimal(h["x-gateway-cost-usd"]).normalize()
 
 
@@ -148,6 +160,16 @@ def test_a_poor_local_answer_escalates_and_both_attempts_are_paid(env: Env, prom
     row = rows[0]
     assert row["chosen_model"] == "gpt-4" and row["attempts"] == 2 and row["policy"] == "cascade"
     assert _money(row["cost_usd"]) == cost.normalize()
+    assert row["cascade"] == "escalated"
+    local, strong = json.loads(row["cascade_attempts"])
+    assert (local["model"], local["outcome"], strong["model"], strong["outcome"]) == (
+        "llama-2-7b",
+        "escalated",
+        "gpt-4",
+        "answered",
+    )
+    assert Decimal(local["cost_usd"]) > 0 and Decimal(strong["cost_usd"]) == gpt4
+    assert Decimal(local["cost_usd"]) + Decimal(strong["cost_usd"]) == cost
 
 
 def _stream(env: Env, prompt: str) -> tuple[httpx.Headers, str]:
@@ -186,14 +208,25 @@ def test_streaming_escalated_never_shows_the_local_answer(env: Env) -> None:
     assert len(rows) == 1 and rows[0]["attempts"] == 2 and rows[0]["chosen_model"] == "gpt-4"
 
 
-def test_a_dead_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_through(tmp_path: Path) -> None:
+def test_a_failing_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_through(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
-    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
-        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+    failing = create_simulator_app("gpt-4", time_scale=0.0, faults={"mode": "error_500"})
+    with (
+        run_asgi_server(local) as lu,
+        run_asgi_server(failing) as fu,
+        serve_gateway(_settings(lu, fu, tmp_path)) as gw,
+    ):
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, fu), "refuseme: tell me a joke")
         assert raw.headers["x-gateway-cascade"] == "accepted"
         assert raw.headers["x-gateway-cascade-reason"].startswith("escalation failed")
         assert raw.headers["x-gateway-model"] == "llama-2-7b"
+        rows = _rows(tmp_path / "ledger.db", raw.headers["x-request-id"])
+        assert len(rows) == 1 and rows[0]["attempts"] == 2  # local, then gpt-4 (failed)
+    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+        assert raw.headers["x-gateway-cascade"] == "accepted"  # gpt-4 is known down: nothing to escalate to
+        assert raw.headers["x-gateway-cascade-reason"].startswith("nothing to escalate to")
     strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
     with run_asgi_server(strong) as su, serve_gateway(_settings(dead, su, tmp_path)) as gw:
         r = httpx.post(
@@ -202,3 +235,92 @@ def test_a_dead_strong_model_leaves_the_held_answer_and_a_dead_local_one_falls_t
             timeout=30,
         )
         assert r.status_code == 200 and r.headers["x-gateway-model"] == "gpt-4"
+
+
+def test_the_dashboard_reports_escalation_rate_and_cost_against_routing_alone(env: Env) -> None:
+    before = _cascade_report(env)
+    for prompt in (GOOD, "refuseme: a limerick", "refuseme: a sonnet"):
+        raw = _ask(env, prompt)
+        assert _rows(env.db, raw.headers["x-request-id"])
+    after = _cascade_report(env)
+    metrics = httpx.get(env.url + "/metrics", timeout=30).text
+    assert 'gateway_cascade_total{outcome="escalated",route="cascade"}' in metrics
+    assert after["requests"] - before.get("requests", 0) == 3
+    assert after["escalated"] - before.get("escalated", 0) == 2
+    assert 0 < after["escalation_rate"] < 1
+    assert Decimal(after["cost_usd"]) > 0 and after["routed_cost_usd"] is not None
+    assert Decimal(after["saved_vs_routing_usd"]) == Decimal(after["routed_cost_usd"]) - Decimal(after["cost_usd"])
+
+
+def _cascade_report(env: Env) -> dict[str, Any]:
+    """The dashboard's cascade entry for the route (the query the dashboard runs; its browser test is in e2e)."""
+
+    async def read() -> list[dict[str, Any]]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{env.db}")
+        try:
+            return await cascade_by_route(engine, start_ms=None, end_ms=None)
+        finally:
+            await engine.dispose()
+
+    found = [c for c in asyncio.run(read()) if c["route"] == "cascade"]
+    return found[0] if found else {}
+
+
+def _judge_app(reply: str) -> Any:
+    """An OpenAI-compatible judge that always answers ``reply`` (and counts its calls)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    calls: list[dict[str, Any]] = []
+
+    async def chat(request: Request) -> JSONResponse:
+        calls.append(await request.json())
+        return JSONResponse(
+            {
+                "id": "judge",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "judge",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 300, "completion_tokens": 6, "total_tokens": 306},
+            }
+        )
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.state.calls = calls
+    return app
+
+
+@pytest.mark.parametrize(("reply", "outcome"), [("Rating: [[9]]", "accepted"), ("no idea", "escalated")])
+def test_the_verifier_decides_when_the_check_is_unsure_and_is_paid_for(
+    tmp_path: Path, reply: str, outcome: str
+) -> None:
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    judge = _judge_app(reply)
+    with run_asgi_server(local) as lu, run_asgi_server(strong) as su, run_asgi_server(judge) as ju:
+        judge_model = {
+            "name": "judge",
+            "backend": "openai",
+            "base_url": ju + "/v1",
+            "input_cost_per_token": "0.0000001",
+            "output_cost_per_token": "0.0000002",
+        }
+        verifier = {"model": "judge", "band": 1.0, "min_escalation_cost_usd": 0}
+        with serve_gateway(_settings(lu, su, tmp_path, [judge_model], verifier=verifier)) as gw:
+            raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, su), "refuseme: tell me a joke")
+            h = raw.headers
+            assert h["x-gateway-cascade"] == outcome
+            assert len(judge.state.calls) == 1
+            assert "tell me a joke" in judge.state.calls[0]["messages"][1]["content"]
+            if outcome == "accepted":  # the judge overrules the check
+                assert "verifier rated 9/10" in h["x-gateway-cascade-reason"]
+                assert h["x-gateway-model"] == "llama-2-7b"
+            row = _rows(tmp_path / "ledger.db", h["x-request-id"])[0]
+            paid = json.loads(row["cascade_attempts"])
+            verifier = [a for a in paid if a["outcome"] == "verifier"]
+            assert len(verifier) == 1 and verifier[0]["model"] == "judge"
+            assert Decimal(verifier[0]["cost_usd"]) == Decimal("0.0000001") * 300 + Decimal("0.0000002") * 6
+            assert sum(Decimal(a["cost_usd"]) for a in paid) == Decimal(h["x-gateway-cost-usd"])

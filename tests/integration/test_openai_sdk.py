@@ -204,9 +204,9 @@ async def test_error_classes(client: openai.AsyncOpenAI, sims: dict[str, str]) -
 async def test_health_and_ready(gateway_url: str) -> None:
     async with httpx.AsyncClient(base_url=gateway_url) as http:
         assert (await http.get("/health")).json() == {"status": "ok"}
-        ready = (await http.get("/ready")).json()
-    assert ready["backends"]["small"]["ready"] is True
-    assert ready["backends"]["dead"]["ready"] is False
+        ready = await http.get("/ready")
+    # one backend up is enough; per-backend detail is for the master key only (tests/hardening/test_upstream_errors.py)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
 
 
 async def test_raw_sse_format(gateway_url: str) -> None:

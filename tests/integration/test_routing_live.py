@@ -125,12 +125,12 @@ async def test_killed_backend_trips_breaker_with_no_failed_request(tmp_path: Pat
                     assert r.status_code == 200, r.text
                     served.append(r.headers["x-gateway-model"])
                 metrics = (await client.get("/metrics")).text
-                ready = (await client.get("/ready")).json()
+                ready = await client.get("/ready")
         assert served == ["pricey"] * 10
         assert 'gateway_backend_breaker_open{model="cheap"} 1.0' in metrics
         # the breaker opened after two failures: later requests did not try the dead backend
         assert 'gateway_fallbacks_total{model="cheap"} 2.0' in metrics
-        assert ready["backends"]["cheap"]["ready"] is False
+        assert ready.status_code == 200  # "pricey" is up; detail is for the master key only
     finally:
         cheap.stop()
         pricey.stop()

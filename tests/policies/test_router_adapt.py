@@ -93,6 +93,8 @@ def test_artifact_round_trip(adapted: AdaptedRouter, tmp_path: Path) -> None:
     assert loaded.threshold_for_quality_target(0.5) == pytest.approx(adapted.threshold_for_quality_target(0.5))
     # Without a vector (embedder busy): the mean training embedding stands in, never an error.
     assert 0.0 < loaded.score("Please write a proof") < 1.0
+    wrong = np.ones(8, dtype=np.float32)  # another model's vector: the stand-in, not an error
+    assert loaded.score("Please write a proof", vector=wrong) == loaded.score("Please write a proof")
     assert isinstance(load_artifact(None, encode=load_tiktoken().encode), QualityRouter)
 
 

@@ -15,6 +15,7 @@ import pytest
 from gateway.config import Settings, settings_from_dict
 from gateway.simulator import create_simulator_app
 from gateway.simulator.answers import REFUSAL_TEXT
+from tests.accounting.conftest import db_url  # noqa: F401  (the fixture: both ledgers)
 from tests.helpers.redis import SYSTEM_REDIS, delete_prefix, redis_answers
 from tests.helpers.servers import RunningGateway
 
@@ -45,9 +46,9 @@ def sims() -> Iterator[dict[str, str]]:
         strong.stop()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def master(monkeypatch: pytest.MonkeyPatch) -> str:
-    """GATEWAY_MASTER_KEY for this test."""
+    """GATEWAY_MASTER_KEY for every test here (admin endpoints need it)."""
     monkeypatch.setenv("GATEWAY_MASTER_KEY", MASTER)
     return MASTER
 
@@ -69,6 +70,7 @@ def make_settings(
     quality: dict[str, Any],
     auth: str | None = None,
     models: dict[str, dict[str, Any]] | None = None,
+    ledger_url: str | None = None,
 ) -> Settings:
     """Route ``auto`` over weak (cheap, chosen by the cost policy) and strong (the reference)."""
     spec: dict[str, dict[str, Any]] = {
@@ -85,7 +87,7 @@ def make_settings(
         "cache": {"enabled": False},
         "retry": {"max_attempts": 1, "backoff_base_ms": 0},
         "server": {"metrics_scrape_seconds": 3600},
-        "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path}/ledger.db", "flush_interval_seconds": 0.05},
+        "ledger": {"url": ledger_url or f"sqlite+aiosqlite:///{tmp_path}/ledger.db", "flush_interval_seconds": 0.05},
         "quality": {"enabled": True, "sample_rate": 1.0, **quality},
     }
     if auth is not None:
@@ -93,7 +95,7 @@ def make_settings(
     return settings_from_dict(data)
 
 
-def admin(gw: RunningGateway) -> dict[str, str]:
+def admin() -> dict[str, str]:
     """The master key's header."""
     return {"authorization": f"Bearer {MASTER}"}
 
@@ -113,6 +115,6 @@ async def wait_judged(gw: RunningGateway, n: int, timeout_s: float = 20.0) -> No
 async def quality(gw: RunningGateway, group_by: str = "route", headers: dict[str, str] | None = None) -> Any:
     """``GET /admin/quality``'s body."""
     async with httpx.AsyncClient(base_url=gw.base_url) as client:
-        r = await client.get("/admin/quality", params={"group_by": group_by}, headers=headers or {})
+        r = await client.get("/admin/quality", params={"group_by": group_by}, headers=headers or admin())
     assert r.status_code == 200, r.text
     return r.json()

@@ -6,19 +6,32 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.accounting.db import async_url
 from gateway.accounting.schema import ledger
 from gateway.quality.tables import verdicts
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, quality, wait_judged
+from tests.quality.conftest import MASTER, make_settings, quality, wait_judged
 
 PROMPTS = [f"hard question {i}" for i in range(4)] + [f"trick question {i}" for i in range(4)]
 PROMPTS += [f"plain question {i}" for i in range(4)]
+
+
+async def fetch(url: str, stmt: Select[Any]) -> list[Any]:
+    """Rows of ``stmt`` through an engine of the test's own loop (the gateway's lives in the server's thread)."""
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(stmt)).mappings().all())
+    finally:
+        await engine.dispose()
 
 
 async def _ask(client: openai.AsyncOpenAI, prompt: str, stream: bool = False) -> str:
@@ -36,10 +49,10 @@ async def _ask(client: openai.AsyncOpenAI, prompt: str, stream: bool = False) ->
     return raw.headers["x-gateway-model"]
 
 
-async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_path: Path) -> None:
-    cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 0.05})
+async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_path: Path, db_url: str) -> None:
+    cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 0.05}, ledger_url=db_url)
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         for i, prompt in enumerate(PROMPTS):
             assert await _ask(client, prompt, stream=i % 2 == 1) == "weak"
         await wait_judged(gw, len(PROMPTS))
@@ -51,10 +64,8 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
             if 'gateway_quality_verdicts{route="auto",verdict="win"} 4.0' in metrics:
                 break
             await asyncio.sleep(0.02)
-        engine = gw.gateway.recorder.db.engine  # type: ignore[attr-defined]
-        async with engine.connect() as conn:
-            rows = (await conn.execute(select(verdicts))).mappings().all()
-            monitor_rows = (await conn.execute(select(ledger).where(ledger.c.policy == "monitor"))).mappings().all()
+        rows = await fetch(db_url, select(verdicts))
+        monitor_rows = await fetch(db_url, select(ledger).where(ledger.c.policy == "monitor"))
         await client.close()
     [auto] = body["data"]
     assert auto["route"] == "auto" and auto["reference_model"] == "strong"
@@ -72,6 +83,7 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
     spend = sum(r["cost_usd"] for r in monitor_rows)
     assert float(spend) == pytest.approx(float(auto["monitoring_spend_usd"]))
     assert body["monitor"]["spent_today_usd"] == f"{spend:f}"
+    assert body["router"]["kind"] == "prior" and "not on this deployment's traffic" in body["router"]["note"]
     # the same figures for Prometheus, labelled by configured route names only
     assert 'gateway_quality_verdicts{route="auto",verdict="loss"} 4.0' in metrics
     assert f'gateway_quality_estimate{{bound="estimate",route="auto"}} {8 / 12}' in metrics
@@ -81,7 +93,7 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
 async def test_the_budget_cap_stops_sampling(sims: dict[str, str], tmp_path: Path) -> None:
     cfg = make_settings(sims, tmp_path, quality={"daily_budget_usd": "0.000000001", "concurrency": 1})
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         await _ask(client, PROMPTS[0])
         await wait_judged(gw, 1)
         for prompt in PROMPTS[1:6]:
@@ -107,7 +119,7 @@ async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
     models[dead] = {**models.get(dead, {}), "base_url": closed}
     cfg = make_settings(sims, tmp_path, quality={"judge_model": "judge"}, models=models)
     with serve_gateway(cfg) as gw:
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         took = []
         for i, prompt in enumerate(PROMPTS):
             t0 = time.perf_counter()
@@ -115,9 +127,7 @@ async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
             took.append(time.perf_counter() - t0)
         await wait_judged(gw, len(PROMPTS))
         body = await quality(gw)
-        engine = gw.gateway.recorder.db.engine  # type: ignore[attr-defined]
-        async with engine.connect() as conn:
-            client_rows = (await conn.execute(select(ledger).where(ledger.c.policy != "monitor"))).mappings().all()
+        client_rows = await fetch(cfg.ledger.url, select(ledger).where(ledger.c.policy != "monitor"))
         monitor = gw.gateway.monitor
         assert monitor is not None
         failed = monitor.samples.labels("failed")._value.get()

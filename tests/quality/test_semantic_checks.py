@@ -14,7 +14,7 @@ from cache.service import CacheService
 from gateway.config import settings_from_dict
 from tests.helpers.redis import SYSTEM_REDIS
 from tests.helpers.servers import serve_gateway
-from tests.quality.conftest import make_settings, quality
+from tests.quality.conftest import MASTER, make_settings, quality
 
 CACHED = ["How do I cancel my subscription?", "Where can I download my invoice?"]
 ASKED = [
@@ -37,7 +37,7 @@ async def test_semantic_hits_are_judged_and_reported(sims: dict[str, str], tmp_p
     with serve_gateway(cfg) as gw:
         svc = gw.gateway.cache
         assert isinstance(svc, CacheService)
-        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
         for q in CACHED:
             await client.chat.completions.create(
                 model="auto", messages=[{"role": "user", "content": q}], temperature=0, max_tokens=16

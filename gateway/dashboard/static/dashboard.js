@@ -10,6 +10,7 @@
                  "#ea580c", "#475569"];
   var charts = {};
   var timer = null;
+  var loads = 0;  // the newest load's number: an older response arriving late is dropped
 
   function $(id) { return document.getElementById(id); }
 
@@ -194,6 +195,21 @@
     });
   }
 
+  function rate(v) { return (Number(v || 0) * 100).toFixed(1) + " %"; }
+
+  function renderCascade(rows) {
+    var body = $("table-cascade").querySelector("tbody");
+    body.textContent = "";
+    (rows || []).forEach(function (r) {
+      var routed = r.routed_cost_usd === null ? "–" : usd(r.routed_cost_usd);
+      var savedRouting = r.saved_vs_routing_usd === null ? "–" : usd(r.saved_vs_routing_usd);
+      var savedBase = Number(r.baseline_cost_usd) - Number(r.cost_usd);
+      addRow(body, [r.route === null ? "(none)" : r.route, int(r.requests), int(r.escalated),
+                    rate(r.escalation_rate), usd(r.cost_usd), routed, savedRouting, usd(savedBase)], r.route);
+    });
+    $("card-cascade").hidden = !(rows && rows.length);
+  }
+
   function render(data) {
     renderTotals(data);
     renderSpend(data);
@@ -202,10 +218,62 @@
       return r.group === null ? "(no key)" : (r.name ? r.name + " (" + r.group + ")" : r.group);
     });
     renderTop("table-users", data.top_users, function (r) { return r.group === null ? "(no user)" : r.group; });
+    renderCascade(data.cascade);
     $("ledger-status").textContent = data.ledger.pending_rows + " ledger rows pending, " +
       data.ledger.dropped_rows + " dropped; " + data.range.bucket_s + " s buckets";
     $("last-updated").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
+  }
+
+  function pct(x) { return (100 * x).toFixed(0) + "%"; }
+
+  function qualityLine(r, baseline) {
+    var e = r.estimate;
+    var line = "route " + r.route + ": ";
+    if (r.samples > 0 && e.rate !== null) {
+      var half = Math.max(e.rate - e.ci95_low, e.ci95_high - e.rate);
+      line += pct(e.rate) + " ± " + pct(half) + " of " + (r.reference_model || "the reference") + "'s quality";
+    } else {
+      line += "no answer judged yet";
+    }
+    if (r.cost_share !== null) { line += " at " + pct(r.cost_share) + " of " + baseline + "'s cost"; }
+    line += ", n = " + int(r.samples);
+    var fh = r.semantic_false_hits;
+    if (fh && fh.checked > 0) {
+      var fhHalf = Math.max(fh.rate - fh.ci95_low, fh.ci95_high - fh.rate);
+      line += "; semantic false hits " + (100 * fh.rate).toFixed(1) + "% ± " + (100 * fhHalf).toFixed(1) +
+        "% (n = " + int(fh.checked) + ")";
+    }
+    return line;
+  }
+
+  function renderQuality(body) {
+    var list = $("quality-lines");
+    list.textContent = "";
+    body.data.filter(function (r) { return r.requests > 0 || r.samples > 0; }).forEach(function (r) {
+      var li = document.createElement("li");
+      li.dataset.route = r.route;
+      li.dataset.samples = String(r.samples);
+      if (r.estimate.rate !== null) { li.dataset.estimate = String(r.estimate.rate); }
+      li.textContent = qualityLine(r, body.baseline_model);
+      list.appendChild(li);
+    });
+    var m = body.monitor;
+    $("quality-note").textContent = m.enabled
+      ? "(wins + ties) / judged samples, 95% Wilson interval; monitoring spent " + usd(m.spent_today_usd) +
+        " of " + usd(m.daily_budget_usd) + " today"
+      : "quality monitor off (quality.enabled); feedback only";
+    if (body.router && body.router.kind) { $("quality-note").textContent += ". Router: " + body.router.note; }
+  }
+
+  function loadQuality(params, headers, mine) {
+    fetch("/admin/quality?group_by=route&" + params.toString(), {headers: headers, cache: "no-store"})
+      .then(function (r) { return r.json().then(function (body) { return {status: r.status, body: body}; }); })
+      .then(function (res) {
+        if (mine !== loads) { return; }
+        if (res.status === 200) { renderQuality(res.body); } else { $("quality-note").textContent = "quality: unavailable"; }
+      })
+      .catch(function () { $("quality-note").textContent = "quality: unavailable"; });
   }
 
   function showLogin(message) {
@@ -217,6 +285,7 @@
   }
 
   function load() {
+    var mine = ++loads;
     var key = storedKey();
     if (key === null) { showLogin(""); return; }
     var params = new URLSearchParams();
@@ -228,6 +297,7 @@
         return r.json().then(function (body) { return {status: r.status, body: body}; });
       })
       .then(function (res) {
+        if (mine !== loads) { return; }
         if (res.status === 401 || res.status === 403) {
           sessionStorage.removeItem(STORAGE_KEY);
           showLogin(res.body.error ? res.body.error.message : "Not authorized.");
@@ -235,12 +305,14 @@
         }
         if (res.status !== 200) {
           $("last-updated").textContent = "error: " + (res.body.error ? res.body.error.message : res.status);
+          scheduleRefresh();
           return;
         }
         $("login").hidden = true;
         $("dashboard").hidden = false;
         $("controls").hidden = false;
         render(res.body);
+        loadQuality(params, headers, mine);
         scheduleRefresh();
       })
       .catch(function (err) { $("last-updated").textContent = "error: " + err; });

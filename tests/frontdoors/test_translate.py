@@ -1,0 +1,203 @@
+"""The pure translators: Responses and Messages requests to chat bodies, chat answers back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.errors import InvalidRequest, NotFound
+from gateway.frontdoors import messages as ms
+from gateway.frontdoors import responses as rs
+
+
+def chat_of_responses(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return rs.to_chat(rs.parse_request({"model": "m", **body}), history or [])
+
+
+def test_responses_text_format_and_sampling() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    chat = chat_of_responses(
+        {
+            "input": "x",
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": schema, "strict": True}},
+            "max_output_tokens": 9,
+            "temperature": 0.1,
+            "top_p": 0.5,
+            "user": "u",
+            "metadata": {"k": "v"},
+        }
+    )
+    assert chat["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": schema, "strict": True},
+    }
+    assert chat["max_tokens"] == 9 and chat["temperature"] == 0.1 and chat["top_p"] == 0.5 and chat["user"] == "u"
+    assert "metadata" not in chat  # the gateway's to echo, not the upstream's
+    assert chat_of_responses({"input": "x", "text": {"format": {"type": "json_object"}}})["response_format"] == {
+        "type": "json_object"
+    }
+    assert "response_format" not in chat_of_responses({"input": "x", "text": {"format": {"type": "text"}}})
+
+
+def test_responses_items_become_chat_messages() -> None:
+    chat = chat_of_responses(
+        {
+            "instructions": "sys",
+            "input": [
+                {"role": "developer", "content": "dev"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "look"},
+                        {"type": "input_image", "image_url": "http://i/x.png"},
+                    ],
+                },
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "one"},
+                {"type": "function_call_output", "call_id": "c2", "output": "two"},
+                {"type": "reasoning", "id": "r", "summary": []},
+            ],
+        },
+        history=[{"role": "user", "content": "before"}],
+    )
+    roles = [m["role"] for m in chat["messages"]]
+    assert roles == ["system", "user", "developer", "user", "assistant", "tool", "tool"]
+    assert chat["messages"][3]["content"][1] == {"type": "image_url", "image_url": {"url": "http://i/x.png"}}
+    assert [c["id"] for c in chat["messages"][4]["tool_calls"]] == ["c1", "c2"]  # parallel calls: one message
+
+
+def test_responses_tools_and_choice() -> None:
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True}
+    chat = chat_of_responses({"input": "x", "tools": [tool], "tool_choice": {"type": "function", "name": "f"}})
+    assert chat["tools"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    ]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    with pytest.raises(InvalidRequest) as info:
+        chat_of_responses({"input": "x", "tools": [tool, {"type": "file_search"}]})
+    assert info.value.param == "tools[1].type"
+    for field in ("background", "conversation", "prompt"):
+        with pytest.raises(InvalidRequest) as info:
+            chat_of_responses({"input": "x", field: True if field == "background" else {"id": "p"}})
+        assert info.value.param == field
+
+
+def test_responses_from_chat() -> None:
+    req = rs.parse_request({"model": "auto", "input": "x"})
+    completion = {
+        "model": "small",
+        "choices": [
+            {
+                "finish_reason": "tool_calls",
+                "message": {
+                    "content": "calling",
+                    "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": '{"a":1}'}}],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+    }
+    out = rs.from_chat(req, "resp_1", completion)
+    assert out["status"] == "completed" and out["model"] == "small"
+    assert [i["type"] for i in out["output"]] == ["message", "function_call"]
+    assert out["output"][1]["call_id"] == "c" and out["usage"]["total_tokens"] == 7
+    assert rs.output_messages(out["output"]) == [
+        {
+            "role": "assistant",
+            "content": "calling",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+        }
+    ]
+
+
+def chat_of_messages(body: dict[str, Any]) -> dict[str, Any]:
+    return ms.to_chat(ms.parse_request({"model": "m", "max_tokens": 10, **body}))
+
+
+def test_messages_blocks_become_chat_messages() -> None:
+    chat = chat_of_messages(
+        {
+            "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QQ=="}},
+                        {"type": "text", "text": "what?"},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "let me"},
+                        {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [{"type": "text", "text": "42"}],
+                            "is_error": True,
+                        },
+                        {"type": "text", "text": "so?"},
+                    ],
+                },
+            ],
+            "stop_sequences": ["END"],
+            "top_k": 5,
+            "metadata": {"user_id": "u"},
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        }
+    )
+    m = chat["messages"]
+    assert m[0] == {"role": "system", "content": "a\nb"}
+    assert m[1]["content"][0] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,QQ=="}}
+    assert m[2]["content"] == "let me" and m[2]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
+    assert m[3] == {"role": "tool", "tool_call_id": "t1", "content": "Error: 42"}
+    assert m[4] == {"role": "user", "content": "so?"}
+    assert chat["stop"] == ["END"] and chat["top_k"] == 5 and chat["user"] == "u" and chat["max_tokens"] == 10
+    assert chat["tool_choice"] == "required" and chat["parallel_tool_calls"] is False
+
+
+def test_messages_refusals() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools[0].type"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            "messages[0].content[0].type",
+        ),
+        ({"mcp_servers": [{"url": "x"}]}, "mcp_servers"),
+        ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+    ]
+    for extra, param in cases:
+        body = {"messages": [{"role": "user", "content": "x"}], **extra}
+        with pytest.raises(InvalidRequest) as info:
+            chat_of_messages(body)
+        assert info.value.param == param
+
+
+def test_messages_from_chat_and_stop_reasons() -> None:
+    req = ms.parse_request(
+        {"model": "m", "max_tokens": 5, "stop_sequences": ["END"], "messages": [{"role": "user", "content": "x"}]}
+    )
+    completion = {
+        "choices": [{"finish_reason": "stop", "stop_reason": "END", "message": {"content": "hi"}}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+    }
+    out = ms.from_chat(req, completion)
+    assert out["stop_reason"] == "stop_sequence" and out["stop_sequence"] == "END"
+    assert out["content"] == [{"type": "text", "text": "hi"}] and out["usage"]["input_tokens"] == 2
+    assert ms.stop_reason("length", None, None) == ("max_tokens", None)
+    assert ms.stop_reason("tool_calls", None, None) == ("tool_use", None)
+    assert ms.tool_input("not json") == {"_raw_arguments": "not json"}
+    assert ms.error_body(NotFound("gone"), "r1") == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "gone"},
+        "request_id": "r1",
+    }
