@@ -284,6 +284,9 @@ class TelemetrySettings(_Strict):
     service_name: str = Field("llm-gateway", min_length=1, description="OTEL_SERVICE_NAME wins")
     max_queue_size: int = Field(2048, ge=1, description="spans waiting for export before new ones drop")
     export_interval_ms: int = Field(1000, ge=1, description="how often queued spans are sent")
+    export_batch_size: int = Field(
+        64, ge=1, description="spans per export: the export thread holds the GIL while it encodes a batch"
+    )
 
 
 class QualitySettings(_Strict):

@@ -159,6 +159,7 @@ def build_tracing(settings: TelemetrySettings, models: Mapping[str, str]) -> Tra
             exporter,
             max_queue_size=settings.max_queue_size,
             schedule_delay_millis=settings.export_interval_ms,
+            max_export_batch_size=min(settings.export_batch_size, settings.max_queue_size),
         )
     )
     log.info("OpenTelemetry traces on (service.name=%s)", name)
