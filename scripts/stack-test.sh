@@ -161,6 +161,8 @@ wait_healthy() {
     done
 }
 
+# Whatever an interrupted earlier run left behind.
+"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 log "up: compose.yaml + compose.test.yaml, profiles cpu and lb"
 "${compose[@]}" up -d --no-build >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
 wait_healthy 300

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Like the official nginx image: /etc/nginx/templates/*.template -> /etc/nginx/conf.d/* through envsubst
+# Like the official nginx image (when the command is nginx): /etc/nginx/templates/*.template -> /etc/nginx/conf.d/* through envsubst
 # (only variables set in the environment), and NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1 exports
 # NGINX_LOCAL_RESOLVERS, the nameservers of /etc/resolv.conf.
 set -e
@@ -8,7 +8,7 @@ if [ -n "${NGINX_ENTRYPOINT_LOCAL_RESOLVERS:-}" ]; then
     NGINX_LOCAL_RESOLVERS="${NGINX_LOCAL_RESOLVERS% }"
     export NGINX_LOCAL_RESOLVERS
 fi
-if [ -d /etc/nginx/templates ]; then
+if [ "${1:-}" = nginx ] && [ -d /etc/nginx/templates ]; then
     vars="$(env | cut -d= -f1 | sed 's/^/$/' | tr '\n' ' ')"
     for t in /etc/nginx/templates/*.template; do
         [ -e "$t" ] || continue

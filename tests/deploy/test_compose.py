@@ -234,7 +234,7 @@ def test_load_balancer_config() -> None:
     assert "resolver ${NGINX_LOCAL_RESOLVERS} " in conf and "proxy_buffering off;" in conf
     lb = stack({})["services"]["lb"]
     assert "./deploy/compose/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in lb["volumes"]
-    assert lb["environment"]["NGINX_ENTRYPOINT_LOCAL_RESOLVERS"] == "1"
+    assert "NGINX_LOCAL_RESOLVERS=" in lb["command"][-1] and "/docker-entrypoint.sh nginx" in lb["command"][-1]
     assert [c for _, c in published(lb)] == [80]
     assert "listen 80;" in conf and "location = /nginx-health" in conf
 
