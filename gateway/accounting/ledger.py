@@ -40,7 +40,7 @@ from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
 from gateway.accounting.retention import Retention
-from gateway.accounting.rollup import aggregate_rows, upsert_sql
+from gateway.accounting.rollup import aggregate_rows, unnest_upsert_sql, upsert_sql
 from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, MONEY_PLACES, ledger, rollups
 from gateway.config import LedgerSettings
 from gateway.context import AttemptCost, RequestContext
@@ -237,9 +237,12 @@ class SqlLedger:
                 if written:
                     money = None if conn.dialect.name == "sqlite" else _decimal_usd
                     sums = aggregate_rows(written, GRAINS_MS_SEQ, LATENCY_BOUNDS_MS, money)
+                    pg = conn.dialect.name == "postgresql"
                     for sqls, grain_rows in zip(self._rollups(conn.dialect), sums, strict=True):
                         for sql, params in zip(sqls, grain_rows, strict=True):
-                            if params:
+                            if params and pg:  # one statement, an array per column
+                                await conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*params, strict=True)))
+                            elif params:
                                 await conn.exec_driver_sql(sql, params)
             done = True
         except (SQLAlchemyError, OSError) as exc:
@@ -273,7 +276,12 @@ class SqlLedger:
         histograms, then the others."""
         stmts = self._rollup_stmts.get(dialect.name)
         if stmts is None:
-            stmts = [(upsert_sql(rollups[g], dialect, True), upsert_sql(rollups[g], dialect, False)) for g in GRAINS_MS]
+            if dialect.name == "postgresql":
+                stmts = [(unnest_upsert_sql(rollups[g], True), unnest_upsert_sql(rollups[g], False)) for g in GRAINS_MS]
+            else:
+                stmts = [
+                    (upsert_sql(rollups[g], dialect, True), upsert_sql(rollups[g], dialect, False)) for g in GRAINS_MS
+                ]
             self._rollup_stmts[dialect.name] = stmts
         return stmts
 

@@ -50,6 +50,7 @@ from gateway.accounting.schema import (
     DIMENSIONS,
     GRAINS_MS,
     KEY_COLUMNS,
+    MONEY_COLUMNS,
     MONEY_PLACES,
     ledger,
 )
@@ -269,6 +270,22 @@ def upsert_sql(table: Table, dialect: Dialect, hist: bool) -> str:
     if list(compiled.positiontup or ()) != names:  # pragma: no cover - a named paramstyle
         raise ValueError(f"rollup upsert needs a positional paramstyle, not {dialect.paramstyle}")
     return compiled.string
+
+
+def unnest_upsert_sql(table: Table, hist: bool) -> str:
+    """PostgreSQL: ``INSERT INTO table SELECT * FROM unnest($1::varchar[], ...) ON CONFLICT DO UPDATE`` (adding),
+    one array parameter per column, with or without the histograms: a batch's sums in one statement of a fixed
+    text (one round trip, one plan), rather than a statement per row."""
+    names = [c.name for c in table.columns if hist or not c.name.startswith("lat_")]
+    kinds = {c.name: "varchar" if isinstance(c.type, String) else "bigint" for c in table.columns}
+    for name in MONEY_COLUMNS:
+        kinds[name] = "numeric"
+    arrays = ", ".join(f"${i}::{kinds[n]}[]" for i, n in enumerate(names, 1))
+    updates = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in names if n not in KEY_COLUMNS)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+    )
 
 
 def values_upsert(table: Table, dialect: str, names: Sequence[str]) -> Insert:
