@@ -111,6 +111,13 @@ Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
 Index("ix_gw_ledger_request_id", ledger.c.request_id)
+# The cascade report reads only these rows (revision 0007).
+Index(
+    "ix_gw_ledger_cascade_ts",
+    ledger.c.ts_ms,
+    postgresql_where=ledger.c.cascade.is_not(None),
+    sqlite_where=ledger.c.cascade.is_not(None),
+)
 
 api_keys = Table(
     "gw_api_keys",
