@@ -2,10 +2,11 @@
 
 Each rollup row adds up the raw rows of one bucket for one ``(key_id, dim, value)``: ``dim`` is ``total``
 (value ``''``), ``model`` (the chosen model), ``route``, ``team`` or ``user``; a NULL key or value is stored as
-``''`` (unique keys must not hold NULL). The sums are computed by the database from the raw rows themselves,
-in the same transaction that inserts them, and only from the rows that insert really wrote (``RETURNING``
-after ``ON CONFLICT DO NOTHING``): a retried batch adds nothing twice, and money stays exact (the same
-``NUMERIC`` / integer-units arithmetic as a ``SUM`` over the raw rows).
+``''`` (unique keys must not hold NULL). The writer sums the rows its batch insert really wrote
+(``RETURNING`` after ``ON CONFLICT DO NOTHING``) with :func:`aggregate_rows` and adds the sums in the same
+transaction (:func:`upsert_sql`, :func:`unnest_upsert_sql`): a retried batch adds nothing twice, and money
+stays exact (quantized per row as stored, added as integer 1e-12 USD). The migration's backfill sums existing
+rows in the database instead (:func:`rollup_select`, the same arithmetic as a ``SUM`` over the raw rows).
 
 Latency histograms (counts per bucket of :data:`~gateway.accounting.schema.LATENCY_BOUNDS_MS`, mergeable by
 addition) are kept on the ``model`` rows only.
