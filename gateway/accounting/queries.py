@@ -42,9 +42,9 @@ from gateway.accounting.schema import (
     GRAINS_MS,
     LATENCY_BOUNDS_MS,
     MONEY_COLUMNS,
+    MONEY_SUM,
     TOTAL_HIST,
     TTFT_HIST,
-    MoneySum,
     api_keys,
     ledger,
     rollups,
@@ -259,7 +259,7 @@ def _summed(
         parts = [Part(None, 0, 0)]  # nothing: an empty raw range keeps the statement's shape
     union = union_all(*(_part_select(p, dim, groups, key_id, hist) for p in parts)).subquery("u")
     sums: list[ColumnElement[Any]] = [func.coalesce(func.sum(union.c[c]), 0).label(c) for c in COUNT_COLUMNS]
-    sums += [type_coerce(func.sum(union.c[c]), MoneySum()).label(c) for c in MONEY_COLUMNS]
+    sums += [type_coerce(func.sum(union.c[c]), MONEY_SUM).label(c) for c in MONEY_COLUMNS]
     if hist:
         sums += [func.coalesce(func.sum(union.c[c]), 0).label(c) for c in TOTAL_HIST + TTFT_HIST]
     return union, sums
