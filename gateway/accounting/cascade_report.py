@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.accounting.schema import MoneySum, ledger
+from gateway.accounting.schema import MONEY_SUM, ledger
 
 __all__ = ["cascade_by_route"]
 
@@ -38,10 +38,10 @@ async def cascade_by_route(engine: AsyncEngine, *, start_ms: int | None, end_ms:
             c.route,
             func.count().label("requests"),
             func.sum(case((c.cascade == "escalated", 1), else_=0)).label("escalated"),
-            type_coerce(func.sum(c.cost_usd), MoneySum()).label("cost_usd"),
-            type_coerce(func.sum(case((known, c.cost_usd), else_=None)), MoneySum()).label("cost_known_usd"),
-            type_coerce(func.sum(c.routed_cost_usd), MoneySum()).label("routed_cost_usd"),
-            type_coerce(func.sum(c.baseline_cost_usd), MoneySum()).label("baseline_cost_usd"),
+            type_coerce(func.sum(c.cost_usd), MONEY_SUM).label("cost_usd"),
+            type_coerce(func.sum(case((known, c.cost_usd), else_=None)), MONEY_SUM).label("cost_known_usd"),
+            type_coerce(func.sum(c.routed_cost_usd), MONEY_SUM).label("routed_cost_usd"),
+            type_coerce(func.sum(c.baseline_cost_usd), MONEY_SUM).label("baseline_cost_usd"),
             func.sum(case((known, 1), else_=0)).label("routed_known"),
         )
         .where(*where)

@@ -34,13 +34,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.db import Database
 from gateway.accounting.retention import Retention
-from gateway.accounting.rollup import ids_filter, rollup_upsert
-from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, ledger, rollups
+from gateway.accounting.rollup import aggregate_rows, unnest_upsert_sql, upsert_sql
+from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, MONEY_PLACES, ledger, rollups
 from gateway.config import LedgerSettings
 from gateway.context import AttemptCost, RequestContext
 from gateway.hooks import LogRecorder
@@ -51,6 +52,26 @@ Row = dict[str, Any]
 #: Rows per statement within a batch's transaction: what the event loop spends preparing one statement
 #: (under half a millisecond) bounds how long a request can wait behind the ledger.
 EXECUTE_ROWS = 25
+
+
+GRAINS_MS_SEQ = tuple(GRAINS_MS.values())
+
+
+def _decimal_usd(units: int) -> Decimal:
+    """Integer 1e-12 USD (how SQLite stores money, and the rollups' sums are added up) as USD."""
+    return Decimal(units).scaleb(-MONEY_PLACES)
+
+
+def _written(rows: list[Row], keys: set[str | None]) -> Iterator[Row]:
+    """The ``rows`` that the insert wrote, given the ``row_key`` values it returned (a row without a key always is;
+    of two rows with the same key, the first)."""
+    for row in rows:
+        key = row.get("row_key")
+        if key is None:
+            yield row
+        elif key in keys:
+            keys.discard(key)
+            yield row
 
 
 def _cut(value: str | None, n: int) -> str | None:
@@ -124,7 +145,7 @@ class SqlLedger:
         self._last_drop_log = 0.0
         self._log = LogRecorder()
         self._inserts: dict[str, Insert] = {}
-        self._rollup_stmts: dict[str, list[Insert]] = {}
+        self._rollup_stmts: dict[str, list[tuple[str, str]]] = {}
         self.retention: Retention | None = None
         if settings.retention_days is not None:
             self.retention = Retention(
@@ -206,13 +227,23 @@ class SqlLedger:
                 insert = self._insert(conn.dialect.name)
                 # One transaction, sent in slices: SQLAlchemy prepares a statement's parameters on the event loop
                 # (about 17 us a row), and a request arriving meanwhile waits for the slice being prepared.
-                ids: list[int] = []
+                written: list[Row] = []
                 for start in range(0, n, EXECUTE_ROWS):
-                    ids.extend((await conn.execute(insert, batch[start : start + EXECUTE_ROWS])).scalars())
-                # The rollups add up exactly the rows written now (a retried row already written is not returned).
-                if ids:
-                    for stmt in self._rollups(conn.dialect.name):
-                        await conn.execute(stmt, {"ids": ids})
+                    rows = batch[start : start + EXECUTE_ROWS]
+                    keys = set((await conn.execute(insert, rows)).scalars())
+                    written.extend(_written(rows, keys))
+                # The rollups add up exactly the rows written now (a retried row already written is not returned),
+                # summed here: one upsert per grain carries one row per bucket, key and value.
+                if written:
+                    money = None if conn.dialect.name == "sqlite" else _decimal_usd
+                    sums = aggregate_rows(written, GRAINS_MS_SEQ, LATENCY_BOUNDS_MS, money)
+                    pg = conn.dialect.name == "postgresql"
+                    for sqls, grain_rows in zip(self._rollups(conn.dialect), sums, strict=True):
+                        for sql, params in zip(sqls, grain_rows, strict=True):
+                            if params and pg:  # one statement, an array per column
+                                await conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*params, strict=True)))
+                            elif params:
+                                await conn.exec_driver_sql(sql, params)
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1
@@ -236,19 +267,22 @@ class SqlLedger:
                 stmt = sqlite.insert(ledger).on_conflict_do_nothing(index_elements=[ledger.c.row_key])
             else:
                 stmt = ledger.insert()
-            stmt = stmt.returning(ledger.c.id)
+            stmt = stmt.returning(ledger.c.row_key)
             self._inserts[dialect] = stmt
         return stmt
 
-    def _rollups(self, dialect: str) -> list[Insert]:
-        """The statements adding the rows ``:ids`` to the minute, hour and day rollups (in that order)."""
-        stmts = self._rollup_stmts.get(dialect)
+    def _rollups(self, dialect: Dialect) -> list[tuple[str, str]]:
+        """The statements adding a batch's sums to the minute, hour and day rollups (in that order): the rows with
+        histograms, then the others."""
+        stmts = self._rollup_stmts.get(dialect.name)
         if stmts is None:
-            stmts = [
-                rollup_upsert(rollups[grain], dialect, GRAINS_MS[grain], LATENCY_BOUNDS_MS, ids_filter())
-                for grain in GRAINS_MS
-            ]
-            self._rollup_stmts[dialect] = stmts
+            if dialect.name == "postgresql":
+                stmts = [(unnest_upsert_sql(rollups[g], True), unnest_upsert_sql(rollups[g], False)) for g in GRAINS_MS]
+            else:
+                stmts = [
+                    (upsert_sql(rollups[g], dialect, True), upsert_sql(rollups[g], dialect, False)) for g in GRAINS_MS
+                ]
+            self._rollup_stmts[dialect.name] = stmts
         return stmts
 
     async def aclose(self) -> None:

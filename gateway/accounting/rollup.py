@@ -2,10 +2,11 @@
 
 Each rollup row adds up the raw rows of one bucket for one ``(key_id, dim, value)``: ``dim`` is ``total``
 (value ``''``), ``model`` (the chosen model), ``route``, ``team`` or ``user``; a NULL key or value is stored as
-``''`` (unique keys must not hold NULL). The sums are computed by the database from the raw rows themselves,
-in the same transaction that inserts them, and only from the rows that insert really wrote (``RETURNING``
-after ``ON CONFLICT DO NOTHING``): a retried batch adds nothing twice, and money stays exact (the same
-``NUMERIC`` / integer-units arithmetic as a ``SUM`` over the raw rows).
+``''`` (unique keys must not hold NULL). The writer sums the rows its batch insert really wrote
+(``RETURNING`` after ``ON CONFLICT DO NOTHING``) with :func:`aggregate_rows` and adds the sums in the same
+transaction (:func:`upsert_sql`, :func:`unnest_upsert_sql`): a retried batch adds nothing twice, and money
+stays exact (quantized per row as stored, added as integer 1e-12 USD). The migration's backfill sums existing
+rows in the database instead (:func:`rollup_select`, the same arithmetic as a ``SUM`` over the raw rows).
 
 Latency histograms (counts per bucket of :data:`~gateway.accounting.schema.LATENCY_BOUNDS_MS`, mergeable by
 addition) are kept on the ``model`` rows only.
@@ -16,8 +17,10 @@ both insert in key order, so they take the row locks in the same order.
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal, localcontext
 from typing import Any
 
 from sqlalchemy import (
@@ -41,12 +44,15 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 
 from gateway.accounting.schema import (
     DIMENSIONS,
     GRAINS_MS,
     KEY_COLUMNS,
+    MONEY_COLUMNS,
+    MONEY_PLACES,
     ledger,
 )
 
@@ -153,6 +159,145 @@ def rollup_upsert(
     else:  # pragma: no cover - the ledger supports these two
         raise ValueError(f"rollups need PostgreSQL or SQLite, not {dialect}")
     stmt = stmt.from_select(names, source)
+    additive = [n for n in names if n not in KEY_COLUMNS]
+    upsert: Insert = stmt.on_conflict_do_update(
+        index_elements=[table.c[k] for k in KEY_COLUMNS],
+        set_={n: table.c[n] + stmt.excluded[n] for n in additive},
+    )
+    return upsert
+
+
+_Q = Decimal(1).scaleb(-MONEY_PLACES)
+_HIT_STATUSES = frozenset(("hit", "semantic-hit"))
+#: The dimensions read from the ledger column of the same name (``total`` and ``model`` are not).
+_OTHER_DIMS = tuple(d for d in DIMENSIONS if d not in ("total", "model"))
+
+
+def aggregate_rows(
+    rows: Iterable[Mapping[str, Any]],
+    grains_ms: Sequence[int],
+    bounds: Sequence[float],
+    money: Callable[[int], Any] | None = None,
+) -> list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+    """The rollup rows that the ledger ``rows`` (as written) add up to, per grain of ``grains_ms`` (finest first,
+    each a multiple of the previous): the rows with histograms (``model``), then the others, each list in key
+    order (two writers take the row locks in the same order). A row is a tuple in the rollup table's column
+    order: the key, the counts, the money (integer 1e-12 USD, or ``money(units)``), the two histograms (only on
+    the first list's rows: the others leave them NULL).
+
+    The same sums as :func:`rollup_select` computes in the database: money quantized to the ledger's 1e-12 USD
+    per row and added exactly (integers), histograms only on the ``model`` rows. The writer adds these to the
+    rollups with multi-row upserts rather than regrouping the batch's rows in SQL.
+    """
+    n_hist = len(bounds) + 1
+    finest: dict[tuple[str, int, str, str], list[Any]] = {}
+    grain_ms = grains_ms[0]
+    with localcontext() as ctx:
+        ctx.prec = 60  # quantizing stays exact (NUMERIC(20, 12) has 20 digits)
+        for row in rows:
+            hit = row["cache_status"] in _HIT_STATUSES
+            err = row["status_code"] >= 400
+            model = row.get("chosen_model")
+            timed = model is not None and not err and not hit
+            total_ms, ttft_ms = row.get("total_ms"), row.get("ttft_ms")
+            t_bin = bisect.bisect_right(bounds, total_ms) if timed and total_ms is not None else -1
+            f_bin = n_hist + bisect.bisect_right(bounds, ttft_ms) if timed and ttft_ms is not None else -1
+            hit_n, err_n = (1 if hit else 0), (1 if err else 0)
+            prompt, completion = row["prompt_tokens"], row["completion_tokens"]
+            cost = int(Decimal(row["cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
+            base = int(Decimal(row["baseline_cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
+            saved = int(Decimal(row["saved_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
+            key_id = row.get("key_id") or ""
+            bucket = row["ts_ms"] // grain_ms * grain_ms
+            values = [("total", ""), ("model", model or "")]
+            values.extend((dim, row.get(dim) or "") for dim in _OTHER_DIMS)
+            for dim, value in values:
+                key = (dim, bucket, key_id, value)
+                cur = finest.get(key)
+                if cur is None:
+                    hist = [0] * (2 * n_hist) if dim == "model" else None
+                    finest[key] = [1, prompt, completion, hit_n, err_n, cost, base, saved, hist]
+                else:
+                    cur[0] += 1
+                    cur[1] += prompt
+                    cur[2] += completion
+                    cur[3] += hit_n
+                    cur[4] += err_n
+                    cur[5] += cost
+                    cur[6] += base
+                    cur[7] += saved
+                    hist = cur[8]
+                if hist is not None:
+                    if t_bin >= 0:
+                        hist[t_bin] += 1
+                    if f_bin >= 0:
+                        hist[f_bin] += 1
+        # Each coarser grain merges the finer one's sums (fewer than the raw rows): its buckets nest.
+        acc = [finest]
+        for grain_ms in grains_ms[1:]:
+            coarse: dict[tuple[str, int, str, str], list[Any]] = {}
+            for (dim, bucket, key_id, value), cur in acc[-1].items():
+                key = (dim, bucket // grain_ms * grain_ms, key_id, value)
+                into = coarse.get(key)
+                if into is None:
+                    coarse[key] = [*cur[:8], None if cur[8] is None else list(cur[8])]
+                    continue
+                for i in range(8):
+                    into[i] += cur[i]
+                if cur[8] is not None:
+                    into[8] = [x + y for x, y in zip(into[8], cur[8], strict=True)]
+            acc.append(coarse)
+    out: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
+    for sums in acc:
+        with_hist: list[tuple[Any, ...]] = []
+        plain: list[tuple[Any, ...]] = []
+        for key in sorted(sums):
+            cur = sums[key]
+            amounts = cur[5:8] if money is None else [money(v) for v in cur[5:8]]
+            hist = cur[8]
+            if hist is None:
+                plain.append((*key, *cur[:5], *amounts))
+            else:
+                with_hist.append((*key, *cur[:5], *amounts, *hist))
+        out.append((with_hist, plain))
+    return out
+
+
+def upsert_sql(table: Table, dialect: Dialect, hist: bool) -> str:
+    """:func:`values_upsert` as the driver's SQL, its parameters in the table's column order, with or without the
+    histograms (what :func:`aggregate_rows` returns): a batch's sums go to the driver's ``executemany`` as they are."""
+    names = [c.name for c in table.columns if hist or not c.name.startswith("lat_")]
+    compiled = values_upsert(table, dialect.name, names).compile(dialect=dialect, column_keys=names)
+    if list(compiled.positiontup or ()) != names:  # pragma: no cover - a named paramstyle
+        raise ValueError(f"rollup upsert needs a positional paramstyle, not {dialect.paramstyle}")
+    return compiled.string
+
+
+def unnest_upsert_sql(table: Table, hist: bool) -> str:
+    """PostgreSQL: ``INSERT INTO table SELECT * FROM unnest($1::varchar[], ...) ON CONFLICT DO UPDATE`` (adding),
+    one array parameter per column, with or without the histograms: a batch's sums in one statement of a fixed
+    text (one round trip, one plan), rather than a statement per row."""
+    names = [c.name for c in table.columns if hist or not c.name.startswith("lat_")]
+    kinds = {c.name: "varchar" if isinstance(c.type, String) else "bigint" for c in table.columns}
+    for name in MONEY_COLUMNS:
+        kinds[name] = "numeric"
+    arrays = ", ".join(f"${i}::{kinds[n]}[]" for i, n in enumerate(names, 1))
+    updates = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in names if n not in KEY_COLUMNS)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+    )
+
+
+def values_upsert(table: Table, dialect: str, names: Sequence[str]) -> Insert:
+    """``INSERT INTO table (names) VALUES (...) ON CONFLICT DO UPDATE`` adding each of ``names`` (executed with many
+    rows, from :func:`aggregate_rows`); a NULL histogram stays NULL."""
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table)
+    else:  # pragma: no cover - the ledger supports these two
+        raise ValueError(f"rollups need PostgreSQL or SQLite, not {dialect}")
     additive = [n for n in names if n not in KEY_COLUMNS]
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=[table.c[k] for k in KEY_COLUMNS],

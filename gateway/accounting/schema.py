@@ -111,6 +111,13 @@ Index("ix_gw_ledger_ts", ledger.c.ts_ms)
 Index("ux_gw_ledger_row_key", ledger.c.row_key, unique=True)
 Index("ix_gw_ledger_key_ts", ledger.c.key_id, ledger.c.ts_ms)
 Index("ix_gw_ledger_request_id", ledger.c.request_id)
+# The cascade report reads only these rows (revision 0007).
+Index(
+    "ix_gw_ledger_cascade_ts",
+    ledger.c.ts_ms,
+    postgresql_where=ledger.c.cascade.is_not(None),
+    sqlite_where=ledger.c.cascade.is_not(None),
+)
 
 api_keys = Table(
     "gw_api_keys",
@@ -138,6 +145,10 @@ class MoneySum(Money):
             return dialect.type_descriptor(BigInteger())
         return dialect.type_descriptor(Numeric(30, MONEY_PLACES, asdecimal=True))
 
+
+#: One shared instance for the queries' sums: a type's dialect implementation is cached on the instance, and
+#: building it anew for every statement cost milliseconds a dashboard refresh.
+MONEY_SUM = MoneySum()
 
 #: Upper bounds (exclusive, milliseconds) of the latency histograms' buckets; the last bucket is unbounded.
 LATENCY_BOUNDS_MS: tuple[float, ...] = (

@@ -59,6 +59,25 @@ async def test_a_fresh_database_is_at_head(db_url: str) -> None:
     assert "gw_schema_version" not in tables
 
 
+async def test_the_cascade_report_reads_its_partial_index(db_url: str) -> None:
+    # Revision 0007: the cascade rows by time, so the dashboard's cascade report does not read every raw row.
+    db = await open_database(db_url, require=True)
+    async with db.engine.connect() as conn:
+        indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("gw_ledger")})
+        if db.engine.dialect.name == "sqlite":
+            plan = (
+                await conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT route, count(*) FROM gw_ledger "
+                        "WHERE cascade IS NOT NULL AND ts_ms >= 1 AND ts_ms < 2 GROUP BY route"
+                    )
+                )
+            ).all()
+            assert "ix_gw_ledger_cascade_ts" in " ".join(str(r[-1]) for r in plan)
+    await db.aclose()
+    assert "ix_gw_ledger_cascade_ts" in indexes
+
+
 async def test_a_version_2_ledger_is_upgraded_in_place(db_url: str) -> None:
     rows = await _write_legacy_ledger(db_url, 50)
     db = await open_database(db_url, require=True)
