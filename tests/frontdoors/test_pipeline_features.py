@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app, get_profile
+from tests.frontdoors.conftest import MASTER
 from tests.hardening.support import LedgerFile
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
@@ -55,7 +56,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatewa
 
 
 async def test_responses_cache_hit_json_and_stream(gw: tuple[RunningGateway, LedgerFile]) -> None:
-    async with openai.AsyncOpenAI(base_url=gw[0].base_url + "/v1", api_key="x", max_retries=0) as c:
+    async with openai.AsyncOpenAI(base_url=gw[0].base_url + "/v1", api_key=MASTER, max_retries=0) as c:
         args: dict[str, Any] = {"model": "small", "input": "Cache me", "temperature": 0, "store": False}
         first = await c.responses.with_raw_response.create(**args)
         await gw[0].wait_writes()
@@ -71,7 +72,7 @@ async def test_responses_cache_hit_json_and_stream(gw: tuple[RunningGateway, Led
 
 
 async def test_messages_cache_hit(gw: tuple[RunningGateway, LedgerFile]) -> None:
-    async with anthropic.AsyncAnthropic(base_url=gw[0].base_url, api_key="x", max_retries=0) as c:
+    async with anthropic.AsyncAnthropic(base_url=gw[0].base_url, api_key=MASTER, max_retries=0) as c:
         args: dict[str, Any] = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "Cache"}]}
         args["extra_body"] = {"temperature": 0}
         first = await c.messages.with_raw_response.create(**args)
@@ -84,12 +85,12 @@ async def test_messages_cache_hit(gw: tuple[RunningGateway, LedgerFile]) -> None
 
 
 async def test_fallback_behind_both_apis(gw: tuple[RunningGateway, LedgerFile]) -> None:
-    async with openai.AsyncOpenAI(base_url=gw[0].base_url + "/v1", api_key="x", max_retries=0) as c:
+    async with openai.AsyncOpenAI(base_url=gw[0].base_url + "/v1", api_key=MASTER, max_retries=0) as c:
         raw = await c.responses.with_raw_response.create(model="best", input="Hi", store=False)
     assert raw.headers["x-gateway-model"] == "small" and raw.parse().output_text
     row = await gw[1].one_row(raw.headers["x-request-id"])
     assert row["attempts"] == 2 and row["route"] == "best"
-    async with anthropic.AsyncAnthropic(base_url=gw[0].base_url, api_key="x", max_retries=0) as a:
+    async with anthropic.AsyncAnthropic(base_url=gw[0].base_url, api_key=MASTER, max_retries=0) as a:
         msg = await a.messages.with_raw_response.create(
             model="best", max_tokens=10, messages=[{"role": "user", "content": "Hi"}]
         )
