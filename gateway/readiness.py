@@ -1,10 +1,9 @@
 """``/ready`` from state the gateway already keeps, never a probe per call.
 
-From the first ``/ready`` call on, a background task checks every backend's health every
-``server.health_probe_seconds`` (the vLLM backend's
+A background task checks every backend's health every ``server.health_probe_seconds`` (the vLLM backend's
 metrics scrape also marks its replicas up or down); :meth:`Readiness.snapshot` combines the last check with
-the circuit breaker, so a burst of ``/ready`` calls costs the upstreams nothing. The first call starts the
-checks and waits for their first round; a gateway nobody asks sends its upstreams no probes.
+the circuit breaker, so a burst of ``/ready`` calls costs the upstreams nothing. The first call waits for the
+first round of checks, which starts with the app.
 """
 
 from __future__ import annotations
@@ -64,10 +63,7 @@ class Readiness:
     async def snapshot(self, *, detail: bool) -> tuple[int, dict[str, Any]]:
         """The status code and body of ``/ready``: 200 when a backend is up (healthy at its last check and
         its breaker lets requests through), else 503; per-backend detail only when ``detail``."""
-        if self._task is None:  # checks start with the first call: a gateway nobody asks probes nothing
-            self.start()
-        assert self._task is not None
-        if not self._first.is_set() and not self._task.done():
+        if not self._first.is_set() and self._task is not None and not self._task.done():
             await asyncio.shield(self._first.wait())
         up = {n: self.healthy.get(n, False) and self.breakers[n].available() for n in self.backends}
         status = 200 if any(up.values()) else 503

@@ -176,6 +176,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     for backend in backends.values():
         await backend.start()
     readiness = Readiness(backends, breakers, server.health_probe_seconds)
+    readiness.start()
     responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None)
     gw = Gateway(
         settings,
