@@ -179,7 +179,7 @@ export STACK_COMPOSE="${compose[*]}"
 "$PY" scripts/stack_check.py basic
 "$PY" scripts/stack_check.py redis-restart
 log "scale: two gateway replicas, virtual keys on (budgets are per key)"
-VIRTUAL_KEYS=true "${compose[@]}" up -d --no-build --scale gateway=2 >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
+"${compose[@]}" up -d --no-build --scale gateway=2 >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
 wait_healthy 300
 sleep 11 # nginx re-resolves the service name every 10 s (resolver valid=10s)
 "$PY" scripts/stack_check.py scale

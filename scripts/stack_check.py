@@ -128,7 +128,8 @@ def basic() -> None:
     The cache answers deterministic requests only (cache.only_deterministic): temperature 0 there.
     """
     base = env("STACK_GATEWAY_URL")
-    api = client(base, "sk-unused")  # virtual keys are off (.env.example's VIRTUAL_KEYS=false)
+    # A configured master key turns keys on (.env.example sets one); the master key itself has no limits.
+    api = client(base, env("STACK_MASTER_KEY"))
     tag = uuid.uuid4().hex[:8]
     user = f"stack-{tag}"
     messages: list[Any] = [{"role": "user", "content": f"Name three colours ({tag})."}]
@@ -197,7 +198,7 @@ def basic() -> None:
 def redis_restart() -> None:
     """Requests keep succeeding while the Redis container restarts."""
     base = env("STACK_GATEWAY_URL")
-    api = client(base, "sk-unused")
+    api = client(base, env("STACK_MASTER_KEY"))  # no limits, so admission never waits on Redis
     stop = threading.Event()
     failures: list[str] = []
     done = [0]
