@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -55,6 +56,34 @@ def make_row(spec: Spec, n: int) -> Row:
     row = row_from_context(ctx)
     row["ts_ms"] = BASE_MS + spec.offset_ms  # exactly (the float seconds may round a millisecond off)
     return row
+
+
+def random_rows(
+    seed: int, n: int, *, span_ms: int, models: tuple[str, str], with_ttft: bool = True, first_id: int = 0
+) -> list[Row]:
+    """``n`` rows drawn from ``seed`` over ``span_ms`` after :data:`BASE_MS`: two keys, two users, one team and
+    one route (each sometimes absent), the two ``models``, some errors and cache hits."""
+    rnd = random.Random(seed)
+    specs = [
+        Spec(
+            offset_ms=rnd.randrange(0, span_ms),
+            key=rnd.choice(["key-0", "key-1", None]),
+            model=rnd.choice(models),
+            user=rnd.choice(["u0", "u1", None]),
+            team=rnd.choice(["t0", None]),
+            route=rnd.choice(["r0", None]),
+            prompt=rnd.randrange(1000),
+            completion=rnd.randrange(1000),
+            cost_units=rnd.randrange(10**13),
+            baseline_units=rnd.randrange(10**13),
+            status=rnd.choice([200, 200, 500]),
+            cache=rnd.choice(["miss", "hit"]),
+            total_ms=rnd.uniform(1, 5000),
+            ttft_ms=rnd.uniform(1, 500) if with_ttft else None,
+        )
+        for _ in range(n)
+    ]
+    return [make_row(spec, first_id + i) for i, spec in enumerate(specs)]
 
 
 def group_of(row: Row, group_by: str) -> str | None:

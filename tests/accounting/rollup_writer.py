@@ -9,38 +9,17 @@ few minutes as any other seed's, so that two writers add to the same rollup rows
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 
 from gateway.accounting import SqlLedger, open_database
 from gateway.accounting.ledger import Row
 from gateway.config import LedgerSettings
-from tests.accounting.rollup_support import Spec, make_row
+from tests.accounting.rollup_support import random_rows
 
 
 def workload(seed: int, n: int) -> list[Row]:
     """``n`` rows over three minutes, two keys, two models (the same buckets whatever the seed)."""
-    rnd = random.Random(seed)
-    specs = [
-        Spec(
-            offset_ms=rnd.randrange(0, 180_000),
-            key=rnd.choice(["key-0", "key-1", None]),
-            model=rnd.choice(["model-0", "model-1"]),
-            user=rnd.choice(["u0", "u1", None]),
-            team=rnd.choice(["t0", None]),
-            route=rnd.choice(["r0", None]),
-            prompt=rnd.randrange(1000),
-            completion=rnd.randrange(1000),
-            cost_units=rnd.randrange(10**13),
-            baseline_units=rnd.randrange(10**13),
-            status=rnd.choice([200, 200, 500]),
-            cache=rnd.choice(["miss", "hit"]),
-            total_ms=rnd.uniform(1, 5000),
-            ttft_ms=rnd.uniform(1, 500),
-        )
-        for _ in range(n)
-    ]
-    return [make_row(s, seed * 1_000_000 + i) for i, s in enumerate(specs)]
+    return random_rows(seed, n, span_ms=180_000, models=("model-0", "model-1"), first_id=seed * 1_000_000)
 
 
 async def _flush(led: SqlLedger) -> None:

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import random
 from decimal import Decimal
 
 from sqlalchemy import func, select
 
 from gateway.accounting import SqlLedger, open_database
+from gateway.accounting.ledger import Row
 from gateway.accounting.queries import recent_requests, request_rows, spend, totals
 from gateway.accounting.schema import ledger
 from gateway.auth.keys import KeyStore
 from gateway.config import LedgerSettings
-from tests.accounting.rollup_support import BASE_MS, Spec, make_row, reference
+from tests.accounting.rollup_support import BASE_MS, random_rows, reference
 
 DAY_MS = 86_400_000
 
 
-def _workload(n: int) -> list[dict[str, object]]:
-    rnd = random.Random(7)
-    specs = [
-        Spec(
-            offset_ms=rnd.randrange(0, 10 * DAY_MS),
-            key=rnd.choice(["key-0", "key-1", None]),
-            model=rnd.choice(["m0", "m1"]),
-            user=rnd.choice(["u0", "u1", None]),
-            team=rnd.choice(["t0", None]),
-            route=rnd.choice(["r0", None]),
-            prompt=rnd.randrange(1000),
-            completion=rnd.randrange(1000),
-            cost_units=rnd.randrange(10**13),
-            baseline_units=rnd.randrange(10**13),
-            status=rnd.choice([200, 200, 500]),
-            cache=rnd.choice(["miss", "hit"]),
-            total_ms=rnd.uniform(1, 5000),
-            ttft_ms=None,
-        )
-        for _ in range(n)
-    ]
-    return [make_row(s, i) for i, s in enumerate(specs)]
+def _workload(n: int) -> list[Row]:
+    return random_rows(7, n, span_ms=10 * DAY_MS, models=("m0", "m1"), with_ttft=False)
 
 
 async def test_retention_keeps_totals_budgets_and_savings_exact(db_url: str) -> None:

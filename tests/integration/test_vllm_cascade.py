@@ -26,15 +26,7 @@ def gateway(vllm_server: VLLMServer) -> Iterator[str]:
         settings = settings_from_dict(
             {
                 "models": [
-                    {
-                        "name": "tiny",
-                        "backend": "vllm",
-                        "base_url": vllm_server.base_url,
-                        "upstream_model": vllm_server.served_model_name,
-                        "context_window": 1024,
-                        "gpu_hour_usd": 1.0,
-                        "tokens_per_second": 500,
-                    },
+                    vllm_server.model_spec(),
                     {"name": "gpt-4", "backend": "openai", "base_url": strong + "/v1", "upstream_model": "gpt-4"},
                 ],
                 "routes": {

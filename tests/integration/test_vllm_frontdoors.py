@@ -31,17 +31,7 @@ def gw(
     ledger = LedgerFile(tmp / "ledger.db")
     settings = settings_from_dict(
         {
-            "models": [
-                {
-                    "name": "tiny",
-                    "backend": "vllm",
-                    "base_url": vllm_server.base_url,
-                    "upstream_model": vllm_server.served_model_name,
-                    "context_window": 1024,
-                    "gpu_hour_usd": 1.0,
-                    "tokens_per_second": 500,
-                }
-            ],
+            "models": [vllm_server.model_spec()],
             "routes": {"auto": {"models": ["tiny"], "policy": "cost"}},
             "cache": {"enabled": False},
             "server": {"metrics_scrape_seconds": 3600},

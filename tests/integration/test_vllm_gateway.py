@@ -36,15 +36,7 @@ def two_backends(vllm: VLLMServer, sim_13b: str) -> dict[str, Any]:
     """The real vLLM ("tiny") and a simulated 13B, and the route "fast" between them by latency."""
     return {
         "models": [
-            {
-                "name": "tiny",
-                "backend": "vllm",
-                "base_url": vllm.base_url,
-                "upstream_model": vllm.served_model_name,
-                "context_window": 1024,
-                "gpu_hour_usd": 1.0,
-                "tokens_per_second": 500,
-            },
+            vllm.model_spec(),
             {
                 "name": "sim-13b",
                 "backend": "vllm",

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -146,6 +147,18 @@ class VLLMServer:
     @property
     def port(self) -> int:
         return int(self.root_url.rsplit(":", 1)[1])
+
+    def model_spec(self, name: str = "tiny") -> dict[str, Any]:
+        """This server as a gateway ``models:`` entry (a vLLM backend priced by GPU time)."""
+        return {
+            "name": name,
+            "backend": "vllm",
+            "base_url": self.base_url,
+            "upstream_model": self.served_model_name,
+            "context_window": 1024,
+            "gpu_hour_usd": 1.0,
+            "tokens_per_second": 500,
+        }
 
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.log_path, lines)
