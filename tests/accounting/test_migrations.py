@@ -3,6 +3,9 @@ upgraded in place, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.accounting import open_database
 from gateway.accounting.ledger import row_from_context
-from gateway.accounting.migrate import SchemaTooNew, alembic_config, current_revision, head_revision
+from gateway.accounting.migrate import HEAD, SchemaTooNew, alembic_config, current_revision, head_revision
 from gateway.accounting.queries import totals
 from gateway.accounting.schema import ledger
 from gateway.context import RequestContext
@@ -47,6 +50,28 @@ def test_the_revisions_form_one_chain() -> None:
     scripts = ScriptDirectory.from_config(alembic_config())
     assert scripts.get_heads() == [head_revision()]
     assert [r.revision for r in scripts.walk_revisions()][-1] == "0001"
+    assert head_revision() == HEAD  # the constant that spares a ledger at head from importing Alembic
+
+
+_OPEN_AT_HEAD = """
+import asyncio, sys
+from gateway.accounting import open_database
+
+async def main() -> None:
+    db = await open_database(sys.argv[1], require=True)
+    await db.aclose()
+    print(sorted(m for m in sys.modules if m.split(".")[0] in ("alembic", "mako")))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_database_at_head_opens_without_alembic(db_url: str) -> None:
+    db = await open_database(db_url, require=True)  # migrated here, in this process
+    await db.aclose()
+    argv = [sys.executable, "-c", _OPEN_AT_HEAD, db_url]
+    out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # a server process at head holds neither Alembic nor Mako
 
 
 async def test_a_fresh_database_is_at_head(db_url: str) -> None:
