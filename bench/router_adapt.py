@@ -8,9 +8,11 @@ seeds) and writes a plot. Not a test: it takes minutes (one prior training, ~1k 
 
     python bench/router_adapt.py --data ../shared/data/routing/routellm_train.jsonl --holdout gsm8k \
         --seeds 5 --plot bench/router_adapt.png
-    python bench/router_adapt.py --deployment train.jsonl test.jsonl --sizes 100 200 400 600 --seeds 20
+    python bench/router_adapt.py --deployment train.jsonl test.jsonl --sizes 100 200 400 600 --seeds 20 \
+        --vector minilm-static
 
 The second form measures a deployment's own labels instead (pooled, random draws), from the shipped prior.
+``--vector`` picks the prompt vector the adapted router reads (``minilm``, the default, or ``minilm-static``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from gateway.tokens import load_tiktoken
 from policies.router import metrics
-from policies.router.adapt import AdaptConfig, adapt, minilm_embed, saved_at_quality
+from policies.router.adapt import VECTORS, AdaptConfig, adapt, prompt_embed, saved_at_quality
 from policies.router.data import Record, load_records
 from policies.router.model import QualityRouter
 from policies.router.train import TrainConfig, train_router
@@ -42,12 +44,12 @@ Rows = dict[int, dict[str, list[tuple[float, float, float]]]]
 
 
 def _run(
-    records: list[Record], prior: QualityRouter, seeds: int, min_test: int, sizes_: list[int]
+    records: list[Record], prior: QualityRouter, seeds: int, min_test: int, sizes_: list[int], vector: str
 ) -> tuple[Rows, list[int]]:
     """Frozen vs adapted figures on random draws of N training labels (the rest evaluates)."""
     prompts = [r.prompt for r in records]
     t0 = time.perf_counter()
-    vectors = minilm_embed()(prompts)
+    vectors = prompt_embed(vector)(prompts)
     print(f"{len(prompts)} prompts embedded in {time.perf_counter() - t0:.0f} s")
     vec_of = {p: vectors[i] for i, p in enumerate(prompts)}
 
@@ -64,7 +66,8 @@ def _run(
         for seed in range(seeds):
             perm = np.random.default_rng(1000 * seed + n).permutation(len(records))
             train, test = perm[:n], perm[n:]
-            router = adapt([records[i] for i in train], prior, embed, AdaptConfig(folds=5, seed=seed))
+            config = AdaptConfig(folds=5, seed=seed, vector=vector)
+            router = adapt([records[i] for i in train], prior, embed, config)
             scores = router.score_batch([prompts[i] for i in test], vectors[test])
             rows[n]["adapted"].append(_figures(scores, weak[test], strong[test]))
             rows[n]["frozen"].append(_figures(prior_scores[test], weak[test], strong[test]))
@@ -86,6 +89,7 @@ def main() -> int:
         default=None,
         help="instead of the shift: labelled JSONL files of a deployment, adapted from the shipped prior",
     )
+    ap.add_argument("--vector", choices=VECTORS, default="minilm", help="the prompt vector the adapted router reads")
     args = ap.parse_args()
 
     enc = load_tiktoken("cl100k_base")
@@ -108,9 +112,9 @@ def main() -> int:
             records = load_records(shifted)
             name = args.holdout
             what = f"prior trained without {name}; adapted on N of its {len(records)} labelled prompts"
-        rows, sizes = _run(records, prior, args.seeds, args.min_test, args.sizes)
+        rows, sizes = _run(records, prior, args.seeds, args.min_test, args.sizes, args.vector)
 
-    print(f"\n{what},")
+    print(f"\n{what}, prompt vector {args.vector},")
     print(f"evaluated on the rest; mean ± sd over {args.seeds} random draws")
     print(f"{'N':>5} {'router':<8} {'APGR':>13} {'CPT(50%)':>15} {'saved at 95%':>15}")
     for n in sizes:

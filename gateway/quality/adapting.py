@@ -34,18 +34,21 @@ Fit = Callable[[Path, Path], Any]
 
 
 def fit_adapted(encode: Callable[[str], list[int]], embed_max_tokens: int) -> Fit:
-    """The real fit: the shipped prior, MiniLM features, default hyper-parameters."""
+    """The real fit: the shipped prior, default hyper-parameters, the prompt vector the artifact being replaced
+    reads (``minilm`` when there is none yet)."""
 
     def fit(labels: Path, out: Path) -> Any:
-        from policies.router.adapt import AdaptConfig, adapt, minilm_embed
+        from policies.router.adapt import AdaptConfig, adapt, prompt_embed, recorded_vector
         from policies.router.data import file_sha256, load_records
         from policies.router.model import ARTIFACT_DIR, QualityRouter
 
         records = load_records(labels)
-        config = AdaptConfig(embed_max_tokens=embed_max_tokens)
+        vector = recorded_vector(out)
+        config = AdaptConfig(embed_max_tokens=embed_max_tokens, vector=vector)
         prior = QualityRouter.load(None, encode=encode)
         source = {"file": labels.name, "sha256": file_sha256(labels), "from": "ledger (background)"}
-        router = adapt(records, prior, minilm_embed(embed_max_tokens), config, source=source, prior_dir=ARTIFACT_DIR)
+        embed = prompt_embed(vector, embed_max_tokens)
+        router = adapt(records, prior, embed, config, source=source, prior_dir=ARTIFACT_DIR)
         router.save(out)
         return router
 

@@ -5,8 +5,11 @@ judge verdicts, feedback or benchmark outcomes; scores 0/1 or in [0, 1]). The ad
 regression on two feature blocks:
 
 * the prior's logit (:meth:`QualityRouter.logit`), which carries what the benchmark data taught it;
-* the prompt's all-MiniLM-L6-v2 sentence embedding (384 dimensions, unit length), the vector the semantic
-  cache computes for the same text, so a request is embedded once for both.
+* a prompt vector (384 dimensions, unit length), recorded in the artifact as ``embedding.vector``:
+  ``minilm``, the all-MiniLM-L6-v2 sentence embedding the semantic cache computes for the same text (a request
+  is embedded once for both), or ``minilm-static``, the mean of MiniLM's embedding-layer rows for the prompt's
+  word pieces (:mod:`cache.minilm_static`: no transformer, ~0.1 ms; as good for routing within noise on
+  AlpacaEval labels, ``bench/RESULTS.md``), for routes that do not share the cache's vector.
 
 The target is "the strong answer is better than the weak one" (``strong - weak > margin``; the gap itself as
 a sample weight, so near-ties weigh little). Out-of-fold scores of k-fold cross-validation on the labels give
@@ -40,12 +43,15 @@ from policies.router.model import ARTIFACT_DIR, QualityRouter
 
 __all__ = [
     "ADAPTED_FORMAT",
+    "VECTORS",
     "AdaptConfig",
     "AdaptedRouter",
     "Embed",
     "adapt",
     "is_adapted",
     "load_artifact",
+    "prompt_embed",
+    "recorded_vector",
     "saved_at_quality",
 ]
 
@@ -53,13 +59,18 @@ FloatArray = NDArray[np.float64]
 #: Texts -> unit vectors (rows of a float32 matrix), e.g. ``cache.minilm.MiniLMEmbedder.embed``.
 Embed = Callable[[list[str]], NDArray[np.float32]]
 
-#: Layout version of an adapted artifact (``adapted.json`` + ``adapted.npz`` + ``prior/``).
-ADAPTED_FORMAT = 1
+#: Layout version of an adapted artifact (``adapted.json`` + ``adapted.npz`` + ``prior/``): 1 reads the full
+#: MiniLM embedding (``embedding.vector`` absent or ``minilm``); 2 names another vector, so that a gateway too old
+#: to compute it refuses the artifact rather than score it with the wrong vector.
+ADAPTED_FORMAT = 2
+_FORMATS = (1, 2)
 _JSON = "adapted.json"
 _NPZ = "adapted.npz"
 _PRIOR = "prior"
 #: The embedding the adapted router reads (the semantic cache's model).
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+#: The prompt vectors an adapted router can read: the sentence embedding, or the static one (module docstring).
+VECTORS = ("minilm", "minilm-static")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class AdaptConfig:
     better_margin: float = 0.0
     #: the embedding reads at most this many word pieces of the prompt (long prompts are truncated).
     embed_max_tokens: int = 128
+    #: which prompt vector the router reads (one of :data:`VECTORS`).
+    vector: str = "minilm"
     #: the operating point whose cost saving the held-out figures report (share of the strong quality).
     report_quality: float = 0.95
     max_iter: int = 400
@@ -190,6 +203,11 @@ class AdaptedRouter:
     def version(self) -> str:
         """Artifact version: ``adapted-`` and the first 12 hex digits of the training labels' hash."""
         return str(self.metadata.get("version", "adapted"))
+
+    @property
+    def vector(self) -> str:
+        """The prompt vector the router reads (one of :data:`VECTORS`; ``minilm`` for artifacts that predate it)."""
+        return str(self.metadata.get("embedding", {}).get("vector", "minilm"))
 
     @property
     def held_out(self) -> dict[str, Any]:
@@ -321,15 +339,17 @@ def adapt(
 ) -> AdaptedRouter:
     """Fit an adapted router on a deployment's labelled ``records`` on top of ``prior``.
 
-    ``embed`` turns prompts into unit vectors (the semantic cache's MiniLM, truncated to
-    ``config.embed_max_tokens``). ``source`` is recorded as the training data's description (e.g. the file,
-    its hash); ``prior_dir``: the prior's artifact directory (default: the shipped one), copied on save.
+    ``embed`` turns prompts into unit vectors, the ones ``config.vector`` names (:func:`prompt_embed`).
+    ``source`` is recorded as the training data's description (e.g. the file, its hash); ``prior_dir``: the
+    prior's artifact directory (default: the shipped one), copied on save.
     Runs k-fold CV first (held-out figures and the calibration table), then fits on all rows.
 
     Raises:
         ValueError: too few rows, or labels where the strong model is never better.
     """
     config = config or AdaptConfig()
+    if config.vector not in VECTORS:
+        raise ValueError(f"unknown prompt vector {config.vector!r} (one of {', '.join(VECTORS)})")
     n = len(records)
     if n < 4 * config.folds:
         raise ValueError(f"adaptation needs at least {4 * config.folds} labelled prompts, got {n}")
@@ -356,10 +376,10 @@ def adapt(
     prior_path = prior_dir if prior_dir is not None else ARTIFACT_DIR
     digest = _rows_sha256(records)
     metadata: dict[str, Any] = {
-        "format": ADAPTED_FORMAT,
+        "format": 1 if config.vector == "minilm" else ADAPTED_FORMAT,
         "kind": "adapted",
         "version": f"adapted-{digest[:12]}",
-        "model": "logistic(prior logit + MiniLM embedding)",
+        "model": f"logistic(prior logit + {config.vector} vector)",
         "created_unix": int(time.time()),
         "training_data": {
             **(source or {}),
@@ -370,7 +390,12 @@ def adapt(
             "strong_quality": round(float(strong.mean()), 4),
         },
         "config": asdict(config),
-        "embedding": {"model": EMBEDDING_MODEL, "dim": int(vectors.shape[1]), "max_tokens": config.embed_max_tokens},
+        "embedding": {
+            "model": EMBEDDING_MODEL,
+            "dim": int(vectors.shape[1]),
+            "max_tokens": config.embed_max_tokens,
+            "vector": config.vector,
+        },
         "prior": {"version": prior.version, "training_data_sha256": prior.training_data_sha256, "dir": str(prior_path)},
         "held_out": {
             "method": f"{config.folds}-fold cross-validation on the labels (seed {config.seed})",
@@ -388,6 +413,17 @@ def is_adapted(directory: Path) -> bool:
     return (Path(directory) / _JSON).is_file()
 
 
+def recorded_vector(directory: Path) -> str:
+    """The prompt vector the adapted artifact in ``directory`` reads; ``minilm`` when there is none (or it does not
+    say, or does not parse)."""
+    try:
+        meta = json.loads((Path(directory) / _JSON).read_text(encoding="utf-8"))
+        vector = str(meta.get("embedding", {}).get("vector", "minilm"))
+    except (OSError, ValueError, AttributeError):
+        return "minilm"
+    return vector if vector in VECTORS else "minilm"
+
+
 def load_artifact(
     directory: Path | None, *, encode: Callable[[str], list[int]], embed: Embed | None = None
 ) -> QualityRouter | AdaptedRouter:
@@ -402,8 +438,10 @@ def load_artifact(
         return QualityRouter.load(directory, encode=encode)
     directory = Path(directory)
     meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
-    if meta.get("format") != ADAPTED_FORMAT:
-        raise ValueError(f"adapted router format {meta.get('format')!r}; this version reads {ADAPTED_FORMAT}")
+    if meta.get("format") not in _FORMATS:
+        raise ValueError(f"adapted router format {meta.get('format')!r}; this version reads {_FORMATS}")
+    if meta.get("embedding", {}).get("vector", "minilm") not in VECTORS:
+        raise ValueError(f"adapted router reads an unknown prompt vector {meta['embedding']['vector']!r}")
     prior = QualityRouter.load(directory / _PRIOR, encode=encode)
     with np.load(directory / _NPZ, allow_pickle=False) as z:
         w_embed = np.asarray(z["w_embed"], dtype=np.float32)
@@ -440,6 +478,21 @@ def minilm_embed(max_tokens: int = AdaptConfig.embed_max_tokens, runtime: str = 
         return out
 
     return embed
+
+
+def prompt_embed(vector: str = "minilm", max_tokens: int = AdaptConfig.embed_max_tokens) -> Embed:
+    """The :data:`Embed` of a prompt vector kind (:data:`VECTORS`), reading at most ``max_tokens`` word pieces.
+
+    Raises:
+        ValueError: an unknown kind. cache.minilm.ModelUnavailable: the packaged model is not installed.
+    """
+    if vector == "minilm":
+        return minilm_embed(max_tokens)
+    if vector == "minilm-static":
+        from cache.minilm_static import StaticMiniLM
+
+        return StaticMiniLM(max_tokens=max_tokens).embed
+    raise ValueError(f"unknown prompt vector {vector!r} (one of {', '.join(VECTORS)})")
 
 
 def format_held_out(held_out: dict[str, Any]) -> str:

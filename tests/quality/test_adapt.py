@@ -63,7 +63,7 @@ def test_adapt_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         await db.aclose()
 
     asyncio.run(populate())
-    monkeypatch.setattr(cli_router, "_embedder", lambda max_tokens: fake_embed)
+    monkeypatch.setattr(cli_router, "_embedder", lambda max_tokens, vector="minilm": fake_embed)
     out = tmp_path / "router"
     runner = CliRunner()
     result = runner.invoke(router_app, ["adapt", "--from-ledger", "--config", str(config), "--out", str(out),
