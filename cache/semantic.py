@@ -83,6 +83,20 @@ def encode_vector(vec: F32) -> bytes:
     return vec.astype(np.float16).tobytes()
 
 
+class PromptEncoder(Protocol):
+    """What the adapted router's decision awaits for a prompt's vector: :class:`SemanticEncoder` (a worker thread)
+    or :class:`cache.minilm_static.InlineEncoder` (on the loop, for the ~0.1 ms static vector)."""
+
+    @property
+    def vector(self) -> str:
+        """The prompt vector computed (``minilm`` or ``minilm-static``)."""
+        ...
+
+    async def encode(self, text: str) -> F32 | None:
+        """The text's unit vector; None when the encoder is saturated."""
+        ...
+
+
 class SemanticEncoder:
     """Runs an :class:`Embedder` in its own worker thread, with a bound on queued work and a timeout.
 

