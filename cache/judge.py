@@ -20,11 +20,12 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cache.learn import Learner
+if TYPE_CHECKING:
+    from cache.learn import Learner
 
 log = logging.getLogger("gateway.cache")
 

@@ -22,18 +22,9 @@ from gateway.app import create_app
 from tests.accounting.conftest import auth_header, chat, make_settings
 from tests.accounting.fakes import DictCache
 from tests.accounting.upstream import create_upstream_app
+from tests.helpers.browser import OUTPUT, dashboard_page, needs_chromium
 from tests.helpers.servers import REPO_ROOT, ServerThread, run_asgi_server
 
-CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-OUTPUT = REPO_ROOT / "test-output"
 MASTER = "master-" + uuid.uuid4().hex
 
 
@@ -100,81 +91,70 @@ def _send_one(base: str, key: str) -> None:
     assert r.status_code == 200
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
+@needs_chromium
 def test_dashboard_shows_the_workload(gateway_url: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     work = run_workload(gateway_url)
     totals = work["spend"]["totals"]
     by_model = {g["group"]: g for g in work["spend"]["data"]}
-    OUTPUT.mkdir(exist_ok=True)
+    with dashboard_page(f"{gateway_url}/dashboard?refresh=1") as tab:
+        page = tab.page
+        expect(page.locator("#login")).to_be_visible()
+        expect(page.locator("#dashboard")).to_be_hidden()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{gateway_url}/dashboard?refresh=1")
-            expect(page.locator("#login")).to_be_visible()
-            expect(page.locator("#dashboard")).to_be_hidden()
+        page.fill("#master-key", "not-the-master-key")
+        page.click("#login-button")
+        expect(page.locator("#login-error")).to_contain_text("master key")
 
-            page.fill("#master-key", "not-the-master-key")
-            page.click("#login-button")
-            expect(page.locator("#login-error")).to_contain_text("master key")
+        page.fill("#master-key", MASTER)
+        page.click("#login-button")
+        page.wait_for_selector("body[data-loaded]")
+        expect(page.locator("#dashboard")).to_be_visible()
 
-            page.fill("#master-key", MASTER)
-            page.click("#login-button")
-            page.wait_for_selector("body[data-loaded]")
-            expect(page.locator("#dashboard")).to_be_visible()
+        def value(sel: str) -> str:
+            v = page.get_attribute(sel, "data-value")
+            assert v is not None, sel
+            return v
 
-            def value(sel: str) -> str:
-                v = page.get_attribute(sel, "data-value")
-                assert v is not None, sel
-                return v
+        assert value("#total-requests") == "12"
+        assert value("#error-count") == "1"
+        assert value("#total-cost") == totals["cost_usd"]
+        assert value("#total-baseline") == totals["baseline_cost_usd"]
+        assert Decimal(value("#total-saved")) == Decimal(totals["baseline_cost_usd"]) - Decimal(totals["cost_usd"])
+        assert value("#cache-hits") == "2"
+        expect(page.locator("#cache-hit-rate")).to_have_text("16.7%")
+        assert int(value("#total-tokens")) == totals["total_tokens"]
+        # what the charts draw adds up to the ledger's numbers
+        assert abs(Decimal(value("#chart-spend-total")) - Decimal(totals["cost_usd"])) < Decimal("1e-9")
+        assert abs(Decimal(value("#chart-savings-baseline")) - Decimal(totals["baseline_cost_usd"])) < Decimal("1e-9")
+        assert int(value("#chart-backend-requests")) == 11  # the failure has no backend
+        assert int(value("#chart-backend-tokens")) == totals["total_tokens"]
+        assert value("#chart-cache-hits") == "2" and value("#chart-cache-total") == "12"
+        rows = page.locator("#table-models tbody tr")
+        expect(rows).to_have_count(len(by_model))
+        expect(page.locator('#table-models tr[data-key="hosted-a"] td').nth(1)).to_have_text(
+            str(by_model["hosted-a"]["requests"])
+        )
+        expect(page.locator("#table-keys tbody")).to_contain_text("web-app")
+        expect(page.locator("#table-keys tbody")).to_contain_text("batch-jobs")
+        top_user = httpx.get(
+            f"{gateway_url}/admin/spend", params={"group_by": "user"}, headers=auth_header(MASTER)
+        ).json()["data"][0]
+        expect(page.locator("#table-users tbody tr").first).to_have_attribute("data-key", top_user["group"])
+        expect(page.locator("#table-users tbody")).to_contain_text("carol")
+        page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
 
-            assert value("#total-requests") == "12"
-            assert value("#error-count") == "1"
-            assert value("#total-cost") == totals["cost_usd"]
-            assert value("#total-baseline") == totals["baseline_cost_usd"]
-            assert Decimal(value("#total-saved")) == Decimal(totals["baseline_cost_usd"]) - Decimal(totals["cost_usd"])
-            assert value("#cache-hits") == "2"
-            expect(page.locator("#cache-hit-rate")).to_have_text("16.7%")
-            assert int(value("#total-tokens")) == totals["total_tokens"]
-            # what the charts draw adds up to the ledger's numbers
-            assert abs(Decimal(value("#chart-spend-total")) - Decimal(totals["cost_usd"])) < Decimal("1e-9")
-            assert abs(Decimal(value("#chart-savings-baseline")) - Decimal(totals["baseline_cost_usd"])) < Decimal(
-                "1e-9"
-            )
-            assert int(value("#chart-backend-requests")) == 11  # the failure has no backend
-            assert int(value("#chart-backend-tokens")) == totals["total_tokens"]
-            assert value("#chart-cache-hits") == "2" and value("#chart-cache-total") == "12"
-            rows = page.locator("#table-models tbody tr")
-            expect(rows).to_have_count(len(by_model))
-            expect(page.locator('#table-models tr[data-key="hosted-a"] td').nth(1)).to_have_text(
-                str(by_model["hosted-a"]["requests"])
-            )
-            expect(page.locator("#table-keys tbody")).to_contain_text("web-app")
-            expect(page.locator("#table-keys tbody")).to_contain_text("batch-jobs")
-            top_user = httpx.get(
-                f"{gateway_url}/admin/spend", params={"group_by": "user"}, headers=auth_header(MASTER)
-            ).json()["data"][0]
-            expect(page.locator("#table-users tbody tr").first).to_have_attribute("data-key", top_user["group"])
-            expect(page.locator("#table-users tbody")).to_contain_text("carol")
-            page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+        # live refresh picks up a new request; the range selector re-queries with finer buckets
+        _send_one(gateway_url, work["keys"]["batch-jobs"])
+        expect(page.locator("#total-requests")).to_have_attribute("data-value", "13", timeout=10_000)
+        expect(page.locator("#ledger-status")).to_contain_text("3600 s buckets")
+        page.select_option("#range", "1h")
+        expect(page.locator("#ledger-status")).to_contain_text("60 s buckets")
 
-            # live refresh picks up a new request; the range selector re-queries with finer buckets
-            _send_one(gateway_url, work["keys"]["batch-jobs"])
-            expect(page.locator("#total-requests")).to_have_attribute("data-value", "13", timeout=10_000)
-            expect(page.locator("#ledger-status")).to_contain_text("3600 s buckets")
-            page.select_option("#range", "1h")
-            expect(page.locator("#ledger-status")).to_contain_text("60 s buckets")
-
-            page.click("#logout")
-            expect(page.locator("#login")).to_be_visible()
-            assert page.evaluate("sessionStorage.length") == 0
-            assert errors == []
-        finally:
-            browser.close()
+        page.click("#logout")
+        expect(page.locator("#login")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+        assert tab.errors == []
     if os.environ.get("GATEWAY_UPDATE_DOCS_SCREENSHOT"):
         shutil.copy(OUTPUT / "dashboard.png", REPO_ROOT / "docs" / "dashboard.png")

@@ -12,17 +12,18 @@ import pytest
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
 from tests.accounting.conftest import auth_header
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, MASTER
+from tests.e2e.test_dashboard import MASTER
+from tests.helpers.browser import dashboard_page, needs_chromium
 from tests.helpers.servers import run_asgi_server, serve_gateway
 
 PROMPTS = ["Write a short poem about the sea.", "refuseme: tell me a joke", "refuseme: a limerick", "Hi."]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
+@needs_chromium
 def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     monkeypatch.setenv("GATEWAY_MASTER_KEY", MASTER)
     admin = auth_header(MASTER)
@@ -60,22 +61,13 @@ def test_the_cascade_table_shows_escalations_and_the_saving_against_routing(
             (row,) = data["cascade"]
             assert row["escalated"] == escalated and row["saved_vs_routing_usd"] is not None
 
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = browser.new_page(viewport={"width": 1400, "height": 1500})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    page.goto(f"{gw.base_url}/dashboard")
-                    page.fill("#master-key", MASTER)
-                    page.click("#login-button")
-                    page.wait_for_selector("body[data-loaded]")
-                    expect(page.locator("#card-cascade")).to_be_visible()
-                    cells = page.locator("#table-cascade tbody tr[data-key='casc'] td").all_inner_texts()
-                    assert cells[:3] == ["casc", str(len(PROMPTS)), str(escalated)]
-                    assert cells[3] == f"{escalated / len(PROMPTS) * 100:.1f} %"
-                    saved = Decimal(row["saved_vs_routing_usd"])
-                    assert cells[6] == ("-" if saved < 0 else "") + f"${abs(saved):.6f}"
-                    assert not errors, errors
-                finally:
-                    browser.close()
+            with dashboard_page(f"{gw.base_url}/dashboard", MASTER) as tab:
+                page = tab.page
+                page.wait_for_selector("body[data-loaded]")
+                expect(page.locator("#card-cascade")).to_be_visible()
+                cells = page.locator("#table-cascade tbody tr[data-key='casc'] td").all_inner_texts()
+                assert cells[:3] == ["casc", str(len(PROMPTS)), str(escalated)]
+                assert cells[3] == f"{escalated / len(PROMPTS) * 100:.1f} %"
+                saved = Decimal(row["saved_vs_routing_usd"])
+                assert cells[6] == ("-" if saved < 0 else "") + f"${abs(saved):.6f}"
+                assert not tab.errors, tab.errors

@@ -7,16 +7,15 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, OUTPUT
+from tests.helpers.browser import OUTPUT, dashboard_page, needs_chromium
 from tests.helpers.servers import serve_gateway
 from tests.quality.conftest import MASTER, admin, make_settings, wait_judged
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ci-setup.sh)")
+@needs_chromium
 def test_the_quality_panel(sims: dict[str, str], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     cfg = make_settings(sims, tmp_path, quality={})
     with serve_gateway(cfg) as gw:
@@ -29,24 +28,14 @@ def test_the_quality_panel(sims: dict[str, str], tmp_path: Path) -> None:
             )
             assert r.status_code == 200
         asyncio.run(wait_judged(gw, 4))
-        OUTPUT.mkdir(exist_ok=True)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1500})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"{gw.base_url}/dashboard")
-                page.fill("#master-key", MASTER)
-                page.click("#login-button")
-                line = page.locator('#quality-lines li[data-route="auto"]')
-                expect(line).to_have_attribute("data-samples", "4")
-                # 3 of 4 answers at least as good as the reference's (1 win, 2 ties, 1 loss)
-                expect(line).to_contain_text("route auto: 75% ± ")
-                expect(line).to_contain_text("of strong's quality at ")
-                expect(line).to_contain_text("of gpt-4's cost, n = 4")
-                expect(page.locator("#quality-note")).to_contain_text("Wilson")
-                page.screenshot(path=str(OUTPUT / "dashboard-quality.png"), full_page=True)
-                assert errors == []
-            finally:
-                browser.close()
+        with dashboard_page(f"{gw.base_url}/dashboard", MASTER) as tab:
+            page = tab.page
+            line = page.locator('#quality-lines li[data-route="auto"]')
+            expect(line).to_have_attribute("data-samples", "4")
+            # 3 of 4 answers at least as good as the reference's (1 win, 2 ties, 1 loss)
+            expect(line).to_contain_text("route auto: 75% ± ")
+            expect(line).to_contain_text("of strong's quality at ")
+            expect(line).to_contain_text("of gpt-4's cost, n = 4")
+            expect(page.locator("#quality-note")).to_contain_text("Wilson")
+            page.screenshot(path=str(OUTPUT / "dashboard-quality.png"), full_page=True)
+            assert tab.errors == []
