@@ -28,6 +28,8 @@ import numpy.typing as npt
 from cache.base import BucketDelta, BucketMember, row_order
 
 F32 = npt.NDArray[np.float32]
+#: What a search reads: matrix, expiry times, keys, questions, the first and the end row.
+_View = tuple[F32, npt.NDArray[np.float64], list[str], list[str], int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +42,14 @@ class Candidate:
 
 
 class _Mirror:
-    """One bucket's rows: vectors (capacity-doubling matrix), keys, questions, expiry times."""
+    """One bucket's rows: vectors (capacity-doubling matrix), keys, questions, expiry times.
 
-    __slots__ = ("cursor", "dead", "dim", "expires", "ids", "keys", "matrix", "questions", "rows", "where")
+    The bucket is rows ``start`` to ``rows``. Rows the store dropped (trimmed, or older than its oldest row)
+    are skipped by moving ``start`` and removed by the next copy the matrix needs anyway, so a write into a
+    full bucket costs a few microseconds on the event loop instead of a copy of the whole bucket.
+    """
+
+    __slots__ = ("cursor", "dead", "dim", "expires", "ids", "keys", "matrix", "questions", "rows", "start", "where")
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -53,11 +60,20 @@ class _Mirror:
         self.questions: list[str] = []
         self.ids: list[tuple[int, int]] = []  # the store's row ids, ascending
         self.where: dict[str, int] = {}  # entry key -> its live row
+        self.start = 0  # rows before it are dropped
         self.rows = 0
-        self.dead = 0
+        self.dead = 0  # superseded rows at or after start
+
+    @property
+    def size(self) -> int:
+        """Rows in the bucket (superseded ones included)."""
+        return self.rows - self.start
 
     def append(self, members: list[BucketMember], ids: list[str]) -> None:
         need = self.rows + len(members)
+        if need > len(self.matrix) and self.start:
+            self._shift(spare=self.size + len(members))
+            need = self.rows + len(members)
         if need > len(self.matrix):
             cap = max(need, 2 * len(self.matrix))
             grown = np.zeros((cap, self.dim), dtype=np.float32)
@@ -88,9 +104,7 @@ class _Mirror:
 
     def drop_before(self, first: tuple[int, int]) -> None:
         """Forget the rows the store no longer holds (ids older than its oldest)."""
-        gone = bisect.bisect_left(self.ids, first)
-        if gone:
-            self._rebuild(list(range(gone, self.rows)))
+        self._skip(bisect.bisect_left(self.ids, first, lo=self.start))
 
     def _kill(self, i: int) -> None:
         self.matrix[i] = 0.0
@@ -99,14 +113,37 @@ class _Mirror:
 
     def trim(self, keep: int) -> None:
         """Keep the newest ``keep`` rows (the store trims the oldest the same way)."""
-        drop = self.rows - keep
-        if drop <= 0:
-            return
-        self._rebuild(list(range(drop, self.rows)))
+        self._skip(self.rows - keep)
+
+    def _skip(self, upto: int) -> None:
+        """Drop the rows before ``upto``: searches skip them from now on."""
+        for i in range(self.start, upto):
+            key = self.keys[i]
+            if self.where.get(key) == i:
+                del self.where[key]
+            else:
+                self.dead -= 1
+        self.start = max(self.start, upto)
 
     def compact(self) -> None:
-        if self.dead * 2 > self.rows:
-            self._rebuild([i for i in range(self.rows) if self.where.get(self.keys[i]) == i])
+        """Copy the live rows when superseded rows are over half the bucket, or dropped ones over half the matrix."""
+        if self.dead * 2 > self.size:
+            self._rebuild([i for i in range(self.start, self.rows) if self.where.get(self.keys[i]) == i])
+        elif self.start * 2 > self.rows:
+            self._shift(spare=self.size)
+
+    def _shift(self, spare: int) -> None:
+        """Move rows ``start`` to ``rows`` to the front of new arrays with ``spare`` free rows: the copy
+        growing would make anyway, without the dropped rows (superseded rows are zero already)."""
+        start, n = self.start, self.size
+        matrix = np.zeros((max(16, n + spare), self.dim), dtype=np.float32)
+        matrix[:n] = self.matrix[start : self.rows]
+        expires = np.zeros(len(matrix), dtype=np.float64)
+        expires[:n] = self.expires[start : self.rows]
+        self.matrix, self.expires = matrix, expires
+        self.keys, self.questions, self.ids = self.keys[start:], self.questions[start:], self.ids[start:]
+        self.where = {k: i - start for k, i in self.where.items()}
+        self.start, self.rows = 0, n
 
     def _rebuild(self, rows: list[int]) -> None:
         idx = np.asarray(rows, dtype=np.int64)
@@ -124,34 +161,33 @@ class _Mirror:
             if k in where:
                 dead += 1
             where[k] = j
-        live = {k: j for k, j in where.items()}
         for j, k in enumerate(keys):
-            if live[k] != j:
+            if where[k] != j:
                 matrix[j] = 0.0
                 expires[j] = 0.0
         self.matrix, self.expires, self.keys, self.questions = matrix, expires, keys, questions
-        self.where, self.rows, self.dead = where, len(rows), dead
+        self.where, self.start, self.rows, self.dead = where, 0, len(rows), dead
 
-    def snapshot(self) -> tuple[F32, npt.NDArray[np.float64], list[str], list[str], int]:
-        """The arrays a search reads. Appends only write past ``rows`` and rebuilds make new arrays, so a
-        snapshot stays consistent while the loop thread applies deltas (a superseded row may read as zero)."""
-        return self.matrix, self.expires, self.keys, self.questions, self.rows
+    def snapshot(self) -> _View:
+        """The arrays a search reads. Appends only write past ``rows``, rebuilds make new arrays and skips
+        only move ``start``, so a snapshot stays consistent while the loop thread applies deltas (a
+        superseded row may read as zero)."""
+        return self.matrix, self.expires, self.keys, self.questions, self.start, self.rows
 
 
-def _search(
-    view: tuple[F32, npt.NDArray[np.float64], list[str], list[str], int], query: F32, now: float, limit: int
-) -> list[Candidate]:
-    matrix, expires, keys, questions, rows = view
-    if rows == 0:
+def _search(view: _View, query: F32, now: float, limit: int) -> list[Candidate]:
+    matrix, expires, keys, questions, start, rows = view
+    n = rows - start
+    if n <= 0:
         return []
     # einsum, not BLAS: one thread by construction. A multithreaded BLAS matrix-vector product (numpy's
     # default) measured 10x slower here at p50 under CPU contention: its threads wait for each other.
-    scores = np.einsum("ij,j->i", matrix[:rows], query)
-    scores[expires[:rows] <= now] = -2.0
-    k = min(limit, rows)
-    top = np.argpartition(-scores, k - 1)[:k] if k < rows else np.arange(rows)
+    scores = np.einsum("ij,j->i", matrix[start:rows], query)
+    scores[expires[start:rows] <= now] = -2.0
+    k = min(limit, n)
+    top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
     top = top[np.lexsort((-top, -scores[top]))]  # best first; on a tie, the newest row
-    return [Candidate(float(scores[i]), keys[i], questions[i]) for i in top if scores[i] > -1.5]
+    return [Candidate(float(scores[i]), keys[start + i], questions[start + i]) for i in top if scores[i] > -1.5]
 
 
 class VectorIndex:
@@ -193,15 +229,15 @@ class VectorIndex:
             if mirror is None:
                 mirror = _Mirror(self.dim)
                 self._mirrors[bucket] = mirror
-            before = mirror.rows
-            if delta.first is not None and mirror.rows:
+            before = mirror.size
+            if delta.first is not None and mirror.size:
                 mirror.drop_before(row_order(delta.first))
             if delta.members:
                 mirror.append(delta.members, delta.ids)
             mirror.trim(self.max_bucket)
             mirror.compact()
             mirror.cursor = delta.cursor
-            self._total += mirror.rows - before
+            self._total += mirror.size - before
             self._mirrors.move_to_end(bucket)
             while self._total > self.max_vectors and len(self._mirrors) > 1:
                 self._drop(next(iter(self._mirrors)))
@@ -217,4 +253,4 @@ class VectorIndex:
 
     def _drop(self, bucket: str) -> None:
         mirror = self._mirrors.pop(bucket)
-        self._total -= mirror.rows
+        self._total -= mirror.size

@@ -187,3 +187,16 @@ def _rollup_table(grain: str) -> Table:
 
 #: The rollup tables by grain: sums of the ledger's rows per bucket, key, dimension and value.
 rollups: dict[str, Table] = {grain: _rollup_table(grain) for grain in GRAINS_MS}
+
+
+#: Stored responses of the Responses API (``gateway/frontdoors/sql_store.py``, Alembic revision ``0005``): one
+#: row per response, keyed by tenant and id, with its expiry.
+stored_responses = Table(
+    "gw_stored_responses",
+    metadata,
+    Column("tenant", String(64), primary_key=True, comment="the virtual key's id, '-' with keys off"),
+    Column("response_id", String(64), primary_key=True),
+    Column("expires_ms", BigInteger, nullable=False, comment="epoch milliseconds"),
+    Column("record", Text, nullable=False, comment="JSON: the response and the conversation as chat messages"),
+)
+Index("ix_gw_stored_responses_expires", stored_responses.c.expires_ms)

@@ -1,9 +1,9 @@
 """Stored responses in the ledger's database: the store when no Redis is configured, shared by every
 worker and replica that uses the same database (unlike the in-process store).
 
-``gw_stored_responses`` (Alembic revision ``0004``): one row per stored response, keyed by tenant and id,
-with its expiry in epoch milliseconds. Expired rows are invisible at once and deleted in passing (every
-few hundred writes).
+``gw_stored_responses`` (Alembic revision ``0005``, declared in :mod:`gateway.accounting.schema`): one row per
+stored response, keyed by tenant and id, with its expiry in epoch milliseconds. Expired rows are invisible at
+once and deleted in passing (every few hundred writes).
 """
 
 from __future__ import annotations
@@ -14,23 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounting.db import Database
+from gateway.accounting.schema import stored_responses
 from gateway.frontdoors.store import StoreUnavailable
-
-metadata = MetaData()
-
-stored_responses = Table(
-    "gw_stored_responses",
-    metadata,
-    Column("tenant", String(64), primary_key=True, comment="the virtual key's id, '-' with keys off"),
-    Column("response_id", String(64), primary_key=True),
-    Column("expires_ms", BigInteger, nullable=False, comment="epoch milliseconds"),
-    Column("record", Text, nullable=False, comment="JSON: the response and the conversation as chat messages"),
-)
-Index("ix_gw_stored_responses_expires", stored_responses.c.expires_ms)
 
 #: Writes between two sweeps of expired rows.
 SWEEP_EVERY = 256

@@ -11,16 +11,25 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.accounting import open_database
 from gateway.accounting.ledger import row_from_context
-from gateway.accounting.migrate import HEAD, SchemaTooNew, alembic_config, current_revision, head_revision
+from gateway.accounting.migrate import (
+    HEAD,
+    SchemaTooNew,
+    _upgrade,
+    alembic_config,
+    current_revision,
+    head_revision,
+    migrate,
+)
 from gateway.accounting.queries import totals
 from gateway.accounting.schema import ledger
 from gateway.context import RequestContext
 from tests.accounting import legacy_schema_v2 as legacy
+from tests.accounting.conftest import database_url
 
 
 def _row(i: int) -> dict[str, object]:
@@ -53,7 +62,7 @@ def test_the_revisions_form_one_chain() -> None:
     assert head_revision() == HEAD  # the constant that spares a ledger at head from importing Alembic
 
 
-_OPEN_AT_HEAD = """
+_OPEN = """
 import asyncio, sys
 from gateway.accounting import open_database
 
@@ -66,12 +75,56 @@ asyncio.run(main())
 """
 
 
-async def test_a_database_at_head_opens_without_alembic(db_url: str) -> None:
-    db = await open_database(db_url, require=True)  # migrated here, in this process
-    await db.aclose()
-    argv = [sys.executable, "-c", _OPEN_AT_HEAD, db_url]
-    out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"  # a server process at head holds neither Alembic nor Mako
+def _schema(connection: Connection) -> dict[str, object]:
+    """Every table's columns (type, nullability), primary key and indexes, as the database reports them."""
+    insp = inspect(connection)
+    out: dict[str, object] = {}
+    for name in sorted(insp.get_table_names()):
+        columns = [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(name)]
+        indexes = sorted(
+            (
+                i["name"] or "",
+                tuple(i["column_names"]),
+                bool(i["unique"]),
+                str(
+                    sorted((k, str(v).replace('"', "")) for k, v in i.get("dialect_options", {}).items())
+                ),  # where clauses,
+            )
+            for i in insp.get_indexes(name)
+        )
+        out[name] = (columns, insp.get_pk_constraint(name)["constrained_columns"], indexes)
+    return out
+
+
+async def _build(url: str, way: str) -> dict[str, object]:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        if way == "alembic":  # every revision from the first, as an upgrade runs them
+            assert await conn.run_sync(_upgrade, "head") == HEAD
+        else:  # what the gateway does on an empty database
+            assert await migrate(conn) == HEAD
+    async with engine.connect() as conn:
+        assert await conn.run_sync(current_revision) == HEAD
+        built = await conn.run_sync(_schema)
+    await engine.dispose()
+    return built
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_new_database_gets_the_schema_the_migrations_build(kind: str, tmp_path: Path) -> None:
+    schemas = []
+    for way in ("declared", "alembic"):
+        (tmp_path / way).mkdir()
+        with database_url(kind, tmp_path / way) as url:
+            schemas.append(asyncio.run(_build(url, way)))
+    assert schemas[0] == schemas[1]
+
+
+async def test_a_new_database_and_one_at_head_open_without_alembic(db_url: str) -> None:
+    argv = [sys.executable, "-c", _OPEN, db_url]
+    for _ in ("a new database", "the same database, now at head"):
+        out = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]"  # the server process holds neither Alembic nor Mako
 
 
 async def test_a_fresh_database_is_at_head(db_url: str) -> None:

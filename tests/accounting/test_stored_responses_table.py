@@ -7,8 +7,9 @@ import asyncio
 from sqlalchemy import func, select
 
 from gateway.accounting.db import open_database
+from gateway.accounting.schema import stored_responses
 from gateway.config import settings_from_dict
-from gateway.frontdoors.sql_store import SWEEP_EVERY, SqlResponseStore, stored_responses
+from gateway.frontdoors.sql_store import SWEEP_EVERY, SqlResponseStore
 from gateway.frontdoors.store import build_response_store
 
 

@@ -143,3 +143,39 @@ async def test_paged_reads_and_trimming_by_the_oldest_row(store: ResponseStore) 
         await store.add_vector("vs:b", member(f"e:{i}", i), 60)
     await sync(index, store, "vs:b")
     assert {c.entry_key for c in index.search("vs:b", unit(0), limit=10)} == {"e:2", "e:3", "e:4", "e:5"}
+
+
+def test_a_full_bucket_taking_writes_matches_a_plain_copy_of_the_store() -> None:
+    """Rows dropped by trimming are skipped and copied away later: searches always see exactly the store's
+    rows (the newest row of each key), through trims, superseded keys, compactions and a restart."""
+    from cache.base import BucketDelta
+
+    rng = np.random.default_rng(11)
+    dim, cap = 16, 50
+    index = VectorIndex(dim, max_bucket=cap)
+    vectors: dict[str, np.ndarray] = {}
+    rows: list[tuple[str, str]] = []  # the store: (row id, entry key), oldest first, trimmed to cap
+    seq = 0
+    for step in range(3000):
+        if step == 1700:
+            rows.clear()  # the bucket expired and started again
+        batch = []
+        for _ in range(int(rng.integers(1, 4))):
+            seq += 1
+            key = f"e:{int(rng.integers(0, 8 if 1000 <= step < 2300 else 90))}"  # a few keys: many superseded
+            v = rng.standard_normal(dim).astype(np.float32)
+            vectors[f"{seq}"] = np.frombuffer(encode_vector(v / np.linalg.norm(v)), np.float16).astype(np.float32)
+            batch.append((f"{seq}-0", key))
+        rows = (rows + batch)[-cap:]
+        members = [BucketMember(k, encode_vector(vectors[rid[:-2]]), f"q {rid}", 2e9) for rid, k in batch]
+        index.apply("b", BucketDelta(members, [rid for rid, _ in batch], batch[-1][0], len(rows), rows[0][0]))
+        assert len({k for _, k in rows}) <= len(index) <= len(rows)  # superseded rows go at compactions
+        if step % 25:
+            continue
+        newest = {k: rid for rid, k in rows}
+        query = vectors[rows[int(rng.integers(0, len(rows)))][0][:-2]]
+        want = sorted(((float(vectors[rid[:-2]] @ query), k) for k, rid in newest.items()), reverse=True)
+        got = index.search("b", query, limit=len(newest))
+        assert [c.entry_key for c in got] == [k for _, k in want]
+        assert [c.question for c in got] == [f"q {newest[c.entry_key]}" for c in got]
+        assert [c.score for c in got] == pytest.approx([s for s, _ in want], abs=1e-5)
