@@ -18,19 +18,17 @@ whatever happened, is recorded exactly once. Nothing here imports FastAPI.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
+from gateway.background import run_in_background
 from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
 from gateway.config import Settings
 from gateway.constraints import Constraints
@@ -55,11 +53,22 @@ from gateway.protocol import (
     EmbeddingRequest,
     InferenceRequest,
     check_fan_out,
+    choice_text,
+    first_finish_reason,
     load_json_object,
     validate,
 )
 from gateway.routing import Plan, Router, embedding_vector, explain, reads_embedding
-from gateway.streaming import DONE, ChunkRelay, aiter_list, error_event, replay_chunks
+from gateway.streaming import (
+    DONE,
+    ChunkRelay,
+    SpendCap,
+    aiter_list,
+    close_quietly,
+    error_event,
+    first_event,
+    replay_chunks,
+)
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
 from policies.answer_check import AnswerCheck
@@ -328,9 +337,9 @@ class Pipeline:
                 stream = await backend.open_stream(ctx.path, body)
                 try:
                     events = stream.events()
-                    first = await _first_event(events, backend)
+                    first = await first_event(events, backend)
                 except BaseException:
-                    await _close_quietly(stream)
+                    await close_quietly(stream)
                     raise
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
@@ -357,13 +366,13 @@ class Pipeline:
                 f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
                 code="budget_exceeded_by_answer",
             )
-        ctx.finish_reason = _first_finish_reason(body)
+        ctx.finish_reason = first_finish_reason(body)
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.cache.store(ctx, body)
         if self.monitor is not None and self.monitor.wants(ctx):
             choices = body.get("choices") or [{}]
-            ctx.extra[_MONITOR] = _choice_text(choices[0]) if isinstance(choices[0], dict) else ""
+            ctx.extra[_MONITOR] = choice_text(choices[0]) if isinstance(choices[0], dict) else ""
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 
@@ -383,8 +392,7 @@ class Pipeline:
         saw_done = False
         failed = False
         cap = ctx.spend_cap_usd
-        price = self.price(backend.name) if cap is not None else None
-        chunks = chars = parts = 0
+        spend = None if cap is None else SpendCap(cap, self.price(backend.name), ctx.prompt_tokens_estimate)
         cut = False
         try:
             pending: bytes | None = first
@@ -397,20 +405,8 @@ class Pipeline:
                     saw_done = True
                     break
                 out = relay.transform(data)
-                if price is not None and cap is not None:
-                    # Never trust the reserve alone (an upstream may ignore max_tokens): stop before sending
-                    # a chunk that takes the running cost past what the key reserved. Output so far counts
-                    # as at least one token per chunk.
-                    chunks += 1
-                    while parts < len(relay.text_parts):
-                        chars += len(relay.text_parts[parts])
-                        parts += 1
-                    tokens = max(chunks, chars // 4)
-                    if price.cost(ctx.prompt_tokens_estimate, tokens) > cap:
-                        raise BudgetExceeded(
-                            f"The stream was stopped: its cost passed the ${cap:f} this key could still spend.",
-                            code="budget_exceeded_mid_stream",
-                        )
+                if spend is not None:
+                    spend.check(relay)
                 if out is not None:
                     yield out
             if not saw_done:
@@ -457,10 +453,10 @@ class Pipeline:
             # Closing the upstream and recording run in their own task: a client disconnect cancels this
             # one again at every await (anyio's cancel scopes are level-triggered), which must not cost the
             # upstream cancellation or the ledger row.
-            await asyncio.shield(_background(self._end_stream(ctx, stream)))
+            await asyncio.shield(run_in_background(self._end_stream(ctx, stream)))
 
     async def _end_stream(self, ctx: RequestContext, stream: UpstreamStream) -> None:
-        await _close_quietly(stream)
+        await close_quietly(stream)
         await self._finish(ctx)
 
     # -- embeddings -----------------------------------------------------------------------------------
@@ -538,7 +534,7 @@ class Pipeline:
             return
         ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
         ctx.usage.completion_tokens = sum(
-            self.counter.count(_choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
+            self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
         )
         ctx.usage.estimated = True
 
@@ -598,7 +594,7 @@ class Pipeline:
 
     def _schedule_finish(self, ctx: RequestContext) -> None:
         # Non-streaming: the body is ready; account without delaying the response.
-        _background(self._finish(ctx))
+        run_in_background(self._finish(ctx))
 
     async def _finish(self, ctx: RequestContext) -> None:
         """Stage 8, exactly once per request: cost, settle, ledger, metrics."""
@@ -619,76 +615,12 @@ class Pipeline:
 
 
 _MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-async def drain_background() -> None:
-    """Wait for requests still being recorded (called at shutdown, before the ledger closes)."""
-    while _BACKGROUND:
-        await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
-
-
-async def wait_recorded() -> None:
-    """Wait until the requests being recorded now are (not those that start meanwhile): a caller that just got
-    its response may ask about it before its ledger row was queued."""
-    if _BACKGROUND:
-        await asyncio.gather(*list(_BACKGROUND), return_exceptions=True)
-
-
-def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    """Run ``coro`` as a task that is referenced until it ends (the loop keeps only weak references)."""
-    task = asyncio.get_running_loop().create_task(coro)
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-    return task
-
-
 # Unique per process start (random prefix) and cheap per request (a counter), unlike uuid4.
 _REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n in itertools.count())
 
 
-def _choice_text(choice: dict[str, Any]) -> str:
-    msg = choice.get("message")
-    if isinstance(msg, dict):
-        parts = [msg.get("content") or ""]
-        for call in msg.get("tool_calls") or []:
-            fn = call.get("function") or {}
-            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
-        return "".join(p for p in parts if isinstance(p, str))
-    text = choice.get("text")
-    return text if isinstance(text, str) else ""
-
-
-def _first_finish_reason(body: dict[str, Any]) -> str | None:
-    for c in body.get("choices") or []:
-        if isinstance(c, dict) and c.get("finish_reason"):
-            return str(c["finish_reason"])
-    return None
-
-
 def _header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
-
-
-async def _first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name) from None
-    if first == b"[DONE]":
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
-    try:
-        valid = isinstance(orjson.loads(first), dict)
-    except orjson.JSONDecodeError:
-        valid = False
-    if not valid:  # checked before the first byte goes out, so the next candidate can still answer
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
-    return first
-
-
-async def _close_quietly(stream: UpstreamStream) -> None:
-    with contextlib.suppress(UpstreamError, OSError, RuntimeError):
-        await asyncio.shield(stream.aclose())
 
 
 __all__ = ["JSONResult", "Pipeline", "Result", "StreamResult"]

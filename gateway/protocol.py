@@ -195,3 +195,24 @@ def _nested_deeper_than(body: dict[str, Any], limit: int) -> bool:
             if type(child) is dict or type(child) is list:
                 stack.append((child, depth + 1))
     return False
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """The text of one choice of a completion: its content and tool calls, or a legacy completion's text."""
+    msg = choice.get("message")
+    if isinstance(msg, dict):
+        parts = [msg.get("content") or ""]
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+        return "".join(p for p in parts if isinstance(p, str))
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def first_finish_reason(body: dict[str, Any]) -> str | None:
+    """The first choice's ``finish_reason`` that is set, if any."""
+    for c in body.get("choices") or []:
+        if isinstance(c, dict) and c.get("finish_reason"):
+            return str(c["finish_reason"])
+    return None

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from gateway.admin_routes import _fresh, _iso, _ledger, _range
 from gateway.auth.admission import KeyAdmission, ServiceUnavailable
+from gateway.background import wait_recorded
 from gateway.errors import InvalidRequest, NotFound
-from gateway.pipeline import wait_recorded
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.routes import context, gateway_of, json_response, read_body
 from gateway.runtime import Gateway, describe_router

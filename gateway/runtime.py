@@ -18,12 +18,13 @@ import aiohttp
 from backends import Backend, CircuitBreaker, build_backend, build_session
 from gateway import components
 from gateway.accounting import SqlLedger
+from gateway.background import drain_background
 from gateway.config import Settings
 from gateway.errors import InvalidRequest
 from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, drain_background
+from gateway.pipeline import Pipeline
 from gateway.pricing import load_price_entries
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness

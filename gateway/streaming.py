@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from backends import Backend, UpstreamStream
 from gateway.context import RequestContext
-from gateway.errors import GatewayError
+from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
+from gateway.pricing import Price
 
 DONE = b"data: [DONE]\n\n"
 
@@ -206,3 +211,56 @@ async def aiter_list(items: Iterator[bytes]) -> AsyncIterator[bytes]:
     """An async view of a sync iterator of frames."""
     for item in items:
         yield item
+
+
+class SpendCap:
+    """Stops a stream before a chunk takes its running cost past what the caller's key may still spend: the
+    budget's reservation alone is not trusted (an upstream may ignore ``max_tokens``). Output so far counts as
+    at least one token per chunk, else about four characters a token."""
+
+    __slots__ = ("_cap", "_chars", "_chunks", "_parts", "_price", "_prompt_tokens")
+
+    def __init__(self, cap: Decimal, price: Price, prompt_tokens: int) -> None:
+        self._cap, self._price, self._prompt_tokens = cap, price, prompt_tokens
+        self._chunks = self._chars = self._parts = 0
+
+    def check(self, relay: ChunkRelay) -> None:
+        """Count the chunk ``relay`` has just transformed; raise before it goes out if it passes the cap.
+
+        Raises:
+            BudgetExceeded: the stream's cost so far passed the cap.
+        """
+        self._chunks += 1
+        parts = relay.text_parts
+        while self._parts < len(parts):
+            self._chars += len(parts[self._parts])
+            self._parts += 1
+        if self._price.cost(self._prompt_tokens, max(self._chunks, self._chars // 4)) > self._cap:
+            raise BudgetExceeded(
+                f"The stream was stopped: its cost passed the ${self._cap:f} this key could still spend.",
+                code="budget_exceeded_mid_stream",
+            )
+
+
+async def first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
+    """The stream's first event, checked before any byte goes to the client (an empty or invalid stream is
+    the backend's failure, so the next candidate can still answer)."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name) from None
+    if first == b"[DONE]":
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
+    try:
+        valid = isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        valid = False
+    if not valid:  # checked before the first byte goes out, so the next candidate can still answer
+        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
+    return first
+
+
+async def close_quietly(stream: UpstreamStream) -> None:
+    """Close an upstream stream, ignoring how it fails (the request's outcome is already known)."""
+    with contextlib.suppress(UpstreamError, OSError, RuntimeError):
+        await asyncio.shield(stream.aclose())
