@@ -18,6 +18,8 @@ Write: ``--write-only N`` queues N requests' rows in :class:`SqlLedger`, flushes
 prints rows per second, and how late a 1 ms timer woke up meanwhile (what a request would wait for the writer).
 The transactions are the gateway's: up to ``ledger.max_batch_rows`` queued rows each (``--max-batch-rows``), 200
 rows each before issue 22's second round (the pre-issue tree runs this script too, see above).
+``--write-rate R [--seconds S]`` instead offers R prepared rows a second to a running ledger (its own background
+writer, default settings) and prints the rate it wrote them at and the queue left: the rate it sustains.
 """
 
 from __future__ import annotations
@@ -239,7 +241,51 @@ async def write_only(db: str, n: int, rounds: int, max_batch_rows: int | None) -
             await pg_admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
+async def write_stream(db: str, rate: int, seconds: float, max_batch_rows: int | None) -> None:
+    """Offer ``rate`` rows a second for ``seconds`` to a running :class:`SqlLedger` (its own background writer, the
+    default settings); print what it wrote meanwhile, the queue left, and how long it took to drain."""
+    from gateway.accounting.ledger import row_from_context
+
+    extra = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}
+    url = await fresh_url(db, f"gwbench_s_{uuid.uuid4().hex[:8]}")
+    database = await open_database(url, require=True)
+    led = SqlLedger(database, LedgerSettings(url=url, max_pending_rows=10_000_000, **extra))
+    total = int(rate * seconds)
+    rows = [row_from_context(request(i)) for i in range(total)]  # prepared up front: the feed costs little
+    led.start()
+    tick = 0.01
+    per_tick = rate * tick
+    started = time.perf_counter()
+    fed = 0
+    late = 0.0
+    while fed < total:
+        due = min(total, int((time.perf_counter() - started) / tick * per_tick) + int(per_tick))
+        for row in rows[fed:due]:
+            led.append(row)
+        fed = due
+        t = time.perf_counter()
+        await asyncio.sleep(tick)
+        late = max(late, time.perf_counter() - t - tick)
+    feed_s = time.perf_counter() - started
+    written = led.written
+    left = led.pending
+    assert await led.flush()  # after the writer's transaction under way, what is still queued
+    drained = time.perf_counter() - started
+    await led.aclose()
+    print(
+        f"offered {rate:,} rows/s for {feed_s:.1f} s: written {written / feed_s:,.0f} rows/s meanwhile, "
+        f"{left:,} queued at the end, all {total:,} written after {drained:.1f} s "
+        f"= {total / drained:,.0f} rows/s; feed's worst wake-up delay {late * 1000:.0f} ms",
+        flush=True,
+    )
+    if db == "postgresql":
+        await pg_admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.write_rate:
+        await write_stream(args.db, args.write_rate, args.seconds, args.max_batch_rows)
+        return
     if args.write_only:
         await write_only(args.db, args.write_only, args.rounds, args.max_batch_rows)
         return
@@ -266,6 +312,8 @@ if __name__ == "__main__":
     parser.add_argument("--before", action="store_true", help="also time main's raw-row aggregation")
     parser.add_argument("--write-only", type=int, default=0, metavar="N")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write-rate", type=int, default=0, metavar="ROWS_PER_S", help="offer rows at this rate")
+    parser.add_argument("--seconds", type=float, default=5, help="with --write-rate: for this long")
     parser.add_argument(
         "--max-batch-rows", type=int, help="with --write-only: ledger.max_batch_rows (default: its default)"
     )
