@@ -266,9 +266,12 @@ class SqlLedger:
                     continue
                 # Summed while the database inserts them (if some were there already, the sums are thrown away).
                 running = asyncio.ensure_future(conn.exec_driver_sql(*insert.statement(rows, returning=False)))
-                await asyncio.sleep(0)  # the statement goes out
-                sums.add(rows)
-                if (await running).rowcount != len(rows):
+                try:
+                    await asyncio.sleep(0)  # the statement goes out
+                    sums.add(rows)
+                finally:  # the connection is free again before anything else (a rollback) uses it
+                    result = await running
+                if result.rowcount != len(rows):
                     raise _AlreadyWritten
             # Per grain one upsert for the model rows (with histograms) and one for the others, each carrying one row
             # per bucket, key and value: shared by every row of the transaction.
