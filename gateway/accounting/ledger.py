@@ -260,15 +260,16 @@ class SqlLedger:
             # it (under a millisecond for EXECUTE_ROWS rows).
             for start in range(0, len(batch), EXECUTE_ROWS):
                 rows = batch[start : start + EXECUTE_ROWS]
+                stmt = insert.statement(rows, returning=exact)
                 if exact:
-                    result = await conn.exec_driver_sql(*insert.statement(rows, returning=True))
-                    sums.add(_written(rows, set(result.scalars())))
+                    result = await conn.exec_driver_sql(stmt.sql, stmt.params)
+                    sums.add(list(_written(rows, set(result.scalars()))))
                     continue
                 # Summed while the database inserts them (if some were there already, the sums are thrown away).
-                running = asyncio.ensure_future(conn.exec_driver_sql(*insert.statement(rows, returning=False)))
+                running = asyncio.ensure_future(conn.exec_driver_sql(stmt.sql, stmt.params))
                 try:
                     await asyncio.sleep(0)  # the statement goes out
-                    sums.add(rows)
+                    sums.add(rows, stmt.units)
                 finally:  # the connection is free again before anything else (a rollback) uses it
                     result = await running
                 if result.rowcount != len(rows):

@@ -17,18 +17,39 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Dialect
 
-from gateway.accounting.schema import ledger
+from gateway.accounting.schema import MONEY_COLUMNS, MONEY_PLACES, ledger
 
 #: Every column the writer fills: all but the auto-increment id.
 COLUMNS: tuple[str, ...] = tuple(c.name for c in ledger.columns if c.name != "id")
 _QUOTED = ", ".join(f'"{name}"' for name in COLUMNS)
 _SKIP = " ON CONFLICT (row_key) DO NOTHING"
 _RETURNING = " RETURNING row_key"
+_Q = Decimal(1).scaleb(-MONEY_PLACES)
+
+
+def _units(value: Any) -> int | None:
+    """Money as SQLite stores it, integer 1e-12 USD (:class:`~gateway.accounting.schema.Money`'s arithmetic)."""
+    return None if value is None else int(Decimal(value).quantize(_Q).scaleb(MONEY_PLACES))
+
+
+def _quantized(value: Any) -> Decimal | None:
+    """Money as PostgreSQL's ``NUMERIC(20, 12)`` takes it (:class:`~gateway.accounting.schema.Money`'s arithmetic)."""
+    return None if value is None else Decimal(value).quantize(_Q)
+
+
+class Statement(NamedTuple):
+    """A slice's insert: the SQL, the driver's parameters, and each row's cost, baseline cost and savings as
+    integer 1e-12 USD (as stored: what the rollups add up)."""
+
+    sql: str
+    params: Any
+    units: list[tuple[int, int, int]]
 
 
 class RawInsert:
@@ -36,14 +57,19 @@ class RawInsert:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect.name
+        sqlite = self.dialect == "sqlite"
         # The columns whose values the driver cannot take as they are: the money (quantized; integer units on
-        # SQLite) and, on SQLite, the timestamp (stored as text). Booleans and floats go as they are.
-        kept = ("_usd", "ts") if self.dialect == "sqlite" else ("_usd",)
+        # SQLite) and, on SQLite, the timestamp (stored as text, by SQLAlchemy's processor). Booleans and floats
+        # go as they are.
         self._processors: list[tuple[int, Callable[[Any], Any]]] = []
         for i, name in enumerate(COLUMNS):
-            process = ledger.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None and name.endswith(kept):
-                self._processors.append((i, process))
+            if name.endswith("_usd"):
+                self._processors.append((i, _units if sqlite else _quantized))
+            elif name == "ts" and sqlite:
+                process = ledger.c.ts.type.dialect_impl(dialect).bind_processor(dialect)
+                if process is not None:
+                    self._processors.append((i, process))
+        self._money = [COLUMNS.index(name) for name in MONEY_COLUMNS]
         self._get = itemgetter(*COLUMNS)
         self._sqlite_sql: dict[int, str] = {}
         casts = ", ".join(f"${i}::{ledger.c[n].type.compile(dialect=dialect)}[]" for i, n in enumerate(COLUMNS, 1))
@@ -57,18 +83,25 @@ class RawInsert:
         except KeyError:  # a row without some column: NULL there
             return tuple(row.get(name) for name in COLUMNS)
 
-    def statement(self, rows: Sequence[dict[str, Any]], returning: bool) -> tuple[str, Any]:
+    def statement(self, rows: Sequence[dict[str, Any]], returning: bool) -> Statement:
         """The SQL and parameters that insert ``rows`` (a missing column is NULL), skipping a row whose ``row_key``
         is already there; with ``returning``, the statement returns the key of each row it wrote."""
         columns: list[Sequence[Any]] = list(zip(*map(self._values, rows), strict=True))
         for i, process in self._processors:
-            columns[i] = list(map(process, columns[i]))  # each handles None
+            columns[i] = list(map(process, columns[i]))
+        cost, base, saved = (columns[i] for i in self._money)
         if self.dialect == "postgresql":
-            return self._pg_sql + (_RETURNING if returning else ""), tuple(list(c) for c in columns)
+            places = MONEY_PLACES
+            units = [
+                (int(c.scaleb(places)), int(b.scaleb(places)), int(s.scaleb(places)))
+                for c, b, s in zip(cost, base, saved, strict=True)
+            ]
+            return Statement(self._pg_sql + (_RETURNING if returning else ""), tuple(list(c) for c in columns), units)
+        units = list(zip(cost, base, saved, strict=True))
         if not returning:  # the driver's executemany: one prepared statement, row after row
-            return self._sqlite_many, list(zip(*columns, strict=True))
+            return Statement(self._sqlite_many, list(zip(*columns, strict=True)), units)
         sql = self._sqlite_sql.get(len(rows))
         if sql is None:
             sql = f"INSERT INTO gw_ledger ({_QUOTED}) VALUES {', '.join([self._one] * len(rows))}{_SKIP}{_RETURNING}"
             self._sqlite_sql[len(rows)] = sql
-        return sql, tuple(itertools.chain.from_iterable(zip(*columns, strict=True)))
+        return Statement(sql, tuple(itertools.chain.from_iterable(zip(*columns, strict=True))), units)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -198,51 +198,61 @@ class RollupSums:
     def __len__(self) -> int:
         return len(self._values)
 
-    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Add ``rows`` (ledger rows as written: money as Decimal or USD numbers)."""
+    def add(self, rows: Sequence[Mapping[str, Any]], units: Sequence[tuple[int, int, int]] | None = None) -> None:
+        """Add ``rows`` (ledger rows as written: money as Decimal or USD numbers), whose cost, baseline cost and
+        savings as stored, in integer 1e-12 USD, are ``units`` (computed here if not given)."""
         bounds, n_hist, grain = self._bounds, self._n_hist, self._grains[0]
         values, members, hists = self._values, self._members, self._hists
-        with localcontext() as ctx:
-            ctx.prec = 60  # quantizing stays exact (NUMERIC(20, 12) has 20 digits)
-            for row in rows:
-                i = len(values)
-                hit = row["cache_status"] in _HIT_STATUSES
-                err = row["status_code"] >= 400
-                model = row.get("chosen_model")
-                values.append(
+        if units is None:
+            with localcontext() as ctx:
+                ctx.prec = 60  # quantizing stays exact (NUMERIC(20, 12) has 20 digits)
+                units = [
                     (
-                        1,
-                        row["prompt_tokens"],
-                        row["completion_tokens"],
-                        1 if hit else 0,
-                        1 if err else 0,
                         int(Decimal(row["cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
                         int(Decimal(row["baseline_cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
                         int(Decimal(row["saved_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
                     )
+                    for row in rows
+                ]
+        for row, (cost, base, saved) in zip(rows, units, strict=True):
+            i = len(values)
+            hit = row["cache_status"] in _HIT_STATUSES
+            err = row["status_code"] >= 400
+            model = row.get("chosen_model")
+            values.append(
+                (
+                    1,
+                    row["prompt_tokens"],
+                    row["completion_tokens"],
+                    1 if hit else 0,
+                    1 if err else 0,
+                    cost,
+                    base,
+                    saved,
                 )
-                bucket = row["ts_ms"] // grain * grain
-                key_id = row.get("key_id") or ""
-                model_key = ("model", bucket, key_id, model or "")
-                for key in (
-                    ("total", bucket, key_id, ""),
-                    model_key,
-                    *((dim, bucket, key_id, row.get(dim) or "") for dim in _OTHER_DIMS),
-                ):
-                    found = members.get(key)
-                    if found is None:
-                        members[key] = [i]
-                    else:
-                        found.append(i)
-                hist = hists.get(model_key)
-                if hist is None:
-                    hist = hists[model_key] = [0] * (2 * n_hist)
-                if model is not None and not err and not hit:  # timed
-                    total_ms, ttft_ms = row.get("total_ms"), row.get("ttft_ms")
-                    if total_ms is not None:
-                        hist[bisect.bisect_right(bounds, total_ms)] += 1
-                    if ttft_ms is not None:
-                        hist[n_hist + bisect.bisect_right(bounds, ttft_ms)] += 1
+            )
+            bucket = row["ts_ms"] // grain * grain
+            key_id = row.get("key_id") or ""
+            model_key = ("model", bucket, key_id, model or "")
+            for key in (
+                ("total", bucket, key_id, ""),
+                model_key,
+                *((dim, bucket, key_id, row.get(dim) or "") for dim in _OTHER_DIMS),
+            ):
+                found = members.get(key)
+                if found is None:
+                    members[key] = [i]
+                else:
+                    found.append(i)
+            hist = hists.get(model_key)
+            if hist is None:
+                hist = hists[model_key] = [0] * (2 * n_hist)
+            if model is not None and not err and not hit:  # timed
+                total_ms, ttft_ms = row.get("total_ms"), row.get("ttft_ms")
+                if total_ms is not None:
+                    hist[bisect.bisect_right(bounds, total_ms)] += 1
+                if ttft_ms is not None:
+                    hist[n_hist + bisect.bisect_right(bounds, ttft_ms)] += 1
 
     def grains(self, money: Callable[[int], Any] | None = None) -> Iterator[tuple[list[_Row], list[_Row]]]:
         """Per grain (finest first, each a multiple of the previous), computed as it is asked for (the writer sends
