@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import math
 import statistics
 import tempfile
@@ -212,7 +213,7 @@ async def _loop_stalls(stalls: list[float]) -> None:
         stalls.append(time.perf_counter() - t - 0.001)
 
 
-async def write_only(db: str, n: int, rounds: int, max_batch_rows: int | None) -> None:
+async def write_only(db: str, n: int, rounds: int, max_batch_rows: int | None, collect_first: bool = False) -> None:
     extra = {} if max_batch_rows is None else {"max_batch_rows": max_batch_rows}  # the pre-issue tree has no such
     for r in range(rounds):
         url = await fresh_url(db, f"gwbench_w_{uuid.uuid4().hex[:8]}")
@@ -222,6 +223,8 @@ async def write_only(db: str, n: int, rounds: int, max_batch_rows: int | None) -
         await led.flush()  # the schema, the compiled statements
         for i in range(1, n + 1):
             led.record(request(i))
+        if collect_first:  # the garbage the queued contexts left is collected now, not during the flush
+            gc.collect()
         stalls: list[float] = []
         ticker = asyncio.get_running_loop().create_task(_loop_stalls(stalls))
         await asyncio.sleep(0)
@@ -287,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
         await write_stream(args.db, args.write_rate, args.seconds, args.max_batch_rows)
         return
     if args.write_only:
-        await write_only(args.db, args.write_only, args.rounds, args.max_batch_rows)
+        await write_only(args.db, args.write_only, args.rounds, args.max_batch_rows, args.collect_first)
         return
     url = args.url or await fresh_url(args.db, "gwbench_scale")
     database = await open_database(url, require=True)
@@ -312,6 +315,9 @@ if __name__ == "__main__":
     parser.add_argument("--before", action="store_true", help="also time main's raw-row aggregation")
     parser.add_argument("--write-only", type=int, default=0, metavar="N")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--collect-first", action="store_true", help="with --write-only: gc.collect() before the timed flush"
+    )
     parser.add_argument("--write-rate", type=int, default=0, metavar="ROWS_PER_S", help="offer rows at this rate")
     parser.add_argument("--seconds", type=float, default=5, help="with --write-rate: for this long")
     parser.add_argument(
