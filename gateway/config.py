@@ -238,7 +238,10 @@ class LedgerSettings(_Strict):
 
     url: str = "sqlite+aiosqlite:///./gateway-ledger.db"
     baseline_model: str = "gpt-4"
-    batch_size: int = Field(200, ge=1)
+    batch_size: int = Field(200, ge=1, description="queued rows that wake the writer before the flush interval")
+    max_batch_rows: int = Field(
+        5_000, ge=1, description="most queued rows one write transaction takes (they share its rollup upserts)"
+    )
     flush_interval_seconds: float = Field(0.5, gt=0)
     max_pending_rows: int = Field(100_000, ge=1)
     shutdown_flush_seconds: float = Field(10.0, ge=0, description="how long a shutdown keeps retrying the flush")

@@ -2,11 +2,11 @@
 
 Each rollup row adds up the raw rows of one bucket for one ``(key_id, dim, value)``: ``dim`` is ``total``
 (value ``''``), ``model`` (the chosen model), ``route``, ``team`` or ``user``; a NULL key or value is stored as
-``''`` (unique keys must not hold NULL). The writer sums the rows its batch insert really wrote
-(``RETURNING`` after ``ON CONFLICT DO NOTHING``) with :func:`aggregate_rows` and adds the sums in the same
-transaction (:func:`upsert_sql`, :func:`unnest_upsert_sql`): a retried batch adds nothing twice, and money
-stays exact (quantized per row as stored, added as integer 1e-12 USD). The migration's backfill sums existing
-rows in the database instead (:func:`rollup_select`, the same arithmetic as a ``SUM`` over the raw rows).
+``''`` (unique keys must not hold NULL). The writer sums the rows its insert wrote with :class:`RollupSums` and
+adds the sums in the same transaction (:func:`upsert_sql`, :func:`unnest_upsert_sql`): a retried batch adds
+nothing twice (:meth:`gateway.accounting.ledger.SqlLedger._transaction`), and money stays exact (quantized per
+row as stored, added as integer 1e-12 USD). The migration's backfill sums existing rows in the database instead
+(:func:`rollup_select`, the same arithmetic as a ``SUM`` over the raw rows).
 
 Latency histograms (counts per bucket of :data:`~gateway.accounting.schema.LATENCY_BOUNDS_MS`, mergeable by
 addition) are kept on the ``model`` rows only.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -173,70 +173,106 @@ _HIT_STATUSES = frozenset(("hit", "semantic-hit"))
 _OTHER_DIMS = tuple(d for d in DIMENSIONS if d not in ("total", "model"))
 
 
-def aggregate_rows(
-    rows: Iterable[Mapping[str, Any]],
-    grains_ms: Sequence[int],
-    bounds: Sequence[float],
-    money: Callable[[int], Any] | None = None,
-) -> list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
-    """The rollup rows that the ledger ``rows`` (as written) add up to, per grain of ``grains_ms`` (finest first,
-    each a multiple of the previous): the rows with histograms (``model``), then the others, each list in key
-    order (two writers take the row locks in the same order). A row is a tuple in the rollup table's column
-    order: the key, the counts, the money (integer 1e-12 USD, or ``money(units)``), the two histograms (only on
-    the first list's rows: the others leave them NULL).
+_Key = tuple[str, int, str, str]
+_Row = tuple[Any, ...]
 
-    The same sums as :func:`rollup_select` computes in the database: money quantized to the ledger's 1e-12 USD
-    per row and added exactly (integers), histograms only on the ``model`` rows. The writer adds these to the
-    rollups with multi-row upserts rather than regrouping the batch's rows in SQL.
+
+class RollupSums:
+    """The rollup rows that ledger rows (as written) add up to, accumulated a slice of rows at a time (:meth:`add`,
+    short steps on the event loop) and read once (:meth:`grains`).
+
+    The same sums as :func:`rollup_select` computes in the database: money quantized to the ledger's 1e-12 USD per
+    row and added exactly (integers), histograms only on the ``model`` rows. Each row's values are kept once; each
+    rollup row remembers which rows it adds up, and :meth:`grains` sums those columns (in C, ``sum`` over ``zip``)
+    rather than adding every row to five rollup rows in Python.
     """
-    n_hist = len(bounds) + 1
-    finest: dict[tuple[str, int, str, str], list[Any]] = {}
-    grain_ms = grains_ms[0]
-    with localcontext() as ctx:
-        ctx.prec = 60  # quantizing stays exact (NUMERIC(20, 12) has 20 digits)
-        for row in rows:
+
+    def __init__(self, grains_ms: Sequence[int], bounds: Sequence[float]) -> None:
+        self._grains = grains_ms
+        self._bounds = bounds
+        self._n_hist = len(bounds) + 1
+        self._values: list[tuple[int, ...]] = []
+        self._members: dict[_Key, list[int]] = {}
+        self._hists: dict[_Key, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, rows: Sequence[Mapping[str, Any]], units: Sequence[tuple[int, int, int]] | None = None) -> None:
+        """Add ``rows`` (ledger rows as written: money as Decimal or USD numbers), whose cost, baseline cost and
+        savings as stored, in integer 1e-12 USD, are ``units`` (computed here if not given)."""
+        bounds, n_hist, grain = self._bounds, self._n_hist, self._grains[0]
+        values, members, hists = self._values, self._members, self._hists
+        if units is None:
+            with localcontext() as ctx:
+                ctx.prec = 60  # quantizing stays exact (NUMERIC(20, 12) has 20 digits)
+                units = [
+                    (
+                        int(Decimal(row["cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
+                        int(Decimal(row["baseline_cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
+                        int(Decimal(row["saved_usd"]).quantize(_Q).scaleb(MONEY_PLACES)),
+                    )
+                    for row in rows
+                ]
+        for row, (cost, base, saved) in zip(rows, units, strict=True):
+            i = len(values)
             hit = row["cache_status"] in _HIT_STATUSES
             err = row["status_code"] >= 400
             model = row.get("chosen_model")
-            timed = model is not None and not err and not hit
-            total_ms, ttft_ms = row.get("total_ms"), row.get("ttft_ms")
-            t_bin = bisect.bisect_right(bounds, total_ms) if timed and total_ms is not None else -1
-            f_bin = n_hist + bisect.bisect_right(bounds, ttft_ms) if timed and ttft_ms is not None else -1
-            hit_n, err_n = (1 if hit else 0), (1 if err else 0)
-            prompt, completion = row["prompt_tokens"], row["completion_tokens"]
-            cost = int(Decimal(row["cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
-            base = int(Decimal(row["baseline_cost_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
-            saved = int(Decimal(row["saved_usd"]).quantize(_Q).scaleb(MONEY_PLACES))
+            values.append(
+                (
+                    1,
+                    row["prompt_tokens"],
+                    row["completion_tokens"],
+                    1 if hit else 0,
+                    1 if err else 0,
+                    cost,
+                    base,
+                    saved,
+                )
+            )
+            bucket = row["ts_ms"] // grain * grain
             key_id = row.get("key_id") or ""
-            bucket = row["ts_ms"] // grain_ms * grain_ms
-            values = [("total", ""), ("model", model or "")]
-            values.extend((dim, row.get(dim) or "") for dim in _OTHER_DIMS)
-            for dim, value in values:
-                key = (dim, bucket, key_id, value)
-                cur = finest.get(key)
-                if cur is None:
-                    hist = [0] * (2 * n_hist) if dim == "model" else None
-                    finest[key] = [1, prompt, completion, hit_n, err_n, cost, base, saved, hist]
+            model_key = ("model", bucket, key_id, model or "")
+            for key in (
+                ("total", bucket, key_id, ""),
+                model_key,
+                *((dim, bucket, key_id, row.get(dim) or "") for dim in _OTHER_DIMS),
+            ):
+                found = members.get(key)
+                if found is None:
+                    members[key] = [i]
                 else:
-                    cur[0] += 1
-                    cur[1] += prompt
-                    cur[2] += completion
-                    cur[3] += hit_n
-                    cur[4] += err_n
-                    cur[5] += cost
-                    cur[6] += base
-                    cur[7] += saved
-                    hist = cur[8]
-                if hist is not None:
-                    if t_bin >= 0:
-                        hist[t_bin] += 1
-                    if f_bin >= 0:
-                        hist[f_bin] += 1
+                    found.append(i)
+            hist = hists.get(model_key)
+            if hist is None:
+                hist = hists[model_key] = [0] * (2 * n_hist)
+            if model is not None and not err and not hit:  # timed
+                total_ms, ttft_ms = row.get("total_ms"), row.get("ttft_ms")
+                if total_ms is not None:
+                    hist[bisect.bisect_right(bounds, total_ms)] += 1
+                if ttft_ms is not None:
+                    hist[n_hist + bisect.bisect_right(bounds, ttft_ms)] += 1
+
+    def grains(self, money: Callable[[int], Any] | None = None) -> Iterator[tuple[list[_Row], list[_Row]]]:
+        """Per grain (finest first, each a multiple of the previous), computed as it is asked for (the writer sends
+        each grain's upserts before the next is summed: shorter steps on the event loop): the rows with histograms
+        (``model``), then the others, each list in key order (two writers take the row locks in the same order). A
+        row is a tuple in the rollup table's column order: the key, the counts, the money (integer 1e-12 USD, or
+        ``money(units)``), the two histograms (only on the first list's rows: the others leave them NULL)."""
+        values = self._values
+        sums: dict[_Key, list[Any]] = {}
+        for key, idx in self._members.items():
+            row = (
+                list(values[idx[0]]) if len(idx) == 1 else [sum(c) for c in zip(*[values[i] for i in idx], strict=True)]
+            )
+            hist = self._hists.get(key)
+            sums[key] = [*row, None if hist is None else list(hist)]
+        yield _as_rows(sums, money)
         # Each coarser grain merges the finer one's sums (fewer than the raw rows): its buckets nest.
-        acc = [finest]
-        for grain_ms in grains_ms[1:]:
-            coarse: dict[tuple[str, int, str, str], list[Any]] = {}
-            for (dim, bucket, key_id, value), cur in acc[-1].items():
+        for grain_ms in self._grains[1:]:
+            coarse: dict[_Key, list[Any]] = {}
+            for (dim, bucket, key_id, value), cur in sums.items():
                 key = (dim, bucket // grain_ms * grain_ms, key_id, value)
                 into = coarse.get(key)
                 if into is None:
@@ -246,26 +282,26 @@ def aggregate_rows(
                     into[i] += cur[i]
                 if cur[8] is not None:
                     into[8] = [x + y for x, y in zip(into[8], cur[8], strict=True)]
-            acc.append(coarse)
-    out: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
-    for sums in acc:
-        with_hist: list[tuple[Any, ...]] = []
-        plain: list[tuple[Any, ...]] = []
-        for key in sorted(sums):
-            cur = sums[key]
-            amounts = cur[5:8] if money is None else [money(v) for v in cur[5:8]]
-            hist = cur[8]
-            if hist is None:
-                plain.append((*key, *cur[:5], *amounts))
-            else:
-                with_hist.append((*key, *cur[:5], *amounts, *hist))
-        out.append((with_hist, plain))
-    return out
+            sums = coarse
+            yield _as_rows(sums, money)
+
+
+def _as_rows(sums: dict[_Key, list[Any]], money: Callable[[int], Any] | None) -> tuple[list[_Row], list[_Row]]:
+    with_hist: list[_Row] = []
+    plain: list[_Row] = []
+    for key in sorted(sums):
+        cur = sums[key]
+        amounts = cur[5:8] if money is None else [money(v) for v in cur[5:8]]
+        if cur[8] is None:
+            plain.append((*key, *cur[:5], *amounts))
+        else:
+            with_hist.append((*key, *cur[:5], *amounts, *cur[8]))
+    return with_hist, plain
 
 
 def upsert_sql(table: Table, dialect: Dialect, hist: bool) -> str:
     """:func:`values_upsert` as the driver's SQL, its parameters in the table's column order, with or without the
-    histograms (what :func:`aggregate_rows` returns): a batch's sums go to the driver's ``executemany`` as they are."""
+    histograms (what :meth:`RollupSums.grains` gives): a batch's sums go to the driver's ``executemany`` as they are."""
     names = [c.name for c in table.columns if hist or not c.name.startswith("lat_")]
     compiled = values_upsert(table, dialect.name, names).compile(dialect=dialect, column_keys=names)
     if list(compiled.positiontup or ()) != names:  # pragma: no cover - a named paramstyle
@@ -291,7 +327,7 @@ def unnest_upsert_sql(table: Table, hist: bool) -> str:
 
 def values_upsert(table: Table, dialect: str, names: Sequence[str]) -> Insert:
     """``INSERT INTO table (names) VALUES (...) ON CONFLICT DO UPDATE`` adding each of ``names`` (executed with many
-    rows, from :func:`aggregate_rows`); a NULL histogram stays NULL."""
+    rows, from :class:`RollupSums`); a NULL histogram stays NULL."""
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(table)
     elif dialect == "sqlite":

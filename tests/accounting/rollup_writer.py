@@ -32,7 +32,7 @@ async def _flush(led: SqlLedger) -> None:
 
 async def main(url: str, seed: int, n: int, batch: int) -> None:
     db = await open_database(url, require=True)
-    led = SqlLedger(db, LedgerSettings(url=url, batch_size=batch))
+    led = SqlLedger(db, LedgerSettings(url=url, batch_size=batch, max_batch_rows=batch))
     for row in workload(seed, n):
         led.append(row)
         if led.pending >= batch:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import event, select
 
 from gateway.accounting import SqlLedger, open_database
-from gateway.accounting.ledger import EXECUTE_ROWS, row_from_context
+from gateway.accounting.ledger import EXECUTE_ROWS
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
@@ -109,13 +109,12 @@ async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) 
     statements: list[int] = []
     rollup_statements: list[str] = []
     commits: list[bool] = []
-    per_row = len(row_from_context(ctx(0)))
 
     def on_execute(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         sql = statement.lstrip().upper()
-        if sql.startswith("INSERT INTO GW_LEDGER"):  # one multi-row VALUES statement (RETURNING the ids)
-            flat = not isinstance(parameters[0], tuple | list | dict)  # one row's values after another
-            statements.append(len(parameters) // per_row if flat else len(parameters))
+        if sql.startswith("INSERT INTO GW_LEDGER"):
+            # SQLite: executemany, a tuple per row; PostgreSQL: one statement, an array per column
+            statements.append(len(parameters) if executemany else len(parameters[0]))
         elif found := re.search(r"INSERT INTO (GW_ROLLUP_\w+)", sql):  # after its WITH clause
             rollup_statements.append(found.group(1))
 

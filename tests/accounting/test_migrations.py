@@ -137,6 +137,20 @@ async def test_a_fresh_database_is_at_head(db_url: str) -> None:
     assert "gw_schema_version" not in tables
 
 
+async def test_the_hour_and_day_rollups_keep_room_for_updates(pg_url: str) -> None:
+    # Revision 0008: half of each page free, so the writer's updates of the current hour and day stay on their page.
+    db = await open_database(pg_url, require=True)
+    async with db.engine.connect() as conn:
+        options = dict(
+            (
+                await conn.execute(text("SELECT relname, reloptions FROM pg_class WHERE relname LIKE 'gw_rollup_%'"))
+            ).all()
+        )
+    await db.aclose()
+    assert options["gw_rollup_hour"] == options["gw_rollup_day"] == ["fillfactor=50"]
+    assert options["gw_rollup_minute"] is None
+
+
 async def test_the_cascade_report_reads_its_partial_index(db_url: str) -> None:
     # Revision 0007: the cascade rows by time, so the dashboard's cascade report does not read every raw row.
     db = await open_database(db_url, require=True)

@@ -68,7 +68,7 @@ async def _check(
 
     db = await open_database(url, require=True)
     await clear(db.engine)
-    led = SqlLedger(db, LedgerSettings(url=url, batch_size=batch_size))
+    led = SqlLedger(db, LedgerSettings(url=url, batch_size=batch_size, max_batch_rows=batch_size))
     rows = [make_row(s, i) for i, s in enumerate(workload)]
     for row in rows:
         led.append(dict(row))
