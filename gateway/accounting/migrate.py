@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 SCRIPT_LOCATION = "gateway.accounting:migrations"
 #: The newest revision in ``migrations/versions`` (``tests/accounting/test_migrations.py`` checks it against
 #: Alembic's view of the scripts): bump it with every new revision.
-HEAD = "0007"
+HEAD = "0008"
 _PG_LOCK_ID = 0x67776C6564676572  # "gwledger"
 #: Every table of the ledger's database, as the current code declares them.
 DECLARED = (schema.metadata, quality_tables.metadata)

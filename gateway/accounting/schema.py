@@ -180,6 +180,8 @@ def _rollup_table(grain: str) -> Table:
         *(Column(c, MoneySum(), nullable=False) for c in MONEY_COLUMNS),
         # Only the model rows carry latency histograms (NULL elsewhere: no space taken in PostgreSQL).
         *(Column(c, BigInteger) for c in TOTAL_HIST + TTFT_HIST),
+        # The current hour's and day's rows are updated by every write: room for HOT updates (revision 0008).
+        postgresql_with={} if grain == "minute" else {"fillfactor": 50},
     )
     Index(f"ix_{name}_key", table.c.key_id, table.c.dim, table.c.bucket_ms)
     return table

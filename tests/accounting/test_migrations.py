@@ -93,6 +93,9 @@ def _schema(connection: Connection) -> dict[str, object]:
             for i in insp.get_indexes(name)
         )
         out[name] = (columns, insp.get_pk_constraint(name)["constrained_columns"], indexes)
+    if connection.dialect.name == "postgresql":  # storage parameters (fillfactor)
+        query = "SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' AND relname LIKE 'gw_%'"
+        out["reloptions"] = sorted((r, tuple(o or ())) for r, o in connection.execute(text(query)))
     return out
 
 
