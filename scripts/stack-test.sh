@@ -27,8 +27,8 @@ PY="$ROOT/.venv/bin/python"
 log() { echo "[stack] $(date +%T) $*" >&2; }
 mkdir -p "$CACHE"
 
-for tool in podman docker-compose; do
-    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install podman runc netavark aardvark-dns debootstrap docker-compose)"; exit 2; }
+for tool in podman docker-compose iptables; do
+    command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install podman runc netavark aardvark-dns iptables debootstrap docker-compose)"; exit 2; }
 done
 [[ -x "$PY" ]] || { log "no .venv: run scripts/test.sh first"; exit 2; }
 

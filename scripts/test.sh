@@ -35,10 +35,11 @@ if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [[
         || echo "[test] docker-compose install failed; its config check will be skipped" >&2
 fi
 
-if ! command -v podman >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
-    echo "[test] installing podman (runc, netavark, aardvark-dns) and debootstrap for the stack test" >&2
+# netavark (podman's network backend) runs iptables to set up the stack's bridge network.
+if ! { command -v podman && command -v iptables; } >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    echo "[test] installing podman (runc, netavark, aardvark-dns, iptables) and debootstrap for the stack test" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        podman runc netavark aardvark-dns debootstrap >/dev/null) \
+        podman runc netavark aardvark-dns iptables debootstrap >/dev/null) \
         || echo "[test] podman install failed; the stack test will be skipped" >&2
 fi
 
