@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.router import metrics
-from policies.router.curve import CurvePoints, first_reaching, pgr_points
+from policies.router.curve import CurvePoints, pgr_points
 from policies.router.data import Record
 from policies.router.linear import Design, fit_logistic
 from policies.router.model import ARTIFACT_DIR, QualityRouter
@@ -251,13 +251,7 @@ class AdaptedRouter:
     def threshold_for_quality_target(self, target_pgr: float) -> float:
         """Threshold whose held-out PGR on the deployment's labels reaches ``target_pgr`` with the fewest strong
         calls (``<= 0``: ``inf``, never strong; unreachable: 0, always strong)."""
-        if math.isnan(target_pgr):
-            raise ValueError("target_pgr must be a number")
-        if target_pgr <= 0.0:
-            return math.inf
-        points = self._calibration_points()
-        hit = first_reaching(points.pgr, target_pgr)
-        return 0.0 if hit is None else points.thresholds[max(hit, 1)]
+        return self._calibration_points().threshold_for_pgr(target_pgr)
 
     def threshold_for_strong_share(self, share: float) -> float:
         """Threshold sending about ``share`` of the deployment's labelled prompts to the strong model."""
@@ -273,9 +267,7 @@ class AdaptedRouter:
 
     def strong_share_for_quality_target(self, target_pgr: float) -> float:
         """Smallest share of strong calls whose held-out PGR reaches ``target_pgr``."""
-        points = self._calibration_points()
-        hit = first_reaching(points.pgr, target_pgr)
-        return 1.0 if hit is None else points.shares[hit]
+        return self._calibration_points().share_for_pgr(target_pgr)
 
     # -------------------------------------------------------------------- saving
     def save(self, out_dir: Path) -> Path:

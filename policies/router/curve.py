@@ -23,6 +23,21 @@ class CurvePoints:
     pgr: array[float]
     thresholds: array[float]
 
+    def threshold_for_pgr(self, target: float) -> float:
+        """The score threshold whose PGR reaches ``target`` with the fewest strong calls (``<= 0``: ``inf``,
+        never strong; unreachable: 0, always strong)."""
+        if math.isnan(target):
+            raise ValueError("target_pgr must be a number")
+        if target <= 0.0:
+            return math.inf
+        hit = first_reaching(self.pgr, target)
+        return 0.0 if hit is None else self.thresholds[max(hit, 1)]
+
+    def share_for_pgr(self, target: float) -> float:
+        """The smallest share of strong calls whose PGR reaches ``target`` (1 when none does)."""
+        hit = first_reaching(self.pgr, target)
+        return 1.0 if hit is None else self.shares[hit]
+
 
 def _floats(values: Sequence[float], name: str) -> list[float]:
     out = [float(v) for v in values]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policies.router.curve import CurvePoints, first_reaching, pgr_points
+from policies.router.curve import CurvePoints, pgr_points
 from policies.router.features import CUE_NAMES, analyze, token_value
 
 if TYPE_CHECKING:
@@ -225,23 +225,13 @@ class QualityRouter:
 
     def strong_share_for_quality_target(self, target_pgr: float) -> float:
         """Smallest share of strong calls whose calibrated PGR reaches ``target_pgr``."""
-        points = self._calibration_points()
-        hit = first_reaching(points.pgr, target_pgr)
-        return 1.0 if hit is None else points.shares[hit]
+        return self._calibration_points().share_for_pgr(target_pgr)
 
     def threshold_for_quality_target(self, target_pgr: float) -> float:
         """Threshold whose calibrated PGR (share of the weak-strong quality gap recovered) reaches
         ``target_pgr`` (e.g. 0.8) with the fewest strong calls; ``<= 0`` gives ``inf``.
         """
-        if math.isnan(target_pgr):
-            raise ValueError("target_pgr must be a number")
-        if target_pgr <= 0.0:
-            return math.inf
-        points = self._calibration_points()
-        hit = first_reaching(points.pgr, target_pgr)
-        if hit is None:
-            return 0.0
-        return points.thresholds[max(hit, 1)]
+        return self._calibration_points().threshold_for_pgr(target_pgr)
 
     def __repr__(self) -> str:
         return f"QualityRouter(version={self.version!r}, tokens={len(self._token_weights)})"
