@@ -152,17 +152,23 @@ def rollup_upsert(
     """``INSERT INTO table SELECT <rollup of the rows matching where> ON CONFLICT DO UPDATE`` (adding)."""
     names = [c.name for c in table.columns]
     source = rollup_select(grain_ms, bounds, where, hist_every_dim)
+    return _adding(_insert(table, dialect).from_select(names, source), table, names)
+
+
+def _insert(table: Table, dialect: str) -> Any:
+    """The dialect's ``INSERT`` (the one with ``ON CONFLICT``)."""
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - the ledger supports these two
-        raise ValueError(f"rollups need PostgreSQL or SQLite, not {dialect}")
-    stmt = stmt.from_select(names, source)
-    additive = [n for n in names if n not in KEY_COLUMNS]
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"rollups need PostgreSQL or SQLite, not {dialect}")  # pragma: no cover - the ledger's two
+
+
+def _adding(stmt: Any, table: Table, names: Sequence[str]) -> Insert:
+    """``stmt ON CONFLICT (key) DO UPDATE`` adding the inserted value of each of ``names`` but the key's."""
     upsert: Insert = stmt.on_conflict_do_update(
         index_elements=[table.c[k] for k in KEY_COLUMNS],
-        set_={n: table.c[n] + stmt.excluded[n] for n in additive},
+        set_={n: table.c[n] + stmt.excluded[n] for n in names if n not in KEY_COLUMNS},
     )
     return upsert
 
@@ -328,18 +334,7 @@ def unnest_upsert_sql(table: Table, hist: bool) -> str:
 def values_upsert(table: Table, dialect: str, names: Sequence[str]) -> Insert:
     """``INSERT INTO table (names) VALUES (...) ON CONFLICT DO UPDATE`` adding each of ``names`` (executed with many
     rows, from :class:`RollupSums`); a NULL histogram stays NULL."""
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - the ledger supports these two
-        raise ValueError(f"rollups need PostgreSQL or SQLite, not {dialect}")
-    additive = [n for n in names if n not in KEY_COLUMNS]
-    upsert: Insert = stmt.on_conflict_do_update(
-        index_elements=[table.c[k] for k in KEY_COLUMNS],
-        set_={n: table.c[n] + stmt.excluded[n] for n in additive},
-    )
-    return upsert
+    return _adding(_insert(table, dialect), table, names)
 
 
 def ids_filter() -> ColumnElement[bool]:
