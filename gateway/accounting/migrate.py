@@ -71,17 +71,13 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _at_head(connection: Connection) -> bool:
-    if not inspect(connection).has_table("alembic_version"):
-        return False
-    return list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars()) == [HEAD]
-
-
-def _create_fresh(connection: Connection) -> bool:
-    """On a database holding none of the ledger's tables (nor a legacy one), create the current schema and
-    stamp it :data:`HEAD`; False, touching nothing, otherwise."""
-    ours = {"alembic_version", "gw_schema_version"} | {name for md in DECLARED for name in md.tables}
-    if ours & set(inspect(connection).get_table_names()):
+def _at_head_or_created(connection: Connection) -> bool:
+    """True when the database is at :data:`HEAD` already, or held none of the ledger's tables (nor a legacy one)
+    and now has the current schema, stamped :data:`HEAD`; False, touching nothing, when it needs Alembic."""
+    present = set(inspect(connection).get_table_names())
+    if "alembic_version" in present:
+        return list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars()) == [HEAD]
+    if present & ({"gw_schema_version"} | {name for md in DECLARED for name in md.tables}):
         return False
     for md in DECLARED:
         md.create_all(connection)
@@ -111,6 +107,6 @@ async def migrate(conn: AsyncConnection, revision: str = "head") -> str | None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-    if revision in ("head", HEAD) and (await conn.run_sync(_at_head) or await conn.run_sync(_create_fresh)):
+    if revision in ("head", HEAD) and await conn.run_sync(_at_head_or_created):
         return HEAD
     return await conn.run_sync(_upgrade, revision)
