@@ -175,7 +175,11 @@ class ServerSettings(_Strict):
     health_probe_seconds: float = Field(10.0, gt=0, description="backend health checks behind /ready")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")
-    upstream_keepalive_seconds: float = Field(30.0, gt=0, description="idle upstream connections close after this")
+    # Below uvicorn's 5 s (vLLM's server and most Python ones): a connection the upstream is closing at the moment
+    # it is reused fails the request (a POST is never sent again once its bytes may have left).
+    upstream_keepalive_seconds: float = Field(
+        4.0, gt=0, description="idle upstream connections close after this (keep it below the upstreams' own)"
+    )
     head_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
     body_timeout_seconds: float = Field(60.0, gt=0, description="a request's body must arrive within this")
     keepalive_timeout_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections close after this")

@@ -129,3 +129,13 @@ def test_server_process_refuses_bad_config_with_one_line(tmp_path: Path, capsys:
         main(["--config", str(write(tmp_path, MINIMAL + "bogus: 1\n"))])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'gateway.yaml'}: bogus: unknown key"
+
+
+def test_idle_upstream_connections_close_before_a_python_upstream_closes_them(tmp_path: Path) -> None:
+    # A connection the upstream is closing at the moment the gateway reuses it fails that request (a POST is not
+    # sent again once its bytes may have left): seen as a 502 from a healthy backend on a uvicorn upstream (vLLM's
+    # server) idle for its 5 s keep-alive. The gateway's pool must let connections go first.
+    import uvicorn
+
+    upstream_idle_s = uvicorn.Config(app=None).timeout_keep_alive
+    assert load_settings(write(tmp_path, MINIMAL)).server.upstream_keepalive_seconds < upstream_idle_s
