@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.accounting.migrate import migrate
+from gateway.accounting.priority import WriterPriority, record_thread_id
 
 log = logging.getLogger("gateway.accounting")
 
@@ -27,13 +28,14 @@ def async_url(url: str) -> URL:
     return parsed
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer; replicas may share a file
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA cache_size=-32768")  # 32 MiB (default 2): the rollups' indexes are written every batch
     cursor.close()
+    record_thread_id(dbapi_connection, record.info)
 
 
 class Database:
@@ -42,6 +44,8 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.migrated = False
+        #: The ledger writer's thread priority: switchable on SQLite (its connections' threads), inert elsewhere.
+        self.writer_priority = WriterPriority.probe() if engine.dialect.name == "sqlite" else WriterPriority(False)
         self._lock = asyncio.Lock()
 
     @property

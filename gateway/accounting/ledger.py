@@ -35,8 +35,9 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.accounting.db import Database
 from gateway.accounting.raw_insert import RawInsert
@@ -253,38 +254,54 @@ class SqlLedger:
         fewer than it sent, :class:`_AlreadyWritten` rolls the transaction back; ``exact``, it returns the key of
         every row it wrote, and only those are summed.
         """
-        async with self.db.engine.begin() as conn:
-            insert = self._insert(conn.dialect)
-            sums = RollupSums(GRAINS_MS_SEQ, LATENCY_BOUNDS_MS)
-            # Sent in slices: a request arriving while the event loop prepares a slice's parameters and sums waits for
-            # it (under a millisecond for EXECUTE_ROWS rows).
-            for start in range(0, len(batch), EXECUTE_ROWS):
-                rows = batch[start : start + EXECUTE_ROWS]
-                stmt = insert.statement(rows, returning=exact)
-                if exact:
-                    result = await conn.exec_driver_sql(stmt.sql, stmt.params)
-                    sums.add(list(_written(rows, set(result.scalars()))))
-                    continue
-                # Summed while the database inserts them (if some were there already, the sums are thrown away).
-                running = asyncio.ensure_future(conn.exec_driver_sql(stmt.sql, stmt.params))
-                try:
-                    await asyncio.sleep(0)  # the statement goes out
-                    sums.add(rows, stmt.units)
-                finally:  # the connection is free again before anything else (a rollback) uses it
-                    result = await running
-                if result.rowcount != len(rows):
-                    raise _AlreadyWritten
-            # Per grain one upsert for the model rows (with histograms) and one for the others, each carrying one row
-            # per bucket, key and value: shared by every row of the transaction.
-            if len(sums):
-                money = None if conn.dialect.name == "sqlite" else _decimal_usd
-                pg = conn.dialect.name == "postgresql"
-                for sqls, grain_rows in zip(self._rollups(conn.dialect), sums.grains(money), strict=True):
-                    for sql, params in zip(sqls, grain_rows, strict=True):
-                        if params and pg:  # one statement, an array per column
-                            await conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*params, strict=True)))
-                        elif params:
-                            await conn.exec_driver_sql(sql, params)
+        priority = self.db.writer_priority
+        async with self.db.engine.connect() as conn:
+            # Idle CPU priority for the SQLite thread while that starves nothing (gateway.accounting.priority).
+            priority.begin(conn.info)
+            try:
+                await self._statements(conn, batch, exact)
+                with priority.watch():
+                    await conn.commit()
+            finally:  # on an error, closing the connection rolls the transaction back
+                priority.end()
+
+    async def _execute(self, conn: AsyncConnection, sql: str, params: Any) -> CursorResult[Any]:
+        with self.db.writer_priority.watch():
+            return await conn.exec_driver_sql(sql, params)
+
+    async def _statements(self, conn: AsyncConnection, batch: list[Row], exact: bool) -> None:
+        """:meth:`_transaction`'s statements, on ``conn``."""
+        insert = self._insert(conn.dialect)
+        sums = RollupSums(GRAINS_MS_SEQ, LATENCY_BOUNDS_MS)
+        # Sent in slices: a request arriving while the event loop prepares a slice's parameters and sums waits for
+        # it (under a millisecond for EXECUTE_ROWS rows).
+        for start in range(0, len(batch), EXECUTE_ROWS):
+            rows = batch[start : start + EXECUTE_ROWS]
+            stmt = insert.statement(rows, returning=exact)
+            if exact:
+                result = await self._execute(conn, stmt.sql, stmt.params)
+                sums.add(list(_written(rows, set(result.scalars()))))
+                continue
+            # Summed while the database inserts them (if some were there already, the sums are thrown away).
+            running = asyncio.ensure_future(self._execute(conn, stmt.sql, stmt.params))
+            try:
+                await asyncio.sleep(0)  # the statement goes out
+                sums.add(rows, stmt.units)
+            finally:  # the connection is free again before anything else (a rollback) uses it
+                result = await running
+            if result.rowcount != len(rows):
+                raise _AlreadyWritten
+        # Per grain one upsert for the model rows (with histograms) and one for the others, each carrying one row
+        # per bucket, key and value: shared by every row of the transaction.
+        if len(sums):
+            money = None if conn.dialect.name == "sqlite" else _decimal_usd
+            pg = conn.dialect.name == "postgresql"
+            for sqls, grain_rows in zip(self._rollups(conn.dialect), sums.grains(money), strict=True):
+                for sql, params in zip(sqls, grain_rows, strict=True):
+                    if params and pg:  # one statement, an array per column
+                        await self._execute(conn, sql, tuple(list(col) for col in zip(*params, strict=True)))
+                    elif params:
+                        await self._execute(conn, sql, params)
 
     def _insert(self, dialect: Dialect) -> RawInsert:
         """The batch insert, skipping rows already written: a commit can succeed on the server while the reply is
@@ -348,6 +365,11 @@ class _LedgerCollector(Collector):
             "gateway_ledger_dropped_rows", "Ledger rows dropped because the queue was full", value=led.dropped
         )
         yield CounterMetricFamily("gateway_ledger_write_errors", "Failed ledger batch writes", value=led.write_errors)
+        yield CounterMetricFamily(
+            "gateway_ledger_writer_raised",
+            "Ledger statements raised from idle to normal CPU priority because they waited too long for it",
+            value=led.db.writer_priority.raised,
+        )
         if led.retention is not None:
             yield CounterMetricFamily(
                 "gateway_ledger_expired_rows", "Raw ledger rows deleted by retention", value=led.retention.deleted
