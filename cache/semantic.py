@@ -96,6 +96,10 @@ class PromptEncoder(Protocol):
         """The text's unit vector; None when the encoder is saturated."""
         ...
 
+    def close(self) -> None:
+        """Stop its worker, if it has one (a second call does nothing)."""
+        ...
+
 
 class SemanticEncoder:
     """Runs an :class:`Embedder` in its own worker thread, with a bound on queued work and a timeout.

