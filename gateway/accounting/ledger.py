@@ -260,13 +260,18 @@ class SqlLedger:
             priority.begin(conn.info)
             try:
                 await self._statements(conn, batch, exact)
-                with priority.watch():
+                with priority.watch(self._behind):
                     await conn.commit()
             finally:  # on an error, closing the connection rolls the transaction back
                 priority.end()
 
+    @property
+    def _behind(self) -> bool:
+        """Rows are piling up: the writer's statements run at normal CPU priority (gateway.accounting.priority)."""
+        return len(self._pending) >= 2 * self.settings.batch_size
+
     async def _execute(self, conn: AsyncConnection, sql: str, params: Any) -> CursorResult[Any]:
-        with self.db.writer_priority.watch():
+        with self.db.writer_priority.watch(self._behind):
             return await conn.exec_driver_sql(sql, params)
 
     async def _statements(self, conn: AsyncConnection, batch: list[Row], exact: bool) -> None:

@@ -6,9 +6,10 @@ scheduler (in ``bench/run_side_by_side.sh``, the one-connection p99 went from ~0
 batch was written during the run). Linux's ``SCHED_IDLE`` policy gives a thread only the CPU no one else wants,
 and a waking request thread preempts it at once; ``nice`` values do not (the scheduler still shares the core).
 
-An idle thread gets almost nothing on a saturated core, so a statement that waits too long at idle priority is
-finished at normal priority, and so are the next few (:class:`WriterPriority`): on a busy core the writer
-keeps up as before, on a core with room it takes only the room. Raising a thread's priority
+An idle thread gets almost nothing on a saturated core, so the writer's statements run at normal priority while
+rows pile up (the ledger says when: twice ``ledger.batch_size`` rows waiting), and a statement that waits too
+long at idle priority is finished at normal priority, as are the next few (:class:`WriterPriority`): on a busy
+core the writer keeps up as before, on a core with room it takes only the room. Raising a thread's priority
 needs ``CAP_SYS_NICE`` (or ``RLIMIT_NICE``): where the process may not (a container's default capabilities), the
 writer runs at normal priority, as before, and says so once in the log.
 
@@ -106,12 +107,16 @@ class WriterPriority:
             self._tid = info.get(THREAD_ID)
 
     @contextlib.contextmanager
-    def watch(self) -> Iterator[None]:
-        """Around one statement of the transaction: at idle priority, raised to normal if it starves."""
+    def watch(self, behind: bool = False) -> Iterator[None]:
+        """Around one statement of the transaction: at idle priority, raised to normal if it starves; at normal
+        priority if the writer is ``behind`` (rows are piling up: on a busy core an idle thread crawls, at well
+        under :data:`STARVED_SECONDS` a statement, and the queue would grow)."""
         if self._tid is None:
             yield
             return
-        if self._normal_left:
+        if behind:
+            self._switch(idle=False)
+        elif self._normal_left:
             self._normal_left -= 1
         else:
             self._switch(idle=True)

@@ -74,6 +74,20 @@ async def test_a_starved_statement_is_finished_at_normal_priority_and_so_are_the
     await led.aclose()
 
 
+async def test_while_rows_pile_up_the_writer_runs_at_normal_priority(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    db = await open_database(url, require=True)
+    settings = LedgerSettings(url=url, flush_interval_seconds=3600, batch_size=50, max_batch_rows=100)
+    led = SqlLedger(db, settings)
+    seen = _policies(db.engine)
+    for row in random_rows(3, 300, span_ms=600_000, models=("model-0",)):
+        led.append(row)
+    assert await led.flush()  # three transactions of 100 rows: 200, 100, then 0 rows still waiting behind them
+    raw = [policy for stmt, policy in seen if stmt.startswith("INSERT INTO gw_ledger")]
+    assert raw == [os.SCHED_OTHER, os.SCHED_OTHER, os.SCHED_IDLE]  # behind while >= 2 x batch_size rows wait
+    await led.aclose()
+
+
 def test_without_the_right_to_switch_back_the_writer_stays_at_normal_priority(tmp_path: Path) -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None or os.geteuid() != 0:
