@@ -47,12 +47,16 @@ async def open_conn(gw: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.S
 
 
 async def closed_after(reader: asyncio.StreamReader, limit_s: float = 10) -> tuple[float, bytes]:
-    """Seconds until the server closes the connection, and what it sent."""
+    """Seconds until the server closes the connection, and what it sent. A close while the client is still
+    sending reaches it as a reset rather than an end of stream (the server's socket held unread bytes): closed too."""
     t0 = time.monotonic()
     data = b""
     async with asyncio.timeout(limit_s):
-        while chunk := await reader.read(65536):
-            data += chunk
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
     return time.monotonic() - t0, data
 
 
