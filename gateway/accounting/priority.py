@@ -125,17 +125,18 @@ class WriterPriority:
         try:
             yield
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._disarm()
 
     def end(self) -> None:
         """The transaction is over: back to normal priority (the pool lends the connection to other work next)."""
+        self._disarm()  # a statement cancelled with the transaction may not have disarmed its timer yet
+        self._switch(idle=False)
+        self._tid = None
+
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._switch(idle=False)
-        self._tid = None
 
     def _starved(self) -> None:
         self._timer = None
