@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.accounting.db import Database
-from gateway.accounting.raw_insert import RawInsert
+from gateway.accounting.raw_insert import RawInsert, Statement
 from gateway.accounting.retention import Retention
 from gateway.accounting.rollup import RollupSums, unnest_upsert_sql, upsert_sql
 from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, MONEY_PLACES, rollups
@@ -51,9 +51,13 @@ from gateway.hooks import LogRecorder
 log = logging.getLogger("gateway.accounting")
 
 Row = dict[str, Any]
-#: Rows per statement within a transaction: what the event loop spends on one slice (its parameters, then its
-#: sums: about 0.3 ms each, in separate steps, on this project's VM) bounds how long a request waits for the ledger.
-EXECUTE_ROWS = 100
+#: Rows per statement within a transaction. Each statement costs the event loop about 0.4 ms whatever its size
+#: (SQLAlchemy's execution, the hand-off to the driver's thread): fewer, larger statements leave the loop more
+#: time for requests (bench/RESULTS.md, "Larger statements, prepared in short steps").
+EXECUTE_ROWS = 500
+#: Rows whose parameters, then sums, the event loop prepares in one step before it lets waiting requests run
+#: (about 0.3 ms each on this project's VM): bounds how long a request waits for the ledger.
+PREPARE_ROWS = 100
 
 
 GRAINS_MS_SEQ = tuple(GRAINS_MS.values())
@@ -278,11 +282,11 @@ class SqlLedger:
         """:meth:`_transaction`'s statements, on ``conn``."""
         insert = self._insert(conn.dialect)
         sums = RollupSums(GRAINS_MS_SEQ, LATENCY_BOUNDS_MS)
-        # Sent in slices: a request arriving while the event loop prepares a slice's parameters and sums waits for
-        # it (under a millisecond for EXECUTE_ROWS rows).
+        # A request arriving while the event loop prepares rows waits for it: a statement's parameters, then its
+        # sums, are prepared PREPARE_ROWS rows at a time, letting requests run in between.
         for start in range(0, len(batch), EXECUTE_ROWS):
             rows = batch[start : start + EXECUTE_ROWS]
-            stmt = insert.statement(rows, returning=exact)
+            stmt = await self._prepare(insert, rows, exact)
             if exact:
                 result = await self._execute(conn, stmt.sql, stmt.params)
                 sums.add(list(_written(rows, set(result.scalars()))))
@@ -290,8 +294,9 @@ class SqlLedger:
             # Summed while the database inserts them (if some were there already, the sums are thrown away).
             running = asyncio.ensure_future(self._execute(conn, stmt.sql, stmt.params))
             try:
-                await asyncio.sleep(0)  # the statement goes out
-                sums.add(rows, stmt.units)
+                for at in range(0, len(rows), PREPARE_ROWS):
+                    await asyncio.sleep(0)  # the statement goes out; then requests waiting meanwhile run
+                    sums.add(rows[at : at + PREPARE_ROWS], stmt.units[at : at + PREPARE_ROWS])
             finally:  # the connection is free again before anything else (a rollback) uses it
                 result = await running
             if result.rowcount != len(rows):
@@ -307,6 +312,16 @@ class SqlLedger:
                         await self._execute(conn, sql, tuple(list(col) for col in zip(*params, strict=True)))
                     elif params:
                         await self._execute(conn, sql, params)
+
+    @staticmethod
+    async def _prepare(insert: RawInsert, rows: list[Row], returning: bool) -> Statement:
+        """The statement inserting ``rows``, its parameters prepared :data:`PREPARE_ROWS` rows per event-loop step."""
+        parts = []
+        for at in range(0, len(rows), PREPARE_ROWS):
+            if at:
+                await asyncio.sleep(0)
+            parts.append(insert.statement(rows[at : at + PREPARE_ROWS], returning))
+        return insert.joined(parts)
 
     def _insert(self, dialect: Dialect) -> RawInsert:
         """The batch insert, skipping rows already written: a commit can succeed on the server while the reply is

@@ -100,8 +100,29 @@ class RawInsert:
         units = list(zip(cost, base, saved, strict=True))
         if not returning:  # the driver's executemany: one prepared statement, row after row
             return Statement(self._sqlite_many, list(zip(*columns, strict=True)), units)
-        sql = self._sqlite_sql.get(len(rows))
+        return Statement(
+            self._sqlite_returning(len(rows)), tuple(itertools.chain.from_iterable(zip(*columns, strict=True))), units
+        )
+
+    def joined(self, parts: Sequence[Statement]) -> Statement:
+        """One statement inserting the rows of ``parts``: statements from :meth:`statement` with the same
+        ``returning``, prepared a slice of rows at a time (short steps on the event loop) and sent as one."""
+        if len(parts) == 1:
+            return parts[0]
+        chain = itertools.chain.from_iterable
+        units = list(chain(p.units for p in parts))
+        first = parts[0]
+        if self.dialect == "postgresql":  # an array per column: the slices' arrays end to end
+            columns = zip(*(p.params for p in parts), strict=True)
+            return Statement(first.sql, tuple(list(chain(column)) for column in columns), units)
+        if first.sql == self._sqlite_many:  # a tuple per row
+            return Statement(first.sql, list(chain(p.params for p in parts)), units)
+        return Statement(self._sqlite_returning(len(units)), tuple(chain(p.params for p in parts)), units)
+
+    def _sqlite_returning(self, n: int) -> str:
+        """SQLite's insert of ``n`` rows returning each written row's key (its ``VALUES`` grows with ``n``)."""
+        sql = self._sqlite_sql.get(n)
         if sql is None:
-            sql = f"INSERT INTO gw_ledger ({_QUOTED}) VALUES {', '.join([self._one] * len(rows))}{_SKIP}{_RETURNING}"
-            self._sqlite_sql[len(rows)] = sql
-        return Statement(sql, tuple(itertools.chain.from_iterable(zip(*columns, strict=True))), units)
+            sql = f"INSERT INTO gw_ledger ({_QUOTED}) VALUES {', '.join([self._one] * n)}{_SKIP}{_RETURNING}"
+            self._sqlite_sql[n] = sql
+        return sql

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import event, select
 
 from gateway.accounting import SqlLedger, open_database
-from gateway.accounting.ledger import EXECUTE_ROWS
+from gateway.accounting.ledger import EXECUTE_ROWS, PREPARE_ROWS
+from gateway.accounting.raw_insert import RawInsert
+from gateway.accounting.rollup import RollupSums
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
@@ -98,11 +100,13 @@ async def test_start_with_the_database_down_then_recover(pg_url: str) -> None:
     assert await count_rows(pg_url) == ["req-001"]
 
 
-async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) -> None:
-    # A batch once went out as one statement: the event loop prepared all its rows' parameters at once
-    # (about 17 us a row, several milliseconds for a batch), and every request arriving meanwhile waited.
+async def test_a_batch_is_one_transaction_prepared_in_short_steps(db_url: str, monkeypatch: Any) -> None:
+    # A batch once went out as one statement whose parameters the event loop prepared at once (about 17 us a row,
+    # several milliseconds for a batch) while every request arriving meanwhile waited; then as many short
+    # statements, each costing the loop its own overhead. Now: statements of EXECUTE_ROWS rows, their parameters
+    # and sums prepared PREPARE_ROWS rows per step of the event loop.
     db = await open_database(db_url)
-    led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600, batch_size=200))
+    led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600, batch_size=5000))
     led.start()
     led.record(ctx(0))
     assert await led.flush()  # the schema exists: what follows is the batch alone
@@ -120,13 +124,40 @@ async def test_a_batch_is_one_transaction_sent_in_short_statements(db_url: str) 
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
     event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(True))
-    for i in range(1, 131):
+    # What the event loop prepares between two turns of a task that runs at every turn (as a request would).
+    steps: list[int] = [0]
+    prepare, add = RawInsert.statement, RollupSums.add
+
+    def prepared(self: RawInsert, rows: Any, returning: bool) -> Any:
+        steps[-1] += len(rows)
+        return prepare(self, rows, returning)
+
+    def summed(self: RollupSums, rows: Any, units: Any = None) -> None:
+        steps[-1] += len(rows)
+        add(self, rows, units)
+
+    monkeypatch.setattr(RawInsert, "statement", prepared)
+    monkeypatch.setattr(RollupSums, "add", summed)
+    turning = True
+
+    async def turns() -> None:
+        while turning:
+            steps.append(0)
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(turns())
+    n = 2 * EXECUTE_ROWS + PREPARE_ROWS // 2
+    for i in range(1, n + 1):
         led.record(ctx(i))
     assert await led.flush()
+    turning = False
+    await ticker
     await led.aclose()
-    assert statements == [EXECUTE_ROWS] * (130 // EXECUTE_ROWS) + [130 % EXECUTE_ROWS]
+    assert statements == [EXECUTE_ROWS, EXECUTE_ROWS, PREPARE_ROWS // 2]
+    assert max(steps) == PREPARE_ROWS  # never more rows at once
+    assert sum(steps) == 2 * n  # each row prepared, then summed, once
     # the batch's sums are added to the rollups in the same transaction, per grain one multi-row upsert for the
     # rows with latency histograms (model) and one for the others
     assert rollup_statements == [f"GW_ROLLUP_{g}" for g in ("MINUTE", "HOUR", "DAY") for _ in range(2)]
     assert len(commits) == 1
-    assert len(await count_rows(db_url)) == 131
+    assert len(await count_rows(db_url)) == n + 1
