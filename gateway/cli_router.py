@@ -78,8 +78,9 @@ def score_cmd(
     """Write one JSON line {"score": x} per record (higher = the strong model is more needed)."""
     import orjson
 
-    from policies.router.adapt import AdaptedRouter, load_artifact
+    from policies.router.adapt import AdaptedRouter
     from policies.router.data import load_prompts
+    from policies.router.loader import load_artifact
 
     prompts = load_prompts(data)
     router = load_artifact(artifact, encode=_tokenizer().encode)

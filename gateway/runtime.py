@@ -32,6 +32,7 @@ from gateway.routing import QualityEstimator, Router, embedding_vector, reads_em
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
 from policies.answer_check import AnswerCheck
+from policies.router.loader import load_artifact
 
 if TYPE_CHECKING:
     from cache.semantic import PromptEncoder
@@ -74,10 +75,6 @@ def load_estimator(counter: TokenCounter, artifact: str | None = None) -> Qualit
     if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
         log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
         return None
-    try:
-        from policies.router.adapt import load_artifact
-    except ImportError:
-        return None
     if artifact is not None:
         try:
             return load_artifact(Path(artifact), encode=counter.encode)
@@ -99,8 +96,6 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
     path = gw.settings.router.artifact
     if path is None:
         raise RouterReloadFailed("No router.artifact is configured.", code="router_artifact_unset")
-    from policies.router.adapt import load_artifact
-
     counter = gw.pipeline.counter
     if not isinstance(counter, TiktokenCounter):
         raise RouterReloadFailed("The learned router needs the cl100k_base tokenizer.", code="router_unavailable")

@@ -39,6 +39,7 @@ from policies.router import metrics
 from policies.router.curve import CurvePoints, pgr_points
 from policies.router.data import Record
 from policies.router.linear import Design, fit_logistic
+from policies.router.loader import ADAPTED_JSON
 from policies.router.model import ARTIFACT_DIR, QualityRouter
 
 __all__ = [
@@ -48,8 +49,7 @@ __all__ = [
     "AdaptedRouter",
     "Embed",
     "adapt",
-    "is_adapted",
-    "load_artifact",
+    "load_adapted",
     "prompt_embed",
     "recorded_vector",
     "saved_at_quality",
@@ -64,7 +64,6 @@ Embed = Callable[[list[str]], NDArray[np.float32]]
 #: to compute it refuses the artifact rather than score it with the wrong vector.
 ADAPTED_FORMAT = 2
 _FORMATS = (1, 2)
-_JSON = "adapted.json"
 _NPZ = "adapted.npz"
 _PRIOR = "prior"
 #: The embedding the adapted router reads (the semantic cache's model).
@@ -294,7 +293,7 @@ class AdaptedRouter:
         )
         tmp.replace(out_dir / _NPZ)
         meta = {**self.metadata, "prior": {**self.metadata["prior"], "dir": _PRIOR}}
-        _atomic_write(out_dir / _JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _atomic_write(out_dir / ADAPTED_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return out_dir
 
     def __repr__(self) -> str:
@@ -400,36 +399,26 @@ def adapt(
     return AdaptedRouter(prior, final, (oof, weak, strong), metadata, embed)
 
 
-def is_adapted(directory: Path) -> bool:
-    """Whether ``directory`` holds an adapted artifact (else a plain prior artifact, or nothing)."""
-    return (Path(directory) / _JSON).is_file()
-
-
 def recorded_vector(directory: Path) -> str:
     """The prompt vector the adapted artifact in ``directory`` reads; ``minilm`` when there is none (or it does not
     say, or does not parse)."""
     try:
-        meta = json.loads((Path(directory) / _JSON).read_text(encoding="utf-8"))
+        meta = json.loads((Path(directory) / ADAPTED_JSON).read_text(encoding="utf-8"))
         vector = str(meta.get("embedding", {}).get("vector", "minilm"))
     except (OSError, ValueError, AttributeError):
         return "minilm"
     return vector if vector in VECTORS else "minilm"
 
 
-def load_artifact(
-    directory: Path | None, *, encode: Callable[[str], list[int]], embed: Embed | None = None
-) -> QualityRouter | AdaptedRouter:
-    """Load a router artifact directory: an adapted one (``adapted.json``) or a prior (``router.json``;
-    ``None``: the shipped prior). ``encode``: text -> ``cl100k_base`` ids (the prior's features); ``embed``:
-    attached to an adapted router for calls that bring no vector.
+def load_adapted(directory: Path, *, encode: Callable[[str], list[int]], embed: Embed | None = None) -> AdaptedRouter:
+    """Load the adapted artifact in ``directory`` (:func:`policies.router.loader.load_artifact` loads either kind).
+    ``encode``: text -> ``cl100k_base`` ids (its prior's features); ``embed``: attached for calls that bring no
+    vector.
 
     Raises:
         OSError: missing files. ValueError: an unreadable or incompatible artifact.
     """
-    if directory is None or not is_adapted(Path(directory)):
-        return QualityRouter.load(directory, encode=encode)
-    directory = Path(directory)
-    meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
+    meta: dict[str, Any] = json.loads((directory / ADAPTED_JSON).read_text(encoding="utf-8"))
     if meta.get("format") not in _FORMATS:
         raise ValueError(f"adapted router format {meta.get('format')!r}; this version reads {_FORMATS}")
     if meta.get("embedding", {}).get("vector", "minilm") not in VECTORS:

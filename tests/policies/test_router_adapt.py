@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from gateway.cli_router import router_app
 from gateway.tokens import load_tiktoken
-from policies.router.adapt import AdaptConfig, AdaptedRouter, adapt, load_artifact, saved_at_quality
+from policies.router.adapt import AdaptConfig, AdaptedRouter, adapt, saved_at_quality
 from policies.router.data import Record, load_records
+from policies.router.loader import load_artifact
 from policies.router.model import QualityRouter
 
 _TOPICS = ("poem", "haiku", "limerick", "proof", "lemma", "theorem")

@@ -1,0 +1,44 @@
+"""Loading a router artifact directory: a prior (the shipped one or one trained with ``gateway router train``),
+read with the standard library only, or an adapted router (:mod:`policies.router.adapt`), which needs numpy.
+
+numpy is imported only when an adapted artifact is loaded: a gateway serving the shipped prior does not hold it
+(about 11 MiB of the server's memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from policies.router.model import QualityRouter
+
+if TYPE_CHECKING:
+    from policies.router.adapt import AdaptedRouter, Embed
+
+__all__ = ["ADAPTED_JSON", "is_adapted", "load_artifact"]
+
+#: The file that marks an adapted artifact directory (a prior's is ``router.json``).
+ADAPTED_JSON = "adapted.json"
+
+
+def is_adapted(directory: Path) -> bool:
+    """Whether ``directory`` holds an adapted artifact (else a plain prior artifact, or nothing)."""
+    return (Path(directory) / ADAPTED_JSON).is_file()
+
+
+def load_artifact(
+    directory: Path | None, *, encode: Callable[[str], list[int]], embed: Embed | None = None
+) -> QualityRouter | AdaptedRouter:
+    """Load a router artifact directory: an adapted one (``adapted.json``) or a prior (``router.json``;
+    ``None``: the shipped prior). ``encode``: text -> ``cl100k_base`` ids (the prior's features); ``embed``:
+    attached to an adapted router for calls that bring no vector.
+
+    Raises:
+        OSError: missing files. ValueError: an unreadable or incompatible artifact.
+    """
+    if directory is None or not is_adapted(Path(directory)):
+        return QualityRouter.load(directory, encode=encode)
+    from policies.router.adapt import load_adapted  # numpy: only for an adapted artifact
+
+    return load_adapted(Path(directory), encode=encode, embed=embed)
