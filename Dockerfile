@@ -28,7 +28,7 @@ WORKDIR /src
 # description, is a placeholder there), then the code. The placeholder
 # package's build directory goes too: setuptools would otherwise reuse its empty __init__.py files (newer
 # than the real ones COPY brings) for the real install.
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 RUN --mount=type=bind,from=wheelhouse,target=/wheels \
     mkdir -p gateway backends policies cache \
     && touch README.md gateway/__init__.py backends/__init__.py policies/__init__.py cache/__init__.py \

@@ -16,8 +16,9 @@ mkdir -p "$out"
 reqs="$out/requirements.txt"
 "$PY" - >"$reqs" <<'PYEOF'
 import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join([*project["dependencies"], *project["optional-dependencies"]["semantic"], "setuptools>=70.1"]))
+pyproject = tomllib.load(open("pyproject.toml", "rb"))
+project, build = pyproject["project"], pyproject["build-system"]["requires"]
+print("\n".join([*project["dependencies"], *project["optional-dependencies"]["semantic"], *build]))
 PYEOF
 pyver="$("$tool" run --rm --network=none "$base" python3 -c 'import platform; print(platform.python_version())')"
 abi="cp$(cut -d. -f1,2 <<<"$pyver" | tr -d .)"
