@@ -163,10 +163,15 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
         if kind == "text":
             texts.append(str(block.get("text") or ""))
         elif kind == "tool_use":
+            at = f"{where}[{i}]"
+            for field in ("id", "name"):  # required by the Messages API; a chat backend would get an id of null
+                if not isinstance(block.get(field), str) or not block[field]:
+                    raise InvalidRequest(f"Missing required parameter: '{at}.{field}'.", param=f"{at}.{field}")
+            if not isinstance(block.get("input", {}), dict):
+                raise InvalidRequest(f"Invalid value for '{at}.input': expected an object.", param=f"{at}.input")
             arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
-            name = str(block.get("name") or "")
             calls.append(
-                {"id": block.get("id"), "type": "function", "function": {"name": name, "arguments": arguments}}
+                {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
             )
         elif kind in ("thinking", "redacted_thinking"):
             continue  # another model's reasoning, replayed: nothing a chat backend can take

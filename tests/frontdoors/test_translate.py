@@ -175,6 +175,17 @@ def test_messages_refusals() -> None:
         ({"mcp_servers": [{"url": "x"}]}, "mcp_servers"),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
     ]
+    for block, param in (
+        ({"type": "tool_use", "name": "f", "input": {}}, "id"),
+        ({"type": "tool_use", "id": "", "name": "f", "input": {}}, "id"),
+        ({"type": "tool_use", "id": "t1", "input": {}}, "name"),
+        ({"type": "tool_use", "id": "t1", "name": "f", "input": "a=1"}, "input"),
+    ):
+        turns = [
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}, block]},
+            {"role": "user", "content": "x"},
+        ]
+        cases.append(({"messages": turns}, f"messages[0].content[1].{param}"))
     for extra, param in cases:
         body = {"messages": [{"role": "user", "content": "x"}], **extra}
         with pytest.raises(InvalidRequest) as info:
