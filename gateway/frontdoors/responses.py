@@ -222,6 +222,7 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
     messages.extend(input_messages(req))
     if not messages:
         raise InvalidRequest("The request has no input.", param="input")
+    _check_outputs_follow_calls(messages)
     body: dict[str, Any] = {"model": req.model, "messages": messages}
     if req.tools:
         body["tools"] = _tools(req.tools)
@@ -245,6 +246,18 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def _check_outputs_follow_calls(messages: list[dict[str, Any]]) -> None:
+    """Each ``function_call_output`` answers a ``function_call`` made before it, in the input or in the stored
+    history, as the Responses API requires (chat backends differ: OpenAI refuses an orphan, vLLM renders it)."""
+    called: set[str] = set()
+    for message in messages:
+        called.update(call["id"] for call in message.get("tool_calls") or ())
+        if message["role"] == "tool" and message["tool_call_id"] not in called:
+            raise InvalidRequest(
+                f"No tool call found for function call output with call_id {message['tool_call_id']}.", param="input"
+            )
 
 
 def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = None) -> dict[str, Any]:

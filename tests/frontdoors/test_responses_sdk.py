@@ -126,6 +126,22 @@ async def test_function_call_round_trip(env: Env) -> None:
     assert all(item.type == "message" for item in second.output)
 
 
+async def test_function_call_output_continues_a_stored_response(env: Env) -> None:
+    """The Responses API's own tool loop: the output alone, after ``previous_response_id``; an output that
+    answers no call (in the input or the stored conversation) is a 400 before any backend is called."""
+    c = client(env)
+    first = await c.responses.create(model="big", input=ASK_WEATHER, tools=TOOLS)
+    call = next(item for item in first.output if item.type == "function_call")
+    output: Any = [{"type": "function_call_output", "call_id": call.call_id, "output": '{"temp_c": 21}'}]
+    second = await c.responses.create(model="big", input=output, tools=TOOLS, previous_response_id=first.id)
+    assert second.status == "completed" and second.output_text
+    orphan: Any = [{"type": "function_call_output", "call_id": "call_nobody_made", "output": "21"}]
+    for previous in (first.id, None):
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.responses.create(model="big", input=orphan, tools=TOOLS, previous_response_id=previous)
+        assert "call_nobody_made" in info.value.message and info.value.param == "input"
+
+
 async def test_streamed_function_call(env: Env) -> None:
     types: list[str] = []
     args = ""
