@@ -127,7 +127,7 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         kind = block.get("type")
         at = f"{where}[{i}]"
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text") or "")})
+            parts.append({"type": "text", "text": _block_text(block, at)})
         elif kind == "image":
             parts.append(_image(block, at))
         elif kind == "tool_result":
@@ -145,6 +145,13 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
+def _block_text(block: dict[str, Any], where: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest(f"Missing required parameter: '{where}.text'.", param=f"{where}.text")
+    return text
+
+
 def _result_text(content: Any, where: str) -> str:
     if content is None:
         return ""
@@ -160,10 +167,10 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
     calls: list[dict[str, Any]] = []
     for i, block in enumerate(content):
         kind = block.get("type")
+        at = f"{where}[{i}]"
         if kind == "text":
-            texts.append(str(block.get("text") or ""))
+            texts.append(_block_text(block, at))
         elif kind == "tool_use":
-            at = f"{where}[{i}]"
             for field in ("id", "name"):  # required by the Messages API; a chat backend would get an id of null
                 if not isinstance(block.get(field), str) or not block[field]:
                     raise InvalidRequest(f"Missing required parameter: '{at}.{field}'.", param=f"{at}.{field}")
@@ -176,7 +183,7 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
         elif kind in ("thinking", "redacted_thinking"):
             continue  # another model's reasoning, replayed: nothing a chat backend can take
         else:
-            raise _unsupported_block(kind, f"{where}[{i}]")
+            raise _unsupported_block(kind, at)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls

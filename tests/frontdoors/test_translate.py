@@ -186,6 +186,12 @@ def test_messages_refusals() -> None:
             {"role": "user", "content": "x"},
         ]
         cases.append(({"messages": turns}, f"messages[0].content[1].{param}"))
+    for role in ("user", "assistant"):
+        turns = [
+            {"role": role, "content": [{"type": "text", "text": "a"}, {"type": "text"}]},
+            {"role": "user", "content": "x"},
+        ]
+        cases.append(({"messages": turns}, "messages[0].content[1].text"))
     for extra, param in cases:
         body = {"messages": [{"role": "user", "content": "x"}], **extra}
         with pytest.raises(InvalidRequest) as info:
