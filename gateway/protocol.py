@@ -6,7 +6,7 @@ negative ``max_tokens``, empty ``messages``). Unknown fields are allowed (vendor
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -113,21 +113,29 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _require_contents(request: ChatCompletionRequest) -> None:
-    """Every message has ``content``, as the OpenAI API requires, except an assistant message that carries
-    tool calls (or a function call, or a refusal) instead."""
+def _require_message_fields(request: ChatCompletionRequest) -> None:
+    """What the OpenAI API requires of each message beyond its types: ``content``, except on an assistant message
+    that carries tool calls (or a function call, or a refusal) instead; ``tool_call_id`` on a ``tool`` message;
+    ``text`` on a text part. A backend may accept a message without them and answer something else."""
     for i, m in enumerate(request.messages):
+        if m.role == "tool" and m.tool_call_id is None:
+            _missing(f"messages[{i}].tool_call_id", "a 'tool' message answers a tool call by its id")
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    _missing(f"messages[{i}].content[{j}].text", "a text part needs its text")
         if m.content is not None:
             continue
         extra = m.model_extra or {}
         if m.role == "assistant" and (m.tool_calls or extra.get("function_call") or extra.get("refusal")):
             continue
-        param = f"messages[{i}].content"
-        raise InvalidRequest(
-            f"Missing required parameter: '{param}' (a '{m.role}' message needs content).",
-            param=param,
-            code="missing_required_parameter",
-        )
+        _missing(f"messages[{i}].content", f"a '{m.role}' message needs content")
+
+
+def _missing(param: str, why: str) -> NoReturn:
+    raise InvalidRequest(
+        f"Missing required parameter: '{param}' ({why}).", param=param, code="missing_required_parameter"
+    )
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:
@@ -143,7 +151,7 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
             message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
         raise InvalidRequest(message, param=param, code="invalid_value") from None
     if isinstance(request, ChatCompletionRequest):
-        _require_contents(request)
+        _require_message_fields(request)
     return request
 
 

@@ -268,6 +268,18 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
     ("message-not-object", {"model": "m", "messages": [1]}, 400, "messages[0]"),
     ("bad-role", {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
     ("content-number", {"model": "m", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    (
+        "tool-message-without-call-id",
+        {"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "21 C"}]},
+        400,
+        "messages[1].tool_call_id",
+    ),
+    (
+        "text-part-without-text",
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "txt": "x"}]}]},
+        400,
+        "messages[0].content[0].text",
+    ),
     ("model-number", {"model": 5, "messages": USER}, 400, "model"),
     ("model-empty", {"model": "", "messages": USER}, 400, "model"),
     ("model-unknown", {"model": "nope", "messages": USER}, 404, "model"),
