@@ -289,14 +289,12 @@ class SqlLedger:
             stmt = await self._prepare(insert, rows, exact)
             if exact:
                 result = await self._execute(conn, stmt.sql, stmt.params)
-                sums.add(list(_written(rows, set(result.scalars()))))
+                await self._sum(sums, list(_written(rows, set(result.scalars()))))
                 continue
             # Summed while the database inserts them (if some were there already, the sums are thrown away).
             running = asyncio.ensure_future(self._execute(conn, stmt.sql, stmt.params))
             try:
-                for at in range(0, len(rows), PREPARE_ROWS):
-                    await asyncio.sleep(0)  # the statement goes out; then requests waiting meanwhile run
-                    sums.add(rows[at : at + PREPARE_ROWS], stmt.units[at : at + PREPARE_ROWS])
+                await self._sum(sums, rows, stmt.units)  # its first step lets the statement go out
             finally:  # the connection is free again before anything else (a rollback) uses it
                 result = await running
             if result.rowcount != len(rows):
@@ -312,6 +310,13 @@ class SqlLedger:
                         await self._execute(conn, sql, tuple(list(col) for col in zip(*params, strict=True)))
                     elif params:
                         await self._execute(conn, sql, params)
+
+    @staticmethod
+    async def _sum(sums: RollupSums, rows: list[Row], units: list[tuple[int, int, int]] | None = None) -> None:
+        """Add ``rows`` to ``sums``, :data:`PREPARE_ROWS` rows per event-loop step, each after a turn of the loop."""
+        for at in range(0, len(rows), PREPARE_ROWS):
+            await asyncio.sleep(0)
+            sums.add(rows[at : at + PREPARE_ROWS], None if units is None else units[at : at + PREPARE_ROWS])
 
     @staticmethod
     async def _prepare(insert: RawInsert, rows: list[Row], returning: bool) -> Statement:
