@@ -127,16 +127,15 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         kind = block.get("type")
         at = f"{where}[{i}]"
         if kind == "text":
-            parts.append({"type": "text", "text": _block_text(block, at)})
+            parts.append({"type": "text", "text": _required_str(block, "text", at)})
         elif kind == "image":
             parts.append(_image(block, at))
         elif kind == "tool_result":
-            if not isinstance(block.get("tool_use_id"), str):
-                raise InvalidRequest(f"Missing required parameter: '{at}.tool_use_id'.", param=f"{at}.tool_use_id")
+            call_id = _required_str(block, "tool_use_id", at)
             text = _result_text(block.get("content"), f"{at}.content")
             if block.get("is_error"):
                 text = f"Error: {text}"
-            out.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
         else:
             raise _unsupported_block(kind, at)
     if parts:
@@ -145,11 +144,12 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
-def _block_text(block: dict[str, Any], where: str) -> str:
-    text = block.get("text")
-    if not isinstance(text, str):
-        raise InvalidRequest(f"Missing required parameter: '{where}.text'.", param=f"{where}.text")
-    return text
+def _required_str(block: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
+    """``block[key]``, a string (a non-empty one unless ``empty``), or the 400 naming ``where.key``."""
+    value = block.get(key)
+    if not isinstance(value, str) or not (value or empty):
+        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
+    return value
 
 
 def _result_text(content: Any, where: str) -> str:
@@ -169,17 +169,14 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
         kind = block.get("type")
         at = f"{where}[{i}]"
         if kind == "text":
-            texts.append(_block_text(block, at))
+            texts.append(_required_str(block, "text", at))
         elif kind == "tool_use":
-            for field in ("id", "name"):  # required by the Messages API; a chat backend would get an id of null
-                if not isinstance(block.get(field), str) or not block[field]:
-                    raise InvalidRequest(f"Missing required parameter: '{at}.{field}'.", param=f"{at}.{field}")
+            # id and name are required by the Messages API; a chat backend would get an id of null
+            call_id, name = _required_str(block, "id", at, empty=False), _required_str(block, "name", at, empty=False)
             if not isinstance(block.get("input", {}), dict):
                 raise InvalidRequest(f"Invalid value for '{at}.input': expected an object.", param=f"{at}.input")
             arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
-            calls.append(
-                {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
-            )
+            calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind in ("thinking", "redacted_thinking"):
             continue  # another model's reasoning, replayed: nothing a chat backend can take
         else:
