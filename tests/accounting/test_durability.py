@@ -15,6 +15,7 @@ from gateway.accounting.rollup import RollupSums
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
+from tests.accounting.loop_steps import LoopSteps
 from tests.helpers.proxy import TcpProxy
 
 
@@ -125,34 +126,16 @@ async def test_a_batch_is_one_transaction_prepared_in_short_steps(db_url: str, m
     event.listen(db.engine.sync_engine, "before_cursor_execute", on_execute)
     event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(True))
     # What the event loop prepares between two turns of a task that runs at every turn (as a request would).
-    steps: list[int] = [0]
-    prepare, add = RawInsert.statement, RollupSums.add
-
-    def prepared(self: RawInsert, rows: Any, returning: bool) -> Any:
-        steps[-1] += len(rows)
-        return prepare(self, rows, returning)
-
-    def summed(self: RollupSums, rows: Any, units: Any = None) -> None:
-        steps[-1] += len(rows)
-        add(self, rows, units)
-
-    monkeypatch.setattr(RawInsert, "statement", prepared)
-    monkeypatch.setattr(RollupSums, "add", summed)
-    turning = True
-
-    async def turns() -> None:
-        while turning:
-            steps.append(0)
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(turns())
+    loop = LoopSteps(monkeypatch)
+    loop.count(RawInsert, "statement")
+    loop.count(RollupSums, "add")
     n = 2 * EXECUTE_ROWS + PREPARE_ROWS // 2
-    for i in range(1, n + 1):
-        led.record(ctx(i))
-    assert await led.flush()
-    turning = False
-    await ticker
+    async with loop:
+        for i in range(1, n + 1):
+            led.record(ctx(i))
+        assert await led.flush()
     await led.aclose()
+    steps = loop.steps
     assert statements == [EXECUTE_ROWS, EXECUTE_ROWS, PREPARE_ROWS // 2]
     assert max(steps) == PREPARE_ROWS  # never more rows at once
     assert sum(steps) == 2 * n  # each row prepared, then summed, once

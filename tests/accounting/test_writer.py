@@ -3,7 +3,6 @@ holding rows already written (a commit whose reply was lost) written again exact
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +14,7 @@ from gateway.accounting.queries import spend, totals
 from gateway.accounting.rollup import RollupSums
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
+from tests.accounting.loop_steps import LoopSteps
 from tests.accounting.rollup_support import as_tuple, random_rows, reference
 
 
@@ -58,7 +58,7 @@ async def test_a_transaction_takes_up_to_max_batch_rows(db_url: str) -> None:
     assert len(commits) == 3 and len(await _stored(db_url)) == 250
 
 
-async def test_a_batch_with_rows_already_written_adds_each_row_once(db_url: str) -> None:
+async def test_a_batch_with_rows_already_written_adds_each_row_once(db_url: str, monkeypatch: Any) -> None:
     rows = random_rows(3, 1_200, span_ms=600_000, models=("model-0", "model-1"))
     db = await open_database(db_url, require=True)
     led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600))
@@ -67,47 +67,17 @@ async def test_a_batch_with_rows_already_written_adds_each_row_once(db_url: str)
     assert await led.flush()
     # retried after a lost commit reply: rows 100-119 are already there, in the middle of the batch's first step;
     # the 1,100 rows go out as more than one statement, each prepared in several steps
-    for row in rows[100:]:
-        led.append(dict(row))
-    assert await led.flush()
+    loop = LoopSteps(monkeypatch)
+    loop.count(RollupSums, "add")
+    async with loop:
+        for row in rows[100:]:
+            led.append(dict(row))
+        assert await led.flush()
+    # the rows it wrote are summed in short steps too (once a whole statement's 500 at once)
+    assert max(loop.steps) == PREPARE_ROWS
     assert [r["row_key"] for r in await _stored(db_url)] == [r["row_key"] for r in rows]
     for group_by in ("model", "user", "key"):
         got = {r.group: as_tuple(r) for r in await spend(db.engine, group_by)}
         assert got == reference(rows, group_by, None, None)
-    assert as_tuple(await totals(db.engine))[0] == 1_200
-    await led.aclose()
-
-
-async def test_a_retried_batch_is_summed_in_short_steps(db_url: str, monkeypatch: Any) -> None:
-    # The retry's sums of the rows it wrote once took a whole statement's rows (500) in one step of the event loop,
-    # while every request arriving meanwhile waited.
-    rows = random_rows(4, 1_200, span_ms=600_000, models=("model-0", "model-1"))
-    db = await open_database(db_url, require=True)
-    led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600))
-    for row in rows[:120]:
-        led.append(dict(row))
-    assert await led.flush()
-    steps: list[int] = [0]  # rows summed between two turns of a task that runs at every turn (as a request would)
-    add = RollupSums.add
-
-    def summed(self: RollupSums, rows: Any, units: Any = None) -> None:
-        steps[-1] += len(rows)
-        add(self, rows, units)
-
-    monkeypatch.setattr(RollupSums, "add", summed)
-    turning = True
-
-    async def turns() -> None:
-        while turning:
-            steps.append(0)
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(turns())
-    for row in rows[100:]:
-        led.append(dict(row))
-    assert await led.flush()
-    turning = False
-    await ticker
-    assert max(steps) == PREPARE_ROWS
     assert as_tuple(await totals(db.engine))[0] == 1_200
     await led.aclose()
