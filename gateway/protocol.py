@@ -21,6 +21,8 @@ MAX_JSON_DEPTH = 128
 M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+#: ``logit_bias``: token ids (JSON object keys, so strings of digits) to a bias in [-100, 100]
+LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]]
 
 
 class _Open(BaseModel):
@@ -62,6 +64,7 @@ class _Sampling(InferenceRequest):
     seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     user: StrictStr | None = None
 
 
@@ -95,6 +98,8 @@ class EmbeddingRequest(InferenceRequest):
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
+    if "[key]" in loc:  # a mapping's bad key (the key follows the mapping): the mapping is the parameter
+        loc = loc[: loc.index("[key]") - 1]
     out = ""
     for item in loc:
         if isinstance(item, int):
@@ -136,6 +141,15 @@ def _missing(param: str, why: str) -> NoReturn:
     raise InvalidRequest(
         f"Missing required parameter: '{param}' ({why}).", param=param, code="missing_required_parameter"
     )
+
+
+def required_str(obj: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
+    """``obj[key]``, a string (a non-empty one unless ``empty``), or the 400 naming ``where.key``: for the fields
+    of the Messages and Responses APIs' items that a translation to chat needs."""
+    value = obj.get(key)
+    if not isinstance(value, str) or not (value or empty):
+        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
+    return value
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.protocol import validate
+from gateway.protocol import required_str, validate
 
 #: Anthropic's error ``type`` for each HTTP status the gateway answers with.
 _ERROR_TYPES = {
@@ -127,11 +127,11 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         kind = block.get("type")
         at = f"{where}[{i}]"
         if kind == "text":
-            parts.append({"type": "text", "text": _required_str(block, "text", at)})
+            parts.append({"type": "text", "text": required_str(block, "text", at)})
         elif kind == "image":
             parts.append(_image(block, at))
         elif kind == "tool_result":
-            call_id = _required_str(block, "tool_use_id", at)
+            call_id = required_str(block, "tool_use_id", at)
             text = _result_text(block.get("content"), f"{at}.content")
             if block.get("is_error"):
                 text = f"Error: {text}"
@@ -142,14 +142,6 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
         plain = all(p["type"] == "text" for p in parts)
         out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if plain else parts})
     return out
-
-
-def _required_str(block: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
-    """``block[key]``, a string (a non-empty one unless ``empty``), or the 400 naming ``where.key``."""
-    value = block.get(key)
-    if not isinstance(value, str) or not (value or empty):
-        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
-    return value
 
 
 def _result_text(content: Any, where: str) -> str:
@@ -169,10 +161,10 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
         kind = block.get("type")
         at = f"{where}[{i}]"
         if kind == "text":
-            texts.append(_required_str(block, "text", at))
+            texts.append(required_str(block, "text", at))
         elif kind == "tool_use":
             # id and name are required by the Messages API; a chat backend would get an id of null
-            call_id, name = _required_str(block, "id", at, empty=False), _required_str(block, "name", at, empty=False)
+            call_id, name = required_str(block, "id", at, empty=False), required_str(block, "name", at, empty=False)
             if not isinstance(block.get("input", {}), dict):
                 raise InvalidRequest(f"Invalid value for '{at}.input': expected an object.", param=f"{at}.input")
             arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import InvalidRequest
-from gateway.protocol import Temperature, validate
+from gateway.protocol import Temperature, required_str, validate
 
 #: Request fields the gateway cannot honour; each is refused when set to something other than its default.
 _UNSUPPORTED = {
@@ -100,9 +100,12 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> No
         out.append({"role": role, "content": _content(item.get("content"), f"{where}.content")})
     elif kind == "function_call":
         call = {
-            "id": _str(item, "call_id", where),
+            "id": required_str(item, "call_id", where),
             "type": "function",
-            "function": {"name": _str(item, "name", where), "arguments": _str(item, "arguments", where)},
+            "function": {
+                "name": required_str(item, "name", where),
+                "arguments": required_str(item, "arguments", where),
+            },
         }
         last = out[-1] if out else None
         if last is not None and last["role"] == "assistant" and "tool_calls" in last:
@@ -118,7 +121,7 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> No
             output = output if isinstance(output, str) else "".join(p.get("text", "") for p in output)
         if not isinstance(output, str):
             raise InvalidRequest(f"Invalid value for '{where}.output': expected a string.", param=f"{where}.output")
-        out.append({"role": "tool", "tool_call_id": _str(item, "call_id", where), "content": output})
+        out.append({"role": "tool", "tool_call_id": required_str(item, "call_id", where), "content": output})
     elif kind == "reasoning":
         return  # a reasoning item replayed from another model's output: nothing a chat backend can use
     else:
@@ -127,13 +130,6 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> No
             param=f"{where}.type",
             code="unsupported_parameter",
         )
-
-
-def _str(item: dict[str, Any], key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
-    return value
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:

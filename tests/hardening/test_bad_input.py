@@ -311,6 +311,15 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
         "stream_options",
     ),
     ("stop-number", {"model": "m", "messages": USER, "stop": 5}, 400, "stop"),
+    ("logit-bias-word-key", {"model": "m", "messages": USER, "logit_bias": {"hello": 5}}, 400, "logit_bias"),
+    (
+        "logit-bias-out-of-range",
+        {"model": "m", "messages": USER, "logit_bias": {"50256": -101}},
+        400,
+        "logit_bias.50256",
+    ),
+    ("logit-bias-not-a-map", {"model": "m", "messages": USER, "logit_bias": [1, 2]}, 400, "logit_bias"),
+    ("logit-bias-ok", {"model": "m", "messages": USER, "max_tokens": 3, "logit_bias": {"50256": -100}}, 200, None),
     ("tools-not-objects", {"model": "m", "messages": USER, "tools": [1, "a"]}, 400, "tools[0]"),
     ("gateway-unknown-key", {"model": "m", "messages": USER, "gateway": {"colour": "red"}}, 400, "gateway.colour"),
     (
@@ -365,6 +374,7 @@ async def test_chat_body_cases(env: Env, case: str, body: Any, status: int, para
         ("/v1/completions", {"model": "m", "prompt": 5}, 400),
         ("/v1/completions", {"model": "m", "prompt": [[1, "a"]]}, 400),
         ("/v1/completions", {"model": "m", "prompt": "x", "logprobs": 99}, 400),
+        ("/v1/completions", {"model": "m", "prompt": "x", "logit_bias": {"x": 1}}, 400),
         ("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": -5}, 400),
         ("/v1/embeddings", {"model": "emb"}, 400),
         ("/v1/embeddings", {"model": "emb", "input": {"a": 1}}, 400),
