@@ -2,7 +2,7 @@
 of simulated backends, for minutes; reports errors, throughput, TTFT and the gateway's memory over time.
 
     python bench/soak.py [--duration 180] [--clients 200] [--max-tokens 16] [--out soak.json]
-                         [--slow-clients 20] [--idle-clients 20]
+                         [--slow-clients 20] [--idle-clients 20] [--api chat|responses|messages]
 
 What runs:
 * ``--sims`` simulator processes (``python -m gateway.simulator --profile fast``, slowed by ``--time-scale``:
@@ -10,15 +10,17 @@ What runs:
 * the gateway as its own process (``gateway serve``; its SQLite ledger on, its cache off so every request is
   proxied), pinned to ``--gateway-cpus`` with ``taskset`` when available; the simulators and this load
   generator go to ``--other-cpus``;
-* ``--clients`` keep-alive connections, each sending streaming chat requests (``model: auto``, routed
-  between the simulated models) back to back and reading every event up to ``[DONE]``.
+* ``--clients`` keep-alive connections, each sending streaming requests (``model: auto``, routed between the
+  simulated models) back to back and reading every event to the stream's end: chat completions (up to
+  ``[DONE]``), or with ``--api`` the Responses API (up to ``response.completed``/``incomplete``; each response
+  stored, the default, unless ``--no-store``) or the Anthropic Messages API (up to ``message_stop``).
 
 ``--slow-clients`` connections trickle a request head (one byte every ``--trickle-every`` seconds) and
 ``--idle-clients`` connections send nothing; each reconnects when the gateway closes it (its head deadline,
 ``server.head_timeout_seconds``). They are counted apart: only the normal clients' errors count.
 
-An error is anything but a 200 stream of content ending with ``data: [DONE]`` (an SSE error event, a
-missing ``[DONE]``, another status, a connection error, or a request over ``--request-timeout``).
+An error is anything but a 200 stream of content with the API's proper end (an SSE error event, a missing
+end, another status, a connection error, or a request over ``--request-timeout``).
 The gateway's RSS is sampled after start-up, every ``--sample-every`` seconds and at the end.
 """
 
@@ -104,8 +106,44 @@ class Stats:
     window: Window = field(default_factory=Window)
 
 
+@dataclass(frozen=True)
+class Api:
+    """One front door's streaming request and how its stream reads: which event ends it properly, which reports
+    an error, which carries the first content."""
+
+    path: str
+    ends: tuple[bytes, ...]
+    errors: tuple[bytes, ...]
+    content: bytes
+
+    def body(self, max_tokens: int, store: bool) -> bytes:
+        prompt = "Write a short note about load testing."
+        if self.path == "/v1/responses":
+            doc: dict[str, Any] = {"input": prompt, "max_output_tokens": max_tokens, "store": store}
+        else:
+            doc = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        return json.dumps({"model": "auto", "stream": True, **doc}).encode()
+
+    def first_content(self, event: bytes) -> bool:
+        if self.path == "/v1/chat/completions":
+            return b'"content":"' in event and b'"content":""' not in event
+        return event.startswith(self.content)
+
+
+APIS = {
+    "chat": Api("/v1/chat/completions", (b"data: [DONE]",), (b'data: {"error"',), b""),
+    "responses": Api(
+        "/v1/responses",
+        (b"event: response.completed\n", b"event: response.incomplete\n"),
+        (b"event: error\n", b"event: response.failed\n"),
+        b"event: response.output_text.delta\n",
+    ),
+    "messages": Api("/v1/messages", (b"event: message_stop\n",), (b"event: error\n",), b"event: content_block_delta\n"),
+}
+
+
 async def client(
-    session: aiohttp.ClientSession, url: str, body: bytes, stats: Stats, stop: asyncio.Event, limit_s: float
+    session: aiohttp.ClientSession, url: str, body: bytes, api: Api, stats: Stats, stop: asyncio.Event, limit_s: float
 ) -> None:
     headers = {"content-type": "application/json"}
     while not stop.is_set():
@@ -126,11 +164,11 @@ async def client(
                             buf += chunk
                             while b"\n\n" in buf:
                                 event, buf = buf.split(b"\n\n", 1)
-                                if event == b"data: [DONE]":
+                                if event.startswith(api.ends):
                                     done = True
-                                elif event.startswith(b'data: {"error"'):
+                                elif event.startswith(api.errors):
                                     error = "sse_error_event"
-                                elif ttft is None and b'"content":"' in event and b'"content":""' not in event:
+                                elif ttft is None and api.first_content(event):
                                     ttft = time.perf_counter() - t0
                         if error is None and not done:
                             error = "no_done"
@@ -194,14 +232,8 @@ def rss_mib(proc: psutil.Process) -> float:
 
 
 async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> dict[str, Any]:
-    body = json.dumps(
-        {
-            "model": "auto",
-            "stream": True,
-            "max_tokens": args.max_tokens,
-            "messages": [{"role": "user", "content": "Write a short note about load testing."}],
-        }
-    ).encode()
+    api = APIS[args.api]
+    body = api.body(args.max_tokens, not args.no_store)
     stats = Stats()
     stop = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=args.clients, limit_per_host=args.clients, force_close=False)
@@ -216,9 +248,7 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
     )
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         tasks = [
-            asyncio.create_task(
-                client(session, f"{base_url}/v1/chat/completions", body, stats, stop, args.request_timeout)
-            )
+            asyncio.create_task(client(session, base_url + api.path, body, api, stats, stop, args.request_timeout))
             for _ in range(args.clients)
         ]
         host, port = base_url.removeprefix("http://").split(":")
@@ -259,6 +289,7 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
     await asyncio.sleep(1.0)  # let the gateway settle (ledger flush) before the last reading
     rss_end = rss_mib(gw)
     return {
+        "api": args.api,
         "clients": args.clients,
         "duration_s": round(elapsed, 1),
         "requests": stats.done,
@@ -294,6 +325,8 @@ def main() -> int:
     ap.add_argument("--slow-clients", type=int, default=0, help="connections trickling a request head")
     ap.add_argument("--idle-clients", type=int, default=0, help="connections that send nothing")
     ap.add_argument("--trickle-every", type=float, default=0.5, help="seconds per byte of a slow client")
+    ap.add_argument("--api", choices=sorted(APIS), default="chat", help="the front door the clients stream from")
+    ap.add_argument("--no-store", action="store_true", help="Responses API: store: false (nothing kept)")
     args = ap.parse_args()
 
     if args.other_cpus and hasattr(os, "sched_setaffinity"):

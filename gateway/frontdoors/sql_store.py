@@ -4,17 +4,24 @@ worker and replica that uses the same database (unlike the in-process store).
 ``gw_stored_responses`` (Alembic revision ``0005``, declared in :mod:`gateway.accounting.schema`): one row per
 stored response, keyed by tenant and id, with its expiry in epoch milliseconds. Expired rows are invisible at
 once and deleted in passing (every few hundred writes).
+
+Writes are committed in groups: a put joins the batch that the store's one writer task commits next, and
+returns once that batch is committed (so the client that saw the response finish can continue from it at
+once). With a hundred streams finishing together, one transaction per response queued behind the database's
+write lock (SQLite's busy handler sleeps up to 100 ms at a time) for up to seconds; one per batch does not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounting.db import Database
@@ -23,6 +30,17 @@ from gateway.frontdoors.store import StoreUnavailable
 
 #: Writes between two sweeps of expired rows.
 SWEEP_EVERY = 256
+#: Most rows committed in one transaction (four bound parameters each, and two for the delete).
+BATCH_ROWS = 256
+
+
+@dataclass(slots=True)
+class _Put:
+    tenant: str
+    response_id: str
+    expires_ms: int
+    record: str
+    committed: asyncio.Future[None]
 
 
 class SqlResponseStore:
@@ -32,6 +50,8 @@ class SqlResponseStore:
         self.db = db
         self.ttl = ttl_seconds
         self._writes = 0
+        self._queue: list[_Put] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -43,21 +63,43 @@ class SqlResponseStore:
             raise StoreUnavailable(f"The response store is unavailable: {type(exc).__name__}.") from exc
 
     async def put(self, tenant: str, response_id: str, record: dict[str, Any]) -> None:
+        committed = asyncio.get_running_loop().create_future()
+        row = orjson.dumps(record).decode()
+        self._queue.append(_Put(tenant, response_id, _now_ms() + self.ttl * 1000, row, committed))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued(), name="response-store-writer")
+        await committed
+
+    async def _write_queued(self) -> None:
+        batch: list[_Put] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH_ROWS], self._queue[BATCH_ROWS:]
+                try:
+                    await self._write(batch)
+                except StoreUnavailable as exc:
+                    _settle(batch, exc.message)
+                else:
+                    _settle(batch, None)
+        finally:  # cancelled, or a bug: no request may wait for a write that will never come
+            queued, self._queue = self._queue, []
+            _settle(batch + queued, "The response store's writer stopped.")
+
+    async def _write(self, batch: list[_Put]) -> None:
         t = stored_responses
-        now = _now_ms()
+        rows = {(put.tenant, put.response_id): put for put in batch}  # an id put twice: the later record
+        before, self._writes = self._writes, self._writes + len(rows)
         async with self._connection() as conn:
-            await conn.execute(delete(t).where(t.c.tenant == tenant, t.c.response_id == response_id))
+            await conn.execute(delete(t).where(tuple_(t.c.tenant, t.c.response_id).in_(list(rows))))
             await conn.execute(
-                insert(t).values(
-                    tenant=tenant,
-                    response_id=response_id,
-                    expires_ms=now + self.ttl * 1000,
-                    record=orjson.dumps(record).decode(),
-                )
+                insert(t),
+                [
+                    {"tenant": p.tenant, "response_id": p.response_id, "expires_ms": p.expires_ms, "record": p.record}
+                    for p in rows.values()
+                ],
             )
-            self._writes += 1
-            if self._writes % SWEEP_EVERY == 1:
-                await conn.execute(delete(t).where(t.c.expires_ms <= now))
+            if (self._writes - 1) // SWEEP_EVERY != (before - 1) // SWEEP_EVERY:  # the 1st, 257th, ... write
+                await conn.execute(delete(t).where(t.c.expires_ms <= _now_ms()))
 
     async def get(self, tenant: str, response_id: str) -> dict[str, Any] | None:
         t = stored_responses
@@ -79,7 +121,20 @@ class SqlResponseStore:
         return bool(result.rowcount)
 
     async def aclose(self) -> None:
-        """Nothing: the database belongs to the ledger, which closes it."""
+        """Let queued writes finish (the database belongs to the ledger, which closes it)."""
+        if self._writer is not None:
+            await self._writer
+
+
+def _settle(puts: list[_Put], error: str | None) -> None:
+    """Tell each waiting put that its batch committed (``error`` None) or failed."""
+    for put in puts:
+        if put.committed.done():  # settled already, or cancelled with its request (the row is written anyway)
+            continue
+        if error is None:
+            put.committed.set_result(None)
+        else:
+            put.committed.set_exception(StoreUnavailable(error))
 
 
 def _now_ms() -> int:

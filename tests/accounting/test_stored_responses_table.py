@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import event, func, select
 
 from gateway.accounting.db import open_database
 from gateway.accounting.schema import stored_responses
 from gateway.config import settings_from_dict
-from gateway.frontdoors.sql_store import SWEEP_EVERY, SqlResponseStore
-from gateway.frontdoors.store import build_response_store
+from gateway.frontdoors.sql_store import BATCH_ROWS, SWEEP_EVERY, SqlResponseStore
+from gateway.frontdoors.store import StoreUnavailable, build_response_store
 
 
 async def test_put_get_delete_per_tenant(db_url: str) -> None:
@@ -58,5 +59,54 @@ async def test_the_runtime_picks_the_database_without_redis(db_url: str) -> None
             }
         )
         assert isinstance(build_response_store(settings, db), SqlResponseStore)
+    finally:
+        await db.aclose()
+
+
+async def test_concurrent_puts_commit_together(db_url: str) -> None:
+    """A hundred streams finishing at once: each put returns once its row is committed, and the rows share a
+    few transactions instead of queueing for the write lock one by one."""
+    db = await open_database(db_url, require=True)
+    commits = 0
+
+    def count(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(db.engine.sync_engine, "commit", count)
+    try:
+        store = SqlResponseStore(db, ttl_seconds=60)
+        n = BATCH_ROWS + 44
+        await asyncio.gather(*(store.put("t", f"resp_{i}", {"i": i}) for i in range(n)))
+        assert commits <= 3, commits  # two batches (BATCH_ROWS rows at most each), not one per put
+        records = await asyncio.gather(*(store.get("t", f"resp_{i}") for i in range(n)))
+        assert records == [{"i": i} for i in range(n)]
+    finally:
+        await db.aclose()
+
+
+async def test_a_put_cancelled_with_its_request_is_still_written(db_url: str) -> None:
+    db = await open_database(db_url, require=True)
+    try:
+        store = SqlResponseStore(db, ttl_seconds=60)
+        task = asyncio.create_task(store.put("t", "resp_gone", {"kept": True}))
+        await asyncio.sleep(0)  # queued
+        task.cancel()
+        await store.aclose()  # waits for the queued write
+        assert task.cancelled()
+        assert await store.get("t", "resp_gone") == {"kept": True}
+    finally:
+        await db.aclose()
+
+
+async def test_an_unreachable_database_fails_every_waiting_put() -> None:
+    db = await open_database("postgresql+asyncpg://postgres@127.0.0.1:9/none")  # nothing listens on port 9
+    try:
+        store = SqlResponseStore(db, ttl_seconds=60)
+        async with asyncio.timeout(30):  # none waits forever
+            results = await asyncio.gather(*(store.put("t", f"r{i}", {}) for i in range(20)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        with pytest.raises(StoreUnavailable):  # and the next put tries again
+            await store.put("t", "again", {})
     finally:
         await db.aclose()
