@@ -3,6 +3,7 @@ of simulated backends, for minutes; reports errors, throughput, TTFT and the gat
 
     python bench/soak.py [--duration 180] [--clients 200] [--max-tokens 16] [--out soak.json]
                          [--slow-clients 20] [--idle-clients 20] [--api chat|responses|messages]
+                         [--ledger-url postgresql+asyncpg://...] [--keys 20]
 
 What runs:
 * ``--sims`` simulator processes (``python -m gateway.simulator --profile fast``, slowed by ``--time-scale``:
@@ -14,6 +15,10 @@ What runs:
   simulated models) back to back and reading every event to the stream's end: chat completions (up to
   ``[DONE]``), or with ``--api`` the Responses API (up to ``response.completed``/``incomplete``; each response
   stored, the default, unless ``--no-store``) or the Anthropic Messages API (up to ``message_stop``).
+
+``--ledger-url`` puts the ledger in another database (the tables are created there; use a throwaway one);
+``--keys N`` turns virtual keys on (a master key for the gateway, N keys with a budget and limits whose counters
+live in ``--redis-url`` under a private prefix, deleted afterwards), the clients sending them in turn.
 
 ``--slow-clients`` connections trickle a request head (one byte every ``--trickle-every`` seconds) and
 ``--idle-clients`` connections send nothing; each reconnects when the gateway closes it (its head deadline,
@@ -143,9 +148,18 @@ APIS = {
 
 
 async def client(
-    session: aiohttp.ClientSession, url: str, body: bytes, api: Api, stats: Stats, stop: asyncio.Event, limit_s: float
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    api: Api,
+    stats: Stats,
+    stop: asyncio.Event,
+    limit_s: float,
+    key: str | None = None,
 ) -> None:
     headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
     while not stop.is_set():
         stats.started += 1
         t0 = time.perf_counter()
@@ -231,7 +245,23 @@ def rss_mib(proc: psutil.Process) -> float:
     return total / 2**20
 
 
-async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> dict[str, Any]:
+async def create_keys(base_url: str, master: str, n: int) -> list[str]:
+    """``n`` virtual keys with generous limits and a budget (so every request runs the limits' Redis path)."""
+    keys = []
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {master}"}) as session:
+        for i in range(n):
+            doc = {"name": f"soak-{i}", "team": f"team-{i % 3}", "budget_usd": 1000, "rpm": 10**6, "tpm": 10**9}
+            async with session.post(f"{base_url}/admin/keys", json=doc) as r:
+                if r.status != 201:
+                    raise RuntimeError(f"creating a key: {r.status} {await r.text()}")
+                keys.append((await r.json())["key"])
+    return keys
+
+
+async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process, master: str | None) -> dict[str, Any]:
+    keys: list[str | None] = [None]
+    if master is not None:
+        keys = list(await create_keys(base_url, master, args.keys))
     api = APIS[args.api]
     body = api.body(args.max_tokens, not args.no_store)
     stats = Stats()
@@ -248,8 +278,10 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
     )
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         tasks = [
-            asyncio.create_task(client(session, base_url + api.path, body, api, stats, stop, args.request_timeout))
-            for _ in range(args.clients)
+            asyncio.create_task(
+                client(session, base_url + api.path, body, api, stats, stop, args.request_timeout, keys[i % len(keys)])
+            )
+            for i in range(args.clients)
         ]
         host, port = base_url.removeprefix("http://").split(":")
         cut: Counter[str] = Counter()
@@ -290,6 +322,8 @@ async def drive(args: argparse.Namespace, base_url: str, gw: psutil.Process) -> 
     rss_end = rss_mib(gw)
     return {
         "api": args.api,
+        "ledger": "sqlite" if args.ledger_url is None else args.ledger_url.split(":")[0],
+        "keys": args.keys,
         "clients": args.clients,
         "duration_s": round(elapsed, 1),
         "requests": stats.done,
@@ -327,6 +361,9 @@ def main() -> int:
     ap.add_argument("--trickle-every", type=float, default=0.5, help="seconds per byte of a slow client")
     ap.add_argument("--api", choices=sorted(APIS), default="chat", help="the front door the clients stream from")
     ap.add_argument("--no-store", action="store_true", help="Responses API: store: false (nothing kept)")
+    ap.add_argument("--ledger-url", default=None, help="the ledger's database (default: SQLite in a temp dir)")
+    ap.add_argument("--keys", type=int, default=0, help="virtual keys (auth on; limits and budgets in Redis)")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --keys: the limits' Redis")
     args = ap.parse_args()
 
     if args.other_cpus and hasattr(os, "sched_setaffinity"):
@@ -375,8 +412,14 @@ def main() -> int:
             "routes": {"auto": {"models": [m["name"] for m in models], "policy": "cost"}},
             "cache": {"enabled": False},
             "server": {"log_level": "warning"},
-            "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
+            "ledger": {"url": args.ledger_url or f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
         }
+        master: str | None = None
+        redis_prefix = f"gw:soak:{os.getpid()}:"
+        if args.keys:
+            master = "sk-gw-soak-master"
+            env["GATEWAY_MASTER_KEY"] = master
+            config["auth"] = {"redis_url": args.redis_url, "redis_prefix": redis_prefix}
         (tmp / "gateway.json").write_text(json.dumps(config))  # JSON is YAML
         port = free_port()
         gateway_bin = str(Path(sys.executable).with_name("gateway"))
@@ -393,7 +436,7 @@ def main() -> int:
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        result = runner(drive(args, base_url, gw))
+        result = runner(drive(args, base_url, gw, master))
         gw_proc.send_signal(signal.SIGTERM)
         gw_proc.wait(60)
         tail = (tmp / "gateway.log").read_text(errors="replace")
@@ -413,6 +456,12 @@ def main() -> int:
             if p.poll() is None:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.keys:
+            import redis
+
+            with redis.Redis.from_url(args.redis_url) as r:
+                for name in r.scan_iter(match=redis_prefix + "*", count=1000):
+                    r.delete(name)
 
 
 if __name__ == "__main__":
