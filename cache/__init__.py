@@ -6,7 +6,9 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
       enabled: true               # false: every request bypasses the cache
       redis_url: redis://...      # or REDIS_URL; unset: the in-process LRU (max_entries)
       ttl_seconds: 3600
-      only_deterministic: true    # cache only temperature 0 / top_k 1 / seeded requests
+      max_entries: 10000          # the in-process LRU's bound
+      max_entry_bytes: 1048576    # larger answers are not stored (gateway_cache_errors{op="too_large"})
+      only_deterministic: true    # cache only temperature 0 / top_k 1 / seeded requests (embeddings: always)
       shared_namespace: false     # true: tenants share entries (default: per team, else per key)
       timeout_ms: 200             # lookups; a slow or down Redis means a miss, never an error
       semantic_threshold: 0.89    # cosine for routes with semantic_cache: true (a route may set its own)
@@ -20,6 +22,10 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
 
     routes:
       faq: {semantic_cache: true, semantic_max_error: 0.02}  # serve only what checked outcomes support
+
+Chat and text completions are cached exactly and, on routes that ask for it, semantically; embeddings
+exactly (the same model, input, ``encoding_format`` and ``dimensions``, per tenant), since a vector is a
+function of its input.
 
 Per request: ``Cache-Control: no-cache`` (skip the lookup, store the fresh answer), ``no-store``, and
 ``x-gateway-cache-ttl: SECONDS``. Every response says ``x-gateway-cache: hit | miss | semantic-hit | bypass``

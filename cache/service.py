@@ -7,6 +7,9 @@ most once per ``error_log_interval_seconds``, and the store is left alone for ``
 (after a refused connection, or ``trip_after_failures`` timeouts in a row) before the next request tries
 it again: the cache recovers by itself when Redis returns.
 
+Embeddings are cached exactly (never semantically) and whatever their sampling settings: a vector is a
+function of its input. An answer larger than ``max_entry_bytes`` is not stored (``op="too_large"``).
+
 Per request: ``Cache-Control: no-cache`` skips the lookup (the fresh answer is stored), ``no-store``
 keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime (0: no store).
 """
@@ -181,7 +184,13 @@ class CacheService:
     def store(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """Queue a non-streamed answer for storing (if the request's plan allows it)."""
         plan = ctx.extra.get(_CTX_KEY)
-        if not isinstance(plan, _Plan) or not body.get("choices"):
+        if not isinstance(plan, _Plan):
+            return
+        if ctx.endpoint == "embeddings":
+            if isinstance(body.get("data"), list) and body["data"] and plan.store:
+                self._enqueue(ctx, plan, body)
+            return
+        if not body.get("choices"):
             return
         if any(isinstance(c, dict) and c.get("finish_reason") is None for c in body["choices"]):
             return
@@ -244,11 +253,14 @@ class CacheService:
     # -- decisions -----------------------------------------------------------------------------------
 
     def _plan(self, ctx: RequestContext) -> _Plan | None:
-        if ctx.endpoint not in ("chat", "completions"):
+        if ctx.endpoint == "embeddings":  # a vector is a function of its input: any request, exact match only
+            route = None
+        elif ctx.endpoint not in ("chat", "completions"):
             return None
-        if self.settings.only_deterministic and not is_deterministic(ctx.body):
+        elif self.settings.only_deterministic and not is_deterministic(ctx.body):
             return None
-        route = ctx.requested_model if ctx.requested_model in self.semantic_routes else None
+        else:
+            route = ctx.requested_model if ctx.requested_model in self.semantic_routes else None
         semantic = self.encoder is not None and route is not None
         try:
             keys = build_keys(ctx, shared=self.settings.shared_namespace, semantic=semantic)
@@ -433,6 +445,9 @@ class CacheService:
             value = orjson.dumps(entry)
         except TypeError as exc:
             log.debug("answer not cacheable: %s", exc)
+            return
+        if len(value) > self.settings.max_entry_bytes:
+            self.metrics.cache_errors.labels("too_large").inc()
             return
         item = _Write(plan.keys.exact, value, plan.ttl, plan.keys.bucket, plan.keys.text, plan.vector)
         try:

@@ -202,6 +202,9 @@ class CacheSettings(_Strict):
     ttl_seconds: int = Field(3600, ge=1)
     key_prefix: str = "gw:cache:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
+    max_entry_bytes: int = Field(
+        1 << 20, ge=1024, description="larger answers (e.g. embeddings of many inputs) are not stored"
+    )
     only_deterministic: bool = True
     shared_namespace: bool = False
     timeout_ms: float = Field(
@@ -321,6 +324,9 @@ class ResponsesSettings(_Strict):
     redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
+    max_entry_bytes: int = Field(
+        1 << 20, ge=1024, description="larger answers (e.g. embeddings of many inputs) are not stored"
+    )
 
 
 class Settings(BaseSettings):

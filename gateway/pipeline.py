@@ -461,7 +461,7 @@ class Pipeline:
 
     # -- embeddings -----------------------------------------------------------------------------------
 
-    async def _embeddings(self, ctx: RequestContext) -> JSONResult:
+    async def _embeddings(self, ctx: RequestContext) -> Result:
         spec = self.settings.model(ctx.requested_model)
         if spec is None:
             raise NotFound(f"The model '{ctx.requested_model}' does not exist.", param="model")
@@ -473,6 +473,9 @@ class Pipeline:
             )
         ctx.chosen_model = spec.name
         ctx.policy = "explicit"
+        cached = await self.cache.lookup(ctx)
+        if cached is not None:
+            return self._serve_cached(ctx, cached)
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
         with self.tracing.attempt(ctx, spec.name):
@@ -481,6 +484,7 @@ class Pipeline:
             body["model"] = spec.name
             usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
             self._set_usage(ctx, usage, body)
+        self.cache.store(ctx, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
 

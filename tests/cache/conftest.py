@@ -71,7 +71,8 @@ def upstream() -> Iterator[tuple[str, UpstreamState]]:
 
 
 def gateway_settings(upstream_url: str, tmp_path: Path, cache: dict[str, Any] | None = None) -> Settings:
-    """One model ``m1`` on the fake upstream, a route ``faq`` with the semantic cache, and ``cache``."""
+    """A chat model ``m1`` and an embedding model ``emb`` on the fake upstream, a route ``faq`` with the semantic
+    cache, and ``cache``."""
     return settings_from_dict(
         {
             "models": [
@@ -83,7 +84,15 @@ def gateway_settings(upstream_url: str, tmp_path: Path, cache: dict[str, Any] | 
                     "output_cost_per_token": "0.00003",
                     "context_window": 8192,
                     "supports_tools": True,
-                }
+                },
+                {
+                    "name": "emb",
+                    "backend": "openai",
+                    "base_url": f"{upstream_url}/v1",
+                    "mode": "embedding",
+                    "input_cost_per_token": "0.0000001",
+                    "output_cost_per_token": "0",
+                },
             ],
             "routes": {"faq": {"models": ["m1"], "semantic_cache": True}},
             "cache": {"error_log_interval_seconds": 5, **(cache or {})},

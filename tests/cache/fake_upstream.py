@@ -3,13 +3,16 @@
 Every answer names the call number (``answer #N``), so a test can tell a cached answer from a fresh one.
 A request with ``tools`` gets a tool call (``finish_reason: tool_calls``); otherwise the content is
 ``answer #N to: <last user message>``. Setting ``state.cut_streams`` makes streams stop half way, without
-a finish reason and without ``[DONE]``, as a crashed upstream would.
+a finish reason and without ``[DONE]``, as a crashed upstream would. Embeddings are ``[N, index, 0.5]`` per
+input (floats or base64, as asked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +50,7 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
 
 
 def create_fake_upstream(state: UpstreamState) -> Starlette:
-    """The ASGI app (``/v1/chat/completions`` and ``/v1/completions``)."""
+    """The ASGI app (``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``)."""
 
     async def chat(request: Request) -> Response:
         body = await request.json()
@@ -121,9 +124,25 @@ def create_fake_upstream(state: UpstreamState) -> Starlette:
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 
+    async def embeddings(request: Request) -> Response:
+        body = await request.json()
+        state.calls += 1
+        n = state.calls
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = []
+        for i, _ in enumerate(inputs):
+            vector = [float(n), float(i), 0.5]  # names the call: a cached vector is told from a fresh one
+            value: Any = vector
+            if body.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
         ]
     )

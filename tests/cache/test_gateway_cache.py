@@ -179,6 +179,49 @@ async def test_text_completions_round_trip(upstream: tuple[str, UpstreamState], 
     assert state.calls == 1
 
 
+async def test_embeddings_are_cached_exactly(upstream: tuple[str, UpstreamState], tmp_path: Path) -> None:
+    """A RAG pipeline embedding the same chunks again pays once; another input, another encoding or
+    ``no-cache`` goes upstream."""
+    url, state = upstream
+    with running_gateway(gateway_settings(url, tmp_path)) as gw:
+        client = sdk(gw)
+        chunks = ["first chunk", "second chunk"]
+        first = await client.embeddings.with_raw_response.create(model="emb", input=chunks)  # the SDK sends base64
+        await gw.wait_writes()
+        again = await client.embeddings.with_raw_response.create(model="emb", input=chunks)
+        floats = await client.embeddings.with_raw_response.create(model="emb", input=chunks, encoding_format="float")
+        other = await client.embeddings.with_raw_response.create(model="emb", input=["first chunk"])
+        fresh = await client.embeddings.with_raw_response.create(
+            model="emb", input=chunks, extra_headers={"cache-control": "no-cache"}
+        )
+        await client.close()
+    status = [r.headers["x-gateway-cache"] for r in (first, again, floats, other, fresh)]
+    assert status == ["miss", "hit", "miss", "miss", "bypass"]  # no-cache: not looked up, stored again
+    vectors = [[list(d.embedding) for d in r.parse().data] for r in (first, again, floats)]
+    assert vectors[0] == vectors[1] == [[1.0, 0.0, 0.5], [1.0, 1.0, 0.5]]  # call 1's, decoded by the SDK
+    assert vectors[2] == [[2.0, 0.0, 0.5], [2.0, 1.0, 0.5]]
+    assert again.parse().usage.prompt_tokens == 4
+    assert again.headers["x-gateway-cost-usd"] == "0" and first.headers["x-gateway-cost-usd"] != "0"
+    assert state.calls == 4  # the hit never reached the upstream
+
+
+async def test_an_answer_over_max_entry_bytes_is_not_stored(
+    upstream: tuple[str, UpstreamState], tmp_path: Path
+) -> None:
+    url, state = upstream
+    body = {"model": "emb", "input": [f"chunk {i}" for i in range(100)], "encoding_format": "float"}
+    with running_gateway(gateway_settings(url, tmp_path, {"max_entry_bytes": 2048})) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+            big = [await http.post("/v1/embeddings", json=body) for _ in range(2)]
+            await gw.wait_writes()
+            small = [await http.post("/v1/embeddings", json={**body, "input": ["one"]}) for _ in range(2)]
+            await gw.wait_writes()
+            metrics = (await http.get("/metrics")).text
+    assert [r.headers["x-gateway-cache"] for r in big + small] == ["miss", "miss", "miss", "hit"]
+    assert 'gateway_cache_errors_total{op="too_large"} 2.0' in metrics
+    assert state.calls == 3
+
+
 async def test_semantic_hit_through_the_gateway(
     upstream: tuple[str, UpstreamState], tmp_path: Path, embedder: object
 ) -> None:
