@@ -6,7 +6,8 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
       enabled: true               # false: every request bypasses the cache
       redis_url: redis://...      # or REDIS_URL; unset: the in-process LRU (max_entries)
       ttl_seconds: 3600
-      max_entries: 10000          # the in-process LRU's bound
+      max_entries: 10000          # the in-process LRU's bounds: entries, and their size in all
+      max_bytes: 268435456
       max_entry_bytes: 1048576    # larger answers are not stored (gateway_cache_errors{op="too_large"})
       only_deterministic: true    # cache only temperature 0 / top_k 1 / seeded requests (embeddings: always)
       shared_namespace: false     # true: tenants share entries (default: per team, else per key)

@@ -29,7 +29,7 @@ def build_store(cfg: CacheSettings) -> ResponseStore:
             max_connections=cfg.max_connections,
             max_bucket=cfg.semantic_max_bucket,
         )
-    return MemoryStore(cfg.max_entries, cfg.semantic_max_bucket)
+    return MemoryStore(cfg.max_entries, cfg.semantic_max_bucket, max_bytes=cfg.max_bytes)
 
 
 def _load_warm(cfg: CacheSettings) -> Embedder:

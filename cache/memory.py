@@ -11,18 +11,26 @@ from cache.base import BucketDelta, BucketMember, row_order
 
 
 class MemoryStore:
-    """LRU of at most ``max_entries`` values and as many vector buckets, each of at most ``max_bucket`` vectors.
+    """LRU of at most ``max_entries`` values of ``max_bytes`` in all, and as many vector buckets, each of at most
+    ``max_bucket`` vectors.
 
     ``clock`` (monotonic seconds) is injectable so tests can expire entries without sleeping.
     """
 
     def __init__(
-        self, max_entries: int = 10_000, max_bucket: int = 512, clock: Callable[[], float] = time.monotonic
+        self,
+        max_entries: int = 10_000,
+        max_bucket: int = 512,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = 256 << 20,
     ) -> None:
         self.max_entries = max_entries
         self.max_bucket = max_bucket
+        self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0  # the stored values' sizes, summed
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._seq = 0
 
@@ -37,16 +45,20 @@ class MemoryStore:
         expires, value = item
         if expires <= self._clock():
             del self._entries[key]
+            self._bytes -= len(value)
             return None
         self._entries.move_to_end(key)
         return value
 
     async def put(self, key: str, value: bytes, ttl: int) -> None:
-        """Store ``value`` for ``ttl`` seconds, evicting the least recently used entries beyond the bound."""
+        """Store ``value`` for ``ttl`` seconds, evicting the least recently used entries beyond the bounds."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
         self._entries[key] = (self._clock() + ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._bytes += len(value)
+        while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+            self._bytes -= len(self._entries.popitem(last=False)[1][1])
 
     async def add_vector(self, bucket: str, member: BucketMember, ttl: int) -> None:
         """Append ``member`` to ``bucket``, dropping the oldest rows beyond the bound."""
@@ -82,6 +94,7 @@ class MemoryStore:
     async def aclose(self) -> None:
         """Drop everything."""
         self._entries.clear()
+        self._bytes = 0
         self._buckets.clear()
 
 

@@ -103,6 +103,20 @@ async def test_memory_store_is_an_lru_with_ttls() -> None:
     assert (await s.bucket_since("v", None)).length == 0
 
 
+async def test_memory_store_bounds_its_bytes() -> None:
+    """Large answers (embeddings of many inputs) evict the least recently used until the total fits."""
+    s = MemoryStore(max_entries=100, max_bytes=1000)
+    for key in "abc":
+        await s.put(key, b"x" * 300, 10)
+    assert await s.get("a") is not None  # now the most recently used
+    await s.put("d", b"y" * 300, 10)  # 1,200 bytes: "b" goes
+    assert await s.get("b") is None and len(s) == 3
+    await s.put("a", b"z" * 700, 10)  # the old value no longer counts: 1,300 bytes, so "c" goes
+    assert [await s.get(k) for k in "acd"] == [b"z" * 700, None, b"y" * 300]
+    await s.put("huge", b"h" * 2000, 10)  # larger than the whole bound: nothing of it stays
+    assert len(s) == 0 and s._bytes == 0
+
+
 async def test_redis_errors_surface_as_redis_errors() -> None:
     s = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.2)  # nothing listens on port 1
     with pytest.raises((redis.RedisError, OSError)):
