@@ -187,8 +187,13 @@ class CacheService:
         if not isinstance(plan, _Plan):
             return
         if ctx.endpoint == "embeddings":
-            if isinstance(body.get("data"), list) and body["data"] and plan.store:
-                self._enqueue(ctx, plan, body)
+            data = body.get("data")
+            if not isinstance(data, list) or not data or not plan.store:
+                return
+            if _embeddings_size_at_least(data) > self.settings.max_entry_bytes:  # without serialising them
+                self.metrics.cache_errors.labels("too_large").inc()
+                return
+            self._enqueue(ctx, plan, body)
             return
         if not body.get("choices"):
             return
@@ -510,6 +515,18 @@ class CacheService:
         self._consecutive = 0
         if self._errors.failing:
             self._errors.recovered()
+
+
+def _embeddings_size_at_least(data: list[Any]) -> int:
+    """A lower bound of the JSON size of an embeddings answer's ``data``: its base64 text, or 2 bytes a float."""
+    size = 0
+    for item in data:
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, str):
+            size += len(vector)
+        elif isinstance(vector, list):
+            size += 2 * len(vector)
+    return size
 
 
 def _decode(raw: bytes | None, status: str, score: float | None = None) -> CachedAnswer | None:

@@ -213,13 +213,16 @@ async def test_an_answer_over_max_entry_bytes_is_not_stored(
     with running_gateway(gateway_settings(url, tmp_path, {"max_entry_bytes": 2048})) as gw:
         async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
             big = [await http.post("/v1/embeddings", json=body) for _ in range(2)]
+            # 400 vectors of 3 floats: too large before they are serialised (at least 2 bytes a float)
+            bigger = {**body, "input": [f"chunk {i}" for i in range(400)]}
+            big += [await http.post("/v1/embeddings", json=bigger) for _ in range(2)]
             await gw.wait_writes()
             small = [await http.post("/v1/embeddings", json={**body, "input": ["one"]}) for _ in range(2)]
             await gw.wait_writes()
             metrics = (await http.get("/metrics")).text
-    assert [r.headers["x-gateway-cache"] for r in big + small] == ["miss", "miss", "miss", "hit"]
-    assert 'gateway_cache_errors_total{op="too_large"} 2.0' in metrics
-    assert state.calls == 3
+    assert [r.headers["x-gateway-cache"] for r in big + small] == ["miss"] * 5 + ["hit"]
+    assert 'gateway_cache_errors_total{op="too_large"} 4.0' in metrics
+    assert state.calls == 5
 
 
 async def test_semantic_hit_through_the_gateway(
