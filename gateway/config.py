@@ -325,10 +325,6 @@ class ResponsesSettings(_Strict):
     redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
-    max_bytes: int = Field(256 << 20, ge=1 << 20, description="in-process store only: its answers' size in all")
-    max_entry_bytes: int = Field(
-        1 << 20, ge=1024, description="larger answers (e.g. embeddings of many inputs) are not stored"
-    )
 
 
 class Settings(BaseSettings):
