@@ -38,7 +38,7 @@ async def build_recorder(settings: Settings, metrics: Metrics | None = None) -> 
 
     An unreachable database does not stop the start-up: rows are kept until it answers.
     """
-    db = await open_database(settings.ledger.url)
+    db = await open_database(settings.ledger.url, connect_timeout_s=settings.ledger.connect_timeout_seconds)
     ledger = SqlLedger(db, settings.ledger)
     ledger.start()
     if metrics is not None:
@@ -52,7 +52,7 @@ async def build_admission(settings: Settings, recorder: Recorder) -> Admission:
         admission = await build_key_admission(settings, recorder.db)
         recorder.on_close(admission.aclose)  # closed before the database, at the ledger's final flush
         return admission
-    db = await open_database(settings.ledger.url)
+    db = await open_database(settings.ledger.url, connect_timeout_s=settings.ledger.connect_timeout_seconds)
     return await build_key_admission(settings, db)
 
 

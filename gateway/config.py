@@ -245,6 +245,9 @@ class LedgerSettings(_Strict):
     """Per-request cost ledger."""
 
     url: str = "sqlite+aiosqlite:///./gateway-ledger.db"
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="PostgreSQL: opening a connection gives up after this (start-up waits at most this)"
+    )
     baseline_model: str = "gpt-4"
     batch_size: int = Field(200, ge=1, description="queued rows that wake the writer before the flush interval")
     max_batch_rows: int = Field(

@@ -86,7 +86,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _engine(url: str) -> AsyncEngine:
+def _engine(url: str, connect_timeout_s: float) -> AsyncEngine:
     parsed = async_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -94,19 +94,24 @@ def _engine(url: str) -> AsyncEngine:
         engine = create_async_engine(parsed, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    # asyncpg waits 60 s for a server that accepted the connection but does not answer (a partition)
+    connect_args = {"timeout": connect_timeout_s} if parsed.get_driver_name() == "asyncpg" else {}
+    return create_async_engine(
+        parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800
+    )
 
 
-async def open_database(url: str, *, require: bool = False) -> Database:
+async def open_database(url: str, *, require: bool = False, connect_timeout_s: float = 10.0) -> Database:
     """The database for ``url``, its schema migrated when it can be reached.
 
     With ``require`` an unreachable database raises (the CLI); otherwise the gateway starts anyway and the
-    ledger keeps its rows in memory, migrating and writing once the database answers.
+    ledger keeps its rows in memory, migrating and writing once the database answers. Opening a PostgreSQL
+    connection gives up after ``connect_timeout_s`` (so does the start-up, at most that long).
 
     Raises:
         SQLAlchemyError, OSError: only with ``require``.
     """
-    db = Database(_engine(url))
+    db = Database(_engine(url, connect_timeout_s))
     try:
         await db.ensure_schema()
     except (SQLAlchemyError, OSError) as exc:

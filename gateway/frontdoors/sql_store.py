@@ -32,6 +32,9 @@ from gateway.frontdoors.store import StoreUnavailable
 SWEEP_EVERY = 256
 #: Most rows committed in one transaction (four bound parameters each, and two for the delete).
 BATCH_ROWS = 256
+#: The longest one read, delete or batch of writes may take (the Redis store's socket timeout): a database that
+#: stopped answering costs a stored response or a 503, not a stream held open for the driver's connect timeout.
+TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -46,9 +49,10 @@ class _Put:
 class SqlResponseStore:
     """A :class:`~gateway.frontdoors.store.ResponseStore` on the ledger's database (which it does not own)."""
 
-    def __init__(self, db: Database, ttl_seconds: int) -> None:
+    def __init__(self, db: Database, ttl_seconds: int, *, timeout_s: float = TIMEOUT_S) -> None:
         self.db = db
         self.ttl = ttl_seconds
+        self.timeout_s = timeout_s
         self._writes = 0
         self._queue: list[_Put] = []
         self._writer: asyncio.Task[None] | None = None
@@ -56,10 +60,11 @@ class SqlResponseStore:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
         try:
-            await self.db.ensure_schema()
-            async with self.db.engine.begin() as conn:
-                yield conn
-        except (SQLAlchemyError, OSError) as exc:
+            async with asyncio.timeout(self.timeout_s):
+                await self.db.ensure_schema()
+                async with self.db.engine.begin() as conn:
+                    yield conn
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"The response store is unavailable: {type(exc).__name__}.") from exc
 
     async def put(self, tenant: str, response_id: str, record: dict[str, Any]) -> None:

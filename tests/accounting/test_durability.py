@@ -101,6 +101,28 @@ async def test_start_with_the_database_down_then_recover(pg_url: str) -> None:
     assert await count_rows(pg_url) == ["req-001"]
 
 
+async def test_start_with_a_database_that_does_not_answer() -> None:
+    """A partitioned database (it accepts connections and never answers): the start-up gives up on it after
+    the connect timeout, not asyncpg's 60 s, and the ledger keeps its rows meanwhile."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{server.sockets[0].getsockname()[1]}/none"
+    try:
+        started = asyncio.get_running_loop().time()
+        db = await open_database(url, connect_timeout_s=0.5)
+        assert asyncio.get_running_loop().time() - started < 5 and not db.migrated
+        led = SqlLedger(db, LedgerSettings(url=url, flush_interval_seconds=3600, shutdown_flush_seconds=0))
+        led.start()
+        led.record(ctx(1))
+        assert not await led.flush() and led.pending == 1
+        await led.aclose()
+    finally:
+        server.close()
+
+
 async def test_a_batch_is_one_transaction_prepared_in_short_steps(db_url: str, monkeypatch: Any) -> None:
     # A batch once went out as one statement whose parameters the event loop prepared at once (about 17 us a row,
     # several milliseconds for a batch) while every request arriving meanwhile waited; then as many short

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.accounting.db import open_database
+from gateway.accounting.db import Database, open_database
 from gateway.accounting.schema import stored_responses
 from gateway.config import settings_from_dict
 from gateway.frontdoors.sql_store import BATCH_ROWS, SWEEP_EVERY, SqlResponseStore
@@ -110,3 +111,26 @@ async def test_an_unreachable_database_fails_every_waiting_put() -> None:
             await store.put("t", "again", {})
     finally:
         await db.aclose()
+
+
+async def test_a_database_that_stops_answering_costs_seconds_not_minutes() -> None:
+    """A database that accepts connections and never answers (a partition): reads and writes give up after the
+    store's timeout instead of the driver's (60 s for asyncpg's connect)."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; the client hangs up
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # asyncpg's own connect timeout (60 s) left as it is: the store's bound is what gives up
+    db = Database(create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/none"))
+    try:
+        store = SqlResponseStore(db, ttl_seconds=60, timeout_s=0.5)
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(
+                store.put("t", "r1", {}), store.put("t", "r2", {}), store.get("t", "r0"), return_exceptions=True
+            )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+    finally:
+        await db.aclose()
+        server.close()
