@@ -119,6 +119,8 @@ async def open_database(url: str, *, require: bool = False, connect_timeout_s: f
             await db.aclose()
             raise
         log.warning(
-            "ledger database %s unreachable at start-up (%s); rows are kept until it answers", db.display_url, exc
+            "ledger database %s unreachable at start-up (%s); rows are kept until it answers",
+            db.display_url,
+            str(exc) or type(exc).__name__,  # a connect timeout has no message
         )
     return db
