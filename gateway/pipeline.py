@@ -554,7 +554,9 @@ class Pipeline:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
         full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
-        if self._baseline_price is not None:
+        if ctx.endpoint == "embeddings":  # nothing routes an embedding: its baseline is the model asked for
+            ctx.baseline_cost_usd = full
+        elif self._baseline_price is not None:
             ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.

@@ -11,7 +11,10 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
+from sqlalchemy import select
 
+from gateway.accounting import open_database
+from gateway.accounting.schema import ledger
 from tests.cache.conftest import gateway_settings, running_gateway
 from tests.cache.fake_upstream import UpstreamState
 from tests.helpers.redis import RedisProcess
@@ -203,6 +206,17 @@ async def test_embeddings_are_cached_exactly(upstream: tuple[str, UpstreamState]
     assert again.parse().usage.prompt_tokens == 4
     assert again.headers["x-gateway-cost-usd"] == "0" and first.headers["x-gateway-cost-usd"] != "0"
     assert state.calls == 4  # the hit never reached the upstream
+    # The ledger (flushed at shutdown): an embedding's baseline is its own model (GPT-4 serves no embeddings),
+    # so only the cache saves anything.
+    db = await open_database(f"sqlite+aiosqlite:///{tmp_path}/ledger.db", require=True)
+    async with db.engine.connect() as conn:
+        query = select(ledger.c.cache_status, ledger.c.cost_usd, ledger.c.baseline_cost_usd, ledger.c.saved_usd)
+        rows = (await conn.execute(query.order_by(ledger.c.id))).all()
+    await db.aclose()
+    assert [r.cache_status for r in rows] == status
+    paid = rows[0].cost_usd
+    assert paid > 0 and all(r.baseline_cost_usd == paid for r in rows[:3])
+    assert [r.saved_usd for r in rows[:3]] == [0, paid, 0] and rows[1].cost_usd == 0
 
 
 async def test_an_answer_over_max_entry_bytes_is_not_stored(
