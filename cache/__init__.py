@@ -25,8 +25,9 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
       faq: {semantic_cache: true, semantic_max_error: 0.02}  # serve only what checked outcomes support
 
 Chat and text completions are cached exactly and, on routes that ask for it, semantically; embeddings
-exactly (the same model, input, ``encoding_format`` and ``dimensions``, per tenant), since a vector is a
-function of its input.
+exactly (the same model, input, ``encoding_format`` and ``dimensions``, per tenant; the key holds the upstream
+model behind the name, so pointing a name at another model starts afresh), since a vector is a function of
+its input.
 
 Per request: ``Cache-Control: no-cache`` (skip the lookup, store the fresh answer), ``no-store``, and
 ``x-gateway-cache-ttl: SECONDS``. Every response says ``x-gateway-cache: hit | miss | semantic-hit | bypass``

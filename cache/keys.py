@@ -4,7 +4,8 @@ The key covers the endpoint, the namespace, the routing constraints that choose 
 (``policy``, ``min_quality``) and the whole request body except the fields that only shape the transport
 or identify the end user (:data:`NOT_IN_KEY`): so any parameter, known today or added tomorrow, is part of
 the key unless listed there. ``stream`` and ``stream_options`` are not: a cached answer serves streaming
-and non-streaming clients alike.
+and non-streaming clients alike. An embeddings key also holds the upstream model behind the requested name
+(``RequestContext.cache_scope``): vectors of two models must never mix.
 
 Canonical form: keys sorted at every level, ``null`` fields dropped at the top level and in messages
 (the API treats them as absent),
@@ -158,6 +159,8 @@ def build_keys(ctx: RequestContext, *, shared: bool, semantic: bool) -> CacheKey
         "policy": ctx.constraints.policy,
         "min_quality": ctx.constraints.min_quality,
     }
+    if ctx.cache_scope is not None:
+        scope["upstream"] = ctx.cache_scope
     exact = "e:" + digest({**scope, "body": body})
     if not semantic:
         return CacheKeys(exact)

@@ -473,6 +473,7 @@ class Pipeline:
             )
         ctx.chosen_model = spec.name
         ctx.policy = "explicit"
+        ctx.cache_scope = f"{spec.upstream_name}@{spec.base_url or spec.backend}"
         cached = await self.cache.lookup(ctx)
         if cached is not None:
             return self._serve_cached(ctx, cached)

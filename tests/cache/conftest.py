@@ -70,9 +70,11 @@ def upstream() -> Iterator[tuple[str, UpstreamState]]:
         yield url, state
 
 
-def gateway_settings(upstream_url: str, tmp_path: Path, cache: dict[str, Any] | None = None) -> Settings:
-    """A chat model ``m1`` and an embedding model ``emb`` on the fake upstream, a route ``faq`` with the semantic
-    cache, and ``cache``."""
+def gateway_settings(
+    upstream_url: str, tmp_path: Path, cache: dict[str, Any] | None = None, emb_upstream: str = "emb"
+) -> Settings:
+    """A chat model ``m1`` and an embedding model ``emb`` (``emb_upstream`` upstream) on the fake upstream, a
+    route ``faq`` with the semantic cache, and ``cache``."""
     return settings_from_dict(
         {
             "models": [
@@ -89,6 +91,7 @@ def gateway_settings(upstream_url: str, tmp_path: Path, cache: dict[str, Any] | 
                     "name": "emb",
                     "backend": "openai",
                     "base_url": f"{upstream_url}/v1",
+                    "upstream_model": emb_upstream,
                     "mode": "embedding",
                     "input_cost_per_token": "0.0000001",
                     "output_cost_per_token": "0",

@@ -219,6 +219,24 @@ async def test_embeddings_are_cached_exactly(upstream: tuple[str, UpstreamState]
     assert [r.saved_usd for r in rows[:3]] == [0, paid, 0] and rows[1].cost_usd == 0
 
 
+async def test_another_model_behind_the_same_name_starts_a_new_embeddings_cache(
+    upstream: tuple[str, UpstreamState], tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """Vectors of two models must never mix in one index: after the operator points ``emb`` at another
+    upstream model, the shared cache does not serve the old model's vectors."""
+    url, state = upstream
+    cache = {"redis_url": redis_url, "key_prefix": redis_prefix}
+    body = {"model": "emb", "input": "a chunk", "encoding_format": "float"}
+    seen = []
+    for upstream_model in ("embed-v1", "embed-v1", "embed-v2"):
+        with running_gateway(gateway_settings(url, tmp_path, cache, emb_upstream=upstream_model)) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+                seen.append((await http.post("/v1/embeddings", json=body)).headers["x-gateway-cache"])
+                await gw.wait_writes()
+    assert seen == ["miss", "hit", "miss"]  # a restart with the same model hits; another model does not
+    assert state.calls == 2
+
+
 async def test_an_answer_over_max_entry_bytes_is_not_stored(
     upstream: tuple[str, UpstreamState], tmp_path: Path
 ) -> None:
