@@ -16,7 +16,7 @@ from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
 from tests.accounting.loop_steps import LoopSteps
-from tests.helpers.proxy import TcpProxy
+from tests.helpers.proxy import TcpProxy, silent_server
 
 
 def ctx(i: int) -> RequestContext:
@@ -105,12 +105,8 @@ async def test_start_with_a_database_that_does_not_answer() -> None:
     """A partitioned database (it accepts connections and never answers): the start-up gives up on it after
     the connect timeout, not asyncpg's 60 s, and the ledger keeps its rows meanwhile."""
 
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{server.sockets[0].getsockname()[1]}/none"
-    try:
+    async with silent_server() as port:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/none"
         started = asyncio.get_running_loop().time()
         db = await open_database(url, connect_timeout_s=0.5)
         assert asyncio.get_running_loop().time() - started < 5 and not db.migrated
@@ -119,8 +115,6 @@ async def test_start_with_a_database_that_does_not_answer() -> None:
         led.record(ctx(1))
         assert not await led.flush() and led.pending == 1
         await led.aclose()
-    finally:
-        server.close()
 
 
 async def test_a_batch_is_one_transaction_prepared_in_short_steps(db_url: str, monkeypatch: Any) -> None:

@@ -1,16 +1,32 @@
-"""A TCP relay a test can cut and restore, to make a database or a cache unreachable mid-test."""
+"""Network faults for tests: a TCP relay a test can cut and restore, to make a database or a cache unreachable
+mid-test, and a server that accepts connections and never answers (a partition)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from tests.helpers.ports import free_port
 
-__all__ = ["TcpProxy"]
+__all__ = ["TcpProxy", "silent_server"]
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """The port of a TCP server on the test's loop that accepts every connection and never sends a byte, as a
+    database host behind a partition looks to its clients."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client hangs up
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
 
 
 class TcpProxy:
