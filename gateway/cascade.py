@@ -18,8 +18,6 @@ model's first token. Only chat requests are checked; completions walk the ladder
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from backends import Backend, UpstreamResponse
@@ -35,7 +33,7 @@ from policies.base import Candidate
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Result
 
-__all__ = ["LOGPROB_BACKENDS", "Cascade", "cascade_headers", "routed_cost", "router_pick", "strip_logprobs"]
+__all__ = ["LOGPROB_BACKENDS", "Cascade", "router_pick", "strip_logprobs"]
 
 #: The judge's instructions, counted into its predicted cost (the system prompt is about this long).
 _JUDGE_OVERHEAD = "x " * 110
@@ -170,7 +168,7 @@ class Cascade:
         vcfg = VerifierConfig(cfg.model, cfg.band, cfg.min_escalation_cost_usd, cfg.min_rating, cfg.max_tokens)
         body = verifier_request(prompt, answer, vcfg)
         judge_in = p.counter.count(_JUDGE_OVERHEAD + body["messages"][1]["content"])
-        estimate = p.price(cfg.model).cost(judge_in, cfg.max_tokens)
+        estimate = p.charges.price(cfg.model).cost(judge_in, cfg.max_tokens)
         if not should_verify(score, threshold, float(above.cost_usd), float(estimate), vcfg):
             return None
         spec = p.settings.model(cfg.model)
@@ -196,7 +194,7 @@ class Cascade:
         ct = usage.get("completion_tokens")
         if ct is None:
             ct = p.counter.count(_answer_text(body)[0])
-        cost = p.price(model).cost(pt, int(ct))
+        cost = p.charges.price(model).cost(pt, int(ct))
         ctx.cascade_attempts.append(AttemptCost(model, pt, int(ct), cost, outcome))
 
     def _serve(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> Result:
@@ -212,35 +210,12 @@ class Cascade:
         body = response.body
         body["model"] = backend.name
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        p._set_usage(ctx, usage, body)
+        p.charges.set_usage(ctx, usage, body)
         ctx.finish_reason = _answer_text(body)[1]
         ctx.ttft_s = ctx.elapsed()
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
-
-
-def cascade_headers(ctx: RequestContext, safe: Callable[[str], str]) -> dict[str, str]:
-    """What happened, for the client: ``x-gateway-cascade`` (accepted / escalated), why, and the models asked."""
-    return {
-        "x-gateway-cascade": ctx.cascade or "",
-        "x-gateway-cascade-reason": safe(ctx.cascade_reason),
-        "x-gateway-cascade-attempts": ",".join(ctx.attempts),
-    }
-
-
-def routed_cost(ctx: RequestContext, plan_pick: str | None, pipeline: Pipeline) -> Decimal | None:
-    """What routing by the prompt router alone would have cost for this request: its pick's price on the tokens
-    that model produced here, or, when it was not asked, on the final answer's tokens."""
-    if plan_pick is None:
-        return None
-    for a in ctx.cascade_attempts:
-        if a.model == plan_pick and a.outcome == "escalated":
-            return a.cost_usd
-    u = ctx.usage
-    if plan_pick == ctx.chosen_model:
-        return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # the served answer
-    return pipeline.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
 
 
 def router_pick(plan: Plan) -> str | None:

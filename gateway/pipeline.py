@@ -23,13 +23,13 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
 from gateway.background import run_in_background
-from gateway.cascade import Cascade, cascade_headers, routed_cost, router_pick
+from gateway.cascade import Cascade, router_pick
+from gateway.charges import Charges
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -44,9 +44,10 @@ from gateway.errors import (
     is_retryable,
 )
 from gateway.features import RequestFeatures, extract_features
+from gateway.headers import gateway_headers
 from gateway.hooks import Admission, CachedAnswer, QualityHook, Recorder, ResponseCache
 from gateway.metrics import Metrics
-from gateway.pricing import ZERO, Price, baseline_price
+from gateway.pricing import baseline_price
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -141,8 +142,8 @@ class Pipeline:
         self.tracing: Tracing = tracing or NoTracing()
         #: The quality monitor, when ``quality.enabled`` (set by the runtime once it is built).
         self.monitor: QualityHook | None = None
-        self._baseline = settings.model(settings.ledger.baseline_model)
-        self._baseline_price = baseline_price(self._baseline, settings.ledger.baseline_model)
+        baseline = settings.ledger.baseline_model
+        self.charges = Charges(router, counter, baseline_price(settings.model(baseline), baseline))
         self.cascade = Cascade(self, answer_check)
 
     # -- entry points ---------------------------------------------------------------------------------
@@ -354,11 +355,11 @@ class Pipeline:
         body = response.body
         body["model"] = backend.name
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self._set_usage(ctx, usage, body)
+        self.charges.set_usage(ctx, usage, body)
         cap = ctx.spend_cap_usd
         if (
             cap is not None
-            and self.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens) > cap
+            and self.charges.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens) > cap
         ):
             # the answer cost more than the key could still spend (an upstream ignoring max_tokens): charged,
             # recorded, and not sent
@@ -392,7 +393,7 @@ class Pipeline:
         saw_done = False
         failed = False
         cap = ctx.spend_cap_usd
-        spend = None if cap is None else SpendCap(cap, self.price(backend.name), ctx.prompt_tokens_estimate)
+        spend = None if cap is None else SpendCap(cap, self.charges.price(backend.name), ctx.prompt_tokens_estimate)
         cut = False
         try:
             pending: bytes | None = first
@@ -484,7 +485,7 @@ class Pipeline:
             body = response.body
             body["model"] = spec.name
             usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-            self._set_usage(ctx, usage, body)
+            self.charges.set_usage(ctx, usage, body)
         self.cache.store(ctx, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
@@ -532,65 +533,11 @@ class Pipeline:
         body["model"] = spec.upstream_name if spec else backend.name
         return body
 
-    def _set_usage(self, ctx: RequestContext, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
-        if usage and ("prompt_tokens" in usage or "completion_tokens" in usage):
-            ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
-            return
-        ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-        ctx.usage.completion_tokens = sum(
-            self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
-        )
-        ctx.usage.estimated = True
-
-    def price(self, model: str) -> Price:
-        """The price of ``model`` now: what routing predicted with, at this moment's throughput (nothing for a
-        model the config does not know, e.g. a cached answer's former model)."""
-        facts = self.router.models.get(model)
-        return ZERO if facts is None else facts.price.now()
-
-    def _cost(self, ctx: RequestContext) -> None:
-        u = ctx.usage
-        if ctx.chosen_model is None:
-            return
-        full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
-        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # escalated answers are paid too
-        if ctx.endpoint == "embeddings":  # nothing routes an embedding: its baseline is the model asked for
-            ctx.baseline_cost_usd = full
-        elif self._baseline_price is not None:
-            ctx.baseline_cost_usd = self._baseline_price.cost(u.prompt_tokens, u.completion_tokens)
-        # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
-        # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
-        ctx.cost_usd = Decimal(0) if ctx.cache_status in ("hit", "semantic-hit") else full
-        ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
-        if ctx.cascade is not None:
-            ctx.routed_cost_usd = routed_cost(ctx, ctx.extra.get("cascade_router_pick"), self)
-
     def _headers(self, ctx: RequestContext) -> dict[str, str]:
-        if not ctx.stream:
-            self._cost(ctx)
-            cost = ctx.cost_usd
-        else:
-            hit = ctx.cache_status in ("hit", "semantic-hit")
-            cost = Decimal(0) if hit or ctx.predicted_cost is None else ctx.predicted_cost
-            cost += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
-        headers = {
-            "x-request-id": ctx.request_id,
-            "x-gateway-model": ctx.chosen_model or "",
-            "x-gateway-policy": ctx.policy or "",
-            "x-gateway-reason": _header_safe(ctx.reason),
-            "x-gateway-cost-usd": f"{cost or Decimal(0):f}",
-            "x-gateway-cache": ctx.cache_status,
-        }
         if ctx.stream:
-            headers["x-gateway-cost-estimated"] = "true"
-        if ctx.route:
-            headers["x-gateway-route"] = ctx.route
-        if ctx.cache_score is not None:
-            headers["x-gateway-cache-score"] = f"{ctx.cache_score:.4f}"
-        if ctx.cascade is not None:
-            headers.update(cascade_headers(ctx, _header_safe))
-        return headers
+            return gateway_headers(ctx, self.charges.stream_estimate(ctx))
+        self.charges.charge(ctx)
+        return gateway_headers(ctx, ctx.cost_usd)
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
@@ -609,7 +556,7 @@ class Pipeline:
             return
         ctx.total_s = ctx.elapsed()
         if ctx.cost_usd == 0:
-            self._cost(ctx)
+            self.charges.charge(ctx)
         try:
             await self.admission.settle(ctx)
         finally:
@@ -624,10 +571,6 @@ class Pipeline:
 _MONITOR = "quality_answer"  # ctx.extra: the answer of a request the quality monitor sampled
 # Unique per process start (random prefix) and cheap per request (a counter), unlike uuid4.
 _REQUEST_IDS = (f"{_prefix}{n:08x}" for _prefix in [secrets.token_hex(6)] for n in itertools.count())
-
-
-def _header_safe(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
 
 
 __all__ = ["JSONResult", "Pipeline", "Result", "StreamResult"]

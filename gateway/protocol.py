@@ -118,6 +118,18 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _check_chat(request: ChatCompletionRequest) -> None:
+    """What the OpenAI API requires of a chat request beyond its fields' types: ``top_logprobs`` only with
+    ``logprobs: true`` (vLLM refuses it too, a hosted model may not), and each message's fields."""
+    if request.top_logprobs is not None and not request.logprobs:
+        raise InvalidRequest(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is set.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    _require_message_fields(request)
+
+
 def _require_message_fields(request: ChatCompletionRequest) -> None:
     """What the OpenAI API requires of each message beyond its types: ``content``, except on an assistant message
     that carries tool calls (or a function call, or a refusal) instead; ``tool_call_id`` on a ``tool`` message;
@@ -137,9 +149,12 @@ def _require_message_fields(request: ChatCompletionRequest) -> None:
         _missing(f"messages[{i}].content", f"a '{m.role}' message needs content")
 
 
-def _missing(param: str, why: str) -> NoReturn:
+def _missing(param: str | None, why: str | None = None) -> NoReturn:
+    """The 400 OpenAI answers for a missing field (code ``missing_required_parameter``); ``why`` when the field is
+    required only in context."""
+    reason = f" ({why})" if why else ""
     raise InvalidRequest(
-        f"Missing required parameter: '{param}' ({why}).", param=param, code="missing_required_parameter"
+        f"Missing required parameter: '{param}'{reason}.", param=param, code="missing_required_parameter"
     )
 
 
@@ -148,7 +163,7 @@ def required_str(obj: dict[str, Any], key: str, where: str, *, empty: bool = Tru
     of the Messages and Responses APIs' items that a translation to chat needs."""
     value = obj.get(key)
     if not isinstance(value, str) or not (value or empty):
-        raise InvalidRequest(f"Missing required parameter: '{where}.{key}'.", param=f"{where}.{key}")
+        _missing(f"{where}.{key}")
     return value
 
 
@@ -158,15 +173,15 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         request = model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = _param(tuple(err["loc"])) or None
-        if err["type"] == "missing":
-            message = f"Missing required parameter: '{param}'."
-        else:
-            message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
-        raise InvalidRequest(message, param=param, code="invalid_value") from None
-    if isinstance(request, ChatCompletionRequest):
-        _require_message_fields(request)
-    return request
+    else:
+        if isinstance(request, ChatCompletionRequest):
+            _check_chat(request)
+        return request
+    param = _param(tuple(err["loc"])) or None
+    if err["type"] == "missing":
+        _missing(param)
+    message = f"Invalid value for '{param}': {err['msg']}." if param else str(err["msg"])
+    raise InvalidRequest(message, param=param, code="invalid_value")
 
 
 def prompt_count(endpoint: str, body: dict[str, Any]) -> int:

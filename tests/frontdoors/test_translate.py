@@ -197,6 +197,8 @@ def test_messages_refusals() -> None:
         with pytest.raises(InvalidRequest) as info:
             chat_of_messages(body)
         assert info.value.param == param
+        if info.value.message.startswith("Missing required parameter"):
+            assert info.value.code == "missing_required_parameter"
 
 
 def test_messages_from_chat_and_stop_reasons() -> None:

@@ -78,12 +78,12 @@ async def test_routing_predicts_and_the_ledger_charges_with_one_price() -> None:
         )
         plan = gw.router.plan("small", feats, Constraints())
         predicted = plan.decision.winner
-        charged = gw.pipeline.price("small")
+        charged = gw.pipeline.charges.price("small")
         assert charged == gw.router.models["small"].price.now()
         assert predicted.cost_usd == charged.cost(feats.prompt_tokens, 40)
         for _ in range(30):
             small.tokens_per_second.update(10_000.0)  # busier: cheaper per token, for both at once
-        assert gw.pipeline.price("small").output_per_token < charged.output_per_token
+        assert gw.pipeline.charges.price("small").output_per_token < charged.output_per_token
         assert gw.router.plan("small", feats, Constraints()).decision.winner.cost_usd < predicted.cost_usd
     finally:
         await close_gateway(gw)

@@ -320,6 +320,13 @@ CHAT_CASES: list[tuple[str, Any, int, str | None]] = [
     ),
     ("logit-bias-not-a-map", {"model": "m", "messages": USER, "logit_bias": [1, 2]}, 400, "logit_bias"),
     ("logit-bias-ok", {"model": "m", "messages": USER, "max_tokens": 3, "logit_bias": {"50256": -100}}, 200, None),
+    ("top-logprobs-without-logprobs", {"model": "m", "messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
+    (
+        "top-logprobs-with-logprobs-false",
+        {"model": "m", "messages": USER, "logprobs": False, "top_logprobs": 2},
+        400,
+        "top_logprobs",
+    ),
     ("tools-not-objects", {"model": "m", "messages": USER, "tools": [1, "a"]}, 400, "tools[0]"),
     ("gateway-unknown-key", {"model": "m", "messages": USER, "gateway": {"colour": "red"}}, 400, "gateway.colour"),
     (

@@ -1,0 +1,84 @@
+"""What a request cost and what it saved: the prices routing predicts with, applied to the tokens it used.
+
+One price function (:meth:`Charges.price`, the model's price at this moment's throughput) serves routing's
+prediction and the ledger, so the two differ only by the tokens: predicted from the prompt and ``max_tokens``
+before the call, counted from the upstream's ``usage`` (or by the tokenizer when it sent none) after it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from gateway.context import RequestContext
+from gateway.pricing import ZERO, Price
+from gateway.protocol import choice_text
+from gateway.routing import Router
+from gateway.tokens import TokenCounter
+
+_HITS = ("hit", "semantic-hit")
+
+
+class Charges:
+    """Usage, cost, baseline cost and savings of requests; built once per pipeline."""
+
+    def __init__(self, router: Router, counter: TokenCounter, baseline: Price | None) -> None:
+        self.router = router
+        self.counter = counter
+        #: the price of ``ledger.baseline_model`` (savings are counted against it); None if it has none
+        self.baseline = baseline
+
+    def price(self, model: str) -> Price:
+        """The price of ``model`` now: what routing predicted with, at this moment's throughput (nothing for a
+        model the config does not know, e.g. a cached answer's former model)."""
+        facts = self.router.models.get(model)
+        return ZERO if facts is None else facts.price.now()
+
+    def set_usage(self, ctx: RequestContext, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
+        """``ctx.usage`` from the upstream's ``usage``, else estimated: the prompt as counted before the call and
+        the answer's choices counted by the tokenizer."""
+        if usage and ("prompt_tokens" in usage or "completion_tokens" in usage):
+            ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return
+        ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
+        ctx.usage.completion_tokens = sum(
+            self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
+        )
+        ctx.usage.estimated = True
+
+    def charge(self, ctx: RequestContext) -> None:
+        """Set the request's cost, its baseline cost and what it saved (escalated cascade answers are paid too)."""
+        u = ctx.usage
+        if ctx.chosen_model is None:
+            return
+        full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
+        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        if ctx.endpoint == "embeddings":  # nothing routes an embedding: its baseline is the model asked for
+            ctx.baseline_cost_usd = full
+        elif self.baseline is not None:
+            ctx.baseline_cost_usd = self.baseline.cost(u.prompt_tokens, u.completion_tokens)
+        # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
+        # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
+        ctx.cost_usd = Decimal(0) if ctx.cache_status in _HITS else full
+        ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
+        if ctx.cascade is not None:
+            ctx.routed_cost_usd = self.routed_cost(ctx, ctx.extra.get("cascade_router_pick"))
+
+    def routed_cost(self, ctx: RequestContext, plan_pick: str | None) -> Decimal | None:
+        """What routing by the prompt router alone would have cost for a cascade's request: its pick's price on
+        the tokens that model produced here, or, when it was not asked, on the final answer's tokens."""
+        if plan_pick is None:
+            return None
+        for a in ctx.cascade_attempts:
+            if a.model == plan_pick and a.outcome == "escalated":
+                return a.cost_usd
+        u = ctx.usage
+        if plan_pick == ctx.chosen_model:
+            return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # the served answer
+        return self.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
+
+    def stream_estimate(self, ctx: RequestContext) -> Decimal:
+        """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""
+        cost = Decimal(0) if ctx.cache_status in _HITS or ctx.predicted_cost is None else ctx.predicted_cost
+        return cost + sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
