@@ -4,8 +4,11 @@ The key covers the endpoint, the namespace, the routing constraints that choose 
 (``policy``, ``min_quality``) and the whole request body except the fields that only shape the transport
 or identify the end user (:data:`NOT_IN_KEY`): so any parameter, known today or added tomorrow, is part of
 the key unless listed there. ``stream`` and ``stream_options`` are not: a cached answer serves streaming
-and non-streaming clients alike. An embeddings key also holds the upstream model behind the requested name
-(``RequestContext.cache_scope``): vectors of two models must never mix.
+and non-streaming clients alike. A key for a model asked by name also holds the upstream model and server behind
+that name (``RequestContext.cache_scope``): pointing the name at another model starts a new cache (vectors of
+two embedding models must never mix; a chat client asking for ``m1`` gets the current ``m1``'s answers). A
+route's key does not: its answers come from whichever candidate the route chose, and editing the candidates
+keeps the route's cache.
 
 Canonical form: keys sorted at every level, ``null`` fields dropped at the top level and in messages
 (the API treats them as absent),

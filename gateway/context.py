@@ -99,8 +99,8 @@ class RequestContext:
     saved_usd: Decimal = Decimal(0)
     cache_status: str = "bypass"
     cache_score: float | None = None
-    #: what else the cache key must hold: for embeddings, the upstream model behind the name (vectors of two
-    #: models must never mix, so swapping the model behind a name starts a new cache)
+    #: what else the cache key must hold: for a model asked by name, the upstream model and server behind it
+    #: (swapping the model behind a name starts a new cache; see ``cache.keys``)
     cache_scope: str | None = None
     #: the routing prompt's MiniLM vector once computed (by the semantic cache or for the adapted router)
     prompt_vector: Any = None

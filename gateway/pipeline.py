@@ -145,6 +145,9 @@ class Pipeline:
         baseline = settings.ledger.baseline_model
         self.charges = Charges(router, counter, baseline_price(settings.model(baseline), baseline))
         self.cascade = Cascade(self, answer_check)
+        # A model's answers are cached under the upstream model behind its name: pointing the name at another
+        # model (or server) must not serve the old one's answers from a shared cache.
+        self._cache_scopes = {m.name: f"{m.upstream_name}@{m.base_url or m.backend}" for m in settings.models}
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -179,6 +182,7 @@ class Pipeline:
             else:
                 feats = extract_features(ctx.endpoint, ctx.body, self.counter)
             ctx.prompt_tokens_estimate = feats.prompt_tokens
+            ctx.cache_scope = self._cache_scopes.get(ctx.requested_model)
             if ctx.endpoint == "embeddings":
                 return await self._embeddings(ctx)
             cached = await self.cache.lookup(ctx)
@@ -474,7 +478,6 @@ class Pipeline:
             )
         ctx.chosen_model = spec.name
         ctx.policy = "explicit"
-        ctx.cache_scope = f"{spec.upstream_name}@{spec.base_url or spec.backend}"
         cached = await self.cache.lookup(ctx)
         if cached is not None:
             return self._serve_cached(ctx, cached)

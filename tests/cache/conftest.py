@@ -71,10 +71,11 @@ def upstream() -> Iterator[tuple[str, UpstreamState]]:
 
 
 def gateway_settings(
-    upstream_url: str, tmp_path: Path, cache: dict[str, Any] | None = None, emb_upstream: str = "emb"
+    upstream_url: str, tmp_path: Path, cache: dict[str, Any] | None = None, upstream: dict[str, str] | None = None
 ) -> Settings:
-    """A chat model ``m1`` and an embedding model ``emb`` (``emb_upstream`` upstream) on the fake upstream, a
-    route ``faq`` with the semantic cache, and ``cache``."""
+    """A chat model ``m1`` and an embedding model ``emb`` on the fake upstream (as the upstream models that
+    ``upstream`` names, else their own names), a route ``faq`` with the semantic cache, and ``cache``."""
+    upstream = upstream or {}
     return settings_from_dict(
         {
             "models": [
@@ -82,6 +83,7 @@ def gateway_settings(
                     "name": "m1",
                     "backend": "openai",
                     "base_url": f"{upstream_url}/v1",
+                    "upstream_model": upstream.get("m1", "m1"),
                     "input_cost_per_token": "0.00001",
                     "output_cost_per_token": "0.00003",
                     "context_window": 8192,
@@ -91,7 +93,7 @@ def gateway_settings(
                     "name": "emb",
                     "backend": "openai",
                     "base_url": f"{upstream_url}/v1",
-                    "upstream_model": emb_upstream,
+                    "upstream_model": upstream.get("emb", "emb"),
                     "mode": "embedding",
                     "input_cost_per_token": "0.0000001",
                     "output_cost_per_token": "0",

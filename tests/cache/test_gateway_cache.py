@@ -229,12 +229,32 @@ async def test_another_model_behind_the_same_name_starts_a_new_embeddings_cache(
     body = {"model": "emb", "input": "a chunk", "encoding_format": "float"}
     seen = []
     for upstream_model in ("embed-v1", "embed-v1", "embed-v2"):
-        with running_gateway(gateway_settings(url, tmp_path, cache, emb_upstream=upstream_model)) as gw:
+        with running_gateway(gateway_settings(url, tmp_path, cache, {"emb": upstream_model})) as gw:
             async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
                 seen.append((await http.post("/v1/embeddings", json=body)).headers["x-gateway-cache"])
                 await gw.wait_writes()
     assert seen == ["miss", "hit", "miss"]  # a restart with the same model hits; another model does not
     assert state.calls == 2
+
+
+async def test_another_model_behind_the_same_name_starts_a_new_chat_cache(
+    upstream: tuple[str, UpstreamState], tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """An operator who points ``m1`` at another upstream model (a new version, another server) gets that
+    model's answers, not the old model's from the shared cache; a route's answers keep their cache."""
+    url, state = upstream
+    cache = {"redis_url": redis_url, "key_prefix": redis_prefix}
+    explicit = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    routed = {**explicit, "model": "faq"}
+    seen = []
+    for upstream_model in ("chat-v1", "chat-v1", "chat-v2"):
+        with running_gateway(gateway_settings(url, tmp_path, cache, {"m1": upstream_model})) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
+                for body in (explicit, routed):
+                    seen.append((await http.post("/v1/chat/completions", json=body)).headers["x-gateway-cache"])
+                await gw.wait_writes()
+    assert seen == ["miss", "miss", "hit", "hit", "miss", "hit"]
+    assert state.calls == 3
 
 
 async def test_an_answer_over_max_entry_bytes_is_not_stored(
