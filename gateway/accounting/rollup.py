@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 
+from gateway.accounting.db import SQLITE_CACHE_KIB
 from gateway.accounting.schema import (
     DIMENSIONS,
     GRAINS_MS,
@@ -56,8 +57,6 @@ from gateway.accounting.schema import (
     ledger,
 )
 
-#: The gateway's SQLite page cache per connection (negative: KiB), as :mod:`gateway.accounting.db` sets it.
-_SQLITE_CACHE_KIB = -32768
 _HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
 #: Rows whose latency is summarised: answered by a model, successful, not from the cache.
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
@@ -375,5 +374,5 @@ def backfill(
             conn.execute(stmt, {"lo": start, "hi": start + chunk_rows})
         start += chunk_rows
     if conn.dialect.name == "sqlite":
-        conn.execute(text(f"PRAGMA cache_size = {_SQLITE_CACHE_KIB}"))
+        conn.execute(text(f"PRAGMA cache_size = {SQLITE_CACHE_KIB}"))
     return int(conn.execute(select(func.count()).select_from(ledger)).scalar() or 0)
