@@ -187,15 +187,9 @@ class Cascade:
 
     def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any], outcome: str = "escalated") -> None:
         """Record a paid call whose answer the client never sees: an escalated answer, or the judge's verdict."""
-        p = self.pipeline
-        raw = body.get("usage")
-        usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        pt = int(usage.get("prompt_tokens") or ctx.prompt_tokens_estimate)
-        ct = usage.get("completion_tokens")
-        if ct is None:
-            ct = p.counter.count(_answer_text(body)[0])
-        cost = p.charges.price(model).cost(pt, int(ct))
-        ctx.cascade_attempts.append(AttemptCost(model, pt, int(ct), cost, outcome))
+        charges = self.pipeline.charges
+        pt, ct, _ = charges.tokens(ctx, body)
+        ctx.cascade_attempts.append(AttemptCost(model, pt, ct, charges.price(model).cost(pt, ct), outcome))
 
     def _serve(self, ctx: RequestContext, backend: Backend, response: UpstreamResponse, t0: float) -> Result:
         """Return a checked rung's answer: as it is, or replayed as SSE chunks to a streaming client."""
@@ -209,8 +203,7 @@ class Cascade:
 
         body = response.body
         body["model"] = backend.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        p.charges.set_usage(ctx, usage, body)
+        p.charges.set_usage(ctx, body)
         ctx.finish_reason = _answer_text(body)[1]
         ctx.ttft_s = ctx.elapsed()
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)

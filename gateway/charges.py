@@ -34,18 +34,20 @@ class Charges:
         facts = self.router.models.get(model)
         return ZERO if facts is None else facts.price.now()
 
-    def set_usage(self, ctx: RequestContext, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
-        """``ctx.usage`` from the upstream's ``usage``, else estimated: the prompt as counted before the call and
-        the answer's choices counted by the tokenizer."""
-        if usage and ("prompt_tokens" in usage or "completion_tokens" in usage):
-            ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
-            return
-        ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-        ctx.usage.completion_tokens = sum(
-            self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict)
-        )
-        ctx.usage.estimated = True
+    def tokens(self, ctx: RequestContext, body: dict[str, Any]) -> tuple[int, int, bool]:
+        """An answer's prompt and completion tokens, and whether they are estimated: from the upstream's
+        ``usage``, else the prompt as counted before the call and the choices counted by the tokenizer."""
+        usage = body.get("usage")
+        if isinstance(usage, dict) and ("prompt_tokens" in usage or "completion_tokens" in usage):
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
+        completion = sum(self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict))
+        return ctx.prompt_tokens_estimate, completion, True
+
+    def set_usage(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """``ctx.usage`` from the answer ``body`` (:meth:`tokens`)."""
+        ctx.usage.prompt_tokens, ctx.usage.completion_tokens, estimated = self.tokens(ctx, body)
+        if estimated:
+            ctx.usage.estimated = True
 
     def charge(self, ctx: RequestContext) -> None:
         """Set the request's cost, its baseline cost and what it saved (escalated cascade answers are paid too)."""

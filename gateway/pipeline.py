@@ -358,8 +358,7 @@ class Pipeline:
         """Stage 7 for a complete answer: the client's body, its usage, and what it teaches about the backend."""
         body = response.body
         body["model"] = backend.name
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        self.charges.set_usage(ctx, usage, body)
+        self.charges.set_usage(ctx, body)
         cap = ctx.spend_cap_usd
         if (
             cap is not None
@@ -487,8 +486,7 @@ class Pipeline:
             response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
             body = response.body
             body["model"] = spec.name
-            usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-            self.charges.set_usage(ctx, usage, body)
+            self.charges.set_usage(ctx, body)
         self.cache.store(ctx, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))

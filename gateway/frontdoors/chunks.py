@@ -24,6 +24,7 @@ class Delta:
     """What one chat chunk adds (the first choice only: these APIs have one output per request)."""
 
     text: str = ""
+    refusal: str = ""  # the model declining (structured outputs): chat's ``delta.refusal``
     tools: list[ToolDelta] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: Any = None  # vLLM's matched stop string (or token id)
@@ -76,6 +77,8 @@ def _delta(chunk: dict[str, Any]) -> Delta:
         delta = choice.get("delta") or {}
         if isinstance(delta.get("content"), str):
             out.text = delta["content"]
+        if isinstance(delta.get("refusal"), str):
+            out.refusal = delta["refusal"]
         for call in delta.get("tool_calls") or []:
             fn = call.get("function") or {}
             out.tools.append(

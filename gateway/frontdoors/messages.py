@@ -132,7 +132,8 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
             parts.append(_image(block, at))
         elif kind == "tool_result":
             call_id = required_str(block, "tool_use_id", at)
-            text = _result_text(block.get("content"), f"{at}.content")
+            text, images = _result_content(block.get("content"), f"{at}.content")
+            parts.extend(images)  # a chat tool message holds text only: its images follow in the user message
             if block.get("is_error"):
                 text = f"Error: {text}"
             out.append({"role": "tool", "tool_call_id": call_id, "content": text})
@@ -144,14 +145,26 @@ def _user_turn(content: list[dict[str, Any]], where: str) -> list[dict[str, Any]
     return out
 
 
-def _result_text(content: Any, where: str) -> str:
+def _result_content(content: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """A ``tool_result``'s text, and its images as chat parts; another kind of block is refused (400)."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    raise InvalidRequest(f"Invalid value for '{where}'.", param=where)
+        return content, []
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid value for '{where}'.", param=where)
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    for i, block in enumerate(content):
+        at = f"{where}[{i}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(required_str(block, "text", at))
+        elif kind == "image":
+            images.append(_image(block, at))
+        else:
+            raise _unsupported_block(kind, at)
+    return "\n".join(texts), images
 
 
 def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]:
@@ -256,9 +269,14 @@ def to_chat(req: CountTokensRequest) -> dict[str, Any]:
     return body
 
 
-def stop_reason(finish_reason: str | None, matched: Any, stop_sequences: list[str] | None) -> tuple[str, str | None]:
+def stop_reason(
+    finish_reason: str | None, matched: Any, stop_sequences: list[str] | None, called: bool = False
+) -> tuple[str, str | None]:
     """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat finish reason (and vLLM's ``stop_reason``:
-    the stop string that matched, if any)."""
+    the stop string that matched, if any); ``called``: the answer holds tool calls. A call forced by name ends
+    with ``stop`` on OpenAI and vLLM, where the Messages API says ``tool_use`` (what agent loops test)."""
+    if called and finish_reason in (None, "stop"):
+        return "tool_use", None
     if finish_reason == "stop" and isinstance(matched, str) and matched in (stop_sequences or []):
         return "stop_sequence", matched
     return _STOP_REASONS.get(finish_reason or "stop", "end_turn"), None
@@ -290,6 +308,9 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:  # the model declined (chat's structured-output refusal)
+        content.append({"type": "text", "text": refusal})
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
         content.append(
@@ -300,7 +321,10 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
                 "input": tool_input(fn.get("arguments") or ""),
             }
         )
-    reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), req.stop_sequences)
+    called = bool(message.get("tool_calls"))
+    reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), req.stop_sequences, called)
+    if isinstance(refusal, str) and refusal:
+        reason, sequence = "refusal", None
     usage = completion.get("usage") or {}
     return {
         "id": new_id(),

@@ -74,6 +74,7 @@ async def render(
     blocks = _Blocks()
     finish: str | None = None
     matched: Any = None
+    called = refused = False
     usage: dict[str, Any] = {}
     stream = deltas(frames)
     try:
@@ -83,9 +84,11 @@ async def render(
                     yield out
                 yield _error(d.error)
                 return
-            if d.text:
-                for out in blocks.on_text(d.text):
+            if d.text or d.refusal:
+                refused = refused or bool(d.refusal)
+                for out in blocks.on_text(d.text + d.refusal):
                     yield out
+            called = called or bool(d.tools)
             for tool in d.tools:
                 for out in blocks.on_tool(tool):
                     yield out
@@ -97,7 +100,7 @@ async def render(
         await stream.aclose()
     for out in blocks.stop():
         yield out
-    reason, sequence = stop_reason(finish, matched, stop_sequences)
+    reason, sequence = ("refusal", None) if refused else stop_reason(finish, matched, stop_sequences, called)
     counts = usage_of(int(usage.get("prompt_tokens") or input_estimate), int(usage.get("completion_tokens") or 0))
     yield sse(
         "message_delta",

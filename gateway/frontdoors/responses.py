@@ -3,7 +3,8 @@
 Supported: ``input`` as a string or a list of items (messages with text/image parts, ``function_call``
 and ``function_call_output`` items), ``instructions``, function ``tools`` and ``tool_choice``,
 ``text.format`` (``text``, ``json_object``, ``json_schema``), ``max_output_tokens``, ``temperature``,
-``top_p``, ``parallel_tool_calls``, ``metadata``, ``user``, ``store`` and ``previous_response_id``.
+``top_p``, ``parallel_tool_calls``, ``reasoning.effort`` (chat's ``reasoning_effort``), ``metadata``, ``user``,
+``store`` and ``previous_response_id``.
 Hosted tools, background mode, server-side conversations and prompt templates are refused with a 400
 naming the field.
 """
@@ -47,6 +48,13 @@ class TextConfig(_Open):
     format: TextFormat | None = None
 
 
+class ReasoningConfig(_Open):
+    """``reasoning``: ``effort`` goes upstream as chat's ``reasoning_effort`` (for reasoning models)."""
+
+    effort: StrictStr | None = None  # the upstream checks the value (models differ in the efforts they take)
+    summary: StrictStr | None = None
+
+
 class ResponsesRequest(_Open):
     """``POST /v1/responses``: validated for types; items and tools are checked while translating."""
 
@@ -57,6 +65,7 @@ class ResponsesRequest(_Open):
     tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Temperature | None = None
     top_p: float | None = Field(None, ge=0, le=1)
@@ -234,6 +243,8 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
         value = getattr(req, src)
         if value is not None:
             body[dst] = value
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
     if req.user is not None:
         body["user"] = req.user
     if req.gateway is not None:
@@ -275,7 +286,10 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
         "output": [],
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": req.previous_response_id,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {
+            "effort": req.reasoning.effort if req.reasoning else None,
+            "summary": req.reasoning.summary if req.reasoning else None,
+        },
         "store": req.store is not False,
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": {"format": fmt},
@@ -289,27 +303,41 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
     }
 
 
-def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """Chat token counts as the Responses API's ``usage``."""
+def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
+    """A chat ``usage`` as the Responses API's: the token counts, and the prompt's cached tokens and the answer's
+    reasoning tokens where the upstream reported them."""
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
     return {
-        "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt_tokens + completion_tokens,
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": _detail(usage, "completion_tokens_details", "reasoning_tokens")},
+        "total_tokens": prompt + completion,
     }
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+#: Chat finish reasons that leave a response ``incomplete``, and the reason the Responses API gives.
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def item_status(finish_reason: str | None) -> str:
+    """The status of the message a chat answer with ``finish_reason`` ends in: cut short, it is ``incomplete``."""
+    return "incomplete" if finish_reason in _INCOMPLETE else "completed"
 
 
 def finish(response: dict[str, Any], finish_reason: str | None) -> None:
     """Set ``status`` (and ``incomplete_details``) from the chat finish reason."""
-    if finish_reason == "length":
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "max_output_tokens"}
-    elif finish_reason == "content_filter":
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "content_filter"}
-    else:
-        response["status"] = "completed"
+    reason = _INCOMPLETE.get(finish_reason or "")
+    response["status"] = "completed" if reason is None else "incomplete"
+    if reason is not None:
+        response["incomplete_details"] = {"reason": reason}
 
 
 def message_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
@@ -321,6 +349,11 @@ def message_item(text: str, item_id: str | None = None, status: str = "completed
         "role": "assistant",
         "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }
+
+
+def refusal_part(refusal: str) -> dict[str, Any]:
+    """A message's ``refusal`` content part (the model declined; chat's ``message.refusal``)."""
+    return {"type": "refusal", "refusal": refusal}
 
 
 def function_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> dict[str, Any]:
@@ -343,18 +376,19 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     content = message.get("content")
+    status = item_status(choice.get("finish_reason"))
     if isinstance(content, str) and content:
-        output.append(message_item(content))
+        output.append(message_item(content, status=status))
     elif message.get("refusal"):
-        item = message_item("")
-        item["content"] = [{"type": "refusal", "refusal": message["refusal"]}]
+        item = message_item("", status=status)
+        item["content"] = [refusal_part(message["refusal"])]
         output.append(item)
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
         output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments", "")))
     response["output"] = output
-    usage = completion.get("usage") or {}
-    response["usage"] = usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    usage = completion.get("usage")
+    response["usage"] = usage_of(usage if isinstance(usage, dict) else {})
     finish(response, choice.get("finish_reason"))
     return response
 

@@ -2,11 +2,12 @@
 
 Order, as OpenAI sends them: ``response.created``, ``response.in_progress``; per output item
 ``response.output_item.added``, then for a message ``response.content_part.added``,
-``response.output_text.delta``..., ``response.output_text.done``, ``response.content_part.done``, or for a
-function call ``response.function_call_arguments.delta``..., ``response.function_call_arguments.done``;
-then ``response.output_item.done``; last ``response.completed`` (or ``response.incomplete``) carrying
-the whole response with ``usage``. An upstream failure mid-stream ends it with ``error`` and
-``response.failed``.
+``response.output_text.delta``..., ``response.output_text.done`` (for a refusal ``response.refusal.delta``...,
+``response.refusal.done``), ``response.content_part.done``, or for a function call
+``response.function_call_arguments.delta``..., ``response.function_call_arguments.done``; then
+``response.output_item.done`` (a message cut short by ``max_output_tokens`` is ``incomplete``); last
+``response.completed`` (or ``response.incomplete``) carrying the whole response with ``usage``. An upstream
+failure mid-stream ends it with ``error`` and ``response.failed``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.frontdoors.chunks import Delta, ToolDelta, deltas, sse
-from gateway.frontdoors.responses import finish, function_item, message_item, new_id, usage_of
+from gateway.frontdoors.responses import (
+    finish,
+    function_item,
+    item_status,
+    message_item,
+    new_id,
+    refusal_part,
+    usage_of,
+)
 
 #: Called with the finished response object before the last event goes out (to store it).
 OnDone = Callable[[dict[str, Any]], Awaitable[None]]
@@ -29,6 +38,7 @@ class _Renderer:
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.text = ""
+        self.kind = "output_text"  # the open message's part: text, or a refusal
         self.tools: dict[int, dict[str, Any]] = {}
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -52,16 +62,21 @@ class _Renderer:
         out.append(self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item)))
         return out
 
-    def on_text(self, text: str) -> list[bytes]:
+    def on_text(self, text: str, kind: str = "output_text") -> list[bytes]:
+        """A piece of the answer's text (``kind`` ``refusal``: of the model's refusal)."""
         out: list[bytes] = []
-        if self.open is None or self.open["type"] != "message":
+        if self.open is None or self.open["type"] != "message" or self.kind != kind:
             item = message_item("", status="in_progress")
             item["content"] = []
             out = self._open_item(item)
             self.text = ""
-            out.append(self.event("response.content_part.added", **self._where(), part=_text_part("")))
+            self.kind = kind
+            out.append(self.event("response.content_part.added", **self._where(), part=_part(kind, "")))
         self.text += text
-        out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
+        if kind == "refusal":
+            out.append(self.event("response.refusal.delta", **self._where(), delta=text))
+        else:
+            out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
@@ -88,8 +103,8 @@ class _Renderer:
         assert self.open is not None
         return {"item_id": self.open["id"], "output_index": len(self.output) - 1, "content_index": 0}
 
-    def close(self) -> list[bytes]:
-        """End the open item (its ``.done`` events)."""
+    def close(self, status: str = "completed") -> list[bytes]:
+        """End the open item (its ``.done`` events); a message ends with ``status``."""
         item, self.open = self.open, None
         if item is None:
             return []
@@ -97,9 +112,13 @@ class _Renderer:
         out: list[bytes] = []
         if item["type"] == "message":
             where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-            out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
-            out.append(self.event("response.content_part.done", **where, part=_text_part(self.text)))
-            item["content"] = [_text_part(self.text)]
+            part = _part(self.kind, self.text)
+            if self.kind == "refusal":
+                out.append(self.event("response.refusal.done", **where, refusal=self.text))
+            else:
+                out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
+            out.append(self.event("response.content_part.done", **where, part=part))
+            item["content"] = [part]
         else:
             out.append(
                 self.event(
@@ -110,12 +129,14 @@ class _Renderer:
                     arguments=item["arguments"],
                 )
             )
-        item["status"] = "completed"
+        item["status"] = status if item["type"] == "message" else "completed"
         out.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
         return out
 
 
-def _text_part(text: str) -> dict[str, Any]:
+def _part(kind: str, text: str) -> dict[str, Any]:
+    if kind == "refusal":
+        return refusal_part(text)
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
@@ -143,10 +164,10 @@ async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done
                 usage = d.usage
     finally:
         await stream.aclose()
-    for out in r.close():
+    for out in r.close(item_status(finish_reason)):
         yield out
     response["output"] = r.output
-    response["usage"] = usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    response["usage"] = usage_of(usage)
     finish(response, finish_reason)
     await on_done(response)
     kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
@@ -159,6 +180,8 @@ def _apply(r: _Renderer, d: Delta) -> list[bytes]:
     out: list[bytes] = []
     if d.text:
         out += r.on_text(d.text)
+    if d.refusal:
+        out += r.on_text(d.refusal, "refusal")
     for tool in d.tools:
         out += r.on_tool(tool)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, NotFound
@@ -220,3 +221,144 @@ def test_messages_from_chat_and_stop_reasons() -> None:
         "error": {"type": "not_found_error", "message": "gone"},
         "request_id": "r1",
     }
+
+
+def _frames(*chunks: dict[str, Any]) -> Any:
+    async def gen() -> Any:
+        for chunk in chunks:
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return gen()
+
+
+def _events(raw: list[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(e.split(b"\ndata: ", 1)[1]) for e in raw]
+
+
+async def _collect(stream: Any) -> list[dict[str, Any]]:
+    return _events([e async for e in stream])
+
+
+def test_responses_reasoning_effort_goes_upstream_and_is_echoed() -> None:
+    body = chat_of_responses({"input": "x", "reasoning": {"effort": "high", "summary": "auto"}})
+    assert body["reasoning_effort"] == "high"
+    assert "reasoning_effort" not in chat_of_responses({"input": "x"})
+    req = rs.parse_request({"model": "o", "input": "x", "reasoning": {"effort": "low"}})
+    assert rs.skeleton(req, "resp_1")["reasoning"] == {"effort": "low", "summary": None}
+
+
+def test_responses_usage_details_and_a_refusal_cut_short() -> None:
+    req = rs.parse_request({"model": "m", "input": "x"})
+    usage = {
+        "prompt_tokens": 2000,
+        "completion_tokens": 600,
+        "prompt_tokens_details": {"cached_tokens": 1536},
+        "completion_tokens_details": {"reasoning_tokens": 500},
+    }
+    completion = {"choices": [{"finish_reason": "length", "message": {"content": None, "refusal": "No."}}]}
+    out = rs.from_chat(req, "resp_1", {**completion, "usage": usage})
+    assert out["usage"]["input_tokens_details"] == {"cached_tokens": 1536}
+    assert out["usage"]["output_tokens_details"] == {"reasoning_tokens": 500}
+    assert out["status"] == "incomplete" and out["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert out["output"][0]["status"] == "incomplete"
+    assert out["output"][0]["content"] == [{"type": "refusal", "refusal": "No."}]
+
+
+async def test_responses_stream_of_a_refusal() -> None:
+    from gateway.frontdoors.responses_stream import render
+
+    req = rs.parse_request({"model": "m", "input": "x", "stream": True})
+    done: list[dict[str, Any]] = []
+
+    async def on_done(response: dict[str, Any]) -> None:
+        done.append(response)
+
+    frames = _frames(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": "I can"}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "not."}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    )
+    events = await _collect(render(frames, rs.skeleton(req, "resp_1"), on_done))
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.refusal.delta",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[6]["refusal"] == "I cannot."
+    assert events[-1]["response"]["output"][0]["content"] == [{"type": "refusal", "refusal": "I cannot."}]
+    assert done[0]["output"][0]["content"][0]["refusal"] == "I cannot."  # what is stored for the next turn
+
+
+async def test_responses_stream_cut_short_ends_its_message_incomplete() -> None:
+    from gateway.frontdoors.responses_stream import render
+
+    req = rs.parse_request({"model": "m", "input": "x", "stream": True, "max_output_tokens": 2})
+
+    async def on_done(response: dict[str, Any]) -> None:
+        return None
+
+    frames = _frames({"choices": [{"index": 0, "delta": {"content": "a b"}, "finish_reason": "length"}]})
+    events = await _collect(render(frames, rs.skeleton(req, "resp_1"), on_done))
+    item_done = next(e for e in events if e["type"] == "response.output_item.done")
+    assert item_done["item"]["status"] == "incomplete"
+    assert events[-1]["type"] == "response.incomplete"
+
+
+def test_messages_forced_tool_call_stops_for_tool_use() -> None:
+    """OpenAI and vLLM end a call forced by name with ``stop``: the Messages API says ``tool_use``."""
+    req = ms.parse_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    completion = {"choices": [{"finish_reason": "stop", "message": {"content": None, "tool_calls": [call]}}]}
+    out = ms.from_chat(req, completion)
+    assert out["stop_reason"] == "tool_use" and out["content"][0]["type"] == "tool_use"
+    refused = ms.from_chat(req, {"choices": [{"finish_reason": "stop", "message": {"refusal": "No."}}]})
+    assert refused["stop_reason"] == "refusal" and refused["content"] == [{"type": "text", "text": "No."}]
+
+
+async def test_messages_stream_of_a_forced_tool_call_and_of_a_refusal() -> None:
+    from gateway.frontdoors.messages_stream import render
+
+    tool = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}}
+    frames = _frames({"choices": [{"index": 0, "delta": {"tool_calls": [tool]}, "finish_reason": "stop"}]})
+    events = await _collect(render(frames, "m", 3, None))
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "tool_use"
+    frames = _frames({"choices": [{"index": 0, "delta": {"refusal": "No."}, "finish_reason": "stop"}]})
+    events = await _collect(render(frames, "m", 3, None))
+    assert [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"] == ["No."]
+    assert next(e for e in events if e["type"] == "message_delta")["delta"]["stop_reason"] == "refusal"
+
+
+def test_messages_tool_result_images_follow_the_tool_message() -> None:
+    """A chat tool message holds text only: a tool result's images go in the user message right after it."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}
+    turns = [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "here"}, image]}
+            ],
+        },
+    ]
+    messages = chat_of_messages({"messages": turns})["messages"]
+    assert messages[-2] == {"role": "tool", "tool_call_id": "t1", "content": "here"}
+    assert messages[-1] == {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}],
+    }
+    turns[2]["content"][0]["content"] = [{"type": "document", "source": {}}]  # type: ignore[index]
+    with pytest.raises(InvalidRequest) as info:
+        chat_of_messages({"messages": turns})
+    assert info.value.param == "messages[2].content[0].content[0].type"
