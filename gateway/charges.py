@@ -12,8 +12,8 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.pricing import ZERO, Price
-from gateway.protocol import choice_text
-from gateway.routing import Router
+from gateway.protocol import choice_text, prompt_count
+from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
 from gateway.tokens import TokenCounter
 
 _HITS = ("hit", "semantic-hit")
@@ -48,6 +48,35 @@ class Charges:
         ctx.usage.prompt_tokens, ctx.usage.completion_tokens, estimated = self.tokens(ctx, body)
         if estimated:
             ctx.usage.estimated = True
+
+    def charge_abandoned(self, ctx: RequestContext) -> None:
+        """Usage for a request whose client left while its upstream call was in flight (no answer came back).
+
+        The upstream read the prompt, and a non-streamed answer is written to its end by a hosted API (which
+        bills it) whoever is still listening: charged, as estimated, the counted prompt and, unless the request
+        streamed (cancelling a stream stops its generation), the answer routing expected (``max_tokens``, else the
+        model's average) for every choice. Without this, hanging up made any request free for the caller's budget.
+        """
+        if ctx.chosen_model is not None or not ctx.attempts:
+            return
+        model = ctx.attempts[-1]
+        ctx.chosen_model = model
+        ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
+        answered = not ctx.stream and ctx.endpoint != "embeddings"
+        ctx.usage.completion_tokens = self._expected_completion(ctx, model) if answered else 0
+        ctx.usage.estimated = True
+
+    def _expected_completion(self, ctx: RequestContext, model: str) -> int:
+        body = ctx.body
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and limit > 0:
+            per_choice = limit
+        else:
+            facts = self.router.models.get(model)
+            average = self.router.average_output_tokens()
+            per_choice = facts.expected_output(average) if facts is not None else DEFAULT_OUTPUT_TOKENS
+        n = body.get("n")
+        return per_choice * (n if isinstance(n, int) and n > 0 else 1) * prompt_count(ctx.endpoint, body)
 
     def charge(self, ctx: RequestContext) -> None:
         """Set the request's cost, its baseline cost and what it saved (escalated cascade answers are paid too)."""

@@ -203,6 +203,7 @@ class Pipeline:
         except asyncio.CancelledError:
             # The client went away before the response started (or the server is stopping).
             self._mark_abandoned(ctx)
+            self.charges.charge_abandoned(ctx)
             self._schedule_finish(ctx)
             raise
         except BaseException as exc:  # a bug: still one ledger row (a 500), then the app's handler logs it

@@ -270,7 +270,7 @@ class Router:
 
     # -- predictions ---------------------------------------------------------------------------------
 
-    def _average_output_tokens(self) -> int:
+    def average_output_tokens(self) -> int:
         """The output length across all models, weighted by how many answers each has seen."""
         seen = [m.stats.output_tokens for m in self.models.values()]
         total = sum(s.count for s in seen)
@@ -278,7 +278,7 @@ class Router:
 
     def _request(self, feats: RequestFeatures, q_top: float, difficulty: float, pivot: float) -> _Request:
         out = feats.max_output_tokens * feats.n if feats.max_output_tokens else None
-        average = self._average_output_tokens() if out is None else 0
+        average = self.average_output_tokens() if out is None else 0
         return _Request(feats.prompt_tokens, out, feats.n, average, q_top, difficulty, pivot)
 
     @staticmethod

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -39,7 +40,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ledger = LedgerFile(tmp / "ledger.db")
         settings = settings_from_dict(
             {
-                "models": [{"name": "m", "backend": "openai", "base_url": sim + "/v1", "upstream_model": "sim"}],
+                "models": [
+                    {
+                        "name": "m",
+                        "backend": "openai",
+                        "base_url": sim + "/v1",
+                        "upstream_model": "sim",
+                        "input_cost_per_token": "0.00001",
+                        "output_cost_per_token": "0.00003",
+                    }
+                ],
                 "cache": {"enabled": False},
                 "server": {"metrics_scrape_seconds": 3600},
                 "ledger": {"url": ledger.url, "flush_interval_seconds": 0.05},
@@ -142,4 +152,45 @@ async def test_disconnect_while_waiting_for_first_token(env: Env) -> None:
     finally:
         clear_fault(env.sim)
     row = await env.ledger.one_row(rid)
-    assert row["status_code"] == 499 and row["completion_tokens"] == 0
+    assert row["status_code"] == 499 and row["completion_tokens"] == 0  # a cancelled stream stops generating
+    assert row["chosen_model"] == "m" and row["prompt_tokens"] > 0 and row["cost_usd"] > 0  # its prompt was read
+
+
+async def hang_up_in_flight(env: Env, body: dict[str, object], rid: str) -> None:
+    """POST ``body`` (not streamed) on a raw socket and close it once the upstream is working on it."""
+    before = sim_stats(env.sim)
+    host, port = env.gw.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    payload = orjson.dumps(body)
+    writer.write(
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\nx-request-id: {rid}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    for _ in range(200):  # wait until the request reached the upstream
+        if sim_stats(env.sim)["running"] > 0:
+            break
+        await asyncio.sleep(0.02)
+    writer.transport.abort()
+    await wait_cancelled(env.sim, before["requests_cancelled"])
+
+
+async def test_hanging_up_on_a_non_streamed_request_does_not_make_it_free(env: Env) -> None:
+    """A hosted API writes (and bills) a non-streamed answer to its end whoever still listens: a client that
+    leaves while the call is in flight is charged the prompt and the answer it asked for (estimated), else
+    hanging up would be a way around any budget."""
+    rid = f"disc-{uuid.uuid4().hex[:12]}"
+    body = {"model": "m", "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 300, "n": 2}
+    await hang_up_in_flight(env, body, rid)
+    row = await env.ledger.one_row(rid)
+    assert row["status_code"] == 499 and row["error_type"] == "ClientDisconnected"
+    assert row["chosen_model"] == "m" and row["tokens_estimated"] == 1
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] == 600  # max_tokens for each of the n answers
+    charged = Decimal(row["cost_usd"]).scaleb(-12)  # SQLite keeps money as integer 1e-12 USD
+    assert charged == row["prompt_tokens"] * Decimal("0.00001") + 600 * Decimal("0.00003")
+
+    rid = f"disc-{uuid.uuid4().hex[:12]}"  # no max_tokens: the answer routing expected (the model's average)
+    await hang_up_in_flight(env, {"model": "m", "messages": [{"role": "user", "content": "go on"}]}, rid)
+    row = await env.ledger.one_row(rid)
+    assert row["status_code"] == 499 and row["completion_tokens"] > 0 and row["cost_usd"] > 0
