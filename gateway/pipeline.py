@@ -69,6 +69,7 @@ from gateway.streaming import (
     error_event,
     first_event,
     replay_chunks,
+    with_new_identity,
 )
 from gateway.telemetry import NoTracing, Tracing
 from gateway.tokens import TokenCounter
@@ -301,12 +302,13 @@ class Pipeline:
         ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
         ctx.ttft_s = ctx.elapsed()
-        model = str(cached.body.get("model") or ctx.chosen_model)
+        body = with_new_identity(cached.body)
+        model = str(body.get("model") or ctx.chosen_model)
         if ctx.stream:
-            frames = replay_chunks(cached.body, model, ctx.client_wants_usage)
+            frames = replay_chunks(body, model, ctx.client_wants_usage)
             return StreamResult(self._finish_after(ctx, aiter_list(frames)), self._headers(ctx))
         self._schedule_finish(ctx)
-        return JSONResult(cached.body, self._headers(ctx))
+        return JSONResult(body, self._headers(ctx))
 
     # -- stage 6: call (one attempt loop, streaming or not) ------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -100,108 +101,56 @@ class ChunkRelay:
         return frame(orjson.dumps(chunk))
 
 
+#: Fields of a chat message replayed in one delta after the role (what vLLM and OpenAI stream beside ``content``:
+#: a refusal, a reasoning model's reasoning, a legacy function call).
+_REPLAYED = ("content", "refusal", "reasoning_content", "reasoning", "function_call")
+
+
 def _chunk_base(body: dict[str, Any], model: str) -> dict[str, Any]:
     obj = "chat.completion.chunk" if body.get("object") == "chat.completion" else "text_completion"
-    return {
+    base = {
         "id": body.get("id") or "cmpl-cached",
         "object": obj,
         "created": body.get("created") or int(time.time()),
         "model": model,
     }
+    if body.get("system_fingerprint"):
+        base["system_fingerprint"] = body["system_fingerprint"]
+    return base
+
+
+def with_new_identity(body: dict[str, Any]) -> dict[str, Any]:
+    """A cached completion served again: a copy with an ``id`` and ``created`` of its own (each answer's id is
+    unique, as from the API, for clients that log or deduplicate by it); other bodies (embeddings) as they are."""
+    if "id" not in body:
+        return body
+    prefix = "chatcmpl" if body.get("object") == "chat.completion" else "cmpl"
+    return {**body, "id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time())}
 
 
 def replay_chunks(body: dict[str, Any], model: str, include_usage: bool) -> Iterator[bytes]:
-    """A complete response body as the SSE stream an upstream would have sent (for cached answers)."""
+    """A complete response body as the SSE stream an upstream would have sent (for cached and held answers)."""
     base = _chunk_base(body, model)
     chat = base["object"] == "chat.completion.chunk"
+
+    def chunk(idx: int, finish: Any = None, logprobs: Any = None, **fields: Any) -> bytes:
+        choice = {"index": idx, **fields, "logprobs": logprobs, "finish_reason": finish}
+        return frame(orjson.dumps({**base, "choices": [choice]}))
+
     for choice in body.get("choices") or []:
         idx = choice.get("index", 0)
-        if chat:
-            msg = choice.get("message") or {}
-            yield frame(
-                orjson.dumps(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": idx,
-                                "delta": {"role": msg.get("role", "assistant"), "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-            )
-            if msg.get("content"):
-                yield frame(
-                    orjson.dumps(
-                        {
-                            **base,
-                            "choices": [
-                                {
-                                    "index": idx,
-                                    "delta": {"content": msg["content"]},
-                                    "logprobs": choice.get("logprobs"),
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-                    )
-                )
-            for i, call in enumerate(msg.get("tool_calls") or []):
-                delta_call = {
-                    "index": i,
-                    "id": call.get("id"),
-                    "type": call.get("type", "function"),
-                    "function": call.get("function"),
-                }
-                yield frame(
-                    orjson.dumps(
-                        {
-                            **base,
-                            "choices": [
-                                {
-                                    "index": idx,
-                                    "delta": {"tool_calls": [delta_call]},
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-                    )
-                )
-            yield frame(
-                orjson.dumps(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": idx,
-                                "delta": {},
-                                "logprobs": None,
-                                "finish_reason": choice.get("finish_reason"),
-                            }
-                        ],
-                    }
-                )
-            )
-        else:
-            yield frame(
-                orjson.dumps(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": idx,
-                                "text": choice.get("text", ""),
-                                "logprobs": choice.get("logprobs"),
-                                "finish_reason": choice.get("finish_reason"),
-                            }
-                        ],
-                    }
-                )
-            )
+        if not chat:
+            yield chunk(idx, choice.get("finish_reason"), choice.get("logprobs"), text=choice.get("text", ""))
+            continue
+        msg = choice.get("message") or {}
+        yield chunk(idx, delta={"role": msg.get("role", "assistant"), "content": ""})
+        delta = {k: msg[k] for k in _REPLAYED if msg.get(k)}
+        if delta or choice.get("logprobs"):
+            yield chunk(idx, logprobs=choice.get("logprobs"), delta=delta)
+        for i, call in enumerate(msg.get("tool_calls") or []):
+            call_delta = {"index": i, "id": call.get("id"), "type": call.get("type", "function")}
+            yield chunk(idx, delta={"tool_calls": [{**call_delta, "function": call.get("function")}]})
+        yield chunk(idx, choice.get("finish_reason"), delta={})
     if include_usage and body.get("usage"):
         yield frame(orjson.dumps({**base, "choices": [], "usage": body["usage"]}))
     yield DONE

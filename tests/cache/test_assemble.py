@@ -94,3 +94,52 @@ def test_unfinished_streams_are_not_assembled() -> None:
     ]
     assert assemble(chunks, chat=True, model="m", usage=USAGE) is None
     assert assemble([], chat=True, model="m", usage=USAGE) is None
+
+
+def test_a_replayed_answer_keeps_every_field_a_stream_carries() -> None:
+    """A cached answer replayed to a streaming client: refusal, reasoning, a tool call's logprobs and the
+    fingerprint come through, and assembling the replay gives the answer back."""
+    import orjson
+
+    from gateway.streaming import replay_chunks, with_new_identity
+
+    lp = {"content": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}], "refusal": None}
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {
+        "id": "chatcmpl-first",
+        "object": "chat.completion",
+        "created": 5,
+        "model": "m",
+        "system_fingerprint": "fp1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "42", "reasoning_content": "6 x 7"},
+                "finish_reason": "stop",
+            },
+            {"index": 1, "message": {"role": "assistant", "content": None, "refusal": "No."}, "finish_reason": "stop"},
+            {
+                "index": 2,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "logprobs": lp,
+                "finish_reason": "tool_calls",
+            },
+        ],
+        "usage": USAGE,
+    }
+    served = with_new_identity(body)
+    assert served["id"].startswith("chatcmpl-") and served["id"] != body["id"] and served["created"] >= 5
+    assert body["id"] == "chatcmpl-first"  # the cached body itself is not changed
+    assert with_new_identity({"object": "list", "data": []}) == {"object": "list", "data": []}  # embeddings
+    frames = list(replay_chunks(served, "m", include_usage=True))
+    chunks = [orjson.loads(f[6:]) for f in frames[:-1]]
+    assert frames[-1] == b"data: [DONE]\n\n"
+    assert {c["id"] for c in chunks} == {served["id"]} and all(c["system_fingerprint"] == "fp1" for c in chunks)
+    again = assemble(chunks, chat=True, model="m", usage=USAGE)
+    assert again is not None
+    messages = [c["message"] for c in again["choices"]]
+    assert messages[0]["content"] == "42" and messages[0]["reasoning_content"] == "6 x 7"
+    assert messages[1]["refusal"] == "No."
+    assert messages[2]["tool_calls"][0]["function"]["name"] == "f"
+    assert again["choices"][2]["logprobs"]["content"] == lp["content"]
+    assert [c["finish_reason"] for c in again["choices"]] == ["stop", "stop", "tool_calls"]

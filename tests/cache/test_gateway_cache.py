@@ -78,6 +78,7 @@ async def test_exact_hit_is_free_and_labelled(upstream: tuple[str, UpstreamState
     assert first.headers["x-gateway-cache"] == "miss"
     assert second.headers["x-gateway-cache"] == "hit"
     assert second.json()["choices"] == first.json()["choices"]
+    assert second.json()["id"] != first.json()["id"]  # each answer has an id of its own, served from cache or not
     assert second.headers["x-gateway-cost-usd"] == "0" and first.headers["x-gateway-cost-usd"] != "0"
     assert second.headers["x-gateway-model"] == "m1"
     assert hot.headers["x-gateway-cache"] == "bypass"
@@ -94,6 +95,7 @@ async def test_non_streamed_answer_replays_as_a_stream(upstream: tuple[str, Upst
         await client.close()
     assert headers["x-gateway-cache"] == "hit"
     assert stream_text(chunks) == plain.choices[0].message.content
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id != plain.id
     assert finish_reasons(chunks) == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
     assert state.calls == 1
