@@ -84,7 +84,7 @@ class Charges:
         if ctx.chosen_model is None:
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
-        full += sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        full += self.paid_attempts(ctx)
         if ctx.endpoint == "embeddings":  # nothing routes an embedding: its baseline is the model asked for
             ctx.baseline_cost_usd = full
         elif self.baseline is not None:
@@ -106,10 +106,15 @@ class Charges:
                 return a.cost_usd
         u = ctx.usage
         if plan_pick == ctx.chosen_model:
-            return ctx.cost_usd - sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))  # the served answer
+            return ctx.cost_usd - self.paid_attempts(ctx)  # the served answer
         return self.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
+
+    @staticmethod
+    def paid_attempts(ctx: RequestContext) -> Decimal:
+        """What the calls whose answers the client never sees cost (a cascade's escalated answers, its judge)."""
+        return sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
 
     def stream_estimate(self, ctx: RequestContext) -> Decimal:
         """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""
         cost = Decimal(0) if ctx.cache_status in _HITS or ctx.predicted_cost is None else ctx.predicted_cost
-        return cost + sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+        return cost + self.paid_attempts(ctx)

@@ -365,7 +365,9 @@ class Pipeline:
         cap = ctx.spend_cap_usd
         if (
             cap is not None
-            and self.charges.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens) > cap
+            and self.charges.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+            + self.charges.paid_attempts(ctx)
+            > cap
         ):
             # the answer cost more than the key could still spend (an upstream ignoring max_tokens): charged,
             # recorded, and not sent
@@ -399,6 +401,8 @@ class Pipeline:
         saw_done = False
         failed = False
         cap = ctx.spend_cap_usd
+        if cap is not None:  # what a cascade already paid for answers the client never saw counts too
+            cap -= self.charges.paid_attempts(ctx)
         spend = None if cap is None else SpendCap(cap, self.charges.price(backend.name), ctx.prompt_tokens_estimate)
         cut = False
         try:

@@ -127,7 +127,8 @@ class ReserveEstimator:
     """The worst-case cost of a request before routing: the dearest candidate model's price for the prompt's
     size (about 3 characters per token) plus every completion it may produce, i.e. prompts x ``n`` x the
     output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context window, else
-    ``auth.reserve_completion_tokens``)."""
+    ``auth.reserve_completion_tokens``). A chat request on a ``cascade`` route (or asking for that policy) may pay
+    every rung's answer and the route's judge before each escalation: its worst case is their sum."""
 
     def __init__(self, settings: Settings) -> None:
         prices = {m.name: static_price(m) for m in settings.models}
@@ -142,8 +143,14 @@ class ReserveEstimator:
 
         self._prices = prices
         self._by_name: dict[str, list[str]] = {name: reach([name]) for name in prices}
+        self._cascades: set[str] = set()
+        self._judges: dict[str, tuple[str, int]] = {}  # route -> (judge model, its max_tokens)
         for route, spec in settings.resolved_routes().items():
             self._by_name[route] = reach(list(spec.models or []))
+            if spec.policy == "cascade":
+                self._cascades.add(route)
+            if spec.verifier is not None and spec.verifier.model in prices:
+                self._judges[route] = (spec.verifier.model, spec.verifier.max_tokens)
         self._all = list(prices)
 
     def estimate(self, ctx: RequestContext) -> Decimal:
@@ -157,11 +164,20 @@ class ReserveEstimator:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         n = body.get("n")
         choices = (int(n) if isinstance(n, int) and n > 0 else 1) * prompt_count(ctx.endpoint, body)
-        worst = Decimal(0)
+        costs: list[Decimal] = []
+        longest = 0
         for m in names:
             per_choice = int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]
-            worst = max(worst, self._prices[m].cost(prompt, per_choice * choices))
-        return worst
+            costs.append(self._prices[m].cost(prompt, per_choice * choices))
+            longest = max(longest, per_choice * choices)
+        route = ctx.requested_model
+        cascade = route in self._cascades or ctx.constraints.policy == "cascade"
+        if ctx.endpoint != "chat" or not cascade or len(costs) < 2:
+            return max(costs, default=Decimal(0))
+        judge = self._judges.get(route)
+        # the judge reads its instructions (~256 tokens), the prompt and an answer; one call per escalation
+        judged = Decimal(0) if judge is None else self._prices[judge[0]].cost(prompt + longest + 256, judge[1])
+        return sum(costs, Decimal(0)) + judged * (len(costs) - 1)
 
 
 def _usd(nano: int) -> str:
