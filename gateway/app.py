@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -48,11 +49,20 @@ class GatewayApp(FastAPI):
 
     Every request but ``POST`` to one of :data:`gateway.inference.HOT_PATHS` goes through FastAPI as
     usual; those go straight to :func:`gateway.inference.handle`, which does what the stack would do for
-    them (header limit, error rendering) at a fraction of the cost per request.
+    them (header limit, error rendering) at a fraction of the cost per request. With ``server.cors_origins`` set,
+    a request from a browser (one with an ``Origin`` header) takes the stack, where the CORS middleware is.
     """
 
+    #: ``server.cors_origins`` is set: requests with an ``Origin`` header go through the CORS middleware.
+    cors = False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not self.root_path:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not self.root_path
+            and not (self.cors and any(name == b"origin" for name, _ in scope["headers"]))
+        ):
             endpoint = HOT_PATHS.get(scope["path"])
             if endpoint is not None:
                 gw: Gateway | None = getattr(self.state, "gateway", None)
@@ -65,6 +75,25 @@ class GatewayApp(FastAPI):
                     await handle(gw, "chat", scope, receive, send, door(gw))
                     return
         await super().__call__(scope, receive, send)
+
+
+#: The response headers a browser's script may read (CORS hides all but a few by default).
+EXPOSED_HEADERS = [
+    "x-request-id",
+    "x-gateway-model",
+    "x-gateway-policy",
+    "x-gateway-route",
+    "x-gateway-reason",
+    "x-gateway-cost-usd",
+    "x-gateway-cost-estimated",
+    "x-gateway-cache",
+    "x-gateway-cache-score",
+    "x-gateway-cache-ttl",
+    "x-gateway-cascade",
+    "x-gateway-cascade-reason",
+    "x-gateway-cascade-attempts",
+    "retry-after",
+]
 
 
 def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
@@ -116,6 +145,16 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         return _plain_error(500, "The gateway hit an internal error; it has been logged.", "internal_error")
 
     app.add_middleware(HeaderLimit, max_header_bytes=settings.server.max_header_bytes)
+    if settings.server.cors_origins:
+        app.cors = True
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],  # the SDKs send their own (x-stainless-*, anthropic-version, x-api-key)
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
     install_openapi(app)
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

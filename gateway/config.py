@@ -170,7 +170,9 @@ class ServerSettings(_Strict):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     max_header_bytes: int = Field(16 * 1024, gt=0)
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins a browser app may call the API from (['*']: any); none: no CORS"
+    )
     metrics_scrape_seconds: float = Field(1.0, gt=0)
     health_probe_seconds: float = Field(10.0, gt=0, description="backend health checks behind /ready")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
