@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.pricing import ZERO, Price
-from gateway.protocol import choice_text, prompt_count
+from gateway.protocol import choice_text, generated_per_prompt, prompt_count
 from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
 from gateway.tokens import TokenCounter
 
@@ -75,8 +75,7 @@ class Charges:
             facts = self.router.models.get(model)
             average = self.router.average_output_tokens()
             per_choice = facts.expected_output(average) if facts is not None else DEFAULT_OUTPUT_TOKENS
-        n = body.get("n")
-        return per_choice * (n if isinstance(n, int) and n > 0 else 1) * prompt_count(ctx.endpoint, body)
+        return per_choice * generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
 
     def charge(self, ctx: RequestContext) -> None:
         """Set the request's cost, its baseline cost and what it saved (escalated cascade answers are paid too)."""

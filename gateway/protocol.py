@@ -86,6 +86,7 @@ class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     echo: StrictBool | None = None
+    best_of: StrictInt | None = Field(None, ge=1, le=128)
 
 
 class EmbeddingRequest(InferenceRequest):
@@ -192,12 +193,21 @@ def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
     return 1
 
 
+def generated_per_prompt(body: dict[str, Any]) -> int:
+    """How many answers the upstream generates (and bills) per prompt: ``n``, or ``best_of`` when larger (a
+    completions request's candidates, of which it returns the ``n`` best)."""
+    counts = [v for v in (body.get("n"), body.get("best_of")) if isinstance(v, int) and not isinstance(v, bool)]
+    return max([1, *counts])
+
+
 def check_fan_out(endpoint: str, body: dict[str, Any], max_n: int, max_prompts: int) -> None:
     """Refuse a request asking for more completions than the server allows (``server.max_n`` per prompt,
     ``server.max_prompts`` prompts): each is a 400 naming the field."""
-    n = body.get("n")
-    if isinstance(n, int) and n > max_n:
-        raise InvalidRequest(f"Invalid value for 'n': at most {max_n} on this gateway, got {n}.", param="n")
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if isinstance(value, int) and value > max_n:
+            message = f"Invalid value for '{name}': at most {max_n} on this gateway, got {value}."
+            raise InvalidRequest(message, param=name)
     count = prompt_count(endpoint, body)
     if count > max_prompts:
         raise InvalidRequest(

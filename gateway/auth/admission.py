@@ -35,7 +35,7 @@ from gateway.config import Settings, resolve_auth
 from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.pricing import static_price
-from gateway.protocol import prompt_count
+from gateway.protocol import generated_per_prompt, prompt_count
 
 log = logging.getLogger("gateway.auth")
 
@@ -162,8 +162,7 @@ class ReserveEstimator:
         if ctx.endpoint == "embeddings":
             return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        n = body.get("n")
-        choices = (int(n) if isinstance(n, int) and n > 0 else 1) * prompt_count(ctx.endpoint, body)
+        choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
         costs: list[Decimal] = []
         longest = 0
         for m in names:

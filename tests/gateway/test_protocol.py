@@ -52,3 +52,46 @@ def test_a_bad_value_is_invalid_value() -> None:
     with pytest.raises(InvalidRequest) as info:
         validate(ChatCompletionRequest, {"model": "m", "messages": USER, "max_tokens": 0})
     assert (info.value.param, info.value.code) == ("max_tokens", "invalid_value")
+
+
+def test_best_of_counts_as_generated_answers() -> None:
+    """A completions upstream generates (and bills) ``best_of`` candidates to return the ``n`` best: budgets
+    reserve for the larger of the two."""
+    from gateway.protocol import generated_per_prompt
+
+    assert generated_per_prompt({}) == 1
+    assert generated_per_prompt({"n": 3}) == 3
+    assert generated_per_prompt({"n": 2, "best_of": 5}) == 5
+    assert generated_per_prompt({"n": True}) == 1
+    with pytest.raises(InvalidRequest) as info:
+        validate(CompletionRequest, {"model": "m", "prompt": "x", "best_of": 0})
+    assert info.value.param == "best_of"
+
+
+async def test_the_reserve_counts_best_of() -> None:
+    from gateway.auth.admission import ReserveEstimator
+    from gateway.config import settings_from_dict
+    from gateway.context import RequestContext
+
+    settings = settings_from_dict(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "backend": "openai",
+                    "base_url": "http://m/v1",
+                    "input_cost_per_token": "0",
+                    "output_cost_per_token": "0.001",
+                }
+            ]
+        }
+    )
+    estimator = ReserveEstimator(settings)
+
+    def reserve(**extra: object) -> object:
+        body = {"model": "m", "prompt": "x", "max_tokens": 10, **extra}
+        return estimator.estimate(
+            RequestContext(request_id="r", endpoint="completions", body=body, requested_model="m")
+        )
+
+    assert reserve(best_of=4) == 4 * reserve() == reserve(n=4)

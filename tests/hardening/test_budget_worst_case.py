@@ -59,6 +59,8 @@ async def test_fan_out_limits_are_400s(tmp_path: Path) -> None:
             assert r.status_code == 400 and assert_openai_error(r.json())["param"] == "prompt", r.text
             r = await c.post("/v1/completions", json={"model": "cheap", "prompt": "x", "n": 128})
             assert r.status_code == 400 and assert_openai_error(r.json())["param"] == "n", r.text
+            r = await c.post("/v1/completions", json={"model": "cheap", "prompt": "x", "best_of": 8})
+            assert r.status_code == 400 and assert_openai_error(r.json())["param"] == "best_of", r.text
             r = await c.post(
                 "/v1/chat/completions", json={"model": "cheap", "messages": [{"role": "user", "content": "x"}], "n": 5}
             )
