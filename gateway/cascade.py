@@ -21,6 +21,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from backends import Backend, UpstreamResponse
+from gateway.charges import in_flight
 from gateway.context import AttemptCost, RequestContext
 from gateway.errors import AllCandidatesFailed, UpstreamError, is_retryable
 from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
@@ -152,7 +153,7 @@ class Cascade:
         if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = 0
-        with p.tracing.attempt(ctx, backend.name, stream=False):
+        with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
             return await backend.complete(ctx.path, body)
 
     async def _verify(
@@ -175,7 +176,7 @@ class Cascade:
         body["model"] = spec.upstream_name if spec is not None else cfg.model
         backend = p.backends[cfg.model]
         try:
-            with p.tracing.attempt(ctx, backend.name, stream=False):
+            with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
                 response = await backend.complete(ctx.path, body)
         except UpstreamError as err:
             p._attempt_failed(cfg.model, err)

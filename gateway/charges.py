@@ -7,6 +7,9 @@ before the call, counted from the upstream's ``usage`` (or by the tokenizer when
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -57,9 +60,9 @@ class Charges:
         streamed (cancelling a stream stops its generation), the answer routing expected (``max_tokens``, else the
         model's average) for every choice. Without this, hanging up made any request free for the caller's budget.
         """
-        if ctx.chosen_model is not None or not ctx.attempts:
+        model = ctx.calling
+        if ctx.chosen_model is not None or model is None:
             return
-        model = ctx.attempts[-1]
         ctx.chosen_model = model
         ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
         answered = not ctx.stream and ctx.endpoint != "embeddings"
@@ -117,3 +120,19 @@ class Charges:
         """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""
         cost = Decimal(0) if ctx.cache_status in _HITS or ctx.predicted_cost is None else ctx.predicted_cost
         return cost + self.paid_attempts(ctx)
+
+
+@contextlib.contextmanager
+def in_flight(ctx: RequestContext, model: str) -> Iterator[None]:
+    """``ctx.calling`` names ``model`` while its upstream call is in flight, for
+    :meth:`Charges.charge_abandoned`: the call's answer or failure clears it, a cancellation (the client left)
+    leaves it set."""
+    ctx.calling = model
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        ctx.calling = None
+        raise
+    ctx.calling = None

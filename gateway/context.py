@@ -91,6 +91,8 @@ class RequestContext:
     prompt_tokens_estimate: int = 0
     chosen_model: str | None = None
     attempts: list[str] = field(default_factory=list)
+    #: the model whose upstream call is in flight (a client leaving now is charged for it), else None
+    calling: str | None = None
     predicted_cost: Decimal | None = None
     # outcome
     usage: Usage = field(default_factory=Usage)

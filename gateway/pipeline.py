@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from backends import Backend, CircuitBreaker, UpstreamResponse, UpstreamStream
 from gateway.background import run_in_background
 from gateway.cascade import Cascade, router_pick
-from gateway.charges import Charges
+from gateway.charges import Charges, in_flight
 from gateway.config import Settings
 from gateway.constraints import Constraints
 from gateway.context import Endpoint, RequestContext
@@ -341,7 +341,7 @@ class Pipeline:
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
-            with self.tracing.attempt(ctx, backend.name):
+            with self.tracing.attempt(ctx, backend.name), in_flight(ctx, backend.name):
                 stream = await backend.open_stream(ctx.path, body)
                 try:
                     events = stream.events()
@@ -352,7 +352,8 @@ class Pipeline:
             ctx.chosen_model = backend.name
             return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
         with self.tracing.attempt(ctx, backend.name):
-            response = await backend.complete(ctx.path, body)
+            with in_flight(ctx, backend.name):
+                response = await backend.complete(ctx.path, body)
             breaker.record_success()
             ctx.chosen_model = backend.name
             return self._answer(ctx, backend, response, t0)
@@ -490,7 +491,8 @@ class Pipeline:
         backend = self.backends[spec.name]
         ctx.attempts.append(spec.name)
         with self.tracing.attempt(ctx, spec.name):
-            response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
+            with in_flight(ctx, spec.name):
+                response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
             body = response.body
             body["model"] = spec.name
             self.charges.set_usage(ctx, body)
