@@ -126,38 +126,8 @@ async def test_disconnect_mid_stream_cancels_upstream_and_accounts(
     print(f"upstream cancelled {took * 1000:.0f} ms after the client left; {row['completion_tokens']} tokens accounted")
 
 
-async def test_disconnect_while_waiting_for_first_token(env: Env) -> None:
-    """The client leaves before the stream starts (a long prefill): the upstream is cancelled too."""
-    from tests.hardening.support import clear_fault, set_fault
-
-    before = sim_stats(env.sim)
-    set_fault(env.sim, mode="slow", factor=50)  # first token after ~5 s
-    try:
-        rid = f"disc-{uuid.uuid4().hex[:12]}"
-        host, port = env.gw.base_url.removeprefix("http://").split(":")
-        _, writer = await asyncio.open_connection(host, int(port))
-        payload = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True})
-        writer.write(
-            f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\nx-request-id: {rid}\r\n\r\n".encode()
-            + payload
-        )
-        await writer.drain()
-        for _ in range(200):  # wait until the request reached the upstream
-            if sim_stats(env.sim)["running"] > 0:
-                break
-            await asyncio.sleep(0.02)
-        writer.transport.abort()
-        await wait_cancelled(env.sim, before["requests_cancelled"])
-    finally:
-        clear_fault(env.sim)
-    row = await env.ledger.one_row(rid)
-    assert row["status_code"] == 499 and row["completion_tokens"] == 0  # a cancelled stream stops generating
-    assert row["chosen_model"] == "m" and row["prompt_tokens"] > 0 and row["cost_usd"] > 0  # its prompt was read
-
-
 async def hang_up_in_flight(env: Env, body: dict[str, object], rid: str) -> None:
-    """POST ``body`` (not streamed) on a raw socket and close it once the upstream is working on it."""
+    """POST ``body`` to the chat endpoint on a raw socket and close it once the upstream is working on it."""
     before = sim_stats(env.sim)
     host, port = env.gw.base_url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
@@ -174,6 +144,23 @@ async def hang_up_in_flight(env: Env, body: dict[str, object], rid: str) -> None
         await asyncio.sleep(0.02)
     writer.transport.abort()
     await wait_cancelled(env.sim, before["requests_cancelled"])
+
+
+async def test_disconnect_while_waiting_for_first_token(env: Env) -> None:
+    """The client leaves before the stream starts (a long prefill): the upstream is cancelled too."""
+    from tests.hardening.support import clear_fault, set_fault
+
+    set_fault(env.sim, mode="slow", factor=50)  # first token after ~5 s
+    try:
+        rid = f"disc-{uuid.uuid4().hex[:12]}"
+        await hang_up_in_flight(
+            env, {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}, rid
+        )
+    finally:
+        clear_fault(env.sim)
+    row = await env.ledger.one_row(rid)
+    assert row["status_code"] == 499 and row["completion_tokens"] == 0  # a cancelled stream stops generating
+    assert row["chosen_model"] == "m" and row["prompt_tokens"] > 0 and row["cost_usd"] > 0  # its prompt was read
 
 
 async def test_hanging_up_on_a_non_streamed_request_does_not_make_it_free(env: Env) -> None:
