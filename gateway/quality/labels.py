@@ -9,7 +9,9 @@ Each row is ``{"prompt", "weak_score", "strong_score"}`` (the fields of the shar
 * **feedback** ``s`` on an answer a non-reference model served -> ``(s, 1)``: the reference is assumed to answer
   acceptably. Feedback becomes a label only where the prompt is known, i.e. the request was also sampled by
   the monitor (its verdict row keeps the prompt; the gateway stores no other request's text). Feedback on an
-  answer the reference served says nothing about the weak model and is left out.
+  answer the reference served says nothing about the weak model and is left out. Feedback meets its verdict by
+  request id *and* the request's key (clients choose request ids: two keys' requests may share one), and only
+  the latest feedback on a request counts (posting it again does not weigh more).
 """
 
 from __future__ import annotations
@@ -42,24 +44,28 @@ async def label_rows(
         verdicts.c.reference_model,
         verdicts.c.verdict,
         verdicts.c.prompt,
+        verdicts.c.key_id,
     ).where(*cond)
     async with engine.connect() as conn:
-        prompts: dict[str, tuple[str, str | None]] = {}
+        prompts: dict[tuple[str, str | None], tuple[str, str | None]] = {}
         result = await conn.stream(stmt.order_by(verdicts.c.id))
-        async for request_id, rroute, model, reference, verdict, prompt in result:
-            prompts[request_id] = (prompt, reference)
+        async for request_id, rroute, model, reference, verdict, prompt, key_id in result:
+            prompts[(request_id, key_id)] = (prompt, reference)
             weak, strong = _SCORES[verdict]
             yield _row(prompt, weak, strong, request_id, "verdict", rroute, model)
-        fb = select(feedback.c.request_id, feedback.c.route, feedback.c.model, feedback.c.score)
+        fb = select(feedback.c.request_id, feedback.c.route, feedback.c.model, feedback.c.score, feedback.c.key_id)
         if route is not None:
             fb = fb.where(feedback.c.route == route)
         if start_ms is not None:
             fb = fb.where(feedback.c.ts_ms >= start_ms)
-        fb_rows = await conn.stream(fb.order_by(feedback.c.id))
-        async for request_id, froute, model, score in fb_rows:
-            known = prompts.get(request_id)
+        latest: dict[tuple[str, str | None], dict[str, Any]] = {}
+        async for request_id, froute, model, score, key_id in await conn.stream(fb.order_by(feedback.c.id)):
+            known = prompts.get((request_id, key_id))
             if known is not None and model != known[1]:
-                yield _row(known[0], float(score), 1.0, request_id, "feedback", froute, model)
+                latest.pop((request_id, key_id), None)  # re-inserted: the rows stay in the order of the last
+                latest[(request_id, key_id)] = _row(known[0], float(score), 1.0, request_id, "feedback", froute, model)
+        for row in latest.values():
+            yield row
 
 
 def _row(

@@ -25,6 +25,7 @@ touches a client's request, the routing breakers or the backends' latency statis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -39,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backends import Backend
 from cache.judge import Check, HitChecker, Messages, answer_text
+from cache.service import cache_control
 from gateway.accounting.schema import ledger
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
@@ -170,7 +172,7 @@ class QualityMonitor:
         body = ctx.body
         if rate <= 0 or body.get("tools") or body.get("functions") or body.get("n") not in (None, 1):
             return False
-        if "no-store" in ctx.headers.get("cache-control", ""):
+        if "no-store" in cache_control(ctx.headers):
             return False
         if self._rng.random() >= rate:
             return False
@@ -430,15 +432,21 @@ class _Gauges:
         for row in rows:
             route = row["route"]
             for bound, key in (("estimate", "rate"), ("low", "ci95_low"), ("high", "ci95_high")):
-                value = row["estimate"][key]
-                if value is not None and row["samples"]:
-                    self.estimate.labels(route, bound).set(value)
-                fh = row["semantic_false_hits"][key]
-                if fh is not None and row["semantic_false_hits"]["checked"]:
-                    self.false_hits.labels(route, bound).set(fh)
+                # no samples in the window: no value (a stale one would keep an alert quiet)
+                _set_or_drop(self.estimate, (route, bound), row["estimate"][key] if row["samples"] else None)
+                checked = row["semantic_false_hits"]["checked"]
+                _set_or_drop(self.false_hits, (route, bound), row["semantic_false_hits"][key] if checked else None)
             for verdict, key in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
                 self.verdicts.labels(route, verdict).set(row[key])
         self.spend.set(float(spent))
+
+
+def _set_or_drop(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
+    if value is not None:
+        gauge.labels(*labels).set(value)
+        return
+    with contextlib.suppress(KeyError):  # never set
+        gauge.remove(*labels)
 
 
 class _SemanticChecker(HitChecker):

@@ -248,8 +248,8 @@ async def add_feedback(
                 {
                     "ts_ms": int(time.time() * 1000),
                     "request_id": request_id,
-                    "key_id": key_id,
-                    "team": team,
+                    "key_id": found[2],  # the request's key (a teammate may give feedback on it)
+                    "team": found[3],
                     "route": route,
                     "model": model,
                     "score": score,

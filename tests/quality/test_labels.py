@@ -29,10 +29,21 @@ async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_pat
         await client.close()
         await wait_judged(gw, 3)
         async with httpx.AsyncClient(base_url=gw.base_url, headers=admin()) as http:  # the requests were the master's
-            r = await http.post("/v1/feedback", json={"request_id": ids["plain one"], "score": 0.25})
-            assert r.status_code == 201, r.text
+            for score in (0.9, 0.25):  # only the latest feedback on a request counts
+                r = await http.post("/v1/feedback", json={"request_id": ids["plain one"], "score": score})
+                assert r.status_code == 201, r.text
+            other = (await http.post("/admin/keys", json={"name": "other"})).json()["key"]
+        # Another key sends a request of its own under the same (client-chosen) request id, then feedback on it:
+        # stored (it is that key's request), but never a label on the master's prompt of that id.
+        async with httpx.AsyncClient(base_url=gw.base_url, headers={"authorization": f"Bearer {other}"}) as http:
+            body = {"model": "auto", "messages": [{"role": "user", "content": "mine"}], "max_tokens": 8}
+            r = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": ids["hard one"]})
+            assert r.status_code == 200, r.text
+            for _ in range(3):
+                r = await http.post("/v1/feedback", json={"request_id": ids["hard one"], "score": 1.0})
+                assert r.status_code == 201, r.text
     out = tmp_path / "labels.jsonl"
-    assert await export_from_config(config, out, None, None) == 4
+    assert await export_from_config(config, out, None, None) == 6
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     got = {(r["prompt"], r["source"]): (r["weak_score"], r["strong_score"]) for r in rows}
     assert got == {
@@ -40,6 +51,8 @@ async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_pat
         ("trick one", "verdict"): (1.0, 0.0),
         ("plain one", "verdict"): (1.0, 1.0),
         ("plain one", "feedback"): (0.25, 1.0),
+        ("mine", "verdict"): (1.0, 1.0),  # the other key's request, sampled too
+        ("mine", "feedback"): (1.0, 1.0),  # its feedback, once, on its own prompt
     }
     assert all(r["route"] == "auto" and r["model"] == "weak" and r["benchmark"] == "deployment" for r in rows)
     assert await export_from_config(config, out, "other-route", None) == 0

@@ -1,0 +1,61 @@
+"""The monitor's sampling rules and its Prometheus gauges, on a gateway built in process."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.context import RequestContext
+from gateway.quality.monitor import _Gauges
+from gateway.runtime import build_gateway, close_gateway
+from tests.quality.conftest import make_settings
+
+
+def answered(headers: dict[str, str]) -> RequestContext:
+    ctx = RequestContext(request_id="r", endpoint="chat", body={"messages": []}, requested_model="auto")
+    ctx.headers, ctx.route, ctx.chosen_model, ctx.status_code = headers, "auto", "weak", 200
+    return ctx
+
+
+async def test_no_store_is_honoured_however_it_is_written(tmp_path: Path) -> None:
+    """Cache-Control directives are case-insensitive (the cache reads them so): a client asking for no storage
+    keeps its prompt out of the verdicts table whatever the case."""
+    sims = {"weak": "http://127.0.0.1:9", "strong": "http://127.0.0.1:9"}
+    gw = await build_gateway(make_settings(sims, tmp_path, quality={}))
+    try:
+        monitor = gw.monitor
+        assert monitor is not None
+        assert monitor.wants(answered({}))
+        for value in ("no-store", "No-Store", "NO-STORE", "private, No-Store"):
+            assert not monitor.wants(answered({"cache-control": value})), value
+    finally:
+        await close_gateway(gw)
+
+
+def test_a_route_without_samples_has_no_estimate_gauge() -> None:
+    """With nothing judged in the window the estimate is dropped, not left at its last value."""
+    registry = CollectorRegistry()
+    gauges = _Gauges(registry)
+
+    def row(samples: int, rate: float | None) -> dict[str, Any]:
+        estimate = {"rate": rate, "ci95_low": rate and rate - 0.1, "ci95_high": rate and rate + 0.05}
+        false_hits = {"rate": None, "ci95_low": None, "ci95_high": None, "checked": 0}
+        return {
+            "route": "auto",
+            "samples": samples,
+            "wins": samples,
+            "ties": 0,
+            "losses": 0,
+            "estimate": estimate,
+            "semantic_false_hits": false_hits,
+        }
+
+    gauges.update([row(10, 0.9)], Decimal(0))
+    assert registry.get_sample_value("gateway_quality_estimate", {"route": "auto", "bound": "estimate"}) == 0.9
+    gauges.update([row(0, None)], Decimal(0))
+    assert registry.get_sample_value("gateway_quality_estimate", {"route": "auto", "bound": "estimate"}) is None
+    assert registry.get_sample_value("gateway_quality_verdicts", {"route": "auto", "verdict": "win"}) == 0
+    gauges.update([row(0, None)], Decimal(0))  # dropping what is not there is fine
