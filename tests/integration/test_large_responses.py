@@ -85,8 +85,10 @@ async def stack() -> AsyncIterator[tuple[str, Upstream]]:
                 "retry": {"max_attempts": 1},
                 "cache": {"enabled": False},
                 "ledger": {"url": "sqlite+aiosqlite:///:memory:"},
-                # one round of health checks, at start-up (waited for below), and none during the test
-                "server": {"health_probe_seconds": 3600},
+                # one round of health checks, at start-up (waited for below), and none during the test; pooled
+                # connections kept past the big response's few seconds on a slow machine (the default 4 s
+                # closes the probes' idle ones meanwhile, and a new connection then proves nothing)
+                "server": {"health_probe_seconds": 3600, "upstream_keepalive_seconds": 60},
             }
         )
         server = ServerThread(create_app(settings), log_config=None)
