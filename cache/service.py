@@ -28,6 +28,7 @@ import orjson
 
 from cache.assemble import assemble
 from cache.base import BucketMember, ResponseStore
+from cache.directives import cache_control
 from cache.index import Candidate, VectorIndex
 from cache.judge import Check, answer_text
 from cache.keys import CacheKeys, build_keys, is_deterministic
@@ -67,14 +68,6 @@ class _Write:
     bucket: str | None
     text: str | None
     vector: F32 | None
-
-
-def cache_control(headers: dict[str, str]) -> set[str]:
-    """The request's ``Cache-Control`` directives, lower-cased (``max-age=0`` counts as ``no-cache``)."""
-    out = {d.strip().lower() for d in headers.get("cache-control", "").split(",") if d.strip()}
-    if "max-age=0" in out:
-        out.add("no-cache")
-    return out
 
 
 class _ErrorLog:

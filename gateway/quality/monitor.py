@@ -39,8 +39,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from backends import Backend
+from cache.directives import cache_control
 from cache.judge import Check, HitChecker, Messages, answer_text
-from cache.service import cache_control
 from gateway.accounting.schema import ledger
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
