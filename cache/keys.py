@@ -121,8 +121,11 @@ def semantic_text(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], 
     """Split the canonical body into (the rest, the last user message's text) for the semantic cache.
 
     None when the request has nothing to embed: no user message, or one with non-text parts (an image
-    changes the answer however similar the words are), or a completions prompt that is not one string.
+    changes the answer however similar the words are), or a completions prompt that is not one string; and
+    for ``echo`` (the answer holds the prompt itself, so a similar prompt's answer is never this one's).
     """
+    if body.get("echo"):
+        return None
     if endpoint == "completions":
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:

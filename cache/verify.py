@@ -6,7 +6,8 @@ An embedding places "How do I lose 5 kg in a week?" next to "How do I lose 10 kg
 the two differ in something that changes the answer:
 
 - **numbers**: the multisets of numbers differ (digits and number words, ``two`` = ``2``; years, prices,
-  versions and quantities alike);
+  versions and quantities alike; a sign counts, ``-40`` is not ``40``, and so do a decimal's trailing zeros,
+  ``3.10`` is not ``3.1``, as in versions);
 - **question type**: both ask a specific kind of question and the kinds differ (who / when / where / why /
   how many-or-much); a generic question ("what", "how", yes/no) matches any kind, because paraphrases swap
   them freely ("What is the best way to learn X?" = "How do I learn X?");
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from typing import Final
 
 _APOSTROPHE: Final = "\u2019"  # typographic apostrophe, read as '
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'\u2019.-]*[A-Za-z0-9+#]|[A-Za-z]|\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|[$€£%]")
+_WORD = re.compile(
+    r"[A-Za-z][A-Za-z0-9+#'\u2019.-]*[A-Za-z0-9+#]|[A-Za-z]|(?<![\w.])-?\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|[$€£%]"
+)
 
 _NUMBER_WORDS: Final = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -40,7 +43,7 @@ _NUMBER_WORDS: Final = {
     "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000, "first": 1, "second": 2,
     "third": 3, "fourth": 4, "fifth": 5, "half": 0.5, "dozen": 12, "twice": 2, "once": 1,
 }  # fmt: skip
-_NUMERIC: Final = re.compile(r"(\d[\d,]*(?:\.\d+)?)([a-z%]*)")
+_NUMERIC: Final = re.compile(r"(-?\d[\d,]*(?:\.\d+)?)([a-z%]*)")
 _SCALE: Final = {"k": 1e3, "m": 1e6, "mn": 1e6, "b": 1e9, "bn": 1e9, "lakh": 1e5, "lakhs": 1e5, "crore": 1e7}
 
 #: Specific question kinds (a generic question matches any of them).
@@ -114,21 +117,26 @@ PASS: Final = Verdict(True)
 @dataclass(frozen=True, slots=True)
 class _Facts:
     words: tuple[str, ...]  # lower-cased
-    numbers: Counter[float]
+    numbers: Counter[float | str]
     kind: str | None
     negated: bool
     names: frozenset[str]
 
 
-def _number(token: str) -> float | None:
+def _number(token: str) -> float | str | None:
+    """The number ``token`` stands for: its value, or its digits as written when a decimal ends in zeros
+    (``3.10``, a version, is not ``3.1``)."""
     low = token.lower()
     if low in _NUMBER_WORDS:
         return float(_NUMBER_WORDS[low])
     m = _NUMERIC.fullmatch(low)
     if m is None:
         return None
+    digits = m.group(1).replace(",", "")
+    if "." in digits and digits.endswith("0"):
+        return digits + m.group(2)
     try:
-        value = float(m.group(1).replace(",", ""))
+        value = float(digits)
     except ValueError:
         return None
     return value * _SCALE.get(m.group(2), 1.0)
@@ -165,7 +173,7 @@ def _facts(text: str) -> _Facts:
     spans = list(_WORD.finditer(text))
     tokens = [m.group(0) for m in spans]
     words = tuple(t.lower().replace(_APOSTROPHE, "'") for t in tokens)
-    numbers: Counter[float] = Counter()
+    numbers: Counter[float | str] = Counter()
     for i, t in enumerate(words):
         n = _number(t)
         if n is None:
@@ -247,6 +255,7 @@ def _unmatched(names: frozenset[str], words: tuple[str, ...]) -> set[str]:
     return {n for n in names if n not in stems and not (len(n) >= 5 and n[:5] in prefixes)}
 
 
-def _show(numbers: Counter[float]) -> str:
-    items = sorted(numbers.elements())
-    return "[" + ", ".join(f"{n:g}" for n in items) + "]" if items else "none"
+def _show(numbers: Counter[float | str]) -> str:
+    values = sorted(n for n in numbers.elements() if isinstance(n, float))
+    items = [f"{n:g}" for n in values] + sorted(n for n in numbers.elements() if isinstance(n, str))
+    return "[" + ", ".join(items) + "]" if items else "none"

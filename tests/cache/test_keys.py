@@ -132,5 +132,7 @@ def test_semantic_needs_plain_text() -> None:
     }
     assert semantic_text("chat", canonical_body(image)) is None
     assert semantic_text("chat", {"messages": [{"role": "system", "content": "x"}]}) is None
+    # echo: the answer holds the prompt itself, so a similar prompt's answer is never this one's
+    assert semantic_text("completions", {"prompt": "What's new in Python 3.10?", "echo": True}) is None
     rest, text = semantic_text("completions", {"prompt": ["Say hi"]}) or ({}, "")
     assert text == "Say hi" and rest["prompt"] != "Say hi"

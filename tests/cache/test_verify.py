@@ -16,6 +16,8 @@ PARAPHRASES = [
     ("Who founded Microsoft?", "Who was the founder of Microsoft?"),
     ("what is the capital of france", "What's France's capital?"),
     ("How do I get a refund on my iPhone order?", "how can i get a refund for my iphone order"),
+    ("What are the symptoms of COVID-19?", "COVID-19 symptoms?"),  # a hyphen inside a name is no minus sign
+    ("What's new in Python 3.10?", "What is new in Python 3.10"),
 ]
 
 DIFFERENT = [
@@ -30,6 +32,8 @@ DIFFERENT = [
     ("How do I learn Python quickly?", "How do I learn Java quickly?", "names differ"),
     ("What is the price of an iPhone 7?", "What is the price of an iPhone 8?", "numbers differ"),
     ("How do I apply for a visa to Canada?", "How do I apply for a visa to Australia?", "names differ"),
+    ("What's new in Python 3.1?", "What's new in Python 3.10?", "numbers differ"),  # versions, not decimals
+    ("Convert -40 degrees Celsius to Fahrenheit", "Convert 40 degrees Celsius to Fahrenheit", "numbers differ"),
 ]
 
 
