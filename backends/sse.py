@@ -6,8 +6,8 @@ from __future__ import annotations
 class SSEDecoder:
     """Feed raw bytes as they arrive; get back complete events' data payloads.
 
-    Events end with a blank line (``\\n\\n`` or ``\\r\\n\\r\\n``). Multi-line ``data:`` fields are joined
-    with ``\\n`` as the SSE spec says; comments and other fields are ignored.
+    Events end with a blank line; a line ends with LF, CRLF or CR alone (the SSE spec). Multi-line ``data:``
+    fields are joined with ``\\n`` as the SSE spec says; comments and other fields are ignored.
     """
 
     __slots__ = ("_buffer",)
@@ -18,8 +18,11 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add ``chunk`` and return the data of every event it completed."""
         buf = self._buffer + chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
+        held = b""
+        if b"\r" in buf:  # CRLF, CR and LF all end a line (a CR at the end may be half a CRLF: held back)
+            if buf.endswith(b"\r"):
+                buf, held = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[bytes] = []
         start = 0
         while True:
@@ -30,12 +33,12 @@ class SSEDecoder:
             if data is not None:
                 out.append(data)
             start = end + 2
-        self._buffer = buf[start:]
+        self._buffer = buf[start:] + held
         return out
 
     def flush(self) -> list[bytes]:
         """Whatever complete event remains at end of stream (a final event without a blank line)."""
-        rest, self._buffer = self._buffer, b""
+        rest, self._buffer = self._buffer.replace(b"\r", b"\n"), b""
         data = self._parse(rest.strip(b"\n")) if rest.strip() else None
         return [data] if data is not None else []
 

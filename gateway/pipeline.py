@@ -450,7 +450,8 @@ class Pipeline:
                 breaker.record_success()
             if not relay.usage_seen:
                 ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-                ctx.usage.completion_tokens = self.counter.count("".join(relay.text_parts)) + relay.tool_calls
+                generated = "".join(relay.reasoning_parts + relay.text_parts)
+                ctx.usage.completion_tokens = self.counter.count(generated) + relay.tool_calls
                 ctx.usage.estimated = True
             backend.stats.observe(
                 ttft_s=None if ctx.ttft_s is None else ctx.ttft_s - t0,

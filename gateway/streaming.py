@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from backends import Backend, UpstreamStream
+from backends.http import scrub
 from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.pricing import Price
@@ -33,9 +34,10 @@ def error_event(err: GatewayError) -> bytes:
 class ChunkRelay:
     """Rewrites upstream chunks for the client and observes them for accounting.
 
-    Sets the gateway's model name, records usage, finish reasons and time to first token, and drops the
-    usage-only chunk (and ``usage`` keys) when the client did not ask for usage: the gateway always asks
-    the upstream for it, so it always knows the token counts.
+    Sets the gateway's model name, records usage, finish reasons and time to first token (a reasoning
+    model's first reasoning token counts), and drops the usage-only chunk (and ``usage`` keys) when the client
+    did not ask for usage: the gateway always asks the upstream for it, so it always knows the token counts. An
+    error event the upstream sends in the stream (vLLM sends one, then ``[DONE]``, over a 200) raises.
     """
 
     __slots__ = (
@@ -44,6 +46,8 @@ class ChunkRelay:
         "_want_usage",
         "collected",
         "completed",
+        "generated_chars",
+        "reasoning_parts",
         "text_parts",
         "tool_calls",
         "usage_seen",
@@ -55,20 +59,27 @@ class ChunkRelay:
         self._want_usage = ctx.client_wants_usage
         self.usage_seen = False
         self.completed = False  # a finish_reason arrived for every choice we saw
-        self.text_parts: list[str] = []
+        self.text_parts: list[str] = []  # the answer's text
+        self.reasoning_parts: list[str] = []  # a reasoning model's reasoning (generated and billed too)
+        self.generated_chars = 0  # of both
         self.tool_calls = 0
         self.collected: list[dict[str, Any]] | None = [] if collect else None
 
     def transform(self, data: bytes) -> bytes | None:
-        """The bytes to send for one upstream payload (``None``: send nothing)."""
+        """The bytes to send for one upstream payload (``None``: send nothing).
+
+        Raises:
+            UpstreamUnavailable: the payload is the upstream's error event.
+        """
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return None  # not JSON (a keep-alive or a vendor comment): nothing the client can use
         if not isinstance(chunk, dict):
             return None
-        if "error" in chunk and "choices" not in chunk:
-            return frame(data)  # an upstream error event passes through as is
+        failure = stream_error(chunk, self._model)
+        if failure is not None:
+            raise failure
         chunk["model"] = self._model
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -84,6 +95,13 @@ class ChunkRelay:
                 if self._ctx.ttft_s is None:
                     self._ctx.ttft_s = self._ctx.elapsed()
                 self.text_parts.append(text)
+                self.generated_chars += len(text)
+            reasoning = _reasoning(delta) if isinstance(delta, dict) else None
+            if reasoning:
+                if self._ctx.ttft_s is None:
+                    self._ctx.ttft_s = self._ctx.elapsed()
+                self.reasoning_parts.append(reasoning)
+                self.generated_chars += len(reasoning)
             if isinstance(delta, dict) and delta.get("tool_calls"):
                 if self._ctx.ttft_s is None:
                     self._ctx.ttft_s = self._ctx.elapsed()
@@ -162,16 +180,41 @@ async def aiter_list(items: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield item
 
 
+def _reasoning(delta: dict[str, Any]) -> str | None:
+    """A reasoning model's reasoning in a chunk's delta (vLLM: ``reasoning_content``, newer ``reasoning``)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = delta.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def stream_error(chunk: dict[str, Any], backend: str) -> UpstreamUnavailable | None:
+    """The failure an upstream reports inside a stream (``{"error": {...}}`` or ``{"object": "error", ...}``:
+    vLLM sends one, then ``[DONE]``, over a 200), as the gateway's error, its message scrubbed; else None."""
+    if chunk.get("object") == "error":
+        error: Any = chunk
+    elif "error" in chunk and "choices" not in chunk:
+        error = chunk["error"]
+    else:
+        return None
+    message = error.get("message") if isinstance(error, dict) else error
+    detail = str(message or "no message")
+    return UpstreamUnavailable(
+        f"upstream '{backend}' failed mid-stream: {scrub(detail)}", backend=backend, detail=detail
+    )
+
+
 class SpendCap:
     """Stops a stream before a chunk takes its running cost past what the caller's key may still spend: the
     budget's reservation alone is not trusted (an upstream may ignore ``max_tokens``). Output so far counts as
     at least one token per chunk, else about four characters a token."""
 
-    __slots__ = ("_cap", "_chars", "_chunks", "_parts", "_price", "_prompt_tokens")
+    __slots__ = ("_cap", "_chunks", "_price", "_prompt_tokens")
 
     def __init__(self, cap: Decimal, price: Price, prompt_tokens: int) -> None:
         self._cap, self._price, self._prompt_tokens = cap, price, prompt_tokens
-        self._chunks = self._chars = self._parts = 0
+        self._chunks = 0
 
     def check(self, relay: ChunkRelay) -> None:
         """Count the chunk ``relay`` has just transformed; raise before it goes out if it passes the cap.
@@ -180,11 +223,7 @@ class SpendCap:
             BudgetExceeded: the stream's cost so far passed the cap.
         """
         self._chunks += 1
-        parts = relay.text_parts
-        while self._parts < len(parts):
-            self._chars += len(parts[self._parts])
-            self._parts += 1
-        if self._price.cost(self._prompt_tokens, max(self._chunks, self._chars // 4)) > self._cap:
+        if self._price.cost(self._prompt_tokens, max(self._chunks, relay.generated_chars // 4)) > self._cap:
             raise BudgetExceeded(
                 f"The stream was stopped: its cost passed the ${self._cap:f} this key could still spend.",
                 code="budget_exceeded_mid_stream",
@@ -201,11 +240,15 @@ async def first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
     if first == b"[DONE]":
         raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
     try:
-        valid = isinstance(orjson.loads(first), dict)
+        chunk = orjson.loads(first)
     except orjson.JSONDecodeError:
-        valid = False
-    if not valid:  # checked before the first byte goes out, so the next candidate can still answer
+        chunk = None
+    # checked before the first byte goes out, so the next candidate can still answer
+    if not isinstance(chunk, dict):
         raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
+    failure = stream_error(chunk, backend.name)
+    if failure is not None:
+        raise failure
     return first
 
 

@@ -195,6 +195,21 @@ def test_sse_decoder_handles_split_chunks_and_multiline_data() -> None:
     assert d.flush() == [b"tail"]
 
 
+def test_sse_decoder_takes_every_line_ending_the_spec_allows() -> None:
+    """LF, CRLF and CR alone end a line, fed whole or a byte at a time (a CR at the end of a read may be the
+    first half of a CRLF)."""
+    for raw in (
+        b'data: {"a":1}\n\ndata: b\n\n',
+        b'data: {"a":1}\r\n\r\ndata: b\r\n\r\n',
+        b'data: {"a":1}\r\rdata: b\r\r',
+    ):
+        whole = SSEDecoder()
+        assert whole.feed(raw) + whole.flush() == [b'{"a":1}', b"b"], raw
+        bytewise = SSEDecoder()
+        events = [e for i in range(len(raw)) for e in bytewise.feed(raw[i : i + 1])]
+        assert events + bytewise.flush() == [b'{"a":1}', b"b"], raw
+
+
 VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="tiny"} 2.0

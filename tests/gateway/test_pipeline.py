@@ -360,6 +360,50 @@ async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
     assert parse_sse(r.text)[-1] == "[DONE]"
 
 
+VLLM_ERROR = b'data: {"error": {"object": "error", "message": "EngineDeadError at /srv/vllm/engine.py", "type": "InternalServerError", "param": null, "code": 500}}\n\ndata: [DONE]\n\n'
+
+
+async def test_an_error_event_first_in_a_stream_falls_back(settings: Settings) -> None:
+    """vLLM reports a failure as an error event, then [DONE], over a 200: before the first byte goes to the
+    client that is the backend failing, and the next candidate answers."""
+
+    def handler(request: Seen) -> web.Response:
+        if request.backend == "small":
+            return sse_response(VLLM_ERROR)
+        return sse_response(stream_chunks("meta/medium", False))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER, "stream": True},
+            headers={"x-gateway-policy": "cost"},
+        )
+        small = client.gateway.pipeline.backends["small"]  # type: ignore[attr-defined]
+    assert r.status_code == 200
+    assert r.headers["x-gateway-model"] == "medium"
+    assert parse_sse(r.text)[-1] == "[DONE]"
+    assert "failed mid-stream" in small.stats.last_error  # counted against it (its breaker too)
+
+
+async def test_an_error_event_mid_stream_is_a_failed_stream(settings: Settings) -> None:
+    full = stream_chunks("gpt-4", False)
+    head = full[: full.index(b'"lo"')]
+    head = head[: head.rindex(b"\n\n") + 2]
+
+    def handler(request: Seen) -> web.Response:
+        return sse_response(head + VLLM_ERROR)
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER, "stream": True})
+        big = client.gateway.pipeline.backends["big"]  # type: ignore[attr-defined]
+    events = parse_sse(r.text)
+    error = events[-1]["error"]
+    assert "failed mid-stream" in error["message"] and "EngineDeadError" in error["message"]
+    assert "/srv/vllm" not in error["message"]  # scrubbed, like an HTTP error's message
+    assert "[DONE]" not in events
+    assert "failed mid-stream" in big.stats.last_error
+
+
 async def test_explain_endpoint_calls_no_backend(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_MASTER_KEY", "explain-master")  # admin endpoints need it
     async with gateway_client(settings, lambda r: web.Response(text="")) as client:
