@@ -138,4 +138,6 @@ async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
     assert len(client_rows) == len(PROMPTS)
     assert all(r["status_code"] == 200 and r["chosen_model"] == "weak" and r["error_type"] is None for r in client_rows)
     assert all(breakers.values())  # the monitor's failures never open a breaker that routing reads
-    assert max(took) < 2.0
+    # Waiting on the monitor would take up to quality.timeout_seconds (120 s); the bound leaves room for a loaded
+    # machine (one request of the 2-core CI run took 3.5 s, the others 0.02-0.08 s).
+    assert max(took) < 10.0
