@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Final
 
 _APOSTROPHE: Final = "\u2019"  # typographic apostrophe, read as '
+#: Words, numbers (a minus sign counts unless a word or a number runs into it: ``COVID-19``, ``3-4``) and symbols.
 _WORD = re.compile(
-    r"[A-Za-z][A-Za-z0-9+#'\u2019.-]*[A-Za-z0-9+#]|[A-Za-z]|(?<![\w.])-?\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|[$€£%]"
+    r"[A-Za-z][A-Za-z0-9+#'\u2019.-]*[A-Za-z0-9+#]|[A-Za-z]|(?:(?<![\w.])-)?\d[\d,]*(?:\.\d+)?[a-zA-Z%]*|[$€£%]"
 )
 
 _NUMBER_WORDS: Final = {

@@ -89,23 +89,23 @@ class ChunkRelay:
         choices = chunk.get("choices") or []
         for choice in choices:
             delta = choice.get("delta") or {}
-            content = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                delta = {}
+            content = delta.get("content")
             text = content if isinstance(content, str) else choice.get("text")
-            if isinstance(text, str) and text:
-                if self._ctx.ttft_s is None:
-                    self._ctx.ttft_s = self._ctx.elapsed()
+            if not isinstance(text, str):
+                text = ""
+            reasoning = _reasoning(delta)
+            if text:
                 self.text_parts.append(text)
                 self.generated_chars += len(text)
-            reasoning = _reasoning(delta) if isinstance(delta, dict) else None
             if reasoning:
-                if self._ctx.ttft_s is None:
-                    self._ctx.ttft_s = self._ctx.elapsed()
                 self.reasoning_parts.append(reasoning)
                 self.generated_chars += len(reasoning)
-            if isinstance(delta, dict) and delta.get("tool_calls"):
-                if self._ctx.ttft_s is None:
-                    self._ctx.ttft_s = self._ctx.elapsed()
+            if delta.get("tool_calls"):
                 self.tool_calls += 1
+            if self._ctx.ttft_s is None and (text or reasoning or delta.get("tool_calls")):
+                self._ctx.ttft_s = self._ctx.elapsed()
             reason = choice.get("finish_reason")
             if reason:
                 self._ctx.finish_reason = reason
@@ -119,9 +119,11 @@ class ChunkRelay:
         return frame(orjson.dumps(chunk))
 
 
+#: Where a reasoning model's reasoning travels (vLLM: ``reasoning_content``, newer versions ``reasoning``).
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 #: Fields of a chat message replayed in one delta after the role (what vLLM and OpenAI stream beside ``content``:
 #: a refusal, a reasoning model's reasoning, a legacy function call).
-_REPLAYED = ("content", "refusal", "reasoning_content", "reasoning", "function_call")
+_REPLAYED = ("content", "refusal", *_REASONING_FIELDS, "function_call")
 
 
 def _chunk_base(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -181,8 +183,8 @@ async def aiter_list(items: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def _reasoning(delta: dict[str, Any]) -> str | None:
-    """A reasoning model's reasoning in a chunk's delta (vLLM: ``reasoning_content``, newer ``reasoning``)."""
-    for name in ("reasoning_content", "reasoning"):
+    """A reasoning model's reasoning in a chunk's delta."""
+    for name in _REASONING_FIELDS:
         value = delta.get(name)
         if isinstance(value, str) and value:
             return value

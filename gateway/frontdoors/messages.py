@@ -270,11 +270,19 @@ def to_chat(req: CountTokensRequest) -> dict[str, Any]:
 
 
 def stop_reason(
-    finish_reason: str | None, matched: Any, stop_sequences: list[str] | None, called: bool = False
+    finish_reason: str | None,
+    matched: Any,
+    stop_sequences: list[str] | None,
+    *,
+    called: bool = False,
+    refused: bool = False,
 ) -> tuple[str, str | None]:
     """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat finish reason (and vLLM's ``stop_reason``:
-    the stop string that matched, if any); ``called``: the answer holds tool calls. A call forced by name ends
-    with ``stop`` on OpenAI and vLLM, where the Messages API says ``tool_use`` (what agent loops test)."""
+    the stop string that matched, if any); ``called``: the answer holds tool calls (a call forced by name ends
+    with ``stop`` on OpenAI and vLLM, where the Messages API says ``tool_use``, what agent loops test);
+    ``refused``: the model declined (chat's ``refusal``)."""
+    if refused:
+        return "refusal", None
     if called and finish_reason in (None, "stop"):
         return "tool_use", None
     if finish_reason == "stop" and isinstance(matched, str) and matched in (stop_sequences or []):
@@ -309,7 +317,8 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
     refusal = message.get("refusal")
-    if isinstance(refusal, str) and refusal:  # the model declined (chat's structured-output refusal)
+    refused = isinstance(refusal, str) and bool(refusal)  # the model declined (chat's structured-output refusal)
+    if refused:
         content.append({"type": "text", "text": refusal})
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
@@ -321,10 +330,13 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
                 "input": tool_input(fn.get("arguments") or ""),
             }
         )
-    called = bool(message.get("tool_calls"))
-    reason, sequence = stop_reason(choice.get("finish_reason"), choice.get("stop_reason"), req.stop_sequences, called)
-    if isinstance(refusal, str) and refusal:
-        reason, sequence = "refusal", None
+    reason, sequence = stop_reason(
+        choice.get("finish_reason"),
+        choice.get("stop_reason"),
+        req.stop_sequences,
+        called=bool(message.get("tool_calls")),
+        refused=refused,
+    )
     usage = completion.get("usage") or {}
     return {
         "id": new_id(),

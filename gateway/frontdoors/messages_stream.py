@@ -100,7 +100,7 @@ async def render(
         await stream.aclose()
     for out in blocks.stop():
         yield out
-    reason, sequence = ("refusal", None) if refused else stop_reason(finish, matched, stop_sequences, called)
+    reason, sequence = stop_reason(finish, matched, stop_sequences, called=called, refused=refused)
     counts = usage_of(int(usage.get("prompt_tokens") or input_estimate), int(usage.get("completion_tokens") or 0))
     yield sse(
         "message_delta",

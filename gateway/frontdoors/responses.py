@@ -347,8 +347,13 @@ def message_item(text: str, item_id: str | None = None, status: str = "completed
         "id": item_id or new_id("msg"),
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        "content": [text_part(text)],
     }
+
+
+def text_part(text: str) -> dict[str, Any]:
+    """A message's ``output_text`` content part."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def refusal_part(refusal: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from gateway.frontdoors.responses import (
     message_item,
     new_id,
     refusal_part,
+    text_part,
     usage_of,
 )
 
@@ -135,9 +136,7 @@ class _Renderer:
 
 
 def _part(kind: str, text: str) -> dict[str, Any]:
-    if kind == "refusal":
-        return refusal_part(text)
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return refusal_part(text) if kind == "refusal" else text_part(text)
 
 
 async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done: OnDone) -> AsyncIterator[bytes]:
