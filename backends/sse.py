@@ -7,7 +7,8 @@ class SSEDecoder:
     """Feed raw bytes as they arrive; get back complete events' data payloads.
 
     Events end with a blank line; a line ends with LF, CRLF or CR alone (the SSE spec). Multi-line ``data:``
-    fields are joined with ``\\n`` as the SSE spec says; comments and other fields are ignored.
+    fields are joined with ``\\n`` as the SSE spec says; comments and other fields are ignored, and so is an event
+    whose data is empty (the spec dispatches none: a keep-alive ``data:`` line is not an event).
     """
 
     __slots__ = ("_buffer",)
@@ -45,10 +46,6 @@ class SSEDecoder:
     @staticmethod
     def _parse(event: bytes) -> bytes | None:
         if event.startswith(b"data:") and b"\n" not in event:
-            return event[5:].lstrip(b" ")  # the common case: one data line
-        parts = [
-            line[5:].lstrip(b" ") if line.startswith(b"data:") else b""
-            for line in event.split(b"\n")
-            if line.startswith(b"data:")
-        ]
-        return b"\n".join(parts) if parts else None
+            return event[5:].lstrip(b" ") or None  # the common case: one data line
+        parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        return b"\n".join(parts) or None

@@ -191,6 +191,7 @@ def test_sse_decoder_handles_split_chunks_and_multiline_data() -> None:
     assert d.feed(b'data: {"x"') == []
     assert d.feed(b":1}\n") == []
     assert d.feed(b"\nevent: e\ndata: a\ndata: b\n\n") == [b'{"x":1}', b"a\nb"]
+    assert d.feed(b"data:\n\ndata: \n\n: comment\n\n") == []  # empty data dispatches no event
     assert d.feed(b"data: tail") == []
     assert d.flush() == [b"tail"]
 

@@ -360,6 +360,26 @@ async def test_stream_falls_back_before_first_byte(settings: Settings) -> None:
     assert parse_sse(r.text)[-1] == "[DONE]"
 
 
+async def test_an_empty_data_line_is_not_an_event(settings: Settings) -> None:
+    """A keep-alive ``data:`` line with nothing after it dispatches no event (the SSE spec): a stream that starts
+    with one is the backend's answer, not an invalid first event that hands the request to the next model."""
+
+    def handler(request: Seen) -> web.Response:
+        return sse_response(b"data:\n\n" + stream_chunks("meta/small", False).replace(b"\n\n", b"\n\ndata:\n\n", 1))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER, "stream": True},
+            headers={"x-gateway-policy": "cost"},
+        )
+    assert r.status_code == 200
+    assert r.headers["x-gateway-model"] == "small"
+    events = parse_sse(r.text)
+    assert events[-1] == "[DONE]"
+    assert all(isinstance(e, dict) and "error" not in e for e in events[:-1])
+
+
 VLLM_ERROR = b'data: {"error": {"object": "error", "message": "EngineDeadError at /srv/vllm/engine.py", "type": "InternalServerError", "param": null, "code": 500}}\n\ndata: [DONE]\n\n'
 
 
