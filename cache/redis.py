@@ -14,6 +14,10 @@ from redis.backoff import NoBackoff
 from cache.base import BucketDelta, BucketMember
 from cache.redis_errors import translated
 
+#: Sets a key's TTL to ARGV[1] seconds unless it already lives longer (a bucket outlives its longest-lived row).
+#: ``EXPIRE ... GT`` would do it on Redis 7, but treats a key without a TTL as living forever, and Redis 6 has none.
+_RAISE_TTL = "if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end"
+
 
 class RedisStore:
     """Entries are ``SET key value EX ttl``; a bucket is a Redis stream (``XADD ... MAXLEN``) of rows with
@@ -53,7 +57,8 @@ class RedisStore:
             await self._redis.set(self.prefix + key, value, ex=ttl)
 
     async def add_vector(self, bucket: str, member: BucketMember, ttl: int) -> None:
-        """``XADD`` the row (trimming to ``max_bucket``) and refresh the stream's TTL, atomically."""
+        """``XADD`` the row (trimming to ``max_bucket``) and extend the stream's TTL to ``ttl`` if that is later,
+        atomically: a short-lived entry never cuts short the vectors of longer-lived ones."""
         name = self.prefix + bucket
         fields: dict[str | bytes, str | bytes | float] = {
             "k": member.entry_key,
@@ -64,7 +69,7 @@ class RedisStore:
         with translated():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(name, fields, maxlen=self.max_bucket, approximate=False)  # type: ignore[arg-type]
-                pipe.expire(name, ttl)
+                pipe.eval(_RAISE_TTL, 1, name, ttl)
                 await pipe.execute()
 
     async def bucket_since(self, bucket: str, since: str | None, limit: int | None = None) -> BucketDelta:

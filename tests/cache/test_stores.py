@@ -87,6 +87,16 @@ async def test_redis_keys_carry_the_prefix(redis_url: str, redis_prefix: str) ->
     await s.aclose()
 
 
+async def test_a_short_lived_entry_does_not_cut_short_a_bucket(store: ResponseStore) -> None:
+    """The bucket lives as long as its longest-lived row: a later entry with a short TTL (a route's smaller
+    ``ttl_seconds``) does not expire the vectors of the entries stored before it."""
+    await store.add_vector("v:mixed", _member(0), 60)
+    await store.add_vector("v:mixed", _member(1), 1)
+    await asyncio.sleep(1.2)
+    members = (await store.bucket_since("v:mixed", None)).members
+    assert [m.entry_key for m in members] == ["e:0", "e:1"]  # rows carry their own expiry; readers skip e:1's
+
+
 async def test_memory_store_is_an_lru_with_ttls() -> None:
     clock = Clock()
     s = MemoryStore(max_entries=2, max_bucket=2, clock=clock)
