@@ -107,6 +107,7 @@ class Cascade:
                 response = await self._ask(ctx, backend)
             except UpstreamError as err:
                 p._attempt_failed(cand.name, err)
+                p.charges.timed_out(ctx, cand.name, err, stream=ctx.stream if rung == len(ladder) - 1 else False)
                 last = err
                 if not is_retryable(err) or not plan.fallbacks:
                     if held is None:
@@ -135,7 +136,7 @@ class Cascade:
             held = (backend, response, t0)
         if held is not None:  # every rung above the held answer failed: better that answer than none
             backend, response, t0 = held
-            spent = ctx.cascade_attempts.pop()
+            spent = ctx.cascade_attempts.pop(_last_escalated(ctx))
             ctx.cascade = "accepted"
             ctx.cascade_reason = f"escalation failed ({spent.model} kept): {ctx.cascade_reason}"
             return self._serve(ctx, backend, response, t0)
@@ -180,6 +181,7 @@ class Cascade:
                 response = await backend.complete(ctx.path, body)
         except UpstreamError as err:
             p._attempt_failed(cfg.model, err)
+            p.charges.timed_out(ctx, cfg.model, err, stream=False)
             return None
         self._pay(ctx, cfg.model, response.body, "verifier")
         reply = _answer_text(response.body)[0]
@@ -210,6 +212,12 @@ class Cascade:
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
+
+
+def _last_escalated(ctx: RequestContext) -> int:
+    """Where the held answer's escalation is in ``ctx.cascade_attempts`` (a judge's or a timed-out rung's entry may
+    follow it)."""
+    return max(i for i, a in enumerate(ctx.cascade_attempts) if a.outcome == "escalated")
 
 
 def router_pick(plan: Plan) -> str | None:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from gateway.context import RequestContext
+from gateway.context import AttemptCost, RequestContext
+from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.pricing import ZERO, Price
 from gateway.protocol import choice_text, generated_per_prompt, prompt_count
 from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
@@ -65,9 +66,29 @@ class Charges:
             return
         ctx.chosen_model = model
         ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-        answered = not ctx.stream and ctx.endpoint != "embeddings"
-        ctx.usage.completion_tokens = self._expected_completion(ctx, model) if answered else 0
+        ctx.usage.completion_tokens = self._unseen_completion(ctx, model)
         ctx.usage.estimated = True
+
+    def timed_out(self, ctx: RequestContext, model: str, err: UpstreamError, stream: bool | None = None) -> None:
+        """A call to ``model`` that failed with ``err``: if it timed out after reaching the upstream, a paid
+        attempt (outcome ``timed_out``), estimated as :meth:`charge_abandoned` estimates: the upstream read the
+        prompt and a hosted API generates, and bills, a non-streamed answer whoever still waits for it.
+
+        Without this a request whose answer takes longer than the model's timeouts (a huge ``max_tokens``) cost
+        the caller nothing, however many candidates it timed out on. ``stream`` says how the call was made
+        (default: as the client asked; a cascade asks its checked rungs for complete answers).
+        """
+        if not isinstance(err, UpstreamTimeout) or not err.reached:
+            return
+        pt = ctx.prompt_tokens_estimate
+        ct = self._unseen_completion(ctx, model, ctx.stream if stream is None else stream)
+        ctx.cascade_attempts.append(AttemptCost(model, pt, ct, self.price(model).cost(pt, ct), "timed_out"))
+
+    def _unseen_completion(self, ctx: RequestContext, model: str, stream: bool | None = None) -> int:
+        """The completion tokens charged for a call whose answer never came back: none for a stream (cancelling
+        it stops the generation) or embeddings, else the answer routing expected (:meth:`_expected_completion`)."""
+        streamed = ctx.stream if stream is None else stream
+        return 0 if streamed or ctx.endpoint == "embeddings" else self._expected_completion(ctx, model)
 
     def _expected_completion(self, ctx: RequestContext, model: str) -> int:
         body = ctx.body
@@ -83,7 +104,9 @@ class Charges:
     def charge(self, ctx: RequestContext) -> None:
         """Set the request's cost, its baseline cost and what it saved (escalated cascade answers are paid too)."""
         u = ctx.usage
-        if ctx.chosen_model is None:
+        if ctx.chosen_model is None:  # no answer: what it paid for (calls that timed out) saved nothing
+            ctx.cost_usd = self.paid_attempts(ctx)
+            ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
             return
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
         full += self.paid_attempts(ctx)
@@ -112,9 +135,14 @@ class Charges:
         return self.price(plan_pick).cost(u.prompt_tokens, u.completion_tokens)
 
     @staticmethod
-    def paid_attempts(ctx: RequestContext) -> Decimal:
-        """What the calls whose answers the client never sees cost (a cascade's escalated answers, its judge)."""
-        return sum((a.cost_usd for a in ctx.cascade_attempts), Decimal(0))
+    def paid_attempts(ctx: RequestContext, *, timed_out: bool = True) -> Decimal:
+        """What the calls whose answers the client never sees cost (a cascade's escalated answers, its judge, and,
+        with ``timed_out``, calls that timed out after reaching the upstream).
+
+        The spend caps leave the timed-out calls out: each is estimated at the whole answer the request reserved,
+        so counting them would refuse every answer after a timeout; a key's spend can then pass its budget by
+        those estimates, once (its next request is refused)."""
+        return sum((a.cost_usd for a in ctx.cascade_attempts if timed_out or a.outcome != "timed_out"), Decimal(0))
 
     def stream_estimate(self, ctx: RequestContext) -> Decimal:
         """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""

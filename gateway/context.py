@@ -29,13 +29,14 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class AttemptCost:
-    """One paid attempt of a cascade that did not give the final answer (its answer was escalated)."""
+    """One paid call whose answer the client never sees: a cascade's escalated answer or its judge's verdict, or
+    a call that timed out after it reached the upstream (estimated tokens)."""
 
     model: str
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal
-    outcome: str  # "escalated"
+    outcome: str  # "escalated", "verifier" or "timed_out"
 
     def to_json(self) -> dict[str, object]:
         """The attempt as the ledger's ``cascade_attempts`` column stores it."""

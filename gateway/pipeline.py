@@ -326,6 +326,7 @@ class Pipeline:
                 return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:
                 self._attempt_failed(cand.name, err)
+                self.charges.timed_out(ctx, cand.name, err)
                 if err.reached:
                     reached.add(cand.name)
                 last = err
@@ -367,7 +368,7 @@ class Pipeline:
         if (
             cap is not None
             and self.charges.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
-            + self.charges.paid_attempts(ctx)
+            + self.charges.paid_attempts(ctx, timed_out=False)
             > cap
         ):
             # the answer cost more than the key could still spend (an upstream ignoring max_tokens): charged,
@@ -403,7 +404,7 @@ class Pipeline:
         failed = False
         cap = ctx.spend_cap_usd
         if cap is not None:  # what a cascade already paid for answers the client never saw counts too
-            cap -= self.charges.paid_attempts(ctx)
+            cap -= self.charges.paid_attempts(ctx, timed_out=False)
         spend = None if cap is None else SpendCap(cap, self.charges.price(backend.name), ctx.prompt_tokens_estimate)
         cut = False
         try:

@@ -125,8 +125,9 @@ def row_from_context(ctx: RequestContext) -> Row:
 
 
 def _cascade_attempts(ctx: RequestContext) -> str | None:
-    """A cascade request's paid attempts as JSON: each escalated answer, then the one served (None elsewhere)."""
-    if ctx.cascade is None:
+    """A request's paid attempts as JSON: each escalated, judging or timed-out call, then the one served (None for
+    a request that made no call beside its answer and is not on a cascade route)."""
+    if ctx.cascade is None and not ctx.cascade_attempts:
         return None
     paid = [a.to_json() for a in ctx.cascade_attempts]
     if ctx.chosen_model is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.charges import in_flight
 from gateway.context import RequestContext
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.runtime import build_gateway, close_gateway
 
 from .conftest import make_settings
@@ -59,5 +59,31 @@ async def test_charge_abandoned() -> None:
         assert unbounded.usage.completion_tokens > 0
         charges.charge(unbounded)
         assert unbounded.cost_usd > 0
+    finally:
+        await close_gateway(gw)
+
+
+async def test_only_a_timeout_after_reaching_the_upstream_is_paid() -> None:
+    gw = await build_gateway(make_settings())
+    try:
+        charges = gw.pipeline.charges
+        ctx = request(max_tokens=50, n=2)
+        charges.timed_out(ctx, "small", UpstreamUnavailable("down"))  # failed: nothing generated
+        charges.timed_out(ctx, "small", UpstreamTimeout("connecting", reached=False))  # never sent
+        assert ctx.cascade_attempts == []
+        charges.timed_out(ctx, "big", UpstreamTimeout("no answer in time"))
+        charges.timed_out(ctx, "big", UpstreamTimeout("no stream in time"), stream=True)
+        answer, stream = ctx.cascade_attempts
+        assert (answer.model, answer.outcome, answer.prompt_tokens, answer.completion_tokens) == (
+            "big",
+            "timed_out",
+            40,
+            100,
+        )
+        assert (stream.prompt_tokens, stream.completion_tokens) == (40, 0)  # cancelling a stream stops it
+        charges.charge(ctx)  # no answer: the request costs what it paid for, and saved nothing
+        assert ctx.cost_usd == answer.cost_usd + stream.cost_usd > 0
+        assert ctx.saved_usd == -ctx.cost_usd
+        assert charges.paid_attempts(ctx, timed_out=False) == 0  # the spend caps leave them out
     finally:
         await close_gateway(gw)
