@@ -36,14 +36,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.engine import CursorResult, Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.accounting.db import Database
 from gateway.accounting.raw_insert import RawInsert, Statement
 from gateway.accounting.retention import Retention
 from gateway.accounting.rollup import RollupSums, unnest_upsert_sql, upsert_sql
-from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, MONEY_PLACES, rollups
+from gateway.accounting.schema import GRAINS_MS, LATENCY_BOUNDS_MS, MONEY_PLACES, clean_text, rollups
 from gateway.config import LedgerSettings
 from gateway.context import AttemptCost, RequestContext
 from gateway.hooks import LogRecorder
@@ -80,12 +80,23 @@ def _written(rows: list[Row], keys: set[str | None]) -> Iterator[Row]:
             yield row
 
 
+def _refused(exc: SQLAlchemyError) -> bool:
+    """The database refused the values (a data or integrity error: SQLSTATE class 22 or 23), rather than failed to
+    answer: the same rows would be refused again."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and state[:2] in ("22", "23")
+
+
 class _AlreadyWritten(Exception):
     """The batch holds rows already in the table: write it again with :meth:`SqlLedger._transaction`'s ``exact``."""
 
 
 def _cut(value: str | None, n: int) -> str | None:
-    return None if value is None else value[:n]
+    """``value`` to fit a column of ``n`` characters, its NULs replaced (PostgreSQL refuses them in text; the
+    writer's raw insert skips the columns' :class:`~gateway.accounting.schema.CleanString` processing)."""
+    return None if value is None else clean_text(value[:n])
 
 
 def row_from_context(ctx: RequestContext) -> Row:
@@ -95,14 +106,14 @@ def row_from_context(ctx: RequestContext) -> Row:
         "ts": ts,
         "ts_ms": int(ctx.started_wall * 1000),
         "day": ts.strftime("%Y-%m-%d"),
-        "request_id": ctx.request_id[:128],
+        "request_id": _cut(ctx.request_id, 128),
         "key_id": _cut(ctx.key_id, 64),
         "user": _cut(ctx.user, 256),
         "team": _cut(ctx.team, 128),
         "endpoint": ctx.api or ctx.endpoint,
         "route": _cut(ctx.route, 128),
         "policy": _cut(ctx.policy, 64),
-        "requested_model": ctx.requested_model[:256],
+        "requested_model": _cut(ctx.requested_model, 256),
         "chosen_model": _cut(ctx.chosen_model, 256),
         "stream": ctx.stream,
         "prompt_tokens": ctx.usage.prompt_tokens,
@@ -235,9 +246,11 @@ class SqlLedger:
         try:
             await self.db.ensure_schema()
             try:
-                await self._transaction(batch, exact=False)
-            except _AlreadyWritten:  # rolled back: written again, skipping (and not summing) the rows already there
-                await self._transaction(batch, exact=True)
+                await self._write(batch)
+            except SQLAlchemyError as exc:
+                if not _refused(exc):
+                    raise
+                await self._write_alone(batch)
             done = True
         except (SQLAlchemyError, OSError) as exc:
             self.write_errors += 1
@@ -249,6 +262,26 @@ class SqlLedger:
                 self._pending.extendleft(reversed(batch))
                 self._trim()
         return done
+
+    async def _write(self, batch: list[Row]) -> None:
+        try:
+            await self._transaction(batch, exact=False)
+        except _AlreadyWritten:  # rolled back: written again, skipping (and not summing) the rows already there
+            await self._transaction(batch, exact=True)
+
+    async def _write_alone(self, batch: list[Row]) -> None:
+        """Each row of ``batch`` in a transaction of its own, after the database refused the batch's values: the
+        rows it refuses alone are dropped (counted and logged), since retrying them could never succeed and would
+        hold back every row queued after them. A row written here and queued again (the database went away
+        meanwhile) is skipped by its ``row_key`` next time."""
+        for row in batch:
+            try:
+                await self._write([row])
+            except SQLAlchemyError as exc:
+                if not _refused(exc):
+                    raise
+                self.dropped += 1
+                log.error("ledger row of request %s refused by the database, dropped: %s", row.get("request_id"), exc)
 
     async def _transaction(self, batch: list[Row], exact: bool) -> None:
         """Insert ``batch`` and add it to the rollups, in one transaction.

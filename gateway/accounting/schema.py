@@ -63,6 +63,29 @@ class Money(TypeDecorator[Decimal]):
         return Decimal(value).quantize(_Q)
 
 
+class CleanString(TypeDecorator[str]):
+    """A string column whose NUL characters are stored as U+FFFD: PostgreSQL refuses NUL in text (SQLite keeps it),
+    and a client's prompt, comment or model name may carry one; refused, it would fail the whole insert."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else clean_text(value)
+
+
+class CleanText(CleanString):
+    """:class:`CleanString` as ``TEXT``."""
+
+    impl = Text
+    cache_ok = True
+
+
+def clean_text(value: str) -> str:
+    """``value`` with each NUL character replaced by U+FFFD (what :class:`CleanString` stores)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def _id_type() -> TypeEngine[int]:
     # SQLite only auto-increments an INTEGER PRIMARY KEY.
     return BigInteger().with_variant(Integer(), "sqlite")

@@ -14,10 +14,10 @@ the queries use.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table
 from sqlalchemy.types import TypeEngine
 
-from gateway.accounting.schema import Money
+from gateway.accounting.schema import CleanString, CleanText, Money
 
 metadata = MetaData()
 
@@ -32,19 +32,19 @@ verdicts = Table(
     Column("id", _id(), primary_key=True, autoincrement=True),
     Column("ts_ms", BigInteger, nullable=False, comment="epoch milliseconds of the judged request"),
     Column("day", String(10), nullable=False, comment="UTC date of the judging (the budget's day)"),
-    Column("request_id", String(128), nullable=False),
+    Column("request_id", CleanString(128), nullable=False),
     Column("kind", String(16), nullable=False, comment="pairwise | semantic"),
-    Column("route", String(128)),
-    Column("model", String(256), comment="the model that served the answer judged"),
-    Column("reference_model", String(256)),
-    Column("judge_model", String(256)),
+    Column("route", CleanString(128)),
+    Column("model", CleanString(256), comment="the model that served the answer judged"),
+    Column("reference_model", CleanString(256)),
+    Column("judge_model", CleanString(256)),
     Column("verdict", String(8), nullable=False, comment="win|tie|loss (pairwise), correct|wrong (semantic)"),
     Column("served", Boolean, nullable=False, comment="semantic: the hit was served (else explored)"),
     Column("first_order", String(1), comment="pairwise: the verdict with the served answer as A"),
     Column("second_order", String(1), comment="pairwise: the verdict with the served answer as B"),
     Column("score", Float, comment="semantic: the candidate's similarity"),
-    Column("prompt", Text, nullable=False),
-    Column("key_id", String(64)),
+    Column("prompt", CleanText, nullable=False),
+    Column("key_id", CleanString(64)),
     Column("reference_cost_usd", Money(), nullable=False),
     Column("judge_cost_usd", Money(), nullable=False),
 )
@@ -57,13 +57,13 @@ feedback = Table(
     metadata,
     Column("id", _id(), primary_key=True, autoincrement=True),
     Column("ts_ms", BigInteger, nullable=False),
-    Column("request_id", String(128), nullable=False),
-    Column("key_id", String(64)),
-    Column("team", String(128)),
-    Column("route", String(128)),
-    Column("model", String(256)),
+    Column("request_id", CleanString(128), nullable=False),
+    Column("key_id", CleanString(64)),
+    Column("team", CleanString(128)),
+    Column("route", CleanString(128)),
+    Column("model", CleanString(256)),
     Column("score", Float, nullable=False),
-    Column("comment", Text),
+    Column("comment", CleanText),
 )
 Index("ix_gw_feedback_ts", feedback.c.ts_ms)
 Index("ix_gw_feedback_request", feedback.c.request_id)

@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy import event, insert, select
 
 from gateway.accounting import SqlLedger, open_database
-from gateway.accounting.ledger import PREPARE_ROWS
+from gateway.accounting.ledger import PREPARE_ROWS, row_from_context
 from gateway.accounting.queries import spend, totals
 from gateway.accounting.rollup import RollupSums
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
+from gateway.context import RequestContext
+from gateway.quality.tables import feedback
 from tests.accounting.loop_steps import LoopSteps
 from tests.accounting.rollup_support import as_tuple, random_rows, reference
 
@@ -81,3 +83,44 @@ async def test_a_batch_with_rows_already_written_adds_each_row_once(db_url: str,
         assert got == reference(rows, group_by, None, None)
     assert as_tuple(await totals(db.engine))[0] == 1_200
     await led.aclose()
+
+
+async def test_a_row_the_database_refuses_does_not_hold_back_the_others(db_url: str) -> None:
+    """PostgreSQL refuses a NUL in text, which a client can put in ``model`` or ``user``: the writer stores it as
+    U+FFFD. A row the database still refuses (here a count beyond its INTEGER column) is dropped alone and counted:
+    before, its batch failed on every retry and no request was recorded again until the queue overflowed."""
+    db = await open_database(db_url, require=True)
+    led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600))
+    ctx = RequestContext(request_id="nul", endpoint="chat", body={}, requested_model="no-such-model\x00")
+    ctx.user, ctx.status_code = "evil\x00user", 404
+    led.record(ctx)
+    too_long = row_from_context(RequestContext(request_id="long", endpoint="chat", body={}, requested_model="m"))
+    too_long["prompt_tokens"] = 2**40
+    led.append(too_long)
+    led.record(RequestContext(request_id="after", endpoint="chat", body={}, requested_model="m"))
+    assert await led.flush()
+    await led.aclose()
+    stored = {r["request_id"]: r for r in await _stored(db_url)}
+    assert stored["nul"]["requested_model"] == "no-such-model\ufffd" and stored["nul"]["user"] == "evil\ufffduser"
+    assert "after" in stored
+    if db_url.startswith("postgresql"):
+        assert "long" not in stored and led.dropped == 1
+    else:  # SQLite's INTEGER takes 64 bits
+        assert "long" in stored and led.dropped == 0
+
+
+async def test_the_quality_tables_store_a_nul_as_a_replacement_character(db_url: str) -> None:
+    """A sampled prompt or a feedback comment with a NUL (PostgreSQL refuses it in text) is stored, not lost."""
+    db = await open_database(db_url, require=True)
+    await db.ensure_schema()
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                feedback.insert(), [{"ts_ms": 1, "request_id": "r\x00", "score": 1.0, "comment": "bad\x00answer"}]
+            )
+            row = (await conn.execute(select(feedback.c.request_id, feedback.c.comment))).one()
+            found = (await conn.execute(select(feedback.c.id).where(feedback.c.request_id == "r\x00"))).all()
+    finally:
+        await db.aclose()
+    assert tuple(row) == ("r\ufffd", "bad\ufffdanswer")
+    assert len(found) == 1  # looked up the way it was stored
