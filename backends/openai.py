@@ -26,7 +26,7 @@ from backends.http import TRANSPORT_ERRORS, proxy_for, scrub, upstream_error
 from backends.sse import SSEDecoder
 from backends.state import LiveStats
 from gateway.config import ModelSpec
-from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GATEWAY_FAULT_STATUSES, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
 #: How long a stream's connection may take to end its body after [DONE] before it is closed instead.
 _DRAIN_AFTER_DONE_S = 1.0
@@ -85,7 +85,7 @@ def rejected_from_response(
         text = text.replace(secret, "[redacted]")
     text = scrub(text)
     message = f"upstream '{backend}' returned HTTP {status}"
-    if status >= 500:  # the upstream's failure, not the client's: the gateway's type, the status as the code
+    if status >= 500 or status in GATEWAY_FAULT_STATUSES:  # not the client's fault: the gateway's type and code
         error_type, code = None, f"upstream_http_{status}"
         if text and "traceback" not in text.lower():  # a stack trace is for the operator's log only
             message = f"{message}: {text}"
@@ -345,7 +345,8 @@ class OpenAICompatBackend:
         except TRANSPORT_ERRORS as exc:
             replica.stats.last_error = str(exc) or type(exc).__name__
             return False
-        return status < 500
+        # A refused key (401, 403) fails every request; a server without /models answers 404 and may still serve.
+        return status < 500 and status not in (401, 403)
 
     async def start(self) -> None:
         return None

@@ -149,11 +149,18 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
+#: Upstream statuses that are the gateway's configuration failing, not the client's request: the provider refused
+#: the gateway's credentials (401, 403), or does not serve the configured model (404).
+GATEWAY_FAULT_STATUSES = frozenset({401, 403, 404})
+
+
 class UpstreamRejected(UpstreamError):
     """The upstream answered with an HTTP error: a 4xx is passed through (its OpenAI fields, scrubbed), a 5xx
     becomes 502 (503 and 504 kept), so a failing upstream never looks like a gateway bug.
 
-    4xx other than 408/429 are the client's fault and are not retried on another backend.
+    4xx other than 408/429 are the client's fault and are not retried on another backend, except
+    :data:`GATEWAY_FAULT_STATUSES`: a 502, retried, and counted against the backend like a 5xx (relayed as they
+    were, a client read a provider's 401 as its own key refused, and the backend kept its share of traffic).
     """
 
     def __init__(
@@ -173,12 +180,16 @@ class UpstreamRejected(UpstreamError):
     def status(self) -> int:
         if self.upstream_status >= 500:
             return self.upstream_status if self.upstream_status in (503, 504) else 502
+        if self.upstream_status in GATEWAY_FAULT_STATUSES:
+            return 502
         return self.upstream_status
 
     @property
     def is_retryable(self) -> bool:
-        """5xx, 408 and 429 may succeed elsewhere; other 4xx would fail the same everywhere."""
-        return self.upstream_status >= 500 or self.upstream_status in (408, 429)
+        """5xx, 408, 429 and the gateway's own faults may succeed elsewhere; other 4xx would fail the same
+        everywhere."""
+        status = self.upstream_status
+        return status >= 500 or status in (408, 429) or status in GATEWAY_FAULT_STATUSES
 
     def to_body(self) -> dict[str, Any]:
         body = super().to_body()

@@ -62,7 +62,7 @@ async def test_cookies_from_an_upstream_are_not_sent_back(session: aiohttp.Clien
             {"error": {"message": "bad max_tokens", "type": "BadRequestError", "param": "max_tokens", "code": 400}},
             False,
         ),
-        (404, {"error": {"message": "no such model", "type": "NotFoundError"}}, False),
+        (422, {"error": {"message": "bad messages", "type": "BadRequestError"}}, False),
         (429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, True),
         (503, {"detail": "overloaded"}, True),
     ],
@@ -245,3 +245,11 @@ async def test_health_probe_reads_models_and_marks_replicas(session: aiohttp.Cli
         assert await backend.check_health()
         assert [r.path for r in up.requests] == ["/v1/models"]
     assert [r.stats.healthy for r in backend.replicas] == [True, False]
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(401, False), (403, False), (404, True), (200, True)])
+async def test_a_refused_key_is_unhealthy(session: aiohttp.ClientSession, status: int, healthy: bool) -> None:
+    """A provider refusing the gateway's key fails every request: not ready. A server without ``/models`` (404)
+    may still serve completions."""
+    async with Upstream(lambda r: web.json_response({"data": []}, status=status)) as up:
+        assert await OpenAICompatBackend(spec(up.url), session).check_health() is healthy

@@ -145,6 +145,35 @@ async def test_client_errors_are_not_retried_elsewhere(settings: Settings) -> No
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_a_provider_refusing_the_gateway_is_the_gateway_s_failure(settings: Settings, status: int) -> None:
+    """A provider refusing the gateway's key (401, 403), or not serving the configured model (404), is no fault of
+    the client's: the next candidate answers and the backend's breaker counts it; with no other candidate the client
+    gets a 502 in the gateway's words, not the provider's 401 read as its own key refused."""
+    calls: list[str] = []
+
+    def handler(request: Seen) -> web.Response:
+        calls.append(request.backend)
+        if request.backend == "small":
+            err = {"message": "Incorrect API key provided: sk-prov****", "type": "invalid_request_error"}
+            return web.json_response({"error": {**err, "code": "invalid_api_key"}}, status=status)
+        return web.json_response(chat_reply(request.backend))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "auto", "messages": USER}, headers={"x-gateway-policy": "cost"}
+        )
+        assert r.status_code == 200 and r.headers["x-gateway-model"] != "small"
+        assert calls[0] == "small"
+        alone = await client.post("/v1/chat/completions", json={"model": "small", "messages": USER})
+        small = client.gateway.pipeline.backends["small"]  # type: ignore[attr-defined]
+    assert f"HTTP {status}" in small.stats.last_error  # counted against it (its breaker too)
+    assert alone.status_code == 502
+    err = alone.json()["error"]
+    assert err["code"] == f"upstream_http_{status}" and err["type"] != "invalid_request_error"
+    assert f"HTTP {status}" in err["message"]
+
+
 async def test_unreachable_is_502() -> None:
     async with gateway_client(make_settings(), lambda r: web.json_response({}), refused={"big"}) as client:
         r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
