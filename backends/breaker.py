@@ -58,6 +58,12 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._probe_in_flight = True
 
+    def release(self) -> None:
+        """A call ended telling nothing about the backend (the client left, or the request was the client's
+        error): a half-open probe it held is free for the next request (else the breaker stayed half-open, taking
+        no request, for ever)."""
+        self._probe_in_flight = False
+
     def record_success(self) -> None:
         """A call succeeded: close."""
         self._failures = 0

@@ -167,6 +167,9 @@ class Cascade:
         cfg = route.verifier if route is not None else None
         if cfg is None or cfg.model not in p.backends:
             return None
+        judge = p.router.models.get(cfg.model)
+        if judge is None or not judge.is_up():  # a broken judge would hold up every request near the threshold
+            return None
         vcfg = VerifierConfig(cfg.model, cfg.band, cfg.min_escalation_cost_usd, cfg.min_rating, cfg.max_tokens)
         body = verifier_request(prompt, answer, vcfg)
         judge_in = p.counter.count(_JUDGE_OVERHEAD + body["messages"][1]["content"])
@@ -175,7 +178,8 @@ class Cascade:
             return None
         spec = p.settings.model(cfg.model)
         body["model"] = spec.upstream_name if spec is not None else cfg.model
-        backend = p.backends[cfg.model]
+        backend, breaker = p.backends[cfg.model], p.breakers[cfg.model]
+        breaker.before_call()
         try:
             with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
                 response = await backend.complete(ctx.path, body)
@@ -183,6 +187,7 @@ class Cascade:
             p._attempt_failed(cfg.model, err)
             p.charges.timed_out(ctx, cfg.model, err, stream=False)
             return None
+        breaker.record_success()
         self._pay(ctx, cfg.model, response.body, "verifier")
         reply = _answer_text(response.body)[0]
         escalate, how = decide(score, threshold, parse_verdict(reply), vcfg)

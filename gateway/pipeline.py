@@ -203,6 +203,8 @@ class Pipeline:
             raise
         except asyncio.CancelledError:
             # The client went away before the response started (or the server is stopping).
+            if ctx.calling is not None:
+                self.breakers[ctx.calling].release()
             self._mark_abandoned(ctx)
             self.charges.charge_abandoned(ctx)
             self._schedule_finish(ctx)
@@ -443,6 +445,7 @@ class Pipeline:
             yield error_event(err)
         except (asyncio.CancelledError, GeneratorExit):
             failed = True
+            breaker.release()  # the client left: no verdict on the backend
             ctx.error_type = "ClientDisconnected"
             ctx.status_code = 499
             raise
@@ -530,7 +533,9 @@ class Pipeline:
             await asyncio.sleep(delay)
 
     def _attempt_failed(self, name: str, err: UpstreamError) -> None:
-        if is_retryable(err):
+        if not is_retryable(err):  # the client's error: nothing learnt about the backend
+            self.breakers[name].release()
+        else:
             self.breakers[name].record_failure()
             self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message
             self.metrics.fallbacks.labels(name).inc()

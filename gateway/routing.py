@@ -382,8 +382,12 @@ class Router:
                 usable = [c.name for c in self._constrain(cands, constraints, _NO_ROUTE)]
         except (NoRouteSatisfies, ContextLengthExceeded):
             usable = []
-        ranking = [self.candidate(m, feats, difficulty) for m in [name, *usable]]
+        order = [name, *usable]
         reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(usable)}" if usable else "")
+        if not model.is_up() and any(self.models[u].is_up() for u in usable):
+            order = [*usable, name]  # its breaker is open (or it is unhealthy): the request need not wait on it
+            reason += f" (first: '{name}' is down)"
+        ranking = [self.candidate(m, feats, difficulty) for m in order]
         return Plan(Decision(ranking, reason, "explicit"), None)
 
     def _hard_filter(self, members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:

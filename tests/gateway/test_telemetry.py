@@ -103,13 +103,14 @@ class Env:
 def env() -> Iterator[Env]:
     receiver = Receiver()
     upstream = HeaderRecorder(create_simulator_app("fast", model_name="sim", time_scale=0.0))
-    dead = f"http://127.0.0.1:{free_port()}/v1"
     with run_asgi_server(receiver.app()) as otlp, run_asgi_server(upstream) as sim:
         settings = settings_from_dict(
             {
                 "models": [
                     {"name": "sim", "backend": "openai", "base_url": sim + "/v1", "upstream_model": "sim"},
-                    {"name": "dead", "backend": "openai", "base_url": dead, "fallbacks": ["sim"]},
+                    # nothing served under this path: its calls fail (404) while its health probe passes (a model
+                    # down by its probe would be tried after its fallbacks)
+                    {"name": "dead", "backend": "openai", "base_url": sim + "/missing/v1", "fallbacks": ["sim"]},
                 ],
                 "retry": {"max_attempts": 2, "backoff_base_ms": 0},
                 "breaker": {"failure_threshold": 100_000},
@@ -211,7 +212,7 @@ async def test_a_stream_and_a_failed_attempt_each_get_a_child_span(env: Env) -> 
     by_model = {s["attrs"]["gen_ai.request.model"]: s for s in attempts}
     assert set(by_model) == {"dead", "sim"}
     assert by_model["dead"]["status"] == 2  # STATUS_CODE_ERROR
-    assert by_model["dead"]["attrs"]["error.type"] == "UpstreamUnavailable"
+    assert by_model["dead"]["attrs"]["error.type"] == "UpstreamRejected"
     assert by_model["sim"]["status"] != 2
 
 

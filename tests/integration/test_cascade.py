@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.accounting.cascade_report import cascade_by_route
-from gateway.config import settings_from_dict
+from gateway.config import BreakerSettings, settings_from_dict
 from gateway.simulator import create_simulator_app
 from tests.helpers.ports import free_port
 from tests.helpers.servers import run_asgi_server, serve_gateway
@@ -324,3 +324,32 @@ def test_the_verifier_decides_when_the_check_is_unsure_and_is_paid_for(
             assert len(verifier) == 1 and verifier[0]["model"] == "judge"
             assert Decimal(verifier[0]["cost_usd"]) == Decimal("0.0000001") * 300 + Decimal("0.0000002") * 6
             assert sum(Decimal(a["cost_usd"]) for a in paid) == Decimal(h["x-gateway-cost-usd"])
+
+
+def test_a_dead_verifier_is_skipped_once_its_breaker_opens(tmp_path: Path) -> None:
+    """A judge failing every call (here 500s; a hung one would cost its timeout each time) is asked until its
+    breaker opens, then no longer: the check decides alone. Before, every request near the threshold called it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    calls: list[int] = []
+
+    async def broken(request: Request) -> JSONResponse:
+        calls.append(1)
+        return JSONResponse({"error": {"message": "judge down"}}, status_code=500)
+
+    judge = Starlette(routes=[Route("/v1/chat/completions", broken, methods=["POST"])])
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with run_asgi_server(local) as lu, run_asgi_server(strong) as su, run_asgi_server(judge) as ju:
+        judge_model = {"name": "judge", "backend": "openai", "base_url": ju + "/v1"}
+        verifier = {"model": "judge", "band": 1.0, "min_escalation_cost_usd": 0}
+        settings = _settings(lu, su, tmp_path, [judge_model], verifier=verifier)
+        settings = settings.model_copy(update={"breaker": BreakerSettings(failure_threshold=2, reset_seconds=60)})
+        with serve_gateway(settings) as gw:
+            env = Env(gw.base_url, tmp_path / "ledger.db", lu, su)
+            outcomes = [_ask(env, "refuseme: tell me a joke").headers["x-gateway-cascade"] for _ in range(4)]
+    assert len(calls) == 2  # two failures opened its breaker
+    assert outcomes == ["escalated"] * 4  # the check alone decides, as it does when the judge gives no verdict

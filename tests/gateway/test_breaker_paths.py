@@ -1,0 +1,92 @@
+"""The circuit breaker on the request path: its half-open probe is never lost, and a model named explicitly whose
+breaker is open does not hold its requests up when a fallback is up."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from aiohttp import web
+
+from gateway.config import settings_from_dict
+from tests.helpers.upstream import Seen
+
+from .conftest import THREE_MODELS, chat_reply, gateway_client, make_settings
+
+USER = [{"role": "user", "content": "Say hello."}]
+PAIR = {
+    "breaker": {"failure_threshold": 2, "reset_seconds": 0.3},
+    "routes": {"pair": {"models": ["small", "big"], "policy": "cost"}},
+}
+TOO_LONG = {"message": "This model's maximum context length is 4096 tokens", "code": "context_length_exceeded"}
+
+
+async def _open_then_half_open(client: object, mode: dict[str, str]) -> None:
+    mode["small"] = "500"
+    for _ in range(2):
+        await client.post("/v1/chat/completions", json={"model": "pair", "messages": USER})  # type: ignore[attr-defined]
+    await asyncio.sleep(0.35)
+
+
+async def test_a_probe_ending_without_a_verdict_frees_the_half_open_breaker() -> None:
+    """The probe of a half-open breaker answered with the client's error (a 400), or abandoned by its client: the
+    next request probes again. Before, the breaker stayed half-open with its probe taken, and the backend got no
+    request until the process restarted."""
+    mode = {"small": "ok"}
+    calls: list[str] = []
+
+    async def handler(request: Seen) -> web.Response:
+        if request.method == "GET":  # the health probes
+            return web.json_response({"data": []})
+        calls.append(request.backend)
+        if request.backend == "small" and mode["small"] == "500":
+            return web.json_response({"error": {"message": "x"}}, status=500)
+        if request.backend == "small" and mode["small"] == "400":
+            return web.json_response({"error": {"type": "invalid_request_error", **TOO_LONG}}, status=400)
+        if request.backend == "small" and mode["small"] == "slow":
+            await asyncio.sleep(1.0)
+        return web.json_response(chat_reply(request.backend))
+
+    async with gateway_client(make_settings(PAIR), handler) as client:
+        breaker = client.gateway.pipeline.breakers["small"]  # type: ignore[attr-defined]
+        post = client.post
+        for ending in ("400", "slow"):
+            await _open_then_half_open(client, mode)
+            assert breaker.available()
+            mode["small"] = ending
+            probe = asyncio.ensure_future(post("/v1/chat/completions", json={"model": "pair", "messages": USER}))
+            if ending == "slow":  # the probing client hangs up
+                await asyncio.sleep(0.2)
+                probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+            mode["small"] = "ok"
+            assert breaker.available(), ending
+            calls.clear()
+            r = await post("/v1/chat/completions", json={"model": "pair", "messages": USER})
+            assert r.headers["x-gateway-model"] == "small" and calls == ["small"], ending
+            assert breaker.state == "closed"
+
+
+async def test_a_model_named_explicitly_waits_behind_its_fallbacks_while_down() -> None:
+    """``model: big`` with ``fallbacks: [medium]``: once big's breaker opened, its requests go to medium first
+    instead of waiting out big's first-byte timeout every time."""
+    data = copy.deepcopy(THREE_MODELS)
+    data["models"][2] |= {"fallbacks": ["medium"], "timeouts": {"first_byte": 0.3}}
+    data["breaker"] = {"failure_threshold": 2, "reset_seconds": 60}
+    calls: list[str] = []
+
+    async def handler(request: Seen) -> web.Response:
+        if request.method == "GET":  # the health probes
+            return web.json_response({"data": []})
+        calls.append(request.backend)
+        if request.backend == "big":
+            await asyncio.sleep(5)  # hung
+        return web.json_response(chat_reply(request.backend))
+
+    async with gateway_client(settings_from_dict(data), handler) as client:
+        for _ in range(5):
+            r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
+            assert r.status_code == 200 and r.headers["x-gateway-model"] == "medium"
+        reason = r.headers["x-gateway-reason"]
+    assert calls == ["big", "medium", "big", "medium", "medium", "medium", "medium"]
+    assert "'big' is down" in reason
