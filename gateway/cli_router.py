@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, cast
 
 import typer
 
 if TYPE_CHECKING:
     from gateway.tokens import TiktokenCounter
-    from policies.router.adapt import Embed
+    from policies.router.adapt import AdaptedRouter, Embed
+    from policies.router.model import QualityRouter
 
 __all__ = ["router_app"]
 
@@ -24,6 +25,12 @@ router_app = typer.Typer(
 )
 
 _DEFAULT_PLOT = Path("router_pgr.png")
+
+
+def _fail(message: str) -> NoReturn:
+    """Stop with ``error: MESSAGE`` on one line and exit code 2 (bad input, no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def require_plotting(skip_hint: str) -> None:
@@ -80,10 +87,12 @@ def score_cmd(
 
     from policies.router.adapt import AdaptedRouter
     from policies.router.data import load_prompts
-    from policies.router.loader import load_artifact
 
-    prompts = load_prompts(data)
-    router = load_artifact(artifact, encode=_tokenizer().encode)
+    try:
+        prompts = load_prompts(data)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    router = _load_router(artifact)
     if isinstance(router, AdaptedRouter):
         embed = _embedder(int(router.metadata["embedding"]["max_tokens"]), router.vector)
         scores = router.score_batch(prompts, embed(prompts)).tolist()
@@ -95,6 +104,17 @@ def score_cmd(
         sys.stdout.flush()
     else:
         out.write_bytes(lines)
+
+
+def _load_router(artifact: Path | None) -> QualityRouter | AdaptedRouter:
+    """The router artifact in ``artifact`` (None: the shipped prior), or a one-line error naming the directory."""
+    from policies.router.loader import load_artifact
+
+    encode = _tokenizer().encode
+    try:
+        return load_artifact(artifact, encode=encode)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"cannot load the router artifact {artifact}: {exc}")
 
 
 def _embedder(max_tokens: int, vector: str = "minilm") -> Embed:
@@ -148,10 +168,14 @@ def adapt_cmd(
         labels = _export_ledger_labels(config, out)
     try:
         records = load_records(labels)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--labels") from exc
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
     adapt_config = AdaptConfig(folds=folds, seed=seed, vector=vector)
-    base = QualityRouter.load(prior, encode=_tokenizer().encode)
+    encode = _tokenizer().encode
+    try:
+        base = QualityRouter.load(prior, encode=encode)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"cannot load the prior artifact {prior}: {exc}")
     source = {"file": labels.name, "sha256": file_sha256(labels)}
     if from_ledger:
         source["from"] = "ledger"
@@ -165,7 +189,7 @@ def adapt_cmd(
             prior_dir=prior or ARTIFACT_DIR,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--labels") from exc
+        _fail(f"{labels}: {exc}")
     router.save(out)
     typer.echo(f"adapted router written to {out} ({len(records)} labelled prompts)")
     typer.echo(format_held_out(router.held_out))

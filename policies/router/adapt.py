@@ -116,15 +116,31 @@ def saved_at_quality(scores: Sequence[float] | FloatArray, weak: FloatArray, str
     return 0.0
 
 
-def _held_out(scores: FloatArray, weak: FloatArray, strong: FloatArray, quality: float) -> dict[str, float]:
+def _held_out(scores: FloatArray, weak: FloatArray, strong: FloatArray, quality: float) -> dict[str, float | None]:
     curve = metrics.pgr_curve(scores, weak, strong)
+    saved = round(saved_at_quality(scores, weak, strong, quality), 4)
+    if np.isnan(curve.pgr[0]):
+        # No gap: the weak model alone serves weak + p * (strong - weak), so every CPT is 0; APGR, an area of
+        # ratios to a gap that does not exist, has no value (None, not NaN: the artifact stays valid JSON).
+        return {"apgr": None, "cpt50": 0.0, "cpt80": 0.0, f"saved_at_{round(100 * quality)}": saved}
     m = metrics.summarize(curve, weak, strong)
     return {
         "apgr": round(m.apgr, 4),
         "cpt50": round(m.cpt50, 4),
         "cpt80": round(m.cpt80, 4),
-        f"saved_at_{round(100 * quality)}": round(saved_at_quality(scores, weak, strong, quality), 4),
+        f"saved_at_{round(100 * quality)}": saved,
     }
+
+
+def _no_gap_note(weak: FloatArray, strong: FloatArray) -> str | None:
+    """What the figures mean when the strong model is not better on average (None when it is)."""
+    if math.fsum(strong - weak) > 0:
+        return None
+    return (
+        f"the weak model is at least as good as the strong one on these labels (mean quality {weak.mean():.3f} vs "
+        f"{strong.mean():.3f}): every quality_target is met without the strong model, so such routes send it "
+        "nothing (a strong_share route still sends its share, highest scores first); APGR is undefined"
+    )
 
 
 def _features(prior_logits: FloatArray, vectors: NDArray[np.float32]) -> FloatArray:
@@ -160,14 +176,54 @@ def _targets(weak: FloatArray, strong: FloatArray, margin: float) -> tuple[Float
     return y, w / w.mean()
 
 
-def _folds(n: int, k: int, seed: int, prompts: Sequence[str]) -> NDArray[np.int64]:
-    """Fold per row; identical prompts (after whitespace/case folding) share a fold."""
+def _prompt_groups(prompts: Sequence[str]) -> NDArray[np.int64]:
+    """Group per row: identical prompts (after whitespace/case folding) share one."""
     keys: dict[str, int] = {}
-    groups = np.array([keys.setdefault(" ".join(p.lower().split()), len(keys)) for p in prompts], dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    fold_of_group = np.empty(len(keys), dtype=np.int64)
-    fold_of_group[order] = np.arange(len(keys)) % k
+    return np.array([keys.setdefault(" ".join(p.lower().split()), len(keys)) for p in prompts], dtype=np.int64)
+
+
+def _folds(groups: NDArray[np.int64], y: FloatArray, k: int, seed: int) -> tuple[NDArray[np.int64], bool]:
+    """Fold per row (a group's rows share a fold) and whether the folds had to be stratified by outcome.
+
+    Groups are dealt to folds in a random order. When that leaves a training part with one outcome only (the
+    rarer outcome's prompts all fell in one fold: that fold would get no scores), the groups holding the rarer
+    outcome are dealt first, in the same order, so that they spread over as many folds as they can."""
+    n_groups = int(groups.max()) + 1
+    order = np.random.default_rng(seed).permutation(n_groups)
+    folds = _deal(order, groups, k)
+    if all(_both_outcomes(y[folds != fold]) for fold in range(k)):
+        return folds, False
+    rare = 0.0 if y.mean() > 0.5 else 1.0
+    has_rare = np.zeros(n_groups, dtype=bool)
+    has_rare[groups[y == rare]] = True
+    return _deal(order[np.argsort(~has_rare[order], kind="stable")], groups, k), True
+
+
+def _deal(order: NDArray[np.int64], groups: NDArray[np.int64], k: int) -> NDArray[np.int64]:
+    """Fold per row when the groups, taken in ``order``, go to folds 0, 1, ..., k - 1, 0, 1, ..."""
+    fold_of_group = np.empty(order.size, dtype=np.int64)
+    fold_of_group[order] = np.arange(order.size) % k
     return fold_of_group[groups]
+
+
+def _both_outcomes(y: FloatArray) -> bool:
+    return bool(y.size) and float(y.min()) != float(y.max())
+
+
+def _check_outcomes(groups: NDArray[np.int64], y: FloatArray, folds: NDArray[np.int64], k: int) -> None:
+    """Refuse labels whose cross-validation would fit a fold on one outcome only (its rows would get no score)."""
+    for outcome, what in ((1.0, "better"), (0.0, "not better")):
+        distinct = np.unique(groups[y == outcome]).size
+        if distinct < 2:
+            raise ValueError(
+                f"the labels have only {distinct} distinct prompt where the strong model is {what} than the weak "
+                "one: cross-validation needs at least 2 of each (label more prompts)"
+            )
+    if not all(_both_outcomes(y[folds != fold]) for fold in range(k)):
+        raise ValueError(
+            f"the labels' prompts cannot be split into {k} folds whose training parts all hold both outcomes "
+            "(label more prompts, or pass fewer folds)"
+        )
 
 
 class AdaptedRouter:
@@ -336,11 +392,14 @@ def adapt(
     Runs k-fold CV first (held-out figures and the calibration table), then fits on all rows.
 
     Raises:
-        ValueError: too few rows, or labels where the strong model is never better.
+        ValueError: too few rows, labels where the strong model is never (or always) better, or better (or not)
+        on fewer than 2 distinct prompts (a cross-validation fold would learn one outcome only).
     """
     config = config or AdaptConfig()
     if config.vector not in VECTORS:
         raise ValueError(f"unknown prompt vector {config.vector!r} (one of {', '.join(VECTORS)})")
+    if config.folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {config.folds}")
     n = len(records)
     if n < 4 * config.folds:
         raise ValueError(f"adaptation needs at least {4 * config.folds} labelled prompts, got {n}")
@@ -354,11 +413,16 @@ def adapt(
     prior_logits = np.array([prior.logit(p) for p in prompts])
     vectors = np.asarray(embed(prompts), dtype=np.float32)
     x = _features(prior_logits, vectors)
-    folds = _folds(n, config.folds, config.seed, prompts)
+    groups = _prompt_groups(prompts)
+    folds, stratified = _folds(groups, y, config.folds, config.seed)
+    _check_outcomes(groups, y, folds, config.folds)
+    method = f"{config.folds}-fold cross-validation on the labels (seed {config.seed})"
+    if stratified:
+        method += ", stratified by outcome: a random split left a fold's training part with one outcome"
     oof = np.zeros(n)
     for k in range(config.folds):
         train, test = folds != k, folds == k
-        if test.any() and y[train].min() != y[train].max():
+        if test.any():
             lin = _fit(x[train], y[train], w[train], config)
             oof[test] = lin.bias + lin.w_prior * prior_logits[test] + vectors[test].astype(np.float64) @ lin.w_embed
     oof = 1.0 / (1.0 + np.exp(-oof))
@@ -389,13 +453,16 @@ def adapt(
         },
         "prior": {"version": prior.version, "training_data_sha256": prior.training_data_sha256, "dir": str(prior_path)},
         "held_out": {
-            "method": f"{config.folds}-fold cross-validation on the labels (seed {config.seed})",
+            "method": method,
             "adapted": _held_out(oof, weak, strong, q),
             "prior": _held_out(1.0 / (1.0 + np.exp(-prior_logits)), weak, strong, q),
             "random": _held_out(np.zeros(n), weak, strong, q),
         },
         "fit_seconds": round(time.perf_counter() - started, 2),
     }
+    note = _no_gap_note(weak, strong)
+    if note is not None:
+        metadata["held_out"]["note"] = note
     return AdaptedRouter(prior, final, (oof, weak, strong), metadata, embed)
 
 
@@ -484,5 +551,11 @@ def format_held_out(held_out: dict[str, Any]) -> str:
         keys = list(rows[0][1])
         lines.append(f"{'router':<10}" + "".join(f"{k:>13}" for k in keys))
         for name, figures in rows:
-            lines.append(f"{name:<10}" + "".join(f"{figures[k]:>13.3f}" for k in keys))
+            lines.append(f"{name:<10}" + "".join(_figure(figures[k]) for k in keys))
+    if "note" in held_out:
+        lines.append(f"note: {held_out['note']}")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return f"{'n/a':>13}" if value is None else f"{value:>13.3f}"

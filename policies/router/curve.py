@@ -23,18 +23,29 @@ class CurvePoints:
     pgr: array[float]
     thresholds: array[float]
 
+    @property
+    def has_gap(self) -> bool:
+        """Whether the strong model is better than the weak one on these points (else PGR is undefined: NaN)."""
+        return not math.isnan(self.pgr[0])
+
     def threshold_for_pgr(self, target: float) -> float:
         """The score threshold whose PGR reaches ``target`` with the fewest strong calls (``<= 0``: ``inf``,
-        never strong; unreachable: 0, always strong)."""
+        never strong; unreachable: 0, always strong).
+
+        Without a gap (:attr:`has_gap` false) the weak model alone serves at least the strong model's quality,
+        so it meets every target: ``inf``."""
         if math.isnan(target):
             raise ValueError("target_pgr must be a number")
-        if target <= 0.0:
+        if target <= 0.0 or not self.has_gap:
             return math.inf
         hit = first_reaching(self.pgr, target)
         return 0.0 if hit is None else self.thresholds[max(hit, 1)]
 
     def share_for_pgr(self, target: float) -> float:
-        """The smallest share of strong calls whose PGR reaches ``target`` (1 when none does)."""
+        """The smallest share of strong calls whose PGR reaches ``target`` (1 when none does; 0 without a gap,
+        as :meth:`threshold_for_pgr`)."""
+        if not self.has_gap:
+            return 0.0
         hit = first_reaching(self.pgr, target)
         return 1.0 if hit is None else self.shares[hit]
 

@@ -50,61 +50,124 @@ def normalize_quality(benchmark: str, score: float, judge_scale: bool) -> float:
     return float(score)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
+    """``(line number, object)`` per non-blank line of a JSONL file (errors name the line)."""
+    rows: list[tuple[int, dict[str, object]]] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}: line {lineno}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
                 obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}: each line must be a JSON object")
-                rows.append(obj)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line {lineno}: each line must be a JSON object")
+            rows.append((lineno, obj))
     return rows
 
 
 def load_prompts(path: Path) -> list[str]:
-    """Read the ``prompt`` field of every JSONL record in ``path``."""
+    """Read the ``prompt`` field of every JSONL record in ``path``.
+
+    Raises:
+        OSError: an unreadable file. ValueError: a line that is not a JSON object with a string ``prompt``.
+    """
     prompts: list[str] = []
-    for i, row in enumerate(_read_jsonl(path)):
+    for lineno, row in _read_jsonl(path):
         prompt = row.get("prompt")
         if not isinstance(prompt, str):
-            raise ValueError(f"{path}: record {i} has no string 'prompt' field")
+            raise ValueError(f"{path}: line {lineno} has no string 'prompt' field")
         prompts.append(prompt)
     return prompts
+
+
+#: ``(line number, field, raw score)``: where a score shows which scale its benchmark uses.
+_Evidence = tuple[int, str, float]
+
+
+@dataclass
+class _Scale:
+    """The first score above 1 (only the 1-10 judge scale has one) and below 1 (only [0, 1] has one)."""
+
+    above_one: _Evidence | None = None
+    below_one: _Evidence | None = None
+
+    def see(self, lineno: int, field: str, score: float) -> None:
+        if score > 1.0 and self.above_one is None:
+            self.above_one = (lineno, field, score)
+        elif score < 1.0 and self.below_one is None:
+            self.below_one = (lineno, field, score)
+
+
+def _score(path: Path, lineno: int, field: str, value: object) -> float:
+    """A raw score: a finite number in [0, 10] (0/1, [0, 1] or a 1-10 judge score)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{path}: line {lineno} needs 'prompt', 'weak_score' and 'strong_score' (numbers)")
+    score = float(value)
+    if not 0.0 <= score <= 10.0:  # also false for NaN
+        raise ValueError(f"{path}: line {lineno}: {field} {value} is not a score (0/1, in [0, 1], or 1-10)")
+    return score
+
+
+def _judge_scale(path: Path, bench: str, scale: _Scale) -> bool:
+    """Whether ``bench`` is on the 1-10 judge scale; one whose scores are on both scales is refused."""
+    judge = bench.lower() in _JUDGE_BENCHMARKS or scale.above_one is not None
+    if not judge or scale.below_one is None:
+        return judge
+    lo_line, lo_field, lo = scale.below_one
+    if scale.above_one is None:
+        raise ValueError(
+            f"{path}: line {lo_line}: {lo_field} {lo:g} is below 1, but benchmark '{bench}' is judged on the 1-10 scale"
+        )
+    hi_line, hi_field, hi = scale.above_one
+    raise ValueError(
+        f"{path}: line {hi_line}: {hi_field} {hi:g} is a 1-10 judge score, but line {lo_line} of the same benchmark "
+        f"'{bench}' has {lo_field} {lo:g}, a [0, 1] score: one benchmark's scores must share one scale (give the "
+        "other scale's rows their own 'benchmark')"
+    )
 
 
 def load_records(path: Path) -> list[Record]:
     """Read routing outcome records (fields as in ``routellm_train.jsonl``).
 
     Required: ``prompt``, ``weak_score``, ``strong_score``; optional: ``benchmark`` (default
-    ``"unknown"``), ``item_id`` (default: the line number). A benchmark is judged on the 1-10
-    scale when it is a known judge benchmark or any of its scores exceeds 1.
+    ``"unknown"``), ``item_id`` (default: the benchmark and the record's index). A benchmark is judged on the
+    1-10 scale when it is a known judge benchmark or any of its scores exceeds 1.
+
+    Raises:
+        OSError: an unreadable file. ValueError: a malformed line, a score outside [0, 10], or a benchmark
+        whose scores mix the [0, 1] and the 1-10 scale (the message names the lines).
     """
-    rows = _read_jsonl(path)
     raw: list[tuple[str, str, str, float, float]] = []
-    max_score: dict[str, float] = {}
-    for i, row in enumerate(rows):
-        prompt, ws, ss = row.get("prompt"), row.get("weak_score"), row.get("strong_score")
-        if not isinstance(prompt, str) or not isinstance(ws, int | float) or not isinstance(ss, int | float):
-            raise ValueError(f"{path}: record {i} needs 'prompt', 'weak_score' and 'strong_score'")
+    scales: dict[str, _Scale] = {}
+    for i, (lineno, row) in enumerate(_read_jsonl(path)):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{path}: line {lineno} needs 'prompt', 'weak_score' and 'strong_score'")
+        ws = _score(path, lineno, "weak_score", row.get("weak_score"))
+        ss = _score(path, lineno, "strong_score", row.get("strong_score"))
         bench = str(row.get("benchmark") or "unknown")
         item = str(row.get("item_id") or f"{bench}/{i}")
-        raw.append((prompt, bench, item, float(ws), float(ss)))
-        max_score[bench] = max(max_score.get(bench, 0.0), float(ws), float(ss))
-    out: list[Record] = []
-    for prompt, bench, item, ws, ss in raw:
-        judge = bench.lower() in _JUDGE_BENCHMARKS or max_score[bench] > 1.0
-        out.append(
-            Record(
-                prompt=prompt,
-                benchmark=bench,
-                item_id=item,
-                weak=normalize_quality(bench, ws, judge),
-                strong=normalize_quality(bench, ss, judge),
-            )
+        raw.append((prompt, bench, item, ws, ss))
+        scale = scales.setdefault(bench, _Scale())
+        scale.see(lineno, "weak_score", ws)
+        scale.see(lineno, "strong_score", ss)
+    judge = {bench: _judge_scale(path, bench, scale) for bench, scale in scales.items()}
+    return [
+        Record(
+            prompt=prompt,
+            benchmark=bench,
+            item_id=item,
+            weak=normalize_quality(bench, ws, judge[bench]),
+            strong=normalize_quality(bench, ss, judge[bench]),
         )
-    return out
+        for prompt, bench, item, ws, ss in raw
+    ]
 
 
 def file_sha256(path: Path) -> str:
