@@ -4,34 +4,103 @@
 gateway start-up otherwise. Its responses are OpenAI-shaped; they are turned into plain dicts and SSE
 payloads so the pipeline treats this backend like any other, and it counts its requests in flight
 (``stats.in_flight``) as the HTTP backends do.
+
+Where a client or the bill can tell, it behaves as the HTTP backends do:
+
+* one call sends one request: litellm's retries and those of the SDK under it are off (``num_retries=0``,
+  ``max_retries=0``), so a POST that may have reached the provider is never sent again behind the
+  gateway's back (the pipeline's attempt loop decides);
+* the model's ``timeouts`` bound the call: ``connect``, ``first_byte`` (a complete answer's silences, a
+  stream's start), ``between_chunks`` (silence inside a stream) and ``total`` (the whole call, a stream's
+  last chunk included);
+* a provider's HTTP error reaches the client as through the HTTP backend
+  (:func:`backends.openai.rejected_from_response`): its message scrubbed of addresses and paths, the API
+  key cut out, a 429's ``Retry-After`` relayed; litellm's raw text, less the key, goes to ``detail`` (the
+  gateway's log) only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
+import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from backends.base import UpstreamResponse
+from backends.openai import rejected_from_response
 from backends.state import LiveStats
 from gateway.config import ModelSpec
 from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
-
-def _translate(exc: BaseException, backend: str) -> UpstreamError:
-    """Map litellm's (OpenAI-SDK-derived) exceptions to the gateway's error tree."""
+if TYPE_CHECKING:
     import openai
 
+#: How litellm dresses a provider's message, layer on layer:
+#: ``litellm.MidStreamFallbackError: litellm.APIConnectionError: APIConnectionError: OpenAIException - ``.
+_LITELLM_PREFIX = re.compile(r"^(?:(?:litellm\.)?\w+(?:Error|Exception)(?::|\s+-)\s*)+")
+#: The longest raw error text kept for the log.
+_MAX_DETAIL = 2000
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or wraps) a failure to connect: then nothing reached the provider."""
+    import httpx
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _rejected(exc: openai.APIStatusError, backend: str, secret: str | None) -> UpstreamRejected:
+    """The provider's HTTP error, translated as the HTTP backend translates one."""
+    import httpx
+
+    response: Any = getattr(exc, "response", None)  # the provider's, or a stand-in litellm made up
+    if not isinstance(response, httpx.Response):
+        response = httpx.Response(exc.status_code)
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:  # a stream's error response: its body was never read
+        content = b""
+    raw = f"HTTP {exc.status_code}: {type(exc).__name__}: {exc}" + (f" | body: {content[:1000]!r}" if content else "")
+    try:
+        parsed = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict | str)):
+        # No OpenAI-style error body (a provider's own shape, or none at all): litellm's message, undressed.
+        message = _LITELLM_PREFIX.sub("", getattr(exc, "message", None) or str(exc))
+        content = orjson.dumps({"error": {"message": message}})
+    err = rejected_from_response(exc.status_code, content, response.headers, backend, secret)
+    err.detail = _redact(raw[:_MAX_DETAIL], secret)  # the log's copy: raw, less the key
+    return err
+
+
+def _translate(exc: BaseException, backend: str, secret: str | None) -> UpstreamError:
+    """Map litellm's (OpenAI-SDK-derived) exceptions to the gateway's error tree. ``secret``: the backend's
+    API key, cut out of everything (some providers echo the credentials they were sent)."""
+    import openai
+
+    detail = _redact(f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL], secret)
+    reached = not _never_sent(exc)
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeout(f"upstream '{backend}' timed out", backend=backend)
-    if isinstance(exc, openai.APIStatusError):
-        return UpstreamRejected(
-            getattr(exc, "message", None) or str(exc), upstream_status=exc.status_code, backend=backend
-        )
-    return UpstreamUnavailable(f"upstream '{backend}' failed: {exc}", backend=backend)
+        return UpstreamTimeout(f"upstream '{backend}' timed out", backend=backend, detail=detail, reached=reached)
+    if isinstance(exc, openai.APIStatusError) and reached:  # litellm reports a refused connection as a 500
+        return _rejected(exc, backend, secret)
+    return UpstreamUnavailable(f"upstream '{backend}' unreachable", backend=backend, detail=detail, reached=reached)
 
 
 def _dump(obj: Any) -> dict[str, Any]:
@@ -42,19 +111,38 @@ def _dump(obj: Any) -> dict[str, Any]:
 
 
 class _LiteLLMStream:
-    def __init__(self, iterator: Any, backend: str, stats: LiveStats) -> None:
+    """An open litellm stream; each chunk must come within ``between_chunks`` and the last before the
+    call's ``deadline`` (the event loop's clock)."""
+
+    def __init__(self, iterator: Any, backend: LiteLLMBackend, deadline: float) -> None:
         self._iterator = iterator
-        self._backend = backend
-        self._stats: LiveStats | None = stats  # its in-flight count drops (once) when the stream is closed
+        self._backend = backend.name
+        self._secret = backend.spec.api_key()
+        self._between_chunks = backend.spec.timeouts.between_chunks
+        self._deadline = deadline
+        self._stats: LiveStats | None = backend.stats  # its in-flight count drops (once) when the stream is closed
         self.replica = "litellm"
 
     async def events(self) -> AsyncIterator[bytes]:
         errors = _error_types()
-        try:
-            async for chunk in self._iterator:
-                yield orjson.dumps(_dump(chunk))
-        except errors as exc:
-            raise _translate(exc, self._backend) from None
+        loop = asyncio.get_running_loop()
+        chunks = self._iterator.__aiter__()
+        while True:
+            stall_at = loop.time() + self._between_chunks
+            try:
+                async with asyncio.timeout_at(min(stall_at, self._deadline)):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if self._deadline <= stall_at:
+                    raise UpstreamTimeout(
+                        f"upstream '{self._backend}' exceeded its total timeout (stream)", backend=self._backend
+                    ) from None
+                raise UpstreamTimeout(f"upstream '{self._backend}' stream stalled", backend=self._backend) from None
+            except errors as exc:
+                raise _translate(exc, self._backend, self._secret) from None
+            yield orjson.dumps(_dump(chunk))
         yield b"[DONE]"
 
     async def aclose(self) -> None:
@@ -85,8 +173,14 @@ class LiteLLMBackend:
         # litellm fetches its price map from the network at import unless told to use the bundled copy.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         self._litellm = importlib.import_module("litellm")
+        import httpx  # loaded with litellm
 
-    def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        t = spec.timeouts
+        # Per read and per connection attempt; asyncio bounds first_byte, between_chunks and total exactly.
+        self._timeout = httpx.Timeout(t.first_byte, connect=t.connect)
+        self._stream_timeout = httpx.Timeout(max(t.first_byte, t.between_chunks), connect=t.connect)
+
+    def _kwargs(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         kwargs = dict(body)
         kwargs["model"] = self.spec.upstream_name
         if self.spec.base_url:
@@ -94,44 +188,60 @@ class LiteLLMBackend:
         key = self.spec.api_key()
         if key:
             kwargs["api_key"] = key
-        kwargs["timeout"] = self.spec.timeouts.total
+        kwargs["timeout"] = kwargs["stream_timeout"] = self._stream_timeout if stream else self._timeout
+        # One call, one request: the gateway's attempt loop alone decides what is sent again, and where.
+        kwargs["num_retries"] = 0  # litellm's own retry wrapper
+        kwargs["max_retries"] = 0  # the provider SDK's, under it
+        if stream:
+            kwargs["stream"] = True
         return kwargs
 
-    async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+    def _only_chat(self, path: str) -> None:
         if path != "/chat/completions":
             raise UpstreamRejected(
                 f"model '{self.name}' (litellm) serves chat completions only",
                 upstream_status=400,
                 backend=self.name,
             )
+
+    async def complete(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+        self._only_chat(path)
+        kwargs = self._kwargs(body, stream=False)
         self.stats.in_flight += 1
         try:
-            result = await self._litellm.acompletion(**self._kwargs(body))
+            async with asyncio.timeout(self.spec.timeouts.total):
+                result = await self._litellm.acompletion(**kwargs)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream '{self.name}' exceeded its total timeout (response)", backend=self.name
+            ) from None
         except _error_types() as exc:
-            raise _translate(exc, self.name) from None
+            raise _translate(exc, self.name, kwargs.get("api_key")) from None
         finally:
             self.stats.in_flight -= 1
         return UpstreamResponse(status=200, body=_dump(result), replica="litellm")
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> _LiteLLMStream:
-        if path != "/chat/completions":
-            raise UpstreamRejected(
-                f"model '{self.name}' (litellm) serves chat completions only",
-                upstream_status=400,
-                backend=self.name,
-            )
-        kwargs = self._kwargs(body)
-        kwargs["stream"] = True
+        self._only_chat(path)
+        kwargs = self._kwargs(body, stream=True)
+        t = self.spec.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
         self.stats.in_flight += 1  # until the stream is closed, or now if none is returned
         try:
             try:
-                iterator = await self._litellm.acompletion(**kwargs)
+                async with asyncio.timeout_at(min(deadline, loop.time() + t.first_byte)):
+                    iterator = await self._litellm.acompletion(**kwargs)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"upstream '{self.name}' did not start its stream in time", backend=self.name
+                ) from None
             except _error_types() as exc:
-                raise _translate(exc, self.name) from None
+                raise _translate(exc, self.name, kwargs.get("api_key")) from None
         except BaseException:
             self.stats.in_flight -= 1
             raise
-        return _LiteLLMStream(iterator, self.name, self.stats)
+        return _LiteLLMStream(iterator, self, deadline)
 
     async def check_health(self) -> bool:
         # Hosted providers have no cheap, uniform health endpoint; the breaker tracks real failures.
