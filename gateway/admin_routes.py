@@ -1,7 +1,7 @@
 """Spend API, key administration and the cost dashboard.
 
-* ``GET /admin/spend?group_by=model|key|team|user|route|day&start=&end=[&key_id=]`` (master key)
-* ``GET /v1/spend?group_by=...&start=&end=``: the calling key's own spend only
+* ``GET /admin/spend?group_by=model|key|team|user|route|day&start=&end=[&key_id=][&limit=]`` (master key)
+* ``GET /v1/spend?group_by=...&start=&end=[&limit=]``: the calling key's own spend only
 * ``GET /admin/dashboard/data?start=&end=``: everything the dashboard draws (master key)
 * ``GET /admin/requests?key_id=&limit=&before=``, ``GET /admin/requests/{request_id}``: raw ledger rows
   (drill-down, master key)
@@ -11,21 +11,25 @@
 * ``GET /dashboard``: the dashboard page (its data calls carry the master key)
 
 Times (``start``/``end``) are ``24h``/``7d`` ago, ISO dates or datetimes (UTC) or epoch seconds; money is
-rendered as decimal strings.
+rendered as decimal strings. A spend answer lists at most ``limit`` groups (default 100, at most 1000: the most
+expensive, or the newest days) and says ``truncated`` when it left some out; its ``totals`` cover them all.
+Ids and names holding a NUL character are refused (400) on both databases (PostgreSQL cannot store one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import APIRouter
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
@@ -46,7 +50,41 @@ _STATIC = {
 }
 _FLUSH_BEFORE_QUERY_S = 2.0
 _MAX_INT = 2**31 - 1  # PostgreSQL INTEGER (rpm, tpm)
-_MAX_BUDGET_USD = Decimal(9_000_000)  # SQLite stores money as int64 units of 1e-12 USD (~9.2 million)
+_MAX_LIMIT = 1000  # rows (drill-down) or groups (spend) one answer may list
+_COUNT_DIGITS = 7  # more ASCII digits than any allowed count has (int() refuses past 4300 of them)
+#: SQLSTATE classes of a database that cannot serve now: connection exception, insufficient resources (too many
+#: connections), operator intervention (shutting down, starting up).
+_UNREACHABLE_SQLSTATES = ("08", "53", "57")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a database error means the database cannot be reached or cannot serve now (a connection or
+    operational failure, worth retrying), rather than a statement it refused (a bug, or data it cannot hold)."""
+    if isinstance(exc, OSError | OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or (isinstance(state, str) and state[:2] in _UNREACHABLE_SQLSTATES)
+
+
+@contextlib.contextmanager
+def database_errors(what: str = "ledger") -> Iterator[None]:
+    """Answer 503 when the ``what`` database cannot be reached (see :func:`unreachable`); any other database
+    error propagates (a 500, logged): a refused statement is no outage."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        if not unreachable(exc):
+            raise
+        raise ServiceUnavailable(f"The {what} database is unreachable; try again shortly.") from None
+
+
+def refuse_nul(param: str, value: str | None) -> None:
+    """Refuse (400, naming ``param``) an id or name holding a NUL character: PostgreSQL cannot store or compare
+    one (SQLite can), so both databases answer alike."""
+    if value is not None and "\x00" in value:
+        raise InvalidRequest(f"'{param}' must not contain a NUL character.", param=param)
 
 
 async def _admin(request: Request) -> None:
@@ -73,12 +111,33 @@ async def _fresh(ledger: SqlLedger) -> None:
         await asyncio.wait_for(ledger.flush(), _FLUSH_BEFORE_QUERY_S)
 
 
-def _range(request: Request) -> tuple[int | None, int | None]:
-    params = request.query_params
+def time_param(request: Request, name: str) -> int | None:
+    """The query parameter ``name`` as epoch milliseconds (None when absent); 400 naming it when it is no time."""
     try:
-        return q.parse_time(params.get("start")), q.parse_time(params.get("end"))
+        return q.parse_time(request.query_params.get(name))
     except ValueError as exc:
-        raise InvalidRequest(str(exc), param="start") from None
+        raise InvalidRequest(str(exc), param=name) from None
+
+
+def _range(request: Request) -> tuple[int | None, int | None]:
+    return time_param(request, "start"), time_param(request, "end")
+
+
+def count_param(request: Request, name: str, default: int, maximum: int = _MAX_LIMIT) -> int:
+    """The query parameter ``name`` as a count from 1 to ``maximum`` in ASCII digits; 400 naming it otherwise
+    (``str.isdigit`` alone passes superscripts, which ``int`` refuses, and ``int`` takes other scripts' digits)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _COUNT_DIGITS or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"Invalid {name}: use an integer from 1 to {maximum}.", param=name)
+    return int(raw)
+
+
+def _key_id(request: Request) -> str | None:
+    key_id = request.query_params.get("key_id") or None
+    refuse_nul("key_id", key_id)
+    return key_id
 
 
 def _group_by(request: Request) -> str:
@@ -92,21 +151,25 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-async def _spend_body(
-    ledger: SqlLedger, group_by: str, start: int | None, end: int | None, key_id: str | None
-) -> dict[str, Any]:
+async def _spend_body(request: Request, ledger: SqlLedger, key_id: str | None) -> dict[str, Any]:
+    """The spend answer: validates ``group_by``, ``start``/``end`` and ``limit``, then reads the groups."""
+    group_by = _group_by(request)
+    start, end = _range(request)
+    limit = count_param(request, "limit", 100)
     await _fresh(ledger)
-    try:
-        rows = await q.spend(ledger.db.engine, group_by, start_ms=start, end_ms=end, key_id=key_id)
+    with database_errors():
+        rows, truncated = await q.spend_page(
+            ledger.db.engine, group_by, start_ms=start, end_ms=end, key_id=key_id, limit=limit
+        )
         total = await q.totals(ledger.db.engine, start_ms=start, end_ms=end, key_id=key_id)
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
     return {
         "object": "spend",
         "group_by": group_by,
         "start": _iso(start),
         "end": _iso(end),
         "key_id": key_id,
+        "limit": limit,
+        "truncated": truncated,
         "data": [r.to_json() for r in rows],
         "totals": total.to_json(),
     }
@@ -116,11 +179,8 @@ async def _spend_body(
 async def admin_spend(request: Request) -> Response:
     """Spend per group over a time range, for the master key."""
     await _admin(request)
-    start, end = _range(request)
-    body = await _spend_body(
-        _ledger(request), _group_by(request), start, end, request.query_params.get("key_id") or None
-    )
-    return json_response(body)
+    key_id = _key_id(request)
+    return json_response(await _spend_body(request, _ledger(request), key_id))
 
 
 @router.get("/v1/spend")
@@ -132,8 +192,7 @@ async def own_spend(request: Request) -> Response:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
     record, _ = await admission.lookup(ctx.api_key)
     key_id = MASTER_KEY_ID if record is None else record.id
-    start, end = _range(request)
-    body = await _spend_body(_ledger(request), _group_by(request), start, end, key_id)
+    body = await _spend_body(request, _ledger(request), key_id)
     if record is not None:
         body["key"] = record.to_json()
         body["key"]["spent_usd"] = body["totals"]["cost_usd"]
@@ -147,22 +206,13 @@ async def dashboard_data(request: Request) -> Response:
     ledger = _ledger(request)
     start, end = _range(request)
     await _fresh(ledger)
-    try:
+    with database_errors():
         body = await q.dashboard(
             ledger.db.engine, start_ms=start, end_ms=end, sample_rows=ledger.settings.latency_sample_rows
         )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
     body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model
     return json_response(body)
-
-
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidRequest("Invalid limit: use an integer from 1 to 1000.", param="limit")
-    return int(raw)
 
 
 @router.get("/admin/requests")
@@ -170,18 +220,12 @@ async def recent_requests(request: Request) -> Response:
     """The newest ledger rows, of one key (``key_id``) or of all, before ``before`` (drill-down)."""
     await _admin(request)
     ledger = _ledger(request)
-    limit = _limit(request)
-    try:
-        before = q.parse_time(request.query_params.get("before"))
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="before") from None
+    key_id = _key_id(request)
+    limit = count_param(request, "limit", 50)
+    before = time_param(request, "before")
     await _fresh(ledger)
-    try:
-        rows = await q.recent_requests(
-            ledger.db.engine, key_id=request.query_params.get("key_id") or None, limit=limit, before_ms=before
-        )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
+    with database_errors():
+        rows = await q.recent_requests(ledger.db.engine, key_id=key_id, limit=limit, before_ms=before)
     return json_response({"object": "list", "data": rows})
 
 
@@ -189,12 +233,11 @@ async def recent_requests(request: Request) -> Response:
 async def request_rows(request: Request, request_id: str) -> Response:
     """The ledger rows of one request id (404 if none, e.g. past retention)."""
     await _admin(request)
+    refuse_nul("request_id", request_id)
     ledger = _ledger(request)
     await _fresh(ledger)
-    try:
+    with database_errors():
         rows = await q.request_rows(ledger.db.engine, request_id)
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
     if not rows:
         raise NotFound(f"No ledger row for request '{request_id}'.", code="request_not_found")
     return json_response({"object": "list", "data": rows})
@@ -218,10 +261,8 @@ async def router_reload(request: Request) -> Response:
 async def list_keys(request: Request) -> Response:
     """Every virtual key (never their secrets)."""
     await _admin(request)
-    try:
+    with database_errors("key"):
         records = await _keys(request).store.list()
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
     return json_response({"object": "list", "data": [r.to_json() for r in records]})
 
 
@@ -247,15 +288,13 @@ async def create_key(request: Request) -> Response:
     budget: Decimal | None = None
     if body.get("budget_usd") is not None:
         try:
-            budget = Decimal(str(body["budget_usd"]))
-        except InvalidOperation:
-            raise InvalidRequest("'budget_usd' must be a decimal number.", param="budget_usd") from None
-        if not budget.is_finite() or budget < 0:
-            raise InvalidRequest("'budget_usd' must be a non-negative number.", param="budget_usd")
-        if budget > _MAX_BUDGET_USD:
-            raise InvalidRequest(f"'budget_usd' must be at most {_MAX_BUDGET_USD}.", param="budget_usd")
+            budget = q.parse_budget(str(body["budget_usd"]))
+        except ValueError as exc:
+            raise InvalidRequest(f"'budget_usd' {exc}.", param="budget_usd") from None
     team = body.get("team")
-    try:
+    refuse_nul("name", body["name"])
+    refuse_nul("team", team if isinstance(team, str) else None)
+    with database_errors("key"):
         record, secret = await _keys(request).create_key(
             body["name"].strip()[:128],
             team=team[:128] if isinstance(team, str) and team else None,
@@ -263,8 +302,6 @@ async def create_key(request: Request) -> Response:
             rpm=_opt_int(body, "rpm"),
             tpm=_opt_int(body, "tpm"),
         )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
     return json_response({**record.to_json(), "key": secret}, status=201)
 
 
@@ -272,10 +309,9 @@ async def create_key(request: Request) -> Response:
 async def revoke_key(key_id: str, request: Request) -> Response:
     """Revoke a key: refused at once on every replica sharing Redis."""
     await _admin(request)
-    try:
+    refuse_nul("key_id", key_id)
+    with database_errors("key"):
         record = await _keys(request).revoke_key(key_id)
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
     if record is None:
         raise NotFound(f"No key '{key_id}'.", code="key_not_found")
     return json_response(record.to_json())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,15 +68,15 @@ def create(
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="tokens per minute")] = None,
 ) -> None:
     """Create a key and print its secret (shown this once only)."""
+    from gateway.accounting.queries import parse_budget
+
     budget: Decimal | None = None
     if budget_usd is not None:
         try:
-            budget = Decimal(budget_usd)
-        except InvalidOperation:
-            budget = None
-        if budget is None or not budget.is_finite() or budget < 0:
-            typer.echo("error: --budget-usd must be a non-negative decimal number", err=True)
-            raise typer.Exit(2)
+            budget = parse_budget(budget_usd)
+        except ValueError as exc:
+            typer.echo(f"error: --budget-usd {exc}", err=True)
+            raise typer.Exit(2) from None
     settings = _settings(config)
     record, secret = _run(settings, lambda adm: adm.create_key(name, team=team, budget_usd=budget, rpm=rpm, tpm=tpm))
     typer.echo(secret)

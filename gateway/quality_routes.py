@@ -13,12 +13,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admin_routes import _fresh, _iso, _ledger, _range
-from gateway.auth.admission import KeyAdmission, ServiceUnavailable
+from gateway.admin_routes import _fresh, _iso, _ledger, _range, database_errors, refuse_nul
+from gateway.auth.admission import KeyAdmission
 from gateway.background import wait_recorded
 from gateway.errors import InvalidRequest, NotFound
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
@@ -71,6 +70,7 @@ async def post_feedback(request: Request) -> Response:
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 128:
         raise InvalidRequest("'request_id' is required (a string of at most 128 characters).", param="request_id")
+    refuse_nul("request_id", request_id)
     score = _score(body)
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
@@ -84,7 +84,7 @@ async def post_feedback(request: Request) -> Response:
         if attempt:
             await asyncio.sleep(2 * ledger.settings.flush_interval_seconds)
         await _fresh(ledger)
-        try:
+        with database_errors():
             found = await add_feedback(
                 ledger.db.engine,
                 request_id,
@@ -94,8 +94,6 @@ async def post_feedback(request: Request) -> Response:
                 team=ctx.team,
                 keys_enabled=keys_enabled,
             )
-        except (SQLAlchemyError, OSError):
-            raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
         if found is not None:
             break
     if found is None:
@@ -120,7 +118,7 @@ async def admin_quality(request: Request) -> Response:
     await _fresh(ledger)
     monitor = gw.monitor
     reference = dict(monitor.reference) if monitor is not None else {}
-    try:
+    with database_errors():
         data = await quality_report(
             ledger.db.engine,
             "route" if group_by == "route" else "model",
@@ -128,8 +126,6 @@ async def admin_quality(request: Request) -> Response:
             start_ms=start,
             end_ms=end,
         )
-    except (SQLAlchemyError, OSError):
-        raise ServiceUnavailable("The ledger database is unreachable; try again shortly.") from None
     status: dict[str, Any] = {"enabled": monitor is not None}
     if monitor is not None:
         status.update(

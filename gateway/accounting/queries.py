@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -72,39 +72,61 @@ def parse_time(value: str | None, *, now: float | None = None) -> int | None:
     naive), or epoch seconds; ``None`` for an empty value.
 
     Raises:
-        ValueError: the value is none of these.
+        ValueError: the value is none of these, or a time outside years 1 to 9999.
     """
     if value is None or not value.strip():
         return None
     now = time.time() if now is None else now
     m = _RELATIVE.match(value)
     if m:
-        return _in_range(int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1000), value)
+        return _epoch_ms(now - float(m.group(1)) * _UNIT_S[m.group(2)], value)
     try:
         seconds = float(value)
     except ValueError:
         pass
     else:
-        if not math.isfinite(seconds):
-            raise ValueError(f"not a time: {value!r} (epoch seconds must be a finite number)")
-        return _in_range(int(seconds * 1000), value)
+        return _epoch_ms(seconds, value)
     try:
         dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not a time: {value!r} (use 24h, 7d, an ISO date/datetime or epoch seconds)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return _in_range(int(dt.timestamp() * 1000), value)
+    return _epoch_ms(dt.timestamp(), value)
 
 
 #: Epoch milliseconds of 0001-01-01 and 9999-12-31 UTC: what datetimes (and the ledger's columns) can hold.
 _MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_000
 
 
-def _in_range(ms: int, value: str) -> int:
+def _epoch_ms(seconds: float, value: str) -> int:
+    """``seconds`` as epoch milliseconds; a ValueError when that is no time a datetime can hold (a huge
+    ``111…d`` or ``1e307`` gives an infinite float, which ``int`` refuses with an OverflowError)."""
+    ms = seconds * 1000
+    if not math.isfinite(ms):
+        raise ValueError(f"not a time: {value!r} (must be a finite time)")
     if not _MIN_MS <= ms <= _MAX_MS:
         raise ValueError(f"not a time: {value!r} (out of range: years 1 to 9999)")
-    return ms
+    return int(ms)
+
+
+#: The largest budget a key may have: SQLite stores money as int64 units of 1e-12 USD (about 9.2 million USD).
+MAX_BUDGET_USD = Decimal(9_000_000)
+
+
+def parse_budget(value: str) -> Decimal:
+    """A key's budget in USD from its text form: a decimal number from 0 to :data:`MAX_BUDGET_USD`.
+
+    Raises:
+        ValueError: the value is no such number (the message says what is allowed).
+    """
+    try:
+        budget = Decimal(value.strip())
+    except InvalidOperation:
+        budget = Decimal("NaN")
+    if not budget.is_finite() or not 0 <= budget <= MAX_BUDGET_USD:
+        raise ValueError(f"must be a decimal number from 0 to {MAX_BUDGET_USD}")
+    return budget
 
 
 def money(value: Decimal | None) -> str:
@@ -292,7 +314,8 @@ async def spend(
     key_id: str | None = None,
     limit: int | None = None,
 ) -> list[SpendRow]:
-    """Totals per group (most expensive first; by date for ``day``), optionally for one key only.
+    """Totals per group (most expensive first; by date for ``day``), optionally for one key only; with ``limit``,
+    only that many groups (the most expensive, or the newest days), cut by the database.
 
     Read from the rollups (whole buckets) and the raw rows of the partial minutes at the range's ends.
     """
@@ -300,7 +323,7 @@ async def spend(
     union, sums = _summed(split_range(start_ms, end_ms), dim, [("grp", fn)], key_id)
     stmt = select(union.c.grp, *sums).group_by(union.c.grp)
     if group_by == "day":
-        stmt = stmt.order_by(union.c.grp)
+        stmt = stmt.order_by(union.c.grp if limit is None else union.c.grp.desc())
     else:
         stmt = stmt.order_by(func.sum(union.c.cost_usd).desc(), func.sum(union.c.requests).desc(), union.c.grp)
     if limit is not None:
@@ -308,6 +331,8 @@ async def spend(
     async with engine.connect() as conn:
         found = (await conn.execute(stmt)).all()
         rows = [_spend_row(_day(r.grp) if group_by == "day" else _group_value(r.grp), r) for r in found]
+        if group_by == "day" and limit is not None:
+            rows.reverse()  # the newest days were read newest first; days are listed by date
         if group_by == "key":
             ids = [r.group for r in rows if r.group]
             if ids:
@@ -316,6 +341,23 @@ async def spend(
                 for r in rows:
                     r.name = names.get(r.group or "")
     return rows
+
+
+async def spend_page(
+    engine: AsyncEngine,
+    group_by: str,
+    *,
+    limit: int,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    key_id: str | None = None,
+) -> tuple[list[SpendRow], bool]:
+    """The first ``limit`` groups of :func:`spend`, and whether there were more (left out)."""
+    rows = await spend(engine, group_by, start_ms=start_ms, end_ms=end_ms, key_id=key_id, limit=limit + 1)
+    if len(rows) <= limit:
+        return rows, False
+    # one group too many was read: the cheapest one, or for days the oldest (listed first)
+    return (rows[1:] if group_by == "day" else rows[:limit]), True
 
 
 def _day(ms: Any) -> str:
@@ -482,6 +524,11 @@ async def dashboard(
 # -- drill-down: raw rows, through indexes ---------------------------------------------------------------
 
 
+def _utc(value: datetime) -> datetime:
+    """``value`` in UTC with its time zone: SQLite gives the ledger's (UTC) times back naive."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _row_json(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in row._asdict().items():
@@ -489,7 +536,7 @@ def _row_json(row: Any) -> dict[str, Any]:
         if isinstance(value, Decimal):
             out[key] = money(value)
         elif isinstance(value, datetime):
-            out[key] = value.isoformat()
+            out[key] = _utc(value).isoformat()
         else:
             out[key] = value
     return out

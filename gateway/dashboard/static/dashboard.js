@@ -1,16 +1,21 @@
 /* The gateway's cost dashboard: reads /admin/dashboard/data with the master key (kept in sessionStorage)
  * and draws it with Chart.js. Money arrives as exact decimal strings; the KPI elements keep that exact
- * string in data-value and show it rounded. */
+ * string in data-value and show it rounded. The quality panel (/admin/quality, a heavier query) refreshes
+ * less often (?quality_refresh=, seconds, default 60), and never while its previous request is pending. */
 (function () {
   "use strict";
 
   var STORAGE_KEY = "gateway-master-key";
-  var REFRESH_MS = 1000 * Number(new URLSearchParams(location.search).get("refresh") || 5);
+  var SEARCH = new URLSearchParams(location.search);
+  var REFRESH_MS = 1000 * Number(SEARCH.get("refresh") || 5);
+  var QUALITY_REFRESH_MS = 1000 * Number(SEARCH.get("quality_refresh") || 60);
   var PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
                  "#ea580c", "#475569"];
   var charts = {};
   var timer = null;
   var loads = 0;  // the newest load's number: an older response arriving late is dropped
+  // the quality panel's request: one at a time, for the range shown (query), at most every QUALITY_REFRESH_MS
+  var quality = {pending: false, query: null, at: 0, wanted: {query: null, headers: {}}};
 
   function $(id) { return document.getElementById(id); }
 
@@ -266,14 +271,32 @@
     if (body.router && body.router.kind) { $("quality-note").textContent += ". Router: " + body.router.note; }
   }
 
-  function loadQuality(params, headers, mine) {
-    fetch("/admin/quality?group_by=route&" + params.toString(), {headers: headers, cache: "no-store"})
+  function qualityDue(query) {
+    return query !== quality.query || Date.now() - quality.at >= QUALITY_REFRESH_MS;
+  }
+
+  function loadQuality(params, headers) {
+    quality.wanted = {query: params.toString(), headers: headers};
+    fetchQuality();
+  }
+
+  function fetchQuality() {
+    var want = quality.wanted;
+    if (quality.pending || !qualityDue(want.query)) { return; }
+    quality.pending = true;
+    quality.query = want.query;
+    quality.at = Date.now();
+    fetch("/admin/quality?group_by=route&" + want.query, {headers: want.headers, cache: "no-store"})
       .then(function (r) { return r.json().then(function (body) { return {status: r.status, body: body}; }); })
       .then(function (res) {
-        if (mine !== loads) { return; }
+        if (want.query !== quality.wanted.query) { return; }  // the range changed meanwhile: asked again below
         if (res.status === 200) { renderQuality(res.body); } else { $("quality-note").textContent = "quality: unavailable"; }
       })
-      .catch(function () { $("quality-note").textContent = "quality: unavailable"; });
+      .catch(function () { $("quality-note").textContent = "quality: unavailable"; })
+      .then(function () {
+        quality.pending = false;
+        if (quality.wanted.query !== want.query) { fetchQuality(); }
+      });
   }
 
   function showLogin(message) {
@@ -312,10 +335,15 @@
         $("dashboard").hidden = false;
         $("controls").hidden = false;
         render(res.body);
-        loadQuality(params, headers, mine);
+        loadQuality(params, headers);
         scheduleRefresh();
       })
       .catch(function (err) { $("last-updated").textContent = "error: " + err; });
+  }
+
+  function reload() {  // asked for (sign-in, Refresh): the quality panel too, not only when due
+    quality.at = 0;
+    load();
   }
 
   function stopTimer() { if (timer !== null) { clearTimeout(timer); timer = null; } }
@@ -330,13 +358,13 @@
       ev.preventDefault();
       sessionStorage.setItem(STORAGE_KEY, $("master-key").value);
       $("master-key").value = "";
-      load();
+      reload();
     });
     $("logout").addEventListener("click", function () {
       sessionStorage.removeItem(STORAGE_KEY);
       showLogin("");
     });
-    $("refresh").addEventListener("click", load);
+    $("refresh").addEventListener("click", reload);
     $("range").addEventListener("change", load);
     $("live").addEventListener("change", scheduleRefresh);
     if (storedKey() !== null) { load(); } else { showLogin(""); }
