@@ -43,6 +43,12 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
+    from gateway.config import listen_flags_problem
+
+    flags = listen_flags_problem(port, workers)  # the bounds of server.port and server.workers
+    if flags is not None:
+        typer.echo(f"error: {flags}", err=True)
+        raise typer.Exit(2)
     _load(config)  # a bad config stops here, with one line naming the file, the key and the problem
     # -P: the working directory does not go on sys.path, so a checkout there cannot shadow the installed
     # package with other sources than the ones installed.

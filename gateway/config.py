@@ -13,15 +13,28 @@ line naming the file, the key path and the problem.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import types
+import typing
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigError
 
@@ -29,6 +42,65 @@ BackendKind = Literal["vllm", "openai", "litellm"]
 
 #: Route every configuration has even without a ``routes`` section.
 DEFAULT_ROUTE = "auto"
+
+#: Highest ``server.port`` (and ``--port``); 0 asks the system for a free port.
+MAX_PORT = 65535
+
+#: The master key ``.env.example`` and ``compose.yaml`` ship: public, warned about on a non-loopback bind.
+PLACEHOLDER_MASTER_KEY = "sk-gw-master-change-me"
+
+#: Shortest master key accepted on a non-loopback address (loopback binds accept any).
+MIN_PUBLIC_MASTER_KEY_CHARS = 16
+
+#: The SQLAlchemy drivers the ledger runs on; plain ``sqlite://``, ``postgresql://`` and ``postgres://`` get
+#: them (``gateway.accounting.db.async_url``).
+LEDGER_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg"})
+_LEDGER_ALIASES = frozenset({"sqlite", "postgresql", "postgres"})
+
+#: URL schemes redis-py connects with.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _ledger_url(url: str) -> str:
+    """``url`` if it is a SQLAlchemy URL with a driver the ledger supports (the URL is never echoed: it may
+    hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        driver = make_url(url).drivername
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a database URL (e.g. sqlite+aiosqlite:///./gateway-ledger.db or "
+            "postgresql+asyncpg://user:password@host:5432/db)"
+        ) from None
+    if driver not in LEDGER_DRIVERS | _LEDGER_ALIASES:
+        supported = ", ".join(sorted(LEDGER_DRIVERS | _LEDGER_ALIASES))
+        raise ValueError(f"unsupported database '{driver}' (supported: {supported})")
+    return url
+
+
+def _redis_url(url: str) -> str:
+    """``url`` if redis-py can connect with it (empty: no Redis)."""
+    if not url:
+        return url
+    expected = "not a Redis URL (expected redis://host:6379/0, rediss://host:6380/0 or unix:///path/redis.sock)"
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(expected)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(f"{expected}: the port is not a number") from None
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"{expected}: no socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{expected}: no host")
+    return url
+
+
+LedgerUrl = Annotated[str, AfterValidator(_ledger_url)]
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 
 
 class _Strict(BaseModel):
@@ -166,7 +238,7 @@ class ServerSettings(_Strict):
     """Listening socket and request limits."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=MAX_PORT)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     max_header_bytes: int = Field(16 * 1024, gt=0)
@@ -200,7 +272,7 @@ class CacheSettings(_Strict):
     """Response cache; in-process LRU unless ``redis_url`` (or ``REDIS_URL``) is set."""
 
     enabled: bool = True
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None
     ttl_seconds: int = Field(3600, ge=1)
     key_prefix: str = "gw:cache:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
@@ -246,7 +318,7 @@ class CacheSettings(_Strict):
 class LedgerSettings(_Strict):
     """Per-request cost ledger."""
 
-    url: str = "sqlite+aiosqlite:///./gateway-ledger.db"
+    url: LedgerUrl = "sqlite+aiosqlite:///./gateway-ledger.db"
     connect_timeout_seconds: float = Field(
         10.0, gt=0, description="PostgreSQL: opening a connection gives up after this (start-up waits at most this)"
     )
@@ -283,7 +355,7 @@ class AuthSettings(_Strict):
 
     enabled: bool | None = Field(None, description="default: on when the master key is set; false with one: refused")
     master_key_env: str = "GATEWAY_MASTER_KEY"
-    redis_url: str | None = Field(None, description="limits and budgets store; default: cache.redis_url")
+    redis_url: RedisUrl | None = Field(None, description="limits and budgets store; default: cache.redis_url")
     redis_prefix: str = "gw:auth:"
     key_cache_seconds: float = Field(10.0, ge=0, description="in-process key record TTL (revocation window)")
     reserve_completion_tokens: int = Field(1024, ge=1, description="budget reserve when max_tokens is absent")
@@ -327,9 +399,23 @@ class ResponsesSettings(_Strict):
     """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
 
     ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
-    redis_url: str | None = Field(None, description="default: cache.redis_url; without either, the ledger database")
+    redis_url: RedisUrl | None = Field(
+        None, description="default: cache.redis_url; without either, the ledger database"
+    )
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
+
+
+def _a_model(mode: str) -> str:
+    return f"an {mode} model" if mode[0] in "aeiou" else f"a {mode} model"
+
+
+def _needs_chat_model(key: str, name: str, modes: Mapping[str, str], why: str) -> None:
+    """Raise ValueError naming ``key`` unless ``name`` is a configured chat model."""
+    if name not in modes:
+        raise ValueError(f"{key}: unknown model '{name}'")
+    if modes[name] != "chat":
+        raise ValueError(f"{key}: '{name}' is {_a_model(modes[name])}, not a chat model ({why})")
 
 
 class Settings(BaseSettings):
@@ -380,22 +466,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:
-        names = {m.name for m in self.models}
+        modes = {m.name: m.mode for m in self.models}
         for m in self.models:
             for fb in m.fallbacks:
-                if fb not in names:
+                if fb not in modes:
                     raise ValueError(f"models.{m.name}.fallbacks: unknown model '{fb}'")
+                if modes[fb] != m.mode:
+                    raise ValueError(
+                        f"models.{m.name}.fallbacks: '{fb}' is {_a_model(modes[fb])} and '{m.name}' "
+                        f"{_a_model(m.mode)}: a fallback must serve the same requests"
+                    )
         for route, spec in self.routes.items():
-            if route in names:
+            if route in modes:
                 raise ValueError(f"routes.{route}: a route cannot share its name with a model")
             for model in spec.models or []:
-                if model not in names:
-                    raise ValueError(f"routes.{route}.models: unknown model '{model}'")
-            if spec.verifier is not None and spec.verifier.model not in names:
-                raise ValueError(f"routes.{route}.verifier.model: unknown model '{spec.verifier.model}'")
-        judge = self.quality.judge_model
-        if judge is not None and judge not in names:
-            raise ValueError(f"quality.judge_model: unknown model '{judge}'")
+                _needs_chat_model(f"routes.{route}.models", model, modes, "routes serve chat and text completions")
+            if spec.verifier is not None:
+                _needs_chat_model(
+                    f"routes.{route}.verifier.model", spec.verifier.model, modes, "the verifier is asked in a chat"
+                )
+        if self.quality.judge_model is not None:
+            _needs_chat_model("quality.judge_model", self.quality.judge_model, modes, "the judge is asked in a chat")
         if self.quality.adapt_every_labels is not None and self.router.artifact is None:
             raise ValueError("quality.adapt_every_labels needs router.artifact (where the adapted router goes)")
         return self
@@ -464,16 +555,120 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_ENV_PREFIX = "GATEWAY_"
+
+#: Conventional variables and the keys they set (:func:`_env_overrides`).
+_CONVENTIONAL_ENV = {("cache", "redis_url"): "REDIS_URL", ("ledger", "url"): "DATABASE_URL"}
+
+
+def _gateway_env() -> dict[str, str]:
+    """``GATEWAY_*`` variable names, upper-cased (pydantic-settings reads them case-insensitively) -> as set."""
+    return {k.upper(): k for k in os.environ if k.upper().startswith(_ENV_PREFIX)}
+
+
+def _env_source(loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable that set the value at ``loc`` (or the list or section holding it), if any."""
+    names = _gateway_env()
+    parts = [str(p).upper() for p in loc]
+    for i in range(len(parts), 0, -1):
+        name = _ENV_PREFIX + "__".join(parts[:i])
+        if name in names:
+            return names[name]
+    if parts:
+        deeper = sorted(n for n in names if n.startswith(_ENV_PREFIX + "__".join(parts) + "__"))
+        if deeper:
+            return names[deeper[0]]
+    conventional = _CONVENTIONAL_ENV.get((str(loc[0]), str(loc[1]))) if len(loc) >= 2 else None
+    return conventional if conventional is not None and os.environ.get(conventional) else None
+
+
+def _env_hint(name: str) -> str:
+    """What to do instead, when ``name`` tries to set one item of a list."""
+    if not any(part.isdigit() for part in name.split("__")[1:]):
+        return ""
+    head = name.split("__")[0]
+    return (
+        f" (the environment cannot set one item of a list: set the whole list as JSON in {head}, or put "
+        "${VAR} in the file, e.g. base_url: ${VLLM_URL})"
+    )
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads a variable for ``annotation`` as JSON (lists, mappings, sections)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict, set, tuple, frozenset):
+        return True
+    if origin in (typing.Union, types.UnionType, Annotated):
+        return any(_is_complex(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _env_annotation(name: str) -> Any:
+    """The type of the setting ``GATEWAY_<SECTION>__<KEY>`` names (None: no such setting)."""
+    node: Any = Settings
+    annotation: Any = None
+    for part in name[len(_ENV_PREFIX) :].lower().split("__"):
+        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
+        if part not in fields:
+            return None
+        annotation = fields[part].annotation
+        node = annotation
+    return annotation
+
+
+def _settings_error(exc: SettingsError) -> ConfigError:
+    """One line for a ``GATEWAY_*`` value pydantic-settings could not parse (a list or mapping not in JSON)."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    field = found.group(1) if found else ""
+    head = _ENV_PREFIX + field.upper()
+    names = _gateway_env()
+    mine = sorted(n for n in names if field and (n == head or n.startswith(head + "__")))
+    culprits = [n for n in mine if _is_complex(_env_annotation(n)) and not _parses_as_json(os.environ[names[n]])]
+    chosen = (culprits or mine or [head])[0]
+    name = names.get(chosen, chosen)
+    key = ".".join(name[len(_ENV_PREFIX) :].lower().split("__"))
+    return ConfigError(
+        f"environment variable {name}: {key}: cannot parse the value: lists and mappings are JSON in the "
+        'environment, e.g. ["https://a.example.com"] or {"key": "value"}'
+    )
+
+
+def _key_in_message(message: str) -> tuple[str, ...]:
+    """The key path a whole-configuration check names first in its message (``routes.x.models: ...``)."""
+    found = re.match(r"(?:Value error, )?([A-Za-z_][\w-]*(?:\.[\w-]+)*): ", message)
+    return tuple(found.group(1).split(".")) if found else ()
+
+
+def _parses_as_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
 def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:
-    """Validate an already-parsed configuration mapping (environment overrides applied)."""
+    """Validate an already-parsed configuration mapping (environment overrides applied).
+
+    Raises:
+        ConfigError: one line naming ``source`` (or the environment variable that set the value) and the key.
+    """
     data = _merge(data, _env_overrides())
     try:
         settings = Settings(**data)
+    except SettingsError as exc:
+        raise _settings_error(exc) from None
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        path = _loc_to_path(tuple(first["loc"]), data)
+        loc = tuple(first["loc"])
+        path = _loc_to_path(loc, data)
+        env = _env_source(loc or _key_in_message(str(first["msg"])))
+        if env is not None:
+            raise ConfigError(f"environment variable {env}: {path}: {_describe(first)}{more}{_env_hint(env)}") from None
         raise ConfigError(f"{source}: {path}: {_describe(first)}{more}") from None
     _check_policies(settings, source)
     return resolve_auth(settings, source)
@@ -507,16 +702,53 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _master_key(settings: Settings) -> str | None:
+    return os.environ.get(settings.auth.master_key_env) or None
+
+
 def exposure_problem(settings: Settings, host: str) -> str | None:
-    """Why serving ``settings`` on ``host`` is refused (auth off on a non-loopback address, not explicitly
-    allowed), or None."""
-    if settings.auth.enabled or is_loopback_host(host) or settings.server.allow_unauthenticated:
+    """Why serving ``settings`` on ``host`` is refused, or None: on a non-loopback address, auth off (unless
+    explicitly allowed) or a master key shorter than :data:`MIN_PUBLIC_MASTER_KEY_CHARS`."""
+    if is_loopback_host(host):
+        return None
+    env = settings.auth.master_key_env
+    if not settings.auth.enabled:
+        if settings.server.allow_unauthenticated:
+            return None
+        return (
+            f"refusing to serve on {host} with auth off: anyone who reaches it can use every model; set "
+            f"{env} (auth on), listen on 127.0.0.1, or allow it explicitly with "
+            "server.allow_unauthenticated: true (or --allow-unauthenticated)"
+        )
+    key = _master_key(settings)
+    if key is not None and len(key) < MIN_PUBLIC_MASTER_KEY_CHARS:
+        return (
+            f"refusing to serve on {host} with a {len(key)}-character {env}: set a real key of at least "
+            f"{MIN_PUBLIC_MASTER_KEY_CHARS} characters (e.g. sk-gw-$(openssl rand -hex 24)), or listen on 127.0.0.1"
+        )
+    return None
+
+
+def exposure_warning(settings: Settings, host: str) -> str | None:
+    """What to warn about at every start of ``settings`` on ``host``: the public placeholder master key on a
+    non-loopback address. Not refused: compose's container binds 0.0.0.0 with it by default and publishes the
+    port on 127.0.0.1 only, which the gateway cannot see."""
+    if is_loopback_host(host) or not settings.auth.enabled or _master_key(settings) != PLACEHOLDER_MASTER_KEY:
         return None
     return (
-        f"refusing to serve on {host} with auth off: anyone who reaches it can use every model; set "
-        f"{settings.auth.master_key_env} (auth on), listen on 127.0.0.1, or allow it explicitly with "
-        "server.allow_unauthenticated: true (or --allow-unauthenticated)"
+        f"{settings.auth.master_key_env} is the public placeholder {PLACEHOLDER_MASTER_KEY} while serving on {host}: "
+        "anyone who reaches this port can administer the gateway and spend on every model; set a real key "
+        "(e.g. sk-gw-$(openssl rand -hex 24))"
     )
+
+
+def listen_flags_problem(port: int | None, workers: int | None) -> str | None:
+    """Why ``--port``/``--workers`` are refused (the bounds of ``server.port`` and ``server.workers``), or None."""
+    if port is not None and not 0 <= port <= MAX_PORT:
+        return f"--port {port}: must be between 0 and {MAX_PORT} (0: any free port), as server.port"
+    if workers is not None and workers < 1:
+        return f"--workers {workers}: must be at least 1, as server.workers"
+    return None
 
 
 def _check_policies(settings: Settings, source: str) -> None:
@@ -555,6 +787,30 @@ def expand_env(node: Any, source: str, path: str = "") -> Any:
     return node
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently, so a
+    second ``cache:`` section would drop the first). Keys pulled in by a ``<<`` merge may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key '{key}' (first on line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
     p = Path(path)
@@ -562,8 +818,11 @@ def load_settings(path: str | Path) -> Settings:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -12,7 +12,14 @@ import logging
 import os
 import sys
 
-from gateway.config import Settings, exposure_problem, is_loopback_host, load_settings
+from gateway.config import (
+    Settings,
+    exposure_problem,
+    exposure_warning,
+    is_loopback_host,
+    listen_flags_problem,
+    load_settings,
+)
 from gateway.errors import ConfigError
 from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
 from gateway.logs import logging_config, setup_logging
@@ -31,7 +38,10 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
             "serving on %s with auth OFF (server.allow_unauthenticated): anyone who reaches it can use every model",
             bind,
         )
-    n = workers or settings.server.workers
+    warning = exposure_warning(settings, bind)
+    if warning is not None:
+        log.warning("%s", warning)
+    n = workers if workers is not None else settings.server.workers
     if n > 1 and not (settings.cache.redis_url or settings.auth.redis_url):
         log.warning(
             "%d workers without Redis: each keeps its own cache and rate-limit/budget counters; "
@@ -67,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--allow-unauthenticated", action="store_true", help="serve a non-loopback address, auth off")
     args = parser.parse_args(argv)
+    flags = listen_flags_problem(args.port, args.workers)
+    if flags is not None:
+        print(f"error: {flags}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -192,18 +192,25 @@ async def _start_gateway(config_path: Path, sock: socket.socket) -> tuple[QuietS
     return server, task, app.state.gateway
 
 
-def _master_key() -> str:
-    """The demo's master key: ``GATEWAY_MASTER_KEY`` if set, else a fresh one set for this process (auth is on
-    with it, and the dashboard and admin endpoints need it)."""
-    key = os.environ.get("GATEWAY_MASTER_KEY")
-    if not key:
-        key = os.environ["GATEWAY_MASTER_KEY"] = "sk-demo-" + secrets.token_hex(16)
-    return key
+@contextlib.contextmanager
+def demo_master_key() -> Iterator[str]:
+    """A fresh master key, set as ``GATEWAY_MASTER_KEY`` for the block (auth is on with it; the dashboard and
+    admin endpoints need it). A key already in the shell (a production one) is never used nor printed, and is
+    back in place after the block."""
+    previous = os.environ.get("GATEWAY_MASTER_KEY")
+    key = os.environ["GATEWAY_MASTER_KEY"] = "sk-demo-" + secrets.token_hex(16)
+    try:
+        yield key
+    finally:
+        if previous is None:
+            os.environ.pop("GATEWAY_MASTER_KEY", None)
+        else:
+            os.environ["GATEWAY_MASTER_KEY"] = previous
 
 
-def _urls(console: Console, base: str, workdir: Path, config_path: Path, temporary: bool) -> None:
+def _urls(console: Console, base: str, workdir: Path, config_path: Path, temporary: bool, key: str) -> None:
     console.print()
-    console.print(f"[bold]Master key[/]            {_master_key()} (the dashboard asks for it; auth is on)")
+    console.print(f"[bold]Master key[/]            {key} (the dashboard asks for it; auth is on)")
     console.print(f"[bold]Gateway (OpenAI API)[/]  {base}/v1")
     console.print(f"[bold]Dashboard[/]             {base}/dashboard")
     console.print(f"[bold]Metrics[/]               {base}/metrics")
@@ -215,7 +222,7 @@ def _urls(console: Console, base: str, workdir: Path, config_path: Path, tempora
     console.print(f"  gateway spend --config {config_path}")
     body = '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}'
     console.print(
-        f"  curl {base}/v1/chat/completions -H 'authorization: Bearer {_master_key()}' "
+        f"  curl {base}/v1/chat/completions -H 'authorization: Bearer {key}' "
         f"-H 'content-type: application/json' -d '{body}'",
         soft_wrap=True,
     )
@@ -244,7 +251,10 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
         "[bold]LLM hybrid gateway demo[/] — simulated backends (no GPU, no API key: "
         "[italic]not real models[/]), the real gateway, a realistic workload."
     )
-    with SimulatorFleet(workdir / "backends.log", host=opts.host, time_scale=opts.time_scale, seed=opts.seed) as fleet:
+    with (
+        SimulatorFleet(workdir / "backends.log", host=opts.host, time_scale=opts.time_scale, seed=opts.seed) as fleet,
+        demo_master_key() as key,  # before the gateway is built: auth is on with it
+    ):
         ports = await fleet.wait_ready()
         urls = {name: fleet.url(name) for name in ports}
         for name, url in urls.items():
@@ -255,7 +265,6 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
         config_path = workdir / "gateway.yaml"
         config = demo_config(urls, workdir, opts.host, port)
         config_path.write_text("# written by `gateway demo`\n" + yaml.safe_dump(config, sort_keys=False), "utf-8")
-        _master_key()  # before the gateway is built: auth is on with it
         server, task, gw = await _start_gateway(config_path, sock)
         console.print(f"  gateway              {base}/v1 (in-process cache, SQLite ledger in {workdir})")
         try:
@@ -265,6 +274,7 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
                 base,
                 gw,
                 stop,
+                key,
                 extra={
                     "gateway_url": base,
                     "backend_ports": ports,
@@ -273,7 +283,7 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
                 },
             )
             if code == 0 and not opts.exit_after and not stop.is_set():
-                _urls(console, base, workdir, config_path, temporary)
+                _urls(console, base, workdir, config_path, temporary, key)
                 console.print("\n[bold]The gateway keeps running. Press Ctrl-C to stop.[/]")
                 await stop.wait()
                 console.print("Stopping…")
@@ -284,7 +294,7 @@ async def _run(opts: DemoOptions, console: Console, workdir: Path, stop: asyncio
 
 
 async def _workload(
-    opts: DemoOptions, console: Console, base: str, gw: Any, stop: asyncio.Event, extra: dict[str, Any]
+    opts: DemoOptions, console: Console, base: str, gw: Any, stop: asyncio.Event, key: str, extra: dict[str, Any]
 ) -> int:
     if opts.requests <= 0:
         return 0
@@ -296,9 +306,7 @@ async def _workload(
     start_ms = int(time.time() * 1000) - 1
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
-        results = await drive(
-            base, workload, concurrency=opts.concurrency, stop=stop, progress=progress, api_key=_master_key()
-        )
+        results = await drive(base, workload, concurrency=opts.concurrency, stop=stop, progress=progress, api_key=key)
     wall = time.perf_counter() - t0
     if stop.is_set():
         console.print("Interrupted.")

@@ -137,5 +137,5 @@ def test_idle_upstream_connections_close_before_a_python_upstream_closes_them(tm
     # server) idle for its 5 s keep-alive. The gateway's pool must let connections go first.
     import uvicorn
 
-    upstream_idle_s = uvicorn.Config(app=None).timeout_keep_alive
+    upstream_idle_s = uvicorn.Config(app="gateway.app:app_from_env").timeout_keep_alive
     assert load_settings(write(tmp_path, MINIMAL)).server.upstream_keepalive_seconds < upstream_idle_s
