@@ -163,6 +163,21 @@ def _error_types() -> tuple[type[BaseException], ...]:
     return (openai.OpenAIError,)
 
 
+#: What a client's body may pass on to litellm: OpenAI's chat parameters and a few providers' sampling extras.
+#: Nothing else: litellm takes the destination, the credentials and its own behaviour from the same keyword
+#: arguments (``api_base``, ``base_url``, ``api_key``, ``extra_headers``, ``mock_response``...), so an unfiltered
+#: body could send the provider's key to a host of the client's choosing.
+CLIENT_PARAMS = frozenset(
+    {
+        "messages", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_tokens",
+        "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "stream",
+        "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
+        "functions", "function_call", "reasoning_effort", "modalities", "audio", "prediction",
+        "web_search_options", "top_k", "thinking",
+    }
+)  # fmt: skip
+
+
 class LiteLLMBackend:
     """A model reached through ``litellm.acompletion`` (``backend: litellm``)."""
 
@@ -181,7 +196,7 @@ class LiteLLMBackend:
         self._stream_timeout = httpx.Timeout(max(t.first_byte, t.between_chunks), connect=t.connect)
 
     def _kwargs(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        kwargs = dict(body)
+        kwargs = {k: v for k, v in body.items() if k in CLIENT_PARAMS}
         kwargs["model"] = self.spec.upstream_name
         if self.spec.base_url:
             kwargs["api_base"] = self.spec.base_url

@@ -189,3 +189,35 @@ async def test_a_refused_connection_never_reached_the_provider(monkeypatch: pyte
         err: UpstreamError = info.value
         assert err.reached is False and "127.0.0.1" not in err.message
     assert b.stats.in_flight == 0
+
+
+def reply(request: Seen) -> web.Response:
+    return web.json_response(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "up-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "real"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
+
+
+async def test_a_client_s_body_cannot_steer_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm reads its destination, credentials and behaviour from the keyword arguments a chat body would fill:
+    a client's ``base_url`` sent the provider's key to the client's host; ``mock_response`` skipped the provider."""
+    async with Upstream(reply) as up, Upstream(reply) as evil:
+        steering = {
+            "base_url": evil.url + "/v1",
+            "api_base": evil.url + "/v1",
+            "extra_headers": {"x-injected": "1"},
+            "mock_response": "pwned",
+            "temperature": 0.5,
+        }
+        result = await backend(up.url, monkeypatch).complete("/chat/completions", {**BODY, **steering})
+    assert evil.requests == []
+    (sent,) = up.requests
+    assert "x-injected" not in sent.headers
+    assert sent.json()["temperature"] == 0.5  # the chat parameters still go
+    assert result.body["choices"][0]["message"]["content"] == "real"
