@@ -77,12 +77,14 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         if len(texts) > 1:
             tokens += counter.count("\n".join(texts[:prompt_at] + texts[prompt_at + 1 :]))
         tokens += _PER_MESSAGE_TOKENS * len(messages) + 3
-        tools = body.get("tools")
+        # ``functions``/``function_call``: the deprecated spelling of tools, still sent by older SDKs and agents
+        tools = body.get("tools") or body.get("functions")
         if tools:
             tokens += counter.count(orjson.dumps(tools).decode())
         fmt = body.get("response_format")
         needs_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
-        needs_tools = bool(tools) and body.get("tool_choice") != "none"
+        choice = body.get("tool_choice") if body.get("tools") else body.get("function_call")
+        needs_tools = bool(tools) and choice != "none"
         return RequestFeatures(prompt, tokens, ids, max_tokens, needs_tools, needs_json, vision, n)
     raw = body.get("prompt")
     text, ids, tokens = "", None, 0

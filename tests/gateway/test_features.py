@@ -63,3 +63,16 @@ def test_capabilities() -> None:
     feats = extract_features("chat", body, counter)
     assert feats.needs_vision and feats.needs_tools and feats.needs_json
     assert not extract_features("chat", {**body, "tool_choice": "none"}, counter).needs_tools
+
+
+def test_the_deprecated_functions_need_tools_too() -> None:
+    """``functions``/``function_call`` (older SDKs and agents): routed like ``tools``, so never to a model without
+    tool calling; their schemas count towards the prompt."""
+    counter = load_tiktoken()
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    functions = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    plain = extract_features("chat", {"messages": messages}, counter)
+    feats = extract_features("chat", {"messages": messages, "functions": functions}, counter)
+    assert feats.needs_tools and feats.prompt_tokens > plain.prompt_tokens
+    off = {"messages": messages, "functions": functions, "function_call": "none"}
+    assert not extract_features("chat", off, counter).needs_tools
