@@ -28,6 +28,7 @@ from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
 from gateway.streaming import aiter_list, replay_chunks
 from policies.answer_check import AnswerCheck
 from policies.answer_check.confidence import token_logprobs
+from policies.answer_check.tool_calls import check_tool_calls
 from policies.answer_check.verifier import VerifierConfig, decide, parse_verdict, should_verify, verifier_request
 from policies.base import Candidate
 
@@ -116,22 +117,17 @@ class Cascade:
                 continue
             breaker.record_success()
             last = None
-            text, finish, lp_blocks = _answer_text(response.body)
-            lps = token_logprobs(lp_blocks) if lp_blocks else None
-            verdict = self.check.check(
-                prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed
-            )
-            why = ", ".join(verdict.reasons) or "nothing stood out"
-            escalate = verdict.escalate(threshold)
-            judged = await self._verify(ctx, prompt, text, verdict.score, threshold, ladder[rung + 1])
-            if judged is not None:
-                escalate, why = judged[0], f"{judged[1]}; {why}"
+            calls = check_tool_calls(response.body, ctx.body)
+            if calls is not None:  # a tool call has no text to check: its form is checked
+                escalate, reason = not calls[0], calls[1]
+            else:
+                escalate, reason = await self._check_text(ctx, plan, prompt, response, threshold, ladder[rung + 1])
             if not escalate:
                 ctx.cascade = "accepted"
-                ctx.cascade_reason = f"score {verdict.score:.3f} vs {threshold:.3f}: {why}"
+                ctx.cascade_reason = reason
                 return self._serve(ctx, backend, response, t0)
             ctx.cascade = "escalated"
-            ctx.cascade_reason = f"{cand.name} score {verdict.score:.3f} vs {threshold:.3f}: {why}"
+            ctx.cascade_reason = f"{cand.name} {reason}"
             self._pay(ctx, cand.name, response.body)
             held = (backend, response, t0)
         if held is not None:  # every rung above the held answer failed: better that answer than none
@@ -142,6 +138,27 @@ class Cascade:
             return self._serve(ctx, backend, response, t0)
         assert last is not None
         raise AllCandidatesFailed(last, ctx.attempts)
+
+    async def _check_text(
+        self,
+        ctx: RequestContext,
+        plan: Plan,
+        prompt: str,
+        response: UpstreamResponse,
+        threshold: float,
+        above: Candidate,
+    ) -> tuple[bool, str]:
+        """Whether a rung's text answer escalates (the check, and the route's judge when it is unsure), and why."""
+        assert self.check is not None
+        text, finish, lp_blocks = _answer_text(response.body)
+        lps = token_logprobs(lp_blocks) if lp_blocks else None
+        verdict = self.check.check(prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed)
+        why = ", ".join(verdict.reasons) or "nothing stood out"
+        escalate = verdict.escalate(threshold)
+        judged = await self._verify(ctx, prompt, text, verdict.score, threshold, above)
+        if judged is not None:
+            escalate, why = judged[0], f"{judged[1]}; {why}"
+        return escalate, f"score {verdict.score:.3f} vs {threshold:.3f}: {why}"
 
     async def _ask(self, ctx: RequestContext, backend: Backend) -> UpstreamResponse:
         """A complete answer from a checked rung (never streamed), with log-probabilities where available."""

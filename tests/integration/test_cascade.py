@@ -353,3 +353,21 @@ def test_a_dead_verifier_is_skipped_once_its_breaker_opens(tmp_path: Path) -> No
             outcomes = [_ask(env, "refuseme: tell me a joke").headers["x-gateway-cascade"] for _ in range(4)]
     assert len(calls) == 2  # two failures opened its breaker
     assert outcomes == ["escalated"] * 4  # the check alone decides, as it does when the judge gives no verdict
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"]
+)
+def test_a_well_formed_local_tool_call_is_accepted(env: Env, tool_choice: Any) -> None:
+    """A tool call has no text for the check to read (it saw an empty answer and escalated every one, paying
+    twice): a call naming an offered function with a JSON object of its required arguments is accepted."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    raw = _ask(env, "What's the weather in Paris?", tools=tools, tool_choice=tool_choice)
+    h = raw.headers
+    assert h["x-gateway-cascade"] == "accepted", h["x-gateway-cascade-reason"]
+    assert h["x-gateway-model"] == "llama-2-7b"
+    assert "well-formed tool call (get_weather)" in h["x-gateway-cascade-reason"]
+    assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"

@@ -402,3 +402,33 @@ def test_gateway_router_verify_is_the_gateways_check(tmp_path: Path) -> None:
     data.write_text(json.dumps({"prompt": PROMPT}) + "\n")
     res = runner.invoke(router_app, ["verify", "--data", str(data)])
     assert res.exit_code == 2 and "rows.jsonl:1" in res.output
+
+
+def test_a_tool_call_is_checked_by_its_form() -> None:
+    from policies.answer_check.tool_calls import check_tool_calls
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    request = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]}
+
+    def answer(name: str, arguments: str) -> dict[str, object]:
+        call = {"id": "c", "type": "function", "function": {"name": name, "arguments": arguments}}
+        return {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+
+    assert check_tool_calls({"choices": [{"message": {"content": "hi"}}]}, request) is None  # text: the text check
+    assert check_tool_calls(answer("get_weather", '{"city": "Paris"}'), request) == (
+        True,
+        "well-formed tool call (get_weather)",
+    )
+    for bad, why in (
+        (answer("get_wether", '{"city": "Paris"}'), "did not offer ('get_wether')"),
+        (answer("get_weather", '{"city": "Par'), "not JSON"),
+        (answer("get_weather", '["Paris"]'), "not a JSON object"),
+        (answer("get_weather", "{}"), "without city"),
+    ):
+        verdict = check_tool_calls(bad, request)
+        assert verdict is not None and not verdict[0] and why in verdict[1], verdict
+    legacy = {"choices": [{"message": {"function_call": {"name": "f", "arguments": "{}"}}}]}
+    assert check_tool_calls(legacy, {"functions": [{"name": "f", "parameters": {}}]}) == (
+        True,
+        "well-formed tool call (f)",
+    )
