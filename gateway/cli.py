@@ -43,7 +43,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API described by CONFIG."""
-    from gateway.config import listen_flags_problem
+    from gateway.exposure import listen_flags_problem
 
     flags = listen_flags_problem(port, workers)  # the bounds of server.port and server.workers
     if flags is not None:

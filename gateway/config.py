@@ -7,24 +7,20 @@ the file: ``GATEWAY_<SECTION>__<KEY>`` (for example ``GATEWAY_SERVER__PORT=9000`
 holding its key in ``api_key_env``.
 
 :func:`load_settings` turns every problem into a :class:`~gateway.errors.ConfigError` whose message is one
-line naming the file, the key path and the problem.
+line naming the file, the key path and the problem; reading the file, ``${VAR}`` expansion and that
+translation live in :mod:`gateway._config_source`. Whether a configuration may be served on an address is
+:mod:`gateway.exposure`.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
-import re
-import types
-import typing
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,6 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from gateway._config_source import expand_env, read_mapping, settings_error, validation_error, with_env_overrides
 from gateway.errors import ConfigError
 
 BackendKind = Literal["vllm", "openai", "litellm"]
@@ -45,12 +42,6 @@ DEFAULT_ROUTE = "auto"
 
 #: Highest ``server.port`` (and ``--port``); 0 asks the system for a free port.
 MAX_PORT = 65535
-
-#: The master key ``.env.example`` and ``compose.yaml`` ship: public, warned about on a non-loopback bind.
-PLACEHOLDER_MASTER_KEY = "sk-gw-master-change-me"
-
-#: Shortest master key accepted on a non-loopback address (loopback binds accept any).
-MIN_PUBLIC_MASTER_KEY_CHARS = 16
 
 #: The SQLAlchemy drivers the ledger runs on; plain ``sqlite://``, ``postgresql://`` and ``postgres://`` get
 #: them (``gateway.accounting.db.async_url``).
@@ -509,167 +500,19 @@ class Settings(BaseSettings):
         }
 
 
-def _loc_to_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
-    parts: list[str] = []
-    node: Any = data
-    for item in loc:
-        if isinstance(item, int):
-            label = f"[{item}]"
-            if isinstance(node, list) and item < len(node):
-                node = node[item]
-                if isinstance(node, dict) and isinstance(node.get("name"), str):
-                    label = f"[{item}]({node['name']})"
-            parts.append(label)
-        else:
-            node = node.get(item) if isinstance(node, dict) else None
-            parts.append(("." if parts else "") + item)
-    return "".join(parts) or "<top level>"
-
-
-def _describe(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required field is missing"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
-
-
-def _env_overrides() -> dict[str, Any]:
-    """Conventional variables that override their sections (REDIS_URL, DATABASE_URL)."""
-    out: dict[str, Any] = {}
-    if os.environ.get("REDIS_URL"):
-        out["cache"] = {"redis_url": os.environ["REDIS_URL"]}
-    if os.environ.get("DATABASE_URL"):
-        out["ledger"] = {"url": os.environ["DATABASE_URL"]}
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-_ENV_PREFIX = "GATEWAY_"
-
-#: Conventional variables and the keys they set (:func:`_env_overrides`).
-_CONVENTIONAL_ENV = {("cache", "redis_url"): "REDIS_URL", ("ledger", "url"): "DATABASE_URL"}
-
-
-def _gateway_env() -> dict[str, str]:
-    """``GATEWAY_*`` variable names, upper-cased (pydantic-settings reads them case-insensitively) -> as set."""
-    return {k.upper(): k for k in os.environ if k.upper().startswith(_ENV_PREFIX)}
-
-
-def _env_source(loc: tuple[int | str, ...]) -> str | None:
-    """The environment variable that set the value at ``loc`` (or the list or section holding it), if any."""
-    names = _gateway_env()
-    parts = [str(p).upper() for p in loc]
-    for i in range(len(parts), 0, -1):
-        name = _ENV_PREFIX + "__".join(parts[:i])
-        if name in names:
-            return names[name]
-    if parts:
-        deeper = sorted(n for n in names if n.startswith(_ENV_PREFIX + "__".join(parts) + "__"))
-        if deeper:
-            return names[deeper[0]]
-    conventional = _CONVENTIONAL_ENV.get((str(loc[0]), str(loc[1]))) if len(loc) >= 2 else None
-    return conventional if conventional is not None and os.environ.get(conventional) else None
-
-
-def _env_hint(name: str) -> str:
-    """What to do instead, when ``name`` tries to set one item of a list."""
-    if not any(part.isdigit() for part in name.split("__")[1:]):
-        return ""
-    head = name.split("__")[0]
-    return (
-        f" (the environment cannot set one item of a list: set the whole list as JSON in {head}, or put "
-        "${VAR} in the file, e.g. base_url: ${VLLM_URL})"
-    )
-
-
-def _is_complex(annotation: Any) -> bool:
-    """Whether pydantic-settings reads a variable for ``annotation`` as JSON (lists, mappings, sections)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (list, dict, set, tuple, frozenset):
-        return True
-    if origin in (typing.Union, types.UnionType, Annotated):
-        return any(_is_complex(arg) for arg in typing.get_args(annotation))
-    return False
-
-
-def _env_annotation(name: str) -> Any:
-    """The type of the setting ``GATEWAY_<SECTION>__<KEY>`` names (None: no such setting)."""
-    node: Any = Settings
-    annotation: Any = None
-    for part in name[len(_ENV_PREFIX) :].lower().split("__"):
-        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
-        if part not in fields:
-            return None
-        annotation = fields[part].annotation
-        node = annotation
-    return annotation
-
-
-def _settings_error(exc: SettingsError) -> ConfigError:
-    """One line for a ``GATEWAY_*`` value pydantic-settings could not parse (a list or mapping not in JSON)."""
-    found = re.search(r'field "([^"]+)"', str(exc))
-    field = found.group(1) if found else ""
-    head = _ENV_PREFIX + field.upper()
-    names = _gateway_env()
-    mine = sorted(n for n in names if field and (n == head or n.startswith(head + "__")))
-    culprits = [n for n in mine if _is_complex(_env_annotation(n)) and not _parses_as_json(os.environ[names[n]])]
-    chosen = (culprits or mine or [head])[0]
-    name = names.get(chosen, chosen)
-    key = ".".join(name[len(_ENV_PREFIX) :].lower().split("__"))
-    return ConfigError(
-        f"environment variable {name}: {key}: cannot parse the value: lists and mappings are JSON in the "
-        'environment, e.g. ["https://a.example.com"] or {"key": "value"}'
-    )
-
-
-def _key_in_message(message: str) -> tuple[str, ...]:
-    """The key path a whole-configuration check names first in its message (``routes.x.models: ...``)."""
-    found = re.match(r"(?:Value error, )?([A-Za-z_][\w-]*(?:\.[\w-]+)*): ", message)
-    return tuple(found.group(1).split(".")) if found else ()
-
-
-def _parses_as_json(value: str) -> bool:
-    try:
-        json.loads(value)
-    except ValueError:
-        return False
-    return True
-
-
 def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:
     """Validate an already-parsed configuration mapping (environment overrides applied).
 
     Raises:
         ConfigError: one line naming ``source`` (or the environment variable that set the value) and the key.
     """
-    data = _merge(data, _env_overrides())
+    data = with_env_overrides(data)
     try:
         settings = Settings(**data)
     except SettingsError as exc:
-        raise _settings_error(exc) from None
+        raise settings_error(exc, Settings) from None
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        loc = tuple(first["loc"])
-        path = _loc_to_path(loc, data)
-        env = _env_source(loc or _key_in_message(str(first["msg"])))
-        if env is not None:
-            raise ConfigError(f"environment variable {env}: {path}: {_describe(first)}{more}{_env_hint(env)}") from None
-        raise ConfigError(f"{source}: {path}: {_describe(first)}{more}") from None
+        raise validation_error(exc, data, source) from None
     _check_policies(settings, source)
     return resolve_auth(settings, source)
 
@@ -692,65 +535,6 @@ def resolve_auth(settings: Settings, source: str = "<config>") -> Settings:
     return settings
 
 
-def is_loopback_host(host: str) -> bool:
-    """Whether a listen address is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _master_key(settings: Settings) -> str | None:
-    return os.environ.get(settings.auth.master_key_env) or None
-
-
-def exposure_problem(settings: Settings, host: str) -> str | None:
-    """Why serving ``settings`` on ``host`` is refused, or None: on a non-loopback address, auth off (unless
-    explicitly allowed) or a master key shorter than :data:`MIN_PUBLIC_MASTER_KEY_CHARS`."""
-    if is_loopback_host(host):
-        return None
-    env = settings.auth.master_key_env
-    if not settings.auth.enabled:
-        if settings.server.allow_unauthenticated:
-            return None
-        return (
-            f"refusing to serve on {host} with auth off: anyone who reaches it can use every model; set "
-            f"{env} (auth on), listen on 127.0.0.1, or allow it explicitly with "
-            "server.allow_unauthenticated: true (or --allow-unauthenticated)"
-        )
-    key = _master_key(settings)
-    if key is not None and len(key) < MIN_PUBLIC_MASTER_KEY_CHARS:
-        return (
-            f"refusing to serve on {host} with a {len(key)}-character {env}: set a real key of at least "
-            f"{MIN_PUBLIC_MASTER_KEY_CHARS} characters (e.g. sk-gw-$(openssl rand -hex 24)), or listen on 127.0.0.1"
-        )
-    return None
-
-
-def exposure_warning(settings: Settings, host: str) -> str | None:
-    """What to warn about at every start of ``settings`` on ``host``: the public placeholder master key on a
-    non-loopback address. Not refused: compose's container binds 0.0.0.0 with it by default and publishes the
-    port on 127.0.0.1 only, which the gateway cannot see."""
-    if is_loopback_host(host) or not settings.auth.enabled or _master_key(settings) != PLACEHOLDER_MASTER_KEY:
-        return None
-    return (
-        f"{settings.auth.master_key_env} is the public placeholder {PLACEHOLDER_MASTER_KEY} while serving on {host}: "
-        "anyone who reaches this port can administer the gateway and spend on every model; set a real key "
-        "(e.g. sk-gw-$(openssl rand -hex 24))"
-    )
-
-
-def listen_flags_problem(port: int | None, workers: int | None) -> str | None:
-    """Why ``--port``/``--workers`` are refused (the bounds of ``server.port`` and ``server.workers``), or None."""
-    if port is not None and not 0 <= port <= MAX_PORT:
-        return f"--port {port}: must be between 0 and {MAX_PORT} (0: any free port), as server.port"
-    if workers is not None and workers < 1:
-        return f"--workers {workers}: must be at least 1, as server.workers"
-    return None
-
-
 def _check_policies(settings: Settings, source: str) -> None:
     from policies import registry
 
@@ -764,72 +548,7 @@ def _check_policies(settings: Settings, source: str) -> None:
             )
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(node: Any, source: str, path: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in string values (not for secrets: use api_key_env)."""
-    if isinstance(node, dict):
-        return {k: expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-
-        def sub(m: re.Match[str]) -> str:
-            value = os.environ.get(m.group(1))
-            if value is None:
-                if m.group(2) is None:
-                    raise ConfigError(f"{source}: {path}: environment variable {m.group(1)} is not set")
-                return m.group(2)
-            return value
-
-        return _VAR.sub(sub, node)
-    return node
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently, so a
-    second ``cache:`` section would drop the first). Keys pulled in by a ``<<`` merge may still be overridden."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if first is not key_node:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key '{key}' (first on line {first.start_mark.line + 1})",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_settings(path: str | Path) -> Settings:
     """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}: {where}{problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: <top level>: expected a mapping with a 'models' list")
-    return settings_from_dict(expand_env(data, str(p)), source=str(p))
+    return settings_from_dict(expand_env(read_mapping(p), str(p)), source=str(p))

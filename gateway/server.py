@@ -12,15 +12,9 @@ import logging
 import os
 import sys
 
-from gateway.config import (
-    Settings,
-    exposure_problem,
-    exposure_warning,
-    is_loopback_host,
-    listen_flags_problem,
-    load_settings,
-)
+from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.exposure import exposure_problem, exposure_warning, is_loopback_host, listen_flags_problem
 from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
 from gateway.logs import logging_config, setup_logging
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway import config as cfg
-from gateway.config import exposure_problem, load_settings
+from gateway import exposure
+from gateway.config import load_settings
 from gateway.errors import ConfigError
+from gateway.exposure import exposure_problem
 from tests.gateway.test_config import MINIMAL
 
 EMBEDDING = """
@@ -211,12 +213,12 @@ def test_a_bad_value_in_the_file_is_still_blamed_on_the_file(tmp_path: Path, mon
 
 
 def test_a_short_master_key_is_refused_on_a_public_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", "x" * (cfg.MIN_PUBLIC_MASTER_KEY_CHARS - 1))
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "x" * (exposure.MIN_PUBLIC_MASTER_KEY_CHARS - 1))
     settings = load_settings(write(tmp_path, MINIMAL))
     message = exposure_problem(settings, "0.0.0.0")
     assert message is not None and "GATEWAY_MASTER_KEY" in message and "real key" in message
     assert exposure_problem(settings, "127.0.0.1") is None  # loopback: any key (tests use short ones)
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", "x" * cfg.MIN_PUBLIC_MASTER_KEY_CHARS)
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "x" * exposure.MIN_PUBLIC_MASTER_KEY_CHARS)
     assert exposure_problem(load_settings(write(tmp_path, MINIMAL)), "0.0.0.0") is None
 
 
@@ -225,14 +227,14 @@ def test_the_placeholder_master_key_is_warned_about_on_a_public_address(
 ) -> None:
     # compose.yaml's default: the container binds 0.0.0.0 and compose publishes it on 127.0.0.1 only, which the
     # gateway cannot see, so the placeholder is a warning at every start there, not a refusal.
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", cfg.PLACEHOLDER_MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", exposure.PLACEHOLDER_MASTER_KEY)
     settings = load_settings(write(tmp_path, MINIMAL))
     assert exposure_problem(settings, "0.0.0.0") is None
-    warning = cfg.exposure_warning(settings, "0.0.0.0")
-    assert warning is not None and cfg.PLACEHOLDER_MASTER_KEY in warning and "GATEWAY_MASTER_KEY" in warning
-    assert cfg.exposure_warning(settings, "127.0.0.1") is None
+    warning = exposure.exposure_warning(settings, "0.0.0.0")
+    assert warning is not None and exposure.PLACEHOLDER_MASTER_KEY in warning and "GATEWAY_MASTER_KEY" in warning
+    assert exposure.exposure_warning(settings, "127.0.0.1") is None
     monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-" + "a" * 40)
-    assert cfg.exposure_warning(load_settings(write(tmp_path, MINIMAL)), "0.0.0.0") is None
+    assert exposure.exposure_warning(load_settings(write(tmp_path, MINIMAL)), "0.0.0.0") is None
 
 
 def test_the_server_refuses_a_short_key_and_warns_about_the_placeholder(
@@ -260,11 +262,11 @@ def test_the_server_refuses_a_short_key_and_warns_about_the_placeholder(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and "real key" in err, err
 
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", cfg.PLACEHOLDER_MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", exposure.PLACEHOLDER_MASTER_KEY)
     with caplog.at_level(logging.WARNING, logger="gateway.server"):
         server.main(["--config", config])
     assert started == ["0.0.0.0"]
-    assert any(cfg.PLACEHOLDER_MASTER_KEY in r.getMessage() for r in caplog.records), caplog.text
+    assert any(exposure.PLACEHOLDER_MASTER_KEY in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_a_route_from_the_environment_naming_an_embedding_model_names_the_variable(
