@@ -232,11 +232,19 @@ class Router:
             if name not in self.models
         }
 
-    def set_estimator(self, estimator: QualityEstimator | None) -> None:
-        """Swap the learned router (a reload): every route's threshold is recalibrated on the new one first, then
-        both are replaced together, between two requests' decisions (the decide stage does not await)."""
-        routes = self._route_facts(estimator)
-        self.estimator, self._routes = estimator, routes
+    def calibrated(self, estimator: QualityEstimator | None) -> dict[str, RouteFacts]:
+        """Every route recalibrated on ``estimator``, for :meth:`set_estimator` (safe to run in a thread).
+
+        Raises:
+            ValueError: the estimator's calibration gives no threshold for a route's operating point.
+        """
+        return self._route_facts(estimator)
+
+    def set_estimator(self, estimator: QualityEstimator | None, routes: dict[str, RouteFacts] | None = None) -> None:
+        """Swap the learned router (a reload): the routes recalibrated on it (:meth:`calibrated`, computed here if
+        not given) and the estimator are replaced together, between two requests' decisions (the decide stage
+        does not await)."""
+        self.estimator, self._routes = estimator, self._route_facts(estimator) if routes is None else routes
 
     @staticmethod
     def _threshold(route: RouteSpec, estimator: QualityEstimator | None) -> float | None:

@@ -101,6 +101,9 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
         raise RouterReloadFailed("The learned router needs the cl100k_base tokenizer.", code="router_unavailable")
     try:
         estimator = await asyncio.to_thread(load_artifact, Path(path), encode=counter.encode)
+        # Calibrating every route reads the whole calibration table: in the thread too, and before anything is
+        # swapped, so an artifact that fails here leaves the running router (and its encoder) untouched.
+        routes = await asyncio.to_thread(gw.router.calibrated, estimator)
     except (OSError, ValueError, KeyError) as exc:
         raise RouterReloadFailed(f"The router artifact does not load: {exc}", code="router_artifact_invalid") from None
     vector = embedding_vector(estimator)
@@ -112,7 +115,7 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
             if encoder is not None:
                 gw.router_encoders[vector] = encoder
         gw.pipeline.router_encoder = encoder
-    gw.router.set_estimator(estimator)
+    gw.router.set_estimator(estimator, routes)
     log.info("router reloaded: %s from %s", estimator.version, path)
     return describe_router(estimator)
 

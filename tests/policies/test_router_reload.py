@@ -175,3 +175,25 @@ def test_switching_the_vector_back_and_forth_reuses_each_encoder(running: Runnin
     # One encoder per vector, however often the router switches: a model is not loaded again per reload.
     assert {vector: len(ids) for vector, ids in seen.items()} == {"minilm": 1, "minilm-static": 1}
     assert set(running.gateway.router_encoders) == {"minilm", "minilm-static"}
+
+
+def test_an_artifact_whose_calibration_fails_leaves_the_router_whole(running: RunningGateway, artifact: Path) -> None:
+    """An artifact that loads but whose calibration gives no threshold (a corrupt value in its table) is a 400, and
+    the running router keeps serving with its own encoder. Before, the encoder was swapped first and the
+    recalibration's error was a 500: the old router scored every request with the new artifact's vector."""
+    import numpy as np
+
+    admin = {"authorization": f"Bearer {MASTER}"}
+    _write(artifact, verse_hard=True)
+    assert httpx.post(running.base_url + "/admin/router/reload", headers=admin).status_code == 200
+    before = (running.gateway.router.estimator, running.gateway.pipeline.router_encoder)
+    _write(artifact, verse_hard=True, vector="minilm-static")
+    table = dict(np.load(artifact / "adapted.npz"))
+    table["calib_scores"][0] = np.nan
+    np.savez_compressed(artifact / "adapted.npz", **table)
+    bad = httpx.post(running.base_url + "/admin/router/reload", headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "router_artifact_invalid", bad.text
+    assert (running.gateway.router.estimator, running.gateway.pipeline.router_encoder) == before
+    client = openai.OpenAI(base_url=running.base_url + "/v1", api_key=MASTER, max_retries=0)
+    assert _served(client, "Write a poem about the sea (request 0).") == "strong"
+    _write(artifact, verse_hard=True)
