@@ -225,10 +225,13 @@ class OpenAICompatBackend:
         t = spec.timeouts
         self._connect_timeout = t.connect
         self._first_byte_timeout = t.first_byte
+        # ``sock_connect``, not ``connect``: aiohttp's ``connect`` also bounds the wait for a free pooled connection,
+        # and a pool full of this gateway's own requests is no fault of the upstream's (it would count against its
+        # breaker as "timed out connecting"); that wait is bounded by first_byte or total instead.
         # A complete response: the head within first_byte, and no longer silence while the body arrives.
-        self._timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.first_byte)
+        self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
         # A stream: the head within first_byte (open_stream), silences bounded by the stream's own watch.
-        self._stream_timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect)
+        self._stream_timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
         self._headers = {"content-type": "application/json", **spec.extra_headers}
 
     def _request_headers(self) -> dict[str, str]:
@@ -339,7 +342,16 @@ class OpenAICompatBackend:
             ok = ok or replica_ok
         return ok
 
+    def pool_full(self, replica: Replica) -> bool:
+        """Every pooled connection to ``replica`` carries one of this gateway's requests: a probe or scrape would
+        only wait for one, and its failing then says nothing about the upstream."""
+        connector = self._session.connector
+        limit = connector.limit_per_host if connector is not None else 0
+        return bool(limit) and replica.stats.in_flight >= limit
+
     async def _probe(self, replica: Replica) -> bool:
+        if self.pool_full(replica):  # busy answering: no verdict, the state stays
+            return replica.stats.healthy
         try:
             status, _ = await self.get(replica, replica.base_url + "/models")
         except TRANSPORT_ERRORS as exc:

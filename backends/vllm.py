@@ -79,6 +79,8 @@ class VLLMBackend(OpenAICompatBackend):
             self.stats.healthy = any(r.stats.healthy for r in self.replicas)
 
     async def _scrape(self, replica: Replica) -> None:
+        if self.pool_full(replica):  # busy answering: the last reading stands (see pool_full)
+            return
         try:
             status, content = await self.get(replica, metrics_url(replica.base_url), SCRAPE_TIMEOUT_S)
         except TRANSPORT_ERRORS as exc:

@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.config import settings_from_dict
 from tests.helpers.upstream import Seen
 
-from .conftest import THREE_MODELS, chat_reply, gateway_client, make_settings
+from .conftest import THREE_MODELS, chat_reply, gateway_client, make_settings, sse
 
 USER = [{"role": "user", "content": "Say hello."}]
 PAIR = {
@@ -90,3 +90,49 @@ async def test_a_model_named_explicitly_waits_behind_its_fallbacks_while_down() 
         reason = r.headers["x-gateway-reason"]
     assert calls == ["big", "medium", "big", "medium", "medium", "medium", "medium"]
     assert "'big' is down" in reason
+
+
+async def test_a_pool_full_of_the_gateway_s_own_requests_is_no_upstream_failure() -> None:
+    """``server.upstream_max_connections`` connections busy with healthy streams: the health probe gives no verdict
+    (it would only wait for a connection) and a further request waits for one, past the connect timeout, instead
+    of failing as "timed out connecting" against the backend's breaker (and making /ready a 503)."""
+
+    def chunk(text: str) -> dict[str, object]:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+
+    async def handler(request: Seen) -> web.StreamResponse:
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        if not request.json().get("stream"):
+            return web.json_response(chat_reply(request.backend))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request.request)
+        for _ in range(8):
+            await response.write(sse(chunk("x")))
+            await asyncio.sleep(0.1)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    data = copy.deepcopy(THREE_MODELS)
+    data["models"][2]["timeouts"] = {"connect": 0.3}
+    data["server"] = {"metrics_scrape_seconds": 3600, "upstream_max_connections": 2}
+    data["breaker"] = {"failure_threshold": 2, "reset_seconds": 60}
+    async with gateway_client(settings_from_dict(data), handler) as client:
+        gw = client.gateway  # type: ignore[attr-defined]
+
+        async def stream() -> None:
+            body = {"model": "big", "messages": USER, "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                async for _ in r.aiter_bytes():
+                    pass
+
+        streams = [asyncio.ensure_future(stream()) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        await gw.readiness.check_once()
+        assert gw.backends["big"].stats.healthy
+        assert (await client.get("/ready")).status_code == 200
+        r = await client.post("/v1/chat/completions", json={"model": "big", "messages": USER})
+        assert r.status_code == 200, r.text
+        await asyncio.gather(*streams)
+    assert gw.breakers["big"].state == "closed"
