@@ -44,13 +44,13 @@ from cache.judge import Check, HitChecker, Messages, answer_text
 from gateway.accounting.schema import ledger
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.features import extract_features
 from gateway.hooks import Recorder
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
 from gateway.quality.spend import DailySpend, utc_day
 from gateway.quality.tables import verdicts
-from gateway.routing import Router
+from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
 from gateway.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -299,9 +299,11 @@ class QualityMonitor:
     async def reference_answer(self, model: str, body: dict[str, Any]) -> str:
         """``model``'s answer to the request ``body`` (a shadow call, recorded as monitoring)."""
         spec = self.router.models[model].spec
-        response = await self.backends[model].complete("/chat/completions", {**body, "model": spec.upstream_name})
-        self._account(model, response.body, "reference", body.get("messages"))
-        return answer_text(response.body)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        expected = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_TOKENS
+        request = {**body, "model": spec.upstream_name}
+        answer = await self._complete(model, request, "reference", body.get("messages"), expected)
+        return answer_text(answer)
 
     async def chat(self, model: str, messages: Messages) -> str:
         """One judge completion by ``model`` (temperature 0), recorded as monitoring."""
@@ -312,12 +314,27 @@ class QualityMonitor:
             "temperature": 0,
             "max_tokens": self.settings.judge_max_tokens,
         }
-        response = await self.backends[model].complete("/chat/completions", body)
-        self._account(model, response.body, "judge", messages)
-        return answer_text(response.body)
+        answer = await self._complete(model, body, "judge", messages, self.settings.judge_max_tokens)
+        return answer_text(answer)
+
+    async def _complete(
+        self, model: str, body: dict[str, Any], role: str, messages: Any, expected: int
+    ) -> dict[str, Any]:
+        """``model``'s complete answer to ``body``, recorded as monitoring. A call cut short after it reached the
+        upstream (the sample's ``timeout_seconds``, or the upstream's own timeout) is recorded too, estimated: the
+        prompt and ``expected`` completion tokens, which a hosted API generates and bills whoever still waits
+        (the day's budget would otherwise not see it)."""
+        try:
+            response = await self.backends[model].complete("/chat/completions", body)
+        except (asyncio.CancelledError, UpstreamTimeout) as exc:
+            if not isinstance(exc, UpstreamTimeout) or exc.reached:
+                self._record(model, role, self.counter.count(str(messages or "")), expected, estimated=True)
+            raise
+        self._account(model, response.body, role, messages)
+        return response.body
 
     def _account(self, model: str, body: dict[str, Any], role: str, messages: Any) -> None:
-        """Price one monitoring call, add it to today's spend and the current tally, and write its ledger row."""
+        """Price one monitoring call from its answer ``body`` (:meth:`_record`)."""
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         assert isinstance(usage, dict)
         prompt = int(usage.get("prompt_tokens") or 0)
@@ -326,6 +343,10 @@ class QualityMonitor:
         if estimated:
             prompt = self.counter.count(str(messages or ""))
             completion = self.counter.count(answer_text(body))
+        self._record(model, role, prompt, completion, estimated)
+
+    def _record(self, model: str, role: str, prompt: int, completion: int, estimated: bool) -> None:
+        """Add one monitoring call to today's spend and the current tally, and write its ledger row."""
         cost = self.router.models[model].price.now().cost(prompt, completion)
         self.spend.add(cost)
         tally = _TALLY.get(None)

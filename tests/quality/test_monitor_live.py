@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from gateway.accounting.db import async_url
 from gateway.accounting.schema import ledger
 from gateway.quality.tables import verdicts
 from tests.helpers.servers import serve_gateway
+from tests.helpers.upstream import RawServer
 from tests.quality.conftest import MASTER, make_settings, quality, wait_judged
 
 PROMPTS = [f"hard question {i}" for i in range(4)] + [f"trick question {i}" for i in range(4)]
@@ -141,3 +143,40 @@ async def test_a_dead_judge_or_reference_changes_nothing_for_traffic(
     # Waiting on the monitor would take up to quality.timeout_seconds (120 s); the bound leaves room for a loaded
     # machine (one request of the 2-core CI run took 3.5 s, the others 0.02-0.08 s).
     assert max(took) < 10.0
+
+
+async def test_a_judge_call_cut_by_the_sample_timeout_is_still_paid(sims: dict[str, str], tmp_path: Path) -> None:
+    """A judge that never answers within ``quality.timeout_seconds``: its call is cancelled with the sample, after it
+    reached the upstream (which a hosted API bills): recorded as monitoring, estimated, and counted against the
+    day's budget. Before, the cancelled call cost nothing and the budget never saw it."""
+
+    async def hang(request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    async with RawServer(hang) as judge:
+        price = {"input_cost_per_token": "0.00001", "output_cost_per_token": "0.00002"}
+        models = {"judge": {"base_url": f"http://127.0.0.1:{judge.port}/v1", "upstream_model": "judge", **price}}
+        quality_cfg = {"judge_model": "judge", "timeout_seconds": 0.5, "judge_max_tokens": 40}
+        cfg = make_settings(sims, tmp_path, quality=quality_cfg, models=models)
+        with serve_gateway(cfg) as gw:
+            client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
+            await _ask(client, PROMPTS[0])
+            monitor = gw.gateway.monitor
+            assert monitor is not None
+            for _ in range(100):
+                if monitor.samples.labels("failed")._value.get() == 1:
+                    break
+                await asyncio.sleep(0.05)
+            for _ in range(100):  # the ledger is written in the background
+                rows = await fetch(cfg.ledger.url, select(ledger).where(ledger.c.chosen_model == "judge"))
+                if rows:
+                    break
+                await asyncio.sleep(0.05)
+            spent = monitor.spend.spent_usd
+            await client.close()
+    (row,) = rows
+    assert row["policy"] == "monitor" and row["tokens_estimated"] and row["completion_tokens"] == 40
+    judge_cost = Decimal(row["prompt_tokens"]) * Decimal("0.00001") + 40 * Decimal("0.00002")
+    assert row["cost_usd"] == judge_cost  # the Money type reads it back as USD
+    assert spent >= judge_cost
