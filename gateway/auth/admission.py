@@ -157,7 +157,9 @@ class ReserveEstimator:
         """USD to reserve for ``ctx`` (its body parsed)."""
         body = ctx.body
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
-        prompt = len(orjson.dumps(payload)) // 3 + 16
+        # Tool schemas and a structured output's schema are read, and billed, as prompt too.
+        extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
+        prompt = (len(orjson.dumps(payload)) + len(orjson.dumps(extras))) // 3 + 16
         names = self._by_name.get(ctx.requested_model) or self._all
         if ctx.endpoint == "embeddings":
             return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
@@ -314,7 +316,9 @@ class KeyAdmission:
         reservation = ctx.extra.pop(_RESERVATION, None)
         if not isinstance(reservation, Reservation):
             return
-        tokens = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        # A cache hit's tokens never reached an upstream: they do not count against its key's TPM.
+        hit = ctx.cache_status in ("hit", "semantic-hit")
+        tokens = 0 if hit else ctx.usage.prompt_tokens + ctx.usage.completion_tokens
         try:
             await self.limiter.settle(reservation, cost_nano=to_nano(ctx.cost_usd), tokens=tokens)
         except StoreError as exc:
@@ -377,8 +381,7 @@ async def build_key_admission(settings: Settings, db: Database) -> KeyAdmission:
             url,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),  # not a timeout: see RedisLimiter
         )
         limiter = RedisLimiter(
             client, prefix=settings.auth.redis_prefix, reservation_ttl_s=settings.auth.reservation_ttl_seconds

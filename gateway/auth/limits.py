@@ -133,6 +133,7 @@ class MemoryLimiter:
             return Verdict("revoked")
         now = time.monotonic()
         st = self._keys.setdefault(key_id, _KeyState(spent_seed_nano))
+        st.spent_nano = max(st.spent_nano, spent_seed_nano)  # the ledger knows more (other processes' spend)
         st.reservations = {m: v for m, v in st.reservations.items() if v[1] > now}
         reserved = sum(v[0] for v in st.reservations.values())
         if limits.budget_nano is not None and st.spent_nano + reserved + reserve_nano > limits.budget_nano:

@@ -15,6 +15,7 @@ from gateway.auth.limits import KeyLimits, Reservation, Verdict
 
 _ADMIT = """
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {'revoked'} end
+if redis.call('ZSCORE', KEYS[2], ARGV[6]) then return {'ok'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local budget = tonumber(ARGV[2])
@@ -22,8 +23,11 @@ local reserve = tonumber(ARGV[3])
 local rpm = tonumber(ARGV[4])
 local tpm = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[8])
-redis.call('SET', KEYS[1], ARGV[7], 'NX')
-local spent = tonumber(redis.call('GET', KEYS[1]))
+local spent = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if spent < tonumber(ARGV[7]) then
+  spent = tonumber(ARGV[7])
+  redis.call('SET', KEYS[1], ARGV[7])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local reserved = 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -58,6 +62,7 @@ return {'ok'}
 """
 
 _SETTLE = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('INCRBY', KEYS[1], ARGV[2])
 local tpm = tonumber(ARGV[4])
@@ -70,7 +75,7 @@ if tpm > 0 and tokens > 0 then
   local ts = tonumber(h[2]) or now
   lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60) - tokens
   redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
-  redis.call('EXPIRE', KEYS[3], 3600)
+  redis.call('EXPIRE', KEYS[3], math.max(3600, math.ceil(-lvl * 60 / tpm) + 60))
 end
 return 1
 """
@@ -82,7 +87,13 @@ class RedisLimiter:
     redis-py's errors leave as :class:`cache.base.StoreError` (an ``OSError``).
 
     Keys (under ``prefix``): ``spend:{id}`` (nano-dollars, no expiry), ``res:{id}`` (a sorted set of
-    reservations scored by expiry), ``rate:{id}`` (bucket levels), and ``revoked`` (a set of key ids).
+    reservations scored by expiry), ``rate:{id}`` (bucket levels, kept until a token debt is repaid),
+    ``settled:{member}`` (a settled reservation, for its lifetime), and ``revoked`` (a set of key ids).
+
+    Both scripts may run twice for one call (a reply lost to a timeout, then redis-py's retry): admitting a
+    reservation already there is "ok" and changes nothing, settling one already settled charges nothing. The
+    spend counter is raised to the ledger's figure for the key whenever that is higher (a settle lost while Redis
+    was unreachable, or spend admitted under ``auth.fail_open``), once the key's record is read again.
     """
 
     def __init__(self, client: Redis, *, prefix: str = "gw:auth:", reservation_ttl_s: int = 900) -> None:
@@ -123,8 +134,8 @@ class RedisLimiter:
         return Verdict(kind)
 
     async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
-        keys = self._keys(reservation.key_id)[:3]
-        args: list[str | int] = [reservation.member, cost_nano, tokens, reservation.limits.tpm or 0]
+        keys = [*self._keys(reservation.key_id)[:3], f"{self.prefix}settled:{reservation.member}"]
+        args: list[str | int] = [reservation.member, cost_nano, tokens, reservation.limits.tpm or 0, self._ttl + 60]
         with translated():
             await self._settle(keys=keys, args=args)
 

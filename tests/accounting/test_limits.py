@@ -72,3 +72,45 @@ async def test_seed_revocation_and_rate_limits(limiter: Limiter) -> None:
     assert (await limiter.admit("r", KeyLimits(), reserve_nano=0, request_id="x", spent_seed_nano=0)).outcome == (
         "revoked"
     )
+
+
+async def test_the_ledger_s_higher_spend_is_taken_up(limiter: Limiter) -> None:
+    """Spend the limiter never saw (a settle lost while Redis was unreachable, requests admitted under
+    auth.fail_open, another process without Redis) is taken up from the ledger's figure when it is higher; a lower
+    one (rows not written yet) changes nothing. Before, the ledger seeded a key once, and lost spend stayed lost."""
+    limits = KeyLimits(budget_nano=1000)
+    first = await limiter.admit("k", limits, reserve_nano=100, request_id="a", spent_seed_nano=0)
+    assert first.reservation is not None
+    await limiter.settle(first.reservation, cost_nano=300, tokens=0)
+    behind = await limiter.admit("k", limits, reserve_nano=100, request_id="b", spent_seed_nano=200)
+    assert behind.outcome == "ok" and await limiter.spent_nano("k") == 300
+    ahead = await limiter.admit("k", limits, reserve_nano=100, request_id="c", spent_seed_nano=950)
+    assert ahead.outcome == "budget" and ahead.spent_nano == 950
+
+
+async def test_a_settle_run_twice_charges_once(redis_prefix: str) -> None:
+    """A settle whose reply was lost (a Redis stall past the socket timeout) may run again: it charges once."""
+    limiter = RedisLimiter(Redis.from_url(REDIS_URL), prefix=redis_prefix)
+    try:
+        v = await limiter.admit("k", KeyLimits(tpm=1000), reserve_nano=100, request_id="a", spent_seed_nano=0)
+        assert v.reservation is not None
+        for _ in range(2):
+            await limiter.settle(v.reservation, cost_nano=1000, tokens=10)
+        assert await limiter.spent_nano("k") == 1000
+        level = await limiter.client.hget(f"{redis_prefix}rate:k", "t")
+        assert 985 <= float(level) <= 991  # 10 tokens taken once (a second of refill at most)
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_token_debt_outlives_an_hour(redis_prefix: str) -> None:
+    """One huge request on a small TPM: its debt takes two hours to repay, and the bucket is kept that long (it
+    expired after an hour, and a missing bucket is a full one)."""
+    limiter = RedisLimiter(Redis.from_url(REDIS_URL), prefix=redis_prefix)
+    try:
+        v = await limiter.admit("k", KeyLimits(tpm=1000), reserve_nano=0, request_id="a", spent_seed_nano=0)
+        assert v.reservation is not None
+        await limiter.settle(v.reservation, cost_nano=0, tokens=121_000)
+        assert await limiter.client.ttl(f"{redis_prefix}rate:k") >= 7200
+    finally:
+        await limiter.aclose()

@@ -95,3 +95,28 @@ async def test_the_reserve_counts_best_of() -> None:
         )
 
     assert reserve(best_of=4) == 4 * reserve() == reserve(n=4)
+
+
+async def test_the_reserve_counts_tool_and_output_schemas() -> None:
+    """Tool schemas (and a structured output's schema) are read and billed as prompt: a reserve that left them out
+    let a key with a $0.01 budget spend $0.57 on requests of a short message and 22 KB of tools, each refused
+    only after its prompt was paid for."""
+    from decimal import Decimal
+
+    from gateway.auth.admission import ReserveEstimator
+    from gateway.config import settings_from_dict
+    from gateway.context import RequestContext
+
+    price = {"input_cost_per_token": "0.00001", "output_cost_per_token": "0"}
+    settings = settings_from_dict({"models": [{"name": "m", "backend": "openai", "base_url": "http://m/v1", **price}]})
+    estimator = ReserveEstimator(settings)
+    tools = [{"type": "function", "function": {"name": f"f{i}", "description": "x" * 200}} for i in range(100)]
+
+    def reserve(**extra: object) -> Decimal:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **extra}
+        return estimator.estimate(RequestContext(request_id="r", endpoint="chat", body=body, requested_model="m"))
+
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"description": "y" * 3000}}}
+    assert reserve(tools=tools) > Decimal("0.06") > reserve()  # ~22 KB of tools: ~7,000 tokens at $0.00001
+    assert reserve(functions=[t["function"] for t in tools]) > Decimal("0.06")
+    assert reserve(response_format=schema) > reserve() + Decimal("0.009")
