@@ -18,13 +18,22 @@ class RequestFeatures:
     """What routing needs to know about a request."""
 
     prompt: str  # the text that decides difficulty: the last user message (or the prompt)
-    prompt_tokens: int
+    prompt_tokens: int  # what must fit a context window: a batch's longest prompt
     prompt_ids: list[int] | None  # token ids of ``prompt`` (None without a tokenizer): the router reads them
     max_output_tokens: int | None
     needs_tools: bool = False
     needs_json: bool = False
     needs_vision: bool = False
     n: int = 1
+    needs_completions: bool = False  # ``/v1/completions``: a chat-only backend cannot serve it
+    #: What the upstream reads and bills: every prompt of a batch, every input of an embeddings request (None:
+    #: ``prompt_tokens``).
+    input_tokens: int | None = None
+
+    @property
+    def billed_prompt_tokens(self) -> int:
+        """The prompt tokens an answer to the whole request bills (:attr:`input_tokens`)."""
+        return self.prompt_tokens if self.input_tokens is None else self.input_tokens
 
 
 def _content_text(content: Any) -> tuple[str, bool]:
@@ -86,19 +95,24 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         choice = body.get("tool_choice") if body.get("tools") else body.get("function_call")
         needs_tools = bool(tools) and choice != "none"
         return RequestFeatures(prompt, tokens, ids, max_tokens, needs_tools, needs_json, vision, n)
-    raw = body.get("prompt")
-    text, ids, tokens = "", None, 0
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
-        # One prompt, or a batch: the last one is routed, the longest decides the context window.
-        text = raw if isinstance(raw, str) else raw[-1]
+    raw = body.get("input") if endpoint == "embeddings" else body.get("prompt")
+    text, ids, tokens, total = "", None, 0, 0
+    if isinstance(raw, str):
+        text = raw
         ids, tokens = _encode(counter, text)
-        if isinstance(raw, list) and len(raw) > 1:
-            tokens = max(tokens, *(counter.count(p) for p in raw[:-1]))
-    elif isinstance(raw, list) and raw and isinstance(raw[0], list):
-        tokens = max(len(p) for p in raw)
+        total = tokens
+    elif isinstance(raw, list) and raw and isinstance(raw[0], str):
+        # A batch: the last prompt is routed, the longest decides the context window, all of them are billed.
+        text = raw[-1]
+        ids, last = _encode(counter, text)
+        counts = [*(counter.count(p) for p in raw[:-1]), last]
+        tokens, total = max(counts), sum(counts)
+    elif isinstance(raw, list) and raw and isinstance(raw[0], list):  # token ids, one list per prompt
+        tokens, total = max(len(p) for p in raw), sum(len(p) for p in raw)
     elif isinstance(raw, list):
-        tokens = len(raw)
-    return RequestFeatures(text, tokens, ids, max_tokens, n=n)
+        tokens = total = len(raw)
+    completions = endpoint == "completions"
+    return RequestFeatures(text, tokens, ids, max_tokens, n=n, needs_completions=completions, input_tokens=total)
 
 
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|\bselect\b.*\bfrom\b|=>|\bimport |\{\s*\n|;\s*$", re.M)

@@ -182,7 +182,7 @@ class Pipeline:
                 feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
             else:
                 feats = extract_features(ctx.endpoint, ctx.body, self.counter)
-            ctx.prompt_tokens_estimate = feats.prompt_tokens
+            ctx.prompt_tokens_estimate = feats.billed_prompt_tokens
             ctx.cache_scope = self._cache_scopes.get(ctx.requested_model)
             if ctx.endpoint == "embeddings":
                 return await self._embeddings(ctx)

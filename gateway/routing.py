@@ -142,6 +142,8 @@ _CAPABILITIES: tuple[tuple[str, str, Callable[[ModelFacts], bool]], ...] = (
     ("needs_tools", "tool calling", lambda m: m.supports_tools),
     ("needs_vision", "image input", lambda m: m.spec.supports_vision),
     ("needs_json", "JSON mode", lambda m: m.spec.supports_json_mode),
+    # litellm's backend calls acompletion, chat only; a hosted chat model behind ``openai`` answers 404 (a fallback)
+    ("needs_completions", "text completions (/v1/completions)", lambda m: m.spec.backend != "litellm"),
 )
 
 
@@ -287,7 +289,7 @@ class Router:
     def _request(self, feats: RequestFeatures, q_top: float, difficulty: float, pivot: float) -> _Request:
         out = feats.max_output_tokens * feats.n if feats.max_output_tokens else None
         average = self.average_output_tokens() if out is None else 0
-        return _Request(feats.prompt_tokens, out, feats.n, average, q_top, difficulty, pivot)
+        return _Request(feats.billed_prompt_tokens, out, feats.n, average, q_top, difficulty, pivot)
 
     @staticmethod
     def _predict(model: ModelFacts, r: _Request) -> Candidate:

@@ -76,3 +76,20 @@ def test_the_deprecated_functions_need_tools_too() -> None:
     assert feats.needs_tools and feats.prompt_tokens > plain.prompt_tokens
     off = {"messages": messages, "functions": functions, "function_call": "none"}
     assert not extract_features("chat", off, counter).needs_tools
+
+
+def test_every_prompt_and_input_is_billed() -> None:
+    """A batch's longest prompt decides the context window, and all its prompts are billed (the estimate a client
+    who hangs up, or a call that times out, is charged); an embeddings request's inputs are counted (they counted
+    0, so hanging up made embeddings free)."""
+    counter = load_tiktoken()
+    one = "word " * 50
+    batch = extract_features("completions", {"prompt": [one] * 8}, counter)
+    single = extract_features("completions", {"prompt": one}, counter)
+    assert batch.prompt_tokens == single.prompt_tokens
+    assert batch.billed_prompt_tokens == 8 * single.billed_prompt_tokens
+    ids = extract_features("completions", {"prompt": [[1, 2, 3], [4, 5]]}, counter)
+    assert (ids.prompt_tokens, ids.billed_prompt_tokens) == (3, 5)
+    embed = extract_features("embeddings", {"input": [one] * 4}, counter)
+    assert embed.billed_prompt_tokens == 4 * counter.count(one) > 0
+    assert extract_features("embeddings", {"input": one}, counter).billed_prompt_tokens == counter.count(one)
