@@ -1,7 +1,8 @@
 """Pydantic models of the OpenAI request bodies, used to validate; the original dict is what is forwarded.
 
 Validation catches what would otherwise fail later or upstream with a worse message (wrong types,
-negative ``max_tokens``, empty ``messages``). Unknown fields are allowed (vendor extras pass through).
+negative ``max_tokens``, empty ``messages``). Unknown fields are allowed (vendor extras pass through), except
+``stream``/``stream_options`` on an embeddings request.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from gateway.constraints import ConstraintFields
 from gateway.errors import InvalidRequest
@@ -19,10 +20,14 @@ from gateway.errors import InvalidRequest
 MAX_JSON_DEPTH = 128
 
 M = TypeVar("M", bound=BaseModel)
-Temperature = Annotated[float, Field(ge=0, le=2)]
-Penalty = Annotated[float, Field(ge=-2, le=2)]
+#: The numeric sampling fields are JSON numbers (an int or a float), never a string or a bool, as the OpenAI API
+#: requires: a lax ``float`` would accept ``"0.5"`` or ``true`` and the original dict, string and all, would be
+#: forwarded upstream (and ``"0"`` would not count as deterministic). ``StrictFloat`` accepts an int.
+Temperature = Annotated[StrictFloat, Field(ge=0, le=2)]
+UnitInterval = Annotated[StrictFloat, Field(ge=0, le=1)]
+Penalty = Annotated[StrictFloat, Field(ge=-2, le=2)]
 #: ``logit_bias``: token ids (JSON object keys, so strings of digits) to a bias in [-100, 100]
-LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]]
+LogitBias = dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]]
 
 
 class _Open(BaseModel):
@@ -56,7 +61,7 @@ class InferenceRequest(_Open):
 class _Sampling(InferenceRequest):
     max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Temperature | None = None
-    top_p: float | None = Field(None, ge=0, le=1)
+    top_p: UnitInterval | None = None
     n: StrictInt | None = Field(None, ge=1, le=128)
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -90,7 +95,7 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(InferenceRequest):
-    """``POST /v1/embeddings``."""
+    """``POST /v1/embeddings``: no ``stream`` (:func:`_refuse_streaming`)."""
 
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] | None = None
@@ -150,6 +155,26 @@ def _require_message_fields(request: ChatCompletionRequest) -> None:
         _missing(f"messages[{i}].content", f"a '{m.role}' message needs content")
 
 
+def _refuse_streaming(body: dict[str, Any]) -> None:
+    """The embeddings API does not stream (OpenAI answers 400 to ``stream``): ``stream`` other than ``false`` or
+    ``null``, or ``stream_options`` other than ``null``, is a 400 naming it, so that the pipeline, which reads
+    ``stream`` from this body, never streams an embeddings request. ``stream: false``/``null`` and
+    ``stream_options: null`` ask for what the API does anyway (some clients send them on every call): accepted,
+    and dropped from ``body`` (the dict forwarded), so that the upstream never sees them."""
+    for name in ("stream", "stream_options"):
+        if name not in body:
+            continue
+        value = body[name]
+        if value is None or (name == "stream" and value is False):
+            del body[name]
+            continue
+        raise InvalidRequest(
+            f"Unsupported parameter: '{name}' is not supported by the embeddings API, which does not stream.",
+            param=name,
+            code="unsupported_parameter",
+        )
+
+
 def _missing(param: str | None, why: str | None = None) -> NoReturn:
     """The 400 OpenAI answers for a missing field (code ``missing_required_parameter``); ``why`` when the field is
     required only in context."""
@@ -169,7 +194,8 @@ def required_str(obj: dict[str, Any], key: str, where: str, *, empty: bool = Tru
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:
-    """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field."""
+    """Validate ``body``; raise :class:`InvalidRequest` naming the first bad field. An embeddings body loses a
+    ``stream: false`` (:func:`_refuse_streaming`)."""
     try:
         request = model.model_validate(body)
     except ValidationError as exc:
@@ -177,6 +203,8 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
     else:
         if isinstance(request, ChatCompletionRequest):
             _check_chat(request)
+        elif isinstance(request, EmbeddingRequest):
+            _refuse_streaming(body)
         return request
     param = _param(tuple(err["loc"])) or None
     if err["type"] == "missing":
