@@ -438,6 +438,10 @@ class CacheService:
     def _enqueue(self, ctx: RequestContext, plan: _Plan, body: dict[str, Any]) -> None:
         if self._closing:
             return
+        if ctx.cache_scope is not None and ctx.chosen_model != ctx.requested_model:
+            # A model asked for by name answered by one of its fallbacks: under the name's key, that answer would
+            # be served for the name's model for the whole TTL, after the model recovered.
+            return
         entry = {"model": ctx.chosen_model, "stored_at": time.time(), "body": body}
         try:
             value = orjson.dumps(entry)

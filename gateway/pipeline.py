@@ -185,7 +185,7 @@ class Pipeline:
             ctx.prompt_tokens_estimate = feats.billed_prompt_tokens
             ctx.cache_scope = self._cache_scopes.get(ctx.requested_model)
             if ctx.endpoint == "embeddings":
-                return await self._embeddings(ctx)
+                return await self._embeddings(ctx, feats)
             cached = await self.cache.lookup(ctx)
             if cached is not None:
                 return self._serve_cached(ctx, cached)
@@ -478,7 +478,7 @@ class Pipeline:
 
     # -- embeddings -----------------------------------------------------------------------------------
 
-    async def _embeddings(self, ctx: RequestContext) -> Result:
+    async def _embeddings(self, ctx: RequestContext, feats: RequestFeatures) -> Result:
         spec = self.settings.model(ctx.requested_model)
         if spec is None:
             raise NotFound(f"The model '{ctx.requested_model}' does not exist.", param="model")
@@ -493,17 +493,10 @@ class Pipeline:
         cached = await self.cache.lookup(ctx)
         if cached is not None:
             return self._serve_cached(ctx, cached)
-        backend = self.backends[spec.name]
-        ctx.attempts.append(spec.name)
-        with self.tracing.attempt(ctx, spec.name):
-            with in_flight(ctx, spec.name):
-                response = await backend.complete(ctx.path, self._upstream_body(ctx, backend))
-            body = response.body
-            body["model"] = spec.name
-            self.charges.set_usage(ctx, body)
-        self.cache.store(ctx, body)
-        self._schedule_finish(ctx)
-        return JSONResult(body, self._headers(ctx))
+        ctx.chosen_model = None  # set again by the attempt that answers (the model, or one of its fallbacks)
+        plan = self.router.plan_embeddings(spec.name, feats)
+        self._note_plan(ctx, plan)
+        return await self._call(ctx, plan)
 
     # -- explain --------------------------------------------------------------------------------------
 

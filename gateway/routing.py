@@ -400,6 +400,18 @@ class Router:
         ranking = [self.candidate(m, feats, difficulty) for m in order]
         return Plan(Decision(ranking, reason, "explicit"), None)
 
+    def plan_embeddings(self, name: str, feats: RequestFeatures) -> Plan:
+        """An embedding model asked for by name (it serves embeddings: the caller checked), then its fallbacks; one
+        that is down (breaker open, or unhealthy) goes behind those that are up."""
+        model = self.models[name]
+        fallbacks = [f for f in model.spec.fallbacks if f in self.models]
+        order = [name, *fallbacks]
+        reason = f"embedding model '{name}' requested" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
+        if not model.is_up() and any(self.models[f].is_up() for f in fallbacks):
+            order = [*fallbacks, name]
+            reason += f" (first: '{name}' is down)"
+        return Plan(Decision([self.candidate(m, feats) for m in order], reason, "explicit"), None)
+
     def _hard_filter(self, members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
         """Capabilities, context window and breakers; each with its own clear error."""
         if not members:
