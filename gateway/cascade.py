@@ -172,7 +172,9 @@ class Cascade:
             body["logprobs"] = True
             body["top_logprobs"] = 0
         with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
-            return await backend.complete(ctx.path, body)
+            response = await backend.complete(ctx.path, body)
+            p.tracing.attempt_answered(ctx, response.body)  # the request's usage is not this answer's
+            return response
 
     async def _verify(
         self, ctx: RequestContext, prompt: str, answer: str, score: float, threshold: float, above: Candidate
@@ -200,6 +202,7 @@ class Cascade:
         try:
             with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
                 response = await backend.complete(ctx.path, body)
+                p.tracing.attempt_answered(ctx, response.body)
         except UpstreamError as err:
             p._attempt_failed(cfg.model, err)
             p.charges.timed_out(ctx, cfg.model, err, stream=False)

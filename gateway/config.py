@@ -237,6 +237,9 @@ class ServerSettings(_Strict):
         default_factory=list, description="origins a browser app may call the API from (['*']: any); none: no CORS"
     )
     metrics_scrape_seconds: float = Field(1.0, gt=0)
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics needs the master key (a Prometheus scrape sends it as a bearer token)"
+    )
     health_probe_seconds: float = Field(10.0, gt=0, description="backend health checks behind /ready")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     upstream_max_connections: int = Field(1000, ge=1, description="per upstream origin (host and port)")

@@ -118,8 +118,10 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics (the master key required with ``server.metrics_require_key``)."""
     gw = gateway_of(request)
+    if gw.settings.server.metrics_require_key:
+        await gw.admission.authorize_admin(context(request))
     m = gw.metrics
     for name, backend in gw.backends.items():
         m.in_flight.labels(name).set(backend.stats.in_flight)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +45,8 @@ OPERATIONS: dict[str, str] = {"chat": "chat", "completions": "text_completion", 
 #: gen_ai.provider.name per backend kind (``vllm`` is not a well-known value; the conventions allow others).
 PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "litellm"}
 
+#: How long a shutdown waits for the queued spans to be exported (the exporter's own default timeout).
+SHUTDOWN_WAIT_S = 10.0
 _REQUEST_PARAMS = (
     ("max_tokens", "gen_ai.request.max_tokens"),
     ("temperature", "gen_ai.request.temperature"),
@@ -70,6 +73,11 @@ class Tracing(Protocol):
 
     def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
         """End the open attempt span of a stream (``error`` marks it failed)."""
+        ...
+
+    def attempt_answered(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """The open attempt's answer ``body`` when it is not the request's (a cascade's checked rung, its judge):
+        its usage goes on the attempt span (else the span shows the request's usage when it ends)."""
         ...
 
     def request_ended(self, ctx: RequestContext) -> None:
@@ -102,6 +110,9 @@ class NoTracing:
     def attempt_ended(self, ctx: RequestContext, error: BaseException | None = None) -> None:
         """Nothing."""
 
+    def attempt_answered(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """Nothing."""
+
     def request_ended(self, ctx: RequestContext) -> None:
         """Nothing."""
 
@@ -120,6 +131,7 @@ class _Trace:
     span: Span
     context: Context
     attempt: Span | None = None
+    attempt_usage: tuple[int, int, Any] | None = None  # (input, output, finish reason) of the open attempt
 
 
 def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool:
@@ -170,14 +182,17 @@ class OTelTracing:
     """Spans through the OpenTelemetry SDK (build with :func:`build_tracing`)."""
 
     def __init__(self, provider: TracerProvider, models: Mapping[str, str]) -> None:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._provider = provider
+        # W3C trace context only: a client's ``baggage`` is neither read nor passed on (it travelled to every
+        # upstream, hosted providers included, with whatever the client or its mesh put in it).
+        self._w3c = TraceContextTextMapPropagator()
         self._tracer: Tracer = provider.get_tracer("llm-gateway")
         self._models = dict(models)
         self._context = context
-        self._propagate = propagate
         self._trace = trace
         self._kind_server = SpanKind.SERVER
         self._kind_client = SpanKind.CLIENT
@@ -186,7 +201,7 @@ class OTelTracing:
 
     def request_started(self, ctx: RequestContext) -> None:
         """Open the request's span under the client's trace context (if it sent one)."""
-        parent = self._propagate.extract(ctx.headers)
+        parent = self._w3c.extract(ctx.headers)
         op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
         span = self._tracer.start_span(
             op,
@@ -236,15 +251,28 @@ class OTelTracing:
         if trace is None or trace.attempt is None:
             return
         span, trace.attempt = trace.attempt, None
+        own, trace.attempt_usage = trace.attempt_usage, None
         if error is not None:
             span.set_attribute("error.type", type(error).__name__)
             span.set_status(self._status(self._error_code, _message(error)))
         elif ctx.error_type is None:
-            span.set_attribute("gen_ai.usage.input_tokens", ctx.usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", ctx.usage.completion_tokens)
-            if ctx.finish_reason:
-                span.set_attribute("gen_ai.response.finish_reasons", [ctx.finish_reason])
+            usage = own or (ctx.usage.prompt_tokens, ctx.usage.completion_tokens, ctx.finish_reason)
+            span.set_attribute("gen_ai.usage.input_tokens", usage[0])
+            span.set_attribute("gen_ai.usage.output_tokens", usage[1])
+            if isinstance(usage[2], str):
+                span.set_attribute("gen_ai.response.finish_reasons", [usage[2]])
         span.end()
+
+    def attempt_answered(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """Keep the answer's usage for the attempt span (:meth:`Tracing.attempt_answered`)."""
+        trace: _Trace | None = ctx.trace
+        if trace is None or trace.attempt is None:
+            return
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        assert isinstance(usage, dict)
+        choices = body.get("choices") or [{}]
+        finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        trace.attempt_usage = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), finish)
 
     def request_ended(self, ctx: RequestContext) -> None:
         """Set the outcome's attributes and end the request span (once)."""
@@ -263,21 +291,44 @@ class OTelTracing:
         span.end()
 
     def trace_configs(self) -> list[aiohttp.TraceConfig]:
-        """An aiohttp hook putting the current span's ``traceparent`` on each upstream request."""
-        inject = self._propagate.inject
+        """An aiohttp hook putting the current span's ``traceparent`` on each upstream request (not the client's
+        ``tracestate``: vendor data of the client's, not for a third party)."""
+        inject = self._w3c.inject
 
         async def on_request_start(
             session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestStartParams
         ) -> None:
-            inject(params.headers)
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            if "traceparent" in carrier:
+                params.headers["traceparent"] = carrier["traceparent"]
 
         config = aiohttp.TraceConfig()
         config.on_request_start.append(on_request_start)
         return [config]
 
     async def aclose(self) -> None:
-        """Flush and stop the exporter (in a thread: the SDK's shutdown blocks on the export)."""
-        await asyncio.to_thread(self._provider.shutdown)
+        """Flush and stop the exporter, waiting at most :data:`SHUTDOWN_WAIT_S` (the SDK's shutdown blocks up to
+        30 s on a collector that does not answer; it runs in a daemon thread, left behind after the wait)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shutdown() -> None:
+            try:
+                self._provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed after the wait gave up
+                    loop.call_soon_threadsafe(finished)
+
+        threading.Thread(target=shutdown, name="otel-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done, SHUTDOWN_WAIT_S)
+        except TimeoutError:
+            log.warning("OpenTelemetry: spans still queued after %.0f s at shutdown were dropped", SHUTDOWN_WAIT_S)
 
 
 def _request_attributes(ctx: RequestContext) -> dict[str, Any]:

@@ -83,12 +83,14 @@ class HeaderRecorder:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.traceparents: list[str | None] = []
+        self.passed_on: list[bytes] = []  # the names of other trace headers that reached the upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/completions"):
             headers = dict(scope["headers"])
             tp = headers.get(b"traceparent")
             self.traceparents.append(tp.decode() if tp else None)
+            self.passed_on += [name for name in (b"tracestate", b"baggage") if name in headers]
         await self.app(scope, receive, send)
 
 
@@ -154,7 +156,12 @@ async def test_one_span_per_request_with_genai_attributes_and_the_clients_trace(
         messages=[{"role": "user", "content": "Say hi"}],
         max_tokens=12,
         temperature=0.2,
-        extra_headers={"traceparent": traceparent, "x-request-id": "otel-plain"},
+        extra_headers={
+            "traceparent": traceparent,
+            "tracestate": "internal=corp-secret-tenant-42",
+            "baggage": "user.email=alice@corp.example",
+            "x-request-id": "otel-plain",
+        },
     )
     completion = resp.parse()
     server, attempts = _spans_of(env, "otel-plain", 2)
@@ -187,8 +194,10 @@ async def test_one_span_per_request_with_genai_attributes_and_the_clients_trace(
     assert attempt["name"] == "chat sim"
     assert attempt["attrs"]["gen_ai.provider.name"] == "openai"
     assert attempt["attrs"]["gen_ai.usage.output_tokens"] == completion.usage.completion_tokens
-    # The upstream was called under the attempt span: W3C context passed on.
+    # The upstream was called under the attempt span: W3C context passed on, and nothing else of the client's
+    # (its tracestate and baggage reached every upstream, hosted providers included).
     assert f"00-{TRACE_ID}-{attempt['span_id']}-01" in env.upstream.traceparents
+    assert env.upstream.passed_on == []
 
 
 async def test_a_stream_and_a_failed_attempt_each_get_a_child_span(env: Env) -> None:
@@ -294,3 +303,60 @@ async def test_a_front_door_request_says_which_api(env: Env) -> None:
     assert server["attrs"]["gen_ai.operation.name"] == "chat"
     assert server["attrs"]["gen_ai.usage.output_tokens"] == message.usage.output_tokens
     assert len(attempts) == 1
+
+
+def test_a_collector_that_never_answers_holds_shutdown_at_most_the_exporter_s_timeout() -> None:
+    """The SDK's shutdown waits up to 30 s on a collector that accepts and never answers: the gateway waits at most
+    SHUTDOWN_WAIT_S (the exporter's own default timeout), inside the pod's grace period."""
+    import asyncio
+    import socket
+
+    from gateway.config import TelemetrySettings
+    from gateway.telemetry import SHUTDOWN_WAIT_S, build_tracing
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # accepts, never answers
+    endpoint = f"http://127.0.0.1:{hole.getsockname()[1]}/v1/traces"
+
+    async def run() -> float:
+        tracing = build_tracing(TelemetrySettings(enabled=True, endpoint=endpoint, export_interval_ms=60_000), {})
+        provider = tracing._provider  # type: ignore[attr-defined]
+        tracer = provider.get_tracer("t")
+        for _ in range(500):
+            tracer.start_span("s").end()
+        t0 = time.monotonic()
+        await tracing.aclose()
+        return time.monotonic() - t0
+
+    try:
+        took = asyncio.run(run())
+    finally:
+        hole.close()
+    assert took < SHUTDOWN_WAIT_S + 2
+
+
+def test_an_attempt_whose_answer_is_not_the_request_s_carries_its_own_usage() -> None:
+    """A cascade's checked rung (and its judge) is answered before the request's usage is known: its attempt span
+    had 0 tokens for an answer that was generated and paid for."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.context import RequestContext
+    from gateway.telemetry import OTelTracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = OTelTracing(provider, {})
+    ctx = RequestContext(request_id="r", endpoint="chat", body={}, requested_model="casc")
+    tracing.request_started(ctx)
+    answer = {"choices": [{"finish_reason": "stop"}], "usage": {"prompt_tokens": 16, "completion_tokens": 186}}
+    with tracing.attempt(ctx, "llama-2-7b", stream=False):
+        tracing.attempt_answered(ctx, answer)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.usage.input_tokens"] == 16
+    assert span.attributes["gen_ai.usage.output_tokens"] == 186
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
