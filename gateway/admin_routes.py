@@ -190,7 +190,7 @@ async def own_spend(request: Request) -> Response:
     ctx = context(request)  # the one header parse (a duplicated Authorization is a 400 first)
     if not admission.enabled:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
-    record, _ = await admission.lookup(ctx.api_key)
+    record, _ = await admission.lookup(ctx.api_key, fresh=True)
     key_id = MASTER_KEY_ID if record is None else record.id
     body = await _spend_body(request, _ledger(request), key_id)
     if record is not None:

@@ -21,7 +21,7 @@ router = APIRouter()
 
 async def _caller(request: Request) -> RequestContext:
     ctx = context(request)
-    await gateway_of(request).admission.identify(ctx)
+    await gateway_of(request).admission.identify(ctx, fresh=True)
     return ctx
 
 

@@ -18,8 +18,9 @@ log = logging.getLogger("gateway.request")
 class Admission(Protocol):
     """Stages 1 and 2: identify the caller (before the body is read), then enforce its rate limits and budget."""
 
-    async def identify(self, ctx: RequestContext) -> None:
-        """Authenticate ``ctx.api_key`` once: set ``ctx.caller`` (and ``key_id``/``team``) or raise Unauthorized."""
+    async def identify(self, ctx: RequestContext, *, fresh: bool = False) -> None:
+        """Authenticate ``ctx.api_key`` once: set ``ctx.caller`` (and ``key_id``/``team``) or raise Unauthorized;
+        ``fresh``: a request that will not be admitted (a read) asks the shared store whether the key was revoked."""
         ...
 
     async def admit(self, ctx: RequestContext) -> None:
@@ -97,7 +98,7 @@ class QualityHook(Protocol):
 class OpenAdmission:
     """No keys: everyone is admitted, nothing is charged."""
 
-    async def identify(self, ctx: RequestContext) -> None:
+    async def identify(self, ctx: RequestContext, *, fresh: bool = False) -> None:
         return None
 
     async def admit(self, ctx: RequestContext) -> None:

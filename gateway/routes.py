@@ -74,7 +74,7 @@ def context(request: Request) -> RequestContext:
 
 async def _require_key(request: Request) -> None:
     """With virtual keys on, the same check as every inference request's."""
-    await gateway_of(request).admission.identify(context(request))
+    await gateway_of(request).admission.identify(context(request), fresh=True)
 
 
 @router.get("/v1/models")

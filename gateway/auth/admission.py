@@ -210,8 +210,12 @@ class KeyAdmission:
         """Whether ``secret`` is the master key (constant-time comparison)."""
         return bool(self._master and secret and hmac.compare_digest(secret.encode(), self._master))
 
-    async def lookup(self, secret: str | None) -> tuple[KeyRecord | None, Decimal]:
+    async def lookup(self, secret: str | None, *, fresh: bool = False) -> tuple[KeyRecord | None, Decimal]:
         """The live key record for ``secret`` and its ledger spend; ``(None, 0)`` for the master key.
+
+        The record may be ``auth.key_cache_seconds`` old. Inference requests learn of a revocation made through
+        another replica in their admission (the same Lua call as the limits); ``fresh`` asks the shared store
+        now, for requests that are not admitted (reading spend, models, stored responses).
 
         Raises:
             Unauthorized: no key, an unknown key or a revoked one.
@@ -224,17 +228,31 @@ class KeyAdmission:
         if self.is_master(secret):
             return None, Decimal(0)
         record, spent = (None, Decimal(0)) if not secret.startswith(KEY_PREFIX) else await self.cache.lookup(secret)
-        if record is None or record.revoked:
+        if record is None or record.revoked or (fresh and await self._revoked_elsewhere(record.id)):
             raise Unauthorized("Incorrect API key provided, or the key was revoked.")
         return record, spent
 
+    async def _revoked_elsewhere(self, key_id: str) -> bool:
+        """Whether the shared store says ``key_id`` was revoked (then this process's cached record goes too)."""
+        if not self.shared:
+            return False
+        try:
+            revoked = await self.limiter.is_revoked(key_id)
+        except StoreError as exc:  # the cached record stands, as it does for at most key_cache_seconds anyway
+            log.warning("limits store unreachable checking a revocation (%s)", exc)
+            return False
+        if revoked:
+            self.cache.invalidate(key_id)
+        return revoked
+
     # -- Admission -------------------------------------------------------------------------------------
 
-    async def identify(self, ctx: RequestContext) -> None:
-        """With keys on, authenticate ``ctx.api_key`` and carry the caller on ``ctx`` (once per request)."""
+    async def identify(self, ctx: RequestContext, *, fresh: bool = False) -> None:
+        """With keys on, authenticate ``ctx.api_key`` and carry the caller on ``ctx`` (once per request);
+        ``fresh``: see :meth:`lookup`."""
         if not self.enabled:
             return
-        record, spent = await self.lookup(ctx.api_key)
+        record, spent = await self.lookup(ctx.api_key, fresh=fresh)
         if record is None:
             ctx.caller = Caller(MASTER_KEY_ID, name=MASTER_KEY_ID)
         else:

@@ -86,6 +86,10 @@ class Limiter(Protocol):
         """Refuse this key from now on."""
         ...
 
+    async def is_revoked(self, key_id: str) -> bool:
+        """Whether this key was revoked (through any replica sharing the store)."""
+        ...
+
     async def spent_nano(self, key_id: str) -> int | None:
         """Spend charged so far (None: never seen)."""
         ...
@@ -169,6 +173,9 @@ class MemoryLimiter:
 
     async def revoke(self, key_id: str) -> None:
         self._revoked.add(key_id)
+
+    async def is_revoked(self, key_id: str) -> bool:
+        return key_id in self._revoked
 
     async def spent_nano(self, key_id: str) -> int | None:
         st = self._keys.get(key_id)

@@ -143,6 +143,10 @@ class RedisLimiter:
         with translated():
             await self.client.sadd(f"{self.prefix}revoked", key_id)
 
+    async def is_revoked(self, key_id: str) -> bool:
+        with translated():
+            return bool(await self.client.sismember(f"{self.prefix}revoked", key_id))
+
     async def spent_nano(self, key_id: str) -> int | None:
         with translated():
             value = await self.client.get(f"{self.prefix}spend:{key_id}")

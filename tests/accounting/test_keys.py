@@ -194,9 +194,9 @@ async def test_each_request_identifies_its_caller_once(
         lookups: list[str | None] = []
         real_lookup = admission.lookup
 
-        async def counting_lookup(secret: str | None) -> Any:
+        async def counting_lookup(secret: str | None, *, fresh: bool = False) -> Any:
             lookups.append(secret)
-            return await real_lookup(secret)
+            return await real_lookup(secret, fresh=fresh)
 
         monkeypatch.setattr(admission, "lookup", counting_lookup)
         r = await client.post(
