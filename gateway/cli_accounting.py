@@ -47,10 +47,15 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
             await admission.aclose()
             await db.aclose()
 
+    from gateway.accounting.migrate import SchemaTooNew
+
     try:
         return asyncio.run(go())
+    except SchemaTooNew as exc:
+        typer.echo(f"error: {exc}: run this command from the gateway version that migrated it", err=True)
+        raise typer.Exit(2) from None
     except (SQLAlchemyError, OSError) as exc:
-        typer.echo(f"error: the database at ledger.url is unreachable: {exc}", err=True)
+        typer.echo(f"error: the ledger database (ledger.url) is unreachable or refused the command: {exc}", err=True)
         raise typer.Exit(1) from None
 
 

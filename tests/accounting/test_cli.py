@@ -89,3 +89,22 @@ def test_keys_and_spend_commands(db_url: str, redis_prefix: str, tmp_path: Path)
     assert runner.invoke(app, ["keys", "revoke", "key_missing", "--config", config]).exit_code == 1
     assert runner.invoke(app, ["spend", "--config", config, "--group-by", "colour"]).exit_code == 2
     assert runner.invoke(app, ["spend", "--config", config, "--since", "yesterday-ish"]).exit_code == 2
+
+
+def test_a_ledger_from_a_newer_gateway_is_one_line(tmp_path: Path) -> None:
+    """``gateway spend`` against a ledger a newer gateway migrated: one line and exit 2 (it was a traceback)."""
+    from sqlalchemy import text
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+
+    async def newer() -> None:
+        db = await open_database(url, require=True)
+        async with db.engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        await db.aclose()
+
+    asyncio.run(newer())
+    config = str(write_config(tmp_path / "gateway.yaml", settings_dict(make_settings(url))))
+    r = CliRunner().invoke(app, ["spend", "--config", config])
+    assert r.exit_code == 2, r.output
+    assert "revision 9999" in r.output and "Traceback" not in r.output
