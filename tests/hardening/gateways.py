@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
 from tests.hardening.support import LedgerFile
@@ -77,3 +79,14 @@ def sim_gateway(
                 config[key] = value
         with serve_gateway(settings_from_dict(config), **uvicorn) as gw:
             yield gw
+
+
+def budget_key(gw: RunningGateway, master: str, budget: str) -> str:
+    """A new virtual key's secret, with a ``budget`` (USD), made through ``gw``'s admin API."""
+    r = httpx.post(
+        gw.base_url + "/admin/keys",
+        json={"name": "k", "budget_usd": budget},
+        headers={"authorization": f"Bearer {master}"},
+    )
+    key: str = r.json()["key"]
+    return key

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.gateways import master_key
+from tests.hardening.gateways import budget_key, master_key
 from tests.hardening.support import LedgerFile
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
@@ -48,16 +48,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatew
             yield gw, ledger
 
 
-def new_key(gw: RunningGateway, budget: str) -> str:
-    r = httpx.post(
-        gw.base_url + "/admin/keys",
-        json={"name": "k", "budget_usd": budget},
-        headers={"authorization": f"Bearer {MASTER}"},
-    )
-    key: str = r.json()["key"]
-    return key
-
-
 async def spend(gw: RunningGateway, key: str) -> Decimal:
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
         for _ in range(100):  # the ledger is written in the background
@@ -71,7 +61,7 @@ async def spend(gw: RunningGateway, key: str) -> Decimal:
 
 async def test_the_reserve_covers_every_rung(env: tuple[RunningGateway, LedgerFile]) -> None:
     gw, _ = env
-    key = new_key(gw, "0.003")  # one rung's answer fits (~$0.0021), the ladder (~$0.0042) does not
+    key = budget_key(gw, MASTER, "0.003")  # one rung's answer fits (~$0.0021), the ladder (~$0.0042) does not
     r = httpx.post(gw.base_url + "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 402, r.text
     assert "may cost up to $0.0042" in r.json()["error"]["message"], r.text
@@ -81,7 +71,7 @@ async def test_the_reserve_covers_every_rung(env: tuple[RunningGateway, LedgerFi
 async def test_escalated_requests_keep_a_key_within_its_budget(env: tuple[RunningGateway, LedgerFile]) -> None:
     gw, ledger = env
     budget = Decimal("0.01")
-    key = new_key(gw, str(budget))
+    key = budget_key(gw, MASTER, str(budget))
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
         rids = [uuid.uuid4().hex for _ in range(6)]
         replies = await asyncio.gather(

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.simulator import create_simulator_app
-from tests.hardening.gateways import master_key
+from tests.hardening.gateways import budget_key, master_key
 from tests.hardening.support import LedgerFile
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
@@ -63,16 +63,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatew
             yield gw, ledger
 
 
-def new_key(gw: RunningGateway, budget: str) -> str:
-    r = httpx.post(
-        gw.base_url + "/admin/keys",
-        json={"name": "k", "budget_usd": budget},
-        headers={"authorization": f"Bearer {MASTER}"},
-    )
-    key: str = r.json()["key"]
-    return key
-
-
 def ask(gw: RunningGateway, key: str, model: str, rid: str) -> httpx.Response:
     body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     return httpx.post(
@@ -86,7 +76,7 @@ def ask(gw: RunningGateway, key: str, model: str, rid: str) -> httpx.Response:
 async def test_a_timed_out_call_is_charged(env: tuple[RunningGateway, LedgerFile]) -> None:
     gw, ledger = env
     rid = uuid.uuid4().hex
-    r = ask(gw, new_key(gw, "1"), "slow", rid)
+    r = ask(gw, budget_key(gw, MASTER, "1"), "slow", rid)
     assert r.status_code == 504, r.text
     row = await ledger.one_row(rid)
     assert row["status_code"] == 504 and row["chosen_model"] is None
@@ -100,7 +90,7 @@ async def test_a_timed_out_call_is_charged(env: tuple[RunningGateway, LedgerFile
 
 async def test_timing_out_on_purpose_runs_out_the_budget(env: tuple[RunningGateway, LedgerFile]) -> None:
     gw, _ = env
-    key = new_key(gw, "0.006")  # each timed-out request is charged ~$0.0017
+    key = budget_key(gw, MASTER, "0.006")  # each timed-out request is charged ~$0.0017
     statuses = [ask(gw, key, "slow", uuid.uuid4().hex).status_code for _ in range(6)]
     assert statuses[:3] == [504, 504, 504], statuses
     assert statuses[-1] == 402, statuses  # it was free before: 504 for ever
@@ -109,7 +99,9 @@ async def test_timing_out_on_purpose_runs_out_the_budget(env: tuple[RunningGatew
 async def test_the_answer_after_a_timeout_is_served_and_both_are_paid(env: tuple[RunningGateway, LedgerFile]) -> None:
     gw, ledger = env
     rid = uuid.uuid4().hex
-    r = ask(gw, new_key(gw, "0.01"), "slow-then-quick", rid)  # the reserve is one answer: the caps leave it out
+    r = ask(
+        gw, budget_key(gw, MASTER, "0.01"), "slow-then-quick", rid
+    )  # the reserve is one answer: the caps leave it out
     assert r.status_code == 200, r.text
     assert r.headers["x-gateway-model"] == "quick"
     usage = r.json()["usage"]
