@@ -209,3 +209,20 @@ def test_docs_exist() -> None:
     for needle in ("--scale gateway=", "kubectl apply -k deploy/kubernetes", "--workers", "replicas:"):
         assert needle in text, needle
     assert Path(K8S / "secret.example.yaml").is_file()
+
+
+def test_redis_and_postgres_answer_the_gateway_only() -> None:
+    """Neither store has a password: a NetworkPolicy lets only the gateway's pods reach each, on its port."""
+    gateway_labels = workloads()["gateway"]["spec"]["template"]["metadata"]["labels"]
+    for store, port in (("redis", 6379), ("postgres", 5432)):
+        labels = workloads()[store]["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [
+            p
+            for p in by_kind("NetworkPolicy").values()
+            if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        (source,) = rule["from"]
+        assert source["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+        assert [p["port"] for p in rule["ports"]] == [port]
