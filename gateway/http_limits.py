@@ -94,6 +94,9 @@ async def refuse_oversized_head(send: Send, size: int, limit: int) -> None:
 
 # -- connection timeouts -------------------------------------------------------------------------------------
 
+#: Paths answered whatever uvicorn's concurrency limit says: the liveness probe's.
+_EXEMPT_PATHS = frozenset({b"/health"})
+
 #: Environment variables the server process sets for its workers (uvicorn builds the protocol per connection,
 #: in each worker process, from a class: the limits travel by environment, read once per connection).
 HEAD_TIMEOUT_ENV = "LLM_GATEWAY_HEAD_TIMEOUT_S"
@@ -137,7 +140,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.body_timeout_s, self._body_expired)
-        super().on_headers_complete()
+        limit = self.limit_concurrency
+        if limit is not None and self.url.split(b"?", 1)[0] in _EXEMPT_PATHS:
+            # uvicorn answers 503 to every request past ``server.max_connections`` (open connections, idle ones
+            # included): a liveness probe failing then would have the orchestrator restart a pod that is only busy.
+            self.limit_concurrency = None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -122,7 +122,9 @@ async def test_connections_beyond_the_cap_get_a_503(gw: RunningGateway) -> None:
     await asyncio.sleep(0.1)
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as c:
         refused = await c.post("/v1/chat/completions", json=BODY)
+        alive = await c.get("/health")  # a liveness probe: a busy pod is not restarted
     assert refused.status_code == 503
+    assert alive.status_code == 200
     for _, w in hogs:
         w.close()
     await asyncio.sleep(HEAD_S + 0.5)  # their deadlines passed, or they closed: room again
