@@ -109,10 +109,16 @@ def _text_of(blocks: Any, where: str) -> str:
 
 
 def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
-    if source.get("type") == "base64":
-        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
-    elif source.get("type") == "url" and isinstance(source.get("url"), str):
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(source, dict):
+        media, data = source.get("media_type"), source.get("data")
+        if not isinstance(media, str) or not isinstance(data, str) or not data:
+            raise InvalidRequest(
+                f"An image's base64 source needs 'media_type' and 'data' strings in '{where}'.", param=f"{where}.source"
+            )
+        url = f"data:{media};base64,{data}"
+    elif kind == "url" and isinstance(source, dict) and isinstance(source.get("url"), str):
         url = source["url"]
     else:
         raise InvalidRequest(f"Unsupported image source in '{where}'.", param=f"{where}.source")
@@ -299,14 +305,24 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_value": value}
 
 
-def usage_of(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """Token counts as Anthropic's ``usage``."""
+def usage_of(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+    """Token counts as Anthropic's ``usage``: ``cached`` of the prompt's tokens were read from the upstream's
+    prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``), which Anthropic counts apart from
+    ``input_tokens``."""
+    cached = min(max(cached, 0), input_tokens)
     return {
-        "input_tokens": input_tokens,
+        "input_tokens": input_tokens - cached,
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": cached,
     }
+
+
+def cached_tokens(usage: dict[str, Any]) -> int:
+    """The cached prompt tokens of a chat ``usage`` (0 when it says none)."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +362,9 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": usage_of(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        "usage": usage_of(
+            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), cached_tokens(usage)
+        ),
     }
 
 

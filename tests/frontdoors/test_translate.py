@@ -362,3 +362,28 @@ def test_messages_tool_result_images_follow_the_tool_message() -> None:
     with pytest.raises(InvalidRequest) as info:
         chat_of_messages({"messages": turns})
     assert info.value.param == "messages[2].content[0].content[0].type"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["abc", 7, None, {"type": "base64"}, {"type": "base64", "media_type": "image/png", "data": ""}, {"type": "file"}],
+)
+def test_messages_a_malformed_image_source_is_a_400(source: object) -> None:
+    """A string source was a 500 (AttributeError) that the SDK retried; a base64 source without data went upstream
+    as ``data:None;base64,None``. Both are the client's 400, as on Anthropic's API."""
+    for content in (
+        [{"type": "image", "source": source}],
+        [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": source}]}],
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            chat_of_messages({"messages": [{"role": "user", "content": content}]})
+        assert info.value.param is not None and info.value.param.endswith(".source")
+
+
+def test_messages_usage_reports_cache_reads() -> None:
+    """OpenAI's ``cached_tokens`` are Anthropic's ``cache_read_input_tokens``, apart from ``input_tokens``."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 900}}
+    completion = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    req = ms.parse_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    out = ms.from_chat(req, completion)["usage"]
+    assert (out["input_tokens"], out["cache_read_input_tokens"], out["output_tokens"]) == (100, 900, 5)
