@@ -33,6 +33,32 @@ class Delta:
     error: dict[str, Any] | None = None  # the pipeline's in-stream error event
 
 
+class _CallIndexes:
+    """Each tool call's place in a stream: the upstream's ``index``, or, where it sends none (Gemini's
+    OpenAI-compatible API, some proxies), the next place for each new call ``id`` (a fragment without an id
+    continues the last call). Read as 0, a second call's fragments were appended to the first call's."""
+
+    __slots__ = ("_by_id", "_last", "_next")
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, int] = {}
+        self._last = 0
+        self._next = 0
+
+    def of(self, call: dict[str, Any]) -> int:
+        index, call_id = call.get("index"), call.get("id")
+        if isinstance(index, int) and not isinstance(index, bool):
+            self._last, self._next = index, max(self._next, index + 1)
+            if isinstance(call_id, str):
+                self._by_id[call_id] = index
+        elif isinstance(call_id, str):
+            if call_id not in self._by_id:
+                self._by_id[call_id] = self._next
+                self._next += 1
+            self._last = self._by_id[call_id]
+        return self._last
+
+
 def sse(event: str, payload: dict[str, Any]) -> bytes:
     """One named SSE event (``event:`` line and JSON ``data:``), as both APIs send them."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
@@ -44,6 +70,7 @@ async def deltas(frames: AsyncIterator[bytes]) -> AsyncGenerator[Delta, None]:
     The frames iterator is closed when this generator is, so the pipeline's relay (and its ledger row)
     finishes however the client's stream ends.
     """
+    calls = _CallIndexes()
     try:
         async for frame in frames:
             payload = frame[6:].strip() if frame.startswith(b"data: ") else b""
@@ -56,14 +83,14 @@ async def deltas(frames: AsyncIterator[bytes]) -> AsyncGenerator[Delta, None]:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(chunk, dict):
-                yield _delta(chunk)
+                yield _delta(chunk, calls)
     finally:
         aclose = getattr(frames, "aclose", None)
         if aclose is not None:
             await aclose()
 
 
-def _delta(chunk: dict[str, Any]) -> Delta:
+def _delta(chunk: dict[str, Any], calls: _CallIndexes) -> Delta:
     if "error" in chunk and "choices" not in chunk:
         error = chunk["error"]
         return Delta(error=error if isinstance(error, dict) else {"message": str(error)})
@@ -81,9 +108,7 @@ def _delta(chunk: dict[str, Any]) -> Delta:
             out.refusal = delta["refusal"]
         for call in delta.get("tool_calls") or []:
             fn = call.get("function") or {}
-            out.tools.append(
-                ToolDelta(int(call.get("index") or 0), call.get("id"), fn.get("name"), fn.get("arguments") or "")
-            )
+            out.tools.append(ToolDelta(calls.of(call), call.get("id"), fn.get("name"), fn.get("arguments") or ""))
         if choice.get("finish_reason"):
             out.finish_reason = choice["finish_reason"]
             out.stop_reason = choice.get("stop_reason")

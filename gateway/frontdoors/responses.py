@@ -232,14 +232,19 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
     if req.tools:
         body["tools"] = _tools(req.tools)
     if req.tool_choice is not None:
-        body["tool_choice"] = _tool_choice(req.tool_choice)
+        choice = _tool_choice(req.tool_choice)  # checked either way
+        if req.tools:  # without tools, chat APIs refuse it (vLLM, OpenAI); the Responses API ignores it
+            body["tool_choice"] = choice
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.text is not None and req.text.format is not None:
         fmt = _response_format(req.text.format)
         if fmt is not None:
             body["response_format"] = fmt
-    for src, dst in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p")):
+    # ``max_completion_tokens``: reasoning models refuse ``max_tokens``, and it counts reasoning tokens too, as
+    # ``max_output_tokens`` does.
+    params = (("max_output_tokens", "max_completion_tokens"), ("temperature", "temperature"), ("top_p", "top_p"))
+    for src, dst in params:
         value = getattr(req, src)
         if value is not None:
             body[dst] = value

@@ -130,7 +130,7 @@ class _Renderer:
                     arguments=item["arguments"],
                 )
             )
-        item["status"] = status if item["type"] == "message" else "completed"
+        item["status"] = status if item["type"] == "message" or status == "incomplete" else "completed"
         out.append(self.event("response.output_item.done", output_index=index, item=dict(item)))
         return out
 
@@ -151,7 +151,7 @@ async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done
     try:
         async for d in stream:
             if d.error is not None:
-                for out in r.close():
+                for out in r.close("incomplete"):  # cut short: never "completed"
                     yield out
                 for out in _failed(r, d.error):
                     yield out

@@ -33,7 +33,7 @@ def test_responses_text_format_and_sampling() -> None:
         "type": "json_schema",
         "json_schema": {"name": "out", "schema": schema, "strict": True},
     }
-    assert chat["max_tokens"] == 9 and chat["temperature"] == 0.1 and chat["top_p"] == 0.5 and chat["user"] == "u"
+    assert chat["max_completion_tokens"] == 9 and chat["temperature"] == 0.1 and chat["top_p"] == 0.5 and chat["user"] == "u"
     assert "metadata" not in chat  # the gateway's to echo, not the upstream's
     assert chat_of_responses({"input": "x", "text": {"format": {"type": "json_object"}}})["response_format"] == {
         "type": "json_object"
@@ -387,3 +387,65 @@ def test_messages_usage_reports_cache_reads() -> None:
     req = ms.parse_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     out = ms.from_chat(req, completion)["usage"]
     assert (out["input_tokens"], out["cache_read_input_tokens"], out["output_tokens"]) == (100, 900, 5)
+
+
+def test_responses_parameters_chat_apis_take() -> None:
+    """``max_output_tokens`` goes upstream as ``max_completion_tokens`` (reasoning models refuse ``max_tokens``);
+    ``tool_choice`` without tools is dropped (chat APIs refuse it; the Responses API ignores it)."""
+    chat = chat_of_responses({"input": "x", "max_output_tokens": 200, "tool_choice": "auto"})
+    assert chat["max_completion_tokens"] == 200 and "max_tokens" not in chat
+    assert "tool_choice" not in chat
+    assert "tool_choice" not in chat_of_responses({"input": "x", "tools": [], "tool_choice": "required"})
+    with pytest.raises(InvalidRequest):  # still checked
+        chat_of_responses({"input": "x", "tool_choice": "sometimes"})
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+async def test_parallel_calls_streamed_without_an_index_stay_apart(with_index: bool) -> None:
+    """Gemini's OpenAI-compatible API and some proxies send tool-call deltas without ``index``: each new call
+    ``id`` is a new call (read as index 0, the second call's arguments were appended to the first's)."""
+    from gateway.frontdoors import messages_stream, responses_stream
+
+    def call(i: int, call_id: str | None, name: str | None, args: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"function": {"arguments": args, **({"name": name} if name else {})}}
+        if call_id:
+            out["id"] = call_id
+        if with_index:
+            out["index"] = i
+        return out
+
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [call(0, "call_1", "weather", '{"city":')]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [call(0, None, None, '"Paris"}')]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [call(1, "call_2", "weather", '{"city":"Rome"}')]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    req = rs.parse_request({"model": "m", "input": "x", "stream": True})
+
+    async def on_done(response: dict[str, Any]) -> None:
+        return None
+
+    events = await _collect(responses_stream.render(_frames(*chunks), rs.skeleton(req, "resp_1"), on_done))
+    calls = [(i["call_id"], i["arguments"]) for i in events[-1]["response"]["output"]]
+    assert calls == [("call_1", '{"city":"Paris"}'), ("call_2", '{"city":"Rome"}')]
+    events = await _collect(messages_stream.render(_frames(*chunks), "m", 3, None))
+    starts = [e["content_block"]["id"] for e in events if e["type"] == "content_block_start"]
+    assert starts == ["call_1", "call_2"]
+
+
+async def test_responses_stream_failed_mid_answer_ends_its_message_incomplete() -> None:
+    from gateway.frontdoors.responses_stream import render
+
+    req = rs.parse_request({"model": "m", "input": "x", "stream": True})
+
+    async def on_done(response: dict[str, Any]) -> None:
+        return None
+
+    frames = _frames(
+        {"choices": [{"index": 0, "delta": {"content": "three words here"}}]},
+        {"error": {"message": "upstream failed mid-stream", "type": "upstream_error"}},
+    )
+    events = await _collect(render(frames, rs.skeleton(req, "resp_1"), on_done))
+    item_done = next(e for e in events if e["type"] == "response.output_item.done")
+    assert item_done["item"]["status"] == "incomplete"  # it said "completed"
+    assert events[-1]["type"] == "response.failed"
