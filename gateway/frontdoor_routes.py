@@ -55,6 +55,7 @@ async def count_tokens(request: Request) -> Response:
     gw = gateway_of(request)
     ctx = context(request)
     anthropic_auth(ctx)
+    ids = {"request-id": ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
     try:
         await gw.admission.identify(ctx)
         body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
@@ -63,5 +64,5 @@ async def count_tokens(request: Request) -> Response:
             raise NotFound(f"model: {req.model}", param="model")
         tokens = extract_features("chat", ms.to_chat(req), gw.pipeline.counter).prompt_tokens
     except GatewayError as err:
-        return json_response(ms.error_body(err, ctx.request_id), err.status, err.headers)
-    return json_response({"input_tokens": tokens})
+        return json_response(ms.error_body(err, ctx.request_id), err.status, {**err.headers, **ids})
+    return json_response({"input_tokens": tokens}, headers=ids)

@@ -94,6 +94,8 @@ class _Exchange:
         headers = dict(err.headers)
         if request_id:
             headers["x-request-id"] = request_id
+            if self.door is not None and self.door.request_id_header:
+                headers[self.door.request_id_header] = request_id
         body = err.to_body() if self.door is None else self.door.error_body(err, request_id)
         await self.json(err.status, orjson.dumps(body), headers)
 

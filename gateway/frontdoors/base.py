@@ -14,6 +14,8 @@ class FrontDoor(Protocol):
 
     #: the ledger's ``endpoint`` for these requests
     api: str
+    #: the response header this API's SDK reads the request id from, besides ``x-request-id`` (None: that one)
+    request_id_header: str | None
 
     def prepare(self, ctx: RequestContext) -> None:
         """Adjust the new context before the caller is identified (e.g. read another auth header)."""

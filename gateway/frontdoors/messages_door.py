@@ -25,6 +25,7 @@ class MessagesDoor:
     """One ``/v1/messages`` request."""
 
     api = "messages"
+    request_id_header: str | None = "request-id"  # where the Anthropic SDK reads it (APIStatusError.request_id too)
 
     def __init__(self) -> None:
         self.req: ms.CountTokensRequest | None = None
@@ -43,7 +44,7 @@ class MessagesDoor:
     async def render(self, ctx: RequestContext, result: Result) -> Result:
         req = self.req
         assert req is not None
-        headers = {**result.headers, "request-id": ctx.request_id}  # where the Anthropic SDK reads it
+        headers = {**result.headers, "request-id": ctx.request_id}
         if isinstance(result, JSONResult):
             return JSONResult(ms.from_chat(req, result.body), headers, result.status)
         model = ctx.chosen_model or req.model

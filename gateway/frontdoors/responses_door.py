@@ -23,6 +23,7 @@ class ResponsesDoor:
     """One ``/v1/responses`` request."""
 
     api = "responses"
+    request_id_header: str | None = None
 
     def __init__(self, store: ResponseStore) -> None:
         self.store = store

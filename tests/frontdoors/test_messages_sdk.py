@@ -149,6 +149,9 @@ async def test_count_tokens(env: Env, claude: anthropic.AsyncAnthropic) -> None:
         await c.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "Hi"}])
     body: Any = info.value.body
     assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert info.value.request_id == body["request_id"]  # the SDK reads the request-id header
+    raw = await c.messages.with_raw_response.count_tokens(model="small", messages=[{"role": "user", "content": "Hi"}])
+    assert raw.request_id
 
 
 async def test_bearer_auth_and_anthropic_errors(env: Env, claude: anthropic.AsyncAnthropic) -> None:
@@ -172,6 +175,8 @@ async def test_bearer_auth_and_anthropic_errors(env: Env, claude: anthropic.Asyn
     body = bad.value.body
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "web_search_20250305" in body["error"]["message"]
+    assert bad.value.request_id == body["request_id"] == bad.value.response.headers["x-request-id"]
+    assert auth.value.request_id  # errors carry it too (support tickets, the ledger)
     row = await env.ledger.one_row(bad.value.response.headers["x-request-id"])
     assert row["endpoint"] == "messages" and row["status_code"] == 400
 

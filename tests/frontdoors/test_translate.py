@@ -33,7 +33,12 @@ def test_responses_text_format_and_sampling() -> None:
         "type": "json_schema",
         "json_schema": {"name": "out", "schema": schema, "strict": True},
     }
-    assert chat["max_completion_tokens"] == 9 and chat["temperature"] == 0.1 and chat["top_p"] == 0.5 and chat["user"] == "u"
+    assert (
+        chat["max_completion_tokens"] == 9
+        and chat["temperature"] == 0.1
+        and chat["top_p"] == 0.5
+        and chat["user"] == "u"
+    )
     assert "metadata" not in chat  # the gateway's to echo, not the upstream's
     assert chat_of_responses({"input": "x", "text": {"format": {"type": "json_object"}}})["response_format"] == {
         "type": "json_object"
