@@ -23,6 +23,7 @@ class _Choice:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     function_call: dict[str, Any] | None = None
     finish_reason: str | None = None
+    stop_reason: Any = None  # vLLM's matched stop string or token (the Messages API's ``stop_sequence``)
     logprobs: dict[str, list[Any]] | None = None
 
     def add_logprobs(self, lp: Any) -> None:
@@ -87,19 +88,26 @@ def _chat_choice(c: _Choice) -> dict[str, Any]:
         ]
     if c.function_call is not None:
         msg["function_call"] = c.function_call
-    return {"index": c.index, "message": msg, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+    return _with_stop({"index": c.index, "message": msg, "logprobs": c.logprobs, "finish_reason": c.finish_reason}, c)
 
 
 def _text_choice(c: _Choice) -> dict[str, Any]:
     lp: dict[str, Any] | None = None
     if c.logprobs is not None:
         lp = {k: c.logprobs.get(k, []) for k in _LOGPROB_LISTS}
-    return {
+    choice = {
         "index": c.index,
         "text": "".join(c.strings.get("text", [])),
         "logprobs": lp,
         "finish_reason": c.finish_reason,
     }
+    return _with_stop(choice, c)
+
+
+def _with_stop(choice: dict[str, Any], c: _Choice) -> dict[str, Any]:
+    if c.stop_reason is not None:
+        choice["stop_reason"] = c.stop_reason
+    return choice
 
 
 def assemble(
@@ -127,6 +135,7 @@ def assemble(
             c.add_logprobs(raw.get("logprobs"))
             if raw.get("finish_reason"):
                 c.finish_reason = str(raw["finish_reason"])
+                c.stop_reason = raw.get("stop_reason")
     if first is None or not choices or any(c.finish_reason is None for c in choices.values()):
         return None
     ordered = [choices[i] for i in sorted(choices)]

@@ -153,14 +153,22 @@ def replay_chunks(body: dict[str, Any], model: str, include_usage: bool) -> Iter
     base = _chunk_base(body, model)
     chat = base["object"] == "chat.completion.chunk"
 
-    def chunk(idx: int, finish: Any = None, logprobs: Any = None, **fields: Any) -> bytes:
+    def chunk(idx: int, finish: Any = None, logprobs: Any = None, stop: Any = None, **fields: Any) -> bytes:
         choice = {"index": idx, **fields, "logprobs": logprobs, "finish_reason": finish}
+        if stop is not None:  # vLLM's matched stop string: the Messages API reports it as stop_sequence
+            choice["stop_reason"] = stop
         return frame(orjson.dumps({**base, "choices": [choice]}))
 
     for choice in body.get("choices") or []:
         idx = choice.get("index", 0)
         if not chat:
-            yield chunk(idx, choice.get("finish_reason"), choice.get("logprobs"), text=choice.get("text", ""))
+            yield chunk(
+                idx,
+                choice.get("finish_reason"),
+                choice.get("logprobs"),
+                choice.get("stop_reason"),
+                text=choice.get("text", ""),
+            )
             continue
         msg = choice.get("message") or {}
         yield chunk(idx, delta={"role": msg.get("role", "assistant"), "content": ""})
@@ -170,7 +178,7 @@ def replay_chunks(body: dict[str, Any], model: str, include_usage: bool) -> Iter
         for i, call in enumerate(msg.get("tool_calls") or []):
             call_delta = {"index": i, "id": call.get("id"), "type": call.get("type", "function")}
             yield chunk(idx, delta={"tool_calls": [{**call_delta, "function": call.get("function")}]})
-        yield chunk(idx, choice.get("finish_reason"), delta={})
+        yield chunk(idx, choice.get("finish_reason"), stop=choice.get("stop_reason"), delta={})
     if include_usage and body.get("usage"):
         yield frame(orjson.dumps({**base, "choices": [], "usage": body["usage"]}))
     yield DONE

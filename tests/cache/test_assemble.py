@@ -116,6 +116,7 @@ def test_a_replayed_answer_keeps_every_field_a_stream_carries() -> None:
                 "index": 0,
                 "message": {"role": "assistant", "content": "42", "reasoning_content": "6 x 7"},
                 "finish_reason": "stop",
+                "stop_reason": "END",  # vLLM's matched stop string: the Messages API's stop_sequence
             },
             {"index": 1, "message": {"role": "assistant", "content": None, "refusal": "No."}, "finish_reason": "stop"},
             {
@@ -143,3 +144,28 @@ def test_a_replayed_answer_keeps_every_field_a_stream_carries() -> None:
     assert messages[2]["tool_calls"][0]["function"]["name"] == "f"
     assert again["choices"][2]["logprobs"]["content"] == lp["content"]
     assert [c["finish_reason"] for c in again["choices"]] == ["stop", "stop", "tool_calls"]
+
+
+def test_a_stop_string_survives_the_cache_both_ways() -> None:
+    """vLLM's ``stop_reason`` (the stop string it matched): kept when a stream is assembled for the cache and when
+    a cached answer is replayed, so a cached Messages answer still says ``stop_reason: stop_sequence``."""
+    import orjson
+
+    from gateway.streaming import replay_chunks
+
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "one two"}}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]},
+    ]  # fmt: skip
+    body = assemble(chunks, chat=True, model="m", usage=USAGE)
+    assert body is not None and body["choices"][0]["stop_reason"] == "END"
+    replayed = [orjson.loads(f[6:]) for f in list(replay_chunks(body, "m", include_usage=False))[:-1]]
+    assert replayed[-1]["choices"][0]["stop_reason"] == "END"
+    text = {
+        "choices": [{"index": 0, "text": "x", "finish_reason": "stop", "stop_reason": "END"}],
+        "object": "text_completion",
+    }
+    (first,) = [orjson.loads(f[6:]) for f in list(replay_chunks(text, "m", include_usage=False))[:-1]]
+    assert first["choices"][0]["stop_reason"] == "END"
