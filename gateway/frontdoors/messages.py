@@ -71,6 +71,7 @@ class CountTokensRequest(_Open):
     metadata: Metadata | None = None
     stream: StrictBool | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
     gateway: dict[str, Any] | None = None
 
 
@@ -220,8 +221,43 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):
             fn["description"] = tool["description"]
+        if isinstance(tool.get("strict"), bool):  # strict tool use: arguments held to the schema
+            fn["strict"] = tool["strict"]
         out.append({"type": "function", "function": fn})
     return out
+
+
+_EFFORTS = ("low", "medium", "high")
+
+
+def _output_config(config: dict[str, Any], body: dict[str, Any]) -> None:
+    """``output_config`` (structured outputs, effort) as chat's ``response_format`` and ``reasoning_effort``;
+    anything else in it is a 400 rather than silently unconstrained output."""
+    for key in config:
+        if key not in ("format", "effort"):
+            raise InvalidRequest(
+                f"output_config.{key} is not supported by this gateway.",
+                param=f"output_config.{key}",
+                code="unsupported_parameter",
+            )
+    fmt = config.get("format")
+    if fmt is not None:
+        schema = fmt.get("schema") if isinstance(fmt, dict) else None
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(schema, dict):
+            raise InvalidRequest(
+                "output_config.format must be {'type': 'json_schema', 'schema': {...}}.", param="output_config.format"
+            )
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema, "strict": True},
+        }
+    effort = config.get("effort")
+    if effort is not None:
+        if effort not in _EFFORTS:
+            raise InvalidRequest(
+                f"output_config.effort must be one of {', '.join(_EFFORTS)}.", param="output_config.effort"
+            )
+        body["reasoning_effort"] = effort
 
 
 def _tool_choice(choice: dict[str, Any], body: dict[str, Any]) -> None:
@@ -260,6 +296,8 @@ def to_chat(req: CountTokensRequest) -> dict[str, Any]:
         body["tools"] = _tools(req.tools)
     if req.tool_choice is not None:
         _tool_choice(req.tool_choice, body)
+    if req.output_config is not None:
+        _output_config(req.output_config, body)
     if req.stop_sequences:
         body["stop"] = req.stop_sequences
     for name in ("temperature", "top_p", "top_k"):

@@ -454,3 +454,31 @@ async def test_responses_stream_failed_mid_answer_ends_its_message_incomplete() 
     item_done = next(e for e in events if e["type"] == "response.output_item.done")
     assert item_done["item"]["status"] == "incomplete"  # it said "completed"
     assert events[-1]["type"] == "response.failed"
+
+
+def test_messages_structured_outputs_go_upstream() -> None:
+    """``output_config.format`` (what ``client.messages.parse(output_format=Model)`` sends) is chat's
+    ``response_format``, ``effort`` its ``reasoning_effort``, a tool's ``strict`` kept: all three were dropped
+    and the answer came back unconstrained with a 200."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tool = {"name": "f", "input_schema": {"type": "object"}, "strict": True}
+    chat = chat_of_messages(
+        {
+            "messages": [{"role": "user", "content": "where?"}],
+            "output_config": {"format": {"type": "json_schema", "schema": schema}, "effort": "low"},
+            "tools": [tool],
+        }
+    )
+    assert chat["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": True},
+    }
+    assert chat["reasoning_effort"] == "low" and chat["tools"][0]["function"]["strict"] is True
+    for bad, param in (
+        ({"format": {"type": "xml"}}, "output_config.format"),
+        ({"effort": "max!"}, "output_config.effort"),
+        ({"task_budget": 5}, "output_config.task_budget"),
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            chat_of_messages({"messages": [{"role": "user", "content": "x"}], "output_config": bad})
+        assert info.value.param == param
