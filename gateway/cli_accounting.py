@@ -7,7 +7,7 @@ revocation, the Redis that replicas share (so they refuse the key at once).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -47,6 +47,12 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
             await admission.aclose()
             await db.aclose()
 
+    return _database_run(go)
+
+
+def _database_run(go: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(go())``, the database's errors as one line: exit 2 for a schema from a newer gateway, 1 for
+    a database that is unreachable or refuses the command."""
     from gateway.accounting.migrate import SchemaTooNew
 
     try:
@@ -204,7 +210,28 @@ def spend(
     Console(width=160).print(table)
 
 
+def migrate(config: ConfigOpt = Path("gateway.yaml")) -> None:
+    """Bring the ledger's schema up to this gateway's: what `gateway serve` does at start-up, before its port
+    opens. Run it first where an upgrade backfills a large ledger (minutes for millions of rows)."""
+    from gateway.accounting import open_database
+    from gateway.accounting.migrate import current_revision, head_revision
+
+    settings = _settings(config)
+
+    async def go() -> str | None:
+        db = await open_database(settings.ledger.url, require=True)  # migrates, under the replicas' shared lock
+        try:
+            async with db.engine.connect() as conn:
+                return await conn.run_sync(current_revision)
+        finally:
+            await db.aclose()
+
+    reached = _database_run(go)
+    typer.echo(f"ledger schema at revision {reached} (this gateway's newest: {head_revision()})")
+
+
 def mount(app: typer.Typer) -> None:
-    """Add ``keys`` and ``spend`` to the ``gateway`` command."""
+    """Add ``keys``, ``spend`` and ``migrate`` to the ``gateway`` command."""
     app.add_typer(keys_app, name="keys")
     app.command("spend")(spend)
+    app.command("migrate")(migrate)
