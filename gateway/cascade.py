@@ -171,9 +171,15 @@ class Cascade:
         if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = 0
-        with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
+        return await self._complete(ctx, backend, body)
+
+    async def _complete(self, ctx: RequestContext, backend: Backend, body: dict[str, Any]) -> UpstreamResponse:
+        """A complete answer the client will not get as it is (a checked rung's, the judge's): traced with its own
+        usage, and charged should the client leave while it is in flight."""
+        tracing = self.pipeline.tracing
+        with tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
             response = await backend.complete(ctx.path, body)
-            p.tracing.attempt_answered(ctx, response.body)  # the request's usage is not this answer's
+            tracing.attempt_answered(ctx, response.body)  # the request's usage is not this answer's
             return response
 
     async def _verify(
@@ -200,9 +206,7 @@ class Cascade:
         backend, breaker = p.backends[cfg.model], p.breakers[cfg.model]
         breaker.before_call()
         try:
-            with p.tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
-                response = await backend.complete(ctx.path, body)
-                p.tracing.attempt_answered(ctx, response.body)
+            response = await self._complete(ctx, backend, body)
         except UpstreamError as err:
             p._attempt_failed(cfg.model, err)
             p.charges.timed_out(ctx, cfg.model, err, stream=False)

@@ -20,8 +20,6 @@ from gateway.protocol import choice_text, generated_per_prompt, prompt_count
 from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
 from gateway.tokens import TokenCounter
 
-_HITS = ("hit", "semantic-hit")
-
 
 class Charges:
     """Usage, cost, baseline cost and savings of requests; built once per pipeline."""
@@ -81,12 +79,13 @@ class Charges:
         if not isinstance(err, UpstreamTimeout) or not err.reached:
             return
         pt = ctx.prompt_tokens_estimate
-        ct = self._unseen_completion(ctx, model, ctx.stream if stream is None else stream)
+        ct = self._unseen_completion(ctx, model, stream)
         ctx.cascade_attempts.append(AttemptCost(model, pt, ct, self.price(model).cost(pt, ct), "timed_out"))
 
     def _unseen_completion(self, ctx: RequestContext, model: str, stream: bool | None = None) -> int:
-        """The completion tokens charged for a call whose answer never came back: none for a stream (cancelling
-        it stops the generation) or embeddings, else the answer routing expected (:meth:`_expected_completion`)."""
+        """The completion tokens charged for a call whose answer never came back: none for a stream (``stream``,
+        by default as the client asked; cancelling it stops the generation) or embeddings, else the answer routing
+        expected (:meth:`_expected_completion`)."""
         streamed = ctx.stream if stream is None else stream
         return 0 if streamed or ctx.endpoint == "embeddings" else self._expected_completion(ctx, model)
 
@@ -116,7 +115,7 @@ class Charges:
             ctx.baseline_cost_usd = self.baseline.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
         # A cache hit costs nothing, so it saves the whole baseline cost of its tokens.
-        ctx.cost_usd = Decimal(0) if ctx.cache_status in _HITS else full
+        ctx.cost_usd = Decimal(0) if ctx.cache_hit else full
         ctx.saved_usd = ctx.baseline_cost_usd - ctx.cost_usd
         if ctx.cascade is not None:
             ctx.routed_cost_usd = self.routed_cost(ctx, ctx.extra.get("cascade_router_pick"))
@@ -146,7 +145,7 @@ class Charges:
 
     def stream_estimate(self, ctx: RequestContext) -> Decimal:
         """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""
-        cost = Decimal(0) if ctx.cache_status in _HITS or ctx.predicted_cost is None else ctx.predicted_cost
+        cost = Decimal(0) if ctx.cache_hit or ctx.predicted_cost is None else ctx.predicted_cost
         return cost + self.paid_attempts(ctx)
 
 

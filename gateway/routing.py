@@ -392,25 +392,25 @@ class Router:
                 usable = [c.name for c in self._constrain(cands, constraints, _NO_ROUTE)]
         except (NoRouteSatisfies, ContextLengthExceeded):
             usable = []
-        order = [name, *usable]
-        reason = f"model '{name}' requested explicitly" + (f"; fallbacks: {', '.join(usable)}" if usable else "")
-        if not model.is_up() and any(self.models[u].is_up() for u in usable):
-            order = [*usable, name]  # its breaker is open (or it is unhealthy): the request need not wait on it
-            reason += f" (first: '{name}' is down)"
+        order, reason = self._named_first(name, usable, f"model '{name}' requested explicitly")
         ranking = [self.candidate(m, feats, difficulty) for m in order]
         return Plan(Decision(ranking, reason, "explicit"), None)
 
     def plan_embeddings(self, name: str, feats: RequestFeatures) -> Plan:
-        """An embedding model asked for by name (it serves embeddings: the caller checked), then its fallbacks; one
-        that is down (breaker open, or unhealthy) goes behind those that are up."""
-        model = self.models[name]
-        fallbacks = [f for f in model.spec.fallbacks if f in self.models]
-        order = [name, *fallbacks]
-        reason = f"embedding model '{name}' requested" + (f"; fallbacks: {', '.join(fallbacks)}" if fallbacks else "")
-        if not model.is_up() and any(self.models[f].is_up() for f in fallbacks):
-            order = [*fallbacks, name]
-            reason += f" (first: '{name}' is down)"
+        """An embedding model asked for by name (it serves embeddings: the caller checked), then its fallbacks."""
+        fallbacks = [f for f in self.models[name].spec.fallbacks if f in self.models]
+        order, reason = self._named_first(name, fallbacks, f"embedding model '{name}' requested")
         return Plan(Decision([self.candidate(m, feats) for m in order], reason, "explicit"), None)
+
+    def _named_first(self, name: str, fallbacks: list[str], reason: str) -> tuple[list[str], str]:
+        """The order to try a model asked for by name and its ``fallbacks``, and the decision's reason: the model
+        first, unless it is down (breaker open, or unhealthy) while a fallback is up: the request need not wait on
+        it."""
+        if fallbacks:
+            reason += f"; fallbacks: {', '.join(fallbacks)}"
+        if not self.models[name].is_up() and any(self.models[f].is_up() for f in fallbacks):
+            return [*fallbacks, name], reason + f" (first: '{name}' is down)"
+        return [name, *fallbacks], reason
 
     def _hard_filter(self, members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
         """Capabilities, context window and breakers; each with its own clear error."""
