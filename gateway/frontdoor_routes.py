@@ -12,7 +12,7 @@ from gateway.errors import GatewayError, NotFound
 from gateway.features import extract_features
 from gateway.frontdoors import messages as ms
 from gateway.frontdoors.base import tenant_of
-from gateway.frontdoors.messages_door import anthropic_auth
+from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
 
@@ -55,7 +55,7 @@ async def count_tokens(request: Request) -> Response:
     gw = gateway_of(request)
     ctx = context(request)
     anthropic_auth(ctx)
-    ids = {"request-id": ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
+    ids = {REQUEST_ID_HEADER: ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
     try:
         await gw.admission.identify(ctx)
         body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))

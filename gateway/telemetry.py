@@ -31,6 +31,7 @@ import aiohttp
 
 from gateway.config import TelemetrySettings
 from gateway.context import RequestContext
+from gateway.protocol import first_finish_reason
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -131,7 +132,7 @@ class _Trace:
     span: Span
     context: Context
     attempt: Span | None = None
-    attempt_usage: tuple[int, int, Any] | None = None  # (input, output, finish reason) of the open attempt
+    attempt_usage: tuple[int, int, str | None] | None = None  # (input, output, finish reason) of the open attempt
 
 
 def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool:
@@ -259,7 +260,7 @@ class OTelTracing:
             usage = own or (ctx.usage.prompt_tokens, ctx.usage.completion_tokens, ctx.finish_reason)
             span.set_attribute("gen_ai.usage.input_tokens", usage[0])
             span.set_attribute("gen_ai.usage.output_tokens", usage[1])
-            if isinstance(usage[2], str):
+            if usage[2]:
                 span.set_attribute("gen_ai.response.finish_reasons", [usage[2]])
         span.end()
 
@@ -268,11 +269,11 @@ class OTelTracing:
         trace: _Trace | None = ctx.trace
         if trace is None or trace.attempt is None:
             return
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        assert isinstance(usage, dict)
-        choices = body.get("choices") or [{}]
-        finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-        trace.attempt_usage = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), finish)
+        usage = body.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        trace.attempt_usage = (prompt, completion, first_finish_reason(body))  # as the pipeline reads an answer
 
     def request_ended(self, ctx: RequestContext) -> None:
         """Set the outcome's attributes and end the request span (once)."""

@@ -59,6 +59,13 @@ class _CallIndexes:
         return self._last
 
 
+def usage_detail(usage: dict[str, Any], group: str, name: str) -> int:
+    """One of a chat ``usage``'s details, e.g. ``prompt_tokens_details.cached_tokens`` (0 when it says none)."""
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def sse(event: str, payload: dict[str, Any]) -> bytes:
     """One named SSE event (``event:`` line and JSON ``data:``), as both APIs send them."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

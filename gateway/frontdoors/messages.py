@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.frontdoors.chunks import usage_detail
 from gateway.protocol import required_str, validate
 
 #: Anthropic's error ``type`` for each HTTP status the gateway answers with.
@@ -343,24 +344,18 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_value": value}
 
 
-def usage_of(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
-    """Token counts as Anthropic's ``usage``: ``cached`` of the prompt's tokens were read from the upstream's
-    prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``), which Anthropic counts apart from
-    ``input_tokens``."""
-    cached = min(max(cached, 0), input_tokens)
+def usage_of(usage: dict[str, Any], prompt_estimate: int = 0) -> dict[str, Any]:
+    """A chat ``usage`` as Anthropic's (``prompt_estimate`` where it has no prompt count): the prompt tokens read
+    from the upstream's prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``) are Anthropic's
+    ``cache_read_input_tokens``, apart from ``input_tokens``."""
+    prompt = int(usage.get("prompt_tokens") or prompt_estimate)
+    cached = min(usage_detail(usage, "prompt_tokens_details", "cached_tokens"), prompt)
     return {
-        "input_tokens": input_tokens - cached,
-        "output_tokens": output_tokens,
+        "input_tokens": prompt - cached,
+        "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
     }
-
-
-def cached_tokens(usage: dict[str, Any]) -> int:
-    """The cached prompt tokens of a chat ``usage`` (0 when it says none)."""
-    details = usage.get("prompt_tokens_details")
-    value = details.get("cached_tokens") if isinstance(details, dict) else None
-    return value if isinstance(value, int) else 0
 
 
 def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, Any]:
@@ -400,9 +395,7 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": usage_of(
-            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), cached_tokens(usage)
-        ),
+        "usage": usage_of(usage),
     }
 
 

@@ -21,11 +21,15 @@ def anthropic_auth(ctx: RequestContext) -> None:
         ctx.api_key = key or None
 
 
+#: Where the Anthropic SDK reads a response's request id (``APIStatusError.request_id`` too).
+REQUEST_ID_HEADER = "request-id"
+
+
 class MessagesDoor:
     """One ``/v1/messages`` request."""
 
     api = "messages"
-    request_id_header: str | None = "request-id"  # where the Anthropic SDK reads it (APIStatusError.request_id too)
+    request_id_header: str | None = REQUEST_ID_HEADER
 
     def __init__(self) -> None:
         self.req: ms.CountTokensRequest | None = None
@@ -44,7 +48,7 @@ class MessagesDoor:
     async def render(self, ctx: RequestContext, result: Result) -> Result:
         req = self.req
         assert req is not None
-        headers = {**result.headers, "request-id": ctx.request_id}
+        headers = {**result.headers, REQUEST_ID_HEADER: ctx.request_id}
         if isinstance(result, JSONResult):
             return JSONResult(ms.from_chat(req, result.body), headers, result.status)
         model = ctx.chosen_model or req.model

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.frontdoors.chunks import ToolDelta, deltas, sse
-from gateway.frontdoors.messages import cached_tokens, new_id, stop_reason, usage_of
+from gateway.frontdoors.messages import new_id, stop_reason, usage_of
 
 
 class _Blocks:
@@ -67,7 +67,7 @@ async def render(
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": usage_of(input_estimate, 0),
+        "usage": usage_of({}, input_estimate),
     }
     yield sse("message_start", {"type": "message_start", "message": message})
     yield sse("ping", {"type": "ping"})
@@ -101,8 +101,7 @@ async def render(
     for out in blocks.stop():
         yield out
     reason, sequence = stop_reason(finish, matched, stop_sequences, called=called, refused=refused)
-    prompt, completion = int(usage.get("prompt_tokens") or input_estimate), int(usage.get("completion_tokens") or 0)
-    counts = usage_of(prompt, completion, cached_tokens(usage))
+    counts = usage_of(usage, input_estimate)
     yield sse(
         "message_delta",
         {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": counts},

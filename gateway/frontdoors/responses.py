@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import InvalidRequest
+from gateway.frontdoors.chunks import usage_detail
 from gateway.protocol import Temperature, required_str, validate
 
 #: Request fields the gateway cannot honour; each is refused when set to something other than its default.
@@ -313,19 +314,15 @@ def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
     reasoning tokens where the upstream reported them."""
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
+    cached = usage_detail(usage, "prompt_tokens_details", "cached_tokens")
+    reasoning = usage_detail(usage, "completion_tokens_details", "reasoning_tokens")
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
+        "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": _detail(usage, "completion_tokens_details", "reasoning_tokens")},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
     }
-
-
-def _detail(usage: dict[str, Any], group: str, name: str) -> int:
-    details = usage.get(group)
-    value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 #: Chat finish reasons that leave a response ``incomplete``, and the reason the Responses API gives.
