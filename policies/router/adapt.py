@@ -191,7 +191,7 @@ def _folds(groups: NDArray[np.int64], y: FloatArray, k: int, seed: int) -> tuple
     n_groups = int(groups.max()) + 1
     order = np.random.default_rng(seed).permutation(n_groups)
     folds = _deal(order, groups, k)
-    if all(_both_outcomes(y[folds != fold]) for fold in range(k)):
+    if _trainable(folds, y, k):
         return folds, False
     rare = 0.0 if y.mean() > 0.5 else 1.0
     has_rare = np.zeros(n_groups, dtype=bool)
@@ -210,6 +210,11 @@ def _both_outcomes(y: FloatArray) -> bool:
     return bool(y.size) and float(y.min()) != float(y.max())
 
 
+def _trainable(folds: NDArray[np.int64], y: FloatArray, k: int) -> bool:
+    """Whether every fold's training part (the other folds' rows) holds both outcomes."""
+    return all(_both_outcomes(y[folds != fold]) for fold in range(k))
+
+
 def _check_outcomes(groups: NDArray[np.int64], y: FloatArray, folds: NDArray[np.int64], k: int) -> None:
     """Refuse labels whose cross-validation would fit a fold on one outcome only (its rows would get no score)."""
     for outcome, what in ((1.0, "better"), (0.0, "not better")):
@@ -219,7 +224,7 @@ def _check_outcomes(groups: NDArray[np.int64], y: FloatArray, folds: NDArray[np.
                 f"the labels have only {distinct} distinct prompt where the strong model is {what} than the weak "
                 "one: cross-validation needs at least 2 of each (label more prompts)"
             )
-    if not all(_both_outcomes(y[folds != fold]) for fold in range(k)):
+    if not _trainable(folds, y, k):
         raise ValueError(
             f"the labels' prompts cannot be split into {k} folds whose training parts all hold both outcomes "
             "(label more prompts, or pass fewer folds)"
@@ -410,12 +415,12 @@ def adapt(
         raise ValueError("the labels never (or always) prefer the strong model: nothing to learn")
     started = time.perf_counter()
     prompts = [r.prompt for r in records]
+    groups = _prompt_groups(prompts)
+    folds, stratified = _folds(groups, y, config.folds, config.seed)
+    _check_outcomes(groups, y, folds, config.folds)  # before the prior and the embedding read every prompt
     prior_logits = np.array([prior.logit(p) for p in prompts])
     vectors = np.asarray(embed(prompts), dtype=np.float32)
     x = _features(prior_logits, vectors)
-    groups = _prompt_groups(prompts)
-    folds, stratified = _folds(groups, y, config.folds, config.seed)
-    _check_outcomes(groups, y, folds, config.folds)
     method = f"{config.folds}-fold cross-validation on the labels (seed {config.seed})"
     if stratified:
         method += ", stratified by outcome: a random split left a fold's training part with one outcome"
