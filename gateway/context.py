@@ -62,6 +62,10 @@ class Caller:
     spent_usd: Decimal = Decimal(0)  # the ledger's spend of the key when its record was read
 
 
+#: ``cache_status`` values of an answer served from the cache: no upstream read or wrote its tokens.
+CACHE_HITS = ("hit", "semantic-hit")
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything known about one request, filled in stage by stage."""
@@ -120,6 +124,11 @@ class RequestContext:
     routed_cost_usd: Decimal | None = None  # what routing by the prompt alone would have cost
     extra: dict[str, Any] = field(default_factory=dict)
     trace: Any = None  # the request's spans when OpenTelemetry is on (gateway.telemetry)
+
+    @property
+    def cache_hit(self) -> bool:
+        """Whether the answer came from the cache (:data:`CACHE_HITS`)."""
+        return self.cache_status in CACHE_HITS
 
     @property
     def path(self) -> str:

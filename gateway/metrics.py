@@ -142,7 +142,7 @@ class Metrics:
             child(self.errors, ctx.error_type).inc()
         if ctx.cascade is not None:
             child(self.cascade, ctx.route or "-", ctx.cascade).inc()
-        if ctx.chosen_model and ctx.cache_status not in ("hit", "semantic-hit") and ctx.status_code < 400:
+        if ctx.chosen_model and not ctx.cache_hit and ctx.status_code < 400:
             if ctx.ttft_s is not None:
                 child(self.ttft, model).observe(ctx.ttft_s)
             if ctx.total_s is not None:

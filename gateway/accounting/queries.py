@@ -49,6 +49,7 @@ from gateway.accounting.schema import (
     ledger,
     rollups,
 )
+from gateway.context import CACHE_HITS
 
 GroupBy = Literal["model", "key", "team", "user", "route", "day"]
 GROUPS: dict[str, ColumnElement[Any]] = {
@@ -59,7 +60,7 @@ GROUPS: dict[str, ColumnElement[Any]] = {
     "route": ledger.c.route,
     "day": ledger.c.day,
 }
-_HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
+_HIT = ledger.c.cache_status.in_(CACHE_HITS)
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
 _DAY_MS = GRAINS_MS["day"]
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

@@ -56,8 +56,9 @@ from gateway.accounting.schema import (
     MONEY_PLACES,
     ledger,
 )
+from gateway.context import CACHE_HITS
 
-_HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
+_HIT = ledger.c.cache_status.in_(CACHE_HITS)
 #: Rows whose latency is summarised: answered by a model, successful, not from the cache.
 _TIMED = and_(ledger.c.chosen_model.is_not(None), ledger.c.status_code < 400, ~_HIT)
 
@@ -173,7 +174,7 @@ def _adding(stmt: Any, table: Table, names: Sequence[str]) -> Insert:
 
 
 _Q = Decimal(1).scaleb(-MONEY_PLACES)
-_HIT_STATUSES = frozenset(("hit", "semantic-hit"))
+_HIT_STATUSES = frozenset(CACHE_HITS)
 #: The dimensions read from the ledger column of the same name (``total`` and ``model`` are not).
 _OTHER_DIMS = tuple(d for d in DIMENSIONS if d not in ("total", "model"))
 

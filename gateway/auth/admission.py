@@ -335,8 +335,7 @@ class KeyAdmission:
         if not isinstance(reservation, Reservation):
             return
         # A cache hit's tokens never reached an upstream: they do not count against its key's TPM.
-        hit = ctx.cache_status in ("hit", "semantic-hit")
-        tokens = 0 if hit else ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        tokens = 0 if ctx.cache_hit else ctx.usage.prompt_tokens + ctx.usage.completion_tokens
         try:
             await self.limiter.settle(reservation, cost_nano=to_nano(ctx.cost_usd), tokens=tokens)
         except StoreError as exc:

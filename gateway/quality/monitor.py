@@ -166,7 +166,7 @@ class QualityMonitor:
         if route is None or ctx.endpoint != "chat" or ctx.error_type is not None or ctx.status_code != 200:
             return False
         reference = self.reference.get(route)
-        if reference is None or ctx.chosen_model in (None, reference) or ctx.cache_status in ("hit", "semantic-hit"):
+        if reference is None or ctx.chosen_model in (None, reference) or ctx.cache_hit:
             return False
         rate = self.rates.get(route, 0.0)
         body = ctx.body

@@ -23,13 +23,14 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.schema import ledger
+from gateway.context import CACHE_HITS
 from gateway.quality.tables import feedback, verdicts
 
 GroupBy = Literal["route", "model"]
 GROUP_BY = ("route", "model")
 _Z95 = 1.959964
 _CLIENT = or_(ledger.c.policy.is_(None), ledger.c.policy != "monitor")
-_HIT = ledger.c.cache_status.in_(("hit", "semantic-hit"))
+_HIT = ledger.c.cache_status.in_(CACHE_HITS)
 
 
 def wilson(successes: float, n: float, z: float = _Z95) -> tuple[float, float]:
