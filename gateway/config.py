@@ -326,7 +326,7 @@ class LedgerSettings(_Strict):
     shutdown_flush_seconds: float = Field(10.0, ge=0, description="how long a shutdown keeps retrying the flush")
     latency_sample_rows: int = Field(20_000, ge=100, description="unused: latency comes from the rollups")
     retention_days: float | None = Field(
-        None, gt=0, description="raw rows older than this are deleted (rollups are kept); None keeps them all"
+        None, gt=0, description="raw rows (and minute rollups) older than this are deleted; None keeps them all"
     )
     retention_interval_seconds: float = Field(300.0, gt=0, description="how often expired raw rows are deleted")
     retention_batch_rows: int = Field(2_000, ge=1, description="raw rows deleted per transaction")

@@ -433,3 +433,8 @@ class _LedgerCollector(Collector):
             yield CounterMetricFamily(
                 "gateway_ledger_expired_rows", "Raw ledger rows deleted by retention", value=led.retention.deleted
             )
+            yield CounterMetricFamily(
+                "gateway_ledger_expired_minute_rollups",
+                "Minute rollup rows of whole expired hours deleted by retention",
+                value=led.retention.deleted_minutes,
+            )

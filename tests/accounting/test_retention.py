@@ -5,16 +5,18 @@ from __future__ import annotations
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting import SqlLedger, open_database
 from gateway.accounting.ledger import Row
 from gateway.accounting.queries import recent_requests, request_rows, spend, totals
-from gateway.accounting.schema import ledger
+from gateway.accounting.schema import ledger, rollups
 from gateway.auth.keys import KeyStore
 from gateway.config import LedgerSettings
 from tests.accounting.rollup_support import BASE_MS, random_rows, reference
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 
 
 def _workload(n: int) -> list[Row]:
@@ -38,6 +40,11 @@ async def test_retention_keeps_totals_budgets_and_savings_exact(db_url: str) -> 
     assert led.retention is not None
     now_s = (BASE_MS + 10 * DAY_MS) / 1000
     cutoff = led.retention.cutoff_ms(now_s)
+    cutoff_hour = cutoff // HOUR_MS * HOUR_MS
+    kept_hours = (cutoff_hour + HOUR_MS, BASE_MS + 10 * DAY_MS)  # whole hours, read from hour and minute rows
+    before_hours = await totals(db.engine, start_ms=kept_hours[0], end_ms=kept_hours[1])
+    minute_rows = await _minute_rows(db.engine)
+    assert any(b < cutoff_hour for b in minute_rows) and any(b >= cutoff_hour for b in minute_rows)
     expired = sum(1 for r in rows if int(str(r["ts_ms"])) < cutoff)
     assert 0 < expired < len(rows)
     assert await led.retention.run_once(now_s) == expired  # in batches of 7
@@ -45,6 +52,10 @@ async def test_retention_keeps_totals_budgets_and_savings_exact(db_url: str) -> 
         left = (await conn.execute(select(func.count()).select_from(ledger))).scalar()
         oldest = (await conn.execute(select(func.min(ledger.c.ts_ms)))).scalar()
     assert left == len(rows) - expired and oldest >= cutoff
+    # the minute rollups of the hours before the cutoff's go too; the rest, the hours and the days stay
+    assert await _minute_rows(db.engine) == [b for b in minute_rows if b >= cutoff_hour]
+    assert led.retention.deleted_minutes == len(minute_rows) - len(await _minute_rows(db.engine))
+    assert await totals(db.engine, start_ms=kept_hours[0], end_ms=kept_hours[1]) == before_hours
 
     assert {g: await spend(db.engine, g) for g in before} == before
     assert await totals(db.engine) == before_total
@@ -52,6 +63,35 @@ async def test_retention_keeps_totals_budgets_and_savings_exact(db_url: str) -> 
     assert await totals(db.engine, start_ms=first_day, end_ms=first_day + 2 * DAY_MS) == before_range
     assert {k: await KeyStore(db).spent(k) for k in spent} == spent
     assert await led.retention.run_once(now_s) == 0
+    await led.aclose()
+
+
+async def _minute_rows(engine: AsyncEngine) -> list[int]:
+    table = rollups["minute"]
+    async with engine.connect() as conn:
+        return sorted((await conn.execute(select(table.c.bucket_ms))).scalars())
+
+
+async def test_retention_keeps_the_current_hours_minutes(db_url: str) -> None:
+    """A retention shorter than an hour leaves the minutes a range ending now reads (they are of this hour)."""
+    rows = [r for r in _workload(200) if int(str(r["ts_ms"])) < BASE_MS + DAY_MS]
+    db = await open_database(db_url, require=True)
+    led = SqlLedger(db, LedgerSettings(url=db_url, retention_days=0.01, retention_batch_rows=5))
+    for row in rows:
+        led.append(dict(row))
+    assert await led.flush()
+    now_ms = max(int(str(r["ts_ms"])) for r in rows) + 1_000
+    hour = now_ms // HOUR_MS * HOUR_MS
+    minute_rows = await _minute_rows(db.engine)
+    this_hour = [b for b in minute_rows if b >= hour]
+    before = await totals(db.engine, start_ms=hour, end_ms=now_ms)
+    assert led.retention is not None
+    await led.retention.run_once(now_ms / 1000)
+    left = await _minute_rows(db.engine)
+    assert [b for b in left if b >= hour] == this_hour and this_hour
+    cutoff_hour = led.retention.cutoff_ms(now_ms / 1000) // HOUR_MS * HOUR_MS
+    assert left == [b for b in minute_rows if b >= cutoff_hour] and len(left) < len(minute_rows)
+    assert await totals(db.engine, start_ms=hour, end_ms=now_ms) == before
     await led.aclose()
 
 
