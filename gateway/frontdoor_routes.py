@@ -1,14 +1,17 @@
 """HTTP routes of the front doors other than the inference paths (which :mod:`gateway.inference` serves):
-stored responses (``GET``/``DELETE /v1/responses/{id}``) and ``POST /v1/messages/count_tokens``."""
+stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``) and ``POST
+/v1/messages/count_tokens``."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.features import extract_features
 from gateway.frontdoors import messages as ms
 from gateway.frontdoors.base import tenant_of
@@ -37,6 +40,44 @@ async def get_response(response_id: str, request: Request) -> Response:
     if record is None:
         raise _not_found(response_id)
     return json_response(record["response"])
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request) -> Response:
+    """The items a stored response of the caller's was given: the earlier turns' inputs and outputs when it
+    continued a conversation, then its own input. OpenAI's paging: ``limit`` (1-100, default 20), ``order``
+    (``desc``, the default, or ``asc``) and ``after`` (an item id)."""
+    ctx = await _caller(request)
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(f"Invalid value for 'order': {order!r}; expected 'asc' or 'desc'.", param="order")
+    raw_limit = query.get("limit", "20")
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
+    if not 1 <= limit <= 100:
+        raise InvalidRequest(f"Invalid value for 'limit': {raw_limit!r}; expected 1 to 100.", param="limit")
+    record = await gateway_of(request).responses.get(tenant_of(ctx), response_id)
+    if record is None:
+        raise _not_found(response_id)
+    items: list[dict[str, Any]] = record.get("input_items", [])
+    if order == "desc":
+        items = items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No input item with id '{after}' in this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
 
 
 @router.delete("/v1/responses/{response_id}")

@@ -101,6 +101,31 @@ def input_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return out
 
 
+def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's ``input`` as the Responses API's input items, each with an id (the client's, else a new
+    one): what ``GET /v1/responses/{id}/input_items`` lists. Call after :func:`input_messages` validated it."""
+    if isinstance(req.input, str):
+        return [_input_message("user", [{"type": "input_text", "text": req.input}], None)]
+    out: list[dict[str, Any]] = []
+    for item in req.input:
+        kind = item.get("type", "message")
+        item_id = item.get("id") if isinstance(item.get("id"), str) else None
+        if kind == "message":
+            content = item["content"]
+            if isinstance(content, str):
+                part = "output_text" if item["role"] == "assistant" else "input_text"
+                content = [{"type": part, "text": content}]
+            out.append(_input_message(item["role"], content, item_id))
+        elif kind in ("function_call", "function_call_output"):
+            out.append({**item, "id": item_id or new_id("fc" if kind == "function_call" else "fco"), "type": kind})
+            out[-1].setdefault("status", "completed")
+    return out
+
+
+def _input_message(role: str, content: list[dict[str, Any]], item_id: str | None) -> dict[str, Any]:
+    return {"id": item_id or new_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
+
+
 def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> None:
     kind = item.get("type", "message")
     if kind == "message":

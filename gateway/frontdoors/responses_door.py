@@ -29,6 +29,7 @@ class ResponsesDoor:
         self.store = store
         self.req: rs.ResponsesRequest | None = None
         self.history: list[dict[str, Any]] = []  # the conversation before this turn, as chat messages
+        self.history_items: list[dict[str, Any]] = []  # and as the Responses API's items
         self.response_id = rs.new_id("resp")
 
     def prepare(self, ctx: RequestContext) -> None:
@@ -48,6 +49,8 @@ class ResponsesDoor:
                     code="previous_response_not_found",
                 )
             self.history = record["messages"]
+            # records stored before input items were kept list the earlier turns' outputs only
+            self.history_items = record.get("input_items", []) + record["response"]["output"]
         self.req = req
         return orjson.dumps(rs.to_chat(req, self.history))
 
@@ -76,8 +79,9 @@ class ResponsesDoor:
         if req.store is False:
             return
         messages = self.history + rs.input_messages(req) + rs.output_messages(response["output"])
+        record = {"response": response, "messages": messages, "input_items": self.history_items + rs.input_items(req)}
         try:
-            await self.store.put(tenant_of(ctx), response["id"], {"response": response, "messages": messages})
+            await self.store.put(tenant_of(ctx), response["id"], record)
         except GatewayError as err:
             log.warning("could not store response %s: %s", response["id"], err.message)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -12,7 +13,7 @@ from gateway.config import settings_from_dict
 from gateway.frontdoors.sql_store import SqlResponseStore
 from gateway.frontdoors.store import MemoryResponseStore, RedisResponseStore
 from tests.frontdoors.conftest import Env, _key
-from tests.frontdoors.test_responses_sdk import client
+from tests.frontdoors.test_responses_sdk import ASK_WEATHER, TOOLS, client
 from tests.helpers.redis import any_redis, delete_prefix
 from tests.helpers.servers import serve_gateway
 
@@ -33,6 +34,64 @@ async def test_previous_response_id_continues_the_conversation(env: Env) -> None
         final = await stream.get_final_response()
     assert final.usage is not None and final.usage.input_tokens > second.usage.input_tokens
     assert (await c.responses.retrieve(final.id)).output_text == final.output_text
+
+
+async def _items(c: openai.AsyncOpenAI, response_id: str, **params: Any) -> list[dict[str, Any]]:
+    return [item.to_dict() async for item in c.responses.input_items.list(response_id, **params)]
+
+
+async def test_input_items_list_the_conversation_with_the_sdk(env: Env) -> None:
+    """``client.responses.input_items.list``: a response's own input, after the earlier turns' inputs and
+    outputs when it continued a conversation; newest first by default; OpenAI's cursor paging."""
+    c = client(env)
+    first = await c.responses.create(
+        model="small",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]}],
+        instructions="Be kind.",
+    )
+    own = await _items(c, first.id)
+    assert [(i["type"], i["role"], i["content"]) for i in own] == [
+        ("message", "user", [{"type": "input_text", "text": "My name is Ada."}])
+    ]
+    assert own[0]["id"].startswith("msg_")
+    async with c.responses.stream(model="small", input="What is my name?", previous_response_id=first.id) as s:
+        second = await s.get_final_response()
+    third = await c.responses.create(model="small", input="And now?", previous_response_id=second.id)
+
+    items = await _items(c, third.id, order="asc")
+    ids = [i["id"] for i in items]
+    assert ids[:2] == [own[0]["id"], first.output[0].to_dict()["id"]]  # ids stay the same across turns
+    assert ids[3] == second.output[0].to_dict()["id"]
+    texts = [i["content"][0]["text"] for i in items]
+    assert texts == ["My name is Ada.", first.output_text, "What is my name?", second.output_text, "And now?"]
+    assert [i["role"] for i in items] == ["user", "assistant", "user", "assistant", "user"]
+
+    newest_first = await c.responses.input_items.list(third.id, limit=2)
+    assert [i.to_dict()["id"] for i in newest_first.data] == [ids[4], ids[3]] and newest_first.has_more
+    assert [i["id"] for i in await _items(c, third.id, limit=2)] == ids[::-1]  # the SDK follows the pages
+    rest = await c.responses.input_items.list(third.id, limit=100, after=ids[3])
+    assert [i.to_dict()["id"] for i in rest.data] == ids[2::-1] and not rest.has_more
+
+    for bad in ({"limit": 0}, {"limit": 101}, {"order": "up"}, {"after": "msg_unknown"}):
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.responses.input_items.list(third.id, **bad)
+        assert info.value.param == next(iter(bad))
+    with pytest.raises(openai.NotFoundError):
+        await client(env, env.key_b).responses.input_items.list(third.id)
+    with pytest.raises(openai.NotFoundError):
+        await c.responses.input_items.list("resp_unknown")
+
+
+async def test_input_items_of_a_tool_loop(env: Env) -> None:
+    c = client(env)
+    first = await c.responses.create(model="big", input=ASK_WEATHER, tools=TOOLS)
+    call = next(item.to_dict() for item in first.output if item.type == "function_call")
+    output: Any = [{"type": "function_call_output", "call_id": call["call_id"], "output": '{"temp_c": 21}'}]
+    second = await c.responses.create(model="big", input=output, tools=TOOLS, previous_response_id=first.id)
+    items = await _items(c, second.id, order="asc")
+    assert [i["type"] for i in items] == ["message", "function_call", "function_call_output"]
+    assert items[1]["id"] == call["id"] and items[1]["call_id"] == call["call_id"]
+    assert items[2]["call_id"] == call["call_id"] and items[2]["output"] == '{"temp_c": 21}'
 
 
 async def test_retrieve_and_delete(env: Env) -> None:
