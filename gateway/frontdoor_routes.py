@@ -29,7 +29,7 @@ async def _caller(request: Request) -> RequestContext:
 
 
 def _not_found(response_id: str) -> NotFound:
-    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id", code="response_not_found")
 
 
 @router.get("/v1/responses/{response_id}")
@@ -98,7 +98,7 @@ async def count_tokens(request: Request) -> Response:
     anthropic_auth(ctx)
     ids = {REQUEST_ID_HEADER: ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
     try:
-        await gw.admission.identify(ctx)
+        await gw.admission.identify(ctx, fresh=True)
         body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
         req = ms.parse_request(body, count_only=True)
         if req.model not in gw.router.models and req.model not in gw.router.routes:

@@ -60,7 +60,7 @@ async def post_feedback(request: Request) -> Response:
     """Feedback on one of the caller's own (or its team's) requests, stored beside it."""
     gw = gateway_of(request)
     ctx = context(request)
-    await gw.admission.identify(ctx)
+    await gw.admission.identify(ctx, fresh=True)  # a key revoked on another replica is refused at once
     try:
         body = orjson.loads(await read_body(request, gw.settings.server.max_body_bytes))
     except orjson.JSONDecodeError:

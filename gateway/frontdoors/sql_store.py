@@ -46,6 +46,15 @@ class _Put:
     committed: asyncio.Future[None]
 
 
+_ID_CHARS = 64  # gw_stored_responses.response_id is a String(64)
+
+
+def _could_be_stored(response_id: str) -> bool:
+    """Whether the table could hold this id: a client's id with a NUL (which PostgreSQL refuses in text) or
+    longer than the column is simply not there, rather than a database error answered as an outage."""
+    return len(response_id) <= _ID_CHARS and "\x00" not in response_id
+
+
 class SqlResponseStore:
     """A :class:`~gateway.frontdoors.store.ResponseStore` on the ledger's database (which it does not own)."""
 
@@ -107,6 +116,8 @@ class SqlResponseStore:
                 await conn.execute(delete(t).where(t.c.expires_ms <= _now_ms()))
 
     async def get(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        if not _could_be_stored(response_id):
+            return None
         t = stored_responses
         query = select(t.c.record).where(
             t.c.tenant == tenant, t.c.response_id == response_id, t.c.expires_ms > _now_ms()
@@ -119,6 +130,8 @@ class SqlResponseStore:
         return record
 
     async def delete(self, tenant: str, response_id: str) -> bool:
+        if not _could_be_stored(response_id):
+            return False
         t = stored_responses
         where = (t.c.tenant == tenant, t.c.response_id == response_id, t.c.expires_ms > _now_ms())
         async with self._connection() as conn:

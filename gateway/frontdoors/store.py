@@ -1,7 +1,9 @@
 """Stored responses (``store``, ``previous_response_id``, ``GET``/``DELETE /v1/responses/{id}``).
 
-A record is the response object the client saw and the conversation so far as chat messages (without
-``instructions``, which OpenAI does not carry over to the next turn). Records are kept per tenant (the
+A record is the response object the client saw, the conversation so far as chat messages (without
+``instructions``, which OpenAI does not carry over to the next turn) and as input items (what
+``GET /v1/responses/{id}/input_items`` lists). Each record holds its whole conversation: deleting a response
+does not take its content out of the later turns that continued from it. Records are kept per tenant (the
 caller's virtual key, or one tenant when keys are off) with a TTL: the tenant is part of the storage key,
 so another key can neither read nor continue a response, and cannot even tell that it exists.
 
@@ -13,6 +15,7 @@ replica; else the ledger's database (:mod:`gateway.frontdoors.sql_store`); an in
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -23,6 +26,8 @@ import orjson
 from gateway.accounting.db import Database
 from gateway.config import Settings
 from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.frontdoors.store")
 
 
 class StoreUnavailable(GatewayError):
@@ -124,8 +129,9 @@ def _translated() -> Iterator[None]:
 
     try:
         yield
-    except RedisError as exc:
-        raise StoreUnavailable(f"The response store is unavailable: {exc or type(exc).__name__}.") from exc
+    except RedisError as exc:  # its text names the server's address: logged, not told to the client
+        log.warning("response store (Redis) failed: %s", exc)
+        raise StoreUnavailable(f"The response store is unavailable: {type(exc).__name__}.") from exc
 
 
 def build_response_store(settings: Settings, db: Database | None = None) -> ResponseStore:

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.schema import ledger
 from gateway.context import CACHE_HITS
+from gateway.errors import InvalidRequest
 from gateway.quality.tables import feedback, verdicts
 
 GroupBy = Literal["route", "model"]
@@ -31,6 +32,8 @@ GROUP_BY = ("route", "model")
 _Z95 = 1.959964
 _CLIENT = or_(ledger.c.policy.is_(None), ledger.c.policy != "monitor")
 _HIT = ledger.c.cache_status.in_(CACHE_HITS)
+#: A request's latest feedback (one row each since feedback replaces feedback; two may race, or predate that).
+_LATEST_FEEDBACK = select(func.max(feedback.c.id)).group_by(feedback.c.request_id, feedback.c.key_id)
 
 
 def wilson(successes: float, n: float, z: float = _Z95) -> tuple[float, float]:
@@ -126,7 +129,7 @@ async def quality_report(
                     g(name).semantic_wrong += n if verdict == "wrong" else 0
         rows = await conn.execute(
             select(fcol, func.count(), func.avg(feedback.c.score))
-            .where(*_window(feedback.c.ts_ms, start_ms, end_ms))
+            .where(*_window(feedback.c.ts_ms, start_ms, end_ms), feedback.c.id.in_(_LATEST_FEEDBACK))
             .group_by(fcol)
         )
         for name, n, mean in rows:
@@ -225,7 +228,9 @@ async def add_feedback(
     """Store feedback on one of the caller's requests; None when the caller has no request ``request_id``.
 
     With virtual keys on, the request must be the caller's key's own, or its team's; with keys off, any
-    request the ledger holds (there is no caller to tell apart).
+    request the ledger holds (there is no caller to tell apart). A request that was not answered (an error)
+    is refused with :class:`InvalidRequest`. Feedback given again replaces the request's earlier feedback:
+    one row per request, so repeating it neither weighs more in the report nor grows the table.
     """
     cond = [ledger.c.request_id == request_id, _CLIENT]
     if keys_enabled:
@@ -234,7 +239,7 @@ async def add_feedback(
     async with engine.begin() as conn:
         found = (
             await conn.execute(
-                select(ledger.c.route, ledger.c.chosen_model, ledger.c.key_id, ledger.c.team)
+                select(ledger.c.route, ledger.c.chosen_model, ledger.c.key_id, ledger.c.team, ledger.c.status_code)
                 .where(*cond)
                 .order_by(ledger.c.id.desc())
                 .limit(1)
@@ -242,7 +247,18 @@ async def add_feedback(
         ).first()
         if found is None:
             return None
-        route, model = found[0], found[1]
+        route, model, status = found[0], found[1], found[4]
+        if status is not None and status >= 400:
+            raise InvalidRequest(
+                f"Request '{request_id}' was not answered (status {status}): feedback is on answers.",
+                param="request_id",
+                code="request_not_answered",
+            )
+        await conn.execute(
+            delete(feedback).where(
+                feedback.c.request_id == request_id, feedback.c.key_id.is_not_distinct_from(found[2])
+            )
+        )
         await conn.execute(
             feedback.insert(),
             [

@@ -38,6 +38,15 @@ async def test_put_get_delete_per_tenant(db: Database) -> None:
     assert await store.get("key-a", "resp_1") is None and not await store.delete("key-a", "resp_1")
 
 
+async def test_ids_the_table_cannot_hold_are_not_found(db: Database) -> None:
+    """A client's id with a NUL (PostgreSQL refuses it in text) or longer than the column: not there, rather
+    than a database error answered as a 503 outage."""
+    store = SqlResponseStore(db, ttl_seconds=60)
+    for bad in ("resp_\x00x", "resp_" + "x" * 200):
+        assert await store.get("key-a", bad) is None
+        assert not await store.delete("key-a", bad)
+
+
 async def test_expired_rows_are_invisible_then_swept(db: Database) -> None:
     expired = SqlResponseStore(db, ttl_seconds=0)
     await expired.put("t", "old", {"n": 1})

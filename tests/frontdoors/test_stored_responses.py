@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.frontdoors.sql_store import SqlResponseStore
-from gateway.frontdoors.store import MemoryResponseStore, RedisResponseStore
+from gateway.frontdoors.store import MemoryResponseStore, RedisResponseStore, StoreUnavailable
 from tests.frontdoors.conftest import Env, _key
 from tests.frontdoors.test_responses_sdk import ASK_WEATHER, TOOLS, client
 from tests.helpers.redis import any_redis, delete_prefix
@@ -126,6 +126,21 @@ async def test_another_key_cannot_read_or_continue(env: Env) -> None:
     row = await env.ledger.one_row(info.value.response.headers["x-request-id"])
     assert row["status_code"] == 404 and row["endpoint"] == "responses"
     assert (await client(env).responses.retrieve(mine.id)).id == mine.id  # still there for its owner
+
+
+async def test_redis_store_outage_names_no_address() -> None:
+    """The 503 a client gets when the store's Redis is down says so without the server's internal address."""
+    store = RedisResponseStore("redis://redis-sessions.invalid:6390/3", "t:", ttl_seconds=60)
+    with pytest.raises(StoreUnavailable) as info:
+        await store.get("key-a", "resp_1")
+    assert info.value.status == 503 and "redis-sessions" not in info.value.message and "6390" not in info.value.message
+    await store.aclose()
+
+
+async def test_missing_response_code(env: Env) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        await client(env).responses.retrieve("resp_missing")
+    assert info.value.code == "response_not_found" and info.value.param == "response_id"
 
 
 async def test_memory_store_expires_and_separates_tenants() -> None:

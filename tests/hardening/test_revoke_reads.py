@@ -38,12 +38,22 @@ def test_a_revoked_key_reads_nothing_on_another_replica(tmp_path: Path) -> None:
                 body = {"model": "cheap", "input": "secret plans", "max_output_tokens": 5}
                 stored = httpx.post(b.base_url + "/v1/responses", json=body, headers=key, timeout=30).json()
                 paths = ("/v1/spend", f"/v1/responses/{stored['id']}", "/v1/models")
+                count = {"model": "cheap", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+                feedback = {"request_id": "req-revoke", "score": 1}
+
+                def posts() -> list[int]:  # the POSTs that read rather than infer: a token count, feedback
+                    return [
+                        httpx.post(b.base_url + "/v1/messages/count_tokens", json=count, headers=key).status_code,
+                        httpx.post(b.base_url + "/v1/feedback", json=feedback, headers=key).status_code,
+                    ]
+
                 assert [httpx.get(b.base_url + p, headers=key).status_code for p in paths] == [200, 200, 200]
+                assert posts() == [200, 404]  # no such request of this key
                 assert httpx.post(a.base_url + f"/admin/keys/{made['id']}/revoke", headers=admin).status_code == 200
-                after = [httpx.get(b.base_url + p, headers=key).status_code for p in paths]
+                after = posts() + [httpx.get(b.base_url + p, headers=key).status_code for p in paths]
         finally:
             client = redis.Redis.from_url(REDIS)
             for name in client.scan_iter(match=prefix + "*"):
                 client.delete(name)
             client.close()
-    assert after == [401, 401, 401]
+    assert after == [401, 401, 401, 401, 401]

@@ -12,13 +12,12 @@ from tests.helpers.servers import serve_gateway
 from tests.quality.conftest import MASTER, make_settings, quality
 
 
-async def _key(client: httpx.AsyncClient, name: str, team: str) -> str:
+async def _key(client: httpx.AsyncClient, name: str, team: str) -> tuple[str, str]:
     r = await client.post(
         "/admin/keys", json={"name": name, "team": team}, headers={"authorization": f"Bearer {MASTER}"}
     )
     assert r.status_code == 201, r.text
-    key: str = r.json()["key"]
-    return key
+    return r.json()["key"], r.json()["id"]
 
 
 async def _feedback(client: httpx.AsyncClient, key: str, body: Any) -> httpx.Response:
@@ -31,9 +30,9 @@ async def test_feedback_only_for_the_callers_own_requests(
     cfg = make_settings(sims, tmp_path, quality={"sample_rate": 0}, auth=redis_prefix)
     with serve_gateway(cfg) as gw:
         async with httpx.AsyncClient(base_url=gw.base_url) as http:
-            alice = await _key(http, "alice", "red")
-            bob = await _key(http, "bob", "blue")
-            carol = await _key(http, "carol", "red")
+            alice, _ = await _key(http, "alice", "red")
+            bob, _ = await _key(http, "bob", "blue")
+            carol, carol_id = await _key(http, "carol", "red")
             sdk = openai.AsyncOpenAI(
                 base_url=f"{gw.base_url}/v1", api_key=alice, max_retries=0, default_headers={"x-request-id": "req-a1"}
             )
@@ -54,6 +53,17 @@ async def test_feedback_only_for_the_callers_own_requests(
                 )
             ]
             anonymous = await http.post("/v1/feedback", json={"request_id": "req-a1", "score": 1})
+            # a failed request has no answer to score; feedback again replaces (a flood weighs one)
+            failed = await http.post(
+                "/v1/chat/completions",
+                json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {alice}", "x-request-id": "req-a2"},
+            )
+            on_failed = await _feedback(http, alice, {"request_id": "req-a2", "score": 1})
+            flood = [await _feedback(http, alice, {"request_id": "req-a1", "score": 0}) for _ in range(20)]
+            last = await _feedback(http, carol, {"request_id": "req-a1", "score": 0.25})
+            revoked = await http.post(f"/admin/keys/{carol_id}/revoke", headers={"authorization": f"Bearer {MASTER}"})
+            after_revoke = await _feedback(http, carol, {"request_id": "req-a1", "score": 1})
             not_admin = await http.get("/admin/quality", headers={"authorization": f"Bearer {alice}"})
         body = await quality(gw, headers={"authorization": f"Bearer {MASTER}"})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "request_not_found"
@@ -66,5 +76,10 @@ async def test_feedback_only_for_the_callers_own_requests(
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
     assert anonymous.status_code == 401
     assert not_admin.status_code == 403
+    assert failed.status_code == 404
+    assert on_failed.status_code == 400 and on_failed.json()["error"]["code"] == "request_not_answered"
+    assert all(r.status_code == 201 for r in flood) and last.status_code == 201
+    assert revoked.status_code == 200, revoked.text
+    assert after_revoke.status_code == 401
     [auto] = body["data"]
-    assert auto["feedback"] == {"count": 2, "mean": 0.5}
+    assert auto["feedback"] == {"count": 1, "mean": 0.25}  # the request's latest feedback, once
