@@ -58,6 +58,9 @@ class _Plan:
     route: str | None = None
     vector: F32 | None = None
     explore: tuple[Decision, Candidate] | None = None  # a sampled candidate not served: judged with the answer
+    #: ``Cache-Control: no-store``: nothing of the request is kept, so it is never sent to a judge either (the
+    #: question is stored with the verdict)
+    private: bool = False
 
 
 @dataclass(slots=True)
@@ -266,8 +269,10 @@ class CacheService:
             log.debug("request not cacheable: %s", exc)
             return None
         ttl = self._ttl(ctx.constraints.cache_ttl_seconds)
-        store = ttl > 0 and "no-store" not in cache_control(ctx.headers)
-        return _Plan(keys, store, max(ttl, 1), route if keys.bucket is not None else None)
+        private = "no-store" in cache_control(ctx.headers)
+        return _Plan(
+            keys, ttl > 0 and not private, max(ttl, 1), route if keys.bucket is not None else None, private=private
+        )
 
     def _ttl(self, requested: int | None) -> int:
         """The lifetime for an answer: the request's ``x-gateway-cache-ttl`` (validated in the parse stage,
@@ -328,14 +333,14 @@ class CacheService:
             ctx.cache_status = "semantic-hit"
             ctx.cache_score = cand.score
             ctx.extra["cache_decision"] = found.reason
-            if self.learner.sample(decision):
+            if not plan.private and self.learner.sample(decision):
                 self._submit(self._check(decision, cand, text, ctx.body, found.body, reference=None))
             return found
         self.learner.count(route, served=False)
         ctx.extra["cache_decision"] = decisions[0][1].explain()
         for cand, decision in decisions:
             if decision.verdict == "pass":
-                if self.learner.sample(decision):
+                if not plan.private and self.learner.sample(decision):
                     plan.explore = (decision, cand)
                 break
         return None
@@ -438,9 +443,9 @@ class CacheService:
     def _enqueue(self, ctx: RequestContext, plan: _Plan, body: dict[str, Any]) -> None:
         if self._closing:
             return
-        if ctx.cache_scope is not None and ctx.chosen_model != ctx.requested_model:
-            # A model asked for by name answered by one of its fallbacks: under the name's key, that answer would
-            # be served for the name's model for the whole TTL, after the model recovered.
+        if ctx.degraded is not None or (ctx.cache_scope is not None and ctx.chosen_model != ctx.requested_model):
+            # A fallback's answer (or a model asked for by name answered by another): under this request's key,
+            # it would be served for the whole TTL, after the model the plan wanted recovered.
             return
         entry = {"model": ctx.chosen_model, "stored_at": time.time(), "body": body}
         try:

@@ -89,6 +89,8 @@ class Cascade:
             if ctx.endpoint == "chat" and len(ladder) == 1:
                 ctx.cascade = "accepted"
                 ctx.cascade_reason = f"nothing to escalate to: {ladder[0].name} is the only candidate up"
+                if plan.route is not None and len(p.router.routes[plan.route].models or ()) > 1:
+                    ctx.degraded = "nothing to escalate to"  # an answer no check saw, while the rungs above are down
             if not plan.fallbacks:
                 del ladder[1:]
             return await p._call(ctx, plan)
@@ -135,6 +137,7 @@ class Cascade:
             spent = ctx.cascade_attempts.pop(_last_escalated(ctx))
             ctx.cascade = "accepted"
             ctx.cascade_reason = f"escalation failed ({spent.model} kept): {ctx.cascade_reason}"
+            ctx.degraded = "escalation failed"
             return self._serve(ctx, backend, response, t0)
         assert last is not None
         raise AllCandidatesFailed(last, ctx.attempts)

@@ -109,6 +109,10 @@ class RequestContext:
     #: what else the cache key must hold: for a model asked by name, the upstream model and server behind it
     #: (swapping the model behind a name starts a new cache; see ``cache.keys``)
     cache_scope: str | None = None
+    #: why the answer is not the one the plan wanted (a fallback answered after the first choice failed, or a
+    #: cascade kept an answer its check rejected): such an answer is served, never cached, so it cannot outlive
+    #: the outage that produced it
+    degraded: str | None = None
     #: the routing prompt's MiniLM vector once computed (by the semantic cache or for the adapted router)
     prompt_vector: Any = None
     ttft_s: float | None = None

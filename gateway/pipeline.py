@@ -324,6 +324,8 @@ class Pipeline:
             if ctx.attempts:
                 await self._backoff(len(ctx.attempts))
             ctx.attempts.append(cand.name)
+            if cand.name != ctx.attempts[0]:  # before the call: a complete answer is cached as it arrives
+                ctx.degraded = f"fallback after {ctx.attempts[0]} failed"
             try:
                 return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:

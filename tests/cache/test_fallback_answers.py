@@ -70,3 +70,38 @@ async def test_a_fallback_s_answer_is_not_cached_under_the_name_asked_for() -> N
     assert again.headers["x-gateway-cache"] == "miss" and again.headers["x-gateway-model"] == "small"
     assert again.parse().choices[0].message.content == "from small"
     assert vectors_again.headers["x-gateway-model"] == "e1"
+
+
+async def test_a_route_s_fallback_answer_is_not_cached_either() -> None:
+    """The route's first choice failed and the next candidate answered: served, not cached, so the route's
+    usual answer comes back once the first choice has recovered (streamed and not)."""
+    down = {"medium"}
+    calls: list[str] = []
+
+    def handler(request: Seen) -> web.Response:
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        calls.append(request.backend)
+        if request.backend in down:
+            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        return web.json_response(chat_reply(request.backend, "from " + request.backend))
+
+    data = copy.deepcopy(THREE_MODELS)
+    data["routes"] = {"best": {"models": ["small", "medium"], "policy": "quality"}}  # medium first
+    data["cache"] = {"enabled": True}
+    data["server"] = {"metrics_scrape_seconds": 3600, "health_probe_seconds": 3600}
+    data["breaker"] = {"failure_threshold": 100}  # the first choice stays first: the attempt fails, not the plan
+    async with gateway_client(settings_from_dict(data), handler) as http:
+        client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0)
+        ask = {"model": "best", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+        first = await client.chat.completions.with_raw_response.create(**ask)
+        assert first.headers["x-gateway-model"] == "small" and first.headers["x-gateway-cache"] == "miss"
+        await http.gateway.cache.flush()  # type: ignore[attr-defined]
+        down.clear()
+        calls.clear()
+        again = await client.chat.completions.with_raw_response.create(**ask)
+        await http.gateway.cache.flush()  # type: ignore[attr-defined]
+        third = await client.chat.completions.with_raw_response.create(**ask)
+    assert calls == ["medium"]  # the recovered first choice answered; its answer is the one cached
+    assert again.headers["x-gateway-cache"] == "miss" and again.headers["x-gateway-model"] == "medium"
+    assert third.headers["x-gateway-cache"] == "hit" and third.parse().choices[0].message.content == "from medium"

@@ -209,7 +209,7 @@ async def _traffic(
                     model="faq",
                     messages=ask(question),  # type: ignore[arg-type]
                     temperature=0,
-                    extra_headers={"cache-control": "no-store"},  # every ask stays a semantic question
+                    extra_headers={"x-gateway-cache-ttl": "0"},  # not stored: every ask stays a semantic question
                 )
                 status = raw.headers["x-gateway-cache"]
                 statuses.append(status)

@@ -48,7 +48,13 @@ class Env:
 
 
 def _settings(
-    local: str, strong: str, tmp: Path, extra_models: list[dict[str, Any]] | None = None, **route: Any
+    local: str,
+    strong: str,
+    tmp: Path,
+    extra_models: list[dict[str, Any]] | None = None,
+    *,
+    cache: bool = False,
+    **route: Any,
 ) -> Any:
     return settings_from_dict(
         {
@@ -68,7 +74,7 @@ def _settings(
                 "cascade": {"models": ["llama-2-7b", "gpt-4"], "policy": "cascade", "quality_target": 0.5, **route}
             },
             "retry": {"max_attempts": 2, "backoff_base_ms": 0},
-            "cache": {"enabled": False},
+            "cache": {"enabled": cache},
             "ledger": {"url": f"sqlite+aiosqlite:///{tmp}/ledger.db"},
         }
     )
@@ -215,18 +221,23 @@ def test_a_failing_strong_model_leaves_the_held_answer_and_a_dead_local_one_fall
     with (
         run_asgi_server(local) as lu,
         run_asgi_server(failing) as fu,
-        serve_gateway(_settings(lu, fu, tmp_path)) as gw,
+        serve_gateway(_settings(lu, fu, tmp_path, cache=True)) as gw,
     ):
-        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, fu), "refuseme: tell me a joke")
+        env = Env(gw.base_url, tmp_path / "ledger.db", lu, fu)
+        raw = _ask(env, "refuseme: tell me a joke", temperature=0)
         assert raw.headers["x-gateway-cascade"] == "accepted"
         assert raw.headers["x-gateway-cascade-reason"].startswith("escalation failed")
         assert raw.headers["x-gateway-model"] == "llama-2-7b"
         rows = _rows(tmp_path / "ledger.db", raw.headers["x-request-id"])
         assert len(rows) == 1 and rows[0]["attempts"] == 2  # local, then gpt-4 (failed)
-    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path)) as gw:
-        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, dead), "refuseme: tell me a joke")
+        # the answer the check rejected is served, not cached: it would outlive gpt-4's outage
+        assert _ask(env, "refuseme: tell me a joke", temperature=0).headers["x-gateway-cache"] == "miss"
+    with run_asgi_server(local) as lu, serve_gateway(_settings(lu, dead, tmp_path, cache=True)) as gw:
+        env = Env(gw.base_url, tmp_path / "ledger.db", lu, dead)
+        raw = _ask(env, "refuseme: tell me a joke", temperature=0)
         assert raw.headers["x-gateway-cascade"] == "accepted"  # gpt-4 is known down: nothing to escalate to
         assert raw.headers["x-gateway-cascade-reason"].startswith("nothing to escalate to")
+        assert _ask(env, "refuseme: tell me a joke", temperature=0).headers["x-gateway-cache"] == "miss"
     strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
     with run_asgi_server(strong) as su, serve_gateway(_settings(dead, su, tmp_path)) as gw:
         r = httpx.post(

@@ -50,10 +50,20 @@ async def test_semantic_hits_are_judged_and_reported(sims: dict[str, str], tmp_p
                 messages=[{"role": "user", "content": q}],
                 temperature=0,
                 max_tokens=16,
-                extra_headers={"cache-control": "no-store"},
+                extra_headers={"x-gateway-cache-ttl": "0"},  # not stored: each ask stays a semantic question
             )
             if raw.headers["x-gateway-cache"] == "semantic-hit":
                 hits.append(q)
+        submitted = svc.checks_submitted
+        private = await client.chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[{"role": "user", "content": hits[0]}],
+            temperature=0,
+            max_tokens=16,
+            extra_headers={"cache-control": "no-store"},
+        )
+        assert private.headers["x-gateway-cache"] == "semantic-hit"
+        assert svc.checks_submitted == submitted  # no-store: never sent to a judge, nor kept with a verdict
         await client.close()
         for _ in range(500):
             if svc.checks.empty() and gw.gateway.monitor is not None:
