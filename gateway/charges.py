@@ -92,10 +92,12 @@ class Charges:
     def _expected_completion(self, ctx: RequestContext, model: str) -> int:
         body = ctx.body
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        facts = self.router.models.get(model)
         if isinstance(limit, int) and limit > 0:
-            per_choice = limit
+            # No model writes past its context window, whatever max_tokens says (a model asked for by name is not
+            # checked against it: its window may be configured too small, and the upstream refuses what is too big).
+            per_choice = limit if facts is None else min(limit, facts.context_window)
         else:
-            facts = self.router.models.get(model)
             average = self.router.average_output_tokens()
             per_choice = facts.expected_output(average) if facts is not None else DEFAULT_OUTPUT_TOKENS
         return per_choice * generated_per_prompt(body) * prompt_count(ctx.endpoint, body)

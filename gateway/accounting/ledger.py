@@ -89,6 +89,11 @@ def _refused(exc: SQLAlchemyError) -> bool:
     return isinstance(state, str) and state[:2] in ("22", "23")
 
 
+#: What a driver raises, unwrapped, for a value it cannot convert (sqlite3: an int past 64 bits is an
+#: ``OverflowError``): refused values, like the database's own data errors, never a reason to stop writing.
+_UNSTORABLE = (OverflowError, ValueError, TypeError)
+
+
 class _AlreadyWritten(Exception):
     """The batch holds rows already in the table: write it again with :meth:`SqlLedger._transaction`'s ``exact``."""
 
@@ -97,6 +102,10 @@ def _cut(value: str | None, n: int) -> str | None:
     """``value`` to fit a column of ``n`` characters, its NULs replaced (PostgreSQL refuses them in text; the
     writer's raw insert skips the columns' :class:`~gateway.accounting.schema.CleanString` processing)."""
     return None if value is None else clean_text(value[:n])
+
+
+#: The token columns are 32-bit integers; a count past that (an upstream's absurd ``usage``) is stored as this.
+_TOKENS_MAX = 2**31 - 1
 
 
 def row_from_context(ctx: RequestContext) -> Row:
@@ -116,8 +125,8 @@ def row_from_context(ctx: RequestContext) -> Row:
         "requested_model": _cut(ctx.requested_model, 256),
         "chosen_model": _cut(ctx.chosen_model, 256),
         "stream": ctx.stream,
-        "prompt_tokens": ctx.usage.prompt_tokens,
-        "completion_tokens": ctx.usage.completion_tokens,
+        "prompt_tokens": min(ctx.usage.prompt_tokens, _TOKENS_MAX),
+        "completion_tokens": min(ctx.usage.completion_tokens, _TOKENS_MAX),
         "tokens_estimated": ctx.usage.estimated,
         "cost_usd": ctx.cost_usd,
         "baseline_cost_usd": ctx.baseline_cost_usd,
@@ -247,6 +256,8 @@ class SqlLedger:
             await self.db.ensure_schema()
             try:
                 await self._write(batch)
+            except _UNSTORABLE:
+                await self._write_alone(batch)
             except SQLAlchemyError as exc:
                 if not _refused(exc):
                     raise
@@ -277,8 +288,8 @@ class SqlLedger:
         for row in batch:
             try:
                 await self._write([row])
-            except SQLAlchemyError as exc:
-                if not _refused(exc):
+            except (SQLAlchemyError, *_UNSTORABLE) as exc:
+                if isinstance(exc, SQLAlchemyError) and not _refused(exc):
                     raise
                 self.dropped += 1
                 log.error("ledger row of request %s refused by the database, dropped: %s", row.get("request_id"), exc)

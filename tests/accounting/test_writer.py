@@ -109,6 +109,26 @@ async def test_a_row_the_database_refuses_does_not_hold_back_the_others(db_url: 
         assert "long" in stored and led.dropped == 0
 
 
+async def test_a_value_no_driver_can_convert_is_dropped_and_the_writer_goes_on(db_url: str) -> None:
+    """SQLite's driver raises a bare ``OverflowError`` for an int past 64 bits: it killed the writer's task (every
+    later request unrecorded, the queue lost at shutdown). Such a row is now dropped alone, like one the database
+    refuses; and an absurd token count from an upstream is stored at the column's maximum, not lost."""
+    db = await open_database(db_url, require=True)
+    led = SqlLedger(db, LedgerSettings(url=db_url, flush_interval_seconds=3600))
+    huge = row_from_context(RequestContext(request_id="huge", endpoint="chat", body={}, requested_model="m"))
+    huge["completion_tokens"] = 2**70
+    led.append(huge)
+    absurd = RequestContext(request_id="absurd", endpoint="chat", body={}, requested_model="m")
+    absurd.usage.completion_tokens = 2**40
+    led.record(absurd)
+    led.record(RequestContext(request_id="after", endpoint="chat", body={}, requested_model="m"))
+    assert await led.flush()
+    await led.aclose()
+    stored = {r["request_id"]: r for r in await _stored(db_url)}
+    assert "huge" not in stored and led.dropped == 1
+    assert stored["absurd"]["completion_tokens"] == 2**31 - 1 and "after" in stored
+
+
 async def test_the_quality_tables_store_a_nul_as_a_replacement_character(db_url: str) -> None:
     """A sampled prompt or a feedback comment with a NUL (PostgreSQL refuses it in text) is stored, not lost."""
     db = await open_database(db_url, require=True)

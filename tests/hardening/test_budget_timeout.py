@@ -4,7 +4,9 @@ that cost its key nothing, however many candidates each request timed out on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -30,7 +32,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatew
     ledger = LedgerFile(tmp_path_factory.mktemp("timeout") / "l.db")
     slow_app = create_simulator_app("fast", model_name="sim", time_scale=100.0)
     quick_app = create_simulator_app("fast", model_name="sim", time_scale=0.0)
-    with master_key(MASTER), run_asgi_server(slow_app) as slow, run_asgi_server(quick_app) as quick:
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections (the kernel's backlog), never answers
+    with (
+        contextlib.closing(silent),
+        master_key(MASTER),
+        run_asgi_server(slow_app) as slow,
+        run_asgi_server(quick_app) as quick,
+    ):
         settings = settings_from_dict(
             {
                 "models": [
@@ -52,6 +60,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatew
                         **PRICE,
                     },
                     {"name": "quick", "backend": "openai", "base_url": quick + "/v1", "upstream_model": "sim", **PRICE},
+                    {
+                        "name": "silent-8k",
+                        "backend": "openai",
+                        "base_url": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+                        "upstream_model": "sim",
+                        "timeouts": {"first_byte": 0.3},
+                        "context_window": 8192,
+                        **PRICE,
+                    },
                 ],
                 "retry": {"backoff_base_ms": 0},
                 "cache": {"enabled": False},
@@ -113,3 +130,24 @@ async def test_the_answer_after_a_timeout_is_served_and_both_are_paid(env: tuple
     assert Decimal(served["cost_usd"]) == answer
     assert Decimal(r.headers["x-gateway-cost-usd"]) == answer + Decimal(timed_out["cost_usd"])
     assert Decimal(row["cost_usd"]).scaleb(-12) == answer + Decimal(timed_out["cost_usd"])
+
+
+async def test_an_absurd_max_tokens_is_charged_at_most_the_context_window(
+    env: tuple[RunningGateway, LedgerFile],
+) -> None:
+    """A model asked for by name takes any ``max_tokens`` (its upstream refuses what is too big), but what a timed
+    out call is charged stops at the model's context window: ``2**63 - 1`` made a charge the SQLite driver could
+    not store, which killed the ledger's writer (every later request went unrecorded) and, on PostgreSQL, a $60M
+    row or none at all."""
+    gw, ledger = env
+    rid, after = uuid.uuid4().hex, uuid.uuid4().hex
+    body = {"model": "silent-8k", "messages": MESSAGES, "max_tokens": 2**63 - 1}
+    admin = {"authorization": f"Bearer {MASTER}"}
+    r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, headers={**admin, "x-request-id": rid}, timeout=30)
+    assert r.status_code == 504, r.text
+    row = await ledger.one_row(rid)
+    (paid,) = json.loads(row["cascade_attempts"])
+    assert paid["completion_tokens"] == 8192
+    assert Decimal(row["cost_usd"]).scaleb(-12) == paid["prompt_tokens"] * IN + 8192 * OUT
+    assert ask(gw, MASTER, "quick", after).status_code == 200
+    assert (await ledger.one_row(after))["status_code"] == 200  # the writer goes on
