@@ -41,6 +41,21 @@ JUDGE_SYSTEM = (
 
 _VERDICT = re.compile(r"verdict\s*[:=]\s*\**\s*(yes|no)\b", re.IGNORECASE)
 _BARE = re.compile(r"^\W*(yes|no)\W*$", re.IGNORECASE)
+#: What in a client's text could pass for the judges' verdict formats or their prompts' frame (MT-Bench's
+#: ``[[A]]`` and ``[The Start of ...]``, this module's ``VERDICT:``).
+_FORGEABLE = re.compile(
+    r"\[\[|\]\]|\[(?=\s*(?:the\s+(?:start|end)\s+of|user\s+question))|verdict(?=\s*[:=])", re.IGNORECASE
+)
+_DEFUSED = {"[[": "[ [", "]]": "] ]", "[": "("}
+
+
+def untrusted(text: str) -> str:
+    """A client's question, or an answer a client could steer, made safe to paste into a judge's prompt: the
+    verdict tags and frame markers it holds are broken up (``[[C]]`` becomes ``[ [C] ]``, ``VERDICT:``
+    becomes ``verdict (quoted):``), so a forged verdict can neither be read back as the judge's nor pose as
+    the prompt's own structure. What else the text says to the judge is data; the judge decides on it."""
+    return _FORGEABLE.sub(lambda m: _DEFUSED.get(m.group(0), m.group(0) + " (quoted)"), text)
+
 
 Messages = list[dict[str, str]]
 #: ``(messages) -> reply text``: one chat completion by the judge model.
@@ -67,21 +82,22 @@ class Check:
 def judge_messages(question: str, cached_question: str, cached_answer: str, reference: str | None) -> Messages:
     """The judge's prompt for one check."""
     parts = [
-        f"NEW question:\n{question}",
-        f"EARLIER question:\n{cached_question}",
-        f"CACHED answer (written for the earlier question):\n{cached_answer}",
+        f"NEW question:\n{untrusted(question)}",
+        f"EARLIER question:\n{untrusted(cached_question)}",
+        f"CACHED answer (written for the earlier question):\n{untrusted(cached_answer)}",
     ]
     if reference is not None:
-        parts.append(f"REFERENCE answer to the new question:\n{reference}")
+        parts.append(f"REFERENCE answer to the new question:\n{untrusted(reference)}")
     parts.append("Does the CACHED answer serve the NEW question?")
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def parse_verdict(reply: str) -> bool | None:
-    """True (serves), False (does not) or None (no usable verdict) from the judge's reply."""
-    found: list[str] = _VERDICT.findall(reply)
+    """True (serves), False (does not) or None (no usable verdict) from the judge's reply (verdicts that
+    disagree are none)."""
+    found = {v.lower() for v in _VERDICT.findall(reply)}
     if found:
-        return found[-1].lower() == "yes"
+        return found == {"yes"} if len(found) == 1 else None
     text = reply.strip()
     if text.startswith("{"):
         with contextlib.suppress(orjson.JSONDecodeError):

@@ -382,7 +382,13 @@ class QualitySettings(_Strict):
     concurrency: int = Field(2, ge=1, description="judging workers")
     timeout_seconds: float = Field(120.0, gt=0, description="one sample: the reference's answer and both verdicts")
     judge_max_tokens: int = Field(512, ge=16)
-    max_answer_chars: int = Field(8000, ge=100, description="answers are cut to this length in the judge's prompt")
+    max_answer_chars: int = Field(
+        8000, ge=100, description="answers, and the conversation, are cut to this length in the judge's prompt"
+    )
+    reference_max_tokens: int = Field(
+        1024, ge=16, description="the reference's answer is at most this long (the client's max_tokens if smaller)"
+    )
+    max_prompt_tokens: int = Field(4096, ge=1, description="requests with longer prompts are not sampled")
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
     adapt_every_labels: int | None = Field(
         None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"

@@ -40,6 +40,8 @@ class ResponsesDoor:
         if isinstance(body.get("model"), str):
             ctx.requested_model = body["model"][:256]
         req = rs.parse_request(body)
+        if req.store is False:
+            ctx.extra["store"] = False  # nothing of it is kept: not by the store, nor by the quality monitor
         if req.previous_response_id:
             record = await self.store.get(tenant_of(ctx), req.previous_response_id)
             if record is None:

@@ -50,8 +50,44 @@ from gateway.hooks import Recorder
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
 from gateway.quality.spend import DailySpend, utc_day
 from gateway.quality.tables import verdicts
-from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
+from gateway.routing import Router
 from gateway.tokens import TokenCounter
+
+#: What the client's body says to the gateway or its provider, not to the model: the reference is not sent it.
+_NOT_FOR_THE_REFERENCE = frozenset({"stream", "stream_options", "user", "store", "metadata", "gateway"})
+
+
+def _has_media(messages: Any) -> bool:
+    """Whether any message carries an image or audio part (the judge reads text only)."""
+    if not isinstance(messages, list):
+        return False
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") not in (None, "text") for p in content
+        ):
+            return True
+    return False
+
+
+def conversation(messages: Any, question: str) -> str:
+    """What the judge is shown as the user's question: ``question`` (the last user message) alone, or, when the
+    request had a system prompt or earlier turns, those too, so an answer is judged in its context."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return question
+    lines: list[str] = []
+    for message in messages[:-1]:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if isinstance(content, str) and content:
+            lines.append(f"{str(message.get('role', 'user')).capitalize()}: {content}")
+    if not lines:
+        return question
+    return "[Conversation so far]\n" + "\n".join(lines) + f"\n\n[Last user message]\n{question}"
+
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -172,8 +208,10 @@ class QualityMonitor:
         body = ctx.body
         if rate <= 0 or body.get("tools") or body.get("functions") or body.get("n") not in (None, 1):
             return False
-        if "no-store" in cache_control(ctx.headers):
-            return False
+        if "no-store" in cache_control(ctx.headers) or body.get("store") is False or ctx.extra.get("store") is False:
+            return False  # the client asked that nothing be kept: the prompt is stored with the verdict
+        if ctx.usage.prompt_tokens > self.settings.max_prompt_tokens or _has_media(body.get("messages")):
+            return False  # a sample's cost stays bounded; the judge reads text only
         if self._rng.random() >= rate:
             return False
         if self.spend.exhausted():
@@ -184,7 +222,7 @@ class QualityMonitor:
     def submit(self, ctx: RequestContext, answer: str) -> None:
         """Queue a sampled request whose answer was ``answer`` (dropped when the queue is full)."""
         assert ctx.route is not None and ctx.chosen_model is not None
-        body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options", "user")}
+        body = {k: v for k, v in ctx.body.items() if k not in _NOT_FOR_THE_REFERENCE}
         sample = Sample(
             ctx.request_id,
             ctx.route,
@@ -266,6 +304,9 @@ class QualityMonitor:
             sample = await self.queue.get()
             self.in_progress += 1
             try:
+                if self.spend.exhausted():  # counted once, as dropped_budget, not also as no_verdict
+                    self.samples.labels("dropped_budget").inc()
+                    continue
                 async with asyncio.timeout(self.settings.timeout_seconds):
                     outcome = await self.judge_sample(sample)
                 self.samples.labels("judged" if outcome is not None else "no_verdict").inc()
@@ -288,8 +329,9 @@ class QualityMonitor:
             question = extract_features("chat", s.body, self.counter).prompt
             limit = self.settings.max_answer_chars
             served, ref = clip(s.answer, limit), clip(reference, limit)
-            first = parse_pair_verdict(await self.chat(s.judge, pair_messages(question, served, ref)))
-            second = parse_pair_verdict(await self.chat(s.judge, pair_messages(question, ref, served)))
+            asked = clip(conversation(s.body.get("messages"), question), limit)
+            first = parse_pair_verdict(await self.chat(s.judge, pair_messages(asked, served, ref)))
+            second = parse_pair_verdict(await self.chat(s.judge, pair_messages(asked, ref, served)))
         finally:
             _TALLY.reset(token)
         if first is None or second is None:
@@ -304,8 +346,11 @@ class QualityMonitor:
         """``model``'s answer to the request ``body`` (a shadow call, recorded as monitoring)."""
         spec = self.router.models[model].spec
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        expected = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_TOKENS
+        cap = self.settings.reference_max_tokens
+        expected = min(limit, cap) if isinstance(limit, int) and limit > 0 else cap
         request = {**body, "model": spec.upstream_name}
+        request.pop("max_completion_tokens", None)
+        request["max_tokens"] = expected  # one sample's cost stays bounded, whatever the client asked for
         answer = await self._complete(model, request, "reference", body.get("messages"), expected)
         return answer_text(answer)
 
@@ -452,8 +497,16 @@ class _Gauges:
             registry=r,
         )
         self.spend = Gauge("gateway_quality_monitor_spend_usd", "Quality monitoring spend today (UTC)", registry=r)
+        self._routes: set[str] = set()  # the routes the last update had rows for
 
     def update(self, rows: list[dict[str, Any]], spent: Decimal) -> None:
+        for gone in self._routes - {row["route"] for row in rows}:  # nothing in the window: no stale values
+            for bound in ("estimate", "low", "high"):
+                _set_or_drop(self.estimate, (gone, bound), None)
+                _set_or_drop(self.false_hits, (gone, bound), None)
+            for verdict in ("win", "tie", "loss"):
+                self.verdicts.labels(gone, verdict).set(0)
+        self._routes = {row["route"] for row in rows}
         for row in rows:
             route = row["route"]
             for bound, key in (("estimate", "rate"), ("low", "ci95_low"), ("high", "ci95_high")):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from cache.judge import untrusted
+
 Messages = list[dict[str, str]]
 Verdict = Literal["A", "B", "C"]
 Outcome = Literal["win", "tie", "loss"]
@@ -33,22 +35,23 @@ _VERDICT = re.compile(r"\[\[([ABC])\]\]")
 
 
 def pair_messages(question: str, answer_a: str, answer_b: str) -> Messages:
-    """The judge's prompt for one order."""
+    """The judge's prompt for one order (the question and answers defused: :func:`cache.judge.untrusted`)."""
     user = (
-        f"[User Question]\n{question}\n\n"
-        f"[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
-        f"[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+        f"[User Question]\n{untrusted(question)}\n\n"
+        f"[The Start of Assistant A's Answer]\n{untrusted(answer_a)}\n[The End of Assistant A's Answer]\n\n"
+        f"[The Start of Assistant B's Answer]\n{untrusted(answer_b)}\n[The End of Assistant B's Answer]"
     )
     return [{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": user}]
 
 
 def parse_pair_verdict(reply: str) -> Verdict | None:
-    """The last ``[[A]]``/``[[B]]``/``[[C]]`` in the judge's reply (None: no usable verdict)."""
-    found: list[str] = _VERDICT.findall(reply)
-    if not found:
+    """The ``[[A]]``/``[[B]]``/``[[C]]`` of the judge's reply; None when there is none, or when tags disagree
+    (a judge led to repeat a tag the prompt smuggled in: no verdict rather than the smuggled one)."""
+    found = set(_VERDICT.findall(reply))
+    if len(found) != 1:
         return None
-    last = found[-1]
-    return "A" if last == "A" else "B" if last == "B" else "C"
+    (tag,) = found
+    return "A" if tag == "A" else "B" if tag == "B" else "C"
 
 
 def combine(served_first: Verdict, served_second: Verdict) -> Outcome:

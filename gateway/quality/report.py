@@ -8,7 +8,8 @@ its reference is ``1 - s * (1 - p)`` (its interval maps the same way). ``cost_sh
 what the ledger's baseline model would have cost for the same tokens (cache hits included: they cost nothing).
 
 Monitoring rows (``policy = 'monitor'``) are left out of the traffic and cost figures; their cost is the
-``monitoring_spend_usd`` of the group.
+``monitoring_spend_usd`` of the group: per route, every monitoring call's ledger row, those of samples that
+came to no verdict (a judge's unusable reply, a timeout) included; per model, the costs of the judged samples.
 """
 
 from __future__ import annotations
@@ -109,14 +110,21 @@ async def quality_report(
                 grp.ties += n
             else:
                 grp.losses += n
-        rows = await conn.execute(
-            select(vcol, func.sum(verdicts.c.reference_cost_usd), func.sum(verdicts.c.judge_cost_usd))
-            .where(*vwin)
-            .group_by(vcol)
-        )
-        for name, ref_usd, judge_usd in rows:
+        if group_by == "route":  # every monitoring call, those of samples that came to no verdict too
+            rows = await conn.execute(
+                select(ledger.c.route, func.sum(ledger.c.cost_usd))
+                .where(ledger.c.policy == "monitor", *_window(ledger.c.ts_ms, start_ms, end_ms))
+                .group_by(ledger.c.route)
+            )
+        else:  # a monitoring call's row names the model it called, not the one judged: the verdicts' costs
+            rows = await conn.execute(
+                select(vcol, func.sum(verdicts.c.reference_cost_usd) + func.sum(verdicts.c.judge_cost_usd))
+                .where(*vwin)
+                .group_by(vcol)
+            )
+        for name, usd in rows:
             if name is not None:
-                g(name).spend += (ref_usd or Decimal(0)) + (judge_usd or Decimal(0))
+                g(name).spend += usd or Decimal(0)
         if group_by == "route":
             rows = await conn.execute(
                 select(verdicts.c.route, verdicts.c.verdict, func.count())

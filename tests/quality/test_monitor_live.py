@@ -104,9 +104,10 @@ async def test_the_budget_cap_stops_sampling(sims: dict[str, str], tmp_path: Pat
         monitor = gw.gateway.monitor
         assert monitor is not None
         dropped = monitor.samples.labels("dropped_budget")._value.get()
+        no_verdict = monitor.samples.labels("no_verdict")._value.get()
         await client.close()
     assert body["data"][0]["samples"] == 1
-    assert dropped == 5
+    assert dropped == 5 and no_verdict == 0  # a sample dropped for the budget is not also a judge's failure
     assert body["monitor"]["daily_budget_usd"] == "0.000000001"
 
 
@@ -180,3 +181,36 @@ async def test_a_judge_call_cut_by_the_sample_timeout_is_still_paid(sims: dict[s
     judge_cost = Decimal(row["prompt_tokens"]) * Decimal("0.00001") + 40 * Decimal("0.00002")
     assert row["cost_usd"] == judge_cost  # the Money type reads it back as USD
     assert spent >= judge_cost
+
+
+async def test_the_reference_answer_is_bounded(sims: dict[str, str], tmp_path: Path, db_url: str) -> None:
+    """A client that sets no ``max_tokens`` (or a huge one) does not make the reference write without bound on
+    the monitor's budget: ``quality.reference_max_tokens``."""
+    cfg = make_settings(sims, tmp_path, quality={"reference_max_tokens": 16}, ledger_url=db_url)
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
+        for prompt, limit in (("plain question 0", None), ("plain question 1", 4000)):
+            extra = {} if limit is None else {"max_tokens": limit}
+            await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": prompt}], **extra)
+        await wait_judged(gw, 2)
+        await quality(gw)  # the gateway writes the rows it has queued first
+        monitor_rows = await fetch(db_url, select(ledger).where(ledger.c.policy == "monitor"))
+        await client.close()
+    references = [r for r in monitor_rows if r["request_id"].endswith(":q1")]  # each sample's first call
+    assert len(references) == 2 and all(0 < r["completion_tokens"] <= 16 for r in references), references
+
+
+async def test_the_spend_of_samples_that_came_to_no_verdict_is_reported(sims: dict[str, str], tmp_path: Path) -> None:
+    """The judge is down: each sample's reference answer is still paid for; the route's monitoring spend shows it
+    (it summed the verdicts' costs only, so failed samples' calls were in the ledger and missing from the report)."""
+    dead = {"dead-judge": {"base_url": "http://127.0.0.1:9/v1", "upstream_model": "judge"}}
+    cfg = make_settings(sims, tmp_path, quality={"judge_model": "dead-judge"}, models=dead)
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
+        await _ask(client, PROMPTS[0])
+        await wait_judged(gw, 1)
+        body = await quality(gw)
+        await client.close()
+    [auto] = body["data"]
+    assert auto["samples"] == 0 and float(auto["monitoring_spend_usd"]) > 0
+    assert auto["monitoring_spend_usd"] == body["monitor"]["spent_today_usd"]

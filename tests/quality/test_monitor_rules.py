@@ -35,6 +35,50 @@ async def test_no_store_is_honoured_however_it_is_written(tmp_path: Path) -> Non
         await close_gateway(gw)
 
 
+async def test_what_the_client_asked_to_keep_private_or_the_judge_cannot_read_is_not_sampled(tmp_path: Path) -> None:
+    """``store: false`` (a chat body's, or the Responses API's), an image, or a prompt longer than
+    ``quality.max_prompt_tokens``: the sample would keep the prompt, judge what the judge cannot see, or cost
+    more than a sample should."""
+    sims = {"weak": "http://127.0.0.1:9", "strong": "http://127.0.0.1:9"}
+    gw = await build_gateway(make_settings(sims, tmp_path, quality={"max_prompt_tokens": 100}))
+    try:
+        monitor = gw.monitor
+        assert monitor is not None
+        stored = answered({})
+        stored.body["store"] = False
+        responses = answered({})
+        responses.extra["store"] = False  # what the Responses door sets for its store: false
+        image = answered({})
+        image.body["messages"] = [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}, {"type": "text"}]}
+        ]
+        long = answered({})
+        long.usage.prompt_tokens = 101
+        assert monitor.wants(answered({}))
+        for ctx in (stored, responses, image, long):
+            assert not monitor.wants(ctx)
+    finally:
+        await close_gateway(gw)
+
+
+def test_the_judge_sees_the_conversation_and_the_reference_a_bounded_request() -> None:
+    from gateway.quality.monitor import _NOT_FOR_THE_REFERENCE, conversation
+
+    messages = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Weather today?"},
+        {"role": "assistant", "content": "Sunny, matey."},
+        {"role": "user", "content": "and tomorrow?"},
+    ]
+    shown = conversation(messages, "and tomorrow?")
+    assert shown == (
+        "[Conversation so far]\nSystem: You are a pirate.\nUser: Weather today?\nAssistant: Sunny, matey.\n\n"
+        "[Last user message]\nand tomorrow?"
+    )
+    assert conversation(messages[-1:], "and tomorrow?") == "and tomorrow?"
+    assert {"store", "metadata", "user", "stream"} <= _NOT_FOR_THE_REFERENCE
+
+
 def test_a_route_without_samples_has_no_estimate_gauge() -> None:
     """With nothing judged in the window the estimate is dropped, not left at its last value."""
     registry = CollectorRegistry()
@@ -59,3 +103,7 @@ def test_a_route_without_samples_has_no_estimate_gauge() -> None:
     assert registry.get_sample_value("gateway_quality_estimate", {"route": "auto", "bound": "estimate"}) is None
     assert registry.get_sample_value("gateway_quality_verdicts", {"route": "auto", "verdict": "win"}) == 0
     gauges.update([row(0, None)], Decimal(0))  # dropping what is not there is fine
+    gauges.update([row(10, 0.9)], Decimal(0))
+    gauges.update([], Decimal(0))  # no row at all for the route (no verdict, no traffic): no stale figure either
+    assert registry.get_sample_value("gateway_quality_estimate", {"route": "auto", "bound": "estimate"}) is None
+    assert registry.get_sample_value("gateway_quality_verdicts", {"route": "auto", "verdict": "win"}) == 0
