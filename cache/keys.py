@@ -117,12 +117,19 @@ def digest(parts: dict[str, Any]) -> str:
     return hashlib.sha256(_VERSION + orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+#: A longer last message is matched exactly only: the embedding model reads 256 word pieces (~1,000-1,500
+#: characters of English); past that, texts that differ only in their ends get one vector, and tokenizing a
+#: megabyte-long prompt would hold the embedding worker for seconds.
+SEMANTIC_MAX_CHARS = 2000
+
+
 def semantic_text(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     """Split the canonical body into (the rest, the last user message's text) for the semantic cache.
 
     None when the request has nothing to embed: no user message, or one with non-text parts (an image
-    changes the answer however similar the words are), or a completions prompt that is not one string; and
-    for ``echo`` (the answer holds the prompt itself, so a similar prompt's answer is never this one's).
+    changes the answer however similar the words are), or a completions prompt that is not one string; for
+    ``echo`` (the answer holds the prompt itself, so a similar prompt's answer is never this one's); and for a
+    text over :data:`SEMANTIC_MAX_CHARS`.
     """
     if body.get("echo"):
         return None
@@ -130,7 +137,7 @@ def semantic_text(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], 
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > SEMANTIC_MAX_CHARS:
             return None
         return {**body, "prompt": _SEMANTIC_SLOT}, prompt
     messages = body.get("messages")
@@ -140,7 +147,7 @@ def semantic_text(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], 
         msg = messages[i]
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
-            if not isinstance(content, str) or not content.strip():
+            if not isinstance(content, str) or not content.strip() or len(content) > SEMANTIC_MAX_CHARS:
                 return None
             rest = [*messages[:i], {**msg, "content": _SEMANTIC_SLOT}, *messages[i + 1 :]]
             return {**body, "messages": rest}, content

@@ -189,6 +189,7 @@ class MiniLMEmbedder:
         self._encoder = encoder
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_tokens)
+        self._unknown = self._tokenizer.token_to_id("[UNK]")
         self.dim = int(config["hidden_size"])
         self.runtime = runtime
 
@@ -214,6 +215,11 @@ class MiniLMEmbedder:
             n = len(toks)
             out.append(TokenStates(pooled[i], tuple(toks[1 : n - 1]), np.array(hidden[i, 1 : n - 1], dtype=np.float32)))
         return out
+
+    def reads_whole(self, text: str) -> bool:
+        """Whether the model reads all of ``text``: within its length, every word piece known."""
+        enc = self._tokenizer.encode(text)
+        return not enc.overflowing and self._unknown not in enc.ids
 
     def embed(self, texts: list[str]) -> F32:
         """Unit vectors, one row per text (texts of similar length batch best)."""

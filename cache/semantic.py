@@ -35,6 +35,12 @@ class Embedder(Protocol):
         """One unit vector per text, as rows of a float32 matrix."""
         ...
 
+    def reads_whole(self, text: str) -> bool:
+        """Whether the vector of ``text`` comes from all of it: not cut at the model's length, and no word
+        piece unknown to its vocabulary (texts that differ only past the cut, or only in characters the
+        model cannot read, get the same vector: a similarity of 1.0 between different questions)."""
+        ...
+
 
 def default_runtime() -> str:
     """``onnx-int8`` when onnxruntime and onnx are installed (the ``semantic`` extra), else ``numpy``.
@@ -120,6 +126,10 @@ class SemanticEncoder:
         """The prompt vector the embedder computes: its ``vector`` attribute, else ``minilm`` (the sentence
         embedding; :class:`cache.minilm_static.StaticMiniLM` says ``minilm-static``)."""
         return str(getattr(self.embedder, "vector", "minilm"))
+
+    def reads_whole(self, text: str) -> bool:
+        """The embedder's :meth:`Embedder.reads_whole` (a tokenization: tens of microseconds for a question)."""
+        return self.embedder.reads_whole(text)
 
     @property
     def busy(self) -> bool:

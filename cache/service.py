@@ -268,6 +268,10 @@ class CacheService:
         except (TypeError, ValueError) as exc:  # a body orjson cannot encode: not cacheable
             log.debug("request not cacheable: %s", exc)
             return None
+        if keys.text is not None and self.encoder is not None and not self.encoder.reads_whole(keys.text):
+            # cut at the model's length, or holding characters it cannot read: its vector would equal that of
+            # texts it does not equal (a similarity of 1.0), so it is matched exactly only, and not stored to match
+            keys = CacheKeys(keys.exact)
         ttl = self._ttl(ctx.constraints.cache_ttl_seconds)
         private = "no-store" in cache_control(ctx.headers)
         return _Plan(

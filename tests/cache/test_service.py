@@ -214,6 +214,27 @@ async def test_semantic_hit_on_a_paraphrase(embedder: Embedder) -> None:
     await svc.aclose()
 
 
+async def test_texts_the_model_cannot_read_whole_are_matched_exactly_only(embedder: Embedder) -> None:
+    """Past the model's 256 word pieces, or in characters its vocabulary lacks, different questions embed alike
+    (a similarity of 1.0): a document followed by different tasks, 👍 against 👎. Such texts are matched exactly
+    (an exact repeat still hits), and neither searched nor stored for others to match."""
+    encoder = SemanticEncoder(embedder, timeout_s=5)
+    svc = await make(MemoryStore(), encoder, semantic_threshold=0.8)
+    document = " ".join(f"line {i} of the quarterly report says sales rose." for i in range(40))  # > 256 pieces
+    assert len(document) < 2000 and not encoder.reads_whole(document)
+    await remember(svc, request(document + " Task: summarize it."), "A summary.")
+    translate = request(document + " Task: translate it into German.")
+    assert await svc.lookup(translate) is None and translate.cache_status == "miss"
+    await remember(svc, request("Is 👍 a positive or a negative reaction?"), "Positive.")
+    thumbs_down = request("Is 👎 a positive or a negative reaction?")
+    assert await svc.lookup(thumbs_down) is None and thumbs_down.cache_status == "miss"
+    again = await svc.lookup(request("Is 👍 a positive or a negative reaction?"))
+    assert again is not None and again.status == "hit"  # the exact repeat
+    huge = request("How do I reset my password? " + "x" * 3000)  # over SEMANTIC_MAX_CHARS: not even tokenized
+    assert await svc.lookup(huge) is None
+    await svc.aclose()
+
+
 async def test_the_verifier_rejects_a_near_duplicate_with_another_number(embedder: Embedder) -> None:
     encoder = SemanticEncoder(embedder, timeout_s=5)
     svc = await make(MemoryStore(), encoder, semantic_threshold=0.8)
