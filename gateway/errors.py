@@ -99,6 +99,14 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class UnsupportedEncoding(GatewayError):
+    """The request body is compressed (``Content-Encoding``), which the gateway does not decode (415)."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_content_encoding"
+
+
 class BudgetExceeded(GatewayError):
     """The key's or team's budget is spent (402)."""
 

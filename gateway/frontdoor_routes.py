@@ -14,7 +14,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.features import extract_features
 from gateway.frontdoors import messages as ms
-from gateway.frontdoors.base import tenant_of
+from gateway.frontdoors.base import shown_id, tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
@@ -29,7 +29,9 @@ async def _caller(request: Request) -> RequestContext:
 
 
 def _not_found(response_id: str) -> NotFound:
-    return NotFound(f"Response with id '{response_id}' not found.", param="response_id", code="response_not_found")
+    return NotFound(
+        f"Response with id '{shown_id(response_id)}' not found.", param="response_id", code="response_not_found"
+    )
 
 
 @router.get("/v1/responses/{response_id}")
@@ -66,7 +68,7 @@ async def list_input_items(response_id: str, request: Request) -> Response:
     if after is not None:
         ids = [item.get("id") for item in items]
         if after not in ids:
-            raise InvalidRequest(f"No input item with id '{after}' in this response.", param="after")
+            raise InvalidRequest(f"No input item with id '{shown_id(after)}' in this response.", param="after")
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
     return json_response(

@@ -22,7 +22,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.context import Endpoint, RequestContext
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedEncoding
 from gateway.frontdoors.base import FrontDoor
 from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
@@ -199,7 +199,14 @@ async def _watch(ex: _Exchange) -> None:
 
 
 async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
+    """The request body, refusing more than ``limit`` bytes (413) without reading it all, and a compressed one
+    (415: read as JSON, gzip's bytes gave a 400 about invalid UTF-8)."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding '{encoding[:32]}' is not supported: send the JSON body uncompressed.",
+            param="content-encoding",
+        )
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -209,6 +216,8 @@ async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: in
         if too_big:
             raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
     message = await receive()
+    if message["type"] == "http.disconnect":  # gone before the first byte of the body: not an empty body
+        raise ClientGone
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         if len(body) > limit:

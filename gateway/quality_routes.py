@@ -11,7 +11,6 @@ import asyncio
 import math
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +19,7 @@ from gateway.admin_routes import _fresh, _iso, _ledger, _range, database_errors,
 from gateway.auth.admission import KeyAdmission
 from gateway.background import wait_recorded
 from gateway.errors import InvalidRequest, NotFound
+from gateway.protocol import load_json_object
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.routes import context, gateway_of, json_response, read_body
 from gateway.runtime import Gateway, describe_router
@@ -61,12 +61,7 @@ async def post_feedback(request: Request) -> Response:
     gw = gateway_of(request)
     ctx = context(request)
     await gw.admission.identify(ctx, fresh=True)  # a key revoked on another replica is refused at once
-    try:
-        body = orjson.loads(await read_body(request, gw.settings.server.max_body_bytes))
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 128:
         raise InvalidRequest("'request_id' is required (a string of at most 128 characters).", param="request_id")

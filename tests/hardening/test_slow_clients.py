@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
 from tests.hardening.gateways import master_key, sim_gateway
+from tests.hardening.support import LedgerFile
 from tests.helpers.servers import RunningGateway
 
 HEAD_S = 0.6
@@ -101,6 +103,28 @@ async def test_trickled_body_is_cut_off(gw: RunningGateway) -> None:
     assert took < BODY_S + 3, took
     task.cancel()
     writer.close()
+
+
+async def test_a_client_gone_before_its_body_is_recorded_as_gone(gw: RunningGateway) -> None:
+    """The head promised a body and none came (the client hung up, or the body deadline passed): the ledger says
+    499, client disconnected, not 400 "the body is empty" (a client's request it never finished sending)."""
+    rids = ("gone-hangup", "gone-deadline")
+    for rid in rids:
+        reader, writer = await open_conn(gw)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            b"content-length: 500\r\nx-request-id: " + rid.encode() + b"\r\n\r\n"
+        )
+        await writer.drain()
+        if rid == "gone-hangup":
+            await asyncio.sleep(0.2)
+            writer.close()
+        else:
+            await closed_after(reader)  # the server's body deadline
+            writer.close()
+    ledger = LedgerFile(Path(gw.gateway.settings.ledger.url.removeprefix("sqlite+aiosqlite:///")))
+    rows = [await ledger.one_row(rid) for rid in rids]
+    assert [(r["status_code"], r["error_type"]) for r in rows] == [(499, "ClientDisconnected")] * 2, rows
 
 
 async def test_idle_connections_are_closed(gw: RunningGateway) -> None:

@@ -5,6 +5,8 @@ Every refused inference request still has its ledger row."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,31 @@ def test_duplicate_authorization_is_a_400_everywhere(env: Any, method: str, path
     assert r.status_code == 400, r.text
     err = assert_openai_error(r.json())
     assert err["param"] == "authorization" and err["code"] == "duplicate_header"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+async def test_a_compressed_body_is_a_415(env: tuple[RunningGateway, LedgerFile], path: str) -> None:
+    """gzip's bytes were read as JSON: a 400 about invalid UTF-8. The gateway does not decode request bodies: a
+    415 saying so (in the Anthropic shape on /v1/messages), and the request has its ledger row."""
+    gw, ledger = env
+    raw = gzip.compress(json.dumps({"model": "cheap", "messages": USER, "max_tokens": 5}).encode())
+    r = httpx.post(
+        gw.base_url + path,
+        content=raw,
+        timeout=10,
+        headers={"authorization": f"Bearer {MASTER}", "content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert r.status_code == 415, r.text
+    error = r.json()["error"]
+    assert "Content-Encoding 'gzip' is not supported" in error["message"]
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error" and error["type"] == "invalid_request_error"
+    else:
+        assert error["code"] == "unsupported_content_encoding" and error["param"] == "content-encoding"
+    assert (await ledger.one_row(r.headers["x-request-id"]))["status_code"] == 415
+
+
+async def test_a_long_id_is_not_echoed_whole(env: tuple[RunningGateway, LedgerFile]) -> None:
+    body = {"model": "cheap", "input": "hi", "previous_response_id": "resp_" + "x" * 100_000}
+    r = post(env, body, "/v1/responses")
+    assert r.status_code == 404 and len(r.text) < 1000, r.text[:200]
