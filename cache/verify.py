@@ -12,7 +12,12 @@ the two differ in something that changes the answer:
   how many-or-much); a generic question ("what", "how", yes/no) matches any kind, because paraphrases swap
   them freely ("What is the best way to learn X?" = "How do I learn X?");
 - **negation**: one question is negated and the other is not (``not``, ``n't``, ``never``, ``without``, ...);
-- **opposites**: one uses a word and the other its opposite (best/worst, before/after, pros/cons, ...);
+- **opposites**: one uses a word and the other its opposite (best/worst, ascending/descending, buy/sell, ...);
+- **order**: the same words sit on opposite sides of an asymmetric connective (``to``, ``than``, ``from``,
+  ``into``, ``over``, ``by``, ...): "100 dollars to euros" vs "100 euros to dollars", "7 bigger than 5" vs
+  "5 bigger than 7"; "and", "or", "vs", "between" are symmetric and not checked;
+- **instructions**: a short imperative sentence about the answer ("Answer rudely.", "Reply in French.",
+  "Be brief.") in one question, whose words the other question lacks;
 - **names**: a name-like token (capitalised inside the sentence, mixed case, or letters mixed with digits:
   ``iPhone``, ``Python3``, ``C++``) that the other question does not contain.
 
@@ -90,8 +95,38 @@ _OPPOSITES: Final = (
     ("beginner", "advanced"), ("beginners", "advanced"), ("online", "offline"), ("small", "large"),
     ("smallest", "largest"), ("big", "small"), ("biggest", "smallest"), ("long", "short"),
     ("longest", "shortest"), ("weight", "height"), ("first", "last"), ("top", "bottom"),
+    ("ascending", "descending"), ("asc", "desc"), ("above", "below"), ("upper", "lower"),
+    ("uppercase", "lowercase"), ("increasing", "decreasing"), ("increases", "decreases"),
+    ("increased", "decreased"), ("increase", "reduce"), ("buying", "selling"), ("bought", "sold"),
+    ("buyer", "seller"), ("buyers", "sellers"), ("imports", "exports"), ("importing", "exporting"),
+    ("earlier", "later"), ("earliest", "latest"), ("input", "output"), ("inputs", "outputs"),
+    ("encrypt", "decrypt"), ("encryption", "decryption"), ("encode", "decode"), ("encoding", "decoding"),
+    ("compress", "decompress"), ("serialize", "deserialize"), ("lock", "unlock"), ("connect", "disconnect"),
+    ("subscribe", "unsubscribe"), ("add", "remove"), ("add", "subtract"), ("multiply", "divide"),
+    ("send", "receive"), ("sender", "receiver"), ("lend", "borrow"), ("lender", "borrower"),
+    ("deposit", "withdraw"), ("profit", "loss"), ("gain", "loss"), ("gaining", "losing"),
+    ("gained", "lost"), ("credit", "debit"), ("push", "pull"), ("maximize", "minimize"),
+    ("maximise", "minimise"), ("include", "exclude"), ("accept", "reject"), ("agree", "disagree"),
+    ("forward", "backward"), ("forwards", "backwards"), ("next", "previous"), ("rise", "fall"),
+    ("appreciate", "depreciate"), ("overrated", "underrated"), ("overestimate", "underestimate"),
+    ("inbound", "outbound"), ("incoming", "outgoing"), ("private", "public"), ("winner", "loser"),
+    ("success", "failure"), ("strong", "weak"), ("stronger", "weaker"), ("strongest", "weakest"),
+    ("early", "late"), ("younger", "older"), ("youngest", "oldest"), ("taller", "shorter"),
+    ("heavier", "lighter"), ("hotter", "colder"), ("summer", "winter"), ("mother", "father"),
+    ("son", "daughter"), ("brother", "sister"), ("internal", "external"), ("inner", "outer"),
+    ("majority", "minority"), ("employer", "employee"), ("landlord", "tenant"), ("introvert", "extrovert"),
+    ("introverts", "extroverts"), ("optimist", "pessimist"), ("optimistic", "pessimistic"),
+    ("liberal", "conservative"), ("activate", "deactivate"), ("show", "hide"), ("visible", "invisible"),
+    ("visible", "hidden"), ("frontend", "backend"), ("front-end", "back-end"), ("horizontal", "vertical"),
+    ("synchronous", "asynchronous"), ("sync", "async"), ("upgrade", "downgrade"), ("upstream", "downstream"),
+    ("northern", "southern"), ("eastern", "western"), ("happy", "sad"), ("happy", "unhappy"),
+    ("alive", "dead"), ("uploaded", "downloaded"), ("uploading", "downloading"), ("save", "spend"),
+    ("income", "expense"), ("income", "expenses"), ("support", "oppose"), ("open", "close"), ("open", "closed"),
 )  # fmt: skip
-_OPPOSITE: Final = {a: b for a, b in _OPPOSITES} | {b: a for a, b in _OPPOSITES}
+_NONE: Final[frozenset[str]] = frozenset()
+_OPPOSITE: Final = {
+    w: frozenset(y for a, b in _OPPOSITES for x, y in ((a, b), (b, a)) if x == w) for pair in _OPPOSITES for w in pair
+}
 
 #: Words that start a sentence or are capitalised for grammar, not because they name something.
 _COMMON_CAPS: Final = frozenset(
@@ -99,6 +134,26 @@ _COMMON_CAPS: Final = frozenset(
      "can", "do", "does", "did", "should", "would", "could", "will", "the", "a", "an", "in", "if", "my",
      "it", "this", "that", "there", "english", "god", "mr", "mrs", "dr", "ok", "okay", "hi", "hello"}
 )  # fmt: skip
+
+#: Words whose two sides play different roles ("100 dollars to euros", "7 bigger than 5", "Java over
+#: Python"); "and", "or", "vs", "between", "with" are symmetric and absent.
+_ASYMMETRIC: Final = frozenset({"to", "than", "from", "into", "onto", "over", "before", "after", "per", "by"})
+#: Function words: they end the run of content words on either side of a connective.
+_FUNCTION: Final = _ASYMMETRIC | frozenset(
+    "a an the this that these those my your his her its our their me you him them it i we they he she "
+    "i'm i've it's who whom whose what which when where why how is are was were be been being am do does did "
+    "have has had can could should would will shall may might must not no and or but nor so if then vs versus "
+    "between among with without in on at of for about as by under via like there here some any all each "
+    "every much many more most less very too also just only please myself yourself himself herself itself "
+    "ourselves themselves want wants need needs try trying going able way ways".split()
+)
+#: Verbs that start an instruction about the answer ("Answer rudely.", "Reply in French.", "Be brief.").
+_INSTRUCTING: Final = frozenset(
+    "answer reply respond write rewrite be keep make use format translate summarize summarise give list "
+    "include avoid don't do never always only limit speak talk pretend act assume ignore output return "
+    "start begin end mention cite provide focus stick stay".split()
+)
+_SENTENCES: Final = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +177,10 @@ class _Facts:
     kind: str | None
     negated: bool
     names: frozenset[str]
+    #: Per asymmetric connective: the content words right before and right after it (all its uses).
+    sides: dict[str, tuple[frozenset[str], frozenset[str]]]
+    #: Per instruction sentence (in a text of two sentences or more): its content words.
+    instructions: tuple[tuple[str, frozenset[str]], ...]
 
 
 def _number(token: str) -> float | str | None:
@@ -199,7 +258,50 @@ def _facts(text: str) -> _Facts:
         if _is_name(tokens[i], i == 0 or _starts_sentence(text[end : m.start()])):
             names.add(_stem(tokens[i]))
         end = m.end()
-    return _Facts(words, numbers, kind, negated, frozenset(names))
+    sides: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    for i, w in enumerate(words):
+        if w not in _ASYMMETRIC:
+            continue
+        left, right = _run(text, spans, words, i, -1), _run(text, spans, words, i, 1)
+        if left and right:  # "how to convert": an infinitive, no order
+            was = sides.get(w, (_NONE, _NONE))
+            sides[w] = (was[0] | left, was[1] | right)
+    return _Facts(words, numbers, kind, negated, frozenset(names), sides, _instructions(text))
+
+
+def _run(text: str, spans: list[re.Match[str]], words: tuple[str, ...], i: int, step: int) -> frozenset[str]:
+    """Up to 4 content words next to ``words[i]`` on one side (``step`` -1 or 1), up to a function word or
+    punctuation; numbers by value (``five`` = ``5``), words by stem."""
+    out: set[str] = set()
+    j = i + step
+    while 0 <= j < len(words) and len(out) < 4:
+        w = words[j]
+        k = j if step > 0 else j + 1  # the text between words k - 1 and k
+        if w in _FUNCTION or not w[0].isalnum() or text[spans[k - 1].end() : spans[k].start()].strip():
+            break
+        n = _number(w)
+        out.add(_stem(w) if n is None else f"{n:g}" if isinstance(n, float) else n)
+        j += step
+    return frozenset(out)
+
+
+def _instructions(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Short imperative sentences about the answer ("Answer rudely.", "Please reply in French.") in a text
+    of two sentences or more, each with the content words it needs the other question to carry."""
+    text = text.strip()
+    if _SENTENCES.search(text) is None:
+        return ()  # a single sentence is the request itself
+    sentences = [t for t in _SENTENCES.split(text) if t.strip()]
+    out = []
+    for sentence in sentences:
+        words = [w.lower().replace(_APOSTROPHE, "'") for w in _WORD.findall(sentence)]
+        if words[:1] == ["please"]:
+            words = words[1:]
+        if sentence.endswith("?") or not 0 < len(words) <= 8 or words[0] not in _INSTRUCTING:
+            continue  # a long imperative sentence is content ("Use X to ..."), not an instruction
+        key = [_stem(w) for w in words[1:] if w not in _FUNCTION or _negation(w)] or [_stem(words[0])]
+        out.append((" ".join(words), frozenset(key)))
+    return tuple(out)
 
 
 def _first_sentence(text: str) -> str:
@@ -235,10 +337,19 @@ def verify(query: str, cached: str) -> Verdict:
     if a.negated != b.negated:
         return Verdict(False, "negation differs")
     wa, wb = set(a.words), set(b.words)
-    for w in wa - wb:
-        opp = _OPPOSITE.get(w)
-        if opp is not None and opp in wb and opp not in wa:
-            return Verdict(False, f"opposites ({w} vs {opp})")
+    clash = sorted((w, o) for w in wa - wb for o in _OPPOSITE.get(w, _NONE) & wb if o not in wa)
+    if clash:
+        return Verdict(False, "opposites ({} vs {})".format(*clash[0]))
+    for c, (left, right) in a.sides.items():
+        left2, right2 = b.sides.get(c, (_NONE, _NONE))
+        x, y = (left & right2) - right - left2, (right & left2) - left - right2
+        if x and y:  # something before the connective in one is after it in the other, and vice versa
+            p, q = _word(a.words, min(x)), _word(a.words, min(y))
+            return Verdict(False, f"order differs ({p} {c} {q} vs {q} {c} {p})")
+    for side, mine, other in (("new", a, b), ("cached", b, a)):
+        for sentence, key in mine.instructions:
+            if not key <= {_stem(w) for w in other.words}:  # "Answer rudely." that the other does not say
+                return Verdict(False, f"instruction differs ({side}: '{sentence}')")
     only_a, only_b = _unmatched(a.names, b.words), _unmatched(b.names, a.words)
     if only_a and only_b:  # a name replaced by another (one question merely naming more is a detail)
         return Verdict(False, f"names differ ({', '.join(sorted(only_a)[:2])} vs {', '.join(sorted(only_b)[:2])})")
@@ -254,6 +365,11 @@ def _unmatched(names: frozenset[str], words: tuple[str, ...]) -> set[str]:
     stems |= {_stem(a + b) for a, b in itertools.pairwise(words)}
     prefixes = {w[:5] for w in stems if len(w) >= 5}
     return {n for n in names if n not in stems and not (len(n) >= 5 and n[:5] in prefixes)}
+
+
+def _word(words: tuple[str, ...], key: str) -> str:
+    """The word of ``words`` that ``key`` (a stem or a number's value) stands for, as written."""
+    return next((w for w in words if _stem(w) == key), key)
 
 
 def _show(numbers: Counter[float | str]) -> str:
