@@ -404,6 +404,11 @@ class ResponsesSettings(_Strict):
     )
     redis_prefix: str = "gw:resp:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
+    max_record_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=65_536,
+        description="a stored response holds its whole conversation: one that would grow past this is refused",
+    )
 
 
 def _a_model(mode: str) -> str:

@@ -260,7 +260,7 @@ class FrontDoorRoute:
 
 
 def _responses_door(gw: Gateway) -> FrontDoor:
-    return ResponsesDoor(gw.responses)
+    return ResponsesDoor(gw.responses, gw.settings.responses.max_record_bytes)
 
 
 #: Path -> a new front door for one request.

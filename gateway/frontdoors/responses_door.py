@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.frontdoors import responses as rs
 from gateway.frontdoors.base import shown_id, tenant_of
 from gateway.frontdoors.responses_stream import render as render_stream
@@ -25,8 +25,9 @@ class ResponsesDoor:
     api = "responses"
     request_id_header: str | None = None
 
-    def __init__(self, store: ResponseStore) -> None:
+    def __init__(self, store: ResponseStore, max_record_bytes: int = 16 * 1024 * 1024) -> None:
         self.store = store
+        self.max_record_bytes = max_record_bytes
         self.req: rs.ResponsesRequest | None = None
         self.history: list[dict[str, Any]] = []  # the conversation before this turn, as chat messages
         self.history_items: list[dict[str, Any]] = []  # and as the Responses API's items
@@ -49,6 +50,16 @@ class ResponsesDoor:
                     f"Previous response with id '{shown_id(req.previous_response_id)}' not found.",
                     param="previous_response_id",
                     code="previous_response_not_found",
+                )
+            size = int(record.get("size", 0)) + 2 * len(raw)  # a turn's input is kept as messages and as items
+            if req.store is not False and size > self.max_record_bytes:
+                # Each stored response holds its whole conversation: without a bound a chain of large turns
+                # grows every record, and the store's memory, without end.
+                raise InvalidRequest(
+                    f"The conversation is too large to store (~{size} bytes, limit {self.max_record_bytes}): "
+                    "continue it with store: false, or start a new one.",
+                    param="previous_response_id",
+                    code="conversation_too_large",
                 )
             self.history = record["messages"]
             # records stored before input items were kept list the earlier turns' outputs only
@@ -81,7 +92,16 @@ class ResponsesDoor:
         if req.store is False:
             return
         messages = self.history + rs.input_messages(req) + rs.output_messages(response["output"])
-        record = {"response": response, "messages": messages, "input_items": self.history_items + rs.input_items(req)}
+        record: dict[str, Any] = {
+            "response": response,
+            "messages": messages,
+            "input_items": self.history_items + rs.input_items(req),
+        }
+        size = len(orjson.dumps(record))
+        if size > self.max_record_bytes:  # a long answer took it past the bound: not kept (logged)
+            log.warning("response %s not stored: %d bytes, over responses.max_record_bytes", response["id"], size)
+            return
+        record["size"] = size
         try:
             await self.store.put(tenant_of(ctx), response["id"], record)
         except GatewayError as err:

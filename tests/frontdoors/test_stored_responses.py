@@ -204,3 +204,34 @@ async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
                 await other.responses.retrieve(first.id)
             with pytest.raises(openai.NotFoundError):
                 await other.responses.create(model="small", input="x", previous_response_id=first.id)
+
+
+async def test_a_conversation_stops_growing_at_the_record_bound(env: Env, tmp_path: Path) -> None:
+    """Each stored response holds its whole conversation: a chain of large turns grew every record (and the
+    store's memory) without end. Past ``responses.max_record_bytes`` a turn that would be stored is a 400 before
+    any model is called; ``store: false`` still continues the conversation."""
+    settings = settings_from_dict(
+        {
+            "models": [
+                {"name": "small", "backend": "openai", "base_url": env.sim_url + "/v1", "upstream_model": "meta/small"}
+            ],
+            "cache": {"enabled": False},
+            "auth": {"enabled": True},
+            "server": {"metrics_scrape_seconds": 3600},
+            "responses": {"max_record_bytes": 65_536},
+            "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "flush_interval_seconds": 0.05},
+        }
+    )
+    page = "-" * 12_000  # 12 KB a turn (and few tokens: the simulator's context is 8,192)
+    with serve_gateway(settings) as gw:
+        key = _key(gw.base_url, "a")
+        async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0) as c:
+            first = await c.responses.create(model="small", input=page, max_output_tokens=5)
+            second = await c.responses.create(model="small", input=page, previous_response_id=first.id)
+            with pytest.raises(openai.BadRequestError) as info:
+                await c.responses.create(model="small", input=page, previous_response_id=second.id)
+            assert info.value.code == "conversation_too_large" and info.value.param == "previous_response_id"
+            unstored = await c.responses.create(
+                model="small", input="ok?", previous_response_id=second.id, store=False, max_output_tokens=5
+            )
+    assert unstored.status in ("completed", "incomplete") and unstored.output_text  # answered (5 tokens at most)
