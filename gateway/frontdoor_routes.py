@@ -4,6 +4,7 @@ stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -101,11 +102,17 @@ async def count_tokens(request: Request) -> Response:
     ids = {REQUEST_ID_HEADER: ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
     try:
         await gw.admission.identify(ctx, fresh=True)
-        body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
+        raw = await read_body(request, gw.settings.server.max_body_bytes)
+        body = load_json_object(raw)
         req = ms.parse_request(body, count_only=True)
         if req.model not in gw.router.models and req.model not in gw.router.routes:
             raise NotFound(f"model: {req.model}", param="model")
-        tokens = extract_features("chat", ms.to_chat(req), gw.pipeline.counter).prompt_tokens
+        chat = ms.to_chat(req)
+        if len(raw) > gw.settings.server.offload_bytes:  # as the pipeline does: megabytes take the loop seconds
+            feats = await asyncio.to_thread(extract_features, "chat", chat, gw.pipeline.counter)
+        else:
+            feats = extract_features("chat", chat, gw.pipeline.counter)
+        tokens = feats.prompt_tokens
     except GatewayError as err:
         return json_response(ms.error_body(err, ctx.request_id), err.status, {**err.headers, **ids})
     return json_response({"input_tokens": tokens}, headers=ids)

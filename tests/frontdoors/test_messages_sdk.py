@@ -152,6 +152,9 @@ async def test_count_tokens(env: Env, claude: anthropic.AsyncAnthropic) -> None:
     assert info.value.request_id == body["request_id"]  # the SDK reads the request-id header
     raw = await c.messages.with_raw_response.count_tokens(model="small", messages=[{"role": "user", "content": "Hi"}])
     assert raw.request_id
+    # a body past server.offload_bytes is counted in a thread, to the same figure
+    words = await c.messages.count_tokens(model="small", messages=[{"role": "user", "content": "Hi " * 50_000}])
+    assert 50_000 <= words.input_tokens - small.input_tokens <= 50_010
 
 
 async def test_bearer_auth_and_anthropic_errors(env: Env, claude: anthropic.AsyncAnthropic) -> None:
