@@ -10,8 +10,9 @@ it again: the cache recovers by itself when Redis returns.
 Embeddings are cached exactly (never semantically) and whatever their sampling settings: a vector is a
 function of its input. An answer larger than ``max_entry_bytes`` is not stored (``op="too_large"``).
 
-Per request: ``Cache-Control: no-cache`` skips the lookup (the fresh answer is stored), ``no-store``
-keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime (0: no store).
+Per request: ``Cache-Control: no-cache`` (or ``Pragma: no-cache`` alone) skips the lookup (the fresh answer is
+stored), ``no-store`` keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime
+(0: no store).
 """
 
 from __future__ import annotations

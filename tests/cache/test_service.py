@@ -130,6 +130,8 @@ async def test_no_cache_refreshes_and_no_store_does_not_store(svc: CacheService)
     await remember(svc, request(), "old")
     refresh = request(headers={"cache-control": "no-cache"})
     assert await svc.lookup(refresh) is None and refresh.cache_status == "bypass"
+    pragma = request(headers={"pragma": "no-cache"})  # HTTP/1.0's, without a Cache-Control header
+    assert await svc.lookup(pragma) is None and pragma.cache_status == "bypass"
     svc.store(refresh, answer("new"))
     await svc.flush()
     found = await svc.lookup(request())
