@@ -5,6 +5,7 @@ like chat models (their fallbacks were accepted and never tried)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -38,9 +39,9 @@ def embedding(model: str) -> dict[str, Any]:
     }
 
 
-async def test_a_fallback_s_answer_is_not_cached_under_the_name_asked_for() -> None:
-    down = {"small", "e1"}
-    calls: list[str] = []
+def upstream(down: set[str], calls: list[str]) -> Callable[[Seen], web.Response]:
+    """Every backend answers as itself ("from NAME", or a vector for ``e*``), except those in ``down`` (503);
+    ``calls`` gets each backend asked, in order."""
 
     def handler(request: Seen) -> web.Response:
         if request.method == "GET":
@@ -51,6 +52,14 @@ async def test_a_fallback_s_answer_is_not_cached_under_the_name_asked_for() -> N
         if request.backend.startswith("e"):
             return web.json_response(embedding(request.backend))
         return web.json_response(chat_reply(request.backend, "from " + request.backend))
+
+    return handler
+
+
+async def test_a_fallback_s_answer_is_not_cached_under_the_name_asked_for() -> None:
+    down = {"small", "e1"}
+    calls: list[str] = []
+    handler = upstream(down, calls)
 
     async with gateway_client(settings(), handler) as http:
         client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0)
@@ -77,14 +86,7 @@ async def test_a_route_s_fallback_answer_is_not_cached_either() -> None:
     usual answer comes back once the first choice has recovered (streamed and not)."""
     down = {"medium"}
     calls: list[str] = []
-
-    def handler(request: Seen) -> web.Response:
-        if request.method == "GET":
-            return web.json_response({"data": []})
-        calls.append(request.backend)
-        if request.backend in down:
-            return web.json_response({"error": {"message": "overloaded"}}, status=503)
-        return web.json_response(chat_reply(request.backend, "from " + request.backend))
+    handler = upstream(down, calls)
 
     data = copy.deepcopy(THREE_MODELS)
     data["routes"] = {"best": {"models": ["small", "medium"], "policy": "quality"}}  # medium first

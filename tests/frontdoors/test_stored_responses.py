@@ -175,9 +175,9 @@ async def test_redis_store_ttl_and_tenants() -> None:
             delete_prefix(url, prefix)
 
 
-async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
-    """Without Redis the gateway keeps stored responses in its ledger database, tenants apart as well."""
-    settings = settings_from_dict(
+def sql_store_settings(env: Env, tmp_path: Path, responses: dict[str, Any] | None = None) -> Any:
+    """One model on the simulator, keys on, no Redis: stored responses in the ledger's database."""
+    return settings_from_dict(
         {
             "models": [
                 {"name": "small", "backend": "openai", "base_url": env.sim_url + "/v1", "upstream_model": "meta/small"}
@@ -185,10 +185,15 @@ async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
             "cache": {"enabled": False},
             "auth": {"enabled": True},
             "server": {"metrics_scrape_seconds": 3600},
+            "responses": responses or {},
             "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "flush_interval_seconds": 0.05},
         }
     )
-    with serve_gateway(settings) as gw:
+
+
+async def test_database_store_end_to_end(env: Env, tmp_path: Path) -> None:
+    """Without Redis the gateway keeps stored responses in its ledger database, tenants apart as well."""
+    with serve_gateway(sql_store_settings(env, tmp_path)) as gw:
         assert isinstance(gw.gateway.responses, SqlResponseStore)
         keys = [_key(gw.base_url, name) for name in ("a", "b")]
         async with (
@@ -210,18 +215,7 @@ async def test_a_conversation_stops_growing_at_the_record_bound(env: Env, tmp_pa
     """Each stored response holds its whole conversation: a chain of large turns grew every record (and the
     store's memory) without end. Past ``responses.max_record_bytes`` a turn that would be stored is a 400 before
     any model is called; ``store: false`` still continues the conversation."""
-    settings = settings_from_dict(
-        {
-            "models": [
-                {"name": "small", "backend": "openai", "base_url": env.sim_url + "/v1", "upstream_model": "meta/small"}
-            ],
-            "cache": {"enabled": False},
-            "auth": {"enabled": True},
-            "server": {"metrics_scrape_seconds": 3600},
-            "responses": {"max_record_bytes": 65_536},
-            "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", "flush_interval_seconds": 0.05},
-        }
-    )
+    settings = sql_store_settings(env, tmp_path, {"max_record_bytes": 65_536})
     page = "-" * 12_000  # 12 KB a turn (and few tokens: the simulator's context is 8,192)
     with serve_gateway(settings) as gw:
         key = _key(gw.base_url, "a")
