@@ -129,7 +129,7 @@ def route(
         try:
             headers = {"x-gateway-policy": policy} if policy else {}
             ctx = gw.pipeline.new_context("chat", headers)
-            return gw.pipeline.explain(ctx, raw)
+            return await gw.pipeline.explain(ctx, raw)
         finally:
             await close_gateway(gw)
 

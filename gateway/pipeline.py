@@ -190,7 +190,7 @@ class Pipeline:
             if cached is not None:
                 return self._serve_cached(ctx, cached)
             started = perf_counter()
-            vector = await self._prompt_vector(ctx, feats)
+            vector = await self._routing_vector(ctx, feats)
             plan = self.router.plan(ctx.requested_model, feats, ctx.constraints, vector)
             self.metrics.decision_time.observe(perf_counter() - started)
             self._note_plan(ctx, plan)
@@ -253,6 +253,14 @@ class Pipeline:
         ctx.body = body
 
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    async def _routing_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
+        """:meth:`_prompt_vector`, or None when the learned router was reloaded while it was computed: the
+        vector is of the kind the old artifact reads, and the new one would score it as its own (both kinds are
+        384 wide); its stand-in scores instead, for this request only."""
+        estimator = self.router.estimator
+        vector = await self._prompt_vector(ctx, feats)
+        return vector if self.router.estimator is estimator else None
 
     async def _prompt_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
         """The routing prompt's vector when an adapted router decides this request, of the kind its artifact
@@ -502,12 +510,17 @@ class Pipeline:
 
     # -- explain --------------------------------------------------------------------------------------
 
-    def explain(self, ctx: RequestContext, raw: bytes) -> dict[str, Any]:
+    async def explain(self, ctx: RequestContext, raw: bytes) -> dict[str, Any]:
         """Stages 1, 3 and 5 only, for ``gateway route --explain`` and ``/admin/route/explain``: the routing
-        decision for a chat request body, with each candidate's predictions; no backend is called."""
+        decision for a chat request body, with each candidate's predictions, the prompt's vector computed as for
+        a request (an adapted router's stand-in told another story); no model is called."""
         self.parse(ctx, raw)
-        feats = extract_features(ctx.endpoint, ctx.body, self.counter)
-        out = explain(self.router.plan(ctx.requested_model, feats, ctx.constraints))
+        if len(raw) > self.settings.server.offload_bytes:
+            feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
+        else:
+            feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+        vector = await self._routing_vector(ctx, feats)
+        out = explain(self.router.plan(ctx.requested_model, feats, ctx.constraints, vector))
         out["prompt_tokens"] = feats.prompt_tokens
         return out
 

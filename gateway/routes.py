@@ -137,4 +137,4 @@ async def route_explain(request: Request) -> Response:
     ctx = context(request)
     await gw.admission.authorize_admin(ctx)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
-    return json_response(gw.pipeline.explain(ctx, raw))
+    return json_response(await gw.pipeline.explain(ctx, raw))

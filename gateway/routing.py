@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from backends import Backend, CircuitBreaker, LiveStats
@@ -360,7 +361,7 @@ class Router:
                 strong_needed=difficulty if estimator is not None else None,
                 strong_threshold=route.threshold,
                 weights=(spec.weights.quality, spec.weights.cost, spec.weights.latency),
-                min_quality=constraints.min_quality if constraints.min_quality is not None else spec.min_quality,
+                min_quality=_min_quality(constraints, spec),
             ),
             candidates,
         )
@@ -448,9 +449,9 @@ class Router:
     @staticmethod
     def _constrain(cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         """The candidates within the request's limits (else the route's), or a 400 naming the one that failed."""
-        max_cost = c.max_cost_usd if c.max_cost_usd is not None else route.max_cost_usd
-        max_latency = c.max_latency_ms if c.max_latency_ms is not None else route.max_latency_ms
-        min_quality = c.min_quality if c.min_quality is not None else route.min_quality
+        max_cost = _tighter(min, c.max_cost_usd, route.max_cost_usd)
+        max_latency = _tighter(min, c.max_latency_ms, route.max_latency_ms)
+        min_quality = _min_quality(c, route)
         if max_cost is not None:
             ok = [x for x in cands if x.cost_usd <= max_cost]
             if not ok:
@@ -482,6 +483,25 @@ class Router:
                 )
             cands = ok
         return cands
+
+
+def _min_quality(c: Constraints, route: RouteSpec) -> float | None:
+    """The request's quality floor and its route's: the higher."""
+    if c.min_quality is None or route.min_quality is None:
+        return route.min_quality if c.min_quality is None else c.min_quality
+    return max(c.min_quality, route.min_quality)
+
+
+#: A limit: a client's (float) or a route's (a cost is a Decimal in the config).
+Limit = float | Decimal
+
+
+def _tighter(pick: Callable[[Limit, Limit], Limit], request: Limit | None, route: Limit | None) -> Limit | None:
+    """A client's limit and its route's together: the client may tighten what the operator set, never loosen it
+    (its ``max_cost_usd`` of 100 on a route capped at 0.001 bought the dear model)."""
+    if request is None:
+        return route
+    return request if route is None else pick(request, route)
 
 
 def explain(plan: Plan) -> dict[str, Any]:

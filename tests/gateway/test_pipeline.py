@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.config import Settings
+from gateway.config import Settings, settings_from_dict
 from gateway.metrics import FastHistogram
 from tests.helpers.upstream import Seen, sse_response
 
@@ -496,3 +497,29 @@ async def test_a_request_counts_once_in_flight_while_it_runs(settings: Settings,
             await asyncio.sleep(0.05)
         assert backend.stats.in_flight == 0
         assert 'gateway_backend_in_flight{model="big"} 0.0' in (await client.get("/metrics")).text
+
+
+@pytest.mark.parametrize(
+    ("headers", "route_limit", "never"),
+    [
+        ({"x-gateway-policy": "quality", "x-gateway-max-cost-usd": "100"}, {"max_cost_usd": "0.0005"}, "big"),
+        ({"x-gateway-min-quality": "0"}, {"min_quality": 8.5, "policy": "cost"}, "small"),
+    ],
+)
+async def test_a_client_tightens_a_route_s_limits_but_never_loosens_them(
+    headers: dict[str, str], route_limit: dict[str, Any], never: str
+) -> None:
+    """The route's operator capped its cost (or set a quality floor): a client's own limit replaced it, so a
+    virtual key sending max cost 100 (or min quality 0) got the dear (or the weak) model. The tighter one holds."""
+
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply(request.backend))
+
+    data = copy.deepcopy(THREE_MODELS)
+    data["routes"] = {"capped": {"models": ["small", "medium", "big"], "policy": "quality", **route_limit}}
+    async with gateway_client(settings_from_dict(data), handler) as client:
+        body = {"model": "capped", "messages": USER}
+        alone = await client.post("/v1/chat/completions", json=body)
+        r = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert alone.status_code == r.status_code == 200, r.text
+    assert r.headers["x-gateway-model"] == alone.headers["x-gateway-model"] != never

@@ -71,8 +71,29 @@ def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(
         vec, kept = vector_for(pipeline)
         assert np.allclose(vec, StaticMiniLM().embed_one(prompt), atol=1e-6)  # its own vector, not the cache's
         assert kept is cached  # the cache's vector is left for the cache
-        _write(artifact, "minilm")
+        # the explanation scores the prompt as a request is scored: with its vector, not the stand-in's guess
         admin = {"authorization": f"Bearer {MASTER}"}
+        body = {"model": "smart", "messages": [{"role": "user", "content": prompt}]}
+        explained = httpx.post(gw.base_url + "/admin/route/explain", json=body, headers=admin).json()
+        estimator = gw.gateway.router.estimator
+        expected = estimator.score(prompt, load_tiktoken().encode(prompt), vec)  # type: ignore[union-attr,call-arg]
+        assert f"P(strong needed)={expected:.3f}" in explained["reason"], (explained["reason"], expected)
+        # a reload landing while the vector is computed: the vector (of the old artifact's kind) is dropped
+        other = object()
+
+        async def swapped(ctx: RequestContext, f: RequestFeatures) -> object:
+            gw.gateway.router.estimator = other  # type: ignore[assignment]
+            return cached
+
+        real = pipeline._prompt_vector
+        pipeline._prompt_vector = swapped  # type: ignore[method-assign]
+        try:
+            ctx = RequestContext(request_id="r2", endpoint="chat", body={}, requested_model="smart")
+            assert asyncio.run(pipeline._routing_vector(ctx, feats)) is None
+        finally:
+            pipeline._prompt_vector = real  # type: ignore[method-assign]
+            gw.gateway.router.estimator = estimator
+        _write(artifact, "minilm")
         reloaded = httpx.post(gw.base_url + "/admin/router/reload", headers=admin)
         assert reloaded.status_code == 200 and reloaded.json()["vector"] == "minilm", reloaded.text
         vec, _ = vector_for(pipeline)
