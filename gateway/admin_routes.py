@@ -195,7 +195,10 @@ async def own_spend(request: Request) -> Response:
     body = await _spend_body(request, _ledger(request), key_id)
     if record is not None:
         body["key"] = record.to_json()
-        body["key"]["spent_usd"] = body["totals"]["cost_usd"]
+        # what the budget is measured against: the key's whole spend, not the range's (a range of the last
+        # minute showed $0 beside the budget of a key that was nearly out of it)
+        with database_errors():
+            body["key"]["spent_usd"] = f"{await admission.store.spent(record.id):f}"
     return json_response(body)
 
 

@@ -332,6 +332,7 @@ class Pipeline:
             if ctx.attempts:
                 await self._backoff(len(ctx.attempts))
             ctx.attempts.append(cand.name)
+            ctx.predicted_cost = cand.cost_usd  # a stream's cost header is the prediction for the model answering
             if cand.name != ctx.attempts[0]:  # before the call: a complete answer is cached as it arrives
                 ctx.degraded = f"fallback after {ctx.attempts[0]} failed"
             try:

@@ -373,16 +373,18 @@ class QualityMonitor:
         upstream (the sample's ``timeout_seconds``, or the upstream's own timeout) is recorded too, estimated: the
         prompt and ``expected`` completion tokens, which a hosted API generates and bills whoever still waits
         (the day's budget would otherwise not see it)."""
+        started = time.perf_counter()
         try:
             response = await self.backends[model].complete("/chat/completions", body)
         except (asyncio.CancelledError, UpstreamTimeout) as exc:
             if not isinstance(exc, UpstreamTimeout) or exc.reached:
-                self._record(model, role, self.counter.count(str(messages or "")), expected, estimated=True)
+                prompt = self.counter.count(str(messages or ""))
+                self._record(model, role, prompt, expected, True, time.perf_counter() - started)
             raise
-        self._account(model, response.body, role, messages)
+        self._account(model, response.body, role, messages, time.perf_counter() - started)
         return response.body
 
-    def _account(self, model: str, body: dict[str, Any], role: str, messages: Any) -> None:
+    def _account(self, model: str, body: dict[str, Any], role: str, messages: Any, seconds: float) -> None:
         """Price one monitoring call from its answer ``body`` (:meth:`_record`)."""
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         assert isinstance(usage, dict)
@@ -392,9 +394,9 @@ class QualityMonitor:
         if estimated:
             prompt = self.counter.count(str(messages or ""))
             completion = self.counter.count(answer_text(body))
-        self._record(model, role, prompt, completion, estimated)
+        self._record(model, role, prompt, completion, estimated, seconds)
 
-    def _record(self, model: str, role: str, prompt: int, completion: int, estimated: bool) -> None:
+    def _record(self, model: str, role: str, prompt: int, completion: int, estimated: bool, seconds: float) -> None:
         """Add one monitoring call to today's spend and the current tally, and write its ledger row."""
         cost = self.router.models[model].price.now().cost(prompt, completion)
         self.spend.add(cost)
@@ -415,7 +417,7 @@ class QualityMonitor:
         ctx.usage.prompt_tokens, ctx.usage.completion_tokens, ctx.usage.estimated = prompt, completion, estimated
         # Monitoring saves nothing: its cost counts against the savings, never against a client's key.
         ctx.cost_usd, ctx.saved_usd = cost, -cost
-        ctx.total_s = time.perf_counter() - ctx.started
+        ctx.total_s = seconds  # the call's own duration: the model's latency figures include monitoring calls
         self.recorder.record(ctx)
 
     async def _store(

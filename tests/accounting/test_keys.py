@@ -75,6 +75,10 @@ async def test_keys_auth_and_own_spend(db_url: str, redis_prefix: str, master_ke
         assert theirs["totals"]["requests"] == 1
         assert [g["group"] for g in theirs["data"]] == ["u2"]
         assert Decimal(theirs["totals"]["cost_usd"]) > 0
+        # the key's spent_usd is its whole spend (what its budget is measured against), whatever the range
+        recent = await client.get("/v1/spend", params={"start": "2999-01-01"}, headers=auth_header(b["key"]))
+        assert recent.json()["totals"]["cost_usd"] == "0"
+        assert recent.json()["key"]["spent_usd"] == theirs["totals"]["cost_usd"] != "0"
 
         # admin endpoints: virtual keys are forbidden, the master key sees everyone
         assert_openai_error(await client.get("/admin/spend", headers=auth_header(a["key"])), 403, "permission_error")

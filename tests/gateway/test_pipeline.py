@@ -523,3 +523,30 @@ async def test_a_client_tightens_a_route_s_limits_but_never_loosens_them(
         r = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert alone.status_code == r.status_code == 200, r.text
     assert r.headers["x-gateway-model"] == alone.headers["x-gateway-model"] != never
+
+
+async def test_a_streamed_fallback_s_cost_header_is_the_answering_model_s_prediction() -> None:
+    """The stream's cost header is a prediction; after the first choice failed it was still that model's (gpt-4's,
+    ~117 times the local model's that answered)."""
+
+    def handler(request: Seen) -> web.Response:
+        if request.backend == "big":
+            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        return sse_response(
+            sse(
+                {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
+                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                "[DONE]",
+            )
+        )
+
+    data = copy.deepcopy(THREE_MODELS)
+    data["routes"] = {"best": {"models": ["small", "big"], "policy": "quality"}}
+    data["breaker"] = {"failure_threshold": 100}
+    async with gateway_client(settings_from_dict(data), handler) as client:
+        body = {"model": "best", "messages": USER, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            await r.aread()
+    assert r.status_code == 200 and r.headers["x-gateway-model"] == "small"
+    assert float(r.headers["x-gateway-cost-usd"]) < 0.001  # big's prediction is ~0.016

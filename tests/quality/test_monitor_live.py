@@ -82,6 +82,8 @@ async def test_the_report_matches_the_ground_truth(sims: dict[str, str], tmp_pat
     assert all((r["first_order"], r["second_order"], r["verdict"]) == ("A", "A", "tie") for r in plain)
     # monitoring is in the ledger, marked, on no key: a reference call and two judge calls per sample
     assert len(monitor_rows) == 36 and all(r["key_id"] is None for r in monitor_rows)
+    # each row's latency is its call's (it was ~0.01 ms, the time to write the row: it pulled the model's p50 down)
+    assert all(r["total_ms"] > 0.2 for r in monitor_rows), sorted(r["total_ms"] for r in monitor_rows)[:3]
     spend = sum(r["cost_usd"] for r in monitor_rows)
     assert float(spend) == pytest.approx(float(auto["monitoring_spend_usd"]))
     assert body["monitor"]["spent_today_usd"] == f"{spend:f}"
