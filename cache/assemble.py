@@ -15,6 +15,32 @@ from typing import Any
 _LOGPROB_LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 
+class CallIndexes:
+    """Each tool call's place in a stream: the upstream's ``index``, or, where it sends none (Gemini's
+    OpenAI-compatible API, some proxies), the next place for each new call ``id`` (a fragment without an id
+    continues the last call). Read as 0, a second call's fragments were appended to the first call's."""
+
+    __slots__ = ("_by_id", "_last", "_next")
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, int] = {}
+        self._last = 0
+        self._next = 0
+
+    def of(self, call: dict[str, Any]) -> int:
+        index, call_id = call.get("index"), call.get("id")
+        if isinstance(index, int) and not isinstance(index, bool):
+            self._last, self._next = index, max(self._next, index + 1)
+            if isinstance(call_id, str):
+                self._by_id[call_id] = index
+        elif isinstance(call_id, str):
+            if call_id not in self._by_id:
+                self._by_id[call_id] = self._next
+                self._next += 1
+            self._last = self._by_id[call_id]
+        return self._last
+
+
 @dataclass(slots=True)
 class _Choice:
     index: int
@@ -25,6 +51,7 @@ class _Choice:
     finish_reason: str | None = None
     stop_reason: Any = None  # vLLM's matched stop string or token (the Messages API's ``stop_sequence``)
     logprobs: dict[str, list[Any]] | None = None
+    calls: CallIndexes = field(default_factory=CallIndexes)
 
     def add_logprobs(self, lp: Any) -> None:
         if not isinstance(lp, dict):
@@ -55,11 +82,10 @@ def _add_chat_delta(c: _Choice, delta: dict[str, Any]) -> None:
             if isinstance(v, str) and v:
                 c.role = v
         elif k == "tool_calls" and isinstance(v, list):
-            for pos, call in enumerate(v):
+            for call in v:
                 if not isinstance(call, dict):
                     continue
-                idx = call.get("index", pos)
-                slot = c.tool_calls.setdefault(int(idx), {"id": None, "type": "function"})
+                slot = c.tool_calls.setdefault(c.calls.of(call), {"id": None, "type": "function"})
                 _merge_call(slot, call)
         elif k == "function_call" and isinstance(v, dict):
             if c.function_call is None:

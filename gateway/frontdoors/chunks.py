@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from cache.assemble import CallIndexes
+
 
 @dataclass(slots=True)
 class ToolDelta:
@@ -33,32 +35,6 @@ class Delta:
     error: dict[str, Any] | None = None  # the pipeline's in-stream error event
 
 
-class _CallIndexes:
-    """Each tool call's place in a stream: the upstream's ``index``, or, where it sends none (Gemini's
-    OpenAI-compatible API, some proxies), the next place for each new call ``id`` (a fragment without an id
-    continues the last call). Read as 0, a second call's fragments were appended to the first call's."""
-
-    __slots__ = ("_by_id", "_last", "_next")
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, int] = {}
-        self._last = 0
-        self._next = 0
-
-    def of(self, call: dict[str, Any]) -> int:
-        index, call_id = call.get("index"), call.get("id")
-        if isinstance(index, int) and not isinstance(index, bool):
-            self._last, self._next = index, max(self._next, index + 1)
-            if isinstance(call_id, str):
-                self._by_id[call_id] = index
-        elif isinstance(call_id, str):
-            if call_id not in self._by_id:
-                self._by_id[call_id] = self._next
-                self._next += 1
-            self._last = self._by_id[call_id]
-        return self._last
-
-
 def usage_detail(usage: dict[str, Any], group: str, name: str) -> int:
     """One of a chat ``usage``'s details, e.g. ``prompt_tokens_details.cached_tokens`` (0 when it says none)."""
     details = usage.get(group)
@@ -77,7 +53,7 @@ async def deltas(frames: AsyncIterator[bytes]) -> AsyncGenerator[Delta, None]:
     The frames iterator is closed when this generator is, so the pipeline's relay (and its ledger row)
     finishes however the client's stream ends.
     """
-    calls = _CallIndexes()
+    calls = CallIndexes()
     try:
         async for frame in frames:
             payload = frame[6:].strip() if frame.startswith(b"data: ") else b""
@@ -97,7 +73,7 @@ async def deltas(frames: AsyncIterator[bytes]) -> AsyncGenerator[Delta, None]:
             await aclose()
 
 
-def _delta(chunk: dict[str, Any], calls: _CallIndexes) -> Delta:
+def _delta(chunk: dict[str, Any], calls: CallIndexes) -> Delta:
     if "error" in chunk and "choices" not in chunk:
         error = chunk["error"]
         return Delta(error=error if isinstance(error, dict) else {"message": str(error)})

@@ -61,6 +61,30 @@ def test_tool_call_deltas_merge_by_index() -> None:
     assert body["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def test_tool_calls_streamed_without_an_index_stay_apart() -> None:
+    """Gemini's OpenAI-compatible API (and some proxies) send no ``index``: each call's fragments are told
+    apart by its ``id``, as on the live stream. Read as index 0 they were cached as one call,
+    ``get_weatherget_time`` with ``{"city": "Paris"}{"tz": "CET"}``, and served so to every later hit."""
+    weather = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    clock = {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+    chunks = [
+        chunk([{"index": 0, "delta": {"role": "assistant", "tool_calls": [weather]}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": '{"city": "Paris"}'}}]}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [clock]}}]),
+        chunk([{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": '{"tz": "CET"}'}}]}}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),
+    ]
+    body = assemble(chunks, chat=True, model="m", usage=None)
+    assert body is not None
+    assert [
+        (c["id"], c["function"]["name"], c["function"]["arguments"])
+        for c in body["choices"][0]["message"]["tool_calls"]
+    ] == [
+        ("call_1", "get_weather", '{"city": "Paris"}'),
+        ("call_2", "get_time", '{"tz": "CET"}'),
+    ]
+
+
 def test_logprobs_are_concatenated() -> None:
     lp1 = {"content": [{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}], "refusal": None}
     lp2 = {"content": [{"token": "b", "logprob": -0.2, "bytes": [98], "top_logprobs": []}], "refusal": None}
