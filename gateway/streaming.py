@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -69,12 +70,18 @@ class ChunkRelay:
         """The bytes to send for one upstream payload (``None``: send nothing).
 
         Raises:
-            UpstreamUnavailable: the payload is the upstream's error event.
+            UpstreamUnavailable: the payload is the upstream's error event, or not JSON (comments and keep-alives
+                never get here: the SSE decoder drops them; a corrupt event dropped silently left a hole in an
+                answer that went on, and was cached, as whole).
         """
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None  # not JSON (a keep-alive or a vendor comment): nothing the client can use
+            chunk = _with_lone_surrogates(data)
+            if chunk is None:
+                raise UpstreamUnavailable(
+                    f"upstream '{self._model}' sent an invalid stream event", backend=self._model
+                ) from None
         if not isinstance(chunk, dict):
             return None
         failure = stream_error(chunk, self._model)
@@ -117,6 +124,27 @@ class ChunkRelay:
                 return None
             chunk.pop("usage", None)
         return frame(orjson.dumps(chunk))
+
+
+def _with_lone_surrogates(data: bytes) -> Any:
+    """An event orjson refuses only for a lone UTF-16 surrogate escape (``"\\ud83d"``, half an emoji: some
+    proxies split a pair across events; JSON allows it), parsed by the standard library with each lone half
+    replaced by U+FFFD; None when it is not JSON at all."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return _replace_surrogates(value)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {k: _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    return value
 
 
 #: Where a reasoning model's reasoning travels (vLLM: ``reasoning_content``, newer versions ``reasoning``).

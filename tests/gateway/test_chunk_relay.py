@@ -59,3 +59,23 @@ def test_an_error_event_raises(event: dict[str, object]) -> None:
     r.transform(chunk(content="Hel"))
     with pytest.raises(UpstreamUnavailable, match="failed mid-stream: EngineDeadError"):
         r.transform(orjson.dumps(event))
+
+
+def test_a_corrupt_event_ends_the_stream_rather_than_leaving_a_hole() -> None:
+    """A payload that is not JSON mid-stream was dropped: the answer went on with a hole in it, completed and was
+    cached whole. It is the upstream's failure now (the stream ends with an error; nothing is cached)."""
+    _, r = relay()
+    r.transform(chunk(role="assistant", content="A"))
+    with pytest.raises(UpstreamUnavailable, match="invalid stream event"):
+        r.transform(b'{"choices": [{"delta": {"content": "LOST"')
+
+
+def test_half_an_emoji_in_an_event_is_kept_as_a_replacement_character() -> None:
+    """Some proxies split a surrogate pair across two events (``"\\ud83d"`` then ``"\\ude00"``): valid JSON that
+    orjson refuses. Both events, and the text around the halves, reach the client."""
+    _, r = relay()
+    first = r.transform(b'{"choices": [{"index": 0, "delta": {"content": "A\\ud83d"}}]}')
+    second = r.transform(b'{"choices": [{"index": 0, "delta": {"content": "\\ude00B"}}]}')
+    assert first is not None and second is not None
+    assert r.text_parts == ["A\ufffd", "\ufffdB"]
+    assert orjson.loads(second.removeprefix(b"data: "))["choices"][0]["delta"]["content"] == "\ufffdB"
