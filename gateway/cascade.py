@@ -180,7 +180,7 @@ class Cascade:
         """A complete answer the client will not get as it is (a checked rung's, the judge's): traced with its own
         usage, and charged should the client leave while it is in flight."""
         tracing = self.pipeline.tracing
-        with tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name):
+        with tracing.attempt(ctx, backend.name, stream=False), in_flight(ctx, backend.name, stream=False):
             response = await backend.complete(ctx.path, body)
             tracing.attempt_answered(ctx, response.body)  # the request's usage is not this answer's
             return response

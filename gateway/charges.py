@@ -64,7 +64,8 @@ class Charges:
             return
         ctx.chosen_model = model
         ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-        ctx.usage.completion_tokens = self._unseen_completion(ctx, model)
+        # a cascade's checked rung is asked for a whole answer even when its client streams: that answer is written
+        ctx.usage.completion_tokens = self._unseen_completion(ctx, model, ctx.calling_stream)
         ctx.usage.estimated = True
 
     def timed_out(self, ctx: RequestContext, model: str, err: UpstreamError, stream: bool | None = None) -> None:
@@ -152,11 +153,11 @@ class Charges:
 
 
 @contextlib.contextmanager
-def in_flight(ctx: RequestContext, model: str) -> Iterator[None]:
+def in_flight(ctx: RequestContext, model: str, stream: bool | None = None) -> Iterator[None]:
     """``ctx.calling`` names ``model`` while its upstream call is in flight, for
     :meth:`Charges.charge_abandoned`: the call's answer or failure clears it, a cancellation (the client left)
-    leaves it set."""
-    ctx.calling = model
+    leaves it set. ``stream``: how the call is made, when not as the client asked."""
+    ctx.calling, ctx.calling_stream = model, stream
     try:
         yield
     except asyncio.CancelledError:

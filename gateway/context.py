@@ -98,6 +98,8 @@ class RequestContext:
     attempts: list[str] = field(default_factory=list)
     #: the model whose upstream call is in flight (a client leaving now is charged for it), else None
     calling: str | None = None
+    #: whether that call streams (None: as the client asked; a cascade asks its checked rungs for whole answers)
+    calling_stream: bool | None = None
     predicted_cost: Decimal | None = None
     # outcome
     usage: Usage = field(default_factory=Usage)

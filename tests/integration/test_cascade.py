@@ -382,3 +382,20 @@ def test_a_well_formed_local_tool_call_is_accepted(env: Env, tool_choice: Any) -
     assert h["x-gateway-model"] == "llama-2-7b"
     assert "well-formed tool call (get_weather)" in h["x-gateway-cascade-reason"]
     assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+def test_a_streaming_client_that_leaves_pays_the_whole_answer_its_checked_rung_writes(tmp_path: Path) -> None:
+    """A cascade asks its checked rung for a complete answer even when its client streams: a hosted API writes,
+    and bills, that answer whoever still listens. A streaming client that hung up was charged its prompt only."""
+    slow = create_simulator_app("llama-2-7b", time_scale=50.0, seed=1)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with run_asgi_server(slow) as lu, run_asgi_server(strong) as su, serve_gateway(_settings(lu, su, tmp_path)) as gw:
+        body = {"model": "cascade", "messages": [{"role": "user", "content": GOOD}], "max_tokens": 120, "stream": True}
+        with pytest.raises(httpx.TimeoutException):
+            with httpx.stream(
+                "POST", gw.base_url + "/v1/chat/completions", json=body, headers={"x-request-id": "left"}, timeout=0.5
+            ) as r:
+                r.read()
+        rows = _rows(tmp_path / "ledger.db", "left")
+    assert len(rows) == 1 and rows[0]["status_code"] == 499
+    assert rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["completion_tokens"] == 120  # the answer asked for
