@@ -190,7 +190,10 @@ def adapt_cmd(
         )
     except ValueError as exc:
         _fail(f"{labels}: {exc}")
-    router.save(out)
+    try:
+        router.save(out)  # all files at once: a gateway reloading OUT meanwhile reads the old artifact or this one
+    except OSError as exc:
+        _fail(f"cannot write the artifact to {out}: {exc}")
     typer.echo(f"adapted router written to {out} ({len(records)} labelled prompts)")
     typer.echo(format_held_out(router.held_out))
 

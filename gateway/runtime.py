@@ -70,19 +70,31 @@ class RouterReloadFailed(InvalidRequest):
 def load_estimator(counter: TokenCounter, artifact: str | None = None) -> QualityEstimator | None:
     """The learned quality router: the artifact at ``artifact`` (prior or adapted, ``router.artifact``), else the
     shipped prior, if it loads (it reads the ``cl100k_base`` token ids that ``counter`` computes for every
-    prompt, and encodes with it when called without them). A configured artifact that does not load is an
-    error logged at start-up; the shipped prior serves meanwhile."""
+    prompt, and encodes with it when called without them). A configured artifact that does not load, or whose
+    calibration table gives no thresholds, is an error logged at start-up; the shipped prior serves meanwhile.
+
+    Each candidate is loaded (every weight checked finite, the arrays' lengths consistent) and calibrated here,
+    inside the fallback: the routes' calibration that follows (``Router``) then cannot fail on it."""
     if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
         log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
         return None
+    errors = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+    def load(path: Path | None) -> QualityEstimator:
+        estimator = load_artifact(path, encode=counter.encode)
+        for target in (0.5, 0.8, 0.95, 1.0):  # builds (and caches) the calibration curve every route reads
+            estimator.threshold_for_quality_target(target)
+        estimator.threshold_for_strong_share(0.5)
+        return estimator
+
     if artifact is not None:
         try:
-            return load_artifact(Path(artifact), encode=counter.encode)
-        except (OSError, ValueError, KeyError) as exc:
+            return load(Path(artifact))
+        except errors as exc:
             log.error("router.artifact %s does not load (%s); serving with the shipped prior", artifact, exc)
     try:
-        return load_artifact(None, encode=counter.encode)
-    except (OSError, ValueError, KeyError) as exc:
+        return load(None)
+    except errors as exc:
         log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
         return None
 

@@ -2,11 +2,18 @@
 
 With ``quality.adapt_every_labels: N`` (and ``router.artifact`` set), every ``quality.report_interval_seconds``
 the gateway counts the labels (pairwise verdicts) in its database; once ``N`` more exist than when it last
-adapted (or started), it exports every label (:mod:`gateway.quality.labels`), fits an adapted router on top
+adapted (or started), it exports every label (:mod:`gateway.quality.labels`) and fits an adapted router on top
 of the shipped prior in a worker thread (``policies.router.adapt``, the same fit as ``gateway router adapt
---from-ledger``), writes it to ``router.artifact`` (atomically per file) and reloads it: the route thresholds
-are recalibrated on those labels. A fit that fails (too few labels, labels that never prefer the strong model)
-is logged and the running router keeps serving.
+--from-ledger``), into a **staging** directory inside ``router.artifact`` (the serving files are untouched).
+
+The new artifact replaces the serving one only if its own held-out figures (5-fold cross-validation on the
+labels, recorded in ``adapted.json``) are not worse than the frozen prior's or a random router's on the same
+labels (:func:`held_out_regressions`: APGR and the cost saved at 95% quality); otherwise it is dropped, logged
+and counted (:attr:`BackgroundAdapter.rejections`). An accepted one is moved into place (with its
+``labels.jsonl``) under the directory's lock and reloaded (the route thresholds are recalibrated on those
+labels); if the reload fails, the previous files are put back, so the directory always holds the artifact that
+serves. A fit, save or reload that fails is logged and counted (:attr:`BackgroundAdapter.failures`), the
+running router keeps serving, and the loop goes on.
 
 Each process adapts on its own: run it in one gateway process (``server.workers: 1``, one replica), or adapt
 with the command line and call ``POST /admin/router/reload`` on every replica.
@@ -15,8 +22,12 @@ with the command line and call ``POST /admin/router/reload`` on every replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +35,108 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.errors import GatewayError
 from gateway.quality.labels import export_labels
 from gateway.quality.tables import verdicts
+from policies.router.store import directory_lock, install
 
 log = logging.getLogger("gateway.quality")
 
-#: ``(labels file, artifact directory)``: fit and save an adapted router (runs in a worker thread).
-Fit = Callable[[Path, Path], Any]
+#: ``(labels file, staging directory to write, the serving artifact directory)``: fit an adapted router on the
+#: labels, reading the prompt vector the serving artifact reads, and save it to the staging directory (runs in a
+#: worker thread). Raises ValueError when the labels cannot be fitted on.
+Fit = Callable[[Path, Path, Path], Any]
+#: The labels file kept beside the artifact (what it was trained on).
+LABELS = "labels.jsonl"
+#: Name prefix of the staging directories inside ``router.artifact`` (removed after each attempt).
+STAGING_PREFIX = ".staging-"
+#: What one attempt can raise (the database, the fit, the file system, a reload refused): counted, and the loop
+#: goes on.
+_ATTEMPT_ERRORS = (GatewayError, SQLAlchemyError, OSError, ValueError, KeyError, RuntimeError)
 
 
 def fit_adapted(encode: Callable[[str], list[int]], embed_max_tokens: int) -> Fit:
     """The real fit: the shipped prior, default hyper-parameters, the prompt vector the artifact being replaced
-    reads (``minilm`` when there is none yet)."""
+    reads (``minilm`` when there is none yet); the saved artifact is loaded back (checked) before it is kept."""
 
-    def fit(labels: Path, out: Path) -> Any:
+    def fit(labels: Path, out: Path, current: Path) -> Any:
         from policies.router.adapt import AdaptConfig, adapt, prompt_embed, recorded_vector
         from policies.router.data import file_sha256, load_records
+        from policies.router.loader import load_artifact
         from policies.router.model import ARTIFACT_DIR, QualityRouter
 
         records = load_records(labels)
-        vector = recorded_vector(out)
+        vector = recorded_vector(current)
         config = AdaptConfig(embed_max_tokens=embed_max_tokens, vector=vector)
         prior = QualityRouter.load(None, encode=encode)
         source = {"file": labels.name, "sha256": file_sha256(labels), "from": "ledger (background)"}
         embed = prompt_embed(vector, embed_max_tokens)
         router = adapt(records, prior, embed, config, source=source, prior_dir=ARTIFACT_DIR)
         router.save(out)
+        load_artifact(out, encode=encode)  # ValueError if what was written does not load
         return router
 
     return fit
+
+
+def held_out_regressions(held_out: object) -> list[str]:
+    """Where an adapted artifact's held-out figures (``adapted.json``'s ``held_out``: APGR and the cost saved at
+    the reported quality, ``saved_at_95``) are worse than the frozen prior's or a random router's recorded beside
+    them; empty when none is. Figures without a value (APGR when the strong model is not better) are skipped;
+    an artifact without figures is worse (nothing says it is not)."""
+    adapted = held_out.get("adapted") if isinstance(held_out, dict) else None
+    if not isinstance(held_out, dict) or not isinstance(adapted, dict):
+        return ["the artifact records no held-out figures"]
+    keys = ["apgr", *sorted(k for k in adapted if k.startswith("saved_at_"))]
+    worse: list[str] = []
+    for baseline in ("prior", "random"):
+        figures = held_out.get(baseline)
+        if not isinstance(figures, dict):
+            continue
+        for key in keys:
+            new, old = adapted.get(key), figures.get(key)
+            if isinstance(new, int | float) and isinstance(old, int | float) and new < old:
+                worse.append(f"{key} {new:.3f} < the {baseline}'s {old:.3f}")
+    return worse
+
+
+def _read_held_out(directory: Path) -> object:
+    """The ``held_out`` figures ``directory/adapted.json`` records (None when it has none or does not parse)."""
+    try:
+        meta = json.loads((directory / "adapted.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("held_out") if isinstance(meta, dict) else None
+
+
+def _swap(staged: Path, target: Path, files: Sequence[str], previous: Path) -> None:
+    """Under ``target``'s lock: copy its current ``files`` to ``previous``, then move the staged ones in (all or,
+    when a move fails, none)."""
+    with directory_lock(target):
+        for name in files:
+            if (target / name).is_file():
+                (previous / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(target / name, previous / name)
+        try:
+            install(staged, target, files)
+        except OSError:
+            _put_back(previous, target, files)
+            raise
+
+
+def _restore(previous: Path, target: Path, files: Sequence[str]) -> None:
+    """Under ``target``'s lock: undo :func:`_swap`."""
+    with directory_lock(target):
+        _put_back(previous, target, files)
+
+
+def _put_back(previous: Path, target: Path, files: Sequence[str]) -> None:
+    """Put the files :func:`_swap` kept back, removing those ``target`` had none of."""
+    for name in files:
+        if (previous / name).is_file():
+            os.replace(previous / name, target / name)
+        else:
+            (target / name).unlink(missing_ok=True)
 
 
 class BackgroundAdapter:
@@ -67,6 +151,8 @@ class BackgroundAdapter:
         reload: Callable[[], Awaitable[Any]],
         interval_s: float,
     ) -> None:
+        """``fit``: :func:`fit_adapted` (or a stand-in); ``reload``: loads ``artifact`` into the running router
+        (raising when it does not load)."""
         self.engine = engine
         self.artifact = artifact
         self.every = every
@@ -76,7 +162,24 @@ class BackgroundAdapter:
         self.adapted_at: int | None = None  # the label count of the last adaptation (or of the start)
         self.adaptations = 0
         self.failures = 0
+        #: fits kept out because their held-out figures were worse than the prior's or random's
+        self.rejections = 0
+        self.last_error: str | None = None
+        self.last_rejection: str | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, Any]:
+        """Counters and the last failure and rejection (JSON-able)."""
+        return {
+            "every_labels": self.every,
+            "adapted_at_labels": self.adapted_at,
+            "adaptations": self.adaptations,
+            "failures": self.failures,
+            "rejections": self.rejections,
+            "last_error": self.last_error,
+            "last_rejection": self.last_rejection,
+            "running": self._task is not None and not self._task.done(),
+        }
 
     async def labels(self) -> int:
         """Labels (pairwise verdicts) in the database now."""
@@ -85,34 +188,73 @@ class BackgroundAdapter:
         return int(n or 0)
 
     async def maybe_adapt(self) -> bool:
-        """Adapt and reload if ``every`` labels arrived since the last time; whether it did."""
+        """Adapt, and install and reload the result, if ``every`` labels arrived since the last time; whether a
+        new artifact now serves.
+
+        Raises:
+            What the database, the file system or the reload raise (the previous artifact then still serves and
+            is the one on disk); a fit that refuses the labels (ValueError) is counted and logged instead.
+        """
         n = await self.labels()
         if self.adapted_at is None:
             self.adapted_at = n
         if n - self.adapted_at < self.every:
             return False
         self.artifact.mkdir(parents=True, exist_ok=True)
-        path = self.artifact / "labels.jsonl"
-        with path.open("wb") as fh:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.artifact))
+        try:
+            return await self._adapt(staging, n)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    async def _adapt(self, staging: Path, n: int) -> bool:
+        labels = staging / LABELS
+        with labels.open("wb") as fh:
             await export_labels(self.engine, fh)
         self.adapted_at = n  # a fit that fails waits for the next `every` labels, not every interval
         try:
-            await asyncio.to_thread(self.fit, path, self.artifact)
+            await asyncio.to_thread(self.fit, labels, staging, self.artifact)
         except ValueError as exc:
             self.failures += 1
+            self.last_error = str(exc)
             log.warning("background router adaptation on %d labels skipped: %s", n, exc)
             return False
-        await self.reload()
+        worse = held_out_regressions(_read_held_out(staging))
+        if worse:
+            self.rejections += 1
+            self.last_rejection = "; ".join(worse)
+            log.warning(
+                "router adapted on %d labels not installed, the running router stays: its held-out figures are "
+                "worse (%s)",
+                n,
+                self.last_rejection,
+            )
+            return False
+        await self._install(staging)
         self.adaptations += 1
         log.info("router adapted on %d labels and reloaded from %s", n, self.artifact)
         return True
+
+    async def _install(self, staging: Path) -> None:
+        """Move the staged artifact into ``artifact`` and reload it; if the reload fails (or is cancelled), put
+        the previous files back, so the directory holds what serves, and re-raise."""
+        from policies.router.adapted_checks import ARTIFACT_FILES
+
+        files = [name for name in (LABELS, *ARTIFACT_FILES) if (staging / name).is_file()]
+        previous = staging / ".previous"
+        await asyncio.to_thread(_swap, staging, self.artifact, files, previous)
+        try:
+            await self.reload()
+        except BaseException:
+            _restore(previous, self.artifact, files)  # a few renames: done here, even in a cancelled task
+            raise
 
     def start(self) -> None:
         """Start checking in the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="quality-adapt")
 
     async def aclose(self) -> None:
-        """Stop checking (a fit under way finishes in its thread; its result is not reloaded)."""
+        """Stop checking (a fit under way finishes in its thread; its result is not installed)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -121,7 +263,8 @@ class BackgroundAdapter:
         while True:
             try:
                 await self.maybe_adapt()
-            except (SQLAlchemyError, OSError, RuntimeError) as exc:
+            except _ATTEMPT_ERRORS as exc:
                 self.failures += 1
-                log.warning("background router adaptation failed: %r", exc)
+                self.last_error = repr(exc)
+                log.warning("background router adaptation failed, the running router stays: %r", exc)
             await asyncio.sleep(self.interval_s)

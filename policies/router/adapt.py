@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,14 +37,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policies.router import metrics
+from policies.router.adapted_checks import (
+    ADAPTED_FORMAT,
+    ARTIFACT_FILES,
+    NPZ,
+    PRIOR,
+    VECTOR_DIMS,
+    VECTORS,
+    check_meta,
+    read_weights,
+)
 from policies.router.curve import CurvePoints, pgr_points
 from policies.router.data import Record
 from policies.router.linear import Design, fit_logistic
 from policies.router.loader import ADAPTED_JSON
 from policies.router.model import ARTIFACT_DIR, QualityRouter
+from policies.router.store import write_atomically
 
 __all__ = [
     "ADAPTED_FORMAT",
+    "ARTIFACT_FILES",
     "VECTORS",
     "AdaptConfig",
     "AdaptedRouter",
@@ -59,17 +72,8 @@ FloatArray = NDArray[np.float64]
 #: Texts -> unit vectors (rows of a float32 matrix), e.g. ``cache.minilm.MiniLMEmbedder.embed``.
 Embed = Callable[[list[str]], NDArray[np.float32]]
 
-#: Layout version of an adapted artifact (``adapted.json`` + ``adapted.npz`` + ``prior/``): 1 reads the full
-#: MiniLM embedding (``embedding.vector`` absent or ``minilm``); 2 names another vector, so that a gateway too old
-#: to compute it refuses the artifact rather than score it with the wrong vector.
-ADAPTED_FORMAT = 2
-_FORMATS = (1, 2)
-_NPZ = "adapted.npz"
-_PRIOR = "prior"
 #: The embedding the adapted router reads (the semantic cache's model).
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-#: The prompt vectors an adapted router can read: the sentence embedding, or the static one (module docstring).
-VECTORS = ("minilm", "minilm-static")
 
 
 @dataclass(frozen=True)
@@ -331,46 +335,43 @@ class AdaptedRouter:
 
     # -------------------------------------------------------------------- saving
     def save(self, out_dir: Path) -> Path:
-        """Write ``adapted.json``, ``adapted.npz`` and a copy of the prior (``prior/``) to ``out_dir``, atomically
-        per file (a reload never reads a half-written artifact). Returns ``out_dir``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        prior_dir = out_dir / _PRIOR
-        prior_dir.mkdir(exist_ok=True)
+        """Write ``adapted.json``, ``adapted.npz`` and a copy of the prior (``prior/``) to ``out_dir`` (created if
+        needed; its other files are left alone). Returns ``out_dir``.
+
+        All files are written into a temporary directory first and moved into place together under the
+        directory's lock (:func:`policies.router.store.write_atomically`): a reload never reads a half-written
+        artifact, and two saves into one directory leave one whole artifact, the later one. The JSON and the
+        weights carry the same fresh ``artifact_id``, which the loader checks.
+
+        Raises:
+            OSError: ``out_dir`` cannot be written.
+        """
         source = Path(self.metadata["prior"]["dir"])
-        for name in ("router.json", "router.npz"):
-            if source.resolve() != prior_dir.resolve():
-                _atomic_copy(source / name, prior_dir / name)
+        artifact_id = uuid.uuid4().hex
         scores, weak, strong = self._calib
-        tmp = out_dir / (_NPZ + ".tmp.npz")
-        np.savez_compressed(
-            tmp,
-            w_embed=self._linear.w_embed,
-            w_prior=np.array([self._linear.w_prior]),
-            bias=np.array([self._linear.bias]),
-            embed_mean=np.array([self._linear.embed_mean]),
-            calib_scores=scores.astype(np.float32),
-            calib_weak=weak.astype(np.float32),
-            calib_strong=strong.astype(np.float32),
-        )
-        tmp.replace(out_dir / _NPZ)
-        meta = {**self.metadata, "prior": {**self.metadata["prior"], "dir": _PRIOR}}
-        _atomic_write(out_dir / ADAPTED_JSON, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return out_dir
+        meta = {**self.metadata, "artifact_id": artifact_id, "prior": {**self.metadata["prior"], "dir": PRIOR}}
+
+        def write(tmp: Path) -> None:
+            (tmp / PRIOR).mkdir()
+            for name in ("router.json", "router.npz"):
+                shutil.copyfile(source / name, tmp / PRIOR / name)
+            np.savez_compressed(
+                tmp / NPZ,
+                w_embed=self._linear.w_embed,
+                w_prior=np.array([self._linear.w_prior]),
+                bias=np.array([self._linear.bias]),
+                embed_mean=np.array([self._linear.embed_mean]),
+                calib_scores=scores.astype(np.float32),
+                calib_weak=weak.astype(np.float32),
+                calib_strong=strong.astype(np.float32),
+                artifact_id=np.array(artifact_id),
+            )
+            (tmp / ADAPTED_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+        return write_atomically(out_dir, ARTIFACT_FILES, write)
 
     def __repr__(self) -> str:
         return f"AdaptedRouter(version={self.version!r}, prior={self.prior.version!r})"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
 
 
 def _rows_sha256(records: Sequence[Record]) -> str:
@@ -398,7 +399,8 @@ def adapt(
 
     Raises:
         ValueError: too few rows, labels where the strong model is never (or always) better, or better (or not)
-        on fewer than 2 distinct prompts (a cross-validation fold would learn one outcome only).
+        on fewer than 2 distinct prompts (a cross-validation fold would learn one outcome only); an ``embed``
+        whose vectors are not finite or not of the vector's dimension (:data:`VECTOR_DIMS`).
     """
     config = config or AdaptConfig()
     if config.vector not in VECTORS:
@@ -420,6 +422,9 @@ def adapt(
     _check_outcomes(groups, y, folds, config.folds)  # before the prior and the embedding read every prompt
     prior_logits = np.array([prior.logit(p) for p in prompts])
     vectors = np.asarray(embed(prompts), dtype=np.float32)
+    dim = VECTOR_DIMS[config.vector]
+    if vectors.shape != (n, dim) or not np.isfinite(vectors).all():
+        raise ValueError(f"the {config.vector} embedder gave {vectors.shape} vectors, not {n} finite ones of {dim}")
     x = _features(prior_logits, vectors)
     method = f"{config.folds}-fold cross-validation on the labels (seed {config.seed})"
     if stratified:
@@ -487,27 +492,46 @@ def load_adapted(directory: Path, *, encode: Callable[[str], list[int]], embed: 
     ``encode``: text -> ``cl100k_base`` ids (its prior's features); ``embed``: attached for calls that bring no
     vector.
 
+    Every weight and calibration value must be finite, the arrays of the lengths ``adapted.json`` records (the
+    vector's dimension: 384), the JSON and the weights from one save (``artifact_id``; artifacts written before
+    it had none), the prior copy the one the JSON names, and the calibration table must give thresholds.
+
     Raises:
-        OSError: missing files. ValueError: an unreadable or incompatible artifact.
+        OSError: missing files. ValueError: an unreadable, incompatible or corrupt artifact (what is wrong).
     """
-    meta: dict[str, Any] = json.loads((directory / ADAPTED_JSON).read_text(encoding="utf-8"))
-    if meta.get("format") not in _FORMATS:
-        raise ValueError(f"adapted router format {meta.get('format')!r}; this version reads {_FORMATS}")
-    if meta.get("embedding", {}).get("vector", "minilm") not in VECTORS:
-        raise ValueError(f"adapted router reads an unknown prompt vector {meta['embedding']['vector']!r}")
-    prior = QualityRouter.load(directory / _PRIOR, encode=encode)
-    with np.load(directory / _NPZ, allow_pickle=False) as z:
-        w_embed = np.asarray(z["w_embed"], dtype=np.float32)
-        linear = _Linear(float(z["w_prior"][0]), w_embed, float(z["bias"][0]), float(z["embed_mean"][0]))
-        calib = (
-            np.asarray(z["calib_scores"], dtype=np.float64),
-            np.asarray(z["calib_weak"], dtype=np.float64),
-            np.asarray(z["calib_strong"], dtype=np.float64),
+    meta = check_meta(json.loads((directory / ADAPTED_JSON).read_text(encoding="utf-8")))
+    dim = int(meta["embedding"]["dim"])
+    prior = QualityRouter.load(directory / PRIOR, encode=encode)
+    fitted_on = str(meta["prior"].get("version", prior.version))
+    if prior.version != fitted_on:
+        raise ValueError(f"corrupt adapted artifact: fitted on prior {fitted_on!r}, but prior/ holds {prior.version!r}")
+    arrays, artifact_id = read_weights(directory / NPZ)
+    if artifact_id != meta.get("artifact_id"):
+        raise ValueError(
+            f"corrupt adapted artifact: {ADAPTED_JSON} and {NPZ} come from different saves "
+            f"(artifact_id {meta.get('artifact_id')!r} vs {artifact_id!r})"
         )
-    if w_embed.shape != (int(meta["embedding"]["dim"]),):
-        raise ValueError("corrupt adapted artifact: embedding weights do not match the recorded dimension")
-    meta["prior"]["dir"] = str(directory / _PRIOR)
-    return AdaptedRouter(prior, linear, calib, meta, embed)
+    scalars = [arrays[name] for name in ("w_prior", "bias", "embed_mean")]
+    calib = (arrays["calib_scores"], arrays["calib_weak"], arrays["calib_strong"])
+    if arrays["w_embed"].shape != (dim,) or any(a.shape != (1,) for a in scalars):
+        raise ValueError(f"corrupt adapted artifact: expected {dim} embedding weights, one w_prior, bias, embed_mean")
+    training = meta.get("training_data")
+    rows = training.get("rows", calib[0].size) if isinstance(training, dict) else calib[0].size
+    if calib[0].size == 0 or any(a.shape != calib[0].shape for a in calib) or rows != calib[0].size:
+        raise ValueError(
+            f"corrupt adapted artifact: the calibration arrays hold {[a.size for a in calib]} rows, "
+            f"{ADAPTED_JSON} records {rows!r}"
+        )
+    if not ((calib[0] >= 0.0) & (calib[0] <= 1.0)).all():
+        raise ValueError("corrupt adapted artifact: calibration scores outside [0, 1]")
+    if not (np.abs(arrays["w_embed"]) <= np.finfo(np.float32).max).all():
+        raise ValueError("corrupt adapted artifact: w_embed overflows float32")
+    w_prior, bias, embed_mean = (float(a[0]) for a in scalars)
+    linear = _Linear(w_prior, arrays["w_embed"].astype(np.float32), bias, embed_mean)
+    meta["prior"]["dir"] = str(directory / PRIOR)
+    router = AdaptedRouter(prior, linear, calib, meta, embed)
+    router._calibration_points()  # the table is checked (and cached) here, where a bad one is refused
+    return router
 
 
 def minilm_embed(max_tokens: int = AdaptConfig.embed_max_tokens, runtime: str = "auto", batch: int = 32) -> Embed:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policies.router.model import QualityRouter
+from policies.router.store import directory_lock
 
 if TYPE_CHECKING:
     from policies.router.adapt import AdaptedRouter, Embed
@@ -34,11 +35,21 @@ def load_artifact(
     ``None``: the shipped prior). ``encode``: text -> ``cl100k_base`` ids (the prior's features); ``embed``:
     attached to an adapted router for calls that bring no vector.
 
-    Raises:
-        OSError: missing files. ValueError: an unreadable or incompatible artifact.
-    """
-    if directory is None or not is_adapted(Path(directory)):
-        return QualityRouter.load(directory, encode=encode)
-    from policies.router.adapt import load_adapted  # numpy: only for an adapted artifact
+    The directory is read under its shared lock (:mod:`policies.router.store`): never while a save is moving a
+    new artifact's files into place. Every numeric array is checked (finite, of the recorded lengths).
 
-    return load_adapted(Path(directory), encode=encode, embed=embed)
+    Raises:
+        OSError: missing files. ValueError: an unreadable, incompatible or corrupt artifact (what is wrong).
+    """
+    if directory is None:
+        return QualityRouter.load(None, encode=encode)
+    directory = Path(directory)
+    try:
+        with directory_lock(directory, shared=True):
+            if not is_adapted(directory):
+                return QualityRouter.load(directory, encode=encode)
+            from policies.router.adapt import load_adapted  # numpy: only for an adapted artifact
+
+            return load_adapted(directory, encode=encode, embed=embed)
+    except (TypeError, AttributeError, IndexError) as exc:  # a layout the checks did not foresee: still a refusal
+        raise ValueError(f"corrupt router artifact in {directory}: {exc!r}") from exc

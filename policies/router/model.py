@@ -60,29 +60,107 @@ _TYPECODES = {"<f4": "f", "<f8": "d", "|u1": "B", "<u1": "B", "<u4": "I", "<i8":
 
 
 def _read_npz(path: Path) -> dict[str, array[Any]]:
-    """The 1-D arrays of an ``.npz`` written by ``numpy.savez_compressed``, without numpy."""
-    out: dict[str, array[Any]] = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            raw = z.read(name)
-            if raw[:6] != b"\x93NUMPY":
-                raise ValueError(f"{name}: not a .npy array")
-            major = raw[6]
-            size_bytes = 2 if major == 1 else 4
-            header_len = int.from_bytes(raw[8 : 8 + size_bytes], "little")
-            start = 8 + size_bytes + header_len
-            header = ast.literal_eval(raw[8 + size_bytes : start].decode("latin-1"))
-            code = _TYPECODES.get(header["descr"])
-            if code is None or header["fortran_order"] or len(header["shape"]) != 1:
-                raise ValueError(f"{name}: unsupported array {header}")
-            values = array(code)
-            values.frombytes(raw[start:])
-            if sys.byteorder == "big" and code != "B":
-                values.byteswap()
-            if len(values) != header["shape"][0]:
-                raise ValueError(f"{name}: truncated array")
-            out[name.removesuffix(".npy")] = values
-    return out
+    """The 1-D arrays of an ``.npz`` written by ``numpy.savez_compressed``, without numpy.
+
+    Raises:
+        OSError: the file is missing. ValueError: it is not such an archive (corrupt, truncated, another layout).
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {name.removesuffix(".npy"): _read_npy(name, z.read(name)) for name in z.namelist()}
+    except (zipfile.BadZipFile, EOFError, SyntaxError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path.name}: not a readable .npz archive ({exc})") from None
+
+
+def _read_npy(name: str, raw: bytes) -> array[Any]:
+    if raw[:6] != b"\x93NUMPY":
+        raise ValueError(f"{name}: not a .npy array")
+    major = raw[6]
+    size_bytes = 2 if major == 1 else 4
+    header_len = int.from_bytes(raw[8 : 8 + size_bytes], "little")
+    start = 8 + size_bytes + header_len
+    header = ast.literal_eval(raw[8 + size_bytes : start].decode("latin-1"))
+    code = _TYPECODES.get(header["descr"])
+    if code is None or header["fortran_order"] or len(header["shape"]) != 1:
+        raise ValueError(f"{name}: unsupported array {header}")
+    values = array(code)
+    values.frombytes(raw[start:])
+    if sys.byteorder == "big" and code != "B":
+        values.byteswap()
+    if len(values) != header["shape"][0]:
+        raise ValueError(f"{name}: truncated array")
+    return values
+
+
+#: The arrays of a prior's ``router.npz``: token ids, then float arrays.
+_INT_ARRAYS = ("vocab",)
+_FLOAT_ARRAYS = ("w_ngram", "w_cue", "bias", "calib_scores", "calib_weights", "calib_weak", "calib_strong")
+_CALIB_ARRAYS = ("calib_scores", "calib_weights", "calib_weak", "calib_strong")
+
+
+def _check_meta(meta: Any) -> dict[str, Any]:
+    """``meta`` (``router.json``) if it is an object in the layout this version reads.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"{_JSON} is not a JSON object")
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"router artifact format {meta.get('format')!r}; this version reads {_FORMAT}")
+    return meta
+
+
+def _check_arrays(meta: dict[str, Any], npz: dict[str, array[Any]]) -> None:
+    """Whether the arrays of ``router.npz`` make one valid prior with ``meta``: every weight and calibration value
+    finite, the lengths consistent with each other and with what the JSON records.
+
+    Raises:
+        ValueError: what is wrong (a corrupt artifact, or files of two different ones).
+    """
+    features = meta.get("features")
+    if not isinstance(features, dict):
+        raise ValueError(f"corrupt router artifact: {_JSON} has no features")
+    n_vocab = features.get("n_vocab")
+    if not isinstance(n_vocab, int) or isinstance(n_vocab, bool) or n_vocab <= 0:
+        raise ValueError(f"corrupt router artifact: {_JSON} has no features.n_vocab")
+    missing = [name for name in (*_INT_ARRAYS, *_FLOAT_ARRAYS) if name not in npz]
+    if missing:
+        raise ValueError(f"corrupt router artifact: {_NPZ} lacks {', '.join(missing)}")
+    for name in _INT_ARRAYS:
+        if npz[name].typecode not in "BIq":
+            raise ValueError(f"corrupt router artifact: {name} is not an integer array")
+    for name in _FLOAT_ARRAYS:
+        if npz[name].typecode not in "fd":
+            raise ValueError(f"corrupt router artifact: {name} is not a float array")
+        if not all(map(math.isfinite, npz[name])):
+            raise ValueError(f"corrupt router artifact: {name} holds non-finite values (NaN or infinity)")
+    vocab = npz["vocab"]
+    if len(vocab) != len(npz["w_ngram"]):
+        raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
+    if vocab and not 0 <= min(vocab) <= max(vocab) < n_vocab:
+        raise ValueError("corrupt router artifact: token ids outside the encoding")
+    if len(npz["w_cue"]) != len(CUE_NAMES) or len(npz["bias"]) != 1:
+        raise ValueError(f"corrupt router artifact: expected {len(CUE_NAMES)} cue weights and one bias")
+    sizes = {len(npz[name]) for name in _CALIB_ARRAYS}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError("corrupt router artifact: the calibration arrays are empty or differ in length")
+    weights = npz["calib_weights"]
+    if not all(0.0 <= s <= 1.0 for s in npz["calib_scores"]) or min(weights) < 0 or not math.fsum(weights) > 0:
+        raise ValueError("corrupt router artifact: calibration scores outside [0, 1], or weights not positive")
+    _expect(features.get("vocab_size"), len(vocab), "features.vocab_size", "vocabulary")
+    training = meta.get("training_data")
+    rows = training.get("rows") if isinstance(training, dict) else None
+    _expect(rows, sizes.pop(), "training_data.rows", "calibration")
+
+
+def _expect(recorded: object, actual: int, field: str, what: str) -> None:
+    """Refuse an artifact whose JSON records another size than its arrays hold (files of two different saves)."""
+    if recorded is not None and recorded != actual:
+        raise ValueError(
+            f"corrupt router artifact: {_JSON} records {field} = {recorded!r} but the {what} holds {actual} "
+            "(files of two different artifacts?)"
+        )
 
 
 class QualityRouter:
@@ -116,30 +194,26 @@ class QualityRouter:
         """Load an artifact directory (``router.npz`` + ``router.json``); ``None`` = the shipped one.
 
         ``encode`` turns text into ``cl100k_base`` token ids for calls that bring none (the gateway passes
-        its token counter's, so one tokenizer serves both: ``gateway.tokens.load_counter().encode``)."""
+        its token counter's, so one tokenizer serves both: ``gateway.tokens.load_counter().encode``).
+
+        Raises:
+            OSError: missing files. ValueError: an unreadable, incompatible or corrupt artifact (a non-finite
+            weight, arrays of inconsistent lengths or types, an empty calibration table).
+        """
         directory = ARTIFACT_DIR if path is None else Path(path)
         if directory.is_file():
             directory = directory.parent
-        meta: dict[str, Any] = json.loads((directory / _JSON).read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"router artifact format {meta.get('format')!r}; this version reads {_FORMAT}")
+        meta = _check_meta(json.loads((directory / _JSON).read_text(encoding="utf-8")))
         npz = _read_npz(directory / _NPZ)
-        n_vocab = int(meta["features"]["n_vocab"])
-        vocab = npz["vocab"].tolist()
-        w_ngram = npz["w_ngram"].tolist()
-        if len(vocab) != len(w_ngram):
-            raise ValueError("corrupt router artifact: vocabulary and weights differ in length")
+        _check_arrays(meta, npz)
         calib = _Calibration(  # float32 on disk, float64 here (exactly), compact either way
             scores=array("d", npz["calib_scores"]),
             weights=array("d", npz["calib_weights"]),
             weak=array("d", npz["calib_weak"]),
             strong=array("d", npz["calib_strong"]),
         )
-        cue = tuple(npz["w_cue"].tolist())
-        bias = float(npz["bias"][0])
-        if vocab and not 0 <= min(vocab) <= max(vocab) < n_vocab:
-            raise ValueError("corrupt router artifact: token ids outside the encoding")
-        return cls(dict(zip(vocab, w_ngram, strict=True)), cue, bias, calib, meta, encode)
+        weights = dict(zip(npz["vocab"].tolist(), npz["w_ngram"].tolist(), strict=True))
+        return cls(weights, tuple(npz["w_cue"].tolist()), float(npz["bias"][0]), calib, meta, encode)
 
     # ----------------------------------------------------------------- metadata
     @property

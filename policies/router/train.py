@@ -24,6 +24,7 @@ from policies.router import features, metrics
 from policies.router.anchors import ANCHOR_BENCHMARK, anchor_records
 from policies.router.data import Record, file_sha256, group_ids, grouped_folds, load_records
 from policies.router.linear import Design, LinearFit, fit_logistic
+from policies.router.store import write_atomically
 
 if TYPE_CHECKING:
     from tiktoken import Encoding
@@ -257,9 +258,7 @@ def train_router(
     w_cue = final.fit.w_dense / final.cue_std
     bias = final.fit.bias - float(np.dot(final.cue_mean, w_cue))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out_dir / "router.npz",
+    arrays = dict(
         vocab=np.array(final.vocab, dtype=np.int64),
         w_ngram=final.fit.w_sparse.astype(np.float32),
         w_cue=w_cue,
@@ -292,5 +291,11 @@ def train_router(
         "calibration": "out-of-fold scores of the training prompts, weights per calibration_power",
         "cv_metrics": report,
     }
-    (out_dir / "router.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def write(tmp: Path) -> None:
+        np.savez_compressed(tmp / "router.npz", **arrays)
+        (tmp / "router.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    # Both files into place together (router.json, read first, last): a reader never sees one without the other.
+    write_atomically(out_dir, ("router.npz", "router.json"), write)
     return TrainResult(out_dir=out_dir, metadata=metadata)

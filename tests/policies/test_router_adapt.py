@@ -22,17 +22,18 @@ _TOPICS = ("poem", "haiku", "limerick", "proof", "lemma", "theorem")
 
 
 def _vector(text: str) -> np.ndarray:
-    """A deterministic unit 'embedding': topic words get a fixed direction, the rest is hashed noise."""
+    """A deterministic unit 'embedding' of MiniLM's width (384: an artifact of another is refused): topic words get
+    a fixed direction, the rest is hashed noise, in 16 dimensions repeated 24 times."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
     v = np.random.default_rng(seed).normal(size=16) * 0.3
     for i, topic in enumerate(_TOPICS):
         if topic in text:
             v[i] += 3.0
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    return (np.tile(v, 24) / np.linalg.norm(np.tile(v, 24))).astype(np.float32)
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
-    return np.stack([_vector(t) for t in texts]) if texts else np.zeros((0, 16), dtype=np.float32)
+    return np.stack([_vector(t) for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
 
 
 def _labels(n: int, seed: int = 0, noise: float = 0.1) -> list[Record]:

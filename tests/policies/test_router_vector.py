@@ -28,12 +28,8 @@ MASTER = "sk-master-vector-test"
 def _write(out: Path, vector: str) -> None:
     """An artifact that says it reads ``vector`` (weights from a 384-wide stand-in embedding: only the plumbing
     is under test here)."""
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return np.tile(fake_embed(texts), (1, 24))
-
     prior = QualityRouter.load(None, encode=load_tiktoken().encode)
-    adapt(_labels(40), prior, embed, AdaptConfig(folds=4, vector=vector)).save(out)
+    adapt(_labels(40), prior, fake_embed, AdaptConfig(folds=4, vector=vector)).save(out)
 
 
 def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(

@@ -19,6 +19,12 @@ from gateway.quality.tables import verdicts
 from tests.policies.test_router_adapt import fake_embed
 
 TOPICS = ("poem", "haiku", "limerick", "proof", "lemma", "theorem")
+#: Held-out figures of a fit better than the prior and random (what the guard lets through).
+GOOD_FIGURES = {
+    "adapted": {"apgr": 0.8, "saved_at_95": 0.5},
+    "prior": {"apgr": 0.55, "saved_at_95": 0.2},
+    "random": {"apgr": 0.5, "saved_at_95": 0.05},
+}
 
 
 async def add_verdicts(engine: AsyncEngine, start: int, n: int) -> None:
@@ -87,12 +93,12 @@ async def test_background_adaptation_waits_for_enough_new_labels(tmp_path: Path)
     fits: list[int] = []
     reloads: list[int] = []
 
-    def fit(labels: Path, out: Path) -> None:
+    def fit(labels: Path, out: Path, current: Path) -> None:
         n = len(labels.read_text().splitlines())
         fits.append(n)
         if n > 70:
             raise ValueError("the labels never prefer the strong model")
-        (out / "adapted.json").write_text("{}")
+        (out / "adapted.json").write_text(json.dumps({"held_out": GOOD_FIGURES}))
 
     async def reload() -> None:
         reloads.append(len(fits))
@@ -127,7 +133,110 @@ def test_background_fit_keeps_the_artifacts_prompt_vector(tmp_path: Path) -> Non
     out = tmp_path / "router"
     prior = QualityRouter.load(None, encode=load_tiktoken().encode)
     adapt(_labels(40), prior, fake_embed, AdaptConfig(folds=4, vector="minilm-static")).save(out)
-    fit_adapted(load_tiktoken().encode, 128)(labels, out)
-    meta = json.loads((out / "adapted.json").read_text())
-    assert recorded_vector(out) == "minilm-static" and meta["embedding"]["dim"] == 384
+    staging = tmp_path / "staging"
+    fit_adapted(load_tiktoken().encode, 128)(labels, staging, out)
+    meta = json.loads((staging / "adapted.json").read_text())
+    assert recorded_vector(staging) == "minilm-static" and meta["embedding"]["dim"] == 384
     assert meta["training_data"]["from"] == "ledger (background)"
+    assert "from" not in json.loads((out / "adapted.json").read_text())["training_data"]  # the serving one: as it was
+
+
+def _figures_fit(figures: dict[str, Any], fits: list[int]) -> Any:
+    """A stand-in fit that writes an artifact recording ``figures`` as its held-out figures."""
+
+    def fit(labels: Path, out: Path, current: Path | None = None) -> None:
+        fits.append(len(labels.read_text().splitlines()))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "adapted.json").write_text(json.dumps({"held_out": figures, "fit": len(fits)}))
+        (out / "adapted.npz").write_bytes(b"weights %d" % len(fits))
+
+    return fit
+
+
+def _serving(artifact: Path) -> dict[str, Any]:
+    artifact.mkdir(parents=True, exist_ok=True)
+    (artifact / "adapted.json").write_text(json.dumps({"fit": "serving"}))
+    (artifact / "adapted.npz").write_bytes(b"serving weights")
+    return {p.name: p.read_bytes() for p in artifact.iterdir()}
+
+
+def test_held_out_regressions() -> None:
+    from gateway.quality.adapting import held_out_regressions
+
+    assert held_out_regressions(GOOD_FIGURES) == []
+    worse = {**GOOD_FIGURES, "adapted": {"apgr": 0.45, "saved_at_95": 0.3}}
+    assert held_out_regressions(worse) == ["apgr 0.450 < the prior's 0.550", "apgr 0.450 < the random's 0.500"]
+    no_gap = {name: {"apgr": None, "cpt50": 0.0, "saved_at_95": 1.0} for name in ("adapted", "prior", "random")}
+    assert held_out_regressions(no_gap) == []  # APGR undefined: compared on the cost saved alone
+    assert held_out_regressions(None) == held_out_regressions({}) == ["the artifact records no held-out figures"]
+
+
+async def test_a_fit_worse_than_the_prior_or_random_is_not_installed(tmp_path: Path) -> None:
+    """60 noisy labels used to give an adapted router whose own held-out figures were worse than the frozen prior's
+    and a random router's; it was written over router.artifact and reloaded. It is now kept out and counted."""
+    _, url = _config(tmp_path)
+    db = await open_database(url, require=True)
+    artifact = tmp_path / "router"
+    before = _serving(artifact)
+    fits: list[int] = []
+    reloads: list[int] = []
+
+    async def reload() -> None:
+        reloads.append(1)
+
+    worse = {**GOOD_FIGURES, "adapted": {"apgr": 0.41, "saved_at_95": 0.0}}
+    adapter = BackgroundAdapter(db.engine, artifact, 20, _figures_fit(worse, fits), reload, 3600)
+    assert not await adapter.maybe_adapt()
+    await add_verdicts(db.engine, 0, 60)
+    assert not await adapter.maybe_adapt()
+    assert fits == [60] and reloads == [] and adapter.adaptations == 0
+    assert adapter.rejections == 1 and "apgr 0.410 < the prior's 0.550" in str(adapter.status()["last_rejection"])
+    assert {p.name: p.read_bytes() for p in artifact.iterdir()} == before  # untouched, no staging left behind
+    await db.aclose()
+
+
+async def test_the_loop_outlives_a_failed_reload_and_the_disk_keeps_what_serves(tmp_path: Path) -> None:
+    """A reload that fails used to end the background task silently (adaptations: 1, failures: 0, never again),
+    leaving on disk an artifact that was not the one serving. Now the previous files are put back, the failure
+    is counted and the next labels adapt again."""
+    from gateway.runtime import RouterReloadFailed
+
+    _, url = _config(tmp_path)
+    db = await open_database(url, require=True)
+    artifact = tmp_path / "router"
+    before = _serving(artifact)
+    fits: list[int] = []
+    served: list[str] = []
+
+    async def reload() -> None:
+        if len(fits) == 1:
+            raise RouterReloadFailed("The router artifact does not load: simulated", code="router_artifact_invalid")
+        served.append((artifact / "adapted.json").read_text())
+
+    adapter = BackgroundAdapter(db.engine, artifact, 20, _figures_fit(GOOD_FIGURES, fits), reload, 0.02)
+    adapter.start()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if adapter.adapted_at is not None:
+                break
+        await add_verdicts(db.engine, 0, 20)
+        for _ in range(500):
+            if adapter.failures:
+                break
+            await asyncio.sleep(0.02)
+        assert adapter.failures == 1 and adapter.adaptations == 0 and "simulated" in str(adapter.last_error)
+        assert {p.name: p.read_bytes() for p in artifact.iterdir()} == before  # what serves is what is on disk
+        await add_verdicts(db.engine, 20, 20)
+        for _ in range(500):
+            if adapter.adaptations:
+                break
+            await asyncio.sleep(0.02)
+        assert adapter.adaptations == 1 and adapter.failures == 1 and fits == [20, 40]
+        assert adapter.status()["running"]
+        assert json.loads(served[-1])["fit"] == 2 and (artifact / "adapted.npz").read_bytes() == b"weights 2"
+        assert len((artifact / "labels.jsonl").read_text().splitlines()) == 40  # kept beside what it trained
+        assert {p.name for p in artifact.iterdir()} == {"adapted.json", "adapted.npz", "labels.jsonl"}
+    finally:
+        await adapter.aclose()
+        await db.aclose()
