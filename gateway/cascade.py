@@ -239,9 +239,11 @@ class Cascade:
         body = response.body
         body["model"] = backend.name
         p.charges.set_usage(ctx, body)
+        p.check_answer_cost(ctx, backend.name)  # before the first byte: a 402, as for a client that does not stream
         ctx.finish_reason = _answer_text(body)[1]
         ctx.ttft_s = ctx.elapsed()
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
+        p.keep_answer(ctx, body)  # cached and sampled like a whole answer: it is one
         frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
 

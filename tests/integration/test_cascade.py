@@ -399,3 +399,24 @@ def test_a_streaming_client_that_leaves_pays_the_whole_answer_its_checked_rung_w
         rows = _rows(tmp_path / "ledger.db", "left")
     assert len(rows) == 1 and rows[0]["status_code"] == 499
     assert rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["completion_tokens"] == 120  # the answer asked for
+
+
+def test_a_streamed_accepted_answer_is_cached(tmp_path: Path) -> None:
+    """A cascade checks a whole answer, then replays it to a streaming client: that answer was never cached, so
+    every streamed request paid the local rung (and its check) again."""
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with (
+        run_asgi_server(local) as lu,
+        run_asgi_server(strong) as su,
+        serve_gateway(_settings(lu, su, tmp_path, cache=True)) as gw,
+    ):
+        body = {"model": "cascade", "messages": [{"role": "user", "content": GOOD}], "max_tokens": 200, "stream": True}
+        seen = []
+        for _ in range(2):
+            with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json={**body, "temperature": 0}) as r:
+                text = r.read().decode()
+                seen.append((r.headers["x-gateway-cache"], r.headers.get("x-gateway-cascade")))
+            asyncio.run(gw.wait_writes())
+    assert seen[0] == ("miss", "accepted") and seen[1][0] == "hit", seen
+    assert "data: [DONE]" in text
