@@ -33,6 +33,9 @@ GROUP_BY = ("route", "model")
 _Z95 = 1.959964
 _CLIENT = or_(ledger.c.policy.is_(None), ledger.c.policy != "monitor")
 _HIT = ledger.c.cache_status.in_(CACHE_HITS)
+#: The ledger's endpoints of chat answers: the Responses and Messages front doors are chat requests translated
+#: (the monitor samples them; the route's traffic and cost share must count them too).
+_CHATS = ("chat", "responses", "messages")
 #: A request's latest feedback (one row each since feedback replaces feedback; two may race, or predate that).
 _LATEST_FEEDBACK = select(func.max(feedback.c.id)).group_by(feedback.c.request_id, feedback.c.key_id)
 
@@ -153,7 +156,7 @@ async def quality_report(
                 func.sum(ledger.c.cost_usd),
                 func.sum(ledger.c.baseline_cost_usd),
             )
-            .where(_CLIENT, ledger.c.endpoint == "chat", *_window(ledger.c.ts_ms, start_ms, end_ms))
+            .where(_CLIENT, ledger.c.endpoint.in_(_CHATS), *_window(ledger.c.ts_ms, start_ms, end_ms))
             .group_by(lcol, ledger.c.chosen_model)
         )
         for name, model, n, n_answered, cost, baseline in rows:

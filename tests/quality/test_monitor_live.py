@@ -216,3 +216,24 @@ async def test_the_spend_of_samples_that_came_to_no_verdict_is_reported(sims: di
     [auto] = body["data"]
     assert auto["samples"] == 0 and float(auto["monitoring_spend_usd"]) > 0
     assert auto["monitoring_spend_usd"] == body["monitor"]["spent_today_usd"]
+
+
+async def test_front_door_requests_count_in_the_route_s_traffic(sims: dict[str, str], tmp_path: Path) -> None:
+    """The monitor samples the Responses and Messages doors' requests (they are chat requests, translated); the
+    report's traffic (requests, the share served by other models, cost share) counted chat's only."""
+    cfg = make_settings(sims, tmp_path, quality={"sample_rate": 0})
+    with serve_gateway(cfg) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
+        await _ask(client, PROMPTS[0])
+        await client.responses.create(model="auto", input=PROMPTS[1], max_output_tokens=16)
+        async with httpx.AsyncClient(base_url=gw.base_url) as http:
+            r = await http.post(
+                "/v1/messages",
+                json={"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": PROMPTS[2]}]},
+                headers={"x-api-key": MASTER},
+            )
+            assert r.status_code == 200, r.text
+        body = await quality(gw)
+        await client.close()
+    [auto] = body["data"]
+    assert auto["requests"] == 3 and auto["served_by_others"] == 1.0
