@@ -79,6 +79,14 @@ class Metrics:
         self.tokens = Counter("gateway_tokens", "Tokens processed", ["model", "kind"], registry=r)
         self.cost = Counter("gateway_cost_usd", "Cost of served requests in USD", ["model"], registry=r)
         self.saved = Counter("gateway_saved_usd", "Saving against the baseline model in USD", ["model"], registry=r)
+        # a counter only rises: what requests cost beyond the baseline (a cascade's escalations) is counted apart,
+        # and the net saving is the difference (it read ~47% high when negative savings were left out)
+        self.overspent = Counter(
+            "gateway_overspent_usd",
+            "Cost beyond the baseline model's in USD (negative savings); net saving = saved - overspent",
+            ["model"],
+            registry=r,
+        )
         self.decisions = Counter(
             "gateway_routing_decisions", "Routing decisions", ["route", "policy", "model"], registry=r
         )
@@ -138,6 +146,8 @@ class Metrics:
             child(self.cost, model).inc(float(ctx.cost_usd))
         if ctx.saved_usd > 0:
             child(self.saved, model).inc(float(ctx.saved_usd))
+        elif ctx.saved_usd < 0:
+            child(self.overspent, model).inc(float(-ctx.saved_usd))
         if ctx.error_type:
             child(self.errors, ctx.error_type).inc()
         if ctx.cascade is not None:
