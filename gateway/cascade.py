@@ -239,7 +239,7 @@ class Cascade:
         body = response.body
         body["model"] = backend.name
         p.charges.set_usage(ctx, body)
-        p.check_answer_cost(ctx, backend.name)  # before the first byte: a 402, as for a client that does not stream
+        p.charges.check_answer_cost(ctx, backend.name)  # before the first byte: a 402, as when not streaming
         ctx.finish_reason = _answer_text(body)[1]
         ctx.ttft_s = ctx.elapsed()
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)

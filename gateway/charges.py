@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.context import AttemptCost, RequestContext
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import BudgetExceeded, UpstreamError, UpstreamTimeout
 from gateway.pricing import ZERO, Price
 from gateway.protocol import choice_text, generated_per_prompt, prompt_count
 from gateway.routing import DEFAULT_OUTPUT_TOKENS, Router
@@ -145,6 +145,21 @@ class Charges:
         so counting them would refuse every answer after a timeout; a key's spend can then pass its budget by
         those estimates, once (its next request is refused)."""
         return sum((a.cost_usd for a in ctx.cascade_attempts if timed_out or a.outcome != "timed_out"), Decimal(0))
+
+    def check_answer_cost(self, ctx: RequestContext, model: str) -> None:
+        """Refuse (402) a complete answer that cost more than the key could still spend (an upstream ignoring
+        ``max_tokens``): charged, recorded, and not sent; a cascade's replayed stream is checked the same way."""
+        cap = ctx.spend_cap_usd
+        if (
+            cap is not None
+            and self.price(model).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+            + self.paid_attempts(ctx, timed_out=False)
+            > cap
+        ):
+            raise BudgetExceeded(
+                f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
+                code="budget_exceeded_by_answer",
+            )
 
     def stream_estimate(self, ctx: RequestContext) -> Decimal:
         """A stream's cost before it is relayed (its header): the routing prediction plus paid cascade answers."""

@@ -377,28 +377,13 @@ class Pipeline:
         body = response.body
         body["model"] = backend.name
         self.charges.set_usage(ctx, body)
-        self.check_answer_cost(ctx, backend.name)
+        self.charges.check_answer_cost(ctx, backend.name)
         ctx.finish_reason = first_finish_reason(body)
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         ctx.ttft_s = ctx.elapsed()
         self.keep_answer(ctx, body)
         self._schedule_finish(ctx)
         return JSONResult(body, self._headers(ctx))
-
-    def check_answer_cost(self, ctx: RequestContext, model: str) -> None:
-        """Refuse (402) a complete answer that cost more than the key could still spend (an upstream ignoring
-        ``max_tokens``): charged, recorded, and not sent; a cascade's replayed stream is checked the same way."""
-        cap = ctx.spend_cap_usd
-        if (
-            cap is not None
-            and self.charges.price(model).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
-            + self.charges.paid_attempts(ctx, timed_out=False)
-            > cap
-        ):
-            raise BudgetExceeded(
-                f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
-                code="budget_exceeded_by_answer",
-            )
 
     def keep_answer(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """A complete answer to the cache, and to the quality monitor when it samples the request (whether the
