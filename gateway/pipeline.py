@@ -559,9 +559,14 @@ class Pipeline:
         return gateway_headers(ctx, ctx.cost_usd)
 
     async def _finish_after(self, ctx: RequestContext, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Relay ``frames`` (a replayed answer: a cache hit's, a cascade's), then stage 8; a client that leaves
+        during the replay is recorded as gone (499), as during a relayed stream."""
         try:
             async for f in frames:
                 yield f
+        except (asyncio.CancelledError, GeneratorExit):
+            self._mark_abandoned(ctx)
+            raise
         finally:
             await self._finish(ctx)
 

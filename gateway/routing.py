@@ -273,7 +273,8 @@ class Router:
         policy = self.policies.get(name)
         if policy is None:
             raise InvalidRequest(
-                f"Unknown routing policy '{name}' in 'x-gateway-policy' (known: {', '.join(sorted(self.policies))}).",
+                f"Unknown routing policy '{name[:64]}' in 'x-gateway-policy' "
+                f"(known: {', '.join(sorted(self.policies))}).",
                 param="x-gateway-policy",
                 code="unknown_policy",
             )

@@ -550,3 +550,32 @@ async def test_a_streamed_fallback_s_cost_header_is_the_answering_model_s_predic
             await r.aread()
     assert r.status_code == 200 and r.headers["x-gateway-model"] == "small"
     assert float(r.headers["x-gateway-cost-usd"]) < 0.001  # big's prediction is ~0.016
+
+
+async def test_a_client_that_leaves_during_a_replay_is_recorded_gone(settings: Settings) -> None:
+    """A cache hit or a cascade's answer replayed as a stream: a client that left half-way was recorded 200."""
+
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply("x"))
+
+    async def frames() -> Any:
+        for frame in (b"data: 1\n\n", b"data: 2\n\n"):
+            yield frame
+
+    async with gateway_client(settings, handler) as client:
+        pipeline = client.gateway.pipeline  # type: ignore[attr-defined]
+        ctx = pipeline.new_context("chat", {})
+        replay = pipeline._finish_after(ctx, frames())
+        assert await anext(replay) == b"data: 1\n\n"
+        await replay.aclose()  # the client went away: the server closes the generator
+    assert (ctx.status_code, ctx.error_type) == (499, "ClientDisconnected") and ctx.total_s is not None
+
+
+async def test_an_unknown_policy_name_is_not_echoed_whole(settings: Settings) -> None:
+    def handler(request: Seen) -> web.Response:
+        return web.json_response(chat_reply("x"))
+
+    async with gateway_client(settings, handler) as client:
+        body = {"model": "auto", "messages": USER, "gateway": {"policy": "x" * 100_000}}
+        r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and len(r.content) < 1_000
