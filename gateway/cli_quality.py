@@ -23,13 +23,13 @@ async def export_from_config(config: Path, out: Path, route: str | None, since: 
     """
     from gateway.accounting import open_database
     from gateway.accounting.queries import parse_time
-    from gateway.quality.labels import export_labels
+    from gateway.quality.labels import export_labels, open_private
 
     settings = load_settings(config)
     start = parse_time(since)
     db = await open_database(settings.ledger.url, require=True)
     try:
-        with out.open("wb") as fh:
+        with open_private(out) as fh:
             return await export_labels(db.engine, fh, route=route, start_ms=start)
     finally:
         await db.aclose()

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import GatewayError
-from gateway.quality.labels import export_labels
+from gateway.quality.labels import export_labels, open_private
 from gateway.quality.tables import verdicts
 from policies.router.store import directory_lock, install
 
@@ -209,7 +209,7 @@ class BackgroundAdapter:
 
     async def _adapt(self, staging: Path, n: int) -> bool:
         labels = staging / LABELS
-        with labels.open("wb") as fh:
+        with open_private(labels) as fh:
             await export_labels(self.engine, fh)
         self.adapted_at = n  # a fit that fails waits for the next `every` labels, not every interval
         try:

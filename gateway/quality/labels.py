@@ -16,7 +16,9 @@ Each row is ``{"prompt", "weak_score", "strong_score"}`` (the fields of the shar
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -81,6 +83,13 @@ def _row(
         "route": route,
         "model": model,
     }
+
+
+def open_private(path: Path) -> IO[bytes]:
+    """``path`` opened for writing, readable by its owner only: labels hold the clients' prompts."""
+    fh = open(path, "wb", opener=lambda name, flags: os.open(name, flags, 0o600))
+    os.chmod(path, 0o600)  # a file that was there keeps its mode otherwise
+    return fh
 
 
 async def export_labels(

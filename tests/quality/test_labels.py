@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import orjson
 import yaml
 
 from gateway.cli_quality import export_from_config
+from gateway.quality.labels import open_private
 from tests.helpers.servers import serve_gateway
 from tests.quality.conftest import MASTER, admin, make_settings, wait_judged
 
@@ -56,3 +58,15 @@ async def test_verdicts_and_feedback_become_labels(sims: dict[str, str], tmp_pat
     }
     assert all(r["route"] == "auto" and r["model"] == "weak" and r["benchmark"] == "deployment" for r in rows)
     assert await export_from_config(config, out, "other-route", None) == 0
+
+
+def test_label_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Labels hold the clients' prompts: the export (and background adaptation's) is written 0600, also over a
+    file that was there with a wider mode."""
+    fresh, old = tmp_path / "labels.jsonl", tmp_path / "old.jsonl"
+    old.write_text("x")
+    old.chmod(0o644)
+    for path in (fresh, old):
+        with open_private(path) as fh:
+            fh.write(b"{}\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, oct(path.stat().st_mode)
