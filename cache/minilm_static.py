@@ -91,13 +91,6 @@ class StaticMiniLM:
         self.max_tokens = max_tokens
         self._max_chars = CHARS_PER_TOKEN * max_tokens
 
-    def reads_whole(self, text: str) -> bool:
-        """Whether the vector reads all of ``text``: within ``max_tokens`` word pieces, every one known."""
-        if len(text) > self._max_chars:
-            return False
-        enc = self._tokenizer.encode(text)
-        return not enc.overflowing and self._tokenizer.token_to_id("[UNK]") not in enc.ids
-
     def embed_one(self, text: str) -> F32:
         """One text's unit vector."""
         ids = self._tokenizer.encode(text[: self._max_chars]).ids
