@@ -36,7 +36,7 @@ class RequestFeatures:
         return self.prompt_tokens if self.input_tokens is None else self.input_tokens
 
 
-def _content_text(content: Any) -> tuple[str, bool]:
+def content_text(content: Any) -> tuple[str, bool]:
     """Text of a message's content and whether it carries an image."""
     if isinstance(content, str):
         return content, False
@@ -71,7 +71,7 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         last_user = -1  # index in texts of the last user message's text
         vision = False
         for m in messages:
-            text, image = _content_text(m.get("content"))
+            text, image = content_text(m.get("content"))
             vision = vision or image
             if m.get("role") == "user":
                 last_user = len(texts)

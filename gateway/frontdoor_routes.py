@@ -4,7 +4,6 @@ stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -13,7 +12,6 @@ from starlette.responses import Response
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound
-from gateway.features import extract_features
 from gateway.frontdoors import messages as ms
 from gateway.frontdoors.base import shown_id, tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
@@ -107,12 +105,7 @@ async def count_tokens(request: Request) -> Response:
         req = ms.parse_request(body, count_only=True)
         if req.model not in gw.router.models and req.model not in gw.router.routes:
             raise NotFound(f"model: {req.model}", param="model")
-        chat = ms.to_chat(req)
-        if len(raw) > gw.settings.server.offload_bytes:  # as the pipeline does: megabytes take the loop seconds
-            feats = await asyncio.to_thread(extract_features, "chat", chat, gw.pipeline.counter)
-        else:
-            feats = extract_features("chat", chat, gw.pipeline.counter)
-        tokens = feats.prompt_tokens
+        tokens = (await gw.pipeline.features("chat", ms.to_chat(req), len(raw))).prompt_tokens
     except GatewayError as err:
         return json_response(ms.error_body(err, ctx.request_id), err.status, {**err.headers, **ids})
     return json_response({"input_tokens": tokens}, headers=ids)

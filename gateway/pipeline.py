@@ -176,12 +176,7 @@ class Pipeline:
         try:
             self.parse(ctx, raw)
             await self.admission.admit(ctx)
-            if len(raw) > self.settings.server.offload_bytes:
-                # Counting a few MB of tokens takes seconds: in a thread (tiktoken releases the GIL) so the
-                # event loop keeps serving everyone else meanwhile.
-                feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
-            else:
-                feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+            feats = await self.features(ctx.endpoint, ctx.body, len(raw))
             ctx.prompt_tokens_estimate = feats.billed_prompt_tokens
             ctx.cache_scope = self._cache_scopes.get(ctx.requested_model)
             if ctx.endpoint == "embeddings":
@@ -253,6 +248,13 @@ class Pipeline:
         ctx.body = body
 
     # -- stage 4/5 helpers ----------------------------------------------------------------------------
+
+    async def features(self, endpoint: Endpoint, body: dict[str, Any], size: int) -> RequestFeatures:
+        """Stage 3 for a body of ``size`` bytes: past ``server.offload_bytes`` in a thread (tiktoken releases the
+        GIL), since counting a few MB of tokens takes seconds the event loop would serve no one else."""
+        if size > self.settings.server.offload_bytes:
+            return await asyncio.to_thread(extract_features, endpoint, body, self.counter)
+        return extract_features(endpoint, body, self.counter)
 
     async def _routing_vector(self, ctx: RequestContext, feats: RequestFeatures) -> Any:
         """:meth:`_prompt_vector`, or None when the learned router was reloaded while it was computed: the
@@ -509,10 +511,7 @@ class Pipeline:
         decision for a chat request body, with each candidate's predictions, the prompt's vector computed as for
         a request (an adapted router's stand-in told another story); no model is called."""
         self.parse(ctx, raw)
-        if len(raw) > self.settings.server.offload_bytes:
-            feats = await asyncio.to_thread(extract_features, ctx.endpoint, ctx.body, self.counter)
-        else:
-            feats = extract_features(ctx.endpoint, ctx.body, self.counter)
+        feats = await self.features(ctx.endpoint, ctx.body, len(raw))
         vector = await self._routing_vector(ctx, feats)
         out = explain(self.router.plan(ctx.requested_model, feats, ctx.constraints, vector))
         out["prompt_tokens"] = feats.prompt_tokens

@@ -45,7 +45,7 @@ from gateway.accounting.schema import ledger
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.features import extract_features
+from gateway.features import content_text, extract_features
 from gateway.hooks import Recorder
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
 from gateway.quality.spend import DailySpend, utc_day
@@ -79,10 +79,8 @@ def conversation(messages: Any, question: str) -> str:
     for message in messages[:-1]:
         if not isinstance(message, dict):
             continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        if isinstance(content, str) and content:
+        content, _ = content_text(message.get("content"))
+        if content:
             lines.append(f"{str(message.get('role', 'user')).capitalize()}: {content}")
     if not lines:
         return question
@@ -318,10 +316,8 @@ class QualityMonitor:
                 self.queue.task_done()
 
     async def judge_sample(self, s: Sample) -> Outcome | None:
-        """Ask the reference, judge both orders, store the verdict; None when the judge gave no verdict."""
-        if self.spend.exhausted():
-            self.samples.labels("dropped_budget").inc()
-            return None
+        """Ask the reference, judge both orders, store the verdict; None when the judge gave no verdict (the
+        worker checks the day's budget before it calls this)."""
         tally = _Tally(s.request_id, s.route, reference_model=s.reference, judge_model=s.judge)
         token = _TALLY.set(tally)
         try:
