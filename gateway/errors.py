@@ -11,6 +11,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A client's value as an error message quotes it: cut (a 100 KB id or name is not echoed back whole)."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 class GatewayError(Exception):
     """Base of every error the gateway reports to a client."""
 

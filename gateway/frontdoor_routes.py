@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import messages as ms
-from gateway.frontdoors.base import shown_id, tenant_of
+from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
@@ -29,7 +29,7 @@ async def _caller(request: Request) -> RequestContext:
 
 def _not_found(response_id: str) -> NotFound:
     return NotFound(
-        f"Response with id '{shown_id(response_id)}' not found.", param="response_id", code="response_not_found"
+        f"Response with id '{shown(response_id)}' not found.", param="response_id", code="response_not_found"
     )
 
 
@@ -67,7 +67,7 @@ async def list_input_items(response_id: str, request: Request) -> Response:
     if after is not None:
         ids = [item.get("id") for item in items]
         if after not in ids:
-            raise InvalidRequest(f"No input item with id '{shown_id(after)}' in this response.", param="after")
+            raise InvalidRequest(f"No input item with id '{shown(after)}' in this response.", param="after")
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
     return json_response(

@@ -22,7 +22,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.context import Endpoint, RequestContext
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedEncoding
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedEncoding, shown
 from gateway.frontdoors.base import FrontDoor
 from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
@@ -204,7 +204,7 @@ async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: in
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedEncoding(
-            f"Content-Encoding '{encoding[:32]}' is not supported: send the JSON body uncompressed.",
+            f"Content-Encoding '{shown(encoding, 32)}' is not supported: send the JSON body uncompressed.",
             param="content-encoding",
         )
     declared = headers.get("content-length")

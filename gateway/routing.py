@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from backends import Backend, CircuitBreaker, LiveStats
 from gateway.config import ModelSpec, RouteSpec, Settings
 from gateway.constraints import Constraints
-from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound
+from gateway.errors import ContextLengthExceeded, InvalidRequest, NoRouteSatisfies, NotFound, shown
 from gateway.features import RequestFeatures, heuristic_difficulty
 from gateway.pricing import ModelPrice
 from policies import registry
@@ -273,7 +273,7 @@ class Router:
         policy = self.policies.get(name)
         if policy is None:
             raise InvalidRequest(
-                f"Unknown routing policy '{name[:64]}' in 'x-gateway-policy' "
+                f"Unknown routing policy '{shown(name)}' in 'x-gateway-policy' "
                 f"(known: {', '.join(sorted(self.policies))}).",
                 param="x-gateway-policy",
                 code="unknown_policy",

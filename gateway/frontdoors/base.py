@@ -37,8 +37,3 @@ class FrontDoor(Protocol):
 def tenant_of(ctx: RequestContext) -> str:
     """Whose stored state a request may see: its virtual key, or everyone's when keys are off."""
     return ctx.key_id or "-"
-
-
-def shown_id(value: str, limit: int = 64) -> str:
-    """A client's id as an error message quotes it: cut (a 100 KB id is not echoed back whole)."""
-    return value if len(value) <= limit else value[:limit] + "..."

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import responses as rs
-from gateway.frontdoors.base import shown_id, tenant_of
+from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.responses_stream import render as render_stream
 from gateway.frontdoors.store import ResponseStore
 from gateway.pipeline import JSONResult, Result, StreamResult
@@ -47,7 +47,7 @@ class ResponsesDoor:
             record = await self.store.get(tenant_of(ctx), req.previous_response_id)
             if record is None:
                 raise NotFound(
-                    f"Previous response with id '{shown_id(req.previous_response_id)}' not found.",
+                    f"Previous response with id '{shown(req.previous_response_id)}' not found.",
                     param="previous_response_id",
                     code="previous_response_not_found",
                 )
