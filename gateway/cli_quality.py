@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -12,11 +12,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from gateway.quality.labels import LabelCounts
+
 quality_app = typer.Typer(no_args_is_help=True, help="The quality monitor's verdicts and feedback.")
 
 
-async def export_from_config(config: Path, out: Path, route: str | None, since: str | None) -> int:
-    """Export the labels of the database ``config`` names to ``out``; the number of rows.
+async def export_from_config(
+    config: Path, out: Path, route: str | None, since: str | None, counts: LabelCounts | None = None
+) -> int:
+    """Export the labels of the database ``config`` names to ``out``, feedback capped per key at the config's
+    ``quality.max_label_share_per_key`` (as background adaptation does); the number of rows (``counts`` also
+    learns how many feedback labels the cap left out).
 
     Raises:
         ConfigError: the config is invalid. SQLAlchemyError, OSError, ValueError: the database or ``since``.
@@ -30,9 +37,23 @@ async def export_from_config(config: Path, out: Path, route: str | None, since: 
     db = await open_database(settings.ledger.url, require=True)
     try:
         with open_private(out) as fh:
-            return await export_labels(db.engine, fh, route=route, start_ms=start)
+            return await export_labels(
+                db.engine,
+                fh,
+                route=route,
+                start_ms=start,
+                max_share=settings.quality.max_label_share_per_key,
+                counts=counts,
+            )
     finally:
         await db.aclose()
+
+
+def capped_note(counts: LabelCounts) -> str:
+    """`` (N feedback labels over one key's share left out)`` when the cap left any out, else nothing."""
+    if not counts.capped:
+        return ""
+    return f" ({counts.capped} feedback labels over one key's share left out: quality.max_label_share_per_key)"
 
 
 @quality_app.command("labels")
@@ -43,8 +64,11 @@ def labels_cmd(
     since: Annotated[str | None, typer.Option(help="only labels since (30d, an ISO date, ...)")] = None,
 ) -> None:
     """Write {"prompt", "weak_score", "strong_score"} rows for `gateway router adapt --labels`."""
+    from gateway.quality.labels import LabelCounts
+
+    counts = LabelCounts()
     try:
-        n = asyncio.run(export_from_config(config, out, route, since))
+        n = asyncio.run(export_from_config(config, out, route, since, counts))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -53,4 +77,4 @@ def labels_cmd(
     except (SQLAlchemyError, OSError) as exc:
         typer.echo(f"error: the database is unreachable: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{n} labels written to {out}")
+    typer.echo(f"{n} labels written to {out}{capped_note(counts)}")

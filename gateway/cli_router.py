@@ -204,22 +204,24 @@ def _export_ledger_labels(config: Path | None, out: Path) -> Path:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.cli_quality import export_from_config
+    from gateway.cli_quality import capped_note, export_from_config
     from gateway.errors import ConfigError
+    from gateway.quality.labels import LabelCounts
 
     if config is None:
         raise typer.BadParameter("--from-ledger needs --config (it finds the database)", param_hint="--config")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "labels.jsonl"
+    counts = LabelCounts()
     try:
-        n = asyncio.run(export_from_config(config, path, None, None))
+        n = asyncio.run(export_from_config(config, path, None, None, counts))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (SQLAlchemyError, OSError) as exc:
         typer.echo(f"error: the database is unreachable: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{n} labels exported from the ledger to {path}")
+    typer.echo(f"{n} labels exported from the ledger to {path}{capped_note(counts)}")
     return path
 
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.accounting import SqlLedger, open_database
 from gateway.auth import build_key_admission
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.hooks import Admission, NoCache, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.tokens import TiktokenCounter, TokenCounter
 
 if TYPE_CHECKING:
     from gateway.quality.monitor import QualityMonitor
+    from gateway.routing import QualityEstimator
     from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
@@ -93,9 +96,131 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
             fit_adapted(counter.encode, gw.settings.router.embed_max_tokens),
             reload,
             gw.settings.quality.report_interval_seconds,
+            max_label_share=gw.settings.quality.max_label_share_per_key,
         )
         monitor.adapter.start()
     return monitor
+
+
+def _adapts_in_background(settings: Settings) -> bool:
+    """Whether the gateway will run background adaptation (the monitor on, ``quality.adapt_every_labels`` set):
+    its first run writes ``router.artifact``."""
+    return settings.quality.enabled and settings.quality.adapt_every_labels is not None
+
+
+def router_artifact_problem(settings: Settings) -> str | None:
+    """Why ``router.artifact`` stops the start, as far as the path tells (nothing is loaded; :func:`load_router`
+    then loads what is there); None when it does not.
+
+    The rule (docs/routing.md, "Start-up"): unset, or ``router.fallback_to_prior``: never. A directory holding an
+    artifact (``adapted.json`` or a prior's ``router.json``): it must then load. A path that is not a directory:
+    always. A path that does not exist, or a directory holding no artifact: only when background adaptation will
+    not write one there (``quality.enabled`` and ``quality.adapt_every_labels``), or, for a path that does not
+    exist, when its parent directory does not exist either (a typo there too: adaptation would create it all).
+    """
+    from policies.router.loader import artifact_state
+
+    router = settings.router
+    if router.artifact is None or router.fallback_to_prior:
+        return None
+    path = Path(router.artifact)
+    state = artifact_state(path)
+    adapts = _adapts_in_background(settings)
+    hint = " (set router.fallback_to_prior: true to start on the shipped prior anyway)"
+    if state == "not_a_directory":
+        return f"router.artifact: {path} is not a directory (an artifact is a directory: `gateway router adapt --out`)"
+    if state == "missing":
+        if adapts and path.parent.is_dir():
+            return None
+        where = f"; its parent directory {path.parent} does not exist either" if adapts else ""
+        return f"router.artifact: {path} does not exist{where}{hint}"
+    if state == "empty" and not adapts:
+        return f"router.artifact: {path} holds no router artifact (adapted.json or router.json){hint}"
+    return None
+
+
+def load_router(settings: Settings, counter: TokenCounter) -> QualityEstimator | None:
+    """The learned router the gateway starts with: ``router.artifact`` loaded and calibrated, else the shipped
+    prior where the rule of :func:`router_artifact_problem` allows (logged).
+
+    Raises:
+        ConfigError: ``router.artifact`` breaks that rule, or holds an artifact that does not load (a check fails:
+            non-finite or missing weights, a corrupt file, a calibration table without thresholds), naming the
+            path. ``router.fallback_to_prior: true`` logs these and starts on the shipped prior instead.
+    """
+    from policies.router.loader import artifact_state
+    from policies.router.store import remove_stale
+
+    artifact = settings.router.artifact
+    if artifact is not None:
+        remove_stale(Path(artifact))  # work directories a process killed mid-fit or mid-save left behind
+    if (
+        artifact is None
+        or settings.router.fallback_to_prior
+        or not isinstance(counter, TiktokenCounter)
+        or counter.encoding_name != "cl100k_base"
+    ):
+        return load_estimator(counter, artifact)  # unset, asked for, or no tokenizer for any learned router
+    problem = router_artifact_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        raise ConfigError(problem)
+    path = Path(artifact)
+    if artifact_state(path) != "artifact":
+        log.warning(
+            "router.artifact %s holds no artifact yet: the shipped prior serves until background adaptation "
+            "(quality.adapt_every_labels) writes one there",
+            path,
+        )
+        return load_estimator(counter, None)
+    try:
+        return _calibrated(path, counter.encode)
+    except _LOAD_ERRORS as exc:
+        message = (
+            f"router.artifact: {path} does not load: {exc} (fix or replace it, or set router.fallback_to_prior: "
+            "true to start on the shipped prior)"
+        )
+        log.error("%s", message)
+        raise ConfigError(message) from None
+
+
+def load_estimator(counter: TokenCounter, artifact: str | None = None) -> QualityEstimator | None:
+    """The learned quality router, never failing: the artifact at ``artifact`` (prior or adapted), else the shipped
+    prior, if it loads (it reads the ``cl100k_base`` token ids that ``counter`` computes for every prompt, and
+    encodes with it when called without them), else None (the heuristic difficulty). What
+    ``router.fallback_to_prior: true`` starts with; an artifact that does not load is logged as an error.
+
+    Each candidate is loaded (every weight checked finite, the arrays' lengths consistent) and calibrated here,
+    inside the fallback: the routes' calibration that follows (``Router``) then cannot fail on it."""
+    if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
+        log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
+        return None
+    if artifact is not None:
+        try:
+            return _calibrated(Path(artifact), counter.encode)
+        except _LOAD_ERRORS as exc:
+            log.error("router.artifact %s does not load (%s); serving with the shipped prior", artifact, exc)
+    try:
+        return _calibrated(None, counter.encode)
+    except _LOAD_ERRORS as exc:
+        log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
+        return None
+
+
+#: What loading an artifact raises for a file that is missing, corrupt or fails its checks.
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _calibrated(path: Path | None, encode: Callable[[str], list[int]]) -> QualityEstimator:
+    """The artifact at ``path`` (None: the shipped prior) with the calibration curve every route reads built (so
+    it cannot fail later)."""
+    from policies.router.loader import load_artifact
+
+    estimator = load_artifact(path, encode=encode)
+    for target in (0.5, 0.8, 0.95, 1.0):
+        estimator.threshold_for_quality_target(target)
+    estimator.threshold_for_strong_share(0.5)
+    return estimator
 
 
 async def build_router_encoder(

@@ -342,6 +342,11 @@ class RouterSettings(_Strict):
         4.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
     )
     embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
+    fallback_to_prior: bool = Field(
+        False,
+        description="start on the shipped prior (logged) when `artifact` is missing or does not load, instead of "
+        "refusing to start: docs/routing.md",
+    )
 
 
 class AuthSettings(_Strict):
@@ -392,6 +397,13 @@ class QualitySettings(_Strict):
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
     adapt_every_labels: int | None = Field(
         None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"
+    )
+    max_label_share_per_key: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="share of an export's feedback labels one key (or team) may hold, when several gave feedback "
+        "(at least 1/keys; 1: no cap); judge verdicts are not capped: docs/quality.md",
     )
 
 

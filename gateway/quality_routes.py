@@ -1,7 +1,8 @@
 """Quality routes: ``POST /v1/feedback`` (a caller's score for one of its requests) and ``GET /admin/quality``.
 
 * ``POST /v1/feedback`` ``{"request_id", "score" (0..1, or true/false), "comment"?}`` or ``"thumbs": "up"|"down"``
-  instead of ``score``: 201 with the stored facts; 404 when the caller has no such request.
+  instead of ``score``: 201 with the stored facts; 404 when the caller has no such request; 429 (with
+  ``retry-after``) when the key's requests per minute are spent (one request of its RPM, as inference).
 * ``GET /admin/quality?group_by=route|model&start=&end=`` (master key): see :mod:`gateway.quality.report`.
 """
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 
 from gateway.admin_routes import _fresh, _iso, _ledger, _range, database_errors, refuse_nul
 from gateway.auth.admission import KeyAdmission
+from gateway.auth.request_rate import charge_request
 from gateway.background import wait_recorded
 from gateway.errors import InvalidRequest, NotFound
 from gateway.protocol import load_json_object
@@ -61,6 +63,7 @@ async def post_feedback(request: Request) -> Response:
     gw = gateway_of(request)
     ctx = context(request)
     await gw.admission.identify(ctx, fresh=True)  # a key revoked on another replica is refused at once
+    await charge_request(gw.admission, ctx)  # one request of the key's RPM, as inference: 429 + retry-after
     body = load_json_object(await read_body(request, gw.settings.server.max_body_bytes))
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 128:

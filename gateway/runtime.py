@@ -30,7 +30,7 @@ from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router, embedding_vector, reads_embedding
 from gateway.telemetry import Tracing, build_tracing
-from gateway.tokens import TiktokenCounter, TokenCounter, load_counter
+from gateway.tokens import TiktokenCounter, load_counter
 from policies.answer_check import AnswerCheck
 from policies.router.loader import load_artifact
 
@@ -65,38 +65,6 @@ class Gateway:
 
 class RouterReloadFailed(InvalidRequest):
     """The configured router artifact could not be loaded (the running router stays)."""
-
-
-def load_estimator(counter: TokenCounter, artifact: str | None = None) -> QualityEstimator | None:
-    """The learned quality router: the artifact at ``artifact`` (prior or adapted, ``router.artifact``), else the
-    shipped prior, if it loads (it reads the ``cl100k_base`` token ids that ``counter`` computes for every
-    prompt, and encodes with it when called without them). A configured artifact that does not load, or whose
-    calibration table gives no thresholds, is an error logged at start-up; the shipped prior serves meanwhile.
-
-    Each candidate is loaded (every weight checked finite, the arrays' lengths consistent) and calibrated here,
-    inside the fallback: the routes' calibration that follows (``Router``) then cannot fail on it."""
-    if not isinstance(counter, TiktokenCounter) or counter.encoding_name != "cl100k_base":
-        log.warning("learned quality router needs the cl100k_base tokenizer; using the heuristic difficulty")
-        return None
-    errors = (OSError, ValueError, KeyError, TypeError, AttributeError)
-
-    def load(path: Path | None) -> QualityEstimator:
-        estimator = load_artifact(path, encode=counter.encode)
-        for target in (0.5, 0.8, 0.95, 1.0):  # builds (and caches) the calibration curve every route reads
-            estimator.threshold_for_quality_target(target)
-        estimator.threshold_for_strong_share(0.5)
-        return estimator
-
-    if artifact is not None:
-        try:
-            return load(Path(artifact))
-        except errors as exc:
-            log.error("router.artifact %s does not load (%s); serving with the shipped prior", artifact, exc)
-    try:
-        return load(None)
-    except errors as exc:
-        log.warning("learned quality router unavailable (%s); using the heuristic difficulty", exc)
-        return None
 
 
 async def reload_router(gw: Gateway) -> dict[str, Any]:
@@ -175,7 +143,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     breakers = {
         name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
     }
-    estimator = load_estimator(counter, settings.router.artifact)
+    estimator = components.load_router(settings, counter)
     router = Router(settings, backends, breakers, estimator)
     metrics = Metrics()
     cache = await components.build_cache(settings, metrics)

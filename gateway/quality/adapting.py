@@ -4,7 +4,9 @@ With ``quality.adapt_every_labels: N`` (and ``router.artifact`` set), every ``qu
 the gateway counts the labels (pairwise verdicts) in its database; once ``N`` more exist than when it last
 adapted (or started), it exports every label (:mod:`gateway.quality.labels`) and fits an adapted router on top
 of the shipped prior in a worker thread (``policies.router.adapt``, the same fit as ``gateway router adapt
---from-ledger``), into a **staging** directory inside ``router.artifact`` (the serving files are untouched).
+--from-ledger``), into a **staging** directory inside ``router.artifact`` (the serving files are untouched;
+``.staging-*``, held by this process while in use: one a killed process left is removed at the next start or
+save, :func:`policies.router.store.remove_stale`).
 
 The new artifact replaces the serving one only if its own held-out figures (5-fold cross-validation on the
 labels, recorded in ``adapted.json``) are not worse than the frozen prior's or a random router's on the same
@@ -26,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import GatewayError
-from gateway.quality.labels import export_labels, open_private
+from gateway.quality.labels import DEFAULT_MAX_LABEL_SHARE, export_labels, open_private
 from gateway.quality.tables import verdicts
-from policies.router.store import directory_lock, install
+from policies.router.store import STAGING_PREFIX, directory_lock, install, remove_stale, work_directory
 
 log = logging.getLogger("gateway.quality")
 
@@ -48,8 +49,6 @@ log = logging.getLogger("gateway.quality")
 Fit = Callable[[Path, Path, Path], Any]
 #: The labels file kept beside the artifact (what it was trained on).
 LABELS = "labels.jsonl"
-#: Name prefix of the staging directories inside ``router.artifact`` (removed after each attempt).
-STAGING_PREFIX = ".staging-"
 #: What one attempt can raise (the database, the fit, the file system, a reload refused): counted, and the loop
 #: goes on.
 _ATTEMPT_ERRORS = (GatewayError, SQLAlchemyError, OSError, ValueError, KeyError, RuntimeError)
@@ -150,10 +149,14 @@ class BackgroundAdapter:
         fit: Fit,
         reload: Callable[[], Awaitable[Any]],
         interval_s: float,
+        *,
+        max_label_share: float | None = DEFAULT_MAX_LABEL_SHARE,
     ) -> None:
         """``fit``: :func:`fit_adapted` (or a stand-in); ``reload``: loads ``artifact`` into the running router
-        (raising when it does not load)."""
+        (raising when it does not load); ``max_label_share``: ``quality.max_label_share_per_key``, the per-key
+        cap on the feedback labels of one fit (:mod:`gateway.quality.labels`, as ``--from-ledger`` applies it)."""
         self.engine = engine
+        self.max_label_share = max_label_share
         self.artifact = artifact
         self.every = every
         self.fit = fit
@@ -200,17 +203,15 @@ class BackgroundAdapter:
             self.adapted_at = n
         if n - self.adapted_at < self.every:
             return False
-        self.artifact.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.artifact))
-        try:
+        # held (flock on its owner file) while in use: a process killed mid-fit leaves one that the next save or
+        # start removes, and no clean-up in another process removes this one meanwhile (policies.router.store)
+        with work_directory(self.artifact, STAGING_PREFIX) as staging:
             return await self._adapt(staging, n)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     async def _adapt(self, staging: Path, n: int) -> bool:
         labels = staging / LABELS
         with open_private(labels) as fh:
-            await export_labels(self.engine, fh)
+            await export_labels(self.engine, fh, max_share=self.max_label_share)
         self.adapted_at = n  # a fit that fails waits for the next `every` labels, not every interval
         try:
             await asyncio.to_thread(self.fit, labels, staging, self.artifact)
@@ -260,6 +261,7 @@ class BackgroundAdapter:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        await asyncio.to_thread(remove_stale, self.artifact)  # what a process killed mid-fit left behind
         while True:
             try:
                 await self.maybe_adapt()

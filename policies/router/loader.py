@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from policies.router.model import QualityRouter
 from policies.router.store import directory_lock
@@ -17,15 +17,33 @@ from policies.router.store import directory_lock
 if TYPE_CHECKING:
     from policies.router.adapt import AdaptedRouter, Embed
 
-__all__ = ["ADAPTED_JSON", "is_adapted", "load_artifact"]
+__all__ = ["ADAPTED_JSON", "ArtifactState", "artifact_state", "is_adapted", "load_artifact"]
 
 #: The file that marks an adapted artifact directory (a prior's is ``router.json``).
 ADAPTED_JSON = "adapted.json"
+#: The file that marks a prior's artifact directory (``gateway router train --out``).
+PRIOR_JSON = "router.json"
+#: What a configured artifact path holds, before anything is loaded (:func:`artifact_state`).
+ArtifactState = Literal["artifact", "empty", "missing", "not_a_directory"]
 
 
 def is_adapted(directory: Path) -> bool:
     """Whether ``directory`` holds an adapted artifact (else a plain prior artifact, or nothing)."""
     return (Path(directory) / ADAPTED_JSON).is_file()
+
+
+def artifact_state(directory: Path) -> ArtifactState:
+    """What ``directory`` holds, without loading it: ``artifact`` (the JSON that names an adapted or a prior
+    artifact is there: it still has to load), ``empty`` (a directory without one: nothing saved yet, or only
+    ``labels.jsonl`` and work directories), ``missing`` (no such path) or ``not_a_directory``."""
+    directory = Path(directory)
+    if not directory.exists():
+        return "missing"
+    if not directory.is_dir():
+        return "not_a_directory"
+    if (directory / ADAPTED_JSON).is_file() or (directory / PRIOR_JSON).is_file():
+        return "artifact"
+    return "empty"
 
 
 def load_artifact(

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
+from gateway.components import load_estimator
 from gateway.config import settings_from_dict
-from gateway.runtime import load_estimator
 from gateway.tokens import load_counter, load_tiktoken
 from policies.router.adapt import AdaptConfig, AdaptedRouter, adapt
 from policies.router.loader import load_artifact
@@ -229,7 +229,7 @@ def test_gateway_serve_starts_with_a_broken_artifact(
                 {"name": "strong", **upstream, "input_cost_per_token": "0.00003", "quality": 9.0},
             ],
             "routes": {"smart": {"policy": "learned", "quality_target": 0.8}},
-            "router": {"artifact": str(bad)},
+            "router": {"artifact": str(bad), "fallback_to_prior": True},
             "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"},
             "server": {"metrics_scrape_seconds": 3600},
         }
