@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.request_rate import charge_request
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import messages as ms
@@ -100,6 +101,7 @@ async def count_tokens(request: Request) -> Response:
     ids = {REQUEST_ID_HEADER: ctx.request_id, "x-request-id": ctx.request_id}  # as /v1/messages answers
     try:
         await gw.admission.identify(ctx, fresh=True)
+        await charge_request(gw.admission, ctx)  # one of the key's requests per minute, nothing else
         raw = await read_body(request, gw.settings.server.max_body_bytes)
         body = load_json_object(raw)
         req = ms.parse_request(body, count_only=True)
@@ -107,5 +109,5 @@ async def count_tokens(request: Request) -> Response:
             raise NotFound(f"model: {req.model}", param="model")
         tokens = (await gw.pipeline.features("chat", ms.to_chat(req), len(raw))).prompt_tokens
     except GatewayError as err:
-        return json_response(ms.error_body(err, ctx.request_id), err.status, {**err.headers, **ids})
+        return json_response(ms.error_body(err, ctx.request_id), ms.error_status(err), {**err.headers, **ids})
     return json_response({"input_tokens": tokens}, headers=ids)

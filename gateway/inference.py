@@ -97,7 +97,8 @@ class _Exchange:
             if self.door is not None and self.door.request_id_header:
                 headers[self.door.request_id_header] = request_id
         body = err.to_body() if self.door is None else self.door.error_body(err, request_id)
-        await self.json(err.status, orjson.dumps(body), headers)
+        status = err.status if self.door is None else self.door.error_status(err)
+        await self.json(status, orjson.dumps(body), headers)
 
 
 async def handle(

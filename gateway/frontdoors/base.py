@@ -33,6 +33,11 @@ class FrontDoor(Protocol):
         """``err`` in this API's error shape."""
         ...
 
+    def error_status(self, err: GatewayError) -> int:
+        """The HTTP status this API answers ``err`` with (``err.status``, unless the API has its own, e.g.
+        Anthropic's 529 for an overload)."""
+        ...
+
 
 def tenant_of(ctx: RequestContext) -> str:
     """Whose stored state a request may see: its virtual key, or everyone's when keys are off."""

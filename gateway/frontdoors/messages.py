@@ -15,9 +15,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import (
+    AllCandidatesFailed,
+    BudgetExceeded,
+    GatewayError,
+    InvalidRequest,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from gateway.frontdoors.chunks import usage_detail
-from gateway.protocol import required_str, validate
+from gateway.protocol import UnitInterval, required_str, validate
 
 #: Anthropic's error ``type`` for each HTTP status the gateway answers with.
 _ERROR_TYPES = {
@@ -28,8 +35,11 @@ _ERROR_TYPES = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
+#: Upstream statuses that say it is out of capacity for now: answered as Anthropic's own overload (529).
+_OVERLOADED = frozenset({503, 529})
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
@@ -64,8 +74,9 @@ class CountTokensRequest(_Open):
     max_tokens: StrictInt | None = Field(None, ge=1)
     system: StrictStr | list[dict[str, Any]] | None = None
     stop_sequences: list[StrictStr] | None = None
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, ge=0, le=1)
+    # JSON numbers, as Anthropic requires: a lax float took "0.5" or true and forwarded a float
+    temperature: UnitInterval | None = None
+    top_p: UnitInterval | None = None
     top_k: StrictInt | None = Field(None, ge=0)
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
@@ -404,9 +415,32 @@ def error_type(status: int) -> str:
     return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
+def error_status(err: GatewayError) -> int:
+    """The HTTP status the Messages API answers ``err`` with: the gateway's, except an upstream out of capacity
+    (a 503 or 529 from the last candidate tried, where the chat door answers 503 or 502), which is Anthropic's
+    529 ``overloaded_error``, so that clients back off and retry as they do against Anthropic."""
+    last = err.last if isinstance(err, AllCandidatesFailed) else err
+    if isinstance(last, UpstreamRejected) and last.upstream_status in _OVERLOADED:
+        return 529
+    return err.status
+
+
 def error_body(err: GatewayError, request_id: str | None) -> dict[str, Any]:
     """A gateway error in Anthropic's shape."""
-    body: dict[str, Any] = {"type": "error", "error": {"type": error_type(err.status), "message": err.message}}
+    kind = error_type(error_status(err))
+    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
     if request_id:
         body["request_id"] = request_id
     return body
+
+
+def stream_error_type(error: dict[str, Any]) -> str:
+    """Anthropic's error ``type`` for the pipeline's in-stream error event (``{"error": {...}}`` in OpenAI's shape,
+    sent after the status line): a budget cut is ``billing_error``, as the same cap is before or after a whole
+    answer (402); an upstream's silence ``timeout_error`` (504 when not streaming); any other failure ``api_error``."""
+    code = error.get("code")
+    if error.get("type") == BudgetExceeded.error_type or (isinstance(code, str) and code.startswith("budget_exceeded")):
+        return "billing_error"
+    if error.get("type") == UpstreamTimeout.error_type:
+        return "timeout_error"
+    return "api_error"

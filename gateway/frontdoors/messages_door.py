@@ -57,3 +57,6 @@ class MessagesDoor:
 
     def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
         return ms.error_body(err, request_id)
+
+    def error_status(self, err: GatewayError) -> int:
+        return ms.error_status(err)

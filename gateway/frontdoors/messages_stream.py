@@ -3,8 +3,9 @@
 ``message_start`` (usage: the gateway's prompt token estimate), ``ping``; per content block
 ``content_block_start``, ``content_block_delta`` (``text_delta`` or ``input_json_delta``)...,
 ``content_block_stop``; then ``message_delta`` (stop reason, and the upstream's usage: the SDK takes its
-``input_tokens`` over the estimate) and ``message_stop``. An upstream failure mid-stream ends it with an
-``error`` event, which the SDK raises.
+``input_tokens`` over the estimate) and ``message_stop``. Parallel tool calls whose deltas interleave are sent
+one block after the other (:mod:`gateway.frontdoors.toolcalls`). A failure mid-stream (an upstream's, or the key's
+budget cutting the stream: ``billing_error``) ends it with an ``error`` event, which the SDK raises.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.frontdoors.chunks import ToolDelta, deltas, sse
-from gateway.frontdoors.messages import new_id, stop_reason, usage_of
+from gateway.frontdoors.messages import new_id, stop_reason, stream_error_type, usage_of
+from gateway.frontdoors.toolcalls import Step, ToolCallOrder
 
 
 class _Blocks:
     def __init__(self) -> None:
         self.count = 0
-        self.open: str | None = None  # "text", or the tool call's chat index as "tool:<n>"
+        self.open: str | None = None  # "text", or "tool" (which call: ``calls.open``)
+        self.calls = ToolCallOrder()  # parallel calls' interleaved deltas, one block at a time
 
     def start(self, key: str, block: dict[str, Any]) -> list[bytes]:
         out = self.stop()
@@ -40,18 +43,31 @@ class _Blocks:
         return [sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
     def on_text(self, text: str) -> list[bytes]:
-        out = [] if self.open == "text" else self.start("text", {"type": "text", "text": ""})
+        out: list[bytes] = []
+        if self.open != "text":
+            out = self.steps(self.calls.interrupt()) + self.start("text", {"type": "text", "text": ""})
         out.append(self.delta({"type": "text_delta", "text": text}))
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
-        key = f"tool:{d.index}"
+        return self.steps(self.calls.feed(d))
+
+    def finish(self) -> list[bytes]:
+        """End the open block and send the tool calls still held."""
+        return self.steps(self.calls.finish()) + self.stop()
+
+    def steps(self, steps: list[Step]) -> list[bytes]:
         out: list[bytes] = []
-        if self.open != key:
-            block = {"type": "tool_use", "id": d.id or new_id("toolu"), "name": d.name or "", "input": {}}
-            out = self.start(key, block)
-        if d.arguments:
-            out.append(self.delta({"type": "input_json_delta", "partial_json": d.arguments}))
+        for step in steps:
+            call = step.call
+            if step.kind == "start":
+                call.id = call.id or new_id("toolu")
+                block = {"type": "tool_use", "id": call.id, "name": call.name or "", "input": {}}
+                out += self.start("tool", block)
+            elif step.kind == "arguments":
+                out.append(self.delta({"type": "input_json_delta", "partial_json": step.arguments}))
+            else:
+                out += self.stop()
         return out
 
 
@@ -98,7 +114,7 @@ async def render(
                 usage = d.usage
     finally:
         await stream.aclose()
-    for out in blocks.stop():
+    for out in blocks.finish():
         yield out
     reason, sequence = stop_reason(finish, matched, stop_sequences, called=called, refused=refused)
     counts = usage_of(usage, input_estimate)
@@ -110,6 +126,7 @@ async def render(
 
 
 def _error(error: dict[str, Any]) -> bytes:
-    """A failure after the stream started (an upstream one: the status line went out as 200)."""
+    """A failure after the stream started (the status line went out as 200): an upstream's, or the key's budget
+    cutting the stream, in Anthropic's type (:func:`~gateway.frontdoors.messages.stream_error_type`)."""
     message = str(error.get("message") or "upstream error")
-    return sse("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    return sse("error", {"type": "error", "error": {"type": stream_error_type(error), "message": message}})

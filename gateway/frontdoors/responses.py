@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from gateway.errors import InvalidRequest
 from gateway.frontdoors.chunks import usage_detail
-from gateway.protocol import Temperature, required_str, validate
+from gateway.protocol import Temperature, UnitInterval, required_str, validate
 
 #: Request fields the gateway cannot honour; each is refused when set to something other than its default.
 _UNSUPPORTED = {
@@ -69,7 +69,7 @@ class ResponsesRequest(_Open):
     reasoning: ReasoningConfig | None = None
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Temperature | None = None
-    top_p: float | None = Field(None, ge=0, le=1)
+    top_p: UnitInterval | None = None  # a JSON number, as OpenAI requires (a lax float took "0.5" or true)
     metadata: dict[str, StrictStr] | None = None
     store: StrictBool | None = None
     previous_response_id: StrictStr | None = None
@@ -206,13 +206,50 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
         if not isinstance(tool.get("name"), str):
             raise InvalidRequest(f"Missing required parameter: 'tools[{i}].name'.", param=f"tools[{i}].name")
-        fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("parameters") or {"type": "object"}}
+        strict = tool_strict(tool, i)
+        parameters = tool.get("parameters") or {"type": "object"}
+        if strict and tool.get("strict") is None:  # strict by default: the schema made strict, as OpenAI does
+            parameters = strict_schema(parameters)
+        fn: dict[str, Any] = {"name": tool["name"], "parameters": parameters, "strict": strict}
         if tool.get("description"):
             fn["description"] = tool["description"]
-        if tool.get("strict") is not None:
-            fn["strict"] = tool["strict"]
         out.append({"type": "function", "function": fn})
     return out
+
+
+def tool_strict(tool: dict[str, Any], i: int) -> bool:
+    """A function tool's ``strict``: true unless the client says false. The Responses API's default is true, where
+    chat completions' is false, so the default is sent upstream explicitly (400 for a value other than a bool or
+    null)."""
+    strict = tool.get("strict")
+    if strict is None:
+        return True
+    if not isinstance(strict, bool):
+        raise InvalidRequest(f"Invalid value for 'tools[{i}].strict': expected a boolean.", param=f"tools[{i}].strict")
+    return strict
+
+
+def strict_schema(schema: Any) -> Any:
+    """``schema`` as the Responses API normalizes a function's parameters when ``strict`` is left out: every object
+    schema in it closed (``additionalProperties: false``) with all its properties required, so that a chat API
+    taking ``strict: true`` (OpenAI's refuses a schema that is not) holds the arguments to it. A copy."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    for k in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(k), dict):
+            out[k] = {name: strict_schema(sub) for name, sub in schema[k].items()}
+    if schema.get("type") == "object" or isinstance(schema.get("properties"), dict):
+        properties = out.setdefault("properties", {})
+        out["required"] = list(properties) if isinstance(properties, dict) else []
+        out["additionalProperties"] = False
+    return out
+
+
+#: Keywords whose value is a schema, or a list of schemas.
+_SUBSCHEMAS = frozenset({"items", "anyOf", "oneOf", "allOf", "prefixItems"})
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
@@ -325,7 +362,7 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": {"format": fmt},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": req.tools or [],
+        "tools": [{**t, "strict": t.get("strict") is not False} for t in req.tools or []],  # as applied
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": "disabled",
         "usage": None,

@@ -109,3 +109,6 @@ class ResponsesDoor:
 
     def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:
         return err.to_body()
+
+    def error_status(self, err: GatewayError) -> int:
+        return err.status

@@ -6,7 +6,8 @@ Order, as OpenAI sends them: ``response.created``, ``response.in_progress``; per
 ``response.refusal.done``), ``response.content_part.done``, or for a function call
 ``response.function_call_arguments.delta``..., ``response.function_call_arguments.done``; then
 ``response.output_item.done`` (a message cut short by ``max_output_tokens`` is ``incomplete``); last
-``response.completed`` (or ``response.incomplete``) carrying the whole response with ``usage``. An upstream
+``response.completed`` (or ``response.incomplete``) carrying the whole response with ``usage``. Parallel tool
+calls whose deltas interleave are sent one item after the other (:mod:`gateway.frontdoors.toolcalls`). An upstream
 failure mid-stream ends it with ``error`` and ``response.failed``.
 """
 
@@ -27,6 +28,7 @@ from gateway.frontdoors.responses import (
     text_part,
     usage_of,
 )
+from gateway.frontdoors.toolcalls import Step, ToolCallOrder
 
 #: Called with the finished response object before the last event goes out (to store it).
 OnDone = Callable[[dict[str, Any]], Awaitable[None]]
@@ -40,7 +42,7 @@ class _Renderer:
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.text = ""
         self.kind = "output_text"  # the open message's part: text, or a refusal
-        self.tools: dict[int, dict[str, Any]] = {}
+        self.calls = ToolCallOrder()  # parallel calls' interleaved deltas, one item at a time
 
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
@@ -69,7 +71,7 @@ class _Renderer:
         if self.open is None or self.open["type"] != "message" or self.kind != kind:
             item = message_item("", status="in_progress")
             item["content"] = []
-            out = self._open_item(item)
+            out = self._steps(self.calls.interrupt()) + self._open_item(item)
             self.text = ""
             self.kind = kind
             out.append(self.event("response.content_part.added", **self._where(), part=_part(kind, "")))
@@ -81,23 +83,38 @@ class _Renderer:
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
+        """A piece of a tool call (parallel calls' pieces may interleave: :class:`ToolCallOrder` orders them)."""
+        return self._steps(self.calls.feed(d))
+
+    def finish(self, status: str) -> list[bytes]:
+        """End the last items: the open one, then the tool calls still held (``status``: a cut-short answer's)."""
+        out = self.close(status) if self.open is not None and self.open["type"] == "message" else []
+        return out + self._steps(self.calls.finish(), status) + self.close(status)
+
+    def _steps(self, steps: list[Step], status: str = "completed") -> list[bytes]:
         out: list[bytes] = []
-        item = self.tools.get(d.index)
-        if item is None:
-            item = function_item(d.id or new_id("call"), d.name or "", "")
-            item["status"] = "in_progress"
-            self.tools[d.index] = item
-            out = self._open_item(item)
-        elif d.name and not item["name"]:
-            item["name"] = d.name
-        if d.arguments:
-            item["arguments"] += d.arguments
-            index = self.output.index(item)
-            out.append(
-                self.event(
-                    "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=d.arguments
+        for step in steps:
+            call = step.call
+            if step.kind == "start":
+                call.id = call.id or new_id("call")
+                item = function_item(call.id, call.name or "", "")
+                item["status"] = "in_progress"
+                out += self._open_item(item)
+            elif step.kind == "arguments":
+                assert self.open is not None
+                self.open["arguments"] += step.arguments
+                out.append(
+                    self.event(
+                        "response.function_call_arguments.delta",
+                        item_id=self.open["id"],
+                        output_index=len(self.output) - 1,
+                        delta=step.arguments,
+                    )
                 )
-            )
+            else:
+                if self.open is not None and call.name:  # a name that came after the call's first piece
+                    self.open["name"] = call.name
+                out += self.close(status)
         return out
 
     def _where(self) -> dict[str, Any]:
@@ -163,7 +180,7 @@ async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done
                 usage = d.usage
     finally:
         await stream.aclose()
-    for out in r.close(item_status(finish_reason)):
+    for out in r.finish(item_status(finish_reason)):
         yield out
     response["output"] = r.output
     response["usage"] = usage_of(usage)

@@ -1,0 +1,188 @@
+"""A chat upstream that answers by script (the last user message names the script), and a gateway with virtual keys
+in front of it: for the front doors' tests of what a simulator cannot send (parallel tool-call deltas interleaved,
+an upstream's 503 or 529, a stream that ignores ``max_tokens``). The upstream records every chat body it got."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.config import settings_from_dict
+from tests.frontdoors.conftest import MASTER
+from tests.hardening.gateways import master_key
+from tests.hardening.support import LedgerFile
+from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One chat completion chunk of choice 0 (``delta`` None: a chunk without choices, e.g. usage)."""
+    out: dict[str, Any] = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "u", **extra}
+    out["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return out
+
+
+def call(index: int, arguments: str = "", call_id: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """A tool-call delta: ``call_id`` and ``name`` on its first piece, then ``arguments`` fragments."""
+    out: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if call_id is not None:
+        out["id"], out["type"] = call_id, "function"
+        out["function"]["name"] = name
+    return out
+
+
+def calls(*pieces: dict[str, Any]) -> dict[str, Any]:
+    """A chunk carrying tool-call deltas."""
+    return chunk({"tool_calls": list(pieces)})
+
+
+ROLE = chunk({"role": "assistant", "content": None})
+END_CALLS = [chunk({}, "tool_calls"), chunk(usage=USAGE)]
+
+#: The interleaving the chat streaming format allows: both calls' ids and names, then their arguments by turns.
+INTERLEAVED = [
+    ROLE,
+    calls(call(0, "", "call_paris", "get_weather")),
+    calls(call(1, "", "call_rome", "get_time")),
+    calls(call(0, '{"city":')),
+    calls(call(1, '{"zone": "Europe/')),
+    calls(call(0, ' "Paris"}')),
+    calls(call(1, 'Rome"}')),
+    *END_CALLS,
+]
+#: Interleaved within one chunk too, with a third call whose arguments arrive whole, and text before the calls.
+INTERLEAVED_IN_CHUNKS = [
+    ROLE,
+    chunk({"content": "Checking."}),
+    calls(call(0, '{"city": "Pa', "call_a", "get_weather"), call(1, "", "call_b", "get_time")),
+    calls(call(1, '{"zone": "UTC"'), call(0, 'ris"}')),
+    calls(call(2, '{"city": "Oslo"}', "call_c", "get_weather")),
+    calls(call(1, "}")),
+    *END_CALLS,
+]
+#: What most upstreams send: one call after the other, each in fragments.
+SEQUENTIAL = [
+    ROLE,
+    calls(call(0, "", "call_1", "get_weather")),
+    calls(call(0, '{"city":')),
+    calls(call(0, ' "Paris"}')),
+    calls(call(1, "", "call_2", "get_weather")),
+    calls(call(1, '{"city":')),
+    calls(call(1, ' "Rome"}')),
+    *END_CALLS,
+]
+HELLO = [ROLE, chunk({"content": "Hel"}), chunk({"content": "lo"}), chunk({}, "stop"), chunk(usage=USAGE)]
+STREAMS: dict[str, list[dict[str, Any]]] = {
+    "interleaved": INTERLEAVED,
+    "interleaved in chunks": INTERLEAVED_IN_CHUNKS,
+    "sequential": SEQUENTIAL,
+}
+#: prompt -> the HTTP status the upstream answers with (its capacity: overloaded)
+STATUSES = {"overloaded 503": 503, "overloaded 529": 529}
+GREEDY_CHUNKS = 400  # the "greedy" script ignores max_tokens
+
+
+@dataclass(slots=True)
+class Scripted:
+    """The gateway, its ledger, and the chat bodies the upstream received."""
+
+    gw: RunningGateway
+    ledger: LedgerFile
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.gw.base_url
+
+    def key(self, **limits: Any) -> str:
+        """A new virtual key with ``limits`` (``budget_usd``, ``rpm``, ...)."""
+        r = httpx.post(
+            f"{self.url}/admin/keys",
+            json={"name": "k-" + uuid.uuid4().hex[:6], **limits},
+            headers={"authorization": f"Bearer {MASTER}"},
+        )
+        assert r.status_code == 201, r.text
+        key: str = r.json()["key"]
+        return key
+
+    def bodies_for(self, prompt: str) -> list[dict[str, Any]]:
+        """The chat bodies the upstream got whose last message was ``prompt``."""
+        return [b for b in self.bodies if b["messages"][-1].get("content") == prompt]
+
+
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def _app(bodies: list[dict[str, Any]]) -> Starlette:
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        bodies.append(body)
+        prompt = body["messages"][-1].get("content")
+        if prompt in STATUSES:
+            error = {"error": {"message": "Overloaded", "type": "overloaded_error", "code": None}}
+            return JSONResponse(error, status_code=STATUSES[prompt])
+        if prompt == "greedy" and body.get("stream"):
+            return StreamingResponse(_greedy(), media_type="text/event-stream")
+        usage = USAGE
+        if prompt == "greedy":  # an answer far longer than max_tokens
+            usage = {"prompt_tokens": 12, "completion_tokens": GREEDY_CHUNKS, "total_tokens": 12 + GREEDY_CHUNKS}
+        elif body.get("stream"):
+            return Response(_sse(STREAMS.get(prompt, HELLO)), media_type="text/event-stream")
+        message = {"role": "assistant", "content": "Hello"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        completion = {"id": "c", "object": "chat.completion", "created": 1, "model": "u", "choices": [choice]}
+        return JSONResponse({**completion, "usage": usage})
+
+    async def other(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": []})
+
+    return Starlette(
+        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/{path:path}", other, methods=["GET"])]
+    )
+
+
+async def _greedy() -> AsyncIterator[bytes]:
+    for _ in range(GREEDY_CHUNKS):
+        yield b"data: " + orjson.dumps(chunk({"content": "word "})) + b"\n\n"
+    yield b"data: " + orjson.dumps(chunk({}, "stop")) + b"\n\ndata: [DONE]\n\n"
+
+
+@contextmanager
+def scripted_gateway(tmp: Path) -> Iterator[Scripted]:
+    """The scripted upstream as model ``m`` (priced, so budgets bite) and as ``o`` (for the overload scripts, so
+    their failures open no breaker of ``m``), behind a gateway with virtual keys (the master key :data:`MASTER`)."""
+    bodies: list[dict[str, Any]] = []
+    ledger = LedgerFile(tmp / "ledger.db")
+    with master_key(MASTER), run_asgi_server(_app(bodies)) as up:
+        model = {
+            "backend": "openai",
+            "base_url": up + "/v1",
+            "upstream_model": "u",
+            "input_cost_per_token": "0.00001",
+            "output_cost_per_token": "0.00003",
+        }
+        settings = settings_from_dict(
+            {
+                "models": [{"name": "m", **model}, {"name": "o", **model}],
+                "retry": {"max_attempts": 1},
+                "cache": {"enabled": False},
+                "auth": {"enabled": True},
+                "server": {"metrics_scrape_seconds": 3600, "health_probe_seconds": 3600},
+                "ledger": {"url": ledger.url, "flush_interval_seconds": 0.05},
+            }
+        )
+        with serve_gateway(settings) as gw:
+            yield Scripted(gw, ledger, bodies)
