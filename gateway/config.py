@@ -421,6 +421,9 @@ class ResponsesSettings(_Strict):
         ge=65_536,
         description="a stored response holds its whole conversation: one that would grow past this is refused",
     )
+    retry_after_seconds: float = Field(
+        5.0, ge=0, description="after a store failure its calls fail at once this long, then one call tries it"
+    )
 
 
 def _a_model(mode: str) -> str:

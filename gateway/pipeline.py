@@ -40,7 +40,6 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     UpstreamError,
-    UpstreamUnavailable,
     is_retryable,
 )
 from gateway.features import RequestFeatures, extract_features
@@ -430,10 +429,7 @@ class Pipeline:
                     spend.check(relay)
                 if out is not None:
                     yield out
-            if not saw_done:
-                raise UpstreamUnavailable(
-                    f"upstream '{backend.name}' ended the stream without [DONE]", backend=backend.name
-                )
+            relay.end(saw_done)  # no [DONE], or a choice without its finish_reason: a cut stream
             yield DONE
         except UpstreamError as err:
             failed = True

@@ -170,7 +170,7 @@ async def build_gateway(settings: Settings) -> Gateway:
         await backend.start()
     readiness = Readiness(backends, breakers, server.health_probe_seconds)
     readiness.start()
-    responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None)
+    responses = build_response_store(settings, recorder.db if isinstance(recorder, SqlLedger) else None, metrics)
     gw = Gateway(
         settings,
         http,

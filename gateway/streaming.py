@@ -38,15 +38,17 @@ class ChunkRelay:
     Sets the gateway's model name, records usage, finish reasons and time to first token (a reasoning
     model's first reasoning token counts), and drops the usage-only chunk (and ``usage`` keys) when the client
     did not ask for usage: the gateway always asks the upstream for it, so it always knows the token counts. An
-    error event the upstream sends in the stream (vLLM sends one, then ``[DONE]``, over a 200) raises.
+    error event the upstream sends in the stream (vLLM sends one, then ``[DONE]``, over a 200) raises, and so does
+    an end of stream before every choice finished (:meth:`end`).
     """
 
     __slots__ = (
         "_ctx",
+        "_finished",
         "_model",
+        "_seen",
         "_want_usage",
         "collected",
-        "completed",
         "generated_chars",
         "reasoning_parts",
         "text_parts",
@@ -59,7 +61,8 @@ class ChunkRelay:
         self._model = model_name
         self._want_usage = ctx.client_wants_usage
         self.usage_seen = False
-        self.completed = False  # a finish_reason arrived for every choice we saw
+        self._seen: set[Any] = set()  # the indexes of the choices the stream carried
+        self._finished: set[Any] = set()  # and of those a finish_reason arrived for
         self.text_parts: list[str] = []  # the answer's text
         self.reasoning_parts: list[str] = []  # a reasoning model's reasoning (generated and billed too)
         self.generated_chars = 0  # of both
@@ -95,6 +98,12 @@ class ChunkRelay:
             self.usage_seen = True
         choices = chunk.get("choices") or []
         for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if type(index) is not int:  # a broken upstream's index must not fail the relay (an unhashable one)
+                index = repr(index)
+            self._seen.add(index)
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict):
                 delta = {}
@@ -116,7 +125,7 @@ class ChunkRelay:
             reason = choice.get("finish_reason")
             if reason:
                 self._ctx.finish_reason = reason
-                self.completed = True
+                self._finished.add(index)
         if self.collected is not None and choices:
             self.collected.append(chunk)
         if not self._want_usage:
@@ -124,6 +133,34 @@ class ChunkRelay:
                 return None
             chunk.pop("usage", None)
         return frame(orjson.dumps(chunk))
+
+    @property
+    def completed(self) -> bool:
+        """Whether the stream carried a choice and a ``finish_reason`` arrived for every choice it carried."""
+        return bool(self._seen) and self._seen <= self._finished
+
+    def end(self, saw_done: bool) -> None:
+        """Check the upstream's end of stream (``saw_done``: it sent ``[DONE]``; else it closed) before the
+        gateway's ``[DONE]`` goes out.
+
+        A stream that ends before every choice it carried finished is truncated, even when it closed cleanly with
+        ``[DONE]`` (an upstream that died mid-generation behind a proxy, a buggy server): it fails as a stream cut
+        after its first byte does, so it is not cached nor counted as a success. A ``finish_reason`` on the last
+        content chunk, or before a usage chunk, is a finished answer. With ``n`` > 1 every choice the stream
+        carried must finish; choices it never carried are not counted (a provider that ignores ``n`` answers once).
+
+        Raises:
+            UpstreamUnavailable: the stream ended without ``[DONE]``, or before every choice finished.
+        """
+        if not saw_done:
+            raise UpstreamUnavailable(f"upstream '{self._model}' ended the stream without [DONE]", backend=self._model)
+        if not self.completed:
+            unfinished = sorted(str(i) for i in self._seen - self._finished)
+            which = f" (choice {', '.join(unfinished)})" if len(self._seen) > 1 else ""
+            raise UpstreamUnavailable(
+                f"upstream '{self._model}' ended the stream before the answer finished: no finish_reason{which}",
+                backend=self._model,
+            )
 
 
 def _with_lone_surrogates(data: bytes) -> Any:

@@ -9,6 +9,9 @@ Writes are committed in groups: a put joins the batch that the store's one write
 returns once that batch is committed (so the client that saw the response finish can continue from it at
 once). With a hundred streams finishing together, one transaction per response queued behind the database's
 write lock (SQLite's busy handler sleeps up to 100 ms at a time) for up to seconds; one per batch does not.
+
+After a failure the store is left alone for ``retry_after_s`` (:class:`~gateway.frontdoors.store.StoreBreaker`):
+a database that stopped answering costs one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import delete, insert, select, tuple_
@@ -26,7 +29,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounting.db import Database
 from gateway.accounting.schema import stored_responses
-from gateway.frontdoors.store import StoreUnavailable
+from gateway.frontdoors.store import RETRY_AFTER_S, StoreBreaker, StoreUnavailable
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 #: Writes between two sweeps of expired rows.
 SWEEP_EVERY = 256
@@ -58,10 +64,19 @@ def _could_be_stored(response_id: str) -> bool:
 class SqlResponseStore:
     """A :class:`~gateway.frontdoors.store.ResponseStore` on the ledger's database (which it does not own)."""
 
-    def __init__(self, db: Database, ttl_seconds: int, *, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ttl_seconds: int,
+        *,
+        timeout_s: float = TIMEOUT_S,
+        retry_after_s: float = RETRY_AFTER_S,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.db = db
         self.ttl = ttl_seconds
         self.timeout_s = timeout_s
+        self.breaker = StoreBreaker("database", retry_after_s, metrics)
         self._writes = 0
         self._queue: list[_Put] = []
         self._writer: asyncio.Task[None] | None = None
@@ -77,12 +92,13 @@ class SqlResponseStore:
             raise StoreUnavailable(f"The response store is unavailable: {type(exc).__name__}.") from exc
 
     async def put(self, tenant: str, response_id: str, record: dict[str, Any]) -> None:
-        committed = asyncio.get_running_loop().create_future()
-        row = orjson.dumps(record).decode()
-        self._queue.append(_Put(tenant, response_id, _now_ms() + self.ttl * 1000, row, committed))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_queued(), name="response-store-writer")
-        await committed
+        with self.breaker.call():
+            committed = asyncio.get_running_loop().create_future()
+            row = orjson.dumps(record).decode()
+            self._queue.append(_Put(tenant, response_id, _now_ms() + self.ttl * 1000, row, committed))
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_queued(), name="response-store-writer")
+            await committed
 
     async def _write_queued(self) -> None:
         batch: list[_Put] = []
@@ -122,8 +138,9 @@ class SqlResponseStore:
         query = select(t.c.record).where(
             t.c.tenant == tenant, t.c.response_id == response_id, t.c.expires_ms > _now_ms()
         )
-        async with self._connection() as conn:
-            raw = (await conn.execute(query)).scalar_one_or_none()
+        with self.breaker.call():
+            async with self._connection() as conn:
+                raw = (await conn.execute(query)).scalar_one_or_none()
         if raw is None:
             return None
         record: dict[str, Any] = orjson.loads(raw)
@@ -134,8 +151,9 @@ class SqlResponseStore:
             return False
         t = stored_responses
         where = (t.c.tenant == tenant, t.c.response_id == response_id, t.c.expires_ms > _now_ms())
-        async with self._connection() as conn:
-            result = await conn.execute(delete(t).where(*where))
+        with self.breaker.call():
+            async with self._connection() as conn:
+                result = await conn.execute(delete(t).where(*where))
         return bool(result.rowcount)
 
     async def aclose(self) -> None:

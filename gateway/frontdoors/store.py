@@ -10,6 +10,10 @@ so another key can neither read nor continue a response, and cannot even tell th
 Redis when one is configured (``responses.redis_url``, default ``cache.redis_url``), shared by every
 replica; else the ledger's database (:mod:`gateway.frontdoors.sql_store`); an in-process store bounded to
 ``responses.max_entries`` only for a runtime without a database.
+
+Both remote stores give up on a call after 2 s, and after a failure they are left alone for
+``responses.retry_after_seconds`` (:class:`StoreBreaker`): their calls fail at once, as an outage does, so a
+store that stopped answering costs the Responses API one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from backends.breaker import BreakerState, CircuitBreaker
 from gateway.accounting.db import Database
 from gateway.config import Settings
 from gateway.errors import GatewayError
 
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
 log = logging.getLogger("gateway.frontdoors.store")
+#: How long a failed remote store is left alone by default (``responses.retry_after_seconds``).
+RETRY_AFTER_S = 5.0
 
 
 class StoreUnavailable(GatewayError):
@@ -36,6 +46,75 @@ class StoreUnavailable(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "response_store_unavailable"
+
+
+class StoreBreaker:
+    """Fails a remote store's calls at once for a while after one failed: a store that stopped answering (a hung
+    Redis or database) otherwise costs every request its timeout.
+
+    A :class:`backends.breaker.CircuitBreaker` that one failure opens: for ``retry_after_s`` every call raises
+    :class:`StoreUnavailable` without touching the store (what the client sees of an outage either way), then one
+    call tries the store while the others still fail at once; its success closes the breaker, its failure opens
+    it for another period. Each transition is logged once (the cause, which names the server's address, goes to
+    the log only); with ``metrics``, failed calls count in ``gateway_cache_errors_total{op="response_store"}`` and
+    calls refused during a cool-down in ``{op="response_store_open"}``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        retry_after_s: float = RETRY_AFTER_S,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._breaker = CircuitBreaker(failure_threshold=1, reset_seconds=retry_after_s, clock=clock)
+        self._metrics = metrics
+        self._failing = False  # the last call that reached the store failed (logged once until one succeeds)
+
+    @property
+    def state(self) -> BreakerState:
+        """Closed, open (calls fail at once) or half-open (the next call tries the store)."""
+        return self._breaker.state
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Guard one call of the store: the ``with`` body's :class:`StoreUnavailable` opens the breaker; while it
+        is open the body does not run.
+
+        Raises:
+            StoreUnavailable: the breaker is open (or the store is being tried by another call), or the body's.
+        """
+        breaker = self._breaker
+        if not breaker.available():
+            self._count("response_store_open")
+            raise StoreUnavailable("The response store is unavailable: it failed moments ago.")
+        breaker.before_call()
+        try:
+            yield
+        except StoreUnavailable as exc:
+            breaker.record_failure()
+            self._count("response_store")
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "response store (%s) unavailable, its calls fail at once for %g s between tries: %s",
+                    self.name,
+                    breaker.reset_seconds,
+                    exc.__cause__ or exc.message,
+                )
+            raise
+        except BaseException:  # cancelled with its request, or not the store's failure: no verdict on it
+            breaker.release()
+            raise
+        breaker.record_success()
+        if self._failing:
+            self._failing = False
+            log.warning("response store (%s) answers again", self.name)
+
+    def _count(self, op: str) -> None:
+        if self._metrics is not None:
+            self._metrics.child(self._metrics.cache_errors, op).inc()
 
 
 class ResponseStore(Protocol):
@@ -91,24 +170,34 @@ class MemoryResponseStore:
 
 
 class RedisResponseStore:
-    """``SET {prefix}{tenant}:{id} EX ttl`` through redis-py's asyncio client."""
+    """``SET {prefix}{tenant}:{id} EX ttl`` through redis-py's asyncio client; each call gives up after 2 s, and
+    after a failure the store is left alone for ``retry_after_s`` (:class:`StoreBreaker`)."""
 
-    def __init__(self, url: str, prefix: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        ttl_seconds: int,
+        *,
+        retry_after_s: float = RETRY_AFTER_S,
+        metrics: Metrics | None = None,
+    ) -> None:
         from redis.asyncio import Redis  # redis-py only when Redis is configured
 
         self.prefix = prefix
         self.ttl = ttl_seconds
         self._redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.breaker = StoreBreaker("Redis", retry_after_s, metrics)
 
     def _key(self, tenant: str, response_id: str) -> str:
         return f"{self.prefix}{tenant}:{response_id}"
 
     async def put(self, tenant: str, response_id: str, record: dict[str, Any]) -> None:
-        with _translated():
+        with self.breaker.call(), _translated():
             await self._redis.set(self._key(tenant, response_id), orjson.dumps(record), ex=self.ttl)
 
     async def get(self, tenant: str, response_id: str) -> dict[str, Any] | None:
-        with _translated():
+        with self.breaker.call(), _translated():
             raw = await self._redis.get(self._key(tenant, response_id))
         if raw is None:
             return None
@@ -116,7 +205,7 @@ class RedisResponseStore:
         return record
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        with _translated():
+        with self.breaker.call(), _translated():
             return bool(await self._redis.delete(self._key(tenant, response_id)))
 
     async def aclose(self) -> None:
@@ -129,19 +218,23 @@ def _translated() -> Iterator[None]:
 
     try:
         yield
-    except RedisError as exc:  # its text names the server's address: logged, not told to the client
-        log.warning("response store (Redis) failed: %s", exc)
+    except RedisError as exc:  # its text names the server's address: logged (by the breaker), not told to the client
         raise StoreUnavailable(f"The response store is unavailable: {type(exc).__name__}.") from exc
 
 
-def build_response_store(settings: Settings, db: Database | None = None) -> ResponseStore:
-    """Redis when configured, else the ledger's database ``db`` when there is one, else in process."""
+def build_response_store(
+    settings: Settings, db: Database | None = None, metrics: Metrics | None = None
+) -> ResponseStore:
+    """Redis when configured, else the ledger's database ``db`` when there is one, else in process; ``metrics``
+    counts the remote stores' failures (:class:`StoreBreaker`)."""
     cfg = settings.responses
     url = cfg.redis_url or settings.cache.redis_url
     if url:
-        return RedisResponseStore(url, cfg.redis_prefix, cfg.ttl_seconds)
+        return RedisResponseStore(
+            url, cfg.redis_prefix, cfg.ttl_seconds, retry_after_s=cfg.retry_after_seconds, metrics=metrics
+        )
     if db is not None:
         from gateway.frontdoors.sql_store import SqlResponseStore
 
-        return SqlResponseStore(db, cfg.ttl_seconds)
+        return SqlResponseStore(db, cfg.ttl_seconds, retry_after_s=cfg.retry_after_seconds, metrics=metrics)
     return MemoryResponseStore(cfg.ttl_seconds, cfg.max_entries)
