@@ -6,8 +6,9 @@
 * ``GET /admin/requests?key_id=&limit=&before=``, ``GET /admin/requests/{request_id}``: raw ledger rows
   (drill-down, master key)
 * ``GET|POST /admin/keys``, ``POST /admin/keys/{id}/revoke`` (master key)
-* ``GET /admin/router``, ``POST /admin/router/reload``: the learned router serving, and reloading
-  ``router.artifact`` without a restart (master key)
+* ``GET /admin/router``, ``POST /admin/router/reload``: the learned router this process serves (which save,
+  since when), and reloading ``router.artifact`` here at once without a restart; every other process follows the
+  artifact on disk within ``router.watch_seconds`` (master key)
 * ``GET /dashboard``: the dashboard page (its data calls carry the master key)
 
 Times (``start``/``end``) are ``24h``/``7d`` ago, ISO dates or datetimes (UTC) or epoch seconds; money is
@@ -38,7 +39,7 @@ from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.routes import context, gateway_of, json_response, read_body
-from gateway.runtime import describe_router, reload_router
+from gateway.runtime import reload_router, router_status
 
 router = APIRouter()
 
@@ -248,16 +249,29 @@ async def request_rows(request: Request, request_id: str) -> Response:
 
 @router.get("/admin/router")
 async def router_info(request: Request) -> Response:
-    """The learned router serving now: kind (prior/adapted), version, training data, held-out figures."""
+    """The learned router this process serves now: kind (prior/adapted), version, artifact id, training data,
+    held-out figures, the process's id, when and how it loaded it, and its watch of ``router.artifact``."""
     await _admin(request)
-    return json_response(describe_router(gateway_of(request).router.estimator))
+    return json_response(router_status(gateway_of(request)))
 
 
 @router.post("/admin/router/reload")
 async def router_reload(request: Request) -> Response:
-    """Load ``router.artifact`` again and swap it in without a restart (400 and no change if it does not load)."""
+    """Load ``router.artifact`` again and swap it in without a restart, in the process that got the call (400 and
+    no change if it does not load); the answer says how the other processes (workers, replicas) follow it."""
     await _admin(request)
-    return json_response(await reload_router(gateway_of(request)))
+    gw = gateway_of(request)
+    answer = await reload_router(gw)
+    every = gw.settings.router.watch_seconds
+    answer["other_processes"] = (
+        f"every other gateway process serving {gw.settings.router.artifact} loads it within {every:g} s "
+        "(router.watch_seconds); GET /admin/router shows each one's artifact_id"
+        if every > 0
+        else "router.watch_seconds is 0: the other processes (workers, replicas) keep their router until each gets "
+        "this call or restarts"
+    )
+    answer["other_processes_within_s"] = every if every > 0 else None
+    return json_response(answer)
 
 
 @router.get("/admin/keys")

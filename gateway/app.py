@@ -28,7 +28,7 @@ from gateway.logs import tune_stdlib_logging
 from gateway.openapi import install_openapi
 from gateway.quality_routes import router as quality_router
 from gateway.routes import router as api_router
-from gateway.runtime import Gateway, build_gateway, close_gateway
+from gateway.runtime import Gateway, build_gateway, close_gateway, start_router_watch, stop_router_watch
 
 log = logging.getLogger("gateway.app")
 
@@ -109,9 +109,13 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
             # collector's scans, which otherwise walk these ~100k objects over and over under load.
             gc.collect()
             gc.freeze()
+        # Every process follows router.artifact on disk (router.watch_seconds): a reload or a new save reaches
+        # every worker and replica, not only the one that got POST /admin/router/reload.
+        start_router_watch(gw)
         try:
             yield
         finally:
+            await stop_router_watch(gw)
             await close_gateway(gw)
 
     app = GatewayApp(

@@ -60,9 +60,11 @@ async def build_admission(settings: Settings, recorder: Recorder) -> Admission:
 
 
 async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
-    """The quality monitor over the gateway's backends and ledger, judging the semantic cache's checks too."""
+    """The quality monitor over the gateway's backends and ledger, judging the semantic cache's checks too; its daily
+    budget in Redis when one is configured for limits and budgets (one counter for every process), else in process."""
     from cache.service import CacheService
     from gateway.quality.monitor import QualityMonitor
+    from gateway.quality.spend import build_daily_spend
 
     cache = gw.cache if isinstance(gw.cache, CacheService) else None
     monitor = QualityMonitor(
@@ -75,6 +77,7 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
         registry=gw.metrics.registry,
         learner=cache.learner if cache is not None and cache.semantic_routes else None,
         check_queue=cache.checks if cache is not None and cache.semantic_routes else None,
+        spend=build_daily_spend(gw.settings),
     )
     await monitor.start()
     every = gw.settings.quality.adapt_every_labels
@@ -83,11 +86,11 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
     if every is not None and artifact is not None and engine is not None and isinstance(counter, TiktokenCounter):
         from pathlib import Path
 
-        from gateway.quality.adapting import BackgroundAdapter, fit_adapted
+        from gateway.quality.adapting import ADAPTING_LOCK, BackgroundAdapter, fit_adapted
         from gateway.runtime import reload_router
 
-        async def reload() -> object:
-            return await reload_router(gw)
+        async def reload() -> object:  # here at once; the other processes follow the files (router.watch_seconds)
+            return await reload_router(gw, by="background adaptation")
 
         monitor.adapter = BackgroundAdapter(
             engine,
@@ -97,6 +100,7 @@ async def build_monitor(gw: Gateway, counter: TokenCounter) -> QualityMonitor:
             reload,
             gw.settings.quality.report_interval_seconds,
             max_label_share=gw.settings.quality.max_label_share_per_key,
+            lock=Path(artifact) / ADAPTING_LOCK,  # one process fits, however many workers and replicas share it
         )
         monitor.adapter.start()
     return monitor

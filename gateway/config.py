@@ -347,6 +347,12 @@ class RouterSettings(_Strict):
         description="start on the shipped prior (logged) when `artifact` is missing or does not load, instead of "
         "refusing to start: docs/routing.md",
     )
+    watch_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="every process checks `artifact` on disk this often and reloads it when it changed (a new "
+        "save): every worker and replica follows; 0: only POST /admin/router/reload reloads, in its own process",
+    )
 
 
 class AuthSettings(_Strict):
@@ -395,6 +401,17 @@ class QualitySettings(_Strict):
     )
     max_prompt_tokens: int = Field(4096, ge=1, description="requests with longer prompts are not sampled")
     report_interval_seconds: float = Field(60.0, gt=0, description="how often the Prometheus gauges are recomputed")
+    redis_prefix: str = Field(
+        "gw:quality:",
+        description="the day's monitoring budget counter in Redis (auth.redis_url, else cache.redis_url): one for "
+        "every process; docs/quality.md, Money",
+    )
+    budget_sync_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="without Redis: a sample starts after re-reading the day's monitoring spend from the ledger when "
+        "this process's figure is older than this (other processes' spend)",
+    )
     adapt_every_labels: int | None = Field(
         None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"
     )

@@ -3,12 +3,25 @@
 * ``POST /v1/feedback`` ``{"request_id", "score" (0..1, or true/false), "comment"?}`` or ``"thumbs": "up"|"down"``
   instead of ``score``: 201 with the stored facts; 404 when the caller has no such request; 429 (with
   ``retry-after``) when the key's requests per minute are spent (one request of its RPM, as inference).
-* ``GET /admin/quality?group_by=route|model&start=&end=`` (master key): see :mod:`gateway.quality.report`.
+* ``GET /admin/quality?group_by=route|model&start=&end=`` (master key): see :mod:`gateway.quality.report`. Its
+  ``monitor`` object is the same from every worker and replica but for its ``process_*`` fields (and, without
+  Redis, its ``budget_*_usd``):
+
+  - ``daily_budget_usd``: ``quality.daily_budget_usd``, per UTC day.
+  - ``spent_today_usd``: the ledger's sum of today's (UTC) monitoring rows, every process's: the deployment's
+    spend (another process's last calls join it within its ``ledger.flush_interval_seconds``).
+  - ``budget_store``: ``redis`` (one counter for every process) or ``process`` (each process's own figure, which
+    reads the ledger's before a sample when older than ``quality.budget_sync_seconds``).
+  - ``budget_counted_usd``, ``budget_reserved_usd``: what the cap is checked against now, the settled spend and
+    what the samples in flight hold (with Redis: every process's, null while Redis does not answer; else this
+    process's).
+  - ``process_queued``, ``process_in_progress``: samples waiting in, and being judged by, the process that answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -23,11 +36,14 @@ from gateway.background import wait_recorded
 from gateway.errors import InvalidRequest, NotFound
 from gateway.protocol import load_json_object
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
+from gateway.quality.spend import monitoring_spend_today
 from gateway.routes import context, gateway_of, json_response, read_body
 from gateway.runtime import Gateway, describe_router
 
 router = APIRouter()
 _MAX_COMMENT = 2000
+#: How long ``/admin/quality`` waits for the budget's current figures (Redis).
+_COUNTED_TIMEOUT_S = 1.0
 
 
 def _score(body: dict[str, Any]) -> float:
@@ -124,15 +140,24 @@ async def admin_quality(request: Request) -> Response:
             start_ms=start,
             end_ms=end,
         )
+        if monitor is not None:
+            _, spent_today = await monitoring_spend_today(ledger.db.engine)  # every process's rows
     status: dict[str, Any] = {"enabled": monitor is not None}
     if monitor is not None:
+        counted = None
+        with contextlib.suppress(TimeoutError):  # a Redis that does not answer: no figures, rather than a slow page
+            counted = await asyncio.wait_for(monitor.spend.counted(), _COUNTED_TIMEOUT_S)
         status.update(
             sample_rates=monitor.rates,
             reference_models=reference,
             judge_model=monitor.settings.judge_model,
             daily_budget_usd=f"{monitor.spend.budget_usd:f}",
-            spent_today_usd=f"{monitor.spend.spent_usd:f}",
-            queued=monitor.queue.qsize(),
+            spent_today_usd=f"{spent_today:f}",  # the deployment's (the ledger's), not this process's own
+            budget_store="redis" if monitor.spend.shared else "process",
+            budget_counted_usd=None if counted is None else f"{counted[0]:f}",
+            budget_reserved_usd=None if counted is None else f"{counted[1]:f}",
+            process_queued=monitor.queue.qsize(),
+            process_in_progress=monitor.in_progress,
         )
     return json_response(
         {

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, load_counter
 from policies.answer_check import AnswerCheck
 from policies.router.loader import load_artifact
+from policies.router.watch import ArtifactStamp, artifact_stamp
 
 if TYPE_CHECKING:
     from cache.semantic import PromptEncoder
@@ -61,14 +65,34 @@ class Gateway:
     #: The adapted router's prompt encoders built so far, by prompt vector (``minilm``, ``minilm-static``): a
     #: reload that switches the vector back and forth reuses them instead of loading the model again.
     router_encoders: dict[str, PromptEncoder] = field(default_factory=dict)
+    #: What the serving router was loaded from, and when (``GET /admin/router``; what :class:`RouterWatch` compares).
+    router_source: RouterSource = field(default_factory=lambda: RouterSource())
+    #: Held by a reload from its stamp to its swap: one reload at a time in a process (admin, watch, adaptation).
+    router_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The task following ``router.artifact`` on disk (started in the app's lifespan: :func:`start_router_watch`).
+    router_watch: RouterWatch | None = None
+
+
+@dataclass(slots=True)
+class RouterSource:
+    """Where this process's serving router came from."""
+
+    #: ``router.artifact``'s stamp taken just before the load that serves (None: unset, or no artifact there yet).
+    stamp: ArtifactStamp | None = None
+    #: When that load happened (``time.time()``).
+    loaded_at: float = field(default_factory=time.time)
+    #: What loaded it: ``start``, ``reload`` (``POST /admin/router/reload``), ``background adaptation`` (the
+    #: process that fitted it) or ``watch`` (:class:`RouterWatch`: the artifact changed on disk).
+    by: str = "start"
 
 
 class RouterReloadFailed(InvalidRequest):
     """The configured router artifact could not be loaded (the running router stays)."""
 
 
-async def reload_router(gw: Gateway) -> dict[str, Any]:
-    """Load ``router.artifact`` again (in a thread) and swap it in atomically; what is now serving.
+async def reload_router(gw: Gateway, *, by: str = "reload") -> dict[str, Any]:
+    """Load ``router.artifact`` again (in a thread) and swap it in atomically, in this process; what is now serving
+    (:func:`router_status`). The other processes follow the artifact on disk (:class:`RouterWatch`).
 
     Raises:
         RouterReloadFailed: no artifact configured, or it does not load (the running router keeps serving).
@@ -79,25 +103,179 @@ async def reload_router(gw: Gateway) -> dict[str, Any]:
     counter = gw.pipeline.counter
     if not isinstance(counter, TiktokenCounter):
         raise RouterReloadFailed("The learned router needs the cl100k_base tokenizer.", code="router_unavailable")
-    try:
-        estimator = await asyncio.to_thread(load_artifact, Path(path), encode=counter.encode)
-        # Calibrating every route reads the whole calibration table: in the thread too, and before anything is
-        # swapped, so an artifact that fails here leaves the running router (and its encoder) untouched.
-        routes = await asyncio.to_thread(gw.router.calibrated, estimator)
-    except (OSError, ValueError, KeyError) as exc:
-        raise RouterReloadFailed(f"The router artifact does not load: {exc}", code="router_artifact_invalid") from None
-    vector = embedding_vector(estimator)
-    if reads_embedding(estimator):
-        # The previous encoder stays built (a request may still be waiting on it; the next reload may want it).
-        encoder = gw.router_encoders.get(vector)
-        if encoder is None:
-            encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
-            if encoder is not None:
-                gw.router_encoders[vector] = encoder
-        gw.pipeline.router_encoder = encoder
-    gw.router.set_estimator(estimator, routes)
-    log.info("router reloaded: %s from %s", estimator.version, path)
-    return describe_router(estimator)
+    async with gw.router_lock:
+        # Taken before the load: a save that lands meanwhile changes the stamp again, and the watch looks again.
+        stamp = await asyncio.to_thread(artifact_stamp, Path(path))
+        try:
+            estimator = await asyncio.to_thread(load_artifact, Path(path), encode=counter.encode)
+            # Calibrating every route reads the whole calibration table: in the thread too, and before anything is
+            # swapped, so an artifact that fails here leaves the running router (and its encoder) untouched.
+            routes = await asyncio.to_thread(gw.router.calibrated, estimator)
+        except (OSError, ValueError, KeyError) as exc:
+            raise RouterReloadFailed(
+                f"The router artifact does not load: {exc}", code="router_artifact_invalid"
+            ) from None
+        vector = embedding_vector(estimator)
+        if reads_embedding(estimator):
+            # The previous encoder stays built (a request may still be waiting on it; the next reload may want it).
+            encoder = gw.router_encoders.get(vector)
+            if encoder is None:
+                encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
+                if encoder is not None:
+                    gw.router_encoders[vector] = encoder
+            gw.pipeline.router_encoder = encoder
+        gw.router.set_estimator(estimator, routes)
+        gw.router_source = RouterSource(stamp, time.time(), by)
+    log.info("router reloaded (%s): %s from %s", by, estimator.version, path)
+    return router_status(gw)
+
+
+def served_artifact_id(gw: Gateway) -> str | None:
+    """The ``artifact_id`` of the adapted artifact this process serves (None: a prior, or one saved without)."""
+    meta = getattr(gw.router.estimator, "metadata", None)
+    value = meta.get("artifact_id") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def router_status(gw: Gateway) -> dict[str, Any]:
+    """:func:`describe_router` of the serving router, and which process serves it, from which save, since when, and
+    how this process follows ``router.artifact`` (JSON-able; ``GET /admin/router``)."""
+    source = gw.router_source
+    watch = gw.router_watch
+    adapter = gw.monitor.adapter if gw.monitor is not None else None
+    return {
+        **describe_router(gw.router.estimator),
+        "artifact_id": served_artifact_id(gw),
+        "artifact": gw.settings.router.artifact,
+        "pid": os.getpid(),
+        "loaded_at": datetime.fromtimestamp(source.loaded_at, UTC).isoformat(timespec="milliseconds"),
+        "loaded_by": source.by,
+        "watch": watch.status() if watch is not None else {"running": False, "every_s": 0.0},
+        "background_adaptation": adapter.status() if adapter is not None else None,
+    }
+
+
+class RouterWatch:
+    """Follows ``router.artifact`` on disk in this process: every ``every_s`` it takes the directory's stamp (a
+    few ``stat`` calls and ``adapted.json``'s id, in a thread: :func:`policies.router.watch.artifact_stamp`) and,
+    when the artifact changed and is not the save this process already serves, reloads it through
+    :func:`reload_router` (the same checks as ``POST /admin/router/reload``).
+
+    An artifact that does not load leaves the running router serving and is logged once per version (its stamp),
+    not at every check; one that is removed is logged once too and the running router stays. A directory that holds
+    no artifact yet (background adaptation will write one) is picked up when one appears. The loop outlives any
+    error (logged once per distinct error); it ends only when cancelled (:meth:`aclose`).
+    """
+
+    def __init__(self, gw: Gateway, path: Path, every_s: float) -> None:
+        self.gw = gw
+        self.path = path
+        self.every_s = every_s
+        self.checks = 0
+        self.reloads = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_check_at: float | None = None
+        self._refused: ArtifactStamp | None = None  # the last version that did not load (logged once)
+        self._gone_logged = False
+        self._last_logged_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, Any]:
+        """Counters and the last failure (JSON-able)."""
+        last = self.last_check_at
+        return {
+            "running": self._task is not None and not self._task.done(),
+            "every_s": self.every_s,
+            "checks": self.checks,
+            "reloads": self.reloads,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_check_at": None if last is None else datetime.fromtimestamp(last, UTC).isoformat(timespec="seconds"),
+        }
+
+    async def check(self) -> str:
+        """One check; what it found: ``unchanged``, ``missing`` (no artifact there), ``served`` (the files changed
+        but hold the save this process serves), ``busy`` (a reload is under way here: looked at next time),
+        ``reloaded`` or ``refused`` (it does not load; the running router stays)."""
+        self.checks += 1
+        self.last_check_at = time.time()
+        stamp = await asyncio.to_thread(artifact_stamp, self.path)
+        source = self.gw.router_source
+        if stamp is None:
+            if source.stamp is not None and not self._gone_logged:
+                self._gone_logged = True
+                log.warning("router.artifact %s holds no artifact any more; the running router stays", self.path)
+            return "missing"
+        self._gone_logged = False
+        if stamp == source.stamp or stamp == self._refused:
+            return "unchanged"
+        if stamp.artifact_id is not None and stamp.artifact_id == served_artifact_id(self.gw):
+            source.stamp = stamp  # the same save (files copied or touched, or a look mid-save): nothing to load
+            return "served"
+        if self.gw.router_lock.locked():
+            return "busy"
+        try:
+            await reload_router(self.gw, by="watch")
+        except Exception as exc:  # RouterReloadFailed, or anything the encoder's build raised: this version is bad
+            self._refused = stamp
+            self.failures += 1
+            self.last_error = str(exc)
+            log.warning(
+                "router.artifact %s changed (%s) but does not load; the running router (%s) stays: %s",
+                self.path,
+                stamp.describe(),
+                describe_router(self.gw.router.estimator).get("version"),
+                exc,
+                exc_info=not isinstance(exc, RouterReloadFailed),
+            )
+            return "refused"
+        self.reloads += 1
+        return "reloaded"
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.check()
+            except Exception as exc:  # never ends the loop: a watch that dies silently leaves a stale router
+                self.failures += 1
+                self.last_error = repr(exc)
+                if self.last_error != self._last_logged_error:
+                    self._last_logged_error = self.last_error
+                    log.exception("router.artifact watch: the check failed (it goes on): %r", exc)
+
+    def start(self) -> None:
+        """Start checking in the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="router-watch")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # pragma: no cover - _run catches what it can
+            log.error("router.artifact watch stopped: %r", task.exception())
+
+    async def aclose(self) -> None:
+        """Stop checking (a reload under way is cancelled before its swap, or finishes)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def start_router_watch(gw: Gateway) -> RouterWatch | None:
+    """Start following ``router.artifact`` in this process (the app's lifespan); None when there is nothing to
+    follow: no artifact configured, ``router.watch_seconds: 0``, or no learned router (no ``cl100k_base``)."""
+    settings = gw.settings.router
+    if settings.artifact is None or settings.watch_seconds <= 0 or not isinstance(gw.pipeline.counter, TiktokenCounter):
+        return None
+    gw.router_watch = RouterWatch(gw, Path(settings.artifact), settings.watch_seconds)
+    gw.router_watch.start()
+    return gw.router_watch
+
+
+async def stop_router_watch(gw: Gateway) -> None:
+    """Stop :func:`start_router_watch`'s task (idempotent)."""
+    if gw.router_watch is not None:
+        await gw.router_watch.aclose()
 
 
 def describe_router(estimator: QualityEstimator | None) -> dict[str, Any]:
@@ -143,9 +321,12 @@ async def build_gateway(settings: Settings) -> Gateway:
     breakers = {
         name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_seconds) for name in backends
     }
+    artifact = settings.router.artifact
+    stamp = artifact_stamp(Path(artifact)) if artifact is not None else None  # before the load: see RouterWatch
     estimator = components.load_router(settings, counter)
     router = Router(settings, backends, breakers, estimator)
     metrics = Metrics()
+    metrics.watch(backends, breakers)  # several workers: each publishes its backend gauges (else nothing)
     cache = await components.build_cache(settings, metrics)
     router_encoder = None
     if reads_embedding(estimator):
@@ -186,6 +367,7 @@ async def build_gateway(settings: Settings) -> Gateway:
         readiness,
         responses,
     )
+    gw.router_source = RouterSource(stamp)
     if router_encoder is not None:
         gw.router_encoders[router_encoder.vector] = router_encoder
     if settings.quality.enabled:
@@ -196,6 +378,7 @@ async def build_gateway(settings: Settings) -> Gateway:
 
 async def close_gateway(gw: Gateway) -> None:
     """Stop background work, flush the cache and the ledger, close connections."""
+    await stop_router_watch(gw)
     await gw.readiness.aclose()
     await drain_background()
     if gw.monitor is not None:
@@ -209,3 +392,4 @@ async def close_gateway(gw: Gateway) -> None:
     await gw.recorder.aclose()
     await gw.http.close()
     await gw.tracing.aclose()
+    gw.metrics.close()  # several workers: this one's last counts written, its live gauges out of the sum

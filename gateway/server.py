@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -19,6 +21,24 @@ from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpT
 from gateway.logs import logging_config, setup_logging
 
 log = logging.getLogger("gateway.server")
+
+#: prometheus_client's multiprocess switch (``gateway.metrics.MULTIPROC_ENV``; not imported here: this process
+#: serves nothing and loads no metrics). The lower-case spelling is its deprecated alias.
+_MULTIPROC_ENVS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def metrics_dir(workers: int) -> str | None:
+    """With several workers, a fresh private directory for prometheus_client's multiprocess files, named in the
+    environment the workers inherit (they import prometheus_client after it is set); the caller removes it at exit.
+    With one worker, None: its metrics stay in its own registry (an inherited directory is not used)."""
+    inherited = [name for name in _MULTIPROC_ENVS if os.environ.pop(name, None) is not None]
+    if inherited:
+        log.info("%s from the environment not used: the server chooses where its workers keep metrics", inherited[0])
+    if workers <= 1:
+        return None
+    path = tempfile.mkdtemp(prefix="gateway-metrics-")  # 0700, under TMPDIR
+    os.environ[_MULTIPROC_ENVS[0]] = path
+    return path
 
 
 def run(settings: Settings, config_path: str, host: str | None, port: int | None, workers: int | None) -> None:
@@ -42,24 +62,34 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
             "set REDIS_URL (or cache.redis_url) to share them",
             n,
         )
+    if n > 1 and settings.router.artifact is not None:  # each worker serves its own router (docs/routing.md)
+        if settings.router.watch_seconds == 0:
+            log.warning("%d workers, router.watch_seconds 0: a reload or adaptation reaches one worker only", n)
+        elif settings.quality.enabled and settings.quality.adapt_every_labels is not None:
+            log.info("%d workers: one fits in the background (it holds router.artifact/.adapting.lock)", n)
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
     limits = settings.server
     os.environ[HEAD_TIMEOUT_ENV] = str(limits.head_timeout_seconds)  # read by each worker's protocol
     os.environ[BODY_TIMEOUT_ENV] = str(limits.body_timeout_seconds)
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=bind,
-        port=port if port is not None else settings.server.port,
-        workers=n,
-        access_log=False,
-        http=GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
-        timeout_keep_alive=int(max(1, limits.keepalive_timeout_seconds)),
-        limit_concurrency=limits.max_connections,
-        ws="none",  # no websocket endpoints: do not load a websocket protocol
-        log_config=logging_config(settings.server.log_level),  # applied in each worker process too
-        timeout_graceful_shutdown=30,
-    )
+    shared_metrics = metrics_dir(n)  # every worker's /metrics then reports all of them (gateway.metrics)
+    try:
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            host=bind,
+            port=port if port is not None else settings.server.port,
+            workers=n,
+            access_log=False,
+            http=GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
+            timeout_keep_alive=int(max(1, limits.keepalive_timeout_seconds)),
+            limit_concurrency=limits.max_connections,
+            ws="none",  # no websocket endpoints: do not load a websocket protocol
+            log_config=logging_config(settings.server.log_level),  # applied in each worker process too
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,8 +17,13 @@ labels); if the reload fails, the previous files are put back, so the directory 
 serves. A fit, save or reload that fails is logged and counted (:attr:`BackgroundAdapter.failures`), the
 running router keeps serving, and the loop goes on.
 
-Each process adapts on its own: run it in one gateway process (``server.workers: 1``, one replica), or adapt
-with the command line and call ``POST /admin/router/reload`` on every replica.
+**One process fits.** Several gateway processes (``gateway serve --workers N``, replicas sharing the directory)
+each run this loop, but only the one holding the ``flock`` on ``router.artifact/.adapting.lock`` counts labels and
+fits: the first to take it keeps it for its lifetime (the kernel releases it when the process dies; another one
+then takes it at its next round, counting new labels from then). The others skip every round, and, like every
+process, follow the artifact the fitting one installs (``router.watch_seconds``, :class:`gateway.runtime.RouterWatch`).
+Where ``flock`` is not available (another OS, a file system without it) each process fits on its own, as before
+(logged). Replicas on separate file systems do not see one another's lock: run background adaptation in one of them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,8 @@ log = logging.getLogger("gateway.quality")
 Fit = Callable[[Path, Path, Path], Any]
 #: The labels file kept beside the artifact (what it was trained on).
 LABELS = "labels.jsonl"
+#: The file in ``router.artifact`` whose ``flock`` the one fitting process holds (see the module docstring).
+ADAPTING_LOCK = ".adapting.lock"
 #: What one attempt can raise (the database, the fit, the file system, a reload refused): counted, and the loop
 #: goes on.
 _ATTEMPT_ERRORS = (GatewayError, SQLAlchemyError, OSError, ValueError, KeyError, RuntimeError)
@@ -151,11 +160,20 @@ class BackgroundAdapter:
         interval_s: float,
         *,
         max_label_share: float | None = DEFAULT_MAX_LABEL_SHARE,
+        lock: Path | None = None,
     ) -> None:
         """``fit``: :func:`fit_adapted` (or a stand-in); ``reload``: loads ``artifact`` into the running router
         (raising when it does not load); ``max_label_share``: ``quality.max_label_share_per_key``, the per-key
-        cap on the feedback labels of one fit (:mod:`gateway.quality.labels`, as ``--from-ledger`` applies it)."""
+        cap on the feedback labels of one fit (:mod:`gateway.quality.labels`, as ``--from-ledger`` applies it);
+        ``lock``: the file whose ``flock`` lets one process fit (``artifact / ADAPTING_LOCK`` in the gateway; None:
+        this one always fits)."""
         self.engine = engine
+        self.lock = lock
+        self._lock_fd: int | None = None
+        self._fd_guard = threading.Lock()  # _lead runs in a thread, _release on the loop
+        self._closed = False
+        #: whether this process fits: True (it holds the lock, or there is none to hold), False (another does)
+        self.fitting_here: bool | None = None
         self.max_label_share = max_label_share
         self.artifact = artifact
         self.every = every
@@ -182,7 +200,53 @@ class BackgroundAdapter:
             "last_error": self.last_error,
             "last_rejection": self.last_rejection,
             "running": self._task is not None and not self._task.done(),
+            "fitting_here": self.fitting_here,
         }
+
+    def _lead(self) -> bool:
+        """Whether this process fits (runs in a thread): it holds :attr:`lock` (taking it if it is free, and then
+        keeping it), or there is no lock to hold. Logged when that changes."""
+        if self.lock is None or self._lock_fd is not None:
+            self.fitting_here = True
+            return True
+        fd: int | None = None
+        try:
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+            if sys.platform != "win32":
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if fd is not None:
+                os.close(fd)
+            if self.fitting_here is not False:
+                log.info("background router adaptation: another gateway process fits (it holds %s)", self.lock)
+            self.fitting_here = False
+            return False
+        except OSError as exc:  # no flock here, or the file cannot be created: fit on our own, as before
+            if fd is not None:
+                os.close(fd)
+            if self.fitting_here is None:
+                log.warning("background router adaptation cannot lock %s (%s): this process fits alone", self.lock, exc)
+            self.fitting_here = True
+            return True
+        with self._fd_guard:
+            if self._closed:  # aclose() ran while this thread took it: give it back
+                os.close(fd)
+                return False
+            self._lock_fd = fd
+        if self.fitting_here is False:
+            log.info("background router adaptation: this process fits now (it holds %s)", self.lock)
+        self.fitting_here = True
+        return True
+
+    def _release(self) -> None:
+        with self._fd_guard:
+            self._closed = True
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock: another process fits from its next round
+                self._lock_fd = None
 
     async def labels(self) -> int:
         """Labels (pairwise verdicts) in the database now."""
@@ -192,12 +256,14 @@ class BackgroundAdapter:
 
     async def maybe_adapt(self) -> bool:
         """Adapt, and install and reload the result, if ``every`` labels arrived since the last time; whether a
-        new artifact now serves.
+        new artifact now serves. Nothing (False) in a process that does not hold :attr:`lock`: another one fits.
 
         Raises:
             What the database, the file system or the reload raise (the previous artifact then still serves and
             is the one on disk); a fit that refuses the labels (ValueError) is counted and logged instead.
         """
+        if not await asyncio.to_thread(self._lead):
+            return False  # another process counts and fits; this one follows what it installs
         n = await self.labels()
         if self.adapted_at is None:
             self.adapted_at = n
@@ -259,6 +325,7 @@ class BackgroundAdapter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._release()
 
     async def _run(self) -> None:
         await asyncio.to_thread(remove_stale, self.artifact)  # what a process killed mid-fit left behind

@@ -17,7 +17,9 @@ verdict). Streamed answers are eligible (the relay already collects their text);
 (the reference is asked with the same parameters, so the verdict compares one draw of each).
 
 **Money**: every call the monitor makes is a ledger row with ``policy = 'monitor'`` and no key, so it is never
-charged to a client's key or budget; ``quality.daily_budget_usd`` caps the day's total (:class:`DailySpend`).
+charged to a client's key or budget; ``quality.daily_budget_usd`` caps the day's total, in Redis for every process
+when Redis is configured (:mod:`gateway.quality.spend`): a sample reserves its worst case before its first call,
+each call settles its actual cost, and the request path only reads a local copy of the figures.
 **Failures** (a dead reference or judge, a timeout, an unusable verdict) only drop the sample: the monitor never
 touches a client's request, the routing breakers or the backends' latency statistics.
 """
@@ -25,7 +27,6 @@ touches a client's request, the routing breakers or the backends' latency statis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import random
@@ -34,57 +35,27 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select
+from prometheus_client import Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from backends import Backend
 from cache.directives import cache_control
-from cache.judge import Check, HitChecker, Messages, answer_text
-from gateway.accounting.schema import ledger
+from cache.judge import Check, HitChecker, Messages, answer_text, judge_messages
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.features import content_text, extract_features
+from gateway.features import extract_features
 from gateway.hooks import Recorder
+from gateway.quality.gauges import QualityGauges
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
-from gateway.quality.spend import DailySpend, utc_day
+from gateway.quality.prompts import conversation, has_media, prompt_bound
+from gateway.quality.spend import DailySpend, Reservation, from_pico, monitoring_spend_today, to_pico, utc_day
 from gateway.quality.tables import verdicts
 from gateway.routing import Router
 from gateway.tokens import TokenCounter
 
 #: What the client's body says to the gateway or its provider, not to the model: the reference is not sent it.
 _NOT_FOR_THE_REFERENCE = frozenset({"stream", "stream_options", "user", "store", "metadata", "gateway"})
-
-
-def _has_media(messages: Any) -> bool:
-    """Whether any message carries an image or audio part (the judge reads text only)."""
-    if not isinstance(messages, list):
-        return False
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(p, dict) and p.get("type") not in (None, "text") for p in content
-        ):
-            return True
-    return False
-
-
-def conversation(messages: Any, question: str) -> str:
-    """What the judge is shown as the user's question: ``question`` (the last user message) alone, or, when the
-    request had a system prompt or earlier turns, those too, so an answer is judged in its context."""
-    if not isinstance(messages, list) or len(messages) < 2:
-        return question
-    lines: list[str] = []
-    for message in messages[:-1]:
-        if not isinstance(message, dict):
-            continue
-        content, _ = content_text(message.get("content"))
-        if content:
-            lines.append(f"{str(message.get('role', 'user')).capitalize()}: {content}")
-    if not lines:
-        return question
-    return "[Conversation so far]\n" + "\n".join(lines) + f"\n\n[Last user message]\n{question}"
 
 
 if TYPE_CHECKING:
@@ -97,8 +68,11 @@ log = logging.getLogger("gateway.quality")
 
 #: What a failed sample can raise: upstream errors, transport, timeouts, bad bodies, the database.
 _SAMPLE_ERRORS = (UpstreamError, OSError, TimeoutError, ValueError, KeyError, SQLAlchemyError)
-#: Outcomes counted in ``gateway_quality_samples_total`` (a fixed set).
-OUTCOMES = ("judged", "no_verdict", "failed", "dropped_queue_full", "dropped_budget")
+#: Outcomes counted in ``gateway_quality_samples_total`` (a fixed set); ``dropped_budget_unavailable``: the budget's
+#: store (Redis) did not answer, so no sample may start.
+OUTCOMES = ("judged", "no_verdict", "failed", "dropped_queue_full", "dropped_budget", "dropped_budget_unavailable")
+#: How often a sample refused while the day's spend is under the budget asks again (samples in flight settling).
+_ROOM_WAIT_S = 0.2
 #: The window the Prometheus gauges summarise.
 GAUGE_WINDOW_S = 7 * 86400
 
@@ -129,6 +103,8 @@ class _Tally:
     reference_model: str | None = None
     judge_model: str | None = None
     calls: int = field(default=0)
+    #: What the sample holds of the day's budget (every call grows it to its bound first, then settles).
+    reservation: Reservation | None = None
 
 
 _TALLY: contextvars.ContextVar[_Tally] = contextvars.ContextVar("quality_tally")
@@ -160,6 +136,7 @@ class QualityMonitor:
         learner: Learner | None = None,
         check_queue: asyncio.Queue[Check] | None = None,
         rng: random.Random | None = None,
+        spend: DailySpend | None = None,
     ) -> None:
         self.settings: QualitySettings = settings.quality
         self.backends = backends
@@ -167,7 +144,9 @@ class QualityMonitor:
         self.recorder = recorder
         self.counter = counter
         self.engine = engine
-        self.spend = DailySpend(self.settings.daily_budget_usd)
+        #: The day's budget: in Redis, shared by every process, when the factory was given one; else this process's.
+        self.spend = spend if spend is not None else DailySpend(self.settings.daily_budget_usd)
+        self._synced_at = -float("inf")  # monotonic time the ledger's figure was last read
         self.reference: dict[str, str] = {}
         self.rates: dict[str, float] = {}
         for name, spec in router.routes.items():
@@ -182,7 +161,7 @@ class QualityMonitor:
         )
         for outcome in OUTCOMES:
             self.samples.labels(outcome)
-        self.gauges = _Gauges(registry)
+        self.gauges = QualityGauges(registry)
         self._learner = learner
         self._check_queue = check_queue
         self._checker: HitChecker | None = None
@@ -208,12 +187,13 @@ class QualityMonitor:
             return False
         if "no-store" in cache_control(ctx.headers) or body.get("store") is False or ctx.extra.get("store") is False:
             return False  # the client asked that nothing be kept: the prompt is stored with the verdict
-        if ctx.usage.prompt_tokens > self.settings.max_prompt_tokens or _has_media(body.get("messages")):
+        if ctx.usage.prompt_tokens > self.settings.max_prompt_tokens or has_media(body.get("messages")):
             return False  # a sample's cost stays bounded; the judge reads text only
         if self._rng.random() >= rate:
             return False
-        if self.spend.exhausted():
-            self.samples.labels("dropped_budget").inc()
+        blocked = self.spend.blocked()  # a local figure: the request path never waits on Redis or the database
+        if blocked is not None:
+            self.samples.labels("dropped_budget" if blocked == "budget" else "dropped_budget_unavailable").inc()
             return False
         return True
 
@@ -243,7 +223,7 @@ class QualityMonitor:
         """Read today's spend, start the workers (and the semantic hit checker)."""
         if self.engine is not None:
             try:
-                await self._load_spend(self.engine)
+                await self._sync_spend(self.engine)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("quality monitor: database unavailable at start-up (%s); verdicts may be lost", exc)
         for i in range(self.settings.concurrency):
@@ -264,6 +244,7 @@ class QualityMonitor:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.spend.aclose()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -278,22 +259,85 @@ class QualityMonitor:
         from gateway.quality.report import quality_report
 
         assert self.engine is not None
-        await self._load_spend(self.engine)  # other replicas' monitoring spend today, as the ledger has it
+        today = await self._sync_spend(self.engine)  # every process's monitoring spend today, as the ledger has it
         start = int((time.time() - GAUGE_WINDOW_S) * 1000)
         rows = await quality_report(self.engine, "route", reference=self.reference, start_ms=start)
-        self.gauges.update([r for r in rows if r["route"] in self.reference], self.spend.spent_usd)
+        self.gauges.update([r for r in rows if r["route"] in self.reference], today)
 
-    async def _load_spend(self, engine: AsyncEngine) -> None:
-        now = time.time()
-        day = utc_day(now)
-        day_start_ms = int(now // 86400 * 86400 * 1000)  # the UTC day's first millisecond
-        async with engine.connect() as conn:
-            # By ts_ms, which is indexed (the day column's index went in revision 0004): run every
-            # report_interval_seconds on each replica, a filter on ``day`` read the whole ledger.
-            found = await conn.scalar(
-                select(func.sum(ledger.c.cost_usd)).where(ledger.c.ts_ms >= day_start_ms, ledger.c.policy == "monitor")
-            )
-        self.spend.load(day, Decimal(found or 0))
+    async def _sync_spend(self, engine: AsyncEngine) -> Decimal:
+        """Read today's monitoring spend from the ledger (every process's rows) into the budget; returns it."""
+        day, found = await monitoring_spend_today(engine)
+        self._synced_at = time.monotonic()
+        await self.spend.sync(day, found)
+        return found
+
+    async def _admit(self, name: str, worst_usd: Decimal, *, wait: bool = True) -> Reservation | None:
+        """Reserve ``worst_usd`` of the day's budget for a sample about to start; None (counted) when none may.
+
+        Refused while the day's spend itself is under the budget (the rest is held by samples in flight, here or in
+        another process), a sample waits for them to settle when ``wait``, at most ``quality.timeout_seconds``
+        (a sample in flight ends within that). Without Redis, other processes' spend is first re-read from the
+        ledger when this process's figure is older than ``quality.budget_sync_seconds``."""
+        deadline = time.monotonic() + self.settings.timeout_seconds
+        blocked = self.spend.blocked()
+        while blocked is None:
+            if not self.spend.shared and self.engine is not None:
+                if time.monotonic() - self._synced_at >= self.settings.budget_sync_seconds:
+                    try:
+                        await self._sync_spend(self.engine)
+                    except (SQLAlchemyError, OSError) as exc:
+                        log.debug("quality budget not synced from the ledger: %r", exc)
+            try:
+                reservation = await self.spend.reserve(name, worst_usd)
+            except OSError:  # Redis: logged once per outage by the store
+                blocked = "unavailable"
+                break
+            if reservation is not None:
+                return reservation
+            if self.spend.exhausted() or not wait or time.monotonic() >= deadline:
+                blocked = "budget"
+                break
+            await asyncio.sleep(_ROOM_WAIT_S)  # the samples in flight hold the rest: wait for them to settle
+            blocked = self.spend.blocked()
+        if wait:  # a sample (a semantic check is not one)
+            self.samples.labels("dropped_budget" if blocked == "budget" else "dropped_budget_unavailable").inc()
+        return None
+
+    # -- worst cases: what a call, a sample or a semantic check may cost at most ----------------------------
+
+    def _bound(self, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        price = self.router.models[model].price
+        return max(
+            price.static.cost(prompt_tokens, completion_tokens), price.now().cost(prompt_tokens, completion_tokens)
+        )
+
+    def _expected(self, body: dict[str, Any]) -> int:
+        """The reference answer's length limit for the request ``body``: the client's, at most
+        ``quality.reference_max_tokens``."""
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        cap = self.settings.reference_max_tokens
+        return min(limit, cap) if isinstance(limit, int) and limit > 0 else cap
+
+    def _answer_tokens(self, expected: int) -> int:
+        """At most how many tokens a reference answer of ``expected`` tokens adds to a judge's prompt (before the
+        answer exists: each judge call grows the reservation to its exact bound if this falls short)."""
+        return min(2 * expected, self.settings.max_answer_chars * 4 // 3) + 16
+
+    def _sample_bound(self, s: Sample, asked: str, served: str) -> Decimal:
+        expected = self._expected(s.body)
+        reference = self._bound(s.reference, prompt_bound(s.body.get("messages")), expected)
+        judge_prompt = prompt_bound(pair_messages(asked, served, "")) + self._answer_tokens(expected)
+        return reference + 2 * self._bound(s.judge, judge_prompt, self.settings.judge_max_tokens)
+
+    def _check_bound(self, check: Check, reference: str, judge: str) -> Decimal:
+        out = Decimal(0)
+        extra = 0
+        if check.reference is None:
+            expected = self._expected(check.request)
+            out += self._bound(reference, prompt_bound(check.request.get("messages")), expected)
+            extra = self._answer_tokens(expected)
+        messages = judge_messages(check.question, check.cached_question, check.cached_answer, check.reference or "")
+        return out + self._bound(judge, prompt_bound(messages) + extra, self.settings.judge_max_tokens)
 
     # -- the workers --------------------------------------------------------------------------------------
 
@@ -301,31 +345,43 @@ class QualityMonitor:
         while True:
             sample = await self.queue.get()
             self.in_progress += 1
+            reservation = None
             try:
-                if self.spend.exhausted():  # counted once, as dropped_budget, not also as no_verdict
-                    self.samples.labels("dropped_budget").inc()
+                question = extract_features("chat", sample.body, self.counter).prompt
+                limit = self.settings.max_answer_chars
+                asked = clip(conversation(sample.body.get("messages"), question), limit)
+                worst = self._sample_bound(sample, asked, clip(sample.answer, limit))
+                # the day's budget, checked (and the worst case reserved) before the sample's first call: a sample
+                # refused is counted once, as dropped_budget, not also as no_verdict
+                reservation = await self._admit(sample.request_id, worst)
+                if reservation is None:
                     continue
                 async with asyncio.timeout(self.settings.timeout_seconds):
-                    outcome = await self.judge_sample(sample)
+                    outcome = await self.judge_sample(sample, reservation)
                 self.samples.labels("judged" if outcome is not None else "no_verdict").inc()
             except _SAMPLE_ERRORS as exc:
                 self.samples.labels("failed").inc()
                 log.warning("quality sample of %s failed: %r", sample.request_id, exc)
             finally:
+                if reservation is not None:
+                    await self.spend.release(reservation)
                 self.in_progress -= 1
                 self.queue.task_done()
 
-    async def judge_sample(self, s: Sample) -> Outcome | None:
-        """Ask the reference, judge both orders, store the verdict; None when the judge gave no verdict (the
-        worker checks the day's budget before it calls this)."""
+    async def judge_sample(self, s: Sample, reservation: Reservation | None = None) -> Outcome | None:
+        """Ask the reference, judge both orders, store the verdict; None when the judge gave no verdict. The
+        worker checks the day's budget and reserves the sample's worst case (``reservation``) before it calls
+        this; without one, each call reserves its own bound."""
         tally = _Tally(s.request_id, s.route, reference_model=s.reference, judge_model=s.judge)
+        tally.reservation = reservation
         token = _TALLY.set(tally)
         try:
-            reference = await self.reference_answer(s.reference, s.body)
             question = extract_features("chat", s.body, self.counter).prompt
             limit = self.settings.max_answer_chars
-            served, ref = clip(s.answer, limit), clip(reference, limit)
+            served = clip(s.answer, limit)
             asked = clip(conversation(s.body.get("messages"), question), limit)
+            reference = await self.reference_answer(s.reference, s.body)
+            ref = clip(reference, limit)
             first = parse_pair_verdict(await self.chat(s.judge, pair_messages(asked, served, ref)))
             second = parse_pair_verdict(await self.chat(s.judge, pair_messages(asked, ref, served)))
         finally:
@@ -341,9 +397,7 @@ class QualityMonitor:
     async def reference_answer(self, model: str, body: dict[str, Any]) -> str:
         """``model``'s answer to the request ``body`` (a shadow call, recorded as monitoring)."""
         spec = self.router.models[model].spec
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        cap = self.settings.reference_max_tokens
-        expected = min(limit, cap) if isinstance(limit, int) and limit > 0 else cap
+        expected = self._expected(body)
         request = {**body, "model": spec.upstream_name}
         request.pop("max_completion_tokens", None)
         request["max_tokens"] = expected  # one sample's cost stays bounded, whatever the client asked for
@@ -368,20 +422,42 @@ class QualityMonitor:
         """``model``'s complete answer to ``body``, recorded as monitoring. A call cut short after it reached the
         upstream (the sample's ``timeout_seconds``, or the upstream's own timeout) is recorded too, estimated: the
         prompt and ``expected`` completion tokens, which a hosted API generates and bills whoever still waits
-        (the day's budget would otherwise not see it)."""
+        (the day's budget would otherwise not see it).
+
+        The budget: the call's bound (its prompt at about 3 bytes a token, and ``expected`` completion tokens, at
+        the model's dearest price) is held first, by the sample's reservation (grown when short) or, outside a
+        sample, by one of its own; its actual cost is settled into the day's spend once its ledger row is queued
+        (the row first: a sample cancelled by its timeout while Redis answers still has its ledger row)."""
+        tally = _TALLY.get(None)
+        bound = self._bound(model, prompt_bound(messages), expected)
+        reservation = tally.reservation if tally is not None else None
+        own = reservation is None
+        if reservation is None:
+            reservation = await self.spend.reserve(f"{model}:{role}", bound, check=False)
+            assert reservation is not None  # never refused without the check
+        elif reservation.held < to_pico(bound):
+            await self.spend.grow(reservation, bound - from_pico(reservation.held))
         started = time.perf_counter()
         try:
-            response = await self.backends[model].complete("/chat/completions", body)
-        except (asyncio.CancelledError, UpstreamTimeout) as exc:
-            if not isinstance(exc, UpstreamTimeout) or exc.reached:
-                prompt = self.counter.count(str(messages or ""))
-                self._record(model, role, prompt, expected, True, time.perf_counter() - started)
-            raise
-        self._account(model, response.body, role, messages, time.perf_counter() - started)
+            try:
+                response = await self.backends[model].complete("/chat/completions", body)
+            except (asyncio.CancelledError, UpstreamTimeout) as exc:
+                if not isinstance(exc, UpstreamTimeout) or exc.reached:
+                    prompt = self.counter.count(str(messages or ""))
+                    cost = self._record(model, role, prompt, expected, True, time.perf_counter() - started)
+                    await self.spend.settle(reservation, bound, cost)
+                raise
+            prompt, completion, estimated = self._usage(response.body, messages)
+            cost = self._record(model, role, prompt, completion, estimated, time.perf_counter() - started)
+            await self.spend.settle(reservation, bound, cost)
+        finally:
+            if own:
+                await self.spend.release(reservation)
         return response.body
 
-    def _account(self, model: str, body: dict[str, Any], role: str, messages: Any, seconds: float) -> None:
-        """Price one monitoring call from its answer ``body`` (:meth:`_record`)."""
+    def _usage(self, body: dict[str, Any], messages: Any) -> tuple[int, int, bool]:
+        """The prompt and completion tokens of one monitoring call's answer ``body`` (counted when it reports
+        none), and whether they were counted."""
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         assert isinstance(usage, dict)
         prompt = int(usage.get("prompt_tokens") or 0)
@@ -390,12 +466,15 @@ class QualityMonitor:
         if estimated:
             prompt = self.counter.count(str(messages or ""))
             completion = self.counter.count(answer_text(body))
-        self._record(model, role, prompt, completion, estimated, seconds)
+        return prompt, completion, estimated
 
-    def _record(self, model: str, role: str, prompt: int, completion: int, estimated: bool, seconds: float) -> None:
-        """Add one monitoring call to today's spend and the current tally, and write its ledger row."""
-        cost = self.router.models[model].price.now().cost(prompt, completion)
-        self.spend.add(cost)
+    def _cost(self, model: str, prompt: int, completion: int) -> Decimal:
+        return self.router.models[model].price.now().cost(prompt, completion)
+
+    def _record(self, model: str, role: str, prompt: int, completion: int, estimated: bool, seconds: float) -> Decimal:
+        """Add one monitoring call to the current tally and write its ledger row; returns its cost (the caller
+        settles it into the day's budget)."""
+        cost = self._cost(model, prompt, completion)
         tally = _TALLY.get(None)
         request_id = "monitor"
         route: str | None = None
@@ -415,6 +494,7 @@ class QualityMonitor:
         ctx.cost_usd, ctx.saved_usd = cost, -cost
         ctx.total_s = seconds  # the call's own duration: the model's latency figures include monitoring calls
         self.recorder.record(ctx)
+        return cost
 
     async def _store(
         self, s: Sample, question: str, outcome: Outcome, first: Verdict, second: Verdict, tally: _Tally
@@ -474,57 +554,6 @@ class QualityMonitor:
         )
 
 
-class _Gauges:
-    """The report's figures as Prometheus gauges; the ``route`` label only takes configured route names."""
-
-    def __init__(self, registry: Any) -> None:
-        r = registry
-        self.estimate = Gauge(
-            "gateway_quality_estimate",
-            "Route quality relative to its reference model, (wins + ties) / samples over the last 7 days",
-            ["route", "bound"],
-            registry=r,
-        )
-        self.verdicts = Gauge(
-            "gateway_quality_verdicts", "Judged samples over the last 7 days", ["route", "verdict"], registry=r
-        )
-        self.false_hits = Gauge(
-            "gateway_quality_semantic_false_hit_rate",
-            "Share of checked semantic cache hits judged wrong over the last 7 days",
-            ["route", "bound"],
-            registry=r,
-        )
-        self.spend = Gauge("gateway_quality_monitor_spend_usd", "Quality monitoring spend today (UTC)", registry=r)
-        self._routes: set[str] = set()  # the routes the last update had rows for
-
-    def update(self, rows: list[dict[str, Any]], spent: Decimal) -> None:
-        for gone in self._routes - {row["route"] for row in rows}:  # nothing in the window: no stale values
-            for bound in ("estimate", "low", "high"):
-                _set_or_drop(self.estimate, (gone, bound), None)
-                _set_or_drop(self.false_hits, (gone, bound), None)
-            for verdict in ("win", "tie", "loss"):
-                self.verdicts.labels(gone, verdict).set(0)
-        self._routes = {row["route"] for row in rows}
-        for row in rows:
-            route = row["route"]
-            for bound, key in (("estimate", "rate"), ("low", "ci95_low"), ("high", "ci95_high")):
-                # no samples in the window: no value (a stale one would keep an alert quiet)
-                _set_or_drop(self.estimate, (route, bound), row["estimate"][key] if row["samples"] else None)
-                checked = row["semantic_false_hits"]["checked"]
-                _set_or_drop(self.false_hits, (route, bound), row["semantic_false_hits"][key] if checked else None)
-            for verdict, key in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
-                self.verdicts.labels(route, verdict).set(row[key])
-        self.spend.set(float(spent))
-
-
-def _set_or_drop(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
-    if value is not None:
-        gauge.labels(*labels).set(value)
-        return
-    with contextlib.suppress(KeyError):  # never set
-        gauge.remove(*labels)
-
-
 class _SemanticChecker(HitChecker):
     """The cache's hit checker, calling through the monitor (its client, its budget, its ledger rows)."""
 
@@ -550,18 +579,26 @@ class _SemanticChecker(HitChecker):
         return await self.monitor.reference_answer(reference, body)
 
     async def run_one(self, check: Check) -> bool | None:
-        """Judge one decision through the monitor, then store the verdict beside the pairwise ones."""
-        if check.route not in self.monitor.reference or self.monitor.spend.exhausted():
+        """Judge one decision through the monitor (its worst case reserved first, as a sample's), then store the
+        verdict beside the pairwise ones."""
+        monitor = self.monitor
+        reference = monitor.reference.get(check.route)
+        if reference is None:
             return None
-        tally = _Tally(check.hit_id, check.route)
+        judge = monitor.settings.judge_model or reference
+        reservation = await monitor._admit(check.hit_id, monitor._check_bound(check, reference, judge), wait=False)
+        if reservation is None:
+            return None
+        tally = _Tally(check.hit_id, check.route, reservation=reservation)
         token = _TALLY.set(tally)
         try:
             verdict = await super().run_one(check)
             if verdict is not None:
-                await self.monitor.store_semantic(check, verdict, tally)
+                await monitor.store_semantic(check, verdict, tally)
         except _SAMPLE_ERRORS as exc:  # a dead judge or reference: this check has no verdict
             log.warning("semantic hit check %s failed: %r", check.hit_id, exc)
             return None
         finally:
             _TALLY.reset(token)
+            await monitor.spend.release(reservation)
         return verdict

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.context import RequestContext
-from gateway.quality.monitor import _Gauges
+from gateway.quality.gauges import QualityGauges
 from gateway.runtime import build_gateway, close_gateway
 from tests.quality.conftest import make_settings
 
@@ -62,7 +62,8 @@ async def test_what_the_client_asked_to_keep_private_or_the_judge_cannot_read_is
 
 
 def test_the_judge_sees_the_conversation_and_the_reference_a_bounded_request() -> None:
-    from gateway.quality.monitor import _NOT_FOR_THE_REFERENCE, conversation
+    from gateway.quality.monitor import _NOT_FOR_THE_REFERENCE
+    from gateway.quality.prompts import conversation
 
     messages = [
         {"role": "system", "content": "You are a pirate."},
@@ -82,7 +83,7 @@ def test_the_judge_sees_the_conversation_and_the_reference_a_bounded_request() -
 def test_a_route_without_samples_has_no_estimate_gauge() -> None:
     """With nothing judged in the window the estimate is dropped, not left at its last value."""
     registry = CollectorRegistry()
-    gauges = _Gauges(registry)
+    gauges = QualityGauges(registry)
 
     def row(samples: int, rate: float | None) -> dict[str, Any]:
         estimate = {"rate": rate, "ci95_low": rate and rate - 0.1, "ci95_high": rate and rate + 0.05}
