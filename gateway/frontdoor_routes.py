@@ -1,12 +1,14 @@
 """HTTP routes of the front doors other than the inference paths (which :mod:`gateway.inference` serves):
-stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``) and ``POST
-/v1/messages/count_tokens``."""
+stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``, ``POST
+/v1/responses/{id}/cancel``), the token counts (``POST /v1/responses/input_tokens``, ``POST
+/v1/messages/count_tokens``), and a clear 404 for ``POST /v1/responses/compact``, which the gateway does not serve."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,8 +16,10 @@ from gateway.auth.request_rate import charge_request
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import messages as ms
+from gateway.frontdoors import responses as rs
 from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
+from gateway.frontdoors.responses_door import previous_not_found
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
 
@@ -34,6 +38,41 @@ def _not_found(response_id: str) -> NotFound:
     )
 
 
+@router.post("/v1/responses/compact", include_in_schema=False)
+async def compact_response(request: Request) -> Response:
+    """Not served (a 404 as for an unknown path, rather than the 405 the ``GET /v1/responses/{id}`` route gave):
+    compaction returns OpenAI's encrypted summary items, which only OpenAI's own models read back. A ``/v1`` path:
+    the caller's key is checked first, as everywhere."""
+    await _caller(request)
+    raise HTTPException(
+        404,
+        "not supported by this gateway (compaction needs OpenAI's encrypted compaction items); "
+        "continue with previous_response_id, or trim the input yourself.",
+    )
+
+
+@router.post("/v1/responses/input_tokens")
+async def count_input_tokens(request: Request) -> Response:
+    """The input tokens of a Responses request (``client.responses.input_tokens.count``): the gateway's own count of
+    its translation, with the stored conversation of ``previous_response_id``, as ``/v1/messages/count_tokens``
+    counts (tiktoken ``cl100k_base``; no backend called, no ledger row; one of the key's requests per minute)."""
+    gw = gateway_of(request)
+    ctx = await _caller(request)
+    await charge_request(gw.admission, ctx)
+    raw = await read_body(request, gw.settings.server.max_body_bytes)
+    req = rs.parse_count_request(load_json_object(raw))
+    if req.model is not None and req.model not in gw.router.models and req.model not in gw.router.routes:
+        raise NotFound(f"model: {req.model}", param="model")
+    history: list[dict[str, Any]] = []
+    if req.previous_response_id:
+        record = await gw.responses.get(tenant_of(ctx), req.previous_response_id)
+        if record is None:
+            raise previous_not_found(req.previous_response_id)
+        history = record["messages"]
+    tokens = (await gw.pipeline.features("chat", rs.to_chat(req, history), len(raw))).prompt_tokens
+    return json_response({"object": "response.input_tokens", "input_tokens": tokens})
+
+
 @router.get("/v1/responses/{response_id}")
 async def get_response(response_id: str, request: Request) -> Response:
     """A stored response of the caller's (404 for another key's)."""
@@ -41,7 +80,22 @@ async def get_response(response_id: str, request: Request) -> Response:
     record = await gateway_of(request).responses.get(tenant_of(ctx), response_id)
     if record is None:
         raise _not_found(response_id)
-    return json_response(record["response"])
+    return json_response(rs.as_stored(record["response"]))
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """OpenAI cancels background responses only; this gateway runs none (``background: true`` is refused), so a
+    stored response of the caller's is a 400, as OpenAI answers for one that was not created in the background, and
+    any other id a 404."""
+    ctx = await _caller(request)
+    if await gateway_of(request).responses.get(tenant_of(ctx), response_id) is None:
+        raise _not_found(response_id)
+    raise InvalidRequest(
+        "Only responses created with background: true can be cancelled, and this gateway runs no background "
+        "responses: this one has finished.",
+        param="response_id",
+    )
 
 
 @router.get("/v1/responses/{response_id}/input_items")

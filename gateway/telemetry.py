@@ -50,6 +50,7 @@ PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "lit
 SHUTDOWN_WAIT_S = 10.0
 _REQUEST_PARAMS = (
     ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),  # what the Responses and Messages doors send
     ("temperature", "gen_ai.request.temperature"),
     ("top_p", "gen_ai.request.top_p"),
     ("seed", "gen_ai.request.seed"),

@@ -32,6 +32,8 @@ class Delta:
     stop_reason: Any = None  # vLLM's matched stop string (or token id)
     usage: dict[str, Any] | None = None
     model: str | None = None
+    logprobs: Any = None  # the text's token log probabilities, when asked for: chat's ``logprobs.content``
+    service_tier: str | None = None  # the tier the upstream says served the answer
     error: dict[str, Any] | None = None  # the pipeline's in-stream error event
 
 
@@ -78,6 +80,9 @@ def _delta(chunk: dict[str, Any], calls: CallIndexes) -> Delta:
         error = chunk["error"]
         return Delta(error=error if isinstance(error, dict) else {"message": str(error)})
     out = Delta(model=chunk.get("model"))
+    tier = chunk.get("service_tier")
+    if isinstance(tier, str) and tier:
+        out.service_tier = tier
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         out.usage = usage
@@ -87,6 +92,9 @@ def _delta(chunk: dict[str, Any], calls: CallIndexes) -> Delta:
         delta = choice.get("delta") or {}
         if isinstance(delta.get("content"), str):
             out.text = delta["content"]
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict):
+                out.logprobs = logprobs.get("content")
         if isinstance(delta.get("refusal"), str):
             out.refusal = delta["refusal"]
         for call in delta.get("tool_calls") or []:

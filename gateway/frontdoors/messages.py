@@ -2,9 +2,10 @@
 
 Supported: ``system`` (a string or text blocks), ``messages`` with text, image, ``tool_use`` and
 ``tool_result`` blocks, custom ``tools`` and ``tool_choice`` (``auto``, ``any``, ``tool``, ``none``,
-``disable_parallel_tool_use``), ``max_tokens``, ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``
-(forwarded: vLLM honours it), ``metadata.user_id``. Server tools, extended thinking, documents, MCP
-servers and containers are refused with a 400 naming the field. Errors use Anthropic's shape.
+``disable_parallel_tool_use``; dropped without tools), ``max_tokens`` (chat's ``max_completion_tokens``),
+``stop_sequences`` (at most 4, as chat APIs take), ``temperature``, ``top_p``, ``top_k`` (forwarded: vLLM honours it),
+``metadata.user_id``, ``output_config`` (and the structured-outputs beta's ``output_format``). Server tools, extended
+thinking, documents, MCP servers and containers are refused with a 400 naming the field. Errors use Anthropic's shape.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _ERROR_TYPES = {
 _OVERLOADED = frozenset({503, 529})
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+#: The most ``stop`` strings OpenAI's chat API takes (vLLM takes more; a request must not depend on the route).
+MAX_STOP_SEQUENCES = 4
 
 _UNSUPPORTED = {
     "mcp_servers": "MCP servers are not supported by this gateway.",
@@ -84,6 +88,7 @@ class CountTokensRequest(_Open):
     stream: StrictBool | None = None
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's spelling of output_config.format
     gateway: dict[str, Any] | None = None
 
 
@@ -107,6 +112,14 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
     req = validate(CountTokensRequest if count_only else MessagesRequest, body)
     if req.thinking is not None and req.thinking.get("type") != "disabled":
         raise InvalidRequest("Extended thinking is not supported by this gateway.", param="thinking")
+    if req.stop_sequences is not None and len(req.stop_sequences) > MAX_STOP_SEQUENCES:
+        # chat APIs take at most 4 (OpenAI's refuses more; vLLM takes them): cutting the list would change where
+        # the answer stops, and forwarding it would work or fail depending on the model a route picked
+        raise InvalidRequest(
+            f"stop_sequences: at most {MAX_STOP_SEQUENCES} stop sequences are supported by this gateway "
+            f"(got {len(req.stop_sequences)}).",
+            param="stop_sequences",
+        )
     return req
 
 
@@ -242,9 +255,11 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _EFFORTS = ("low", "medium", "high")
 
 
-def _output_config(config: dict[str, Any], body: dict[str, Any]) -> None:
+def _output_config(config: dict[str, Any], body: dict[str, Any], legacy: dict[str, Any] | None) -> None:
     """``output_config`` (structured outputs, effort) as chat's ``response_format`` and ``reasoning_effort``;
-    anything else in it is a 400 rather than silently unconstrained output."""
+    anything else in it is a 400 rather than silently unconstrained output. ``legacy``: the top-level
+    ``output_format`` of the structured-outputs beta, which Anthropic still takes while clients move to
+    ``output_config.format`` (older SDKs and frameworks send it): the same, and a 400 with both."""
     for key in config:
         if key not in ("format", "effort"):
             raise InvalidRequest(
@@ -252,13 +267,18 @@ def _output_config(config: dict[str, Any], body: dict[str, Any]) -> None:
                 param=f"output_config.{key}",
                 code="unsupported_parameter",
             )
-    fmt = config.get("format")
+    fmt, where = config.get("format"), "output_config.format"
+    if legacy is not None:
+        if fmt is not None:
+            raise InvalidRequest(
+                "output_format is the deprecated spelling of output_config.format: send one of them.",
+                param="output_format",
+            )
+        fmt, where = legacy, "output_format"
     if fmt is not None:
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
         if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(schema, dict):
-            raise InvalidRequest(
-                "output_config.format must be {'type': 'json_schema', 'schema': {...}}.", param="output_config.format"
-            )
+            raise InvalidRequest(f"{where} must be {{'type': 'json_schema', 'schema': {{...}}}}.", param=where)
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": schema, "strict": True},
@@ -273,18 +293,24 @@ def _output_config(config: dict[str, Any], body: dict[str, Any]) -> None:
 
 
 def _tool_choice(choice: dict[str, Any], body: dict[str, Any]) -> None:
+    """``tool_choice`` as chat's: checked either way, and sent only with tools (chat APIs refuse it without;
+    vLLM and OpenAI do)."""
     kind = choice.get("type")
+    chat: str | dict[str, Any]
     if kind == "auto":
-        body["tool_choice"] = "auto"
+        chat = "auto"
     elif kind == "any":
-        body["tool_choice"] = "required"
+        chat = "required"
     elif kind == "none":
-        body["tool_choice"] = "none"
+        chat = "none"
     elif kind == "tool" and isinstance(choice.get("name"), str):
-        body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        chat = {"type": "function", "function": {"name": choice["name"]}}
     else:
         raise InvalidRequest(f"Invalid value for 'tool_choice.type': {kind!r}.", param="tool_choice.type")
-    if choice.get("disable_parallel_tool_use") and "tools" in body:
+    if "tools" not in body:
+        return
+    body["tool_choice"] = chat
+    if choice.get("disable_parallel_tool_use"):
         body["parallel_tool_calls"] = False
 
 
@@ -303,13 +329,15 @@ def to_chat(req: CountTokensRequest) -> dict[str, Any]:
             messages.append(_assistant_turn(turn.content, where))
     body: dict[str, Any] = {"model": req.model, "messages": messages}
     if req.max_tokens is not None:
-        body["max_tokens"] = req.max_tokens
+        # ``max_completion_tokens``, as the Responses door sends: reasoning models (gpt-5, o-series) refuse
+        # ``max_tokens``, and ``output_config.effort`` asks for one; the gateway reads either as the limit.
+        body["max_completion_tokens"] = req.max_tokens
     if req.tools:
         body["tools"] = _tools(req.tools)
     if req.tool_choice is not None:
         _tool_choice(req.tool_choice, body)
-    if req.output_config is not None:
-        _output_config(req.output_config, body)
+    if req.output_config is not None or req.output_format is not None:
+        _output_config(req.output_config or {}, body, req.output_format)
     if req.stop_sequences:
         body["stop"] = req.stop_sequences
     for name in ("temperature", "top_p", "top_k"):

@@ -4,7 +4,8 @@ Supported: ``input`` as a string or a list of items (messages with text/image pa
 and ``function_call_output`` items), ``instructions``, function ``tools`` and ``tool_choice``,
 ``text.format`` (``text``, ``json_object``, ``json_schema``), ``max_output_tokens``, ``temperature``,
 ``top_p``, ``parallel_tool_calls``, ``reasoning.effort`` (chat's ``reasoning_effort``), ``metadata``, ``user``,
-``store`` and ``previous_response_id``.
+``store`` and ``previous_response_id``; ``text.verbosity``, ``prompt_cache_key``, ``safety_identifier``,
+``service_tier`` and log probabilities (:mod:`gateway.frontdoors.responses_settings`).
 Hosted tools, background mode, server-side conversations and prompt templates are refused with a 400
 naming the field.
 """
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import InvalidRequest
+from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.chunks import usage_detail
 from gateway.protocol import Temperature, UnitInterval, required_str, validate
 
@@ -47,6 +49,7 @@ class TextConfig(_Open):
     """``text``."""
 
     format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None  # chat's ``verbosity``
 
 
 class ReasoningConfig(_Open):
@@ -56,10 +59,11 @@ class ReasoningConfig(_Open):
     summary: StrictStr | None = None
 
 
-class ResponsesRequest(_Open):
-    """``POST /v1/responses``: validated for types; items and tools are checked while translating."""
+class ResponsesBody(_Open):
+    """A Responses request's fields, validated for types (items and tools are checked while translating); ``model``
+    may be left out (``POST /v1/responses/input_tokens``)."""
 
-    model: StrictStr = Field(min_length=1)
+    model: StrictStr | None = Field(None, min_length=1)
     input: StrictStr | list[dict[str, Any]]
     instructions: StrictStr | None = None
     tools: list[dict[str, Any]] | None = None
@@ -75,7 +79,18 @@ class ResponsesRequest(_Open):
     previous_response_id: StrictStr | None = None
     stream: StrictBool | None = None
     user: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+    service_tier: StrictStr | None = None  # the upstream checks the value (providers' tiers differ)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    include: list[StrictStr] | None = None
     gateway: dict[str, Any] | None = None
+
+
+class ResponsesRequest(ResponsesBody):
+    """``POST /v1/responses``."""
+
+    model: StrictStr = Field(min_length=1)
 
 
 def new_id(prefix: str) -> str:
@@ -85,23 +100,41 @@ def new_id(prefix: str) -> str:
 
 def parse_request(body: dict[str, Any]) -> ResponsesRequest:
     """Validate a Responses request body; 400 naming the first bad or unsupported field."""
-    for name, message in _UNSUPPORTED.items():
-        if body.get(name) not in (None, False):
-            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+    _refuse_unsupported(body)
     return validate(ResponsesRequest, body)
 
 
-def input_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """The request's ``input`` as chat messages (without ``instructions``)."""
+def parse_count_request(body: dict[str, Any]) -> ResponsesBody:
+    """Validate a ``POST /v1/responses/input_tokens`` body: a Responses request whose ``model`` may be left out."""
+    _refuse_unsupported(body)
+    return validate(ResponsesBody, body)
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name, message in _UNSUPPORTED.items():
+        if body.get(name) not in (None, False):
+            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+
+
+def input_messages(req: ResponsesBody) -> list[dict[str, Any]]:
+    """The request's ``input`` as chat messages (without ``instructions``). A chat ``tool`` message holds text only:
+    the images a tool returned go in a user message after the tool messages of its turn (chat APIs require those to
+    follow the assistant's calls directly), as the Messages door sends a ``tool_result``'s images."""
     if isinstance(req.input, str):
         return [{"role": "user", "content": req.input}]
     out: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []  # the current turn's tool outputs' images
     for i, item in enumerate(req.input):
-        _add_item(out, item, f"input[{i}]")
+        if images and item.get("type", "message") not in ("function_call_output", "reasoning"):
+            out.append({"role": "user", "content": images})
+            images = []
+        images += _add_item(out, item, f"input[{i}]")
+    if images:
+        out.append({"role": "user", "content": images})
     return out
 
 
-def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+def input_items(req: ResponsesBody) -> list[dict[str, Any]]:
     """The request's ``input`` as the Responses API's input items, each with an id (the client's, else a new
     one): what ``GET /v1/responses/{id}/input_items`` lists. Call after :func:`input_messages` validated it."""
     if isinstance(req.input, str):
@@ -126,7 +159,9 @@ def _input_message(role: str, content: list[dict[str, Any]], item_id: str | None
     return {"id": item_id or new_id("msg"), "type": "message", "role": role, "content": content, "status": "completed"}
 
 
-def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> None:
+def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Add ``item`` to ``out`` as chat messages; returns the images of a ``function_call_output`` (as chat parts),
+    which the caller sends after the turn's tool messages."""
     kind = item.get("type", "message")
     if kind == "message":
         role = item.get("role")
@@ -151,20 +186,24 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> No
             out.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
         output = item.get("output")
-        if isinstance(output, list):
-            output = _content(output, f"{where}.output")
-            output = output if isinstance(output, str) else "".join(p.get("text", "") for p in output)
+        images: list[dict[str, Any]] = []
+        if isinstance(output, list):  # input_text and input_image parts (input_file is refused, a 400)
+            parts = _content(output, f"{where}.output")
+            images = [p for p in parts if p["type"] != "text"] if isinstance(parts, list) else []
+            output = parts if isinstance(parts, str) else "".join(p["text"] for p in parts if p["type"] == "text")
         if not isinstance(output, str):
             raise InvalidRequest(f"Invalid value for '{where}.output': expected a string.", param=f"{where}.output")
         out.append({"role": "tool", "tool_call_id": required_str(item, "call_id", where), "content": output})
+        return images
     elif kind == "reasoning":
-        return  # a reasoning item replayed from another model's output: nothing a chat backend can use
+        pass  # a reasoning item replayed from another model's output: nothing a chat backend can use
     else:
         raise InvalidRequest(
             f"Input items of type '{kind}' are not supported by this gateway.",
             param=f"{where}.type",
             code="unsupported_parameter",
         )
+    return []
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -281,7 +320,7 @@ def _response_format(fmt: TextFormat) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
+def to_chat(req: ResponsesBody, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The chat-completions body for ``req``, continuing ``history`` (earlier turns' chat messages)."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
@@ -292,6 +331,8 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
         raise InvalidRequest("The request has no input.", param="input")
     _check_outputs_follow_calls(messages)
     body: dict[str, Any] = {"model": req.model, "messages": messages}
+    if req.model is None:  # counting input tokens: no model to send
+        del body["model"]
     if req.tools:
         body["tools"] = _tools(req.tools)
     if req.tool_choice is not None:
@@ -315,6 +356,7 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> dict[str, A
         body["reasoning_effort"] = req.reasoning.effort
     if req.user is not None:
         body["user"] = req.user
+    settings.add_settings(req, body)
     if req.gateway is not None:
         body["gateway"] = req.gateway
     if req.stream:
@@ -340,7 +382,7 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
     fmt: dict[str, Any] = {"type": "text"}
     if req.text is not None and req.text.format is not None:
         fmt = req.text.format.model_dump(by_alias=True, exclude_none=True)
-    return {
+    response: dict[str, Any] = {
         "id": response_id,
         "object": "response",
         "created_at": created_at or int(time.time()),
@@ -369,22 +411,37 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
         "user": req.user,
         "metadata": req.metadata or {},
     }
+    settings.echo(req, response)
+    return response
 
 
 def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
-    """A chat ``usage`` as the Responses API's: the token counts, and the prompt's cached tokens and the answer's
-    reasoning tokens where the upstream reported them."""
+    """A chat ``usage`` as the Responses API's: the token counts, and the prompt's cached tokens, the prompt tokens
+    written to the upstream's cache and the answer's reasoning tokens where the upstream reported them (0 where not:
+    openai-python's ``ResponseUsage`` requires each)."""
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     cached = usage_detail(usage, "prompt_tokens_details", "cached_tokens")
+    written = usage_detail(usage, "prompt_tokens_details", "cache_write_tokens")
     reasoning = usage_detail(usage, "completion_tokens_details", "reasoning_tokens")
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
     }
+
+
+def as_stored(response: dict[str, Any]) -> dict[str, Any]:
+    """A stored response object as served again: one stored before ``input_tokens_details.cache_write_tokens`` was
+    reported gets it (0), which openai-python's ``ResponseUsage`` requires."""
+    usage = response.get("usage")
+    details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
+    if isinstance(details, dict) and "cache_write_tokens" not in details:
+        assert isinstance(usage, dict)
+        return {**response, "usage": {**usage, "input_tokens_details": {**details, "cache_write_tokens": 0}}}
+    return response
 
 
 #: Chat finish reasons that leave a response ``incomplete``, and the reason the Responses API gives.
@@ -448,6 +505,8 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
     status = item_status(choice.get("finish_reason"))
     if isinstance(content, str) and content:
         output.append(message_item(content, status=status))
+        if settings.wants_logprobs(req):
+            output[-1]["content"][0]["logprobs"] = settings.output_logprobs(settings.chat_logprobs(choice))
     elif message.get("refusal"):
         item = message_item("", status=status)
         item["content"] = [refusal_part(message["refusal"])]
@@ -456,6 +515,7 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
         fn = call.get("function") or {}
         output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments", "")))
     response["output"] = output
+    settings.served_tier(response, completion.get("service_tier"))
     usage = completion.get("usage")
     response["usage"] = usage_of(usage if isinstance(usage, dict) else {})
     finish(response, choice.get("finish_reason"))

@@ -10,6 +10,7 @@ import orjson
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import responses as rs
+from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.responses_stream import render as render_stream
 from gateway.frontdoors.store import ResponseStore
@@ -17,6 +18,15 @@ from gateway.pipeline import JSONResult, Result, StreamResult
 from gateway.protocol import load_json_object
 
 log = logging.getLogger("gateway.frontdoors.responses")
+
+
+def previous_not_found(response_id: str) -> NotFound:
+    """The 404 for a ``previous_response_id`` the caller has no stored response of."""
+    return NotFound(
+        f"Previous response with id '{shown(response_id)}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
 
 
 class ResponsesDoor:
@@ -46,11 +56,7 @@ class ResponsesDoor:
         if req.previous_response_id:
             record = await self.store.get(tenant_of(ctx), req.previous_response_id)
             if record is None:
-                raise NotFound(
-                    f"Previous response with id '{shown(req.previous_response_id)}' not found.",
-                    param="previous_response_id",
-                    code="previous_response_not_found",
-                )
+                raise previous_not_found(req.previous_response_id)
             size = int(record.get("size", 0)) + 2 * len(raw)  # a turn's input is kept as messages and as items
             if req.store is not False and size > self.max_record_bytes:
                 # Each stored response holds its whole conversation: without a bound a chain of large turns
@@ -82,7 +88,8 @@ class ResponsesDoor:
         async def on_done(response: dict[str, Any]) -> None:
             await self._keep(ctx, response)
 
-        return StreamResult(render_stream(result.frames, skeleton, on_done), result.headers)
+        frames = render_stream(result.frames, skeleton, on_done, logprobs=settings.wants_logprobs(req))
+        return StreamResult(frames, result.headers)
 
     async def _keep(self, ctx: RequestContext, response: dict[str, Any]) -> None:
         """Store the finished response when asked (the default); a store failure costs the client only

@@ -8,7 +8,8 @@ Order, as OpenAI sends them: ``response.created``, ``response.in_progress``; per
 ``response.output_item.done`` (a message cut short by ``max_output_tokens`` is ``incomplete``); last
 ``response.completed`` (or ``response.incomplete``) carrying the whole response with ``usage``. Parallel tool
 calls whose deltas interleave are sent one item after the other (:mod:`gateway.frontdoors.toolcalls`). An upstream
-failure mid-stream ends it with ``error`` and ``response.failed``.
+failure mid-stream ends it with ``error`` and ``response.failed``. When the request asked for them, the text events
+carry the upstream's log probabilities (:mod:`gateway.frontdoors.responses_settings`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.chunks import Delta, ToolDelta, deltas, sse
 from gateway.frontdoors.responses import (
     finish,
@@ -35,8 +37,10 @@ OnDone = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class _Renderer:
-    def __init__(self, response: dict[str, Any]) -> None:
+    def __init__(self, response: dict[str, Any], logprobs: bool = False) -> None:
         self.response = response
+        self.logprobs = logprobs  # asked for: the text events and parts carry them
+        self.token_logprobs: list[dict[str, Any]] = []  # the open message's, in the part's format
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item being streamed
@@ -65,8 +69,9 @@ class _Renderer:
         out.append(self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item)))
         return out
 
-    def on_text(self, text: str, kind: str = "output_text") -> list[bytes]:
-        """A piece of the answer's text (``kind`` ``refusal``: of the model's refusal)."""
+    def on_text(self, text: str, kind: str = "output_text", logprobs: Any = None) -> list[bytes]:
+        """A piece of the answer's text (``kind`` ``refusal``: of the model's refusal), with its tokens' log
+        probabilities (chat's ``logprobs.content``) when the request asked for them."""
         out: list[bytes] = []
         if self.open is None or self.open["type"] != "message" or self.kind != kind:
             item = message_item("", status="in_progress")
@@ -74,12 +79,16 @@ class _Renderer:
             out = self._steps(self.calls.interrupt()) + self._open_item(item)
             self.text = ""
             self.kind = kind
+            self.token_logprobs = []
             out.append(self.event("response.content_part.added", **self._where(), part=_part(kind, "")))
         self.text += text
         if kind == "refusal":
             out.append(self.event("response.refusal.delta", **self._where(), delta=text))
         else:
-            out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
+            pieces = settings.output_logprobs(logprobs) if self.logprobs else []
+            self.token_logprobs += pieces
+            lps = settings.event_logprobs(pieces)
+            out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=lps))
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
@@ -134,7 +143,9 @@ class _Renderer:
             if self.kind == "refusal":
                 out.append(self.event("response.refusal.done", **where, refusal=self.text))
             else:
-                out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
+                part["logprobs"] = self.token_logprobs
+                lps = settings.event_logprobs(self.token_logprobs)
+                out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=lps))
             out.append(self.event("response.content_part.done", **where, part=part))
             item["content"] = [part]
         else:
@@ -156,10 +167,13 @@ def _part(kind: str, text: str) -> dict[str, Any]:
     return refusal_part(text) if kind == "refusal" else text_part(text)
 
 
-async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done: OnDone) -> AsyncIterator[bytes]:
+async def render(
+    frames: AsyncIterator[bytes], response: dict[str, Any], on_done: OnDone, *, logprobs: bool = False
+) -> AsyncIterator[bytes]:
     """The Responses API stream for the pipeline's chat ``frames``; ``response`` is the skeleton
-    (:func:`gateway.frontdoors.responses.skeleton`) that streaming announces and then completes."""
-    r = _Renderer(response)
+    (:func:`gateway.frontdoors.responses.skeleton`) that streaming announces and then completes; ``logprobs``: the
+    request asked for the text's log probabilities."""
+    r = _Renderer(response, logprobs)
     for out in r.start():
         yield out
     finish_reason: str | None = None
@@ -193,9 +207,10 @@ async def render(frames: AsyncIterator[bytes], response: dict[str, Any], on_done
 def _apply(r: _Renderer, d: Delta) -> list[bytes]:
     if d.model:
         r.response["model"] = d.model
+    settings.served_tier(r.response, d.service_tier)
     out: list[bytes] = []
     if d.text:
-        out += r.on_text(d.text)
+        out += r.on_text(d.text, logprobs=d.logprobs)
     if d.refusal:
         out += r.on_text(d.refusal, "refusal")
     for tool in d.tools:

@@ -1,6 +1,7 @@
 """A chat upstream that answers by script (the last user message names the script), and a gateway with virtual keys
 in front of it: for the front doors' tests of what a simulator cannot send (parallel tool-call deltas interleaved,
-an upstream's 503 or 529, a stream that ignores ``max_tokens``). The upstream records every chat body it got."""
+an upstream's 503 or 529, a stream that ignores ``max_tokens``, the prompt tokens it wrote to its cache); like OpenAI
+it reports log probabilities and its service tier when asked. The upstream records every chat body it got."""
 
 from __future__ import annotations
 
@@ -130,21 +131,29 @@ def _app(bodies: list[dict[str, Any]]) -> Starlette:
     async def chat(request: Request) -> Response:
         body = await request.json()
         bodies.append(body)
-        prompt = body["messages"][-1].get("content")
+        content = body["messages"][-1].get("content")
+        prompt = content if isinstance(content, str) else None  # a list of parts (images) is no script
         if prompt in STATUSES:
             error = {"error": {"message": "Overloaded", "type": "overloaded_error", "code": None}}
             return JSONResponse(error, status_code=STATUSES[prompt])
         if prompt == "greedy" and body.get("stream"):
             return StreamingResponse(_greedy(), media_type="text/event-stream")
-        usage = USAGE
+        usage: dict[str, Any] = USAGE
         if prompt == "greedy":  # an answer far longer than max_tokens
             usage = {"prompt_tokens": 12, "completion_tokens": GREEDY_CHUNKS, "total_tokens": 12 + GREEDY_CHUNKS}
-        elif body.get("stream"):
-            return Response(_sse(STREAMS.get(prompt, HELLO)), media_type="text/event-stream")
+        elif prompt == "cache write":  # an upstream that reports the prompt tokens it wrote to its cache
+            usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 7}}
+        if body.get("stream"):
+            events = [
+                _as_asked(body, {**e, "usage": usage} if "usage" in e else e) for e in STREAMS.get(prompt or "", HELLO)
+            ]
+            return Response(_sse(events), media_type="text/event-stream")
         message = {"role": "assistant", "content": "Hello"}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [logprob(t, body.get("top_logprobs")) for t in ("Hel", "lo")]}
         completion = {"id": "c", "object": "chat.completion", "created": 1, "model": "u", "choices": [choice]}
-        return JSONResponse({**completion, "usage": usage})
+        return JSONResponse(_as_asked(body, {**completion, "usage": usage}))
 
     async def other(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": []})
@@ -152,6 +161,35 @@ def _app(bodies: list[dict[str, Any]]) -> Starlette:
     return Starlette(
         routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/{path:path}", other, methods=["GET"])]
     )
+
+
+def logprob(token: str, top: int | None) -> dict[str, Any]:
+    """Chat's log probability of ``token`` (as OpenAI sends it), with ``top`` alternatives (the token first)."""
+    alternatives = [(token, -0.25), ("x", -2.5), ("y", -3.5)][: top or 0]
+    return {
+        "token": token,
+        "logprob": -0.25,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives],
+    }
+
+
+def _as_asked(body: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer`` (a completion or a chunk) with what OpenAI adds when asked: the ``service_tier`` that served it
+    (``auto`` is served by ``default``), each text delta's ``logprobs``."""
+    out = dict(answer)
+    tier = body.get("service_tier")
+    if tier is not None:
+        out["service_tier"] = "default" if tier == "auto" else tier
+    if body.get("logprobs") and out.get("object") == "chat.completion.chunk":
+        choices = []
+        for choice in out.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                choice = {**choice, "logprobs": {"content": [logprob(text, body.get("top_logprobs"))]}}
+            choices.append(choice)
+        out["choices"] = choices
+    return out
 
 
 async def _greedy() -> AsyncIterator[bytes]:
@@ -173,6 +211,7 @@ def scripted_gateway(tmp: Path) -> Iterator[Scripted]:
             "upstream_model": "u",
             "input_cost_per_token": "0.00001",
             "output_cost_per_token": "0.00003",
+            "supports_vision": True,  # images (a tool's included) go upstream as sent
         }
         settings = settings_from_dict(
             {

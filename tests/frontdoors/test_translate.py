@@ -167,7 +167,9 @@ def test_messages_blocks_become_chat_messages() -> None:
     assert m[2]["content"] == "let me" and m[2]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
     assert m[3] == {"role": "tool", "tool_call_id": "t1", "content": "Error: 42"}
     assert m[4] == {"role": "user", "content": "so?"}
-    assert chat["stop"] == ["END"] and chat["top_k"] == 5 and chat["user"] == "u" and chat["max_tokens"] == 10
+    assert (
+        chat["stop"] == ["END"] and chat["top_k"] == 5 and chat["user"] == "u" and chat["max_completion_tokens"] == 10
+    )
     assert chat["tool_choice"] == "required" and chat["parallel_tool_calls"] is False
 
 
@@ -263,7 +265,7 @@ def test_responses_usage_details_and_a_refusal_cut_short() -> None:
     }
     completion = {"choices": [{"finish_reason": "length", "message": {"content": None, "refusal": "No."}}]}
     out = rs.from_chat(req, "resp_1", {**completion, "usage": usage})
-    assert out["usage"]["input_tokens_details"] == {"cached_tokens": 1536}
+    assert out["usage"]["input_tokens_details"] == {"cached_tokens": 1536, "cache_write_tokens": 0}
     assert out["usage"]["output_tokens_details"] == {"reasoning_tokens": 500}
     assert out["status"] == "incomplete" and out["incomplete_details"] == {"reason": "max_output_tokens"}
     assert out["output"][0]["status"] == "incomplete"
