@@ -28,7 +28,20 @@ import orjson
 from gateway.context import RequestContext
 
 #: Body fields that do not change the answer.
-NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier", "gateway"})
+NOT_IN_KEY = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",  # OpenAI's successor to ``user``: who asked, not what
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",  # the provider's prompt-cache routing hint
+        "prompt_cache_retention",
+        "gateway",
+    }
+)
 
 #: Values equal to the OpenAI API's documented defaults (dropped, so ``n: 1`` and no ``n`` share a key).
 #: ``temperature`` and ``top_p`` are not here: vLLM may take their defaults from the model's config.

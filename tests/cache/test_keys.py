@@ -46,6 +46,10 @@ def test_key_order_and_equivalent_json_do_not_matter() -> None:
 def test_stream_and_user_fields_are_not_in_the_key() -> None:
     streamed = {**BASE, "stream": True, "stream_options": {"include_usage": True}, "user": "u-42"}
     assert key(streamed) == key(BASE)
+    # who asked and the provider's own prompt-cache hints do not change the answer either (the Responses door
+    # forwards them; the Agents SDK and LangChain send them)
+    hints = {"safety_identifier": "h-9f2", "prompt_cache_key": "conv-1", "prompt_cache_retention": "24h"}
+    assert key({**BASE, **hints}) == key(BASE)
 
 
 @pytest.mark.parametrize(
