@@ -131,6 +131,8 @@ def router_artifact_problem(settings: Settings) -> str | None:
     state = artifact_state(path)
     adapts = _adapts_in_background(settings)
     hint = " (set router.fallback_to_prior: true to start on the shipped prior anyway)"
+    if state == "unreadable":
+        return f"router.artifact: {path} cannot be read by this process (check its permissions and its owner)"
     if state == "not_a_directory":
         return f"router.artifact: {path} is not a directory (an artifact is a directory: `gateway router adapt --out`)"
     if state == "missing":

@@ -24,7 +24,7 @@ ADAPTED_JSON = "adapted.json"
 #: The file that marks a prior's artifact directory (``gateway router train --out``).
 PRIOR_JSON = "router.json"
 #: What a configured artifact path holds, before anything is loaded (:func:`artifact_state`).
-ArtifactState = Literal["artifact", "empty", "missing", "not_a_directory"]
+ArtifactState = Literal["artifact", "empty", "missing", "not_a_directory", "unreadable"]
 
 
 def is_adapted(directory: Path) -> bool:
@@ -35,14 +35,18 @@ def is_adapted(directory: Path) -> bool:
 def artifact_state(directory: Path) -> ArtifactState:
     """What ``directory`` holds, without loading it: ``artifact`` (the JSON that names an adapted or a prior
     artifact is there: it still has to load), ``empty`` (a directory without one: nothing saved yet, or only
-    ``labels.jsonl`` and work directories), ``missing`` (no such path) or ``not_a_directory``."""
+    ``labels.jsonl`` and work directories), ``missing`` (no such path), ``not_a_directory`` or ``unreadable``
+    (this process may not look inside)."""
     directory = Path(directory)
-    if not directory.exists():
-        return "missing"
-    if not directory.is_dir():
-        return "not_a_directory"
-    if (directory / ADAPTED_JSON).is_file() or (directory / PRIOR_JSON).is_file():
-        return "artifact"
+    try:
+        if not directory.exists():
+            return "missing"
+        if not directory.is_dir():
+            return "not_a_directory"
+        if (directory / ADAPTED_JSON).is_file() or (directory / PRIOR_JSON).is_file():
+            return "artifact"
+    except OSError:  # a permission error: Path.exists/is_file raise it rather than answer False
+        return "unreadable"
     return "empty"
 
 

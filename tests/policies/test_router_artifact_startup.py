@@ -175,3 +175,28 @@ def test_gateway_serve_exits_on_a_mistyped_artifact(tmp_path: Path) -> None:
     assert not served, "gateway serve started on the shipped prior"
     assert proc.proc.returncode not in (0, None)
     assert f"router.artifact: {typo} does not exist" in proc.log(), proc.log()
+
+
+def test_an_artifact_this_process_may_not_read_is_a_named_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``router.artifact`` the gateway's user may not look into (an operator's ``chmod 700`` as another user) is
+    the start-up's named config error, not a bare ``PermissionError``: on Python 3.11 ``Path.exists`` raises it
+    rather than answer False. (The tests run as root, whom permissions do not stop: the refusal is played by
+    ``Path.exists`` for that one path.)"""
+    from policies.router.loader import artifact_state
+
+    locked = tmp_path / "locked" / "router"
+    real_exists = Path.exists
+
+    def exists(self: Path, *args: Any, **kwargs: Any) -> bool:
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    assert artifact_state(locked) == "unreadable"
+    problem = components.router_artifact_problem(_settings(tmp_path, locked))
+    assert problem is not None and "cannot be read" in problem and str(locked) in problem
+    with pytest.raises(ConfigError, match="cannot be read"):
+        components.load_router(_settings(tmp_path, locked), load_counter())
