@@ -53,10 +53,12 @@ class CircuitBreaker:
             return True
         return state is BreakerState.HALF_OPEN and not self._probe_in_flight
 
-    def before_call(self) -> None:
-        """Mark the start of an attempt (claims the single half-open probe)."""
+    def before_call(self) -> bool:
+        """Mark the start of an attempt; True when it claimed the single half-open probe."""
         if self.state is BreakerState.HALF_OPEN:
             self._probe_in_flight = True
+            return True
+        return False
 
     def release(self) -> None:
         """A call ended telling nothing about the backend (the client left, or the request was the client's

@@ -89,7 +89,7 @@ class StoreBreaker:
         if not breaker.available():
             self._count("response_store_open")
             raise StoreUnavailable("The response store is unavailable: it failed moments ago.")
-        breaker.before_call()
+        probe = breaker.before_call()
         try:
             yield
         except StoreUnavailable as exc:
@@ -105,7 +105,8 @@ class StoreBreaker:
                 )
             raise
         except BaseException:  # cancelled with its request, or not the store's failure: no verdict on it
-            breaker.release()
+            if probe:  # only the probe's own call frees the probe (another's would let a second one through)
+                breaker.release()
             raise
         breaker.record_success()
         if self._failing:

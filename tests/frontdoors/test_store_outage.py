@@ -149,3 +149,26 @@ async def test_the_database_store_fails_fast_too() -> None:
             assert time.monotonic() - started < 0.5 + 1.0
         finally:
             await db.aclose()
+
+
+def test_only_the_probe_frees_the_probe() -> None:
+    """A call admitted while the store was still closed, and cancelled (its client left) while another call is the
+    half-open probe, must not free the probe: a second call would reach a store that just failed."""
+    from gateway.frontdoors.store import StoreBreaker
+
+    now = [0.0]
+    breaker = StoreBreaker("test", retry_after_s=5.0, clock=lambda: now[0])
+    early = breaker.call()
+    early.__enter__()  # admitted while closed; still waiting on the store
+    with pytest.raises(StoreUnavailable), breaker.call():
+        raise StoreUnavailable("down")  # another call fails: open for 5 s
+    now[0] = 6.0
+    probe = breaker.call()
+    probe.__enter__()  # the half-open probe
+    cancelled = asyncio.CancelledError()
+    assert not early.__exit__(asyncio.CancelledError, cancelled, None)  # the early call is cancelled (re-raised)
+    with pytest.raises(StoreUnavailable), breaker.call():  # the probe is still out: this one fails at once
+        pass
+    probe.__exit__(None, None, None)  # the probe succeeds: closed
+    with breaker.call():
+        pass
