@@ -18,27 +18,53 @@ _LOGPROB_LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 class CallIndexes:
     """Each tool call's place in a stream: the upstream's ``index``, or, where it sends none (Gemini's
     OpenAI-compatible API, some proxies), the next place for each new call ``id`` (a fragment without an id
-    continues the last call). Read as 0, a second call's fragments were appended to the first call's."""
+    continues the last call). Read as 0, a second call's fragments were appended to the first call's.
 
-    __slots__ = ("_by_id", "_last", "_next")
+    A call that starts (an ``id`` and a ``name``) on an index another call with a different id already holds (an
+    upstream bug seen in the wild) is a new call, at the next free place, and the index's later fragments are
+    its own: they were merged into one call (``{"a":1}{"b":2}``). A different id without a name continues the call
+    (an upstream that repeats a changing id on every fragment)."""
+
+    __slots__ = ("_by_id", "_by_index", "_ids", "_last", "_moved", "_next")
 
     def __init__(self) -> None:
-        self._by_id: dict[str, int] = {}
+        self._by_id: dict[str, int] = {}  # call id -> its place
+        self._by_index: dict[int, int] = {}  # the upstream's index -> the place of the call it carries now
+        self._ids: dict[int, str] = {}  # place -> its call's id
+        self._moved: set[int] = set()  # the places given to an index other than its own
         self._last = 0
-        self._next = 0
+        self._next = 0  # past every place taken
 
     def of(self, call: dict[str, Any]) -> int:
         index, call_id = call.get("index"), call.get("id")
+        call_id = call_id if isinstance(call_id, str) and call_id else None
         if isinstance(index, int) and not isinstance(index, bool):
-            self._last, self._next = index, max(self._next, index + 1)
-            if isinstance(call_id, str):
-                self._by_id[call_id] = index
-        elif isinstance(call_id, str):
-            if call_id not in self._by_id:
-                self._by_id[call_id] = self._next
-                self._next += 1
-            self._last = self._by_id[call_id]
-        return self._last
+            place = self._by_index.get(index)
+            if place is None and index not in self._moved:
+                place = index
+            elif place is None or (call_id is not None and self._ids.get(place, call_id) != call_id and _named(call)):
+                place = self._new()  # a second call on the index, or an index whose place such a call got
+                self._moved.add(place)
+            self._by_index[index] = place
+            self._next = max(self._next, place + 1)
+        elif call_id is not None:
+            place = self._by_id[call_id] if call_id in self._by_id else self._new()
+        else:
+            return self._last
+        if call_id is not None:
+            self._by_id.setdefault(call_id, place)
+            self._ids.setdefault(place, call_id)
+        self._last = place
+        return place
+
+    def _new(self) -> int:
+        place, self._next = self._next, self._next + 1
+        return place
+
+
+def _named(call: dict[str, Any]) -> bool:
+    fn = call.get("function")
+    return isinstance(fn, dict) and isinstance(fn.get("name"), str) and bool(fn["name"])
 
 
 @dataclass(slots=True)

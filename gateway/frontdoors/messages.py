@@ -386,13 +386,15 @@ def tool_input(arguments: str) -> dict[str, Any]:
 def usage_of(usage: dict[str, Any], prompt_estimate: int = 0) -> dict[str, Any]:
     """A chat ``usage`` as Anthropic's (``prompt_estimate`` where it has no prompt count): the prompt tokens read
     from the upstream's prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``) are Anthropic's
-    ``cache_read_input_tokens``, apart from ``input_tokens``."""
+    ``cache_read_input_tokens`` and those written to it (``prompt_tokens_details.cache_write_tokens``) its
+    ``cache_creation_input_tokens``, each apart from ``input_tokens`` (Anthropic's three add up to the prompt)."""
     prompt = int(usage.get("prompt_tokens") or prompt_estimate)
     cached = min(usage_detail(usage, "prompt_tokens_details", "cached_tokens"), prompt)
+    written = min(usage_detail(usage, "prompt_tokens_details", "cache_write_tokens"), prompt - cached)
     return {
-        "input_tokens": prompt - cached,
+        "input_tokens": prompt - cached - written,
         "output_tokens": int(usage.get("completion_tokens") or 0),
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
 

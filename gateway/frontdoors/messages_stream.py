@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.frontdoors.chunks import ToolDelta, deltas, sse
 from gateway.frontdoors.messages import new_id, stop_reason, stream_error_type, usage_of
-from gateway.frontdoors.toolcalls import Step, ToolCallOrder
+from gateway.frontdoors.toolcalls import Call, HeldText, Step, ToolCallOrder
 
 
 class _Blocks:
@@ -23,6 +23,8 @@ class _Blocks:
         self.count = 0
         self.open: str | None = None  # "text", or "tool" (which call: ``calls.open``)
         self.calls = ToolCallOrder()  # parallel calls' interleaved deltas, one block at a time
+        self.held = HeldText()  # text that arrived while a call's arguments were incomplete
+        self.unnamed: Call | None = None  # the open call, whose block waits for its name
 
     def start(self, key: str, block: dict[str, Any]) -> list[bytes]:
         out = self.stop()
@@ -43,6 +45,11 @@ class _Blocks:
         return [sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
     def on_text(self, text: str) -> list[bytes]:
+        if self.held.hold(self.calls, text, (text,)):
+            return []
+        return self._text("".join(p[0] for p in self.held.take()) + text)
+
+    def _text(self, text: str) -> list[bytes]:
         out: list[bytes] = []
         if self.open != "text":
             out = self.steps(self.calls.interrupt()) + self.start("text", {"type": "text", "text": ""})
@@ -50,25 +57,43 @@ class _Blocks:
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
-        return self.steps(self.calls.feed(d))
+        steps = self.calls.feed(d)
+        out = self.steps(steps)
+        if self.unnamed is not None and self.unnamed.name:  # its name came (without arguments): the block starts
+            out += self._start(self.unnamed)
+        text = "".join(p[0] for p in self.held.release(steps, self.calls))
+        return out + (self._text(text) if text else [])
 
     def finish(self) -> list[bytes]:
-        """End the open block and send the tool calls still held."""
-        return self.steps(self.calls.finish()) + self.stop()
+        """End the open block, send the tool calls still held, then the text held."""
+        out = self.steps(self.calls.finish())
+        text = "".join(p[0] for p in self.held.finish())
+        return out + (self._text(text) if text else []) + self.stop()
 
     def steps(self, steps: list[Step]) -> list[bytes]:
         out: list[bytes] = []
         for step in steps:
             call = step.call
             if step.kind == "start":
-                call.id = call.id or new_id("toolu")
-                block = {"type": "tool_use", "id": call.id, "name": call.name or "", "input": {}}
-                out += self.start("tool", block)
+                if call.name:
+                    out += self._start(call)
+                else:  # Anthropic's tool_use block names its tool: started once the name (or more) comes
+                    out += self.stop()
+                    self.unnamed = call
             elif step.kind == "arguments":
+                if self.unnamed is call:
+                    out += self._start(call)
                 out.append(self.delta({"type": "input_json_delta", "partial_json": step.arguments}))
             else:
+                if self.unnamed is call:
+                    out += self._start(call)
                 out += self.stop()
         return out
+
+    def _start(self, call: Call) -> list[bytes]:
+        self.unnamed = None
+        call.id = call.id or new_id("toolu")
+        return self.start("tool", {"type": "tool_use", "id": call.id, "name": call.name or "", "input": {}})
 
 
 async def render(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from gateway.errors import InvalidRequest
 from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.chunks import usage_detail
+from gateway.frontdoors.strict import applied_strict, tool_parameters
 from gateway.protocol import Temperature, UnitInterval, required_str, validate
 
 #: Request fields the gateway cannot honour; each is refused when set to something other than its default.
@@ -245,10 +246,9 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
         if not isinstance(tool.get("name"), str):
             raise InvalidRequest(f"Missing required parameter: 'tools[{i}].name'.", param=f"tools[{i}].name")
-        strict = tool_strict(tool, i)
-        parameters = tool.get("parameters") or {"type": "object"}
-        if strict and tool.get("strict") is None:  # strict by default: the schema made strict, as OpenAI does
-            parameters = strict_schema(parameters)
+        _check_strict(tool, i)
+        # strict by default: the schema made strict where that keeps its meaning, as OpenAI does
+        parameters, strict = tool_parameters(tool)
         fn: dict[str, Any] = {"name": tool["name"], "parameters": parameters, "strict": strict}
         if tool.get("description"):
             fn["description"] = tool["description"]
@@ -256,39 +256,13 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def tool_strict(tool: dict[str, Any], i: int) -> bool:
-    """A function tool's ``strict``: true unless the client says false. The Responses API's default is true, where
-    chat completions' is false, so the default is sent upstream explicitly (400 for a value other than a bool or
-    null)."""
+def _check_strict(tool: dict[str, Any], i: int) -> None:
+    """A function tool's ``strict`` is a bool or null (400 otherwise). Null or left out: the Responses API's default,
+    true where the schema can be made strict (:func:`~gateway.frontdoors.strict.tool_parameters`), where chat
+    completions' is false, so the applied value is always sent upstream explicitly."""
     strict = tool.get("strict")
-    if strict is None:
-        return True
-    if not isinstance(strict, bool):
+    if strict is not None and not isinstance(strict, bool):
         raise InvalidRequest(f"Invalid value for 'tools[{i}].strict': expected a boolean.", param=f"tools[{i}].strict")
-    return strict
-
-
-def strict_schema(schema: Any) -> Any:
-    """``schema`` as the Responses API normalizes a function's parameters when ``strict`` is left out: every object
-    schema in it closed (``additionalProperties: false``) with all its properties required, so that a chat API
-    taking ``strict: true`` (OpenAI's refuses a schema that is not) holds the arguments to it. A copy."""
-    if isinstance(schema, list):
-        return [strict_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict_schema(v) if k in _SUBSCHEMAS else v for k, v in schema.items()}
-    for k in ("properties", "$defs", "definitions", "patternProperties"):
-        if isinstance(schema.get(k), dict):
-            out[k] = {name: strict_schema(sub) for name, sub in schema[k].items()}
-    if schema.get("type") == "object" or isinstance(schema.get("properties"), dict):
-        properties = out.setdefault("properties", {})
-        out["required"] = list(properties) if isinstance(properties, dict) else []
-        out["additionalProperties"] = False
-    return out
-
-
-#: Keywords whose value is a schema, or a list of schemas.
-_SUBSCHEMAS = frozenset({"items", "anyOf", "oneOf", "allOf", "prefixItems"})
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
@@ -404,7 +378,7 @@ def skeleton(req: ResponsesRequest, response_id: str, created_at: int | None = N
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": {"format": fmt},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": [{**t, "strict": t.get("strict") is not False} for t in req.tools or []],  # as applied
+        "tools": [{**t, "strict": applied_strict(t)} for t in req.tools or []],  # as applied
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": "disabled",
         "usage": None,

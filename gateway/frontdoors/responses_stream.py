@@ -30,7 +30,7 @@ from gateway.frontdoors.responses import (
     text_part,
     usage_of,
 )
-from gateway.frontdoors.toolcalls import Step, ToolCallOrder
+from gateway.frontdoors.toolcalls import HeldText, Step, ToolCallOrder
 
 #: Called with the finished response object before the last event goes out (to store it).
 OnDone = Callable[[dict[str, Any]], Awaitable[None]]
@@ -47,6 +47,7 @@ class _Renderer:
         self.text = ""
         self.kind = "output_text"  # the open message's part: text, or a refusal
         self.calls = ToolCallOrder()  # parallel calls' interleaved deltas, one item at a time
+        self.held = HeldText()  # text that arrived while a call's arguments were incomplete
 
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
@@ -71,7 +72,19 @@ class _Renderer:
 
     def on_text(self, text: str, kind: str = "output_text", logprobs: Any = None) -> list[bytes]:
         """A piece of the answer's text (``kind`` ``refusal``: of the model's refusal), with its tokens' log
-        probabilities (chat's ``logprobs.content``) when the request asked for them."""
+        probabilities (chat's ``logprobs.content``) when the request asked for them; held while a tool call's
+        arguments are incomplete (:class:`HeldText`)."""
+        if self.held.hold(self.calls, text, (text, kind, logprobs)):
+            return []
+        return self._texts([*self.held.take(), (text, kind, logprobs)])
+
+    def _texts(self, pieces: list[tuple[Any, ...]]) -> list[bytes]:
+        out: list[bytes] = []
+        for text, kind, logprobs in pieces:
+            out += self._text(text, kind, logprobs)
+        return out
+
+    def _text(self, text: str, kind: str, logprobs: Any) -> list[bytes]:
         out: list[bytes] = []
         if self.open is None or self.open["type"] != "message" or self.kind != kind:
             item = message_item("", status="in_progress")
@@ -93,12 +106,15 @@ class _Renderer:
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
         """A piece of a tool call (parallel calls' pieces may interleave: :class:`ToolCallOrder` orders them)."""
-        return self._steps(self.calls.feed(d))
+        steps = self.calls.feed(d)
+        return self._steps(steps) + self._texts(self.held.release(steps, self.calls))
 
     def finish(self, status: str) -> list[bytes]:
-        """End the last items: the open one, then the tool calls still held (``status``: a cut-short answer's)."""
+        """End the last items: the open one, then the tool calls still held, then the text held (``status``: a
+        cut-short answer's)."""
         out = self.close(status) if self.open is not None and self.open["type"] == "message" else []
-        return out + self._steps(self.calls.finish(), status) + self.close(status)
+        out += self._steps(self.calls.finish(), status)
+        return out + self._texts(self.held.finish()) + self.close(status)
 
     def _steps(self, steps: list[Step], status: str = "completed") -> list[bytes]:
         out: list[bytes] = []

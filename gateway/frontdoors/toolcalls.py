@@ -7,13 +7,17 @@ OpenAI stream them. :class:`ToolCallOrder` turns the deltas into :class:`Step`\\
 being streamed (the *open* call) gets its fragments as they arrive; another call's fragments are held until the
 open call is complete (its arguments parse as JSON), or until the end, and then sent at once. One call after the
 other, the common case, therefore streams as it arrives, exactly as before.
+
+Text (the answer's content) that arrives while the open call is incomplete (:attr:`ToolCallOrder.busy`) must not
+cut it: the renderers hold it until the call is complete, or the stream ends (:class:`HeldText`), and whitespace
+alone after a call is dropped rather than made a text block of its own between two calls.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 
@@ -86,6 +90,12 @@ class ToolCallOrder:
             return self._stop(self.open) + self._release()
         return []  # interleaved with the open call, which is still arriving: held
 
+    @property
+    def busy(self) -> bool:
+        """Whether the open call's arguments are incomplete: nothing else may go out before more of them (text that
+        arrives meanwhile is held), as they would be cut."""
+        return self.open is not None and not self.open.complete
+
     def interrupt(self) -> list[Step]:
         """Stop the open call (something else, the answer's text, goes out next)."""
         return [] if self.open is None else self._stop(self.open)
@@ -123,3 +133,44 @@ class ToolCallOrder:
         if self.open is call:
             self.open = None
         return [Step("stop", call)]
+
+
+@dataclass(slots=True)
+class HeldText:
+    """The answer's text held back while a tool call is being sent (see the module's docstring): ``pieces`` are
+    whatever the renderer needs to send each piece of text later (its text first)."""
+
+    pieces: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def hold(self, calls: ToolCallOrder, text: str, piece: tuple[Any, ...]) -> bool:
+        """Hold ``piece`` (of ``text``) when a call is open and incomplete, or when, right after a call, the text held
+        so far is whitespace only (a text block or another call may follow). Returns whether it was held; when not,
+        the renderer sends :meth:`take` then ``piece``."""
+        if calls.busy or (calls.open is not None and not (self.text() + text).strip()):
+            self.pieces.append(piece)
+            return True
+        return False
+
+    def text(self) -> str:
+        return "".join(str(p[0]) for p in self.pieces)
+
+    def release(self, steps: list[Step], calls: ToolCallOrder) -> list[tuple[Any, ...]]:
+        """After a tool delta's ``steps``: the pieces to send now (the open call is complete), none while it is not;
+        whitespace held is dropped when another call started."""
+        if not self.pieces:
+            return []
+        if not self.text().strip():
+            if any(step.kind == "start" for step in steps):
+                self.pieces = []  # whitespace between two calls: no text block of its own
+            return []
+        return [] if calls.busy else self.take()
+
+    def take(self) -> list[tuple[Any, ...]]:
+        """Every piece held (and none any more)."""
+        out, self.pieces = self.pieces, []
+        return out
+
+    def finish(self) -> list[tuple[Any, ...]]:
+        """The stream ended (after the calls went out): the text held, unless it is whitespace only."""
+        out = self.take()
+        return out if "".join(str(p[0]) for p in out).strip() else []
