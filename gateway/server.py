@@ -27,18 +27,46 @@ log = logging.getLogger("gateway.server")
 _MULTIPROC_ENVS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 
+#: First choice for the workers' metrics files: RAM-backed (the files are memory-mapped anyway), and not the disk
+#: under TMPDIR, which other things may fill (the Kubernetes manifest's /tmp holds the semantic cache's model).
+SHM_DIR = "/dev/shm"
+#: Free space a directory needs per worker to be chosen: a worker's four files take 256 KiB, more with many models
+#: or routes (each file doubles when full), and each replacement of a dead worker makes its own.
+FREE_PER_WORKER = 1 << 20
+
+
 def metrics_dir(workers: int) -> str | None:
     """With several workers, a fresh private directory for prometheus_client's multiprocess files, named in the
     environment the workers inherit (they import prometheus_client after it is set); the caller removes it at exit.
-    With one worker, None: its metrics stay in its own registry (an inherited directory is not used)."""
+    It goes in /dev/shm, else in TMPDIR (or /tmp), the first that exists with room for it; with none, None and a
+    warning: each worker then reports its own series. With one worker, None: its metrics stay in its own registry
+    (an inherited directory is not used), and nothing is looked at."""
     inherited = [name for name in _MULTIPROC_ENVS if os.environ.pop(name, None) is not None]
     if inherited:
         log.info("%s from the environment not used: the server chooses where its workers keep metrics", inherited[0])
     if workers <= 1:
         return None
-    path = tempfile.mkdtemp(prefix="gateway-metrics-")  # 0700, under TMPDIR
-    os.environ[_MULTIPROC_ENVS[0]] = path
-    return path
+    need = workers * FREE_PER_WORKER
+    passed: list[str] = []
+    for parent in dict.fromkeys((SHM_DIR, os.environ.get("TMPDIR") or "/tmp")):
+        try:
+            free = shutil.disk_usage(parent).free
+            if free < need:
+                passed.append(f"{parent}: {free // 1024} KiB free, {need // 1024} KiB needed")
+                continue
+            path = tempfile.mkdtemp(prefix="gateway-metrics-", dir=parent)  # 0700
+        except OSError as exc:
+            passed.append(f"{parent}: {exc.strerror or exc}")
+            continue
+        os.environ[_MULTIPROC_ENVS[0]] = path
+        return path
+    log.warning(
+        "no directory for the %d workers' shared metrics (%s): each worker's /metrics reports its own series only, "
+        "so scrapes disagree; free some space or set TMPDIR (docs/observability.md)",
+        workers,
+        "; ".join(passed),
+    )
+    return None
 
 
 def run(settings: Settings, config_path: str, host: str | None, port: int | None, workers: int | None) -> None:

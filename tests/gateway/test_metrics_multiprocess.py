@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import server
 from gateway.context import RequestContext
-from gateway.metrics import MULTIPROC_ENV, Metrics, _sibling_alive, multiprocess_dir
+from gateway.metrics import Metrics
+from gateway.metrics_multiprocess import MULTIPROC_ENV, _sibling_alive, multiprocess_dir
 
 
 class Workers:
