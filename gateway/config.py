@@ -409,8 +409,8 @@ class QualitySettings(_Strict):
     budget_sync_seconds: float = Field(
         5.0,
         ge=0,
-        description="without Redis: a sample starts after re-reading the day's monitoring spend from the ledger when "
-        "this process's figure is older than this (other processes' spend)",
+        description="without Redis (or in the only process while Redis is down): a sample starts after re-reading the "
+        "day's monitoring spend from the ledger when this process's figure is older than this (other processes' spend)",
     )
     adapt_every_labels: int | None = Field(
         None, ge=20, description="refit and reload router.artifact after this many new labels (opt-in)"

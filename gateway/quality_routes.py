@@ -13,9 +13,10 @@
   - ``budget_store``: ``redis`` (one counter for every process) or ``process`` (each process's own figure, which
     reads the ledger's before a sample when older than ``quality.budget_sync_seconds``).
   - ``budget_counted_usd``, ``budget_reserved_usd``: what the cap is checked against now, the settled spend and
-    what the samples in flight hold (with Redis: every process's, null while Redis does not answer; else this
-    process's).
+    what the samples in flight hold (with Redis: every process's, read from Redis for this answer, null when it
+    does not answer within a second; that read changes nothing for sampling; else this process's).
   - ``process_queued``, ``process_in_progress``: samples waiting in, and being judged by, the process that answered.
+  - ``queued``: deprecated alias of ``process_queued`` (this process's queue), kept for the clients that read it.
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ async def admin_quality(request: Request) -> Response:
     status: dict[str, Any] = {"enabled": monitor is not None}
     if monitor is not None:
         counted = None
-        with contextlib.suppress(TimeoutError):  # a Redis that does not answer: no figures, rather than a slow page
+        # Read only: a Redis that fails or does not answer gives no figures (rather than a slow page) and is not an
+        # outage for this process's sampling.
+        with contextlib.suppress(TimeoutError):
             counted = await asyncio.wait_for(monitor.spend.counted(), _COUNTED_TIMEOUT_S)
         status.update(
             sample_rates=monitor.rates,
@@ -158,6 +161,7 @@ async def admin_quality(request: Request) -> Response:
             budget_reserved_usd=None if counted is None else f"{counted[1]:f}",
             process_queued=monitor.queue.qsize(),
             process_in_progress=monitor.in_progress,
+            queued=monitor.queue.qsize(),  # deprecated alias of process_queued (this process's queue)
         )
     return json_response(
         {

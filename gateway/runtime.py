@@ -87,7 +87,15 @@ class RouterSource:
 
 
 class RouterReloadFailed(InvalidRequest):
-    """The configured router artifact could not be loaded (the running router stays)."""
+    """The configured router artifact could not be loaded (the running router stays).
+
+    ``transient``: the failure says nothing about the files (the file system: EMFILE, EIO, a file replaced under
+    the read), so the same version may load when tried again (:class:`RouterWatch` retries it); else the artifact
+    itself is bad (a ``ValueError``, ``KeyError`` or ``TypeError`` from its checks) and will fail the same way."""
+
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.transient = transient
 
 
 async def reload_router(gw: Gateway, *, by: str = "reload") -> dict[str, Any]:
@@ -111,9 +119,11 @@ async def reload_router(gw: Gateway, *, by: str = "reload") -> dict[str, Any]:
             # Calibrating every route reads the whole calibration table: in the thread too, and before anything is
             # swapped, so an artifact that fails here leaves the running router (and its encoder) untouched.
             routes = await asyncio.to_thread(gw.router.calibrated, estimator)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RouterReloadFailed(
-                f"The router artifact does not load: {exc}", code="router_artifact_invalid"
+                f"The router artifact does not load: {exc}",
+                code="router_artifact_invalid",
+                transient=isinstance(exc, OSError),
             ) from None
         vector = embedding_vector(estimator)
         if reads_embedding(estimator):
@@ -155,16 +165,25 @@ def router_status(gw: Gateway) -> dict[str, Any]:
     }
 
 
+#: The most checks :class:`RouterWatch` lets pass between two tries of a version that failed for a transient reason.
+_MAX_RETRY_CHECKS = 64
+
+
 class RouterWatch:
     """Follows ``router.artifact`` on disk in this process: every ``every_s`` it takes the directory's stamp (a
     few ``stat`` calls and ``adapted.json``'s id, in a thread: :func:`policies.router.watch.artifact_stamp`) and,
     when the artifact changed and is not the save this process already serves, reloads it through
     :func:`reload_router` (the same checks as ``POST /admin/router/reload``).
 
-    An artifact that does not load leaves the running router serving and is logged once per version (its stamp),
-    not at every check; one that is removed is logged once too and the running router stays. A directory that holds
-    no artifact yet (background adaptation will write one) is picked up when one appears. The loop outlives any
-    error (logged once per distinct error); it ends only when cancelled (:meth:`aclose`).
+    A **bad** artifact (its checks raise ``ValueError``, ``KeyError`` or ``TypeError``: it fails the same way every
+    time) leaves the running router serving and is refused once per version (its stamp), logged once, not loaded
+    again until the files change. A **transient** failure (the file system: ``OSError`` such as EMFILE;
+    ``MemoryError``; the prompt encoder of a new vector that did not build; anything else that is not the
+    artifact's checks) leaves the running router serving too, and the same version is tried again: at the next
+    check, then 2, 4, ... checks later (at most :data:`_MAX_RETRY_CHECKS`), at once when another save lands;
+    logged once per distinct error. One that is removed is logged once and the running router stays. A directory
+    that holds no artifact yet (background adaptation will write one) is picked up when one appears. The loop
+    outlives any error (logged once per distinct error); it ends only when cancelled (:meth:`aclose`).
     """
 
     def __init__(self, gw: Gateway, path: Path, every_s: float) -> None:
@@ -176,7 +195,11 @@ class RouterWatch:
         self.failures = 0
         self.last_error: str | None = None
         self.last_check_at: float | None = None
-        self._refused: ArtifactStamp | None = None  # the last version that did not load (logged once)
+        self._refused: ArtifactStamp | None = None  # the last version that is bad (logged once)
+        self._retrying: ArtifactStamp | None = None  # the version a transient failure keeps from serving
+        self._tries = 0  # its transient failures in a row
+        self._wait = 0  # checks to let pass before it is tried again
+        self._retry_logged: str | None = None  # the last transient error logged (once per distinct error)
         self._gone_logged = False
         self._last_logged_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -192,12 +215,15 @@ class RouterWatch:
             "failures": self.failures,
             "last_error": self.last_error,
             "last_check_at": None if last is None else datetime.fromtimestamp(last, UTC).isoformat(timespec="seconds"),
+            "retrying": self._retrying is not None,  # a version that failed for a transient reason is tried again
         }
 
     async def check(self) -> str:
         """One check; what it found: ``unchanged``, ``missing`` (no artifact there), ``served`` (the files changed
         but hold the save this process serves), ``busy`` (a reload is under way here: looked at next time),
-        ``reloaded`` or ``refused`` (it does not load; the running router stays)."""
+        ``reloaded``, ``refused`` (a bad artifact; the running router stays, this version is not tried again),
+        ``failed`` (a transient failure; the running router stays, this version is tried again) or ``waiting``
+        (the checks to let pass before that try)."""
         self.checks += 1
         self.last_check_at = time.time()
         stamp = await asyncio.to_thread(artifact_stamp, self.path)
@@ -212,26 +238,55 @@ class RouterWatch:
             return "unchanged"
         if stamp.artifact_id is not None and stamp.artifact_id == served_artifact_id(self.gw):
             source.stamp = stamp  # the same save (files copied or touched, or a look mid-save): nothing to load
+            self._retrying = None
             return "served"
+        if stamp != self._retrying:
+            self._retrying, self._tries, self._wait = None, 0, 0  # another version: tried at once
+        elif self._wait > 0:
+            self._wait -= 1
+            return "waiting"
         if self.gw.router_lock.locked():
             return "busy"
         try:
             await reload_router(self.gw, by="watch")
-        except Exception as exc:  # RouterReloadFailed, or anything the encoder's build raised: this version is bad
-            self._refused = stamp
+        except Exception as exc:  # noqa: BLE001  # the artifact's checks (bad), else transient (logged below)
             self.failures += 1
-            self.last_error = str(exc)
+            self.last_error = str(exc) or repr(exc)
+            if isinstance(exc, RouterReloadFailed) and not exc.transient:
+                return self._refuse(stamp, exc)
+            return self._retry(stamp, exc)
+        self._retrying, self._retry_logged = None, None
+        self.reloads += 1
+        return "reloaded"
+
+    def _refuse(self, stamp: ArtifactStamp, exc: RouterReloadFailed) -> str:
+        self._refused, self._retrying = stamp, None
+        log.warning(
+            "router.artifact %s changed (%s) but does not load; the running router (%s) stays: %s",
+            self.path,
+            stamp.describe(),
+            describe_router(self.gw.router.estimator).get("version"),
+            exc,
+        )
+        return "refused"
+
+    def _retry(self, stamp: ArtifactStamp, exc: Exception) -> str:
+        self._retrying = stamp
+        self._tries += 1
+        self._wait = min(2 ** (self._tries - 1), _MAX_RETRY_CHECKS) - 1
+        text = f"{stamp.describe()}: {exc!r}"  # once per distinct error (and version)
+        if text != self._retry_logged:
+            self._retry_logged = text
             log.warning(
-                "router.artifact %s changed (%s) but does not load; the running router (%s) stays: %s",
+                "router.artifact %s changed (%s) but could not be loaded now; the running router (%s) stays and it "
+                "is retried (at longer intervals while this lasts): %s",
                 self.path,
                 stamp.describe(),
                 describe_router(self.gw.router.estimator).get("version"),
-                exc,
-                exc_info=not isinstance(exc, RouterReloadFailed),
+                exc if isinstance(exc, RouterReloadFailed) else repr(exc),
+                exc_info=not isinstance(exc, RouterReloadFailed | OSError | MemoryError),
             )
-            return "refused"
-        self.reloads += 1
-        return "reloaded"
+        return "failed"
 
     async def _run(self) -> None:
         while True:

@@ -23,7 +23,10 @@ fits: the first to take it keeps it for its lifetime (the kernel releases it whe
 then takes it at its next round, counting new labels from then). The others skip every round, and, like every
 process, follow the artifact the fitting one installs (``router.watch_seconds``, :class:`gateway.runtime.RouterWatch`).
 Where ``flock`` is not available (another OS, a file system without it) each process fits on its own, as before
-(logged). Replicas on separate file systems do not see one another's lock: run background adaptation in one of them.
+(logged). The lock file creates ``router.artifact`` itself when only its parent exists (as the start-up rule
+allows), never the parents: while the parent is missing (a typo'd path, a volume not mounted yet) every round is
+skipped, logged once. Replicas on separate file systems do not see one another's lock: run background adaptation
+in one of them.
 """
 
 from __future__ import annotations
@@ -172,7 +175,9 @@ class BackgroundAdapter:
         self._lock_fd: int | None = None
         self._fd_guard = threading.Lock()  # _lead runs in a thread, _release on the loop
         self._closed = False
-        #: whether this process fits: True (it holds the lock, or there is none to hold), False (another does)
+        self._parent_missing = False  # logged once while router.artifact's parent does not exist
+        #: whether this process fits: True (it holds the lock, or there is none to hold), False (another does),
+        #: None (not known yet, or router.artifact's parent does not exist: nothing fits)
         self.fitting_here: bool | None = None
         self.max_label_share = max_label_share
         self.artifact = artifact
@@ -211,7 +216,12 @@ class BackgroundAdapter:
             return True
         fd: int | None = None
         try:
-            self.lock.parent.mkdir(parents=True, exist_ok=True)
+            directory = self.lock.parent  # router.artifact
+            if not directory.is_dir():
+                if not directory.parent.is_dir():
+                    return self._no_parent(directory)
+                directory.mkdir(exist_ok=True)  # the artifact directory itself, as the start-up rule allows
+            self._parent_missing = False
             fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
             if sys.platform != "win32":
                 import fcntl
@@ -240,6 +250,20 @@ class BackgroundAdapter:
             log.info("background router adaptation: this process fits now (it holds %s)", self.lock)
         self.fitting_here = True
         return True
+
+    def _no_parent(self, directory: Path) -> bool:
+        """``router.artifact``'s parent directory does not exist (a typo'd path, a volume not mounted yet): no
+        directory is created (docs/routing.md, "Start-up": the parent must exist) and this round is skipped; logged
+        once until the parent appears."""
+        if not self._parent_missing:
+            self._parent_missing = True
+            log.warning(
+                "background router adaptation skipped: the parent directory %s of router.artifact does not exist "
+                "(it is not created; checked again every round)",
+                directory.parent,
+            )
+        self.fitting_here = None
+        return False
 
     def _release(self) -> None:
         with self._fd_guard:

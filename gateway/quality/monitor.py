@@ -276,12 +276,12 @@ class QualityMonitor:
 
         Refused while the day's spend itself is under the budget (the rest is held by samples in flight, here or in
         another process), a sample waits for them to settle when ``wait``, at most ``quality.timeout_seconds``
-        (a sample in flight ends within that). Without Redis, other processes' spend is first re-read from the
-        ledger when this process's figure is older than ``quality.budget_sync_seconds``."""
+        (a sample in flight ends within that). Counting on its own (no Redis, or the only process while Redis is down),
+        the ledger's figure is first re-read when this process's is older than ``quality.budget_sync_seconds``."""
         deadline = time.monotonic() + self.settings.timeout_seconds
         blocked = self.spend.blocked()
         while blocked is None:
-            if not self.spend.shared and self.engine is not None:
+            if self.spend.counts_locally() and self.engine is not None:
                 if time.monotonic() - self._synced_at >= self.settings.budget_sync_seconds:
                     try:
                         await self._sync_spend(self.engine)

@@ -16,10 +16,13 @@ Two stores:
   the ledger (:meth:`DailySpend.sync`, which the monitor calls before a sample when its figure is older than
   ``quality.budget_sync_seconds``).
 * :class:`RedisDailySpend`, one counter per UTC day in Redis (``auth.redis_url``, else ``cache.redis_url``):
-  every reservation and settlement is one Lua script, atomic across every process and replica. Its
-  :meth:`~RedisDailySpend.blocked` reads a local copy of the last figures Redis returned, so the request path
-  never waits on Redis; a Redis that fails blocks sampling for :data:`RECHECK_S` (logged once per outage) and
-  never touches a client's request.
+  every reservation and settlement is one Lua script, atomic across every process and replica; a reservation keeps
+  one name from reserve to release (a call cancelled or whose reply was lost never strands what it held) and a
+  settle is applied once per id (redis-py's retry counts nothing twice). Its :meth:`~RedisDailySpend.blocked` reads
+  a local copy of the last figures Redis returned, so the request path never waits on Redis; a Redis that fails
+  (logged once per outage) never touches a client's request, and for :data:`RECHECK_S` blocks sampling when
+  several processes share the budget, or, in the only process (:func:`single_process`), lets it count on its own
+  as :class:`DailySpend` does. :meth:`~DailySpend.counted` (``GET /admin/quality``) reads without side effects.
 
 Money is counted in integer units of 1e-12 USD (the ledger's and the price's resolution), so the Redis counter
 and the ledger's sum of the same calls are equal to the last digit.
@@ -27,7 +30,10 @@ and the ledger's sum of the same calls are equal to the last digit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -50,8 +56,12 @@ log = logging.getLogger("gateway.quality")
 
 #: Money resolution, USD (the ledger's).
 _Q = Decimal(1).scaleb(-12)
-#: After Redis failed, how long this process samples nothing before asking it again.
+#: After Redis failed, how long this process samples nothing (several processes) or counts on its own (a single
+#: process) before asking it again.
 RECHECK_S = 5.0
+#: prometheus_client's multiprocess directory, set by ``gateway serve`` for its workers when it runs several
+#: (``gateway.metrics.MULTIPROC_ENV``; not imported: this module does not load the metrics).
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: How long a day's counter and reservations outlive their last write: yesterday's figures expire a day later.
 DAY_TTL_S = 2 * 86400
 
@@ -88,17 +98,17 @@ async def monitoring_spend_today(engine: AsyncEngine, now: float | None = None) 
 
 @dataclass(slots=True)
 class Reservation:
-    """What one sample holds of the day's budget: ``held`` units not yet spent or released."""
+    """What one sample holds of the day's budget: ``held`` units not yet spent or released, as far as this process
+    knows (with Redis: what Redis last confirmed)."""
 
     day: str
+    #: Its one name in the store (Redis's hash field), whatever happens to its calls: the release removes it.
     name: str
     held: int
-    seq: int = 0
-
-    @property
-    def member(self) -> str:
-        """Its name in Redis (the amount last, for the scripts to read)."""
-        return f"{self.name}:{self.seq}:{self.held}"
+    #: Settles sent so far: the next one's id is ``{name}:s{settles + 1}`` (a retry of one reuses its id).
+    settles: int = 0
+    #: Held in this process only (:class:`RedisDailySpend` counting on its own while Redis is down).
+    local: bool = False
 
 
 class DailySpend:
@@ -165,13 +175,12 @@ class DailySpend:
     async def grow(self, reservation: Reservation, usd: Decimal) -> None:
         """Hold ``usd`` more for ``reservation`` (a call's bound above what it held), whatever is left."""
         reservation.held += to_pico(usd)
-        reservation.seq += 1
         self._held[reservation.name] = reservation.held
 
     async def settle(self, reservation: Reservation, bound: Decimal, actual: Decimal) -> None:
         """One call of ``reservation`` is over: its ``bound`` leaves the reservation, its ``actual`` cost is spent."""
         reservation.held = max(0, reservation.held - to_pico(bound))
-        reservation.seq += 1
+        reservation.settles += 1
         if reservation.name in self._held:
             self._held[reservation.name] = reservation.held
         self.add(actual)
@@ -185,79 +194,117 @@ class DailySpend:
         """The ledger's figure for ``day`` (every process's monitoring rows): spent is at least that."""
         self.load(day, ledger_usd)
 
+    def counts_locally(self) -> bool:
+        """Whether the cap is checked against this process's own figure now (no Redis, or one process whose Redis is
+        down): the monitor then re-reads the ledger's figure before a sample (``quality.budget_sync_seconds``)."""
+        return True
+
     async def counted(self) -> tuple[Decimal, Decimal] | None:
-        """What the cap is checked against now: (spent, reserved); None when the store does not answer."""
+        """What the cap is checked against now: (spent, reserved); None when the store does not answer. Read only:
+        it changes nothing the workers' admission reads (``GET /admin/quality`` calls it)."""
         return self.spent_usd, self.reserved_usd
 
     async def aclose(self) -> None:
         """Close the store's connections."""
 
 
-# Scripts: KEYS[1] the day's spend (integer 1e-12 USD), KEYS[2] its reservations (a sorted set of
-# ``name:seq:amount`` scored by expiry, ms). Each returns {spent, reserved} (strings) after its work.
+# Scripts: KEYS[1] the day's spend (integer 1e-12 USD), KEYS[2] its reservations (a hash: name -> units held),
+# KEYS[3] their expiries (a sorted set: name -> ms), KEYS[4] the settles applied (a sorted set: settle id -> ms
+# until which a retry of it is recognised). A reservation keeps its name from reserve to release, so a release
+# removes it whatever its last call did (failed before Redis ran it, cancelled, its reply lost); each script is
+# safe to run twice (redis-py retries once after a lost reply). Each returns the spend and every reservation's sum
+# (strings) after its work.
 _HELD = """
-local function held()
+local function now_ms()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(n) return string.format('%.0f', n) end
+local function held(now)
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do redis.call('HDEL', KEYS[2], name) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   local sum = 0
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    sum = sum + tonumber(string.match(m, ':(%d+)$'))
-  end
-  return sum, now
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do sum = sum + tonumber(v) end
+  return sum
 end
 local function seeded(seed, ttl)
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], seed) end
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-local function amount(member) return tonumber(string.match(member, ':(%d+)$')) end
+local function hold(name, units, now, ms, ttl)
+  redis.call('HSET', KEYS[2], name, fmt(units))
+  redis.call('ZADD', KEYS[3], now + tonumber(ms), name)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
 """
 
-#: ARGV: budget, old member ('' for a new reservation), new member, check ('1': refuse once the budget is used up),
-#: hold ms, seed (this process's figure of the day's spend, for a counter Redis lost), ttl s. Returns {ok, ...}.
+#: ARGV: budget, name, units, check ('1': refuse once the budget is used up), hold ms, seed (this process's figure
+#: of the day's spend, for a counter Redis lost), ttl s. Returns {ok, spent, reserved}; a second run finds the
+#: name and admits it again without holding twice.
 _RESERVE = (
     _HELD
     + """
 seeded(ARGV[6], ARGV[7])
-local reserved, now = held()
+local now = now_ms()
+local reserved = held(now)
 local spent = redis.call('GET', KEYS[1])
-if redis.call('ZSCORE', KEYS[2], ARGV[3]) then return {1, spent, string.format('%.0f', reserved)} end
-if ARGV[4] == '1' and tonumber(spent) + reserved >= tonumber(ARGV[1]) then
-  return {0, spent, string.format('%.0f', reserved)}
-end
-if ARGV[2] ~= '' and redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then reserved = reserved - amount(ARGV[2]) end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-return {1, spent, string.format('%.0f', reserved + amount(ARGV[3]))}
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {1, spent, fmt(reserved)} end
+if ARGV[4] == '1' and tonumber(spent) + reserved >= tonumber(ARGV[1]) then return {0, spent, fmt(reserved)} end
+hold(ARGV[2], tonumber(ARGV[3]), now, ARGV[5], ARGV[7])
+return {1, spent, fmt(reserved + tonumber(ARGV[3]))}
 """
 )
 
-#: ARGV: old member, new member, actual cost, hold ms, seed, ttl s. A second run (redis-py's retry after a lost
-#: reply) finds the new member and counts nothing again.
+#: ARGV: name, units, hold ms, seed, ttl s. The reservation holds at least ``units`` (never lowered: a grow run
+#: twice, or after one whose reply was lost, holds the same); one Redis dropped (expired) is held again: the sample
+#: runs. Returns {spent, reserved, held}.
+_GROW = (
+    _HELD
+    + """
+seeded(ARGV[4], ARGV[5])
+local now = now_ms()
+local reserved = held(now)
+local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local units = math.max(had, tonumber(ARGV[2]))
+hold(ARGV[1], units, now, ARGV[3], ARGV[5])
+return {redis.call('GET', KEYS[1]), fmt(reserved - had + units), fmt(units)}
+"""
+)
+
+#: ARGV: name, settle id, bound, actual cost, hold ms, seed, ttl s. Applied once per settle id, whether or not the
+#: reservation is still there (a retry after its expiry counts nothing again). Returns {spent, reserved, held}.
 _SETTLE = (
     _HELD
     + """
-seeded(ARGV[5], ARGV[6])
-local reserved, now = held()
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
-    reserved = reserved - amount(ARGV[1]) + amount(ARGV[2])
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
-    redis.call('EXPIRE', KEYS[2], ARGV[6])
+seeded(ARGV[6], ARGV[7])
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local reserved = held(now)
+local had = redis.call('HGET', KEYS[2], ARGV[1])
+local units = tonumber(had or '0')
+if redis.call('ZADD', KEYS[4], 'NX', now + tonumber(ARGV[5]), ARGV[2]) == 1 then
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+  redis.call('INCRBY', KEYS[1], ARGV[4])
+  if had then
+    local left = math.max(0, units - tonumber(ARGV[3]))
+    hold(ARGV[1], left, now, ARGV[5], ARGV[7])
+    reserved = reserved - units + left
+    units = left
   end
-  redis.call('INCRBY', KEYS[1], ARGV[3])
 end
-return {redis.call('GET', KEYS[1]), string.format('%.0f', reserved)}
+return {redis.call('GET', KEYS[1]), fmt(reserved), fmt(units)}
 """
 )
 
-#: ARGV: member.
+#: ARGV: name.
 _RELEASE = (
     _HELD
     + """
-redis.call('ZREM', KEYS[2], ARGV[1])
-local reserved = held()
-return {redis.call('GET', KEYS[1]) or '0', string.format('%.0f', reserved)}
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local reserved = held(now_ms())
+return {redis.call('GET', KEYS[1]) or '0', fmt(reserved)}
 """
 )
 
@@ -272,8 +319,8 @@ if ARGV[1] ~= '' and (not spent or tonumber(spent) < tonumber(ARGV[1])) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   spent = ARGV[1]
 end
-local reserved = held()
-return {spent or '0', string.format('%.0f', reserved)}
+local reserved = held(now_ms())
+return {spent or '0', fmt(reserved)}
 """
 )
 
@@ -281,10 +328,17 @@ return {spent or '0', string.format('%.0f', reserved)}
 class RedisDailySpend(DailySpend):
     """The day's monitoring spend and reservations in Redis, shared by every process (see the module docstring).
 
-    Keys (under ``prefix``): ``spend:{day}`` (integer 1e-12 USD) and ``res:{day}`` (the reservations in flight,
-    each expiring ``hold_s`` after its last change, so a process that died mid-sample holds nothing for long);
-    both expire :data:`DAY_TTL_S` after their last write. ``spent_usd`` and ``reserved_usd`` are the figures the
-    last answer from Redis carried (the spend only grows within a day: a figure at the budget stays there).
+    Keys (under ``prefix``): ``spend:{day}`` (integer 1e-12 USD), ``held:{day}`` (each reservation in flight by
+    name: the units it holds), ``until:{day}`` (when each expires: ``hold_s`` after its last change, so a process
+    that died mid-sample holds nothing for long) and ``settled:{day}`` (the settles applied in the last ``hold_s``:
+    a retried one counts once); all expire :data:`DAY_TTL_S` after their last write. ``spent_usd`` and
+    ``reserved_usd`` are the figures the last answer from Redis carried (the spend only grows within a day: a
+    figure at the budget stays there).
+
+    ``single_process`` (:func:`single_process`): this is the deployment's only process. While Redis does not answer
+    it then counts on its own (as without Redis: its own calls, raised to the ledger's figure, and what its samples
+    in flight hold, :meth:`counts_locally`) instead of refusing every sample; with several processes no figure of
+    one of them could hold the cap, so samples are refused (``blocked() == "unavailable"``).
     """
 
     shared = True
@@ -296,12 +350,14 @@ class RedisDailySpend(DailySpend):
         *,
         prefix: str = "gw:quality:",
         hold_s: float = 180.0,
+        single_process: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(budget_usd, clock)
         self.client = client
         self.prefix = prefix
+        self.single_process = single_process
         self._hold_ms = int(hold_s * 1000)
         self._monotonic = monotonic
         self._reserved = 0  # units, every process's, as Redis last said
@@ -309,9 +365,11 @@ class RedisDailySpend(DailySpend):
         self._down = False
         self._ledger = Decimal(0)  # the ledger's figure for today, last read: the seed of a counter Redis lost
         self._reserve = client.register_script(_RESERVE)
+        self._grow = client.register_script(_GROW)
         self._settle = client.register_script(_SETTLE)
         self._release = client.register_script(_RELEASE)
         self._sync = client.register_script(_SYNC)
+        self._cleanups: set[asyncio.Task[None]] = set()  # releases of reservations whose reserve did not return
 
     def _roll(self) -> None:
         today = utc_day(self._clock())
@@ -321,10 +379,16 @@ class RedisDailySpend(DailySpend):
     @property
     def reserved_usd(self) -> Decimal:
         self._roll()
+        if self.counts_locally():
+            return from_pico(sum(self._held.values()))  # this process's, the only one
         return from_pico(self._reserved)
 
+    def counts_locally(self) -> bool:
+        return self.single_process and self._monotonic() < self._down_until
+
     def _keys(self, day: str) -> list[str]:
-        return [f"{self.prefix}spend:{day}", f"{self.prefix}res:{day}"]
+        p = self.prefix
+        return [f"{p}spend:{day}", f"{p}held:{day}", f"{p}until:{day}", f"{p}settled:{day}"]
 
     def _seen(self, day: str, spent: Any, reserved: Any) -> None:
         self._roll()
@@ -340,23 +404,29 @@ class RedisDailySpend(DailySpend):
         if not self._down:
             self._down = True
             log.warning(
-                "quality monitor: the budget in Redis is unavailable (%s: %r): no samples start until it answers "
-                "(client traffic is not affected)",
+                "quality monitor: the budget in Redis is unavailable (%s: %r): %s (client traffic is not affected)",
                 what,
                 exc,
+                "this process, the only one, counts the day's monitoring spend on its own (its calls and the "
+                "ledger's figure) until it answers"
+                if self.single_process
+                else "no samples start until it answers",
             )
 
     def blocked(self) -> Blocked | None:
-        if self._monotonic() < self._down_until:
+        if not self.single_process and self._monotonic() < self._down_until:
             return "unavailable"
         return "budget" if self.exhausted() else None
 
-    async def _run(self, script: Any, day: str, args: list[str | int], what: str) -> list[Any]:
+    async def _call(self, script: Any, day: str, args: list[str | int]) -> list[Any]:
         from cache.redis_errors import translated
 
+        with translated():
+            return cast(list[Any], await script(keys=self._keys(day), args=args))
+
+    async def _run(self, script: Any, day: str, args: list[str | int], what: str) -> list[Any]:
         try:
-            with translated():
-                return cast(list[Any], await script(keys=self._keys(day), args=args))
+            return await self._call(script, day, args)
         except OSError as exc:
             self._failed(what, exc)
             raise
@@ -366,78 +436,126 @@ class RedisDailySpend(DailySpend):
 
     async def reserve(self, name: str, usd: Decimal, *, check: bool = True) -> Reservation | None:
         """Hold ``usd`` for a sample in Redis; None when ``check`` and the day's spend plus every process's
-        reservations is not under the budget.
+        reservations is not under the budget. While Redis is down, a single process holds it on its own.
 
         Raises:
-            OSError: Redis did not answer (logged once per outage; sampling stops for :data:`RECHECK_S`).
+            OSError: Redis did not answer (logged once per outage; several processes: sampling stops for
+                :data:`RECHECK_S`).
         """
         self._roll()
+        if self.counts_locally():
+            return await self._reserve_here(name, usd, check)
         day = self.day
         reservation = Reservation(day, f"{name[:64]}:{secrets.token_hex(4)}", to_pico(usd))
         budget = to_pico(self.budget_usd)
         args: list[str | int] = [
-            budget, "", reservation.member, 1 if check else 0, self._hold_ms, self._seed(), DAY_TTL_S
+            budget, reservation.name, reservation.held, 1 if check else 0, self._hold_ms, self._seed(), DAY_TTL_S
         ]  # fmt: skip
-        ok, spent, reserved = await self._run(self._reserve, day, args, "reserve")
+        try:
+            ok, spent, reserved = await self._run(self._reserve, day, args, "reserve")
+        except (OSError, asyncio.CancelledError) as exc:
+            self._forget(day, reservation.name)  # Redis may have run it: nobody else can release it
+            if isinstance(exc, OSError) and self.single_process:
+                return await self._reserve_here(name, usd, check)
+            raise
         self._seen(day, spent, reserved)
         if not int(ok):
             return None
+        self._held[reservation.name] = reservation.held
+        return reservation
+
+    async def _reserve_here(self, name: str, usd: Decimal, check: bool) -> Reservation | None:
+        reservation = await super().reserve(name, usd, check=check)
+        if reservation is not None:
+            reservation.local = True
         return reservation
 
     async def grow(self, reservation: Reservation, usd: Decimal) -> None:
-        old = reservation.member
-        reservation.held += to_pico(usd)
-        reservation.seq += 1
-        budget = to_pico(self.budget_usd)
-        args: list[str | int] = [budget, old, reservation.member, 0, self._hold_ms, self._seed(), DAY_TTL_S]
+        if reservation.local:
+            return await super().grow(reservation, usd)
+        units = reservation.held + to_pico(usd)
+        args: list[str | int] = [reservation.name, units, self._hold_ms, self._seed(), DAY_TTL_S]
         try:
-            _, spent, reserved = await self._run(self._reserve, reservation.day, args, "grow")
+            spent, reserved, held = await self._run(self._grow, reservation.day, args, "grow")
         except OSError:
             return  # the sample goes on: it was admitted
         self._seen(reservation.day, spent, reserved)
+        reservation.held = self._held[reservation.name] = int(float(_text(held) or 0))
 
     async def settle(self, reservation: Reservation, bound: Decimal, actual: Decimal) -> None:
-        old = reservation.member
-        reservation.held = max(0, reservation.held - to_pico(bound))
-        reservation.seq += 1
-        args: list[str | int] = [old, reservation.member, to_pico(actual), self._hold_ms, self._seed(), DAY_TTL_S]
+        if reservation.local:
+            return await super().settle(reservation, bound, actual)
+        reservation.settles += 1  # this settle's id, taken before the call: another settle never reuses it
+        settle_id = f"{reservation.name}:s{reservation.settles}"
+        args: list[str | int] = [
+            reservation.name, settle_id, to_pico(bound), to_pico(actual), self._hold_ms, self._seed(), DAY_TTL_S
+        ]  # fmt: skip
         try:
-            spent, reserved = await self._run(self._settle, reservation.day, args, "settle")
+            spent, reserved, held = await self._run(self._settle, reservation.day, args, "settle")
         except OSError:
             self._spent += actual  # the ledger has the row: the next sync raises the counter to it
             return
         self._seen(reservation.day, spent, reserved)
+        reservation.held = self._held[reservation.name] = int(float(_text(held) or 0))
 
     async def release(self, reservation: Reservation) -> None:
-        member, reservation.held = reservation.member, 0
+        self._held.pop(reservation.name, None)
+        if reservation.local:
+            reservation.held = 0
+            return
         try:
-            spent, reserved = await self._run(self._release, reservation.day, [member], "release")
+            spent, reserved = await self._run(self._release, reservation.day, [reservation.name], "release")
         except OSError:
             return  # it expires on its own
+        except asyncio.CancelledError:
+            self._forget(reservation.day, reservation.name)
+            raise
+        reservation.held = 0
         self._seen(reservation.day, spent, reserved)
+
+    def _forget(self, day: str, name: str) -> None:
+        """Release ``name`` in the background, quietly (a reserve whose answer never came, a release cancelled):
+        what Redis may hold for it goes back to the budget now rather than at its expiry."""
+
+        async def release() -> None:
+            with contextlib.suppress(OSError):
+                await self._call(self._release, day, [name])
+
+        task = asyncio.get_running_loop().create_task(release(), name="quality-budget-release")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def sync(self, day: str, ledger_usd: Decimal) -> None:
         self._roll()
         if day != self.day:
             return
         self._ledger = ledger_usd
+        if self.counts_locally():  # Redis was down a moment ago: this process's figure is raised, Redis asked later
+            self._spent = max(self._spent, ledger_usd)
+            return
         try:
             spent, reserved = await self._run(self._sync, day, [to_pico(ledger_usd), DAY_TTL_S], "sync")
         except OSError:
+            if self.single_process:
+                self._spent = max(self._spent, ledger_usd)
             return
         self._seen(day, spent, reserved)
 
     async def counted(self) -> tuple[Decimal, Decimal] | None:
+        """Redis's figures now, read without side effects on this process (a failure is not an outage for the
+        workers; the figures they admit against are not changed): ``GET /admin/quality``."""
         self._roll()
-        day = self.day
         try:
-            spent, reserved = await self._run(self._sync, day, ["", DAY_TTL_S], "read")
+            spent, reserved = await self._call(self._sync, self.day, ["", DAY_TTL_S])
         except OSError:
             return None
-        self._seen(day, spent, reserved)
         return from_pico(int(_text(spent) or 0)), from_pico(int(float(_text(reserved) or 0)))
 
     async def aclose(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=1.0)
+            for task in self._cleanups:
+                task.cancel()
         await self.client.aclose()
 
 
@@ -471,4 +589,13 @@ def build_daily_spend(settings: Settings) -> DailySpend:
     )
     # A reservation outlives its sample's timeout, so it is never dropped under a sample still running.
     hold_s = cfg.timeout_seconds + 60.0
-    return RedisDailySpend(cfg.daily_budget_usd, client, prefix=cfg.redis_prefix, hold_s=hold_s)
+    alone = single_process(settings)
+    return RedisDailySpend(cfg.daily_budget_usd, client, prefix=cfg.redis_prefix, hold_s=hold_s, single_process=alone)
+
+
+def single_process(settings: Settings) -> bool:
+    """Whether this gateway process is the only one of its server: ``server.workers`` is 1 and the environment
+    does not name a multiprocess metrics directory (``PROMETHEUS_MULTIPROC_DIR``, which ``gateway serve`` sets for
+    its workers when it runs more than one, ``--workers N`` included: :func:`gateway.server.metrics_dir`).
+    Replicas do not see one another: each is a single process here (docs/quality.md, "Money")."""
+    return settings.server.workers <= 1 and not os.environ.get(_MULTIPROC_ENV)

@@ -94,9 +94,9 @@ async def test_settling_twice_counts_once_and_the_ledger_raises_the_counter(pref
     try:
         held = await s.reserve("sample", Decimal("0.01"))
         assert held is not None
-        old = held.member
         await s.settle(held, Decimal("0.004"), Decimal("0.003"))
-        args = [old, held.member, to_pico(Decimal("0.003")), 60_000, 0, DAY_TTL_S]
+        settle_id = f"{held.name}:s{held.settles}"
+        args = [held.name, settle_id, to_pico(Decimal("0.004")), to_pico(Decimal("0.003")), 60_000, 0, DAY_TTL_S]
         await s._settle(keys=s._keys(held.day), args=args)  # the retry of the same settle
         assert await s.counted() == (Decimal("0.003"), Decimal("0.006"))
         await s.grow(held, Decimal("0.005"))  # 0.003 + 0.011 > 0.012: grown all the same
@@ -147,12 +147,18 @@ async def test_an_unreachable_redis_blocks_sampling_and_logs_once(caplog: pytest
 async def test_a_redis_outage_changes_nothing_for_traffic(
     sims: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The monitor's budget in a Redis that does not answer (the cache's, which fails open too): every request is
+    """The monitor's budget in a Redis that does not answer (the cache's, which fails open too), with several
+    processes (``server.workers``: one process counts on its own instead, test_budget_outage.py): every request is
     answered as fast as without the monitor, no sample starts (counted ``dropped_budget_unavailable``), one
     warning is logged, and ``/admin/quality`` still answers, without the counter's figures."""
     cfg = make_settings(sims, tmp_path, quality={"report_interval_seconds": 3600})
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"redis_url": dead})})
+    cfg = cfg.model_copy(
+        update={
+            "cache": cfg.cache.model_copy(update={"redis_url": dead}),
+            "server": cfg.server.model_copy(update={"workers": 2}),
+        }
+    )
     caplog.set_level(logging.WARNING, "gateway.quality")
     with serve_gateway(cfg) as gw:
         client = openai.AsyncOpenAI(base_url=f"{gw.base_url}/v1", api_key=MASTER, max_retries=0)
