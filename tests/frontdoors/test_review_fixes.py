@@ -26,6 +26,7 @@ from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel
 
 from gateway.frontdoors import strict as st
+from tests.frontdoors.event_order import assert_blocks_in_order, assert_items_in_order
 from tests.frontdoors.scripted_upstream import END_CALLS, ROLE, STREAMS, Scripted, call, calls, chunk, scripted_gateway
 
 #: The reviewer's scripts (prompt -> the chat chunks the upstream streams).
@@ -260,17 +261,7 @@ async def test_messages_stream_keeps_every_call_and_text(up: Scripted, script: s
     assert final.stop_reason == "tool_use"
     starts = [e for e in events if e.type == "content_block_start"]
     assert [e.content_block.name for e in starts if e.content_block.type == "tool_use"] == [c[1] for c in expected]
-    open_block = None
-    for e in events:  # each block started, filled and stopped before the next
-        if e.type == "content_block_start":
-            assert open_block is None and e.index == len([s for s in starts if s.index < e.index])
-            open_block = e.index
-        elif e.type == "content_block_delta":
-            assert e.index == open_block
-        elif e.type == "content_block_stop":
-            assert e.index == open_block
-            open_block = None
-    assert open_block is None
+    assert_blocks_in_order(events, len(final.content))
 
 
 @pytest.mark.parametrize("script", list(EXPECTED))
@@ -287,19 +278,7 @@ async def test_responses_stream_keeps_every_call_and_text(up: Scripted, script: 
     assert [(c.call_id, c.name, json.loads(c.arguments)) for c in fcs] == expected
     assert final.status == "completed"
     assert all(m.status == "completed" for m in messages) and all(c.status == "completed" for c in fcs)
-    added = [e.output_index for e in events if e.type == "response.output_item.added"]
-    done = [e.output_index for e in events if e.type == "response.output_item.done"]
-    assert added == done == list(range(len(final.output)))
-    open_item = None
-    for e in events:
-        if e.type == "response.output_item.added":
-            assert open_item is None
-            open_item = e.output_index
-        elif e.type in ("response.function_call_arguments.delta", "response.output_text.delta"):
-            assert e.output_index == open_item
-        elif e.type == "response.output_item.done":
-            assert e.output_index == open_item
-            open_item = None
+    assert_items_in_order(events, len(final.output))
 
 
 async def test_text_held_behind_a_call_that_never_completes_goes_out_at_the_end(up: Scripted) -> None:

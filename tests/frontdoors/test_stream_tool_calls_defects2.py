@@ -16,6 +16,7 @@ import pytest
 
 from gateway.frontdoors.chunks import ToolDelta
 from gateway.frontdoors.toolcalls import Step, ToolCallOrder
+from tests.frontdoors.event_order import assert_blocks_in_order, assert_items_in_order
 from tests.frontdoors.scripted_upstream import Scripted, scripted_gateway
 
 TOOLS: Any = [
@@ -69,20 +70,7 @@ async def test_messages_stream_one_tool_use_block_per_call(up: Scripted, script:
     uses = [b for b in final.content if b.type == "tool_use"]
     assert [(u.id, u.name, u.input) for u in uses] == EXPECTED[script]
     assert final.stop_reason == "tool_use"
-    # every block started once, stopped once, in order, and no delta went to a block that was not open
-    started = [e.index for e in events if e.type == "content_block_start"]
-    stopped = [e.index for e in events if e.type == "content_block_stop"]
-    assert started == stopped == list(range(len(final.content)))
-    open_block = None
-    for e in events:
-        if e.type == "content_block_start":
-            assert open_block is None
-            open_block = e.index
-        elif e.type == "content_block_delta":
-            assert e.index == open_block
-        elif e.type == "content_block_stop":
-            assert e.index == open_block
-            open_block = None
+    assert_blocks_in_order(events, len(final.content))
     if script == "interleaved in chunks":
         assert final.content[0].type == "text" and final.content[0].text == "Checking."
 
@@ -123,26 +111,14 @@ async def test_responses_stream_one_function_call_item_per_call(up: Scripted, sc
         assert [(o.type, getattr(o, "call_id", None)) for o in output] == [
             (o.type, getattr(o, "call_id", None)) for o in final.output
         ]
-        added = [e.output_index for e in stream_events if e.type == "response.output_item.added"]
-        done = [e.output_index for e in stream_events if e.type == "response.output_item.done"]
-        assert added == done == list(range(len(output)))
-        open_item = None
-        for e in stream_events:
-            if e.type == "response.output_item.added":
-                assert open_item is None
-                open_item = e.output_index
-            elif e.type == "response.function_call_arguments.delta":
-                assert e.output_index == open_item
-            elif e.type == "response.function_call_arguments.done":
-                assert e.output_index == open_item
+        assert_items_in_order(stream_events, len(output))
+        for e in stream_events:  # what each call's done events carry is the call as the response has it
+            if e.type == "response.function_call_arguments.done":
                 item = output[e.output_index]
                 assert item.type == "function_call" and e.arguments == item.arguments and e.item_id == item.id
-            elif e.type == "response.output_item.done":
-                assert e.output_index == open_item
+            elif e.type == "response.output_item.done" and e.item.type == "function_call":
                 whole = output[e.output_index].to_dict()
-                if e.item.type == "function_call":
-                    assert e.item.to_dict() == {k: v for k, v in whole.items() if k != "parsed_arguments"}
-                open_item = None
+                assert e.item.to_dict() == {k: v for k, v in whole.items() if k != "parsed_arguments"}
 
 
 async def test_responses_stream_sequential_calls_stream_incrementally(up: Scripted) -> None:

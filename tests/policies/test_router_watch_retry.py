@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import components, runtime
-from gateway.runtime import Gateway, RouterWatch, build_gateway, close_gateway, router_status
+from gateway.runtime import Gateway, RouterWatch, router_status
 from policies.router.adapt import AdaptedRouter
-from tests.policies.test_router_watch import _id, _settings, fits  # noqa: F401  (fits: the fixture)
-
-
-@pytest.fixture
-async def gateway(fits: list[AdaptedRouter], tmp_path: Path) -> AsyncIterator[Gateway]:  # noqa: F811
-    """A runtime serving ``fits[0]`` from ``tmp_path/router``, its watch not started (the tests call ``check``)."""
-    fits[0].save(tmp_path / "router")
-    gw = await build_gateway(_settings(tmp_path, tmp_path / "router", watch_seconds=3600))
-    try:
-        yield gw
-    finally:
-        await close_gateway(gw)
+from tests.policies.test_router_watch import _id, _settings, fits, gateway  # noqa: F401  (the fixtures)
 
 
 def _failing(real: Any, errors: list[BaseException]) -> Any:
@@ -49,7 +37,7 @@ def _served(gw: Gateway) -> str | None:
 
 
 async def test_a_file_system_error_is_retried_at_the_next_check(
-    gateway: Gateway,
+    gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -71,7 +59,7 @@ async def test_a_file_system_error_is_retried_at_the_next_check(
 
 
 async def test_repeated_transient_failures_back_off_and_are_logged_once_per_error(
-    gateway: Gateway,
+    gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -98,7 +86,7 @@ async def test_repeated_transient_failures_back_off_and_are_logged_once_per_erro
 
 
 async def test_a_new_save_during_the_back_off_is_tried_at_once(
-    gateway: Gateway,
+    gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -115,7 +103,7 @@ async def test_a_new_save_during_the_back_off_is_tried_at_once(
 
 
 async def test_an_encoder_that_did_not_build_is_retried(
-    gateway: Gateway,
+    gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -144,7 +132,7 @@ async def test_an_encoder_that_did_not_build_is_retried(
 
 @pytest.mark.parametrize("error", [ValueError("non-finite weights"), KeyError("calib_scores"), TypeError("a str")])
 async def test_a_bad_artifact_is_refused_once_and_not_retried(
-    gateway: Gateway,
+    gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
