@@ -5,7 +5,7 @@ stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException
@@ -19,9 +19,12 @@ from gateway.frontdoors import messages as ms
 from gateway.frontdoors import responses as rs
 from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
-from gateway.frontdoors.responses_door import previous_not_found
+from gateway.frontdoors.responses_door import previous_record
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 router = APIRouter()
 
@@ -61,14 +64,11 @@ async def count_input_tokens(request: Request) -> Response:
     await charge_request(gw.admission, ctx)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
     req = rs.parse_count_request(load_json_object(raw))
-    if req.model is not None and req.model not in gw.router.models and req.model not in gw.router.routes:
-        raise NotFound(f"model: {req.model}", param="model")
+    if req.model is not None:
+        _check_model(gw, req.model)
     history: list[dict[str, Any]] = []
     if req.previous_response_id:
-        record = await gw.responses.get(tenant_of(ctx), req.previous_response_id)
-        if record is None:
-            raise previous_not_found(req.previous_response_id)
-        history = record["messages"]
+        history = (await previous_record(gw.responses, tenant_of(ctx), req.previous_response_id))["messages"]
     tokens = (await gw.pipeline.features("chat", rs.to_chat(req, history), len(raw))).prompt_tokens
     return json_response({"object": "response.input_tokens", "input_tokens": tokens})
 
@@ -159,9 +159,18 @@ async def count_tokens(request: Request) -> Response:
         raw = await read_body(request, gw.settings.server.max_body_bytes)
         body = load_json_object(raw)
         req = ms.parse_request(body, count_only=True)
-        if req.model not in gw.router.models and req.model not in gw.router.routes:
-            raise NotFound(f"model: {req.model}", param="model")
+        _check_model(gw, req.model)
         tokens = (await gw.pipeline.features("chat", ms.to_chat(req), len(raw))).prompt_tokens
     except GatewayError as err:
         return json_response(ms.error_body(err, ctx.request_id), ms.error_status(err), {**err.headers, **ids})
     return json_response({"input_tokens": tokens}, headers=ids)
+
+
+def _check_model(gw: Gateway, model: str) -> None:
+    """A token count names a configured model or route (it calls none, but counts as that request would).
+
+    Raises:
+        NotFound: ``model`` is neither.
+    """
+    if model not in gw.router.models and model not in gw.router.routes:
+        raise NotFound(f"model: {model}", param="model")

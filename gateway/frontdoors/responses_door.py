@@ -29,6 +29,18 @@ def previous_not_found(response_id: str) -> NotFound:
     )
 
 
+async def previous_record(store: ResponseStore, tenant: str, response_id: str) -> dict[str, Any]:
+    """The caller's stored response ``response_id`` that a turn continues (``previous_response_id``).
+
+    Raises:
+        NotFound: the caller has no stored response of that id (:func:`previous_not_found`).
+    """
+    record = await store.get(tenant, response_id)
+    if record is None:
+        raise previous_not_found(response_id)
+    return record
+
+
 class ResponsesDoor:
     """One ``/v1/responses`` request."""
 
@@ -54,9 +66,7 @@ class ResponsesDoor:
         if req.store is False:
             ctx.extra["store"] = False  # nothing of it is kept: not by the store, nor by the quality monitor
         if req.previous_response_id:
-            record = await self.store.get(tenant_of(ctx), req.previous_response_id)
-            if record is None:
-                raise previous_not_found(req.previous_response_id)
+            record = await previous_record(self.store, tenant_of(ctx), req.previous_response_id)
             size = int(record.get("size", 0)) + 2 * len(raw)  # a turn's input is kept as messages and as items
             if req.store is not False and size > self.max_record_bytes:
                 # Each stored response holds its whole conversation: without a bound a chain of large turns
