@@ -81,7 +81,7 @@ class ToolCallOrder:
         call.arguments += delta.arguments
         if call is self.open:
             out = self._send(call)
-            if call.complete and self._held():  # done: the calls held meanwhile go out now
+            if self._held() and call.complete:  # done: the calls held meanwhile go out now (parsed only then)
                 out += self._stop(call) + self._release()
             return out
         if self.open is None:
@@ -172,5 +172,6 @@ class HeldText:
 
     def finish(self) -> list[tuple[Any, ...]]:
         """The stream ended (after the calls went out): the text held, unless it is whitespace only."""
+        keep = bool(self.text().strip())
         out = self.take()
-        return out if "".join(str(p[0]) for p in out).strip() else []
+        return out if keep else []
