@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.tokens")
 
 
+def bound_from_bytes(size: int) -> int:
+    """At most how many tokens ``size`` bytes of JSON make as a prompt, without a tokenizer: about 3 bytes a token
+    plus 16 (a tokenizer counts text at 4 or more bytes a token). Admission's reserve and the quality monitor's
+    budget reservation both bound a prompt so."""
+    return size // 3 + 16
+
+
 class TokenCounter(Protocol):
     """Counts tokens of a text."""
 

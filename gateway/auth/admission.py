@@ -36,6 +36,7 @@ from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.pricing import static_price
 from gateway.protocol import generated_per_prompt, prompt_count
+from gateway.tokens import bound_from_bytes
 
 log = logging.getLogger("gateway.auth")
 
@@ -159,7 +160,7 @@ class ReserveEstimator:
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         # Tool schemas and a structured output's schema are read, and billed, as prompt too.
         extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
-        prompt = (len(orjson.dumps(payload)) + len(orjson.dumps(extras))) // 3 + 16
+        prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras)))
         names = self._by_name.get(ctx.requested_model) or self._all
         if ctx.endpoint == "embeddings":
             return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))

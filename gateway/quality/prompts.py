@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from gateway.features import content_text
+from gateway.tokens import bound_from_bytes
 
 __all__ = ["conversation", "has_media", "prompt_bound"]
 
@@ -42,6 +43,6 @@ def conversation(messages: Any, question: str) -> str:
 
 
 def prompt_bound(messages: Any) -> int:
-    """At most how many tokens ``messages`` make as a prompt: about 3 bytes a token plus 16, as admission's reserve
-    (:class:`gateway.auth.admission.ReserveEstimator`); a tokenizer counts text at 4 or more bytes a token."""
-    return len(orjson.dumps(messages, default=str)) // 3 + 16
+    """At most how many tokens ``messages`` make as a prompt (:func:`gateway.tokens.bound_from_bytes`, as admission's
+    reserve bounds a request's)."""
+    return bound_from_bytes(len(orjson.dumps(messages, default=str)))
