@@ -34,6 +34,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        self._probe_owner: object = None
 
     @property
     def state(self) -> BreakerState:
@@ -53,28 +54,34 @@ class CircuitBreaker:
             return True
         return state is BreakerState.HALF_OPEN and not self._probe_in_flight
 
-    def before_call(self) -> bool:
-        """Mark the start of an attempt; True when it claimed the single half-open probe."""
+    def before_call(self, owner: object) -> bool:
+        """Mark the start of an attempt by ``owner`` (its request); True when it claimed the single half-open probe."""
         if self.state is BreakerState.HALF_OPEN:
             self._probe_in_flight = True
+            self._probe_owner = owner
             return True
         return False
 
-    def release(self) -> None:
-        """A call ended telling nothing about the backend (the client left, or the request was the client's
-        error): a half-open probe it held is free for the next request (else the breaker stayed half-open, taking
-        no request, for ever)."""
-        self._probe_in_flight = False
+    def release(self, owner: object) -> None:
+        """A call by ``owner`` ended telling nothing about the backend (the client left, or the request was the
+        client's error): the half-open probe it claimed is free for the next request (else the breaker stayed
+        half-open, taking no request, for ever). Only the probe's owner frees it: another call's release would let
+        a second request try a recovering backend."""
+        if owner is self._probe_owner:
+            self._probe_in_flight = False
+            self._probe_owner = None
 
     def record_success(self) -> None:
         """A call succeeded: close."""
         self._failures = 0
         self._opened_at = None
         self._probe_in_flight = False
+        self._probe_owner = None
 
     def record_failure(self) -> None:
         """A call failed: count it, and open (again) when the threshold is reached."""
         self._probe_in_flight = False
+        self._probe_owner = None
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()

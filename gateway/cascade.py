@@ -109,7 +109,7 @@ class Cascade:
                 t0 = ctx.elapsed()
                 response = await self._ask(ctx, backend)
             except UpstreamError as err:
-                p._attempt_failed(cand.name, err)
+                p._attempt_failed(ctx, cand.name, err)
                 p.charges.timed_out(ctx, cand.name, err, stream=ctx.stream if rung == len(ladder) - 1 else False)
                 last = err
                 if not is_retryable(err) or not plan.fallbacks:
@@ -166,7 +166,7 @@ class Cascade:
     async def _ask(self, ctx: RequestContext, backend: Backend) -> UpstreamResponse:
         """A complete answer from a checked rung (never streamed), with log-probabilities where available."""
         p = self.pipeline
-        p.breakers[backend.name].before_call()
+        p.breakers[backend.name].before_call(ctx)
         body = p._upstream_body(ctx, backend)
         body["stream"] = False
         body.pop("stream_options", None)
@@ -207,11 +207,11 @@ class Cascade:
         spec = p.settings.model(cfg.model)
         body["model"] = spec.upstream_name if spec is not None else cfg.model
         backend, breaker = p.backends[cfg.model], p.breakers[cfg.model]
-        breaker.before_call()
+        breaker.before_call(ctx)
         try:
             response = await self._complete(ctx, backend, body)
         except UpstreamError as err:
-            p._attempt_failed(cfg.model, err)
+            p._attempt_failed(ctx, cfg.model, err)
             p.charges.timed_out(ctx, cfg.model, err, stream=False)
             return None
         breaker.record_success()

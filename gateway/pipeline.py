@@ -198,7 +198,7 @@ class Pipeline:
         except asyncio.CancelledError:
             # The client went away before the response started (or the server is stopping).
             if ctx.calling is not None:
-                self.breakers[ctx.calling].release()
+                self.breakers[ctx.calling].release(ctx)
             self._mark_abandoned(ctx)
             self.charges.charge_abandoned(ctx)
             self._schedule_finish(ctx)
@@ -339,7 +339,7 @@ class Pipeline:
             try:
                 return await self._attempt(ctx, self.backends[cand.name], self.breakers[cand.name])
             except UpstreamError as err:
-                self._attempt_failed(cand.name, err)
+                self._attempt_failed(ctx, cand.name, err)
                 self.charges.timed_out(ctx, cand.name, err)
                 if err.reached:
                     reached.add(cand.name)
@@ -352,7 +352,7 @@ class Pipeline:
     async def _attempt(self, ctx: RequestContext, backend: Backend, breaker: CircuitBreaker) -> Result:
         """One call: a complete answer, or a stream whose first event arrived (checked before the first byte
         goes to the client, so the next candidate can still answer when a stream fails that early)."""
-        breaker.before_call()
+        breaker.before_call(ctx)
         t0 = ctx.elapsed()
         body = self._upstream_body(ctx, backend)
         if ctx.stream:
@@ -434,7 +434,7 @@ class Pipeline:
         except UpstreamError as err:
             failed = True
             self.tracing.attempt_ended(ctx, err)
-            self._attempt_failed(backend.name, err)
+            self._attempt_failed(ctx, backend.name, err)
             ctx.status_code = 200  # the status line was sent; the error travels in the stream
             ctx.error_type = type(err).__name__
             ctx.error_message = err.message
@@ -447,7 +447,7 @@ class Pipeline:
             yield error_event(err)
         except (asyncio.CancelledError, GeneratorExit):
             failed = True
-            breaker.release()  # the client left: no verdict on the backend
+            breaker.release(ctx)  # the client left: no verdict on the backend
             ctx.error_type = "ClientDisconnected"
             ctx.status_code = 499
             raise
@@ -529,9 +529,9 @@ class Pipeline:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _attempt_failed(self, name: str, err: UpstreamError) -> None:
+    def _attempt_failed(self, ctx: RequestContext, name: str, err: UpstreamError) -> None:
         if not is_retryable(err):  # the client's error: nothing learnt about the backend
-            self.breakers[name].release()
+            self.breakers[name].release(ctx)
         else:
             self.breakers[name].record_failure()
             self.backends[name].stats.last_error = f"{err.message} ({err.detail})" if err.detail else err.message

@@ -89,7 +89,8 @@ class StoreBreaker:
         if not breaker.available():
             self._count("response_store_open")
             raise StoreUnavailable("The response store is unavailable: it failed moments ago.")
-        probe = breaker.before_call()
+        call = object()  # this call, the probe's owner should it claim the probe
+        breaker.before_call(call)
         try:
             yield
         except StoreUnavailable as exc:
@@ -105,8 +106,7 @@ class StoreBreaker:
                 )
             raise
         except BaseException:  # cancelled with its request, or not the store's failure: no verdict on it
-            if probe:  # only the probe's own call frees the probe (another's would let a second one through)
-                breaker.release()
+            breaker.release(call)  # frees the probe only if this call claimed it
             raise
         breaker.record_success()
         if self._failing:
