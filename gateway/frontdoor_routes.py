@@ -1,14 +1,14 @@
 """HTTP routes of the front doors other than the inference paths (which :mod:`gateway.inference` serves):
 stored responses (``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``, ``POST
 /v1/responses/{id}/cancel``), the token counts (``POST /v1/responses/input_tokens``, ``POST
-/v1/messages/count_tokens``), and a clear 404 for ``POST /v1/responses/compact``, which the gateway does not serve."""
+/v1/messages/count_tokens``). ``POST /v1/responses/compact`` is a front door
+(:mod:`gateway.frontdoors.compact_door`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -38,19 +38,6 @@ async def _caller(request: Request) -> RequestContext:
 def _not_found(response_id: str) -> NotFound:
     return NotFound(
         f"Response with id '{shown(response_id)}' not found.", param="response_id", code="response_not_found"
-    )
-
-
-@router.post("/v1/responses/compact", include_in_schema=False)
-async def compact_response(request: Request) -> Response:
-    """Not served (a 404 as for an unknown path, rather than the 405 the ``GET /v1/responses/{id}`` route gave):
-    compaction returns OpenAI's encrypted summary items, which only OpenAI's own models read back. A ``/v1`` path:
-    the caller's key is checked first, as everywhere."""
-    await _caller(request)
-    raise HTTPException(
-        404,
-        "not supported by this gateway (compaction needs OpenAI's encrypted compaction items); "
-        "continue with previous_response_id, or trim the input yourself.",
     )
 
 

@@ -24,6 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedEncoding, shown
 from gateway.frontdoors.base import FrontDoor
+from gateway.frontdoors.compact_door import CompactDoor
 from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
 from gateway.http_limits import head_size, header_dict, refuse_oversized_head
@@ -267,5 +268,6 @@ def _responses_door(gw: Gateway) -> FrontDoor:
 #: Path -> a new front door for one request.
 FRONT_DOORS: dict[str, Callable[[Gateway], FrontDoor]] = {
     "/v1/responses": _responses_door,
+    "/v1/responses/compact": lambda gw: CompactDoor(gw.responses),
     "/v1/messages": lambda gw: MessagesDoor(),
 }

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from gateway.frontdoors.compact_door import CompactRequest
 from gateway.frontdoors.messages import MessagesRequest
 from gateway.frontdoors.responses import ResponsesRequest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -37,6 +38,7 @@ _ENDPOINTS: list[tuple[str, str, type[BaseModel]]] = [
     ("/v1/completions", "createCompletion", CompletionRequest),
     ("/v1/embeddings", "createEmbedding", EmbeddingRequest),
     ("/v1/responses", "createResponse", ResponsesRequest),
+    ("/v1/responses/compact", "compactResponse", CompactRequest),
     ("/v1/messages", "createMessage", MessagesRequest),  # its errors are in Anthropic's shape
 ]
 

@@ -1,8 +1,8 @@
 """The OpenAI Responses API (``POST /v1/responses``) translated to chat completions and back.
 
 Supported: ``input`` as a string or a list of items (messages with text/image parts, ``function_call``
-and ``function_call_output`` items), ``instructions``, function ``tools`` and ``tool_choice``,
-``text.format`` (``text``, ``json_object``, ``json_schema``), ``max_output_tokens``, ``temperature``,
+and ``function_call_output`` items, this gateway's ``compaction`` items), ``instructions``, function ``tools`` and
+``tool_choice``, ``text.format`` (``text``, ``json_object``, ``json_schema``), ``max_output_tokens``, ``temperature``,
 ``top_p``, ``parallel_tool_calls``, ``reasoning.effort`` (chat's ``reasoning_effort``), ``metadata``, ``user``,
 ``store`` and ``previous_response_id``; ``text.verbosity``, ``prompt_cache_key``, ``safety_identifier``,
 ``service_tier`` and log probabilities (:mod:`gateway.frontdoors.responses_settings`).
@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import InvalidRequest
+from gateway.frontdoors import compaction
 from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.chunks import usage_detail
 from gateway.frontdoors.strict import applied_strict, tool_parameters
@@ -153,6 +154,8 @@ def input_items(req: ResponsesBody) -> list[dict[str, Any]]:
         elif kind in ("function_call", "function_call_output"):
             out.append({**item, "id": item_id or new_id("fc" if kind == "function_call" else "fco"), "type": kind})
             out[-1].setdefault("status", "completed")
+        elif kind == "compaction":
+            out.append({"id": item_id or new_id("cmp"), "type": kind, "encrypted_content": item["encrypted_content"]})
     return out
 
 
@@ -198,6 +201,8 @@ def _add_item(out: list[dict[str, Any]], item: dict[str, Any], where: str) -> li
         return images
     elif kind == "reasoning":
         pass  # a reasoning item replayed from another model's output: nothing a chat backend can use
+    elif kind == "compaction":  # the earlier turns, as POST /v1/responses/compact summarised them
+        out.append(compaction.as_message(compaction.decode(item, where)))
     else:
         raise InvalidRequest(
             f"Input items of type '{kind}' are not supported by this gateway.",

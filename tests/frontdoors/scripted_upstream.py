@@ -199,9 +199,10 @@ async def _greedy() -> AsyncIterator[bytes]:
 
 
 @contextmanager
-def scripted_gateway(tmp: Path) -> Iterator[Scripted]:
+def scripted_gateway(tmp: Path, also: tuple[str, ...] = ()) -> Iterator[Scripted]:
     """The scripted upstream as model ``m`` (priced, so budgets bite) and as ``o`` (for the overload scripts, so
-    their failures open no breaker of ``m``), behind a gateway with virtual keys (the master key :data:`MASTER`)."""
+    their failures open no breaker of ``m``), and as each model named in ``also``, behind a gateway with virtual keys
+    (the master key :data:`MASTER`)."""
     bodies: list[dict[str, Any]] = []
     ledger = LedgerFile(tmp / "ledger.db")
     with master_key(MASTER), run_asgi_server(_app(bodies)) as up:
@@ -215,7 +216,7 @@ def scripted_gateway(tmp: Path) -> Iterator[Scripted]:
         }
         settings = settings_from_dict(
             {
-                "models": [{"name": "m", **model}, {"name": "o", **model}],
+                "models": [{"name": name, **model} for name in ("m", "o", *also)],
                 "retry": {"max_attempts": 1},
                 "cache": {"enabled": False},
                 "auth": {"enabled": True},

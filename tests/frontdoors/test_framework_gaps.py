@@ -9,7 +9,7 @@ take, against the scripted upstream (which records the chat bodies it gets) and 
    ``service_tier``, ``top_logprobs`` with ``include: ["message.output_text.logprobs"]`` (the answer's log
    probabilities in the Responses format);
 4. ``usage.input_tokens_details.cache_write_tokens``, which openai-python's ``ResponseUsage`` requires;
-5. the Responses sub-endpoints: ``compact`` (404, not supported), ``{id}/cancel`` (400, or 404), ``input_tokens``
+5. the Responses sub-endpoints: ``{id}/cancel`` (400, or 404), ``input_tokens``
    (counted as ``/v1/messages/count_tokens`` counts);
 6. Messages: ``tool_choice`` without tools checked and dropped, the legacy ``output_format`` mapped as
    ``output_config.format``, more than 4 ``stop_sequences`` a 400.
@@ -322,15 +322,6 @@ def test_stored_responses_from_before_get_cache_write_tokens() -> None:
 
 
 # -- 5. the Responses sub-endpoints ---------------------------------------------------------------------------
-
-
-async def test_responses_compact_is_not_supported(up: Scripted) -> None:
-    async with _oa(up) as client:
-        with pytest.raises(openai.NotFoundError) as info:
-            await client.responses.compact(model="m", input="compact me")
-    body: Any = info.value.body
-    assert "not supported by this gateway" in body["message"] and "/v1/responses/compact" in body["message"]
-    assert body["type"] == "not_found"  # as for any path the gateway does not serve
 
 
 async def test_responses_cancel(up: Scripted) -> None:
