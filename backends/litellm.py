@@ -173,7 +173,8 @@ CLIENT_PARAMS = frozenset(
         "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "stream",
         "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
         "functions", "function_call", "reasoning_effort", "modalities", "audio", "prediction",
-        "web_search_options", "top_k", "thinking",
+        "web_search_options", "top_k", "thinking", "verbosity", "prompt_cache_key", "safety_identifier",
+        "service_tier",
     }
 )  # fmt: skip
 

@@ -19,13 +19,15 @@ KEY = "sk-live-SECRET-abcdef0123456789"
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
 
-def backend(base_url: str, monkeypatch: pytest.MonkeyPatch, **timeouts: float) -> LiteLLMBackend:
+def backend(
+    base_url: str, monkeypatch: pytest.MonkeyPatch, upstream: str = "openai/up-model", **timeouts: float
+) -> LiteLLMBackend:
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     monkeypatch.setenv("UP_KEY", KEY)
     spec = {
         "name": "m",
         "backend": "litellm",
-        "upstream_model": "openai/up-model",
+        "upstream_model": upstream,
         "base_url": base_url + "/v1",
         "api_key_env": "UP_KEY",
         "timeouts": timeouts,
@@ -221,3 +223,14 @@ async def test_a_client_s_body_cannot_steer_litellm(monkeypatch: pytest.MonkeyPa
     assert "x-injected" not in sent.headers
     assert sent.json()["temperature"] == 0.5  # the chat parameters still go
     assert result.body["choices"][0]["message"]["content"] == "real"
+
+
+async def test_openai_s_newer_chat_parameters_reach_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the Responses door forwards from the Agents SDK and other clients (``text.verbosity``,
+    ``prompt_cache_key``, ``safety_identifier``, ``service_tier``) reaches an OpenAI model through litellm too
+    (litellm itself refuses ``verbosity`` for a model it does not know to take it, a 400 naming it)."""
+    newer = {"verbosity": "low", "prompt_cache_key": "k1", "safety_identifier": "u-9", "service_tier": "flex"}
+    async with Upstream(reply) as up:
+        await backend(up.url, monkeypatch, upstream="openai/gpt-5").complete("/chat/completions", {**BODY, **newer})
+    (sent,) = up.requests
+    assert {k: sent.json().get(k) for k in newer} == newer
