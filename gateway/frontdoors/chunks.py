@@ -26,6 +26,7 @@ class Delta:
     """What one chat chunk adds (the first choice only: these APIs have one output per request)."""
 
     text: str = ""
+    reasoning: str = ""  # the model's reasoning (vLLM's ``reasoning_content``, or ``reasoning``)
     refusal: str = ""  # the model declining (structured outputs): chat's ``delta.refusal``
     tools: list[ToolDelta] = field(default_factory=list)
     finish_reason: str | None = None
@@ -95,6 +96,10 @@ def _delta(chunk: dict[str, Any], calls: CallIndexes) -> Delta:
             logprobs = choice.get("logprobs")
             if isinstance(logprobs, dict):
                 out.logprobs = logprobs.get("content")
+        for name in ("reasoning_content", "reasoning"):
+            if isinstance(delta.get(name), str) and delta[name]:
+                out.reasoning = delta[name]
+                break
         if isinstance(delta.get("refusal"), str):
             out.refusal = delta["refusal"]
         for call in delta.get("tool_calls") or []:

@@ -4,8 +4,10 @@ Supported: ``system`` (a string or text blocks), ``messages`` with text, image, 
 ``tool_result`` blocks, custom ``tools`` and ``tool_choice`` (``auto``, ``any``, ``tool``, ``none``,
 ``disable_parallel_tool_use``; dropped without tools), ``max_tokens`` (chat's ``max_completion_tokens``),
 ``stop_sequences`` (at most 4, as chat APIs take), ``temperature``, ``top_p``, ``top_k`` (forwarded: vLLM honours it),
-``metadata.user_id``, ``output_config`` (and the structured-outputs beta's ``output_format``). Server tools, extended
-thinking, documents, MCP servers and containers are refused with a 400 naming the field. Errors use Anthropic's shape.
+``metadata.user_id``, ``output_config`` (and the structured-outputs beta's ``output_format``), ``thinking`` (checked as
+Anthropic checks it and not forwarded: chat APIs have no thinking budget; the upstream's reasoning, where it reports
+it, comes back as ``thinking`` blocks). Server tools, documents, MCP servers and containers are refused with a 400
+naming the field. Errors use Anthropic's shape.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool
 #: The most ``stop`` strings OpenAI's chat API takes (vLLM takes more; a request must not depend on the route).
 MAX_STOP_SEQUENCES = 4
 
+#: ``thinking.type`` values (Anthropic's); all but ``disabled`` show the upstream's reasoning (:func:`shows_thinking`).
+THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
+#: The smallest ``thinking.budget_tokens`` Anthropic takes.
+MIN_THINKING_BUDGET = 1024
 _UNSUPPORTED = {
     "mcp_servers": "MCP servers are not supported by this gateway.",
     "container": "Containers are not supported by this gateway.",
@@ -110,8 +116,8 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
         if body.get(name):
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
     req = validate(CountTokensRequest if count_only else MessagesRequest, body)
-    if req.thinking is not None and req.thinking.get("type") != "disabled":
-        raise InvalidRequest("Extended thinking is not supported by this gateway.", param="thinking")
+    if req.thinking is not None:
+        _check_thinking(req.thinking, getattr(req, "max_tokens", None))
     if req.stop_sequences is not None and len(req.stop_sequences) > MAX_STOP_SEQUENCES:
         # chat APIs take at most 4 (OpenAI's refuses more; vLLM takes them): cutting the list would change where
         # the answer stops, and forwarding it would work or fail depending on the model a route picked
@@ -121,6 +127,32 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
             param="stop_sequences",
         )
     return req
+
+
+def _check_thinking(thinking: dict[str, Any], max_tokens: int | None) -> None:
+    """``thinking`` checked as Anthropic checks it: a known ``type``, and for ``enabled`` a ``budget_tokens`` of at
+    least 1,024 and below ``max_tokens`` (a client that breaks these rules fails here as it would there)."""
+    kind = thinking.get("type")
+    if kind not in THINKING_TYPES:
+        raise InvalidRequest(f"thinking.type: expected one of {', '.join(THINKING_TYPES)}.", param="thinking.type")
+    if thinking.get("display") not in (None, "summarized", "omitted"):
+        raise InvalidRequest("thinking.display: expected 'summarized' or 'omitted'.", param="thinking.display")
+    if kind != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+        raise InvalidRequest(
+            f"thinking.budget_tokens: expected an integer of at least {MIN_THINKING_BUDGET}.",
+            param="thinking.budget_tokens",
+        )
+    if max_tokens is not None and budget >= max_tokens:
+        raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`.", param="max_tokens")
+
+
+def shows_thinking(req: CountTokensRequest) -> bool:
+    """Whether the answer carries the model's reasoning, where the upstream reports it, as ``thinking`` blocks."""
+    thinking = req.thinking
+    return thinking is not None and thinking.get("type") != "disabled" and thinking.get("display") != "omitted"
 
 
 def _text_of(blocks: Any, where: str) -> str:
@@ -374,6 +406,22 @@ def stop_reason(
     return _STOP_REASONS.get(finish_reason or "stop", "end_turn"), None
 
 
+def reasoning_of(message: dict[str, Any]) -> str:
+    """The reasoning a chat message or delta carries: vLLM's ``reasoning_content`` (its reasoning parsers), or the
+    ``reasoning`` of newer vLLM and other OpenAI-compatible servers; OpenAI's own API sends none."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def thinking_block(text: str) -> dict[str, Any]:
+    """A ``thinking`` block holding the upstream's reasoning ``text`` (its ``signature`` empty: no Anthropic model wrote
+    it; sent back in a later turn, it is dropped like every replayed thinking block)."""
+    return {"type": "thinking", "thinking": text, "signature": ""}
+
+
 def tool_input(arguments: str) -> dict[str, Any]:
     """A tool call's JSON arguments as ``tool_use.input`` (an object, as Anthropic requires)."""
     try:
@@ -404,6 +452,9 @@ def from_chat(req: CountTokensRequest, completion: dict[str, Any]) -> dict[str, 
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = reasoning_of(message)
+    if reasoning and shows_thinking(req):
+        content.append(thinking_block(reasoning))
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
     refusal = message.get("refusal")

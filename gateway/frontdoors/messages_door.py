@@ -52,7 +52,9 @@ class MessagesDoor:
         if isinstance(result, JSONResult):
             return JSONResult(ms.from_chat(req, result.body), headers, result.status)
         model = ctx.chosen_model or req.model
-        frames = render_stream(result.frames, model, ctx.prompt_tokens_estimate, req.stop_sequences)
+        frames = render_stream(
+            result.frames, model, ctx.prompt_tokens_estimate, req.stop_sequences, thinking=ms.shows_thinking(req)
+        )
         return StreamResult(frames, headers)
 
     def error_body(self, err: GatewayError, request_id: str | None) -> dict[str, Any]:

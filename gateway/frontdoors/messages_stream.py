@@ -1,7 +1,7 @@
 """Chat SSE chunks rendered as the Anthropic Messages stream.
 
 ``message_start`` (usage: the gateway's prompt token estimate), ``ping``; per content block
-``content_block_start``, ``content_block_delta`` (``text_delta`` or ``input_json_delta``)...,
+``content_block_start``, ``content_block_delta`` (``thinking_delta``, ``text_delta`` or ``input_json_delta``)...,
 ``content_block_stop``; then ``message_delta`` (stop reason, and the upstream's usage: the SDK takes its
 ``input_tokens`` over the estimate) and ``message_stop``. Parallel tool calls whose deltas interleave are sent
 one block after the other (:mod:`gateway.frontdoors.toolcalls`). A failure mid-stream (an upstream's, or the key's
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.frontdoors.chunks import ToolDelta, deltas, sse
-from gateway.frontdoors.messages import new_id, stop_reason, stream_error_type, usage_of
+from gateway.frontdoors.messages import new_id, stop_reason, stream_error_type, thinking_block, usage_of
 from gateway.frontdoors.toolcalls import Call, HeldText, Step, ToolCallOrder
 
 
@@ -54,6 +54,13 @@ class _Blocks:
         if self.open != "text":
             out = self.steps(self.calls.interrupt()) + self.start("text", {"type": "text", "text": ""})
         out.append(self.delta({"type": "text_delta", "text": text}))
+        return out
+
+    def on_thinking(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open != "thinking":
+            out = self.steps(self.calls.interrupt()) + self.start("thinking", thinking_block(""))
+        out.append(self.delta({"type": "thinking_delta", "thinking": text}))
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
@@ -97,9 +104,14 @@ class _Blocks:
 
 
 async def render(
-    frames: AsyncIterator[bytes], model: str, input_estimate: int, stop_sequences: list[str] | None
+    frames: AsyncIterator[bytes],
+    model: str,
+    input_estimate: int,
+    stop_sequences: list[str] | None,
+    thinking: bool = False,
 ) -> AsyncIterator[bytes]:
-    """The Messages stream for the pipeline's chat ``frames``."""
+    """The Messages stream for the pipeline's chat ``frames``; with ``thinking``, the upstream's reasoning as
+    ``thinking`` blocks (``thinking_delta``)."""
     message: dict[str, Any] = {
         "id": new_id(),
         "type": "message",
@@ -125,6 +137,9 @@ async def render(
                     yield out
                 yield _error(d.error)
                 return
+            if d.reasoning and thinking:
+                for out in blocks.on_thinking(d.reasoning):
+                    yield out
             if d.text or d.refusal:
                 refused = refused or bool(d.refusal)
                 for out in blocks.on_text(d.text + d.refusal):

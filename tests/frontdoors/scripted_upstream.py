@@ -1,7 +1,8 @@
 """A chat upstream that answers by script (the last user message names the script), and a gateway with virtual keys
 in front of it: for the front doors' tests of what a simulator cannot send (parallel tool-call deltas interleaved,
-an upstream's 503 or 529, a stream that ignores ``max_tokens``, the prompt tokens it wrote to its cache); like OpenAI
-it reports log probabilities and its service tier when asked. The upstream records every chat body it got."""
+an upstream's 503 or 529, a stream that ignores ``max_tokens``, the prompt tokens it wrote to its cache, a reasoning
+model's ``reasoning_content``); like OpenAI it reports log probabilities and its service tier when asked. The upstream
+records every chat body it got."""
 
 from __future__ import annotations
 
@@ -85,7 +86,11 @@ SEQUENTIAL = [
     *END_CALLS,
 ]
 HELLO = [ROLE, chunk({"content": "Hel"}), chunk({"content": "lo"}), chunk({}, "stop"), chunk(usage=USAGE)]
+#: A reasoning model behind vLLM's reasoning parser: its reasoning (``reasoning_content``), then its answer.
+REASONING = "Let me see."
+THINK = [ROLE, chunk({"reasoning_content": "Let me "}), chunk({"reasoning_content": "see."}), *HELLO[1:]]
 STREAMS: dict[str, list[dict[str, Any]]] = {
+    "think": THINK,
     "interleaved": INTERLEAVED,
     "interleaved in chunks": INTERLEAVED_IN_CHUNKS,
     "sequential": SEQUENTIAL,
@@ -149,6 +154,8 @@ def _app(bodies: list[dict[str, Any]]) -> Starlette:
             ]
             return Response(_sse(events), media_type="text/event-stream")
         message = {"role": "assistant", "content": "Hello"}
+        if prompt == "think":
+            message["reasoning_content"] = REASONING
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [logprob(t, body.get("top_logprobs")) for t in ("Hel", "lo")]}

@@ -1,0 +1,91 @@
+"""``thinking`` on ``/v1/messages`` with the real Anthropic SDK over sockets (Claude Code sends it for "ultrathink" and
+by default for some models): checked as Anthropic checks it, not forwarded (chat APIs have no thinking budget), and
+the upstream's reasoning (vLLM's ``reasoning_content``) comes back as a ``thinking`` block, streamed or not, unless
+thinking is off or its display omitted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic.types import TextBlock, ThinkingBlock
+
+from tests.frontdoors.scripted_upstream import REASONING, Scripted, scripted_gateway
+
+ON = {"type": "enabled", "budget_tokens": 2048}
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
+    with scripted_gateway(tmp_path_factory.mktemp("thinking")) as env:
+        yield env
+
+
+def _claude(up: Scripted) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=up.url, api_key=up.key(), max_retries=0)
+
+
+def _ask(**extra: Any) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 4096, "messages": [{"role": "user", "content": "think"}], **extra}
+
+
+@pytest.mark.parametrize("thinking", [ON, {"type": "adaptive"}, {"type": "enabled", "budget_tokens": 1024}])
+async def test_the_upstream_s_reasoning_is_a_thinking_block(up: Scripted, thinking: dict[str, Any]) -> None:
+    async with _claude(up) as client:
+        message = await client.messages.create(**_ask(thinking=thinking))
+        async with client.messages.stream(**_ask(thinking=thinking)) as stream:
+            kinds = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+            streamed = await stream.get_final_message()
+    for answer in (message, streamed):
+        first, second = answer.content
+        assert isinstance(first, ThinkingBlock) and first.thinking == REASONING and first.signature == ""
+        assert isinstance(second, TextBlock) and second.text == "Hello"
+    assert kinds == ["thinking_delta", "thinking_delta", "text_delta", "text_delta"]
+    sent = up.bodies_for("think")[-2:]
+    assert all("thinking" not in b and "reasoning_effort" not in b for b in sent)  # chat has no thinking budget
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"thinking": {"type": "disabled"}}, {"thinking": {**ON, "display": "omitted"}}], ids=str
+)
+async def test_no_thinking_block_unless_asked(up: Scripted, extra: dict[str, Any]) -> None:
+    async with _claude(up) as client:
+        message = await client.messages.create(**_ask(**extra))
+        async with client.messages.stream(**_ask(**extra)) as stream:
+            streamed = await stream.get_final_message()
+    assert [b.type for b in message.content] == [b.type for b in streamed.content] == ["text"]
+
+
+async def test_a_thinking_block_sent_back_is_dropped(up: Scripted) -> None:
+    async with _claude(up) as client:
+        first = await client.messages.create(**_ask(thinking=ON))
+        history: Any = [
+            {"role": "user", "content": "think"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": "and then?"},
+        ]
+        await client.messages.create(model="m", max_tokens=4096, thinking=ON, messages=history)
+    [sent] = up.bodies_for("and then?")
+    assert sent["messages"][1] == {"role": "assistant", "content": "Hello"}
+
+
+@pytest.mark.parametrize(
+    ("thinking", "max_tokens", "param"),
+    [
+        ({"type": "enabled", "budget_tokens": 512}, 4096, "budget_tokens"),
+        ({"type": "enabled"}, 4096, "budget_tokens"),
+        ({"type": "enabled", "budget_tokens": 4096}, 4096, "max_tokens"),  # Anthropic: max_tokens > budget_tokens
+        ({"type": "sometimes"}, 4096, "thinking.type"),
+        ({"type": "adaptive", "display": "full"}, 4096, "thinking.display"),
+    ],
+)
+async def test_thinking_is_checked_as_anthropic_checks_it(
+    up: Scripted, thinking: dict[str, Any], max_tokens: int, param: str
+) -> None:
+    async with _claude(up) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(**{**_ask(thinking=thinking), "max_tokens": max_tokens})
+    body: Any = info.value.body
+    assert body["error"]["type"] == "invalid_request_error" and param in body["error"]["message"]
