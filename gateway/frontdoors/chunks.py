@@ -45,6 +45,16 @@ def usage_detail(usage: dict[str, Any], group: str, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def reasoning_of(message: dict[str, Any]) -> str:
+    """The reasoning a chat message or delta carries: vLLM's ``reasoning_content`` (its reasoning parsers), or the
+    ``reasoning`` of newer vLLM and other OpenAI-compatible servers; OpenAI's own API sends none."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def sse(event: str, payload: dict[str, Any]) -> bytes:
     """One named SSE event (``event:`` line and JSON ``data:``), as both APIs send them."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
@@ -96,10 +106,7 @@ def _delta(chunk: dict[str, Any], calls: CallIndexes) -> Delta:
             logprobs = choice.get("logprobs")
             if isinstance(logprobs, dict):
                 out.logprobs = logprobs.get("content")
-        for name in ("reasoning_content", "reasoning"):
-            if isinstance(delta.get(name), str) and delta[name]:
-                out.reasoning = delta[name]
-                break
+        out.reasoning = reasoning_of(delta)
         if isinstance(delta.get("refusal"), str):
             out.refusal = delta["refusal"]
         for call in delta.get("tool_calls") or []:

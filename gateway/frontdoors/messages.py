@@ -26,7 +26,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from gateway.frontdoors.chunks import usage_detail
+from gateway.frontdoors.chunks import reasoning_of, usage_detail
 from gateway.protocol import UnitInterval, required_str, validate
 
 #: Anthropic's error ``type`` for each HTTP status the gateway answers with.
@@ -404,16 +404,6 @@ def stop_reason(
     if finish_reason == "stop" and isinstance(matched, str) and matched in (stop_sequences or []):
         return "stop_sequence", matched
     return _STOP_REASONS.get(finish_reason or "stop", "end_turn"), None
-
-
-def reasoning_of(message: dict[str, Any]) -> str:
-    """The reasoning a chat message or delta carries: vLLM's ``reasoning_content`` (its reasoning parsers), or the
-    ``reasoning`` of newer vLLM and other OpenAI-compatible servers; OpenAI's own API sends none."""
-    for name in ("reasoning_content", "reasoning"):
-        value = message.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def thinking_block(text: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from gateway.errors import InvalidRequest
 from gateway.frontdoors import compaction
 from gateway.frontdoors import responses_settings as settings
-from gateway.frontdoors.chunks import usage_detail
+from gateway.frontdoors.chunks import reasoning_of, usage_detail
 from gateway.frontdoors.strict import applied_strict, tool_parameters
 from gateway.protocol import Temperature, UnitInterval, required_str, validate
 
@@ -451,6 +451,23 @@ def message_item(text: str, item_id: str | None = None, status: str = "completed
     }
 
 
+def reasoning_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+    """A ``reasoning`` output item holding the upstream's reasoning ``text`` as a ``reasoning_text`` part (what
+    OpenAI's API and vLLM's send for open-weight models; no ``summary``, no ``encrypted_content``)."""
+    return {
+        "type": "reasoning",
+        "id": item_id or new_id("rs"),
+        "summary": [],
+        "content": [reasoning_part(text)],
+        "status": status,
+    }
+
+
+def reasoning_part(text: str) -> dict[str, Any]:
+    """A reasoning item's ``reasoning_text`` content part."""
+    return {"type": "reasoning_text", "text": text}
+
+
 def text_part(text: str) -> dict[str, Any]:
     """A message's ``output_text`` content part."""
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
@@ -480,6 +497,9 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
+    reasoning = reasoning_of(message)
+    if reasoning:
+        output.append(reasoning_item(reasoning))
     content = message.get("content")
     status = item_status(choice.get("finish_reason"))
     if isinstance(content, str) and content:

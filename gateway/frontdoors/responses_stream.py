@@ -1,7 +1,9 @@
 """Chat SSE chunks rendered as the Responses API's typed stream events.
 
 Order, as OpenAI sends them: ``response.created``, ``response.in_progress``; per output item
-``response.output_item.added``, then for a message ``response.content_part.added``,
+``response.output_item.added``, then for the model's reasoning (where the upstream reports it, as vLLM's reasoning
+parsers do) ``response.content_part.added``, ``response.reasoning_text.delta``..., ``response.reasoning_text.done``,
+``response.content_part.done``; for a message ``response.content_part.added``,
 ``response.output_text.delta``..., ``response.output_text.done`` (for a refusal ``response.refusal.delta``...,
 ``response.refusal.done``), ``response.content_part.done``, or for a function call
 ``response.function_call_arguments.delta``..., ``response.function_call_arguments.done``; then
@@ -26,6 +28,8 @@ from gateway.frontdoors.responses import (
     item_status,
     message_item,
     new_id,
+    reasoning_item,
+    reasoning_part,
     refusal_part,
     text_part,
     usage_of,
@@ -46,6 +50,7 @@ class _Renderer:
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.text = ""
         self.kind = "output_text"  # the open message's part: text, or a refusal
+        self.reasoning = ""  # the open reasoning item's text
         self.calls = ToolCallOrder()  # parallel calls' interleaved deltas, one item at a time
         self.held = HeldText()  # text that arrived while a call's arguments were incomplete
 
@@ -102,6 +107,19 @@ class _Renderer:
             self.token_logprobs += pieces
             lps = settings.event_logprobs(pieces)
             out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=lps))
+        return out
+
+    def on_reasoning(self, text: str) -> list[bytes]:
+        """A piece of the model's reasoning (a ``reasoning`` item's ``reasoning_text``, as vLLM streams it)."""
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            item = reasoning_item("", status="in_progress")
+            item["content"] = []
+            out = self._steps(self.calls.interrupt()) + self._open_item(item)
+            self.reasoning = ""
+            out.append(self.event("response.content_part.added", **self._where(), part=reasoning_part("")))
+        self.reasoning += text
+        out.append(self.event("response.reasoning_text.delta", **self._where(), delta=text))
         return out
 
     def on_tool(self, d: ToolDelta) -> list[bytes]:
@@ -162,6 +180,12 @@ class _Renderer:
                 part["logprobs"] = self.token_logprobs
                 lps = settings.event_logprobs(self.token_logprobs)
                 out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=lps))
+            out.append(self.event("response.content_part.done", **where, part=part))
+            item["content"] = [part]
+        elif item["type"] == "reasoning":
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            part = reasoning_part(self.reasoning)
+            out.append(self.event("response.reasoning_text.done", **where, text=self.reasoning))
             out.append(self.event("response.content_part.done", **where, part=part))
             item["content"] = [part]
         else:
@@ -225,6 +249,8 @@ def _apply(r: _Renderer, d: Delta) -> list[bytes]:
         r.response["model"] = d.model
     settings.served_tier(r.response, d.service_tier)
     out: list[bytes] = []
+    if d.reasoning:
+        out += r.on_reasoning(d.reasoning)
     if d.text:
         out += r.on_text(d.text, logprobs=d.logprobs)
     if d.refusal:

@@ -11,6 +11,8 @@ _ITEM_PIECES = frozenset(
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
     }
 )
 

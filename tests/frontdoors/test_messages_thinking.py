@@ -12,6 +12,7 @@ import anthropic
 import pytest
 from anthropic.types import TextBlock, ThinkingBlock
 
+from tests.frontdoors.event_order import assert_blocks_in_order
 from tests.frontdoors.scripted_upstream import REASONING, Scripted, scripted_gateway
 
 ON = {"type": "enabled", "budget_tokens": 2048}
@@ -36,8 +37,10 @@ async def test_the_upstream_s_reasoning_is_a_thinking_block(up: Scripted, thinki
     async with _claude(up) as client:
         message = await client.messages.create(**_ask(thinking=thinking))
         async with client.messages.stream(**_ask(thinking=thinking)) as stream:
-            kinds = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+            events = [e async for e in stream if e.type.startswith("content_block_")]
             streamed = await stream.get_final_message()
+    kinds = [e.delta.type for e in events if e.type == "content_block_delta"]
+    assert_blocks_in_order(events, 2)
     for answer in (message, streamed):
         first, second = answer.content
         assert isinstance(first, ThinkingBlock) and first.thinking == REASONING and first.signature == ""
