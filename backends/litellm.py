@@ -173,10 +173,13 @@ CLIENT_PARAMS = frozenset(
         "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "stream",
         "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
         "functions", "function_call", "reasoning_effort", "modalities", "audio", "prediction",
-        "web_search_options", "top_k", "thinking", "verbosity", "prompt_cache_key", "safety_identifier",
-        "service_tier",
+        "web_search_options", "top_k", "thinking",
     }
 )  # fmt: skip
+#: Newer OpenAI parameters the Responses door forwards (``text.verbosity``, ...): passed on only to a model litellm
+#: lists them for, since litellm refuses a request with a parameter the provider does not take (a 400 before any
+#: call), and clients send them by default for any model (Codex's ``prompt_cache_key``).
+NEWER_PARAMS = frozenset({"verbosity", "prompt_cache_key", "safety_identifier", "service_tier"})
 
 
 class LiteLLMBackend:
@@ -189,6 +192,7 @@ class LiteLLMBackend:
         # litellm fetches its price map from the network at import unless told to use the bundled copy.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         self._litellm = importlib.import_module("litellm")
+        self._params = CLIENT_PARAMS | self._supported(NEWER_PARAMS)
         import httpx  # loaded with litellm
 
         t = spec.timeouts
@@ -196,8 +200,18 @@ class LiteLLMBackend:
         self._timeout = httpx.Timeout(t.first_byte, connect=t.connect)
         self._stream_timeout = httpx.Timeout(max(t.first_byte, t.between_chunks), connect=t.connect)
 
+    def _supported(self, names: frozenset[str]) -> frozenset[str]:
+        """Those of ``names`` that litellm says this model's provider takes (none when it cannot tell)."""
+        litellm = self._litellm
+        try:
+            model, provider, *_ = litellm.get_llm_provider(self.spec.upstream_name)
+            supported = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or []
+        except litellm.exceptions.BadRequestError:  # a model name litellm cannot place: its call will say so
+            return frozenset()
+        return names & frozenset(supported)
+
     def _kwargs(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k in CLIENT_PARAMS}
+        kwargs = {k: v for k, v in body.items() if k in self._params}
         kwargs["model"] = self.spec.upstream_name
         if self.spec.base_url:
             kwargs["api_base"] = self.spec.base_url

@@ -227,10 +227,27 @@ async def test_a_client_s_body_cannot_steer_litellm(monkeypatch: pytest.MonkeyPa
 
 async def test_openai_s_newer_chat_parameters_reach_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the Responses door forwards from the Agents SDK and other clients (``text.verbosity``,
-    ``prompt_cache_key``, ``safety_identifier``, ``service_tier``) reaches an OpenAI model through litellm too
-    (litellm itself refuses ``verbosity`` for a model it does not know to take it, a 400 naming it)."""
+    ``prompt_cache_key``, ``safety_identifier``, ``service_tier``) reaches an OpenAI model through litellm too."""
     newer = {"verbosity": "low", "prompt_cache_key": "k1", "safety_identifier": "u-9", "service_tier": "flex"}
     async with Upstream(reply) as up:
         await backend(up.url, monkeypatch, upstream="openai/gpt-5").complete("/chat/completions", {**BODY, **newer})
     (sent,) = up.requests
     assert {k: sent.json().get(k) for k in newer} == newer
+
+
+@pytest.mark.parametrize(
+    ("upstream", "kept"),
+    [
+        ("openai/gpt-4o", {"prompt_cache_key", "safety_identifier", "service_tier"}),  # no verbosity before gpt-5
+        ("anthropic/claude-3-5-sonnet-20241022", {"service_tier"}),
+        ("gemini/gemini-1.5-pro", {"service_tier"}),
+    ],
+)
+def test_newer_parameters_a_provider_does_not_take_are_dropped(
+    monkeypatch: pytest.MonkeyPatch, upstream: str, kept: set[str]
+) -> None:
+    """litellm refuses a request that carries a parameter the provider does not take (a 400 before any call), and
+    clients send these by default for any model: only those litellm lists for the model go."""
+    newer = {"verbosity": "low", "prompt_cache_key": "k1", "safety_identifier": "u-9", "service_tier": "auto"}
+    kwargs = backend("http://127.0.0.1:9", monkeypatch, upstream=upstream)._kwargs({**BODY, **newer}, stream=False)
+    assert set(newer) & set(kwargs) == kept
