@@ -6,7 +6,7 @@ assistant's answers, tool calls and their results). The item holds a summary tha
 route) writes from a transcript of the conversation, sent as one system and one user message so that every chat
 backend takes it whatever its template or tool support; :mod:`gateway.frontdoors.compaction` has the item's format.
 The summary is a chat completion like any other: authenticated, routed, budgeted, cached and in the ledger (as
-``responses.compact``). Nothing is stored: the client sends the compacted window as the next turn's input.
+``compact``). Nothing is stored: the client sends the compacted window as the next turn's input.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def transcript(messages: list[dict[str, Any]]) -> str:
 class CompactDoor:
     """One ``/v1/responses/compact`` request."""
 
-    api = "responses.compact"
+    api = "compact"  # the ledger's endpoint column holds 16 characters
     request_id_header: str | None = None
 
     def __init__(self, store: ResponseStore) -> None:
@@ -114,10 +114,14 @@ class CompactDoor:
         choice = (result.body.get("choices") or [{}])[0]
         summary = (choice.get("message") or {}).get("content")
         if not isinstance(summary, str) or not summary.strip():
-            raise UpstreamUnavailable(
+            err = UpstreamUnavailable(
                 f"model '{ctx.chosen_model or ctx.requested_model}' wrote no summary for the compaction",
                 backend=ctx.chosen_model or "",
             )
+            # The ledger row is written once the request next yields (the pipeline scheduled it): it records this
+            # failure, with the answer's cost, which the upstream charged whatever the answer held.
+            ctx.status_code, ctx.error_type, ctx.error_message = err.status, type(err).__name__, err.message
+            raise err
         usage = result.body.get("usage")
         response = {
             "id": rs.new_id("resp"),

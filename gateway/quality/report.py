@@ -35,7 +35,7 @@ _CLIENT = or_(ledger.c.policy.is_(None), ledger.c.policy != "monitor")
 _HIT = ledger.c.cache_status.in_(CACHE_HITS)
 #: The ledger's endpoints of chat answers: the Responses and Messages front doors are chat requests translated
 #: (the monitor samples them; the route's traffic and cost share must count them too).
-_CHATS = ("chat", "responses", "responses.compact", "messages")
+_CHATS = ("chat", "responses", "compact", "messages")
 #: A request's latest feedback (one row each since feedback replaces feedback; two may race, or predate that).
 _LATEST_FEEDBACK = select(func.max(feedback.c.id)).group_by(feedback.c.request_id, feedback.c.key_id)
 

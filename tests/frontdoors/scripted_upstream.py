@@ -88,6 +88,8 @@ SEQUENTIAL = [
 HELLO = [ROLE, chunk({"content": "Hel"}), chunk({"content": "lo"}), chunk({}, "stop"), chunk(usage=USAGE)]
 #: A reasoning model behind vLLM's reasoning parser: its reasoning (``reasoning_content``), then its answer.
 REASONING = "Let me see."
+#: A prompt holding it gets reasoning and no answer (``content`` null).
+SILENT = "say nothing"
 THINK = [ROLE, chunk({"reasoning_content": "Let me "}), chunk({"reasoning_content": "see."}), *HELLO[1:]]
 STREAMS: dict[str, list[dict[str, Any]]] = {
     "think": THINK,
@@ -156,6 +158,8 @@ def _app(bodies: list[dict[str, Any]]) -> Starlette:
         message = {"role": "assistant", "content": "Hello"}
         if prompt == "think":
             message["reasoning_content"] = REASONING
+        elif prompt is not None and SILENT in prompt:  # reasoning, and no answer
+            message = {"role": "assistant", "content": None, "reasoning_content": REASONING}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [logprob(t, body.get("top_logprobs")) for t in ("Hel", "lo")]}

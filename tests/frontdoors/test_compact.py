@@ -17,7 +17,7 @@ from openai.types.responses import ResponseCompactionItem, ResponseOutputMessage
 
 from gateway.frontdoors import compaction
 from gateway.frontdoors.compact_door import INSTRUCTIONS, transcript
-from tests.frontdoors.scripted_upstream import Scripted, scripted_gateway
+from tests.frontdoors.scripted_upstream import SILENT, Scripted, scripted_gateway
 
 CONVERSATION: list[Any] = [
     {"role": "user", "content": "Plan a weekend in Oslo."},
@@ -73,7 +73,7 @@ async def test_compact_keeps_user_messages_and_summarises_the_rest(up: Scripted)
         assert part in text
 
     row = await up.ledger.one_row(raw.headers["x-request-id"])
-    assert row["endpoint"] == "responses.compact" and row["chosen_model"] == "m" and row["status_code"] == 200
+    assert row["endpoint"] == "compact" and row["chosen_model"] == "m" and row["status_code"] == 200
     assert Decimal(row["cost_usd"]).scaleb(-12) == Decimal("0.00039")  # 12 and 9 tokens; SQLite keeps 1e-12 USD
 
 
@@ -114,6 +114,21 @@ async def test_compact_a_stored_conversation(up: Scripted) -> None:
         # another key's stored response is not found, as for /v1/responses
         with pytest.raises(openai.NotFoundError):
             await _oa(up, up.key()).responses.compact(model="m", previous_response_id=first.id)
+
+
+async def test_no_summary_is_a_502_and_the_ledger_says_so(up: Scripted) -> None:
+    """A model that writes no summary (reasoning only) fails the compaction; its row records the failure, and the
+    answer's cost, which the upstream charged."""
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{up.url}/v1/responses/compact",
+            json={"model": "m", "input": SILENT},
+            headers={"authorization": f"Bearer {up.key()}"},
+        )
+    assert r.status_code == 502 and "wrote no summary" in r.json()["error"]["message"]
+    row = await up.ledger.one_row(r.headers["x-request-id"])
+    assert (row["status_code"], row["error_type"], row["endpoint"]) == (502, "UpstreamUnavailable", "compact")
+    assert row["cost_usd"] > 0
 
 
 @pytest.mark.parametrize(
