@@ -51,8 +51,16 @@ MAX_STOP_SEQUENCES = 4
 
 #: ``thinking.type`` values (Anthropic's); all but ``disabled`` show the upstream's reasoning (:func:`shows_thinking`).
 THINKING_TYPES = ("enabled", "adaptive", "between_tools", "disabled")
-#: The smallest ``thinking.budget_tokens`` Anthropic takes.
+#: The fields each ``thinking.type`` takes.
+_THINKING_FIELDS = {
+    "enabled": {"type", "budget_tokens", "display"},
+    "adaptive": {"type", "display"},
+    "between_tools": {"type"},
+    "disabled": {"type"},
+}
+#: The smallest ``thinking.budget_tokens`` Anthropic takes, and the smallest ``top_p`` it takes with thinking on.
 MIN_THINKING_BUDGET = 1024
+MIN_THINKING_TOP_P = 0.95
 _UNSUPPORTED = {
     "mcp_servers": "MCP servers are not supported by this gateway.",
     "container": "Containers are not supported by this gateway.",
@@ -117,7 +125,7 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
     req = validate(CountTokensRequest if count_only else MessagesRequest, body)
     if req.thinking is not None:
-        _check_thinking(req.thinking, getattr(req, "max_tokens", None))
+        _check_thinking(req)
     if req.stop_sequences is not None and len(req.stop_sequences) > MAX_STOP_SEQUENCES:
         # chat APIs take at most 4 (OpenAI's refuses more; vLLM takes them): cutting the list would change where
         # the answer stops, and forwarding it would work or fail depending on the model a route picked
@@ -129,24 +137,44 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
     return req
 
 
-def _check_thinking(thinking: dict[str, Any], max_tokens: int | None) -> None:
-    """``thinking`` checked as Anthropic checks it: a known ``type``, and for ``enabled`` a ``budget_tokens`` of at
-    least 1,024 and below ``max_tokens`` (a client that breaks these rules fails here as it would there)."""
+def _check_thinking(req: CountTokensRequest) -> None:
+    """``thinking`` checked as Anthropic checks it (a client that breaks its rules fails here as it would there): a
+    known ``type`` with only its own fields; for ``enabled`` a ``budget_tokens`` of at least 1,024 and below
+    ``max_tokens``; and with thinking on (``enabled``, ``adaptive``) no ``temperature`` but 1, no ``top_k``, no
+    ``top_p`` below 0.95 and no forced tool (``tool_choice`` ``any`` or ``tool``)."""
+    thinking = req.thinking
+    assert thinking is not None
     kind = thinking.get("type")
     if kind not in THINKING_TYPES:
         raise InvalidRequest(f"thinking.type: expected one of {', '.join(THINKING_TYPES)}.", param="thinking.type")
+    extra = sorted(set(thinking) - _THINKING_FIELDS[kind])
+    if extra:
+        name = extra[0]
+        raise InvalidRequest(f"thinking.{name}: not a field of thinking of type '{kind}'.", param=f"thinking.{name}")
     if thinking.get("display") not in (None, "summarized", "omitted"):
         raise InvalidRequest("thinking.display: expected 'summarized' or 'omitted'.", param="thinking.display")
-    if kind != "enabled":
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+            raise InvalidRequest(
+                f"thinking.budget_tokens: expected an integer of at least {MIN_THINKING_BUDGET}.",
+                param="thinking.budget_tokens",
+            )
+        max_tokens = getattr(req, "max_tokens", None)  # count_tokens takes none
+        if max_tokens is not None and budget >= max_tokens:
+            raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`.", param="max_tokens")
+    if kind not in ("enabled", "adaptive"):
         return
-    budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+    if req.temperature is not None and req.temperature != 1:
+        raise InvalidRequest("`temperature` may only be set to 1 when thinking is enabled.", param="temperature")
+    if req.top_k is not None:
+        raise InvalidRequest("`top_k` may not be set when thinking is enabled.", param="top_k")
+    if req.top_p is not None and req.top_p < MIN_THINKING_TOP_P:
         raise InvalidRequest(
-            f"thinking.budget_tokens: expected an integer of at least {MIN_THINKING_BUDGET}.",
-            param="thinking.budget_tokens",
+            f"`top_p` must be between {MIN_THINKING_TOP_P} and 1 when thinking is enabled.", param="top_p"
         )
-    if max_tokens is not None and budget >= max_tokens:
-        raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`.", param="max_tokens")
+    if req.tool_choice is not None and req.tool_choice.get("type") in ("any", "tool"):
+        raise InvalidRequest("Thinking may not be enabled when tool_choice forces tool use.", param="tool_choice")
 
 
 def shows_thinking(req: CountTokensRequest) -> bool:

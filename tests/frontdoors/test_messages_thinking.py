@@ -16,6 +16,7 @@ from tests.frontdoors.event_order import assert_blocks_in_order
 from tests.frontdoors.scripted_upstream import REASONING, Scripted, scripted_gateway
 
 ON = {"type": "enabled", "budget_tokens": 2048}
+TOOL = {"name": "f", "input_schema": {"type": "object", "properties": {}}}
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +76,33 @@ async def test_a_thinking_block_sent_back_is_dropped(up: Scripted) -> None:
 
 
 @pytest.mark.parametrize(
-    ("thinking", "max_tokens", "param"),
+    ("extra", "param"),
     [
-        ({"type": "enabled", "budget_tokens": 512}, 4096, "budget_tokens"),
-        ({"type": "enabled"}, 4096, "budget_tokens"),
-        ({"type": "enabled", "budget_tokens": 4096}, 4096, "max_tokens"),  # Anthropic: max_tokens > budget_tokens
-        ({"type": "sometimes"}, 4096, "thinking.type"),
-        ({"type": "adaptive", "display": "full"}, 4096, "thinking.display"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 512}}, "budget_tokens"),
+        ({"thinking": {"type": "enabled"}}, "budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 4096}}, "max_tokens"),  # max_tokens > budget_tokens
+        ({"thinking": {"type": "sometimes"}}, "thinking.type"),
+        ({"thinking": {"type": "adaptive", "display": "full"}}, "thinking.display"),
+        ({"thinking": {"type": "disabled", "display": "omitted"}}, "thinking.display"),  # only its own fields
+        ({"thinking": {"type": "between_tools", "budget_tokens": 2048}}, "thinking.budget_tokens"),
+        # thinking on: sampling left to the model, and no forced tool
+        # (the SDK's create() no longer takes the sampling parameters: sent as extra_body, as older SDKs sent them)
+        ({"thinking": ON, "extra_body": {"temperature": 0.2}}, "temperature"),
+        ({"thinking": {"type": "adaptive"}, "extra_body": {"top_k": 5}}, "top_k"),
+        ({"thinking": ON, "extra_body": {"top_p": 0.5}}, "top_p"),
+        ({"thinking": ON, "tool_choice": {"type": "any"}, "tools": [TOOL]}, "tool_choice"),
     ],
 )
-async def test_thinking_is_checked_as_anthropic_checks_it(
-    up: Scripted, thinking: dict[str, Any], max_tokens: int, param: str
-) -> None:
+async def test_thinking_is_checked_as_anthropic_checks_it(up: Scripted, extra: dict[str, Any], param: str) -> None:
     async with _claude(up) as client:
         with pytest.raises(anthropic.BadRequestError) as info:
-            await client.messages.create(**{**_ask(thinking=thinking), "max_tokens": max_tokens})
+            await client.messages.create(**_ask(**extra))
     body: Any = info.value.body
     assert body["error"]["type"] == "invalid_request_error" and param in body["error"]["message"]
+
+
+async def test_what_anthropic_allows_with_thinking_on_goes_through(up: Scripted) -> None:
+    allowed = {"extra_body": {"temperature": 1, "top_p": 0.97}, "tool_choice": {"type": "auto"}, "tools": [TOOL]}
+    async with _claude(up) as client:
+        message = await client.messages.create(**_ask(thinking=ON, **allowed))
+    assert [b.type for b in message.content] == ["thinking", "text"]
