@@ -45,9 +45,19 @@ class _Blocks:
         return [sse("content_block_stop", {"type": "content_block_stop", "index": index})]
 
     def on_text(self, text: str) -> list[bytes]:
-        if self.held.hold(self.calls, text, (text,)):
+        if self.held.hold(self.calls, text, (text, "text")):
             return []
-        return self._text("".join(p[0] for p in self.held.take()) + text)
+        return self._send([*self.held.take(), (text, "text")])
+
+    def _send(self, pieces: list[tuple[Any, ...]]) -> list[bytes]:
+        """Held pieces of text and of thinking, in order, each run of one kind as one delta."""
+        out: list[bytes] = []
+        for i, (text, kind) in enumerate(pieces):
+            if i + 1 < len(pieces) and pieces[i + 1][1] == kind:
+                pieces[i + 1] = (text + pieces[i + 1][0], kind)
+            else:
+                out += self._text(text) if kind == "text" else self._thinking(text)
+        return out
 
     def _text(self, text: str) -> list[bytes]:
         out: list[bytes] = []
@@ -57,6 +67,12 @@ class _Blocks:
         return out
 
     def on_thinking(self, text: str) -> list[bytes]:
+        if self.calls.busy:  # as text is: the open call's arguments are incomplete, and a block would cut them
+            self.held.pieces.append((text, "thinking"))
+            return []
+        return self._thinking(text)
+
+    def _thinking(self, text: str) -> list[bytes]:
         out: list[bytes] = []
         if self.open != "thinking":
             out = self.steps(self.calls.interrupt()) + self.start("thinking", thinking_block(""))
@@ -68,14 +84,12 @@ class _Blocks:
         out = self.steps(steps)
         if self.unnamed is not None and self.unnamed.name:  # its name came (without arguments): the block starts
             out += self._start(self.unnamed)
-        text = "".join(p[0] for p in self.held.release(steps, self.calls))
-        return out + (self._text(text) if text else [])
+        return out + self._send(self.held.release(steps, self.calls))
 
     def finish(self) -> list[bytes]:
-        """End the open block, send the tool calls still held, then the text held."""
+        """End the open block, send the tool calls still held, then the text (and thinking) held."""
         out = self.steps(self.calls.finish())
-        text = "".join(p[0] for p in self.held.finish())
-        return out + (self._text(text) if text else []) + self.stop()
+        return out + self._send(self.held.finish()) + self.stop()
 
     def steps(self, steps: list[Step]) -> list[bytes]:
         out: list[bytes] = []

@@ -86,7 +86,7 @@ class _Renderer:
     def _texts(self, pieces: list[tuple[Any, ...]]) -> list[bytes]:
         out: list[bytes] = []
         for text, kind, logprobs in pieces:
-            out += self._text(text, kind, logprobs)
+            out += self._reasoning(text) if kind == "reasoning" else self._text(text, kind, logprobs)
         return out
 
     def _text(self, text: str, kind: str, logprobs: Any) -> list[bytes]:
@@ -110,7 +110,14 @@ class _Renderer:
         return out
 
     def on_reasoning(self, text: str) -> list[bytes]:
-        """A piece of the model's reasoning (a ``reasoning`` item's ``reasoning_text``, as vLLM streams it)."""
+        """A piece of the model's reasoning (a ``reasoning`` item's ``reasoning_text``, as vLLM streams it); held, as
+        text is, while a tool call's arguments are incomplete."""
+        if self.calls.busy:
+            self.held.pieces.append((text, "reasoning", None))
+            return []
+        return self._reasoning(text)
+
+    def _reasoning(self, text: str) -> list[bytes]:
         out: list[bytes] = []
         if self.open is None or self.open["type"] != "reasoning":
             item = reasoning_item("", status="in_progress")

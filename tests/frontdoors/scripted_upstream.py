@@ -91,8 +91,17 @@ REASONING = "Let me see."
 #: A prompt holding it gets reasoning and no answer (``content`` null).
 SILENT = "say nothing"
 THINK = [ROLE, chunk({"reasoning_content": "Let me "}), chunk({"reasoning_content": "see."}), *HELLO[1:]]
+#: Reasoning that arrives while a tool call's arguments are incomplete.
+THINK_IN_CALL = [
+    ROLE,
+    calls(call(0, '{"city": ', "call_1", "get_weather")),
+    chunk({"reasoning_content": "hmm"}),
+    calls(call(0, '"Paris"}')),
+    *END_CALLS,
+]
 STREAMS: dict[str, list[dict[str, Any]]] = {
     "think": THINK,
+    "think in a call": THINK_IN_CALL,
     "interleaved": INTERLEAVED,
     "interleaved in chunks": INTERLEAVED_IN_CHUNKS,
     "sequential": SEQUENTIAL,

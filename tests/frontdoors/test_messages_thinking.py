@@ -106,3 +106,15 @@ async def test_what_anthropic_allows_with_thinking_on_goes_through(up: Scripted)
     async with _claude(up) as client:
         message = await client.messages.create(**_ask(thinking=ON, **allowed))
     assert [b.type for b in message.content] == ["thinking", "text"]
+
+
+async def test_thinking_that_arrives_inside_a_tool_call_waits_for_it(up: Scripted) -> None:
+    """Reasoning streamed while a call's arguments are incomplete is held, as text is: a block then would cut them."""
+    body = {**_ask(thinking=ON), "messages": [{"role": "user", "content": "think in a call"}]}
+    async with _claude(up) as client, client.messages.stream(**body) as stream:
+        events = [e async for e in stream if e.type.startswith("content_block_")]
+        message = await stream.get_final_message()
+    assert_blocks_in_order(events, 2)
+    call, thought = message.content
+    assert call.type == "tool_use" and call.input == {"city": "Paris"}
+    assert isinstance(thought, ThinkingBlock) and thought.thinking == "hmm"

@@ -46,3 +46,14 @@ async def test_reasoning_is_an_item_before_the_answer(up: Scripted) -> None:
         await client.responses.create(model="m", input="and then?", previous_response_id=answer.id)
     [later] = up.bodies_for("and then?")
     assert later["messages"][1] == {"role": "assistant", "content": "Hello"}  # the reasoning is not sent again
+
+
+async def test_reasoning_that_arrives_inside_a_tool_call_waits_for_it(up: Scripted) -> None:
+    """Reasoning streamed while a call's arguments are incomplete is held, as text is: an item then would cut them."""
+    async with openai.AsyncOpenAI(base_url=up.url + "/v1", api_key=up.key(), max_retries=0) as client:
+        stream = await client.responses.create(model="m", input="think in a call", stream=True)
+        events = [e async for e in stream]
+    assert_items_in_order(events, 2)
+    call, reasoning = events[-1].response.output
+    assert call.type == "function_call" and call.arguments == '{"city": "Paris"}'
+    assert isinstance(reasoning, ResponseReasoningItem) and [c.text for c in reasoning.content or []] == ["hmm"]
