@@ -328,8 +328,8 @@ class Pipeline:
         last: UpstreamError | None = None
         reached: set[str] = set()  # backends the request may have reached: a POST is never sent there again
         for cand in self._attempt_order(plan):
-            if cand.name in reached:
-                continue
+            if cand.name in reached or (ctx.attempts and not self.breakers[cand.name].available()):
+                continue  # a fallback whose breaker opened (or whose probe another request holds) since routing
             if ctx.attempts:
                 await self._backoff(len(ctx.attempts))
             ctx.attempts.append(cand.name)

@@ -67,6 +67,29 @@ async def test_a_probe_ending_without_a_verdict_frees_the_half_open_breaker() ->
             assert breaker.state == "closed"
 
 
+async def test_a_fallback_whose_breaker_opened_since_routing_is_not_called() -> None:
+    """The route ranked ``big`` when its breaker was closed; by the time ``small`` failed, ``big``'s had opened (other
+    requests failed there): the request does not call it anyway (nor take the probe another request holds)."""
+    calls: list[str] = []
+    gateway: list[object] = []
+
+    async def handler(request: Seen) -> web.Response:
+        if request.method == "GET":  # the health probes
+            return web.json_response({"data": []})
+        calls.append(request.backend)
+        if request.backend == "small":
+            big = gateway[0].pipeline.breakers["big"]  # type: ignore[attr-defined]
+            big.record_failure()
+            big.record_failure()  # the threshold: open
+            return web.json_response({"error": {"message": "x"}}, status=500)
+        return web.json_response(chat_reply(request.backend))
+
+    async with gateway_client(make_settings(PAIR), handler) as client:
+        gateway.append(client.gateway)  # type: ignore[attr-defined]
+        r = await client.post("/v1/chat/completions", json={"model": "pair", "messages": USER})
+    assert r.status_code == 502 and calls == ["small"]
+
+
 async def test_a_model_named_explicitly_waits_behind_its_fallbacks_while_down() -> None:
     """``model: big`` with ``fallbacks: [medium]``: once big's breaker opened, its requests go to medium first
     instead of waiting out big's first-byte timeout every time."""
