@@ -11,6 +11,10 @@ import orjson
 from gateway.tokens import TokenCounter
 
 _PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts them
+#: An image's tokens, unseen (its size is not read): OpenAI's count for a 1024x1024 image at high detail (4 tiles of
+#: 170, and 85), and at low detail. Anthropic's are of the same order (width x height / 750: ~1,400 for 1024x1024).
+IMAGE_TOKENS = 765
+LOW_DETAIL_IMAGE_TOKENS = 85
 
 
 @dataclass(slots=True)
@@ -36,13 +40,13 @@ class RequestFeatures:
         return self.prompt_tokens if self.input_tokens is None else self.input_tokens
 
 
-def content_text(content: Any) -> tuple[str, bool]:
-    """Text of a message's content and whether it carries an image."""
+def content_text(content: Any) -> tuple[str, int]:
+    """Text of a message's content, and the tokens of its images (0: none; :data:`IMAGE_TOKENS` each)."""
     if isinstance(content, str):
-        return content, False
+        return content, 0
     if isinstance(content, list):
         texts: list[str] = []
-        image = False
+        images = 0
         for part in content:
             if not isinstance(part, dict):
                 continue
@@ -50,9 +54,11 @@ def content_text(content: Any) -> tuple[str, bool]:
             if kind in ("text", "input_text") and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             elif kind in ("image_url", "input_image", "image"):
-                image = True
-        return "\n".join(texts), image
-    return "", False
+                url = part.get("image_url")
+                detail = url.get("detail") if isinstance(url, dict) else part.get("detail")
+                images += LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS
+        return "\n".join(texts), images
+    return "", 0
 
 
 def _encode(counter: TokenCounter, text: str) -> tuple[list[int] | None, int]:
@@ -70,9 +76,11 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         texts: list[str] = []
         last_user = -1  # index in texts of the last user message's text
         vision = False
+        image_tokens = 0
         for m in messages:
-            text, image = content_text(m.get("content"))
-            vision = vision or image
+            text, images = content_text(m.get("content"))
+            vision = vision or images > 0
+            image_tokens += images
             if m.get("role") == "user":
                 last_user = len(texts)
             texts.append(text)
@@ -85,7 +93,7 @@ def extract_features(endpoint: str, body: dict[str, Any], counter: TokenCounter)
         ids, tokens = _encode(counter, prompt)
         if len(texts) > 1:
             tokens += counter.count("\n".join(texts[:prompt_at] + texts[prompt_at + 1 :]))
-        tokens += _PER_MESSAGE_TOKENS * len(messages) + 3
+        tokens += _PER_MESSAGE_TOKENS * len(messages) + 3 + image_tokens
         # ``functions``/``function_call``: the deprecated spelling of tools, still sent by older SDKs and agents
         tools = body.get("tools") or body.get("functions")
         if tools:

@@ -6,15 +6,15 @@ Supported: ``system`` (a string or text blocks), ``messages`` with text, image, 
 ``stop_sequences`` (at most 4, as chat APIs take), ``temperature``, ``top_p``, ``top_k`` (forwarded: vLLM honours it),
 ``metadata.user_id``, ``output_config`` (and the structured-outputs beta's ``output_format``), ``thinking`` (checked as
 Anthropic checks it and not forwarded: chat APIs have no thinking budget; the upstream's reasoning, where it reports
-it, comes back as ``thinking`` blocks). Server tools, documents, MCP servers and containers are refused with a 400
-naming the field. Errors use Anthropic's shape.
+it, comes back as ``thinking`` blocks). Server tools, documents, MCP servers, containers and message threads are
+refused with a 400 naming the field. Errors use Anthropic's shape.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -112,6 +112,15 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: StrictInt = Field(ge=1)
 
 
+class ThreadUnsupported(InvalidRequest):
+    """A message thread (``thread``: the server keeping the conversation between turns), which this gateway does not
+    keep. Its 400 carries Anthropic's ``error.details`` (``thread_unsupported_request``): the SDK's tool runner then
+    sends the whole history without a thread, as it does for any server that cannot thread a request."""
+
+    default_code = "thread_unsupported_request"
+    details: ClassVar[dict[str, Any]] = {"error_code": "thread_unsupported_request", "unsupported": ["thread"]}
+
+
 def new_id(prefix: str = "msg") -> str:
     """An id in Anthropic's style (``msg_…``, ``toolu_…``)."""
     return f"{prefix}_{secrets.token_hex(12)}"
@@ -123,6 +132,11 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> CountTok
     for name, message in _UNSUPPORTED.items():
         if body.get(name):
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
+    if body.get("thread") is not None:
+        raise ThreadUnsupported(
+            "Message threads are not supported by this gateway: send the whole conversation in messages.",
+            param="thread",
+        )
     req = validate(CountTokensRequest if count_only else MessagesRequest, body)
     if req.thinking is not None:
         _check_thinking(req)
@@ -272,13 +286,15 @@ def _assistant_turn(content: list[dict[str, Any]], where: str) -> dict[str, Any]
             call_id, name = required_str(block, "id", at, empty=False), required_str(block, "name", at, empty=False)
             if not isinstance(block.get("input", {}), dict):
                 raise InvalidRequest(f"Invalid value for '{at}.input': expected an object.", param=f"{at}.input")
-            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
+            # as written: escaping non-ASCII (json's default) made a CJK argument ~6x the tokens
+            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"), ensure_ascii=False)
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind in ("thinking", "redacted_thinking"):
             continue  # another model's reasoning, replayed: nothing a chat backend can take
         else:
             raise _unsupported_block(kind, at)
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    # A turn of thinking alone (a reasoning model that used its max_tokens thinking) stays an (empty) assistant turn.
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     return message
@@ -528,6 +544,8 @@ def error_body(err: GatewayError, request_id: str | None) -> dict[str, Any]:
     """A gateway error in Anthropic's shape."""
     kind = error_type(error_status(err))
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
+    if isinstance(err, ThreadUnsupported):
+        body["error"]["details"] = dict(err.details)
     if request_id:
         body["request_id"] = request_id
     return body
