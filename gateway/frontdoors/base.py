@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import Result
+from gateway.protocol import load_json_object
 
 
 class FrontDoor(Protocol):
@@ -42,3 +43,12 @@ class FrontDoor(Protocol):
 def tenant_of(ctx: RequestContext) -> str:
     """Whose stored state a request may see: its virtual key, or everyone's when keys are off."""
     return ctx.key_id or "-"
+
+
+def request_body(ctx: RequestContext, raw: bytes) -> dict[str, Any]:
+    """A front door's request body as a JSON object (a 400 otherwise), its ``model`` noted on ``ctx`` (the ledger's
+    ``requested_model``, cut to 256 characters) before anything else can fail."""
+    body = load_json_object(raw)
+    if isinstance(body.get("model"), str):
+        ctx.requested_model = body["model"][:256]
+    return body

@@ -21,11 +21,11 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.frontdoors import compaction
 from gateway.frontdoors import responses as rs
-from gateway.frontdoors.base import tenant_of
+from gateway.frontdoors.base import request_body, tenant_of
 from gateway.frontdoors.responses_door import previous_record
 from gateway.frontdoors.store import ResponseStore
 from gateway.pipeline import JSONResult, Result
-from gateway.protocol import load_json_object, validate
+from gateway.protocol import validate
 
 #: The system message of the summarising request.
 INSTRUCTIONS = (
@@ -79,9 +79,7 @@ class CompactDoor:
         ctx.api = self.api
 
     async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
-        body = load_json_object(raw)
-        if isinstance(body.get("model"), str):
-            ctx.requested_model = body["model"][:256]
+        body = request_body(ctx, raw)
         body.pop("stream", None)  # compaction has no streamed form
         req = validate(CompactRequest, body)
         ctx.extra["store"] = False  # the conversation is the client's to keep: not for the quality monitor either

@@ -9,9 +9,9 @@ import orjson
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.frontdoors import messages as ms
+from gateway.frontdoors.base import request_body
 from gateway.frontdoors.messages_stream import render as render_stream
 from gateway.pipeline import JSONResult, Result, StreamResult
-from gateway.protocol import load_json_object
 
 
 def anthropic_auth(ctx: RequestContext) -> None:
@@ -39,9 +39,7 @@ class MessagesDoor:
         anthropic_auth(ctx)
 
     async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
-        body = load_json_object(raw)
-        if isinstance(body.get("model"), str):
-            ctx.requested_model = body["model"][:256]
+        body = request_body(ctx, raw)
         self.req = ms.parse_request(body)
         return orjson.dumps(ms.to_chat(self.req))
 

@@ -11,11 +11,10 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequest, NotFound, shown
 from gateway.frontdoors import responses as rs
 from gateway.frontdoors import responses_settings as settings
-from gateway.frontdoors.base import tenant_of
+from gateway.frontdoors.base import request_body, tenant_of
 from gateway.frontdoors.responses_stream import render as render_stream
 from gateway.frontdoors.store import ResponseStore
 from gateway.pipeline import JSONResult, Result, StreamResult
-from gateway.protocol import load_json_object
 
 log = logging.getLogger("gateway.frontdoors.responses")
 
@@ -59,9 +58,7 @@ class ResponsesDoor:
         ctx.api = self.api
 
     async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
-        body = load_json_object(raw)
-        if isinstance(body.get("model"), str):
-            ctx.requested_model = body["model"][:256]
+        body = request_body(ctx, raw)
         req = rs.parse_request(body)
         if req.store is False:
             ctx.extra["store"] = False  # nothing of it is kept: not by the store, nor by the quality monitor

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -133,6 +135,14 @@ class Scripted:
         assert r.status_code == 201, r.text
         key: str = r.json()["key"]
         return key
+
+    def openai_client(self, key: str | None = None) -> openai.AsyncOpenAI:
+        """The openai SDK's client for the gateway, with ``key`` (a new virtual key when None), no retries."""
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key or self.key(), max_retries=0)
+
+    def claude_client(self, key: str | None = None) -> anthropic.AsyncAnthropic:
+        """The Anthropic SDK's client for the gateway, with ``key`` (a new virtual key when None), no retries."""
+        return anthropic.AsyncAnthropic(base_url=self.url, api_key=key or self.key(), max_retries=0)
 
     def bodies_for(self, prompt: str) -> list[dict[str, Any]]:
         """The chat bodies the upstream got whose last message was ``prompt``."""

@@ -36,10 +36,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
         yield env
 
 
-def _oa(up: Scripted, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=up.url + "/v1", api_key=key, max_retries=0)
-
-
 def _summarising_body(up: Scripted, marker: str) -> dict[str, Any]:
     [body] = [b for b in up.bodies if b["messages"][0].get("content") == INSTRUCTIONS and marker in str(b)]
     return body
@@ -47,7 +43,7 @@ def _summarising_body(up: Scripted, marker: str) -> dict[str, Any]:
 
 async def test_compact_keeps_user_messages_and_summarises_the_rest(up: Scripted) -> None:
     key = up.key(budget_usd=1)
-    async with _oa(up, key) as client:
+    async with up.openai_client(key) as client:
         raw = await client.responses.with_raw_response.compact(model="m", input=CONVERSATION, instructions="Be brief.")
     compacted = raw.parse()
     assert compacted.object == "response.compaction"
@@ -82,7 +78,7 @@ async def test_compact_keeps_user_messages_and_summarises_the_rest(up: Scripted)
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
 async def test_the_compacted_window_continues_the_conversation(up: Scripted) -> None:
     key = up.key()
-    async with _oa(up, key) as client:
+    async with up.openai_client(key) as client:
         compacted = await client.responses.compact(model="m", input=CONVERSATION)
         window = [i.model_dump(mode="json", exclude_none=True) for i in compacted.output]
         answer = await client.responses.create(model="m", input=[*window, {"role": "user", "content": "Open late?"}])
@@ -104,7 +100,7 @@ async def test_the_compacted_window_continues_the_conversation(up: Scripted) -> 
 
 async def test_compact_a_stored_conversation(up: Scripted) -> None:
     key = up.key()
-    async with _oa(up, key) as client:
+    async with up.openai_client(key) as client:
         first = await client.responses.create(model="m", input="Remember the code word: heron.")
         compacted = await client.responses.compact(model="m", previous_response_id=first.id, input="What was it?")
         users = [u.content[0].text for u in compacted.output if u.type == "message"]  # type: ignore[union-attr]
@@ -113,7 +109,7 @@ async def test_compact_a_stored_conversation(up: Scripted) -> None:
         assert "[user]\nRemember the code word: heron.\n\n[assistant]\nHello\n\n[user]\nWhat was it?" in text
         # another key's stored response is not found, as for /v1/responses
         with pytest.raises(openai.NotFoundError):
-            await _oa(up, up.key()).responses.compact(model="m", previous_response_id=first.id)
+            await up.openai_client(up.key()).responses.compact(model="m", previous_response_id=first.id)
 
 
 async def test_no_summary_is_a_502_and_the_ledger_says_so(up: Scripted) -> None:
@@ -160,7 +156,7 @@ async def test_compact_refuses_bad_requests(
 )
 async def test_a_compaction_item_this_gateway_cannot_read_is_a_400(up: Scripted, content: str, says: str) -> None:
     item = {"type": "compaction", "id": "cmp_1", "encrypted_content": content}
-    async with _oa(up, up.key()) as client:
+    async with up.openai_client(up.key()) as client:
         with pytest.raises(openai.BadRequestError) as info:
             await client.responses.create(model="m", input=[{"role": "user", "content": "hi"}, item])
     error: Any = info.value.body
@@ -185,7 +181,7 @@ def test_transcript_spells_out_images_and_parts() -> None:
 async def test_the_agents_sdk_compaction_session_works_through_the_gateway(up: Scripted) -> None:
     """The OpenAI Agents SDK's ``OpenAIResponsesCompactionSession`` (compacting after every turn here): each turn
     runs on the compacted window, and the session holds the user messages and one compaction item."""
-    client = _oa(up, up.key())
+    client = up.openai_client(up.key())
     set_tracing_disabled(True)
     agent = Agent(name="a", instructions="Be brief.", model=OpenAIResponsesModel("gpt-4o", client))
     session = OpenAIResponsesCompactionSession(

@@ -49,14 +49,6 @@ def _user(text: str) -> Any:
     return [{"role": "user", "content": text}]
 
 
-def _oa(up: Scripted, key: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=up.url + "/v1", api_key=key or up.key(), max_retries=0)
-
-
-def _claude(up: Scripted, key: str | None = None) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=up.url, api_key=key or up.key(), max_retries=0)
-
-
 def chat_of_messages(body: dict[str, Any]) -> dict[str, Any]:
     return ms.to_chat(ms.parse_request({"model": "m", "max_tokens": 10, **body}))
 
@@ -97,7 +89,7 @@ def test_messages_limit_goes_upstream_as_max_completion_tokens() -> None:
 
 async def test_messages_effort_request_carries_no_max_tokens(up: Scripted) -> None:
     prompt = "an effort and a limit"
-    async with _claude(up) as claude:
+    async with up.claude_client() as claude:
         await claude.messages.create(model="m", max_tokens=10, messages=_user(prompt), output_config={"effort": "low"})
         async with claude.messages.stream(model="m", max_tokens=12, messages=_user(prompt)) as stream:
             await stream.get_final_message()
@@ -109,7 +101,7 @@ async def test_messages_effort_request_carries_no_max_tokens(up: Scripted) -> No
 async def test_messages_limit_still_bounds_the_budget_reservation(up: Scripted) -> None:
     """The reservation reads the limit as ``max_completion_tokens`` (without a limit it reserves ``m``'s 4096-token
     window at $0.00003 a token: $0.12, past this key's budget)."""
-    async with _claude(up, up.key(budget_usd="0.05")) as claude:
+    async with up.claude_client(up.key(budget_usd="0.05")) as claude:
         await claude.messages.create(model="m", max_tokens=10, messages=_user("a small reservation"))
         with pytest.raises(anthropic.APIStatusError) as info:
             await claude.messages.create(model="m", max_tokens=3000, messages=_user("a large reservation"))
@@ -157,7 +149,7 @@ async def test_responses_tool_output_images_reach_the_upstream(up: Scripted) -> 
     first = "an agent's screenshot"
     turns: Any = _tool_turns([{"type": "input_text", "text": "the screen"}, {"type": "input_image", "image_url": SHOT}])
     turns[0]["content"] = first
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         created = await client.responses.create(model="m", input=turns[:5])
         await client.responses.create(model="m", input="and now?", previous_response_id=created.id, store=False)
     now, later = _sent(up, first)
@@ -209,7 +201,7 @@ async def test_responses_settings_are_typed(up: Scripted, field: str, value: Any
     with pytest.raises(InvalidRequest) as info:
         chat_of_responses({"input": prompt, field: value})
     assert info.value.param == param
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         with pytest.raises(openai.BadRequestError) as refused:
             await client.responses.create(model="m", input=prompt, store=False, extra_body={field: value})
     assert refused.value.param == param
@@ -219,7 +211,7 @@ async def test_responses_settings_are_typed(up: Scripted, field: str, value: Any
 async def test_responses_logprobs_service_tier_and_verbosity(up: Scripted) -> None:
     prompt = "logprobs, whole"
     key = up.key()
-    async with _oa(up, key) as client:
+    async with up.openai_client(key) as client:
         raw = await client.responses.with_raw_response.create(
             model="m",
             input=prompt,
@@ -277,7 +269,7 @@ async def test_responses_logprobs_service_tier_and_verbosity(up: Scripted) -> No
 
 
 async def test_responses_without_logprobs_asked_get_none(up: Scripted) -> None:
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         response = await client.responses.create(model="m", input="no logprobs", top_logprobs=2, store=False)
     part: Any = response.output[0].content[0]  # type: ignore[union-attr, index]
     assert part.logprobs == []
@@ -290,7 +282,7 @@ async def test_responses_without_logprobs_asked_get_none(up: Scripted) -> None:
 
 async def test_responses_usage_validates_strictly(up: Scripted) -> None:
     key = up.key()
-    async with _oa(up, key) as client:
+    async with up.openai_client(key) as client:
         written = json.loads((await client.responses.with_raw_response.create(model="m", input="cache write")).text)
         plain = json.loads((await client.responses.with_raw_response.create(model="m", input="no writes")).text)
     usage = ResponseUsage.model_validate(written["usage"])  # cache_write_tokens is required
@@ -325,21 +317,21 @@ def test_stored_responses_from_before_get_cache_write_tokens() -> None:
 
 
 async def test_responses_cancel(up: Scripted) -> None:
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         created = await client.responses.create(model="m", input="nothing to cancel")
         with pytest.raises(openai.BadRequestError) as info:
             await client.responses.cancel(created.id)
         assert "background" in info.value.message
         with pytest.raises(openai.NotFoundError):
             await client.responses.cancel("resp_unknown")
-    async with _oa(up) as other:  # another key's response is not found, as for GET
+    async with up.openai_client() as other:  # another key's response is not found, as for GET
         with pytest.raises(openai.NotFoundError):
             await other.responses.cancel(created.id)
 
 
 async def test_responses_input_tokens_are_counted(up: Scripted) -> None:
     key = up.key()
-    async with _oa(up, key) as client, _claude(up, key) as claude:
+    async with up.openai_client(key) as client, up.claude_client(key) as claude:
         counted = await client.responses.input_tokens.count(
             model="m", input="count these tokens please", instructions="Be brief."
         )
@@ -403,7 +395,7 @@ def test_messages_at_most_four_stop_sequences() -> None:
 
 
 async def test_messages_fixes_over_the_wire(up: Scripted) -> None:
-    async with _claude(up) as claude:
+    async with up.claude_client() as claude:
         await claude.messages.create(
             model="m", max_tokens=10, messages=_user("choice without tools"), tool_choice={"type": "auto"}
         )

@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
 import httpx
 import pytest
 from anthropic import beta_async_tool
@@ -25,10 +24,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
         yield env
 
 
-def _claude(up: Scripted) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=up.url, api_key=up.key(), max_retries=0)
-
-
 @beta_async_tool
 async def get_weather(city: str) -> str:
     """The weather in a city."""
@@ -40,7 +35,7 @@ async def test_the_sdk_tool_runner_sends_the_whole_history(up: Scripted) -> None
     ``error.details.error_code`` ``thread_unsupported_request``), and the runner goes on without one: each turn
     carries the whole conversation and the tools (before, the thread was ignored and later turns reached the model
     as bare tool results, without the question, the calls or the tools)."""
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         runner = client.beta.messages.tool_runner(
             model="m",
             max_tokens=1000,
@@ -76,7 +71,7 @@ async def test_a_thread_is_refused_in_anthropic_s_terms(up: Scripted) -> None:
 
 async def test_a_turn_of_thinking_alone_goes_back_as_an_empty_assistant_turn(up: Scripted) -> None:
     thinking: Any = {"type": "enabled", "budget_tokens": 1024}
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         first = await client.messages.create(
             model="m", max_tokens=2048, thinking=thinking, messages=[{"role": "user", "content": SILENT}]
         )
@@ -99,7 +94,7 @@ async def test_a_replayed_tool_call_keeps_its_non_ascii_arguments(up: Scripted) 
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done"}]},
         {"role": "user", "content": "thanks, all written?"},
     ]
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         await client.messages.create(model="m", max_tokens=10, messages=history)
         counted = await client.messages.count_tokens(model="m", messages=history)
     [sent] = up.bodies_for("thanks, all written?")
@@ -111,7 +106,7 @@ async def test_a_replayed_tool_call_keeps_its_non_ascii_arguments(up: Scripted) 
 async def test_images_count_in_count_tokens(up: Scripted) -> None:
     image: Any = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
     text: Any = {"type": "text", "text": "What is this?"}
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         alone = await client.messages.count_tokens(model="m", messages=[{"role": "user", "content": [text]}])
         both = await client.messages.count_tokens(model="m", messages=[{"role": "user", "content": [image, text]}])
     assert both.input_tokens - alone.input_tokens == 765  # OpenAI's count of a 1024x1024 image at high detail

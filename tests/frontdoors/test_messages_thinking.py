@@ -25,17 +25,13 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
         yield env
 
 
-def _claude(up: Scripted) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=up.url, api_key=up.key(), max_retries=0)
-
-
 def _ask(**extra: Any) -> dict[str, Any]:
     return {"model": "m", "max_tokens": 4096, "messages": [{"role": "user", "content": "think"}], **extra}
 
 
 @pytest.mark.parametrize("thinking", [ON, {"type": "adaptive"}, {"type": "enabled", "budget_tokens": 1024}])
 async def test_the_upstream_s_reasoning_is_a_thinking_block(up: Scripted, thinking: dict[str, Any]) -> None:
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         message = await client.messages.create(**_ask(thinking=thinking))
         async with client.messages.stream(**_ask(thinking=thinking)) as stream:
             events = [e async for e in stream if e.type.startswith("content_block_")]
@@ -55,7 +51,7 @@ async def test_the_upstream_s_reasoning_is_a_thinking_block(up: Scripted, thinki
     "extra", [{}, {"thinking": {"type": "disabled"}}, {"thinking": {**ON, "display": "omitted"}}], ids=str
 )
 async def test_no_thinking_block_unless_asked(up: Scripted, extra: dict[str, Any]) -> None:
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         message = await client.messages.create(**_ask(**extra))
         async with client.messages.stream(**_ask(**extra)) as stream:
             streamed = await stream.get_final_message()
@@ -63,7 +59,7 @@ async def test_no_thinking_block_unless_asked(up: Scripted, extra: dict[str, Any
 
 
 async def test_a_thinking_block_sent_back_is_dropped(up: Scripted) -> None:
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         first = await client.messages.create(**_ask(thinking=ON))
         history: Any = [
             {"role": "user", "content": "think"},
@@ -94,7 +90,7 @@ async def test_a_thinking_block_sent_back_is_dropped(up: Scripted) -> None:
     ],
 )
 async def test_thinking_is_checked_as_anthropic_checks_it(up: Scripted, extra: dict[str, Any], param: str) -> None:
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         with pytest.raises(anthropic.BadRequestError) as info:
             await client.messages.create(**_ask(**extra))
     body: Any = info.value.body
@@ -103,7 +99,7 @@ async def test_thinking_is_checked_as_anthropic_checks_it(up: Scripted, extra: d
 
 async def test_what_anthropic_allows_with_thinking_on_goes_through(up: Scripted) -> None:
     allowed = {"extra_body": {"temperature": 1, "top_p": 0.97}, "tool_choice": {"type": "auto"}, "tools": [TOOL]}
-    async with _claude(up) as client:
+    async with up.claude_client() as client:
         message = await client.messages.create(**_ask(thinking=ON, **allowed))
     assert [b.type for b in message.content] == ["thinking", "text"]
 
@@ -111,7 +107,7 @@ async def test_what_anthropic_allows_with_thinking_on_goes_through(up: Scripted)
 async def test_thinking_that_arrives_inside_a_tool_call_waits_for_it(up: Scripted) -> None:
     """Reasoning streamed while a call's arguments are incomplete is held, as text is: a block then would cut them."""
     body = {**_ask(thinking=ON), "messages": [{"role": "user", "content": "think in a call"}]}
-    async with _claude(up) as client, client.messages.stream(**body) as stream:
+    async with up.claude_client() as client, client.messages.stream(**body) as stream:
         events = [e async for e in stream if e.type.startswith("content_block_")]
         message = await stream.get_final_message()
     assert_blocks_in_order(events, 2)

@@ -19,8 +19,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
-import openai
 import pytest
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel
@@ -102,14 +100,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
             STREAMS.pop(name, None)
 
 
-def _oa(up: Scripted) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=up.url + "/v1", api_key=up.key(), max_retries=0)
-
-
-def _claude(up: Scripted) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=up.url, api_key=up.key(), max_retries=0)
-
-
 # -- 1. strict by default, where the schema can be made strict ----------------------------------------------------
 
 
@@ -166,7 +156,7 @@ MAPS: dict[str, Any] = {
 async def test_responses_tool_with_a_map_goes_non_strict_and_unchanged(up: Scripted, name: str) -> None:
     prompt = f"strict map {name}"
     tool: Any = {"type": "function", "name": "place", "parameters": MAPS[name]}
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         response = await client.responses.create(model="m", input=prompt, tools=[tool], store=False)
     (sent,) = up.bodies_for(prompt)
     fn = sent["tools"][0]["function"]
@@ -178,7 +168,7 @@ async def test_responses_tool_with_a_map_goes_non_strict_and_unchanged(up: Scrip
 async def test_responses_strict_schema_as_openai_python_makes_it(up: Scripted) -> None:
     """A pydantic model without maps: the schema sent is what openai-python's own ``to_strict_json_schema`` makes
     (``$defs`` closed, every field required, ``default: null`` dropped)."""
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         tool: Any = {"type": "function", "name": "trip", "parameters": Trip.model_json_schema()}
         response = await client.responses.create(model="m", input="strict trip", tools=[tool], store=False)
     (sent,) = up.bodies_for("strict trip")
@@ -198,7 +188,7 @@ async def test_responses_strict_schema_drops_defaults_and_closes_nullable_object
         },
         "required": ["city"],
     }
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         tool: Any = {"type": "function", "name": "f", "parameters": schema}
         await client.responses.create(model="m", input="strict defaults", tools=[tool], store=False)
     (sent,) = up.bodies_for("strict defaults")
@@ -248,7 +238,7 @@ def test_strict_schema_units() -> None:
 
 @pytest.mark.parametrize("script", list(EXPECTED))
 async def test_messages_stream_keeps_every_call_and_text(up: Scripted, script: str) -> None:
-    async with _claude(up) as claude:
+    async with up.claude_client() as claude:
         async with claude.messages.stream(
             model="m", max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": script}]
         ) as stream:
@@ -266,7 +256,7 @@ async def test_messages_stream_keeps_every_call_and_text(up: Scripted, script: s
 
 @pytest.mark.parametrize("script", list(EXPECTED))
 async def test_responses_stream_keeps_every_call_and_text(up: Scripted, script: str) -> None:
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         async with client.responses.stream(model="m", input=script, tools=FUNCTIONS, store=False) as stream:
             events = [e async for e in stream]
             final = await stream.get_final_response()
@@ -283,7 +273,7 @@ async def test_responses_stream_keeps_every_call_and_text(up: Scripted, script: 
 
 async def test_text_held_behind_a_call_that_never_completes_goes_out_at_the_end(up: Scripted) -> None:
     script = "review text after broken call"
-    async with _claude(up) as claude:
+    async with up.claude_client() as claude:
         async with claude.messages.stream(
             model="m", max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": script}]
         ) as stream:
@@ -291,7 +281,7 @@ async def test_text_held_behind_a_call_that_never_completes_goes_out_at_the_end(
     uses = [b.id for b in message.content if b.type == "tool_use"]
     texts = [b.text for b in message.content if b.type == "text"]
     assert [b.type for b in message.content] == ["tool_use", "text"] and uses == ["c0"] and texts == ["done"]
-    async with _oa(up) as client:
+    async with up.openai_client() as client:
         async with client.responses.stream(model="m", input=script, tools=FUNCTIONS, store=False) as rstream:
             response = await rstream.get_final_response()
     fc, text = response.output
@@ -305,7 +295,7 @@ async def test_text_held_behind_a_call_that_never_completes_goes_out_at_the_end(
 async def test_messages_usage_reports_cache_writes(up: Scripted) -> None:
     """The upstream: 12 prompt tokens, 3 read from its cache, 7 written to it."""
     want = {"input_tokens": 2, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 7, "output_tokens": 9}
-    async with _claude(up) as claude:
+    async with up.claude_client() as claude:
         message = await claude.messages.create(
             model="m", max_tokens=50, messages=[{"role": "user", "content": "cache write"}]
         )
