@@ -175,3 +175,29 @@ async def test_responses_parse_json_schema(oai: openai.AsyncOpenAI) -> None:
     )
     assert parsed.status == "completed", parsed.output_text
     assert isinstance(parsed.output_parsed, Verdict)
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # openai-python dumping a compaction's user messages
+async def test_compaction_round_trip(gw: tuple[RunningGateway, LedgerFile], oai: openai.AsyncOpenAI) -> None:
+    """``responses.compact`` against the real vLLM (its chat template takes the summarising request), and the
+    compacted window continues the conversation there."""
+    turns: Any = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": "The sea is large and salty."},
+        {"role": "user", "content": "And rivers?"},
+    ]
+    raw = await oai.responses.with_raw_response.compact(model="tiny", input=turns)
+    compacted = raw.parse()
+    assert [o.type for o in compacted.output] == ["message", "message", "compaction"]
+    assert compacted.usage.output_tokens > 0
+    row = await gw[1].one_row(raw.headers["x-request-id"])
+    assert (row["endpoint"], row["chosen_model"], row["completion_tokens"]) == (
+        "compact",
+        "tiny",
+        compacted.usage.output_tokens,
+    )
+    window = [o.model_dump(mode="json", exclude_none=True) for o in compacted.output]
+    answer = await oai.responses.create(
+        model="tiny", input=[*window, {"role": "user", "content": "Thanks"}], max_output_tokens=4, store=False
+    )
+    assert answer.usage is not None and answer.usage.input_tokens > compacted.usage.output_tokens  # the summary went
