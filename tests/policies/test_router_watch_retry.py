@@ -36,16 +36,22 @@ def _served(gw: Gateway) -> str | None:
     return router_status(gw)["artifact_id"]
 
 
-async def test_a_file_system_error_is_retried_at_the_next_check(
-    gateway: Gateway,  # noqa: F811
-    fits: list[AdaptedRouter],  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def watched(gateway: Gateway, fits: list[AdaptedRouter], tmp_path: Path) -> tuple[RouterWatch, Path]:  # noqa: F811
+    """A watch of ``tmp_path/router``, where a fitted router was just saved (not yet checked)."""
     artifact = tmp_path / "router"
     watch = RouterWatch(gateway, artifact, 3600)
     fits[1].save(artifact)
+    return watch, artifact
+
+
+async def test_a_file_system_error_is_retried_at_the_next_check(
+    gateway: Gateway,  # noqa: F811
+    watched: tuple[RouterWatch, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch, artifact = watched
     monkeypatch.setattr(
         runtime, "load_artifact", _failing(runtime.load_artifact, [OSError(errno.EMFILE, "Too many open files")])
     )
@@ -60,14 +66,11 @@ async def test_a_file_system_error_is_retried_at_the_next_check(
 
 async def test_repeated_transient_failures_back_off_and_are_logged_once_per_error(
     gateway: Gateway,  # noqa: F811
-    fits: list[AdaptedRouter],  # noqa: F811
-    tmp_path: Path,
+    watched: tuple[RouterWatch, Path],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    artifact = tmp_path / "router"
-    watch = RouterWatch(gateway, artifact, 3600)
-    fits[1].save(artifact)
+    watch, artifact = watched
     errors: list[BaseException] = [OSError(errno.EMFILE, "Too many open files") for _ in range(3)]
     errors.append(MemoryError("no room for the weights"))
     monkeypatch.setattr(runtime, "load_artifact", _failing(runtime.load_artifact, errors))
@@ -88,12 +91,10 @@ async def test_repeated_transient_failures_back_off_and_are_logged_once_per_erro
 async def test_a_new_save_during_the_back_off_is_tried_at_once(
     gateway: Gateway,  # noqa: F811
     fits: list[AdaptedRouter],  # noqa: F811
-    tmp_path: Path,
+    watched: tuple[RouterWatch, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    artifact = tmp_path / "router"
-    watch = RouterWatch(gateway, artifact, 3600)
-    fits[1].save(artifact)
+    watch, artifact = watched
     errors: list[BaseException] = [OSError(errno.EIO, "I/O error") for _ in range(3)]
     monkeypatch.setattr(runtime, "load_artifact", _failing(runtime.load_artifact, errors))
     assert [await watch.check() for _ in range(3)] == ["failed", "failed", "waiting"]
@@ -104,15 +105,12 @@ async def test_a_new_save_during_the_back_off_is_tried_at_once(
 
 async def test_an_encoder_that_did_not_build_is_retried(
     gateway: Gateway,  # noqa: F811
-    fits: list[AdaptedRouter],  # noqa: F811
-    tmp_path: Path,
+    watched: tuple[RouterWatch, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The new artifact loads but the prompt encoder its vector needs fails to build (a model file being
     replaced, a thread that could not start): the version is not bad, the next check builds it again."""
-    artifact = tmp_path / "router"
-    watch = RouterWatch(gateway, artifact, 3600)
-    fits[1].save(artifact)
+    watch, artifact = watched
     gateway.router_encoders.clear()  # as after a change of vector: the encoder must be built
     real = components.build_router_encoder
     calls = {"n": 0}
@@ -133,15 +131,12 @@ async def test_an_encoder_that_did_not_build_is_retried(
 @pytest.mark.parametrize("error", [ValueError("non-finite weights"), KeyError("calib_scores"), TypeError("a str")])
 async def test_a_bad_artifact_is_refused_once_and_not_retried(
     gateway: Gateway,  # noqa: F811
-    fits: list[AdaptedRouter],  # noqa: F811
-    tmp_path: Path,
+    watched: tuple[RouterWatch, Path],
     monkeypatch: pytest.MonkeyPatch,
     error: Exception,
 ) -> None:
-    artifact = tmp_path / "router"
-    watch = RouterWatch(gateway, artifact, 3600)
-    serving = _served(gateway)
-    fits[1].save(artifact)
+    watch, _ = watched
+    serving = _served(gateway)  # the saved artifact is served only once a check loads it
     calls = {"n": 0}
 
     def bad(*args: Any, **kwargs: Any) -> Any:
