@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 #: Responses events that carry a piece of the open output item.
@@ -20,36 +20,33 @@ _ITEM_PIECES = frozenset(
 def assert_blocks_in_order(events: Sequence[Any], blocks: int) -> None:
     """Anthropic Messages stream events: ``blocks`` content blocks, each started once, filled and stopped before
     the next starts, in index order, no delta going to a block that is not open."""
-    started = [e.index for e in events if e.type == "content_block_start"]
-    stopped = [e.index for e in events if e.type == "content_block_stop"]
-    assert started == stopped == list(range(blocks))
-    open_block = None
-    for e in events:
-        if e.type == "content_block_start":
-            assert open_block is None
-            open_block = e.index
-        elif e.type == "content_block_delta":
-            assert e.index == open_block
-        elif e.type == "content_block_stop":
-            assert e.index == open_block
-            open_block = None
-    assert open_block is None
+    _assert_in_order(events, blocks, "content_block_start", {"content_block_delta"}, "content_block_stop", "index")
 
 
 def assert_items_in_order(events: Sequence[Any], items: int) -> None:
     """Responses stream events: ``items`` output items, each added once, filled and done before the next is added,
     in index order, no piece going to an item that is not open."""
-    added = [e.output_index for e in events if e.type == "response.output_item.added"]
-    done = [e.output_index for e in events if e.type == "response.output_item.done"]
-    assert added == done == list(range(items))
-    open_item = None
+    _assert_in_order(
+        events, items, "response.output_item.added", _ITEM_PIECES, "response.output_item.done", "output_index"
+    )
+
+
+def _assert_in_order(
+    events: Sequence[Any], count: int, start: str, pieces: Collection[str], stop: str, index: str
+) -> None:
+    """``count`` parts (blocks, items), each opened by a ``start`` event and closed by a ``stop`` one before the next
+    opens, in order of their ``index`` attribute; every ``pieces`` event goes to the open one."""
+    started = [getattr(e, index) for e in events if e.type == start]
+    stopped = [getattr(e, index) for e in events if e.type == stop]
+    assert started == stopped == list(range(count))
+    open_part = None
     for e in events:
-        if e.type == "response.output_item.added":
-            assert open_item is None
-            open_item = e.output_index
-        elif e.type in _ITEM_PIECES:
-            assert e.output_index == open_item
-        elif e.type == "response.output_item.done":
-            assert e.output_index == open_item
-            open_item = None
-    assert open_item is None
+        if e.type == start:
+            assert open_part is None
+            open_part = getattr(e, index)
+        elif e.type in pieces:
+            assert getattr(e, index) == open_part
+        elif e.type == stop:
+            assert getattr(e, index) == open_part
+            open_part = None
+    assert open_part is None
