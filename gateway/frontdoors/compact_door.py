@@ -21,6 +21,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.frontdoors import compaction
 from gateway.frontdoors import responses as rs
+from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.base import request_body, tenant_of
 from gateway.frontdoors.responses_door import previous_record
 from gateway.frontdoors.store import ResponseStore
@@ -99,7 +100,7 @@ class CompactDoor:
                 {"role": "user", "content": f"<conversation>\n{transcript(conversation)}\n</conversation>"},
             ],
         }
-        for name in ("prompt_cache_key", "safety_identifier", "service_tier", "user", "gateway"):
+        for name in (*settings.FORWARDED, "user", "gateway"):
             value = getattr(req, name)
             if value is not None:
                 chat[name] = value

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 #: Settings forwarded as they are, and echoed in the response.
-_FORWARDED = ("prompt_cache_key", "safety_identifier", "service_tier")
+FORWARDED = ("prompt_cache_key", "safety_identifier", "service_tier")
 
 
 def wants_logprobs(req: ResponsesBody) -> bool:
@@ -31,7 +31,7 @@ def add_settings(req: ResponsesBody, body: dict[str, Any]) -> None:
     """The request's settings into the chat body ``body``."""
     if req.text is not None and req.text.verbosity is not None:
         body["verbosity"] = req.text.verbosity
-    for name in _FORWARDED:
+    for name in FORWARDED:
         value = getattr(req, name)
         if value is not None:
             body[name] = value
@@ -45,7 +45,7 @@ def echo(req: ResponsesBody, response: dict[str, Any]) -> None:
     """The request's settings into its response object (``text`` already set)."""
     if req.text is not None and req.text.verbosity is not None:
         response["text"]["verbosity"] = req.text.verbosity
-    for name in (*_FORWARDED, "top_logprobs"):
+    for name in (*FORWARDED, "top_logprobs"):
         value = getattr(req, name)
         if value is not None:
             response[name] = value
