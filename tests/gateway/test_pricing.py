@@ -3,7 +3,10 @@ the price the ledger charges."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+
+import pytest
 
 from gateway.config import ModelSpec, settings_from_dict
 from gateway.constraints import Constraints
@@ -13,6 +16,8 @@ from gateway.pricing import (
     MAX_TOKENS,
     ModelPrice,
     Price,
+    _price_map_items,
+    litellm_price_map_path,
     load_price_entries,
     local_price,
     price_map_entry,
@@ -38,6 +43,23 @@ def test_price_map_entries_are_kept_only_for_the_names_asked_for() -> None:
     assert gpt4 is not None and gpt4["input_cost_per_token"] == 3e-05
     assert price_map_entry("openai/gpt-4o") is not None  # provider prefix stripped
     assert price_map_entry("no-such-model-anywhere") is None
+
+
+def test_the_price_map_read_entry_by_entry_is_the_whole_map() -> None:
+    path = litellm_price_map_path()
+    assert path is not None
+    text = path.read_text("utf-8")
+    assert dict(_price_map_items(text)) == json.loads(text)
+    assert list(_price_map_items(' {"a" :{"x": [1, {"y": "}"}]} ,\n"b":null }')) == [
+        ("a", {"x": [1, {"y": "}"}]}),
+        ("b", None),
+    ]
+
+
+@pytest.mark.parametrize("text", ["[]", '{"a": 1 "b": 2}', '{"a" 1}', '{"a": 1,', '{"a": {'])
+def test_a_damaged_price_map_is_an_error_not_a_partial_table(text: str) -> None:
+    with pytest.raises(ValueError):
+        list(_price_map_items(text))
 
 
 def gpu_model(**extra: object) -> ModelSpec:
