@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -30,6 +32,90 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class BackgroundStreamHandler(logging.Handler):
+    """Formats each record where it is logged and writes the lines to ``stream`` from a thread of its own.
+
+    No log line may hold up requests: written on the event loop, the log froze the whole server as soon as its
+    reader stopped reading (a paused terminal, a log shipper fallen behind or down) and the pipe's 64 KiB
+    filled. Lines wait in a queue of ``capacity``; when it is full, new ones are dropped and counted, and a
+    warning with the count is queued once there is room again. (Each request also has its ledger row: the log
+    is not the record of what was served.)
+    """
+
+    #: Most lines joined into one write when they come faster than the stream takes them.
+    BATCH = 256
+
+    def __init__(self, stream: TextIO | None = None, capacity: int = 10_000) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self._lines: queue.Queue[str | None] = queue.Queue(capacity)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write, name="gateway-log-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since the last warning about them was queued."""
+        return self._dropped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging's contract (as StreamHandler's): a record that fails is reported
+            self.handleError(record)
+            return
+        if self._dropped and not self._queue(self._dropped_warning()):
+            self._dropped += 1
+            return
+        self._dropped = 0 if self._queue(line) else self._dropped + 1
+
+    def _queue(self, line: str) -> bool:
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            return False
+        return True
+
+    def _dropped_warning(self) -> str:
+        record = logging.LogRecord(
+            "gateway.logs",
+            logging.WARNING,
+            __file__,
+            0,
+            "%d log lines dropped: the log stream was not read as fast as lines came",
+            (self._dropped,),
+            None,
+        )
+        return self.format(record)
+
+    def _write(self) -> None:
+        while True:
+            batch = [self._lines.get()]
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
+            text = "".join(f"{line}\n" for line in batch if line is not None)
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # a broken or closed stream: nowhere left to say so
+                pass
+            if None in batch:
+                return
+
+    def close(self) -> None:
+        """Write what is queued (waiting at most 5 s for a stream that does not take it), then stop."""
+        if self._writer.is_alive():
+            try:
+                self._lines.put(None, timeout=5)
+            except queue.Full:
+                pass
+            self._writer.join(5)
+        super().close()
+
+
 def tune_stdlib_logging() -> None:
     """Skip what every log record would otherwise compute and the JSON lines never show: the calling
     frame, thread, process and task names (the "Optimization" table of the logging HOWTO). Halves the
@@ -45,7 +131,7 @@ def tune_stdlib_logging() -> None:
 def setup_logging(level: str = "info") -> None:
     """Send JSON lines to stderr at ``level``."""
     tune_stdlib_logging()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BackgroundStreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -61,7 +147,13 @@ def logging_config(level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "gateway.logs.JSONFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "stderr": {
+                "class": "gateway.logs.BackgroundStreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {"httpx": {"level": "WARNING"}},
     }
