@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.accounting import schema
-from gateway.quality import tables as quality_tables
+from gateway.accounting import quality_tables, schema
 
 if TYPE_CHECKING:
     from alembic.config import Config

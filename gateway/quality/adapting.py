@@ -46,9 +46,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.accounting.quality_tables import verdicts
 from gateway.errors import GatewayError
 from gateway.quality.labels import DEFAULT_MAX_LABEL_SHARE, export_labels, open_private
-from gateway.quality.tables import verdicts
 from policies.router.store import STAGING_PREFIX, directory_lock, install, remove_stale, work_directory
 
 log = logging.getLogger("gateway.quality")

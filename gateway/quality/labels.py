@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.quality.tables import feedback, verdicts
+from gateway.accounting.quality_tables import feedback, verdicts
 
 log = logging.getLogger("gateway.quality")
 

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backends import Backend
 from cache.directives import cache_control
 from cache.judge import Check, HitChecker, Messages, answer_text, judge_messages
+from gateway.accounting.quality_tables import verdicts
 from gateway.config import QualitySettings, Settings
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError, UpstreamTimeout
@@ -50,7 +51,6 @@ from gateway.quality.gauges import QualityGauges
 from gateway.quality.pairwise import Outcome, Verdict, clip, combine, pair_messages, parse_pair_verdict
 from gateway.quality.prompts import conversation, has_media, prompt_bound
 from gateway.quality.spend import DailySpend, Reservation, from_pico, monitoring_spend_today, to_pico, utc_day
-from gateway.quality.tables import verdicts
 from gateway.routing import Router
 from gateway.tokens import TokenCounter
 

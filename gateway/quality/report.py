@@ -23,10 +23,10 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.accounting.quality_tables import feedback, verdicts
 from gateway.accounting.schema import ledger
 from gateway.context import CACHE_HITS
 from gateway.errors import InvalidRequest
-from gateway.quality.tables import feedback, verdicts
 
 GroupBy = Literal["route", "model"]
 GROUP_BY = ("route", "model")

@@ -10,12 +10,12 @@ from sqlalchemy import event, insert, select
 
 from gateway.accounting import SqlLedger, open_database
 from gateway.accounting.ledger import PREPARE_ROWS, row_from_context
+from gateway.accounting.quality_tables import feedback
 from gateway.accounting.queries import spend, totals
 from gateway.accounting.rollup import RollupSums
 from gateway.accounting.schema import ledger
 from gateway.config import LedgerSettings
 from gateway.context import RequestContext
-from gateway.quality.tables import feedback
 from tests.accounting.loop_steps import LoopSteps
 from tests.accounting.rollup_support import as_tuple, random_rows, reference
 

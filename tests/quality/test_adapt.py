@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from gateway.accounting import open_database
+from gateway.accounting.quality_tables import verdicts
 from gateway.cli_router import router_app
 from gateway.quality.adapting import BackgroundAdapter
-from gateway.quality.tables import verdicts
 from tests.policies.test_router_adapt import fake_embed
 
 TOPICS = ("poem", "haiku", "limerick", "proof", "lemma", "theorem")

@@ -22,12 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from gateway.accounting import open_database
+from gateway.accounting.quality_tables import feedback, verdicts
 from gateway.cli_quality import export_from_config
 from gateway.cli_router import router_app
 from gateway.config import settings_from_dict
 from gateway.errors import ConfigError
 from gateway.quality.adapting import BackgroundAdapter
-from gateway.quality.tables import feedback, verdicts
 from tests.helpers.servers import serve_gateway
 from tests.quality.conftest import MASTER, make_settings, wait_judged
 from tests.quality.test_adapt import GOOD_FIGURES

@@ -16,8 +16,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.accounting.db import async_url
+from gateway.accounting.quality_tables import verdicts
 from gateway.accounting.schema import ledger
-from gateway.quality.tables import verdicts
 from tests.helpers.servers import serve_gateway
 from tests.helpers.upstream import RawServer
 from tests.quality.conftest import MASTER, make_settings, quality, wait_judged

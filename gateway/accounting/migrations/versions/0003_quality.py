@@ -1,4 +1,4 @@
-"""The quality monitor's verdicts and the clients' feedback (``gateway.quality.tables``).
+"""The quality monitor's verdicts and the clients' feedback (``gateway.accounting.quality_tables``).
 
 Revision ID: 0003
 Revises: 0002
