@@ -15,6 +15,10 @@ _PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts t
 #: 170, and 85), and at low detail. Anthropic's are of the same order (width x height / 750: ~1,400 for 1024x1024).
 IMAGE_TOKENS = 765
 LOW_DETAIL_IMAGE_TOKENS = 85
+#: The most tokens one image bills, for a budget's worst case: Anthropic's ~1,600 for an image at the largest size
+#: it reads (1.15 megapixels); OpenAI's high detail bills at most 1,445 (8 tiles of 170, and 85).
+IMAGE_TOKENS_AT_MOST = 1_600
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
 @dataclass(slots=True)
@@ -59,6 +63,26 @@ def content_text(content: Any) -> tuple[str, int]:
                 images += LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS
         return "\n".join(texts), images
     return "", 0
+
+
+def images_and_token_ids(value: Any) -> tuple[int, int]:
+    """How many image parts and prompt token ids ``value`` (a request's messages, prompt or input) holds: what its
+    size in bytes does not bound (a ~30-byte image URL bills hundreds of tokens; a token id is 2 bytes of JSON)."""
+    images = ids = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") in _IMAGE_PARTS:
+                images += 1
+            else:
+                stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            if item and isinstance(item[0], int):
+                ids += len(item)  # a prompt of token ids (a batch is a list of them)
+            else:
+                stack.extend(v for v in item if isinstance(v, dict | list))
+    return images, ids
 
 
 def _encode(counter: TokenCounter, text: str) -> tuple[list[int] | None, int]:

@@ -34,6 +34,7 @@ from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, Reserva
 from gateway.config import Settings, resolve_auth
 from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
+from gateway.features import IMAGE_TOKENS_AT_MOST, images_and_token_ids
 from gateway.pricing import static_price
 from gateway.protocol import generated_per_prompt, prompt_count
 from gateway.tokens import bound_from_bytes
@@ -126,10 +127,11 @@ class KeyCache:
 
 class ReserveEstimator:
     """The worst-case cost of a request before routing: the dearest candidate model's price for the prompt's
-    size (about 3 characters per token) plus every completion it may produce, i.e. prompts x ``n`` x the
-    output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context window, else
-    ``auth.reserve_completion_tokens``). A chat request on a ``cascade`` route (or asking for that policy) may pay
-    every rung's answer and the route's judge before each escalation: its worst case is their sum."""
+    size (about 3 characters per token, and :data:`~gateway.features.IMAGE_TOKENS_AT_MOST` per image part and
+    one per token id on top, which their bytes do not bound) plus every completion it may produce, i.e.
+    prompts x ``n`` x the output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context
+    window, else ``auth.reserve_completion_tokens``). A chat request on a ``cascade`` route (or asking for that
+    policy) may pay every rung's answer and the route's judge before each escalation: its worst case is their sum."""
 
     def __init__(self, settings: Settings) -> None:
         prices = {m.name: static_price(m) for m in settings.models}
@@ -160,7 +162,9 @@ class ReserveEstimator:
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         # Tool schemas and a structured output's schema are read, and billed, as prompt too.
         extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
+        images, token_ids = images_and_token_ids(payload)  # billed far beyond their size in bytes
         prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras)))
+        prompt += images * IMAGE_TOKENS_AT_MOST + token_ids
         names = self._by_name.get(ctx.requested_model) or self._all
         if ctx.endpoint == "embeddings":
             return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
