@@ -134,6 +134,12 @@ def _dec(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def _first_price(configured: Decimal | None, mapped: Any) -> Decimal:
+    if configured is not None:
+        return configured
+    return _dec(mapped) or Decimal(0)
+
+
 def local_price(gpu_hour_usd: Decimal, tokens_per_second: float) -> Price:
     """Per-token price of a local model from its GPU's hourly cost and its throughput (to 0.1 tok/s)."""
     return _local_price(gpu_hour_usd, round(tokens_per_second, 1))
@@ -153,9 +159,13 @@ def static_price(spec: ModelSpec) -> Price:
         raw = entry.get("max_input_tokens") or entry.get("max_tokens")
         max_input = int(raw) if isinstance(raw, int | float) else None
     if spec.input_cost_per_token is not None or spec.output_cost_per_token is not None:
+        # One override leaves the other price the map's (a model the map does not price: 0).
+        mapped = (
+            (None, None) if entry is None else (entry.get("input_cost_per_token"), entry.get("output_cost_per_token"))
+        )
         return Price(
-            spec.input_cost_per_token or Decimal(0),
-            spec.output_cost_per_token or Decimal(0),
+            _first_price(spec.input_cost_per_token, mapped[0]),
+            _first_price(spec.output_cost_per_token, mapped[1]),
             "config",
             max_input,
         )

@@ -21,6 +21,7 @@ from gateway.pricing import (
     load_price_entries,
     local_price,
     price_map_entry,
+    static_price,
 )
 from gateway.runtime import build_gateway, close_gateway
 from tests.gateway.conftest import make_settings
@@ -109,3 +110,18 @@ async def test_routing_predicts_and_the_ledger_charges_with_one_price() -> None:
         assert gw.router.plan("small", feats, Constraints()).decision.winner.cost_usd < predicted.cost_usd
     finally:
         await close_gateway(gw)
+
+
+def test_overriding_one_price_keeps_the_maps_other_price() -> None:
+    base = {"name": "big", "backend": "openai", "base_url": "http://b/v1", "upstream_model": "gpt-4"}
+    only_in = settings_from_dict({"models": [{**base, "input_cost_per_token": "0.00001"}]}).model("big")
+    only_out = settings_from_dict({"models": [{**base, "output_cost_per_token": "0.00005"}]}).model("big")
+    assert only_in is not None and only_out is not None
+    # gpt-4 in the map: $30 / $60 per million; an override of one price used to make the other $0
+    assert static_price(only_in).cost(10, 5) == Decimal("0.0001") + 5 * Decimal("0.00006")
+    assert static_price(only_out).input_per_token == Decimal("0.00003")
+    unmapped = settings_from_dict(
+        {"models": [{**base, "upstream_model": "no-such-model", "input_cost_per_token": "1"}]}
+    )
+    spec = unmapped.model("big")
+    assert spec is not None and static_price(spec).output_per_token == 0  # nothing to keep
