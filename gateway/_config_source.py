@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,8 @@ from pydantic_settings import SettingsError
 
 from gateway.errors import ConfigError
 
-_ENV_PREFIX = "GATEWAY_"
+#: The settings' environment variables (pydantic-settings' ``env_prefix`` of :class:`gateway.config.Settings`).
+ENV_PREFIX = "GATEWAY_"
 
 #: Conventional variables and the keys they set (:func:`_env_overrides`).
 _CONVENTIONAL_ENV = {("cache", "redis_url"): "REDIS_URL", ("ledger", "url"): "DATABASE_URL"}
@@ -109,6 +111,33 @@ def with_env_overrides(data: dict[str, Any]) -> dict[str, Any]:
     return _merge(data, _env_overrides())
 
 
+def unread_variable(sections: Iterable[str]) -> str | None:
+    """A problem line for a ``GATEWAY_*`` variable that looks meant for the settings but names none (read by
+    nothing, so the operator's change would silently not apply), else None. ``sections`` are the top-level keys.
+
+    A section's keys follow two underscores (``GATEWAY_SERVER__PORT``): ``GATEWAY_SERVER_PORT`` is refused, and so is
+    an unknown section before two underscores (``GATEWAY_SERVR__PORT``). Other ``GATEWAY_*`` names (the master key's,
+    a compose file's ``GATEWAY_IMAGE``) are not settings and pass.
+    """
+    known = {s.lower() for s in sections}
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        head, nested, _ = rest.partition("__")
+        if nested and head not in known:
+            return f"{name}: '{head}' is not a section of the settings ({', '.join(sorted(known))}); nothing reads it"
+        if not nested and rest not in known:
+            section = next((s for s in sorted(known) if rest.startswith(s + "_")), None)
+            if section is not None:
+                key = rest[len(section) + 1 :].upper()
+                return (
+                    f"{name}: nothing reads it; a section's keys follow two underscores "
+                    f"({ENV_PREFIX}{section.upper()}__{key})"
+                )
+    return None
+
+
 def _env_overrides() -> dict[str, Any]:
     """Conventional variables that override their sections (REDIS_URL, DATABASE_URL)."""
     out: dict[str, Any] = {}
@@ -134,13 +163,13 @@ def settings_error(exc: SettingsError, root: type[BaseModel]) -> ConfigError:
     ``root`` is the settings model the variables configure."""
     found = re.search(r'field "([^"]+)"', str(exc))
     field = found.group(1) if found else ""
-    head = _ENV_PREFIX + field.upper()
+    head = ENV_PREFIX + field.upper()
     names = _gateway_env()
     mine = sorted(n for n in names if field and (n == head or n.startswith(head + "__")))
     culprits = [n for n in mine if _is_complex(_env_annotation(n, root)) and not _parses_as_json(os.environ[names[n]])]
     chosen = (culprits or mine or [head])[0]
     name = names.get(chosen, chosen)
-    key = ".".join(name[len(_ENV_PREFIX) :].lower().split("__"))
+    key = ".".join(name[len(ENV_PREFIX) :].lower().split("__"))
     return ConfigError(
         f"environment variable {name}: {key}: cannot parse the value: lists and mappings are JSON in the "
         'environment, e.g. ["https://a.example.com"] or {"key": "value"}'
@@ -189,7 +218,7 @@ def _describe(err: Any) -> str:
 
 def _gateway_env() -> dict[str, str]:
     """``GATEWAY_*`` variable names, upper-cased (pydantic-settings reads them case-insensitively) -> as set."""
-    return {k.upper(): k for k in os.environ if k.upper().startswith(_ENV_PREFIX)}
+    return {k.upper(): k for k in os.environ if k.upper().startswith(ENV_PREFIX)}
 
 
 def _env_source(loc: tuple[int | str, ...]) -> str | None:
@@ -197,11 +226,11 @@ def _env_source(loc: tuple[int | str, ...]) -> str | None:
     names = _gateway_env()
     parts = [str(p).upper() for p in loc]
     for i in range(len(parts), 0, -1):
-        name = _ENV_PREFIX + "__".join(parts[:i])
+        name = ENV_PREFIX + "__".join(parts[:i])
         if name in names:
             return names[name]
     if parts:
-        deeper = sorted(n for n in names if n.startswith(_ENV_PREFIX + "__".join(parts) + "__"))
+        deeper = sorted(n for n in names if n.startswith(ENV_PREFIX + "__".join(parts) + "__"))
         if deeper:
             return names[deeper[0]]
     conventional = _CONVENTIONAL_ENV.get((str(loc[0]), str(loc[1]))) if len(loc) >= 2 else None
@@ -235,7 +264,7 @@ def _env_annotation(name: str, root: type[BaseModel]) -> Any:
     """The type of the setting ``GATEWAY_<SECTION>__<KEY>`` names (None: no such setting)."""
     node: Any = root
     annotation: Any = None
-    for part in name[len(_ENV_PREFIX) :].lower().split("__"):
+    for part in name[len(ENV_PREFIX) :].lower().split("__"):
         fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
         if part not in fields:
             return None

@@ -24,9 +24,14 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway YAML co
 
 def _load(config: Path) -> object:
     from gateway.config import load_settings
+    from gateway.pricing import baseline_problem
 
     try:
-        return load_settings(config)
+        settings = load_settings(config)
+        problem = baseline_problem(settings)
+        if problem is not None:
+            raise ConfigError(f"{config}: {problem}")
+        return settings
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -173,7 +178,14 @@ def replay(
         require_plotting("leave out --plot")
     settings = _load(config)
     assert isinstance(settings, Settings)
-    records = rp.load_records(file, limit)
+    try:
+        records = rp.load_records(file, limit)
+    except OSError as exc:
+        typer.echo(f"error: {file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     async def go() -> list[rp.PolicyTotals]:
         gw = await build_gateway(settings)

@@ -32,7 +32,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from gateway._config_source import expand_env, read_mapping, settings_error, validation_error, with_env_overrides
+from gateway._config_source import (
+    ENV_PREFIX,
+    expand_env,
+    read_mapping,
+    settings_error,
+    unread_variable,
+    validation_error,
+    with_env_overrides,
+)
 from gateway.errors import ConfigError
 
 BackendKind = Literal["vllm", "openai", "litellm"]
@@ -98,13 +106,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DAY_S = 86_400.0
+
+
 class Timeouts(_Strict):
     """Per-backend timeouts in seconds."""
 
-    connect: float = Field(5.0, gt=0)
-    first_byte: float = Field(60.0, gt=0, description="until the response headers (or first SSE byte)")
-    total: float = Field(600.0, gt=0, description="whole request, streaming included")
-    between_chunks: float = Field(60.0, gt=0, description="longest silence inside a stream")
+    # At most a day: ``.inf`` (meant as "no limit") passed and made every request to the model a 500.
+    connect: float = Field(5.0, gt=0, le=_DAY_S)
+    first_byte: float = Field(60.0, gt=0, le=_DAY_S, description="until the response headers (or first SSE byte)")
+    total: float = Field(600.0, gt=0, le=_DAY_S, description="whole request, streaming included")
+    between_chunks: float = Field(60.0, gt=0, le=_DAY_S, description="longest silence inside a stream")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class ModelSpec(_Strict):
@@ -149,6 +166,9 @@ class ModelSpec(_Strict):
     def _backend_needs(self) -> ModelSpec:
         if self.backend in ("vllm", "openai") and not self.base_url:
             raise ValueError(f"backend '{self.backend}' needs base_url")
+        for key, url in [("base_url", self.base_url), *(("replicas", r) for r in self.replicas)]:
+            if url is not None and not _is_http_url(url):
+                raise ValueError(f"{key}: '{url}' is not an http:// or https:// URL with a host")
         return self
 
     @property
@@ -459,7 +479,7 @@ class Settings(BaseSettings):
     """The whole validated configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -516,6 +536,10 @@ class Settings(BaseSettings):
         for route, spec in self.routes.items():
             if route in modes:
                 raise ValueError(f"routes.{route}: a route cannot share its name with a model")
+            if spec.models == []:
+                raise ValueError(
+                    f"routes.{route}.models: an empty list; name the candidates, or leave models out (every chat model)"
+                )
             for model in spec.models or []:
                 _needs_chat_model(f"routes.{route}.models", model, modes, "routes serve chat and text completions")
             if spec.verifier is not None:
@@ -553,6 +577,9 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Set
         ConfigError: one line naming ``source`` (or the environment variable that set the value) and the key.
     """
     data = with_env_overrides(data)
+    unread = unread_variable(Settings.model_fields)
+    if unread is not None:
+        raise ConfigError(unread)
     try:
         settings = Settings(**data)
     except SettingsError as exc:

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from gateway.config import ModelSpec
+from gateway.config import ModelSpec, Settings
 
 #: Prompt tokens of a local model cost this share of an output token's GPU time.
 PREFILL_DISCOUNT = Decimal("0.1")
@@ -193,6 +193,24 @@ def baseline_price(spec: ModelSpec | None, name: str) -> Price | None:
     if inp is None and out is None:
         return None
     return Price(inp or Decimal(0), out or Decimal(0), "litellm")
+
+
+def baseline_problem(settings: Settings) -> str | None:
+    """Why ``ledger.baseline_model`` cannot be priced (every saving would be recorded against $0, i.e. negative),
+    else None. Only where litellm's price map is installed: without it the name cannot be checked."""
+    name = settings.ledger.baseline_model
+    if baseline_price(settings.model(name), name) is not None or litellm_price_map_path() is None:
+        return None
+    return (
+        f"ledger.baseline_model: '{name}' is neither a configured model nor in litellm's price map, so savings "
+        "would be counted against $0 (name a priced model, e.g. gpt-4)"
+    )
+
+
+def unpriced_hosted_models(settings: Settings) -> list[str]:
+    """Hosted models (not ``vllm``) with no price from the config or the map: their requests cost $0, so no budget
+    bounds them."""
+    return [m.name for m in settings.models if not m.is_local and static_price(m).source == "unpriced"]
 
 
 class Throughput(Protocol):

@@ -101,14 +101,25 @@ def replay(
 
 
 def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """JSONL records (blank lines skipped)."""
+    """JSONL records (blank lines skipped).
+
+    Raises:
+        OSError: the file cannot be read. ValueError: a line is not a JSON object (naming the file and line).
+    """
     out: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                out.append(json.loads(line))
-                if limit is not None and len(out) >= limit:
-                    break
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
+            out.append(record)
+            if limit is not None and len(out) >= limit:
+                break
     return out
 
 

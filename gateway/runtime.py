@@ -23,12 +23,12 @@ from gateway import components
 from gateway.accounting import SqlLedger
 from gateway.background import drain_background
 from gateway.config import Settings
-from gateway.errors import InvalidRequest
+from gateway.errors import ConfigError, InvalidRequest
 from gateway.frontdoors.store import ResponseStore, build_response_store
 from gateway.hooks import Admission, Recorder, ResponseCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.pricing import load_price_entries
+from gateway.pricing import baseline_problem, load_price_entries, unpriced_hosted_models
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router, embedding_vector, reads_embedding
@@ -361,6 +361,15 @@ async def build_gateway(settings: Settings) -> Gateway:
     """Build the whole runtime for ``settings`` (the caller closes it with :func:`close_gateway`)."""
     # First, before long-lived objects interleave with it: the price map is read and freed here.
     load_price_entries([m.upstream_name for m in settings.models] + [settings.ledger.baseline_model])
+    problem = baseline_problem(settings)
+    if problem is not None:
+        raise ConfigError(problem)
+    for name in unpriced_hosted_models(settings):
+        log.warning(
+            "model %s has no price (not in litellm's price map; set input_cost_per_token / output_cost_per_token, "
+            "0 if free): its requests are recorded at $0 and no budget bounds them",
+            name,
+        )
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
     tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})

@@ -1,0 +1,135 @@
+"""An operator's mistakes that used to pass without a word, or as a traceback: each is now one line naming the
+key (or the variable, or the file), at load, or a warning where the config may be meant as written."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings, settings_from_dict
+from gateway.errors import ConfigError
+from gateway.pricing import baseline_problem
+from gateway.runtime import build_gateway, close_gateway
+from tests.gateway.conftest import THREE_MODELS
+from tests.gateway.test_config import MINIMAL, write
+from tests.helpers.servers import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("GATEWAY_") or name in ("REDIS_URL", "DATABASE_URL"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [
+        ("GATEWAY_SERVER_PORT", "GATEWAY_SERVER__PORT"),
+        ("GATEWAY_AUTH_ENABLED", "GATEWAY_AUTH__ENABLED"),
+        ("GATEWAY_SERVR__PORT", "'servr' is not a section"),
+    ],
+)
+def test_a_misspelt_settings_variable_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, hint: str
+) -> None:
+    # before: ignored; the server listened on the file's port with auth off, and said nothing
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, MINIMAL))
+    message = str(info.value)
+    assert message.startswith(f"{variable}: ") and hint in message and "\n" not in message
+
+
+def test_gateway_variables_that_are_not_settings_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GATEWAY_MASTER_KEY", "GATEWAY_CONFIG", "GATEWAY_IMAGE", "GATEWAY_PORT", "GATEWAY_WORKERS"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "9001")
+    assert load_settings(write(tmp_path, MINIMAL)).server.port == 9001
+
+
+@pytest.mark.parametrize("key", ["total", "connect", "first_byte", "between_chunks"])
+def test_an_infinite_timeout_is_refused(tmp_path: Path, key: str) -> None:
+    # before: loaded, then every request to the model was a 500 (aiohttp cannot arm an infinite timer)
+    text = MINIMAL.replace("api_key_env: OPENAI_API_KEY", f"api_key_env: OPENAI_API_KEY\n    timeouts: {{{key}: .inf}}")
+    with pytest.raises(ConfigError, match=rf"models\[1\]\(gpt-4\)\.timeouts\.{key}: .*86400"):
+        load_settings(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [("base_url: 127.0.0.1:8001/v1", "base_url"), ("replicas: ['vllm-2:8000/v1']", "replicas")],
+)
+def test_an_upstream_url_without_a_scheme_is_refused(tmp_path: Path, line: str, key: str) -> None:
+    # before: loaded; every request was a 502 "unreachable" and nothing said why
+    good = "base_url: http://127.0.0.1:8001/v1"
+    text = MINIMAL.replace(good, line if key == "base_url" else f"{good}\n    {line}")
+    with pytest.raises(ConfigError, match=rf"models\[0\]\(llama-2-7b\): {key}: .* not an http:// or https:// URL"):
+        load_settings(write(tmp_path, text))
+
+
+def test_a_route_with_an_empty_candidate_list_is_refused(tmp_path: Path) -> None:
+    # before: an emptied list meant every chat model, the dearest included
+    with pytest.raises(ConfigError, match=r"routes\.cheap\.models: an empty list"):
+        load_settings(write(tmp_path, MINIMAL + "routes:\n  cheap:\n    policy: cost\n    models: []\n"))
+
+
+def test_a_baseline_model_without_a_price_is_refused(tmp_path: Path) -> None:
+    # before: every request's saving was recorded against $0, i.e. negative
+    configured = tmp_path / "configured"
+    configured.mkdir()
+    assert (
+        baseline_problem(load_settings(write(configured, MINIMAL + "ledger:\n  baseline_model: llama-2-7b\n"))) is None
+    )
+    config = write(tmp_path, MINIMAL + "ledger:\n  baseline_model: gpt4\n")
+    problem = baseline_problem(load_settings(config))
+    assert problem is not None and problem.startswith("ledger.baseline_model: 'gpt4'")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ledger.baseline_model: 'gpt4'" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_a_hosted_model_without_a_price_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    data = copy.deepcopy(THREE_MODELS)
+    data["models"][2]["upstream_model"] = "ft:gpt-4o-mini-2024-07-18:acme::abc123"  # no price in the map
+    caplog.set_level(logging.WARNING, logger="gateway.runtime")
+    gw = await build_gateway(settings_from_dict(data))
+    await close_gateway(gw)
+    warned = [r.getMessage() for r in caplog.records if "has no price" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("model big has no price"), warned
+    caplog.clear()
+    data["models"][2]["input_cost_per_token"] = "0"  # priced on purpose: no warning
+    gw = await build_gateway(settings_from_dict(data))
+    await close_gateway(gw)
+    assert not [r for r in caplog.records if "has no price" in r.getMessage()]
+
+
+def test_replay_of_a_missing_or_malformed_file_is_one_line(tmp_path: Path) -> None:
+    config = write(tmp_path, MINIMAL)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\ngarbage\n')
+    missing = tmp_path / "missing.jsonl"
+    for path, expected in ((missing, "No such file"), (bad, f"{bad}:2: not JSON")):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "replay", str(path), "--config", str(config)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-500:]
+        assert expected in result.stderr
