@@ -37,6 +37,7 @@ from starlette.responses import FileResponse, Response
 from gateway.accounting import SqlLedger
 from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
+from gateway.auth.request_rate import charge_request
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
 from gateway.routes import context, gateway_of, json_response, read_body
 from gateway.runtime import reload_router, router_status
@@ -191,7 +192,9 @@ async def own_spend(request: Request) -> Response:
     ctx = context(request)  # the one header parse (a duplicated Authorization is a 400 first)
     if not admission.enabled:
         raise Unauthorized("Virtual keys are not enabled on this gateway (auth.enabled is false).")
-    record, _ = await admission.lookup(ctx.api_key, fresh=True)
+    await admission.identify(ctx, fresh=True)
+    await charge_request(admission, ctx)  # one of the key's requests per minute: each flushes and reads the ledger
+    record, _ = await admission.lookup(ctx.api_key)  # as identify just read it
     key_id = MASTER_KEY_ID if record is None else record.id
     body = await _spend_body(request, _ledger(request), key_id)
     if record is not None:

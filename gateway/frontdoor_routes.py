@@ -30,8 +30,12 @@ router = APIRouter()
 
 
 async def _caller(request: Request) -> RequestContext:
+    """The identified caller, its request counted against its key's ``rpm`` (these requests call no model, but
+    take the store's and the gateway's time)."""
     ctx = context(request)
-    await gateway_of(request).admission.identify(ctx, fresh=True)
+    admission = gateway_of(request).admission
+    await admission.identify(ctx, fresh=True)
+    await charge_request(admission, ctx)
     return ctx
 
 
@@ -48,7 +52,6 @@ async def count_input_tokens(request: Request) -> Response:
     counts (tiktoken ``cl100k_base``; no backend called, no ledger row; one of the key's requests per minute)."""
     gw = gateway_of(request)
     ctx = await _caller(request)
-    await charge_request(gw.admission, ctx)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
     req = rs.parse_count_request(load_json_object(raw))
     if req.model is not None:
