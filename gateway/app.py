@@ -148,7 +148,11 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _plain_error(500, "The gateway hit an internal error; it has been logged.", "internal_error")
 
-    app.add_middleware(HeaderLimit, max_header_bytes=settings.server.max_header_bytes)
+    app.add_middleware(
+        HeaderLimit,
+        max_header_bytes=settings.server.max_header_bytes,
+        recorded=frozenset(HOT_PATHS) | frozenset(FRONT_DOORS),
+    )
     if settings.server.cors_origins:
         app.cors = True
         app.add_middleware(

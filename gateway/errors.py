@@ -104,6 +104,18 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    """The request's headers and URL exceed ``server.max_header_bytes`` (431; the connection is closed)."""
+
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        message = f"The request's headers and URL are {size} bytes, more than the limit of {limit} bytes."
+        super().__init__(message, headers={"connection": "close"})
+
+
 class UnsupportedEncoding(GatewayError):
     """The request body is compressed (``Content-Encoding``), which the gateway does not decode (415)."""
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.constraints import PARSED_HEADERS
-from gateway.errors import InvalidRequest
+from gateway.errors import HeadersTooLarge, InvalidRequest
 
 #: Bytes counted per header besides its name and value (": " and CRLF), as on the wire.
 _PER_HEADER = 4
@@ -55,12 +55,18 @@ def head_size(scope: Scope) -> int:
 class HeaderLimit:
     """Refuses requests whose head is larger than ``max_header_bytes`` (431)."""
 
-    def __init__(self, app: ASGIApp, *, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int, recorded: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_header_bytes = max_header_bytes
+        #: POST paths whose handler refuses such a request itself, with its ledger row (the inference paths)
+        self.recorded = recorded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (size := head_size(scope)) > self.max_header_bytes:
+        if (
+            scope["type"] == "http"
+            and not (scope["method"] == "POST" and scope["path"] in self.recorded)
+            and (size := head_size(scope)) > self.max_header_bytes
+        ):
             await refuse_oversized_head(send, size, self.max_header_bytes)
             return
         await self.app(scope, receive, send)
@@ -68,27 +74,11 @@ class HeaderLimit:
 
 async def refuse_oversized_head(send: Send, size: int, limit: int) -> None:
     """Answer 431 in the OpenAI error shape and close the connection."""
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": f"The request's headers and URL are {size} bytes, more than the limit of {limit} bytes.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "request_header_fields_too_large",
-            }
-        }
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 431,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    err = HeadersTooLarge(size, limit)
+    body = orjson.dumps(err.to_body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -22,12 +22,19 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.context import Endpoint, RequestContext
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedEncoding, shown
+from gateway.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedEncoding,
+    shown,
+)
 from gateway.frontdoors.base import FrontDoor
 from gateway.frontdoors.compact_door import CompactDoor
 from gateway.frontdoors.messages_door import MessagesDoor
 from gateway.frontdoors.responses_door import ResponsesDoor
-from gateway.http_limits import head_size, header_dict, refuse_oversized_head
+from gateway.http_limits import head_size, header_dict
 from gateway.pipeline import JSONResult, Result
 from gateway.runtime import Gateway
 
@@ -108,9 +115,7 @@ async def handle(
     """Serve one inference request (``scope`` is an HTTP POST to one of :data:`HOT_PATHS`, or to a front
     door's path: then ``door`` translates the body to ``endpoint``'s and the result back)."""
     limit = gw.settings.server.max_header_bytes
-    if (size := head_size(scope)) > limit:
-        await refuse_oversized_head(send, size, limit)
-        return
+    oversized = HeadersTooLarge(size, limit) if (size := head_size(scope)) > limit else None
     ex = _Exchange(receive, send, door)
     pipeline = gw.pipeline
     try:
@@ -125,6 +130,8 @@ async def handle(
         door.prepare(ctx)
     try:
         try:
+            if oversized is not None:  # refused before anything is read, and recorded like every request
+                raise oversized
             if duplicate is not None:
                 raise duplicate
             await pipeline.identify(ctx)  # before the body is even read
