@@ -24,7 +24,7 @@ from gateway.errors import GatewayError
 from gateway.frontdoor_routes import router as frontdoor_router
 from gateway.http_limits import HeaderLimit
 from gateway.inference import FRONT_DOORS, HOT_PATHS, FrontDoorRoute, InferenceRoute, handle
-from gateway.logs import tune_stdlib_logging
+from gateway.logs import stop_background_writers, tune_stdlib_logging
 from gateway.openapi import install_openapi
 from gateway.quality_routes import router as quality_router
 from gateway.routes import router as api_router
@@ -117,6 +117,8 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         finally:
             await stop_router_watch(gw)
             await close_gateway(gw)
+            # uvicorn's last lines follow, then it raises the signal it got again: they must not wait in a queue
+            stop_background_writers()
 
     app = GatewayApp(
         title="LLM hybrid gateway",

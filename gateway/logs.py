@@ -64,6 +64,9 @@ class BackgroundStreamHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's contract (as StreamHandler's): a record that fails is reported
             self.handleError(record)
             return
+        if not self._writer.is_alive():  # stopped (the server is shutting down): written here, as StreamHandler does
+            self._write_text(f"{line}\n")
+            return
         if self._dropped and not self._queue(self._dropped_warning()):
             self._dropped += 1
             return
@@ -96,24 +99,40 @@ class BackgroundStreamHandler(logging.Handler):
                     batch.append(self._lines.get_nowait())
                 except queue.Empty:
                     break
-            text = "".join(f"{line}\n" for line in batch if line is not None)
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):  # a broken or closed stream: nowhere left to say so
-                pass
+            self._write_text("".join(f"{line}\n" for line in batch if line is not None))
             if None in batch:
                 return
 
-    def close(self) -> None:
-        """Write what is queued (waiting at most 5 s for a stream that does not take it), then stop."""
+    def _write_text(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a broken or closed stream: nowhere left to say so
+            pass
+
+    def stop_writer(self) -> None:
+        """Write what is queued (waiting at most 5 s for a stream that does not take it) and stop the thread: later
+        lines are written where they are logged. For the end of serving: uvicorn ends a process by raising the
+        signal it got again, so nothing runs after its last lines (neither atexit nor a finalizer) to write them."""
         if self._writer.is_alive():
             try:
                 self._lines.put(None, timeout=5)
             except queue.Full:
                 pass
             self._writer.join(5)
+
+    def close(self) -> None:
+        """Write what is queued, then stop (:meth:`stop_writer`)."""
+        self.stop_writer()
         super().close()
+
+
+def stop_background_writers() -> None:
+    """Make the root logger's :class:`BackgroundStreamHandler` write in place from now on, having written what
+    is queued: called once the server no longer serves."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BackgroundStreamHandler):
+            handler.stop_writer()
 
 
 def tune_stdlib_logging() -> None:
