@@ -156,26 +156,40 @@ class ReserveEstimator:
                 self._judges[route] = (spec.verifier.model, spec.verifier.max_tokens)
         self._all = list(prices)
 
-    def estimate(self, ctx: RequestContext) -> Decimal:
-        """USD to reserve for ``ctx`` (its body parsed)."""
-        body = ctx.body
+    @staticmethod
+    def _prompt(body: dict[str, Any]) -> int:
+        """At most how many prompt tokens ``body`` bills."""
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         # Tool schemas and a structured output's schema are read, and billed, as prompt too.
         extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
         images, token_ids = images_and_token_ids(payload)  # billed far beyond their size in bytes
         prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras)))
-        prompt += images * IMAGE_TOKENS_AT_MOST + token_ids
+        return prompt + images * IMAGE_TOKENS_AT_MOST + token_ids
+
+    def _completions(self, ctx: RequestContext, names: list[str]) -> list[int]:
+        """At most how many completion tokens each of ``names`` may produce for ``ctx``."""
+        body = ctx.body
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
+        return [(int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]) * choices for m in names]
+
+    def tokens(self, ctx: RequestContext) -> int:
+        """Tokens to reserve from the key's TPM for ``ctx``: its prompt's bound and the most it may produce."""
+        names = self._by_name.get(ctx.requested_model) or self._all
+        prompt = self._prompt(ctx.body)
+        if ctx.endpoint == "embeddings":
+            return prompt
+        return prompt + max(self._completions(ctx, names), default=0)
+
+    def estimate(self, ctx: RequestContext) -> Decimal:
+        """USD to reserve for ``ctx`` (its body parsed)."""
+        prompt = self._prompt(ctx.body)
         names = self._by_name.get(ctx.requested_model) or self._all
         if ctx.endpoint == "embeddings":
             return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
-        costs: list[Decimal] = []
-        longest = 0
-        for m in names:
-            per_choice = int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]
-            costs.append(self._prices[m].cost(prompt, per_choice * choices))
-            longest = max(longest, per_choice * choices)
+        completions = self._completions(ctx, names)
+        costs = [self._prices[m].cost(prompt, out) for m, out in zip(names, completions, strict=True)]
+        longest = max(completions, default=0)
         route = ctx.requested_model
         cascade = route in self._cascades or ctx.constraints.policy == "cascade"
         if ctx.endpoint != "chat" or not cascade or len(costs) < 2:
@@ -297,6 +311,7 @@ class KeyAdmission:
                 reserve_nano=reserve,
                 request_id=ctx.request_id,
                 spent_seed_nano=to_nano(caller.spent_usd),
+                reserve_tokens=self.estimator.tokens(ctx) if limits.tpm else 0,
             )
         except StoreError as exc:
             if self.settings.auth.fail_open:

@@ -4,8 +4,12 @@ Semantics (identical in both implementations):
 
 * **RPM**: a token bucket of ``rpm`` requests refilled at ``rpm/60`` per second; a request takes one.
 * **TPM**: a token bucket of ``tpm`` tokens refilled at ``tpm/60`` per second. A request is admitted
-  while the bucket is not empty; at settle it is charged its actual prompt + completion tokens (so the
-  bucket can go into debt, and the next requests wait until it refills).
+  when the bucket holds its estimated tokens (``reserve_tokens``: its prompt's bound and every completion it
+  may produce, as OpenAI counts ``max_tokens``; at most ``tpm`` are needed, so a request larger than the whole
+  bucket waits for a full one), which it takes at once, so concurrent requests cannot all pass on one bucket's
+  tokens; at settle the difference to its actual prompt + completion tokens is given back or taken (the bucket
+  can go into debt, and the next requests wait until it refills). With no estimate, a request is admitted while
+  the bucket is not empty.
 * **Budget**: spend so far plus the reservations of requests in flight plus this request's reserve
   (a conservative estimate of its cost) must not exceed the budget. At settle the reservation is
   released and the actual cost charged. Spend can only pass the budget when requests cost more than
@@ -56,6 +60,7 @@ class Reservation:
     member: str
     reserve_nano: int
     limits: KeyLimits
+    reserve_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,14 @@ class Limiter(Protocol):
     """Atomic limit checks; ``admit`` reserves, ``settle`` charges."""
 
     async def admit(
-        self, key_id: str, limits: KeyLimits, *, reserve_nano: int, request_id: str, spent_seed_nano: int
+        self,
+        key_id: str,
+        limits: KeyLimits,
+        *,
+        reserve_nano: int,
+        request_id: str,
+        spent_seed_nano: int,
+        reserve_tokens: int = 0,
     ) -> Verdict:
         """Check revocation, budget, RPM and TPM at once; reserve when the answer is ``ok``."""
         ...
@@ -130,7 +142,14 @@ class MemoryLimiter:
         self._ttl = reservation_ttl_s
 
     async def admit(
-        self, key_id: str, limits: KeyLimits, *, reserve_nano: int, request_id: str, spent_seed_nano: int
+        self,
+        key_id: str,
+        limits: KeyLimits,
+        *,
+        reserve_nano: int,
+        request_id: str,
+        spent_seed_nano: int,
+        reserve_tokens: int = 0,
     ) -> Verdict:
         # No await below: atomic within the event loop.
         if key_id in self._revoked:
@@ -150,13 +169,16 @@ class MemoryLimiter:
         if limits.tpm:
             st.tpm = st.tpm or _Bucket(float(limits.tpm), now)
             level = st.tpm.refill(limits.tpm, now)
-            if level <= 0:
-                return Verdict("tpm", retry_after_s=max(1, math.ceil(-level * 60 / limits.tpm)))
+            need = min(reserve_tokens, limits.tpm)
+            if level <= 0 or level < need:
+                return Verdict("tpm", retry_after_s=max(1, math.ceil((need - level) * 60 / limits.tpm)))
+            st.tpm.level -= reserve_tokens
         if st.rpm is not None and limits.rpm:
             st.rpm.level -= 1
         member = f"{request_id[:64]}:{secrets.token_hex(6)}:{reserve_nano}"
         st.reservations[member] = (reserve_nano, now + self._ttl)
-        return Verdict("ok", reservation=Reservation(key_id, member, reserve_nano, limits))
+        taken = reserve_tokens if limits.tpm else 0
+        return Verdict("ok", reservation=Reservation(key_id, member, reserve_nano, limits, taken))
 
     async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
         st = self._keys.get(reservation.key_id)
@@ -165,11 +187,11 @@ class MemoryLimiter:
         st.reservations.pop(reservation.member, None)
         st.spent_nano += cost_nano
         tpm = reservation.limits.tpm
-        if tpm and tokens > 0:
+        if tpm and (tokens > 0 or reservation.reserve_tokens > 0):
             now = time.monotonic()
             st.tpm = st.tpm or _Bucket(float(tpm), now)
             st.tpm.refill(tpm, now)
-            st.tpm.level -= tokens
+            st.tpm.level = min(float(tpm), st.tpm.level + reservation.reserve_tokens - tokens)
 
     async def revoke(self, key_id: str) -> None:
         self._revoked.add(key_id)

@@ -46,16 +46,20 @@ if rpm > 0 then
   rlevel = lvl - 1
 end
 if tpm > 0 then
+  local want = tonumber(ARGV[9])
+  local need = math.min(want, tpm)
   local lvl = tonumber(h[3]) or tpm
   local ts = tonumber(h[4]) or now
   lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60)
-  if lvl <= 0 then return {'tpm', tostring(math.max(1, math.ceil(-lvl * 60 / tpm)))} end
+  if lvl <= 0 or lvl < need then return {'tpm', tostring(math.max(1, math.ceil((need - lvl) * 60 / tpm)))} end
+  lvl = lvl - want
   redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
+  if lvl < 0 then redis.call('EXPIRE', KEYS[3], math.max(3600, math.ceil(-lvl * 60 / tpm) + 60)) end
 end
 if rlevel ~= nil then
   redis.call('HSET', KEYS[3], 'r', tostring(rlevel), 'rt', tostring(now))
 end
-redis.call('EXPIRE', KEYS[3], 3600)
+if redis.call('TTL', KEYS[3]) < 3600 then redis.call('EXPIRE', KEYS[3], 3600) end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ttl + 60)
 return {'ok'}
@@ -67,13 +71,14 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('INCRBY', KEYS[1], ARGV[2])
 local tpm = tonumber(ARGV[4])
 local tokens = tonumber(ARGV[3])
-if tpm > 0 and tokens > 0 then
+local taken = tonumber(ARGV[6])
+if tpm > 0 and (tokens > 0 or taken > 0) then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
   local h = redis.call('HMGET', KEYS[3], 't', 'tt')
   local lvl = tonumber(h[1]) or tpm
   local ts = tonumber(h[2]) or now
-  lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60) - tokens
+  lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60 + taken - tokens)
   redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
   redis.call('EXPIRE', KEYS[3], math.max(3600, math.ceil(-lvl * 60 / tpm) + 60))
 end
@@ -113,7 +118,14 @@ class RedisLimiter:
         return [f"{p}spend:{key_id}", f"{p}res:{key_id}", f"{p}rate:{key_id}", f"{p}revoked"]
 
     async def admit(
-        self, key_id: str, limits: KeyLimits, *, reserve_nano: int, request_id: str, spent_seed_nano: int
+        self,
+        key_id: str,
+        limits: KeyLimits,
+        *,
+        reserve_nano: int,
+        request_id: str,
+        spent_seed_nano: int,
+        reserve_tokens: int = 0,
     ) -> Verdict:
         member = f"{request_id[:64]}:{secrets.token_hex(6)}:{reserve_nano}"
         args: list[str | int] = [
@@ -125,13 +137,15 @@ class RedisLimiter:
             member,
             spent_seed_nano,
             self._ttl,
+            reserve_tokens,
         ]
         with translated():
             raw = cast(list[bytes | str], await self._admit(keys=self._keys(key_id), args=args))
         out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         kind = out[0]
         if kind == "ok":
-            return Verdict("ok", reservation=Reservation(key_id, member, reserve_nano, limits))
+            taken = reserve_tokens if limits.tpm else 0
+            return Verdict("ok", reservation=Reservation(key_id, member, reserve_nano, limits, taken))
         if kind == "budget":
             return Verdict("budget", spent_nano=int(float(out[2])), reserved_nano=int(float(out[3])))
         if kind in ("rpm", "tpm"):
@@ -140,7 +154,14 @@ class RedisLimiter:
 
     async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
         keys = [*self._keys(reservation.key_id)[:3], f"{self.prefix}settled:{reservation.member}"]
-        args: list[str | int] = [reservation.member, cost_nano, tokens, reservation.limits.tpm or 0, _SETTLED_TTL_S]
+        args: list[str | int] = [
+            reservation.member,
+            cost_nano,
+            tokens,
+            reservation.limits.tpm or 0,
+            _SETTLED_TTL_S,
+            reservation.reserve_tokens,
+        ]
         with translated():
             await self._settle(keys=keys, args=args)
 

@@ -135,8 +135,26 @@ async def test_rpm_and_tpm_limits(db_url: str, redis_prefix: str, master_key: st
             r = await client.post("/v1/chat/completions", json=body, headers=auth_header(t["key"]))
             codes.append(r.status_code)
             await asyncio.sleep(0.05)  # settle runs after the response
-        assert codes == [200, 200, 429]
+        # the first takes its estimate (its prompt's bound and 30) and gives back all but its 38 tokens; the bucket's
+        # 2 left do not hold the next one's estimate (before: admitted while the bucket was not empty, so the 2nd ran)
+        assert codes == [200, 429, 429]
         assert "tokens per minute" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("limiter", ["memory", "redis"])
+async def test_concurrent_requests_do_not_burst_past_the_tpm(
+    db_url: str, redis_prefix: str, master_key: str, limiter: str
+) -> None:
+    """Ten concurrent requests asking up to 2,000 tokens each on a 100-token-a-minute key: one runs. Before, all ten
+    were admitted on the bucket's first 100 tokens (it was only required to be non-empty), 201 times the limit."""
+    settings = make_settings(db_url, auth=True, redis_prefix=redis_prefix if limiter == "redis" else None)
+    async with gateway_client(settings) as (client, _):
+        t = await new_key(client, master_key, tpm=100)
+        body = chat("hosted-a", "hi", max_tokens=2_000)
+        answers = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body, headers=auth_header(t["key"])) for _ in range(10))
+        )
+    assert sorted(r.status_code for r in answers) == [200] + [429] * 9
 
 
 @pytest.mark.parametrize("limiter", ["memory", "redis"])

@@ -114,3 +114,32 @@ async def test_a_token_debt_outlives_an_hour(redis_prefix: str) -> None:
         assert await limiter.client.ttl(f"{redis_prefix}rate:k") >= 7200
     finally:
         await limiter.aclose()
+
+
+async def test_concurrent_requests_cannot_all_pass_on_one_buckets_tokens(limiter: Limiter) -> None:
+    """Each request takes its estimated tokens at admission (at most the whole bucket is needed) and gets back what
+    it did not use at settle. Before, every request was admitted while the bucket was not empty: ten concurrent
+    requests of ~2,000 tokens all passed a 100-token bucket."""
+    limits = KeyLimits(tpm=100)
+    verdicts = await asyncio.gather(
+        *(
+            limiter.admit("k", limits, reserve_nano=0, request_id=f"r{i}", spent_seed_nano=0, reserve_tokens=60)
+            for i in range(10)
+        )
+    )
+    admitted = [v.reservation for v in verdicts if v.outcome == "ok"]
+    assert len(admitted) == 1 and admitted[0] is not None and admitted[0].reserve_tokens == 60
+    refused = [v for v in verdicts if v.outcome == "tpm"]
+    assert len(refused) == 9 and all(11 <= v.retry_after_s <= 12 for v in refused)  # 20 more tokens at 100/60 a second
+    await limiter.settle(admitted[0], cost_nano=0, tokens=10)  # used 10 of its 60: 50 come back
+    again = await limiter.admit("k", limits, reserve_nano=0, request_id="s", spent_seed_nano=0, reserve_tokens=60)
+    assert again.outcome == "ok"  # 90 left
+
+    # larger than the whole bucket: admitted on a full one, then the bucket is in debt until settle says otherwise
+    big = await limiter.admit("b", limits, reserve_nano=0, request_id="b1", spent_seed_nano=0, reserve_tokens=2_000)
+    assert big.outcome == "ok" and big.reservation is not None
+    after = await limiter.admit("b", limits, reserve_nano=0, request_id="b2", spent_seed_nano=0, reserve_tokens=1)
+    assert after.outcome == "tpm" and after.retry_after_s >= 1_000  # 1,900 tokens of debt
+    await limiter.settle(big.reservation, cost_nano=0, tokens=0)  # failed: it used nothing, all comes back
+    back = await limiter.admit("b", limits, reserve_nano=0, request_id="b3", spent_seed_nano=0, reserve_tokens=1)
+    assert back.outcome == "ok"
