@@ -372,7 +372,9 @@ async def build_gateway(settings: Settings) -> Gateway:
         )
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
-    tracing = build_tracing(settings.telemetry, {m.name: m.backend for m in settings.models})
+    tracing = build_tracing(
+        settings.telemetry, {m.name: m.backend for m in settings.models}, settings.resolved_routes()
+    )
     http = build_session(
         max_connections=server.upstream_max_connections,
         keepalive_seconds=server.upstream_keepalive_seconds,

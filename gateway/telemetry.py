@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,6 +48,8 @@ PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "lit
 
 #: How long a shutdown waits for the queued spans to be exported (the exporter's own default timeout).
 SHUTDOWN_WAIT_S = 10.0
+#: OTLP's integer attributes are int64.
+_INT64 = range(-(2**63), 2**63)
 _REQUEST_PARAMS = (
     ("max_tokens", "gen_ai.request.max_tokens"),
     ("max_completion_tokens", "gen_ai.request.max_tokens"),  # what the Responses and Messages doors send
@@ -147,9 +149,9 @@ def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def build_tracing(settings: TelemetrySettings, models: Mapping[str, str]) -> Tracing:
-    """The tracing for these settings (``models``: each model's backend kind): :class:`OTelTracing` when on,
-    else :class:`NoTracing`.
+def build_tracing(settings: TelemetrySettings, models: Mapping[str, str], routes: Iterable[str] = ()) -> Tracing:
+    """The tracing for these settings (``models``: each model's backend kind; ``routes``: the route names):
+    :class:`OTelTracing` when on, else :class:`NoTracing`.
 
     Raises:
         RuntimeError: traces are on but the ``otel`` extra is not installed.
@@ -177,13 +179,13 @@ def build_tracing(settings: TelemetrySettings, models: Mapping[str, str]) -> Tra
         )
     )
     log.info("OpenTelemetry traces on (service.name=%s)", name)
-    return OTelTracing(provider, models)
+    return OTelTracing(provider, models, routes)
 
 
 class OTelTracing:
     """Spans through the OpenTelemetry SDK (build with :func:`build_tracing`)."""
 
-    def __init__(self, provider: TracerProvider, models: Mapping[str, str]) -> None:
+    def __init__(self, provider: TracerProvider, models: Mapping[str, str], routes: Iterable[str] = ()) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -194,6 +196,9 @@ class OTelTracing:
         self._w3c = TraceContextTextMapPropagator()
         self._tracer: Tracer = provider.get_tracer("llm-gateway")
         self._models = dict(models)
+        #: what a span may be named after: a client's name for something the gateway does not serve (a 404) would
+        #: make a new operation in the trace back end for every name sent
+        self._served = frozenset(models) | frozenset(routes)
         self._context = context
         self._trace = trace
         self._kind_server = SpanKind.SERVER
@@ -286,7 +291,7 @@ class OTelTracing:
             self.attempt_ended(ctx, None if ctx.error_type is None else RuntimeError(ctx.error_type))
         span = trace.span
         op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
-        span.update_name(f"{op} {ctx.requested_model}" if ctx.requested_model else op)
+        span.update_name(f"{op} {ctx.requested_model}" if ctx.requested_model in self._served else op)
         span.set_attributes(_request_attributes(ctx))
         if ctx.status_code >= 500 or (ctx.error_type is not None and ctx.status_code == 200):
             span.set_status(self._status(self._error_code, ctx.error_message or ctx.error_type))
@@ -348,8 +353,8 @@ def _request_attributes(ctx: RequestContext) -> dict[str, Any]:
     }
     for field, attr in _REQUEST_PARAMS:
         value = ctx.body.get(field)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            attrs[attr] = value
+        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and value in _INT64):
+            attrs[attr] = value  # OTLP's integers are int64: a larger one failed the export with a traceback
     if ctx.chosen_model:
         attrs["gen_ai.response.model"] = ctx.chosen_model
     if ctx.finish_reason:
