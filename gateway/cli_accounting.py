@@ -7,10 +7,11 @@ revocation, the Redis that replicas share (so they refuse the key at once).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,10 +20,26 @@ from cache.base import StoreError
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from rich.text import Text
+
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke virtual API keys.")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway YAML config (finds the database)")]
 T = TypeVar("T")
+
+
+#: C0 and C1 control characters (ESC among them), which would reach the operator's terminal as sequences.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown_text(value: str) -> Text:
+    """``value`` for a Rich table cell as it is: not read as markup (``[red]``), its control characters escaped
+    (``\\x1b``). Ledger strings come from clients: a user named ``[/bold]`` stopped ``gateway spend`` with a
+    traceback, and escape sequences reached the terminal."""
+    from rich.text import Text
+
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value))
 
 
 def _settings(config: Path) -> Settings:
@@ -120,8 +137,8 @@ def list_keys(
     for r, spent in rows:
         table.add_row(
             r.id,
-            r.name,
-            r.team or "-",
+            shown_text(r.name),
+            shown_text(r.team or "-"),
             r.key_prefix + "…",
             _money(r.budget_usd),
             _money(spent),
@@ -198,7 +215,7 @@ def spend(
         if r.name:
             group = f"{group} ({r.name})"
         table.add_row(
-            group,
+            shown_text(group),  # a client's own string (its `user`, its model name): data, never markup
             f"{r.requests:,}",
             f"{r.prompt_tokens:,}",
             f"{r.completion_tokens:,}",
