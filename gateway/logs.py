@@ -67,10 +67,13 @@ class BackgroundStreamHandler(logging.Handler):
         if not self._writer.is_alive():  # stopped (the server is shutting down): written here, as StreamHandler does
             self._write_text(f"{line}\n")
             return
-        if self._dropped and not self._queue(self._dropped_warning()):
+        if self._dropped:
+            if not self._queue(self._dropped_warning()):
+                self._dropped += 1
+                return
+            self._dropped = 0
+        if not self._queue(line):
             self._dropped += 1
-            return
-        self._dropped = 0 if self._queue(line) else self._dropped + 1
 
     def _queue(self, line: str) -> bool:
         try:
@@ -120,6 +123,9 @@ class BackgroundStreamHandler(logging.Handler):
             except queue.Full:
                 pass
             self._writer.join(5)
+        if self._dropped:  # not reported yet: now, in place
+            self._write_text(f"{self._dropped_warning()}\n")
+            self._dropped = 0
 
     def close(self) -> None:
         """Write what is queued, then stop (:meth:`stop_writer`)."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.request_rate import charge_request
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, NotFound
 from gateway.http_limits import header_dict
@@ -73,8 +74,12 @@ def context(request: Request) -> RequestContext:
 
 
 async def _require_key(request: Request) -> None:
-    """With virtual keys on, the same check as every inference request's."""
-    await gateway_of(request).admission.identify(context(request), fresh=True)
+    """With virtual keys on, the same check as every inference request's, and one of the key's requests a minute
+    (a store round trip each)."""
+    ctx = context(request)
+    admission = gateway_of(request).admission
+    await admission.identify(ctx, fresh=True)
+    await charge_request(admission, ctx)
 
 
 @router.get("/v1/models")

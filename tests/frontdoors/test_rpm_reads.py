@@ -34,3 +34,12 @@ async def test_reads_count_against_the_keys_rpm(tmp_path: Path, method: str, pat
             statuses = [(await c.request(method, url)).status_code for _ in range(5)]
     # 1 inference + 5 reads with rpm 2: at most one read fits in the minute, the rest are 429
     assert statuses.count(429) >= 4, statuses
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/m"])
+async def test_model_listing_counts_against_the_keys_rpm(tmp_path: Path, path: str) -> None:
+    with scripted_gateway(tmp_path) as up:
+        key = up.key(rpm=2)
+        async with httpx.AsyncClient(base_url=up.url, timeout=30, headers={"authorization": f"Bearer {key}"}) as c:
+            statuses = [(await c.get(path)).status_code for _ in range(5)]
+    assert statuses[:2] == [200, 200] and statuses.count(429) >= 2, statuses  # before: five 200s

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -151,3 +152,37 @@ async def test_the_server_keeps_serving_while_nobody_reads_its_log(tmp_path: Pat
             out, _ = await asyncio.to_thread(proc.communicate, None, 30)
     requests = [line for line in out.decode().splitlines() if '"msg":"request"' in line]
     assert requests, "no request line was written once the pipe was read"
+
+
+class _Gate:
+    """A stream whose writes wait until the test opens it."""
+
+    def __init__(self) -> None:
+        self.open, self.entered = threading.Event(), threading.Event()
+        self.text: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.entered.set()
+        self.open.wait(10)
+        self.text.append(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_each_dropped_line_is_reported_once_and_none_is_left_unreported_at_stop() -> None:
+    stream = _Gate()
+    handler = _handler(stream, capacity=3)
+    handler.handle(_record(0))
+    assert stream.entered.wait(5)  # the writer holds line 0 in a write that waits
+    for i in range(1, 4):
+        handler.handle(_record(i))  # the queue is full
+    handler.handle(_record(4))  # dropped: 1
+    handler._lines.get_nowait()  # one slot frees, as the writer's get() does
+    handler.handle(_record(5))  # the warning (1) takes the slot; this line is dropped: 1 more, counted once
+    stream.open.set()
+    handler.stop_writer()  # the one still counted is reported now
+    handler.handle(_record(6))
+    handler.close()
+    text = "".join(stream.text)
+    assert sum(int(n) for n in re.findall(r"(\d+) log lines dropped", text)) == 2, text
