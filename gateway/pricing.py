@@ -199,7 +199,14 @@ def baseline_problem(settings: Settings) -> str | None:
     """Why ``ledger.baseline_model`` cannot be priced (every saving would be recorded against $0, i.e. negative),
     else None. Only where litellm's price map is installed: without it the name cannot be checked."""
     name = settings.ledger.baseline_model
-    if baseline_price(settings.model(name), name) is not None or litellm_price_map_path() is None:
+    spec = settings.model(name)
+    price = baseline_price(spec, name)
+    if spec is not None and price is not None and price.source == "unpriced":
+        return (
+            f"ledger.baseline_model: '{name}' is a configured model without a price, so savings would be counted "
+            "against $0 (give it input_cost_per_token / output_cost_per_token, or name a priced model, e.g. gpt-4)"
+        )
+    if price is not None or litellm_price_map_path() is None:
         return None
     return (
         f"ledger.baseline_model: '{name}' is neither a configured model nor in litellm's price map, so savings "

@@ -84,9 +84,13 @@ def test_a_baseline_model_without_a_price_is_refused(tmp_path: Path) -> None:
     # before: every request's saving was recorded against $0, i.e. negative
     configured = tmp_path / "configured"
     configured.mkdir()
+    priced = MINIMAL.replace("Llama-2-7b-chat-hf", "Llama-2-7b-chat-hf\n    gpu_hour_usd: 2")
     assert (
-        baseline_problem(load_settings(write(configured, MINIMAL + "ledger:\n  baseline_model: llama-2-7b\n"))) is None
+        baseline_problem(load_settings(write(configured, priced + "ledger:\n  baseline_model: llama-2-7b\n"))) is None
     )
+    # a configured model with no price (a local one without gpu_hour_usd, a hosted one the map does not know)
+    unpriced = load_settings(write(configured, MINIMAL + "ledger:\n  baseline_model: llama-2-7b\n"))
+    assert (baseline_problem(unpriced) or "").startswith("ledger.baseline_model: 'llama-2-7b' is a configured model")
     config = write(tmp_path, MINIMAL + "ledger:\n  baseline_model: gpt4\n")
     problem = baseline_problem(load_settings(config))
     assert problem is not None and problem.startswith("ledger.baseline_model: 'gpt4'")
