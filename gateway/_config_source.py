@@ -111,31 +111,57 @@ def with_env_overrides(data: dict[str, Any]) -> dict[str, Any]:
     return _merge(data, _env_overrides())
 
 
-def unread_variable(sections: Iterable[str]) -> str | None:
-    """A problem line for a ``GATEWAY_*`` variable that looks meant for the settings but names none (read by
-    nothing, so the operator's change would silently not apply), else None. ``sections`` are the top-level keys.
+#: What Kubernetes sets for each Service of the namespace (``<NAME>_SERVICE_HOST``, ``<NAME>_PORT_8080_TCP``, ...):
+#: a Service named ``gateway-cache`` makes ``GATEWAY_CACHE_SERVICE_HOST``, which is no mistake of the operator's.
+_SERVICE_VARIABLE = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
+#: ``<NAME>_PORT`` is one of them only with such a value (``tcp://10.0.0.1:8080``): ``GATEWAY_SERVER_PORT=9001`` is not.
+_SERVICE_PORT_VALUE = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
 
-    A section's keys follow two underscores (``GATEWAY_SERVER__PORT``): ``GATEWAY_SERVER_PORT`` is refused, and so is
-    an unknown section before two underscores (``GATEWAY_SERVR__PORT``). Other ``GATEWAY_*`` names (the master key's,
-    a compose file's ``GATEWAY_IMAGE``) are not settings and pass.
+
+def _kubernetes_service_variable(name: str, value: str) -> bool:
+    return bool(_SERVICE_VARIABLE.search(name)) or (name.endswith("_PORT") and bool(_SERVICE_PORT_VALUE.match(value)))
+
+
+def referenced_variables(node: Any) -> set[str]:
+    """The variables a parsed config file names in ``${VAR}`` (before :func:`expand_env`)."""
+    if isinstance(node, dict):
+        return {name for v in node.values() for name in referenced_variables(v)}
+    if isinstance(node, list):
+        return {name for v in node for name in referenced_variables(v)}
+    return {m.group(1) for m in _VAR.finditer(node)} if isinstance(node, str) else set()
+
+
+def unread_variables(sections: Iterable[str], read: Iterable[str] = ()) -> list[str]:
+    """Problem lines for ``GATEWAY_*`` variables that look meant for the settings but name none (read by nothing,
+    so the operator's change silently does not apply). ``sections`` are the top-level keys; ``read`` are the names
+    the config reads itself (``${VAR}``, ``api_key_env``, ``auth.master_key_env``), which pass.
+
+    A section's keys follow two underscores (``GATEWAY_SERVER__PORT``): ``GATEWAY_SERVER_PORT`` is reported, and so
+    is an unknown section before two underscores (``GATEWAY_SERVR__PORT``). Other ``GATEWAY_*`` names (a compose
+    file's ``GATEWAY_IMAGE``, Kubernetes' Service variables) are not settings and pass.
     """
     known = {s.lower() for s in sections}
+    passed = {name.upper() for name in read}
+    problems: list[str] = []
     for name in sorted(os.environ):
-        if not name.upper().startswith(ENV_PREFIX):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in passed or _kubernetes_service_variable(upper, os.environ[name]):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         head, nested, _ = rest.partition("__")
         if nested and head not in known:
-            return f"{name}: '{head}' is not a section of the settings ({', '.join(sorted(known))}); nothing reads it"
-        if not nested and rest not in known:
+            problems.append(
+                f"{name}: '{head}' is not a section of the settings ({', '.join(sorted(known))}), so nothing reads it"
+            )
+        elif not nested and rest not in known:
             section = next((s for s in sorted(known) if rest.startswith(s + "_")), None)
             if section is not None:
                 key = rest[len(section) + 1 :].upper()
-                return (
+                problems.append(
                     f"{name}: nothing reads it; a section's keys follow two underscores "
                     f"({ENV_PREFIX}{section.upper()}__{key})"
                 )
-    return None
+    return problems
 
 
 def _env_overrides() -> dict[str, Any]:

@@ -14,8 +14,9 @@ translation live in :mod:`gateway._config_source`. Whether a configuration may b
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,12 +37,15 @@ from gateway._config_source import (
     ENV_PREFIX,
     expand_env,
     read_mapping,
+    referenced_variables,
     settings_error,
-    unread_variable,
+    unread_variables,
     validation_error,
     with_env_overrides,
 )
 from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway.config")
 
 BackendKind = Literal["vllm", "openai", "litellm"]
 
@@ -570,16 +574,29 @@ class Settings(BaseSettings):
         }
 
 
-def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+def _read_variables(data: dict[str, Any], referenced: Iterable[str]) -> set[str]:
+    """The environment variables a config reads by name: ``referenced`` (its ``${VAR}``), each model's
+    ``api_key_env`` and ``auth.master_key_env``."""
+    names = set(referenced)
+    models = data.get("models")
+    for m in models if isinstance(models, list) else []:
+        if isinstance(m, dict) and isinstance(m.get("api_key_env"), str):
+            names.add(m["api_key_env"])
+    auth = data.get("auth")
+    master = auth.get("master_key_env") if isinstance(auth, dict) else None
+    names.add(master if isinstance(master, str) else AuthSettings.model_fields["master_key_env"].default)
+    return names
+
+
+def settings_from_dict(data: dict[str, Any], *, source: str = "<config>", referenced: Iterable[str] = ()) -> Settings:
     """Validate an already-parsed configuration mapping (environment overrides applied).
 
     Raises:
         ConfigError: one line naming ``source`` (or the environment variable that set the value) and the key.
     """
     data = with_env_overrides(data)
-    unread = unread_variable(Settings.model_fields)
-    if unread is not None:
-        raise ConfigError(unread)
+    for problem in unread_variables(Settings.model_fields, _read_variables(data, referenced)):
+        log.warning("%s", problem)  # a warning, not a refusal: the name may be meant for something else
     try:
         settings = Settings(**data)
     except SettingsError as exc:
@@ -624,4 +641,5 @@ def _check_policies(settings: Settings, source: str) -> None:
 def load_settings(path: str | Path) -> Settings:
     """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
     p = Path(path)
-    return settings_from_dict(expand_env(read_mapping(p), str(p)), source=str(p))
+    raw = read_mapping(p)
+    return settings_from_dict(expand_env(raw, str(p)), source=str(p), referenced=referenced_variables(raw))
