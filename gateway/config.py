@@ -146,6 +146,9 @@ class ModelSpec(_Strict):
     gpu_hour_usd: Decimal | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)
     context_window: int | None = Field(None, gt=0)
+    max_image_tokens: int | None = Field(
+        None, ge=0, description="the most one image bills on this model, for budget reserves (default 48,169)"
+    )
     max_output_tokens: int | None = Field(None, gt=0, description="longest answer; bounds budget reserves")
     supports_tools: bool | None = None
     supports_vision: bool = False

@@ -15,9 +15,11 @@ _PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's chat format counts t
 #: 170, and 85), and at low detail. Anthropic's are of the same order (width x height / 750: ~1,400 for 1024x1024).
 IMAGE_TOKENS = 765
 LOW_DETAIL_IMAGE_TOKENS = 85
-#: The most tokens one image bills, for a budget's worst case: Anthropic's ~1,600 for an image at the largest size
-#: it reads (1.15 megapixels); OpenAI's high detail bills at most 1,445 (8 tiles of 170, and 85).
-IMAGE_TOKENS_AT_MOST = 1_600
+#: The most tokens one image bills, for a budget's worst case when the model's own (``max_image_tokens``) is not
+#: configured: gpt-4o-mini's high detail, 2,833 and 5,667 per 512-px tile, up to 8 tiles (48,169: it bills images
+#: at ~33 times gpt-4o's tokens for ~the same dollars). Others bill far fewer: gpt-4o at most 1,445 (85 and 170 a
+#: tile), gpt-4.1-nano 3,779 (1,536 patches x 2.46), Anthropic's models ~1,600 (1.15 megapixels at most).
+IMAGE_TOKENS_AT_MOST = 48_169
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 

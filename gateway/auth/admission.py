@@ -127,8 +127,9 @@ class KeyCache:
 
 class ReserveEstimator:
     """The worst-case cost of a request before routing: the dearest candidate model's price for the prompt's
-    size (about 3 characters per token, and :data:`~gateway.features.IMAGE_TOKENS_AT_MOST` per image part and
-    one per token id on top, which their bytes do not bound) plus every completion it may produce, i.e.
+    size (about 3 characters per token, and the model's ``max_image_tokens``, else
+    :data:`~gateway.features.IMAGE_TOKENS_AT_MOST`, per image part and one per token id on top, which their bytes
+    do not bound) plus every completion it may produce, i.e.
     prompts x ``n`` x the output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context
     window, else ``auth.reserve_completion_tokens``). A chat request on a ``cascade`` route (or asking for that
     policy) may pay every rung's answer and the route's judge before each escalation: its worst case is their sum."""
@@ -139,6 +140,9 @@ class ReserveEstimator:
         self._out_limit = {
             m.name: m.max_output_tokens or m.context_window or settings.auth.reserve_completion_tokens
             for m in settings.models
+        }
+        self._image_tokens = {
+            m.name: IMAGE_TOKENS_AT_MOST if m.max_image_tokens is None else m.max_image_tokens for m in settings.models
         }
 
         def reach(names: list[str]) -> list[str]:
@@ -156,15 +160,14 @@ class ReserveEstimator:
                 self._judges[route] = (spec.verifier.model, spec.verifier.max_tokens)
         self._all = list(prices)
 
-    @staticmethod
-    def _prompt(body: dict[str, Any]) -> int:
-        """At most how many prompt tokens ``body`` bills."""
+    def _prompts(self, body: dict[str, Any], names: list[str]) -> list[int]:
+        """At most how many prompt tokens ``body`` bills on each of ``names``."""
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         # Tool schemas and a structured output's schema are read, and billed, as prompt too.
         extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
         images, token_ids = images_and_token_ids(payload)  # billed far beyond their size in bytes
-        prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras)))
-        return prompt + images * IMAGE_TOKENS_AT_MOST + token_ids
+        prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras))) + token_ids
+        return [prompt + images * self._image_tokens[m] for m in names]
 
     def _completions(self, ctx: RequestContext, names: list[str]) -> list[int]:
         """At most how many completion tokens each of ``names`` may produce for ``ctx``."""
@@ -176,20 +179,21 @@ class ReserveEstimator:
     def tokens(self, ctx: RequestContext) -> int:
         """Tokens to reserve from the key's TPM for ``ctx``: its prompt's bound and the most it may produce."""
         names = self._by_name.get(ctx.requested_model) or self._all
-        prompt = self._prompt(ctx.body)
+        prompts = self._prompts(ctx.body, names)
         if ctx.endpoint == "embeddings":
-            return prompt
-        return prompt + max(self._completions(ctx, names), default=0)
+            return max(prompts, default=0)
+        return max((p + c for p, c in zip(prompts, self._completions(ctx, names), strict=True)), default=0)
 
     def estimate(self, ctx: RequestContext) -> Decimal:
         """USD to reserve for ``ctx`` (its body parsed)."""
-        prompt = self._prompt(ctx.body)
         names = self._by_name.get(ctx.requested_model) or self._all
+        prompts = self._prompts(ctx.body, names)
         if ctx.endpoint == "embeddings":
-            return max((self._prices[m].cost(prompt, 0) for m in names), default=Decimal(0))
+            return max((self._prices[m].cost(p, 0) for m, p in zip(names, prompts, strict=True)), default=Decimal(0))
         completions = self._completions(ctx, names)
-        costs = [self._prices[m].cost(prompt, out) for m, out in zip(names, completions, strict=True)]
+        costs = [self._prices[m].cost(p, c) for m, p, c in zip(names, prompts, completions, strict=True)]
         longest = max(completions, default=0)
+        prompt = max(prompts, default=0)
         route = ctx.requested_model
         cascade = route in self._cascades or ctx.constraints.policy == "cascade"
         if ctx.endpoint != "chat" or not cascade or len(costs) < 2:

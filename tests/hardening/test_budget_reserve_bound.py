@@ -1,7 +1,8 @@
 """The budget's reserve is a worst case only if it bounds the prompt the upstream bills. It is computed from the
 body's bytes (``bound_from_bytes``: ~3 bytes a token), which does not bound two kinds of prompt a client controls:
 
-* image parts: a ~30-byte URL is billed hundreds of tokens (the gateway itself counts 765 a high-detail image);
+* image parts: a ~30-byte URL is billed hundreds of tokens (765 for a 1024x1024 image at high detail on gpt-4o),
+  tens of thousands on gpt-4o-mini (25,501 for the same image);
 * token-id prompts (``prompt: [0, 0, ...]``): 2 bytes of JSON per billed token.
 
 Admitted on a small reserve, such requests are charged (``budget_exceeded_by_answer``: not sent, but the upstream
@@ -31,11 +32,15 @@ from tests.hardening.support import LedgerFile
 from tests.helpers.servers import RunningGateway, run_asgi_server, serve_gateway
 
 MASTER = "sk-master-" + uuid.uuid4().hex
-IMAGE_TOKENS = 765  # what OpenAI bills a 1024x1024 high-detail image, and what gateway.features counts
+GPT_4O_IMAGE = 765  # what gpt-4o bills a 1024x1024 image at high detail
+GPT_4O_MINI_IMAGE = 2_833 + 4 * 5_667  # what gpt-4o-mini bills for it: 25,501
+#: a model priced like gpt-4 (the default), and gpt-4o-mini at its own prices
+PRICED: dict[str, str] = {"input_cost_per_token": "0.00001", "output_cost_per_token": "0.00003"}
+MINI: dict[str, str] = {"input_cost_per_token": "0.00000015", "output_cost_per_token": "0.0000006"}
 
 
-def _billing_upstream() -> Starlette:
-    """Bills 765 tokens an image part, one token a prompt token id, and answers ``max_tokens`` tokens."""
+def _billing_upstream(image_tokens: int) -> Starlette:
+    """Bills ``image_tokens`` an image part and one token a prompt token id."""
 
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
@@ -46,7 +51,7 @@ def _billing_upstream() -> Starlette:
             for p in m["content"]
             if p.get("type") == "image_url"
         )
-        prompt, completion = 10 + IMAGE_TOKENS * images, 5
+        prompt, completion = 10 + image_tokens * images, 5
         return JSONResponse(
             {
                 "id": "c", "object": "chat.completion", "created": 1, "model": "u",
@@ -75,9 +80,9 @@ def _billing_upstream() -> Starlette:
 
 
 @contextmanager
-def _gateway(tmp: Path) -> Iterator[tuple[RunningGateway, LedgerFile]]:
+def _gateway(tmp: Path, image_tokens: int, model: dict[str, Any]) -> Iterator[tuple[RunningGateway, LedgerFile]]:
     ledger = LedgerFile(tmp / "ledger.db")
-    with master_key(MASTER), run_asgi_server(_billing_upstream()) as up:
+    with master_key(MASTER), run_asgi_server(_billing_upstream(image_tokens)) as up:
         settings = settings_from_dict(
             {
                 "models": [
@@ -86,10 +91,9 @@ def _gateway(tmp: Path) -> Iterator[tuple[RunningGateway, LedgerFile]]:
                         "backend": "openai",
                         "base_url": up + "/v1",
                         "upstream_model": "u",
-                        "input_cost_per_token": "0.00001",
-                        "output_cost_per_token": "0.00003",
                         "supports_vision": True,
                         "context_window": 128000,
+                        **model,
                     }
                 ],
                 "retry": {"max_attempts": 1},
@@ -110,9 +114,15 @@ def _spent(ledger: LedgerFile, key_id: str) -> Decimal:
 
 
 async def _overspend(
-    tmp: Path, budget: str, path: str, body: dict[str, Any], concurrent: int
+    tmp: Path,
+    budget: str,
+    path: str,
+    body: dict[str, Any],
+    concurrent: int,
+    image_tokens: int = GPT_4O_IMAGE,
+    model: dict[str, Any] = PRICED,
 ) -> tuple[Decimal, list[tuple[int, str | None]]]:
-    with _gateway(tmp) as (gw, ledger):
+    with _gateway(tmp, image_tokens, model) as (gw, ledger):
         async with httpx.AsyncClient(base_url=gw.base_url, timeout=60) as c:
             admin = {"authorization": f"Bearer {MASTER}"}
             made = (await c.post("/admin/keys", json={"name": "b", "budget_usd": budget}, headers=admin)).json()
@@ -182,3 +192,24 @@ async def test_token_id_prompts_cannot_spend_past_the_budget(tmp_path: Path) -> 
     spent, results = await _overspend(tmp_path, "2.05", "/v1/completions", body, concurrent=4)
     # before the fix: each reserved ~$0.667 and was charged ~$1.00: three admitted, $3.00 spent
     assert spent <= Decimal("2.05"), f"spent ${spent} of a $2.05 budget: {results}"
+
+
+async def test_gpt_4o_mini_images_cannot_spend_past_the_budget(tmp_path: Path) -> None:
+    # 1,600 tokens an image (the first fix) bounded gpt-4o's images, not gpt-4o-mini's: $0.69 of a $0.05 budget
+    path, body = _IMAGE_REQUESTS["chat"]
+    spent, results = await _overspend(tmp_path, "0.05", path, body, 4, image_tokens=GPT_4O_MINI_IMAGE, model=MINI)
+    assert spent <= Decimal("0.05"), f"spent ${spent} of a $0.05 budget: {results}"
+
+
+async def test_a_models_own_image_bound_lets_a_small_budget_send_images(tmp_path: Path) -> None:
+    two_images = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": u}} for u in _URLS[:2]]}],
+    }
+    path = "/v1/chat/completions"
+    _, refused = await _overspend(tmp_path / "a", "0.05", path, two_images, 1)
+    assert refused == [(402, "budget_exceeded")]  # 2 x 48,169 tokens at $10 a million: $0.96 reserved
+    own_bound = {**PRICED, "max_image_tokens": 1_445}  # gpt-4o's most, as the operator knows it
+    spent, served = await _overspend(tmp_path / "b", "0.05", path, two_images, 1, model=own_bound)
+    assert served == [(200, None)] and spent == Decimal("0.01555")  # (10 + 2 x 765) x $0.00001 + 5 x $0.00003
