@@ -107,7 +107,8 @@ RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting is infinite: ``.inf`` (meant as "no limit") passed every lower bound, then failed where it was used.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _DAY_S = 86_400.0

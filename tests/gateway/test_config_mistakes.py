@@ -71,11 +71,24 @@ def test_gateway_variables_the_config_reads_or_that_are_not_settings_pass(
 
 
 @pytest.mark.parametrize("key", ["total", "connect", "first_byte", "between_chunks"])
-def test_an_infinite_timeout_is_refused(tmp_path: Path, key: str) -> None:
-    # before: loaded, then every request to the model was a 500 (aiohttp cannot arm an infinite timer)
-    text = MINIMAL.replace("api_key_env: OPENAI_API_KEY", f"api_key_env: OPENAI_API_KEY\n    timeouts: {{{key}: .inf}}")
-    with pytest.raises(ConfigError, match=rf"models\[1\]\(gpt-4\)\.timeouts\.{key}: .*86400"):
+@pytest.mark.parametrize(("value", "why"), [(".inf", "a finite number"), ("1.0e9", "less than or equal to 86400")])
+def test_an_infinite_or_absurd_timeout_is_refused(tmp_path: Path, key: str, value: str, why: str) -> None:
+    # before: .inf loaded, then every request to the model was a 500 (aiohttp cannot arm an infinite timer)
+    text = MINIMAL.replace(
+        "api_key_env: OPENAI_API_KEY", f"api_key_env: OPENAI_API_KEY\n    timeouts: {{{key}: {value}}}"
+    )
+    with pytest.raises(ConfigError, match=rf"models\[1\]\(gpt-4\)\.timeouts\.{key}: .*{why}"):
         load_settings(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["server:\n  keepalive_timeout_seconds", "server:\n  body_timeout_seconds", "auth:\n  reservation_ttl_seconds"],
+)
+def test_no_setting_takes_infinity(tmp_path: Path, setting: str) -> None:
+    # before: server.keepalive_timeout_seconds: .inf loaded, then start-up failed with a traceback (int(inf))
+    with pytest.raises(ConfigError, match="a finite number"):
+        load_settings(write(tmp_path, MINIMAL + f"{setting}: .inf\n"))
 
 
 @pytest.mark.parametrize(
