@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import sys
 import threading
 import time
@@ -33,13 +34,16 @@ class JSONFormatter(logging.Formatter):
 
 
 class BackgroundStreamHandler(logging.Handler):
-    """Formats each record where it is logged and writes the lines to ``stream`` from a thread of its own.
+    """Writes each record's line to ``stream`` where it is logged when the stream takes it at once, else from a
+    thread of its own.
 
     No log line may hold up requests: written on the event loop, the log froze the whole server as soon as its
     reader stopped reading (a paused terminal, a log shipper fallen behind or down) and the pipe's 64 KiB
-    filled. Lines wait in a queue of ``capacity``; when it is full, new ones are dropped and counted, and a
-    warning with the count is queued once there is room again. (Each request also has its ledger row: the log
-    is not the record of what was served.)
+    filled. A line is written in place only when nothing waits before it and the stream's file descriptor takes
+    it without waiting (a pipe with room for it, up to ``PIPE_BUF`` bytes: such a write is atomic; a file); else
+    it waits in a queue of ``capacity`` for the writer thread, so a reader that keeps up costs no thread
+    handoff. When the queue is full, new lines are dropped and counted, and a warning with the count follows once
+    there is room again. (Each request also has its ledger row: the log is not the record of what was served.)
     """
 
     #: Most lines joined into one write when they come faster than the stream takes them.
@@ -50,6 +54,13 @@ class BackgroundStreamHandler(logging.Handler):
         self.stream = stream if stream is not None else sys.stderr
         self._lines: queue.Queue[str | None] = queue.Queue(capacity)
         self._dropped = 0
+        #: lines queued and not written yet (in place only at 0, so that lines keep their order)
+        self._pending = 0
+        self._mutex = threading.Lock()
+        try:
+            self._fd: int | None = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both: not a file (StringIO)
+            self._fd = None
         self._writer = threading.Thread(target=self._write, name="gateway-log-writer", daemon=True)
         self._writer.start()
 
@@ -67,6 +78,13 @@ class BackgroundStreamHandler(logging.Handler):
         if not self._writer.is_alive():  # stopped (the server is shutting down): written here, as StreamHandler does
             self._write_text(f"{line}\n")
             return
+        with self._mutex:
+            if self._pending == 0:
+                text = f"{self._dropped_warning()}\n{line}\n" if self._dropped else f"{line}\n"
+                if self._takes_at_once(text):
+                    self._write_text(text)
+                    self._dropped = 0
+                    return
         if self._dropped:
             if not self._queue(self._dropped_warning()):
                 self._dropped += 1
@@ -75,10 +93,25 @@ class BackgroundStreamHandler(logging.Handler):
         if not self._queue(line):
             self._dropped += 1
 
+    def _takes_at_once(self, text: str) -> bool:
+        """Whether the stream takes ``text`` now without waiting."""
+        if self._fd is None:
+            return False
+        if len(text) * 4 > select.PIPE_BUF and len(text.encode()) > select.PIPE_BUF:
+            return False  # a pipe with room for PIPE_BUF bytes may not have it for more
+        try:
+            return bool(select.select([], [self._fd], [], 0)[1])
+        except (OSError, ValueError):  # closed
+            return False
+
     def _queue(self, line: str) -> bool:
+        with self._mutex:
+            self._pending += 1
         try:
             self._lines.put_nowait(line)
         except queue.Full:
+            with self._mutex:
+                self._pending -= 1
             return False
         return True
 
@@ -102,8 +135,11 @@ class BackgroundStreamHandler(logging.Handler):
                     batch.append(self._lines.get_nowait())
                 except queue.Empty:
                     break
-            self._write_text("".join(f"{line}\n" for line in batch if line is not None))
-            if None in batch:
+            lines = [line for line in batch if line is not None]
+            self._write_text("".join(f"{line}\n" for line in lines))
+            with self._mutex:
+                self._pending -= len(lines)
+            if len(lines) < len(batch):
                 return
 
     def _write_text(self, text: str) -> None:

@@ -186,3 +186,17 @@ def test_each_dropped_line_is_reported_once_and_none_is_left_unreported_at_stop(
     handler.close()
     text = "".join(stream.text)
     assert sum(int(n) for n in re.findall(r"(\d+) log lines dropped", text)) == 2, text
+
+
+def test_a_stream_that_keeps_up_gets_each_line_before_the_call_returns() -> None:
+    # no thread handoff on the request path while the reader keeps up (one cost the 1-connection latency)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = os.fdopen(write_end, "w")
+    handler = _handler(stream, capacity=100)
+    for i in range(3):
+        handler.handle(_record(i))
+        assert json.loads(os.read(read_end, 65536))["msg"] == f"line {i}"  # already there
+    handler.close()
+    stream.close()
+    os.close(read_end)
