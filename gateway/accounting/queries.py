@@ -477,9 +477,11 @@ async def latency(
 
 
 async def first_ts_ms(engine: AsyncEngine) -> int | None:
-    """The start of the oldest minute with a request (epoch ms), or None for an empty ledger."""
-    minute = rollups["minute"]
-    stmt = select(func.min(minute.c.bucket_ms)).where(minute.c.dim == "total")
+    """The start of the oldest hour with a request (epoch ms), or None for an empty ledger. Hours, not minutes:
+    retention deletes the minute rollups of expired hours and keeps the hour rollups, so "all time" read from the
+    minutes began at the retention cutoff and left out every expired hour's spend."""
+    hour = rollups["hour"]
+    stmt = select(func.min(hour.c.bucket_ms)).where(hour.c.dim == "total")
     async with engine.connect() as conn:
         value = (await conn.execute(stmt)).scalar()
     return None if value is None else int(value)
