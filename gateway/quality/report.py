@@ -96,6 +96,12 @@ async def quality_report(
         return groups.setdefault(str(name), _Group())
 
     async with engine.connect() as conn:
+        # From the oldest raw row on: a route's estimate weighs its verdicts by the traffic they sample, which only
+        # the raw rows hold, and retention deletes them (not the verdicts): over an expired period every request
+        # counted as served by another model, and the estimate fell to the sampled rate (0.9 -> 0.0).
+        oldest = (await conn.execute(select(func.min(ledger.c.ts_ms)))).scalar()
+        if oldest is not None and (start_ms is None or start_ms < oldest):
+            start_ms = int(oldest)
         vwin = _window(verdicts.c.ts_ms, start_ms, end_ms)
         rows = await conn.execute(
             select(vcol, verdicts.c.verdict, func.count())
@@ -193,9 +199,12 @@ def _render(name: str, grp: _Group, group_by: GroupBy, reference: dict[str, str]
     estimate = {"rate": p, "ci95_low": low, "ci95_high": high}
     if group_by == "route":
         out["reference_model"] = reference.get(name)
-        share = 1 - grp.by_reference / grp.answered if grp.answered else 1.0
+        # no answered request in the window (its raw rows expired): the traffic the samples stand for is unknown
+        share = 1 - grp.by_reference / grp.answered if grp.answered else None
         out["served_by_others"] = share
-        if p is not None:
+        if share is None:
+            estimate = {"rate": None, "ci95_low": None, "ci95_high": None}
+        elif p is not None:
             estimate = {
                 "rate": 1 - share * (1 - p),
                 "ci95_low": 1 - share * (1 - low),
