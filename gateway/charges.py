@@ -113,7 +113,8 @@ class Charges:
         full = self.price(ctx.chosen_model).cost(u.prompt_tokens, u.completion_tokens)
         full += self.paid_attempts(ctx)
         if ctx.endpoint == "embeddings":  # nothing routes an embedding: its baseline is the model asked for
-            ctx.baseline_cost_usd = full
+            asked = self.router.models.get(ctx.requested_model or "")  # not the fallback that answered
+            ctx.baseline_cost_usd = full if asked is None else asked.price.now().cost(u.prompt_tokens, 0)
         elif self.baseline is not None:
             ctx.baseline_cost_usd = self.baseline.cost(u.prompt_tokens, u.completion_tokens)
         # One meaning everywhere: saved = what the baseline model would have cost - what this cost.
