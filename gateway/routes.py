@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -82,12 +83,35 @@ async def _require_key(request: Request) -> None:
     await charge_request(admission, ctx)
 
 
+def _anthropic_model(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` as the Anthropic API's ``ModelInfo`` (what its SDK's ``models.list``/``retrieve`` parse)."""
+    out = {
+        "type": "model",
+        "id": entry["id"],
+        "display_name": entry["id"],
+        "created_at": datetime.fromtimestamp(entry["created"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lifecycle": "active",
+    }
+    if entry["x_gateway"].get("context_window"):
+        out["max_input_tokens"] = entry["x_gateway"]["context_window"]
+    return out
+
+
+def _anthropic(request: Request) -> bool:
+    """The Anthropic SDK asks (it sends ``anthropic-version`` with every request): answer in Anthropic's shape."""
+    return "anthropic-version" in request.headers
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    """The gateway's model names and route names."""
+    """The gateway's model names and route names (Anthropic's shape for its SDK: chat models and routes)."""
     await _require_key(request)
     gw = gateway_of(request)
     data = [e for n in gw.router.names() if (e := _model_entry(gw, n)) is not None]
+    if _anthropic(request):
+        listed = [_anthropic_model(e) for e in data if e["x_gateway"].get("mode") != "embedding"]
+        first, last = (listed[0]["id"], listed[-1]["id"]) if listed else (None, None)
+        return json_response({"data": listed, "has_more": False, "first_id": first, "last_id": last})
     return json_response({"object": "list", "data": data})
 
 
@@ -97,8 +121,12 @@ async def get_model(model_id: str, request: Request) -> Response:
     await _require_key(request)
     entry = _model_entry(gateway_of(request), model_id)
     if entry is None:
-        raise NotFound(f"The model '{model_id}' does not exist.", param="model")
-    return json_response(entry)
+        message = f"The model '{model_id}' does not exist."
+        if _anthropic(request):
+            error = {"type": "error", "error": {"type": "not_found_error", "message": message}}
+            return json_response(error, status=404)
+        raise NotFound(message, param="model")
+    return json_response(_anthropic_model(entry) if _anthropic(request) else entry)
 
 
 @router.get("/health")

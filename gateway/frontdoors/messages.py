@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.frontdoors.chunks import reasoning_of, usage_detail
+from gateway.frontdoors.strict import held_to
 from gateway.protocol import UnitInterval, required_str, validate
 
 #: Anthropic's error ``type`` for each HTTP status the gateway answers with.
@@ -322,8 +323,10 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):
             fn["description"] = tool["description"]
-        if isinstance(tool.get("strict"), bool):  # strict tool use: arguments held to the schema
-            fn["strict"] = tool["strict"]
+        if tool.get("strict") is True:  # strict tool use: arguments held to the schema
+            fn["parameters"], fn["strict"] = held_to(fn["parameters"])
+        elif tool.get("strict") is False:
+            fn["strict"] = False
         out.append({"type": "function", "function": fn})
     return out
 
@@ -355,9 +358,10 @@ def _output_config(config: dict[str, Any], body: dict[str, Any], legacy: dict[st
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
         if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(schema, dict):
             raise InvalidRequest(f"{where} must be {{'type': 'json_schema', 'schema': {{...}}}}.", param=where)
+        schema, strict = held_to(schema)
         body["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": "output", "schema": schema, "strict": True},
+            "json_schema": {"name": "output", "schema": schema, "strict": strict},
         }
     effort = config.get("effort")
     if effort is not None:

@@ -63,10 +63,12 @@ class ReasoningConfig(_Open):
 
 class ResponsesBody(_Open):
     """A Responses request's fields, validated for types (items and tools are checked while translating); ``model``
-    may be left out (``POST /v1/responses/input_tokens``)."""
+    and ``input`` may be left out (``POST /v1/responses/input_tokens``)."""
 
     model: StrictStr | None = Field(None, min_length=1)
-    input: StrictStr | list[dict[str, Any]]
+    # optional (and nullable) in a token count, as in the SDK's InputTokenCountParams: a stored conversation
+    # (previous_response_id) or instructions alone are counted
+    input: StrictStr | list[dict[str, Any]] | None = None
     instructions: StrictStr | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
@@ -93,6 +95,7 @@ class ResponsesRequest(ResponsesBody):
     """``POST /v1/responses``."""
 
     model: StrictStr = Field(min_length=1)
+    input: StrictStr | list[dict[str, Any]]
 
 
 def new_id(prefix: str) -> str:
@@ -126,7 +129,7 @@ def input_messages(req: ResponsesBody) -> list[dict[str, Any]]:
         return [{"role": "user", "content": req.input}]
     out: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []  # the current turn's tool outputs' images
-    for i, item in enumerate(req.input):
+    for i, item in enumerate(req.input or []):
         if images and item.get("type", "message") not in ("function_call_output", "reasoning"):
             out.append({"role": "user", "content": images})
             images = []
@@ -142,7 +145,7 @@ def input_items(req: ResponsesBody) -> list[dict[str, Any]]:
     if isinstance(req.input, str):
         return [_input_message("user", [{"type": "input_text", "text": req.input}], None)]
     out: list[dict[str, Any]] = []
-    for item in req.input:
+    for item in req.input or []:
         kind = item.get("type", "message")
         item_id = item.get("id") if isinstance(item.get("id"), str) else None
         if kind == "message":

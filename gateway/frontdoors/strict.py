@@ -57,6 +57,17 @@ def tool_parameters(tool: dict[str, Any]) -> tuple[Any, bool]:
     return given, False
 
 
+def held_to(schema: Any) -> tuple[Any, bool]:
+    """A schema an Anthropic client holds output to (a ``strict`` tool's ``input_schema``, structured outputs'
+    ``format``), as chat's ``strict`` takes it, and whether it is strict: Anthropic lets such a schema leave
+    optional properties out of ``required``, which OpenAI's strict mode refuses (a 400 from a hosted upstream);
+    made strict where that keeps its meaning (what it produces still matches the schema as sent), else as sent and
+    not strict."""
+    if strictable(schema):
+        return strict_schema(schema), True
+    return schema, False
+
+
 def applied_strict(tool: dict[str, Any]) -> bool:
     """A Responses function tool's ``strict`` as applied (what the response echoes): :func:`tool_parameters`'s."""
     strict, given = tool.get("strict"), tool.get("parameters")

@@ -35,6 +35,8 @@ from tests.frontdoors.scripted_upstream import Scripted, scripted_gateway
 
 SHOT = "data:image/png;base64,iVBORw0KGgo="
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+#: as a strict upstream takes it (every object closed: OpenAI's strict mode refuses an open one)
+STRICT_SCHEMA = {**SCHEMA, "additionalProperties": False}
 LOGPROBS = ["message.output_text.logprobs"]
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -378,7 +380,7 @@ def test_messages_legacy_output_format() -> None:
     chat = chat_of_messages({"messages": _user("x"), "output_format": fmt, "output_config": {"effort": "low"}})
     assert chat["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "output", "schema": SCHEMA, "strict": True},
+        "json_schema": {"name": "output", "schema": STRICT_SCHEMA, "strict": True},
     }
     assert chat["reasoning_effort"] == "low"
     for body in ({"output_format": {"type": "xml"}}, {"output_format": fmt, "output_config": {"format": fmt}}):
@@ -413,4 +415,4 @@ async def test_messages_fixes_over_the_wire(up: Scripted) -> None:
     assert body["error"]["type"] == "invalid_request_error" and "stop_sequences" in body["error"]["message"]
     assert "tool_choice" not in up.bodies_for("choice without tools")[0]
     assert up.bodies_for("five stops") == []
-    assert up.bodies_for("legacy format")[0]["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert up.bodies_for("legacy format")[0]["response_format"]["json_schema"]["schema"] == STRICT_SCHEMA

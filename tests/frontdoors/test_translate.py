@@ -463,19 +463,25 @@ def test_messages_structured_outputs_go_upstream() -> None:
     ``response_format``, ``effort`` its ``reasoning_effort``, a tool's ``strict`` kept: all three were dropped
     and the answer came back unconstrained with a 200."""
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    tool = {"name": "f", "input_schema": {"type": "object"}, "strict": True}
+    tool = {"name": "f", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}, "strict": True}
+    any_object = {"name": "g", "input_schema": {"type": "object"}, "strict": True}
     chat = chat_of_messages(
         {
             "messages": [{"role": "user", "content": "where?"}],
             "output_config": {"format": {"type": "json_schema", "schema": schema}, "effort": "low"},
-            "tools": [tool],
+            "tools": [tool, any_object],
         }
     )
+    # strict where that keeps the schema's meaning (every object closed, every property required), as a strict
+    # upstream requires; a schema that cannot be (any object) goes as sent, not strict
     assert chat["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "output", "schema": schema, "strict": True},
+        "json_schema": {"name": "output", "schema": {**schema, "additionalProperties": False}, "strict": True},
     }
-    assert chat["reasoning_effort"] == "low" and chat["tools"][0]["function"]["strict"] is True
+    strict_fn, open_fn = (t["function"] for t in chat["tools"])
+    assert strict_fn["strict"] is True and strict_fn["parameters"]["required"] == ["q"]
+    assert open_fn["strict"] is False and open_fn["parameters"] == {"type": "object"}
+    assert chat["reasoning_effort"] == "low"
     for bad, param in (
         ({"format": {"type": "xml"}}, "output_config.format"),
         ({"effort": "max!"}, "output_config.effort"),
