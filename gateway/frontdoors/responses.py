@@ -482,13 +482,14 @@ def refusal_part(refusal: str) -> dict[str, Any]:
 
 
 def function_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> dict[str, Any]:
-    """A ``function_call`` output item."""
+    """A ``function_call`` output item (blank arguments, as some OpenAI-compatible servers send for a call without
+    any, are ``{}``: the SDK's ``responses.parse``/``stream`` parse them as JSON)."""
     return {
         "type": "function_call",
         "id": item_id or new_id("fc"),
         "call_id": call_id,
         "name": name,
-        "arguments": arguments,
+        "arguments": arguments if arguments.strip() else "{}",
         "status": "completed",
     }
 

@@ -17,7 +17,8 @@ import pytest
 from anthropic.lib._parse._transform import transform_schema
 from pydantic import BaseModel
 
-from tests.frontdoors.scripted_upstream import Scripted, scripted_gateway
+from gateway.frontdoors.strict import NO_ARGUMENTS
+from tests.frontdoors.scripted_upstream import END_CALLS, ROLE, STREAMS, Scripted, call, calls, scripted_gateway
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,25 @@ async def test_anthropic_sdk_gets_its_not_found_error_for_an_unknown_model(up: S
         with pytest.raises(anthropic.NotFoundError) as info:
             await claude.models.retrieve("no-such-model")
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+async def test_a_call_without_arguments_reaches_the_responses_helpers_as_an_empty_object(up: Scripted) -> None:
+    """Some OpenAI-compatible servers send a call without arguments as ``""``: ``responses.stream`` with a strict tool
+    raised JSONDecodeError parsing it (the Messages door already made it ``{}``)."""
+    from gateway.frontdoors.responses import function_item
+
+    assert function_item("call_0", "get_time", "")["arguments"] == "{}"
+    name = "call without arguments"
+    STREAMS[name] = [ROLE, calls(call(0, "", "call_0", "get_time")), *END_CALLS]
+    try:
+        tool: Any = {"type": "function", "name": "get_time", "parameters": NO_ARGUMENTS, "strict": True}
+        async with up.openai_client() as client:
+            async with client.responses.stream(model="m", input=name, tools=[tool]) as stream:
+                events = [e async for e in stream]
+                final = await stream.get_final_response()
+    finally:
+        STREAMS.pop(name, None)
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert [e.arguments for e in done] == ["{}"]
+    (item,) = [o for o in final.output if o.type == "function_call"]
+    assert item.arguments == "{}" and item.parsed_arguments == {}  # type: ignore[union-attr]
