@@ -59,7 +59,7 @@ def content_text(content: Any) -> tuple[str, int]:
             kind = part.get("type")
             if kind in ("text", "input_text") and isinstance(part.get("text"), str):
                 texts.append(part["text"])
-            elif kind in ("image_url", "input_image", "image"):
+            elif kind in _IMAGE_PARTS:
                 url = part.get("image_url")
                 detail = url.get("detail") if isinstance(url, dict) else part.get("detail")
                 images += LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS

@@ -97,7 +97,7 @@ class BackgroundStreamHandler(logging.Handler):
         """Whether the stream takes ``text`` now without waiting."""
         if self._fd is None:
             return False
-        if len(text) * 4 > select.PIPE_BUF and len(text.encode()) > select.PIPE_BUF:
+        if len(text.encode()) > select.PIPE_BUF:
             return False  # a pipe with room for PIPE_BUF bytes may not have it for more
         try:
             return bool(select.select([], [self._fd], [], 0)[1])

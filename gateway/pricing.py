@@ -160,12 +160,10 @@ def static_price(spec: ModelSpec) -> Price:
         max_input = int(raw) if isinstance(raw, int | float) else None
     if spec.input_cost_per_token is not None or spec.output_cost_per_token is not None:
         # One override leaves the other price the map's (a model the map does not price: 0).
-        mapped = (
-            (None, None) if entry is None else (entry.get("input_cost_per_token"), entry.get("output_cost_per_token"))
-        )
+        mapped = entry or {}
         return Price(
-            _first_price(spec.input_cost_per_token, mapped[0]),
-            _first_price(spec.output_cost_per_token, mapped[1]),
+            _first_price(spec.input_cost_per_token, mapped.get("input_cost_per_token")),
+            _first_price(spec.output_cost_per_token, mapped.get("output_cost_per_token")),
             "config",
             max_input,
         )

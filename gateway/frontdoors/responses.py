@@ -481,15 +481,20 @@ def refusal_part(refusal: str) -> dict[str, Any]:
     return {"type": "refusal", "refusal": refusal}
 
 
+def whole_arguments(arguments: str) -> str:
+    """A call's final arguments: blank ones, as some OpenAI-compatible servers send for a call without any, are
+    ``{}`` (the SDK's ``responses.parse``/``stream`` parse them as JSON)."""
+    return arguments if arguments.strip() else "{}"
+
+
 def function_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> dict[str, Any]:
-    """A ``function_call`` output item (blank arguments, as some OpenAI-compatible servers send for a call without
-    any, are ``{}``: the SDK's ``responses.parse``/``stream`` parse them as JSON)."""
+    """A ``function_call`` output item."""
     return {
         "type": "function_call",
         "id": item_id or new_id("fc"),
         "call_id": call_id,
         "name": name,
-        "arguments": arguments if arguments.strip() else "{}",
+        "arguments": arguments,
         "status": "completed",
     }
 
@@ -516,7 +521,8 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
         output.append(item)
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
-        output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), fn.get("arguments", "")))
+        arguments = whole_arguments(fn.get("arguments", ""))
+        output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), arguments))
     response["output"] = output
     settings.served_tier(response, completion.get("service_tier"))
     usage = completion.get("usage")

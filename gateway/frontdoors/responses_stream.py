@@ -33,6 +33,7 @@ from gateway.frontdoors.responses import (
     refusal_part,
     text_part,
     usage_of,
+    whole_arguments,
 )
 from gateway.frontdoors.toolcalls import HeldText, Step, ToolCallOrder
 
@@ -148,7 +149,7 @@ class _Renderer:
             if step.kind == "start":
                 call.id = call.id or new_id("call")
                 item = function_item(call.id, call.name or "", "")
-                item["arguments"], item["status"] = "", "in_progress"  # the deltas fill it
+                item["status"] = "in_progress"
                 out += self._open_item(item)
             elif step.kind == "arguments":
                 assert self.open is not None
@@ -196,8 +197,7 @@ class _Renderer:
             out.append(self.event("response.content_part.done", **where, part=part))
             item["content"] = [part]
         else:
-            if not item["arguments"].strip():  # a call without arguments, sent as "" by some servers: {}
-                item["arguments"] = "{}"
+            item["arguments"] = whole_arguments(item["arguments"])
             out.append(
                 self.event(
                     "response.function_call_arguments.done",

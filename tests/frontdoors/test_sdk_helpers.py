@@ -133,9 +133,9 @@ async def test_anthropic_sdk_gets_its_not_found_error_for_an_unknown_model(up: S
 async def test_a_call_without_arguments_reaches_the_responses_helpers_as_an_empty_object(up: Scripted) -> None:
     """Some OpenAI-compatible servers send a call without arguments as ``""``: ``responses.stream`` with a strict tool
     raised JSONDecodeError parsing it (the Messages door already made it ``{}``)."""
-    from gateway.frontdoors.responses import function_item
+    from gateway.frontdoors.responses import whole_arguments
 
-    assert function_item("call_0", "get_time", "")["arguments"] == "{}"
+    assert whole_arguments("") == whole_arguments(" ") == "{}"  # what a non-streamed answer's call gets too
     name = "call without arguments"
     STREAMS[name] = [ROLE, calls(call(0, "", "call_0", "get_time")), *END_CALLS]
     try:
