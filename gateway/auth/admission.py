@@ -176,32 +176,26 @@ class ReserveEstimator:
         choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
         return [(int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]) * choices for m in names]
 
-    def tokens(self, ctx: RequestContext) -> int:
-        """Tokens to reserve from the key's TPM for ``ctx``: its prompt's bound and the most it may produce."""
+    def reserve(self, ctx: RequestContext) -> tuple[Decimal, int]:
+        """USD and tokens to reserve for ``ctx`` (its body parsed): the budget's worst case, and the key's TPM's
+        (its prompt's bound and the most it may produce)."""
         names = self._by_name.get(ctx.requested_model) or self._all
         prompts = self._prompts(ctx.body, names)
         if ctx.endpoint == "embeddings":
-            return max(prompts, default=0)
-        return max((p + c for p, c in zip(prompts, self._completions(ctx, names), strict=True)), default=0)
-
-    def estimate(self, ctx: RequestContext) -> Decimal:
-        """USD to reserve for ``ctx`` (its body parsed)."""
-        names = self._by_name.get(ctx.requested_model) or self._all
-        prompts = self._prompts(ctx.body, names)
-        if ctx.endpoint == "embeddings":
-            return max((self._prices[m].cost(p, 0) for m, p in zip(names, prompts, strict=True)), default=Decimal(0))
+            usd = max((self._prices[m].cost(p, 0) for m, p in zip(names, prompts, strict=True)), default=Decimal(0))
+            return usd, max(prompts, default=0)
         completions = self._completions(ctx, names)
+        tokens = max((p + c for p, c in zip(prompts, completions, strict=True)), default=0)
         costs = [self._prices[m].cost(p, c) for m, p, c in zip(names, prompts, completions, strict=True)]
-        longest = max(completions, default=0)
-        prompt = max(prompts, default=0)
         route = ctx.requested_model
         cascade = route in self._cascades or ctx.constraints.policy == "cascade"
         if ctx.endpoint != "chat" or not cascade or len(costs) < 2:
-            return max(costs, default=Decimal(0))
+            return max(costs, default=Decimal(0)), tokens
         judge = self._judges.get(route)
         # the judge reads its instructions (~256 tokens), the prompt and an answer; one call per escalation
+        longest, prompt = max(completions, default=0), max(prompts, default=0)
         judged = Decimal(0) if judge is None else self._prices[judge[0]].cost(prompt + longest + 256, judge[1])
-        return sum(costs, Decimal(0)) + judged * (len(costs) - 1)
+        return sum(costs, Decimal(0)) + judged * (len(costs) - 1), tokens
 
 
 def _usd(nano: int) -> str:
@@ -307,7 +301,8 @@ class KeyAdmission:
             rpm=caller.rpm,
             tpm=caller.tpm,
         )
-        reserve = to_nano(self.estimator.estimate(ctx)) if limits.budget_nano is not None else 0
+        usd, tokens = (Decimal(0), 0) if limits.budget_nano is None and not limits.tpm else self.estimator.reserve(ctx)
+        reserve = to_nano(usd) if limits.budget_nano is not None else 0
         try:
             verdict = await self.limiter.admit(
                 caller.key_id,
@@ -315,7 +310,7 @@ class KeyAdmission:
                 reserve_nano=reserve,
                 request_id=ctx.request_id,
                 spent_seed_nano=to_nano(caller.spent_usd),
-                reserve_tokens=self.estimator.tokens(ctx) if limits.tpm else 0,
+                reserve_tokens=tokens if limits.tpm else 0,
             )
         except StoreError as exc:
             if self.settings.auth.fail_open:
