@@ -90,9 +90,8 @@ async def test_the_reserve_counts_best_of() -> None:
 
     def reserve(**extra: object) -> object:
         body = {"model": "m", "prompt": "x", "max_tokens": 10, **extra}
-        return estimator.estimate(
-            RequestContext(request_id="r", endpoint="completions", body=body, requested_model="m")
-        )
+        ctx = RequestContext(request_id="r", endpoint="completions", body=body, requested_model="m")
+        return estimator.reserve(ctx)[0]
 
     assert reserve(best_of=4) == 4 * reserve() == reserve(n=4)
 
@@ -114,7 +113,7 @@ async def test_the_reserve_counts_tool_and_output_schemas() -> None:
 
     def reserve(**extra: object) -> Decimal:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **extra}
-        return estimator.estimate(RequestContext(request_id="r", endpoint="chat", body=body, requested_model="m"))
+        return estimator.reserve(RequestContext(request_id="r", endpoint="chat", body=body, requested_model="m"))[0]
 
     schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"description": "y" * 3000}}}
     assert reserve(tools=tools) > Decimal("0.06") > reserve()  # ~22 KB of tools: ~7,000 tokens at $0.00001
