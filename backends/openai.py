@@ -28,6 +28,10 @@ from backends.state import LiveStats
 from gateway.config import ModelSpec
 from gateway.errors import GATEWAY_FAULT_STATUSES, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
+#: An upstream's retry advice, relayed on its error: ``retry-after`` (seconds or an HTTP date), and the two the
+#: OpenAI and Anthropic SDKs also read, ``retry-after-ms`` (finer) and ``x-should-retry`` (``true``/``false``,
+#: over their own rule, e.g. no retry of a 429 for an exhausted quota).
+RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 #: How long a stream's connection may take to end its body after [DONE] before it is closed instead.
 _DRAIN_AFTER_DONE_S = 1.0
 
@@ -94,7 +98,7 @@ def rejected_from_response(
     detail = content[:1000].decode("utf-8", "replace")
     if secret:
         detail = detail.replace(secret, "[redacted]")
-    out_headers = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+    out_headers = {name: headers[name] for name in RETRY_HEADERS if 0 < len(headers.get(name, "")) <= 64}
     return UpstreamRejected(
         message,
         upstream_status=status,

@@ -71,7 +71,9 @@ async def test_upstream_http_errors_pass_through(
     session: aiohttp.ClientSession, status: int, payload: dict[str, Any], retryable: bool
 ) -> None:
     def handler(request: Seen) -> web.Response:
-        return web.json_response(payload, status=status, headers={"Retry-After": "3"})
+        return web.json_response(
+            payload, status=status, headers={"Retry-After": "3", "Retry-After-Ms": "2500", "X-Should-Retry": "false"}
+        )
 
     async with Upstream(handler) as up:
         backend = OpenAICompatBackend(spec(up.url), session)
@@ -80,7 +82,8 @@ async def test_upstream_http_errors_pass_through(
     err = info.value
     assert err.status == status
     assert is_retryable(err) is retryable
-    assert err.headers == {"retry-after": "3"}
+    # the SDKs' retry advice goes on to the client with the error
+    assert err.headers == {"retry-after": "3", "retry-after-ms": "2500", "x-should-retry": "false"}
     if "error" in payload:
         assert err.message == payload["error"]["message"]
 
