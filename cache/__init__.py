@@ -11,6 +11,7 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
       max_entry_bytes: 1048576    # larger answers are not stored (gateway_cache_errors{op="too_large"})
       only_deterministic: true    # cache only temperature 0 / top_k 1 / seeded requests (embeddings: always)
       shared_namespace: false     # true: tenants share entries (default: per team, else per key)
+      team_namespace: true        # the keys of one team share entries (false: each key its own)
       timeout_ms: 200             # lookups; a slow or down Redis means a miss, never an error
       semantic_threshold: 0.89    # cosine for routes with semantic_cache: true (a route may set its own)
       semantic_verifier: true     # second-stage checks on the candidate (cache/verify.py)
@@ -23,6 +24,10 @@ Configuration (``cache:`` in the gateway YAML; every key optional)::
 
     routes:
       faq: {semantic_cache: true, semantic_max_error: 0.02}  # serve only what checked outcomes support
+
+Whose answers a request may be served: its tenant's. A key's tenant is its team when it has one (the team's
+keys read each other's cached answers, exact and semantic, as they give feedback on each other's requests;
+``team_namespace: false`` gives each key its own), else the key itself; with keys off, every caller is one tenant.
 
 Chat and text completions are cached exactly and, on routes that ask for it, semantically; embeddings
 exactly (the same model, input, ``encoding_format`` and ``dimensions``, per tenant; the key holds the upstream

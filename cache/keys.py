@@ -1,14 +1,14 @@
 """Cache keys: a canonical hash of everything that can change the answer, within a tenant's namespace.
 
 The key covers the endpoint, the namespace, the routing constraints that choose the answering model
-(``policy``, ``min_quality``) and the whole request body except the fields that only shape the transport
-or identify the end user (:data:`NOT_IN_KEY`): so any parameter, known today or added tomorrow, is part of
-the key unless listed there. ``stream`` and ``stream_options`` are not: a cached answer serves streaming
-and non-streaming clients alike. A key for a model asked by name also holds the upstream model and server behind
-that name (``RequestContext.cache_scope``): pointing the name at another model starts a new cache (vectors of
-two embedding models must never mix; a chat client asking for ``m1`` gets the current ``m1``'s answers). A
-route's key does not: its answers come from whichever candidate the route chose, and editing the candidates
-keeps the route's cache.
+(``policy``, ``min_quality``, and ``max_cost_usd`` and ``max_latency_ms`` when set) and the whole request body
+except the fields that only shape the transport or identify the end user (:data:`NOT_IN_KEY`): so any
+parameter, known today or added tomorrow, is part of the key unless listed there. ``stream`` and
+``stream_options`` are not: a cached answer serves streaming and non-streaming clients alike. A key for a model
+asked by name also holds the upstream model and server behind that name (``RequestContext.cache_scope``):
+pointing the name at another model starts a new cache (vectors of two embedding models must never mix; a chat
+client asking for ``m1`` gets the current ``m1``'s answers). A route's key does not: its answers come from
+whichever candidate the route chose, and editing the candidates keeps the route's cache.
 
 Canonical form: keys sorted at every level, ``null`` fields dropped at the top level and in messages
 (the API treats them as absent),
@@ -58,11 +58,12 @@ _VERSION = b"gw-cache-v1"
 _SEMANTIC_SLOT = "\x00<last user message>\x00"
 
 
-def namespace(ctx: RequestContext, shared: bool) -> str:
-    """Whose entries these are: ``team:X``, else ``key:Y``, else ``anonymous`` (or ``shared`` if configured)."""
+def namespace(ctx: RequestContext, shared: bool, by_team: bool = True) -> str:
+    """Whose entries these are: ``team:X`` (unless not ``by_team``), else ``key:Y``, else ``anonymous`` (or
+    ``shared`` if configured)."""
     if shared:
         return "shared"
-    if ctx.team:
+    if ctx.team and by_team:
         return f"team:{ctx.team}"
     if ctx.key_id:
         return f"key:{ctx.key_id}"
@@ -176,15 +177,23 @@ class CacheKeys:
     text: str | None = None
 
 
-def build_keys(ctx: RequestContext, *, shared: bool, semantic: bool) -> CacheKeys:
-    """The keys of ``ctx``'s request (``semantic``: also its vector bucket and the text to embed)."""
+def build_keys(ctx: RequestContext, *, shared: bool, semantic: bool, by_team: bool = True) -> CacheKeys:
+    """The keys of ``ctx``'s request (``semantic``: also its vector bucket and the text to embed; ``shared`` and
+    ``by_team``: see :func:`namespace`)."""
     body = canonical_body(ctx.body)
-    scope = {
+    c = ctx.constraints
+    scope: dict[str, Any] = {
         "endpoint": ctx.endpoint,
-        "namespace": namespace(ctx, shared),
-        "policy": ctx.constraints.policy,
-        "min_quality": ctx.constraints.min_quality,
+        "namespace": namespace(ctx, shared, by_team),
+        "policy": c.policy,
+        "min_quality": c.min_quality,
     }
+    # A request's cost or latency limit can make a route choose another model: its answer is not the
+    # unconstrained request's. Only when set, so the keys of requests without them stay as they were.
+    if c.max_cost_usd is not None:
+        scope["max_cost_usd"] = str(c.max_cost_usd)
+    if c.max_latency_ms is not None:
+        scope["max_latency_ms"] = c.max_latency_ms
     if ctx.cache_scope is not None:
         scope["upstream"] = ctx.cache_scope
     exact = "e:" + digest({**scope, "body": body})

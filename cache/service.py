@@ -11,8 +11,8 @@ Embeddings are cached exactly (never semantically) and whatever their sampling s
 function of its input. An answer larger than ``max_entry_bytes`` is not stored (``op="too_large"``).
 
 Per request: ``Cache-Control: no-cache`` (or ``Pragma: no-cache`` alone) skips the lookup (the fresh answer is
-stored), ``no-store`` keeps the answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime
-(0: no store).
+stored), ``no-store`` (or the body's explicit ``store: false``, a chat body's or the Responses API's) keeps the
+answer out of the cache, and ``x-gateway-cache-ttl: SECONDS`` sets its lifetime (0: no store).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import orjson
 from cache.assemble import assemble
 from cache.base import BucketMember, ResponseStore
 from cache.directives import cache_control
+from cache.entry import servable
 from cache.index import Candidate, VectorIndex
 from cache.judge import Check, answer_text
 from cache.keys import CacheKeys, build_keys, is_deterministic
@@ -59,8 +60,8 @@ class _Plan:
     route: str | None = None
     vector: F32 | None = None
     explore: tuple[Decision, Candidate] | None = None  # a sampled candidate not served: judged with the answer
-    #: ``Cache-Control: no-store``: nothing of the request is kept, so it is never sent to a judge either (the
-    #: question is stored with the verdict)
+    #: ``Cache-Control: no-store`` or ``store: false``: nothing of the request is kept, so it is never sent to a
+    #: judge either (the question is stored with the verdict)
     private: bool = False
 
 
@@ -265,7 +266,9 @@ class CacheService:
             route = ctx.requested_model if ctx.requested_model in self.semantic_routes else None
         semantic = self.encoder is not None and route is not None
         try:
-            keys = build_keys(ctx, shared=self.settings.shared_namespace, semantic=semantic)
+            keys = build_keys(
+                ctx, shared=self.settings.shared_namespace, semantic=semantic, by_team=self.settings.team_namespace
+            )
         except (TypeError, ValueError) as exc:  # a body orjson cannot encode: not cacheable
             log.debug("request not cacheable: %s", exc)
             return None
@@ -274,7 +277,9 @@ class CacheService:
             # texts it does not equal (a similarity of 1.0), so it is matched exactly only, and not stored to match
             keys = CacheKeys(keys.exact)
         ttl = self._ttl(ctx.constraints.cache_ttl_seconds)
+        # an explicit ``store: false`` (a chat body's, or the Responses API's) asks for no storage as no-store does
         private = "no-store" in cache_control(ctx.headers)
+        private = private or ctx.body.get("store") is False or ctx.extra.get("store") is False
         return _Plan(
             keys, ttl > 0 and not private, max(ttl, 1), route if keys.bucket is not None else None, private=private
         )
@@ -545,7 +550,8 @@ def _decode(raw: bytes | None, status: str, score: float | None = None) -> Cache
     except (orjson.JSONDecodeError, KeyError, TypeError):
         log.warning("ignoring an unreadable cache entry")
         return None
-    if not isinstance(body, dict):
+    if not isinstance(body, dict) or not servable(body):
+        log.warning("ignoring a cache entry that is not an answer")
         return None
     model = entry.get("model")
     return CachedAnswer(body=body, status=status, score=score, original_model=model if isinstance(model, str) else None)

@@ -90,7 +90,13 @@ def _money(value: Decimal | None) -> str:
 def create(
     name: Annotated[str, typer.Option("--name", help="a label for the key")],
     config: ConfigOpt = Path("gateway.yaml"),
-    team: Annotated[str | None, typer.Option("--team", help="team the key's spend is attributed to")] = None,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            "--team",
+            help="team the key's spend is attributed to; its keys also share cached answers (cache.team_namespace)",
+        ),
+    ] = None,
     budget_usd: Annotated[str | None, typer.Option("--budget-usd", help="total spend allowed, USD")] = None,
     rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="requests per minute")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="tokens per minute")] = None,

@@ -303,7 +303,10 @@ class CacheSettings(_Strict):
         1 << 20, ge=1024, description="larger answers (e.g. embeddings of many inputs) are not stored"
     )
     only_deterministic: bool = True
-    shared_namespace: bool = False
+    shared_namespace: bool = Field(False, description="every tenant's requests share one cache")
+    team_namespace: bool = Field(
+        True, description="the keys of one team share entries (a team is one tenant); false: each key its own"
+    )
     timeout_ms: float = Field(
         200.0, gt=0, description="cache lookups; under CPU saturation event-loop lag alone can pass 50 ms"
     )

@@ -300,6 +300,7 @@ class Pipeline:
         ctx.policy = d.policy
         ctx.reason = d.reason
         ctx.predicted_cost = d.winner.cost_usd
+        ctx.degraded = plan.degraded
         self.metrics.child(self.metrics.decisions, plan.route or "-", d.policy, d.winner.name).inc()
 
     def _serve_cached(self, ctx: RequestContext, cached: CachedAnswer) -> Result:

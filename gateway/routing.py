@@ -176,6 +176,9 @@ class Plan:
     quality_target: float | None = None
     #: Whether a failed attempt may fall back to the next candidate (the route's ``fallbacks``).
     fallbacks: bool = True
+    #: Why the ranking's first is not the route's choice with every model up (its choice is down), else None:
+    #: the answer is served, never cached (``RequestContext.degraded``).
+    degraded: str | None = None
 
 
 @dataclass(slots=True)
@@ -346,30 +349,53 @@ class Router:
                 difficulty = estimator.score(feats.prompt, feats.prompt_ids)
         else:
             difficulty = heuristic_difficulty(feats.prompt)
-        members = self._hard_filter(route.members, feats)
+        fits = self._fits(route.members, feats)
+        up = [m for m in fits if m.is_up()]
+        strong = difficulty if estimator is not None else None
+        decision = self._rank(route, up or fits, feats, constraints, difficulty, strong)
+        spec = route.spec
+        if not spec.fallbacks and decision.policy != "cascade":  # a cascade's ladder is not a fallback list
+            del decision.ranking[1:]
+        degraded = None
+        if up and len(up) < len(fits):  # would the route have chosen a model that is down?
+            try:
+                first = self._rank(route, fits, feats, constraints, difficulty, strong).winner.name
+            except NoRouteSatisfies:
+                first = decision.winner.name
+            if first != decision.winner.name:
+                degraded = f"'{first}' is down"
+        return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks, degraded)
+
+    def _rank(
+        self,
+        route: RouteFacts,
+        members: list[ModelFacts],
+        feats: RequestFeatures,
+        constraints: Constraints,
+        difficulty: float,
+        strong: float | None,
+    ) -> Decision:
+        """The route's policy's ranking of ``members`` for this request (constraints applied: a 400 if none meets
+        them)."""
         q_top = max((m.quality for m in members), default=0.0)
         pivot = route.threshold if route.threshold is not None else 0.5
         request = self._request(feats, q_top, difficulty, pivot)
         candidates = self._constrain([self._predict(m, request) for m in members], constraints, route.spec)
         spec = route.spec
         policy = self.policy(constraints.policy) if constraints.policy else route.policy
-        decision = policy.rank(
+        return policy.rank(
             RoutingInput(
                 prompt=feats.prompt,
                 prompt_tokens=feats.prompt_tokens,
                 expected_output_tokens=feats.max_output_tokens or DEFAULT_OUTPUT_TOKENS,
                 difficulty=difficulty,
-                strong_needed=difficulty if estimator is not None else None,
+                strong_needed=strong,
                 strong_threshold=route.threshold,
                 weights=(spec.weights.quality, spec.weights.cost, spec.weights.latency),
                 min_quality=_min_quality(constraints, spec),
             ),
             candidates,
         )
-        if not spec.fallbacks and decision.policy != "cascade":  # a cascade's ladder is not a fallback list
-            del decision.ranking[1:]
-        strong = difficulty if estimator is not None else None
-        return Plan(decision, requested, strong, route.threshold, spec.quality_target, spec.fallbacks)
 
     def _plan_model(self, name: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
         """An explicit model: it must serve chat/completions, have the capabilities the request needs and meet
@@ -416,6 +442,12 @@ class Router:
 
     def _hard_filter(self, members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
         """Capabilities, context window and breakers; each with its own clear error."""
+        fits = self._fits(members, feats)
+        return [m for m in fits if m.is_up()] or fits  # all down: try anyway rather than fail without trying
+
+    def _fits(self, members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
+        """The members with the request's capabilities whose context window holds it; each with its own clear
+        error when none does."""
         if not members:
             return members
         members = self._capable(members, feats)
@@ -430,7 +462,7 @@ class Router:
                 f"'{largest.name}').",
                 param="messages",
             )
-        return [m for m in fits if m.is_up()] or fits  # all down: try anyway rather than fail without trying
+        return fits
 
     @staticmethod
     def _capable(members: list[ModelFacts], feats: RequestFeatures) -> list[ModelFacts]:
