@@ -23,7 +23,7 @@ import orjson
 
 from backends.base import UpstreamResponse
 from backends.http import TRANSPORT_ERRORS, proxy_for, scrub, upstream_error
-from backends.sse import SSEDecoder
+from backends.sse import EventTooLarge, SSEDecoder
 from backends.state import LiveStats
 from gateway.config import ModelSpec
 from gateway.errors import GATEWAY_FAULT_STATUSES, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
@@ -187,6 +187,8 @@ class _HTTPStream:
                     yield data
         except TRANSPORT_ERRORS as exc:
             raise upstream_error(exc, self._name, "stream") from None
+        except EventTooLarge as exc:
+            raise UpstreamUnavailable(f"upstream '{self._name}' sent {exc}", backend=self._name) from None
         finally:
             watch.close()
         for data in decoder.flush():

@@ -24,6 +24,7 @@ from backends import Backend, UpstreamResponse
 from gateway.charges import in_flight
 from gateway.context import AttemptCost, RequestContext
 from gateway.errors import AllCandidatesFailed, UpstreamError, is_retryable
+from gateway.protocol import check_not_cut
 from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
 from gateway.streaming import aiter_list, replay_chunks
 from policies.answer_check import AnswerCheck
@@ -174,7 +175,9 @@ class Cascade:
         if spec is not None and spec.backend in LOGPROB_BACKENDS and not body.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = 0
-        return await self._complete(ctx, backend, body)
+        response = await self._complete(ctx, backend, body)
+        check_not_cut(response.body, backend.name)  # a cut answer is not checked: the next rung answers
+        return response
 
     async def _complete(self, ctx: RequestContext, backend: Backend, body: dict[str, Any]) -> UpstreamResponse:
         """A complete answer the client will not get as it is (a checked rung's, the judge's): traced with its own

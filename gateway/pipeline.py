@@ -53,6 +53,7 @@ from gateway.protocol import (
     EmbeddingRequest,
     InferenceRequest,
     check_fan_out,
+    check_not_cut,
     choice_text,
     first_finish_reason,
     load_json_object,
@@ -370,6 +371,7 @@ class Pipeline:
         with self.tracing.attempt(ctx, backend.name):
             with in_flight(ctx, backend.name):
                 response = await backend.complete(ctx.path, body)
+            check_not_cut(response.body, backend.name)  # a cut answer: the next candidate may answer whole
             breaker.record_success()
             ctx.chosen_model = backend.name
             return self._answer(ctx, backend, response, t0)

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from gateway.constraints import ConstraintFields
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, UpstreamUnavailable
 
 #: Deepest JSON nesting accepted in a request body. orjson parses up to 1024 levels but serialises only
 #: 254, and the body is serialised again for the upstream and the cache key.
@@ -283,6 +283,21 @@ def choice_text(choice: dict[str, Any]) -> str:
         return "".join(p for p in parts if isinstance(p, str))
     text = choice.get("text")
     return text if isinstance(text, str) else ""
+
+
+#: Finish reasons that say a generation failed rather than ended: vLLM's ``abort`` (its engine dropped the
+#: request) and the ``error`` of OpenAI-compatible routers. The answer is cut: never served as complete or cached.
+FAILED_FINISH_REASONS = frozenset({"abort", "error"})
+
+
+def check_not_cut(body: dict[str, Any], model: str) -> None:
+    """Raise :class:`UpstreamUnavailable` when a choice of ``model``'s complete answer ended with a finish reason
+    that says its generation failed (:data:`FAILED_FINISH_REASONS`)."""
+    for c in body.get("choices") or []:
+        if isinstance(c, dict) and c.get("finish_reason") in FAILED_FINISH_REASONS:
+            raise UpstreamUnavailable(
+                f"upstream '{model}' ended the generation with finish_reason '{c['finish_reason']}'", backend=model
+            )
 
 
 def first_finish_reason(body: dict[str, Any]) -> str | None:

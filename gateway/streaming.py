@@ -18,6 +18,7 @@ from backends.http import scrub
 from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.pricing import Price
+from gateway.protocol import FAILED_FINISH_REASONS
 
 DONE = b"data: [DONE]\n\n"
 
@@ -97,16 +98,14 @@ class ChunkRelay:
             self._ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
             self.usage_seen = True
         choices = chunk.get("choices") or []
+        if not _well_formed(choices):  # a renderer reading it would fail, and a client be left with a cut stream
+            raise UpstreamUnavailable(f"upstream '{self._model}' sent a malformed stream event", backend=self._model)
         for choice in choices:
-            if not isinstance(choice, dict):
-                continue
             index = choice.get("index", 0)
             if type(index) is not int:  # a broken upstream's index must not fail the relay (an unhashable one)
                 index = repr(index)
             self._seen.add(index)
             delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                delta = {}
             content = delta.get("content")
             text = content if isinstance(content, str) else choice.get("text")
             if not isinstance(text, str):
@@ -123,6 +122,10 @@ class ChunkRelay:
             if self._ctx.ttft_s is None and (text or reasoning or delta.get("tool_calls")):
                 self._ctx.ttft_s = self._ctx.elapsed()
             reason = choice.get("finish_reason")
+            if reason in FAILED_FINISH_REASONS:
+                raise UpstreamUnavailable(
+                    f"upstream '{self._model}' ended the generation with finish_reason '{reason}'", backend=self._model
+                )
             if reason:
                 self._ctx.finish_reason = reason
                 self._finished.add(index)
@@ -161,6 +164,38 @@ class ChunkRelay:
                 f"upstream '{self._model}' ended the stream before the answer finished: no finish_reason{which}",
                 backend=self._model,
             )
+
+
+def _well_formed(choices: Any) -> bool:
+    """Whether a chunk's ``choices`` has the shape the relay and the front doors read: a list of objects whose
+    ``delta`` (if any) is an object, its ``content`` text, its ``tool_calls`` a list of objects whose ``function``
+    names and arguments are text."""
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return False
+        delta = choice.get("delta")
+        if delta is None:
+            continue
+        if not isinstance(delta, dict) or not _text_or_none(delta.get("content")):
+            return False
+        calls = delta.get("tool_calls")
+        if calls is None:
+            continue
+        if not isinstance(calls, list):
+            return False
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(call, dict) or not isinstance(fn or {}, dict):
+                return False
+            if fn and not (_text_or_none(fn.get("name")) and _text_or_none(fn.get("arguments"))):
+                return False
+    return True
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
 
 
 def _with_lone_surrogates(data: bytes) -> Any:

@@ -57,7 +57,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGatewa
 
 async def test_responses_cache_hit_json_and_stream(gw: tuple[RunningGateway, LedgerFile]) -> None:
     async with openai.AsyncOpenAI(base_url=gw[0].base_url + "/v1", api_key=MASTER, max_retries=0) as c:
-        args: dict[str, Any] = {"model": "small", "input": "Cache me", "temperature": 0, "store": False}
+        # stored (the API's default): store=False keeps the answer out of the cache too (test_cache_isolation.py)
+        args: dict[str, Any] = {"model": "small", "input": "Cache me", "temperature": 0}
         first = await c.responses.with_raw_response.create(**args)
         await gw[0].wait_writes()
         second = await c.responses.with_raw_response.create(**args)
