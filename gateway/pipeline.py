@@ -433,6 +433,10 @@ class Pipeline:
                 if out is not None:
                     yield out
             relay.end(saw_done)  # no [DONE], or a choice without its finish_reason: a cut stream
+            if not relay.usage_seen:
+                relay.estimate_usage(self.counter)
+                if ctx.client_wants_usage:
+                    yield relay.usage_frame()
             yield DONE
         except UpstreamError as err:
             failed = True
@@ -457,11 +461,7 @@ class Pipeline:
         finally:
             if not failed:
                 breaker.record_success()
-            if not relay.usage_seen:
-                ctx.usage.prompt_tokens = ctx.prompt_tokens_estimate
-                generated = "".join(relay.reasoning_parts + relay.text_parts)
-                ctx.usage.completion_tokens = self.counter.count(generated) + relay.tool_calls
-                ctx.usage.estimated = True
+            relay.estimate_usage(self.counter)  # when the upstream reported none
             backend.stats.observe(
                 ttft_s=None if ctx.ttft_s is None else ctx.ttft_s - t0,
                 total_s=ctx.elapsed() - t0,

@@ -19,6 +19,7 @@ from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.pricing import Price
 from gateway.protocol import FAILED_FINISH_REASONS
+from gateway.tokens import TokenCounter
 
 DONE = b"data: [DONE]\n\n"
 
@@ -44,6 +45,7 @@ class ChunkRelay:
     """
 
     __slots__ = (
+        "_base",
         "_ctx",
         "_finished",
         "_model",
@@ -69,6 +71,7 @@ class ChunkRelay:
         self.generated_chars = 0  # of both
         self.tool_calls = 0
         self.collected: list[dict[str, Any]] | None = [] if collect else None
+        self._base: dict[str, Any] | None = None  # the first chunk's id, object and created
 
     def transform(self, data: bytes) -> bytes | None:
         """The bytes to send for one upstream payload (``None``: send nothing).
@@ -92,6 +95,8 @@ class ChunkRelay:
         if failure is not None:
             raise failure
         chunk["model"] = self._model
+        if self._base is None:
+            self._base = {k: chunk.get(k) for k in ("id", "object", "created", "model")}
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -136,6 +141,25 @@ class ChunkRelay:
                 return None
             chunk.pop("usage", None)
         return frame(orjson.dumps(chunk))
+
+    def estimate_usage(self, counter: TokenCounter) -> None:
+        """The upstream reported no usage: the prompt's estimate and the relayed text counted, marked as
+        estimated (what the ledger charges). Once."""
+        usage = self._ctx.usage
+        if self.usage_seen or usage.estimated:
+            return
+        usage.prompt_tokens = self._ctx.prompt_tokens_estimate
+        usage.completion_tokens = counter.count("".join(self.reasoning_parts + self.text_parts)) + self.tool_calls
+        usage.estimated = True
+
+    def usage_frame(self) -> bytes:
+        """The usage chunk for the request's usage (:meth:`estimate_usage`'s, for a client that asked for usage
+        from an upstream that sent none: the SDKs then report what the request is charged)."""
+        usage = self._ctx.usage
+        counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+        counts["total_tokens"] = usage.prompt_tokens + usage.completion_tokens
+        base = self._base or {"object": "chat.completion.chunk", "created": int(time.time()), "model": self._model}
+        return frame(orjson.dumps({**base, "choices": [], "usage": counts}))
 
     @property
     def completed(self) -> bool:

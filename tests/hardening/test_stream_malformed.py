@@ -70,8 +70,13 @@ def _script(seen: Seen) -> web.StreamResponse:
         answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "u", "usage": USAGE["usage"]}
         answer["choices"] = [{"index": 0, "message": {"role": "assistant", "content": "Hel"}, "finish_reason": detail}]
         return web.json_response(answer)
-    events = [ROLE, HEL, MALFORMED[detail], _end("stop")] if kind == "malformed" else [ROLE, HEL, _end(detail)]
-    stream = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in [*events, USAGE])
+    if kind == "no usage":
+        events = [ROLE, HEL, _end("stop")]
+    elif kind == "malformed":
+        events = [ROLE, HEL, MALFORMED[detail], _end("stop"), USAGE]
+    else:
+        events = [ROLE, HEL, _end(detail), USAGE]
+    stream = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
     return sse_response(stream + b"data: [DONE]\n\n")
 
 
@@ -163,6 +168,52 @@ async def test_a_failed_generation_is_not_a_finished_answer(env: Env, reason: st
             assert err.value.status_code == 502 and f"finish_reason '{reason}'" in err.value.message
             await env.gw.wait_writes()
     assert env.calls(prompt) == 3 + 2
+
+
+async def test_without_the_upstream_s_usage_clients_are_told_what_is_charged(env: Env) -> None:
+    """An upstream that reports no usage (a server without ``include_usage``): the ledger charges the prompt's
+    estimate and the relayed text counted; the usage the SDKs report is the same (it was 0 on the Responses API, an
+    output of 0 on the Messages API, and no usage chunk for a chat client that asked for one)."""
+    prompt = "no usage"
+    rid = uuid.uuid4().hex[:12]
+    async with env.openai() as client:
+        stream = await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-request-id": f"chat-{rid}"},
+        )
+        usages = [c.usage async for c in stream if c.usage is not None]
+        quiet = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": prompt}], stream=True
+        )
+        assert [c async for c in quiet if c.usage is not None] == []  # not asked for: none
+        async with client.responses.stream(
+            model="m", input=prompt, store=False, extra_headers={"x-request-id": f"resp-{rid}"}
+        ) as s:
+            response = await s.get_final_response()
+    async with env.anthropic() as claude:
+        async with claude.messages.stream(
+            model="m",
+            max_tokens=50,
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"x-request-id": f"msg-{rid}"},
+        ) as s:
+            message = await s.get_final_message()
+    rows = {door: await env.ledger.one_row(f"{door}-{rid}") for door in ("chat", "resp", "msg")}
+    assert all(r["tokens_estimated"] and r["completion_tokens"] > 0 for r in rows.values()), rows
+    assert len(usages) == 1
+    assert (usages[0].prompt_tokens, usages[0].completion_tokens) == (
+        rows["chat"]["prompt_tokens"],
+        rows["chat"]["completion_tokens"],
+    )
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        rows["resp"]["prompt_tokens"],
+        rows["resp"]["completion_tokens"],
+    )
+    assert message.usage.output_tokens == rows["msg"]["completion_tokens"]
 
 
 def test_the_sse_decoder_bounds_an_event_and_reads_one_fed_in_pieces() -> None:
