@@ -40,6 +40,7 @@ from cache.verify import PASS, Verdict, verify
 from gateway.config import CacheSettings
 from gateway.context import RequestContext
 from gateway.hooks import CachedAnswer
+from gateway.logs import OutageLog
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.cache")
@@ -73,36 +74,6 @@ class _Write:
     bucket: str | None
     text: str | None
     vector: F32 | None
-
-
-class _ErrorLog:
-    """Logs store failures at most once per interval, with a count of those it held back."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.failing = False
-        self._last = -float("inf")
-        self._last_recovered = -float("inf")
-        self._held = 0
-
-    def error(self, op: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.failing = True
-        if now - self._last < self.interval_s:
-            self._held += 1
-            return
-        extra = f" ({self._held} more since the last report)" if self._held else ""
-        log.warning("response cache %s failed, serving from the upstream: %r%s", op, exc, extra)
-        self._last = now
-        self._held = 0
-
-    def recovered(self) -> None:
-        if self.failing:
-            self.failing = False
-            now = time.monotonic()
-            if now - self._last_recovered >= self.interval_s:  # failures and successes may interleave
-                log.warning("response cache store is reachable again")
-                self._last_recovered = now
 
 
 class CacheService:
@@ -139,8 +110,8 @@ class CacheService:
         self._background: set[asyncio.Task[None]] = set()
         self._timeout_s = settings.timeout_ms / 1000.0
         self._write_timeout_s = settings.write_timeout_ms / 1000.0
-        self._errors = _ErrorLog(settings.error_log_interval_seconds)
-        self._embed_errors = _ErrorLog(settings.error_log_interval_seconds)
+        self._errors = OutageLog(log, settings.error_log_interval_seconds)
+        self._embed_errors = OutageLog(log, settings.error_log_interval_seconds)
         self._down_until = 0.0
         self._consecutive = 0
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=settings.write_queue_size)
@@ -312,7 +283,7 @@ class CacheService:
             searched = await self.encoder.encode_then(text, functools.partial(self._rank, bucket, text, rules.floor))
         except (ValueError, RuntimeError, TimeoutError) as exc:
             self.metrics.cache_errors.labels("embed").inc()
-            self._embed_errors.error("embedding", exc)
+            self._embed_errors.failed(f"response cache embedding failed, serving from the upstream: {exc!r}")
             return None
         if searched is None:  # the embedder is saturated
             self.metrics.cache_errors.labels("embed").inc()
@@ -493,7 +464,7 @@ class CacheService:
                 vector = await self.encoder.encode(item.text)
             except _EMBED_ERRORS as exc:
                 self.metrics.cache_errors.labels("embed").inc()
-                self._embed_errors.error("embedding", exc)
+                self._embed_errors.failed(f"response cache embedding failed, serving from the upstream: {exc!r}")
         try:
             async with asyncio.timeout(self._write_timeout_s):
                 await self.store_backend.put(item.key, item.value, item.ttl)
@@ -513,7 +484,7 @@ class CacheService:
 
     def _failed(self, op: str, exc: BaseException, *, trip: bool = True) -> None:
         self.metrics.cache_errors.labels(op).inc()
-        self._errors.error(op, exc)
+        self._errors.failed(f"response cache {op} failed, serving from the upstream: {exc!r}")
         if trip:
             # A refused connection means the store is down; a timeout may be one slow reply (or event-loop
             # lag under load), so only a run of them counts. Either way: leave the store alone for a while.
@@ -526,7 +497,7 @@ class CacheService:
     def _ok(self) -> None:
         self._consecutive = 0
         if self._errors.failing:
-            self._errors.recovered()
+            self._errors.recovered("response cache store is reachable again")
 
 
 def _embeddings_size_at_least(data: list[Any]) -> int:

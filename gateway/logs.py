@@ -169,6 +169,41 @@ class BackgroundStreamHandler(logging.Handler):
         super().close()
 
 
+class OutageLog:
+    """Warnings about a dependency's failures, at most one per ``interval_s`` (with how many were held back), and
+    one line when it answers again: an outage must not log a line per request."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 30.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.failing = False
+        self._last = -float("inf")
+        self._last_recovered = -float("inf")
+        self._held = 0
+
+    def failed(self, message: str) -> None:
+        """One failure (``message`` says what and why)."""
+        now = time.monotonic()
+        self.failing = True
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return
+        extra = f" ({self._held} more since the last report)" if self._held else ""
+        self.logger.warning("%s%s", message, extra)
+        self._last = now
+        self._held = 0
+
+    def recovered(self, message: str) -> None:
+        """A success: ``message`` is logged if it ends a failure (once per interval: failures and successes may
+        interleave)."""
+        if self.failing:
+            self.failing = False
+            now = time.monotonic()
+            if now - self._last_recovered >= self.interval_s:
+                self.logger.warning("%s", message)
+                self._last_recovered = now
+
+
 def stop_background_writers() -> None:
     """Make the root logger's :class:`BackgroundStreamHandler` write in place from now on, having written what
     is queued: called once the server no longer serves."""

@@ -166,6 +166,7 @@ class SqlLedger:
         self.settings = settings
         self.written = 0
         self.dropped = 0
+        self._writing = 0  # rows of the batch being written (out of the queue until it ends)
         self.write_errors = 0
         self._pending: deque[Row] = deque()
         self._wake = asyncio.Event()
@@ -187,8 +188,8 @@ class SqlLedger:
 
     @property
     def pending(self) -> int:
-        """Rows not yet written."""
-        return len(self._pending)
+        """Rows not yet written (queued, or in a write not finished)."""
+        return len(self._pending) + self._writing
 
     def record(self, ctx: RequestContext) -> None:
         """Queue the row for ``ctx`` and write its request log line; never blocks, never raises."""
@@ -251,6 +252,7 @@ class SqlLedger:
     async def _write_batch(self) -> bool:
         n = min(len(self._pending), self.settings.max_batch_rows)
         batch = [self._pending.popleft() for _ in range(n)]
+        self._writing = n
         done = False
         try:
             await self.db.ensure_schema()
@@ -267,6 +269,7 @@ class SqlLedger:
             self.write_errors += 1
             log.warning("ledger write of %d rows failed (%s); %d rows pending", n, exc, len(self._pending) + n)
         finally:
+            self._writing = 0
             if done:
                 self.written += n
             else:  # also on cancellation: the rows go back, in order, at the front
@@ -396,31 +399,67 @@ class SqlLedger:
         return stmts
 
     async def aclose(self) -> None:
-        """Stop the writer and write every pending row (retrying up to ``shutdown_flush_seconds``)."""
+        """Stop the writer and write every pending row, retrying for ``shutdown_flush_seconds``.
+
+        A write that makes no progress for that long (at least 5 s) is given up, its rows reported unwritten: a
+        database behind a partition holds a connection open without ever answering, and a shutdown must end.
+        """
         self._closing = True
         self._wake.set()
         if self.retention is not None:
             await self.retention.aclose()
+        window = self.settings.shutdown_flush_seconds
+        stall = max(window, _STALL_S)
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._unless_stalled(self._task, stall)
             self._task = None
         for closer in self._closers:
             await closer()
-        deadline = time.monotonic() + self.settings.shutdown_flush_seconds
+        deadline = time.monotonic() + window
         delay = 0.25
-        while not await self.flush() and time.monotonic() < deadline:
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        while self._pending:
+            left = deadline - time.monotonic()
+            if await self._unless_stalled(asyncio.ensure_future(self.flush()), max(left, _STALL_S)) or left <= 0:
+                break
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 2.0)
-        if self._pending:
-            log.error("ledger closed with %d rows unwritten (database unreachable)", len(self._pending))
-        await self.db.aclose()
+        if self.pending:  # a write given up may still hold its batch
+            log.error("ledger closed with %d rows unwritten (database unreachable)", self.pending)
+        try:
+            async with asyncio.timeout(_CLOSE_S):
+                await self.db.aclose()
+        except TimeoutError:
+            log.warning("ledger database connections not closed in %.0f s (the database does not answer)", _CLOSE_S)
+
+    async def _unless_stalled(self, task: asyncio.Future[Any], window: float) -> Any:
+        """``task``'s result, or None once ``window`` seconds pass without a row written (``task`` cancelled: a
+        batch in flight goes back to the queue)."""
+        while True:
+            written = self.written
+            done, _ = await asyncio.wait({task}, timeout=max(window, 0.0))
+            if done:
+                if task.cancelled():
+                    return None
+                if task.exception() is not None:
+                    log.error("ledger write failed at shutdown: %r", task.exception())
+                    return None
+                return task.result()
+            if self.written == written:
+                task.cancel()
+                await asyncio.wait({task}, timeout=_CLOSE_S)
+                return None
 
     # -- metrics --------------------------------------------------------------------------------------
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Export the writer's counters on ``registry``."""
         registry.register(_LedgerCollector(self))
+
+
+#: How long a shutdown waits for a cancelled write to end, and for the database's connections to close.
+_CLOSE_S = 2.0
+#: The least time a shutdown's write may go without writing a row before it is given up.
+_STALL_S = 5.0
 
 
 class _LedgerCollector(Collector):

@@ -35,6 +35,7 @@ from gateway.config import Settings, resolve_auth
 from gateway.context import Caller, RequestContext
 from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.features import IMAGE_TOKENS_AT_MOST, images_and_token_ids
+from gateway.logs import OutageLog
 from gateway.pricing import static_price
 from gateway.protocol import generated_per_prompt, prompt_count
 from gateway.tokens import bound_from_bytes
@@ -61,14 +62,21 @@ class _Entry:
 
 
 class KeyCache:
-    """Key records by secret hash, kept ``ttl`` seconds (bounded LRU; concurrent misses share one read)."""
+    """Key records by secret hash, kept ``ttl`` seconds (bounded LRU; concurrent misses share one read).
 
-    def __init__(self, store: KeyStore, ttl: float, max_entries: int = 10_000) -> None:
+    A read of the database gives up after ``timeout_s`` (a partition holds a connection open and silent). While
+    the database fails, a record already cached is used for another ``ttl`` (one read a key per ``ttl``, not one
+    per request) and the outage is logged once per 30 s, then once when it answers again.
+    """
+
+    def __init__(self, store: KeyStore, ttl: float, timeout_s: float = 10.0, max_entries: int = 10_000) -> None:
         self.store = store
         self.ttl = ttl
+        self.timeout_s = timeout_s
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
+        self._outage = OutageLog(log)
 
     async def lookup(self, secret: str) -> tuple[KeyRecord | None, Decimal]:
         """The record for ``secret`` (None: unknown) and the ledger's spend for it when it was read.
@@ -102,16 +110,36 @@ class KeyCache:
             del self._loading[digest]
         return loaded.record, loaded.spent
 
+    async def spent_now(self, key_id: str) -> Decimal:
+        """The ledger's spend for ``key_id``, read now.
+
+        Raises:
+            ServiceUnavailable: the database failed or did not answer in time.
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                spent = await self.store.spent(key_id)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            self._outage.failed(f"key database unreachable ({_why(exc)}); a key's spend could not be read")
+            raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
+        self._outage.recovered("key database reachable again")
+        return spent
+
     async def _load(self, secret: str, stale: _Entry | None) -> _Entry:
         digest = hash_key(secret)
         try:
-            record = await self.store.by_secret(secret)
-            spent = await self.store.spent(record.id) if record is not None else Decimal(0)
-        except (SQLAlchemyError, OSError) as exc:
-            if stale is not None:
-                log.warning("key database unreachable (%s); using the cached key record", exc)
-                return stale
-            raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
+            async with asyncio.timeout(self.timeout_s):
+                record = await self.store.by_secret(secret)
+                spent = await self.store.spent(record.id) if record is not None else Decimal(0)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            if stale is None:
+                self._outage.failed(f"key database unreachable ({_why(exc)})")
+                raise ServiceUnavailable("The key database is unreachable; try again shortly.") from None
+            self._outage.failed(f"key database unreachable ({_why(exc)}); using cached key records")
+            stale.expires = time.monotonic() + self.ttl  # asked again in ttl, not on every request
+            self._entries[digest] = stale
+            return stale
+        self._outage.recovered("key database reachable again")
         entry = _Entry(record, spent, time.monotonic() + self.ttl)
         self._entries[digest] = entry
         self._entries.move_to_end(digest)
@@ -123,6 +151,10 @@ class KeyCache:
         """Forget the cached record of ``key_id``."""
         for digest in [d for d, e in self._entries.items() if e.record is not None and e.record.id == key_id]:
             del self._entries[digest]
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # a timeout has no message
 
 
 class ReserveEstimator:
@@ -219,8 +251,9 @@ class KeyAdmission:
         self.store = store
         self.limiter = limiter
         self.shared = shared  # limits live in Redis (shared by replicas)
-        self.cache = KeyCache(store, settings.auth.key_cache_seconds)
+        self.cache = KeyCache(store, settings.auth.key_cache_seconds, settings.ledger.connect_timeout_seconds)
         self.estimator = ReserveEstimator(settings)
+        self._store_log = OutageLog(log)
         self._master = master_key.encode() if master_key else None
 
     def is_master(self, secret: str | None) -> bool:
@@ -303,20 +336,28 @@ class KeyAdmission:
         )
         usd, tokens = (Decimal(0), 0) if limits.budget_nano is None and not limits.tpm else self.estimator.reserve(ctx)
         reserve = to_nano(usd) if limits.budget_nano is not None else 0
-        try:
-            verdict = await self.limiter.admit(
-                caller.key_id,
-                limits,
-                reserve_nano=reserve,
-                request_id=ctx.request_id,
-                spent_seed_nano=to_nano(caller.spent_usd),
-                reserve_tokens=tokens if limits.tpm else 0,
-            )
-        except StoreError as exc:
-            if self.settings.auth.fail_open:
-                log.warning("limits store unreachable (%s); admitting without limits (auth.fail_open)", exc)
-                return
-            raise ServiceUnavailable("The rate-limit store is unreachable; try again shortly.") from None
+        seed, fresh = caller.spent_usd, False
+        while True:
+            try:
+                verdict = await self.limiter.admit(
+                    caller.key_id,
+                    limits,
+                    reserve_nano=reserve,
+                    request_id=ctx.request_id,
+                    spent_seed_nano=to_nano(seed),
+                    reserve_tokens=tokens if limits.tpm else 0,
+                    seed_fresh=fresh,
+                )
+            except StoreError as exc:
+                if self.settings.auth.fail_open:
+                    self._store_log.failed(f"limits store unreachable ({exc}); admitting without limits (fail_open)")
+                    return
+                raise ServiceUnavailable("The rate-limit store is unreachable; try again shortly.") from None
+            self._store_log.recovered("limits store reachable again")
+            if verdict.outcome != "seed" or fresh:
+                break
+            # The store lost the key's spend (Redis restarted empty): the ledger's figure now, not the cached one.
+            seed, fresh = await self.cache.spent_now(caller.key_id), True
         if verdict.outcome == "ok":
             ctx.extra[_RESERVATION] = verdict.reservation
             if limits.budget_nano is not None:  # the pipeline cuts a stream or an answer that costs more

@@ -67,7 +67,7 @@ class Reservation:
 class Verdict:
     """The outcome of an admission check."""
 
-    outcome: str  # ok | revoked | budget | rpm | tpm
+    outcome: str  # ok | revoked | budget | rpm | tpm | seed
     retry_after_s: int = 0
     spent_nano: int = 0
     reserved_nano: int = 0
@@ -86,8 +86,13 @@ class Limiter(Protocol):
         request_id: str,
         spent_seed_nano: int,
         reserve_tokens: int = 0,
+        seed_fresh: bool = True,
     ) -> Verdict:
-        """Check revocation, budget, RPM and TPM at once; reserve when the answer is ``ok``."""
+        """Check revocation, budget, RPM and TPM at once; reserve when the answer is ``ok``.
+
+        ``spent_seed_nano`` is the ledger's spend for the key, raising the store's counter when higher; unless
+        ``seed_fresh``, it may be old (a cached key record's), and a store that lost the counter of a key with a
+        budget answers ``seed``: read the ledger now and call again with ``seed_fresh``."""
         ...
 
     async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
@@ -150,8 +155,10 @@ class MemoryLimiter:
         request_id: str,
         spent_seed_nano: int,
         reserve_tokens: int = 0,
+        seed_fresh: bool = True,
     ) -> Verdict:
-        # No await below: atomic within the event loop.
+        # No await below: atomic within the event loop. Its counters live as long as the process, whose first
+        # request for a key read the ledger: a seed is never needed again (``seed_fresh`` is not read).
         if key_id in self._revoked:
             return Verdict("revoked")
         now = time.monotonic()

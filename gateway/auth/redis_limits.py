@@ -5,13 +5,19 @@ Imported only when Redis is configured (redis-py costs ~7 MiB of memory).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
+import time
 from typing import cast
 
 from redis.asyncio import Redis
 
+from cache.base import StoreError, StoreTimeout
 from cache.redis_errors import translated
 from gateway.auth.limits import KeyLimits, Reservation, Verdict
+
+log = logging.getLogger("gateway.auth")
 
 _ADMIT = """
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {'revoked'} end
@@ -23,7 +29,9 @@ local reserve = tonumber(ARGV[3])
 local rpm = tonumber(ARGV[4])
 local tpm = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[8])
-local spent = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local counter = redis.call('GET', KEYS[1])
+if not counter and budget >= 0 and ARGV[10] ~= '1' then return {'seed'} end
+local spent = tonumber(counter or '-1')
 if spent < tonumber(ARGV[7]) then
   spent = tonumber(ARGV[7])
   redis.call('SET', KEYS[1], ARGV[7])
@@ -85,6 +93,27 @@ end
 return 1
 """
 
+#: A reservation whose admission may have run although its reply never came (a timeout): removed if it is there,
+#: its tokens given back; nothing else happens when it is not.
+_RELEASE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local tpm = tonumber(ARGV[2])
+local taken = tonumber(ARGV[3])
+if tpm > 0 and taken > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local h = redis.call('HMGET', KEYS[3], 't', 'tt')
+  local lvl = tonumber(h[1]) or tpm
+  local ts = tonumber(h[2]) or now
+  lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60 + taken)
+  redis.call('HSET', KEYS[3], 't', tostring(lvl), 'tt', tostring(now))
+end
+return 1
+"""
+
+#: How long, and how many at once, reservations whose admission timed out are looked for to be released.
+_RELEASE_FOR_S = 60.0
+_RELEASES_AT_MOST = 1024
 
 #: How long a settled reservation is remembered: a second run of its settle comes from redis-py's immediate retry,
 #: within the call; kept short, since at 1,000 requests a second each marker costs Redis ~100 bytes for this long.
@@ -103,7 +132,13 @@ class RedisLimiter:
     Both scripts may run twice for one call (a reply lost to a timeout, then redis-py's retry): admitting a
     reservation already there is "ok" and changes nothing, settling one already settled charges nothing. The
     spend counter is raised to the ledger's figure for the key whenever that is higher (a settle lost while Redis
-    was unreachable, or spend admitted under ``auth.fail_open``), once the key's record is read again.
+    was unreachable, or spend admitted under ``auth.fail_open``), once the key's record is read again; a counter
+    Redis lost (a restart without its data) is set again from the ledger read at that moment, not from a cached
+    figure (``seed``), else the key could spend its budget a second time.
+
+    An admission whose reply timed out may still have run when Redis caught up: its reservation would hold part of
+    the budget until it expired (``reservation_ttl_s``) with nothing in flight. It is looked for in the background
+    for a minute and released when found.
     """
 
     def __init__(self, client: Redis, *, prefix: str = "gw:auth:", reservation_ttl_s: int = 900) -> None:
@@ -112,6 +147,8 @@ class RedisLimiter:
         self._ttl = reservation_ttl_s
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
+        self._release = client.register_script(_RELEASE)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def _keys(self, key_id: str) -> list[str]:
         p = self.prefix
@@ -126,6 +163,7 @@ class RedisLimiter:
         request_id: str,
         spent_seed_nano: int,
         reserve_tokens: int = 0,
+        seed_fresh: bool = True,
     ) -> Verdict:
         member = f"{request_id[:64]}:{secrets.token_hex(6)}:{reserve_nano}"
         args: list[str | int] = [
@@ -138,9 +176,14 @@ class RedisLimiter:
             spent_seed_nano,
             self._ttl,
             reserve_tokens,
+            1 if seed_fresh else 0,
         ]
-        with translated():
-            raw = cast(list[bytes | str], await self._admit(keys=self._keys(key_id), args=args))
+        try:
+            with translated():
+                raw = cast(list[bytes | str], await self._admit(keys=self._keys(key_id), args=args))
+        except StoreTimeout:
+            self._release_later(key_id, member, limits.tpm or 0, reserve_tokens if limits.tpm else 0)
+            raise
         out = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         kind = out[0]
         if kind == "ok":
@@ -151,6 +194,27 @@ class RedisLimiter:
         if kind in ("rpm", "tpm"):
             return Verdict(kind, retry_after_s=int(float(out[1])))
         return Verdict(kind)
+
+    def _release_later(self, key_id: str, member: str, tpm: int, taken: int) -> None:
+        if len(self._releasing) >= _RELEASES_AT_MOST:  # a long outage: the reservations' TTL frees them
+            return
+        task = asyncio.get_running_loop().create_task(self._release_when_found(key_id, member, tpm, taken))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_when_found(self, key_id: str, member: str, tpm: int, taken: int) -> None:
+        deadline = time.monotonic() + _RELEASE_FOR_S
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 8.0)
+            try:
+                with translated():
+                    if await self._release(keys=self._keys(key_id), args=[member, tpm, taken]):
+                        log.info("released reservation %s of key %s (its admission had timed out)", member, key_id)
+                        return
+            except StoreError:
+                continue
 
     async def settle(self, reservation: Reservation, *, cost_nano: int, tokens: int) -> None:
         keys = [*self._keys(reservation.key_id)[:3], f"{self.prefix}settled:{reservation.member}"]
@@ -179,4 +243,7 @@ class RedisLimiter:
         return None if value is None else int(value)
 
     async def aclose(self) -> None:
+        for task in list(self._releasing):
+            task.cancel()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         await self.client.aclose()

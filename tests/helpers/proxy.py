@@ -31,7 +31,8 @@ async def silent_server() -> AsyncIterator[int]:
 
 class TcpProxy:
     """A TCP relay to ``127.0.0.1:target_port`` on a port of its own that stays the same across
-    :meth:`stop` / :meth:`start`; stopping it also aborts every relayed connection (an outage).
+    :meth:`stop` / :meth:`start`; stopping it also aborts every relayed connection (an outage), and
+    :meth:`freeze` holds every byte while the connections stay open (a partition) until :meth:`thaw`.
 
     It runs on its own event loop in a thread, so it keeps relaying while the test's loop is blocked
     (e.g. in a server's start-up), and its methods are plain calls from sync and async tests alike."""
@@ -41,6 +42,8 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -56,8 +59,17 @@ class TcpProxy:
         """Stop listening and cut every relayed connection."""
         self._call(self._stop())
 
+    def freeze(self) -> None:
+        """Relay nothing more, in either direction, and keep every connection open."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        """Relay again what was held, and what comes."""
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
     def close(self) -> None:
         """Stop and end the thread."""
+        self.thaw()
         if self._server is not None:
             self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -93,6 +105,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
