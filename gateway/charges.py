@@ -158,7 +158,7 @@ class Charges:
             > cap
         ):
             raise BudgetExceeded(
-                f"The answer cost more than the ${cap:f} this key could still spend; it was not sent.",
+                f"The answer cost more than the ${cap:f} reserved for it against this key's budget; it was not sent.",
                 code="budget_exceeded_by_answer",
             )
 

@@ -359,7 +359,7 @@ class SpendCap:
         self._chunks += 1
         if self._price.cost(self._prompt_tokens, max(self._chunks, relay.generated_chars // 4)) > self._cap:
             raise BudgetExceeded(
-                f"The stream was stopped: its cost passed the ${self._cap:f} this key could still spend.",
+                f"The stream was stopped: its cost passed the ${self._cap:f} reserved for it against the key's budget.",
                 code="budget_exceeded_mid_stream",
             )
 
