@@ -415,7 +415,10 @@ class Pipeline:
         cap = ctx.spend_cap_usd
         if cap is not None:  # what a cascade already paid for answers the client never saw counts too
             cap -= self.charges.paid_attempts(ctx, timed_out=False)
-        spend = None if cap is None else SpendCap(cap, self.charges.price(backend.name), ctx.prompt_tokens_estimate)
+        spend = None
+        if cap is not None:
+            price, margin = self.charges.price(backend.name), self.router.models[backend.name].token_margin
+            spend = SpendCap(cap, price, ctx, self.counter, margin=margin)
         cut = False
         try:
             pending: bytes | None = first
@@ -485,21 +488,20 @@ class Pipeline:
 
     async def _embeddings(self, ctx: RequestContext, feats: RequestFeatures) -> Result:
         spec = self.settings.model(ctx.requested_model)
-        if spec is None:
+        if spec is None and ctx.requested_model not in self.router.routes:
             raise NotFound(f"The model '{ctx.requested_model}' does not exist.", param="model")
-        if spec.mode != "embedding":
+        if spec is None or spec.mode != "embedding":
+            what = "is a route of chat models" if spec is None else "does not serve embeddings"
             raise InvalidRequest(
-                f"The model '{spec.name}' does not serve embeddings.",
-                param="model",
-                code="model_not_embedding",
+                f"The model '{ctx.requested_model}' {what}.", param="model", code="model_not_embedding"
             )
+        plan = self.router.plan_embeddings(spec.name, feats, ctx.constraints)  # a 400 for a constraint it fails
         ctx.chosen_model = spec.name
         ctx.policy = "explicit"
         cached = await self.cache.lookup(ctx)
         if cached is not None:
             return self._serve_cached(ctx, cached)
         ctx.chosen_model = None  # set again by the attempt that answers (the model, or one of its fallbacks)
-        plan = self.router.plan_embeddings(spec.name, feats)
         self._note_plan(ctx, plan)
         return await self._call(ctx, plan)
 

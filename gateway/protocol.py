@@ -89,6 +89,8 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    #: 0 with ``echo``: the prompt's log probabilities, nothing generated (vLLM's and the legacy API's way)
+    max_tokens: StrictInt | None = Field(None, ge=0)
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     echo: StrictBool | None = None
     best_of: StrictInt | None = Field(None, ge=1, le=128)

@@ -424,9 +424,18 @@ class Router:
         ranking = [self.candidate(m, feats, difficulty) for m in order]
         return Plan(Decision(ranking, reason, "explicit"), None)
 
-    def plan_embeddings(self, name: str, feats: RequestFeatures) -> Plan:
-        """An embedding model asked for by name (it serves embeddings: the caller checked), then its fallbacks."""
+    def plan_embeddings(self, name: str, feats: RequestFeatures, constraints: Constraints) -> Plan:
+        """An embedding model asked for by name (it serves embeddings: the caller checked), then its fallbacks
+        that meet the request's constraints (the model must: a 400 naming the one it fails, as for chat)."""
+        if constraints.policy:
+            self.policy(constraints.policy)  # an unknown name is a 400 here too, though nothing is ranked
+        self._constrain([self.candidate(name, feats)], constraints, _NO_ROUTE)
         fallbacks = [f for f in self.models[name].spec.fallbacks if f in self.models]
+        try:
+            cands = [self.candidate(f, feats) for f in fallbacks]
+            fallbacks = [c.name for c in self._constrain(cands, constraints, _NO_ROUTE)] if cands else []
+        except NoRouteSatisfies:
+            fallbacks = []
         order, reason = self._named_first(name, fallbacks, f"embedding model '{name}' requested")
         return Plan(Decision([self.candidate(m, feats) for m in order], reason, "explicit"), None)
 
@@ -460,7 +469,7 @@ class Router:
                 f"The prompt (~{tokens} tokens) plus max_tokens ({need_out}) does not fit the "
                 f"context window of any candidate (largest: {largest.context_window} tokens on "
                 f"'{largest.name}').",
-                param="messages",
+                param="prompt" if feats.needs_completions else "messages",
             )
         return fits
 

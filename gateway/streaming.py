@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ from backends.http import scrub
 from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.pricing import Price
-from gateway.protocol import FAILED_FINISH_REASONS
+from gateway.protocol import FAILED_FINISH_REASONS, generated_per_prompt
 from gateway.tokens import TokenCounter
 
 DONE = b"data: [DONE]\n\n"
@@ -266,7 +267,7 @@ def _chunk_base(body: dict[str, Any], model: str) -> dict[str, Any]:
 def with_new_identity(body: dict[str, Any]) -> dict[str, Any]:
     """A cached completion served again: a copy with an ``id`` and ``created`` of its own (each answer's id is
     unique, as from the API, for clients that log or deduplicate by it); other bodies (embeddings) as they are."""
-    if "id" not in body:
+    if "id" not in body or body.get("object") not in ("chat.completion", "text_completion"):
         return body
     prefix = "chatcmpl" if body.get("object") == "chat.completion" else "cmpl"
     return {**body, "id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time())}
@@ -340,15 +341,29 @@ def stream_error(chunk: dict[str, Any], backend: str) -> UpstreamUnavailable | N
 
 
 class SpendCap:
-    """Stops a stream before a chunk takes its running cost past what the caller's key may still spend: the
-    budget's reservation alone is not trusted (an upstream may ignore ``max_tokens``). Output so far counts as
-    at least one token per chunk, else about four characters a token."""
+    """Stops a stream before a chunk takes its running cost past the request's reservation against its key's
+    budget: the reservation alone is not trusted (an upstream may ignore ``max_tokens``).
 
-    __slots__ = ("_cap", "_chunks", "_price", "_prompt_tokens")
+    Output so far counts as one token per chunk at least, or as the relayed text's tokens counted with the
+    gateway's tokenizer, times ``margin`` (a local model's tokenizer makes more tokens of a text than cl100k_base:
+    ``gateway.routing.LOCAL_TOKEN_MARGIN``), less what an ``echo`` request relays of its prompt (its prompt per
+    answer, relayed as text, not generated). Four characters a token, the estimate before, counted code indented
+    with long runs of spaces, or long words, at several times their tokens, and cut streams well within their
+    reservation.
+    """
 
-    def __init__(self, cap: Decimal, price: Price, prompt_tokens: int) -> None:
-        self._cap, self._price, self._prompt_tokens = cap, price, prompt_tokens
+    __slots__ = ("_allowance", "_cap", "_chunks", "_counter", "_margin", "_parts", "_price", "_prompt", "_tokens")
+
+    def __init__(
+        self, cap: Decimal, price: Price, ctx: RequestContext, counter: TokenCounter, *, margin: float = 1.0
+    ) -> None:
+        self._cap, self._price, self._prompt = cap, price, ctx.prompt_tokens_estimate
+        self._counter, self._margin = counter, margin
+        echo = ctx.body.get("echo") is True
+        self._allowance = self._prompt * generated_per_prompt(ctx.body) if echo else 0
         self._chunks = 0
+        self._tokens = 0
+        self._parts = (0, 0)  # text and reasoning parts of the relay counted so far
 
     def check(self, relay: ChunkRelay) -> None:
         """Count the chunk ``relay`` has just transformed; raise before it goes out if it passes the cap.
@@ -357,7 +372,13 @@ class SpendCap:
             BudgetExceeded: the stream's cost so far passed the cap.
         """
         self._chunks += 1
-        if self._price.cost(self._prompt_tokens, max(self._chunks, relay.generated_chars // 4)) > self._cap:
+        texts, reasoning = relay.text_parts, relay.reasoning_parts
+        seen_texts, seen_reasoning = self._parts
+        for part in (*texts[seen_texts:], *reasoning[seen_reasoning:]):
+            self._tokens += self._counter.count(part)
+        self._parts = (len(texts), len(reasoning))
+        output = max(self._chunks, math.ceil(self._tokens * self._margin) - self._allowance)
+        if self._price.cost(self._prompt, output) > self._cap:
             raise BudgetExceeded(
                 f"The stream was stopped: its cost passed the ${self._cap:f} reserved for it against the key's budget.",
                 code="budget_exceeded_mid_stream",

@@ -19,11 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.tokens")
 
 
-def bound_from_bytes(size: int) -> int:
-    """At most how many tokens ``size`` bytes of JSON make as a prompt, without a tokenizer: about 3 bytes a token
-    plus 16 (a tokenizer counts text at 4 or more bytes a token). Admission's reserve and the quality monitor's
-    budget reservation both bound a prompt so."""
-    return size // 3 + 16
+#: Bytes below 0x80 (ASCII): what is left of a JSON text without them is its non-ASCII bytes.
+_ASCII = bytes(range(128))
+
+
+def bound_from_json(data: bytes) -> int:
+    """At most how many tokens ``data`` (JSON, UTF-8) makes as a prompt, without a tokenizer: about 3 ASCII bytes a
+    token (a tokenizer counts English at 4 or more), one token per other byte (a byte-fallback tokenizer, such as
+    Llama-2's, spells a character it does not know one byte at a time), plus 16. Admission's reserve and the
+    quality monitor's budget reservation both bound a prompt so."""
+    other = len(data.translate(None, _ASCII))
+    return (len(data) - other) // 3 + other + 16
 
 
 class TokenCounter(Protocol):

@@ -38,7 +38,7 @@ from gateway.features import IMAGE_TOKENS_AT_MOST, images_and_token_ids
 from gateway.logs import OutageLog
 from gateway.pricing import static_price
 from gateway.protocol import generated_per_prompt, prompt_count
-from gateway.tokens import bound_from_bytes
+from gateway.tokens import bound_from_json
 
 log = logging.getLogger("gateway.auth")
 
@@ -159,7 +159,8 @@ def _why(exc: BaseException) -> str:
 
 class ReserveEstimator:
     """The worst-case cost of a request before routing: the dearest candidate model's price for the prompt's
-    size (about 3 characters per token, and the model's ``max_image_tokens``, else
+    size (:func:`~gateway.tokens.bound_from_json`, 2 special tokens per input of a batch, and the model's
+    ``max_image_tokens``, else
     :data:`~gateway.features.IMAGE_TOKENS_AT_MOST`, per image part and one per token id on top, which their bytes
     do not bound) plus every completion it may produce, i.e.
     prompts x ``n`` x the output limit (``max_tokens``, else the model's ``max_output_tokens``, else its context
@@ -192,27 +193,31 @@ class ReserveEstimator:
                 self._judges[route] = (spec.verifier.model, spec.verifier.max_tokens)
         self._all = list(prices)
 
-    def _prompts(self, body: dict[str, Any], names: list[str]) -> list[int]:
+    def _prompts(self, endpoint: str, body: dict[str, Any], names: list[str]) -> list[int]:
         """At most how many prompt tokens ``body`` bills on each of ``names``."""
         payload = body.get("messages") or body.get("prompt") or body.get("input") or ""
         # Tool schemas and a structured output's schema are read, and billed, as prompt too.
         extras = [body[k] for k in ("tools", "functions", "response_format") if body.get(k)]
         images, token_ids = images_and_token_ids(payload)  # billed far beyond their size in bytes
-        prompt = bound_from_bytes(len(orjson.dumps(payload)) + len(orjson.dumps(extras))) + token_ids
+        prompt = bound_from_json(orjson.dumps(payload) + orjson.dumps(extras)) + token_ids
+        # Each input of a batch gets its model's special tokens (BOS; [CLS] and [SEP]): a short one ("cat") bills
+        # more tokens than its bytes bound.
+        prompt += _SPECIAL_TOKENS_PER_INPUT * _inputs(endpoint, body)
         return [prompt + images * self._image_tokens[m] for m in names]
 
     def _completions(self, ctx: RequestContext, names: list[str]) -> list[int]:
         """At most how many completion tokens each of ``names`` may produce for ``ctx``."""
         body = ctx.body
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        limit = body.get("max_completion_tokens")
+        limit = body.get("max_tokens") if limit is None else limit
         choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
-        return [(int(limit) if isinstance(limit, int) and limit > 0 else self._out_limit[m]) * choices for m in names]
+        return [(limit if isinstance(limit, int) and limit >= 0 else self._out_limit[m]) * choices for m in names]
 
     def reserve(self, ctx: RequestContext) -> tuple[Decimal, int]:
         """USD and tokens to reserve for ``ctx`` (its body parsed): the budget's worst case, and the key's TPM's
         (its prompt's bound and the most it may produce)."""
         names = self._by_name.get(ctx.requested_model) or self._all
-        prompts = self._prompts(ctx.body, names)
+        prompts = self._prompts(ctx.endpoint, ctx.body, names)
         if ctx.endpoint == "embeddings":
             usd = max((self._prices[m].cost(p, 0) for m, p in zip(names, prompts, strict=True)), default=Decimal(0))
             return usd, max(prompts, default=0)
@@ -228,6 +233,18 @@ class ReserveEstimator:
         longest, prompt = max(completions, default=0), max(prompts, default=0)
         judged = Decimal(0) if judge is None else self._prices[judge[0]].cost(prompt + longest + 256, judge[1])
         return sum(costs, Decimal(0)) + judged * (len(costs) - 1), tokens
+
+
+#: The special tokens a model adds to each input it reads, at most (BERT's [CLS] and [SEP]; Llama's BOS).
+_SPECIAL_TOKENS_PER_INPUT = 2
+
+
+def _inputs(endpoint: str, body: dict[str, Any]) -> int:
+    """How many inputs a completions or embeddings request's batch holds (1 for one text or one list of ids)."""
+    if endpoint == "completions":
+        return prompt_count(endpoint, body)
+    value = body.get("input") if endpoint == "embeddings" else None
+    return len(value) if isinstance(value, list) and value and not isinstance(value[0], int) else 1
 
 
 def _usd(nano: int) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from gateway.features import content_text
-from gateway.tokens import bound_from_bytes
+from gateway.tokens import bound_from_json
 
 __all__ = ["conversation", "has_media", "prompt_bound"]
 
@@ -43,6 +43,6 @@ def conversation(messages: Any, question: str) -> str:
 
 
 def prompt_bound(messages: Any) -> int:
-    """At most how many tokens ``messages`` make as a prompt (:func:`gateway.tokens.bound_from_bytes`, as admission's
+    """At most how many tokens ``messages`` make as a prompt (:func:`gateway.tokens.bound_from_json`, as admission's
     reserve bounds a request's)."""
-    return bound_from_bytes(len(orjson.dumps(messages, default=str)))
+    return bound_from_json(orjson.dumps(messages, default=str))

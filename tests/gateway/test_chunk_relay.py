@@ -11,6 +11,7 @@ from gateway.context import RequestContext
 from gateway.errors import BudgetExceeded, UpstreamUnavailable
 from gateway.pricing import Price
 from gateway.streaming import ChunkRelay, SpendCap
+from gateway.tokens import load_tiktoken
 
 
 def chunk(**delta: object) -> bytes:
@@ -37,12 +38,44 @@ def test_a_reasoning_model_s_first_token_is_its_first_reasoning() -> None:
     assert r.generated_chars == len("Let me think about 6 x 7; that is 42.42")
 
 
+PRICE = Price(Decimal(0), Decimal("0.0001"), "test")  # $0.0001 an output token
+COUNTER = load_tiktoken()
+
+
 def test_the_spend_cap_counts_reasoning() -> None:
-    _, r = relay()
-    cap = SpendCap(Decimal("0.001"), Price(Decimal(0), Decimal("0.0001"), "test"), prompt_tokens=0)
-    r.transform(chunk(reasoning_content="x" * 40))  # ~10 tokens: $0.001
+    ctx, r = relay()
+    cap = SpendCap(Decimal("0.001"), PRICE, ctx, COUNTER)
+    r.transform(chunk(reasoning_content=" word" * 10))  # 10 tokens: $0.001
     cap.check(r)
-    r.transform(chunk(reasoning_content="x" * 8))  # ~12 tokens: past the cap
+    r.transform(chunk(reasoning_content=" word" * 2))  # 12 tokens: past the cap
+    with pytest.raises(BudgetExceeded):
+        cap.check(r)
+
+
+def test_the_spend_cap_counts_tokens_not_characters() -> None:
+    """Code indented with runs of spaces, and long words, are few tokens for many characters: four characters a
+    token (the estimate before) cut such streams at a fraction of their reservation."""
+    ctx, r = relay()
+    cap = SpendCap(Decimal("0.001"), PRICE, ctx, COUNTER)  # 10 tokens
+    for line in ("\n" + " " * 16 + "return", "\n" + " " * 16 + "pass", " internationalization"):
+        r.transform(chunk(content=line))  # 103 characters, 7 tokens
+        cap.check(r)
+    assert sum(COUNTER.count(p) for p in r.text_parts) <= 10
+    local = SpendCap(Decimal("0.001"), PRICE, ctx, COUNTER, margin=2.0)  # a tokenizer making twice as many
+    with pytest.raises(BudgetExceeded):
+        local.check(r)
+
+
+def test_the_spend_cap_does_not_count_an_echoed_prompt() -> None:
+    ctx, r = relay()
+    ctx.body, ctx.prompt_tokens_estimate = {"echo": True, "n": 2}, 20
+    cap = SpendCap(Decimal("0.005"), PRICE, ctx, COUNTER)  # 20 prompt tokens at $0 and 50 output tokens
+    r.transform(chunk(content=" word" * 20))  # the prompt, echoed for each answer
+    r.transform(chunk(content=" word" * 20))
+    cap.check(r)
+    r.transform(chunk(content=" word" * 50))  # and 50 generated: all within the reservation
+    cap.check(r)
+    r.transform(chunk(content=" word"))
     with pytest.raises(BudgetExceeded):
         cap.check(r)
 

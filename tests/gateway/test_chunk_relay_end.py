@@ -76,7 +76,10 @@ def test_no_done_is_cut_whatever_finished() -> None:
 
 
 def test_odd_choices_do_not_break_the_relay() -> None:
-    """A choice that is not an object, or an index that is not a number, is a broken upstream's answer: told
-    apart, never an exception of the relay's own."""
-    relay = relayed(chunk(choice(index=[0]), "junk"), chunk(choice(index=[0], finish="stop")))  # type: ignore[arg-type]
+    """An index that is not a number is a broken upstream's answer: told apart, never an exception of the relay's
+    own; a choice that is not an object fails the stream as the upstream's (the front doors cannot read it:
+    test_stream_malformed.py)."""
+    relay = relayed(chunk(choice(index=[0])), chunk(choice(index=[0], finish="stop")))
     relay.end(saw_done=True)
+    with pytest.raises(UpstreamUnavailable, match="malformed stream event"):
+        relayed(chunk(choice(), "junk"))  # type: ignore[arg-type]

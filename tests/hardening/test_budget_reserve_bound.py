@@ -1,5 +1,5 @@
 """The budget's reserve is a worst case only if it bounds the prompt the upstream bills. It is computed from the
-body's bytes (``bound_from_bytes``: ~3 bytes a token), which does not bound two kinds of prompt a client controls:
+body's bytes (``bound_from_json``: ~3 bytes a token), which does not bound two kinds of prompt a client controls:
 
 * image parts: a ~30-byte URL is billed hundreds of tokens (765 for a 1024x1024 image at high detail on gpt-4o),
   tens of thousands on gpt-4o-mini (25,501 for the same image);
