@@ -58,19 +58,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of the YAML file at ``path`` (empty file: ``{}``), before ``${VAR}`` expansion.
+def read_text(path: Path) -> str:
+    """The text of the configuration file at ``path``.
 
     Raises:
-        ConfigError: one line naming ``path`` (and the line, where YAML or the decoder knows it).
+        ConfigError: one line naming ``path`` (and the line, where the decoder knows it).
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
+
+
+def read_mapping(path: Path, text: str | None = None) -> dict[str, Any]:
+    """The top-level mapping of the YAML file at ``path`` (or of ``text``, read from it earlier; empty: ``{}``),
+    before ``${VAR}`` expansion.
+
+    Raises:
+        ConfigError: one line naming ``path`` (and the line, where YAML or the decoder knows it).
+    """
+    if text is None:
+        text = read_text(path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.admin_routes import router as admin_router
-from gateway.config import Settings, load_settings
+from gateway.config import CONFIG_TEXT_ENV, Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.frontdoor_routes import router as frontdoor_router
 from gateway.http_limits import HeaderLimit
@@ -176,7 +176,7 @@ def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker serving: reads ``GATEWAY_CONFIG``."""
     tune_stdlib_logging()  # each worker process serves; tests building apps keep logging as it is
     path = os.environ.get("GATEWAY_CONFIG", "gateway.yaml")
-    return create_app(load_settings(path), freeze_gc=True)
+    return create_app(load_settings(path, os.environ.get(CONFIG_TEXT_ENV)), freeze_gc=True)
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:

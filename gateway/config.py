@@ -49,6 +49,11 @@ log = logging.getLogger("gateway.config")
 
 BackendKind = Literal["vllm", "openai", "litellm"]
 
+#: The configuration file's text as the server process read and checked it, for its workers
+#: (``gateway.app.app_from_env``): a worker started later, to replace one that died, serves what its siblings
+#: serve, whatever became of the file since.
+CONFIG_TEXT_ENV = "GATEWAY_CONFIG_TEXT"
+
 #: Route every configuration has even without a ``routes`` section.
 DEFAULT_ROUTE = "auto"
 
@@ -645,8 +650,9 @@ def _check_policies(settings: Settings, source: str) -> None:
             )
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read, merge with the environment and validate ``path``; raise :class:`ConfigError` on any problem."""
+def load_settings(path: str | Path, text: str | None = None) -> Settings:
+    """Read, merge with the environment and validate ``path`` (or ``text``, its content read earlier: what the
+    server process checked, for its workers); raise :class:`ConfigError` on any problem."""
     p = Path(path)
-    raw = read_mapping(p)
+    raw = read_mapping(p, text)
     return settings_from_dict(expand_env(raw, str(p)), source=str(p), referenced=referenced_variables(raw))

@@ -13,8 +13,15 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
+from typing import Any
 
-from gateway.config import Settings, load_settings
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+from gateway._config_source import read_text
+from gateway.config import CONFIG_TEXT_ENV, Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.exposure import exposure_problem, exposure_warning, is_loopback_host, listen_flags_problem
 from gateway.http_limits import BODY_TIMEOUT_ENV, HEAD_TIMEOUT_ENV, GuardedHttpToolsProtocol
@@ -69,9 +76,20 @@ def metrics_dir(workers: int) -> str | None:
     return None
 
 
-def run(settings: Settings, config_path: str, host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the app for ``config_path`` with uvicorn (each worker builds it from ``GATEWAY_CONFIG``)."""
-    import uvicorn
+#: Environment variables (at most ~128 KiB each on Linux): a larger file is read again by each worker.
+_MAX_CONFIG_TEXT = 100_000
+
+
+def run(
+    settings: Settings,
+    config_path: str,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    config_text: str | None = None,
+) -> None:
+    """Serve the app for ``config_path`` with uvicorn: each worker builds it from ``GATEWAY_CONFIG`` and the file's
+    ``config_text`` as this process read and checked it (``CONFIG_TEXT_ENV``)."""
 
     setup_logging(settings.server.log_level)
     bind = host or settings.server.host
@@ -96,28 +114,72 @@ def run(settings: Settings, config_path: str, host: str | None, port: int | None
         elif settings.quality.enabled and settings.quality.adapt_every_labels is not None:
             log.info("%d workers: one fits in the background (it holds router.artifact/.adapting.lock)", n)
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+    if config_text is not None and len(config_text) <= _MAX_CONFIG_TEXT:
+        os.environ[CONFIG_TEXT_ENV] = config_text
     limits = settings.server
     os.environ[HEAD_TIMEOUT_ENV] = str(limits.head_timeout_seconds)  # read by each worker's protocol
     os.environ[BODY_TIMEOUT_ENV] = str(limits.body_timeout_seconds)
     shared_metrics = metrics_dir(n)  # every worker's /metrics then reports all of them (gateway.metrics)
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": bind,
+        "port": port if port is not None else settings.server.port,
+        "workers": n,
+        "access_log": False,
+        "http": GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
+        "timeout_keep_alive": int(max(1, limits.keepalive_timeout_seconds)),
+        "limit_concurrency": limits.max_connections,
+        "ws": "none",  # no websocket endpoints: do not load a websocket protocol
+        "log_config": logging_config(settings.server.log_level),  # applied in each worker process too
+        "timeout_graceful_shutdown": 30,
+    }
     try:
-        uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            host=bind,
-            port=port if port is not None else settings.server.port,
-            workers=n,
-            access_log=False,
-            http=GuardedHttpToolsProtocol,  # httptools, with head and body deadlines
-            timeout_keep_alive=int(max(1, limits.keepalive_timeout_seconds)),
-            limit_concurrency=limits.max_connections,
-            ws="none",  # no websocket endpoints: do not load a websocket protocol
-            log_config=logging_config(settings.server.log_level),  # applied in each worker process too
-            timeout_graceful_shutdown=30,
-        )
+        if n == 1:
+            uvicorn.run("gateway.app:app_from_env", **options)
+        else:
+            supervised(uvicorn.Config("gateway.app:app_from_env", **options))
     finally:
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def supervised(config: uvicorn.Config) -> None:
+    """Serve ``config``'s workers under :class:`Supervisor`; exit 3 (uvicorn's start-up failure) if one failed to
+    start."""
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if supervisor.failed_to_start:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of several workers, with three changes:
+
+    - a worker that fails to start makes the server exit non-zero (uvicorn's stops every worker and returns as from
+      a clean stop: exit 0, which a service manager reads as success);
+    - the listening socket is closed here as soon as the server stops: new connections are refused at once while
+      the workers drain (this process's copy kept them queued, and each was reset when it exited);
+    - workers started after the first ones (to replace one that died) start on the shipped router prior if
+      ``router.artifact`` no longer loads (``router.fallback_to_prior``, logged): a replacement that failed to
+      start stopped every healthy worker too. They read the configuration text the first ones read
+      (``CONFIG_TEXT_ENV``).
+    """
+
+    failed_to_start = False
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        os.environ["GATEWAY_ROUTER__FALLBACK_TO_PRIOR"] = "true"  # for the replacements only
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        if self.should_exit.is_set() and any(p.exitcode == STARTUP_FAILURE for p in self.processes):
+            self.failed_to_start = True
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {flags}", file=sys.stderr)
         raise SystemExit(2)
     try:
-        settings = load_settings(args.config)
+        text = read_text(Path(args.config))
+        settings = load_settings(args.config, text)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -146,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    run(settings, args.config, args.host, args.port, args.workers)
+    run(settings, args.config, args.host, args.port, args.workers, text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""``gateway serve --workers 2`` over sockets: what the supervisor of several workers does (gateway.server).
+
+- A worker that fails to start made the server exit 0 (uvicorn's supervisor stops the others and returns as
+  from a clean stop): a service manager or deploy script read a refused start as success. Now exit 3, as with one
+  worker.
+- A worker started to replace one that died read the configuration file again, and ``router.artifact``: an edit
+  made since (even a typo) or an artifact removed since made the replacement fail, which stopped every healthy
+  worker too, or serve another configuration than its siblings. Replacements now read the text the server
+  checked, and start on the shipped prior if the artifact no longer loads.
+- While the workers drained after SIGTERM, the server process's copy of the listening socket kept accepting
+  connections, each reset when it exited (a POST already sent: not retryable). They are now refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.gateway.conftest import chat_reply
+from tests.helpers.processes import GatewayProcess
+from tests.helpers.upstream import Seen, Upstream
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
+
+
+def _config(tmp: Path, upstream: str, **extra: Any) -> Path:
+    data: dict[str, Any] = {
+        "models": [
+            {
+                "name": "m",
+                "backend": "openai",
+                "base_url": f"{upstream}/v1",
+                "upstream_model": "m",
+                "input_cost_per_token": "0.000001",
+                "output_cost_per_token": "0.000002",
+            }
+        ],
+        "retry": {"max_attempts": 1},
+        "cache": {"enabled": False},
+        "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
+        "server": {"metrics_scrape_seconds": 3600, "health_probe_seconds": 3600},
+        **extra,
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _workers(gw: GatewayProcess, started: int) -> list[int]:
+    deadline = time.monotonic() + 90
+    while gw.log().count("Application startup complete") < started:
+        assert time.monotonic() < deadline and gw.proc.poll() is None, gw.log()
+        time.sleep(0.1)
+    pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", gw.log())]
+    return [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
+
+
+async def _slow_then_answer(request: Seen) -> web.Response:
+    if request.method == "GET":
+        return web.json_response({"data": []})
+    await asyncio.sleep(float(request.json()["messages"][0]["content"]))
+    return web.json_response(chat_reply("m", "hi"))
+
+
+def _ask(url: str, seconds: float) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": str(seconds)}], "max_tokens": 5}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def test_a_worker_that_fails_to_start_fails_the_server(tmp_path: Path) -> None:
+    config = _config(tmp_path, "http://127.0.0.1:9", router={"artifact": str(tmp_path / "no-such-artifact")})
+    gw = GatewayProcess(config, tmp_path / "gw.log", "--workers", "2")
+    assert gw.proc.wait(90) == 3, gw.log()
+
+
+async def test_a_replacement_worker_serves_what_its_siblings_serve(tmp_path: Path) -> None:
+    async with Upstream(_slow_then_answer) as up:
+        config = _config(tmp_path, up.url)
+        gw = GatewayProcess(config, tmp_path / "gw.log", "--workers", "2")
+        try:
+            await asyncio.to_thread(gw.wait_ready)
+            first = _workers(gw, 2)
+            config.write_text(config.read_text() + "server_typo: 1\n", encoding="utf-8")  # an edit for later
+            os.kill(first[0], signal.SIGKILL)
+            replaced = await asyncio.to_thread(_workers, gw, 3)
+            assert len(replaced) == 2 and first[0] not in replaced
+            answers = [await asyncio.to_thread(_ask, gw.base_url, 0) for _ in range(6)]
+        finally:
+            gw.stop()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert "unknown key" not in gw.log()
+
+
+async def test_new_connections_are_refused_while_the_workers_drain(tmp_path: Path) -> None:
+    async with Upstream(_slow_then_answer) as up:
+        gw = GatewayProcess(_config(tmp_path, up.url), tmp_path / "gw.log", "--workers", "2")
+        try:
+            await asyncio.to_thread(gw.wait_ready)
+            await asyncio.to_thread(_workers, gw, 2)
+            held = asyncio.ensure_future(asyncio.to_thread(_ask, gw.base_url, 4))
+            await asyncio.sleep(1)
+            gw.terminate()
+            await asyncio.sleep(1)
+            started = time.monotonic()
+            with pytest.raises(httpx.ConnectError):
+                await asyncio.to_thread(_ask, gw.base_url, 0)
+            refused_after = time.monotonic() - started
+            assert (await held).status_code == 200  # the request in flight was drained
+        finally:
+            gw.stop()
+    assert refused_after < 1
