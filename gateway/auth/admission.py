@@ -240,7 +240,10 @@ _SPECIAL_TOKENS_PER_INPUT = 2
 
 
 def _inputs(endpoint: str, body: dict[str, Any]) -> int:
-    """How many inputs a completions or embeddings request's batch holds (1 for one text or one list of ids)."""
+    """How many inputs a completions or embeddings request's batch holds (1 for one text or one list of ids; 0 for
+    chat, whose template's tokens its bytes bound)."""
+    if endpoint == "chat":
+        return 0
     if endpoint == "completions":
         return prompt_count(endpoint, body)
     value = body.get("input") if endpoint == "embeddings" else None

@@ -56,8 +56,14 @@ def test_an_out_of_range_integer_is_no_export_error(
     while time.monotonic() < deadline and not any(s["attrs"].get("gateway.request_id") == rid for s in receiver.spans):
         time.sleep(0.02)
     span = next(s for s in receiver.spans if s["attrs"].get("gateway.request_id") == rid)
-    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    assert not errors, errors  # now: "Failed to encode key gen_ai.request.seed: Value out of range" + traceback
+    # Errors of this gateway's export (an earlier test's exporter, still flushing to a port since reused, may log
+    # a failed export of its own): before, "Failed to encode key gen_ai.request.seed: Value out of range" + traceback
+    errors = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if (r.levelno >= logging.ERROR or r.exc_info) and "Failed to export spans batch code" not in r.getMessage()
+    ]
+    assert not errors, errors
     assert span["attrs"]["http.response.status_code"] == r.status_code
 
 
