@@ -44,19 +44,23 @@ class SSEDecoder:
                 piece, self._held = piece[:-1], b"\r"
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buffer
-        buf += piece
         out: list[bytes] = []
         start = 0
-        pos = max(self._scanned - 1, 0)  # an event's end may straddle the last piece's end
-        while True:
-            end = buf.find(b"\n\n", pos)
-            if end < 0:
-                break
-            data = self._parse(bytes(buf[start:end]))
-            if data is not None:
-                out.append(data)
-            start = pos = end + 2
-        if start:
+        if not buf:  # the common case: the piece begins an event, and is read as it is
+            while (end := piece.find(b"\n\n", start)) >= 0:
+                data = self._parse(piece[start:end])
+                if data is not None:
+                    out.append(data)
+                start = end + 2
+            buf += piece[start:]
+        else:
+            buf += piece
+            pos = max(self._scanned - 1, 0)  # an event's end may straddle the last piece's end
+            while (end := buf.find(b"\n\n", pos)) >= 0:
+                data = self._parse(bytes(buf[start:end]))
+                if data is not None:
+                    out.append(data)
+                start = pos = end + 2
             del buf[:start]
         self._scanned = len(buf)
         if len(buf) > self.max_event_bytes:
