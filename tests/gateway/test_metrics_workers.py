@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -84,23 +83,6 @@ async def _post(url: str, content: str) -> httpx.Response:
         return await client.post(f"{url}/v1/chat/completions", json=body)
 
 
-def _worker_pids(gw: GatewayProcess, started: int) -> list[int]:
-    """The live worker processes, once ``started`` of them (replacements included) have finished start-up."""
-    deadline = time.monotonic() + 90
-    while gw.log().count("Application startup complete") < started:
-        assert time.monotonic() < deadline and gw.proc.poll() is None, gw.log()
-        time.sleep(0.1)
-    pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", gw.log())]
-    return [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in _status(p)]
-
-
-def _status(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return ""
-
-
 def _socket_owner(local_ports: set[int], pids: list[int]) -> dict[int, int]:
     """Which of ``pids`` holds the TCP socket bound to each of ``local_ports`` on 127.0.0.1 (a count per pid)."""
     inodes: dict[str, int] = {}
@@ -154,7 +136,7 @@ async def test_every_worker_reports_every_workers_requests(tmp_path: Path) -> No
         gw = GatewayProcess(_config(tmp, upstream.url), tmp / "gateway.log", "--workers", str(WORKERS))
         try:
             await asyncio.to_thread(gw.wait_ready, 90)
-            pids = await asyncio.to_thread(_worker_pids, gw, WORKERS)
+            pids = await asyncio.to_thread(gw.worker_pids, WORKERS)
             assert len(pids) == WORKERS, gw.log()
             directory = _multiproc_dir(pids[0])
 
@@ -200,7 +182,7 @@ async def test_every_worker_reports_every_workers_requests(tmp_path: Path) -> No
             for _ in range(4):
                 during += await _scrape(gw.base_url)
             assert [s.get("gateway_requests_total", 0.0) for s in during] == [REQUESTS] * len(during)
-            await asyncio.to_thread(_worker_pids, gw, WORKERS + 1)  # uvicorn started a replacement
+            await asyncio.to_thread(gw.worker_pids, WORKERS + 1)  # uvicorn started a replacement
             in_flight = await _wait_gauge(gw.base_url, "gateway_backend_in_flight", HELD - lost)
             assert in_flight == [HELD - lost] * AT_ONCE
             assert directory is not None, "the workers were given no PROMETHEUS_MULTIPROC_DIR"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -56,15 +55,6 @@ def _config(tmp: Path, upstream: str, **extra: Any) -> Path:
     return path
 
 
-def _workers(gw: GatewayProcess, started: int) -> list[int]:
-    deadline = time.monotonic() + 90
-    while gw.log().count("Application startup complete") < started:
-        assert time.monotonic() < deadline and gw.proc.poll() is None, gw.log()
-        time.sleep(0.1)
-    pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", gw.log())]
-    return [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
-
-
 async def _slow_then_answer(request: Seen) -> web.Response:
     if request.method == "GET":
         return web.json_response({"data": []})
@@ -89,10 +79,10 @@ async def test_a_replacement_worker_serves_what_its_siblings_serve(tmp_path: Pat
         gw = GatewayProcess(config, tmp_path / "gw.log", "--workers", "2")
         try:
             await asyncio.to_thread(gw.wait_ready)
-            first = _workers(gw, 2)
+            first = gw.worker_pids(2)
             config.write_text(config.read_text() + "server_typo: 1\n", encoding="utf-8")  # an edit for later
             os.kill(first[0], signal.SIGKILL)
-            replaced = await asyncio.to_thread(_workers, gw, 3)
+            replaced = await asyncio.to_thread(gw.worker_pids, 3)
             assert len(replaced) == 2 and first[0] not in replaced
             answers = [await asyncio.to_thread(_ask, gw.base_url, 0) for _ in range(6)]
         finally:
@@ -106,7 +96,7 @@ async def test_new_connections_are_refused_while_the_workers_drain(tmp_path: Pat
         gw = GatewayProcess(_config(tmp_path, up.url), tmp_path / "gw.log", "--workers", "2")
         try:
             await asyncio.to_thread(gw.wait_ready)
-            await asyncio.to_thread(_workers, gw, 2)
+            await asyncio.to_thread(gw.worker_pids, 2)
             held = asyncio.ensure_future(asyncio.to_thread(_ask, gw.base_url, 4))
             await asyncio.sleep(1)
             gw.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,16 @@ class GatewayProcess:
         self.kill()
         raise RuntimeError(f"gateway not ready in {timeout} s:\n{self.log()}")
 
+    def worker_pids(self, started: int, timeout: float = 90.0) -> list[int]:
+        """The live worker processes of ``--workers N``, once ``started`` of them (replacements included) have
+        finished start-up."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Application startup complete") < started:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log()
+            time.sleep(0.1)
+        pids = [int(p) for p in re.findall(r"Started server process \[(\d+)\]", self.log())]
+        return [p for p in pids if "State:\tZ" not in _status(p) and Path(f"/proc/{p}").exists()]
+
     def log(self) -> str:
         """What the process printed."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -76,3 +87,10 @@ class GatewayProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
