@@ -29,6 +29,7 @@ from gateway.openapi import install_openapi
 from gateway.quality_routes import router as quality_router
 from gateway.routes import router as api_router
 from gateway.runtime import Gateway, build_gateway, close_gateway, start_router_watch, stop_router_watch
+from gateway.server import follow_supervisor
 
 log = logging.getLogger("gateway.app")
 
@@ -112,6 +113,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
         # Every process follows router.artifact on disk (router.watch_seconds): a reload or a new save reaches
         # every worker and replica, not only the one that got POST /admin/router/reload.
         start_router_watch(gw)
+        follow_supervisor()
         try:
             yield
         finally:

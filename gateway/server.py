@@ -11,8 +11,11 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,31 @@ def metrics_dir(workers: int) -> str | None:
         "; ".join(passed),
     )
     return None
+
+
+#: The supervisor's pid, in the environment of the workers it starts (:func:`follow_supervisor`).
+SUPERVISOR_PID_ENV = "GATEWAY_SUPERVISOR_PID"
+
+
+def follow_supervisor(every: float = 1.0) -> threading.Thread | None:
+    """In a worker of ``--workers N``: a daemon thread that stops this worker gracefully (SIGTERM to itself: uvicorn
+    drains its requests and the lifespan flushes the ledger) once its supervisor is gone. A supervisor killed with
+    SIGKILL (the OOM killer, ``kill -9``) cannot stop its workers, which otherwise go on serving, orphaned, on the
+    inherited socket: no replacement for one that dies, and a restarted gateway cannot bind the port. None when
+    this process is not a supervised worker."""
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if expected is None or not expected.isdigit() or os.getppid() != int(expected):
+        return None
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(every)
+        log.warning("the server process %s is gone: this worker stops", expected)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="follow-supervisor", daemon=True)
+    thread.start()
+    return thread
 
 
 #: Environment variables (at most ~128 KiB each on Linux): a larger file is read again by each worker.
@@ -159,6 +187,7 @@ class Supervisor(Multiprocess):
       a clean stop: exit 0, which a service manager reads as success);
     - the listening socket is closed here as soon as the server stops: new connections are refused at once while
       the workers drain (this process's copy kept them queued, and each was reset when it exited);
+    - each worker stops once this process is gone (:func:`follow_supervisor`), rather than serve on, orphaned;
     - workers started after the first ones (to replace one that died) start on the shipped router prior if
       ``router.artifact`` no longer loads (``router.fallback_to_prior``, logged): a replacement that failed to
       start stopped every healthy worker too. They read the configuration text the first ones read
@@ -168,6 +197,7 @@ class Supervisor(Multiprocess):
     failed_to_start = False
 
     def init_processes(self) -> None:
+        os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers stop if this process is killed
         super().init_processes()
         os.environ["GATEWAY_ROUTER__FALLBACK_TO_PRIOR"] = "true"  # for the replacements only
 

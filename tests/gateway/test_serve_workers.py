@@ -7,6 +7,8 @@
   made since (even a typo) or an artifact removed since made the replacement fail, which stopped every healthy
   worker too, or serve another configuration than its siblings. Replacements now read the text the server
   checked, and start on the shipped prior if the artifact no longer loads.
+- A server process killed with SIGKILL (the OOM killer, ``kill -9``) left its workers serving, orphaned, on the
+  port: a restarted gateway could not bind it, and a worker that died was not replaced. They now stop.
 - While the workers drained after SIGTERM, the server process's copy of the listening socket kept accepting
   connections, each reset when it exited (a POST already sent: not retryable). They are now refused at once.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -109,3 +112,45 @@ async def test_new_connections_are_refused_while_the_workers_drain(tmp_path: Pat
         finally:
             gw.stop()
     assert refused_after < 1
+
+
+def _listening(port: int) -> bool:
+    wanted = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        lines = Path(table).read_text().splitlines()[1:] if Path(table).exists() else []
+        if any(line.split()[1].endswith(wanted.strip()) and line.split()[3] == "0A" for line in lines):
+            return True
+    return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """The processes of ``pids`` still running (not exited, nor a zombie) after at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in pids if _running(p)]
+
+
+async def test_the_workers_stop_when_the_server_process_is_killed(tmp_path: Path) -> None:
+    async with Upstream(_slow_then_answer) as up:
+        gw = GatewayProcess(_config(tmp_path, up.url), tmp_path / "gw.log", "--workers", "2")
+        try:
+            await asyncio.to_thread(gw.wait_ready)
+            workers = gw.worker_pids(2)
+            assert (await asyncio.to_thread(_ask, gw.base_url, 0)).status_code == 200
+            gw.kill()  # SIGKILL: the supervisor cannot stop its workers itself
+            alive = await asyncio.to_thread(_wait_gone, workers, 20)
+        finally:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert alive == [], gw.log()
+    assert not _listening(gw.port)
+    assert "this worker stops" in gw.log()
