@@ -67,7 +67,7 @@ from gateway.streaming import (
     aiter_list,
     close_quietly,
     error_event,
-    first_event,
+    opening_events,
     replay_chunks,
     with_new_identity,
 )
@@ -352,7 +352,7 @@ class Pipeline:
         raise AllCandidatesFailed(last, ctx.attempts)
 
     async def _attempt(self, ctx: RequestContext, backend: Backend, breaker: CircuitBreaker) -> Result:
-        """One call: a complete answer, or a stream whose first event arrived (checked before the first byte
+        """One call: a complete answer, or a stream whose opening events arrived (checked before the first byte
         goes to the client, so the next candidate can still answer when a stream fails that early)."""
         breaker.before_call(ctx)
         t0 = ctx.elapsed()
@@ -362,12 +362,12 @@ class Pipeline:
                 stream = await backend.open_stream(ctx.path, body)
                 try:
                     events = stream.events()
-                    first = await first_event(events, backend)
+                    opening = await opening_events(events, backend)
                 except BaseException:
                     await close_quietly(stream)
                     raise
             ctx.chosen_model = backend.name
-            return StreamResult(self._relay(ctx, backend, breaker, stream, events, first, t0), self._headers(ctx))
+            return StreamResult(self._relay(ctx, backend, breaker, stream, events, opening, t0), self._headers(ctx))
         with self.tracing.attempt(ctx, backend.name):
             with in_flight(ctx, backend.name):
                 response = await backend.complete(ctx.path, body)
@@ -406,7 +406,7 @@ class Pipeline:
         breaker: CircuitBreaker,
         stream: UpstreamStream,
         events: AsyncIterator[bytes],
-        first: bytes,
+        opening: list[bytes],
         t0: float,
     ) -> AsyncIterator[bytes]:
         relay = ChunkRelay(ctx, backend.name, collect=self.cache.wants_stream(ctx))
@@ -421,10 +421,9 @@ class Pipeline:
             spend = SpendCap(cap, price, ctx, self.counter, margin=margin)
         cut = False
         try:
-            pending: bytes | None = first
+            held = iter(opening)
             while True:
-                data = pending if pending is not None else await anext(events, None)
-                pending = None
+                data = next(held, None) or await anext(events, None)
                 if data is None:
                     break
                 if data == b"[DONE]":

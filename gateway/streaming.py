@@ -385,26 +385,48 @@ class SpendCap:
             )
 
 
-async def first_event(events: AsyncIterator[bytes], backend: Backend) -> bytes:
-    """The stream's first event, checked before any byte goes to the client (an empty or invalid stream is
-    the backend's failure, so the next candidate can still answer)."""
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name) from None
-    if first == b"[DONE]":
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
-    try:
-        chunk = orjson.loads(first)
-    except orjson.JSONDecodeError:
-        chunk = None
-    # checked before the first byte goes out, so the next candidate can still answer
-    if not isinstance(chunk, dict):
-        raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
-    failure = stream_error(chunk, backend.name)
-    if failure is not None:
-        raise failure
-    return first
+#: At most this many opening events that carry nothing (a role, empty text) are held back before the first that
+#: does: an upstream that fails among them fails before the client got a byte, and the next candidate answers.
+MAX_HELD_EVENTS = 4
+
+
+def _says_nothing(chunk: dict[str, Any]) -> bool:
+    """A chunk with only an assistant role or empty text in its deltas (OpenAI's and vLLM's opening chunk): nothing
+    the client would miss if the answer came from another model."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or chunk.get("usage"):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason") is not None or choice.get("logprobs"):
+            return False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict) or any(v not in (None, "", []) for k, v in delta.items() if k != "role"):
+            return False
+    return True
+
+
+async def opening_events(events: AsyncIterator[bytes], backend: Backend) -> list[bytes]:
+    """The stream's opening events, checked before any byte goes to the client: the first that carries something
+    (text, a tool call, a finish reason, usage) and those before it that carry nothing (at most
+    :data:`MAX_HELD_EVENTS` in all). An empty or invalid stream, or an error among them, is the backend's failure,
+    so the next candidate can still answer."""
+    held: list[bytes] = []
+    while True:
+        event = await anext(events, None)
+        if event is None or event == b"[DONE]":
+            raise UpstreamUnavailable(f"upstream '{backend.name}' sent an empty stream", backend=backend.name)
+        try:
+            chunk = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise UpstreamUnavailable(f"upstream '{backend.name}' sent an invalid stream event", backend=backend.name)
+        failure = stream_error(chunk, backend.name)
+        if failure is not None:
+            raise failure
+        held.append(event)
+        if len(held) >= MAX_HELD_EVENTS or not _says_nothing(chunk):
+            return held
 
 
 async def close_quietly(stream: UpstreamStream) -> None:

@@ -435,6 +435,32 @@ async def test_an_error_event_first_in_a_stream_falls_back(settings: Settings) -
     assert "failed mid-stream" in small.stats.last_error  # counted against it (its breaker too)
 
 
+async def test_an_error_after_an_opening_chunk_that_says_nothing_falls_back(settings: Settings) -> None:
+    """OpenAI and vLLM open a stream with a chunk holding only the assistant role and empty text: it is held back
+    until a chunk says something, so an upstream that fails right after it (vLLM's engine dying, an abort) fails
+    before the client got a byte, and the next candidate answers instead of the client getting an error."""
+    full = stream_chunks("meta/small", False)
+    opening = full[: full.index(b"\n\n") + 2]
+
+    def handler(request: Seen) -> web.Response:
+        if request.backend == "small":
+            return sse_response(opening + VLLM_ERROR)
+        return sse_response(stream_chunks("meta/medium", False))
+
+    async with gateway_client(settings, handler) as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": USER, "stream": True},
+            headers={"x-gateway-policy": "cost"},
+        )
+    assert r.status_code == 200
+    assert r.headers["x-gateway-model"] == "medium"
+    events = parse_sse(r.text)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]) == "Hello"
+    assert [e["choices"][0]["delta"].get("role") for e in events[:-1]].count("assistant") == 1
+
+
 async def test_an_error_event_mid_stream_is_a_failed_stream(settings: Settings) -> None:
     full = stream_chunks("gpt-4", False)
     head = full[: full.index(b'"lo"')]
