@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,12 +38,14 @@ from starlette.responses import FileResponse, Response
 from gateway.accounting import SqlLedger
 from gateway.accounting import queries as q
 from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailable
+from gateway.auth.keys import InvalidKeyField
 from gateway.auth.request_rate import charge_request
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
-from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.routes import context, gateway_of, json_response, read_body, require_admin
 from gateway.runtime import reload_router, router_status
 
 router = APIRouter()
+log = logging.getLogger("gateway.admin")
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _STATIC = {
@@ -51,7 +54,6 @@ _STATIC = {
     "dashboard.css": "text/css",
 }
 _FLUSH_BEFORE_QUERY_S = 2.0
-_MAX_INT = 2**31 - 1  # PostgreSQL INTEGER (rpm, tpm)
 _MAX_LIMIT = 1000  # rows (drill-down) or groups (spend) one answer may list
 _COUNT_DIGITS = 7  # more ASCII digits than any allowed count has (int() refuses past 4300 of them)
 #: SQLSTATE classes of a database that cannot serve now: connection exception, insufficient resources (too many
@@ -89,8 +91,12 @@ def refuse_nul(param: str, value: str | None) -> None:
         raise InvalidRequest(f"'{param}' must not contain a NUL character.", param=param)
 
 
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
 async def _admin(request: Request) -> None:
-    await gateway_of(request).admission.authorize_admin(context(request))
+    await require_admin(request)
 
 
 def _ledger(request: Request) -> SqlLedger:
@@ -236,7 +242,7 @@ async def recent_requests(request: Request) -> Response:
     return json_response({"object": "list", "data": rows})
 
 
-@router.get("/admin/requests/{request_id}")
+@router.get("/admin/requests/{request_id:path}")  # a client's x-request-id may hold a '/'
 async def request_rows(request: Request, request_id: str) -> Response:
     """The ledger rows of one request id (404 if none, e.g. past retention)."""
     await _admin(request)
@@ -265,6 +271,7 @@ async def router_reload(request: Request) -> Response:
     await _admin(request)
     gw = gateway_of(request)
     answer = await reload_router(gw)
+    log.info("admin: router reloaded from %s", _peer(request))
     every = gw.settings.router.watch_seconds
     answer["other_processes"] = (
         f"every other gateway process serving {gw.settings.router.artifact} loads it within {every:g} s "
@@ -286,15 +293,6 @@ async def list_keys(request: Request) -> Response:
     return json_response({"object": "list", "data": [r.to_json() for r in records]})
 
 
-def _opt_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT:
-        raise InvalidRequest(f"'{name}' must be an integer from 1 to {_MAX_INT}.", param=name)
-    return value
-
-
 @router.post("/admin/keys")
 async def create_key(request: Request) -> Response:
     """Create a key: ``{"name", "team"?, "budget_usd"?, "rpm"?, "tpm"?}``; the secret is returned once."""
@@ -303,7 +301,7 @@ async def create_key(request: Request) -> Response:
         body = orjson.loads(await read_body(request, gateway_of(request).settings.server.max_body_bytes))
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
+    if not isinstance(body, dict) or body.get("name") is None:
         raise InvalidRequest("'name' is required.", param="name")
     budget: Decimal | None = None
     if body.get("budget_usd") is not None:
@@ -311,17 +309,14 @@ async def create_key(request: Request) -> Response:
             budget = q.parse_budget(str(body["budget_usd"]))
         except ValueError as exc:
             raise InvalidRequest(f"'budget_usd' {exc}.", param="budget_usd") from None
-    team = body.get("team")
-    refuse_nul("name", body["name"])
-    refuse_nul("team", team if isinstance(team, str) else None)
-    with database_errors("key"):
-        record, secret = await _keys(request).create_key(
-            body["name"].strip()[:128],
-            team=team[:128] if isinstance(team, str) and team else None,
-            budget_usd=budget,
-            rpm=_opt_int(body, "rpm"),
-            tpm=_opt_int(body, "tpm"),
-        )
+    try:
+        with database_errors("key"):
+            record, secret = await _keys(request).create_key(
+                body["name"], team=body.get("team"), budget_usd=budget, rpm=body.get("rpm"), tpm=body.get("tpm")
+            )
+    except InvalidKeyField as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    log.info("admin: key %s created (team %s) from %s", record.id, record.team or "-", _peer(request))
     return json_response({**record.to_json(), "key": secret}, status=201)
 
 
@@ -334,13 +329,30 @@ async def revoke_key(key_id: str, request: Request) -> Response:
         record = await _keys(request).revoke_key(key_id)
     if record is None:
         raise NotFound(f"No key '{key_id}'.", code="key_not_found")
+    log.info("admin: key %s revoked from %s", record.id, _peer(request))
     return json_response(record.to_json())
+
+
+#: The dashboard's pages hold the master key (sessionStorage): scripts only from the gateway itself, no framing by
+#: another site (clickjacking), no guessing of content types, no address of the dashboard sent elsewhere.
+#: Styles may be inline: Chart.js sizes its canvases with them.
+_PAGE_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 @router.get("/dashboard")
 async def dashboard_page() -> Response:
     """The dashboard page (a login form; its data needs the master key)."""
-    return FileResponse(DASHBOARD_DIR / "index.html", media_type="text/html", headers={"cache-control": "no-cache"})
+    return FileResponse(
+        DASHBOARD_DIR / "index.html", media_type="text/html", headers={"cache-control": "no-cache", **_PAGE_HEADERS}
+    )
 
 
 @router.get("/dashboard/static/{name}")
@@ -350,5 +362,7 @@ async def dashboard_static(name: str) -> Response:
     if media_type is None:
         raise NotFound(f"No dashboard file '{name}'.", code="not_found")
     return FileResponse(
-        DASHBOARD_DIR / "static" / name, media_type=media_type, headers={"cache-control": "public, max-age=3600"}
+        DASHBOARD_DIR / "static" / name,
+        media_type=media_type,
+        headers={"cache-control": "public, max-age=3600", **_PAGE_HEADERS},
     )

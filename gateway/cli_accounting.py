@@ -82,6 +82,12 @@ def _database_run(go: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise typer.Exit(1) from None
 
 
+def _quoted(value: str) -> str:
+    """A stored name for a plain terminal line: quoted, its control characters escaped (keys made before names
+    were checked may hold escape sequences)."""
+    return "'" + _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value) + "'"
+
+
 def _money(value: Decimal | None) -> str:
     return "-" if value is None else f"${value:,.6f}"
 
@@ -111,11 +117,19 @@ def create(
         except ValueError as exc:
             typer.echo(f"error: --budget-usd {exc}", err=True)
             raise typer.Exit(2) from None
+    from gateway.auth.keys import InvalidKeyField, checked_key_fields
+
+    try:
+        checked_key_fields(name, team, rpm, tpm)  # before the database is touched (the store checks again)
+    except InvalidKeyField as exc:
+        typer.echo(f"error: --{exc.param}: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = _settings(config)
     record, secret = _run(settings, lambda adm: adm.create_key(name, team=team, budget_usd=budget, rpm=rpm, tpm=tpm))
     typer.echo(secret)
     typer.echo(
-        f"created {record.id} '{record.name}' team={record.team or '-'} budget={_money(record.budget_usd)} "
+        f"created {record.id} {_quoted(record.name)} team={_quoted(record.team) if record.team else '-'} "
+        f"budget={_money(record.budget_usd)} "
         f"rpm={record.rpm or '-'} tpm={record.tpm or '-'} (store the key now: it is not shown again)",
         err=True,
     )
@@ -170,7 +184,7 @@ def revoke(
     if record is None:
         typer.echo(f"error: no key '{key_id}'", err=True)
         raise typer.Exit(1)
-    typer.echo(f"revoked {record.id} '{record.name}'")
+    typer.echo(f"revoked {record.id} {_quoted(record.name)}")
 
 
 def spend(

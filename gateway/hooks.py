@@ -31,8 +31,9 @@ class Admission(Protocol):
         """After the request: release reservations and charge the actual cost and tokens."""
         ...
 
-    async def authorize_admin(self, ctx: RequestContext) -> None:
-        """Raise Unauthorized/Forbidden unless the caller holds the master key (when keys are on)."""
+    async def authorize_admin(self, ctx: RequestContext, peer: str | None = None, endpoint: str = "") -> None:
+        """Raise Unauthorized/Forbidden unless the caller holds the master key (when keys are on); ``peer``, the
+        client's address, and ``endpoint`` say where a wrong key came from."""
         ...
 
 
@@ -107,7 +108,7 @@ class OpenAdmission:
     async def settle(self, ctx: RequestContext) -> None:
         return None
 
-    async def authorize_admin(self, ctx: RequestContext) -> None:
+    async def authorize_admin(self, ctx: RequestContext, peer: str | None = None, endpoint: str = "") -> None:
         return None
 
 

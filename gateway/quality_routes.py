@@ -38,7 +38,7 @@ from gateway.errors import InvalidRequest, NotFound
 from gateway.protocol import load_json_object
 from gateway.quality.report import GROUP_BY, add_feedback, quality_report
 from gateway.quality.spend import monitoring_spend_today
-from gateway.routes import context, gateway_of, json_response, read_body
+from gateway.routes import context, gateway_of, json_response, read_body, require_admin
 from gateway.runtime import Gateway, describe_router
 
 router = APIRouter()
@@ -124,7 +124,7 @@ async def post_feedback(request: Request) -> Response:
 async def admin_quality(request: Request) -> Response:
     """Per route or model: the judged samples, the estimate against the reference, feedback and spend."""
     gw = gateway_of(request)
-    await gw.admission.authorize_admin(context(request))
+    await require_admin(request)
     group_by = request.query_params.get("group_by", "route")
     if group_by not in GROUP_BY:
         raise InvalidRequest(f"Invalid group_by '{group_by}': use one of {', '.join(GROUP_BY)}.", param="group_by")

@@ -74,6 +74,14 @@ def context(request: Request) -> RequestContext:
     return ctx
 
 
+async def require_admin(request: Request) -> RequestContext:
+    """The master key for this request (its peer's wrong keys counted: :mod:`gateway.auth.admin_guard`)."""
+    ctx = context(request)
+    peer = request.client.host if request.client else None
+    await gateway_of(request).admission.authorize_admin(ctx, peer, request.url.path)
+    return ctx
+
+
 async def _require_key(request: Request) -> None:
     """With virtual keys on, the same check as every inference request's, and one of the key's requests a minute
     (a store round trip each)."""
@@ -141,7 +149,7 @@ async def ready(request: Request) -> Response:
     detail only for the master key. Probes nothing itself."""
     gw = gateway_of(request)
     try:
-        await gw.admission.authorize_admin(context(request))
+        await require_admin(request)
         detail = True
     except GatewayError:
         detail = False
@@ -154,7 +162,7 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics (the master key required with ``server.metrics_require_key``)."""
     gw = gateway_of(request)
     if gw.settings.server.metrics_require_key:
-        await gw.admission.authorize_admin(context(request))
+        await require_admin(request)
     m = gw.metrics
     for name, backend in gw.backends.items():
         m.in_flight.labels(name).set(backend.stats.in_flight)
@@ -167,7 +175,6 @@ async def metrics(request: Request) -> Response:
 async def route_explain(request: Request) -> Response:
     """The routing decision for a request body, with each candidate's predictions; calls no backend."""
     gw = gateway_of(request)
-    ctx = context(request)
-    await gw.admission.authorize_admin(ctx)
+    ctx = await require_admin(request)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
     return json_response(await gw.pipeline.explain(ctx, raw))

@@ -42,6 +42,7 @@ from gateway.accounting.schema import (
     GRAINS_MS,
     LATENCY_BOUNDS_MS,
     MONEY_COLUMNS,
+    MONEY_PLACES,
     MONEY_SUM,
     TOTAL_HIST,
     TTFT_HIST,
@@ -113,6 +114,7 @@ def _epoch_ms(seconds: float, value: str) -> int:
 
 #: The largest budget a key may have: SQLite stores money as int64 units of 1e-12 USD (about 9.2 million USD).
 MAX_BUDGET_USD = Decimal(9_000_000)
+_MONEY_STEP = Decimal(1).scaleb(-MONEY_PLACES)
 
 
 def parse_budget(value: str) -> Decimal:
@@ -127,6 +129,8 @@ def parse_budget(value: str) -> Decimal:
         budget = Decimal("NaN")
     if not budget.is_finite() or not 0 <= budget <= MAX_BUDGET_USD:
         raise ValueError(f"must be a decimal number from 0 to {MAX_BUDGET_USD}")
+    if budget != budget.quantize(_MONEY_STEP):  # stored with MONEY_PLACES: 1e-13 would become a budget of 0
+        raise ValueError(f"must have at most {MONEY_PLACES} decimal places")
     return budget
 
 

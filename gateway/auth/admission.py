@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cache.base import StoreError
 from gateway.accounting.db import Database
+from gateway.auth.admin_guard import AdminGuard
 from gateway.auth.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
 from gateway.auth.limits import NANO, KeyLimits, Limiter, MemoryLimiter, Reservation, from_nano, to_nano
 from gateway.config import Settings, resolve_auth
@@ -275,6 +276,7 @@ class KeyAdmission:
         self.estimator = ReserveEstimator(settings)
         self._store_log = OutageLog(log)
         self._master = master_key.encode() if master_key else None
+        self.admin_guard = AdminGuard()
 
     def is_master(self, secret: str | None) -> bool:
         """Whether ``secret`` is the master key (constant-time comparison)."""
@@ -421,11 +423,22 @@ class KeyAdmission:
         except StoreError as exc:
             log.error("could not settle %s for key %s (%s)", ctx.request_id, reservation.key_id, exc)
 
-    async def authorize_admin(self, ctx: RequestContext) -> None:
-        """The master key, always (a loopback peer may be a reverse proxy); none configured: admin is off."""
+    async def authorize_admin(self, ctx: RequestContext, peer: str | None = None, endpoint: str = "") -> None:
+        """The master key, always (a loopback peer may be a reverse proxy); none configured: admin is off. A wrong
+        key from ``peer`` (the client's address) counts against it: too many and it is refused for a while
+        (:mod:`gateway.auth.admin_guard`)."""
         if self._master is not None:
+            wait = self.admin_guard.locked_for(peer) if peer else None
+            if wait is not None:
+                raise RateLimited(
+                    f"Too many wrong master keys from this address: admin requests are refused for {wait} s.",
+                    code="admin_locked",
+                    headers={"retry-after": str(wait)},
+                )
             if self.is_master(ctx.api_key):
                 return
+            if ctx.api_key and peer:
+                self.admin_guard.failed(peer, endpoint)
             if ctx.api_key and ctx.api_key.startswith(KEY_PREFIX):
                 raise Forbidden("This endpoint needs the master key; a virtual key cannot use it.")
             raise Unauthorized("This endpoint needs the master key: send 'Authorization: Bearer <master key>'.")

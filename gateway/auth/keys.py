@@ -8,6 +8,7 @@ secret is shown once, at creation.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,49 @@ from gateway.accounting.schema import api_keys
 
 KEY_PREFIX = "sk-gw-"
 _DISPLAY_CHARS = 10
+#: The largest ``rpm`` or ``tpm`` a key may have (PostgreSQL's INTEGER).
+MAX_LIMIT = 2**31 - 1
+#: The longest ``name`` or ``team`` a key may have.
+MAX_NAME_CHARS = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class InvalidKeyField(ValueError):
+    """A field of a new key that is refused; ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _checked_text(param: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidKeyField(param, f"'{param}' must be a string.")
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidKeyField(param, f"'{param}' must be at most {MAX_NAME_CHARS} characters.")
+    if _CONTROL.search(value):
+        raise InvalidKeyField(param, f"'{param}' must not contain control characters.")
+    return value
+
+
+def checked_key_fields(name: object, team: object, rpm: object, tpm: object) -> tuple[str, str | None]:
+    """A new key's ``name`` (stripped) and ``team`` (None for none or empty), with ``rpm`` and ``tpm`` checked: one
+    check for the admin API and ``gateway keys create``. Nothing is cut short: a team is a tenant (its keys share
+    spend, feedback and cached answers), so two teams cut to the same 128 characters would be one.
+
+    Raises:
+        InvalidKeyField: a field that is refused (blank name, a name or team that is not a string, is too long or
+            holds a control character, a limit that is not an integer from 1 to :data:`MAX_LIMIT`).
+    """
+    name = _checked_text("name", name).strip()
+    if not name:
+        raise InvalidKeyField("name", "'name' is required.")
+    if team is not None:
+        team = _checked_text("team", team) or None
+    for param, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT):
+            raise InvalidKeyField(param, f"'{param}' must be an integer from 1 to {MAX_LIMIT}.")
+    return name, team
 
 
 def generate_key() -> str:
@@ -106,7 +150,12 @@ class KeyStore:
         rpm: int | None = None,
         tpm: int | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Store a new key; returns its record and its secret (shown once, never stored)."""
+        """Store a new key; returns its record and its secret (shown once, never stored).
+
+        Raises:
+            InvalidKeyField: see :func:`checked_key_fields`.
+        """
+        name, team = checked_key_fields(name, team, rpm, tpm)
         await self.db.ensure_schema()
         secret = generate_key()
         values = {

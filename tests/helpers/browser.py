@@ -37,7 +37,8 @@ needs_chromium = pytest.mark.skipif(
 
 @dataclass
 class DashboardPage:
-    """An open dashboard tab and the JavaScript errors it has raised so far."""
+    """An open dashboard tab and the JavaScript errors it has raised so far (its Content-Security-Policy's refusals
+    included: a dashboard the policy breaks fails every browser test)."""
 
     page: Page
     errors: list[str] = field(default_factory=list)
@@ -56,6 +57,10 @@ def dashboard_page(url: str, master_key: str | None = None) -> Iterator[Dashboar
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             tab = DashboardPage(page)
             page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+            page.on(
+                "console",
+                lambda msg: tab.errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+            )
             page.goto(url)
             if master_key is not None:
                 page.fill("#master-key", master_key)

@@ -1,14 +1,20 @@
 /* The gateway's cost dashboard: reads /admin/dashboard/data with the master key (kept in sessionStorage)
  * and draws it with Chart.js. Money arrives as exact decimal strings; the KPI elements keep that exact
  * string in data-value and show it rounded. The quality panel (/admin/quality, a heavier query) refreshes
- * less often (?quality_refresh=, seconds, default 60), and never while its previous request is pending. */
+ * less often (?quality_refresh=, seconds, default 60; both at least 1), and never while its previous request is pending. */
 (function () {
   "use strict";
 
   var STORAGE_KEY = "gateway-master-key";
   var SEARCH = new URLSearchParams(location.search);
-  var REFRESH_MS = 1000 * Number(SEARCH.get("refresh") || 5);
-  var QUALITY_REFRESH_MS = 1000 * Number(SEARCH.get("quality_refresh") || 60);
+  // seconds from the address, at least `least` (each load flushes the ledger and runs several queries: a link
+  // with ?refresh=0 must not turn an open tab into a load generator); not a number: the default
+  function seconds(name, fallback, least) {
+    var value = Number(SEARCH.get(name));
+    return 1000 * (SEARCH.get(name) && isFinite(value) ? Math.max(least, value) : fallback);
+  }
+  var REFRESH_MS = seconds("refresh", 5, 1);
+  var QUALITY_REFRESH_MS = seconds("quality_refresh", 60, 1);
   var PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
                  "#ea580c", "#475569"];
   var charts = {};
