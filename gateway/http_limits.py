@@ -28,7 +28,9 @@ SINGLE_VALUED = frozenset({"authorization", "x-request-id", "content-length", *P
 
 
 def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The request's headers by lower-cased name: the one parse every endpoint uses.
+    """The request's headers by lower-cased name: the one parse every endpoint uses. A header sent on several lines
+    is one list, its values joined with ", " (RFC 9110, 5.3): ``Cache-Control: no-store`` then ``Cache-Control:
+    no-transform`` must keep ``no-store``, which the last line alone lost.
 
     Raises:
         InvalidRequest: a header of :data:`SINGLE_VALUED` appears more than once (``param`` names it).
@@ -40,7 +42,8 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
             raise InvalidRequest(
                 f"The header '{name}' was sent more than once; send it once.", param=name, code="duplicate_header"
             )
-        out[name] = value_b.decode("latin-1")
+        value = value_b.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
     return out
 
 

@@ -58,6 +58,15 @@ from gateway.tokens import TokenCounter
 _NOT_FOR_THE_REFERENCE = frozenset({"stream", "stream_options", "user", "store", "metadata", "gateway"})
 
 
+def asks_again_safely(body: dict[str, Any]) -> bool:
+    """Whether a request may be sent again to the reference and judged: one answer (``n``), no tools (asking again
+    could suggest side-effecting calls), text only (the judge reads text). The sampled requests' rule and the
+    semantic cache's checks' alike."""
+    if body.get("tools") or body.get("functions") or body.get("n") not in (None, 1):
+        return False
+    return not has_media(body.get("messages"))
+
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -149,6 +158,8 @@ class QualityMonitor:
         self._synced_at = -float("inf")  # monotonic time the ledger's figure was last read
         self.reference: dict[str, str] = {}
         self.rates: dict[str, float] = {}
+        #: routes whose data stays where it was served (their own ``quality_sample_rate: 0``): no sample, no check
+        self.local_only = frozenset(n for n, spec in router.routes.items() if spec.quality_sample_rate == 0)
         for name, spec in router.routes.items():
             ref = strongest(router, name)
             if ref is not None:
@@ -183,12 +194,12 @@ class QualityMonitor:
             return False
         rate = self.rates.get(route, 0.0)
         body = ctx.body
-        if rate <= 0 or body.get("tools") or body.get("functions") or body.get("n") not in (None, 1):
+        if rate <= 0 or not asks_again_safely(body):
             return False
         if "no-store" in cache_control(ctx.headers) or body.get("store") is False or ctx.extra.get("store") is False:
             return False  # the client asked that nothing be kept: the prompt is stored with the verdict
-        if ctx.usage.prompt_tokens > self.settings.max_prompt_tokens or has_media(body.get("messages")):
-            return False  # a sample's cost stays bounded; the judge reads text only
+        if ctx.usage.prompt_tokens > self.settings.max_prompt_tokens:
+            return False  # a sample's cost stays bounded
         if self._rng.random() >= rate:
             return False
         blocked = self.spend.blocked()  # a local figure: the request path never waits on Redis or the database
@@ -575,7 +586,7 @@ class _SemanticChecker(HitChecker):
     async def _shadow(self, request: dict[str, Any]) -> str:
         reference = self._route_models()[0]
         _TALLY.get().reference_model = reference
-        body = {k: v for k, v in request.items() if k not in ("stream", "stream_options", "user")}
+        body = {k: v for k, v in request.items() if k not in _NOT_FOR_THE_REFERENCE}
         return await self.monitor.reference_answer(reference, body)
 
     async def run_one(self, check: Check) -> bool | None:
@@ -583,7 +594,8 @@ class _SemanticChecker(HitChecker):
         verdict beside the pairwise ones."""
         monitor = self.monitor
         reference = monitor.reference.get(check.route)
-        if reference is None:
+        # a route whose data stays where it was served sends no check either; nor a request not to be asked again
+        if reference is None or check.route in monitor.local_only or not asks_again_safely(check.request):
             return None
         judge = monitor.settings.judge_model or reference
         reservation = await monitor._admit(check.hit_id, monitor._check_bound(check, reference, judge), wait=False)
