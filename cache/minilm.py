@@ -192,6 +192,7 @@ class MiniLMEmbedder:
         self._unknown = self._tokenizer.token_to_id("[UNK]")
         self.dim = int(config["hidden_size"])
         self.runtime = runtime
+        self.max_tokens = max_tokens
 
     def _hidden(self, texts: list[str]) -> tuple[F32, F32, list[list[str]]]:
         encodings = self._tokenizer.encode_batch(texts)

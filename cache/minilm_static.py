@@ -122,6 +122,11 @@ class InlineEncoder:
         """The prompt vector computed (``minilm-static``)."""
         return self.embedder.vector
 
+    @property
+    def max_tokens(self) -> int:
+        """The word pieces it reads at most."""
+        return self.embedder.max_tokens
+
     async def encode(self, text: str) -> F32 | None:
         """The text's unit vector."""
         return self.embedder.embed_one(text)

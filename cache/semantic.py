@@ -98,6 +98,12 @@ class PromptEncoder(Protocol):
         """The prompt vector computed (``minilm`` or ``minilm-static``)."""
         ...
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The word pieces it reads at most (None: not known): a vector of the same kind truncated elsewhere is
+        another vector (an adapted router must read the truncation it was fitted on)."""
+        ...
+
     async def encode(self, text: str) -> F32 | None:
         """The text's unit vector; None when the encoder is saturated."""
         ...
@@ -126,6 +132,12 @@ class SemanticEncoder:
         """The prompt vector the embedder computes: its ``vector`` attribute, else ``minilm`` (the sentence
         embedding; :class:`cache.minilm_static.StaticMiniLM` says ``minilm-static``)."""
         return str(getattr(self.embedder, "vector", "minilm"))
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The embedder's ``max_tokens`` (None when it has none)."""
+        value = getattr(self.embedder, "max_tokens", None)
+        return value if isinstance(value, int) else None
 
     def reads_whole(self, text: str) -> bool:
         """The embedder's :meth:`Embedder.reads_whole` (a tokenization: tens of microseconds for a question)."""

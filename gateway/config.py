@@ -377,7 +377,7 @@ class RouterSettings(_Strict):
     embed_timeout_ms: float = Field(
         4.0, gt=0, description="an adapted router waits this long for the embedding, then scores without it"
     )
-    embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces embedded when the cache did not")
+    embed_max_tokens: int = Field(128, ge=8, le=512, description="word pieces a background adaptation embeds")
     fallback_to_prior: bool = Field(
         False,
         description="start on the shipped prior (logged) when `artifact` is missing or does not load, instead of "

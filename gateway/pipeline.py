@@ -59,7 +59,7 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, embedding_vector, explain, reads_embedding
+from gateway.routing import Plan, Router, embedding_tokens, embedding_vector, explain, reads_embedding
 from gateway.streaming import (
     DONE,
     ChunkRelay,
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from cache.semantic import PromptEncoder
 
 log = logging.getLogger("gateway.pipeline")
-#: Characters of a prompt handed to the router's embedding (it reads at most ``router.embed_max_tokens``).
+#: Characters of a prompt handed to the router's embedding (it reads at most its artifact's ``max_tokens``, <= 512).
 _EMBED_MAX_CHARS = 4000
 
 _VALIDATORS: dict[str, type[InferenceRequest]] = {
@@ -273,12 +273,13 @@ class Pipeline:
         estimator = self.router.estimator
         if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
             return None
-        vector = embedding_vector(estimator)
-        shared = vector == "minilm"  # the semantic cache's embedding is this vector
+        vector, tokens = embedding_vector(estimator), embedding_tokens(estimator)
+        encoder = self.router_encoder
+        # the semantic cache's embedding is this vector when the router reads through the cache's own encoder
+        shared = encoder is not None and encoder is getattr(self.cache, "encoder", None)
         if shared and ctx.prompt_vector is not None:
             return ctx.prompt_vector
-        encoder = self.router_encoder
-        if encoder is None or encoder.vector != vector or not feats.prompt:
+        if encoder is None or encoder.vector != vector or encoder.max_tokens != tokens or not feats.prompt:
             return None
         result = None
         try:

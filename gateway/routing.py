@@ -80,6 +80,12 @@ def embedding_vector(estimator: QualityEstimator | None) -> str:
     return str(getattr(estimator, "vector", "minilm"))
 
 
+def embedding_tokens(estimator: QualityEstimator | None) -> int:
+    """How many word pieces of the prompt ``estimator``'s vector reads (its ``embed_max_tokens``; 128, the
+    adaptation's default, for one that does not say)."""
+    return int(getattr(estimator, "embed_max_tokens", 128))
+
+
 def base_quality(spec: ModelSpec) -> float:
     """The model's configured quality, else a known public figure, else a neutral 7."""
     if spec.quality is not None:

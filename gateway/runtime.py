@@ -31,7 +31,7 @@ from gateway.pipeline import Pipeline
 from gateway.pricing import baseline_problem, load_price_entries, unpriced_hosted_models
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
-from gateway.routing import QualityEstimator, Router, embedding_vector, reads_embedding
+from gateway.routing import QualityEstimator, Router, embedding_tokens, embedding_vector, reads_embedding
 from gateway.telemetry import Tracing, build_tracing
 from gateway.tokens import TiktokenCounter, load_counter
 from policies.answer_check import AnswerCheck
@@ -62,9 +62,9 @@ class Gateway:
     readiness: Readiness
     responses: ResponseStore
     monitor: QualityMonitor | None = None
-    #: The adapted router's prompt encoders built so far, by prompt vector (``minilm``, ``minilm-static``): a
-    #: reload that switches the vector back and forth reuses them instead of loading the model again.
-    router_encoders: dict[str, PromptEncoder] = field(default_factory=dict)
+    #: The adapted router's prompt encoders built so far, by prompt vector (``minilm``, ``minilm-static``) and word
+    #: pieces read: a reload that switches back and forth reuses them instead of loading the model again.
+    router_encoders: dict[tuple[str, int], PromptEncoder] = field(default_factory=dict)
     #: What the serving router was loaded from, and when (``GET /admin/router``; what :class:`RouterWatch` compares).
     router_source: RouterSource = field(default_factory=lambda: RouterSource())
     #: Held by a reload from its stamp to its swap: one reload at a time in a process (admin, watch, adaptation).
@@ -125,14 +125,14 @@ async def reload_router(gw: Gateway, *, by: str = "reload") -> dict[str, Any]:
                 code="router_artifact_invalid",
                 transient=isinstance(exc, OSError),
             ) from None
-        vector = embedding_vector(estimator)
+        kind = embedding_vector(estimator), embedding_tokens(estimator)
         if reads_embedding(estimator):
             # The previous encoder stays built (a request may still be waiting on it; the next reload may want it).
-            encoder = gw.router_encoders.get(vector)
+            encoder = gw.router_encoders.get(kind)
             if encoder is None:
-                encoder = await components.build_router_encoder(gw.settings, gw.cache, vector)
+                encoder = await components.build_router_encoder(gw.settings, gw.cache, *kind)
                 if encoder is not None:
-                    gw.router_encoders[vector] = encoder
+                    gw.router_encoders[kind] = encoder
             gw.pipeline.router_encoder = encoder
         gw.router.set_estimator(estimator, routes)
         gw.router_source = RouterSource(stamp, time.time(), by)
@@ -396,7 +396,8 @@ async def build_gateway(settings: Settings) -> Gateway:
     cache = await components.build_cache(settings, metrics)
     router_encoder = None
     if reads_embedding(estimator):
-        router_encoder = await components.build_router_encoder(settings, cache, embedding_vector(estimator))
+        kind = embedding_vector(estimator), embedding_tokens(estimator)
+        router_encoder = await components.build_router_encoder(settings, cache, *kind)
     recorder = await components.build_recorder(settings, metrics)
     admission = await components.build_admission(settings, recorder)
     pipeline = Pipeline(
@@ -435,7 +436,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     gw.router_source = RouterSource(stamp)
     if router_encoder is not None:
-        gw.router_encoders[router_encoder.vector] = router_encoder
+        gw.router_encoders[embedding_vector(estimator), embedding_tokens(estimator)] = router_encoder
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
         pipeline.monitor = gw.monitor

@@ -274,6 +274,11 @@ class AdaptedRouter:
         return str(self.metadata.get("embedding", {}).get("vector", "minilm"))
 
     @property
+    def embed_max_tokens(self) -> int:
+        """The word pieces of the prompt its vector was computed from in training (the gateway must read as many)."""
+        return int(self.metadata.get("embedding", {}).get("max_tokens", AdaptConfig.embed_max_tokens))
+
+    @property
     def held_out(self) -> dict[str, Any]:
         """Cross-validated figures on the deployment's labels (adapted, frozen prior, random)."""
         result: dict[str, Any] = self.metadata.get("held_out", {})
@@ -536,7 +541,9 @@ def load_adapted(directory: Path, *, encode: Callable[[str], list[int]], embed: 
 
 def minilm_embed(max_tokens: int = AdaptConfig.embed_max_tokens, runtime: str = "auto", batch: int = 32) -> Embed:
     """The semantic cache's MiniLM as an :data:`Embed` (int8 ONNX when the ``semantic`` extra is installed),
-    truncating prompts to ``max_tokens`` word pieces and batching prompts of similar length.
+    truncating prompts to ``max_tokens`` word pieces and batching prompts of similar length (fp32 only: int8
+    quantises a batch's activations together, so a prompt embedded among others got another vector than the
+    one the gateway computes for it alone, up to 0.009 of score apart).
 
     Raises:
         cache.minilm.ModelUnavailable: the packaged model or its runtime is not installed.
@@ -545,6 +552,8 @@ def minilm_embed(max_tokens: int = AdaptConfig.embed_max_tokens, runtime: str = 
     from cache.semantic import default_runtime
 
     model = MiniLMEmbedder(max_tokens=max_tokens, runtime=default_runtime() if runtime == "auto" else runtime)
+    if model.runtime == "onnx-int8":
+        batch = 1
 
     def embed(texts: list[str]) -> NDArray[np.float32]:
         out = np.zeros((len(texts), model.dim), dtype=np.float32)

