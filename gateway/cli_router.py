@@ -7,6 +7,7 @@ Mounted by the main CLI with ``app.add_typer(router_app, name="router")``; also 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, cast
@@ -156,16 +157,35 @@ def adapt_cmd(
     """Fit a deployment router on LABELS (or, with --from-ledger, on the labels the quality monitor and the
     clients' feedback left in the ledger's database) on top of the prior; write it to OUT with its held-out
     figures."""
-    from policies.router.adapt import VECTORS, AdaptConfig, adapt, format_held_out
-    from policies.router.data import file_sha256, load_records
-    from policies.router.model import ARTIFACT_DIR, QualityRouter
+    from policies.router.adapt import VECTORS
 
     if vector not in VECTORS:
         raise typer.BadParameter(f"one of {', '.join(VECTORS)}", param_hint="--vector")
     if from_ledger == (labels is not None):
         raise typer.BadParameter("give either --labels FILE or --from-ledger --config FILE", param_hint="--labels")
-    if labels is None:
-        labels = _export_ledger_labels(config, out)
+    if labels is not None:
+        _adapt(labels, out, prior, folds, seed, vector, source={"file": labels.name})
+        return
+    exported = _export_ledger_labels(config, out)
+    try:
+        _adapt(exported, out, prior, folds, seed, vector, source={"file": _LEDGER_LABELS, "from": "ledger"})
+        exported.replace(out / _LEDGER_LABELS)  # beside the artifact it was trained on: only once it is saved
+    finally:
+        exported.unlink(missing_ok=True)
+
+
+#: The file beside an artifact adapted ``--from-ledger``: the labels it was trained on.
+_LEDGER_LABELS = "labels.jsonl"
+
+
+def _adapt(
+    labels: Path, out: Path, prior: Path | None, folds: int, seed: int, vector: str, source: dict[str, str]
+) -> None:
+    """Fit on ``labels`` and save to ``out`` (one ``error:`` line and exit 2 when it cannot)."""
+    from policies.router.adapt import AdaptConfig, adapt, format_held_out
+    from policies.router.data import file_sha256, load_records
+    from policies.router.model import ARTIFACT_DIR, QualityRouter
+
     try:
         records = load_records(labels)
     except (OSError, ValueError) as exc:
@@ -176,9 +196,7 @@ def adapt_cmd(
         base = QualityRouter.load(prior, encode=encode)
     except (OSError, ValueError, KeyError) as exc:
         _fail(f"cannot load the prior artifact {prior}: {exc}")
-    source = {"file": labels.name, "sha256": file_sha256(labels)}
-    if from_ledger:
-        source["from"] = "ledger"
+    source = {**source, "sha256": file_sha256(labels)}
     try:
         router = adapt(
             records,
@@ -189,7 +207,7 @@ def adapt_cmd(
             prior_dir=prior or ARTIFACT_DIR,
         )
     except ValueError as exc:
-        _fail(f"{labels}: {exc}")
+        _fail(f"{labels if source.get('from') != 'ledger' else 'the labels exported from the ledger'}: {exc}")
     try:
         router.save(out)  # all files at once: a gateway reloading OUT meanwhile reads the old artifact or this one
     except OSError as exc:
@@ -199,8 +217,11 @@ def adapt_cmd(
 
 
 def _export_ledger_labels(config: Path | None, out: Path) -> Path:
-    """``gateway quality labels`` into ``OUT/labels.jsonl`` (kept beside the artifact: what it was trained on)."""
+    """``gateway quality labels`` into a new file in ``OUT``, moved to ``OUT/labels.jsonl`` (kept beside the artifact:
+    what it was trained on) once the artifact is saved: a failed run (too few labels, a wrong database) left the
+    serving artifact without the labels it was trained on."""
     import asyncio
+    import tempfile
 
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -211,17 +232,21 @@ def _export_ledger_labels(config: Path | None, out: Path) -> Path:
     if config is None:
         raise typer.BadParameter("--from-ledger needs --config (it finds the database)", param_hint="--config")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "labels.jsonl"
+    handle, name = tempfile.mkstemp(prefix=".labels-", suffix=".jsonl", dir=out)
+    os.close(handle)
+    path = Path(name)
     counts = LabelCounts()
     try:
         n = asyncio.run(export_from_config(config, path, None, None, counts))
     except ConfigError as exc:
+        path.unlink(missing_ok=True)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (SQLAlchemyError, OSError) as exc:
+        path.unlink(missing_ok=True)
         typer.echo(f"error: the database is unreachable: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{n} labels exported from the ledger to {path}{capped_note(counts)}")
+    typer.echo(f"{n} labels exported from the ledger{capped_note(counts)}")
     return path
 
 

@@ -23,6 +23,11 @@ no tenant holds more than ``s`` of the feedback labels kept, and a tenant under 
 With one tenant (one key, one team, or virtual keys off) ``s`` is 1 and nothing is capped: a single-app
 deployment adapts on all its feedback; with two, each keeps as many as the smaller gave (no share below one
 half can hold for both). Judge verdicts are the gateway's own evaluation, not the clients': never capped.
+
+``K`` counts every tenant whose requests gave labels, judged ones too: a tenant that is the only one to give
+feedback, in a deployment of several, is not alone (its feedback was uncapped, whatever it sent). No share of the
+feedback can bound a lone giver (it holds all of it), so its feedback is bounded by the labels of the export
+instead: at most ``L`` with ``L <= s * (V + L)``, ``V`` the verdict labels of the other tenants' requests.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.accounting.quality_tables import feedback, verdicts
+from gateway.accounting.schema import api_keys
 
 log = logging.getLogger("gateway.quality")
 
@@ -57,25 +63,31 @@ class LabelCounts:
     capped: int = 0
 
 
-def cap_shares(counts: Mapping[_T, int], share: float) -> dict[_T, int]:
+def cap_shares(
+    counts: Mapping[_T, int], share: float, *, tenants: int = 0, verdicts: Mapping[_T, int] | None = None
+) -> dict[_T, int]:
     """How many feedback labels each tenant keeps, given how many it has (``counts``) and the share one tenant may
     hold (``quality.max_label_share_per_key``): at most ``L`` each, ``L`` the largest integer for which no tenant
-    holds more than ``max(share, 1 / K)`` of the labels kept (``K`` tenants; see the module docstring)."""
+    holds more than ``max(share, 1 / K)`` of the labels kept (``K`` tenants, at least ``tenants``: those that gave
+    only judged labels count too; a lone feedback giver among them is bounded against the other tenants' judged
+    labels, ``verdicts`` by tenant: see the module docstring)."""
     sizes = {tenant: n for tenant, n in counts.items() if n > 0}
-    if len(sizes) <= 1:
+    k = max(tenants, len(sizes))
+    if not sizes or k <= 1:
         return dict(counts)
-    bound = max(share, 1.0 / len(sizes))
+    bound = max(share, 1.0 / k)
     if bound >= 1.0:
         return dict(counts)
+    judged = sum(n for t, n in (verdicts or {}).items() if t not in sizes) if len(sizes) == 1 else 0
 
     def holds(limit: int) -> bool:  # the largest tenant kept (limit, or all when fewer) within its share
-        kept = sum(min(n, limit) for n in sizes.values())
+        kept = judged + sum(min(n, limit) for n in sizes.values())
         return min(limit, largest) <= bound * kept * (1 + 1e-12)
 
-    # L = the smallest count always holds (every tenant keeps L: a share of 1/K <= bound). bound * sum(min(n, L))
-    # - L is concave in L, so the L that hold are one interval from there: bisect for its end.
+    # L = 0 holds. bound * (judged + sum(min(n, L))) - min(L, largest) is concave in L, so the L that hold are one
+    # interval from 0: bisect for its end (with several givers it reaches at least the smallest count).
     largest = max(sizes.values())
-    low, high = min(sizes.values()), largest
+    low, high = 0, largest
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if holds(mid) else (low, mid - 1)
@@ -102,20 +114,29 @@ async def label_rows(
         cond.append(verdicts.c.route == route)
     if start_ms is not None:
         cond.append(verdicts.c.ts_ms >= start_ms)
-    stmt = select(
-        verdicts.c.request_id,
-        verdicts.c.route,
-        verdicts.c.model,
-        verdicts.c.reference_model,
-        verdicts.c.verdict,
-        verdicts.c.prompt,
-        verdicts.c.key_id,
-    ).where(*cond)
+    stmt = (
+        select(
+            verdicts.c.request_id,
+            verdicts.c.route,
+            verdicts.c.model,
+            verdicts.c.reference_model,
+            verdicts.c.verdict,
+            verdicts.c.prompt,
+            verdicts.c.key_id,
+            api_keys.c.team,
+        )
+        .select_from(verdicts.outerjoin(api_keys, api_keys.c.id == verdicts.c.key_id))
+        .where(*cond)
+    )
     async with engine.connect() as conn:
         prompts: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+        judged: dict[str | None, str | None] = {}  # the keys whose requests were judged, and their teams
+        per_key: dict[str | None, int] = {}
         result = await conn.stream(stmt.order_by(verdicts.c.id))
-        async for request_id, rroute, model, reference, verdict, prompt, key_id in result:
+        async for request_id, rroute, model, reference, verdict, prompt, key_id, team in result:
             prompts[(request_id, key_id)] = (prompt, reference)
+            judged[key_id] = team
+            per_key[key_id] = per_key.get(key_id, 0) + 1
             weak, strong = _SCORES[verdict]
             yield _row(prompt, weak, strong, request_id, "verdict", rroute, model)
         fb = select(
@@ -132,17 +153,29 @@ async def label_rows(
             fb = fb.where(feedback.c.ts_ms >= start_ms)
         latest: dict[tuple[str, str | None], tuple[str | None, dict[str, Any]]] = {}
         async for request_id, froute, model, score, key_id, team in await conn.stream(fb.order_by(feedback.c.id)):
+            if team and not judged.get(key_id, team):
+                judged[key_id] = team  # a key gone from the keys table: its team as its feedback says
             known = prompts.get((request_id, key_id))
             if known is not None and model != known[1]:
                 latest.pop((request_id, key_id), None)  # re-inserted: the rows stay in the order of the last
                 row = _row(known[0], float(score), 1.0, request_id, "feedback", froute, model)
                 latest[(request_id, key_id)] = (_tenant(key_id, team), row)
-        for row in _capped(list(latest.values()), max_share, counts):
+        by_tenant: dict[str | None, int] = {}
+        for key_id, n in per_key.items():
+            tenant = _tenant(key_id, judged[key_id])
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + n
+        tenants = len(set(by_tenant) | {t for t, _ in latest.values()})
+        for row in _capped(list(latest.values()), max_share, counts, tenants=tenants, verdicts=by_tenant):
             yield row
 
 
 def _capped(
-    labels: list[tuple[str | None, dict[str, Any]]], max_share: float | None, counts: LabelCounts | None
+    labels: list[tuple[str | None, dict[str, Any]]],
+    max_share: float | None,
+    counts: LabelCounts | None,
+    *,
+    tenants: int = 0,
+    verdicts: Mapping[str | None, int] | None = None,
 ) -> list[dict[str, Any]]:
     """``labels`` (tenant, row; oldest first) less each tenant's oldest beyond :func:`cap_shares`' bound."""
     if max_share is None or not labels:
@@ -150,7 +183,7 @@ def _capped(
     have: dict[str | None, int] = {}
     for tenant, _ in labels:
         have[tenant] = have.get(tenant, 0) + 1
-    keep = cap_shares(have, max_share)
+    keep = cap_shares(have, max_share, tenants=tenants, verdicts=verdicts)
     skip = {tenant: have[tenant] - keep[tenant] for tenant in have}  # the oldest ones go
     out: list[dict[str, Any]] = []
     for tenant, row in labels:
@@ -165,7 +198,7 @@ def _capped(
             "%d feedback labels left out by quality.max_label_share_per_key=%s (%d tenants; over their share: %s)",
             left_out,
             max_share,
-            len(have),
+            max(tenants, len(have)),
             ", ".join(f"{t or 'no key'} -{n}" for t, n in capped.items()),
         )
     if counts is not None:

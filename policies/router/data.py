@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,8 +83,17 @@ def load_prompts(path: Path) -> list[str]:
         prompt = row.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError(f"{path}: line {lineno} has no string 'prompt' field")
-        prompts.append(prompt)
+        prompts.append(_text(path, lineno, prompt))
     return prompts
+
+
+def _text(path: Path, lineno: int, prompt: str) -> str:
+    """``prompt``, refused when it is not text the tokenizers take (JSON may spell a lone surrogate, ``\\ud800``)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path}: line {lineno}: 'prompt' holds a lone surrogate (not Unicode text)") from None
+    return prompt
 
 
 #: ``(line number, field, raw score)``: where a score shows which scale its benchmark uses.
@@ -108,7 +118,10 @@ def _score(path: Path, lineno: int, field: str, value: object) -> float:
     """A raw score: a finite number in [0, 10] (0/1, [0, 1] or a 1-10 judge score)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{path}: line {lineno} needs 'prompt', 'weak_score' and 'strong_score' (numbers)")
-    score = float(value)
+    try:
+        score = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        score = math.inf
     if not 0.0 <= score <= 10.0:  # also false for NaN
         raise ValueError(f"{path}: line {lineno}: {field} {value} is not a score (0/1, in [0, 1], or 1-10)")
     return score
@@ -149,6 +162,7 @@ def load_records(path: Path) -> list[Record]:
         prompt = row.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError(f"{path}: line {lineno} needs 'prompt', 'weak_score' and 'strong_score'")
+        prompt = _text(path, lineno, prompt)
         ws = _score(path, lineno, "weak_score", row.get("weak_score"))
         ss = _score(path, lineno, "strong_score", row.get("strong_score"))
         bench = str(row.get("benchmark") or "unknown")

@@ -188,3 +188,13 @@ def test_errors_name_the_file_line(tmp_path: Path) -> None:
     latin.write_bytes(good.encode() + b"\n" + '{"prompt": "caf\xe9"}'.encode("latin-1") + b"\n")
     with pytest.raises(ValueError, match="line 2: not UTF-8 text"):
         load_prompts(latin)
+    # valid JSON the CLI crashed on with a traceback: a lone surrogate (the tokenizer's TypeError) and an integer
+    # score of 400 digits (float()'s OverflowError)
+    surrogate = _write(tmp_path / "s.jsonl", [good, '{"prompt": "a\\ud800b", "weak_score": 0, "strong_score": 1}'])
+    with pytest.raises(ValueError, match="line 2: 'prompt' holds a lone surrogate"):
+        load_prompts(surrogate)
+    with pytest.raises(ValueError, match="line 2: 'prompt' holds a lone surrogate"):
+        load_records(surrogate)
+    huge = _write(tmp_path / "h.jsonl", [good, '{"prompt": "b", "weak_score": 1' + "0" * 400 + ', "strong_score": 1}'])
+    with pytest.raises(ValueError, match="line 2: weak_score 1000.* is not a score"):
+        load_records(huge)

@@ -84,6 +84,15 @@ def test_adapt_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                                       "--labels", str(out / "labels.jsonl")])  # fmt: skip
     no_config = runner.invoke(router_app, ["adapt", "--out", str(tmp_path / "x"), "--from-ledger"])
     assert neither.exit_code == both.exit_code == no_config.exit_code == 2
+    # a failed run (here a config whose database is empty: too few labels) leaves the artifact and its labels
+    trained_on = (out / "labels.jsonl").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed = runner.invoke(router_app, ["adapt", "--from-ledger", "--config", str(_config(empty)[0]),
+                                        "--out", str(out), "--folds", "4"])  # fmt: skip
+    assert failed.exit_code == 2 and "the labels exported from the ledger: " in failed.output, failed.output
+    assert (out / "labels.jsonl").read_bytes() == trained_on
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".labels")) == []
 
 
 async def test_background_adaptation_waits_for_enough_new_labels(tmp_path: Path) -> None:

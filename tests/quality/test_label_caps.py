@@ -149,6 +149,26 @@ async def test_two_keys_get_equal_voices_and_the_setting_can_lift_the_cap(tmp_pa
     assert _feedback_by_key(rows, _keys(tenants)) == {"a": 12, "b": 3}
 
 
+async def test_a_lone_feedback_giver_among_several_tenants_is_capped(tmp_path: Path) -> None:
+    """Team ``alpha`` sends traffic and no feedback; key ``b`` thumbs down all of its own judged requests: it was
+    the only tenant with feedback, so nothing capped it. It now keeps at most a share of the export's labels:
+    ``L <= 1/2 (V + L)`` with two tenants, ``V`` the other tenant's verdicts: 10 of its 30."""
+    config, url = _config(tmp_path)
+    db = await open_database(url, require=True)
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            verdicts.insert(), [_verdict(i, f"Please write a poem about item {i}", "tie", "a") for i in range(100, 110)]
+        )
+    await populate(db.engine, {("b", None): 30})
+    await db.aclose()
+    out = tmp_path / "labels.jsonl"
+    await export_from_config(config, out, None, None)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    fb = [r for r in rows if r["source"] == "feedback"]
+    assert sum(1 for r in rows if r["source"] == "verdict") == 40
+    assert {r["item_id"] for r in fb} == {f"r{i}" for i in range(20, 30)}  # its latest 10
+
+
 def test_cap_shares_rule() -> None:
     """The rule: with K keys each keeps at most its latest L labels, L the largest with L <= max(share, 1/K) x the
     labels kept."""
@@ -163,6 +183,10 @@ def test_cap_shares_rule() -> None:
     assert got["big"] == 25 and all(got[f"k{i}"] == 10 for i in range(10))
     assert got["big"] / sum(got.values()) <= 0.2
     assert cap_shares({}, 0.2) == {}
+    # the only feedback giver of two tenants: at most as many as the verdicts (L <= 0.5 (V + L)); of five, a quarter
+    assert cap_shares({"b": 30}, 0.2, tenants=2, verdicts={"a": 10, "b": 30}) == {"b": 10}
+    assert cap_shares({"b": 30}, 0.2, tenants=5, verdicts={"a": 40, "b": 30}) == {"b": 10}
+    assert cap_shares({"b": 30}, 0.2, tenants=1, verdicts={"b": 30}) == {"b": 30}  # a single-app deployment
 
 
 def test_the_setting_is_a_share() -> None:
