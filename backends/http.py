@@ -86,3 +86,13 @@ MAX_UPSTREAM_MESSAGE = 500
 def scrub(text: str) -> str:
     """``text`` from an upstream, safe to show a client: addresses and paths replaced, length bounded."""
     return _LEAKS.sub("[redacted]", text[: MAX_UPSTREAM_MESSAGE * 2])[:MAX_UPSTREAM_MESSAGE]
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a log line: without its user and password and its query (credentials some deployments put in
+    a model's ``base_url``)."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return "<unparsable url>"
+    return str(parsed.with_user(None).with_query(None)) if parsed.is_absolute() else str(parsed.with_query(None))

@@ -15,7 +15,7 @@ import time
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.http import TRANSPORT_ERRORS
+from backends.http import TRANSPORT_ERRORS, shown_url
 from backends.openai import OpenAICompatBackend, Replica
 from gateway.config import ModelSpec
 
@@ -85,7 +85,7 @@ class VLLMBackend(OpenAICompatBackend):
             status, content = await self.get(replica, metrics_url(replica.base_url), SCRAPE_TIMEOUT_S)
         except TRANSPORT_ERRORS as exc:
             if replica.stats.healthy:
-                log.warning("vLLM %s (%s) metrics unreachable: %s", self.name, replica.base_url, exc)
+                log.warning("vLLM %s (%s) metrics unreachable: %s", self.name, shown_url(replica.base_url), exc)
             replica.stats.healthy = False
             replica.stats.last_error = str(exc) or type(exc).__name__
             return

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from gateway.context import AttemptCost, RequestContext
+from gateway.context import AttemptCost, RequestContext, usage_tokens
 from gateway.errors import BudgetExceeded, UpstreamError, UpstreamTimeout
 from gateway.pricing import ZERO, Price
 from gateway.protocol import choice_text, generated_per_prompt, prompt_count
@@ -41,7 +41,7 @@ class Charges:
         ``usage``, else the prompt as counted before the call and the choices counted by the tokenizer."""
         usage = body.get("usage")
         if isinstance(usage, dict) and ("prompt_tokens" in usage or "completion_tokens" in usage):
-            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
+            return usage_tokens(usage.get("prompt_tokens")), usage_tokens(usage.get("completion_tokens")), False
         completion = sum(self.counter.count(choice_text(c)) for c in body.get("choices") or [] if isinstance(c, dict))
         return ctx.prompt_tokens_estimate, completion, True
 

@@ -18,6 +18,19 @@ ENDPOINT_PATHS: dict[Endpoint, str] = {
 }
 
 
+#: The most tokens one usage figure of an upstream's counts as (the ledger's INTEGER columns): an upstream's absurd
+#: figure (2**64) otherwise broke the request log line and the span's export, and its cost the ledger row's money.
+MAX_USAGE_TOKENS = 2**31 - 1
+
+
+def usage_tokens(value: Any) -> int:
+    """A token count an upstream reported (``usage.prompt_tokens``...), as counted: a number, not negative, at most
+    :data:`MAX_USAGE_TOKENS`; anything else (a string, null, NaN) is 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return 0
+    return int(min(value, MAX_USAGE_TOKENS))
+
+
 @dataclass(slots=True)
 class Usage:
     """Token counts; ``estimated`` when the upstream reported none and we counted them."""

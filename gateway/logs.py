@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import select
@@ -30,7 +31,10 @@ class JSONFormatter(logging.Formatter):
             out.update({k: v for k, v in extra.items() if k not in _SECRET_HINTS})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except TypeError:  # an integer past 64 bits (orjson's limit), from an upstream's absurd figure
+            return json.dumps(out, default=str)
 
 
 class BackgroundStreamHandler(logging.Handler):
@@ -202,6 +206,30 @@ class OutageLog:
             if now - self._last_recovered >= self.interval_s:
                 self.logger.warning("%s", message)
                 self._last_recovered = now
+
+
+class OncePer(logging.Filter):
+    """Lets through at most one record per ``interval_s`` (per logger), the next saying how many were held back: for
+    a library that logs each failure of a dependency (OpenTelemetry's exporter logs every batch a collector refuses,
+    ~24 lines a second under load), as :class:`OutageLog` does for the gateway's own."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(record.name, -float("inf")) < self.interval_s:
+            self._held[record.name] = self._held.get(record.name, 0) + 1
+            return False
+        self._last[record.name] = now
+        held = self._held.pop(record.name, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in the last {self.interval_s:.0f} s)"
+            record.args = None
+        return True
 
 
 def stop_background_writers() -> None:

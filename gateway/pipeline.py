@@ -32,7 +32,7 @@ from gateway.cascade import Cascade, router_pick
 from gateway.charges import Charges, in_flight
 from gateway.config import Settings
 from gateway.constraints import Constraints
-from gateway.context import Endpoint, RequestContext
+from gateway.context import Endpoint, RequestContext, usage_tokens
 from gateway.errors import (
     AllCandidatesFailed,
     BudgetExceeded,
@@ -313,8 +313,8 @@ class Pipeline:
         ctx.cache_score = cached.score
         ctx.reason = cached.reason or "served from cache"
         usage = cached.body.get("usage") or {}
-        ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+        ctx.usage.prompt_tokens = usage_tokens(usage.get("prompt_tokens"))
+        ctx.usage.completion_tokens = usage_tokens(usage.get("completion_tokens"))
         ctx.ttft_s = ctx.elapsed()
         body = with_new_identity(cached.body)
         model = str(body.get("model") or ctx.chosen_model)

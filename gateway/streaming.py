@@ -16,7 +16,7 @@ import orjson
 
 from backends import Backend, UpstreamStream
 from backends.http import scrub
-from gateway.context import RequestContext
+from gateway.context import RequestContext, usage_tokens
 from gateway.errors import BudgetExceeded, GatewayError, UpstreamError, UpstreamUnavailable
 from gateway.pricing import Price
 from gateway.protocol import FAILED_FINISH_REASONS, generated_per_prompt
@@ -100,8 +100,8 @@ class ChunkRelay:
             self._base = {k: chunk.get(k) for k in ("id", "object", "created", "model")}
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self._ctx.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self._ctx.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self._ctx.usage.prompt_tokens = usage_tokens(usage.get("prompt_tokens"))
+            self._ctx.usage.completion_tokens = usage_tokens(usage.get("completion_tokens"))
             self.usage_seen = True
         choices = chunk.get("choices") or []
         if not _well_formed(choices):  # a renderer reading it would fail, and a client be left with a cut stream

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 
 from gateway.config import TelemetrySettings
-from gateway.context import RequestContext
+from gateway.context import RequestContext, usage_tokens
+from gateway.logs import OncePer
 from gateway.protocol import first_finish_reason
 
 if TYPE_CHECKING:
@@ -178,8 +179,22 @@ def build_tracing(settings: TelemetrySettings, models: Mapping[str, str], routes
             max_export_batch_size=min(settings.export_batch_size, settings.max_queue_size),
         )
     )
+    once = OncePer()  # a collector refusing every batch (a 500) logged a line per batch: ~24 a second under load
+    for logger_name in _EXPORT_LOGGERS:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, OncePer) for f in logger.filters):
+            logger.addFilter(once)
     log.info("OpenTelemetry traces on (service.name=%s)", name)
     return OTelTracing(provider, models, routes)
+
+
+#: The OpenTelemetry loggers that log each failed export (the exporter's, and the batch processor's).
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+)
 
 
 class OTelTracing:
@@ -262,12 +277,16 @@ class OTelTracing:
         if error is not None:
             span.set_attribute("error.type", type(error).__name__)
             span.set_status(self._status(self._error_code, _message(error)))
-        elif ctx.error_type is None:
+        else:
+            # a stream cut by the client leaving or the budget ends here too: what it relayed, and why it stopped
             usage = own or (ctx.usage.prompt_tokens, ctx.usage.completion_tokens, ctx.finish_reason)
             span.set_attribute("gen_ai.usage.input_tokens", usage[0])
             span.set_attribute("gen_ai.usage.output_tokens", usage[1])
             if usage[2]:
                 span.set_attribute("gen_ai.response.finish_reasons", [usage[2]])
+            if ctx.error_type is not None:
+                span.set_attribute("error.type", ctx.error_type)
+                span.set_status(self._status(self._error_code, ctx.error_type))
         span.end()
 
     def attempt_answered(self, ctx: RequestContext, body: dict[str, Any]) -> None:
@@ -278,7 +297,7 @@ class OTelTracing:
         usage = body.get("usage")
         if not isinstance(usage, dict):
             usage = {}
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        prompt, completion = usage_tokens(usage.get("prompt_tokens")), usage_tokens(usage.get("completion_tokens"))
         trace.attempt_usage = (prompt, completion, first_finish_reason(body))  # as the pipeline reads an answer
 
     def request_ended(self, ctx: RequestContext) -> None:
@@ -294,7 +313,7 @@ class OTelTracing:
         span.update_name(f"{op} {ctx.requested_model}" if ctx.requested_model in self._served else op)
         span.set_attributes(_request_attributes(ctx))
         if ctx.status_code >= 500 or (ctx.error_type is not None and ctx.status_code == 200):
-            span.set_status(self._status(self._error_code, ctx.error_message or ctx.error_type))
+            span.set_status(self._status(self._error_code, f"{ctx.error_type} (HTTP {ctx.status_code})"))
         span.end()
 
     def trace_configs(self) -> list[aiohttp.TraceConfig]:
@@ -378,8 +397,13 @@ def _request_attributes(ctx: RequestContext) -> dict[str, Any]:
 
 
 def _message(error: BaseException) -> str:
-    message = getattr(error, "message", None)
-    return message if isinstance(message, str) else type(error).__name__
+    """A failed span's status: the error's kind and code, never its message (an upstream's error may quote the
+    request, the client's prompt included: vLLM's validation errors do; prompts never go on spans)."""
+    status = getattr(error, "upstream_status", None)
+    code = getattr(error, "code", None)
+    if isinstance(status, int):
+        return f"{type(error).__name__}: upstream HTTP {status}"
+    return f"{type(error).__name__}: {code}" if isinstance(code, str | int) else type(error).__name__
 
 
 __all__ = ["NoTracing", "OTelTracing", "Tracing", "build_tracing", "tracing_enabled"]

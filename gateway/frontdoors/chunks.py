@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from cache.assemble import CallIndexes
+from gateway.context import usage_tokens
 
 
 @dataclass(slots=True)
@@ -42,7 +43,7 @@ def usage_detail(usage: dict[str, Any], group: str, name: str) -> int:
     """One of a chat ``usage``'s details, e.g. ``prompt_tokens_details.cached_tokens`` (0 when it says none)."""
     details = usage.get(group)
     value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return usage_tokens(value) if isinstance(value, int) else 0
 
 
 def reasoning_of(message: dict[str, Any]) -> str:

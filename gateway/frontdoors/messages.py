@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from gateway.context import usage_tokens
 from gateway.errors import (
     AllCandidatesFailed,
     BudgetExceeded,
@@ -474,12 +475,12 @@ def usage_of(usage: dict[str, Any], prompt_estimate: int = 0) -> dict[str, Any]:
     from the upstream's prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``) are Anthropic's
     ``cache_read_input_tokens`` and those written to it (``prompt_tokens_details.cache_write_tokens``) its
     ``cache_creation_input_tokens``, each apart from ``input_tokens`` (Anthropic's three add up to the prompt)."""
-    prompt = int(usage.get("prompt_tokens") or prompt_estimate)
+    prompt = usage_tokens(usage.get("prompt_tokens")) or prompt_estimate
     cached = min(usage_detail(usage, "prompt_tokens_details", "cached_tokens"), prompt)
     written = min(usage_detail(usage, "prompt_tokens_details", "cache_write_tokens"), prompt - cached)
     return {
         "input_tokens": prompt - cached - written,
-        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "output_tokens": usage_tokens(usage.get("completion_tokens")),
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from gateway.context import usage_tokens
 from gateway.errors import InvalidRequest
 from gateway.frontdoors import compaction
 from gateway.frontdoors import responses_settings as settings
@@ -401,8 +402,8 @@ def usage_of(usage: dict[str, Any]) -> dict[str, Any]:
     """A chat ``usage`` as the Responses API's: the token counts, and the prompt's cached tokens, the prompt tokens
     written to the upstream's cache and the answer's reasoning tokens where the upstream reported them (0 where not:
     openai-python's ``ResponseUsage`` requires each)."""
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+    prompt = usage_tokens(usage.get("prompt_tokens"))
+    completion = usage_tokens(usage.get("completion_tokens"))
     cached = usage_detail(usage, "prompt_tokens_details", "cached_tokens")
     written = usage_detail(usage, "prompt_tokens_details", "cache_write_tokens")
     reasoning = usage_detail(usage, "completion_tokens_details", "reasoning_tokens")

@@ -43,7 +43,7 @@ from cache.directives import cache_control
 from cache.judge import Check, HitChecker, Messages, answer_text, judge_messages
 from gateway.accounting.quality_tables import verdicts
 from gateway.config import QualitySettings, Settings
-from gateway.context import RequestContext
+from gateway.context import RequestContext, usage_tokens
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.features import extract_features
 from gateway.hooks import Recorder
@@ -471,8 +471,8 @@ class QualityMonitor:
         none), and whether they were counted."""
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         assert isinstance(usage, dict)
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        prompt = usage_tokens(usage.get("prompt_tokens"))
+        completion = usage_tokens(usage.get("completion_tokens"))
         estimated = not usage
         if estimated:
             prompt = self.counter.count(str(messages or ""))

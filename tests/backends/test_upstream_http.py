@@ -372,3 +372,12 @@ async def test_https_proxy_from_the_environment_tunnels(
         with pytest.raises(UpstreamUnavailable):
             await backend(session, "https://api.example.invalid").complete("/chat/completions", {})
     assert proxy.requests[0].startswith(b"CONNECT api.example.invalid:443 HTTP/1.1\r\n")
+
+
+def test_a_url_in_a_log_line_holds_no_credentials() -> None:
+    """A model's ``base_url`` with a password in it (``http://user:secret@host/v1``) reached the log whole when its
+    vLLM metrics could not be scraped."""
+    from backends.http import shown_url
+
+    assert shown_url("http://user:s3cret@10.0.0.5:8000/v1?api_key=k") == "http://10.0.0.5:8000/v1"
+    assert shown_url("https://vllm.internal/v1") == "https://vllm.internal/v1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -605,3 +606,37 @@ async def test_an_unknown_policy_name_is_not_echoed_whole(settings: Settings) ->
         body = {"model": "auto", "messages": USER, "gateway": {"policy": "x" * 100_000}}
         r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400 and len(r.content) < 1_000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_s_absurd_usage_is_counted_within_bounds(settings: Settings, stream: bool) -> None:
+    """An upstream reporting ``prompt_tokens: 2**64`` broke the request's log line (orjson's 64-bit limit), its span's
+    export, and its ledger row (a cost past the money column's range): the row was dropped. A usage figure now
+    counts as at most ``MAX_USAGE_TOKENS`` (the ledger's token column), and a log line survives any integer."""
+    from gateway.context import MAX_USAGE_TOKENS
+    from gateway.logs import JSONFormatter
+
+    absurd = {"prompt_tokens": 2**64, "completion_tokens": 10**12, "total_tokens": 2**64 + 10**12}
+
+    def handler(request: Seen) -> web.Response:
+        if stream:
+            chunks = stream_chunks("meta/big", True).replace(
+                b'"prompt_tokens": 9', b'"prompt_tokens": ' + str(2**64).encode()
+            )
+            return sse_response(
+                chunks.replace(b'"completion_tokens": 2', b'"completion_tokens": ' + str(10**12).encode())
+            )
+        return web.json_response({**chat_reply("x"), "usage": absurd})
+
+    recorded: list[Any] = []
+    async with gateway_client(settings, handler) as client:
+        recorder = client.gateway.recorder  # type: ignore[attr-defined]
+        real = recorder.record
+        recorder.record = lambda ctx: (recorded.append(ctx), real(ctx))[1]
+        body = {"model": "big", "messages": USER, "stream": stream, "stream_options": {"include_usage": True}}
+        r = await client.post("/v1/chat/completions", json=body if stream else {**body, "stream_options": None})
+    assert r.status_code == 200
+    (ctx,) = recorded
+    assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (MAX_USAGE_TOKENS, MAX_USAGE_TOKENS)
+    line = JSONFormatter().format(logging.makeLogRecord({"msg": "request", "gateway": {"n": 2**64}}))
+    assert json.loads(line)["n"] == 2**64

@@ -360,3 +360,89 @@ def test_an_attempt_whose_answer_is_not_the_request_s_carries_its_own_usage() ->
     assert span.attributes["gen_ai.usage.input_tokens"] == 16
     assert span.attributes["gen_ai.usage.output_tokens"] == 186
     assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+def _memory_tracing() -> tuple[Any, Any]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.telemetry import OTelTracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return OTelTracing(provider, {}), exporter
+
+
+def test_an_upstream_error_quoting_the_prompt_does_not_put_it_on_a_span() -> None:
+    """vLLM's validation errors quote the request: the message went into the attempt's and the request's span
+    status, though prompts never go on spans."""
+    from gateway.context import RequestContext
+    from gateway.errors import UpstreamRejected
+
+    tracing, exporter = _memory_tracing()
+    ctx = RequestContext(request_id="r", endpoint="chat", body={}, requested_model="m")
+    tracing.request_started(ctx)
+    quoted = "Invalid value for 'messages[0]': [{'role': 'user', 'content': 'my SSN is 123-45-6789'}]"
+    err = UpstreamRejected(quoted, upstream_status=400, backend="m")
+    with pytest.raises(UpstreamRejected), tracing.attempt(ctx, "m", stream=False):
+        raise err
+    ctx.status_code, ctx.error_type, ctx.error_message = 502, "UpstreamRejected", quoted
+    tracing.request_ended(ctx)
+    attempt, request = exporter.get_finished_spans()
+    assert attempt.status.description == "UpstreamRejected: upstream HTTP 400"
+    assert request.status.description == "UpstreamRejected (HTTP 502)"
+    assert all("SSN" not in str(s.status.description) for s in (attempt, request))
+
+
+def test_a_stream_the_client_left_says_so_on_its_attempt_with_what_it_relayed() -> None:
+    from gateway.context import RequestContext
+
+    tracing, exporter = _memory_tracing()
+    ctx = RequestContext(request_id="r", endpoint="chat", body={}, requested_model="m")
+    tracing.request_started(ctx)
+    with tracing.attempt(ctx, "m", stream=True):
+        pass
+    ctx.usage.prompt_tokens, ctx.usage.completion_tokens = 9, 4
+    ctx.status_code, ctx.error_type = 499, "ClientDisconnected"
+    tracing.attempt_ended(ctx)  # the relay's end, as the pipeline calls it
+    (attempt,) = exporter.get_finished_spans()
+    assert attempt.attributes is not None
+    assert attempt.attributes["error.type"] == "ClientDisconnected"
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == 4
+    assert attempt.status.description == "ClientDisconnected"
+
+
+def test_a_collector_refusing_every_batch_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """A collector answering 500 made the exporter log an ERROR line per batch (~24 a second under load), beside
+    the request log; a dead or rate-limiting one backs off. One line per 30 s now, the next saying how many more."""
+    refused = {"n": 0}
+
+    async def refuse(request: Request) -> Response:
+        refused["n"] += 1
+        return Response(b"no", status_code=500)
+
+    collector = Starlette(routes=[Route("/v1/traces", refuse, methods=["POST"])])
+    with (
+        run_asgi_server(collector) as otlp,
+        run_asgi_server(create_simulator_app("fast", model_name="sim", time_scale=0.0)) as sim,
+    ):
+        settings = settings_from_dict(
+            {
+                "models": [{"name": "sim", "backend": "openai", "base_url": sim + "/v1", "upstream_model": "sim"}],
+                "cache": {"enabled": False},
+                "ledger": {"url": "sqlite+aiosqlite:///:memory:"},
+                "telemetry": {"enabled": True, "endpoint": otlp + "/v1/traces", "export_interval_ms": 10},
+            }
+        )
+        with serve_gateway(settings) as gw:
+            import httpx
+
+            body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            for _ in range(30):
+                assert httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+                time.sleep(0.03)  # a batch each
+    lines = [r for r in caplog.records if r.name.startswith("opentelemetry") and "export" in r.getMessage().lower()]
+    assert refused["n"] >= 5
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
