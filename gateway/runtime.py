@@ -32,7 +32,7 @@ from gateway.pricing import baseline_problem, load_price_entries, unpriced_hoste
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
 from gateway.routing import QualityEstimator, Router, embedding_tokens, embedding_vector, reads_embedding
-from gateway.telemetry import Tracing, build_tracing
+from gateway.telemetry import Tracing, build_tracing, upstream_of
 from gateway.tokens import TiktokenCounter, load_counter
 from policies.answer_check import AnswerCheck
 from policies.router.loader import load_artifact
@@ -373,7 +373,10 @@ async def build_gateway(settings: Settings) -> Gateway:
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
     tracing = build_tracing(
-        settings.telemetry, {m.name: m.backend for m in settings.models}, settings.resolved_routes()
+        settings.telemetry,
+        {m.name: m.backend for m in settings.models},
+        settings.resolved_routes(),
+        {m.name: upstream_of(m) for m in settings.models},
     )
     http = build_session(
         max_connections=server.upstream_max_connections,

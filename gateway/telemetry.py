@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
+from yarl import URL
 
-from gateway.config import TelemetrySettings
+from gateway.config import ModelSpec, TelemetrySettings
 from gateway.context import RequestContext, usage_tokens
 from gateway.logs import OncePer
 from gateway.protocol import first_finish_reason
@@ -46,6 +47,17 @@ OPERATIONS: dict[str, str] = {"chat": "chat", "completions": "text_completion", 
 
 #: gen_ai.provider.name per backend kind (``vllm`` is not a well-known value; the conventions allow others).
 PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "litellm"}
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """What a model is called upstream (``upstream_model``) and where it is served (host and port of its
+    ``base_url``), for its attempt spans."""
+
+    model: str
+    address: str | None = None
+    port: int | None = None
+
 
 #: How long a shutdown waits for the queued spans to be exported (the exporter's own default timeout).
 SHUTDOWN_WAIT_S = 10.0
@@ -150,9 +162,15 @@ def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def build_tracing(settings: TelemetrySettings, models: Mapping[str, str], routes: Iterable[str] = ()) -> Tracing:
-    """The tracing for these settings (``models``: each model's backend kind; ``routes``: the route names):
-    :class:`OTelTracing` when on, else :class:`NoTracing`.
+def build_tracing(
+    settings: TelemetrySettings,
+    models: Mapping[str, str],
+    routes: Iterable[str] = (),
+    upstreams: Mapping[str, Upstream] | None = None,
+) -> Tracing:
+    """The tracing for these settings (``models``: each model's backend kind; ``routes``: the route names;
+    ``upstreams``: what each model is called upstream, and where): :class:`OTelTracing` when on, else
+    :class:`NoTracing`.
 
     Raises:
         RuntimeError: traces are on but the ``otel`` extra is not installed.
@@ -185,7 +203,7 @@ def build_tracing(settings: TelemetrySettings, models: Mapping[str, str], routes
         if not any(isinstance(f, OncePer) for f in logger.filters):
             logger.addFilter(once)
     log.info("OpenTelemetry traces on (service.name=%s)", name)
-    return OTelTracing(provider, models, routes)
+    return OTelTracing(provider, models, routes, upstreams)
 
 
 #: The OpenTelemetry loggers that log each failed export (the exporter's, and the batch processor's).
@@ -197,10 +215,24 @@ _EXPORT_LOGGERS = (
 )
 
 
+def upstream_of(spec: ModelSpec) -> Upstream:
+    """A model's :class:`Upstream` from its config (no address for a ``litellm`` model: litellm picks it)."""
+    if not spec.base_url:
+        return Upstream(spec.upstream_name)
+    url = URL(spec.base_url)
+    return Upstream(spec.upstream_name, url.host, url.explicit_port or url.port)
+
+
 class OTelTracing:
     """Spans through the OpenTelemetry SDK (build with :func:`build_tracing`)."""
 
-    def __init__(self, provider: TracerProvider, models: Mapping[str, str], routes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        models: Mapping[str, str],
+        routes: Iterable[str] = (),
+        upstreams: Mapping[str, Upstream] | None = None,
+    ) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -211,6 +243,7 @@ class OTelTracing:
         self._w3c = TraceContextTextMapPropagator()
         self._tracer: Tracer = provider.get_tracer("llm-gateway")
         self._models = dict(models)
+        self._upstreams = dict(upstreams or {})
         #: what a span may be named after: a client's name for something the gateway does not serve (a 404) would
         #: make a new operation in the trace back end for every name sent
         self._served = frozenset(models) | frozenset(routes)
@@ -243,16 +276,21 @@ class OTelTracing:
             return
         self.attempt_ended(ctx)  # one open at a time
         op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
+        upstream = self._upstreams.get(model)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": op,
+            # the model as the provider is asked for it (GenAI conventions); the gateway's name beside it
+            "gen_ai.request.model": upstream.model if upstream is not None else model,
+            "gateway.model": model,
+            "gen_ai.provider.name": PROVIDERS.get(self._models.get(model, ""), "openai"),
+            "gateway.attempt": len(ctx.attempts),
+        }
+        if upstream is not None and upstream.address:
+            attributes["server.address"] = upstream.address
+            if upstream.port is not None:
+                attributes["server.port"] = upstream.port
         span = self._tracer.start_span(
-            f"{op} {model}",
-            context=trace.context,
-            kind=self._kind_client,
-            attributes={
-                "gen_ai.operation.name": op,
-                "gen_ai.request.model": model,
-                "gen_ai.provider.name": PROVIDERS.get(self._models.get(model, ""), "openai"),
-                "gateway.attempt": len(ctx.attempts),
-            },
+            f"{op} {model}", context=trace.context, kind=self._kind_client, attributes=attributes
         )
         trace.attempt = span
         token = self._context.attach(self._trace.set_span_in_context(span, trace.context))
