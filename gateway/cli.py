@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from gateway.errors import ConfigError
+from gateway.config import MAX_PORT
+from gateway.errors import ConfigError, InvalidRequest
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Hybrid LLM gateway: one OpenAI endpoint, many backends."
@@ -72,9 +73,9 @@ def serve(
 def simulate(
     profile: Annotated[str, typer.Option(help="llama-2-7b, llama-2-13b, gpt-4 or fast")] = "llama-2-7b",
     host: str = "127.0.0.1",
-    port: int = 8001,
-    time_scale: Annotated[float, typer.Option(help="multiply every delay (0.01: 100x faster)")] = 1.0,
-    max_concurrency: Annotated[int | None, typer.Option(help="running requests before queueing")] = None,
+    port: Annotated[int, typer.Option(min=0, max=MAX_PORT)] = 8001,
+    time_scale: Annotated[float, typer.Option(min=0.0, help="multiply every delay (0.01: 100x faster)")] = 1.0,
+    max_concurrency: Annotated[int | None, typer.Option(min=1, help="running requests before queueing")] = None,
     model_name: Annotated[str | None, typer.Option(help="served model name")] = None,
     seed: int = 0,
     answer_rules: Annotated[
@@ -85,9 +86,13 @@ def simulate(
     ] = None,
 ) -> None:
     """Run a SIMULATED OpenAI-compatible backend (a test and demo tool, not a model)."""
+    from gateway.simulator import PROFILES
     from gateway.simulator import serve as serve_sim
     from gateway.simulator.answers import load_answer_rules
     from gateway.simulator.judge import JudgeRules, parse_judge
+
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"one of {', '.join(sorted(PROFILES))}", param_hint="--profile")
 
     try:
         rules = load_answer_rules(answer_rules) if answer_rules is not None else None
@@ -192,7 +197,10 @@ def replay(
         try:
             names = policy or sorted(gw.router.policies)
             for name in names:
-                gw.router.policy(name)  # unknown names fail before any work
+                try:
+                    gw.router.policy(name)  # unknown names fail before any work
+                except InvalidRequest as exc:
+                    raise typer.BadParameter(exc.message, param_hint="--policy") from None
             return rp.replay(records, gw.router, gw.pipeline.counter, names, route)
         finally:
             await close_gateway(gw)

@@ -12,9 +12,14 @@ def demo(
     requests: Annotated[int, typer.Option("--requests", "-n", min=0, help="requests in the workload")] = 200,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 16,
     host: Annotated[str, typer.Option(help="address of the gateway and the simulated backends")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="gateway port (taken: any free port; 0: any free port)")] = 8080,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="gateway port (taken: any free port; 0: any free port)")
+    ] = 8080,
     workdir: Annotated[
-        Path | None, typer.Option(help="keep the config, the SQLite ledger and the logs here (default: a temp dir)")
+        Path | None,
+        typer.Option(
+            file_okay=False, help="keep the config, the SQLite ledger and the logs here (default: a temp dir)"
+        ),
     ] = None,
     time_scale: Annotated[
         float, typer.Option(min=0.0, help="multiply the simulated backends' delays (1: real-world speed)")

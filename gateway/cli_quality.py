@@ -66,6 +66,10 @@ def labels_cmd(
     """Write {"prompt", "weak_score", "strong_score"} rows for `gateway router adapt --labels`."""
     from gateway.quality.labels import LabelCounts
 
+    if not out.parent.is_dir():  # else the open's error read as the database's
+        raise typer.BadParameter(f"no directory {out.parent}", param_hint="--out")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory", param_hint="--out")
     counts = LabelCounts()
     try:
         n = asyncio.run(export_from_config(config, out, route, since, counts))

@@ -65,6 +65,14 @@ MAX_PORT = 65535
 LEDGER_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg"})
 _LEDGER_ALIASES = frozenset({"sqlite", "postgresql", "postgres"})
 
+#: Query options a PostgreSQL ledger URL may carry: libpq's that hosted services hand out (``sslmode``,
+#: ``connect_timeout``, ``application_name``), translated for asyncpg (``gateway.accounting.db``), and asyncpg's own
+#: that take a string. Any other made every connection fail (asyncpg refuses the keyword), with a traceback.
+PG_URL_OPTIONS = frozenset(
+    {"sslmode", "ssl", "connect_timeout", "application_name", "target_session_attrs", "krbsrvname", "gsslib", "host"}
+)
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
 #: URL schemes redis-py connects with.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -85,6 +93,19 @@ def _ledger_url(url: str) -> str:
     if driver not in LEDGER_DRIVERS | _LEDGER_ALIASES:
         supported = ", ".join(sorted(LEDGER_DRIVERS | _LEDGER_ALIASES))
         raise ValueError(f"unsupported database '{driver}' (supported: {supported})")
+    if driver.startswith("postgres"):
+        query = make_url(url).query
+        unknown = sorted(set(query) - PG_URL_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"the option {unknown[0]!r} is not supported (supported: {', '.join(sorted(PG_URL_OPTIONS))})"
+            )
+        for name in ("sslmode", "ssl"):
+            if name in query and query[name] not in _SSL_MODES:
+                raise ValueError(f"{name} must be one of {', '.join(sorted(_SSL_MODES))}")
+        timeout = query.get("connect_timeout")
+        if timeout is not None and not (isinstance(timeout, str) and timeout.replace(".", "", 1).isdigit()):
+            raise ValueError("connect_timeout must be a number of seconds")
     return url
 
 
@@ -104,6 +125,16 @@ def _redis_url(url: str) -> str:
         raise ValueError(f"{expected}: no socket path")
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError(f"{expected}: no host")
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and not db.isdigit():  # redis-py quietly uses database 0 (maybe another application's)
+        raise ValueError(f"{expected}: the database '{db}' is not a number")
+    from redis.asyncio.connection import ConnectionPool
+
+    try:  # builds a connection object (no I/O): an option redis-py does not take failed every request instead
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        detail = str(exc).split("got ")[-1] if isinstance(exc, TypeError) else str(exc)
+        raise ValueError(f"{expected}: redis-py refuses its options ({detail})") from None
     return url
 
 
@@ -117,6 +148,8 @@ class _Strict(BaseModel):
 
 
 _DAY_S = 86_400.0
+#: The longest expiry a setting may give Redis: ten years.
+_MAX_TTL_S = 10 * 365 * 86_400
 
 
 class Timeouts(_Strict):
@@ -300,7 +333,8 @@ class CacheSettings(_Strict):
 
     enabled: bool = True
     redis_url: RedisUrl | None = None
-    ttl_seconds: int = Field(3600, ge=1)
+    # At most ten years (_MAX_TTL_S): a larger "forever" passed and made every Redis write fail (invalid expire time).
+    ttl_seconds: int = Field(3600, ge=1, le=_MAX_TTL_S)
     key_prefix: str = "gw:cache:"
     max_entries: int = Field(10_000, ge=1, description="in-process store only")
     max_bytes: int = Field(256 << 20, ge=1 << 20, description="in-process store only: its answers' size in all")
@@ -328,7 +362,9 @@ class CacheSettings(_Strict):
     semantic_index_max_vectors: int = Field(
         100_000, ge=1, description="vectors of bucket indexes in process memory, in total (1.5 KB each)"
     )
-    max_ttl_seconds: int = Field(7 * 86400, ge=1, description="ceiling for the x-gateway-cache-ttl header")
+    max_ttl_seconds: int = Field(
+        7 * 86400, ge=1, le=_MAX_TTL_S, description="ceiling for the x-gateway-cache-ttl header"
+    )
     max_connections: int = Field(64, ge=1, description="Redis connection pool size")
     write_queue_size: int = Field(1000, ge=1, description="pending background writes before new ones drop")
     write_concurrency: int = Field(4, ge=1, description="background writer tasks")
@@ -400,7 +436,9 @@ class AuthSettings(_Strict):
     redis_prefix: str = "gw:auth:"
     key_cache_seconds: float = Field(10.0, ge=0, description="in-process key record TTL (revocation window)")
     reserve_completion_tokens: int = Field(1024, ge=1, description="budget reserve when max_tokens is absent")
-    reservation_ttl_seconds: int = Field(900, ge=1, description="a crashed replica's reservations expire")
+    reservation_ttl_seconds: int = Field(
+        900, ge=1, le=_MAX_TTL_S, description="a crashed replica's reservations expire"
+    )
     fail_open: bool = Field(False, description="admit without limits when Redis is unreachable")
 
 
@@ -463,7 +501,9 @@ class QualitySettings(_Strict):
 class ResponsesSettings(_Strict):
     """Stored responses of ``/v1/responses`` (``store``, ``previous_response_id``); docs/frontdoors.md."""
 
-    ttl_seconds: int = Field(30 * 86400, ge=1, description="how long a stored response can be read or continued")
+    ttl_seconds: int = Field(
+        30 * 86400, ge=1, le=_MAX_TTL_S, description="how long a stored response can be read or continued"
+    )
     redis_url: RedisUrl | None = Field(
         None, description="default: cache.redis_url; without either, the ledger database"
     )

@@ -370,6 +370,15 @@ async def build_gateway(settings: Settings) -> Gateway:
             "0 if free): its requests are recorded at $0 and no budget bounds them",
             name,
         )
+    for spec in settings.models:
+        if spec.api_key_env and not spec.api_key():
+            # the compose file's OPENAI_API_KEY: ${OPENAI_API_KEY:-} is empty until set: every call a 502 "401"
+            log.warning(
+                "model %s: its api_key_env %s is %s: it is called without a key (a hosted API refuses every call)",
+                spec.name,
+                spec.api_key_env,
+                "empty" if spec.api_key_env in os.environ else "not set",
+            )
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
     tracing = build_tracing(

@@ -173,7 +173,8 @@ def build_tracing(
     :class:`NoTracing`.
 
     Raises:
-        RuntimeError: traces are on but the ``otel`` extra is not installed.
+        RuntimeError: ``telemetry.enabled: true`` but the ``otel`` extra is not installed (traces on only by an
+            ``OTEL_EXPORTER_OTLP_*`` variable of the environment: logged, and the gateway runs without them).
     """
     if not tracing_enabled(settings, os.environ):
         return NoTracing()
@@ -183,9 +184,11 @@ def build_tracing(
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
-        raise RuntimeError(
-            f"telemetry is on but OpenTelemetry is not installed ({exc.name}): pip install 'llm-gateway[otel]'"
-        ) from exc
+        missing = f"OpenTelemetry is not installed ({exc.name}): pip install 'llm-hybrid-gateway[otel]'"
+        if settings.enabled is None:  # an environment meant for other services: not a reason to refuse to start
+            log.warning("OTEL_EXPORTER_OTLP_* is set but %s; serving without traces", missing)
+            return NoTracing()
+        raise RuntimeError(f"telemetry.enabled is true but {missing}") from exc
     name = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     exporter = OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint else OTLPSpanExporter()

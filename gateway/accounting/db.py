@@ -102,10 +102,25 @@ def _engine(url: str, connect_timeout_s: float) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # asyncpg waits 60 s for a server that accepted the connection but does not answer (a partition)
-    connect_args = {"timeout": connect_timeout_s} if parsed.get_driver_name() == "asyncpg" else {}
+    connect_args: dict[str, Any] = {"timeout": connect_timeout_s} if parsed.get_driver_name() == "asyncpg" else {}
+    if parsed.get_driver_name() == "asyncpg":
+        parsed = _libpq_options(parsed, connect_args)
     return create_async_engine(
         parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800
     )
+
+
+def _libpq_options(url: URL, connect_args: dict[str, Any]) -> URL:
+    """``url`` with libpq's options (``?sslmode=require``, the form hosted PostgreSQL services give out) as asyncpg
+    takes them: ``ssl``, and ``connect_timeout`` and ``application_name`` in ``connect_args``."""
+    query = dict(url.query)
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    if "connect_timeout" in query:
+        connect_args["timeout"] = float(str(query.pop("connect_timeout")))
+    if "application_name" in query:
+        connect_args["server_settings"] = {"application_name": str(query.pop("application_name"))}
+    return url.set(query=query)
 
 
 async def open_database(url: str, *, require: bool = False, connect_timeout_s: float = 10.0) -> Database:

@@ -166,3 +166,97 @@ def test_replay_of_a_missing_or_malformed_file_is_one_line(tmp_path: Path) -> No
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-500:]
         assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://127.0.0.1:6379/7?ssl=true", "redis-py refuses its options .*'ssl'"),  # every cached request: a 500
+        ("redis://127.0.0.1:6379/abc", "the database 'abc' is not a number"),  # quietly database 0
+    ],
+)
+def test_a_redis_url_redis_py_would_refuse_at_the_first_request_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, why: str
+) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ConfigError, match=why):
+        load_settings(write(tmp_path, MINIMAL))
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [("?foo=bar", "the option 'foo' is not supported"), ("?sslmode=maybe", "sslmode must be one of")],
+)
+def test_a_postgresql_url_with_an_option_asyncpg_refuses_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, query: str, why: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test" + query)
+    with pytest.raises(ConfigError, match=why):
+        load_settings(write(tmp_path, MINIMAL))
+
+
+async def test_a_model_whose_key_variable_is_unset_or_empty_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``api_key_env: OPENAI_API_KEY`` with the variable unset (or empty, as compose's ``${OPENAI_API_KEY:-}``
+    makes it) started silently; every request to the model was then a 502 for the provider's 401."""
+    data = copy.deepcopy(THREE_MODELS)
+    data["models"][2]["api_key_env"] = "GW_TEST_KEY_UNSET"
+    data["models"][1]["api_key_env"] = "GW_TEST_KEY_EMPTY"
+    monkeypatch.delenv("GW_TEST_KEY_UNSET", raising=False)
+    monkeypatch.setenv("GW_TEST_KEY_EMPTY", "")
+    caplog.set_level(logging.WARNING, logger="gateway.runtime")
+    gw = await build_gateway(settings_from_dict(data))
+    await close_gateway(gw)
+    warned = sorted(r.getMessage() for r in caplog.records if "api_key_env" in r.getMessage())
+    assert len(warned) == 2, warned
+    assert any("GW_TEST_KEY_EMPTY is empty" in w for w in warned)
+    assert any("GW_TEST_KEY_UNSET is not set" in w for w in warned)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "cache:\n  ttl_seconds",
+        "cache:\n  max_ttl_seconds",
+        "responses:\n  ttl_seconds",
+        "auth:\n  reservation_ttl_seconds",
+    ],
+)
+def test_a_forever_expiry_is_refused(tmp_path: Path, setting: str) -> None:
+    # before: 10**17 ("forever") loaded, then every Redis write failed ("invalid expire time"): no cache hit, and
+    # no stored response could be read back
+    with pytest.raises(ConfigError, match="less than or equal to 315360000"):
+        load_settings(write(tmp_path, MINIMAL + f"{setting}: 100000000000000000\n"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--profile", "nope"],  # KeyError traceback
+        ["simulate", "--time-scale", "-1"],
+        ["simulate", "--max-concurrency", "0"],
+        ["simulate", "--port", "99999"],  # listened on 99999 - 65536, saying 99999
+        ["demo", "--port", "99999"],  # OverflowError traceback
+    ],
+)
+def test_a_bad_command_line_value_is_a_usage_error(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+
+
+def test_replay_with_an_unknown_policy_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    data = tmp_path / "traffic.jsonl"
+    data.write_text('{"prompt": "hi", "model": "auto"}\n')
+    r = CliRunner().invoke(app, ["replay", str(data), "--config", str(write(tmp_path, MINIMAL)), "--policy", "nope"])
+    assert r.exit_code == 2 and "--policy" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception

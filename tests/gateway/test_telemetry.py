@@ -6,6 +6,7 @@ client's trace id, a client span per upstream attempt, and the attempt's context
 from __future__ import annotations
 
 import gzip
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -449,3 +450,16 @@ def test_a_collector_refusing_every_batch_is_logged_once_per_interval(caplog: py
     lines = [r for r in caplog.records if r.name.startswith("opentelemetry") and "export" in r.getMessage().lower()]
     assert refused["n"] >= 5
     assert len(lines) <= 2, [r.getMessage() for r in lines]  # 0 when an earlier test's line started the interval
+
+
+def test_without_the_extra_an_environment_s_collector_is_a_warning_and_the_setting_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` set for a host's other services, and a plain ``pip install .``: start-up was
+    a traceback naming a package that does not exist (``llm-gateway[otel]``)."""
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    assert isinstance(build_tracing(TelemetrySettings(), {}), NoTracing)
+    assert "pip install 'llm-hybrid-gateway[otel]'" in caplog.text
+    with pytest.raises(RuntimeError, match=r"telemetry.enabled is true but .*llm-hybrid-gateway\[otel\]"):
+        build_tracing(TelemetrySettings(enabled=True), {})

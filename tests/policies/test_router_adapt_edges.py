@@ -196,5 +196,5 @@ def test_errors_name_the_file_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line 2: 'prompt' holds a lone surrogate"):
         load_records(surrogate)
     huge = _write(tmp_path / "h.jsonl", [good, '{"prompt": "b", "weak_score": 1' + "0" * 400 + ', "strong_score": 1}'])
-    with pytest.raises(ValueError, match="line 2: weak_score 1000.* is not a score"):
+    with pytest.raises(ValueError, match=r"line 2: weak_score 1000.* is not a score"):
         load_records(huge)

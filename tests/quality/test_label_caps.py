@@ -304,3 +304,12 @@ async def test_feedback_over_the_gateway_is_capped_per_key(
     owner = {rid: name for name, ids in sent.items() for rid in ids}
     assert Counter(owner[r["item_id"]] for r in rows if r["source"] == "feedback") == {"heavy": 1, "light": 1}
     assert sum(1 for r in rows if r["source"] == "verdict") == 5
+
+
+def test_labels_into_a_directory_that_does_not_exist_blames_the_out_option(tmp_path: Path) -> None:
+    """It said ``the database is unreachable: [Errno 2] No such file or directory: '/nonexist/x.jsonl'``."""
+    from gateway.cli import app
+
+    config, _ = _config(tmp_path)
+    r = CliRunner().invoke(app, ["quality", "labels", "-c", str(config), "--out", str(tmp_path / "no" / "x.jsonl")])
+    assert r.exit_code == 2 and "--out" in r.output and "database" not in r.output, r.output
