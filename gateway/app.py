@@ -17,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.config import STARTUP_FAILURE
 
+from gateway.accounting.migrate import SchemaTooNew
 from gateway.admin_routes import router as admin_router
 from gateway.config import CONFIG_TEXT_ENV, Settings, load_settings
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.frontdoor_routes import router as frontdoor_router
 from gateway.http_limits import HeaderLimit
 from gateway.inference import FRONT_DOORS, HOT_PATHS, FrontDoorRoute, InferenceRoute, handle
@@ -97,13 +99,29 @@ EXPOSED_HEADERS = [
 ]
 
 
+#: What an operator got wrong that start-up finds (a router artifact that does not load, a ledger that cannot hold
+#: the ledger or from a newer gateway, a directory that cannot be made): one line, not a traceback.
+_START_MISTAKES = (ConfigError, SchemaTooNew, OSError)
+
+
 def create_app(settings: Settings, *, freeze_gc: bool = False) -> FastAPI:
     """The gateway's ASGI app for ``settings``; ``freeze_gc`` (the server process) moves everything built at
-    start-up out of the garbage collector's reach."""
+    start-up out of the garbage collector's reach, and ends the process on an operator's mistake at start-up
+    (one ``error`` line, exit code 3) rather than log a traceback."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gw = await build_gateway(settings)
+        try:
+            gw = await build_gateway(settings)
+        except _START_MISTAKES as exc:
+            if not freeze_gc:  # an app a test or an embedding program built: its caller sees the exception
+                raise
+            # Raised from here, uvicorn logs the whole traceback (twice with workers), then the aiohttp session's
+            # "Unclosed client session": an operator reads a crash where one line says what to fix.
+            log.error("cannot start: %s", str(exc) or type(exc).__name__)
+            stop_background_writers()
+            logging.shutdown()
+            os._exit(STARTUP_FAILURE)
         app.state.gateway = gw
         if freeze_gc:
             # Everything built so far lives as long as the process: keep it out of the cyclic

@@ -169,7 +169,6 @@ def load_router(settings: Settings, counter: TokenCounter) -> QualityEstimator |
         return load_estimator(counter, artifact)  # unset, asked for, or no tokenizer for any learned router
     problem = router_artifact_problem(settings)
     if problem is not None:
-        log.error("%s", problem)
         raise ConfigError(problem)
     path = Path(artifact)
     if artifact_state(path) != "artifact":

@@ -32,6 +32,7 @@ from yarl import URL
 
 from gateway.config import ModelSpec, TelemetrySettings
 from gateway.context import RequestContext, usage_tokens
+from gateway.errors import ConfigError
 from gateway.logs import OncePer
 from gateway.protocol import first_finish_reason
 
@@ -173,7 +174,7 @@ def build_tracing(
     :class:`NoTracing`.
 
     Raises:
-        RuntimeError: ``telemetry.enabled: true`` but the ``otel`` extra is not installed (traces on only by an
+        ConfigError: ``telemetry.enabled: true`` but the ``otel`` extra is not installed (traces on only by an
             ``OTEL_EXPORTER_OTLP_*`` variable of the environment: logged, and the gateway runs without them).
     """
     if not tracing_enabled(settings, os.environ):
@@ -188,7 +189,7 @@ def build_tracing(
         if settings.enabled is None:  # an environment meant for other services: not a reason to refuse to start
             log.warning("OTEL_EXPORTER_OTLP_* is set but %s; serving without traces", missing)
             return NoTracing()
-        raise RuntimeError(f"telemetry.enabled is true but {missing}") from exc
+        raise ConfigError(f"telemetry.enabled is true but {missing}") from exc
     name = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     exporter = OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint else OTLPSpanExporter()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.accounting.migrate import migrate
 from gateway.accounting.priority import WriterPriority, record_thread_id
+from gateway.errors import ConfigError
 
 log = logging.getLogger("gateway.accounting")
 
@@ -81,6 +82,9 @@ class Database:
                 try:
                     async with self.engine.begin() as conn:
                         await migrate(conn)
+                        if conn.dialect.name == "sqlite":  # a write, as every batch makes: a read-only file fails here
+                            version = (await conn.exec_driver_sql("PRAGMA user_version")).scalar()
+                            await conn.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
                     self.migrated = True
                 except OperationalError as exc:
                     if attempt == attempts:
@@ -123,6 +127,29 @@ def _libpq_options(url: URL, connect_args: dict[str, Any]) -> URL:
     return url.set(query=query)
 
 
+class LedgerUnusable(ConfigError):
+    """The ledger's database answers, but can never hold the ledger (not a database, read-only, no such database,
+    role or permission): unlike an outage, waiting does not help, so the gateway does not start."""
+
+
+#: PostgreSQL's error classes that no retry mends: an unknown database (3D), refused credentials (28), and a
+#: privilege missing (42501).
+_PERMANENT_SQLSTATES = ("3D", "28", "42501")
+#: SQLite's messages for a file that is not, or cannot be written as, a database.
+_PERMANENT_SQLITE = ("file is not a database", "unable to open database file", "readonly database", "is encrypted")
+
+
+def permanent_problem(exc: BaseException) -> str | None:
+    """What makes ``exc`` a database that can never hold the ledger (its first line), or None for an outage."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    text = str(orig if orig is not None else exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(state, str) and state.startswith(_PERMANENT_SQLSTATES):
+        return first
+    return first if any(marker in text for marker in _PERMANENT_SQLITE) else None
+
+
 async def open_database(url: str, *, require: bool = False, connect_timeout_s: float = 10.0) -> Database:
     """The database for ``url``, its schema migrated when it can be reached.
 
@@ -132,13 +159,22 @@ async def open_database(url: str, *, require: bool = False, connect_timeout_s: f
 
     Raises:
         SQLAlchemyError, OSError: only with ``require``.
+        LedgerUnusable: the database answered, but can never hold the ledger (:func:`permanent_problem`): serving
+            would record nothing (spend, budgets, savings) while every health check passed.
     """
     db = Database(_engine(url, connect_timeout_s))
     try:
         await db.ensure_schema()
     except (SQLAlchemyError, OSError) as exc:
-        if require:
+        problem = None if require else permanent_problem(exc)
+        if require or problem is not None:
             await db.aclose()
+        if problem is not None:
+            raise LedgerUnusable(
+                f"ledger.url (DATABASE_URL) {db.display_url} cannot hold the ledger: {problem}; fix the URL, the "
+                "file's permissions or the database's grants"
+            ) from None
+        if require:
             raise
         log.warning(
             "ledger database %s unreachable at start-up (%s); rows are kept until it answers",

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import TelemetrySettings, settings_from_dict
+from gateway.errors import ConfigError
 from gateway.simulator import create_simulator_app
 from gateway.telemetry import NoTracing, build_tracing, tracing_enabled
 from tests.helpers.servers import RunningGateway, free_port, run_asgi_server, serve_gateway
@@ -461,5 +462,5 @@ def test_without_the_extra_an_environment_s_collector_is_a_warning_and_the_setti
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
     assert isinstance(build_tracing(TelemetrySettings(), {}), NoTracing)
     assert "pip install 'llm-hybrid-gateway[otel]'" in caplog.text
-    with pytest.raises(RuntimeError, match=r"telemetry.enabled is true but .*llm-hybrid-gateway\[otel\]"):
+    with pytest.raises(ConfigError, match=r"telemetry.enabled is true but .*llm-hybrid-gateway\[otel\]"):
         build_tracing(TelemetrySettings(enabled=True), {})
