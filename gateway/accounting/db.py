@@ -102,7 +102,8 @@ def _engine(url: str, connect_timeout_s: float) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(parsed, connect_args={"timeout": 10})
+        # hide_parameters: a statement's error (logged) would carry the row's values, a client's ``user`` among them
+        engine = create_async_engine(parsed, connect_args={"timeout": 10}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # asyncpg waits 60 s for a server that accepted the connection but does not answer (a partition)
@@ -110,7 +111,13 @@ def _engine(url: str, connect_timeout_s: float) -> AsyncEngine:
     if parsed.get_driver_name() == "asyncpg":
         parsed = _libpq_options(parsed, connect_args)
     return create_async_engine(
-        parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800
+        parsed,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_recycle=1800,
+        hide_parameters=True,
     )
 
 
