@@ -48,3 +48,18 @@ async def test_a_database_that_can_never_hold_the_ledger_stops_the_start(tmp_pat
             await open_database(url)
     outage = await open_database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test", connect_timeout_s=2)
     await outage.aclose()  # nothing listens: an outage, the start goes on
+
+
+async def test_a_failed_statement_s_error_holds_no_row_values(tmp_path: Path) -> None:
+    """The ledger writer logs a failed batch's error: SQLAlchemy's message carried the row's values, a client's
+    ``user`` among them."""
+    from sqlalchemy.exc import OperationalError
+
+    db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", require=True)
+    try:
+        with pytest.raises(OperationalError) as err:
+            async with db.engine.begin() as conn:
+                await conn.execute(text("INSERT INTO no_such_table VALUES (:u)"), {"u": "alice@example.com"})
+    finally:
+        await db.aclose()
+    assert "alice@example.com" not in str(err.value)
