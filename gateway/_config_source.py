@@ -274,6 +274,13 @@ def _env_source(loc: tuple[int | str, ...]) -> str | None:
     return conventional if conventional is not None and os.environ.get(conventional) else None
 
 
+def origin(loc: tuple[int | str, ...], source: str) -> str:
+    """Where the value at ``loc`` came from, for an error line: ``environment variable NAME`` when one set it, else
+    ``source`` (the file)."""
+    env = _env_source(loc)
+    return f"environment variable {env}" if env is not None else source
+
+
 def _env_hint(name: str) -> str:
     """What to do instead, when ``name`` tries to set one item of a list."""
     if not any(part.isdigit() for part in name.split("__")[1:]):

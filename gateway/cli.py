@@ -24,6 +24,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway YAML co
 
 
 def _load(config: Path) -> object:
+    from gateway._config_source import origin
     from gateway.config import load_settings
     from gateway.pricing import baseline_problem
 
@@ -31,7 +32,7 @@ def _load(config: Path) -> object:
         settings = load_settings(config)
         problem = baseline_problem(settings)
         if problem is not None:
-            raise ConfigError(f"{config}: {problem}")
+            raise ConfigError(f"{origin(('ledger', 'baseline_model'), str(config))}: {problem}")
         return settings
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway._config_source import (
     ENV_PREFIX,
     expand_env,
+    origin,
     read_mapping,
     referenced_variables,
     settings_error,
@@ -682,11 +683,13 @@ def _check_policies(settings: Settings, source: str) -> None:
 
     known = registry.names()
     if settings.default_policy not in known:
-        raise ConfigError(f"{source}: default_policy: unknown policy '{settings.default_policy}'")
+        where = origin(("default_policy",), source)
+        raise ConfigError(f"{where}: default_policy: unknown policy '{settings.default_policy}'")
     for route, spec in settings.routes.items():
         if spec.policy not in known:
+            where = origin(("routes", route, "policy"), source)
             raise ConfigError(
-                f"{source}: routes.{route}.policy: unknown policy '{spec.policy}' (known: {', '.join(sorted(known))})"
+                f"{where}: routes.{route}.policy: unknown policy '{spec.policy}' (known: {', '.join(sorted(known))})"
             )
 
 

@@ -260,3 +260,16 @@ def test_replay_with_an_unknown_policy_is_a_usage_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["replay", str(data), "--config", str(write(tmp_path, MINIMAL)), "--policy", "nope"])
     assert r.exit_code == 2 and "--policy" in r.output, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+
+
+@pytest.mark.parametrize(
+    ("variable", "key"),
+    [("GATEWAY_DEFAULT_POLICY", "default_policy"), ("GATEWAY_ROUTES__AUTO__POLICY", "routes.auto.policy")],
+)
+def test_an_unknown_policy_set_by_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, key: str
+) -> None:
+    # before: "r9.yaml: default_policy: unknown policy" sent the operator to a file that says nothing of it
+    monkeypatch.setenv(variable, "nope")
+    with pytest.raises(ConfigError, match=rf"^environment variable {variable}: {key}: unknown policy 'nope'"):
+        load_settings(write(tmp_path, MINIMAL + "routes:\n  auto:\n    policy: cost\n"))
