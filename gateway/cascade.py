@@ -17,7 +17,9 @@ model's first token. Only chat requests are checked; completions walk the ladder
 
 from __future__ import annotations
 
+import asyncio
 import math
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from backends import Backend, UpstreamResponse
@@ -25,7 +27,7 @@ from gateway.charges import in_flight
 from gateway.context import AttemptCost, RequestContext
 from gateway.errors import AllCandidatesFailed, UpstreamError, is_retryable
 from gateway.protocol import check_not_cut
-from gateway.routing import DEFAULT_QUALITY_TARGET, Plan
+from gateway.routing import DEFAULT_QUALITY_TARGET, Plan, tighter
 from gateway.streaming import aiter_list, replay_chunks
 from policies.answer_check import AnswerCheck
 from policies.answer_check.confidence import token_logprobs
@@ -88,14 +90,25 @@ class Cascade:
         ladder = plan.decision.ranking
         if self.check is None or ctx.endpoint != "chat" or len(ladder) < 2:
             if ctx.endpoint == "chat" and len(ladder) == 1:
+                only = ladder[0].name
+                route = p.router.routes.get(plan.route or "")
+                others = [m for m in (route.models or ()) if m != only] if route is not None else []
+                down = [m for m in others if m in p.router.models and not p.router.models[m].is_up()]
                 ctx.cascade = "accepted"
-                ctx.cascade_reason = f"nothing to escalate to: {ladder[0].name} is the only candidate up"
-                if plan.route is not None and len(p.router.routes[plan.route].models or ()) > 1:
-                    ctx.degraded = "nothing to escalate to"  # an answer no check saw, while the rungs above are down
+                if down:  # an answer no check saw, while a rung above is down: served, not cached
+                    ctx.cascade_reason = f"nothing to escalate to: {only} is the only candidate up"
+                    ctx.degraded = "nothing to escalate to"
+                else:  # the others cannot take this request (its context, tools, a constraint): nothing is degraded
+                    ctx.cascade_reason = f"nothing to escalate to: {only} is the only candidate for this request"
             if not plan.fallbacks:
                 del ladder[1:]
             return await p._call(ctx, plan)
         threshold = self.threshold(plan)
+        route_spec = p.router.routes.get(ctx.route or "")
+        # the client's (or the route's) cost limit holds for the whole cascade, not each rung on its own: the rungs
+        # asked, the judge and the next rung together (each within it, an escalation passed it)
+        limit = tighter(min, ctx.constraints.max_cost_usd, route_spec.max_cost_usd if route_spec is not None else None)
+        cap = None if limit is None else Decimal(str(limit))
         held: tuple[Backend, UpstreamResponse, float] | None = None
         last: UpstreamError | None = None
         for rung, cand in enumerate(ladder):
@@ -117,6 +130,8 @@ class Cascade:
                     if held is None:
                         raise
                     break
+                if held is None and rung < len(ladder) - 1:  # the next rung answers: a cascade the dashboard counts
+                    ctx.cascade, ctx.cascade_reason = "escalated", f"{cand.name} failed: {err.message}"
                 continue
             breaker.record_success()
             last = None
@@ -124,7 +139,20 @@ class Cascade:
             if calls is not None:  # a tool call has no text to check: its form is checked
                 escalate, reason = not calls[0], calls[1]
             else:
-                escalate, reason = await self._check_text(ctx, plan, prompt, response, threshold, ladder[rung + 1])
+                try:
+                    escalate, reason = await self._check_text(
+                        ctx, plan, prompt, response, threshold, ladder[rung + 1], cap
+                    )
+                except asyncio.CancelledError:
+                    # the client left while the judge read the answer: that answer was generated all the same, and
+                    # is this request's (not the judge's, priced at the client's prompt and max_tokens)
+                    ctx.chosen_model = cand.name
+                    p.charges.set_usage(ctx, response.body)
+                    raise
+            if escalate and cap is not None:
+                ahead = self._answer_cost(ctx, cand.name, response.body) + ladder[rung + 1].cost_usd
+                if p.charges.paid_attempts(ctx) + ahead > cap:
+                    escalate, reason = False, f"escalating would pass the ${cap} cost limit; {reason}"
             if not escalate:
                 ctx.cascade = "accepted"
                 ctx.cascade_reason = reason
@@ -151,15 +179,23 @@ class Cascade:
         response: UpstreamResponse,
         threshold: float,
         above: Candidate,
+        cap: Decimal | None = None,
     ) -> tuple[bool, str]:
-        """Whether a rung's text answer escalates (the check, and the route's judge when it is unsure), and why."""
+        """Whether a rung's text answer escalates (the check, and the route's judge when it is unsure), and why;
+        ``cap``: the request's cost limit (no judge call that, with the next rung, would pass it)."""
         assert self.check is not None
         text, finish, lp_blocks = _answer_text(response.body)
+        if finish == "length" and _cut_by_client(ctx.body, response.body):
+            finish = None  # the client's own max_tokens: the next rung would be cut at the same place
         lps = token_logprobs(lp_blocks) if lp_blocks else None
         verdict = self.check.check(prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed)
         why = ", ".join(verdict.reasons) or "nothing stood out"
         escalate = verdict.escalate(threshold)
-        judged = await self._verify(ctx, prompt, text, verdict.score, threshold, above)
+        committed = None
+        if cap is not None:  # paid so far, and this rung's answer
+            model = ctx.attempts[-1] if ctx.attempts else ""
+            committed = self.pipeline.charges.paid_attempts(ctx) + self._answer_cost(ctx, model, response.body)
+        judged = await self._verify(ctx, prompt, text, verdict.score, threshold, above, cap, committed)
         if judged is not None:
             escalate, why = judged[0], f"{judged[1]}; {why}"
         return escalate, f"score {verdict.score:.3f} vs {threshold:.3f}: {why}"
@@ -189,7 +225,15 @@ class Cascade:
             return response
 
     async def _verify(
-        self, ctx: RequestContext, prompt: str, answer: str, score: float, threshold: float, above: Candidate
+        self,
+        ctx: RequestContext,
+        prompt: str,
+        answer: str,
+        score: float,
+        threshold: float,
+        above: Candidate,
+        cap: Decimal | None = None,
+        committed: Decimal | None = None,
     ) -> tuple[bool, str] | None:
         """The route's judge call, when it has one and it is worth it: ``(escalate, reason)``, or None (no call, or
         no verdict: the check decides). The call is paid for like an attempt (outcome ``verifier``)."""
@@ -207,6 +251,8 @@ class Cascade:
         estimate = p.charges.price(cfg.model).cost(judge_in, cfg.max_tokens)
         if not should_verify(score, threshold, float(above.cost_usd), float(estimate), vcfg):
             return None
+        if cap is not None and committed is not None and committed + estimate + above.cost_usd > cap:
+            return None  # the judge and the rung it could send the request to would pass the cost limit
         spec = p.settings.model(cfg.model)
         body["model"] = spec.upstream_name if spec is not None else cfg.model
         backend, breaker = p.backends[cfg.model], p.breakers[cfg.model]
@@ -217,11 +263,21 @@ class Cascade:
             p._attempt_failed(ctx, cfg.model, err)
             p.charges.timed_out(ctx, cfg.model, err, stream=False)
             return None
+        except asyncio.CancelledError:  # the client left: the judge read its prompt and may have answered
+            ctx.calling = None
+            ctx.cascade_attempts.append(AttemptCost(cfg.model, judge_in, cfg.max_tokens, estimate, "verifier"))
+            raise
         breaker.record_success()
         self._pay(ctx, cfg.model, response.body, "verifier")
         reply = _answer_text(response.body)[0]
         escalate, how = decide(score, threshold, parse_verdict(reply), vcfg)
         return None if how == "check" else (escalate, how)
+
+    def _answer_cost(self, ctx: RequestContext, model: str, body: dict[str, Any]) -> Decimal:
+        """What ``model``'s answer ``body`` costs."""
+        charges = self.pipeline.charges
+        pt, ct, _ = charges.tokens(ctx, body)
+        return charges.price(model).cost(pt, ct)
 
     def _pay(self, ctx: RequestContext, model: str, body: dict[str, Any], outcome: str = "escalated") -> None:
         """Record a paid call whose answer the client never sees: an escalated answer, or the judge's verdict."""
@@ -243,12 +299,26 @@ class Cascade:
         body["model"] = backend.name
         p.charges.set_usage(ctx, body)
         p.charges.check_answer_cost(ctx, backend.name)  # before the first byte: a 402, as when not streaming
+        # the answer is whole: its cost header is its cost (not the prediction of a rung that failed above it)
+        ctx.predicted_cost = p.charges.price(backend.name).cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
         ctx.finish_reason = _answer_text(body)[1]
         ctx.ttft_s = ctx.elapsed()
         backend.stats.observe(ttft_s=None, total_s=ctx.elapsed() - t0, completion_tokens=ctx.usage.completion_tokens)
         p.keep_answer(ctx, body)  # cached and sampled like a whole answer: it is one
         frames = replay_chunks(body, backend.name, ctx.client_wants_usage)
         return StreamResult(p._finish_after(ctx, aiter_list(frames)), p._headers(ctx))
+
+
+def _cut_by_client(request: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether an answer that ended for its length reached the client's own ``max_tokens`` (or
+    ``max_completion_tokens``); without a usage figure, whether the client set one."""
+    limit = request.get("max_completion_tokens")
+    limit = request.get("max_tokens") if limit is None else limit
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        return False
+    usage = body.get("usage")
+    produced = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return not isinstance(produced, int) or produced >= limit
 
 
 def _last_escalated(ctx: RequestContext) -> int:

@@ -497,8 +497,8 @@ class Router:
     @staticmethod
     def _constrain(cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         """The candidates within the request's limits (else the route's), or a 400 naming the one that failed."""
-        max_cost = _tighter(min, c.max_cost_usd, route.max_cost_usd)
-        max_latency = _tighter(min, c.max_latency_ms, route.max_latency_ms)
+        max_cost = tighter(min, c.max_cost_usd, route.max_cost_usd)
+        max_latency = tighter(min, c.max_latency_ms, route.max_latency_ms)
         min_quality = _min_quality(c, route)
         if max_cost is not None:
             ok = [x for x in cands if x.cost_usd <= max_cost]
@@ -544,7 +544,7 @@ def _min_quality(c: Constraints, route: RouteSpec) -> float | None:
 Limit = float | Decimal
 
 
-def _tighter(pick: Callable[[Limit, Limit], Limit], request: Limit | None, route: Limit | None) -> Limit | None:
+def tighter(pick: Callable[[Limit, Limit], Limit], request: Limit | None, route: Limit | None) -> Limit | None:
     """A client's limit and its route's together: the client may tighten what the operator set, never loosen it
     (its ``max_cost_usd`` of 100 on a route capped at 0.001 bought the dear model)."""
     if request is None:

@@ -233,6 +233,9 @@ class ReserveEstimator:
         # the judge reads its instructions (~256 tokens), the prompt and an answer; one call per escalation
         longest, prompt = max(completions, default=0), max(prompts, default=0)
         judged = Decimal(0) if judge is None else self._prices[judge[0]].cost(prompt + longest + 256, judge[1])
+        # every rung may be asked, and each escalation judged: the TPM's worst case too (its max undercounted ~3x)
+        judge_tokens = 0 if judge is None else prompt + longest + 256 + judge[1]
+        tokens = sum(p + c for p, c in zip(prompts, completions, strict=True)) + judge_tokens * (len(costs) - 1)
         return sum(costs, Decimal(0)) + judged * (len(costs) - 1), tokens
 
 
@@ -416,8 +419,10 @@ class KeyAdmission:
         reservation = ctx.extra.pop(_RESERVATION, None)
         if not isinstance(reservation, Reservation):
             return
-        # A cache hit's tokens never reached an upstream: they do not count against its key's TPM.
+        # A cache hit's tokens never reached an upstream: they do not count against its key's TPM. A cascade's
+        # escalated answers and its judge's calls did, as did a call that timed out after it reached the upstream.
         tokens = 0 if ctx.cache_hit else ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        tokens += sum(a.prompt_tokens + a.completion_tokens for a in ctx.cascade_attempts)
         try:
             await self.limiter.settle(reservation, cost_nano=to_nano(ctx.cost_usd), tokens=tokens)
         except StoreError as exc:

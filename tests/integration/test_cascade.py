@@ -420,3 +420,114 @@ def test_a_streamed_accepted_answer_is_cached(tmp_path: Path) -> None:
             asyncio.run(gw.wait_writes())
     assert seen[0] == ("miss", "accepted") and seen[1][0] == "hit", seen
     assert "data: [DONE]" in text
+
+
+def test_a_request_only_one_rung_can_take_is_cached(tmp_path: Path) -> None:
+    """A request the local rung cannot take (here a quality floor only gpt-4 meets; a prompt past its context, or
+    tools it does not support, alike) was marked degraded ("nothing to escalate to") although nothing was down, so
+    its answer was never cached: every repeat paid gpt-4 again."""
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with (
+        run_asgi_server(local) as lu,
+        run_asgi_server(strong) as su,
+        serve_gateway(_settings(lu, su, tmp_path, cache=True)) as gw,
+    ):
+        env = Env(gw.base_url, tmp_path / "ledger.db", lu, su)
+        first = _ask(env, GOOD, temperature=0, extra_headers={"x-gateway-min-quality": "8"})
+        asyncio.run(gw.wait_writes())
+        second = _ask(env, GOOD, temperature=0, extra_headers={"x-gateway-min-quality": "8"})
+    assert first.headers["x-gateway-model"] == "gpt-4"
+    assert first.headers["x-gateway-cascade-reason"].endswith("the only candidate for this request")
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+
+
+def test_an_answer_cut_at_the_client_s_own_max_tokens_is_not_escalated(env: Env) -> None:
+    """``finish_reason: length`` at the client's ``max_tokens`` escalated every time, and gpt-4 was cut at the same
+    place (six such requests cost ~124x the same six with room to finish)."""
+    raw = _client(env).chat.completions.with_raw_response.create(
+        model="cascade", messages=[{"role": "user", "content": GOOD}], max_tokens=150
+    )
+    assert raw.parse().choices[0].finish_reason == "length"
+    assert raw.headers["x-gateway-cascade"] == "accepted", raw.headers["x-gateway-cascade-reason"]
+    assert "truncated" not in raw.headers["x-gateway-cascade-reason"]
+
+
+def test_a_cost_limit_holds_for_the_whole_cascade(env: Env) -> None:
+    """``x-gateway-max-cost-usd`` was checked rung by rung: gpt-4's prediction fit, the local answer fit, and an
+    escalation paid both (8% over the client's limit). At gpt-4's own prediction the escalation would pass it: the
+    local answer is served instead."""
+    direct = _client(env).chat.completions.with_raw_response.create(
+        model="gpt-4", messages=[{"role": "user", "content": "refuseme: tell me a joke"}], max_tokens=200, stream=True
+    )
+    predicted = Decimal(direct.headers["x-gateway-cost-usd"])  # a stream's header: the routing prediction
+    for _ in direct.parse():
+        pass
+    raw = _ask(env, "refuseme: tell me a joke", extra_headers={"x-gateway-max-cost-usd": str(predicted)})
+    h = raw.headers
+    assert h["x-gateway-cascade"] == "accepted" and h["x-gateway-model"] == "llama-2-7b", h
+    assert "cost limit" in h["x-gateway-cascade-reason"]
+    assert Decimal(h["x-gateway-cost-usd"]) <= predicted
+
+
+def test_a_local_rung_that_fails_is_still_a_cascade_and_a_replayed_stream_costs_its_answer(tmp_path: Path) -> None:
+    """A local rung that failed (a 500) left the request with no cascade headers and no ``cascade`` column: the
+    dashboard's escalation rate and cost left it out. And a held answer replayed to a streaming client after gpt-4
+    failed said gpt-4's predicted cost in its header."""
+    failing_local = create_simulator_app("llama-2-7b", time_scale=0.0, faults={"mode": "error_500"})
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with (
+        run_asgi_server(failing_local) as lu,
+        run_asgi_server(strong) as su,
+        serve_gateway(_settings(lu, su, tmp_path, fallbacks=True)) as gw,
+    ):
+        raw = _ask(Env(gw.base_url, tmp_path / "ledger.db", lu, su), GOOD)
+        rows = _rows(tmp_path / "ledger.db", raw.headers["x-request-id"])
+    assert raw.headers["x-gateway-model"] == "gpt-4"
+    assert raw.headers["x-gateway-cascade"] == "escalated"
+    assert raw.headers["x-gateway-cascade-reason"].startswith("llama-2-7b failed")
+    assert rows[0]["cascade"] == "escalated"
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    failing = create_simulator_app("gpt-4", time_scale=0.0, faults={"mode": "error_500"})
+    with run_asgi_server(local) as lu, run_asgi_server(failing) as fu, serve_gateway(_settings(lu, fu, tmp_path)) as gw:
+        headers, _ = _stream(Env(gw.base_url, tmp_path / "ledger.db", lu, fu), "refuseme: a haiku")
+        rows = _rows(tmp_path / "ledger.db", headers["x-request-id"])
+    assert headers["x-gateway-model"] == "llama-2-7b"
+    # the local answer's cost (priced by GPU time: the ledger's figure uses the time it took), not gpt-4's ~$0.0126
+    assert Decimal(headers["x-gateway-cost-usd"]) < Decimal("0.0001") and rows[0]["chosen_model"] == "llama-2-7b"
+
+
+def test_a_client_that_leaves_while_the_judge_reads_pays_the_answer_and_the_judge(tmp_path: Path) -> None:
+    """The client left while the judge read the local answer: the row named the judge as the answering model,
+    priced at the client's prompt and max_tokens, and the local answer (generated all the same) was lost."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def slow_judge(request: Request) -> JSONResponse:
+        await asyncio.sleep(30)
+        return JSONResponse({})
+
+    judge = Starlette(routes=[Route("/v1/chat/completions", slow_judge, methods=["POST"])])
+    local = create_simulator_app("llama-2-7b", time_scale=0.0, seed=1, answer_rules=RULES)
+    strong = create_simulator_app("gpt-4", time_scale=0.0, seed=2)
+    with run_asgi_server(local) as lu, run_asgi_server(strong) as su, run_asgi_server(judge) as ju:
+        judge_model = {"name": "judge", "backend": "openai", "base_url": ju + "/v1", **_JUDGE_PRICE}
+        verifier = {"model": "judge", "band": 1.0, "min_escalation_cost_usd": 0, "max_tokens": 12}
+        with serve_gateway(_settings(lu, su, tmp_path, [judge_model], verifier=verifier)) as gw:
+            body = {
+                "model": "cascade",
+                "messages": [{"role": "user", "content": "refuseme: a joke"}],
+                "max_tokens": 200,
+            }
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(gw.base_url + "/v1/chat/completions", json=body, headers={"x-request-id": "gone"}, timeout=1)
+            rows = _rows(tmp_path / "ledger.db", "gone")
+    assert len(rows) == 1 and rows[0]["status_code"] == 499
+    assert rows[0]["chosen_model"] == "llama-2-7b" and rows[0]["completion_tokens"] > 0, rows[0]
+    (judged,) = [a for a in json.loads(rows[0]["cascade_attempts"]) if a["outcome"] == "verifier"]
+    assert judged["model"] == "judge" and judged["completion_tokens"] == 12  # the judge's own max_tokens
+
+
+_JUDGE_PRICE = {"input_cost_per_token": "0.0000001", "output_cost_per_token": "0.0000002"}
