@@ -113,7 +113,7 @@ async def list_input_items(response_id: str, request: Request) -> Response:
         ids = [item.get("id") for item in items]
         if after not in ids:
             raise InvalidRequest(f"No input item with id '{shown(after)}' in this response.", param="after")
-        items = items[ids.index(after) + 1 :]
+        items = items[len(ids) - ids[::-1].index(after) :]  # after its last copy: a record with one twice still ends
     page = items[:limit]
     return json_response(
         {

@@ -440,7 +440,9 @@ def finish(response: dict[str, Any], finish_reason: str | None) -> None:
     """Set ``status`` (and ``incomplete_details``) from the chat finish reason."""
     reason = _INCOMPLETE.get(finish_reason or "")
     response["status"] = "completed" if reason is None else "incomplete"
-    if reason is not None:
+    if reason is None:
+        response["completed_at"] = int(time.time())  # the SDK's Response.completed_at: "present when completed"
+    else:
         response["incomplete_details"] = {"reason": reason}
 
 

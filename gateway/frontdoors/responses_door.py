@@ -77,6 +77,7 @@ class ResponsesDoor:
             self.history = record["messages"]
             # records stored before input items were kept list the earlier turns' outputs only
             self.history_items = record.get("input_items", []) + record["response"]["output"]
+        _refuse_duplicate_ids(req.input, self.history_items)
         self.req = req
         return orjson.dumps(rs.to_chat(req, self.history))
 
@@ -126,3 +127,23 @@ class ResponsesDoor:
 
     def error_status(self, err: GatewayError) -> int:
         return err.status
+
+
+def _refuse_duplicate_ids(given: Any, history: list[dict[str, Any]]) -> None:
+    """OpenAI's 400 for an input item whose id is already in the conversation (an earlier turn's output sent back
+    with ``previous_response_id``, as some agent SDKs do) or twice in the input: kept, the history held each call
+    twice, one without its tool replies, and listing the input items paged back to the first copy for ever."""
+    if not isinstance(given, list):
+        return
+    seen = {item.get("id") for item in history if isinstance(item, dict) and item.get("id")}
+    for item in given:
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, str) or not item_id:
+            continue
+        if item_id in seen:
+            raise InvalidRequest(
+                f"Duplicate item found with id {shown(item_id)}. Remove duplicate items from your input and try again.",
+                param="input",
+                code="duplicate_item",
+            )
+        seen.add(item_id)

@@ -229,3 +229,25 @@ async def test_a_conversation_stops_growing_at_the_record_bound(env: Env, tmp_pa
                 model="small", input="ok?", previous_response_id=second.id, store=False, max_output_tokens=5
             )
     assert unstored.status in ("completed", "incomplete") and unstored.output_text  # answered (5 tokens at most)
+
+
+async def test_an_item_id_already_in_the_conversation_is_refused_as_openai_does(env: Env) -> None:
+    """An agent SDK that sends an earlier turn's output back with ``previous_response_id`` (or a client reusing a
+    message id): OpenAI answers 400 "Duplicate item found". Kept, the upstream got each call twice, and paging the
+    input items with the SDK went back to the first copy of the id for ever."""
+    c = client(env)
+    first = await c.responses.create(model="small", input=[{"id": "msg_mine", "role": "user", "content": "Hi."}])
+    resent = [item.to_dict() for item in first.output]
+    with pytest.raises(openai.BadRequestError, match="Duplicate item found with id"):
+        again = {"role": "user", "content": "Again"}
+        await c.responses.create(model="small", input=[*resent, again], previous_response_id=first.id)  # type: ignore[list-item]
+    with pytest.raises(openai.BadRequestError, match="Duplicate item found with id msg_mine"):
+        await c.responses.create(
+            model="small",
+            input=[{"id": "msg_mine", "role": "user", "content": "b"}],
+            previous_response_id=first.id,
+        )
+    with pytest.raises(openai.BadRequestError, match="Duplicate item found with id msg_x"):
+        twice = {"id": "msg_x", "role": "user", "content": "a"}
+        await c.responses.create(model="small", input=[twice, twice])  # type: ignore[list-item]
+    assert first.to_dict()["completed_at"] is not None  # the SDK's Response.completed_at: set once completed
