@@ -230,16 +230,25 @@ async def dashboard_data(request: Request) -> Response:
 
 @router.get("/admin/requests")
 async def recent_requests(request: Request) -> Response:
-    """The newest ledger rows, of one key (``key_id``) or of all, before ``before`` (drill-down)."""
+    """The newest ledger rows, of one key (``key_id``) or of all, before ``before`` (a time) and after the row
+    ``before_id`` (the previous page's ``last_id``) (drill-down)."""
     await _admin(request)
     ledger = _ledger(request)
     key_id = _key_id(request)
     limit = count_param(request, "limit", 50)
     before = time_param(request, "before")
+    raw_id = request.query_params.get("before_id")
+    if raw_id is not None and not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):
+        raise InvalidRequest("Invalid before_id: use a row id (the previous page's last_id).", param="before_id")
+    before_id = int(raw_id) if raw_id is not None else None
     await _fresh(ledger)
     with database_errors():
-        rows = await q.recent_requests(ledger.db.engine, key_id=key_id, limit=limit, before_ms=before)
-    return json_response({"object": "list", "data": rows})
+        rows = await q.recent_requests(
+            ledger.db.engine, key_id=key_id, limit=limit, before_ms=before, before_id=before_id
+        )
+    # the next page: before_id=last_id (every row once, however many share a millisecond)
+    last_id = rows[-1]["id"] if rows else None
+    return json_response({"object": "list", "data": rows, "last_id": last_id, "has_more": len(rows) == limit})
 
 
 @router.get("/admin/requests/{request_id:path}")  # a client's x-request-id may hold a '/'

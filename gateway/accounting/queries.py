@@ -30,6 +30,7 @@ from sqlalchemy import (
     case,
     func,
     literal_column,
+    or_,
     select,
     type_coerce,
     union_all,
@@ -558,14 +559,23 @@ async def request_rows(engine: AsyncEngine, request_id: str) -> list[dict[str, A
 
 
 async def recent_requests(
-    engine: AsyncEngine, *, key_id: str | None, limit: int = 50, before_ms: int | None = None
+    engine: AsyncEngine,
+    *,
+    key_id: str | None,
+    limit: int = 50,
+    before_ms: int | None = None,
+    before_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest raw rows (of one key, or of all), before ``before_ms``; by the ``(key_id, ts_ms)`` or ``ts_ms``
-    index."""
+    """The newest raw rows (of one key, or of all), before ``before_ms`` and after the row ``before_id`` in this
+    order (newest first, then by id: a page's last row's id is the next page's cursor; a time alone skipped the
+    rows sharing the last row's millisecond); by the ``(key_id, ts_ms)`` or ``ts_ms`` index."""
     stmt = select(ledger).order_by(ledger.c.ts_ms.desc(), ledger.c.id.desc()).limit(limit)
     if key_id is not None:
         stmt = stmt.where(ledger.c.key_id == key_id)
     if before_ms is not None:
         stmt = stmt.where(ledger.c.ts_ms < before_ms)
+    if before_id is not None:
+        at = select(ledger.c.ts_ms).where(ledger.c.id == before_id).scalar_subquery()
+        stmt = stmt.where(or_(ledger.c.ts_ms < at, and_(ledger.c.ts_ms == at, ledger.c.id < before_id)))
     async with engine.connect() as conn:
         return [_row_json(r) for r in (await conn.execute(stmt)).all()]
