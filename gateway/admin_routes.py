@@ -221,7 +221,11 @@ async def dashboard_data(request: Request) -> Response:
     await _fresh(ledger)
     with database_errors():
         body = await q.dashboard(
-            ledger.db.engine, start_ms=start, end_ms=end, sample_rows=ledger.settings.latency_sample_rows
+            ledger.db.engine,
+            start_ms=start,
+            end_ms=end,
+            sample_rows=ledger.settings.latency_sample_rows,
+            retention_days=ledger.settings.retention_days,
         )
     body["ledger"] = {"pending_rows": ledger.pending, "dropped_rows": ledger.dropped}
     body["baseline_model"] = gateway_of(request).settings.ledger.baseline_model

@@ -493,13 +493,23 @@ async def first_ts_ms(engine: AsyncEngine) -> int | None:
 
 
 async def dashboard(
-    engine: AsyncEngine, *, start_ms: int | None, end_ms: int | None, sample_rows: int = 20_000
+    engine: AsyncEngine,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    sample_rows: int = 20_000,
+    retention_days: float | None = None,
 ) -> dict[str, Any]:
-    """Everything the dashboard draws, for one time range."""
+    """Everything the dashboard draws, for one time range (``retention_days``: the ledger's, whose expired hours
+    have hour rollups only)."""
     now_ms = int(time.time() * 1000)
     end = end_ms if end_ms is not None else now_ms + 1
     start = start_ms if start_ms is not None else (await first_ts_ms(engine) or end - 3_600_000)
     width = bucket_seconds((end - start) / 1000)
+    if retention_days is not None and start < now_ms - retention_days * 86_400_000:
+        # retention deletes the minute rollups of expired hours: buckets of minutes drew an empty chart beside
+        # correct totals
+        width = max(width, GRAINS_MS["hour"] // 1000)
     # Independent queries on separate pooled connections, at once: the refresh takes the slowest, not the sum.
     (tot, series, by_model, lat, top_keys, top_users), cascade = await asyncio.gather(
         asyncio.gather(
