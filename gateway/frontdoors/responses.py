@@ -12,6 +12,7 @@ naming the field.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any, Literal
@@ -102,6 +103,24 @@ class ResponsesRequest(ResponsesBody):
 def new_id(prefix: str) -> str:
     """An id in OpenAI's style (``resp_…``, ``msg_…``, ``fc_…``)."""
     return f"{prefix}_{secrets.token_hex(24)}"
+
+
+#: The prefix of an output item's id, by its type.
+_ITEM_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+#: An output item's id: its prefix, its response's 48 hex digits, then its index (4 hex digits).
+_OUTPUT_ITEM_ID = re.compile(r"(?:msg|rs|fc)_([0-9a-f]{48})[0-9a-f]{4}")
+
+
+def output_item_id(response_id: str, item: dict[str, Any], index: int) -> str:
+    """The id of ``response_id``'s output item ``index``: it names its response, so an ``item_reference`` to it is
+    found through that response's stored record (no index of every item is kept)."""
+    return f"{_ITEM_PREFIXES.get(str(item.get('type')), 'item')}_{response_id.removeprefix('resp_')}{index:04x}"
+
+
+def response_of_item(item_id: str) -> str | None:
+    """The response whose output holds the item ``item_id`` (an id :func:`output_item_id` made), else None."""
+    found = _OUTPUT_ITEM_ID.fullmatch(item_id)
+    return None if found is None else f"resp_{found.group(1)}"
 
 
 def parse_request(body: dict[str, Any]) -> ResponsesRequest:
@@ -526,6 +545,8 @@ def from_chat(req: ResponsesRequest, response_id: str, completion: dict[str, Any
         fn = call.get("function") or {}
         arguments = whole_arguments(fn.get("arguments", ""))
         output.append(function_item(call.get("id") or new_id("call"), fn.get("name", ""), arguments))
+    for index, item in enumerate(output):
+        item["id"] = output_item_id(response_id, item, index)
     response["output"] = output
     settings.served_tier(response, completion.get("service_tier"))
     usage = completion.get("usage")

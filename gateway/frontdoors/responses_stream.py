@@ -28,6 +28,7 @@ from gateway.frontdoors.responses import (
     item_status,
     message_item,
     new_id,
+    output_item_id,
     reasoning_item,
     reasoning_part,
     refusal_part,
@@ -71,6 +72,7 @@ class _Renderer:
 
     def _open_item(self, item: dict[str, Any]) -> list[bytes]:
         out = self.close()
+        item["id"] = output_item_id(str(self.response["id"]), item, len(self.output))
         self.open = item
         self.output.append(item)
         out.append(self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item)))

@@ -168,7 +168,7 @@ async def test_streamed_function_call(env: Env) -> None:
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"background": True}, "background"),
-        ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+        ({"input": [{"type": "file_search_call", "id": "x"}]}, "input[0].type"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ],

@@ -252,3 +252,32 @@ async def test_an_item_id_already_in_the_conversation_is_refused_as_openai_does(
         twice = {"id": "msg_x", "role": "user", "content": "a"}
         await c.responses.create(model="small", input=[twice, twice])  # type: ignore[list-item]
     assert first.to_dict()["completed_at"] is not None  # the SDK's Response.completed_at: set once completed
+
+
+async def test_an_item_reference_to_an_earlier_answer_continues_the_conversation(env: Env) -> None:
+    """The Vercel AI SDK (and Codex-style clients) send an earlier turn's answer back as ``{"type":
+    "item_reference", "id": ...}`` while ``store`` is on: refused before (400 unsupported), every second turn of
+    such a client failed. It resolves to the caller's own stored item; another key's, or one never stored, is a 404."""
+    c = client(env)
+    first = await c.responses.create(model="small", input="My name is Ada.")
+    stream_first = None
+    async with c.responses.stream(model="small", input="Hello there.") as s:
+        stream_first = await s.get_final_response()
+    refs: Any = [
+        {"role": "user", "content": "My name is Ada."},
+        {"type": "item_reference", "id": first.output[0].id},
+        {"role": "user", "content": "Hello there."},
+        {"type": "item_reference", "id": stream_first.output[0].id},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    second = await c.responses.create(model="small", input=refs)
+    alone = await c.responses.create(model="small", input="What is my name?", store=False)
+    assert second.usage is not None and alone.usage is not None
+    assert second.usage.input_tokens > alone.usage.input_tokens + 10  # the referenced answers went upstream
+    items = await _items(c, second.id, order="asc")
+    assert [i["content"][0]["text"] for i in items][1] == first.output_text  # stored as the item it names
+    with pytest.raises(openai.NotFoundError, match="not found"):
+        await client(env, env.key_b).responses.create(model="small", input=refs)  # another tenant's items
+    unstored = await c.responses.create(model="small", input="Hi.", store=False)
+    with pytest.raises(openai.NotFoundError, match="not found"):
+        await c.responses.create(model="small", input=[{"type": "item_reference", "id": unstored.output[0].id}])
