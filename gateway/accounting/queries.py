@@ -366,6 +366,21 @@ async def spend_page(
     return (rows[1:] if group_by == "day" else rows[:limit]), True
 
 
+def summed(rows: Sequence[SpendRow]) -> SpendRow:
+    """The totals of ``rows`` (every group of a range: its totals, read in the same statement)."""
+    total = SpendRow(None, 0, 0, 0, Decimal(0), Decimal(0), Decimal(0), 0, 0)
+    for r in rows:
+        total.requests += r.requests
+        total.prompt_tokens += r.prompt_tokens
+        total.completion_tokens += r.completion_tokens
+        total.cost_usd += r.cost_usd
+        total.baseline_cost_usd += r.baseline_cost_usd
+        total.saved_usd += r.saved_usd
+        total.cache_hits += r.cache_hits
+        total.errors += r.errors
+    return total
+
+
 def _day(ms: Any) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d")
 

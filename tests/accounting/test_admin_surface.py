@@ -173,3 +173,30 @@ async def test_paging_the_drill_down_returns_every_row_once(master_key: str, tmp
                 break
             cursor = {"before_id": page["last_id"]}
     assert sorted(seen) == sorted(f"same-{i}" for i in range(30))
+
+
+async def test_a_spend_answer_adds_up_to_itself_while_others_write(
+    master_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups and the totals were two statements: rows another replica committed between them made one answer
+    disagree with itself (groups 500 requests, totals 532). Listed whole, the groups' sums are the totals."""
+    from gateway.accounting import queries
+
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", auth=True)
+    admin = auth_header(master_key)
+    async with gateway_client(settings) as (client, gw):
+        assert (await client.post("/v1/chat/completions", json=chat("hosted-a"), headers=admin)).status_code == 200
+        real = queries.spend_page
+
+        async def then_another_replica_writes(*args: Any, **kwargs: Any) -> Any:
+            page = await real(*args, **kwargs)
+            ctx = RequestContext(request_id="meanwhile", endpoint="chat", body={}, requested_model="hosted-a")
+            ctx.chosen_model = "hosted-a"
+            gw.recorder.record(ctx)  # type: ignore[union-attr]
+            assert await gw.recorder.flush()  # type: ignore[union-attr]
+            return page
+
+        monkeypatch.setattr(queries, "spend_page", then_another_replica_writes)
+        body = (await client.get("/admin/spend", params={"group_by": "model"}, headers=admin)).json()
+    assert not body["truncated"]
+    assert sum(g["requests"] for g in body["data"]) == body["totals"]["requests"]
