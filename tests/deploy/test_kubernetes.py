@@ -226,3 +226,16 @@ def test_redis_and_postgres_answer_the_gateway_only() -> None:
         (source,) = rule["from"]
         assert source["podSelector"]["matchLabels"].items() <= gateway_labels.items()
         assert [p["port"] for p in rule["ports"]] == [port]
+
+
+def test_the_example_secret_s_master_key_cannot_serve_until_replaced() -> None:
+    """The example's master key was the public placeholder, only warned about: a Service (or an Ingress) in front of
+    the pod let anyone with the published key administer the gateway. Copied as it is, the gateway now refuses."""
+    from gateway.config import settings_from_dict
+    from gateway.exposure import exposure_problem
+
+    key = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]["master-key"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GATEWAY_MASTER_KEY", key)
+        settings = settings_from_dict({"models": [{"name": "m", "backend": "openai", "base_url": "http://m/v1"}]})
+        assert exposure_problem(settings, "0.0.0.0") is not None
