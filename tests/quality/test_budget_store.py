@@ -39,7 +39,8 @@ def prefix() -> Iterator[str]:
 
 
 def store(prefix: str, budget: Decimal = BUDGET, url: str = SYSTEM_REDIS, hold_s: float = 60.0) -> RedisDailySpend:
-    client = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    # generous: 32 workers connect at once, on a 2-core machine that CI shares (1 s timed out once under load)
+    client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
     return RedisDailySpend(budget, client, prefix=prefix, hold_s=hold_s)
 
 
