@@ -233,9 +233,8 @@ class ReserveEstimator:
         # the judge reads its instructions (~256 tokens), the prompt and an answer; one call per escalation
         longest, prompt = max(completions, default=0), max(prompts, default=0)
         judged = Decimal(0) if judge is None else self._prices[judge[0]].cost(prompt + longest + 256, judge[1])
-        # every rung may be asked, and each escalation judged: the TPM's worst case too (its max undercounted ~3x)
-        judge_tokens = 0 if judge is None else prompt + longest + 256 + judge[1]
-        tokens = sum(p + c for p, c in zip(prompts, completions, strict=True)) + judge_tokens * (len(costs) - 1)
+        # The TPM admits on the largest rung (the whole ladder's worst case, without max_tokens several times a
+        # modest key's minute, refused requests that used ~150 tokens); settle charges every rung it paid for.
         return sum(costs, Decimal(0)) + judged * (len(costs) - 1), tokens
 
 
