@@ -19,7 +19,7 @@ from gateway.frontdoors import messages as ms
 from gateway.frontdoors import responses as rs
 from gateway.frontdoors.base import tenant_of
 from gateway.frontdoors.messages_door import REQUEST_ID_HEADER, anthropic_auth
-from gateway.frontdoors.responses_door import previous_record
+from gateway.frontdoors.responses_door import previous_record, resolve_references
 from gateway.protocol import load_json_object
 from gateway.routes import context, gateway_of, json_response, read_body
 
@@ -53,7 +53,10 @@ async def count_input_tokens(request: Request) -> Response:
     gw = gateway_of(request)
     ctx = await _caller(request)
     raw = await read_body(request, gw.settings.server.max_body_bytes)
-    req = rs.parse_count_request(load_json_object(raw))
+    body = load_json_object(raw)
+    if isinstance(body.get("input"), list):
+        body["input"] = await resolve_references(gw.responses, tenant_of(ctx), body["input"])
+    req = rs.parse_count_request(body)
     if req.model is not None:
         _check_model(gw, req.model)
     history: list[dict[str, Any]] = []

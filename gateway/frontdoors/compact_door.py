@@ -23,7 +23,7 @@ from gateway.frontdoors import compaction
 from gateway.frontdoors import responses as rs
 from gateway.frontdoors import responses_settings as settings
 from gateway.frontdoors.base import request_body, tenant_of
-from gateway.frontdoors.responses_door import previous_record
+from gateway.frontdoors.responses_door import previous_record, resolve_references
 from gateway.frontdoors.store import ResponseStore
 from gateway.pipeline import JSONResult, Result
 from gateway.protocol import validate
@@ -82,6 +82,8 @@ class CompactDoor:
     async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
         body = request_body(ctx, raw)
         body.pop("stream", None)  # compaction has no streamed form
+        if isinstance(body.get("input"), list):
+            body["input"] = await resolve_references(self.store, tenant_of(ctx), body["input"])
         req = validate(CompactRequest, body)
         ctx.extra["store"] = False  # the conversation is the client's to keep: not for the quality monitor either
         history: list[dict[str, Any]] = []

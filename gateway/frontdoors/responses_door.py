@@ -40,6 +40,40 @@ async def previous_record(store: ResponseStore, tenant: str, response_id: str) -
     return record
 
 
+async def resolve_references(store: ResponseStore, tenant: str, items: list[Any]) -> list[Any]:
+    """``items`` (a Responses input: ``/v1/responses``, its ``input_tokens`` and ``compact``) with each
+    ``item_reference`` replaced by the caller's stored output item it names (what the Vercel AI SDK and Codex-style
+    clients send for an earlier turn's answer while ``store`` is on): the item's id names its response
+    (:func:`rs.response_of_item`), whose record holds it.
+
+    Raises:
+        NotFound: an id this caller has no stored output item of (another key's, a ``store: false`` answer's,
+            expired, or not an output item's id).
+    """
+    records: dict[str, dict[str, Any] | None] = {}
+    out: list[Any] = []
+    for index, item in enumerate(items):
+        if not (isinstance(item, dict) and item.get("type") == "item_reference"):
+            out.append(item)
+            continue
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            raise InvalidRequest("An item_reference needs its 'id'.", param=f"input[{index}].id")
+        response_id = rs.response_of_item(item_id)
+        if response_id is not None and response_id not in records:
+            records[response_id] = await store.get(tenant, response_id)
+        record = records.get(response_id) if response_id is not None else None
+        found = [o for o in (record or {}).get("response", {}).get("output", []) if o.get("id") == item_id]
+        if not found:
+            raise NotFound(
+                f"Item with id '{shown(item_id)}' not found. Items are not kept when 'store' is false.",
+                param=f"input[{index}].id",
+                code="item_not_found",
+            )
+        out.append(found[0])
+    return out
+
+
 class ResponsesDoor:
     """One ``/v1/responses`` request."""
 
@@ -60,7 +94,7 @@ class ResponsesDoor:
     async def to_chat(self, ctx: RequestContext, raw: bytes) -> bytes:
         body = request_body(ctx, raw)
         if isinstance(body.get("input"), list):
-            body["input"] = await self._resolved(tenant_of(ctx), body["input"])
+            body["input"] = await resolve_references(self.store, tenant_of(ctx), body["input"])
         req = rs.parse_request(body)
         if req.store is False:
             ctx.extra["store"] = False  # nothing of it is kept: not by the store, nor by the quality monitor
@@ -82,38 +116,6 @@ class ResponsesDoor:
         _refuse_duplicate_ids(req.input, self.history_items)
         self.req = req
         return orjson.dumps(rs.to_chat(req, self.history))
-
-    async def _resolved(self, tenant: str, items: list[Any]) -> list[Any]:
-        """``items`` with each ``item_reference`` replaced by the caller's stored output item it names (what the
-        Vercel AI SDK and Codex-style clients send for an earlier turn's answer while ``store`` is on): the item's id
-        names its response (:func:`rs.response_of_item`), whose record holds it.
-
-        Raises:
-            NotFound: an id this caller has no stored output item of (another key's, a ``store: false`` answer's,
-                expired, or not an output item's id).
-        """
-        records: dict[str, dict[str, Any] | None] = {}
-        out: list[Any] = []
-        for index, item in enumerate(items):
-            if not (isinstance(item, dict) and item.get("type") == "item_reference"):
-                out.append(item)
-                continue
-            item_id = item.get("id")
-            if not isinstance(item_id, str) or not item_id:
-                raise InvalidRequest("An item_reference needs its 'id'.", param=f"input[{index}].id")
-            response_id = rs.response_of_item(item_id)
-            if response_id is not None and response_id not in records:
-                records[response_id] = await self.store.get(tenant, response_id)
-            record = records.get(response_id) if response_id is not None else None
-            found = [o for o in (record or {}).get("response", {}).get("output", []) if o.get("id") == item_id]
-            if not found:
-                raise NotFound(
-                    f"Item with id '{shown(item_id)}' not found. Items are not kept when 'store' is false.",
-                    param=f"input[{index}].id",
-                    code="item_not_found",
-                )
-            out.append(found[0])
-        return out
 
     async def render(self, ctx: RequestContext, result: Result) -> Result:
         req = self.req

@@ -281,3 +281,19 @@ async def test_an_item_reference_to_an_earlier_answer_continues_the_conversation
     unstored = await c.responses.create(model="small", input="Hi.", store=False)
     with pytest.raises(openai.NotFoundError, match="not found"):
         await c.responses.create(model="small", input=[{"type": "item_reference", "id": unstored.output[0].id}])
+
+
+async def test_an_item_reference_counts_and_compacts_as_it_answers(env: Env) -> None:
+    """``/v1/responses`` took an item_reference that ``input_tokens`` and ``compact`` still refused (a 400)."""
+    c = client(env)
+    first = await c.responses.create(model="small", input="My name is Ada.")
+    refs: Any = [
+        {"role": "user", "content": "My name is Ada."},
+        {"type": "item_reference", "id": first.output[0].id},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    counted = await c.responses.input_tokens.count(model="small", input=refs)
+    plain = await c.responses.input_tokens.count(model="small", input=refs[-1:])
+    assert counted.input_tokens > plain.input_tokens
+    compacted = await c.responses.compact(model="small", input=refs)
+    assert compacted.output
