@@ -2,10 +2,12 @@
 
 An admin endpoint answers 401 to a wrong master key. Without a trace or a limit, a client could try keys at the
 speed of the connection (~1,600 a second measured) and nobody would know; with the master key anyone can mint
-keys. Each peer address gets :data:`MAX_FAILURES` wrong keys a window of :data:`WINDOW_SECONDS`; past that its
-admin requests get a 429 (even with the right key: the lock is on the address) until the window ends. A request
-without any key (a probe of ``/ready``) is not a failure. The first failure of a window and the lock are logged
-(a warning each, with the address, never the key tried).
+keys. Each peer address gets :data:`MAX_FAILURES` wrong keys a window of :data:`WINDOW_SECONDS`; past that its wrong
+keys get a 429 until the window ends. The right key always passes: behind a proxy or a NAT every client shares the
+address, and a lock on the address let anyone lock the admins out. A virtual key (a tenant's own, answered 403),
+no key, and ``/ready`` (whose detail is optional) are not failures. The first failure of a window and the lock are
+logged (a warning each, with the address, never the key tried). What keeps the master key from being guessed is
+its length (at least 16 characters on a non-loopback address); this makes guessing visible.
 """
 
 from __future__ import annotations

@@ -432,16 +432,19 @@ class KeyAdmission:
         key from ``peer`` (the client's address) counts against it: too many and it is refused for a while
         (:mod:`gateway.auth.admin_guard`)."""
         if self._master is not None:
-            wait = self.admin_guard.locked_for(peer) if peer else None
+            if self.is_master(ctx.api_key):
+                return  # never locked out: an address may be a proxy or a NAT that an attacker shares
+            # A virtual key is a tenant's own (a 403, not a guess at the master key), and /ready's detail is an
+            # optional extra: neither counts as a failure.
+            guessing = bool(ctx.api_key) and not (ctx.api_key or "").startswith(KEY_PREFIX) and endpoint != "/ready"
+            wait = self.admin_guard.locked_for(peer) if peer and guessing else None
             if wait is not None:
                 raise RateLimited(
-                    f"Too many wrong master keys from this address: admin requests are refused for {wait} s.",
+                    f"Too many wrong master keys from this address: wrong ones are refused for {wait} s.",
                     code="admin_locked",
                     headers={"retry-after": str(wait)},
                 )
-            if self.is_master(ctx.api_key):
-                return
-            if ctx.api_key and peer:
+            if guessing and peer:
                 self.admin_guard.failed(peer, endpoint)
             if ctx.api_key and ctx.api_key.startswith(KEY_PREFIX):
                 raise Forbidden("This endpoint needs the master key; a virtual key cannot use it.")
