@@ -70,7 +70,19 @@ _LEDGER_ALIASES = frozenset({"sqlite", "postgresql", "postgres"})
 #: ``connect_timeout``, ``application_name``), translated for asyncpg (``gateway.accounting.db``), and asyncpg's own
 #: that take a string. Any other made every connection fail (asyncpg refuses the keyword), with a traceback.
 PG_URL_OPTIONS = frozenset(
-    {"sslmode", "ssl", "connect_timeout", "application_name", "target_session_attrs", "krbsrvname", "gsslib", "host"}
+    {
+        "sslmode",
+        "ssl",
+        "connect_timeout",
+        "application_name",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+        "host",
+        "passfile",
+        "command_timeout",
+        "prepared_statement_cache_size",  # SQLAlchemy's, 0 behind PgBouncer
+    }
 )
 _SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
@@ -130,10 +142,11 @@ def _redis_url(url: str) -> str:
     if db and not db.isdigit():  # redis-py quietly uses database 0 (maybe another application's)
         raise ValueError(f"{expected}: the database '{db}' is not a number")
     from redis.asyncio.connection import ConnectionPool
+    from redis.exceptions import RedisError
 
     try:  # builds a connection object (no I/O): an option redis-py does not take failed every request instead
         ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RedisError) as exc:  # RedisError: a TLS option's value (ssl_cert_reqs=bogus)
         detail = str(exc).split("got ")[-1] if isinstance(exc, TypeError) else str(exc)
         raise ValueError(f"{expected}: redis-py refuses its options ({detail})") from None
     return url

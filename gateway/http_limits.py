@@ -24,7 +24,9 @@ from gateway.errors import HeadersTooLarge, InvalidRequest
 #: Bytes counted per header besides its name and value (": " and CRLF), as on the wire.
 _PER_HEADER = 4
 #: Headers read as one value: sent twice, a request is ambiguous (which key? which limit?) and refused.
-SINGLE_VALUED = frozenset({"authorization", "x-request-id", "content-length", *PARSED_HEADERS})
+SINGLE_VALUED = frozenset(
+    {"authorization", "x-api-key", "anthropic-version", "x-request-id", "content-length", *PARSED_HEADERS}
+)
 
 
 def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

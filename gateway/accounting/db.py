@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,9 @@ def _libpq_options(url: URL, connect_args: dict[str, Any]) -> URL:
     if "sslmode" in query:
         query["ssl"] = query.pop("sslmode")
     if "connect_timeout" in query:
-        connect_args["timeout"] = float(str(query.pop("connect_timeout")))
+        seconds = float(str(query.pop("connect_timeout")))
+        if seconds > 0:  # libpq's 0 is "wait for ever": the ledger's own connect timeout then applies
+            connect_args["timeout"] = seconds
     if "application_name" in query:
         connect_args["server_settings"] = {"application_name": str(query.pop("application_name"))}
     return url.set(query=query)
@@ -177,9 +180,10 @@ async def open_database(url: str, *, require: bool = False, connect_timeout_s: f
         if require or problem is not None:
             await db.aclose()
         if problem is not None:
+            where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "ledger.url"
             raise LedgerUnusable(
-                f"ledger.url (DATABASE_URL) {db.display_url} cannot hold the ledger: {problem}; fix the URL, the "
-                "file's permissions or the database's grants"
+                f"{where} {db.display_url} cannot hold the ledger: {problem}; fix the URL, the file's permissions "
+                "or the database's grants"
             ) from None
         if require:
             raise

@@ -17,6 +17,10 @@ async def test_libpq_s_url_options_work(pg_url: str) -> None:
     """``?sslmode=require`` is what hosted PostgreSQL services hand out: it was a traceback at start (asyncpg takes
     ``ssl``), as were ``connect_timeout`` and ``application_name``."""
     url = pg_url + ("&" if "?" in pg_url else "?") + "sslmode=disable&connect_timeout=5&application_name=gw-test"
+    # and options that worked before the check: SQLAlchemy's (PgBouncer's 0) and asyncpg's; libpq's 0, "no limit"
+    more = "prepared_statement_cache_size=0&command_timeout=30&connect_timeout=0"
+    db = await open_database(pg_url + ("&" if "?" in pg_url else "?") + more, require=True)
+    await db.aclose()
     db = await open_database(url, require=True)
     try:
         async with db.engine.connect() as conn:

@@ -173,6 +173,7 @@ def test_replay_of_a_missing_or_malformed_file_is_one_line(tmp_path: Path) -> No
     [
         ("redis://127.0.0.1:6379/7?ssl=true", "redis-py refuses its options .*'ssl'"),  # every cached request: a 500
         ("redis://127.0.0.1:6379/abc", "the database 'abc' is not a number"),  # quietly database 0
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=bogus", "redis-py refuses its options"),  # was a traceback
     ],
 )
 def test_a_redis_url_redis_py_would_refuse_at_the_first_request_is_refused_at_load(
@@ -273,3 +274,10 @@ def test_an_unknown_policy_set_by_the_environment_names_the_variable(
     monkeypatch.setenv(variable, "nope")
     with pytest.raises(ConfigError, match=rf"^environment variable {variable}: {key}: unknown policy 'nope'"):
         load_settings(write(tmp_path, MINIMAL + "routes:\n  auto:\n    policy: cost\n"))
+
+
+def test_an_api_key_header_sent_twice_is_refused_as_authorization_is() -> None:
+    from gateway.http_limits import header_dict
+
+    with pytest.raises(Exception, match="x-api-key' was sent more than once"):
+        header_dict([(b"x-api-key", b"k"), (b"x-api-key", b"k")])
