@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -27,14 +26,7 @@ from gateway.cli import app
 from gateway.context import RequestContext
 from tests.accounting.conftest import auth_header, chat, gateway_client, make_settings
 from tests.accounting.procs import settings_dict, write_config
-
-
-def _error(r: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    err: dict[str, Any] = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["param"] == param, err
-    return err
+from tests.accounting.test_admin_inputs import _error
 
 
 async def test_a_key_s_fields_are_refused_rather_than_cut(master_key: str, tmp_path: Path) -> None:
