@@ -41,7 +41,7 @@ from gateway.auth.admission import MASTER_KEY_ID, KeyAdmission, ServiceUnavailab
 from gateway.auth.keys import InvalidKeyField
 from gateway.auth.request_rate import charge_request
 from gateway.errors import InvalidRequest, NotFound, Unauthorized
-from gateway.routes import context, gateway_of, json_response, read_body, require_admin
+from gateway.routes import context, gateway_of, json_response, peer_of, read_body, require_admin
 from gateway.runtime import reload_router, router_status
 
 router = APIRouter()
@@ -89,10 +89,6 @@ def refuse_nul(param: str, value: str | None) -> None:
     one (SQLite can), so both databases answer alike."""
     if value is not None and "\x00" in value:
         raise InvalidRequest(f"'{param}' must not contain a NUL character.", param=param)
-
-
-def _peer(request: Request) -> str:
-    return request.client.host if request.client else "-"
 
 
 async def _admin(request: Request) -> None:
@@ -289,7 +285,7 @@ async def router_reload(request: Request) -> Response:
     await _admin(request)
     gw = gateway_of(request)
     answer = await reload_router(gw)
-    log.info("admin: router reloaded from %s", _peer(request))
+    log.info("admin: router reloaded from %s", peer_of(request) or "-")
     every = gw.settings.router.watch_seconds
     answer["other_processes"] = (
         f"every other gateway process serving {gw.settings.router.artifact} loads it within {every:g} s "
@@ -334,7 +330,7 @@ async def create_key(request: Request) -> Response:
             )
     except InvalidKeyField as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
-    log.info("admin: key %s created (team %s) from %s", record.id, record.team or "-", _peer(request))
+    log.info("admin: key %s created (team %s) from %s", record.id, record.team or "-", peer_of(request) or "-")
     return json_response({**record.to_json(), "key": secret}, status=201)
 
 
@@ -347,7 +343,7 @@ async def revoke_key(key_id: str, request: Request) -> Response:
         record = await _keys(request).revoke_key(key_id)
     if record is None:
         raise NotFound(f"No key '{key_id}'.", code="key_not_found")
-    log.info("admin: key %s revoked from %s", record.id, _peer(request))
+    log.info("admin: key %s revoked from %s", record.id, peer_of(request) or "-")
     return json_response(record.to_json())
 
 

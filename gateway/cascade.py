@@ -26,8 +26,8 @@ from backends import Backend, UpstreamResponse
 from gateway.charges import in_flight
 from gateway.context import AttemptCost, RequestContext
 from gateway.errors import AllCandidatesFailed, UpstreamError, is_retryable
-from gateway.protocol import check_not_cut
-from gateway.routing import DEFAULT_QUALITY_TARGET, Plan, tighter
+from gateway.protocol import check_not_cut, requested_max_tokens
+from gateway.routing import DEFAULT_QUALITY_TARGET, Plan, cost_limit
 from gateway.streaming import aiter_list, replay_chunks
 from policies.answer_check import AnswerCheck
 from policies.answer_check.confidence import token_logprobs
@@ -104,11 +104,9 @@ class Cascade:
                 del ladder[1:]
             return await p._call(ctx, plan)
         threshold = self.threshold(plan)
-        route_spec = p.router.routes.get(ctx.route or "")
         # the client's (or the route's) cost limit holds for the whole cascade, not each rung on its own: the rungs
         # asked, the judge and the next rung together (each within it, an escalation passed it)
-        limit = tighter(min, ctx.constraints.max_cost_usd, route_spec.max_cost_usd if route_spec is not None else None)
-        cap = None if limit is None else Decimal(str(limit))
+        cap = cost_limit(ctx.constraints, p.router.routes.get(ctx.route or ""))
         held: tuple[Backend, UpstreamResponse, float] | None = None
         last: UpstreamError | None = None
         for rung, cand in enumerate(ladder):
@@ -135,13 +133,14 @@ class Cascade:
                 continue
             breaker.record_success()
             last = None
+            answer_cost = None if cap is None else self._answer_cost(ctx, cand.name, response.body)
             calls = check_tool_calls(response.body, ctx.body)
             if calls is not None:  # a tool call has no text to check: its form is checked
                 escalate, reason = not calls[0], calls[1]
             else:
                 try:
                     escalate, reason = await self._check_text(
-                        ctx, plan, prompt, response, threshold, ladder[rung + 1], cap
+                        ctx, plan, prompt, response, threshold, ladder[rung + 1], cap, answer_cost
                     )
                 except asyncio.CancelledError:
                     # the client left while the judge read the answer: that answer was generated all the same, and
@@ -149,9 +148,9 @@ class Cascade:
                     ctx.chosen_model = cand.name
                     p.charges.set_usage(ctx, response.body)
                     raise
-            if escalate and cap is not None:
-                ahead = self._answer_cost(ctx, cand.name, response.body) + ladder[rung + 1].cost_usd
-                if p.charges.paid_attempts(ctx) + ahead > cap:
+            if escalate and cap is not None and answer_cost is not None:
+                ahead = answer_cost + ladder[rung + 1].cost_usd
+                if p.charges.paid_attempts(ctx) + ahead > cap:  # the judge's call, if any, is paid by now
                     escalate, reason = False, f"escalating would pass the ${cap} cost limit; {reason}"
             if not escalate:
                 ctx.cascade = "accepted"
@@ -180,9 +179,11 @@ class Cascade:
         threshold: float,
         above: Candidate,
         cap: Decimal | None = None,
+        answer_cost: Decimal | None = None,
     ) -> tuple[bool, str]:
         """Whether a rung's text answer escalates (the check, and the route's judge when it is unsure), and why;
-        ``cap``: the request's cost limit (no judge call that, with the next rung, would pass it)."""
+        ``cap``: the request's cost limit, ``answer_cost`` what this answer cost (no judge call that, with the next
+        rung, would pass the limit)."""
         assert self.check is not None
         text, finish, lp_blocks = _answer_text(response.body)
         if finish == "length" and _cut_by_client(ctx.body, response.body):
@@ -191,10 +192,9 @@ class Cascade:
         verdict = self.check.check(prompt, text, logprobs=lps, finish_reason=finish, router_score=plan.strong_needed)
         why = ", ".join(verdict.reasons) or "nothing stood out"
         escalate = verdict.escalate(threshold)
-        committed = None
-        if cap is not None:  # paid so far, and this rung's answer
-            model = ctx.attempts[-1] if ctx.attempts else ""
-            committed = self.pipeline.charges.paid_attempts(ctx) + self._answer_cost(ctx, model, response.body)
+        committed = None  # paid so far, and this rung's answer
+        if answer_cost is not None:
+            committed = self.pipeline.charges.paid_attempts(ctx) + answer_cost
         judged = await self._verify(ctx, prompt, text, verdict.score, threshold, above, cap, committed)
         if judged is not None:
             escalate, why = judged[0], f"{judged[1]}; {why}"
@@ -312,9 +312,8 @@ class Cascade:
 def _cut_by_client(request: dict[str, Any], body: dict[str, Any]) -> bool:
     """Whether an answer that ended for its length reached the client's own ``max_tokens`` (or
     ``max_completion_tokens``); without a usage figure, whether the client set one."""
-    limit = request.get("max_completion_tokens")
-    limit = request.get("max_tokens") if limit is None else limit
-    if not isinstance(limit, int) or isinstance(limit, bool):
+    limit = requested_max_tokens(request)
+    if limit is None:
         return False
     usage = body.get("usage")
     produced = usage.get("completion_tokens") if isinstance(usage, dict) else None

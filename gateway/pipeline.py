@@ -59,7 +59,7 @@ from gateway.protocol import (
     load_json_object,
     validate,
 )
-from gateway.routing import Plan, Router, embedding_tokens, embedding_vector, explain, reads_embedding
+from gateway.routing import Plan, Router, embedding_kind, explain, reads_embedding
 from gateway.streaming import (
     DONE,
     ChunkRelay,
@@ -273,7 +273,7 @@ class Pipeline:
         estimator = self.router.estimator
         if not reads_embedding(estimator) or not self.router.is_route(ctx.requested_model):
             return None
-        vector, tokens = embedding_vector(estimator), embedding_tokens(estimator)
+        vector, tokens = embedding_kind(estimator)
         encoder = self.router_encoder
         # the semantic cache's embedding is this vector when the router reads through the cache's own encoder
         shared = encoder is not None and encoder is getattr(self.cache, "encoder", None)

@@ -223,6 +223,14 @@ def prompt_count(endpoint: str, body: dict[str, Any]) -> int:
     return 1
 
 
+def requested_max_tokens(body: dict[str, Any]) -> int | None:
+    """The completion tokens a request allows per answer: ``max_completion_tokens``, else ``max_tokens`` (None when
+    it sets neither as a number from 0)."""
+    limit = body.get("max_completion_tokens")
+    limit = body.get("max_tokens") if limit is None else limit
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
+
+
 def generated_per_prompt(body: dict[str, Any]) -> int:
     """How many answers the upstream generates (and bills) per prompt: ``n``, or ``best_of`` when larger (a
     completions request's candidates, of which it returns the ``n`` best)."""

@@ -74,11 +74,15 @@ def context(request: Request) -> RequestContext:
     return ctx
 
 
+def peer_of(request: Request) -> str | None:
+    """The client's address (a proxy's, behind one that uvicorn does not trust)."""
+    return request.client.host if request.client else None
+
+
 async def require_admin(request: Request) -> RequestContext:
     """The master key for this request (its peer's wrong keys counted: :mod:`gateway.auth.admin_guard`)."""
     ctx = context(request)
-    peer = request.client.host if request.client else None
-    await gateway_of(request).admission.authorize_admin(ctx, peer, request.url.path)
+    await gateway_of(request).admission.authorize_admin(ctx, peer_of(request), request.url.path)
     return ctx
 
 
@@ -148,8 +152,8 @@ async def ready(request: Request) -> Response:
     """200 when a backend is up (by the last background check and its breaker), else 503; per-backend
     detail only for the master key. Probes nothing itself."""
     gw = gateway_of(request)
-    try:
-        await require_admin(request)
+    try:  # an optional detail: a wrong key here is not counted as a guess (no peer)
+        await gw.admission.authorize_admin(context(request))
         detail = True
     except GatewayError:
         detail = False

@@ -86,6 +86,11 @@ def embedding_tokens(estimator: QualityEstimator | None) -> int:
     return int(getattr(estimator, "embed_max_tokens", 128))
 
 
+def embedding_kind(estimator: QualityEstimator | None) -> tuple[str, int]:
+    """The prompt vector ``estimator`` reads and of how many word pieces: what an encoder must compute for it."""
+    return embedding_vector(estimator), embedding_tokens(estimator)
+
+
 def base_quality(spec: ModelSpec) -> float:
     """The model's configured quality, else a known public figure, else a neutral 7."""
     if spec.quality is not None:
@@ -497,8 +502,8 @@ class Router:
     @staticmethod
     def _constrain(cands: list[Candidate], c: Constraints, route: RouteSpec) -> list[Candidate]:
         """The candidates within the request's limits (else the route's), or a 400 naming the one that failed."""
-        max_cost = tighter(min, c.max_cost_usd, route.max_cost_usd)
-        max_latency = tighter(min, c.max_latency_ms, route.max_latency_ms)
+        max_cost = cost_limit(c, route)
+        max_latency = _tighter(min, c.max_latency_ms, route.max_latency_ms)
         min_quality = _min_quality(c, route)
         if max_cost is not None:
             ok = [x for x in cands if x.cost_usd <= max_cost]
@@ -544,7 +549,16 @@ def _min_quality(c: Constraints, route: RouteSpec) -> float | None:
 Limit = float | Decimal
 
 
-def tighter(pick: Callable[[Limit, Limit], Limit], request: Limit | None, route: Limit | None) -> Limit | None:
+def cost_limit(c: Constraints, route: RouteSpec | None) -> Decimal | None:
+    """A request's cost limit: the client's, tightened by its route's (never loosened); None: no limit. Each
+    candidate is held to it here, and a cascade's rungs together (:mod:`gateway.cascade`)."""
+    own = route.max_cost_usd if route is not None else None
+    if c.max_cost_usd is None:
+        return own
+    return c.max_cost_usd if own is None else min(c.max_cost_usd, own)
+
+
+def _tighter(pick: Callable[[Limit, Limit], Limit], request: Limit | None, route: Limit | None) -> Limit | None:
     """A client's limit and its route's together: the client may tighten what the operator set, never loosen it
     (its ``max_cost_usd`` of 100 on a route capped at 0.001 bought the dear model)."""
     if request is None:

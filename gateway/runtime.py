@@ -31,7 +31,7 @@ from gateway.pipeline import Pipeline
 from gateway.pricing import baseline_problem, load_price_entries, unpriced_hosted_models
 from gateway.quality.monitor import QualityMonitor
 from gateway.readiness import Readiness
-from gateway.routing import QualityEstimator, Router, embedding_tokens, embedding_vector, reads_embedding
+from gateway.routing import QualityEstimator, Router, embedding_kind, reads_embedding
 from gateway.telemetry import Tracing, build_tracing, upstream_of
 from gateway.tokens import TiktokenCounter, load_counter
 from policies.answer_check import AnswerCheck
@@ -125,7 +125,7 @@ async def reload_router(gw: Gateway, *, by: str = "reload") -> dict[str, Any]:
                 code="router_artifact_invalid",
                 transient=isinstance(exc, OSError),
             ) from None
-        kind = embedding_vector(estimator), embedding_tokens(estimator)
+        kind = embedding_kind(estimator)
         if reads_embedding(estimator):
             # The previous encoder stays built (a request may still be waiting on it; the next reload may want it).
             encoder = gw.router_encoders.get(kind)
@@ -382,10 +382,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     counter = load_counter()  # its temporary 16 MiB of BPE ranks, too
     server = settings.server
     tracing = build_tracing(
-        settings.telemetry,
-        {m.name: m.backend for m in settings.models},
-        settings.resolved_routes(),
-        {m.name: upstream_of(m) for m in settings.models},
+        settings.telemetry, {m.name: upstream_of(m) for m in settings.models}, settings.resolved_routes()
     )
     http = build_session(
         max_connections=server.upstream_max_connections,
@@ -408,8 +405,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     cache = await components.build_cache(settings, metrics)
     router_encoder = None
     if reads_embedding(estimator):
-        kind = embedding_vector(estimator), embedding_tokens(estimator)
-        router_encoder = await components.build_router_encoder(settings, cache, *kind)
+        router_encoder = await components.build_router_encoder(settings, cache, *embedding_kind(estimator))
     recorder = await components.build_recorder(settings, metrics)
     admission = await components.build_admission(settings, recorder)
     pipeline = Pipeline(
@@ -448,7 +444,7 @@ async def build_gateway(settings: Settings) -> Gateway:
     )
     gw.router_source = RouterSource(stamp)
     if router_encoder is not None:
-        gw.router_encoders[embedding_vector(estimator), embedding_tokens(estimator)] = router_encoder
+        gw.router_encoders[embedding_kind(estimator)] = router_encoder
     if settings.quality.enabled:
         gw.monitor = await components.build_monitor(gw, counter)
         pipeline.monitor = gw.monitor

@@ -52,9 +52,10 @@ PROVIDERS: dict[str, str] = {"openai": "openai", "vllm": "vllm", "litellm": "lit
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """What a model is called upstream (``upstream_model``) and where it is served (host and port of its
-    ``base_url``), for its attempt spans."""
+    """A model as its attempt spans describe it: its backend kind, what it is called upstream (``upstream_model``)
+    and where it is served (host and port of its ``base_url``)."""
 
+    backend: str
     model: str
     address: str | None = None
     port: int | None = None
@@ -163,15 +164,9 @@ def tracing_enabled(settings: TelemetrySettings, env: Mapping[str, str]) -> bool
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def build_tracing(
-    settings: TelemetrySettings,
-    models: Mapping[str, str],
-    routes: Iterable[str] = (),
-    upstreams: Mapping[str, Upstream] | None = None,
-) -> Tracing:
-    """The tracing for these settings (``models``: each model's backend kind; ``routes``: the route names;
-    ``upstreams``: what each model is called upstream, and where): :class:`OTelTracing` when on, else
-    :class:`NoTracing`.
+def build_tracing(settings: TelemetrySettings, models: Mapping[str, Upstream], routes: Iterable[str] = ()) -> Tracing:
+    """The tracing for these settings (``models``: each model's :class:`Upstream`; ``routes``: the route names):
+    :class:`OTelTracing` when on, else :class:`NoTracing`.
 
     Raises:
         ConfigError: ``telemetry.enabled: true`` but the ``otel`` extra is not installed (traces on only by an
@@ -207,7 +202,7 @@ def build_tracing(
         if not any(isinstance(f, OncePer) for f in logger.filters):
             logger.addFilter(once)
     log.info("OpenTelemetry traces on (service.name=%s)", name)
-    return OTelTracing(provider, models, routes, upstreams)
+    return OTelTracing(provider, models, routes)
 
 
 #: The OpenTelemetry loggers that log each failed export (the exporter's, and the batch processor's).
@@ -222,9 +217,9 @@ _EXPORT_LOGGERS = (
 def upstream_of(spec: ModelSpec) -> Upstream:
     """A model's :class:`Upstream` from its config (no address for a ``litellm`` model: litellm picks it)."""
     if not spec.base_url:
-        return Upstream(spec.upstream_name)
+        return Upstream(spec.backend, spec.upstream_name)
     url = URL(spec.base_url)
-    return Upstream(spec.upstream_name, url.host, url.explicit_port or url.port)
+    return Upstream(spec.backend, spec.upstream_name, url.host, url.explicit_port or url.port)
 
 
 class OTelTracing:
@@ -233,9 +228,8 @@ class OTelTracing:
     def __init__(
         self,
         provider: TracerProvider,
-        models: Mapping[str, str],
+        models: Mapping[str, Upstream],
         routes: Iterable[str] = (),
-        upstreams: Mapping[str, Upstream] | None = None,
     ) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -247,7 +241,6 @@ class OTelTracing:
         self._w3c = TraceContextTextMapPropagator()
         self._tracer: Tracer = provider.get_tracer("llm-gateway")
         self._models = dict(models)
-        self._upstreams = dict(upstreams or {})
         #: what a span may be named after: a client's name for something the gateway does not serve (a 404) would
         #: make a new operation in the trace back end for every name sent
         self._served = frozenset(models) | frozenset(routes)
@@ -280,16 +273,16 @@ class OTelTracing:
             return
         self.attempt_ended(ctx)  # one open at a time
         op = OPERATIONS.get(ctx.endpoint, ctx.endpoint)
-        upstream = self._upstreams.get(model)
+        upstream = self._models.get(model) or Upstream("openai", model)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": op,
             # the model as the provider is asked for it (GenAI conventions); the gateway's name beside it
-            "gen_ai.request.model": upstream.model if upstream is not None else model,
+            "gen_ai.request.model": upstream.model,
             "gateway.model": model,
-            "gen_ai.provider.name": PROVIDERS.get(self._models.get(model, ""), "openai"),
+            "gen_ai.provider.name": PROVIDERS.get(upstream.backend, "openai"),
             "gateway.attempt": len(ctx.attempts),
         }
-        if upstream is not None and upstream.address:
+        if upstream.address:
             attributes["server.address"] = upstream.address
             if upstream.port is not None:
                 attributes["server.port"] = upstream.port

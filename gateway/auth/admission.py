@@ -38,7 +38,7 @@ from gateway.errors import BudgetExceeded, Forbidden, GatewayError, RateLimited,
 from gateway.features import IMAGE_TOKENS_AT_MOST, images_and_token_ids
 from gateway.logs import OutageLog
 from gateway.pricing import static_price
-from gateway.protocol import generated_per_prompt, prompt_count
+from gateway.protocol import generated_per_prompt, prompt_count, requested_max_tokens
 from gateway.tokens import bound_from_json
 
 log = logging.getLogger("gateway.auth")
@@ -209,10 +209,9 @@ class ReserveEstimator:
     def _completions(self, ctx: RequestContext, names: list[str]) -> list[int]:
         """At most how many completion tokens each of ``names`` may produce for ``ctx``."""
         body = ctx.body
-        limit = body.get("max_completion_tokens")
-        limit = body.get("max_tokens") if limit is None else limit
+        limit = requested_max_tokens(body)
         choices = generated_per_prompt(body) * prompt_count(ctx.endpoint, body)
-        return [(limit if isinstance(limit, int) and limit >= 0 else self._out_limit[m]) * choices for m in names]
+        return [(limit if limit is not None else self._out_limit[m]) * choices for m in names]
 
     def reserve(self, ctx: RequestContext) -> tuple[Decimal, int]:
         """USD and tokens to reserve for ``ctx`` (its body parsed): the budget's worst case, and the key's TPM's
@@ -429,22 +428,22 @@ class KeyAdmission:
 
     async def authorize_admin(self, ctx: RequestContext, peer: str | None = None, endpoint: str = "") -> None:
         """The master key, always (a loopback peer may be a reverse proxy); none configured: admin is off. A wrong
-        key from ``peer`` (the client's address) counts against it: too many and it is refused for a while
-        (:mod:`gateway.auth.admin_guard`)."""
+        key from ``peer`` (the client's address; None: not counted, as for ``/ready``'s optional detail) counts
+        against it: too many and its wrong keys are refused for a while (:mod:`gateway.auth.admin_guard`)."""
         if self._master is not None:
             if self.is_master(ctx.api_key):
                 return  # never locked out: an address may be a proxy or a NAT that an attacker shares
-            # A virtual key is a tenant's own (a 403, not a guess at the master key), and /ready's detail is an
-            # optional extra: neither counts as a failure.
-            guessing = bool(ctx.api_key) and not (ctx.api_key or "").startswith(KEY_PREFIX) and endpoint != "/ready"
-            wait = self.admin_guard.locked_for(peer) if peer and guessing else None
+            # A virtual key is a tenant's own (a 403), not a guess at the master key.
+            key = ctx.api_key
+            guessing = peer is not None and key is not None and key != "" and not key.startswith(KEY_PREFIX)
+            wait = self.admin_guard.locked_for(peer) if peer is not None and guessing else None
             if wait is not None:
                 raise RateLimited(
                     f"Too many wrong master keys from this address: wrong ones are refused for {wait} s.",
                     code="admin_locked",
                     headers={"retry-after": str(wait)},
                 )
-            if guessing and peer:
+            if guessing and peer is not None:
                 self.admin_guard.failed(peer, endpoint)
             if ctx.api_key and ctx.api_key.startswith(KEY_PREFIX):
                 raise Forbidden("This endpoint needs the master key; a virtual key cannot use it.")

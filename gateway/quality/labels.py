@@ -63,16 +63,14 @@ class LabelCounts:
     capped: int = 0
 
 
-def cap_shares(
-    counts: Mapping[_T, int], share: float, *, tenants: int = 0, verdicts: Mapping[_T, int] | None = None
-) -> dict[_T, int]:
+def cap_shares(counts: Mapping[_T, int], share: float, verdicts: Mapping[_T, int] | None = None) -> dict[_T, int]:
     """How many feedback labels each tenant keeps, given how many it has (``counts``) and the share one tenant may
     hold (``quality.max_label_share_per_key``): at most ``L`` each, ``L`` the largest integer for which no tenant
-    holds more than ``max(share, 1 / K)`` of the labels kept (``K`` tenants, at least ``tenants``: those that gave
-    only judged labels count too; a lone feedback giver among them is bounded against the other tenants' judged
-    labels, ``verdicts`` by tenant: see the module docstring)."""
+    holds more than ``max(share, 1 / K)`` of the labels kept (``K`` tenants with labels: feedback, or judged ones,
+    ``verdicts`` by tenant; a lone feedback giver among them is bounded against the others' judged labels: see the
+    module docstring)."""
     sizes = {tenant: n for tenant, n in counts.items() if n > 0}
-    k = max(tenants, len(sizes))
+    k = tenant_count(counts, verdicts)
     if not sizes or k <= 1:
         return dict(counts)
     bound = max(share, 1.0 / k)
@@ -92,6 +90,11 @@ def cap_shares(
         mid = (low + high + 1) // 2
         low, high = (mid, high) if holds(mid) else (low, mid - 1)
     return {tenant: min(n, low) for tenant, n in counts.items()}
+
+
+def tenant_count(counts: Mapping[_T, int], verdicts: Mapping[_T, int] | None = None) -> int:
+    """How many tenants gave labels: feedback (``counts``) or judged requests (``verdicts``)."""
+    return len({t for t, n in counts.items() if n > 0} | {t for t, n in (verdicts or {}).items() if n > 0})
 
 
 def _tenant(key_id: str | None, team: str | None) -> str | None:
@@ -164,8 +167,7 @@ async def label_rows(
         for key_id, n in per_key.items():
             tenant = _tenant(key_id, judged[key_id])
             by_tenant[tenant] = by_tenant.get(tenant, 0) + n
-        tenants = len(set(by_tenant) | {t for t, _ in latest.values()})
-        for row in _capped(list(latest.values()), max_share, counts, tenants=tenants, verdicts=by_tenant):
+        for row in _capped(list(latest.values()), max_share, counts, verdicts=by_tenant):
             yield row
 
 
@@ -173,8 +175,6 @@ def _capped(
     labels: list[tuple[str | None, dict[str, Any]]],
     max_share: float | None,
     counts: LabelCounts | None,
-    *,
-    tenants: int = 0,
     verdicts: Mapping[str | None, int] | None = None,
 ) -> list[dict[str, Any]]:
     """``labels`` (tenant, row; oldest first) less each tenant's oldest beyond :func:`cap_shares`' bound."""
@@ -183,7 +183,7 @@ def _capped(
     have: dict[str | None, int] = {}
     for tenant, _ in labels:
         have[tenant] = have.get(tenant, 0) + 1
-    keep = cap_shares(have, max_share, tenants=tenants, verdicts=verdicts)
+    keep = cap_shares(have, max_share, verdicts)
     skip = {tenant: have[tenant] - keep[tenant] for tenant in have}  # the oldest ones go
     out: list[dict[str, Any]] = []
     for tenant, row in labels:
@@ -198,7 +198,7 @@ def _capped(
             "%d feedback labels left out by quality.max_label_share_per_key=%s (%d tenants; over their share: %s)",
             left_out,
             max_share,
-            max(tenants, len(have)),
+            tenant_count(have, verdicts),
             ", ".join(f"{t or 'no key'} -{n}" for t, n in capped.items()),
         )
     if counts is not None:

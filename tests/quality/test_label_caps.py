@@ -184,9 +184,10 @@ def test_cap_shares_rule() -> None:
     assert got["big"] / sum(got.values()) <= 0.2
     assert cap_shares({}, 0.2) == {}
     # the only feedback giver of two tenants: at most as many as the verdicts (L <= 0.5 (V + L)); of five, a quarter
-    assert cap_shares({"b": 30}, 0.2, tenants=2, verdicts={"a": 10, "b": 30}) == {"b": 10}
-    assert cap_shares({"b": 30}, 0.2, tenants=5, verdicts={"a": 40, "b": 30}) == {"b": 10}
-    assert cap_shares({"b": 30}, 0.2, tenants=1, verdicts={"b": 30}) == {"b": 30}  # a single-app deployment
+    assert cap_shares({"b": 30}, 0.2, verdicts={"a": 10, "b": 30}) == {"b": 10}
+    five = {"a": 10, "c": 10, "d": 10, "e": 10, "b": 30}  # four others with 40 judged labels between them
+    assert cap_shares({"b": 30}, 0.2, verdicts=five) == {"b": 10}
+    assert cap_shares({"b": 30}, 0.2, verdicts={"b": 30}) == {"b": 30}  # a single-app deployment
 
 
 def test_the_setting_is_a_share() -> None:
