@@ -14,16 +14,14 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import chat_reply
-from tests.helpers.processes import GatewayProcess
+from tests.helpers.processes import GatewayProcess, one_model_config
 from tests.helpers.upstream import Seen, Upstream
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
@@ -33,28 +31,6 @@ REQUESTS = 60
 HELD = 9
 #: Scrapes asked for at once, each over its own connection (one at a time, the same worker tends to answer).
 AT_ONCE = 4
-
-
-def _config(tmp: Path, upstream: str) -> Path:
-    data: dict[str, Any] = {
-        "models": [
-            {
-                "name": "m",
-                "backend": "openai",
-                "base_url": f"{upstream}/v1",
-                "upstream_model": "m",
-                "input_cost_per_token": "0.000001",
-                "output_cost_per_token": "0.000002",
-            }
-        ],
-        "retry": {"max_attempts": 1},
-        "cache": {"enabled": False},
-        "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
-        "server": {"metrics_scrape_seconds": 3600},
-    }
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -133,7 +109,7 @@ async def test_every_worker_reports_every_workers_requests(tmp_path: Path) -> No
         return web.json_response(chat_reply("m"))
 
     async with Upstream(handler) as upstream:
-        gw = GatewayProcess(_config(tmp, upstream.url), tmp / "gateway.log", "--workers", str(WORKERS))
+        gw = GatewayProcess(one_model_config(tmp, upstream.url), tmp / "gateway.log", "--workers", str(WORKERS))
         try:
             await asyncio.to_thread(gw.wait_ready, 90)
             pids = await asyncio.to_thread(gw.worker_pids, WORKERS)

@@ -21,41 +21,18 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from aiohttp import web
 
 from tests.gateway.conftest import chat_reply
-from tests.helpers.processes import GatewayProcess
+from tests.helpers.processes import GatewayProcess, one_model_config
 from tests.helpers.upstream import Seen, Upstream
 
+_NO_PROBES = {"health_probe_seconds": 3600}
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
-
-
-def _config(tmp: Path, upstream: str, **extra: Any) -> Path:
-    data: dict[str, Any] = {
-        "models": [
-            {
-                "name": "m",
-                "backend": "openai",
-                "base_url": f"{upstream}/v1",
-                "upstream_model": "m",
-                "input_cost_per_token": "0.000001",
-                "output_cost_per_token": "0.000002",
-            }
-        ],
-        "retry": {"max_attempts": 1},
-        "cache": {"enabled": False},
-        "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
-        "server": {"metrics_scrape_seconds": 3600, "health_probe_seconds": 3600},
-        **extra,
-    }
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 async def _slow_then_answer(request: Seen) -> web.Response:
@@ -71,14 +48,16 @@ def _ask(url: str, seconds: float) -> httpx.Response:
 
 
 def test_a_worker_that_fails_to_start_fails_the_server(tmp_path: Path) -> None:
-    config = _config(tmp_path, "http://127.0.0.1:9", router={"artifact": str(tmp_path / "no-such-artifact")})
+    config = one_model_config(
+        tmp_path, "http://127.0.0.1:9", _NO_PROBES, router={"artifact": str(tmp_path / "no-such-artifact")}
+    )
     gw = GatewayProcess(config, tmp_path / "gw.log", "--workers", "2")
     assert gw.proc.wait(90) == 3, gw.log()
 
 
 async def test_a_replacement_worker_serves_what_its_siblings_serve(tmp_path: Path) -> None:
     async with Upstream(_slow_then_answer) as up:
-        config = _config(tmp_path, up.url)
+        config = one_model_config(tmp_path, up.url, _NO_PROBES)
         gw = GatewayProcess(config, tmp_path / "gw.log", "--workers", "2")
         try:
             await asyncio.to_thread(gw.wait_ready)
@@ -96,7 +75,7 @@ async def test_a_replacement_worker_serves_what_its_siblings_serve(tmp_path: Pat
 
 async def test_new_connections_are_refused_while_the_workers_drain(tmp_path: Path) -> None:
     async with Upstream(_slow_then_answer) as up:
-        gw = GatewayProcess(_config(tmp_path, up.url), tmp_path / "gw.log", "--workers", "2")
+        gw = GatewayProcess(one_model_config(tmp_path, up.url, _NO_PROBES), tmp_path / "gw.log", "--workers", "2")
         try:
             await asyncio.to_thread(gw.wait_ready)
             await asyncio.to_thread(gw.worker_pids, 2)
@@ -140,7 +119,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 async def test_the_workers_stop_when_the_server_process_is_killed(tmp_path: Path) -> None:
     async with Upstream(_slow_then_answer) as up:
-        gw = GatewayProcess(_config(tmp_path, up.url), tmp_path / "gw.log", "--workers", "2")
+        gw = GatewayProcess(one_model_config(tmp_path, up.url, _NO_PROBES), tmp_path / "gw.log", "--workers", "2")
         try:
             await asyncio.to_thread(gw.wait_ready)
             workers = gw.worker_pids(2)

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 from tests.helpers.ports import free_port
 from tests.helpers.servers import REPO_ROOT
 
-__all__ = ["GatewayProcess"]
+__all__ = ["GatewayProcess", "one_model_config"]
 
 #: Variables of the test's own environment that would configure the gateway behind the config file's back.
 _NOT_INHERITED = ("REDIS_URL", "DATABASE_URL")
@@ -94,3 +96,28 @@ def _status(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return ""
+
+
+def one_model_config(tmp: Path, upstream: str, server: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """``tmp/gateway.yaml`` for one priced model ``m`` on ``upstream`` (no retries, no cache, a SQLite ledger in
+    ``tmp``, no metrics scrape), with ``server`` settings and top-level ``extra`` added."""
+    data: dict[str, Any] = {
+        "models": [
+            {
+                "name": "m",
+                "backend": "openai",
+                "base_url": f"{upstream}/v1",
+                "upstream_model": "m",
+                "input_cost_per_token": "0.000001",
+                "output_cost_per_token": "0.000002",
+            }
+        ],
+        "retry": {"max_attempts": 1},
+        "cache": {"enabled": False},
+        "ledger": {"url": f"sqlite+aiosqlite:///{tmp / 'ledger.db'}"},
+        "server": {"metrics_scrape_seconds": 3600, **(server or {})},
+        **extra,
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
